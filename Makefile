@@ -1,0 +1,146 @@
+# llmq — one top-level Makefile.  `make help` lists the targets.
+#
+# Layout of the outputs (all under $(BUILD), default build/):
+#   libllmq-common.a   common/      wire protocol, keys, config, logging, errors
+#   libllmq-kernels.a  kernels/     backend interface + CPU backend
+#   libllmq-engine.a   worker/      model loader, engine, sampler, tokenizer, ...
+#   libllmq.a          client/lib*  C client of the Redis protocol
+#   llmq, llmq-worker, llmq-gateway, llmq-loadtest   the binaries
+#   tests/             one executable per C test file
+#
+# SANITIZER=address|undefined|thread builds everything instrumented into
+# build-<sanitizer>/ so that it never mixes objects with the plain build.
+
+SANITIZER ?=
+ifeq ($(SANITIZER),)
+BUILD     ?= build
+else
+BUILD     ?= build-$(SANITIZER)
+endif
+
+CC        ?= cc
+ARCH      ?= native
+ifeq ($(SANITIZER),)
+OPT       ?= -O2
+else
+OPT       ?= -O1
+endif
+PYTHON    ?= $(CURDIR)/.venv/bin/python
+
+WARN      := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes \
+             -Wmissing-prototypes -Wno-unused-parameter -Wvla -Wformat=2
+CFLAGS    := -std=c11 $(OPT) -g $(WARN) -D_GNU_SOURCE -fopenmp -pthread \
+             -march=$(ARCH) -I. -MMD -MP $(EXTRA_CFLAGS)
+LDFLAGS   := -fopenmp -pthread $(EXTRA_LDFLAGS)
+
+ifneq ($(SANITIZER),)
+CFLAGS    += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS   += -fsanitize=$(SANITIZER)
+endif
+
+# Libraries (Debian packages, see DESIGN.md §7 and `make deps`).
+LIB_COMMON  := -ljansson -lmsgpackc -lhiredis -lm
+LIB_ENGINE  := -lopenblas -lpcre2-8 -lutf8proc -lxxhash
+LIB_GATEWAY := -lev -lhttp_parser
+LIB_TEST    := -lcmocka
+
+# ---------------------------------------------------------------- sources
+COMMON_SRC  := $(wildcard common/*.c)
+KERNELS_SRC := $(wildcard kernels/*.c kernels/cpu/*.c)
+ENGINE_SRC  := $(filter-out worker/main.c,$(wildcard worker/*.c))
+WORKER_MAIN := $(wildcard worker/main.c)
+CLIENT_LIB  := $(wildcard client/lib*.c)
+CLI_SRC     := $(filter-out $(CLIENT_LIB),$(wildcard client/*.c))
+GATEWAY_SRC := $(wildcard gateway/*.c)
+LOADTEST_SRC:= $(wildcard loadtest/*.c)
+TEST_SRC    := $(wildcard tests/unit/test_*.c tests/backend/test_*.c)
+TEST_HELPER := $(wildcard tests/unit/testutil.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+A_COMMON  := $(BUILD)/libllmq-common.a
+A_KERNELS := $(BUILD)/libllmq-kernels.a
+A_ENGINE  := $(BUILD)/libllmq-engine.a
+A_CLIENT  := $(BUILD)/libllmq.a
+
+BINS := $(BUILD)/llmq
+ifneq ($(WORKER_MAIN),)
+BINS += $(BUILD)/llmq-worker
+endif
+ifneq ($(GATEWAY_SRC),)
+BINS += $(BUILD)/llmq-gateway
+endif
+ifneq ($(LOADTEST_SRC),)
+BINS += $(BUILD)/llmq-loadtest
+endif
+TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(filter-out $(TEST_HELPER),$(TEST_SRC)))
+
+.PHONY: all help test deps demo bench cuda clean fixtures
+all: $(BINS) $(TEST_BINS)
+
+help:
+	@echo "llmq make targets:"
+	@echo "  make              build the CPU binaries and tests into $(BUILD)/"
+	@echo "  make test         build and run every test; ends with 'N passed, N failed, N skipped'"
+	@echo "  make deps         install Debian packages (apt-get) and the test venv (.venv/)"
+	@echo "  make demo         offline generation with a generated tiny model"
+	@echo "  make bench        CPU engine benchmark (110M shape, F32 and BF16)"
+	@echo "  make fixtures     regenerate transformers fixtures (needs torch; not used by CI)"
+	@echo "  make clean        remove build outputs"
+	@echo "variables: SANITIZER=address|undefined|thread  ARCH=native|x86-64-v3  OPT=-O2"
+
+# ---------------------------------------------------------------- rules
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(A_COMMON): $(call obj,$(COMMON_SRC))
+$(A_KERNELS): $(call obj,$(KERNELS_SRC))
+$(A_ENGINE): $(call obj,$(ENGINE_SRC))
+$(A_CLIENT): $(call obj,$(CLIENT_LIB))
+$(BUILD)/%.a:
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+
+ENGINE_LIBS := $(A_ENGINE) $(A_KERNELS) $(A_COMMON)
+
+$(BUILD)/llmq: $(call obj,$(CLI_SRC)) $(A_CLIENT) $(ENGINE_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_ENGINE) $(LIB_COMMON)
+
+$(BUILD)/llmq-worker: $(call obj,$(WORKER_MAIN)) $(ENGINE_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_ENGINE) $(LIB_GATEWAY) $(LIB_COMMON)
+
+$(BUILD)/llmq-gateway: $(call obj,$(GATEWAY_SRC)) $(A_COMMON)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_GATEWAY) $(LIB_COMMON)
+
+$(BUILD)/llmq-loadtest: $(call obj,$(LOADTEST_SRC)) $(A_CLIENT) $(A_COMMON)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_GATEWAY) $(LIB_COMMON)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(call obj,$(TEST_HELPER)) $(A_CLIENT) $(ENGINE_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_TEST) $(LIB_ENGINE) $(LIB_GATEWAY) $(LIB_COMMON)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# ---------------------------------------------------------------- workflows
+test: all
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZER=$(SANITIZER) bash tests/run.sh
+
+deps:
+	@bash tools/deps.sh
+
+demo: all
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tools/demo.sh
+
+bench: all
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tools/bench.sh
+
+fixtures:
+	@bash tools/make_fixtures.sh
+
+clean:
+	rm -rf build build-*
+
+# Kernels are hot loops: let the compiler vectorize them fully.
+$(BUILD)/obj/kernels/%.o: CFLAGS += -O3

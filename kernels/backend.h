@@ -1,0 +1,147 @@
+/*
+ * backend.h — the compute interface the engine runs on.
+ *
+ * The engine (worker/engine.c) knows a backend only through this table of
+ * operations; it never learns whether the memory it passes around lives in
+ * host RAM (kernels/cpu) or on a GPU (kernels/cuda).  Every op works on whole
+ * batches of rows so that a step of mixed prefills and decodes is one call
+ * per op.
+ *
+ * Conventions
+ *  - Activations are buffers the backend allocated (be->ops->alloc), holding
+ *    elements of the backend's activation type (be->act_dt; F32 on the CPU).
+ *    Shapes are given in elements, row-major, rows = tokens of the step.
+ *  - Weights are be_weight views: a [rows, cols] row-major matrix exactly as
+ *    a Hugging Face nn.Linear stores it (out_features x in_features).  The
+ *    backend decides whether it reads them in place (CPU: straight from the
+ *    mmapped safetensors) or holds a converted device copy.
+ *  - Small per-layer vectors (norm weights, biases, rope inv_freq) are F32
+ *    buffers of the backend (converted at load).
+ *  - Index arrays (token ids, positions, cache slots, tok_start, block
+ *    tables, row lists) are int32 buffers of the backend too: the engine
+ *    uploads a step's indices once, then every op reads them in place.
+ *  - Ops return nothing: a backend that can fail asynchronously (CUDA)
+ *    records the first error and reports it from ops->sync().
+ *  - Results of a row never depend on the other rows of the batch: the same
+ *    token computed alone or in a batch of 64 gives bitwise the same values.
+ *    This is what makes seeded sampling reproducible whatever the batch, and
+ *    a resumed job continue exactly where it stopped (DESIGN.md §3).
+ */
+#ifndef LLMQ_BACKEND_H
+#define LLMQ_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+
+typedef enum llmq_dtype {
+    LLMQ_F32 = 0,
+    LLMQ_F16,
+    LLMQ_BF16,
+} llmq_dtype;
+
+size_t llmq_dtype_size(llmq_dtype dt);
+const char *llmq_dtype_name(llmq_dtype dt);
+
+/* A weight matrix [rows, cols], row-major, in dtype dt. */
+typedef struct be_weight {
+    const void *data; /* rows * cols elements of dt; owned by whoever loaded it */
+    llmq_dtype dt;
+    int rows;         /* output features */
+    int cols;         /* input features (the reduction dimension) */
+} be_weight;
+
+/*
+ * What attention needs to know about one step.  The step's tokens are laid
+ * out sequence after sequence; sequence s owns tokens
+ * [tok_start[s], tok_start[s+1]).  Before attention the engine has already
+ * stored the step's K/V rows in the paged cache (kv_store), so each token
+ * attends to cache positions [max(0, pos - window + 1), pos] of its sequence.
+ */
+typedef struct be_attn_step {
+    int n_seqs;
+    int n_tokens;
+    const int32_t *tok_start;    /* [n_seqs + 1] */
+    const int32_t *positions;    /* [n_tokens] absolute position of each token */
+    const int32_t *block_tables; /* [n_seqs * max_blocks] block ids, row per sequence */
+    int max_blocks;              /* row stride of block_tables */
+    int block_size;              /* tokens per KV block (16) */
+} be_attn_step;
+
+typedef struct be_attn_shape {
+    int n_heads;     /* query heads (of this rank) */
+    int n_kv_heads;  /* KV heads (of this rank); n_heads % n_kv_heads == 0 */
+    int head_dim;
+    int window;      /* sliding window in tokens, 0 = unlimited */
+    float scale;     /* softmax scale, usually 1/sqrt(head_dim) */
+} be_attn_shape;
+
+typedef struct llmq_backend llmq_backend;
+
+typedef struct be_ops {
+    const char *name;
+
+    /* memory ------------------------------------------------------------ */
+    void *(*alloc)(llmq_backend *be, size_t bytes);       /* zeroed; NULL on failure */
+    void (*free)(llmq_backend *be, void *p);              /* NULL is a no-op */
+    void (*upload)(llmq_backend *be, void *dst, const void *src, size_t bytes);
+    /* Copy n activation elements to host floats (logits, tests). */
+    void (*download_f32)(llmq_backend *be, float *dst, const void *src, size_t n);
+    /* Copy n host floats into an activation buffer. */
+    void (*upload_f32)(llmq_backend *be, void *dst, const float *src, size_t n);
+    /* Make a weight usable by this backend; may copy/convert. *out keeps the
+     * shape. The CPU backend returns the same view (no copy). */
+    llmq_status (*weight_prepare)(llmq_backend *be, be_weight *out, const be_weight *in);
+    void (*weight_release)(llmq_backend *be, be_weight *w);
+    /* Wait for queued work; returns the first error since the last sync. */
+    llmq_status (*sync)(llmq_backend *be, llmq_err *err);
+
+    /* ops ---------------------------------------------------------------- */
+    /* out[i,:] = table[ids[i], :] for i < n; table is [vocab, dim]. */
+    void (*embed)(llmq_backend *be, void *out, const be_weight *table, const int32_t *ids, int n);
+    /* out = rmsnorm(x) * w over rows of length dim. out may alias x. */
+    void (*rmsnorm)(llmq_backend *be, void *out, const void *x, const float *w, int n, int dim, float eps);
+    /* Fused residual: x += delta; out = rmsnorm(x) * w.  out must not alias x. */
+    void (*add_rmsnorm)(llmq_backend *be, void *out, void *x, const void *delta, const float *w,
+                        int n, int dim, float eps);
+    /* out[n, w->rows] = x[n, w->cols] . w^T (+ bias[w->rows] when bias != NULL). */
+    void (*matmul)(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n);
+    /* Rotary embedding, Hugging Face "rotate_half" layout, in place on
+     * q [n, n_heads*head_dim] and k [n, n_kv_heads*head_dim].
+     * inv_freq [head_dim/2] (a backend buffer) already carries any rope scaling. */
+    void (*rope)(llmq_backend *be, void *q, void *k, const int32_t *positions, int n, int n_heads,
+                 int n_kv_heads, int head_dim, const float *inv_freq);
+    /* Store K/V rows of the step into the paged cache:
+     * cache[slot[i]] = row i, rows of kv_dim = n_kv_heads*head_dim elements. */
+    void (*kv_store)(llmq_backend *be, void *k_cache, void *v_cache, const void *k, const void *v,
+                     const int32_t *slots, int n, int kv_dim);
+    /* Causal attention of the step's queries over the paged cache.
+     * q and out are [n_tokens, n_heads*head_dim]. */
+    void (*attention)(llmq_backend *be, void *out, const void *q, const void *k_cache,
+                      const void *v_cache, const be_attn_step *step, const be_attn_shape *shape);
+    /* out = silu(gate) * up, elementwise over n rows of dim. out may alias gate. */
+    void (*swiglu)(llmq_backend *be, void *out, const void *gate, const void *up, int n, int dim);
+    /* dst[i, :] = src[rows[i], :] for i < n (gather the rows that need logits). */
+    void (*gather_rows)(llmq_backend *be, void *dst, const void *src, const int32_t *rows, int n, int dim);
+    /* x += y over n elements. */
+    void (*add)(llmq_backend *be, void *x, const void *y, size_t n);
+} be_ops;
+
+struct llmq_backend {
+    const be_ops *ops;
+    llmq_dtype act_dt;   /* element type of activation and KV buffers */
+    void *impl;          /* backend private state */
+    llmq_err err;        /* first asynchronous error, if any */
+};
+
+/*
+ * Create a backend by name: "cpu" (the fast path: OpenMP, SIMD) or
+ * "cpu-ref" (plain loops, single thread: the test oracle), and "cuda" when
+ * built with `make cuda`.  Returns NULL and fills err for an unknown or
+ * unavailable backend.  Ownership: the caller destroys it.
+ */
+llmq_backend *llmq_backend_create(const char *name, llmq_err *err);
+void llmq_backend_destroy(llmq_backend *be);
+
+#endif

@@ -1,0 +1,159 @@
+/*
+ * matmul.c — out[n, m] = x[n, k] . W[m, k]^T (+ bias), W in F32, F16 or BF16.
+ *
+ * Fast path: the rows of W are cut into tiles; OpenMP threads take whole
+ * tiles.  A tile of F16/BF16 rows is first widened into the thread's F32
+ * scratch (exact), then every (row, input) pair is one dot product run by a
+ * register-blocked micro-kernel (4 rows x 2 inputs).  Each dot product uses
+ * the same instruction sequence whatever the blocking — one 8-lane
+ * accumulator over k, a fixed-order horizontal sum, then the scalar tail —
+ * so the result for one token never depends on how many others share the
+ * step (batch invariance, backend.h).
+ *
+ * Reference path: a plain double-precision triple loop.
+ */
+#include <omp.h>
+#include <stddef.h>
+#include <stdlib.h>
+
+#include "kernels/cpu/cpu.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+typedef __m256 vf;
+static inline vf v_zero(void) { return _mm256_setzero_ps(); }
+static inline vf v_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline float s_fma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+#else
+typedef float vf __attribute__((vector_size(32)));
+static inline vf v_zero(void) { return (vf){0}; }
+static inline vf v_load(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline vf v_fma(vf a, vf b, vf c) { return a * b + c; }
+static inline float s_fma(float a, float b, float c) { return a * b + c; }
+#endif
+
+static inline float v_hsum(vf v) {
+    float l[8];
+    memcpy(l, &v, sizeof l);
+    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+}
+
+/* R rows x J inputs of dot products of length k; res[r * J + j]. */
+static inline __attribute__((always_inline)) void kern(int R, int J, const float *w, int k, const float *const *xs,
+                                                       float *res) {
+    vf acc[4][2];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < J; j++) acc[r][j] = v_zero();
+    const int k8 = k & ~7;
+    for (int i = 0; i < k8; i += 8) {
+        vf xv[2];
+        for (int j = 0; j < J; j++) xv[j] = v_load(xs[j] + i);
+        for (int r = 0; r < R; r++) {
+            vf wv = v_load(w + (size_t)r * k + i);
+            for (int j = 0; j < J; j++) acc[r][j] = v_fma(wv, xv[j], acc[r][j]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < J; j++) {
+            float s = v_hsum(acc[r][j]);
+            const float *wr = w + (size_t)r * k;
+            for (int i = k8; i < k; i++) s = s_fma(wr[i], xs[j][i], s);
+            res[r * J + j] = s;
+        }
+}
+
+/* One tile: rows [0, rows) of w (F32, row stride k) against all n inputs.
+ * Results go to out[j * ldo + r] (+ bias[r]). */
+static void tile_compute(const float *w, int rows, int k, const float *x, int n, float *out, int ldo,
+                         const float *bias) {
+    float res[8];
+    int j = 0;
+    for (; j + 2 <= n; j += 2) {
+        const float *xs[2] = {x + (size_t)j * k, x + (size_t)(j + 1) * k};
+        int r = 0;
+        for (; r + 4 <= rows; r += 4) {
+            kern(4, 2, w + (size_t)r * k, k, xs, res);
+            for (int a = 0; a < 4; a++)
+                for (int b = 0; b < 2; b++) {
+                    float b0 = bias ? bias[r + a] : 0.0f;
+                    out[(size_t)(j + b) * ldo + r + a] = res[a * 2 + b] + b0;
+                }
+        }
+        for (; r < rows; r++) {
+            kern(1, 2, w + (size_t)r * k, k, xs, res);
+            float b0 = bias ? bias[r] : 0.0f;
+            out[(size_t)j * ldo + r] = res[0] + b0;
+            out[(size_t)(j + 1) * ldo + r] = res[1] + b0;
+        }
+    }
+    for (; j < n; j++) {
+        const float *xs[1] = {x + (size_t)j * k};
+        int r = 0;
+        for (; r + 4 <= rows; r += 4) {
+            kern(4, 1, w + (size_t)r * k, k, xs, res);
+            for (int a = 0; a < 4; a++) out[(size_t)j * ldo + r + a] = res[a] + (bias ? bias[r + a] : 0.0f);
+        }
+        for (; r < rows; r++) {
+            kern(1, 1, w + (size_t)r * k, k, xs, res);
+            out[(size_t)j * ldo + r] = res[0] + (bias ? bias[r] : 0.0f);
+        }
+    }
+}
+
+void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n) {
+    cpu_impl *impl = be->impl;
+    const int k = w->cols, m = w->rows;
+    int tile = 16;
+    if (w->dt != LLMQ_F32) {
+        tile = (16384 / k) & ~3;
+        if (tile < 4) tile = 4;
+        if (tile > 64) tile = 64;
+        if (cpu_scratch_reserve(impl, (size_t)tile * k)) {
+            llmq_err_set(&be->err, LLMQ_ERR_NOMEM, "cpu matmul: no memory for a %d x %d scratch tile", tile, k);
+            return;
+        }
+    }
+    const int ntiles = (m + tile - 1) / tile;
+    const long work = (long)m * k * n;
+#pragma omp parallel for schedule(static) if (ntiles > 1 && work > 65536)
+    for (int t = 0; t < ntiles; t++) {
+        const int r0 = t * tile;
+        const int rows = m - r0 < tile ? m - r0 : tile;
+        const float *wt;
+        if (w->dt == LLMQ_F32) {
+            wt = (const float *)w->data + (size_t)r0 * k;
+        } else {
+            float *buf = impl->scratch[omp_get_thread_num()];
+            cpu_convert_row(buf, w->data, w->dt, (size_t)r0 * k, (size_t)rows * k);
+            wt = buf;
+        }
+        tile_compute(wt, rows, k, x, n, (float *)out + r0, m, bias ? bias + r0 : NULL);
+    }
+}
+
+void cpu_matmul_ref(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n) {
+    (void)be;
+    const float *xf = x;
+    float *o = out;
+    const int k = w->cols, m = w->rows;
+    float *row = malloc((size_t)k * sizeof(float));
+    if (!row) {
+        llmq_err_set(&be->err, LLMQ_ERR_NOMEM, "cpu-ref matmul: out of memory");
+        return;
+    }
+    for (int r = 0; r < m; r++) {
+        cpu_convert_row(row, w->data, w->dt, (size_t)r * k, (size_t)k);
+        for (int j = 0; j < n; j++) {
+            double s = 0;
+            for (int i = 0; i < k; i++) s += (double)row[i] * xf[(size_t)j * k + i];
+            if (bias) s += bias[r];
+            o[(size_t)j * m + r] = (float)s;
+        }
+    }
+    free(row);
+}

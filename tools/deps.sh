@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# make deps: the Debian packages llmq builds against and tests with, and a
+# virtual environment (.venv/) holding the test-only Python packages.
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PKGS=(
+  build-essential pkg-config
+  libhiredis-dev libev-dev libmsgpack-dev libhttp-parser-dev libjansson-dev
+  libpcre2-dev libopenblas-dev libxxhash-dev libutf8proc-dev libcmocka-dev
+  redis-server curl python3 python3-venv
+)
+PY_PKGS=(numpy pytest redis openai tokenizers msgpack)
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "deps: Debian packages present"
+fi
+
+PY=${PYTHON_FOR_VENV:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "deps: creating .venv"
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import numpy, pytest, redis, openai, tokenizers, msgpack" 2>/dev/null; then
+  echo "deps: installing Python test packages: ${PY_PKGS[*]}"
+  .venv/bin/pip install -q --disable-pip-version-check "${PY_PKGS[@]}"
+else
+  echo "deps: Python test packages present"
+fi

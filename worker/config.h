@@ -1,0 +1,79 @@
+/*
+ * config.h — a model's shape and behaviour, from a Hugging Face model
+ * directory's config.json (and generation_config.json for end-of-sequence ids).
+ *
+ * Supported architectures: LlamaForCausalLM, MistralForCausalLM,
+ * Qwen2ForCausalLM.  Anything else is refused at load with a message naming
+ * the architecture.  The struct is plain data: copy it freely.
+ */
+#ifndef LLMQ_CONFIG_H
+#define LLMQ_CONFIG_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+
+typedef enum model_arch {
+    ARCH_LLAMA = 0,
+    ARCH_MISTRAL,
+    ARCH_QWEN2,
+} model_arch;
+
+typedef enum rope_scaling_type {
+    ROPE_NONE = 0,
+    ROPE_LINEAR,  /* positions divided by factor */
+    ROPE_LLAMA3,  /* Llama 3.1 frequency-dependent scaling */
+} rope_scaling_type;
+
+#define MODEL_MAX_EOS 8
+
+typedef struct model_config {
+    model_arch arch;
+    char arch_name[64];          /* "LlamaForCausalLM", ... */
+    char torch_dtype[16];        /* as written in config.json ("float32", "bfloat16", ...) */
+    int hidden_size;             /* model width, d */
+    int intermediate_size;       /* MLP width */
+    int n_layers;
+    int n_heads;                 /* query heads */
+    int n_kv_heads;              /* key/value heads (GQA when < n_heads) */
+    int head_dim;                /* per head; config's head_dim or hidden/heads */
+    int vocab_size;
+    int max_position_embeddings; /* context length the model was trained for */
+    float rms_norm_eps;
+    float rope_theta;
+    rope_scaling_type rope_type;
+    float rope_factor;           /* linear and llama3 */
+    float rope_low_freq_factor;  /* llama3 */
+    float rope_high_freq_factor; /* llama3 */
+    int rope_orig_max_pos;       /* llama3: original_max_position_embeddings */
+    int sliding_window;          /* tokens; 0 = none */
+    int max_window_layers;       /* Qwen2: layers >= this one use the window */
+    int tie_word_embeddings;     /* lm_head shares embed_tokens */
+    int qkv_bias;                /* q/k/v projections have biases (Qwen2, attention_bias) */
+    int o_bias;                  /* o_proj has a bias (Llama attention_bias) */
+    int mlp_bias;                /* gate/up/down have biases (Llama mlp_bias) */
+    int bos_token_id;            /* -1 when unknown */
+    int n_eos;                   /* end-of-sequence ids (generation_config wins) */
+    int32_t eos_token_ids[MODEL_MAX_EOS];
+} model_config;
+
+/*
+ * Parse dir/config.json (+ dir/generation_config.json when present).
+ * `path` may also name a config.json file directly.  On error returns a
+ * status and err names the file and the field that is wrong.
+ */
+llmq_status model_config_load(model_config *cfg, const char *path, llmq_err *err);
+
+/* Parse a config.json already in memory (name is used in messages). */
+llmq_status model_config_parse(model_config *cfg, const char *json, size_t len, const char *name, llmq_err *err);
+
+/* The sliding window (tokens) of layer l, 0 when it attends to everything. */
+int model_config_layer_window(const model_config *cfg, int layer);
+
+/* Rotary inverse frequencies with the configured scaling: inv_freq[head_dim/2]. */
+void model_config_rope_inv_freq(const model_config *cfg, float *inv_freq);
+
+/* 1 when id is one of the model's end-of-sequence ids. */
+int model_config_is_eos(const model_config *cfg, int32_t id);
+
+#endif

@@ -1,0 +1,223 @@
+/*
+ * engine.c — the Llama-family forward pass over a paged KV cache.
+ *
+ * Per step (n tokens of S sequences, d = hidden, q = heads*head_dim,
+ * kv = kv_heads*head_dim, I = intermediate, V = vocab):
+ *
+ *   x[n,d]  = embed(tokens)
+ *   for each layer:
+ *     h      = rmsnorm(x)               (fused with x += mlp_out after layer 0)
+ *     q,k,v  = h Wq^T, h Wk^T, h Wv^T   (+ biases)       [n,q] [n,kv] [n,kv]
+ *     rope(q, k); store k, v at the tokens' cache slots
+ *     a[n,q] = attention(q, cache)      causal, sliding window per layer
+ *     o[n,d] = a Wo^T
+ *     h      = rmsnorm(x += o)
+ *     g[n,I] = silu(h Wg^T) * (h Wu^T)
+ *     m[n,d] = g Wd^T
+ *   h = rmsnorm(x += m); logits[S,V] = h[last token of each S] Wlm^T
+ *
+ * All buffers are allocated at creation for the step limits; a step only
+ * uploads its index arrays and runs the ops.
+ */
+#include "worker/engine.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct engine {
+    const model *m;
+    llmq_backend *be;
+    eng_opts opts;
+    size_t kv_dim;
+    void **k_cache, **v_cache;  /* [n_layers] each [n_blocks * 16, kv_dim] */
+    float *inv_freq;            /* [head_dim / 2] backend buffer */
+    /* activations (backend buffers) */
+    void *x, *h, *q, *k, *v, *att, *o, *gate, *up, *hl, *logits;
+    /* index arrays: host staging + backend copies */
+    int32_t *h_ids, *h_pos, *h_slots, *h_tok_start, *h_bt, *h_rows;
+    int32_t *d_ids, *d_pos, *d_slots, *d_tok_start, *d_bt, *d_rows;
+    int max_bt;                 /* max blocks per sequence (context / 16) */
+};
+
+size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype act_dt) {
+    return (size_t)2 * cfg->n_layers * cfg->n_kv_heads * cfg->head_dim * llmq_dtype_size(act_dt);
+}
+
+const model *eng_model(const engine *e) { return e->m; }
+int eng_n_blocks(const engine *e) { return e->opts.n_blocks; }
+
+llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err *err) {
+    const model_config *c = &m->cfg;
+    if (o->n_blocks <= 0 || o->max_tokens <= 0 || o->max_seqs <= 0 || o->max_seqs > o->max_tokens)
+        return llmq_err_set(err, LLMQ_ERR_INVALID,
+                            "engine: need n_blocks > 0 and 0 < max_seqs <= max_tokens (got %d, %d, %d)", o->n_blocks,
+                            o->max_seqs, o->max_tokens);
+    engine *e = calloc(1, sizeof *e);
+    if (!e) return llmq_err_set(err, LLMQ_ERR_NOMEM, "engine: out of memory");
+    llmq_backend *be = m->be;
+    e->m = m;
+    e->be = be;
+    e->opts = *o;
+    e->kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    e->max_bt = (c->max_position_embeddings + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
+    if (e->max_bt > o->n_blocks) e->max_bt = o->n_blocks;
+    const size_t es = llmq_dtype_size(be->act_dt), T = (size_t)o->max_tokens, S = (size_t)o->max_seqs;
+    const size_t d = (size_t)c->hidden_size, qd = (size_t)c->n_heads * c->head_dim, I = (size_t)c->intermediate_size;
+    const size_t cache_elems = (size_t)o->n_blocks * ENG_BLOCK_SIZE * e->kv_dim;
+
+    int ok = (e->k_cache = calloc((size_t)c->n_layers, sizeof(void *))) &&
+             (e->v_cache = calloc((size_t)c->n_layers, sizeof(void *)));
+    for (int l = 0; ok && l < c->n_layers; l++)
+        ok = (e->k_cache[l] = be->ops->alloc(be, cache_elems * es)) && (e->v_cache[l] = be->ops->alloc(be, cache_elems * es));
+    ok = ok && (e->x = be->ops->alloc(be, T * d * es)) && (e->h = be->ops->alloc(be, T * d * es)) &&
+         (e->q = be->ops->alloc(be, T * qd * es)) && (e->k = be->ops->alloc(be, T * e->kv_dim * es)) &&
+         (e->v = be->ops->alloc(be, T * e->kv_dim * es)) && (e->att = be->ops->alloc(be, T * qd * es)) &&
+         (e->o = be->ops->alloc(be, T * d * es)) && (e->gate = be->ops->alloc(be, T * I * es)) &&
+         (e->up = be->ops->alloc(be, T * I * es)) && (e->hl = be->ops->alloc(be, S * d * es)) &&
+         (e->logits = be->ops->alloc(be, S * (size_t)c->vocab_size * es)) &&
+         (e->inv_freq = be->ops->alloc(be, (size_t)c->head_dim / 2 * sizeof(float)));
+    /* index arrays */
+    ok = ok && (e->h_ids = malloc(T * 4)) && (e->h_pos = malloc(T * 4)) && (e->h_slots = malloc(T * 4)) &&
+         (e->h_tok_start = malloc((S + 1) * 4)) && (e->h_bt = malloc(S * (size_t)e->max_bt * 4)) &&
+         (e->h_rows = malloc(S * 4)) && (e->d_ids = be->ops->alloc(be, T * 4)) &&
+         (e->d_pos = be->ops->alloc(be, T * 4)) && (e->d_slots = be->ops->alloc(be, T * 4)) &&
+         (e->d_tok_start = be->ops->alloc(be, (S + 1) * 4)) &&
+         (e->d_bt = be->ops->alloc(be, S * (size_t)e->max_bt * 4)) && (e->d_rows = be->ops->alloc(be, S * 4));
+    if (!ok) {
+        eng_destroy(e);
+        return llmq_err_set(err, LLMQ_ERR_NOMEM,
+                            "engine: cannot allocate the KV cache (%d blocks, %.1f MiB) and buffers for %d tokens",
+                            o->n_blocks, (double)cache_elems * es * 2 * c->n_layers / 1048576.0, o->max_tokens);
+    }
+    float inv[256];
+    model_config_rope_inv_freq(c, inv);
+    be->ops->upload(be, e->inv_freq, inv, (size_t)c->head_dim / 2 * sizeof(float));
+    *out = e;
+    return LLMQ_OK;
+}
+
+void eng_destroy(engine *e) {
+    if (!e) return;
+    llmq_backend *be = e->be;
+    for (int l = 0; l < e->m->cfg.n_layers; l++) {
+        if (e->k_cache) be->ops->free(be, e->k_cache[l]);
+        if (e->v_cache) be->ops->free(be, e->v_cache[l]);
+    }
+    free(e->k_cache);
+    free(e->v_cache);
+    void *bufs[] = {e->x, e->h, e->q, e->k, e->v, e->att, e->o, e->gate, e->up, e->hl, e->logits, e->inv_freq,
+                    e->d_ids, e->d_pos, e->d_slots, e->d_tok_start, e->d_bt, e->d_rows};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->ops->free(be, bufs[i]);
+    free(e->h_ids);
+    free(e->h_pos);
+    free(e->h_slots);
+    free(e->h_tok_start);
+    free(e->h_bt);
+    free(e->h_rows);
+    free(e);
+}
+
+/* Check the step against the limits and fill the host index arrays. */
+static llmq_status plan_step(engine *e, const eng_seq *seqs, int n_seqs, int *n_tok, int *n_out, int *max_blocks,
+                             llmq_err *err) {
+    const model_config *c = &e->m->cfg;
+    if (n_seqs <= 0 || n_seqs > e->opts.max_seqs)
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "step: %d sequences (limit %d)", n_seqs, e->opts.max_seqs);
+    int total = 0, mb = 1;
+    for (int s = 0; s < n_seqs; s++) {
+        const eng_seq *q = &seqs[s];
+        const int end = q->start_pos + q->n_tokens;
+        if (q->n_tokens <= 0 || q->start_pos < 0)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has %d tokens at position %d", s,
+                                q->n_tokens, q->start_pos);
+        if (end > c->max_position_embeddings || end > e->max_bt * ENG_BLOCK_SIZE)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d reaches position %d beyond the context (%d)",
+                                s, end, c->max_position_embeddings);
+        if (q->n_blocks * ENG_BLOCK_SIZE < end || q->n_blocks > e->max_bt)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has %d blocks for %d positions", s,
+                                q->n_blocks, end);
+        for (int b = 0; b < q->n_blocks; b++)
+            if (q->block_table[b] < 0 || q->block_table[b] >= e->opts.n_blocks)
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has block id %d out of range", s,
+                                    q->block_table[b]);
+        for (int t = 0; t < q->n_tokens; t++)
+            if (q->tokens[t] < 0 || q->tokens[t] >= c->vocab_size)
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "step: token id %d outside the vocabulary (%d)",
+                                    q->tokens[t], c->vocab_size);
+        total += q->n_tokens;
+        if (total > e->opts.max_tokens)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: more than %d tokens", e->opts.max_tokens);
+        if (q->n_blocks > mb) mb = q->n_blocks;
+    }
+    int t = 0, outs = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const eng_seq *q = &seqs[s];
+        e->h_tok_start[s] = t;
+        for (int i = 0; i < q->n_tokens; i++, t++) {
+            const int p = q->start_pos + i;
+            e->h_ids[t] = q->tokens[i];
+            e->h_pos[t] = p;
+            e->h_slots[t] = q->block_table[p / ENG_BLOCK_SIZE] * ENG_BLOCK_SIZE + p % ENG_BLOCK_SIZE;
+        }
+        memcpy(e->h_bt + (size_t)s * mb, q->block_table, (size_t)q->n_blocks * 4);
+        for (int b = q->n_blocks; b < mb; b++) e->h_bt[(size_t)s * mb + b] = 0;
+        if (q->want_logits) e->h_rows[outs++] = t - 1;
+    }
+    e->h_tok_start[n_seqs] = t;
+    *n_tok = total;
+    *n_out = outs;
+    *max_blocks = mb;
+    return LLMQ_OK;
+}
+
+llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, llmq_err *err) {
+    int n = 0, n_out = 0, mb = 0;
+    llmq_status st = plan_step(e, seqs, n_seqs, &n, &n_out, &mb, err);
+    if (st) return st;
+    llmq_backend *be = e->be;
+    const be_ops *op = be->ops;
+    const model *m = e->m;
+    const model_config *c = &m->cfg;
+    const int d = c->hidden_size, I = c->intermediate_size;
+
+    op->upload(be, e->d_ids, e->h_ids, (size_t)n * 4);
+    op->upload(be, e->d_pos, e->h_pos, (size_t)n * 4);
+    op->upload(be, e->d_slots, e->h_slots, (size_t)n * 4);
+    op->upload(be, e->d_tok_start, e->h_tok_start, (size_t)(n_seqs + 1) * 4);
+    op->upload(be, e->d_bt, e->h_bt, (size_t)n_seqs * mb * 4);
+    op->upload(be, e->d_rows, e->h_rows, (size_t)n_out * 4);
+
+    const be_attn_step step = {n_seqs, n, e->d_tok_start, e->d_pos, e->d_bt, mb, ENG_BLOCK_SIZE};
+    be_attn_shape shape = {c->n_heads, c->n_kv_heads, c->head_dim, 0, 1.0f / sqrtf((float)c->head_dim)};
+
+    op->embed(be, e->x, &m->embed, e->d_ids, n);
+    for (int l = 0; l < c->n_layers; l++) {
+        const model_layer *ly = &m->layers[l];
+        if (l == 0)
+            op->rmsnorm(be, e->h, e->x, ly->attn_norm, n, d, c->rms_norm_eps);
+        else
+            op->add_rmsnorm(be, e->h, e->x, e->o, ly->attn_norm, n, d, c->rms_norm_eps);
+        op->matmul(be, e->q, e->h, &ly->wq, ly->bq, n);
+        op->matmul(be, e->k, e->h, &ly->wk, ly->bk, n);
+        op->matmul(be, e->v, e->h, &ly->wv, ly->bv, n);
+        op->rope(be, e->q, e->k, e->d_pos, n, c->n_heads, c->n_kv_heads, c->head_dim, e->inv_freq);
+        op->kv_store(be, e->k_cache[l], e->v_cache[l], e->k, e->v, e->d_slots, n, (int)e->kv_dim);
+        shape.window = model_config_layer_window(c, l);
+        op->attention(be, e->att, e->q, e->k_cache[l], e->v_cache[l], &step, &shape);
+        op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
+        op->add_rmsnorm(be, e->h, e->x, e->o, ly->mlp_norm, n, d, c->rms_norm_eps);
+        op->matmul(be, e->gate, e->h, &ly->w_gate, ly->b_gate, n);
+        op->matmul(be, e->up, e->h, &ly->w_up, ly->b_up, n);
+        op->swiglu(be, e->gate, e->gate, e->up, n, I);
+        op->matmul(be, e->o, e->gate, &ly->w_down, ly->b_down, n);
+    }
+    if (n_out > 0) {
+        op->add(be, e->x, e->o, (size_t)n * d);
+        op->gather_rows(be, e->hl, e->x, e->d_rows, n_out, d);
+        op->rmsnorm(be, e->hl, e->hl, m->final_norm, n_out, d, c->rms_norm_eps);
+        op->matmul(be, e->logits, e->hl, &m->lm_head, NULL, n_out);
+        op->download_f32(be, logits, e->logits, (size_t)n_out * c->vocab_size);
+    }
+    return op->sync(be, err);
+}

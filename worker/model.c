@@ -1,0 +1,182 @@
+/*
+ * model.c — build a model from a Hugging Face directory (see model.h).
+ *
+ * Validation order: config first (architecture, shapes), then every tensor
+ * the architecture needs, with its exact shape, before anything is handed
+ * to the backend; so a bad directory fails fast with one clear message.
+ */
+#include "worker/model.h"
+
+#include "kernels/dtype.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct loader {
+    model *m;
+    const char *dir;
+    llmq_err *err;
+} loader;
+
+static const st_tensor *want(loader *L, const char *name, int rows, int cols) {
+    const st_tensor *t = st_find(L->m->st, name);
+    if (!t) {
+        llmq_err_set(L->err, LLMQ_ERR_FORMAT, "%s: tensor \"%s\" is missing", L->dir, name);
+        return NULL;
+    }
+    const char *file = st_file_path(L->m->st, t->file);
+    if (!t->dtype_known) {
+        llmq_err_set(L->err, LLMQ_ERR_UNSUPPORTED, "%s: tensor \"%s\" has dtype %s (supported: F32, F16, BF16)",
+                     file, name, t->dtype_name);
+        return NULL;
+    }
+    int ok = cols > 0 ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols)
+                      : (t->ndim == 1 && t->shape[0] == rows);
+    if (!ok) {
+        char got[96] = "";
+        size_t len = 0;
+        for (int d = 0; d < t->ndim && len < sizeof got - 24; d++)
+            len += (size_t)snprintf(got + len, sizeof got - len, d ? ", %lld" : "%lld", (long long)t->shape[d]);
+        if (cols > 0)
+            llmq_err_set(L->err, LLMQ_ERR_FORMAT, "%s: tensor \"%s\" has shape [%s], expected [%d, %d]", file, name,
+                         got, rows, cols);
+        else
+            llmq_err_set(L->err, LLMQ_ERR_FORMAT, "%s: tensor \"%s\" has shape [%s], expected [%d]", file, name, got,
+                         rows);
+        return NULL;
+    }
+    return t;
+}
+
+static int load_matrix(loader *L, be_weight *w, const char *name, int rows, int cols) {
+    const st_tensor *t = want(L, name, rows, cols);
+    if (!t) return -1;
+    be_weight in = {t->data, t->dt, rows, cols};
+    if (L->m->be->ops->weight_prepare(L->m->be, w, &in)) {
+        llmq_err_set(L->err, LLMQ_ERR_BACKEND, "%s: backend cannot hold tensor \"%s\": %s", L->dir, name,
+                     L->m->be->err.msg);
+        return -1;
+    }
+    L->m->weight_bytes += t->nbytes;
+    return 0;
+}
+
+/* A vector converted to F32 in a backend buffer. */
+static int load_vector(loader *L, float **out, const char *name, int n) {
+    const st_tensor *t = want(L, name, n, 0);
+    if (!t) return -1;
+    float *host = malloc((size_t)n * sizeof(float));
+    float *dev = L->m->be->ops->alloc(L->m->be, (size_t)n * sizeof(float));
+    if (!host || !dev) {
+        free(host);
+        L->m->be->ops->free(L->m->be, dev);
+        llmq_err_set(L->err, LLMQ_ERR_NOMEM, "%s: out of memory loading \"%s\"", L->dir, name);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        uint16_t h;
+        if (t->dt == LLMQ_F32) {
+            memcpy(&host[i], (const float *)t->data + i, 4);
+        } else {
+            memcpy(&h, (const uint16_t *)t->data + i, 2);
+            host[i] = t->dt == LLMQ_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+        }
+    }
+    L->m->be->ops->upload(L->m->be, dev, host, (size_t)n * sizeof(float));
+    free(host);
+    L->m->weight_bytes += t->nbytes;
+    *out = dev;
+    return 0;
+}
+
+static int load_layer(loader *L, int i) {
+    const model_config *c = &L->m->cfg;
+    model_layer *ly = &L->m->layers[i];
+    const int d = c->hidden_size, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    const int I = c->intermediate_size;
+    char n[160];
+#define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%d.%s", i, suffix), n)
+    if (load_vector(L, &ly->attn_norm, NAME("input_layernorm.weight"), d) ||
+        load_vector(L, &ly->mlp_norm, NAME("post_attention_layernorm.weight"), d) ||
+        load_matrix(L, &ly->wq, NAME("self_attn.q_proj.weight"), qd, d) ||
+        load_matrix(L, &ly->wk, NAME("self_attn.k_proj.weight"), kvd, d) ||
+        load_matrix(L, &ly->wv, NAME("self_attn.v_proj.weight"), kvd, d) ||
+        load_matrix(L, &ly->wo, NAME("self_attn.o_proj.weight"), d, qd) ||
+        load_matrix(L, &ly->w_gate, NAME("mlp.gate_proj.weight"), I, d) ||
+        load_matrix(L, &ly->w_up, NAME("mlp.up_proj.weight"), I, d) ||
+        load_matrix(L, &ly->w_down, NAME("mlp.down_proj.weight"), d, I))
+        return -1;
+    if (c->qkv_bias && (load_vector(L, &ly->bq, NAME("self_attn.q_proj.bias"), qd) ||
+                        load_vector(L, &ly->bk, NAME("self_attn.k_proj.bias"), kvd) ||
+                        load_vector(L, &ly->bv, NAME("self_attn.v_proj.bias"), kvd)))
+        return -1;
+    if (c->o_bias && load_vector(L, &ly->bo, NAME("self_attn.o_proj.bias"), d)) return -1;
+    if (c->mlp_bias && (load_vector(L, &ly->b_gate, NAME("mlp.gate_proj.bias"), I) ||
+                        load_vector(L, &ly->b_up, NAME("mlp.up_proj.bias"), I) ||
+                        load_vector(L, &ly->b_down, NAME("mlp.down_proj.bias"), d)))
+        return -1;
+#undef NAME
+    return 0;
+}
+
+llmq_status model_load(model **out, const char *dir, llmq_backend *be, llmq_err *err) {
+    model *m = calloc(1, sizeof *m);
+    if (!m) return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
+    m->be = be;
+    llmq_status st = model_config_load(&m->cfg, dir, err);
+    if (!st) st = st_open_dir(&m->st, dir, err);
+    if (st) {
+        model_destroy(m);
+        return st;
+    }
+    const model_config *c = &m->cfg;
+    if (c->head_dim > 512) {
+        model_destroy(m);
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "%s: head_dim %d exceeds 512", dir, c->head_dim);
+    }
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers) {
+        model_destroy(m);
+        return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
+    }
+    loader L = {m, dir, err};
+    int bad = load_matrix(&L, &m->embed, "model.embed_tokens.weight", c->vocab_size, c->hidden_size) ||
+              load_vector(&L, &m->final_norm, "model.norm.weight", c->hidden_size);
+    for (int i = 0; !bad && i < c->n_layers; i++) bad = load_layer(&L, i);
+    if (!bad) {
+        if (c->tie_word_embeddings && !st_find(m->st, "lm_head.weight"))
+            m->lm_head = m->embed;
+        else
+            bad = load_matrix(&L, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size);
+    }
+    if (bad) {
+        st = err ? err->code : LLMQ_ERR_FORMAT;
+        model_destroy(m);
+        return st;
+    }
+    m->wdt = m->layers[0].wq.dt;
+    *out = m;
+    return LLMQ_OK;
+}
+
+void model_destroy(model *m) {
+    if (!m) return;
+    llmq_backend *be = m->be;
+    if (m->layers) {
+        for (int i = 0; i < m->cfg.n_layers; i++) {
+            model_layer *ly = &m->layers[i];
+            float *vecs[] = {ly->attn_norm, ly->mlp_norm, ly->bq, ly->bk, ly->bv, ly->bo, ly->b_gate, ly->b_up, ly->b_down};
+            for (size_t v = 0; v < sizeof vecs / sizeof vecs[0]; v++) be->ops->free(be, vecs[v]);
+            be_weight *ws[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
+            for (size_t w = 0; w < sizeof ws / sizeof ws[0]; w++)
+                if (ws[w]->data) be->ops->weight_release(be, ws[w]);
+        }
+        free(m->layers);
+    }
+    if (m->lm_head.data && m->lm_head.data != m->embed.data) be->ops->weight_release(be, &m->lm_head);
+    if (m->embed.data) be->ops->weight_release(be, &m->embed);
+    if (be) be->ops->free(be, m->final_norm);
+    st_close(m->st);
+    free(m);
+}

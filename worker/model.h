@@ -1,0 +1,48 @@
+/*
+ * model.h — a loaded model: its config and its weights, prepared for one
+ * backend.
+ *
+ * Tensor names and shapes follow Hugging Face's Llama/Mistral/Qwen2 layout
+ * (model.layers.{i}.self_attn.q_proj.weight, ...).  Every expected tensor
+ * must be present with the expected shape and a float dtype; a missing or
+ * wrong tensor is an error naming the file and the tensor.  Matrix weights
+ * stay in the mmapped files on the CPU backend (no copy); norm vectors and
+ * biases are converted to F32 backend buffers.
+ */
+#ifndef LLMQ_MODEL_H
+#define LLMQ_MODEL_H
+
+#include "kernels/backend.h"
+#include "worker/config.h"
+#include "worker/safetensors.h"
+
+typedef struct model_layer {
+    float *attn_norm;      /* [d] input_layernorm */
+    float *mlp_norm;       /* [d] post_attention_layernorm */
+    be_weight wq, wk, wv;  /* [nh*hd, d], [nkv*hd, d], [nkv*hd, d] */
+    be_weight wo;          /* [d, nh*hd] */
+    be_weight w_gate, w_up;/* [I, d] */
+    be_weight w_down;      /* [d, I] */
+    float *bq, *bk, *bv;   /* biases or NULL */
+    float *bo;
+    float *b_gate, *b_up, *b_down;
+} model_layer;
+
+typedef struct model {
+    model_config cfg;
+    llmq_backend *be;      /* not owned */
+    st_set *st;            /* the mapped safetensors files */
+    llmq_dtype wdt;        /* dtype of the matrix weights */
+    be_weight embed;       /* [V, d] */
+    be_weight lm_head;     /* [V, d]; = embed when tied */
+    float *final_norm;     /* [d] */
+    model_layer *layers;   /* [n_layers] */
+    size_t weight_bytes;   /* bytes of all weights as stored */
+} model;
+
+/* Load dir (config.json + safetensors) for backend be. *out owns everything
+ * but the backend. */
+llmq_status model_load(model **out, const char *dir, llmq_backend *be, llmq_err *err);
+void model_destroy(model *m);
+
+#endif

@@ -1,0 +1,53 @@
+/*
+ * sampler.h — turn a row of logits into the next token.
+ *
+ * Order of operations (as vLLM applies them):
+ *   1. repetition_penalty over prompt + output tokens (logit > 0: divided,
+ *      else multiplied), presence/frequency penalties over output tokens;
+ *   2. temperature 0 (or top_k 1): argmax, lowest id on ties; done;
+ *   3. softmax(logits / temperature);
+ *   4. top_k, then top_p (smallest set of most likely tokens whose mass
+ *      reaches top_p), then min_p (drop tokens below min_p * max prob);
+ *   5. draw one token from what is left, renormalised, with a uniform
+ *      number from a counter-based generator keyed by (seed, position).
+ * Because the draw depends only on (logits, params, seed, position) the same
+ * request gives the same tokens whatever else is in the batch, and a resumed
+ * job draws exactly what it would have drawn (DESIGN.md §3).
+ */
+#ifndef LLMQ_SAMPLER_H
+#define LLMQ_SAMPLER_H
+
+#include <stdint.h>
+
+typedef struct sampling_params {
+    float temperature;        /* 0 = greedy */
+    int top_k;                /* 0 = off */
+    float top_p;              /* 1 = off */
+    float min_p;              /* 0 = off */
+    float repetition_penalty; /* 1 = off */
+    float presence_penalty;   /* 0 = off */
+    float frequency_penalty;  /* 0 = off */
+    uint64_t seed;
+} sampling_params;
+
+void sampling_params_default(sampling_params *p);
+
+/* Uniform double in [0, 1) from the counter-based generator. */
+double sampler_uniform(uint64_t seed, uint64_t position);
+
+typedef struct sampler sampler;
+
+/* Scratch for one vocabulary size; one sampler serves any number of
+ * sequences, one at a time. NULL on allocation failure. */
+sampler *sampler_create(int vocab);
+void sampler_destroy(sampler *s);
+
+/*
+ * Choose the token at `position` (its absolute position in the sequence).
+ * logits [vocab] is modified in place.  history = prompt then output ids;
+ * n_prompt of them are prompt.
+ */
+int32_t sampler_sample(sampler *s, const sampling_params *p, float *logits, const int32_t *history, int n_history,
+                       int n_prompt, uint64_t position);
+
+#endif
