@@ -40,7 +40,7 @@ endif
 
 # Libraries (Debian packages, see DESIGN.md §7 and `make deps`).
 LIB_COMMON  := -ljansson -lmsgpackc -lhiredis -lm
-LIB_ENGINE  := -lopenblas -lpcre2-8 -lutf8proc -lxxhash
+LIB_ENGINE  := -lpcre2-8 -lutf8proc -lxxhash
 LIB_GATEWAY := -lev -lhttp_parser
 LIB_TEST    := -lcmocka
 
@@ -144,3 +144,6 @@ clean:
 
 # Kernels are hot loops: let the compiler vectorize them fully.
 $(BUILD)/obj/kernels/%.o: CFLAGS += -O3
+
+# Keep objects of test programs between runs.
+.SECONDARY:

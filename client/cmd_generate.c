@@ -55,7 +55,7 @@ static void usage(FILE *f) {
             "  --ignore-eos             keep generating past end-of-sequence\n"
             "  --backend NAME           cpu (default), cpu-ref, cuda\n"
             "  --kv-blocks N            KV cache blocks of 16 tokens (default: enough for all prompts)\n"
-            "  --max-num-seqs N         sequences per step (default 32)\n"
+            "  --max-num-seqs N         sequences per step (default 32, at most the token budget)\n"
             "  --max-batched-tokens N   tokens per step (default 512)\n"
             "  --json                   one JSON object per prompt per line\n");
 }
@@ -128,7 +128,7 @@ int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *backend_name = "cpu";
     int32_t *prompts[GEN_MAX_PROMPTS];
     int prompt_len[GEN_MAX_PROMPTS];
-    int n_prompts = 0, max_tokens = 64, kv_blocks = 0, max_seqs = 32, max_batched = 512, json = 0, ignore_eos = 0;
+    int n_prompts = 0, max_tokens = 64, kv_blocks = 0, max_seqs = 0, max_batched = 512, json = 0, ignore_eos = 0;
     int have_seed = 0, n_stop = 0;
     int32_t stop_ids[SEQ_MAX_STOP_IDS];
     sampling_params sp;
@@ -177,7 +177,10 @@ int cmd_generate(int argc, char **argv) {
         default: usage(stderr); goto out;
         }
         if (end && *end) {
-            fprintf(stderr, "llmq generate: bad number '%s' for --%s\n", optarg, opts[c - O_PROMPT_IDS + 1].name);
+            const char *name = "?";
+            for (const struct option *o = opts; o->name; o++)
+                if (o->val == c) name = o->name;
+            fprintf(stderr, "llmq generate: bad number '%s' for --%s\n", optarg, name);
             goto out;
         }
     }
@@ -190,6 +193,7 @@ int cmd_generate(int argc, char **argv) {
         usage(stderr);
         goto out;
     }
+    if (max_seqs == 0) max_seqs = max_batched < 32 ? max_batched : 32;
     if (max_tokens < 1 || max_seqs < 1 || max_batched < max_seqs || sp.temperature < 0 || sp.top_p <= 0 ||
         sp.top_p > 1 || sp.min_p < 0 || sp.min_p > 1 || sp.top_k < 0 || kv_blocks < 0) {
         fprintf(stderr, "llmq generate: out-of-range option (need max-tokens >= 1, 0 < top-p <= 1, "

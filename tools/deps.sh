@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 DEB_PKGS=(
   build-essential pkg-config
   libhiredis-dev libev-dev libmsgpack-dev libhttp-parser-dev libjansson-dev
-  libpcre2-dev libopenblas-dev libxxhash-dev libutf8proc-dev libcmocka-dev
+  libpcre2-dev libxxhash-dev libutf8proc-dev libcmocka-dev
   redis-server curl python3 python3-venv
 )
 PY_PKGS=(numpy pytest redis openai tokenizers msgpack)

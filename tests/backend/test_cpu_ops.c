@@ -1,0 +1,261 @@
+/*
+ * test_cpu_ops.c — every op of the fast CPU backend against the reference
+ * backend (plain loops), on many shapes: results must be finite, agree within
+ * abs + rel tolerance, and never write outside their outputs (sentinels).
+ * Also the batch-invariance promise of backend.h: a row computed alone and
+ * inside a batch is bitwise the same.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+#include "tests/unit/testutil.h"
+
+#define SENTINEL 12345.678f
+#define GUARD 16
+
+static llmq_backend *fast, *ref;
+
+static int setup(void **st) {
+    (void)st;
+    fast = llmq_backend_create("cpu", NULL);
+    ref = llmq_backend_create("cpu-ref", NULL);
+    return fast && ref ? 0 : -1;
+}
+
+static int teardown(void **st) {
+    (void)st;
+    llmq_backend_destroy(fast);
+    llmq_backend_destroy(ref);
+    return 0;
+}
+
+/* A float buffer of n elements with GUARD sentinels on both sides. */
+static float *guarded(size_t n) {
+    float *p = malloc((n + 2 * GUARD) * sizeof(float));
+    for (size_t i = 0; i < n + 2 * GUARD; i++) p[i] = SENTINEL;
+    return p + GUARD;
+}
+
+static void guarded_check_free(float *p, size_t n, const char *what) {
+    for (int i = 1; i <= GUARD; i++)
+        if (p[-i] != SENTINEL || p[n + (size_t)i - 1] != SENTINEL) fail_msg("%s: write outside the output", what);
+    free(p - GUARD);
+}
+
+static void compare(const float *got, const float *want, size_t n, double atol, double rtol, const char *what) {
+    int wrong = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) fail_msg("%s: element %zu is %f", what, i, got[i]);
+        double d = fabs((double)got[i] - want[i]);
+        if (d > atol + rtol * fabs(want[i])) {
+            if (wrong < 5) print_message("%s[%zu]: got %.8g want %.8g\n", what, i, got[i], want[i]);
+            wrong++;
+        }
+    }
+    if (wrong) fail_msg("%s: %d of %zu elements out of tolerance", what, wrong, n);
+}
+
+static void to_dtype(void *dst, const float *src, size_t n, llmq_dtype dt) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &src[i], 4);
+        if (dt == LLMQ_F32) {
+            ((float *)dst)[i] = src[i];
+        } else if (dt == LLMQ_BF16) {
+            ((uint16_t *)dst)[i] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+        } else { /* F16 via _Float16-free rounding: values are small, normal range */
+            uint32_t sign = (u >> 16) & 0x8000;
+            int e = (int)((u >> 23) & 0xff) - 127 + 15;
+            uint32_t man = u & 0x7fffff;
+            uint16_t h;
+            if (e <= 0) h = (uint16_t)sign; /* flush tiny values to zero */
+            else h = (uint16_t)(sign | ((uint32_t)e << 10) | ((man + 0x1000) >> 13));
+            ((uint16_t *)dst)[i] = h;
+        }
+    }
+}
+
+static void test_matmul(void **st) {
+    (void)st;
+    static const int ns[] = {1, 2, 3, 5, 8, 33};
+    static const int ks[] = {1, 7, 8, 64, 100, 768};
+    static const int ms[] = {1, 3, 4, 17, 64};
+    static const llmq_dtype dts[] = {LLMQ_F32, LLMQ_F16, LLMQ_BF16};
+    uint64_t rs = 42;
+    int cases = 0;
+    for (size_t a = 0; a < 6; a++)
+        for (size_t b = 0; b < 6; b++)
+            for (size_t c = 0; c < 5; c++)
+                for (size_t t = 0; t < 3; t++) {
+                    const int n = ns[a], k = ks[b], m = ms[c];
+                    float *x = malloc(sizeof(float) * (size_t)n * k), *wf = malloc(sizeof(float) * (size_t)m * k);
+                    float *bias = malloc(sizeof(float) * m);
+                    void *w = malloc(sizeof(float) * (size_t)m * k);
+                    tu_fill_random(x, (size_t)n * k, &rs, 1.0f);
+                    tu_fill_random(wf, (size_t)m * k, &rs, 0.5f);
+                    tu_fill_random(bias, (size_t)m, &rs, 0.5f);
+                    to_dtype(w, wf, (size_t)m * k, dts[t]);
+                    be_weight bw = {w, dts[t], m, k};
+                    float *o1 = guarded((size_t)n * m), *o2 = guarded((size_t)n * m);
+                    const float *bb = (c % 2) ? bias : NULL;
+                    fast->ops->matmul(fast, o1, x, &bw, bb, n);
+                    ref->ops->matmul(ref, o2, x, &bw, bb, n);
+                    char what[96];
+                    snprintf(what, sizeof what, "matmul %s n=%d k=%d m=%d", llmq_dtype_name(dts[t]), n, k, m);
+                    compare(o1, o2, (size_t)n * m, 1e-5 * sqrt(k), 1e-5, what);
+                    /* batch invariance: each row alone is bitwise the batched row */
+                    float *one = guarded((size_t)m);
+                    for (int r = 0; r < n; r++) {
+                        fast->ops->matmul(fast, one, x + (size_t)r * k, &bw, bb, 1);
+                        if (memcmp(one, o1 + (size_t)r * m, sizeof(float) * m))
+                            fail_msg("%s: row %d alone differs from the batch", what, r);
+                    }
+                    guarded_check_free(one, (size_t)m, what);
+                    guarded_check_free(o1, (size_t)n * m, what);
+                    guarded_check_free(o2, (size_t)n * m, what);
+                    free(x);
+                    free(wf);
+                    free(w);
+                    free(bias);
+                    cases++;
+                }
+    assert_int_equal(cases, 6 * 6 * 5 * 3);
+}
+
+static void test_norms_rope_swiglu(void **st) {
+    (void)st;
+    uint64_t rs = 7;
+    static const int dims[] = {8, 63, 64, 768};
+    for (int di = 0; di < 4; di++) {
+        const int n = 5, dim = dims[di];
+        const size_t sz = (size_t)n * dim;
+        float *x = malloc(sz * 4), *x2 = malloc(sz * 4), *delta = malloc(sz * 4), *w = malloc((size_t)dim * 4);
+        tu_fill_random(x, sz, &rs, 2.0f);
+        tu_fill_random(delta, sz, &rs, 1.0f);
+        tu_fill_random(w, (size_t)dim, &rs, 1.5f);
+        memcpy(x2, x, sz * 4);
+        float *o1 = guarded(sz), *o2 = guarded(sz);
+        fast->ops->rmsnorm(fast, o1, x, w, n, dim, 1e-5f);
+        ref->ops->rmsnorm(ref, o2, x, w, n, dim, 1e-5f);
+        compare(o1, o2, sz, 1e-6, 1e-5, "rmsnorm");
+        fast->ops->add_rmsnorm(fast, o1, x, delta, w, n, dim, 1e-5f);
+        ref->ops->add_rmsnorm(ref, o2, x2, delta, w, n, dim, 1e-5f);
+        compare(o1, o2, sz, 1e-6, 1e-5, "add_rmsnorm (out)");
+        compare(x, x2, sz, 0, 0, "add_rmsnorm (residual)");
+        /* swiglu with dim as the MLP width */
+        fast->ops->swiglu(fast, o1, x, delta, n, dim);
+        ref->ops->swiglu(ref, o2, x, delta, n, dim);
+        compare(o1, o2, sz, 1e-6, 1e-5, "swiglu");
+        guarded_check_free(o1, sz, "norms");
+        guarded_check_free(o2, sz, "norms");
+        free(x);
+        free(x2);
+        free(delta);
+        free(w);
+    }
+    /* rope: GQA shapes, positions far apart */
+    const int n = 6, nh = 4, nkv = 2, hd = 16;
+    int32_t pos[6] = {0, 1, 17, 100, 511, 4095};
+    float inv[8];
+    for (int i = 0; i < hd / 2; i++) inv[i] = 1.0f / powf(10000.0f, 2.0f * i / hd);
+    float *q1 = malloc(sizeof(float) * n * nh * hd), *q2 = malloc(sizeof(float) * n * nh * hd);
+    float *k1 = malloc(sizeof(float) * n * nkv * hd), *k2 = malloc(sizeof(float) * n * nkv * hd);
+    tu_fill_random(q1, (size_t)n * nh * hd, &rs, 1.0f);
+    tu_fill_random(k1, (size_t)n * nkv * hd, &rs, 1.0f);
+    memcpy(q2, q1, sizeof(float) * n * nh * hd);
+    memcpy(k2, k1, sizeof(float) * n * nkv * hd);
+    fast->ops->rope(fast, q1, k1, pos, n, nh, nkv, hd, inv);
+    ref->ops->rope(ref, q2, k2, pos, n, nh, nkv, hd, inv);
+    compare(q1, q2, (size_t)n * nh * hd, 1e-6, 1e-5, "rope q");
+    compare(k1, k2, (size_t)n * nkv * hd, 1e-6, 1e-5, "rope k");
+    /* position 0 is the identity */
+    free(q1);
+    free(q2);
+    free(k1);
+    free(k2);
+}
+
+static void test_attention_paged(void **st) {
+    (void)st;
+    uint64_t rs = 99;
+    static const int windows[] = {0, 5, 16};
+    static const int shapes[][3] = {{4, 4, 8}, {8, 2, 16}, {4, 1, 64}}; /* heads, kv heads, head_dim */
+    for (int si = 0; si < 3; si++)
+        for (int wi = 0; wi < 3; wi++) {
+            const int nh = shapes[si][0], nkv = shapes[si][1], hd = shapes[si][2], bs = 16, nblocks = 12;
+            const int kvd = nkv * hd;
+            /* two sequences: A prefill of 21 tokens from 0, B decode at position 40 */
+            int32_t bt[2 * 4] = {7, 2, 9, 0, 3, 11, 5, 1};
+            int32_t tok_start[3] = {0, 21, 22};
+            int32_t positions[22];
+            for (int i = 0; i < 21; i++) positions[i] = i;
+            positions[21] = 40;
+            float *kc = malloc(sizeof(float) * nblocks * bs * kvd), *vc = malloc(sizeof(float) * nblocks * bs * kvd);
+            tu_fill_random(kc, (size_t)nblocks * bs * kvd, &rs, 1.0f);
+            tu_fill_random(vc, (size_t)nblocks * bs * kvd, &rs, 1.0f);
+            float *q = malloc(sizeof(float) * 22 * nh * hd);
+            tu_fill_random(q, (size_t)22 * nh * hd, &rs, 1.0f);
+            be_attn_step step = {2, 22, tok_start, positions, bt, 4, bs};
+            be_attn_shape shape = {nh, nkv, hd, windows[wi], 1.0f / sqrtf((float)hd)};
+            float *o1 = guarded((size_t)22 * nh * hd), *o2 = guarded((size_t)22 * nh * hd);
+            fast->ops->attention(fast, o1, q, kc, vc, &step, &shape);
+            ref->ops->attention(ref, o2, q, kc, vc, &step, &shape);
+            char what[64];
+            snprintf(what, sizeof what, "attention h=%d kv=%d hd=%d window=%d", nh, nkv, hd, windows[wi]);
+            compare(o1, o2, (size_t)22 * nh * hd, 1e-5, 1e-4, what);
+            /* token 0 attends only to itself: output = its V row */
+            const float *v0 = vc + (size_t)(7 * bs) * kvd;
+            for (int h = 0; h < nh; h++)
+                for (int d = 0; d < hd; d++)
+                    assert_float_equal(o1[h * hd + d], v0[(h / (nh / nkv)) * hd + d], 1e-6);
+            guarded_check_free(o1, (size_t)22 * nh * hd, what);
+            guarded_check_free(o2, (size_t)22 * nh * hd, what);
+            free(kc);
+            free(vc);
+            free(q);
+        }
+}
+
+static void test_kv_store_and_embed(void **st) {
+    (void)st;
+    const int kvd = 8, rows = 4;
+    float cache_k[64 * 8] = {0}, cache_v[64 * 8] = {0}, k[4 * 8], v[4 * 8];
+    for (int i = 0; i < rows * kvd; i++) {
+        k[i] = (float)i;
+        v[i] = (float)-i;
+    }
+    int32_t slots[4] = {3, 40, 17, 63};
+    fast->ops->kv_store(fast, cache_k, cache_v, k, v, slots, rows, kvd);
+    for (int r = 0; r < rows; r++) {
+        assert_memory_equal(cache_k + slots[r] * kvd, k + r * kvd, sizeof(float) * kvd);
+        assert_memory_equal(cache_v + slots[r] * kvd, v + r * kvd, sizeof(float) * kvd);
+    }
+    uint16_t table[3 * 4];
+    float tf[12] = {1, 2, 3, 4, -1, -2, -3, -4, 0.5f, 0.25f, 8, 16};
+    to_dtype(table, tf, 12, LLMQ_BF16);
+    be_weight t = {table, LLMQ_BF16, 3, 4};
+    int32_t ids[2] = {2, 0};
+    float out[8];
+    fast->ops->embed(fast, out, &t, ids, 2);
+    assert_memory_equal(out, tf + 8, 4 * sizeof(float));
+    assert_memory_equal(out + 4, tf, 4 * sizeof(float));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_norms_rope_swiglu),
+        cmocka_unit_test(test_attention_paged),
+        cmocka_unit_test(test_kv_store_and_embed),
+    };
+    return cmocka_run_group_tests_name("cpu_ops", tests, setup, teardown);
+}

@@ -1,0 +1,253 @@
+/*
+ * test_engine.c — the forward pass against independent references.
+ *
+ *  - stories260K (a real trained model, ../shared): next-token logits after
+ *    prefill within 1e-4 of the llama2.c reference, on the fast and the
+ *    reference CPU backends;
+ *  - tests/fixtures/hf/<variant>: tiny random models saved and evaluated by
+ *    Hugging Face transformers (tools/make_fixtures.py): logits within 1e-4
+ *    (fp32 compute over the stored weights) and, for BF16 models, within 2%
+ *    of transformers' own bf16 computation;
+ *  - properties the scheduler relies on: chunked prefill and batching give
+ *    bitwise the same logits as one whole prefill of one sequence alone.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/unit/testutil.h"
+#include "worker/engine.h"
+#include "worker/model.h"
+
+typedef struct rig {
+    llmq_backend *be;
+    model *m;
+    engine *e;
+    int32_t *blocks; /* identity-free block table: a shuffled list */
+    int n_blocks;
+} rig;
+
+static void rig_open(rig *r, const char *dir, const char *backend, int max_tokens, int max_seqs) {
+    llmq_err err = {0};
+    memset(r, 0, sizeof *r);
+    r->be = llmq_backend_create(backend, &err);
+    assert_non_null(r->be);
+    if (model_load(&r->m, dir, r->be, &err)) fail_msg("model_load(%s): %s", dir, err.msg);
+    r->n_blocks = 64;
+    eng_opts o = {r->n_blocks, max_tokens, max_seqs};
+    if (eng_create(&r->e, r->m, &o, &err)) fail_msg("eng_create: %s", err.msg);
+    /* Non-contiguous block ids so that block-table indexing is exercised. */
+    r->blocks = malloc(sizeof(int32_t) * (size_t)r->n_blocks);
+    for (int i = 0; i < r->n_blocks; i++) r->blocks[i] = (i * 37 + 11) % r->n_blocks;
+}
+
+static void rig_close(rig *r) {
+    eng_destroy(r->e);
+    model_destroy(r->m);
+    llmq_backend_destroy(r->be);
+    free(r->blocks);
+}
+
+/* Prefill ids in chunks of `chunk` tokens through one sequence (block table
+ * starting at blocks + off); logits of the last token into out. */
+static void prefill(rig *r, const int32_t *ids, int n, int chunk, int off, float *out) {
+    llmq_err err = {0};
+    for (int p = 0; p < n; p += chunk) {
+        int cnt = n - p < chunk ? n - p : chunk;
+        eng_seq s = {ids + p, cnt, p, r->blocks + off, (p + cnt + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE,
+                     p + cnt == n};
+        if (eng_step(r->e, &s, 1, out, &err)) fail_msg("eng_step: %s", err.msg);
+    }
+}
+
+static int json_ids(json_t *arr, int32_t *ids, int cap) {
+    int n = (int)json_array_size(arr);
+    assert_true(n <= cap);
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
+    return n;
+}
+
+/* max |a - b| over the vector, and max |b|. */
+static double max_abs_diff(const float *a, json_t *ref, int n, double *ref_max) {
+    double worst = 0, mx = 0;
+    assert_int_equal((int)json_array_size(ref), n);
+    for (int i = 0; i < n; i++) {
+        double b = json_number_value(json_array_get(ref, (size_t)i));
+        if (!isfinite(a[i])) fail_msg("logit %d is not finite (%f)", i, a[i]);
+        double d = fabs(a[i] - b);
+        if (d > worst) worst = d;
+        if (fabs(b) > mx) mx = fabs(b);
+    }
+    if (ref_max) *ref_max = mx;
+    return worst;
+}
+
+static void stories_logits(const char *backend) {
+    const char *shared = tu_shared();
+    if (!shared) {
+        print_message("../shared is absent: stories260K reference skipped\n");
+        skip();
+    }
+    char dir[4096], path[4200];
+    snprintf(dir, sizeof dir, "%s/models/stories260K", shared);
+    snprintf(path, sizeof path, "%s/reference_logits.jsonl", dir);
+    char *text = tu_read_file(path, NULL);
+    assert_non_null(text);
+    rig r;
+    rig_open(&r, dir, backend, 64, 4);
+    const int V = r.m->cfg.vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)V);
+    int lines = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        json_error_t jerr;
+        json_t *o = json_loads(line, 0, &jerr);
+        assert_non_null(o);
+        int32_t ids[512];
+        int n = json_ids(json_object_get(o, "prompt_ids"), ids, 512);
+        prefill(&r, ids, n, n, 0, logits);
+        double d = max_abs_diff(logits, json_object_get(o, "logits"), V, NULL);
+        if (d > 1e-4) fail_msg("%s: prompt %d: max |logit diff| %.3g > 1e-4", backend, lines, d);
+        json_decref(o);
+        lines++;
+    }
+    assert_int_equal(lines, 3);
+    free(logits);
+    free(text);
+    rig_close(&r);
+}
+
+static void test_stories_logits_cpu(void **st) { (void)st; stories_logits("cpu"); }
+static void test_stories_logits_ref(void **st) { (void)st; stories_logits("cpu-ref"); }
+
+static void hf_fixtures(const char *backend) {
+    char base[4096];
+    snprintf(base, sizeof base, "%s/tests/fixtures/hf", tu_root());
+    DIR *d = opendir(base);
+    assert_non_null(d);
+    struct dirent *de;
+    int variants = 0;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        char dir[4400], path[4500];
+        snprintf(dir, sizeof dir, "%s/%s", base, de->d_name);
+        snprintf(path, sizeof path, "%s/expected.json", dir);
+        json_error_t jerr;
+        json_t *exp = json_load_file(path, 0, &jerr);
+        if (!exp) fail_msg("%s: %s", path, jerr.text);
+        rig r;
+        rig_open(&r, dir, backend, 64, 4);
+        const int V = r.m->cfg.vocab_size;
+        float *logits = malloc(sizeof(float) * (size_t)V);
+        size_t i;
+        json_t *c;
+        json_array_foreach(json_object_get(exp, "cases"), i, c) {
+            int32_t ids[256];
+            int n = json_ids(json_object_get(c, "prompt_ids"), ids, 256);
+            prefill(&r, ids, n, n, 0, logits);
+            double mx;
+            double dd = max_abs_diff(logits, json_object_get(c, "logits"), V, &mx);
+            if (dd > 1e-4 * (mx > 1 ? mx : 1))
+                fail_msg("%s/%s case %zu: max |logit diff| %.3g (ref max %.3g)", backend, de->d_name, i, dd, mx);
+            json_t *native = json_object_get(c, "logits_native");
+            if (native) {
+                dd = max_abs_diff(logits, native, V, &mx);
+                if (dd > 2e-2 * mx)
+                    fail_msg("%s/%s case %zu: vs transformers bf16: max diff %.3g > 2%% of %.3g", backend,
+                             de->d_name, i, dd, mx);
+            }
+        }
+        free(logits);
+        rig_close(&r);
+        json_decref(exp);
+        variants++;
+    }
+    closedir(d);
+    assert_true(variants >= 8);
+}
+
+static void test_hf_fixtures_cpu(void **st) { (void)st; hf_fixtures("cpu"); }
+static void test_hf_fixtures_ref(void **st) { (void)st; hf_fixtures("cpu-ref"); }
+
+/* Chunked prefill, and a sequence inside a mixed batch, give the bits of a
+ * whole prefill alone. */
+static void test_chunks_and_batches_are_invariant(void **st) {
+    (void)st;
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/hf/llama_gqa_tied", tu_root());
+    rig r;
+    rig_open(&r, dir, "cpu", 128, 4);
+    const int V = r.m->cfg.vocab_size;
+    int32_t ids[40];
+    for (int i = 0; i < 40; i++) ids[i] = (int32_t)((i * 7 + 3) % V);
+    float *whole = malloc(sizeof(float) * V), *chunked = malloc(sizeof(float) * V);
+    float *batch = malloc(sizeof(float) * 3 * (size_t)V);
+    prefill(&r, ids, 40, 40, 0, whole);
+    prefill(&r, ids, 40, 7, 8, chunked); /* another part of the cache */
+    assert_memory_equal(whole, chunked, sizeof(float) * V);
+
+    /* batch: seq A = decode of ids[39] over a 39-token cache at blocks[16..],
+     * seq B = a different 20-token prompt, seq C = ids again whole. */
+    llmq_err err = {0};
+    int32_t other[20];
+    for (int i = 0; i < 20; i++) other[i] = (int32_t)((i * 13 + 5) % V);
+    prefill(&r, ids, 39, 39, 16, chunked); /* fill A's cache */
+    eng_seq seqs[3] = {
+        {ids + 39, 1, 39, r.blocks + 16, 3, 1},
+        {other, 20, 0, r.blocks + 24, 2, 1},
+        {ids, 40, 0, r.blocks + 32, 3, 1},
+    };
+    if (eng_step(r.e, seqs, 3, batch, &err)) fail_msg("eng_step: %s", err.msg);
+    assert_memory_equal(whole, batch, sizeof(float) * V);
+    assert_memory_equal(whole, batch + 2 * (size_t)V, sizeof(float) * V);
+    prefill(&r, other, 20, 20, 40, chunked);
+    assert_memory_equal(chunked, batch + V, sizeof(float) * V);
+    free(whole);
+    free(chunked);
+    free(batch);
+    rig_close(&r);
+}
+
+static void test_step_limits_are_errors(void **st) {
+    (void)st;
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/hf/llama_mha", tu_root());
+    rig r;
+    rig_open(&r, dir, "cpu", 16, 2);
+    float logits[256];
+    int32_t ids[20] = {1};
+    llmq_err err = {0};
+    eng_seq too_many = {ids, 17, 0, r.blocks, 2, 1};
+    assert_int_equal(eng_step(r.e, &too_many, 1, logits, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "more than 16 tokens"));
+    eng_seq short_table = {ids, 4, 14, r.blocks, 1, 1};
+    assert_int_equal(eng_step(r.e, &short_table, 1, logits, &err), LLMQ_ERR_INVALID);
+    int32_t bad_tok = 999;
+    eng_seq bad = {&bad_tok, 1, 0, r.blocks, 1, 1};
+    assert_int_equal(eng_step(r.e, &bad, 1, logits, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "outside the vocabulary"));
+    int32_t bad_block = 64;
+    eng_seq bb = {ids, 1, 0, &bad_block, 1, 1};
+    assert_int_equal(eng_step(r.e, &bb, 1, logits, &err), LLMQ_ERR_INVALID);
+    rig_close(&r);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stories_logits_cpu),
+        cmocka_unit_test(test_stories_logits_ref),
+        cmocka_unit_test(test_hf_fixtures_cpu),
+        cmocka_unit_test(test_hf_fixtures_ref),
+        cmocka_unit_test(test_chunks_and_batches_are_invariant),
+        cmocka_unit_test(test_step_limits_are_errors),
+    };
+    return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
+}

@@ -1,0 +1,170 @@
+/*
+ * test_keys.c — the Redis key layout (common/keys.c), argv commands
+ * (common/rcmd.c) and the job command builders (common/jobops.c).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/jobops.h"
+#include "common/keys.h"
+#include "common/rcmd.h"
+
+static void test_default_layout(void **state) {
+    (void)state;
+    llmq_keys k;
+    llmq_err err;
+    assert_int_equal(keys_init(&k, NULL, &err), LLMQ_OK);
+    char b[KEYS_MAX];
+    keys_req_stream(&k, "meta-llama/Llama-3-8B", b, sizeof b);
+    assert_string_equal(b, "llmq:req:meta-llama/Llama-3-8B");
+    keys_job(&k, "abc", b, sizeof b);
+    assert_string_equal(b, "llmq:job:{abc}");
+    keys_job_out(&k, "abc", b, sizeof b);
+    assert_string_equal(b, "llmq:job:{abc}:out");
+    keys_out_channel(&k, "abc", b, sizeof b);
+    assert_string_equal(b, "llmq:out:{abc}");
+    keys_dead_stream(&k, "m", b, sizeof b);
+    assert_string_equal(b, "llmq:dead:m");
+    keys_cancel_channel(&k, b, sizeof b);
+    assert_string_equal(b, "llmq:cancel");
+    keys_group_rdv(&k, "g0", b, sizeof b);
+    assert_string_equal(b, "llmq:group:{g0}:rdv");
+    keys_workers(&k, b, sizeof b);
+    assert_string_equal(b, "llmq:workers");
+}
+
+static void test_prefix(void **state) {
+    (void)state;
+    llmq_keys k;
+    llmq_err err;
+    assert_int_equal(keys_init(&k, "staging:llmq:", &err), LLMQ_OK);
+    char b[KEYS_MAX];
+    keys_job_out(&k, "x1", b, sizeof b);
+    assert_string_equal(b, "staging:llmq:job:{x1}:out");
+    size_t n;
+    keys_out_channel(&k, "x1", b, sizeof b);
+    const char *id = keys_channel_job_id(&k, b, strlen(b), &n);
+    assert_non_null(id);
+    assert_int_equal(n, 2);
+    assert_memory_equal(id, "x1", 2);
+    assert_null(keys_channel_job_id(&k, "llmq:out:{x1}", 13, &n));
+    assert_null(keys_channel_job_id(&k, "staging:llmq:out:{x1", 20, &n));
+    assert_int_equal(keys_init(&k, "bad{prefix", &err), LLMQ_ERR_INVALID);
+    assert_int_equal(keys_init(&k, "has space", &err), LLMQ_ERR_INVALID);
+    char longp[100];
+    memset(longp, 'a', sizeof longp - 1);
+    longp[99] = 0;
+    assert_int_equal(keys_init(&k, longp, &err), LLMQ_ERR_INVALID);
+    /* truncation is reported like snprintf */
+    assert_int_equal(keys_init(&k, NULL, &err), LLMQ_OK);
+    char small[8];
+    assert_true(keys_job(&k, "abcdef", small, sizeof small) >= sizeof small);
+    assert_int_equal(strlen(small), 7);
+}
+
+static void test_validity_and_ids(void **state) {
+    (void)state;
+    assert_true(keys_id_valid("a1b2-c3_d4.e5:f6"));
+    assert_false(keys_id_valid(""));
+    assert_false(keys_id_valid("with{brace}"));
+    assert_false(keys_id_valid("sp ace"));
+    assert_false(keys_id_valid(NULL));
+    char longid[200];
+    memset(longid, 'a', sizeof longid - 1);
+    longid[199] = 0;
+    assert_false(keys_id_valid(longid));
+    assert_true(keys_model_valid("Qwen/Qwen2-0.5B-Instruct"));
+    assert_true(keys_model_valid("stories260K"));
+    assert_false(keys_model_valid("bad model"));
+    assert_false(keys_model_valid("a{b}"));
+    char a[33], b[33];
+    llmq_err err;
+    assert_int_equal(keys_new_id(a, &err), LLMQ_OK);
+    assert_int_equal(keys_new_id(b, &err), LLMQ_OK);
+    assert_int_equal(strlen(a), 32);
+    assert_true(keys_id_valid(a));
+    assert_string_not_equal(a, b);
+}
+
+static void test_rcmd(void **state) {
+    (void)state;
+    rcmd c;
+    rcmd_init(&c);
+    assert_false(rcmd_ok(&c));
+    rcmd_str(&c, "SET");
+    rcmd_fmt(&c, "k%d", 7);
+    rcmd_arg(&c, "a\0b", 3);
+    assert_true(rcmd_ok(&c));
+    assert_int_equal(c.argc, 3);
+    assert_string_equal(c.argv[1], "k7");
+    assert_int_equal(c.argvlen[2], 3);
+    for (int i = 0; i < RCMD_MAX_ARGS; i++) rcmd_str(&c, "x");
+    assert_true(c.overflow);
+    assert_false(rcmd_ok(&c));
+    rcmd_init(&c);
+    char big[RCMD_SCRATCH + 10];
+    memset(big, 'z', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    rcmd_fmt(&c, "%s", big);
+    assert_false(rcmd_ok(&c));
+}
+
+static void test_jobops_builders(void **state) {
+    (void)state;
+    llmq_keys k;
+    keys_init(&k, NULL, NULL);
+    jobops_keys kb;
+    rcmd h, x;
+    jobops_submit(&h, &x, &kb, &k, "id1", "m1", "\x81\xa1v\x01", 4, 1700000000000LL);
+    assert_true(rcmd_ok(&h) && rcmd_ok(&x));
+    assert_string_equal(h.argv[0], "HSET");
+    assert_string_equal(h.argv[1], "llmq:job:{id1}");
+    assert_string_equal(h.argv[3], "queued");
+    assert_string_equal(h.argv[7], "1700000000000");
+    assert_string_equal(x.argv[0], "XADD");
+    assert_string_equal(x.argv[1], "llmq:req:m1");
+    assert_string_equal(x.argv[4], "id1");
+    assert_string_equal(x.argv[5], "p");
+    assert_int_equal(x.argvlen[6], 4);
+    rcmd g;
+    jobops_group_create(&g, &kb, &k, "m1");
+    assert_int_equal(g.argc, 6);
+    assert_string_equal(g.argv[3], "workers");
+    assert_string_equal(g.argv[5], "MKSTREAM");
+    proto_buf b;
+    proto_buf_init(&b);
+    assert_int_equal(jobops_cancel_chunk(&b, NULL), LLMQ_OK);
+    proto_chunk ch;
+    assert_int_equal(proto_chunk_decode(&ch, b.data, b.len, NULL), LLMQ_OK);
+    assert_string_equal(ch.finish, "cancelled");
+    assert_int_equal(ch.seq, 0);
+    assert_true(ch.has_usage);
+    proto_chunk_deinit(&ch);
+    rcmd c;
+    jobops_cancel(&c, &kb, &k, "id1", 5, 60, b.data, b.len);
+    assert_true(rcmd_ok(&c));
+    assert_string_equal(c.argv[0], "EVAL");
+    assert_string_equal(c.argv[2], "2");
+    assert_string_equal(c.argv[3], "llmq:job:{id1}");
+    assert_string_equal(c.argv[4], "llmq:job:{id1}:out");
+    assert_string_equal(c.argv[5], "llmq:out:{id1}");
+    assert_string_equal(c.argv[6], "llmq:cancel");
+    proto_buf_deinit(&b);
+    jobops_admit(&c, &kb, &k, "id1", "m1", "w0", 9, UINT64_MAX);
+    assert_true(rcmd_ok(&c));
+    assert_string_equal(c.argv[c.argc - 1], "18446744073709551615");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_default_layout),  cmocka_unit_test(test_prefix),
+        cmocka_unit_test(test_validity_and_ids), cmocka_unit_test(test_rcmd),
+        cmocka_unit_test(test_jobops_builders),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

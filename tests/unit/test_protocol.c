@@ -1,0 +1,513 @@
+/*
+ * test_protocol.c — msgpack requests and chunks (common/protocol.c):
+ * round trips, defaults, wrong types naming the field, truncated and
+ * garbage input, unknown keys, version check, range validation.
+ */
+#include <math.h>
+#include <msgpack.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/protocol.h"
+
+/* msgpack-c allocates a container's element table from the count its header
+ * declares, before reading any element: a 6-byte message can declare 2^32-1
+ * elements (~100 GB).  Outside ASan that malloc fails (or reserves untouched
+ * address space) and the decoder reports a format error; under ASan a failed
+ * malloc aborts unless the allocator may return NULL, which is what this
+ * test checks. */
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) { return "allocator_may_return_null=1"; }
+
+/* ---------------------------------------------------------------- helpers */
+
+static int sb_write(void *data, const char *p, size_t n) {
+    return proto_buf_append(data, p, n) == LLMQ_OK ? 0 : -1;
+}
+
+static void pk_str(msgpack_packer *pk, const char *s) {
+    msgpack_pack_str(pk, strlen(s));
+    msgpack_pack_str_body(pk, s, strlen(s));
+}
+
+/* A map {model: "m", prompt: "hi", <key>: <value packed by fn>}. */
+typedef void (*pack_fn)(msgpack_packer *pk);
+static void build_req_with(proto_buf *b, const char *key, pack_fn fn) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, b, sb_write);
+    msgpack_pack_map(&pk, 3);
+    pk_str(&pk, "model");
+    pk_str(&pk, "m");
+    pk_str(&pk, "prompt");
+    pk_str(&pk, "hi");
+    pk_str(&pk, key);
+    fn(&pk);
+}
+
+static void pack_string(msgpack_packer *pk) { pk_str(pk, "oops"); }
+static void pack_float(msgpack_packer *pk) { msgpack_pack_double(pk, 0.5); }
+static void pack_int(msgpack_packer *pk) { msgpack_pack_int64(pk, 7); }
+static void pack_nil(msgpack_packer *pk) { msgpack_pack_nil(pk); }
+static void pack_map(msgpack_packer *pk) { msgpack_pack_map(pk, 0); }
+static void pack_str_array(msgpack_packer *pk) {
+    msgpack_pack_array(pk, 2);
+    pk_str(pk, "a");
+    pk_str(pk, "b");
+}
+static void pack_bad_messages(msgpack_packer *pk) {
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_map(pk, 2);
+    pk_str(pk, "role");
+    pk_str(pk, "user");
+    pk_str(pk, "content");
+    msgpack_pack_int64(pk, 3);
+}
+
+static proto_request full_request(void) {
+    static proto_message msgs[2] = {{(char *)"system", (char *)"be brief"}, {(char *)"user", (char *)"héllo"}};
+    static char *stops[2] = {(char *)"\n\n", (char *)"END"};
+    static int32_t stop_ids[3] = {2, 0, 32000};
+    proto_request r;
+    proto_request_init(&r);
+    r.id = (char *)"abc123";
+    r.model = (char *)"stories260K";
+    r.kind = PROTO_PROMPT_MESSAGES;
+    r.messages = msgs;
+    r.n_messages = 2;
+    r.max_tokens = 48;
+    r.temperature = 0.7;
+    r.top_p = 0.9;
+    r.top_k = 40;
+    r.min_p = 0.05;
+    r.has_seed = true;
+    r.seed = UINT64_MAX - 3;
+    r.stop = stops;
+    r.n_stop = 2;
+    r.stop_token_ids = stop_ids;
+    r.n_stop_token_ids = 3;
+    r.ignore_eos = true;
+    r.repetition_penalty = 1.1;
+    r.presence_penalty = -0.5;
+    r.frequency_penalty = 0.25;
+    r.logprobs = 3;
+    r.deadline_ms = 1790000000123LL;
+    r.priority = -2;
+    return r;
+}
+
+/* ---------------------------------------------------------------- requests */
+
+static void test_request_roundtrip_full(void **state) {
+    (void)state;
+    proto_request in = full_request();
+    proto_buf b;
+    proto_buf_init(&b);
+    llmq_err err;
+    assert_int_equal(proto_request_encode(&in, &b, &err), LLMQ_OK);
+    proto_request out;
+    assert_int_equal(proto_request_decode(&out, b.data, b.len, &err), LLMQ_OK);
+    assert_int_equal(out.v, 1);
+    assert_string_equal(out.id, "abc123");
+    assert_string_equal(out.model, "stories260K");
+    assert_int_equal(out.kind, PROTO_PROMPT_MESSAGES);
+    assert_int_equal(out.n_messages, 2);
+    assert_string_equal(out.messages[0].role, "system");
+    assert_string_equal(out.messages[1].content, "héllo");
+    assert_int_equal(out.max_tokens, 48);
+    assert_true(out.temperature == 0.7);
+    assert_true(out.top_p == 0.9);
+    assert_int_equal(out.top_k, 40);
+    assert_true(out.min_p == 0.05);
+    assert_true(out.has_seed);
+    assert_true(out.seed == UINT64_MAX - 3);
+    assert_int_equal(out.n_stop, 2);
+    assert_string_equal(out.stop[0], "\n\n");
+    assert_string_equal(out.stop[1], "END");
+    assert_int_equal(out.n_stop_token_ids, 3);
+    assert_int_equal(out.stop_token_ids[2], 32000);
+    assert_true(out.ignore_eos);
+    assert_true(out.repetition_penalty == 1.1);
+    assert_true(out.presence_penalty == -0.5);
+    assert_true(out.frequency_penalty == 0.25);
+    assert_int_equal(out.logprobs, 3);
+    assert_true(out.deadline_ms == 1790000000123LL);
+    assert_int_equal(out.priority, -2);
+    assert_int_equal(proto_request_validate(&out, &err), LLMQ_OK);
+    proto_request_deinit(&out);
+    proto_request_deinit(&out); /* twice is harmless */
+    proto_buf_deinit(&b);
+}
+
+static void test_request_roundtrip_defaults(void **state) {
+    (void)state;
+    proto_request in;
+    proto_request_init(&in);
+    in.model = (char *)"m";
+    in.kind = PROTO_PROMPT_IDS;
+    int32_t ids[4] = {1, 15043, 0, 2};
+    in.prompt_ids = ids;
+    in.n_prompt_ids = 4;
+    proto_buf b;
+    proto_buf_init(&b);
+    llmq_err err;
+    assert_int_equal(proto_request_encode(&in, &b, &err), LLMQ_OK);
+    proto_request out;
+    assert_int_equal(proto_request_decode(&out, b.data, b.len, &err), LLMQ_OK);
+    assert_null(out.id);
+    assert_int_equal(out.kind, PROTO_PROMPT_IDS);
+    assert_int_equal(out.n_prompt_ids, 4);
+    assert_int_equal(out.prompt_ids[1], 15043);
+    assert_int_equal(out.max_tokens, PROTO_UNSET);
+    assert_true(isnan(out.temperature) && isnan(out.top_p) && isnan(out.min_p));
+    assert_true(isnan(out.repetition_penalty) && isnan(out.presence_penalty) && isnan(out.frequency_penalty));
+    assert_int_equal(out.top_k, PROTO_UNSET);
+    assert_int_equal(out.logprobs, PROTO_UNSET);
+    assert_false(out.has_seed);
+    assert_false(out.ignore_eos);
+    assert_int_equal(out.n_stop, 0);
+    assert_true(out.deadline_ms == 0);
+    assert_int_equal(out.priority, 0);
+    proto_request_deinit(&out);
+    /* Reuse the buffer: reset keeps the allocation, a second encode is identical. */
+    size_t first = b.len;
+    char *copy = malloc(first);
+    memcpy(copy, b.data, first);
+    proto_buf_reset(&b);
+    assert_int_equal(proto_request_encode(&in, &b, &err), LLMQ_OK);
+    assert_int_equal(b.len, first);
+    assert_memory_equal(b.data, copy, first);
+    free(copy);
+    proto_buf_deinit(&b);
+}
+
+static void expect_field_error(const char *key, pack_fn fn, llmq_status want, const char *needle) {
+    proto_buf b;
+    proto_buf_init(&b);
+    build_req_with(&b, key, fn);
+    proto_request r;
+    llmq_err err;
+    llmq_err_clear(&err);
+    llmq_status st = proto_request_decode(&r, b.data, b.len, &err);
+    if (st != want || !strstr(err.msg, needle))
+        fail_msg("key %s: status %d (want %d), message '%s' lacks '%s'", key, st, want, err.msg, needle);
+    /* the struct is left empty */
+    assert_null(r.model);
+    assert_null(r.prompt);
+    proto_buf_deinit(&b);
+}
+
+static void test_request_wrong_types_name_field(void **state) {
+    (void)state;
+    expect_field_error("temperature", pack_string, LLMQ_ERR_INVALID, "field 'temperature': expected a number, got a string");
+    expect_field_error("max_tokens", pack_float, LLMQ_ERR_INVALID, "field 'max_tokens': expected an integer, got a float");
+    expect_field_error("top_k", pack_string, LLMQ_ERR_INVALID, "'top_k'");
+    expect_field_error("seed", pack_float, LLMQ_ERR_INVALID, "'seed'");
+    expect_field_error("ignore_eos", pack_int, LLMQ_ERR_INVALID, "field 'ignore_eos': expected a boolean");
+    expect_field_error("stop", pack_int, LLMQ_ERR_INVALID, "field 'stop'");
+    expect_field_error("stop_token_ids", pack_string, LLMQ_ERR_INVALID, "field 'stop_token_ids'");
+    expect_field_error("deadline_ms", pack_string, LLMQ_ERR_INVALID, "'deadline_ms'");
+    expect_field_error("model", pack_int, LLMQ_ERR_INVALID, "field 'model': expected a string, got an integer");
+    expect_field_error("id", pack_map, LLMQ_ERR_INVALID, "field 'id'");
+    expect_field_error("v", pack_string, LLMQ_ERR_INVALID, "field 'v'");
+    expect_field_error("logprobs", pack_string, LLMQ_ERR_INVALID, "'logprobs'");
+    expect_field_error("presence_penalty", pack_map, LLMQ_ERR_INVALID, "'presence_penalty'");
+}
+
+static void test_request_prompt_forms(void **state) {
+    (void)state;
+    /* two prompt forms */
+    expect_field_error("messages", pack_str_array, LLMQ_ERR_INVALID, "entry 0");
+    proto_buf b;
+    proto_buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, sb_write);
+    msgpack_pack_map(&pk, 3);
+    pk_str(&pk, "model");
+    pk_str(&pk, "m");
+    pk_str(&pk, "prompt");
+    pk_str(&pk, "a");
+    pk_str(&pk, "prompt_ids");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_int64(&pk, 5);
+    proto_request r;
+    llmq_err err;
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "more than one"));
+    /* no prompt at all */
+    proto_buf_reset(&b);
+    msgpack_pack_map(&pk, 1);
+    pk_str(&pk, "model");
+    pk_str(&pk, "m");
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "none of"));
+    /* message content of the wrong type names the entry */
+    proto_buf_reset(&b);
+    build_req_with(&b, "x", pack_nil);
+    proto_buf_reset(&b);
+    msgpack_pack_map(&pk, 2);
+    pk_str(&pk, "model");
+    pk_str(&pk, "m");
+    pk_str(&pk, "messages");
+    pack_bad_messages(&pk);
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "entry 0: field 'messages.content': expected a string"));
+    /* negative prompt id */
+    proto_buf_reset(&b);
+    msgpack_pack_map(&pk, 1);
+    pk_str(&pk, "prompt_ids");
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_int64(&pk, 5);
+    msgpack_pack_int64(&pk, -1);
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "prompt_ids"));
+    proto_buf_deinit(&b);
+}
+
+static void test_request_nil_and_unknown_keys(void **state) {
+    (void)state;
+    proto_buf b;
+    proto_buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, sb_write);
+    msgpack_pack_map(&pk, 6);
+    pk_str(&pk, "model");
+    pk_str(&pk, "m");
+    pk_str(&pk, "prompt");
+    pk_str(&pk, "once upon");
+    pk_str(&pk, "temperature");
+    msgpack_pack_nil(&pk); /* null = not given */
+    pk_str(&pk, "future_knob");
+    msgpack_pack_map(&pk, 1);
+    pk_str(&pk, "x");
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_int64(&pk, 42); /* a non-string key: ignored */
+    msgpack_pack_true(&pk);
+    pk_str(&pk, "stop");
+    pk_str(&pk, "\n"); /* a single string is one stop string */
+    proto_request r;
+    llmq_err err;
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_OK);
+    assert_true(isnan(r.temperature));
+    assert_string_equal(r.prompt, "once upon");
+    assert_int_equal(r.n_stop, 1);
+    assert_string_equal(r.stop[0], "\n");
+    proto_request_deinit(&r);
+    proto_buf_deinit(&b);
+}
+
+static void test_request_version(void **state) {
+    (void)state;
+    proto_buf b;
+    proto_buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, sb_write);
+    msgpack_pack_map(&pk, 2);
+    pk_str(&pk, "v");
+    msgpack_pack_int64(&pk, 2);
+    pk_str(&pk, "prompt");
+    pk_str(&pk, "x");
+    proto_request r;
+    llmq_err err;
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "version 2"));
+    proto_buf_deinit(&b);
+}
+
+static void test_request_truncated_and_garbage(void **state) {
+    (void)state;
+    proto_request in = full_request();
+    proto_buf b;
+    proto_buf_init(&b);
+    llmq_err err;
+    assert_int_equal(proto_request_encode(&in, &b, &err), LLMQ_OK);
+    proto_request r;
+    /* every strict prefix is refused as a format error, never a crash */
+    for (size_t n = 0; n < b.len; n++) {
+        llmq_status st = proto_request_decode(&r, b.data, n, &err);
+        if (st != LLMQ_ERR_FORMAT) fail_msg("prefix %zu/%zu: status %d (%s)", n, b.len, st, err.msg);
+    }
+    /* trailing bytes */
+    proto_buf_append(&b, "\xc0", 1);
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "trailing"));
+    /* not a map */
+    assert_int_equal(proto_request_decode(&r, "\x93\x01\x02\x03", 4, &err), LLMQ_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "expected a msgpack map"));
+    /* invalid first byte */
+    assert_int_equal(proto_request_decode(&r, "\xc1", 1, &err), LLMQ_ERR_FORMAT);
+    /* JSON is not msgpack */
+    const char *json = "{\"prompt\":\"x\"}";
+    assert_int_equal(proto_request_decode(&r, json, strlen(json), &err), LLMQ_ERR_FORMAT);
+    /* an array header that lies about its length (2^32-1 elements in 6 bytes) */
+    assert_int_equal(proto_request_decode(&r, "\x81\xa1p\xdd\xff\xff\xff\xff", 8, &err), LLMQ_ERR_FORMAT);
+    /* pseudo-random garbage of many lengths */
+    unsigned s = 12345;
+    char junk[512];
+    for (int t = 0; t < 2000; t++) {
+        size_t n = (size_t)(t % 511) + 1;
+        for (size_t i = 0; i < n; i++) {
+            s = s * 1103515245u + 12345u;
+            junk[i] = (char)(s >> 16);
+        }
+        if (t % 3 == 0) junk[0] = (char)0x8f; /* start as a map, to get deeper */
+        llmq_status st = proto_request_decode(&r, junk, n, &err);
+        if (st == LLMQ_OK) proto_request_deinit(&r);
+        proto_chunk c;
+        if (proto_chunk_decode(&c, junk, n, &err) == LLMQ_OK) proto_chunk_deinit(&c);
+    }
+    proto_buf_deinit(&b);
+}
+
+static void test_request_validate_ranges(void **state) {
+    (void)state;
+    proto_request r = full_request();
+    llmq_err err;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_OK);
+    r.temperature = 2.5;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "temperature"));
+    r = full_request();
+    r.top_p = 0;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "top_p"));
+    r = full_request();
+    r.max_tokens = 0;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "max_tokens"));
+    r = full_request();
+    r.model = NULL;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "model"));
+    r = full_request();
+    r.frequency_penalty = -3;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_ERR_INVALID);
+    r = full_request();
+    r.kind = PROTO_PROMPT_NONE;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_ERR_INVALID);
+    proto_buf b;
+    proto_buf_init(&b);
+    assert_int_equal(proto_request_encode(&r, &b, &err), LLMQ_ERR_INVALID);
+    assert_int_equal(b.len, 0);
+    proto_buf_deinit(&b);
+}
+
+/* ---------------------------------------------------------------- chunks */
+
+static void test_chunk_roundtrip(void **state) {
+    (void)state;
+    int32_t ids[3] = {7, 8, 9};
+    proto_chunk in;
+    proto_chunk_init(&in);
+    in.seq = 41;
+    in.text = (char *)"a\0b"; /* binary-safe text */
+    in.text_len = 3;
+    in.ids = ids;
+    in.n_ids = 3;
+    proto_buf b;
+    proto_buf_init(&b);
+    llmq_err err;
+    assert_int_equal(proto_chunk_encode(&in, &b, &err), LLMQ_OK);
+    proto_chunk out;
+    assert_int_equal(proto_chunk_decode(&out, b.data, b.len, &err), LLMQ_OK);
+    assert_int_equal(out.seq, 41);
+    assert_int_equal(out.text_len, 3);
+    assert_memory_equal(out.text, "a\0b", 3);
+    assert_int_equal(out.n_ids, 3);
+    assert_int_equal(out.ids[2], 9);
+    assert_null(out.finish);
+    assert_false(out.has_usage);
+    assert_null(out.error);
+    proto_chunk_deinit(&out);
+
+    /* final chunk with usage and error */
+    proto_chunk_init(&in);
+    in.seq = 42;
+    in.finish = (char *)"error";
+    in.has_usage = true;
+    in.usage.prompt_tokens = 12;
+    in.usage.completion_tokens = 3;
+    in.error = (char *)"prompt longer than the context (600 > 512 tokens)";
+    proto_buf_reset(&b);
+    assert_int_equal(proto_chunk_encode(&in, &b, &err), LLMQ_OK);
+    assert_int_equal(proto_chunk_decode(&out, b.data, b.len, &err), LLMQ_OK);
+    assert_int_equal(out.seq, 42);
+    assert_int_equal(out.text_len, 0);
+    assert_int_equal(out.n_ids, 0);
+    assert_string_equal(out.finish, "error");
+    assert_true(out.has_usage);
+    assert_int_equal(out.usage.prompt_tokens, 12);
+    assert_int_equal(out.usage.completion_tokens, 3);
+    assert_string_equal(out.error, "prompt longer than the context (600 > 512 tokens)");
+    proto_chunk_deinit(&out);
+
+    for (size_t n = 0; n < b.len; n++) assert_int_equal(proto_chunk_decode(&out, b.data, n, &err), LLMQ_ERR_FORMAT);
+    proto_buf_deinit(&b);
+}
+
+static void test_chunk_errors(void **state) {
+    (void)state;
+    proto_buf b;
+    proto_buf_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, sb_write);
+    msgpack_pack_map(&pk, 1);
+    pk_str(&pk, "text");
+    pk_str(&pk, "x");
+    proto_chunk c;
+    llmq_err err;
+    assert_int_equal(proto_chunk_decode(&c, b.data, b.len, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "seq"));
+    proto_buf_reset(&b);
+    msgpack_pack_map(&pk, 2);
+    pk_str(&pk, "seq");
+    msgpack_pack_int64(&pk, 0);
+    pk_str(&pk, "ids");
+    pk_str(&pk, "1,2");
+    assert_int_equal(proto_chunk_decode(&c, b.data, b.len, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "field 'ids'"));
+    proto_buf_reset(&b);
+    msgpack_pack_map(&pk, 2);
+    pk_str(&pk, "seq");
+    msgpack_pack_int64(&pk, -1);
+    pk_str(&pk, "ids");
+    msgpack_pack_array(&pk, 0);
+    assert_int_equal(proto_chunk_decode(&c, b.data, b.len, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "seq"));
+    proto_buf_deinit(&b);
+}
+
+static void test_job_states(void **state) {
+    (void)state;
+    for (int s = PROTO_STATE_QUEUED; s <= PROTO_STATE_EXPIRED; s++) {
+        const char *n = proto_job_state_name((proto_job_state)s);
+        assert_int_equal(proto_job_state_parse(n, strlen(n)), s);
+    }
+    assert_int_equal(proto_job_state_parse("runnin", 6), PROTO_STATE_UNKNOWN);
+    assert_int_equal(proto_job_state_parse("running!", 8), PROTO_STATE_UNKNOWN);
+    assert_string_equal(proto_job_state_name((proto_job_state)99), "unknown");
+    assert_true(proto_job_state_is_final(PROTO_STATE_CANCELLED));
+    assert_false(proto_job_state_is_final(PROTO_STATE_RUNNING));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_request_roundtrip_full),
+        cmocka_unit_test(test_request_roundtrip_defaults),
+        cmocka_unit_test(test_request_wrong_types_name_field),
+        cmocka_unit_test(test_request_prompt_forms),
+        cmocka_unit_test(test_request_nil_and_unknown_keys),
+        cmocka_unit_test(test_request_version),
+        cmocka_unit_test(test_request_truncated_and_garbage),
+        cmocka_unit_test(test_request_validate_ranges),
+        cmocka_unit_test(test_chunk_roundtrip),
+        cmocka_unit_test(test_chunk_errors),
+        cmocka_unit_test(test_job_states),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
