@@ -37,16 +37,41 @@ static inline vf v_fma(vf a, vf b, vf c) { return a * b + c; }
 static inline float s_fma(float a, float b, float c) { return a * b + c; }
 #endif
 
+/* Load 8 weights at element i of a row of dtype DT, widened to F32 (exact). */
+static inline __attribute__((always_inline)) vf w_load(const void *row, int i, llmq_dtype dt) {
+#if defined(__AVX2__) && defined(__FMA__)
+    if (dt == LLMQ_BF16) {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+#if defined(__F16C__)
+    if (dt == LLMQ_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+#endif
+#endif
+    if (dt == LLMQ_F32) return v_load((const float *)row + i);
+    float tmp[8];
+    cpu_convert_row(tmp, row, dt, (size_t)i, 8);
+    return v_load(tmp);
+}
+
+static inline __attribute__((always_inline)) float w_at(const void *row, int i, llmq_dtype dt) {
+    if (dt == LLMQ_F32) return ((const float *)row)[i];
+    uint16_t h = ((const uint16_t *)row)[i];
+    return dt == LLMQ_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+}
+
 static inline float v_hsum(vf v) {
     float l[8];
     memcpy(l, &v, sizeof l);
     return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
 }
 
-/* R rows x J inputs of dot products of length k; res[r * J + j]. */
-static inline __attribute__((always_inline)) void kern(int R, int J, const float *w, int k, const float *const *xs,
-                                                       float *res) {
+/* R rows x J inputs of dot products of length k; res[r * J + j].  w points
+ * at the first of R rows (row stride k elements of dt). */
+static inline __attribute__((always_inline)) void kern(int R, int J, const void *w, llmq_dtype dt, int k,
+                                                       const float *const *xs, float *res) {
     vf acc[4][2];
+    const size_t es = dt == LLMQ_F32 ? 4 : 2;
     for (int r = 0; r < R; r++)
         for (int j = 0; j < J; j++) acc[r][j] = v_zero();
     const int k8 = k & ~7;
@@ -54,30 +79,32 @@ static inline __attribute__((always_inline)) void kern(int R, int J, const float
         vf xv[2];
         for (int j = 0; j < J; j++) xv[j] = v_load(xs[j] + i);
         for (int r = 0; r < R; r++) {
-            vf wv = v_load(w + (size_t)r * k + i);
+            vf wv = w_load((const char *)w + (size_t)r * k * es, i, dt);
             for (int j = 0; j < J; j++) acc[r][j] = v_fma(wv, xv[j], acc[r][j]);
         }
     }
     for (int r = 0; r < R; r++)
         for (int j = 0; j < J; j++) {
             float s = v_hsum(acc[r][j]);
-            const float *wr = w + (size_t)r * k;
-            for (int i = k8; i < k; i++) s = s_fma(wr[i], xs[j][i], s);
+            const void *wr = (const char *)w + (size_t)r * k * es;
+            for (int i = k8; i < k; i++) s = s_fma(w_at(wr, i, dt), xs[j][i], s);
             res[r * J + j] = s;
         }
 }
 
-/* One tile: rows [0, rows) of w (F32, row stride k) against all n inputs.
- * Results go to out[j * ldo + r] (+ bias[r]). */
-static void tile_compute(const float *w, int rows, int k, const float *x, int n, float *out, int ldo,
-                         const float *bias) {
+/* One tile: rows [0, rows) of w (dtype DT, row stride k) against all n
+ * inputs.  Results go to out[j * ldo + r] (+ bias[r]). */
+static inline __attribute__((always_inline)) void tile_compute_dt(const void *w, llmq_dtype dt, int rows, int k,
+                                                                  const float *x, int n, float *out, int ldo,
+                                                                  const float *bias) {
+    const size_t rs = (size_t)k * (dt == LLMQ_F32 ? 4 : 2); /* bytes per row */
     float res[8];
     int j = 0;
     for (; j + 2 <= n; j += 2) {
         const float *xs[2] = {x + (size_t)j * k, x + (size_t)(j + 1) * k};
         int r = 0;
         for (; r + 4 <= rows; r += 4) {
-            kern(4, 2, w + (size_t)r * k, k, xs, res);
+            kern(4, 2, (const char *)w + r * rs, dt, k, xs, res);
             for (int a = 0; a < 4; a++)
                 for (int b = 0; b < 2; b++) {
                     float b0 = bias ? bias[r + a] : 0.0f;
@@ -85,7 +112,7 @@ static void tile_compute(const float *w, int rows, int k, const float *x, int n,
                 }
         }
         for (; r < rows; r++) {
-            kern(1, 2, w + (size_t)r * k, k, xs, res);
+            kern(1, 2, (const char *)w + r * rs, dt, k, xs, res);
             float b0 = bias ? bias[r] : 0.0f;
             out[(size_t)j * ldo + r] = res[0] + b0;
             out[(size_t)(j + 1) * ldo + r] = res[1] + b0;
@@ -95,21 +122,38 @@ static void tile_compute(const float *w, int rows, int k, const float *x, int n,
         const float *xs[1] = {x + (size_t)j * k};
         int r = 0;
         for (; r + 4 <= rows; r += 4) {
-            kern(4, 1, w + (size_t)r * k, k, xs, res);
+            kern(4, 1, (const char *)w + r * rs, dt, k, xs, res);
             for (int a = 0; a < 4; a++) out[(size_t)j * ldo + r + a] = res[a] + (bias ? bias[r + a] : 0.0f);
         }
         for (; r < rows; r++) {
-            kern(1, 1, w + (size_t)r * k, k, xs, res);
+            kern(1, 1, (const char *)w + r * rs, dt, k, xs, res);
             out[(size_t)j * ldo + r] = res[0] + (bias ? bias[r] : 0.0f);
         }
     }
 }
 
+static void tile_f32(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b) {
+    tile_compute_dt(w, LLMQ_F32, rows, k, x, n, out, ldo, b);
+}
+static void tile_bf16(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b) {
+    tile_compute_dt(w, LLMQ_BF16, rows, k, x, n, out, ldo, b);
+}
+static void tile_f16(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b) {
+    tile_compute_dt(w, LLMQ_F16, rows, k, x, n, out, ldo, b);
+}
+
+/* Few inputs: read 16-bit weights straight from memory, widening in
+ * registers (decode is bound by memory bandwidth).  Many inputs: widen a
+ * tile once into scratch and reuse it for every input.  Widening is exact,
+ * so both give the same bits. */
+#define MATMUL_DIRECT_MAX_N 4
+
 void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n) {
     cpu_impl *impl = be->impl;
     const int k = w->cols, m = w->rows;
+    const int widen = w->dt != LLMQ_F32 && n > MATMUL_DIRECT_MAX_N;
     int tile = 16;
-    if (w->dt != LLMQ_F32) {
+    if (widen) {
         tile = (16384 / k) & ~3;
         if (tile < 4) tile = 4;
         if (tile > 64) tile = 64;
@@ -118,21 +162,24 @@ void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, 
             return;
         }
     }
+    void (*direct)(const void *, int, int, const float *, int, float *, int, const float *) =
+        w->dt == LLMQ_F32 ? tile_f32 : w->dt == LLMQ_BF16 ? tile_bf16 : tile_f16;
+    const size_t es = llmq_dtype_size(w->dt);
     const int ntiles = (m + tile - 1) / tile;
     const long work = (long)m * k * n;
 #pragma omp parallel for schedule(static) if (ntiles > 1 && work > 65536)
     for (int t = 0; t < ntiles; t++) {
         const int r0 = t * tile;
         const int rows = m - r0 < tile ? m - r0 : tile;
-        const float *wt;
-        if (w->dt == LLMQ_F32) {
-            wt = (const float *)w->data + (size_t)r0 * k;
-        } else {
+        float *o = (float *)out + r0;
+        const float *b = bias ? bias + r0 : NULL;
+        if (widen) {
             float *buf = impl->scratch[omp_get_thread_num()];
             cpu_convert_row(buf, w->data, w->dt, (size_t)r0 * k, (size_t)rows * k);
-            wt = buf;
+            tile_f32(buf, rows, k, x, n, o, m, b);
+        } else {
+            direct((const char *)w->data + (size_t)r0 * k * es, rows, k, x, n, o, m, b);
         }
-        tile_compute(wt, rows, k, x, n, (float *)out + r0, m, bias ? bias + r0 : NULL);
     }
 }
 
