@@ -7,5 +7,6 @@
 #define LLMQ_CLI_H
 
 int cmd_generate(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 #endif

@@ -18,6 +18,7 @@ typedef struct verb {
 
 static const verb verbs[] = {
     {"generate", cmd_generate, "run a local model on prompts (offline, no Redis)"},
+    {"bench", cmd_bench, "engine throughput and memory roofline on one model"},
 };
 
 static void usage(FILE *f) {

@@ -69,14 +69,23 @@ static inline float v_hsum(vf v) {
 /* R rows x J inputs of dot products of length k; res[r * J + j].  w points
  * at the first of R rows (row stride k elements of dt). */
 static inline __attribute__((always_inline)) void kern(int R, int J, const void *w, llmq_dtype dt, int k,
-                                                       const float *const *xs, float *res) {
+                                                       const float *const *xs, float *res, const char *pf_end) {
     vf acc[4][2];
     const size_t es = dt == LLMQ_F32 ? 4 : 2;
     for (int r = 0; r < R; r++)
         for (int j = 0; j < J; j++) acc[r][j] = v_zero();
     const int k8 = k & ~7;
+    /* Rows are short streams (a few KiB) that the hardware prefetcher barely
+     * trains on; fetch the next R rows linearly while these are consumed:
+     * each iteration eats R * 8 elements, so prefetch as many bytes ahead. */
+    const char *next = (const char *)w + (size_t)R * k * es;
+    const size_t step_bytes = (size_t)R * 8 * es;
+    const int prefetch = next + (size_t)R * k * es <= pf_end; /* never touch past the weights */
     for (int i = 0; i < k8; i += 8) {
         vf xv[2];
+        if (prefetch)
+            for (size_t p = 0; p < step_bytes; p += 64)
+                __builtin_prefetch(next + (size_t)(i / 8) * step_bytes + p, 0, 0);
         for (int j = 0; j < J; j++) xv[j] = v_load(xs[j] + i);
         for (int r = 0; r < R; r++) {
             vf wv = w_load((const char *)w + (size_t)r * k * es, i, dt);
@@ -96,7 +105,7 @@ static inline __attribute__((always_inline)) void kern(int R, int J, const void 
  * inputs.  Results go to out[j * ldo + r] (+ bias[r]). */
 static inline __attribute__((always_inline)) void tile_compute_dt(const void *w, llmq_dtype dt, int rows, int k,
                                                                   const float *x, int n, float *out, int ldo,
-                                                                  const float *bias) {
+                                                                  const float *bias, const char *pf_end) {
     const size_t rs = (size_t)k * (dt == LLMQ_F32 ? 4 : 2); /* bytes per row */
     float res[8];
     int j = 0;
@@ -104,7 +113,7 @@ static inline __attribute__((always_inline)) void tile_compute_dt(const void *w,
         const float *xs[2] = {x + (size_t)j * k, x + (size_t)(j + 1) * k};
         int r = 0;
         for (; r + 4 <= rows; r += 4) {
-            kern(4, 2, (const char *)w + r * rs, dt, k, xs, res);
+            kern(4, 2, (const char *)w + r * rs, dt, k, xs, res, pf_end);
             for (int a = 0; a < 4; a++)
                 for (int b = 0; b < 2; b++) {
                     float b0 = bias ? bias[r + a] : 0.0f;
@@ -112,7 +121,7 @@ static inline __attribute__((always_inline)) void tile_compute_dt(const void *w,
                 }
         }
         for (; r < rows; r++) {
-            kern(1, 2, (const char *)w + r * rs, dt, k, xs, res);
+            kern(1, 2, (const char *)w + r * rs, dt, k, xs, res, pf_end);
             float b0 = bias ? bias[r] : 0.0f;
             out[(size_t)j * ldo + r] = res[0] + b0;
             out[(size_t)(j + 1) * ldo + r] = res[1] + b0;
@@ -122,24 +131,27 @@ static inline __attribute__((always_inline)) void tile_compute_dt(const void *w,
         const float *xs[1] = {x + (size_t)j * k};
         int r = 0;
         for (; r + 4 <= rows; r += 4) {
-            kern(4, 1, (const char *)w + r * rs, dt, k, xs, res);
+            kern(4, 1, (const char *)w + r * rs, dt, k, xs, res, pf_end);
             for (int a = 0; a < 4; a++) out[(size_t)j * ldo + r + a] = res[a] + (bias ? bias[r + a] : 0.0f);
         }
         for (; r < rows; r++) {
-            kern(1, 1, (const char *)w + r * rs, dt, k, xs, res);
+            kern(1, 1, (const char *)w + r * rs, dt, k, xs, res, pf_end);
             out[(size_t)j * ldo + r] = res[0] + (bias ? bias[r] : 0.0f);
         }
     }
 }
 
-static void tile_f32(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b) {
-    tile_compute_dt(w, LLMQ_F32, rows, k, x, n, out, ldo, b);
+static void tile_f32(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b,
+                     const char *pf_end) {
+    tile_compute_dt(w, LLMQ_F32, rows, k, x, n, out, ldo, b, pf_end);
 }
-static void tile_bf16(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b) {
-    tile_compute_dt(w, LLMQ_BF16, rows, k, x, n, out, ldo, b);
+static void tile_bf16(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b,
+                     const char *pf_end) {
+    tile_compute_dt(w, LLMQ_BF16, rows, k, x, n, out, ldo, b, pf_end);
 }
-static void tile_f16(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b) {
-    tile_compute_dt(w, LLMQ_F16, rows, k, x, n, out, ldo, b);
+static void tile_f16(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b,
+                     const char *pf_end) {
+    tile_compute_dt(w, LLMQ_F16, rows, k, x, n, out, ldo, b, pf_end);
 }
 
 /* Few inputs: read 16-bit weights straight from memory, widening in
@@ -162,9 +174,10 @@ void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, 
             return;
         }
     }
-    void (*direct)(const void *, int, int, const float *, int, float *, int, const float *) =
+    void (*direct)(const void *, int, int, const float *, int, float *, int, const float *, const char *) =
         w->dt == LLMQ_F32 ? tile_f32 : w->dt == LLMQ_BF16 ? tile_bf16 : tile_f16;
     const size_t es = llmq_dtype_size(w->dt);
+    const char *w_end = (const char *)w->data + (size_t)m * k * es;
     const int ntiles = (m + tile - 1) / tile;
     const long work = (long)m * k * n;
 #pragma omp parallel for schedule(static) if (ntiles > 1 && work > 65536)
@@ -176,9 +189,9 @@ void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, 
         if (widen) {
             float *buf = impl->scratch[omp_get_thread_num()];
             cpu_convert_row(buf, w->data, w->dt, (size_t)r0 * k, (size_t)rows * k);
-            tile_f32(buf, rows, k, x, n, o, m, b);
+            tile_f32(buf, rows, k, x, n, o, m, b, NULL); /* scratch is cache-resident: no prefetch */
         } else {
-            direct((const char *)w->data + (size_t)r0 * k * es, rows, k, x, n, o, m, b);
+            direct((const char *)w->data + (size_t)r0 * k * es, rows, k, x, n, o, m, b, w_end);
         }
     }
 }
