@@ -4,7 +4,7 @@
  * Fast path: the rows of W are cut into tiles; OpenMP threads take whole
  * tiles.  A tile of F16/BF16 rows is first widened into the thread's F32
  * scratch (exact), then every (row, input) pair is one dot product run by a
- * register-blocked micro-kernel (4 rows x 2 inputs).  Each dot product uses
+ * register-blocked micro-kernel (4 rows x 3 inputs).  Each dot product uses
  * the same instruction sequence whatever the blocking — one 8-lane
  * accumulator over k, a fixed-order horizontal sum, then the scalar tail —
  * so the result for one token never depends on how many others share the
@@ -70,7 +70,7 @@ static inline float v_hsum(vf v) {
  * at the first of R rows (row stride k elements of dt). */
 static inline __attribute__((always_inline)) void kern(int R, int J, const void *w, llmq_dtype dt, int k,
                                                        const float *const *xs, float *res, const char *pf_end) {
-    vf acc[4][2];
+    vf acc[4][3];
     const size_t es = dt == LLMQ_F32 ? 4 : 2;
     for (int r = 0; r < R; r++)
         for (int j = 0; j < J; j++) acc[r][j] = v_zero();
@@ -80,15 +80,18 @@ static inline __attribute__((always_inline)) void kern(int R, int J, const void 
      * each iteration eats R * 8 elements, so prefetch as many bytes ahead. */
     const char *next = (const char *)w + (size_t)R * k * es;
     const size_t step_bytes = (size_t)R * 8 * es;
-    const int prefetch = next + (size_t)R * k * es <= pf_end; /* never touch past the weights */
+    const int prefetch = pf_end && next + (size_t)R * k * es <= pf_end; /* never touch past the weights */
     for (int i = 0; i < k8; i += 8) {
-        vf xv[2];
+        vf xv[3];
         if (prefetch)
             for (size_t p = 0; p < step_bytes; p += 64)
                 __builtin_prefetch(next + (size_t)(i / 8) * step_bytes + p, 0, 0);
         for (int j = 0; j < J; j++) xv[j] = v_load(xs[j] + i);
         for (int r = 0; r < R; r++) {
             vf wv = w_load((const char *)w + (size_t)r * k * es, i, dt);
+#if defined(__AVX2__)
+            if (J > 1) __asm__("" : "+x"(wv)); /* load each weight vector once, not once per input */
+#endif
             for (int j = 0; j < J; j++) acc[r][j] = v_fma(wv, xv[j], acc[r][j]);
         }
     }
@@ -107,35 +110,37 @@ static inline __attribute__((always_inline)) void tile_compute_dt(const void *w,
                                                                   const float *x, int n, float *out, int ldo,
                                                                   const float *bias, const char *pf_end) {
     const size_t rs = (size_t)k * (dt == LLMQ_F32 ? 4 : 2); /* bytes per row */
-    float res[8];
-    int j = 0;
-    for (; j + 2 <= n; j += 2) {
-        const float *xs[2] = {x + (size_t)j * k, x + (size_t)(j + 1) * k};
-        int r = 0;
-        for (; r + 4 <= rows; r += 4) {
-            kern(4, 2, (const char *)w + r * rs, dt, k, xs, res, pf_end);
+    float res[12];
+    /* Rows outer, inputs inner: a block of 4 rows stays in L1 while every
+     * input streams past it. */
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const char *wr = (const char *)w + r * rs;
+        int j = 0;
+        for (; j + 3 <= n; j += 3) {
+            const float *xs[3] = {x + (size_t)j * k, x + (size_t)(j + 1) * k, x + (size_t)(j + 2) * k};
+            kern(4, 3, wr, dt, k, xs, res, j == 0 ? pf_end : NULL);
             for (int a = 0; a < 4; a++)
-                for (int b = 0; b < 2; b++) {
-                    float b0 = bias ? bias[r + a] : 0.0f;
-                    out[(size_t)(j + b) * ldo + r + a] = res[a * 2 + b] + b0;
-                }
+                for (int b = 0; b < 3; b++)
+                    out[(size_t)(j + b) * ldo + r + a] = res[a * 3 + b] + (bias ? bias[r + a] : 0.0f);
         }
-        for (; r < rows; r++) {
-            kern(1, 2, (const char *)w + r * rs, dt, k, xs, res, pf_end);
-            float b0 = bias ? bias[r] : 0.0f;
-            out[(size_t)j * ldo + r] = res[0] + b0;
-            out[(size_t)(j + 1) * ldo + r] = res[1] + b0;
-        }
-    }
-    for (; j < n; j++) {
-        const float *xs[1] = {x + (size_t)j * k};
-        int r = 0;
-        for (; r + 4 <= rows; r += 4) {
-            kern(4, 1, (const char *)w + r * rs, dt, k, xs, res, pf_end);
+        if (j + 2 == n) {
+            const float *xs[2] = {x + (size_t)j * k, x + (size_t)(j + 1) * k};
+            kern(4, 2, wr, dt, k, xs, res, j == 0 ? pf_end : NULL);
+            for (int a = 0; a < 4; a++)
+                for (int b = 0; b < 2; b++)
+                    out[(size_t)(j + b) * ldo + r + a] = res[a * 2 + b] + (bias ? bias[r + a] : 0.0f);
+        } else if (j + 1 == n) {
+            const float *xs[1] = {x + (size_t)j * k};
+            kern(4, 1, wr, dt, k, xs, res, j == 0 ? pf_end : NULL);
             for (int a = 0; a < 4; a++) out[(size_t)j * ldo + r + a] = res[a] + (bias ? bias[r + a] : 0.0f);
         }
-        for (; r < rows; r++) {
-            kern(1, 1, (const char *)w + r * rs, dt, k, xs, res, pf_end);
+    }
+    for (; r < rows; r++) {
+        const char *wr = (const char *)w + r * rs;
+        for (int j = 0; j < n; j++) {
+            const float *xs[1] = {x + (size_t)j * k};
+            kern(1, 1, wr, dt, k, xs, res, NULL);
             out[(size_t)j * ldo + r] = res[0] + (bias ? bias[r] : 0.0f);
         }
     }
