@@ -83,7 +83,7 @@ help:
 	@echo "  make              build the CPU binaries and tests into $(BUILD)/"
 	@echo "  make test         build and run every test; ends with 'N passed, N failed, N skipped'"
 	@echo "  make deps         install Debian packages (apt-get) and the test venv (.venv/)"
-	@echo "  make demo         offline generation with a generated tiny model"
+	@echo "  make demo         the quickstart demo (see README)"
 	@echo "  make bench        CPU engine benchmark (110M shape, F32 and BF16)"
 	@echo "  make fixtures     regenerate transformers fixtures (needs torch; not used by CI)"
 	@echo "  make clean        remove build outputs"
@@ -124,16 +124,24 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(call obj,$(TEST_HELPER)) $(A_CLIENT) 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
 # ---------------------------------------------------------------- workflows
-test: all
+# test, demo and bench install what they need first (quietly when present),
+# so that each is one command on a fresh machine.
+test:
+	@bash tools/deps.sh
+	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZER=$(SANITIZER) bash tests/run.sh
 
 deps:
 	@bash tools/deps.sh
 
-demo: all
+demo:
+	@bash tools/deps.sh
+	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tools/demo.sh
 
-bench: all
+bench:
+	@bash tools/deps.sh
+	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tools/bench.sh
 
 fixtures:
