@@ -1,0 +1,1054 @@
+/*
+ * service.c — the worker's leader loop (see service.h and docs/protocol.md).
+ *
+ * A job's life here:
+ *   entry pulled (XREADGROUP / XAUTOCLAIM) -> decoded -> admitted (jobops
+ *   admit script: state running, attempts+1, seed fixed on first attempt)
+ *   -> tokenized -> resumed from its output stream when it was claimed again
+ *   -> scheduled -> per step: ids go through the streaming detokenizer and
+ *   the stop-string holdback into one chunk per step -> final chunk + job
+ *   hash + XACK + TTLs in one MULTI.
+ *
+ * Invariants
+ *  - A job's chunks carry seq 0, 1, 2, ... with no gap and no repeat, also
+ *    across a resume: the next seq is one past the last chunk in the stream,
+ *    and the resumed text skips exactly the bytes already published.
+ *  - Nothing is written for a job after its final chunk.
+ *  - The loop never blocks on Redis while it has sequences to run.
+ */
+#include "worker/service.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/jobops.h"
+#include "common/keys.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/protocol.h"
+#include "common/rconn.h"
+#include "common/url.h"
+#include "kernels/backend.h"
+#include "worker/engine.h"
+#include "worker/model.h"
+#include "worker/sched.h"
+#include "worker/tokenizer.h"
+
+/* ------------------------------------------------------------------ types */
+
+typedef struct job {
+    char id[PROTO_MAX_ID_LEN + 1];
+    char entry[64];          /* request stream entry id (XACK / XCLAIM) */
+    proto_request req;       /* decoded request (owns its strings) */
+    seq s;                   /* the scheduler's sequence; s.user = this */
+    tok_stream ts;           /* streaming detokenizer (when a tokenizer is loaded) */
+    int has_ts;
+    tok_text pending;        /* text produced but not yet published */
+    size_t skip;             /* resume: bytes of text already published, still to drop */
+    int32_t *step_ids;       /* ids generated since the last chunk */
+    int n_step_ids, cap_step_ids;
+    int64_t next_seq;        /* seq of the next chunk */
+    int64_t admitted_ms;     /* when this worker took it */
+    int64_t first_token_ms;  /* 0 until the first token */
+    int64_t last_token_ms;
+    int stop_hit;            /* a stop string matched: finish "stop" */
+    int done;                /* the scheduler finished it (s.finish says why) */
+    struct job *next;
+} job;
+
+typedef struct service {
+    service_opts o;
+    llmq_keys keys;
+    char req_key[KEYS_MAX], dead_key[KEYS_MAX], workers_key[KEYS_MAX], cancel_chan[KEYS_MAX];
+    redis_url url;
+    redisContext *rc;        /* commands */
+    redisContext *sub;       /* SUBSCRIBE <prefix>cancel */
+    int pipe_pending;        /* replies still to read from rc */
+    llmq_backend *be;
+    model *m;
+    engine *eng;
+    sched *sch;
+    tokenizer *tok;          /* NULL when the model directory has no tokenizer.json */
+    job *jobs;               /* active jobs */
+    int n_jobs;
+    proto_buf buf;           /* scratch for one encoding */
+    int64_t last_refresh_ms, last_autoclaim_ms, last_heartbeat_ms;
+    int listen_fd;           /* metrics/readiness listener, -1 when off */
+    metrics *mx;
+    metric *m_running, *m_waiting, *m_kv_used, *m_kv_free, *m_prompt_tok, *m_gen_tok, *m_preempt;
+    metric_family *f_success;
+    metric *m_step, *m_batch, *m_ttft, *m_itl, *m_queue;
+    uint64_t preempt_seen;
+} service;
+
+void service_opts_default(service_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->redis_url = "redis://127.0.0.1:6379/0";
+    o->prefix = KEYS_DEFAULT_PREFIX;
+    o->backend = "cpu";
+    o->max_num_seqs = 32;
+    o->max_batched_tokens = 512;
+    o->claim_idle_ms = 30000;
+    o->max_attempts = 3;
+    o->result_ttl_s = 3600;
+    o->drain_timeout_s = 30;
+    o->block_ms = 200;
+}
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------ redis I/O */
+
+/* Queue a command on the pipeline; its reply is read by pipe_flush. */
+static void pipe_add(service *sv, const rcmd *c) {
+    if (!rcmd_ok(c)) {
+        log_error("internal: a Redis command overflowed its argument table");
+        return;
+    }
+    if (redisAppendCommandArgv(sv->rc, c->argc, (const char **)c->argv, c->argvlen) == REDIS_OK) sv->pipe_pending++;
+}
+
+/* Read every queued reply; error replies are logged (a later step retries
+ * what matters: claims are refreshed again, chunks are not re-sent). */
+static llmq_status pipe_flush(service *sv, llmq_err *err) {
+    llmq_status st = LLMQ_OK;
+    while (sv->pipe_pending > 0) {
+        redisReply *r = NULL;
+        if (redisGetReply(sv->rc, (void **)&r) != REDIS_OK) {
+            sv->pipe_pending = 0;
+            return llmq_err_set(err, LLMQ_ERR_IO, "redis: %s", sv->rc->errstr);
+        }
+        sv->pipe_pending--;
+        if (r && r->type == REDIS_REPLY_ERROR) log_warn("redis: %s", r->str);
+        if (r && r->type == REDIS_REPLY_ARRAY)
+            for (size_t i = 0; i < r->elements; i++)
+                if (r->element[i]->type == REDIS_REPLY_ERROR) log_warn("redis (in MULTI): %s", r->element[i]->str);
+        freeReplyObject(r);
+    }
+    return st;
+}
+
+/* One command, its reply (caller frees); NULL with err on failure. */
+static redisReply *call(service *sv, const rcmd *c, llmq_err *err) {
+    if (pipe_flush(sv, err)) return NULL;
+    return rconn_call(sv->rc, c, err);
+}
+
+/* ------------------------------------------------------------ chunks */
+
+/* Encode a chunk into sv->buf. */
+static llmq_status encode_chunk(service *sv, const job *j, const char *text, size_t len, const char *finish,
+                                const char *error) {
+    proto_chunk c;
+    proto_chunk_init(&c);
+    c.seq = j->next_seq;
+    c.text = (char *)text;
+    c.text_len = len;
+    c.ids = j->step_ids;
+    c.n_ids = (size_t)j->n_step_ids;
+    c.finish = (char *)finish;
+    if (finish) {
+        c.has_usage = 1;
+        c.usage.prompt_tokens = j->s.n_prompt;
+        c.usage.completion_tokens = j->s.tokens ? seq_n_generated(&j->s) : 0;
+        c.error = (char *)error;
+    }
+    proto_buf_reset(&sv->buf);
+    return proto_chunk_encode(&c, &sv->buf, NULL);
+}
+
+static void add_chunk_cmds(service *sv, const job *j) {
+    char out[KEYS_MAX], chan[KEYS_MAX];
+    keys_job_out(&sv->keys, j->id, out, sizeof out);
+    keys_out_channel(&sv->keys, j->id, chan, sizeof chan);
+    rcmd c;
+    rcmd_init(&c);
+    rcmd_str(&c, "XADD");
+    rcmd_str(&c, out);
+    rcmd_str(&c, "*");
+    rcmd_str(&c, PROTO_FIELD_CHUNK);
+    rcmd_arg(&c, sv->buf.data, sv->buf.len);
+    pipe_add(sv, &c);
+    rcmd_init(&c);
+    rcmd_str(&c, "PUBLISH");
+    rcmd_str(&c, chan);
+    rcmd_arg(&c, sv->buf.data, sv->buf.len);
+    pipe_add(sv, &c);
+}
+
+static const char *state_for(const char *finish) {
+    if (!strcmp(finish, "stop") || !strcmp(finish, "length")) return "done";
+    if (!strcmp(finish, "cancelled")) return "cancelled";
+    if (!strcmp(finish, "deadline")) return "expired";
+    return "failed";
+}
+
+/* The final chunk, the job hash, the XACK and the TTLs in one MULTI. */
+static void add_final_cmds(service *sv, const job *j, const char *entry, const char *text, size_t len,
+                           const char *finish, const char *error) {
+    if (encode_chunk(sv, j, text, len, finish, error)) {
+        log_error("job %s: cannot encode its final chunk", j->id);
+        return;
+    }
+    char key[KEYS_MAX];
+    rcmd c;
+    rcmd_init(&c);
+    rcmd_str(&c, "MULTI");
+    pipe_add(sv, &c);
+    add_chunk_cmds(sv, j);
+    keys_job(&sv->keys, j->id, key, sizeof key);
+    rcmd_init(&c);
+    rcmd_str(&c, "HSET");
+    rcmd_str(&c, key);
+    rcmd_str(&c, "state");
+    rcmd_str(&c, state_for(finish));
+    rcmd_str(&c, "finish_reason");
+    rcmd_str(&c, finish);
+    rcmd_str(&c, "finished");
+    rcmd_fmt(&c, "%" PRId64, now_ms());
+    rcmd_str(&c, "prompt_tokens");
+    rcmd_fmt(&c, "%d", j->s.n_prompt);
+    rcmd_str(&c, "completion_tokens");
+    rcmd_fmt(&c, "%d", j->s.tokens ? seq_n_generated(&j->s) : 0);
+    if (error) {
+        rcmd_str(&c, "error");
+        rcmd_str(&c, error);
+    }
+    pipe_add(sv, &c);
+    if (entry && *entry) {
+        rcmd_init(&c);
+        rcmd_str(&c, "XACK");
+        rcmd_str(&c, sv->req_key);
+        rcmd_str(&c, PROTO_GROUP);
+        rcmd_str(&c, entry);
+        pipe_add(sv, &c);
+    }
+    for (int k = 0; k < 2; k++) {
+        char kk[KEYS_MAX];
+        if (k == 0) keys_job(&sv->keys, j->id, kk, sizeof kk);
+        else keys_job_out(&sv->keys, j->id, kk, sizeof kk);
+        rcmd_init(&c);
+        rcmd_str(&c, "EXPIRE");
+        rcmd_str(&c, kk);
+        rcmd_fmt(&c, "%d", sv->o.result_ttl_s);
+        pipe_add(sv, &c);
+    }
+    rcmd_init(&c);
+    rcmd_str(&c, "EXEC");
+    pipe_add(sv, &c);
+    metric_inc(metric_get(sv->f_success, finish), 1);
+}
+
+/* A job that fails before it runs (bad request, too long, ...). */
+static void fail_early(service *sv, const char *id, const char *entry, const char *why, int dead) {
+    job tmp;
+    memset(&tmp, 0, sizeof tmp);
+    snprintf(tmp.id, sizeof tmp.id, "%s", id);
+    log_warn("job %s failed: %s", id, why);
+    if (keys_id_valid(id)) add_final_cmds(sv, &tmp, entry, "", 0, "error", why);
+    else if (entry) {
+        rcmd c;
+        rcmd_init(&c);
+        rcmd_str(&c, "XACK");
+        rcmd_str(&c, sv->req_key);
+        rcmd_str(&c, PROTO_GROUP);
+        rcmd_str(&c, entry);
+        pipe_add(sv, &c);
+    }
+    if (dead) {
+        rcmd c;
+        rcmd_init(&c);
+        rcmd_str(&c, "XADD");
+        rcmd_str(&c, sv->dead_key);
+        rcmd_str(&c, "*");
+        rcmd_str(&c, "id");
+        rcmd_str(&c, id);
+        rcmd_str(&c, "entry");
+        rcmd_str(&c, entry ? entry : "");
+        rcmd_str(&c, "reason");
+        rcmd_str(&c, why);
+        pipe_add(sv, &c);
+    }
+}
+
+/* ------------------------------------------------------------ stop strings */
+
+/* Scan j->pending for the job's stop strings.  Returns the number of bytes
+ * that may be published now: everything before a full match (and then
+ * stop_hit is set and the rest dropped), else everything but the longest
+ * tail that could still grow into a stop string. */
+static size_t stop_scan(job *j) {
+    const proto_request *r = &j->req;
+    size_t len = j->pending.len;
+    const char *t = j->pending.data ? j->pending.data : "";
+    size_t best = len;
+    for (size_t k = 0; k < r->n_stop; k++) {
+        const char *hit = memmem(t, len, r->stop[k], strlen(r->stop[k]));
+        if (hit && (size_t)(hit - t) < best) best = (size_t)(hit - t);
+    }
+    if (best < len) {
+        j->stop_hit = 1;
+        j->pending.len = best;
+        if (j->pending.data) j->pending.data[best] = '\0';
+        return best;
+    }
+    size_t hold = 0;
+    for (size_t k = 0; k < r->n_stop; k++) {
+        size_t sl = strlen(r->stop[k]);
+        for (size_t p = sl - 1; p > hold; p--) /* longest proper prefix of the stop that ends t */
+            if (p <= len && !memcmp(t + len - p, r->stop[k], p)) {
+                hold = p;
+                break;
+            }
+    }
+    return len - hold;
+}
+
+/* ------------------------------------------------------------ callbacks */
+
+/* The token ends the sequence (EOS or a stop id): its text is not output. */
+static int ends_sequence(const service *sv, const job *j, int32_t tok) {
+    if (!j->s.ignore_eos && model_config_is_eos(&sv->m->cfg, tok)) return 1;
+    for (int i = 0; i < j->s.n_stop_ids; i++)
+        if (j->s.stop_ids[i] == tok) return 1;
+    return 0;
+}
+
+static void on_token(seq *s, int32_t tok, void *ud) {
+    service *sv = ud;
+    job *j = s->user;
+    int64_t t = now_ms();
+    if (!j->first_token_ms) {
+        j->first_token_ms = t;
+        metric_observe(sv->m_ttft, (t - j->admitted_ms) / 1e3);
+    } else {
+        metric_observe(sv->m_itl, (t - j->last_token_ms) / 1e3);
+    }
+    j->last_token_ms = t;
+    metric_inc(sv->m_gen_tok, 1);
+    if (j->n_step_ids == j->cap_step_ids) {
+        int cap = j->cap_step_ids ? 2 * j->cap_step_ids : 16;
+        int32_t *p = realloc(j->step_ids, (size_t)cap * sizeof *p);
+        if (!p) return; /* the chunk loses an id; the token itself is in s->tokens */
+        j->step_ids = p;
+        j->cap_step_ids = cap;
+    }
+    j->step_ids[j->n_step_ids++] = tok;
+    if (j->has_ts && !ends_sequence(sv, j, tok)) tok_stream_push(&j->ts, tok, &j->pending);
+}
+
+static void on_finish(seq *s, void *ud) {
+    (void)ud;
+    job *j = s->user;
+    j->done = 1;
+}
+
+/* ------------------------------------------------------------ admission */
+
+static void job_free(job *j) {
+    if (!j) return;
+    proto_request_deinit(&j->req);
+    seq_deinit(&j->s);
+    if (j->has_ts) tok_stream_deinit(&j->ts);
+    tok_text_deinit(&j->pending);
+    free(j->step_ids);
+    free(j);
+}
+
+static const char *field(const redisReply *fields, const char *name, size_t *len) {
+    if (!fields || fields->type != REDIS_REPLY_ARRAY) return NULL;
+    for (size_t i = 0; i + 1 < fields->elements; i += 2)
+        if (fields->element[i]->type == REDIS_REPLY_STRING && !strcmp(fields->element[i]->str, name)) {
+            if (len) *len = fields->element[i + 1]->len;
+            return fields->element[i + 1]->str;
+        }
+    return NULL;
+}
+
+/* Read the job's output stream: previously generated ids, published text
+ * bytes, next seq.  Returns 1 when a final chunk is already there. */
+static int read_previous(service *sv, job *j, int32_t **ids, int *n_ids, size_t *text_bytes, llmq_err *err) {
+    char out[KEYS_MAX];
+    keys_job_out(&sv->keys, j->id, out, sizeof out);
+    rcmd c;
+    rcmd_init(&c);
+    rcmd_str(&c, "XRANGE");
+    rcmd_str(&c, out);
+    rcmd_str(&c, "-");
+    rcmd_str(&c, "+");
+    redisReply *r = call(sv, &c, err);
+    if (!r) return -1;
+    int final = 0, cap = 0;
+    *n_ids = 0;
+    *text_bytes = 0;
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        size_t len = 0;
+        const char *p = field(r->element[i]->element[1], PROTO_FIELD_CHUNK, &len);
+        proto_chunk ch;
+        proto_chunk_init(&ch);
+        if (!p || proto_chunk_decode(&ch, p, len, NULL)) continue;
+        if (ch.seq + 1 > j->next_seq) j->next_seq = ch.seq + 1;
+        *text_bytes += ch.text_len;
+        if (ch.finish) final = 1;
+        for (size_t k = 0; k < ch.n_ids; k++) {
+            if (*n_ids == cap) {
+                cap = cap ? 2 * cap : 64;
+                int32_t *g = realloc(*ids, (size_t)cap * sizeof *g);
+                if (!g) break;
+                *ids = g;
+            }
+            (*ids)[(*n_ids)++] = ch.ids[k];
+        }
+        proto_chunk_deinit(&ch);
+    }
+    freeReplyObject(r);
+    return final;
+}
+
+/* Turn the request into prompt ids.  Returns a message on failure. */
+static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, char *msg, size_t cap) {
+    const proto_request *r = &j->req;
+    const int V = sv->m->cfg.vocab_size;
+    if (r->kind == PROTO_PROMPT_IDS) {
+        *ids = malloc((r->n_prompt_ids ? r->n_prompt_ids : 1) * sizeof **ids);
+        if (!*ids) return "out of memory";
+        for (size_t i = 0; i < r->n_prompt_ids; i++) {
+            if (r->prompt_ids[i] >= V) {
+                snprintf(msg, cap, "prompt_ids[%zu] = %d is outside the vocabulary (%d)", i, r->prompt_ids[i], V);
+                return msg;
+            }
+            (*ids)[i] = r->prompt_ids[i];
+        }
+        *n = r->n_prompt_ids;
+        return NULL;
+    }
+    if (!sv->tok) return "this model has no tokenizer.json: send prompt_ids";
+    if (r->kind == PROTO_PROMPT_MESSAGES)
+        return "chat messages are not supported by this worker yet: send prompt or prompt_ids";
+    llmq_err e = {0};
+    if (tok_encode(sv->tok, r->prompt, strlen(r->prompt), 1, ids, n, &e)) {
+        snprintf(msg, cap, "cannot tokenize the prompt: %s", e.msg);
+        return msg;
+    }
+    return NULL;
+}
+
+/* Admit one stream entry (new or claimed). */
+static void admit_entry(service *sv, const redisReply *entry) {
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 || entry->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const char *eid = entry->element[0]->str;
+    const redisReply *fields = entry->element[1];
+    size_t plen = 0;
+    const char *id = field(fields, PROTO_FIELD_ID, NULL);
+    const char *payload = field(fields, PROTO_FIELD_REQ, &plen);
+    char msg[LLMQ_ERRSTR_LEN + 64];
+    if (!id || !keys_id_valid(id)) {
+        fail_early(sv, id ? id : "", eid, "stream entry without a valid job id", 1);
+        return;
+    }
+    job *j = calloc(1, sizeof *j);
+    if (!j) return;
+    snprintf(j->id, sizeof j->id, "%s", id);
+    snprintf(j->entry, sizeof j->entry, "%s", eid);
+    proto_request_init(&j->req);
+    llmq_err e = {0};
+    if (!payload || proto_request_decode(&j->req, payload, plen, &e)) {
+        snprintf(msg, sizeof msg, "cannot decode the request: %s", payload ? e.msg : "no 'p' field");
+        fail_early(sv, id, eid, msg, 1);
+        job_free(j);
+        return;
+    }
+    if (proto_request_validate(&j->req, &e)) {
+        fail_early(sv, id, eid, e.msg, 0);
+        job_free(j);
+        return;
+    }
+    if (j->req.model && strcmp(j->req.model, sv->o.model_name)) {
+        snprintf(msg, sizeof msg, "request for model '%s' reached the worker of '%s'", j->req.model,
+                 sv->o.model_name);
+        fail_early(sv, id, eid, msg, 0);
+        job_free(j);
+        return;
+    }
+    if (j->req.deadline_ms > 0 && now_ms() > j->req.deadline_ms) {
+        add_final_cmds(sv, j, eid, "", 0, "deadline", NULL);
+        job_free(j);
+        return;
+    }
+    /* admit: state running, attempts + 1, the job's seed */
+    uint64_t seed = j->req.has_seed ? j->req.seed : ((uint64_t)now_ms() * 0x9e3779b97f4a7c15ull) ^ (uint64_t)rand();
+    rcmd c;
+    jobops_keys kb;
+    jobops_admit(&c, &kb, &sv->keys, id, sv->o.model_name, sv->o.consumer, now_ms(), seed);
+    redisReply *r = call(sv, &c, &e);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 3) {
+        log_error("job %s: admit failed: %s", id, r ? "unexpected reply" : e.msg);
+        freeReplyObject(r);
+        job_free(j);
+        return; /* left pending: retried after claim_idle_ms */
+    }
+    long long code = r->element[0]->integer, attempts = r->element[1]->integer;
+    const redisReply *rs = r->element[2];
+    if (rs->type == REDIS_REPLY_STRING) seed = strtoull(rs->str, NULL, 10);
+    else if (rs->type == REDIS_REPLY_INTEGER) seed = (uint64_t)rs->integer;
+    freeReplyObject(r);
+    if (code == 0) { /* already final */
+        rcmd_init(&c);
+        rcmd_str(&c, "XACK");
+        rcmd_str(&c, sv->req_key);
+        rcmd_str(&c, PROTO_GROUP);
+        rcmd_str(&c, eid);
+        pipe_add(sv, &c);
+        job_free(j);
+        return;
+    }
+    int32_t *prev = NULL;
+    int n_prev = 0;
+    size_t published = 0;
+    int final = read_previous(sv, j, &prev, &n_prev, &published, &e);
+    if (final != 0) {
+        if (final < 0) log_error("job %s: cannot read its output: %s", id, e.msg);
+        else { /* a final chunk exists: only the ack was lost */
+            rcmd_init(&c);
+            rcmd_str(&c, "XACK");
+            rcmd_str(&c, sv->req_key);
+            rcmd_str(&c, PROTO_GROUP);
+            rcmd_str(&c, eid);
+            pipe_add(sv, &c);
+        }
+        free(prev);
+        job_free(j);
+        return;
+    }
+    if (code == 2) {
+        add_final_cmds(sv, j, eid, "", 0, "cancelled", NULL);
+        free(prev);
+        job_free(j);
+        return;
+    }
+    if (attempts > sv->o.max_attempts) {
+        snprintf(msg, sizeof msg, "delivered %lld times (max %d): giving up", attempts, sv->o.max_attempts);
+        fail_early(sv, id, eid, msg, 1);
+        free(prev);
+        job_free(j);
+        return;
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    const char *why = build_prompt(sv, j, &ids, &n, msg, sizeof msg);
+    const int ctx = sv->m->cfg.max_position_embeddings;
+    if (!why && n == 0) why = "the prompt is empty";
+    if (!why && (int)n >= ctx) {
+        snprintf(msg, sizeof msg, "the prompt has %zu tokens; the model's context is %d", n, ctx);
+        why = msg;
+    }
+    int max_new = ctx - (int)n;
+    if (!why && j->req.max_tokens != PROTO_UNSET && j->req.max_tokens < max_new) max_new = j->req.max_tokens;
+    sampling_params sp;
+    sampling_params_default(&sp);
+    const proto_request *q = &j->req;
+    if (!isnan(q->temperature)) sp.temperature = (float)q->temperature;
+    if (!isnan(q->top_p)) sp.top_p = (float)q->top_p;
+    if (q->top_k != PROTO_UNSET) sp.top_k = q->top_k;
+    if (!isnan(q->min_p)) sp.min_p = (float)q->min_p;
+    if (!isnan(q->repetition_penalty)) sp.repetition_penalty = (float)q->repetition_penalty;
+    if (!isnan(q->presence_penalty)) sp.presence_penalty = (float)q->presence_penalty;
+    if (!isnan(q->frequency_penalty)) sp.frequency_penalty = (float)q->frequency_penalty;
+    sp.seed = seed;
+    if (!why && seq_init(&j->s, ids, (int)n, max_new, &sp)) why = "out of memory";
+    free(ids);
+    if (!why) {
+        j->s.user = j;
+        j->s.ignore_eos = q->ignore_eos;
+        for (size_t k = 0; k < q->n_stop_token_ids && k < SEQ_MAX_STOP_IDS; k++)
+            j->s.stop_ids[j->s.n_stop_ids++] = q->stop_token_ids[k];
+        if (sv->tok) {
+            if (tok_stream_init(&j->ts, sv->tok, j->s.tokens, (size_t)j->s.n_prompt, 1)) why = "out of memory";
+            else j->has_ts = 1;
+        }
+    }
+    /* resume: replay the previous ids through the detokenizer and the stop
+     * holdback, then drop the bytes that were already published */
+    for (int k = 0; !why && k < n_prev && j->s.n_tokens < j->s.cap - 1; k++) {
+        j->s.tokens[j->s.n_tokens++] = prev[k];
+        if (j->has_ts && !ends_sequence(sv, j, prev[k])) tok_stream_push(&j->ts, prev[k], &j->pending);
+    }
+    free(prev);
+    if (!why && n_prev > 0) {
+        j->skip = published;
+        log_info("job %s: resuming after %d tokens (attempt %lld, next seq %" PRId64 ")", id, n_prev, attempts,
+                 j->next_seq);
+    }
+    if (!why && seq_n_generated(&j->s) >= j->s.max_tokens) why = "nothing left to generate";
+    if (!why && sched_add(sv->sch, &j->s, &e)) {
+        snprintf(msg, sizeof msg, "%s", e.msg);
+        why = msg;
+    }
+    if (why) {
+        fail_early(sv, id, eid, why, 0);
+        job_free(j);
+        return;
+    }
+    j->admitted_ms = now_ms();
+    metric_inc(sv->m_prompt_tok, j->s.n_prompt);
+    metric_observe(sv->m_queue, (j->admitted_ms - strtoll(eid, NULL, 10)) / 1e3); /* entry ids start with ms */
+    j->next = sv->jobs;
+    sv->jobs = j;
+    sv->n_jobs++;
+}
+
+/* Admit the entries of an XREADGROUP / XAUTOCLAIM entry list. */
+static void admit_entries(service *sv, const redisReply *list) {
+    for (size_t i = 0; list && list->type == REDIS_REPLY_ARRAY && i < list->elements; i++) {
+        const redisReply *e = list->element[i];
+        if (e->type == REDIS_REPLY_ARRAY && e->elements >= 2 && e->element[1]->type == REDIS_REPLY_NIL) {
+            /* claimed an entry that was deleted: nothing to run */
+            rcmd c;
+            rcmd_init(&c);
+            rcmd_str(&c, "XACK");
+            rcmd_str(&c, sv->req_key);
+            rcmd_str(&c, PROTO_GROUP);
+            rcmd_str(&c, e->element[0]->str);
+            pipe_add(sv, &c);
+            continue;
+        }
+        admit_entry(sv, e);
+    }
+}
+
+static int capacity(service *sv) {
+    int free_slots = sv->o.max_num_seqs - sched_n_running(sv->sch) - sched_n_waiting(sv->sch);
+    int by_blocks = sched_free_blocks(sv->sch) / 2; /* a new job needs at least its first blocks */
+    int c = free_slots < by_blocks ? free_slots : by_blocks;
+    return c > 0 ? c : 0;
+}
+
+static llmq_status pull(service *sv, int block, llmq_err *err) {
+    int n = capacity(sv);
+    if (n <= 0) return LLMQ_OK;
+    int64_t t = now_ms();
+    if (t - sv->last_autoclaim_ms >= sv->o.claim_idle_ms / 2) {
+        sv->last_autoclaim_ms = t;
+        rcmd c;
+        rcmd_init(&c);
+        rcmd_str(&c, "XAUTOCLAIM");
+        rcmd_str(&c, sv->req_key);
+        rcmd_str(&c, PROTO_GROUP);
+        rcmd_str(&c, sv->o.consumer);
+        rcmd_fmt(&c, "%d", sv->o.claim_idle_ms);
+        rcmd_str(&c, "0-0");
+        rcmd_str(&c, "COUNT");
+        rcmd_fmt(&c, "%d", n);
+        redisReply *r = call(sv, &c, err);
+        if (!r) return err->code;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && r->element[1]->elements > 0) {
+            log_info("claimed %zu entries idle for more than %d ms", r->element[1]->elements, sv->o.claim_idle_ms);
+            admit_entries(sv, r->element[1]);
+        }
+        freeReplyObject(r);
+        n = capacity(sv);
+        if (n <= 0) return LLMQ_OK;
+    }
+    rcmd c;
+    rcmd_init(&c);
+    rcmd_str(&c, "XREADGROUP");
+    rcmd_str(&c, "GROUP");
+    rcmd_str(&c, PROTO_GROUP);
+    rcmd_str(&c, sv->o.consumer);
+    rcmd_str(&c, "COUNT");
+    rcmd_fmt(&c, "%d", n);
+    if (block) {
+        rcmd_str(&c, "BLOCK");
+        rcmd_fmt(&c, "%d", sv->o.block_ms);
+    }
+    rcmd_str(&c, "STREAMS");
+    rcmd_str(&c, sv->req_key);
+    rcmd_str(&c, ">");
+    redisReply *r = call(sv, &c, err);
+    if (!r) {
+        if (strstr(err->msg, "NOGROUP")) { /* the group was deleted under us: make it again */
+            jobops_keys kb;
+            jobops_group_create(&c, &kb, &sv->keys, sv->o.model_name);
+            freeReplyObject(call(sv, &c, err));
+            return LLMQ_OK;
+        }
+        return err->code;
+    }
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 && r->element[0]->elements >= 2)
+        admit_entries(sv, r->element[0]->element[1]);
+    freeReplyObject(r);
+    return LLMQ_OK;
+}
+
+/* ------------------------------------------------------------ cancel, deadlines, claims */
+
+static void cancel_id(service *sv, const char *id, size_t len) {
+    for (job *j = sv->jobs; j; j = j->next)
+        if (strlen(j->id) == len && !memcmp(j->id, id, len) && !j->done) {
+            log_info("job %s: cancelled", j->id);
+            sched_finish(sv->sch, &j->s, FINISH_CANCELLED);
+        }
+}
+
+/* Drain the subscriber connection without blocking. */
+static void read_cancels(service *sv) {
+    if (!sv->sub) return;
+    struct pollfd p = {sv->sub->fd, POLLIN, 0};
+    while (poll(&p, 1, 0) > 0 && (p.revents & POLLIN)) {
+        if (redisBufferRead(sv->sub) != REDIS_OK) {
+            log_warn("cancel subscriber lost: %s (cancels still arrive through the job hash)", sv->sub->errstr);
+            redisFree(sv->sub);
+            sv->sub = NULL;
+            return;
+        }
+        void *reply;
+        while (redisGetReplyFromReader(sv->sub, &reply) == REDIS_OK && reply) {
+            redisReply *r = reply;
+            if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 && r->element[2]->type == REDIS_REPLY_STRING)
+                cancel_id(sv, r->element[2]->str, r->element[2]->len);
+            freeReplyObject(r);
+        }
+    }
+}
+
+/* Every claim_idle/3: reset the idle time of our in-flight entries (so no
+ * one claims them while we run them) and re-read cancel flags (the durable
+ * truth, in case a PUBLISH was missed). */
+static llmq_status refresh(service *sv, llmq_err *err) {
+    int64_t t = now_ms();
+    if (!sv->jobs || t - sv->last_refresh_ms < sv->o.claim_idle_ms / 3) return LLMQ_OK;
+    sv->last_refresh_ms = t;
+    rcmd c;
+    int n = 0;
+    for (job *j = sv->jobs; j;) {
+        rcmd_init(&c);
+        rcmd_str(&c, "XCLAIM");
+        rcmd_str(&c, sv->req_key);
+        rcmd_str(&c, PROTO_GROUP);
+        rcmd_str(&c, sv->o.consumer);
+        rcmd_str(&c, "0");
+        int k = 0;
+        for (; j && k < RCMD_MAX_ARGS - 7; j = j->next, k++) rcmd_str(&c, j->entry);
+        rcmd_str(&c, "JUSTID");
+        pipe_add(sv, &c);
+    }
+    if (pipe_flush(sv, err)) return err->code;
+    job *list[256];
+    for (job *j = sv->jobs; j && n < 256; j = j->next) {
+        char key[KEYS_MAX];
+        keys_job(&sv->keys, j->id, key, sizeof key);
+        rcmd_init(&c);
+        rcmd_str(&c, "HGET");
+        rcmd_str(&c, key);
+        rcmd_str(&c, "cancel");
+        pipe_add(sv, &c);
+        list[n++] = j;
+    }
+    for (int i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(sv->rc, (void **)&r) != REDIS_OK) {
+            sv->pipe_pending = 0;
+            return llmq_err_set(err, LLMQ_ERR_IO, "redis: %s", sv->rc->errstr);
+        }
+        sv->pipe_pending--;
+        if (r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "1") && !list[i]->done)
+            sched_finish(sv->sch, &list[i]->s, FINISH_CANCELLED);
+        freeReplyObject(r);
+    }
+    return LLMQ_OK;
+}
+
+static void check_deadlines(service *sv) {
+    int64_t t = now_ms();
+    for (job *j = sv->jobs; j; j = j->next)
+        if (!j->done && j->req.deadline_ms > 0 && t > j->req.deadline_ms) sched_finish(sv->sch, &j->s, FINISH_DEADLINE);
+}
+
+/* ------------------------------------------------------------ publishing */
+
+/* After a step: one chunk per job that produced ids; the final MULTI for
+ * each finished job (which is then freed). */
+static void publish(service *sv) {
+    job **pp = &sv->jobs;
+    while (*pp) {
+        job *j = *pp;
+        if (!j->done && j->n_step_ids == 0) {
+            pp = &j->next;
+            continue;
+        }
+        size_t ready = stop_scan(j);
+        if (j->stop_hit && !j->done) sched_finish(sv->sch, &j->s, FINISH_STOP); /* sets done */
+        if (j->done && !j->stop_hit) {
+            if (j->has_ts) tok_stream_finish(&j->ts, &j->pending);
+            ready = stop_scan(j);
+            if (!j->stop_hit) ready = j->pending.len; /* nothing more can come: flush the holdback */
+        }
+        /* drop what a previous attempt already published (resume) */
+        size_t skip = j->skip < ready ? j->skip : ready;
+        j->skip -= skip;
+        const char *text = (j->pending.data ? j->pending.data : "") + skip;
+        const size_t len = ready - skip;
+        if (j->done) {
+            const char *fin = j->stop_hit ? "stop" : finish_reason_name(j->s.finish);
+            add_final_cmds(sv, j, j->entry, text, len, fin, NULL);
+            *pp = j->next;
+            sv->n_jobs--;
+            job_free(j);
+            continue;
+        }
+        if (!encode_chunk(sv, j, text, len, NULL, NULL)) {
+            add_chunk_cmds(sv, j);
+            j->next_seq++;
+        }
+        j->n_step_ids = 0;
+        if (j->pending.data) { /* keep the held-back tail */
+            memmove(j->pending.data, j->pending.data + ready, j->pending.len - ready + 1);
+            j->pending.len -= ready;
+        }
+        pp = &j->next;
+    }
+}
+
+/* ------------------------------------------------------------ metrics + heartbeat */
+
+static void serve_metrics(service *sv) {
+    if (sv->listen_fd < 0) return;
+    for (;;) {
+        int fd = accept4(sv->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) return;
+        char req[1024];
+        struct pollfd p = {fd, POLLIN, 0};
+        ssize_t n = poll(&p, 1, 100) > 0 ? read(fd, req, sizeof req - 1) : 0;
+        req[n > 0 ? n : 0] = '\0';
+        char head[256];
+        const char *body = "ok\n";
+        char *text = NULL;
+        size_t blen = 3;
+        int code = 200;
+        if (!strncmp(req, "GET /metrics", 12)) {
+            metric_set(sv->m_running, sched_n_running(sv->sch));
+            metric_set(sv->m_waiting, sched_n_waiting(sv->sch));
+            metric_set(sv->m_kv_free, sched_free_blocks(sv->sch));
+            metric_set(sv->m_kv_used, sched_total_blocks(sv->sch) - sched_free_blocks(sv->sch));
+            text = metrics_render(sv->mx, &blen);
+            body = text ? text : "";
+        } else if (!strncmp(req, "GET /readyz", 11) || !strncmp(req, "GET /healthz", 12)) {
+            if (!sv->rc || sv->rc->err) {
+                code = 503;
+                body = "redis unreachable\n";
+                blen = strlen(body);
+            }
+        } else {
+            code = 404;
+            body = "not found\n";
+            blen = strlen(body);
+        }
+        int hl = snprintf(head, sizeof head,
+                          "HTTP/1.1 %d %s\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: %zu\r\n"
+                          "Connection: close\r\n\r\n",
+                          code, code == 200 ? "OK" : code == 404 ? "Not Found" : "Service Unavailable", blen);
+        if (write(fd, head, (size_t)hl) == hl && blen) {
+            ssize_t w = write(fd, body, blen);
+            (void)w;
+        }
+        free(text);
+        close(fd);
+    }
+}
+
+static void heartbeat(service *sv) {
+    int64_t t = now_ms();
+    if (t - sv->last_heartbeat_ms < 2000) return;
+    sv->last_heartbeat_ms = t;
+    char v[512];
+    snprintf(v, sizeof v,
+             "{\"model\":\"%s\",\"consumer\":\"%s\",\"capacity\":%d,\"running\":%d,\"waiting\":%d,"
+             "\"kv_free\":%d,\"kv_total\":%d,\"ts\":%" PRId64 "}",
+             sv->o.model_name, sv->o.consumer, sv->o.max_num_seqs, sched_n_running(sv->sch),
+             sched_n_waiting(sv->sch), sched_free_blocks(sv->sch), sched_total_blocks(sv->sch), t);
+    rcmd c;
+    rcmd_init(&c);
+    rcmd_str(&c, "HSET");
+    rcmd_str(&c, sv->workers_key);
+    rcmd_str(&c, sv->o.consumer);
+    rcmd_str(&c, v);
+    pipe_add(sv, &c);
+}
+
+static void metrics_init(service *sv) {
+    static const double lat[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+    static const double sizes[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048};
+    metrics *m = sv->mx = metrics_create();
+    if (!m) return;
+    sv->m_running = metric_get(metrics_gauge(m, "llmq:num_requests_running", "Sequences in the running batch", NULL));
+    sv->m_waiting = metric_get(metrics_gauge(m, "llmq:num_requests_waiting", "Sequences admitted, waiting for KV blocks", NULL));
+    sv->m_kv_used = metric_get(metrics_gauge(m, "llmq:kv_blocks_used", "KV cache blocks in use", NULL));
+    sv->m_kv_free = metric_get(metrics_gauge(m, "llmq:kv_blocks_free", "KV cache blocks free", NULL));
+    sv->m_prompt_tok = metric_get(metrics_counter(m, "llmq:prompt_tokens_total", "Prompt tokens admitted", NULL));
+    sv->m_gen_tok = metric_get(metrics_counter(m, "llmq:generation_tokens_total", "Tokens generated", NULL));
+    sv->m_preempt = metric_get(metrics_counter(m, "llmq:num_preemptions_total", "Sequences preempted", NULL));
+    sv->f_success = metrics_counter(m, "llmq:request_success_total", "Finished jobs by finish reason", "finished_reason");
+    sv->m_step = metric_get(metrics_histogram(m, "llmq:step_seconds", "Time of one engine step", NULL, lat, 14));
+    sv->m_batch = metric_get(metrics_histogram(m, "llmq:batch_size", "Sequences per step", NULL, sizes, 12));
+    sv->m_ttft = metric_get(metrics_histogram(m, "llmq:time_to_first_token_seconds", "Admission to first token", NULL, lat, 14));
+    sv->m_itl = metric_get(metrics_histogram(m, "llmq:inter_token_latency_seconds", "Time between tokens", NULL, lat, 14));
+    sv->m_queue = metric_get(metrics_histogram(m, "llmq:request_queue_time_seconds", "Submission to admission", NULL, lat, 14));
+}
+
+static int listen_on(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 16)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* ------------------------------------------------------------ setup + loop */
+
+static llmq_status connect_all(service *sv, llmq_err *err) {
+    sv->rc = rconn_connect(&sv->url, 5000, err);
+    if (!sv->rc) return err->code;
+    sv->sub = rconn_connect(&sv->url, 5000, err);
+    if (!sv->sub) return err->code;
+    redisReply *r = redisCommand(sv->sub, "SUBSCRIBE %s", sv->cancel_chan);
+    if (!r) return llmq_err_set(err, LLMQ_ERR_IO, "redis: SUBSCRIBE failed: %s", sv->sub->errstr);
+    freeReplyObject(r);
+    rcmd c;
+    jobops_keys kb;
+    jobops_group_create(&c, &kb, &sv->keys, sv->o.model_name);
+    llmq_err e2 = {0};
+    redisReply *g = rconn_call(sv->rc, &c, &e2);
+    if (!g && !strstr(e2.msg, "BUSYGROUP")) return llmq_err_set(err, LLMQ_ERR_REDIS, "%s", e2.msg);
+    freeReplyObject(g);
+    return LLMQ_OK;
+}
+
+static void service_free(service *sv) {
+    while (sv->jobs) {
+        job *j = sv->jobs;
+        sv->jobs = j->next;
+        job_free(j);
+    }
+    sched_destroy(sv->sch);
+    eng_destroy(sv->eng);
+    model_destroy(sv->m);
+    tok_destroy(sv->tok);
+    llmq_backend_destroy(sv->be);
+    if (sv->rc) redisFree(sv->rc);
+    if (sv->sub) redisFree(sv->sub);
+    if (sv->listen_fd >= 0) close(sv->listen_fd);
+    metrics_destroy(sv->mx);
+    proto_buf_deinit(&sv->buf);
+}
+
+llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq_err *err) {
+    service svs, *sv = &svs;
+    memset(sv, 0, sizeof *sv);
+    sv->o = *o;
+    sv->listen_fd = -1;
+    llmq_status st;
+    if ((st = keys_init(&sv->keys, o->prefix, err)) || (st = redis_url_parse(&sv->url, o->redis_url, err))) return st;
+    if (!keys_model_valid(o->model_name))
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "invalid --model-name '%s'", o->model_name);
+    keys_req_stream(&sv->keys, o->model_name, sv->req_key, sizeof sv->req_key);
+    keys_dead_stream(&sv->keys, o->model_name, sv->dead_key, sizeof sv->dead_key);
+    keys_workers(&sv->keys, sv->workers_key, sizeof sv->workers_key);
+    keys_cancel_channel(&sv->keys, sv->cancel_chan, sizeof sv->cancel_chan);
+    proto_buf_init(&sv->buf);
+    metrics_init(sv);
+
+    sv->be = llmq_backend_create(o->backend, err);
+    if (!sv->be) return err->code;
+    if ((st = model_load(&sv->m, o->model_dir, sv->be, err))) goto out;
+    char tokpath[4096];
+    snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", o->model_dir);
+    if (access(tokpath, R_OK) == 0) {
+        sv->tok = tok_load(o->model_dir, err);
+        if (!sv->tok) {
+            st = err->code;
+            goto out;
+        }
+    } else {
+        log_warn("%s has no tokenizer.json: only prompt_ids requests can run", o->model_dir);
+    }
+    const model_config *cfg = &sv->m->cfg;
+    int blocks = o->kv_blocks;
+    if (blocks <= 0) /* default: every slot can hold a full context */
+        blocks = o->max_num_seqs * ((cfg->max_position_embeddings + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE);
+    eng_opts eo = {blocks, o->max_batched_tokens, o->max_num_seqs};
+    sched_opts so = {o->max_num_seqs, o->max_batched_tokens};
+    sched_callbacks cb = {on_token, on_finish, sv};
+    if ((st = eng_create(&sv->eng, sv->m, &eo, err)) || (st = sched_create(&sv->sch, sv->eng, &so, &cb, err))) goto out;
+    log_info("model %s loaded from %s: %s, %d layers, %.1f MB of weights; KV cache %d blocks (%.1f MiB)",
+             o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers, sv->m->weight_bytes / 1e6, blocks,
+             (double)blocks * ENG_BLOCK_SIZE * eng_kv_bytes_per_token(cfg, sv->be->act_dt) / 1048576.0);
+    if ((st = connect_all(sv, err))) goto out;
+    if (o->metrics_port > 0 && (sv->listen_fd = listen_on(o->metrics_port)) < 0) {
+        st = llmq_err_set(err, LLMQ_ERR_IO, "cannot listen on metrics port %d: %s", o->metrics_port, strerror(errno));
+        goto out;
+    }
+    char where[300];
+    log_info("serving %s on %s as consumer %s (stream %s)", o->model_name,
+             redis_url_describe(&sv->url, where, sizeof where), o->consumer, sv->req_key);
+
+    int64_t drain_deadline = 0;
+    for (;;) {
+        if (*stop && !drain_deadline) {
+            drain_deadline = now_ms() + (int64_t)o->drain_timeout_s * 1000;
+            log_info("SIGTERM: draining %d jobs (up to %d s); no new jobs", sv->n_jobs, o->drain_timeout_s);
+        }
+        if (drain_deadline && (!sv->jobs || now_ms() > drain_deadline)) {
+            if (sv->jobs)
+                log_warn("drain timeout: leaving %d jobs to be resumed by another worker", sv->n_jobs);
+            break;
+        }
+        const int idle = sched_n_running(sv->sch) == 0 && sched_n_waiting(sv->sch) == 0;
+        if (!drain_deadline && (st = pull(sv, idle, err))) break;
+        if (drain_deadline && idle) usleep(10000);
+        read_cancels(sv);
+        check_deadlines(sv);
+        if ((st = refresh(sv, err))) break;
+        int worked = 0;
+        int64_t t0 = now_ms();
+        int batch = sched_n_running(sv->sch);
+        if ((st = sched_step(sv->sch, &worked, err))) break;
+        if (worked) {
+            metric_observe(sv->m_step, (now_ms() - t0) / 1e3);
+            metric_observe(sv->m_batch, batch);
+        }
+        uint64_t pre = sched_n_preemptions(sv->sch);
+        if (pre > sv->preempt_seen) metric_inc(sv->m_preempt, (double)(pre - sv->preempt_seen));
+        sv->preempt_seen = pre;
+        publish(sv);
+        heartbeat(sv);
+        if ((st = pipe_flush(sv, err))) break;
+        serve_metrics(sv);
+    }
+out:
+    service_free(sv);
+    return st;
+}
