@@ -18,6 +18,7 @@
 #include "worker/engine.h"
 #include "worker/model.h"
 #include "worker/sched.h"
+#include "worker/tp.h"
 
 #define GEN_MAX_PROMPTS 256
 
@@ -57,6 +58,7 @@ static void usage(FILE *f) {
             "  --kv-blocks N            KV cache blocks of 16 tokens (default: enough for all prompts)\n"
             "  --max-num-seqs N         sequences per step (default 32, at most the token budget)\n"
             "  --max-batched-tokens N   tokens per step (default 512)\n"
+            "  --tp N                   tensor parallel over N local CPU ranks (processes)\n"
             "  --json                   one JSON object per prompt per line\n");
 }
 
@@ -102,7 +104,7 @@ static void print_ids(FILE *f, const int32_t *ids, int n) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_PROMPT_IDS = 256, O_MAX_TOKENS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED,
-           O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP };
+           O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP, O_TP };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"prompt-ids", required_argument, 0, O_PROMPT_IDS},
@@ -122,6 +124,7 @@ int cmd_generate(int argc, char **argv) {
         {"max-num-seqs", required_argument, 0, O_SEQS},
         {"max-batched-tokens", required_argument, 0, O_BATCHED},
         {"json", no_argument, 0, O_JSON},
+        {"tp", required_argument, 0, O_TP},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
@@ -129,7 +132,7 @@ int cmd_generate(int argc, char **argv) {
     int32_t *prompts[GEN_MAX_PROMPTS];
     int prompt_len[GEN_MAX_PROMPTS];
     int n_prompts = 0, max_tokens = 64, kv_blocks = 0, max_seqs = 0, max_batched = 512, json = 0, ignore_eos = 0;
-    int have_seed = 0, n_stop = 0;
+    int have_seed = 0, n_stop = 0, tp = 1;
     int32_t stop_ids[SEQ_MAX_STOP_IDS];
     sampling_params sp;
     sampling_params_default(&sp);
@@ -173,6 +176,7 @@ int cmd_generate(int argc, char **argv) {
         case O_SEQS: max_seqs = (int)strtol(optarg, &end, 10); break;
         case O_BATCHED: max_batched = (int)strtol(optarg, &end, 10); break;
         case O_JSON: json = 1; break;
+        case O_TP: tp = (int)strtol(optarg, &end, 10); break;
         case O_HELP: usage(stdout); rc = 0; goto out;
         default: usage(stderr); goto out;
         }
@@ -208,21 +212,44 @@ int cmd_generate(int argc, char **argv) {
 
     rc = 1;
     llmq_err err = {0};
-    llmq_backend *be = llmq_backend_create(backend_name, &err);
+    llmq_backend *be = NULL;
     model *m = NULL;
     engine *eng = NULL;
     sched *sch = NULL;
     gen_item *items = NULL;
-    if (!be || model_load(&m, model_dir, be, &err)) {
-        fprintf(stderr, "llmq generate: %s\n", err.msg);
-        goto done;
-    }
+    tp_group group = {0};
+    int group_started = 0;
     if (kv_blocks == 0) {
         long need = 0;
         for (int i = 0; i < n_prompts; i++) need += (prompt_len[i] + max_tokens + 1 + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
         kv_blocks = (int)need;
     }
-    eng_opts eo = {kv_blocks, max_batched, max_seqs};
+    eng_opts eo = {kv_blocks, max_batched, max_seqs, NULL};
+    if (tp != 1) {
+        /* check that the split works before starting any process */
+        model_config cfg;
+        model_shard sh;
+        if (model_config_load(&cfg, model_dir, &err) || model_shard_plan(&sh, &cfg, 0, tp, &err)) {
+            fprintf(stderr, "llmq generate: %s\n", err.msg);
+            goto done;
+        }
+        if (tp_group_start(&group, tp, 10000, &err)) {
+            fprintf(stderr, "llmq generate: %s\n", err.msg);
+            goto done;
+        }
+        group_started = 1;
+        if (group.rank > 0) { /* a peer: serve the leader's steps, print nothing */
+            rc = tp_peer_run(&group, model_dir, backend_name, &eo, &err) ? 1 : 0;
+            group_started = 0;
+            goto done;
+        }
+        eo.comm = group.comm;
+    }
+    be = llmq_backend_create(backend_name, &err);
+    if (!be || model_load_shard(&m, model_dir, be, group.rank, tp, &err)) {
+        fprintf(stderr, "llmq generate: %s\n", err.msg);
+        goto done;
+    }
     sched_opts so = {max_seqs, max_batched};
     sched_callbacks cb = {gen_on_token, NULL, NULL};
     if (eng_create(&eng, m, &eo, &err) || sched_create(&sch, eng, &so, &cb, &err)) {
@@ -280,7 +307,15 @@ int cmd_generate(int argc, char **argv) {
         }
     }
     rc = 0;
+    if (group_started && eng_stop_peers(eng, &err)) {
+        fprintf(stderr, "llmq generate: %s\n", err.msg);
+        rc = 1;
+    }
 done:
+    if (group_started && tp_group_stop(&group, rc != 0) && rc == 0) {
+        fprintf(stderr, "llmq generate: a tensor-parallel peer failed\n");
+        rc = 1;
+    }
     if (items)
         for (int i = 0; i < n_prompts; i++) seq_deinit(&items[i].s);
     free(items);

@@ -46,11 +46,16 @@ const char *llmq_dtype_name(llmq_dtype dt);
 
 /* A weight matrix [rows, cols], row-major, in dtype dt. */
 typedef struct be_weight {
-    const void *data; /* rows * cols elements of dt; owned by whoever loaded it */
+    const void *data; /* row r starts at element r * ld; owned by whoever loaded it */
     llmq_dtype dt;
     int rows;         /* output features */
     int cols;         /* input features (the reduction dimension) */
+    int ld;           /* row stride in elements (>= cols); 0 means cols.  A column
+                         slice of a larger matrix (tensor parallelism) has ld > cols */
 } be_weight;
+
+/* The row stride of w in elements. */
+static inline size_t be_weight_ld(const be_weight *w) { return (size_t)(w->ld > 0 ? w->ld : w->cols); }
 
 /*
  * What attention needs to know about one step.  The step's tokens are laid
@@ -98,7 +103,8 @@ typedef struct be_ops {
     llmq_status (*sync)(llmq_backend *be, llmq_err *err);
 
     /* ops ---------------------------------------------------------------- */
-    /* out[i,:] = table[ids[i], :] for i < n; table is [vocab, dim]. */
+    /* out[i,:] = table[ids[i], :] for i < n; table is [vocab, dim].  An id
+     * outside [0, table->rows) gives a row of zeros (a vocabulary shard). */
     void (*embed)(llmq_backend *be, void *out, const be_weight *table, const int32_t *ids, int n);
     /* out = rmsnorm(x) * w over rows of length dim. out may alias x. */
     void (*rmsnorm)(llmq_backend *be, void *out, const void *x, const float *w, int n, int dim, float eps);

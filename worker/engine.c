@@ -29,6 +29,12 @@ struct engine {
     const model *m;
     llmq_backend *be;
     eng_opts opts;
+    llmq_comm *comm;            /* NULL or world 1: no collectives */
+    int tp;                     /* 1 when comm has more than one rank */
+    int32_t *plan;              /* leader -> peers step plan (host) */
+    size_t plan_cap;            /* int32 entries */
+    float *lg_local, *lg_all;   /* TP logits: [S, V/world] local, [world, S, V/world] gathered */
+    int32_t *h_ids_shard;       /* token ids shifted into this rank's vocabulary shard */
     size_t kv_dim;
     void **k_cache, **v_cache;  /* [n_layers] each [n_blocks * 16, kv_dim] */
     float *inv_freq;            /* [head_dim / 2] backend buffer */
@@ -39,6 +45,12 @@ struct engine {
     int32_t *d_ids, *d_pos, *d_slots, *d_tok_start, *d_bt, *d_rows;
     int max_bt;                 /* max blocks per sequence (context / 16) */
 };
+
+/* Step plan layout (int32): [magic, n_seqs, max_blocks, then per sequence
+ * n_tokens, start_pos, n_blocks, want_logits, then all tokens, then all
+ * block tables]. */
+#define PLAN_MAGIC 0x6c6d7170
+#define PLAN_STOP (-1)
 
 size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype act_dt) {
     return (size_t)2 * cfg->n_layers * cfg->n_kv_heads * cfg->head_dim * llmq_dtype_size(act_dt);
@@ -59,11 +71,20 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
     e->m = m;
     e->be = be;
     e->opts = *o;
-    e->kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    const model_shard *sh = &m->shard;
+    e->comm = o->comm;
+    e->tp = o->comm && o->comm->world > 1;
+    if ((o->comm ? o->comm->world : 1) != sh->world || (o->comm ? o->comm->rank : 0) != sh->rank) {
+        free(e);
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "engine: the model is shard %d of %d but the group is rank %d of %d",
+                            sh->rank, sh->world, o->comm ? o->comm->rank : 0, o->comm ? o->comm->world : 1);
+    }
+    e->kv_dim = (size_t)sh->n_kv_heads * c->head_dim;
     e->max_bt = (c->max_position_embeddings + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
     if (e->max_bt > o->n_blocks) e->max_bt = o->n_blocks;
     const size_t es = llmq_dtype_size(be->act_dt), T = (size_t)o->max_tokens, S = (size_t)o->max_seqs;
-    const size_t d = (size_t)c->hidden_size, qd = (size_t)c->n_heads * c->head_dim, I = (size_t)c->intermediate_size;
+    const size_t d = (size_t)c->hidden_size, qd = (size_t)sh->n_heads * c->head_dim, I = (size_t)sh->inter;
+    const size_t Vl = (size_t)sh->vocab;
     const size_t cache_elems = (size_t)o->n_blocks * ENG_BLOCK_SIZE * e->kv_dim;
 
     int ok = (e->k_cache = calloc((size_t)c->n_layers, sizeof(void *))) &&
@@ -75,15 +96,19 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
          (e->v = be->ops->alloc(be, T * e->kv_dim * es)) && (e->att = be->ops->alloc(be, T * qd * es)) &&
          (e->o = be->ops->alloc(be, T * d * es)) && (e->gate = be->ops->alloc(be, T * I * es)) &&
          (e->up = be->ops->alloc(be, T * I * es)) && (e->hl = be->ops->alloc(be, S * d * es)) &&
-         (e->logits = be->ops->alloc(be, S * (size_t)c->vocab_size * es)) &&
+         (e->logits = be->ops->alloc(be, S * Vl * es)) &&
          (e->inv_freq = be->ops->alloc(be, (size_t)c->head_dim / 2 * sizeof(float)));
     /* index arrays */
     ok = ok && (e->h_ids = malloc(T * 4)) && (e->h_pos = malloc(T * 4)) && (e->h_slots = malloc(T * 4)) &&
          (e->h_tok_start = malloc((S + 1) * 4)) && (e->h_bt = malloc(S * (size_t)e->max_bt * 4)) &&
-         (e->h_rows = malloc(S * 4)) && (e->d_ids = be->ops->alloc(be, T * 4)) &&
+         (e->h_rows = malloc(S * 4)) && (e->h_ids_shard = malloc(T * 4)) &&
+         (e->d_ids = be->ops->alloc(be, T * 4)) &&
          (e->d_pos = be->ops->alloc(be, T * 4)) && (e->d_slots = be->ops->alloc(be, T * 4)) &&
          (e->d_tok_start = be->ops->alloc(be, (S + 1) * 4)) &&
          (e->d_bt = be->ops->alloc(be, S * (size_t)e->max_bt * 4)) && (e->d_rows = be->ops->alloc(be, S * 4));
+    e->plan_cap = 3 + 4 * S + T + S * (size_t)e->max_bt;
+    ok = ok && (e->plan = malloc(e->plan_cap * 4));
+    if (e->tp) ok = ok && (e->lg_local = malloc(S * Vl * 4)) && (e->lg_all = malloc(S * Vl * 4 * sh->world));
     if (!ok) {
         eng_destroy(e);
         return llmq_err_set(err, LLMQ_ERR_NOMEM,
@@ -115,6 +140,10 @@ void eng_destroy(engine *e) {
     free(e->h_tok_start);
     free(e->h_bt);
     free(e->h_rows);
+    free(e->h_ids_shard);
+    free(e->plan);
+    free(e->lg_local);
+    free(e->lg_all);
     free(e);
 }
 
@@ -171,17 +200,25 @@ static llmq_status plan_step(engine *e, const eng_seq *seqs, int n_seqs, int *n_
     return LLMQ_OK;
 }
 
-llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, llmq_err *err) {
-    int n = 0, n_out = 0, mb = 0;
-    llmq_status st = plan_step(e, seqs, n_seqs, &n, &n_out, &mb, err);
-    if (st) return st;
+/* Sum a row-parallel output over the group. */
+static llmq_status reduce(engine *e, void *buf, size_t n, llmq_err *err) {
+    if (!e->tp) return LLMQ_OK;
+    if (comm_all_reduce_sum(e->comm, buf, n, COMM_F32)) return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+    return LLMQ_OK;
+}
+
+/* The forward pass of a planned step (host index arrays filled). */
+static llmq_status run_step(engine *e, int n_seqs, int n, int n_out, int mb, float *logits, llmq_err *err) {
     llmq_backend *be = e->be;
     const be_ops *op = be->ops;
     const model *m = e->m;
     const model_config *c = &m->cfg;
-    const int d = c->hidden_size, I = c->intermediate_size;
+    const model_shard *sh = &m->shard;
+    const int d = c->hidden_size, I = sh->inter, Vl = sh->vocab;
+    llmq_status st;
 
-    op->upload(be, e->d_ids, e->h_ids, (size_t)n * 4);
+    for (int i = 0; i < n; i++) e->h_ids_shard[i] = e->h_ids[i] - sh->vocab0; /* outside the shard: a zero row */
+    op->upload(be, e->d_ids, e->h_ids_shard, (size_t)n * 4);
     op->upload(be, e->d_pos, e->h_pos, (size_t)n * 4);
     op->upload(be, e->d_slots, e->h_slots, (size_t)n * 4);
     op->upload(be, e->d_tok_start, e->h_tok_start, (size_t)(n_seqs + 1) * 4);
@@ -189,9 +226,10 @@ llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, 
     op->upload(be, e->d_rows, e->h_rows, (size_t)n_out * 4);
 
     const be_attn_step step = {n_seqs, n, e->d_tok_start, e->d_pos, e->d_bt, mb, ENG_BLOCK_SIZE};
-    be_attn_shape shape = {c->n_heads, c->n_kv_heads, c->head_dim, 0, 1.0f / sqrtf((float)c->head_dim)};
+    be_attn_shape shape = {sh->n_heads, sh->n_kv_heads, c->head_dim, 0, 1.0f / sqrtf((float)c->head_dim)};
 
     op->embed(be, e->x, &m->embed, e->d_ids, n);
+    if ((st = reduce(e, e->x, (size_t)n * d, err))) return st;
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *ly = &m->layers[l];
         if (l == 0)
@@ -201,23 +239,134 @@ llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, 
         op->matmul(be, e->q, e->h, &ly->wq, ly->bq, n);
         op->matmul(be, e->k, e->h, &ly->wk, ly->bk, n);
         op->matmul(be, e->v, e->h, &ly->wv, ly->bv, n);
-        op->rope(be, e->q, e->k, e->d_pos, n, c->n_heads, c->n_kv_heads, c->head_dim, e->inv_freq);
+        op->rope(be, e->q, e->k, e->d_pos, n, sh->n_heads, sh->n_kv_heads, c->head_dim, e->inv_freq);
         op->kv_store(be, e->k_cache[l], e->v_cache[l], e->k, e->v, e->d_slots, n, (int)e->kv_dim);
         shape.window = model_config_layer_window(c, l);
         op->attention(be, e->att, e->q, e->k_cache[l], e->v_cache[l], &step, &shape);
         op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
+        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
         op->add_rmsnorm(be, e->h, e->x, e->o, ly->mlp_norm, n, d, c->rms_norm_eps);
         op->matmul(be, e->gate, e->h, &ly->w_gate, ly->b_gate, n);
         op->matmul(be, e->up, e->h, &ly->w_up, ly->b_up, n);
         op->swiglu(be, e->gate, e->gate, e->up, n, I);
         op->matmul(be, e->o, e->gate, &ly->w_down, ly->b_down, n);
+        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
     }
     if (n_out > 0) {
         op->add(be, e->x, e->o, (size_t)n * d);
         op->gather_rows(be, e->hl, e->x, e->d_rows, n_out, d);
         op->rmsnorm(be, e->hl, e->hl, m->final_norm, n_out, d, c->rms_norm_eps);
         op->matmul(be, e->logits, e->hl, &m->lm_head, NULL, n_out);
-        op->download_f32(be, logits, e->logits, (size_t)n_out * c->vocab_size);
+        if (!e->tp) {
+            op->download_f32(be, logits, e->logits, (size_t)n_out * Vl);
+        } else {
+            /* every rank holds [n_out, V/world]; gather and put the columns in order */
+            op->download_f32(be, e->lg_local, e->logits, (size_t)n_out * Vl);
+            if (comm_all_gather(e->comm, e->lg_all, e->lg_local, (size_t)n_out * Vl, COMM_F32))
+                return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+            if (logits)
+                for (int r = 0; r < sh->world; r++)
+                    for (int s = 0; s < n_out; s++)
+                        memcpy(logits + (size_t)s * c->vocab_size + (size_t)r * Vl,
+                               e->lg_all + ((size_t)r * n_out + s) * Vl, (size_t)Vl * 4);
+        }
     }
     return op->sync(be, err);
+}
+
+/* Leader: send the step plan to the peers (header with the size first). */
+static llmq_status send_plan(engine *e, const eng_seq *seqs, int n_seqs, int mb, llmq_err *err) {
+    int32_t *p = e->plan;
+    size_t k = 0;
+    p[k++] = PLAN_MAGIC;
+    p[k++] = n_seqs;
+    p[k++] = mb;
+    for (int s = 0; s < n_seqs; s++) {
+        p[k++] = seqs[s].n_tokens;
+        p[k++] = seqs[s].start_pos;
+        p[k++] = seqs[s].n_blocks;
+        p[k++] = seqs[s].want_logits;
+    }
+    for (int s = 0; s < n_seqs; s++) {
+        memcpy(p + k, seqs[s].tokens, (size_t)seqs[s].n_tokens * 4);
+        k += (size_t)seqs[s].n_tokens;
+    }
+    for (int s = 0; s < n_seqs; s++) {
+        memcpy(p + k, seqs[s].block_table, (size_t)seqs[s].n_blocks * 4);
+        k += (size_t)seqs[s].n_blocks;
+    }
+    int32_t size = (int32_t)k;
+    if (comm_broadcast(e->comm, &size, sizeof size, 0) || comm_broadcast(e->comm, p, k * 4, 0))
+        return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+    return LLMQ_OK;
+}
+
+llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, llmq_err *err) {
+    int n = 0, n_out = 0, mb = 0;
+    llmq_status st = plan_step(e, seqs, n_seqs, &n, &n_out, &mb, err);
+    if (st) return st;
+    if (e->tp && (st = send_plan(e, seqs, n_seqs, mb, err))) return st;
+    return run_step(e, n_seqs, n, n_out, mb, logits, err);
+}
+
+llmq_status eng_stop_peers(engine *e, llmq_err *err) {
+    if (!e->tp) return LLMQ_OK;
+    int32_t size = PLAN_STOP;
+    if (comm_broadcast(e->comm, &size, sizeof size, 0))
+        return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+    return LLMQ_OK;
+}
+
+llmq_status eng_serve(engine *e, llmq_err *err) {
+    if (!e->tp || e->comm->rank == 0)
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "eng_serve: only peer ranks of a group serve plans");
+    eng_seq *seqs = calloc((size_t)e->opts.max_seqs, sizeof *seqs);
+    if (!seqs) return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
+    llmq_status st = LLMQ_OK;
+    const int saved_timeout = e->comm->timeout_ms;
+    for (;;) {
+        int32_t size = 0;
+        /* Between steps the leader may idle for as long as it has no work:
+         * wait without a deadline (a dead leader is still detected). */
+        e->comm->timeout_ms = 0;
+        st = comm_broadcast(e->comm, &size, sizeof size, 0);
+        e->comm->timeout_ms = saved_timeout;
+        if (st) break;
+        if (size == PLAN_STOP) break;
+        if (size < 3 || (size_t)size > e->plan_cap) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: step plan of %d entries (limit %zu)", size, e->plan_cap);
+            break;
+        }
+        if ((st = comm_broadcast(e->comm, e->plan, (size_t)size * 4, 0))) break;
+        const int32_t *p = e->plan;
+        const int ns = p[1];
+        if (p[0] != PLAN_MAGIC || ns < 1 || ns > e->opts.max_seqs) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: malformed step plan");
+            break;
+        }
+        size_t k = 3 + 4 * (size_t)ns, tok = k;
+        for (int s = 0; s < ns; s++) tok += (size_t)p[3 + 4 * s];
+        size_t bt = tok;
+        for (int s = 0; s < ns; s++) {
+            seqs[s].n_tokens = p[3 + 4 * s];
+            seqs[s].start_pos = p[4 + 4 * s];
+            seqs[s].n_blocks = p[5 + 4 * s];
+            seqs[s].want_logits = p[6 + 4 * s];
+            seqs[s].tokens = p + k;
+            k += (size_t)seqs[s].n_tokens;
+            seqs[s].block_table = p + bt;
+            bt += (size_t)seqs[s].n_blocks;
+        }
+        if (bt != (size_t)size) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: step plan sizes disagree");
+            break;
+        }
+        int n = 0, n_out = 0, mb = 0;
+        if ((st = plan_step(e, seqs, ns, &n, &n_out, &mb, err))) break;
+        if ((st = run_step(e, ns, n, n_out, mb, NULL, err))) break;
+    }
+    if (st && e->comm->err.code && err && err->code == LLMQ_OK)
+        llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+    free(seqs);
+    return st;
 }

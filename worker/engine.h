@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "kernels/backend.h"
+#include "worker/comm.h"
 #include "worker/model.h"
 
 #define ENG_BLOCK_SIZE 16
@@ -31,9 +32,11 @@ typedef struct eng_seq {
 } eng_seq;
 
 typedef struct eng_opts {
-    int n_blocks;   /* KV blocks in the pool */
-    int max_tokens; /* tokens per step at most */
-    int max_seqs;   /* sequences per step at most */
+    int n_blocks;     /* KV blocks in the pool */
+    int max_tokens;   /* tokens per step at most */
+    int max_seqs;     /* sequences per step at most */
+    llmq_comm *comm;  /* tensor-parallel group (not owned); NULL = one rank.
+                         Its world/rank must match the model's shard. */
 } eng_opts;
 
 llmq_status eng_create(engine **out, const model *m, const eng_opts *opts, llmq_err *err);
@@ -49,6 +52,19 @@ size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype act_dt);
  * out of range); nothing is written to the cache in that case.
  */
 llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, llmq_err *err);
+
+/*
+ * Tensor parallelism.  The leader (rank 0) calls eng_step as above: it first
+ * broadcasts the step plan (token ids, positions, block tables, sequence
+ * boundaries) to its peers, then every rank runs the same step on its
+ * shard; row-parallel outputs are all-reduced, logits all-gathered.  Peers
+ * call eng_serve, which loops on plans until the leader's eng_stop_peers
+ * (returns LLMQ_OK) or a collective fails (the leader died or stalled:
+ * returns the communicator's error, naming the rank).
+ */
+llmq_status eng_serve(engine *e, llmq_err *err);
+/* Leader: tell the peers to return from eng_serve. */
+llmq_status eng_stop_peers(engine *e, llmq_err *err);
 
 const model *eng_model(const engine *e);
 int eng_n_blocks(const engine *e);

@@ -49,22 +49,37 @@ static const st_tensor *want(loader *L, const char *name, int rows, int cols) {
     return t;
 }
 
-static int load_matrix(loader *L, be_weight *w, const char *name, int rows, int cols) {
+/* Which part of a tensor this rank takes. */
+typedef enum { PART_ALL = 0, PART_ROWS, PART_COLS } part_kind;
+
+/* Load a [rows, cols] matrix, or the slice [off, off + n) of its rows
+ * (PART_ROWS) or columns (PART_COLS), as a view into the mapping. */
+static int load_matrix(loader *L, be_weight *w, const char *name, int rows, int cols, part_kind part, int off,
+                       int n) {
     const st_tensor *t = want(L, name, rows, cols);
     if (!t) return -1;
-    be_weight in = {t->data, t->dt, rows, cols};
+    const size_t es = llmq_dtype_size(t->dt);
+    be_weight in = {t->data, t->dt, rows, cols, cols};
+    if (part == PART_ROWS) {
+        in.data = (const char *)t->data + (size_t)off * cols * es;
+        in.rows = n;
+    } else if (part == PART_COLS) {
+        in.data = (const char *)t->data + (size_t)off * es;
+        in.cols = n;
+    }
     if (L->m->be->ops->weight_prepare(L->m->be, w, &in)) {
         llmq_err_set(L->err, LLMQ_ERR_BACKEND, "%s: backend cannot hold tensor \"%s\": %s", L->dir, name,
                      L->m->be->err.msg);
         return -1;
     }
-    L->m->weight_bytes += t->nbytes;
+    L->m->weight_bytes += (size_t)in.rows * in.cols * es;
     return 0;
 }
 
-/* A vector converted to F32 in a backend buffer. */
-static int load_vector(loader *L, float **out, const char *name, int n) {
-    const st_tensor *t = want(L, name, n, 0);
+/* A vector of n_full elements, or its slice [off, off + n), converted to F32
+ * in a backend buffer. */
+static int load_vector_part(loader *L, float **out, const char *name, int n_full, int off, int n) {
+    const st_tensor *t = want(L, name, n_full, 0);
     if (!t) return -1;
     float *host = malloc((size_t)n * sizeof(float));
     float *dev = L->m->be->ops->alloc(L->m->be, (size_t)n * sizeof(float));
@@ -77,54 +92,107 @@ static int load_vector(loader *L, float **out, const char *name, int n) {
     for (int i = 0; i < n; i++) {
         uint16_t h;
         if (t->dt == LLMQ_F32) {
-            memcpy(&host[i], (const float *)t->data + i, 4);
+            memcpy(&host[i], (const float *)t->data + off + i, 4);
         } else {
-            memcpy(&h, (const uint16_t *)t->data + i, 2);
+            memcpy(&h, (const uint16_t *)t->data + off + i, 2);
             host[i] = t->dt == LLMQ_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
         }
     }
     L->m->be->ops->upload(L->m->be, dev, host, (size_t)n * sizeof(float));
     free(host);
-    L->m->weight_bytes += t->nbytes;
+    L->m->weight_bytes += (size_t)n * llmq_dtype_size(t->dt);
     *out = dev;
     return 0;
 }
 
+static int load_vector(loader *L, float **out, const char *name, int n) {
+    return load_vector_part(L, out, name, n, 0, n);
+}
+
 static int load_layer(loader *L, int i) {
     const model_config *c = &L->m->cfg;
+    const model_shard *sh = &L->m->shard;
     model_layer *ly = &L->m->layers[i];
-    const int d = c->hidden_size, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    const int d = c->hidden_size, hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
     const int I = c->intermediate_size;
+    const int q0 = sh->head0 * hd, nq = sh->n_heads * hd, k0 = sh->kv_head0 * hd, nk = sh->n_kv_heads * hd;
+    const int lead = sh->rank == 0; /* row-parallel biases are added once, by rank 0 */
     char n[160];
 #define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%d.%s", i, suffix), n)
     if (load_vector(L, &ly->attn_norm, NAME("input_layernorm.weight"), d) ||
         load_vector(L, &ly->mlp_norm, NAME("post_attention_layernorm.weight"), d) ||
-        load_matrix(L, &ly->wq, NAME("self_attn.q_proj.weight"), qd, d) ||
-        load_matrix(L, &ly->wk, NAME("self_attn.k_proj.weight"), kvd, d) ||
-        load_matrix(L, &ly->wv, NAME("self_attn.v_proj.weight"), kvd, d) ||
-        load_matrix(L, &ly->wo, NAME("self_attn.o_proj.weight"), d, qd) ||
-        load_matrix(L, &ly->w_gate, NAME("mlp.gate_proj.weight"), I, d) ||
-        load_matrix(L, &ly->w_up, NAME("mlp.up_proj.weight"), I, d) ||
-        load_matrix(L, &ly->w_down, NAME("mlp.down_proj.weight"), d, I))
+        load_matrix(L, &ly->wq, NAME("self_attn.q_proj.weight"), qd, d, PART_ROWS, q0, nq) ||
+        load_matrix(L, &ly->wk, NAME("self_attn.k_proj.weight"), kvd, d, PART_ROWS, k0, nk) ||
+        load_matrix(L, &ly->wv, NAME("self_attn.v_proj.weight"), kvd, d, PART_ROWS, k0, nk) ||
+        load_matrix(L, &ly->wo, NAME("self_attn.o_proj.weight"), d, qd, PART_COLS, q0, nq) ||
+        load_matrix(L, &ly->w_gate, NAME("mlp.gate_proj.weight"), I, d, PART_ROWS, sh->inter0, sh->inter) ||
+        load_matrix(L, &ly->w_up, NAME("mlp.up_proj.weight"), I, d, PART_ROWS, sh->inter0, sh->inter) ||
+        load_matrix(L, &ly->w_down, NAME("mlp.down_proj.weight"), d, I, PART_COLS, sh->inter0, sh->inter))
         return -1;
-    if (c->qkv_bias && (load_vector(L, &ly->bq, NAME("self_attn.q_proj.bias"), qd) ||
-                        load_vector(L, &ly->bk, NAME("self_attn.k_proj.bias"), kvd) ||
-                        load_vector(L, &ly->bv, NAME("self_attn.v_proj.bias"), kvd)))
+    if (c->qkv_bias && (load_vector_part(L, &ly->bq, NAME("self_attn.q_proj.bias"), qd, q0, nq) ||
+                        load_vector_part(L, &ly->bk, NAME("self_attn.k_proj.bias"), kvd, k0, nk) ||
+                        load_vector_part(L, &ly->bv, NAME("self_attn.v_proj.bias"), kvd, k0, nk)))
         return -1;
-    if (c->o_bias && load_vector(L, &ly->bo, NAME("self_attn.o_proj.bias"), d)) return -1;
-    if (c->mlp_bias && (load_vector(L, &ly->b_gate, NAME("mlp.gate_proj.bias"), I) ||
-                        load_vector(L, &ly->b_up, NAME("mlp.up_proj.bias"), I) ||
-                        load_vector(L, &ly->b_down, NAME("mlp.down_proj.bias"), d)))
+    if (c->o_bias && lead && load_vector(L, &ly->bo, NAME("self_attn.o_proj.bias"), d)) return -1;
+    if (c->mlp_bias &&
+        (load_vector_part(L, &ly->b_gate, NAME("mlp.gate_proj.bias"), I, sh->inter0, sh->inter) ||
+         load_vector_part(L, &ly->b_up, NAME("mlp.up_proj.bias"), I, sh->inter0, sh->inter) ||
+         (lead && load_vector(L, &ly->b_down, NAME("mlp.down_proj.bias"), d))))
         return -1;
 #undef NAME
     return 0;
 }
 
+llmq_status model_shard_plan(model_shard *sh, const model_config *c, int rank, int world, llmq_err *err) {
+    memset(sh, 0, sizeof *sh);
+    if (world < 1 || rank < 0 || rank >= world)
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "rank %d of a group of %d", rank, world);
+    if (c->n_heads % world)
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "tensor parallel %d: %d attention heads do not divide by %d",
+                            world, c->n_heads, world);
+    if (c->intermediate_size % world)
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "tensor parallel %d: intermediate_size %d does not divide by %d",
+                            world, c->intermediate_size, world);
+    if (c->vocab_size % world)
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "tensor parallel %d: vocab_size %d does not divide by %d", world,
+                            c->vocab_size, world);
+    sh->rank = rank;
+    sh->world = world;
+    sh->n_heads = c->n_heads / world;
+    sh->head0 = rank * sh->n_heads;
+    if (c->n_kv_heads >= world) {
+        if (c->n_kv_heads % world)
+            return llmq_err_set(err, LLMQ_ERR_INVALID,
+                                "tensor parallel %d: %d key/value heads do not divide by %d", world, c->n_kv_heads,
+                                world);
+        sh->n_kv_heads = c->n_kv_heads / world;
+        sh->kv_head0 = rank * sh->n_kv_heads;
+    } else { /* fewer KV heads than ranks: each rank keeps the one its query heads use */
+        const int group = c->n_heads / c->n_kv_heads;
+        if (group % sh->n_heads)
+            return llmq_err_set(err, LLMQ_ERR_INVALID,
+                                "tensor parallel %d: the %d query heads of a rank span several of the %d KV heads",
+                                world, sh->n_heads, c->n_kv_heads);
+        sh->n_kv_heads = 1;
+        sh->kv_head0 = sh->head0 / group;
+    }
+    sh->inter = c->intermediate_size / world;
+    sh->inter0 = rank * sh->inter;
+    sh->vocab = c->vocab_size / world;
+    sh->vocab0 = rank * sh->vocab;
+    return LLMQ_OK;
+}
+
 llmq_status model_load(model **out, const char *dir, llmq_backend *be, llmq_err *err) {
+    return model_load_shard(out, dir, be, 0, 1, err);
+}
+
+llmq_status model_load_shard(model **out, const char *dir, llmq_backend *be, int rank, int world, llmq_err *err) {
     model *m = calloc(1, sizeof *m);
     if (!m) return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
     m->be = be;
     llmq_status st = model_config_load(&m->cfg, dir, err);
+    if (!st) st = model_shard_plan(&m->shard, &m->cfg, rank, world, err);
     if (!st) st = st_open_dir(&m->st, dir, err);
     if (st) {
         model_destroy(m);
@@ -141,14 +209,17 @@ llmq_status model_load(model **out, const char *dir, llmq_backend *be, llmq_err 
         return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
     }
     loader L = {m, dir, err};
-    int bad = load_matrix(&L, &m->embed, "model.embed_tokens.weight", c->vocab_size, c->hidden_size) ||
+    const model_shard *sh = &m->shard;
+    int bad = load_matrix(&L, &m->embed, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, PART_ROWS,
+                          sh->vocab0, sh->vocab) ||
               load_vector(&L, &m->final_norm, "model.norm.weight", c->hidden_size);
     for (int i = 0; !bad && i < c->n_layers; i++) bad = load_layer(&L, i);
     if (!bad) {
         if (c->tie_word_embeddings && !st_find(m->st, "lm_head.weight"))
             m->lm_head = m->embed;
         else
-            bad = load_matrix(&L, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size);
+            bad = load_matrix(&L, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size, PART_ROWS,
+                              sh->vocab0, sh->vocab);
     }
     if (bad) {
         st = err ? err->code : LLMQ_ERR_FORMAT;

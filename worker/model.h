@@ -28,21 +28,41 @@ typedef struct model_layer {
     float *b_gate, *b_up, *b_down;
 } model_layer;
 
+/* What this rank holds of a tensor-parallel split (Megatron style): query
+ * heads, KV heads (replicated when there are fewer KV heads than ranks), MLP
+ * columns and vocabulary rows.  World 1 holds everything. */
+typedef struct model_shard {
+    int rank, world;
+    int n_heads, head0;       /* query heads [head0, head0 + n_heads) */
+    int n_kv_heads, kv_head0; /* KV heads [kv_head0, kv_head0 + n_kv_heads) */
+    int inter, inter0;        /* MLP columns [inter0, inter0 + inter) */
+    int vocab, vocab0;        /* vocabulary rows [vocab0, vocab0 + vocab) */
+} model_shard;
+
+/* The split of cfg over world ranks for rank; an error (naming what does not
+ * divide) when the shapes do not allow it. */
+llmq_status model_shard_plan(model_shard *sh, const model_config *cfg, int rank, int world, llmq_err *err);
+
 typedef struct model {
     model_config cfg;
+    model_shard shard;     /* what this rank holds (the whole model at world 1) */
     llmq_backend *be;      /* not owned */
     st_set *st;            /* the mapped safetensors files */
     llmq_dtype wdt;        /* dtype of the matrix weights */
     be_weight embed;       /* [V, d] */
     be_weight lm_head;     /* [V, d]; = embed when tied */
     float *final_norm;     /* [d] */
-    model_layer *layers;   /* [n_layers] */
+    model_layer *layers;   /* [n_layers] (this rank's slices) */
     size_t weight_bytes;   /* bytes of all weights as stored */
 } model;
 
 /* Load dir (config.json + safetensors) for backend be. *out owns everything
  * but the backend. */
 llmq_status model_load(model **out, const char *dir, llmq_backend *be, llmq_err *err);
+/* Load rank's shard of a world-way tensor-parallel split: matrices are views
+ * of only this rank's rows/columns of the mapped files, so a rank reads only
+ * its slices. */
+llmq_status model_load_shard(model **out, const char *dir, llmq_backend *be, int rank, int world, llmq_err *err);
 void model_destroy(model *m);
 
 #endif

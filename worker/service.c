@@ -999,7 +999,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     int blocks = o->kv_blocks;
     if (blocks <= 0) /* default: every slot can hold a full context */
         blocks = o->max_num_seqs * ((cfg->max_position_embeddings + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE);
-    eng_opts eo = {blocks, o->max_batched_tokens, o->max_num_seqs};
+    eng_opts eo = {blocks, o->max_batched_tokens, o->max_num_seqs, NULL};
     sched_opts so = {o->max_num_seqs, o->max_batched_tokens};
     sched_callbacks cb = {on_token, on_finish, sv};
     if ((st = eng_create(&sv->eng, sv->m, &eo, err)) || (st = sched_create(&sv->sch, sv->eng, &so, &cb, err))) goto out;

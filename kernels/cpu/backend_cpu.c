@@ -80,9 +80,13 @@ void cpu_convert_row(float *dst, const void *src, llmq_dtype dt, size_t off, siz
 void cpu_embed(llmq_backend *be, void *out, const be_weight *table, const int32_t *ids, int n) {
     (void)be;
     float *o = out;
-    for (int i = 0; i < n; i++)
-        cpu_convert_row(o + (size_t)i * table->cols, table->data, table->dt, (size_t)ids[i] * table->cols,
-                        (size_t)table->cols);
+    const size_t dim = (size_t)table->cols;
+    for (int i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= table->rows)
+            memset(o + i * dim, 0, dim * sizeof(float));
+        else
+            cpu_convert_row(o + i * dim, table->data, table->dt, (size_t)ids[i] * be_weight_ld(table), dim);
+    }
 }
 
 void cpu_gather_rows(llmq_backend *be, void *dst, const void *src, const int32_t *rows, int n, int dim) {

@@ -68,7 +68,7 @@ static inline float v_hsum(vf v) {
 
 /* R rows x J inputs of dot products of length k; res[r * J + j].  w points
  * at the first of R rows (row stride k elements of dt). */
-static inline __attribute__((always_inline)) void kern(int R, int J, const void *w, llmq_dtype dt, int k,
+static inline __attribute__((always_inline)) void kern(int R, int J, const void *w, llmq_dtype dt, int k, size_t ld,
                                                        const float *const *xs, float *res, const char *pf_end) {
     vf acc[4][3];
     const size_t es = dt == LLMQ_F32 ? 4 : 2;
@@ -78,17 +78,21 @@ static inline __attribute__((always_inline)) void kern(int R, int J, const void 
     /* Rows are short streams (a few KiB) that the hardware prefetcher barely
      * trains on; fetch the next R rows linearly while these are consumed:
      * each iteration eats R * 8 elements, so prefetch as many bytes ahead. */
-    const char *next = (const char *)w + (size_t)R * k * es;
+    const char *next = (const char *)w + (size_t)R * ld * es;
     const size_t step_bytes = (size_t)R * 8 * es;
-    const int prefetch = pf_end && next + (size_t)R * k * es <= pf_end; /* never touch past the weights */
+    const int prefetch = pf_end && next + ((size_t)(R - 1) * ld + k) * es <= pf_end; /* never past the weights */
+    const int line = (int)(64 / es); /* elements per cache line */
     for (int i = 0; i < k8; i += 8) {
         vf xv[3];
-        if (prefetch)
+        if (prefetch && ld == (size_t)k) { /* contiguous rows: one linear stream */
             for (size_t p = 0; p < step_bytes; p += 64)
                 __builtin_prefetch(next + (size_t)(i / 8) * step_bytes + p, 0, 0);
+        } else if (prefetch && i % line == 0) { /* a column slice: row by row */
+            for (int r = 0; r < R; r++) __builtin_prefetch(next + ((size_t)r * ld + (size_t)i) * es, 0, 0);
+        }
         for (int j = 0; j < J; j++) xv[j] = v_load(xs[j] + i);
         for (int r = 0; r < R; r++) {
-            vf wv = w_load((const char *)w + (size_t)r * k * es, i, dt);
+            vf wv = w_load((const char *)w + (size_t)r * ld * es, i, dt);
 #if defined(__AVX2__)
             if (J > 1) __asm__("" : "+x"(wv)); /* load each weight vector once, not once per input */
 #endif
@@ -98,7 +102,7 @@ static inline __attribute__((always_inline)) void kern(int R, int J, const void 
     for (int r = 0; r < R; r++)
         for (int j = 0; j < J; j++) {
             float s = v_hsum(acc[r][j]);
-            const void *wr = (const char *)w + (size_t)r * k * es;
+            const void *wr = (const char *)w + (size_t)r * ld * es;
             for (int i = k8; i < k; i++) s = s_fma(w_at(wr, i, dt), xs[j][i], s);
             res[r * J + j] = s;
         }
@@ -107,9 +111,9 @@ static inline __attribute__((always_inline)) void kern(int R, int J, const void 
 /* One tile: rows [0, rows) of w (dtype DT, row stride k) against all n
  * inputs.  Results go to out[j * ldo + r] (+ bias[r]). */
 static inline __attribute__((always_inline)) void tile_compute_dt(const void *w, llmq_dtype dt, int rows, int k,
-                                                                  const float *x, int n, float *out, int ldo,
-                                                                  const float *bias, const char *pf_end) {
-    const size_t rs = (size_t)k * (dt == LLMQ_F32 ? 4 : 2); /* bytes per row */
+                                                                  size_t ld, const float *x, int n, float *out,
+                                                                  int ldo, const float *bias, const char *pf_end) {
+    const size_t rs = ld * (dt == LLMQ_F32 ? 4 : 2); /* bytes per row */
     float res[12];
     /* Rows outer, inputs inner: a block of 4 rows stays in L1 while every
      * input streams past it. */
@@ -119,20 +123,20 @@ static inline __attribute__((always_inline)) void tile_compute_dt(const void *w,
         int j = 0;
         for (; j + 3 <= n; j += 3) {
             const float *xs[3] = {x + (size_t)j * k, x + (size_t)(j + 1) * k, x + (size_t)(j + 2) * k};
-            kern(4, 3, wr, dt, k, xs, res, j == 0 ? pf_end : NULL);
+            kern(4, 3, wr, dt, k, ld, xs, res, j == 0 ? pf_end : NULL);
             for (int a = 0; a < 4; a++)
                 for (int b = 0; b < 3; b++)
                     out[(size_t)(j + b) * ldo + r + a] = res[a * 3 + b] + (bias ? bias[r + a] : 0.0f);
         }
         if (j + 2 == n) {
             const float *xs[2] = {x + (size_t)j * k, x + (size_t)(j + 1) * k};
-            kern(4, 2, wr, dt, k, xs, res, j == 0 ? pf_end : NULL);
+            kern(4, 2, wr, dt, k, ld, xs, res, j == 0 ? pf_end : NULL);
             for (int a = 0; a < 4; a++)
                 for (int b = 0; b < 2; b++)
                     out[(size_t)(j + b) * ldo + r + a] = res[a * 2 + b] + (bias ? bias[r + a] : 0.0f);
         } else if (j + 1 == n) {
             const float *xs[1] = {x + (size_t)j * k};
-            kern(4, 1, wr, dt, k, xs, res, j == 0 ? pf_end : NULL);
+            kern(4, 1, wr, dt, k, ld, xs, res, j == 0 ? pf_end : NULL);
             for (int a = 0; a < 4; a++) out[(size_t)j * ldo + r + a] = res[a] + (bias ? bias[r + a] : 0.0f);
         }
     }
@@ -140,23 +144,23 @@ static inline __attribute__((always_inline)) void tile_compute_dt(const void *w,
         const char *wr = (const char *)w + r * rs;
         for (int j = 0; j < n; j++) {
             const float *xs[1] = {x + (size_t)j * k};
-            kern(1, 1, wr, dt, k, xs, res, NULL);
+            kern(1, 1, wr, dt, k, ld, xs, res, NULL);
             out[(size_t)j * ldo + r] = res[0] + (bias ? bias[r] : 0.0f);
         }
     }
 }
 
-static void tile_f32(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b,
-                     const char *pf_end) {
-    tile_compute_dt(w, LLMQ_F32, rows, k, x, n, out, ldo, b, pf_end);
+static void tile_f32(const void *w, int rows, int k, size_t ld, const float *x, int n, float *out, int ldo,
+                     const float *b, const char *pf_end) {
+    tile_compute_dt(w, LLMQ_F32, rows, k, ld, x, n, out, ldo, b, pf_end);
 }
-static void tile_bf16(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b,
-                     const char *pf_end) {
-    tile_compute_dt(w, LLMQ_BF16, rows, k, x, n, out, ldo, b, pf_end);
+static void tile_bf16(const void *w, int rows, int k, size_t ld, const float *x, int n, float *out, int ldo,
+                     const float *b, const char *pf_end) {
+    tile_compute_dt(w, LLMQ_BF16, rows, k, ld, x, n, out, ldo, b, pf_end);
 }
-static void tile_f16(const void *w, int rows, int k, const float *x, int n, float *out, int ldo, const float *b,
-                     const char *pf_end) {
-    tile_compute_dt(w, LLMQ_F16, rows, k, x, n, out, ldo, b, pf_end);
+static void tile_f16(const void *w, int rows, int k, size_t ld, const float *x, int n, float *out, int ldo,
+                     const float *b, const char *pf_end) {
+    tile_compute_dt(w, LLMQ_F16, rows, k, ld, x, n, out, ldo, b, pf_end);
 }
 
 /* Few inputs: read 16-bit weights straight from memory, widening in
@@ -179,10 +183,11 @@ void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, 
             return;
         }
     }
-    void (*direct)(const void *, int, int, const float *, int, float *, int, const float *, const char *) =
+    void (*direct)(const void *, int, int, size_t, const float *, int, float *, int, const float *, const char *) =
         w->dt == LLMQ_F32 ? tile_f32 : w->dt == LLMQ_BF16 ? tile_bf16 : tile_f16;
     const size_t es = llmq_dtype_size(w->dt);
-    const char *w_end = (const char *)w->data + (size_t)m * k * es;
+    const size_t ld = be_weight_ld(w);
+    const char *w_end = (const char *)w->data + ((size_t)(m - 1) * ld + (size_t)k) * es;
     const int ntiles = (m + tile - 1) / tile;
     const long work = (long)m * k * n;
 #pragma omp parallel for schedule(static) if (ntiles > 1 && work > 65536)
@@ -193,10 +198,11 @@ void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, 
         const float *b = bias ? bias + r0 : NULL;
         if (widen) {
             float *buf = impl->scratch[omp_get_thread_num()];
-            cpu_convert_row(buf, w->data, w->dt, (size_t)r0 * k, (size_t)rows * k);
-            tile_f32(buf, rows, k, x, n, o, m, b, NULL); /* scratch is cache-resident: no prefetch */
+            for (int r = 0; r < rows; r++)
+                cpu_convert_row(buf + (size_t)r * k, w->data, w->dt, (size_t)(r0 + r) * ld, (size_t)k);
+            tile_f32(buf, rows, k, (size_t)k, x, n, o, m, b, NULL); /* scratch is cache-resident: no prefetch */
         } else {
-            direct((const char *)w->data + (size_t)r0 * k * es, rows, k, x, n, o, m, b, w_end);
+            direct((const char *)w->data + (size_t)r0 * ld * es, rows, k, ld, x, n, o, m, b, w_end);
         }
     }
 }
@@ -212,7 +218,7 @@ void cpu_matmul_ref(llmq_backend *be, void *out, const void *x, const be_weight 
         return;
     }
     for (int r = 0; r < m; r++) {
-        cpu_convert_row(row, w->data, w->dt, (size_t)r * k, (size_t)k);
+        cpu_convert_row(row, w->data, w->dt, (size_t)r * be_weight_ld(w), (size_t)k);
         for (int j = 0; j < n; j++) {
             double s = 0;
             for (int i = 0; i < k; i++) s += (double)row[i] * xf[(size_t)j * k + i];

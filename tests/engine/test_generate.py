@@ -110,3 +110,27 @@ def test_cli_errors(tmp_path):
     r = subprocess.run([LLMQ, "generate", "--model", str(d), "--prompt-ids", "1", "--backend", "cuda"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "make cuda" in r.stderr
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_stories_tensor_parallel(shared_dir, tp):
+    refs = stories_refs(shared_dir)
+    model = shared_dir / "models" / "stories260K"
+    outs = generate(model, [r["prompt_ids"] for r in refs], "--max-tokens", 48, "--temperature", 0, "--tp", tp)
+    assert [o["output_ids"] for o in outs] == [r["output_ids"] for r in refs]
+
+
+@pytest.mark.parametrize("variant,tp", [("llama_h8_kv1", 2), ("llama_h8_kv1", 4), ("llama_gqa_tied", 4),
+                                        ("qwen2_bias", 2), ("mistral_window", 2), ("llama_gqa_bf16", 2)])
+def test_transformers_tensor_parallel(variant, tp):
+    d = FIXTURES / "hf" / variant
+    cases = json.loads((d / "expected.json").read_text())["cases"]
+    outs = generate(d, [c["prompt_ids"] for c in cases], "--max-tokens", len(cases[0]["greedy"]),
+                    "--temperature", 0, "--ignore-eos", "--tp", tp)
+    assert [o["output_ids"] for o in outs] == [c["greedy"] for c in cases]
+
+
+def test_tensor_parallel_shapes_that_do_not_divide(shared_dir):
+    r = generate(shared_dir / "models" / "stories260K", [[1, 2]], "--tp", 8, check=False)
+    assert r.returncode == 1
+    assert "intermediate_size 172 does not divide by 8" in r.stderr
