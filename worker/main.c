@@ -10,7 +10,11 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "worker/engine.h"
+#include "worker/model.h"
+#include "worker/rdv.h"
 #include "worker/service.h"
+#include "worker/tp.h"
 
 static volatile sig_atomic_t g_stop;
 
@@ -32,7 +36,11 @@ static void usage(FILE *f) {
             "  --claim-idle-ms MS       claim entries idle this long from dead workers (default 30000)\n"
             "  --max-attempts N         deliveries before a job is failed (default 3)\n"
             "  --result-ttl S           seconds finished jobs are kept (default 3600)\n"
-            "  --drain-timeout S        on SIGTERM, finish in-flight jobs for up to S seconds (default 30)\n");
+            "  --drain-timeout S        on SIGTERM, finish in-flight jobs for up to S seconds (default 30)\n"
+            "  --tp N                   tensor parallel over N ranks; alone: starts N-1 local peer processes\n"
+            "  --rank R --group G       start one rank of group G (with --tp N); rank 0 publishes the\n"
+            "                           rendezvous in Redis, the others join it\n"
+            "  --tp-timeout-ms MS       a rank that does not answer a collective in MS fails the group (10000)\n");
 }
 
 static int to_int(const char *s, const char *flag, int lo, int *out) {
@@ -57,9 +65,12 @@ int main(int argc, char **argv) {
         {"kv-blocks", required_argument, 0, 'k'},     {"metrics-port", required_argument, 0, 'M'},
         {"claim-idle-ms", required_argument, 0, 'C'}, {"max-attempts", required_argument, 0, 'A'},
         {"result-ttl", required_argument, 0, 'T'},    {"drain-timeout", required_argument, 0, 'D'},
+        {"tp", required_argument, 0, 'P'},            {"rank", required_argument, 0, 'R'},
+        {"group", required_argument, 0, 'G'},         {"tp-timeout-ms", required_argument, 0, 'O'},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
     };
-    int c, bad = 0;
+    int c, bad = 0, tp = 1, rank = -1, tp_timeout = 10000;
+    const char *group = NULL;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'm': o.model_dir = optarg; break;
@@ -76,6 +87,10 @@ int main(int argc, char **argv) {
         case 'A': bad |= to_int(optarg, "max-attempts", 1, &o.max_attempts); break;
         case 'T': bad |= to_int(optarg, "result-ttl", 1, &o.result_ttl_s); break;
         case 'D': bad |= to_int(optarg, "drain-timeout", 0, &o.drain_timeout_s); break;
+        case 'P': bad |= to_int(optarg, "tp", 1, &tp); break;
+        case 'R': bad |= to_int(optarg, "rank", 0, &rank); break;
+        case 'G': group = optarg; break;
+        case 'O': bad |= to_int(optarg, "tp-timeout-ms", 100, &tp_timeout); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -98,7 +113,63 @@ int main(int argc, char **argv) {
         snprintf(consumer, sizeof consumer, "%s-%d", host, (int)getpid());
         o.consumer = consumer;
     }
+    if ((rank >= 0 || group) && (rank < 0 || !group || tp < 2 || rank >= tp)) {
+        fprintf(stderr, "llmq-worker: --rank R and --group G go together, with --tp N > R\n");
+        return 2;
+    }
     log_set_name("worker");
+    llmq_err err = {0};
+    tp_group g;
+    memset(&g, 0, sizeof g);
+    if (tp > 1) {
+        /* refuse a split that does not work before any process starts, and
+         * give every rank the same KV pool */
+        model_config cfg;
+        model_shard sh;
+        if (model_config_load(&cfg, o.model_dir, &err) || model_shard_plan(&sh, &cfg, 0, tp, &err)) {
+            log_error("%s", err.msg);
+            return 1;
+        }
+        if (o.kv_blocks <= 0) o.kv_blocks = service_default_kv_blocks(&cfg, o.max_num_seqs);
+        eng_opts eo = {o.kv_blocks, o.max_batched_tokens, o.max_num_seqs, NULL};
+        if (group) { /* one rank of a group started rank by rank */
+            rdv_info info;
+            llmq_status st = rank == 0 ? rdv_publish(o.redis_url, o.prefix, group, tp, o.model_name, &info, &err)
+                                       : rdv_wait(o.redis_url, o.prefix, group, tp, 0, 600000, &info, &err);
+            if (st) {
+                log_error("%s", err.msg);
+                return 1;
+            }
+            comm_shm_config cc;
+            memset(&cc, 0, sizeof cc);
+            cc.name = info.comm;
+            cc.rank = rank;
+            cc.world = tp;
+            cc.generation = info.generation;
+            cc.timeout_ms = tp_timeout;
+            cc.join_timeout_ms = 120000;
+            cc.spin_us = -1;
+            g.rank = rank;
+            g.world = tp;
+            log_info("rank %d of group %s (generation %llu): joining %s", rank, group,
+                     (unsigned long long)info.generation, info.comm);
+            g.comm = comm_shm_create(&cc, &err);
+            if (!g.comm) {
+                log_error("%s", err.msg);
+                return 1;
+            }
+        } else if (tp_group_start(&g, tp, tp_timeout, &err)) {
+            log_error("%s", err.msg);
+            return 1;
+        }
+        if (g.rank > 0) {
+            char name[32];
+            snprintf(name, sizeof name, "worker[%d]", g.rank);
+            log_set_name(name);
+            return tp_peer_run(&g, o.model_dir, o.backend, &eo, &err) ? 1 : 0;
+        }
+        o.comm = g.comm;
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -106,10 +177,15 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     srand((unsigned)getpid());
-    llmq_err err = {0};
     llmq_status st = service_run(&o, &g_stop, &err);
     if (st) {
         log_error("%s", err.msg);
+        if (tp > 1) comm_abort(g.comm, "the leader failed");
+        tp_group_stop(&g, 1);
+        return 1;
+    }
+    if (tp > 1 && tp_group_stop(&g, 0)) {
+        log_error("a tensor-parallel peer exited with an error");
         return 1;
     }
     log_info("drained, exiting");

@@ -106,6 +106,11 @@ void service_opts_default(service_opts *o) {
     o->block_ms = 200;
 }
 
+int service_default_kv_blocks(const model_config *cfg, int max_num_seqs) {
+    /* every sequence slot can hold a full context */
+    return max_num_seqs * ((cfg->max_position_embeddings + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE);
+}
+
 static int64_t now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -983,7 +988,8 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
 
     sv->be = llmq_backend_create(o->backend, err);
     if (!sv->be) return err->code;
-    if ((st = model_load(&sv->m, o->model_dir, sv->be, err))) goto out;
+    const int world = o->comm ? o->comm->world : 1;
+    if ((st = model_load_shard(&sv->m, o->model_dir, sv->be, 0, world, err))) goto out;
     char tokpath[4096];
     snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", o->model_dir);
     if (access(tokpath, R_OK) == 0) {
@@ -996,15 +1002,14 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         log_warn("%s has no tokenizer.json: only prompt_ids requests can run", o->model_dir);
     }
     const model_config *cfg = &sv->m->cfg;
-    int blocks = o->kv_blocks;
-    if (blocks <= 0) /* default: every slot can hold a full context */
-        blocks = o->max_num_seqs * ((cfg->max_position_embeddings + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE);
-    eng_opts eo = {blocks, o->max_batched_tokens, o->max_num_seqs, NULL};
+    int blocks = o->kv_blocks > 0 ? o->kv_blocks : service_default_kv_blocks(cfg, o->max_num_seqs);
+    eng_opts eo = {blocks, o->max_batched_tokens, o->max_num_seqs, o->comm};
     sched_opts so = {o->max_num_seqs, o->max_batched_tokens};
     sched_callbacks cb = {on_token, on_finish, sv};
     if ((st = eng_create(&sv->eng, sv->m, &eo, err)) || (st = sched_create(&sv->sch, sv->eng, &so, &cb, err))) goto out;
-    log_info("model %s loaded from %s: %s, %d layers, %.1f MB of weights; KV cache %d blocks (%.1f MiB)",
-             o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers, sv->m->weight_bytes / 1e6, blocks,
+    log_info("model %s loaded from %s: %s, %d layers, %.1f MB of weights on rank 0 of %d; KV cache %d blocks "
+             "(%.1f MiB)", o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers, sv->m->weight_bytes / 1e6, world,
+             blocks,
              (double)blocks * ENG_BLOCK_SIZE * eng_kv_bytes_per_token(cfg, sv->be->act_dt) / 1048576.0);
     if ((st = connect_all(sv, err))) goto out;
     if (o->metrics_port > 0 && (sv->listen_fd = listen_on(o->metrics_port)) < 0) {
@@ -1048,6 +1053,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         if ((st = pipe_flush(sv, err))) break;
         serve_metrics(sv);
     }
+    if (!st && sv->eng && eng_stop_peers(sv->eng, err)) st = err->code;
 out:
     service_free(sv);
     return st;

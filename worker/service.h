@@ -17,6 +17,8 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "worker/comm.h"
+#include "worker/config.h"
 
 typedef struct service_opts {
     const char *model_dir;      /* Hugging Face model directory */
@@ -34,9 +36,13 @@ typedef struct service_opts {
     int result_ttl_s;           /* TTL of a finished job's keys */
     int drain_timeout_s;        /* SIGTERM: time to finish in-flight jobs */
     int block_ms;               /* XREADGROUP BLOCK when idle */
+    llmq_comm *comm;            /* tensor-parallel group (this process is rank 0); NULL = one rank */
 } service_opts;
 
 void service_opts_default(service_opts *o);
+
+/* KV blocks used when --kv-blocks is not given (the same on every rank). */
+int service_default_kv_blocks(const model_config *cfg, int max_num_seqs);
 
 /* Run until *stop is set (SIGTERM: drain) or a fatal error.  Returns LLMQ_OK
  * on a clean drain. */

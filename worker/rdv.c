@@ -1,0 +1,105 @@
+/* rdv.c — see rdv.h. */
+#include "worker/rdv.h"
+
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/keys.h"
+#include "common/rconn.h"
+#include "common/url.h"
+
+static redisContext *open_redis(const char *url, llmq_err *err) {
+    redis_url u;
+    if (redis_url_parse(&u, url, err)) return NULL;
+    return rconn_connect(&u, 5000, err);
+}
+
+llmq_status rdv_publish(const char *url, const char *prefix, const char *group, int world, const char *model,
+                        rdv_info *out, llmq_err *err) {
+    llmq_keys k;
+    char key[KEYS_MAX];
+    if (keys_init(&k, prefix, err)) return err->code;
+    if (!keys_model_valid(group)) return llmq_err_set(err, LLMQ_ERR_INVALID, "invalid --group '%s'", group);
+    keys_group_rdv(&k, group, key, sizeof key);
+    redisContext *c = open_redis(url, err);
+    if (!c) return err->code;
+    llmq_status st = LLMQ_OK;
+    redisReply *r = redisCommand(c, "HINCRBY %s generation 1", key);
+    if (!r || r->type != REDIS_REPLY_INTEGER) {
+        st = llmq_err_set(err, LLMQ_ERR_REDIS, "rendezvous %s: %s", key, r && r->str ? r->str : c->errstr);
+        goto out;
+    }
+    memset(out, 0, sizeof *out);
+    out->generation = (uint64_t)r->integer;
+    out->world = world;
+    snprintf(out->comm, sizeof out->comm, "/llmq-%.32s-%llu", group, (unsigned long long)out->generation);
+    snprintf(out->model, sizeof out->model, "%s", model);
+    freeReplyObject(r);
+    r = redisCommand(c, "HSET %s world %d comm %s model %s", key, world, out->comm, model);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        st = llmq_err_set(err, LLMQ_ERR_REDIS, "rendezvous %s: %s", key, r && r->str ? r->str : c->errstr);
+        goto out;
+    }
+    freeReplyObject(r);
+    r = redisCommand(c, "EXPIRE %s 86400", key);
+out:
+    freeReplyObject(r);
+    redisFree(c);
+    return st;
+}
+
+llmq_status rdv_wait(const char *url, const char *prefix, const char *group, int world, uint64_t after,
+                     int timeout_ms, rdv_info *out, llmq_err *err) {
+    llmq_keys k;
+    char key[KEYS_MAX];
+    if (keys_init(&k, prefix, err)) return err->code;
+    keys_group_rdv(&k, group, key, sizeof key);
+    redisContext *c = open_redis(url, err);
+    if (!c) return err->code;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    llmq_status st = LLMQ_ERR_TIMEOUT;
+    for (;;) {
+        redisReply *r = redisCommand(c, "HMGET %s generation world comm model", key);
+        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
+            st = llmq_err_set(err, LLMQ_ERR_REDIS, "rendezvous %s: %s", key, r && r->str ? r->str : c->errstr);
+            freeReplyObject(r);
+            break;
+        }
+        if (r->element[0]->type == REDIS_REPLY_STRING && r->element[2]->type == REDIS_REPLY_STRING) {
+            uint64_t gen = strtoull(r->element[0]->str, NULL, 10);
+            int w = r->element[1]->type == REDIS_REPLY_STRING ? atoi(r->element[1]->str) : 0;
+            if (gen > after && w == world) {
+                memset(out, 0, sizeof *out);
+                out->generation = gen;
+                out->world = w;
+                snprintf(out->comm, sizeof out->comm, "%s", r->element[2]->str);
+                if (r->element[3]->type == REDIS_REPLY_STRING)
+                    snprintf(out->model, sizeof out->model, "%s", r->element[3]->str);
+                freeReplyObject(r);
+                st = LLMQ_OK;
+                break;
+            }
+            if (gen > after && w != world) {
+                st = llmq_err_set(err, LLMQ_ERR_INVALID, "rendezvous %s: the leader's group has %d ranks, this rank expects %d",
+                                  key, w, world);
+                freeReplyObject(r);
+                break;
+            }
+        }
+        freeReplyObject(r);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 > timeout_ms) {
+            st = llmq_err_set(err, LLMQ_ERR_TIMEOUT, "rendezvous %s: no leader published a group within %d ms", key,
+                              timeout_ms);
+            break;
+        }
+        usleep(100000);
+    }
+    redisFree(c);
+    return st;
+}
