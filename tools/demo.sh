@@ -1,23 +1,69 @@
 #!/usr/bin/env bash
-# make demo: the quickstart.  Today: offline generation through the same
-# scheduler and engine the worker uses, on the model in $MODEL (a Hugging
-# Face directory), or else on a generated tiny random-weight model.
+# make demo: the whole fleet on one machine, on the CPU backend.
+#
+#   redis-server (a throwaway one, on a free port, in a temporary directory)
+#   llmq-worker  serving $MODEL (a Hugging Face directory), else stories260K
+#                from ../shared, else a generated tiny random-weight model
+#   llmq-gateway the OpenAI-compatible and job HTTP API
+#
+# Then: a streamed completion with curl (tokens appear as they come), the
+# same request answered whole, a job submitted with `llmq submit` and
+# polled with `llmq get`, and everything shut down cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 PYTHON=${PYTHON:-.venv/bin/python}
 MODEL=${MODEL:-}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/llmq-demo.XXXXXX")
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+
 if [ -z "$MODEL" ]; then
   if [ -d ../shared/models/stories260K ]; then
     MODEL=../shared/models/stories260K
-    echo "demo: using the stories260K model from ../shared (set MODEL=DIR to choose another)"
+    echo "demo: serving the stories260K model from ../shared (MODEL=DIR serves another)"
   else
-    MODEL=$(mktemp -d)/tiny
-    "$PYTHON" tools/gen_model.py --shape tiny --out "$MODEL" >/dev/null
-    echo "demo: no MODEL given and no ../shared: generated a tiny random-weight model in $MODEL"
+    MODEL=$TMP/tiny
+    "$PYTHON" tools/gen_model.py --shape tiny --out "$MODEL" --train-tokenizer >/dev/null
+    echo "demo: no MODEL and no ../shared: serving a generated tiny random-weight model (its text is noise)"
   fi
 fi
-echo "demo: 3 prompts in one continuous batch, greedy, 32 new tokens each"
-set -x
-"$BUILD/llmq" generate --model "$MODEL" --temperature 0 --max-tokens 32 \
-  --prompt-ids 1,403,407,261,378 --prompt-ids 1,306,411,380 --prompt-ids 1,433,267 --json
+RPORT=$(free_port); HPORT=$(free_port)
+REDIS=redis://127.0.0.1:$RPORT
+redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$TMP" --save '' --appendonly no >"$TMP/redis.log" 2>&1 &
+PIDS+=($!)
+wait_port "$RPORT"
+"$BUILD/llmq-gateway" --redis "$REDIS" --listen "127.0.0.1:$HPORT" --models demo >"$TMP/gateway.log" 2>&1 &
+PIDS+=($!)
+"$BUILD/llmq-worker" --model "$MODEL" --model-name demo --redis "$REDIS" >"$TMP/worker.log" 2>&1 &
+PIDS+=($!)
+wait_port "$HPORT"
+echo "demo: redis $REDIS, gateway http://127.0.0.1:$HPORT, worker for model 'demo'"
+echo
+echo "== POST /v1/completions, stream: true (server-sent events as tokens are generated)"
+curl -sN "http://127.0.0.1:$HPORT/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"model":"demo","prompt":"Once upon a time","max_tokens":24,"temperature":0,"stream":true}'
+echo
+echo "== the same request, not streamed"
+curl -s "http://127.0.0.1:$HPORT/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"model":"demo","prompt":"Once upon a time","max_tokens":24,"temperature":0}'
+echo; echo
+echo "== llmq submit (straight into Redis), then llmq get until it is done"
+ID=$("$BUILD/llmq" submit --redis "$REDIS" --model demo --prompt "The little dog" --max-tokens 24 --seed 7)
+echo "submitted job $ID"
+for _ in $(seq 100); do
+  OUT=$("$BUILD/llmq" get --redis "$REDIS" "$ID")
+  case "$OUT" in *'"status":"done"'*|*'"status":"failed"'*) break ;; esac
+  sleep 0.1
+done
+echo "$OUT"
+echo
+echo "demo: done; shutting down"

@@ -60,6 +60,30 @@ def encode(arr, dtype):
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2").tobytes()  # round to nearest even
 
 
+CORPUS = [
+    "Once upon a time there was a little dog who liked to run in the park.",
+    "The sun was warm and the sky was blue, so the children played outside all day.",
+    "She found a shiny red ball under the big old tree and took it home.",
+    "def add(a, b):\n    return a + b\n", "1 2 3 4 5 6 7 8 9 10 100 1000",
+]
+
+
+def train_tokenizer(out, vocab_size):
+    """A byte-level BPE trained with Hugging Face `tokenizers` on a small
+    built-in corpus: ids 0-2 are <unk>, <s>, </s> like the model config."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True}) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
@@ -67,6 +91,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokenizer-from", help="copy tokenizer files from this model directory")
+    ap.add_argument("--train-tokenizer", action="store_true",
+                    help="train a byte-level BPE tokenizer with the model's vocabulary size (needs `tokenizers`)")
     a = ap.parse_args()
 
     cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", rms_norm_eps=1e-5,
@@ -101,6 +127,8 @@ def main():
         for fn in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (src / fn).exists():
                 shutil.copy(src / fn, out / fn)
+    if a.train_tokenizer:
+        train_tokenizer(out, cfg["vocab_size"])
     print(f"wrote {out}: {a.shape} {a.dtype}, {off / 1e6:.1f} MB of weights")
 
 
