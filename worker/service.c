@@ -90,6 +90,7 @@ typedef struct service {
     metric_family *f_success;
     metric *m_step, *m_batch, *m_ttft, *m_itl, *m_queue;
     uint64_t preempt_seen;
+    int reclaim_own;         /* after a reconnect: re-admit our own pending entries */
 } service;
 
 void service_opts_default(service_opts *o) {
@@ -647,6 +648,31 @@ static int capacity(service *sv) {
 static llmq_status pull(service *sv, int block, llmq_err *err) {
     int n = capacity(sv);
     if (n <= 0) return LLMQ_OK;
+    if (sv->reclaim_own) { /* entries we held before Redis went away: ours again, resumed */
+        rcmd c;
+        rcmd_init(&c);
+        rcmd_str(&c, "XREADGROUP");
+        rcmd_str(&c, "GROUP");
+        rcmd_str(&c, PROTO_GROUP);
+        rcmd_str(&c, sv->o.consumer);
+        rcmd_str(&c, "COUNT");
+        rcmd_fmt(&c, "%d", n);
+        rcmd_str(&c, "STREAMS");
+        rcmd_str(&c, sv->req_key);
+        rcmd_str(&c, "0");
+        redisReply *r = call(sv, &c, err);
+        if (!r) return err->code;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 && r->element[0]->elements >= 2) {
+            size_t k = r->element[0]->element[1]->elements;
+            if (k) log_info("resuming %zu jobs this worker held before the reconnect", k);
+            admit_entries(sv, r->element[0]->element[1]);
+            if (k < (size_t)n) sv->reclaim_own = 0;
+        } else {
+            sv->reclaim_own = 0;
+        }
+        freeReplyObject(r);
+        return LLMQ_OK;
+    }
     int64_t t = now_ms();
     if (t - sv->last_autoclaim_ms >= sv->o.claim_idle_ms / 2) {
         sv->last_autoclaim_ms = t;
@@ -952,6 +978,48 @@ static llmq_status connect_all(service *sv, llmq_err *err) {
     return LLMQ_OK;
 }
 
+static void disconnect(service *sv) {
+    if (sv->rc) redisFree(sv->rc);
+    if (sv->sub) redisFree(sv->sub);
+    sv->rc = sv->sub = NULL;
+    sv->pipe_pending = 0;
+}
+
+/* Redis went away: whatever was not written is lost, so drop every job
+ * (their entries stay pending) and, once reconnected, take our pending
+ * entries back and resume them from their output streams — the same path
+ * as a claim after a crash, so outputs stay exact and seq has no gap. */
+static llmq_status reconnect(service *sv, volatile sig_atomic_t *stop, llmq_err *err) {
+    log_warn("redis connection lost (%s): dropping %d in-flight jobs to resume them after reconnecting", err->msg,
+             sv->n_jobs);
+    while (sv->jobs) {
+        job *j = sv->jobs;
+        sv->jobs = j->next;
+        if (!j->done) sched_finish(sv->sch, &j->s, FINISH_ERROR);
+        job_free(j);
+    }
+    sv->n_jobs = 0;
+    disconnect(sv);
+    int delay = 100;
+    for (;;) {
+        if (*stop) return LLMQ_OK; /* nothing left to drain: the loop exits */
+        llmq_err e = {0};
+        if (connect_all(sv, &e) == LLMQ_OK) {
+            log_info("redis: reconnected");
+            sv->reclaim_own = 1;
+            llmq_err_clear(err);
+            return LLMQ_OK;
+        }
+        disconnect(sv);
+        log_warn("redis: %s; retrying in %d ms", e.msg, delay);
+        for (int waited = 0; waited < delay && !*stop; waited += 50) {
+            serve_metrics(sv); /* /readyz answers 503 meanwhile */
+            usleep(50000);
+        }
+        delay = delay * 2 > 5000 ? 5000 : delay * 2;
+    }
+}
+
 static void service_free(service *sv) {
     while (sv->jobs) {
         job *j = sv->jobs;
@@ -963,8 +1031,7 @@ static void service_free(service *sv) {
     model_destroy(sv->m);
     tok_destroy(sv->tok);
     llmq_backend_destroy(sv->be);
-    if (sv->rc) redisFree(sv->rc);
-    if (sv->sub) redisFree(sv->sub);
+    disconnect(sv);
     if (sv->listen_fd >= 0) close(sv->listen_fd);
     metrics_destroy(sv->mx);
     proto_buf_deinit(&sv->buf);
@@ -1032,11 +1099,20 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
             break;
         }
         const int idle = sched_n_running(sv->sch) == 0 && sched_n_waiting(sv->sch) == 0;
-        if (!drain_deadline && (st = pull(sv, idle, err))) break;
+        if ((!drain_deadline && (st = pull(sv, idle, err))) || (st = refresh(sv, err))) {
+            if (st == LLMQ_ERR_REDIS) { /* an error reply (e.g. LOADING after a restart): try again */
+                log_warn("%s", err->msg);
+                st = LLMQ_OK;
+                usleep(100000);
+                continue;
+            }
+            if (st != LLMQ_ERR_IO) break;
+            if ((st = reconnect(sv, stop, err))) break;
+            continue;
+        }
         if (drain_deadline && idle) usleep(10000);
         read_cancels(sv);
         check_deadlines(sv);
-        if ((st = refresh(sv, err))) break;
         int worked = 0;
         int64_t t0 = now_ms();
         int batch = sched_n_running(sv->sch);
@@ -1050,7 +1126,9 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         sv->preempt_seen = pre;
         publish(sv);
         heartbeat(sv);
-        if ((st = pipe_flush(sv, err))) break;
+        if ((st = pipe_flush(sv, err))) {
+            if (st != LLMQ_ERR_IO || (st = reconnect(sv, stop, err))) break;
+        }
         serve_metrics(sv);
     }
     if (!st && sv->eng && eng_stop_peers(sv->eng, err)) st = err->code;
