@@ -10,8 +10,12 @@ DEB_PKGS=(
   libhiredis-dev libev-dev libmsgpack-dev libhttp-parser-dev libjansson-dev
   libpcre2-dev libxxhash-dev libutf8proc-dev libcmocka-dev
   redis-server curl python3 python3-venv
+  jq
 )
 PY_PKGS=(numpy pytest redis openai tokenizers msgpack)
+# Chart tests (tests/helm): Helm's own Go engine through its C ABI (no helm
+# binary needed), the Kubernetes JSON schemas, YAML and JSON Schema.
+PY_PKGS+=(helm-python-sdk kubernetes-validate pyyaml jsonschema)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -33,7 +37,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "deps: creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import numpy, pytest, redis, openai, tokenizers, msgpack" 2>/dev/null; then
+if ! .venv/bin/python -c "import numpy, pytest, redis, openai, tokenizers, msgpack, helm_python, kubernetes_validate, yaml, jsonschema" 2>/dev/null; then
   echo "deps: installing Python test packages: ${PY_PKGS[*]}"
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PKGS[@]}"
 else

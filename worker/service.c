@@ -159,7 +159,7 @@ static redisReply *call(service *sv, const rcmd *c, llmq_err *err) {
 
 /* Encode a chunk into sv->buf. */
 static llmq_status encode_chunk(service *sv, const job *j, const char *text, size_t len, const char *finish,
-                                const char *error) {
+                                const char *error, int error_status) {
     proto_chunk c;
     proto_chunk_init(&c);
     c.seq = j->next_seq;
@@ -173,6 +173,7 @@ static llmq_status encode_chunk(service *sv, const job *j, const char *text, siz
         c.usage.prompt_tokens = j->s.n_prompt;
         c.usage.completion_tokens = j->s.tokens ? seq_n_generated(&j->s) : 0;
         c.error = (char *)error;
+        if (error) c.error_status = error_status;
     }
     proto_buf_reset(&sv->buf);
     return proto_chunk_encode(&c, &sv->buf, NULL);
@@ -206,8 +207,8 @@ static const char *state_for(const char *finish) {
 
 /* The final chunk, the job hash, the XACK and the TTLs in one MULTI. */
 static void add_final_cmds(service *sv, const job *j, const char *entry, const char *text, size_t len,
-                           const char *finish, const char *error) {
-    if (encode_chunk(sv, j, text, len, finish, error)) {
+                           const char *finish, const char *error, int error_status) {
+    if (encode_chunk(sv, j, text, len, finish, error, error_status)) {
         log_error("job %s: cannot encode its final chunk", j->id);
         return;
     }
@@ -260,13 +261,15 @@ static void add_final_cmds(service *sv, const job *j, const char *entry, const c
     metric_inc(metric_get(sv->f_success, finish), 1);
 }
 
-/* A job that fails before it runs (bad request, too long, ...). */
-static void fail_early(service *sv, const char *id, const char *entry, const char *why, int dead) {
+/* A job that fails before it runs.  status 400: the request was at fault
+ * (bad type, too long, ...); 500: ours (attempts exhausted, ...).  dead:
+ * also record it in the dead stream (poison entries, exhausted jobs). */
+static void fail_early(service *sv, const char *id, const char *entry, const char *why, int status, int dead) {
     job tmp;
     memset(&tmp, 0, sizeof tmp);
     snprintf(tmp.id, sizeof tmp.id, "%s", id);
     log_warn("job %s failed: %s", id, why);
-    if (keys_id_valid(id)) add_final_cmds(sv, &tmp, entry, "", 0, "error", why);
+    if (keys_id_valid(id)) add_final_cmds(sv, &tmp, entry, "", 0, "error", why, status);
     else if (entry) {
         rcmd c;
         rcmd_init(&c);
@@ -465,9 +468,11 @@ static void admit_entry(service *sv, const redisReply *entry) {
     const char *payload = field(fields, PROTO_FIELD_REQ, &plen);
     char msg[LLMQ_ERRSTR_LEN + 64];
     if (!id || !keys_id_valid(id)) {
-        fail_early(sv, id ? id : "", eid, "stream entry without a valid job id", 1);
+        fail_early(sv, id ? id : "", eid, "stream entry without a valid job id", 400, 1);
         return;
     }
+    for (const job *a = sv->jobs; a; a = a->next)
+        if (!strcmp(a->entry, eid)) return; /* ours already (a late claim refresh): keep running it once */
     job *j = calloc(1, sizeof *j);
     if (!j) return;
     snprintf(j->id, sizeof j->id, "%s", id);
@@ -476,24 +481,24 @@ static void admit_entry(service *sv, const redisReply *entry) {
     llmq_err e = {0};
     if (!payload || proto_request_decode(&j->req, payload, plen, &e)) {
         snprintf(msg, sizeof msg, "cannot decode the request: %s", payload ? e.msg : "no 'p' field");
-        fail_early(sv, id, eid, msg, 1);
+        fail_early(sv, id, eid, msg, 400, 1);
         job_free(j);
         return;
     }
     if (proto_request_validate(&j->req, &e)) {
-        fail_early(sv, id, eid, e.msg, 0);
+        fail_early(sv, id, eid, e.msg, 400, 0);
         job_free(j);
         return;
     }
     if (j->req.model && strcmp(j->req.model, sv->o.model_name)) {
         snprintf(msg, sizeof msg, "request for model '%s' reached the worker of '%s'", j->req.model,
                  sv->o.model_name);
-        fail_early(sv, id, eid, msg, 0);
+        fail_early(sv, id, eid, msg, 400, 0);
         job_free(j);
         return;
     }
     if (j->req.deadline_ms > 0 && now_ms() > j->req.deadline_ms) {
-        add_final_cmds(sv, j, eid, "", 0, "deadline", NULL);
+        add_final_cmds(sv, j, eid, "", 0, "deadline", NULL, 0);
         job_free(j);
         return;
     }
@@ -543,14 +548,14 @@ static void admit_entry(service *sv, const redisReply *entry) {
         return;
     }
     if (code == 2) {
-        add_final_cmds(sv, j, eid, "", 0, "cancelled", NULL);
+        add_final_cmds(sv, j, eid, "", 0, "cancelled", NULL, 0);
         free(prev);
         job_free(j);
         return;
     }
     if (attempts > sv->o.max_attempts) {
         snprintf(msg, sizeof msg, "delivered %lld times (max %d): giving up", attempts, sv->o.max_attempts);
-        fail_early(sv, id, eid, msg, 1);
+        fail_early(sv, id, eid, msg, 500, 1);
         free(prev);
         job_free(j);
         return;
@@ -607,7 +612,7 @@ static void admit_entry(service *sv, const redisReply *entry) {
         why = msg;
     }
     if (why) {
-        fail_early(sv, id, eid, why, 0);
+        fail_early(sv, id, eid, why, 400, 0);
         job_free(j);
         return;
     }
@@ -655,9 +660,7 @@ static llmq_status pull(service *sv, int block, llmq_err *err) {
         rcmd_str(&c, "GROUP");
         rcmd_str(&c, PROTO_GROUP);
         rcmd_str(&c, sv->o.consumer);
-        rcmd_str(&c, "COUNT");
-        rcmd_fmt(&c, "%d", n);
-        rcmd_str(&c, "STREAMS");
+        rcmd_str(&c, "STREAMS"); /* all of them at once: the scheduler queues what it cannot run yet */
         rcmd_str(&c, sv->req_key);
         rcmd_str(&c, "0");
         redisReply *r = call(sv, &c, err);
@@ -666,10 +669,8 @@ static llmq_status pull(service *sv, int block, llmq_err *err) {
             size_t k = r->element[0]->element[1]->elements;
             if (k) log_info("resuming %zu jobs this worker held before the reconnect", k);
             admit_entries(sv, r->element[0]->element[1]);
-            if (k < (size_t)n) sv->reclaim_own = 0;
-        } else {
-            sv->reclaim_own = 0;
         }
+        sv->reclaim_own = 0;
         freeReplyObject(r);
         return LLMQ_OK;
     }
@@ -837,13 +838,13 @@ static void publish(service *sv) {
         const size_t len = ready - skip;
         if (j->done) {
             const char *fin = j->stop_hit ? "stop" : finish_reason_name(j->s.finish);
-            add_final_cmds(sv, j, j->entry, text, len, fin, NULL);
+            add_final_cmds(sv, j, j->entry, text, len, fin, NULL, 0);
             *pp = j->next;
             sv->n_jobs--;
             job_free(j);
             continue;
         }
-        if (!encode_chunk(sv, j, text, len, NULL, NULL)) {
+        if (!encode_chunk(sv, j, text, len, NULL, NULL, 0)) {
             add_chunk_cmds(sv, j);
             j->next_seq++;
         }

@@ -104,7 +104,7 @@ static void test_matmul(void **st) {
                     tu_fill_random(wf, (size_t)m * k, &rs, 0.5f);
                     tu_fill_random(bias, (size_t)m, &rs, 0.5f);
                     to_dtype(w, wf, (size_t)m * k, dts[t]);
-                    be_weight bw = {w, dts[t], m, k};
+                    be_weight bw = {w, dts[t], m, k, 0};
                     float *o1 = guarded((size_t)n * m), *o2 = guarded((size_t)n * m);
                     const float *bb = (c % 2) ? bias : NULL;
                     fast->ops->matmul(fast, o1, x, &bw, bb, n);
@@ -242,7 +242,7 @@ static void test_kv_store_and_embed(void **st) {
     uint16_t table[3 * 4];
     float tf[12] = {1, 2, 3, 4, -1, -2, -3, -4, 0.5f, 0.25f, 8, 16};
     to_dtype(table, tf, 12, LLMQ_BF16);
-    be_weight t = {table, LLMQ_BF16, 3, 4};
+    be_weight t = {table, LLMQ_BF16, 3, 4, 0};
     int32_t ids[2] = {2, 0};
     float out[8];
     fast->ops->embed(fast, out, &t, ids, 2);

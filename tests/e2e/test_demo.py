@@ -4,7 +4,7 @@ gateway, streams a completion, and polls a job submitted with llmq."""
 import os
 import subprocess
 
-from conftest import BUILD, ROOT
+from llmqtest import BUILD, ROOT
 
 
 def run_demo(env_extra):

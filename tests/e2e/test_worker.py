@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import FIXTURES
+from llmqtest import FIXTURES
 from worker_util import Worker, chunks, connect, job, submit, wait_final
 
 
@@ -198,7 +198,7 @@ def test_redis_restart_with_aof(tmp_path, stories):
     """redis-server (AOF on) restarts in the middle of streaming jobs: the
     worker reconnects with backoff, says so, and every job completes with
     exactly the output it would have had, seq without gap or repeat."""
-    from conftest import RedisServer, free_port
+    from llmqtest import RedisServer, free_port  # noqa: E402
     d, refs = stories
     srv = RedisServer(tmp_path, free_port(), ["--appendonly", "yes", "--appendfsync", "always"]).start()
     w = Worker(d, srv.url, "stories", tmp_path / "w.log", "--max-num-seqs", 2, "--claim-idle-ms", 1000)

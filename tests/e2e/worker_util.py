@@ -9,7 +9,7 @@ import time
 import msgpack
 import redis
 
-from conftest import BUILD
+from llmqtest import BUILD
 
 
 def submit(r, jid, model="stories", **req):

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import BUILD, FIXTURES
+from llmqtest import BUILD, FIXTURES
 
 LLMQ = str(BUILD / "llmq")
 

@@ -433,6 +433,7 @@ static void test_chunk_roundtrip(void **state) {
     in.usage.prompt_tokens = 12;
     in.usage.completion_tokens = 3;
     in.error = (char *)"prompt longer than the context (600 > 512 tokens)";
+    in.error_status = 400;
     proto_buf_reset(&b);
     assert_int_equal(proto_chunk_encode(&in, &b, &err), LLMQ_OK);
     assert_int_equal(proto_chunk_decode(&out, b.data, b.len, &err), LLMQ_OK);
@@ -444,6 +445,7 @@ static void test_chunk_roundtrip(void **state) {
     assert_int_equal(out.usage.prompt_tokens, 12);
     assert_int_equal(out.usage.completion_tokens, 3);
     assert_string_equal(out.error, "prompt longer than the context (600 > 512 tokens)");
+    assert_int_equal(out.error_status, 400);
     proto_chunk_deinit(&out);
 
     for (size_t n = 0; n < b.len; n++) assert_int_equal(proto_chunk_decode(&out, b.data, n, &err), LLMQ_ERR_FORMAT);

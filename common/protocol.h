@@ -1,0 +1,215 @@
+/*
+ * protocol.h — the llmq wire protocol v1: the request map that goes into a
+ * model's request stream (field `p`) and the output chunk map that goes into
+ * a job's output stream (field `c`) and its pub/sub channel.  Both are
+ * msgpack maps; docs/protocol.md is the normative description, this is the
+ * one implementation (gateway, worker, libllmq and the loadtest all use it).
+ *
+ * Invariants
+ *  - Decoders never trust their input: every length is bounded by the buffer,
+ *    a wrong type is an LLMQ_ERR_INVALID whose message names the field
+ *    ("field 'temperature': expected a number, got a string"), a truncated
+ *    or garbage buffer is LLMQ_ERR_FORMAT.  Unknown keys are ignored, so a
+ *    newer writer can add optional keys without breaking older readers.
+ *  - A decoded struct owns all its strings and arrays (malloc'd, NUL
+ *    terminated strings); *_deinit frees them and resets the struct to its
+ *    defaults, so deinit twice is harmless.  On a decode error the struct is
+ *    left deinit'ed (defaults, nothing owned).
+ *  - Encoders only read the struct: the caller keeps ownership of whatever
+ *    the pointers point at, and a struct filled with borrowed pointers must
+ *    then not be passed to *_deinit.  Encoders append to a proto_buf, which a
+ *    hot loop resets and reuses so that nothing is allocated per token.
+ *  - Defaults mean "not given": the worker applies the model's own defaults
+ *    for anything left at its PROTO_UNSET value.
+ */
+#ifndef LLMQ_PROTOCOL_H
+#define LLMQ_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+
+#define PROTO_VERSION 1            /* the `v` this code writes and accepts */
+#define PROTO_GROUP "workers"      /* consumer group on every request stream */
+#define PROTO_FIELD_ID "id"        /* request stream entry: the job id */
+#define PROTO_FIELD_REQ "p"        /* request stream entry: msgpack request */
+#define PROTO_FIELD_CHUNK "c"      /* output stream entry: msgpack chunk */
+
+/* Bounds that decoders enforce (a request past them is refused, not cut). */
+#define PROTO_MAX_ID_LEN 128       /* bytes of a job id */
+#define PROTO_MAX_MODEL_LEN 128    /* bytes of a model name */
+#define PROTO_MAX_STOP 16          /* entries of `stop` */
+#define PROTO_MAX_STOP_IDS 64      /* entries of `stop_token_ids` */
+#define PROTO_MAX_MESSAGES 4096    /* entries of `messages` */
+#define PROTO_MAX_PROMPT_IDS (1 << 20) /* entries of `prompt_ids` */
+
+/* ------------------------------------------------------------ buffers */
+
+/* A growable byte buffer that encoders append to.  Zero-initialised is a
+ * valid empty buffer.  data is NOT NUL terminated. */
+typedef struct proto_buf {
+    char *data;    /* malloc'd, cap bytes; NULL while cap == 0 */
+    size_t len;    /* bytes used */
+    size_t cap;    /* bytes allocated */
+} proto_buf;
+
+void proto_buf_init(proto_buf *b);
+void proto_buf_reset(proto_buf *b);   /* len = 0, keeps the allocation */
+void proto_buf_deinit(proto_buf *b);  /* frees; the buffer is empty again */
+/* Append n bytes; LLMQ_ERR_NOMEM when the allocation fails (b unchanged). */
+llmq_status proto_buf_append(proto_buf *b, const void *p, size_t n);
+
+/* ------------------------------------------------------------ requests */
+
+/* Which of the three prompt forms a request carries (exactly one). */
+typedef enum proto_prompt_kind {
+    PROTO_PROMPT_NONE = 0, /* only in a fresh struct; never valid on the wire */
+    PROTO_PROMPT_TEXT,     /* `prompt`: raw text, tokenized by the worker */
+    PROTO_PROMPT_MESSAGES, /* `messages`: chat turns, templated by the worker */
+    PROTO_PROMPT_IDS,      /* `prompt_ids`: token ids, used as they are */
+} proto_prompt_kind;
+
+/* One chat turn of `messages`: a map {role, content}. */
+typedef struct proto_message {
+    char *role;     /* "system", "user", "assistant", "tool", ... (not checked) */
+    char *content;  /* UTF-8 text; "" allowed */
+} proto_message;
+
+#define PROTO_UNSET (-1)  /* integer fields: not given */
+
+/*
+ * A decoded (or to-be-encoded) request.  Field names and meanings follow
+ * the msgpack keys one to one (docs/protocol.md §request).  Floats that are
+ * not given hold NAN (test with isnan()); integers hold PROTO_UNSET unless
+ * said otherwise.
+ */
+typedef struct proto_request {
+    int v;                       /* protocol version; decode accepts only 1 (absent = 1) */
+    char *id;                    /* job id; NULL when the map has none (the stream
+                                    entry's `id` field is then authoritative) */
+    char *model;                 /* model name; NULL when absent */
+
+    proto_prompt_kind kind;      /* which of the three below is set */
+    char *prompt;                /* PROTO_PROMPT_TEXT: UTF-8 text */
+    proto_message *messages;     /* PROTO_PROMPT_MESSAGES: n_messages turns */
+    size_t n_messages;
+    int32_t *prompt_ids;         /* PROTO_PROMPT_IDS: n_prompt_ids token ids (>= 0) */
+    size_t n_prompt_ids;
+
+    int32_t max_tokens;          /* tokens to generate at most; PROTO_UNSET = up to context */
+    double temperature;          /* >= 0; 0 = greedy; NAN = unset (worker: 1.0) */
+    double top_p;                /* (0, 1]; NAN = unset (1.0) */
+    int32_t top_k;               /* >= 0; 0 = off; PROTO_UNSET = unset (off) */
+    double min_p;                /* [0, 1]; NAN = unset (0) */
+    bool has_seed;               /* seed given */
+    uint64_t seed;               /* sampling seed, meaningful when has_seed */
+    char **stop;                 /* n_stop stop strings (each non-empty) */
+    size_t n_stop;
+    int32_t *stop_token_ids;     /* n_stop_token_ids extra end-of-sequence ids */
+    size_t n_stop_token_ids;
+    bool ignore_eos;             /* keep going past the model's EOS ids */
+    double repetition_penalty;   /* > 0; 1 = off; NAN = unset (1.0) */
+    double presence_penalty;     /* [-2, 2]; NAN = unset (0) */
+    double frequency_penalty;    /* [-2, 2]; NAN = unset (0) */
+    int32_t logprobs;            /* PROTO_UNSET = none; n >= 0: the sampled token's
+                                    logprob plus the top n alternatives */
+    int64_t deadline_ms;         /* absolute Unix time in ms after which the job ends
+                                    with finish "deadline"; 0 = none */
+    int32_t priority;            /* higher is admitted first among waiting jobs; default 0 */
+} proto_request;
+
+/* Set every field to its default (nothing owned). */
+void proto_request_init(proto_request *r);
+/* Free what r owns and re-init it.  r may be NULL. */
+void proto_request_deinit(proto_request *r);
+
+/*
+ * Decode a msgpack request map from buf[0..len).  r is overwritten (call
+ * proto_request_init first or pass a deinit'ed struct; previous contents
+ * are NOT freed).  Returns LLMQ_OK, LLMQ_ERR_FORMAT (not msgpack, not a map,
+ * truncated, trailing bytes), LLMQ_ERR_INVALID (a field of the wrong type,
+ * out of the decoder's bounds, no prompt or more than one prompt form) or
+ * LLMQ_ERR_UNSUPPORTED (v != 1); err names the field.  Ranges of sampling
+ * parameters are checked by proto_request_validate, not here.
+ */
+llmq_status proto_request_decode(proto_request *r, const void *buf, size_t len, llmq_err *err);
+
+/*
+ * Check ranges and consistency: one prompt form, non-empty model, the bounds
+ * documented on each field, max_tokens >= 1 when set.  err names the field
+ * ("temperature must be between 0 and 2").  LLMQ_ERR_INVALID on failure.
+ */
+llmq_status proto_request_validate(const proto_request *r, llmq_err *err);
+
+/*
+ * Append the msgpack encoding of r to out.  Only set fields are written
+ * (NAN floats and PROTO_UNSET integers are left out); `v` is always written.
+ * LLMQ_ERR_INVALID when r has no prompt, LLMQ_ERR_NOMEM on allocation failure.
+ */
+llmq_status proto_request_encode(const proto_request *r, proto_buf *out, llmq_err *err);
+
+/* ------------------------------------------------------------ chunks */
+
+/* Token counts of a finished job. */
+typedef struct proto_usage {
+    int64_t prompt_tokens;       /* tokens of the (templated) prompt */
+    int64_t completion_tokens;   /* tokens generated */
+} proto_usage;
+
+/*
+ * One output chunk.  A job's chunks carry seq 0, 1, 2, ... with no gap and
+ * no duplicate, also across a resume on another worker.  The last chunk has
+ * `finish` set (and usage, and error when finish is "error"); a chunk without
+ * finish may still carry empty text (ids whose text is held back, e.g. half a
+ * UTF-8 character or a pending stop-string match).
+ */
+typedef struct proto_chunk {
+    int64_t seq;                 /* 0-based position of this chunk in the job's output */
+    char *text;                  /* UTF-8 delta (text_len bytes, NUL terminated when
+                                    decoded); may be NULL when text_len == 0 */
+    size_t text_len;
+    int32_t *ids;                /* n_ids token ids generated in this chunk */
+    size_t n_ids;
+    char *finish;                /* NULL, or the finish reason of the last chunk:
+                                    "stop", "length", "cancelled", "deadline", "error" */
+    bool has_usage;              /* usage present (always on the last chunk) */
+    proto_usage usage;
+    char *error;                 /* NULL, or a message when finish is "error" */
+    int32_t error_status;        /* with error: 400 when the request was at fault (bad
+                                    parameters, prompt too long), 500 otherwise; 0 = not
+                                    given (readers treat it as 500).  Key `status`. */
+} proto_chunk;
+
+void proto_chunk_init(proto_chunk *c);
+/* Free what a DECODED chunk owns and re-init it.  c may be NULL. */
+void proto_chunk_deinit(proto_chunk *c);
+
+/* Decode a msgpack chunk map (same error contract as proto_request_decode). */
+llmq_status proto_chunk_decode(proto_chunk *c, const void *buf, size_t len, llmq_err *err);
+
+/* Append the msgpack encoding of c to out (finish/usage/error only when set). */
+llmq_status proto_chunk_encode(const proto_chunk *c, proto_buf *out, llmq_err *err);
+
+/* ------------------------------------------------------------ job states */
+
+/* The `state` field of a job hash. */
+typedef enum proto_job_state {
+    PROTO_STATE_UNKNOWN = 0,     /* not one of the names below */
+    PROTO_STATE_QUEUED,          /* in the request stream, not admitted by a worker */
+    PROTO_STATE_RUNNING,         /* admitted (also while waiting to be resumed) */
+    PROTO_STATE_DONE,            /* finished: stop or length */
+    PROTO_STATE_FAILED,          /* bad request, model error, or attempts exhausted */
+    PROTO_STATE_CANCELLED,       /* cancelled by a client */
+    PROTO_STATE_EXPIRED,         /* deadline_ms passed */
+} proto_job_state;
+
+/* "queued", "running", ... ; "unknown" for PROTO_STATE_UNKNOWN.  Never NULL. */
+const char *proto_job_state_name(proto_job_state s);
+/* Parse a state name (len bytes); PROTO_STATE_UNKNOWN when it is none. */
+proto_job_state proto_job_state_parse(const char *s, size_t len);
+/* 1 for done, failed, cancelled, expired. */
+int proto_job_state_is_final(proto_job_state s);
+
+#endif

@@ -1,0 +1,151 @@
+/*
+ * gw.h — the gateway as one object: configuration, the loop, the HTTP
+ * server, the Redis connections, the job watchers and the metrics, plus the
+ * per-request "call" that routes use to survive asynchronous Redis replies.
+ *
+ * A gw_call is the state of one HTTP request that waits on Redis.  It holds a
+ * reference on its connection, and is itself reference counted: one
+ * reference for being active, one per Redis command in flight.  When the
+ * client goes away the call is marked done and its watcher stopped at once;
+ * replies that arrive later see `done` and only drop their reference.  The
+ * route-specific state follows the gw_call header in the same allocation.
+ */
+#ifndef LLMQ_GW_GW_H
+#define LLMQ_GW_GW_H
+
+#include <ev.h>
+#include <jansson.h>
+#include <stdint.h>
+
+#include "common/keys.h"
+#include "common/metrics.h"
+#include "common/protocol.h"
+#include "common/url.h"
+#include "gateway/http.h"
+#include "gateway/jobwatch.h"
+#include "gateway/redis.h"
+
+typedef struct gw_config {
+    const char *redis_url;       /* --redis */
+    const char *listen_host;     /* from --listen HOST:PORT */
+    int listen_port;
+    const char *api_key_file;    /* --api-key-file, NULL = no auth */
+    long long max_queue;         /* --max-queue: waiting jobs per model before 429; 0 = unbounded */
+    size_t max_body;             /* --max-body-bytes */
+    int max_tokens_limit;        /* --max-tokens-limit: largest max_tokens accepted; 0 = none */
+    const char *models;          /* --models a,b (NULL = accept any valid name) */
+    const char *prefix;          /* --prefix */
+    int64_t result_ttl_s;        /* --result-ttl: TTL set when the gateway ends a job (cancel of a queued one) */
+    double drain_timeout;        /* --drain-timeout: s to let open streams finish on SIGTERM */
+} gw_config;
+
+typedef struct gw_metrics {
+    metric_family *requests;     /* llmq_gateway_http_requests_total{route,code} */
+    metric_family *duration;     /* llmq_gateway_http_request_duration_seconds{route} */
+    metric_family *submitted;    /* llmq_gateway_jobs_submitted_total{model} */
+    metric_family *rejected;     /* llmq_gateway_queue_full_total{model} */
+    metric *streams;             /* llmq_gateway_open_streams */
+    metric *redis_up;            /* llmq_gateway_redis_up */
+    metric *connections;         /* llmq_gateway_http_connections */
+} gw_metrics;
+
+typedef struct gw {
+    struct ev_loop *loop;
+    gw_config cfg;
+    llmq_keys keys;
+    redis_url url;
+    gw_redis redis;
+    jobwatch_registry watches;
+    http_server *http;
+    metrics *reg;
+    gw_metrics m;
+    char **api_keys;             /* bearer keys (owned); n_api_keys == 0 → no auth */
+    size_t n_api_keys;
+    char **models;               /* --models (owned) or models seen so far */
+    size_t n_models;
+    int models_fixed;            /* 1 when --models was given: others are 404 */
+    unsigned char *group_ok;     /* per model: group created on the current connection */
+    int64_t started_s;           /* Unix time of start ("created" of /v1/models) */
+    int shutting_down;
+    ev_signal sigterm_w, sigint_w;
+    ev_timer drain_w;            /* shutdown: wait for streams, then stop */
+} gw;
+
+/* ---------------------------------------------------------------- calls */
+
+typedef struct gw_call gw_call;
+struct gw_call {
+    gw *g;
+    http_conn *conn;             /* a reference is held */
+    http_request *req;           /* valid while !done */
+    int refs;                    /* 1 while active + 1 per Redis command in flight */
+    int done;                    /* response ended or client gone */
+    jobwatch *watch;             /* when following output; stopped when done */
+    ev_timer heartbeat;          /* SSE comment every 15 s while streaming */
+    int streaming;               /* an SSE response has begun */
+    void (*cleanup)(gw_call *);  /* frees the route's own members (may be NULL) */
+
+    /* submission (gateway/submit.c) */
+    char id[PROTO_MAX_ID_LEN + 1];  /* the job's id */
+    char model[PROTO_MAX_MODEL_LEN + 1]; /* the job's model */
+    proto_buf payload;           /* msgpack request until it is sent */
+    long long queue_lag;         /* XINFO GROUPS lag of the model's stream, -1 unknown */
+    void (*submitted)(gw_call *, int status, const char *msg); /* 0 = queued, else an HTTP status */
+};
+
+/* Allocate a call of `size` bytes (>= sizeof(gw_call), zeroed). */
+gw_call *gw_call_new(gw *g, http_conn *c, http_request *req, size_t size, void (*cleanup)(gw_call *));
+void gw_call_ref(gw_call *call);
+void gw_call_unref(gw_call *call);
+/* The response is complete (or abandoned): stop watching, drop the active ref. */
+void gw_call_finish(gw_call *call);
+/* Send c; the callback gets the call as privdata and must gw_call_unref it.
+ * -1 when Redis is down (nothing was sent, no ref taken). */
+int gw_call_send(gw_call *call, const rcmd *c, redisCallbackFn *cb);
+
+/* ---------------------------------------------------------------- replies */
+
+/* OpenAI error shape {"error":{"message","type","param","code"}}. */
+void gw_reply_error(http_conn *c, int status, const char *type, const char *param, const char *code,
+                    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* Reply with a JSON value (stolen: it is decref'd). */
+void gw_reply_json(http_conn *c, int status, json_t *v, const char *extra_headers);
+/* The usual 503 while Redis is unreachable. */
+void gw_reply_redis_down(http_conn *c);
+
+/* Start an SSE response on the call (headers + heartbeat timer). */
+void gw_sse_begin(gw_call *call);
+/* One event: optional id (< 0: none), optional event name, data. -1 if the client is gone. */
+int gw_sse_send(gw_call *call, int64_t id, const char *event, const char *data, size_t len);
+/* data: a JSON value, compact (stolen). */
+int gw_sse_send_json(gw_call *call, int64_t id, const char *event, json_t *v);
+void gw_sse_end(gw_call *call);
+
+/* ---------------------------------------------------------------- models */
+
+/* Index of model in g->models, or -1.  When models are not fixed, a valid
+ * new name is added (and -1 only for invalid names or out of memory). */
+int gw_model_lookup(gw *g, const char *model);
+/* Create the consumer group of every known model whose group is not known to
+ * exist on the current connection (fire and forget; BUSYGROUP is fine). */
+void gw_ensure_groups(gw *g);
+
+/* A JSON string of n bytes of text; invalid UTF-8 sequences become U+FFFD
+ * (jansson refuses them, and a client must never get invalid JSON). */
+json_t *gw_json_text(const char *s, size_t n);
+
+/* ---------------------------------------------------------------- time */
+int64_t gw_now_ms(void);
+
+/* ---------------------------------------------------------------- routes */
+void gw_route(void *ud, http_conn *c, http_request *req);   /* the HTTP handler */
+void gw_route_openai(gw *g, http_conn *c, http_request *req, int chat);
+void gw_route_models(gw *g, http_conn *c, http_request *req);
+void gw_route_jobs_submit(gw *g, http_conn *c, http_request *req);
+void gw_route_jobs_get(gw *g, http_conn *c, http_request *req, const char *id);
+void gw_route_jobs_events(gw *g, http_conn *c, http_request *req, const char *id);
+void gw_route_jobs_cancel(gw *g, http_conn *c, http_request *req, const char *id);
+void gw_route_readyz(gw *g, http_conn *c, http_request *req);
+void gw_route_metrics(gw *g, http_conn *c, http_request *req);
+
+#endif

@@ -1,0 +1,87 @@
+/*
+ * http.h — the gateway's HTTP/1.1 server on a libev loop: accept, parse with
+ * http-parser, hand each complete request to one handler, write responses
+ * (fixed length, or chunked for streams), keep-alive and pipelining.
+ *
+ * Lifetime rules
+ *  - A connection is reference counted.  The server holds one reference while
+ *    the socket is open; whoever answers asynchronously (a Redis callback)
+ *    takes its own with http_conn_ref and drops it with http_conn_unref, and
+ *    checks http_conn_closed first, since the client may have gone meanwhile.
+ *  - Exactly one request is handled at a time per connection: later pipelined
+ *    requests wait in the input buffer until the current response ends.
+ *  - When the client goes away (EOF, error, write timeout, output past the
+ *    backlog bound) the on_close hook that the handler set is called once,
+ *    synchronously, so it can detach from everything that would still call
+ *    into it; the hook is cleared whenever a response ends.
+ *  - The http_request handed to the handler is valid until the response ends
+ *    or the connection closes, whichever comes first.
+ */
+#ifndef LLMQ_GW_HTTP_H
+#define LLMQ_GW_HTTP_H
+
+#include <ev.h>
+#include <stddef.h>
+
+#include "common/status.h"
+
+typedef struct http_server http_server;
+typedef struct http_conn http_conn;
+
+/* One parsed request.  Strings are NUL terminated and owned by the connection. */
+typedef struct http_request {
+    int method;                 /* enum http_method (HTTP_GET, HTTP_POST, ...) */
+    const char *method_name;    /* "GET", ... */
+    char *path;                 /* request target without the query ("/v1/jobs/x") */
+    char *query;                /* query string without '?', or NULL */
+    char *body;                 /* body bytes (NUL appended), NULL when empty */
+    size_t body_len;
+    char *authorization;        /* header values, NULL when absent */
+    char *last_event_id;
+    char *content_type;
+    int keep_alive;             /* 1 when the connection may serve another request */
+    double started;             /* ev_now when the headers were complete */
+    const char *route;          /* set by the router for metrics/logs ("/v1/jobs/{id}") */
+} http_request;
+
+typedef void (*http_handler_fn)(void *ud, http_conn *c, http_request *req);
+/* Called once per finished response (status, seconds since headers). */
+typedef void (*http_log_fn)(void *ud, const http_request *req, int status, double seconds);
+
+typedef struct http_limits {
+    size_t max_body;            /* bytes of a request body; larger → 413 */
+    double idle_timeout;        /* s a keep-alive connection may sit idle */
+    double request_timeout;     /* s to receive a complete request once started */
+    size_t max_backlog;         /* bytes of unsent output before a slow client is dropped */
+} http_limits;
+
+/* Listen on host:port (port 0 = any; http_server_port tells which). */
+http_server *http_server_create(struct ev_loop *loop, const char *host, int port, const http_limits *lim,
+                                http_handler_fn handler, http_log_fn log, void *ud, llmq_err *err);
+int http_server_port(const http_server *s);
+/* Stop accepting; idle keep-alive connections are closed, busy ones are told
+ * to close after their response. */
+void http_server_shutdown(http_server *s);
+size_t http_server_conn_count(const http_server *s);
+/* Close every connection now and free the server.  s may be NULL. */
+void http_server_destroy(http_server *s);
+
+void http_conn_ref(http_conn *c);
+void http_conn_unref(http_conn *c);
+int http_conn_closed(const http_conn *c);
+/* Hook called when the client goes away before the response ended. */
+void http_conn_on_close(http_conn *c, void (*fn)(void *ud), void *ud);
+
+/* A complete response.  extra_headers: "Name: value\r\n" lines or NULL. */
+void http_respond(http_conn *c, int status, const char *content_type, const char *body, size_t len,
+                  const char *extra_headers);
+
+/* A streamed response (chunked transfer encoding). */
+void http_stream_begin(http_conn *c, int status, const char *content_type, const char *extra_headers);
+/* Send one piece; -1 when the connection is closed (the data is dropped). */
+int http_stream_write(http_conn *c, const char *data, size_t len);
+void http_stream_end(http_conn *c);
+
+const char *http_status_text(int status);
+
+#endif

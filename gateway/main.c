@@ -1,0 +1,318 @@
+/*
+ * main.c — llmq-gateway: options, wiring, signals.
+ *
+ *   llmq-gateway --redis URL --listen HOST:PORT [--api-key-file F] [--max-queue N]
+ *                [--max-body-bytes N] [--max-tokens-limit N] [--models a,b] [--prefix P]
+ *                [--result-ttl S] [--drain-timeout S]
+ *
+ * One thread, one libev loop.  Shutdown (SIGTERM/SIGINT): stop accepting,
+ * answer new POSTs with 503, let open responses finish for --drain-timeout,
+ * then close what is left, disconnect from Redis and return 0.
+ */
+#include <errno.h>
+#include <ev.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "gateway/gw.h"
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: llmq-gateway --redis URL --listen HOST:PORT [options]\n"
+            "  --redis URL            redis://[user:password@]host:port/db or unix:///path\n"
+            "  --listen HOST:PORT     address to serve HTTP on (default 0.0.0.0:8000)\n"
+            "  --api-key-file F       bearer keys, one per line (# comments); none = no auth\n"
+            "  --max-queue N          waiting jobs per model before 429 (default 0 = unbounded)\n"
+            "  --max-body-bytes N     largest request body (default 4194304)\n"
+            "  --max-tokens-limit N   largest max_tokens accepted (default 32768; 0 = none)\n"
+            "  --models a,b           models served (default: any valid name)\n"
+            "  --prefix P             Redis key prefix (default llmq:)\n"
+            "  --result-ttl S         TTL of jobs the gateway ends itself (default 86400)\n"
+            "  --drain-timeout S      on SIGTERM, s to let open responses finish (default 30)\n");
+}
+
+static int parse_ll(const char *s, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+/* HOST:PORT or [v6]:PORT into host (static storage) and port. */
+static int parse_listen(const char *s, char *host, size_t cap, int *port) {
+    const char *colon = strrchr(s, ':');
+    if (!colon) return -1;
+    size_t n = (size_t)(colon - s);
+    if (n >= 2 && s[0] == '[' && s[n - 1] == ']') {
+        s++;
+        n -= 2;
+    }
+    if (n >= cap) return -1;
+    memcpy(host, s, n);
+    host[n] = '\0';
+    long long p;
+    if (parse_ll(colon + 1, 0, 65535, &p)) return -1;
+    *port = (int)p;
+    return 0;
+}
+
+static int load_api_keys(gw *g, const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        log_error("--api-key-file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char line[1024];
+    while (fgets(line, sizeof line, f)) {
+        char *s = line;
+        while (*s == ' ' || *s == '\t') s++;
+        size_t n = strlen(s);
+        while (n && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = '\0';
+        if (!n || s[0] == '#') continue;
+        char **k = realloc(g->api_keys, (g->n_api_keys + 1) * sizeof *k);
+        if (!k || !(k[g->n_api_keys] = strdup(s))) {
+            fclose(f);
+            return -1;
+        }
+        g->api_keys = k;
+        g->n_api_keys++;
+    }
+    fclose(f);
+    if (g->n_api_keys == 0) {
+        log_error("--api-key-file %s holds no key", path);
+        return -1;
+    }
+    return 0;
+}
+
+static int set_models(gw *g, const char *list) {
+    const char *p = list;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        char name[PROTO_MAX_MODEL_LEN + 1];
+        if (n == 0 || n > PROTO_MAX_MODEL_LEN) {
+            log_error("--models: bad entry in '%s'", list);
+            return -1;
+        }
+        memcpy(name, p, n);
+        name[n] = '\0';
+        if (!keys_model_valid(name)) {
+            log_error("--models: '%s' is not a valid model name ([A-Za-z0-9._:/@+-])", name);
+            return -1;
+        }
+        if (gw_model_lookup(g, name) < 0) return -1;
+        p += n;
+        if (*p == ',') p++;
+    }
+    g->models_fixed = 1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- events */
+
+static void ev_cmd_up(void *ud) {
+    gw *g = ud;
+    memset(g->group_ok, 0, g->n_models);
+    gw_ensure_groups(g);
+    jobwatch_on_cmd_up(&g->watches);
+    metric_set(g->m.redis_up, g->redis.sub_ready);
+}
+static void ev_cmd_down(void *ud) {
+    gw *g = ud;
+    if (g->n_models) memset(g->group_ok, 0, g->n_models);
+    metric_set(g->m.redis_up, 0);
+}
+static void ev_sub_up(void *ud) {
+    gw *g = ud;
+    jobwatch_on_sub_up(&g->watches);
+    metric_set(g->m.redis_up, g->redis.cmd_ready);
+}
+static void ev_sub_down(void *ud) {
+    gw *g = ud;
+    jobwatch_on_sub_down(&g->watches);
+    metric_set(g->m.redis_up, 0);
+}
+static void ev_sub_reply(void *ud, redisReply *r) { jobwatch_on_sub_reply(&((gw *)ud)->watches, r); }
+
+static void on_http_log(void *ud, const http_request *req, int status, double seconds) {
+    gw *g = ud;
+    char code[8];
+    snprintf(code, sizeof code, "%d", status);
+    const char *route = req->route ? req->route : "(none)";
+    metric_inc(metric_get(g->m.requests, route, code), 1);
+    metric_observe(metric_get(g->m.duration, route), seconds);
+    log_debug("%s %s → %d (%.1f ms)", req->method_name ? req->method_name : "-", req->path ? req->path : "-", status,
+              seconds * 1e3);
+}
+
+/* ---------------------------------------------------------------- shutdown */
+
+static void stop_everything(gw *g) {
+    ev_timer_stop(g->loop, &g->drain_w);
+    ev_signal_stop(g->loop, &g->sigterm_w);
+    ev_signal_stop(g->loop, &g->sigint_w);
+    http_server_destroy(g->http); /* closes the rest; their calls stop their watchers */
+    g->http = NULL;
+    gw_redis_stop(&g->redis);
+}
+
+static void on_drain(struct ev_loop *loop, ev_timer *w, int revents) {
+    gw *g = container_of(w, gw, drain_w);
+    static double deadline = 0;
+    if (deadline == 0) deadline = ev_now(loop) + g->cfg.drain_timeout;
+    if (http_server_conn_count(g->http) == 0 || ev_now(loop) >= deadline) {
+        if (http_server_conn_count(g->http))
+            log_warn("drain timeout: closing %zu connections", http_server_conn_count(g->http));
+        stop_everything(g);
+    }
+}
+
+static void on_signal(struct ev_loop *loop, ev_signal *w, int revents) {
+    gw *g = w->signum == SIGTERM ? container_of(w, gw, sigterm_w) : container_of(w, gw, sigint_w);
+    if (g->shutting_down) {
+        log_warn("second signal: stopping now");
+        stop_everything(g);
+        return;
+    }
+    g->shutting_down = 1;
+    log_info("shutting down (%zu connections open, up to %.0f s to finish)", http_server_conn_count(g->http),
+             g->cfg.drain_timeout);
+    http_server_shutdown(g->http);
+    ev_timer_init(&g->drain_w, on_drain, 0., 0.1);
+    ev_timer_start(loop, &g->drain_w);
+}
+
+/* ---------------------------------------------------------------- main */
+
+int main(int argc, char **argv) {
+    static gw g; /* large (the watch table); zeroed */
+    char host[256] = "0.0.0.0";
+    int port = 8000;
+    long long v;
+    g.cfg.listen_host = host;
+    g.cfg.listen_port = port;
+    g.cfg.max_body = 4 << 20;
+    g.cfg.max_tokens_limit = 32768;
+    g.cfg.result_ttl_s = 86400;
+    g.cfg.drain_timeout = 30;
+    log_set_name("gateway");
+
+    enum { O_REDIS = 1, O_LISTEN, O_KEYS, O_MAXQ, O_BODY, O_TOKENS, O_MODELS, O_PREFIX, O_TTL, O_DRAIN, O_HELP };
+    static const struct option opts[] = {
+        {"redis", required_argument, 0, O_REDIS},          {"listen", required_argument, 0, O_LISTEN},
+        {"api-key-file", required_argument, 0, O_KEYS},    {"max-queue", required_argument, 0, O_MAXQ},
+        {"max-body-bytes", required_argument, 0, O_BODY},  {"max-tokens-limit", required_argument, 0, O_TOKENS},
+        {"models", required_argument, 0, O_MODELS},        {"prefix", required_argument, 0, O_PREFIX},
+        {"result-ttl", required_argument, 0, O_TTL},       {"drain-timeout", required_argument, 0, O_DRAIN},
+        {"help", no_argument, 0, O_HELP},                  {0, 0, 0, 0},
+    };
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (o) {
+        case O_REDIS: g.cfg.redis_url = optarg; break;
+        case O_LISTEN:
+            if (parse_listen(optarg, host, sizeof host, &port)) {
+                fprintf(stderr, "llmq-gateway: --listen wants HOST:PORT, got '%s'\n", optarg);
+                return 2;
+            }
+            g.cfg.listen_port = port;
+            break;
+        case O_KEYS: g.cfg.api_key_file = optarg; break;
+        case O_MAXQ:
+        case O_BODY:
+        case O_TOKENS:
+        case O_TTL:
+        case O_DRAIN:
+            if (parse_ll(optarg, 0, o == O_TOKENS ? INT32_MAX : (long long)1 << 40, &v)) {
+                fprintf(stderr, "llmq-gateway: %s wants a non-negative number, got '%s'\n", argv[optind - 1], optarg);
+                return 2;
+            }
+            if (o == O_MAXQ) g.cfg.max_queue = v;
+            else if (o == O_BODY) g.cfg.max_body = (size_t)v;
+            else if (o == O_TOKENS) g.cfg.max_tokens_limit = (int)v;
+            else if (o == O_TTL) g.cfg.result_ttl_s = v;
+            else g.cfg.drain_timeout = (double)v;
+            break;
+        case O_MODELS: g.cfg.models = optarg; break;
+        case O_PREFIX: g.cfg.prefix = optarg; break;
+        case O_HELP:
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc || !g.cfg.redis_url) {
+        if (!g.cfg.redis_url) fprintf(stderr, "llmq-gateway: --redis URL is required\n");
+        usage(stderr);
+        return 2;
+    }
+    llmq_err err;
+    llmq_err_clear(&err);
+    if (redis_url_parse(&g.url, g.cfg.redis_url, &err) != LLMQ_OK || keys_init(&g.keys, g.cfg.prefix, &err) != LLMQ_OK) {
+        fprintf(stderr, "llmq-gateway: %s\n", err.msg);
+        return 2;
+    }
+    if (g.cfg.models && set_models(&g, g.cfg.models)) return 2;
+    if (g.cfg.api_key_file && load_api_keys(&g, g.cfg.api_key_file)) return 2;
+    if (g.n_api_keys == 0)
+        log_warn("!!! NO API KEYS: every client can submit jobs. Pass --api-key-file to require "
+                 "'Authorization: Bearer <key>'. !!!");
+    if (!g.models_fixed) log_warn("no --models: accepting any model name, consumer groups are created on first use");
+    signal(SIGPIPE, SIG_IGN);
+
+    g.loop = EV_DEFAULT;
+    g.started_s = (int64_t)time(NULL);
+    g.reg = metrics_create();
+    g.m.requests = metrics_counter(g.reg, "llmq_gateway_http_requests_total", "HTTP requests by route and status.",
+                                   "route,code");
+    g.m.duration = metrics_histogram(g.reg, "llmq_gateway_http_request_duration_seconds",
+                                     "Time from request headers to the end of the response.", "route",
+                                     metrics_latency_buckets, metrics_latency_nbuckets);
+    g.m.submitted = metrics_counter(g.reg, "llmq_gateway_jobs_submitted_total", "Jobs written to Redis.", "model");
+    g.m.rejected = metrics_counter(g.reg, "llmq_gateway_queue_full_total", "Submissions refused with 429.", "model");
+    g.m.streams = metric_get(metrics_gauge(g.reg, "llmq_gateway_open_streams", "SSE responses in progress.", NULL));
+    g.m.redis_up = metric_get(metrics_gauge(g.reg, "llmq_gateway_redis_up", "1 when both Redis connections are up.", NULL));
+    g.m.connections = metric_get(metrics_gauge(g.reg, "llmq_gateway_http_connections", "Open HTTP connections.", NULL));
+
+    char anchor[KEYS_MAX];
+    snprintf(anchor, sizeof anchor, "%sgateway:anchor", g.keys.prefix);
+    gw_redis_events evs = {&g, ev_cmd_up, ev_cmd_down, ev_sub_up, ev_sub_down, ev_sub_reply};
+    gw_redis_init(&g.redis, g.loop, &g.url, anchor, &evs);
+    jobwatch_registry_init(&g.watches, &g.redis, &g.keys);
+
+    http_limits lim = {.max_body = g.cfg.max_body, .idle_timeout = 75, .request_timeout = 30, .max_backlog = 8 << 20};
+    g.http = http_server_create(g.loop, host, port, &lim, gw_route, on_http_log, &g, &err);
+    if (!g.http) {
+        log_error("%s", err.msg);
+        return 1;
+    }
+    char where[600];
+    log_info("listening on %s:%d, redis %s, prefix '%s'", host, http_server_port(g.http),
+             redis_url_describe(&g.url, where, sizeof where), g.keys.prefix);
+    gw_redis_start(&g.redis);
+
+    ev_signal_init(&g.sigterm_w, on_signal, SIGTERM);
+    ev_signal_init(&g.sigint_w, on_signal, SIGINT);
+    ev_signal_start(g.loop, &g.sigterm_w);
+    ev_signal_start(g.loop, &g.sigint_w);
+
+    ev_run(g.loop, 0);
+
+    jobwatch_registry_deinit(&g.watches);
+    metrics_destroy(g.reg);
+    for (size_t i = 0; i < g.n_api_keys; i++) free(g.api_keys[i]);
+    free(g.api_keys);
+    for (size_t i = 0; i < g.n_models; i++) free(g.models[i]);
+    free(g.models);
+    free(g.group_ok);
+    log_info("stopped");
+    return 0;
+}

@@ -1,0 +1,217 @@
+/*
+ * redis.c — the gateway's Redis connections (see redis.h for invariants).
+ *
+ * Both connections follow the same cycle: connect → AUTH/SELECT queued right
+ * away (hiredis buffers them until the socket is up) → a final probe whose
+ * reply marks the connection ready → ... → lost (EOF, error, failed connect)
+ * → reconnect after a backoff that doubles from 0.1 s to 5 s and resets once
+ * a connection is ready again.  The probe is PING on cmd and the anchor
+ * SUBSCRIBE on sub.
+ */
+#include "gateway/redis.h"
+
+#include <hiredis/adapters/libev.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/rconn.h"
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define BACKOFF_MIN 0.1
+#define BACKOFF_MAX 5.0
+
+static void connect_cmd(gw_redis *r);
+static void connect_sub(gw_redis *r);
+
+static void schedule(gw_redis *r, ev_timer *t, double *backoff) {
+    if (r->stopping) return;
+    ev_timer_stop(r->loop, t);
+    ev_timer_set(t, *backoff, 0.);
+    ev_timer_start(r->loop, t);
+    *backoff = *backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : *backoff * 2;
+}
+
+/* Forget a lost context (hiredis frees it) and plan the reconnect.  Safe to
+ * call twice for the same context: only the first call acts. */
+static void lost(gw_redis *r, const redisAsyncContext *ac, const char *why) {
+    if (ac == r->cmd) {
+        int was = r->cmd_ready;
+        r->cmd = NULL;
+        r->cmd_ready = 0;
+        if (was) log_warn("redis: command connection lost (%s); reconnecting", why);
+        else log_debug("redis: command connection failed (%s)", why);
+        schedule(r, &r->cmd_retry, &r->cmd_backoff);
+        if (r->ev.cmd_down) r->ev.cmd_down(r->ev.ud);
+    } else if (ac == r->sub) {
+        int was = r->sub_ready;
+        r->sub = NULL;
+        r->sub_ready = 0;
+        if (was) log_warn("redis: pub/sub connection lost (%s); reconnecting", why);
+        schedule(r, &r->sub_retry, &r->sub_backoff);
+        if (r->ev.sub_down) r->ev.sub_down(r->ev.ud);
+    }
+}
+
+static void on_connect(const redisAsyncContext *ac, int status) {
+    gw_redis *r = ac->data;
+    if (status != REDIS_OK) lost(r, ac, ac->errstr[0] ? ac->errstr : "connect failed");
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status) {
+    gw_redis *r = ac->data;
+    lost(r, ac, status == REDIS_OK ? "closed" : (ac->errstr[0] ? ac->errstr : "error"));
+}
+
+/* Errors of AUTH/SELECT: log them; the probe that follows fails too. */
+static void on_setup_reply(redisAsyncContext *ac, void *reply, void *priv) {
+    redisReply *rep = reply;
+    if (rep && rep->type == REDIS_REPLY_ERROR) log_error("redis: %s: %s", (const char *)priv, rep->str);
+}
+
+static redisAsyncContext *open_ctx(gw_redis *r, int select_db) {
+    redisAsyncContext *ac = r->url.is_unix ? redisAsyncConnectUnix(r->url.path)
+                                           : redisAsyncConnect(r->url.host, r->url.port);
+    if (!ac) return NULL;
+    if (ac->err) {
+        log_debug("redis: connect: %s", ac->errstr);
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    ac->data = r;
+    redisLibevAttach(r->loop, ac);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    rcmd c;
+    if (rconn_auth_cmd(&r->url, &c))
+        redisAsyncCommandArgv(ac, on_setup_reply, (void *)"AUTH", c.argc, c.argv, c.argvlen);
+    if (select_db && r->url.db) {
+        rcmd_init(&c);
+        rcmd_str(&c, "SELECT");
+        rcmd_fmt(&c, "%d", r->url.db);
+        redisAsyncCommandArgv(ac, on_setup_reply, (void *)"SELECT", c.argc, c.argv, c.argvlen);
+    }
+    return ac;
+}
+
+/* ---------------------------------------------------------------- cmd */
+
+static void on_ping(redisAsyncContext *ac, void *reply, void *priv) {
+    gw_redis *r = ac->data;
+    redisReply *rep = reply;
+    if (!rep || ac != r->cmd) return;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        log_error("redis: not usable: %s", rep->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    r->cmd_ready = 1;
+    r->cmd_backoff = BACKOFF_MIN;
+    log_info("redis: command connection ready");
+    if (r->ev.cmd_up) r->ev.cmd_up(r->ev.ud);
+}
+
+static void connect_cmd(gw_redis *r) {
+    if (r->stopping || r->cmd) return;
+    r->cmd = open_ctx(r, 1);
+    if (!r->cmd) {
+        schedule(r, &r->cmd_retry, &r->cmd_backoff);
+        return;
+    }
+    static const char *ping[] = {"PING"};
+    redisAsyncCommandArgv(r->cmd, on_ping, NULL, 1, ping, NULL);
+}
+
+static void on_cmd_retry(struct ev_loop *loop, ev_timer *w, int revents) {
+    gw_redis *r = container_of(w, gw_redis, cmd_retry);
+    r->reconnects++;
+    connect_cmd(r);
+}
+
+/* ---------------------------------------------------------------- sub */
+
+/* The one callback of every subscription on sub (hiredis keys them by
+ * channel; they all land here and are told apart by the caller). */
+static void on_sub(redisAsyncContext *ac, void *reply, void *priv) {
+    gw_redis *r = ac->data;
+    redisReply *rep = reply;
+    if (!rep || ac != r->sub) return;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        log_error("redis: pub/sub: %s", rep->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 || rep->element[1]->type != REDIS_REPLY_STRING) return;
+    const redisReply *kind = rep->element[0], *ch = rep->element[1];
+    if (ch->len == strlen(r->anchor) && memcmp(ch->str, r->anchor, ch->len) == 0) {
+        if (kind->len == 9 && !strncasecmp(kind->str, "subscribe", 9) && !r->sub_ready) {
+            r->sub_ready = 1;
+            r->sub_backoff = BACKOFF_MIN;
+            log_info("redis: pub/sub connection ready");
+            if (r->ev.sub_up) r->ev.sub_up(r->ev.ud);
+        }
+        return;
+    }
+    if (r->ev.sub_reply) r->ev.sub_reply(r->ev.ud, rep);
+}
+
+static void connect_sub(gw_redis *r) {
+    if (r->stopping || r->sub) return;
+    r->sub = open_ctx(r, 0);
+    if (!r->sub) {
+        schedule(r, &r->sub_retry, &r->sub_backoff);
+        return;
+    }
+    const char *argv[2] = {"SUBSCRIBE", r->anchor};
+    redisAsyncCommandArgv(r->sub, on_sub, NULL, 2, argv, NULL);
+}
+
+static void on_sub_retry(struct ev_loop *loop, ev_timer *w, int revents) {
+    gw_redis *r = container_of(w, gw_redis, sub_retry);
+    connect_sub(r);
+}
+
+/* ---------------------------------------------------------------- API */
+
+void gw_redis_init(gw_redis *r, struct ev_loop *loop, const redis_url *url, const char *anchor,
+                   const gw_redis_events *ev) {
+    memset(r, 0, sizeof *r);
+    r->loop = loop;
+    r->url = *url;
+    snprintf(r->anchor, sizeof r->anchor, "%s", anchor);
+    r->ev = *ev;
+    r->cmd_backoff = r->sub_backoff = BACKOFF_MIN;
+    ev_init(&r->cmd_retry, on_cmd_retry);
+    ev_init(&r->sub_retry, on_sub_retry);
+}
+
+void gw_redis_start(gw_redis *r) {
+    connect_cmd(r);
+    connect_sub(r);
+}
+
+void gw_redis_stop(gw_redis *r) {
+    r->stopping = 1;
+    ev_timer_stop(r->loop, &r->cmd_retry);
+    ev_timer_stop(r->loop, &r->sub_retry);
+    if (r->cmd) redisAsyncDisconnect(r->cmd); /* replies still pending are delivered first */
+    if (r->sub) redisAsyncDisconnect(r->sub);
+}
+
+int gw_redis_send(gw_redis *r, const rcmd *c, redisCallbackFn *cb, void *priv) {
+    if (!r->cmd || !r->cmd_ready || !rcmd_ok(c)) return -1;
+    if (redisAsyncCommandArgv(r->cmd, cb, priv, c->argc, (const char **)c->argv, c->argvlen) != REDIS_OK) return -1;
+    return 0;
+}
+
+int gw_redis_subscribe(gw_redis *r, const char *channel) {
+    if (!r->sub || !r->sub_ready) return -1;
+    const char *argv[2] = {"SUBSCRIBE", channel};
+    return redisAsyncCommandArgv(r->sub, on_sub, NULL, 2, argv, NULL) == REDIS_OK ? 0 : -1;
+}
+
+int gw_redis_unsubscribe(gw_redis *r, const char *channel) {
+    if (!r->sub || !r->sub_ready) return -1;
+    const char *argv[2] = {"UNSUBSCRIBE", channel};
+    return redisAsyncCommandArgv(r->sub, on_sub, NULL, 2, argv, NULL) == REDIS_OK ? 0 : -1;
+}

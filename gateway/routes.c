@@ -1,0 +1,244 @@
+/*
+ * routes.c — the router (method + path → handler), bearer-key checks, and
+ * the operational endpoints: /healthz, /readyz, /metrics, /v1/models.
+ *
+ * Authentication covers everything under /v1/; the probes and /metrics are
+ * open (they reveal nothing about jobs).  Keys are compared in constant time
+ * against every configured key, so neither the position of the first wrong
+ * byte nor which key matched shows in the timing.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <http_parser.h>
+
+#include "common/log.h"
+#include "gateway/gw.h"
+
+/* 1 when a[0..an) == b[0..bn), in time that depends only on an and bn. */
+static int ct_equal(const char *a, size_t an, const char *b, size_t bn) {
+    unsigned char diff = (unsigned char)(an != bn);
+    size_t n = an > bn ? an : bn;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = i < an ? (unsigned char)a[i] : 0, y = i < bn ? (unsigned char)b[i] : 0;
+        diff |= x ^ y;
+    }
+    return diff == 0;
+}
+
+static int authorized(gw *g, const http_request *req) {
+    if (g->n_api_keys == 0) return 1;
+    const char *h = req->authorization;
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    const char *key = h + 7;
+    while (*key == ' ') key++;
+    size_t kn = strlen(key);
+    while (kn && (key[kn - 1] == ' ' || key[kn - 1] == '\t')) kn--;
+    int ok = 0;
+    for (size_t i = 0; i < g->n_api_keys; i++) ok |= ct_equal(key, kn, g->api_keys[i], strlen(g->api_keys[i]));
+    return ok;
+}
+
+static void method_not_allowed(http_conn *c, const char *allow) {
+    char extra[64];
+    snprintf(extra, sizeof extra, "Allow: %s\r\n", allow);
+    json_t *e = json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", "method not allowed", "type",
+                          "invalid_request_error", "param", "code");
+    gw_reply_json(c, 405, e, extra);
+}
+
+void gw_route(void *ud, http_conn *c, http_request *req) {
+    gw *g = ud;
+    const char *p = req->path;
+    int m = req->method;
+
+    if (!strcmp(p, "/healthz")) {
+        req->route = "/healthz";
+        if (m != HTTP_GET) return method_not_allowed(c, "GET");
+        return gw_reply_json(c, 200, json_pack("{s:s}", "status", "ok"), NULL);
+    }
+    if (!strcmp(p, "/readyz")) {
+        req->route = "/readyz";
+        if (m != HTTP_GET) return method_not_allowed(c, "GET");
+        return gw_route_readyz(g, c, req);
+    }
+    if (!strcmp(p, "/metrics")) {
+        req->route = "/metrics";
+        if (m != HTTP_GET) return method_not_allowed(c, "GET");
+        return gw_route_metrics(g, c, req);
+    }
+    if (strncmp(p, "/v1/", 4) != 0) {
+        req->route = "(unknown)";
+        return gw_reply_error(c, 404, "invalid_request_error", NULL, "not_found", "no route for %s %s",
+                              req->method_name, p);
+    }
+    if (!authorized(g, req)) {
+        req->route = "(unauthorized)";
+        return gw_reply_error(c, 401, "invalid_request_error", NULL, "invalid_api_key",
+                              req->authorization ? "Incorrect API key provided"
+                                                 : "Missing API key: send 'Authorization: Bearer <key>'");
+    }
+    if (g->shutting_down && m == HTTP_POST) {
+        req->route = "(shutdown)";
+        return gw_reply_error(c, 503, "service_unavailable", NULL, "shutting_down", "the gateway is shutting down");
+    }
+    if (!strcmp(p, "/v1/completions") || !strcmp(p, "/v1/chat/completions")) {
+        int chat = p[4] == 'c' && p[5] == 'h';
+        req->route = chat ? "/v1/chat/completions" : "/v1/completions";
+        if (m != HTTP_POST) return method_not_allowed(c, "POST");
+        return gw_route_openai(g, c, req, chat);
+    }
+    if (!strcmp(p, "/v1/models") || !strncmp(p, "/v1/models/", 11)) {
+        req->route = "/v1/models";
+        if (m != HTTP_GET) return method_not_allowed(c, "GET");
+        return gw_route_models(g, c, req);
+    }
+    if (!strcmp(p, "/v1/jobs")) {
+        req->route = "/v1/jobs";
+        if (m != HTTP_POST) return method_not_allowed(c, "POST");
+        return gw_route_jobs_submit(g, c, req);
+    }
+    if (!strncmp(p, "/v1/jobs/", 9)) {
+        char id[PROTO_MAX_ID_LEN + 1];
+        const char *rest = p + 9;
+        size_t n = strcspn(rest, "/");
+        int events = !strcmp(rest + n, "/events");
+        if (n == 0 || n > PROTO_MAX_ID_LEN || (rest[n] && !events)) {
+            req->route = "(unknown)";
+            return gw_reply_error(c, 404, "invalid_request_error", NULL, "not_found", "no route for %s %s",
+                                  req->method_name, p);
+        }
+        memcpy(id, rest, n);
+        id[n] = '\0';
+        req->route = events ? "/v1/jobs/{id}/events" : "/v1/jobs/{id}";
+        if (!keys_id_valid(id))
+            return gw_reply_error(c, 404, "invalid_request_error", "id", "job_not_found", "no job with id '%s'", id);
+        if (events) {
+            if (m != HTTP_GET) return method_not_allowed(c, "GET");
+            return gw_route_jobs_events(g, c, req, id);
+        }
+        if (m == HTTP_GET) return gw_route_jobs_get(g, c, req, id);
+        if (m == HTTP_DELETE) return gw_route_jobs_cancel(g, c, req, id);
+        return method_not_allowed(c, "GET, DELETE");
+    }
+    req->route = "(unknown)";
+    gw_reply_error(c, 404, "invalid_request_error", NULL, "not_found", "no route for %s %s", req->method_name, p);
+}
+
+/* ================================================================ /v1/models */
+
+static json_t *model_json(gw *g, const char *name) {
+    return json_pack("{s:s, s:s, s:I, s:s}", "id", name, "object", "model", "created", (json_int_t)g->started_s,
+                     "owned_by", "llmq");
+}
+
+void gw_route_models(gw *g, http_conn *c, http_request *req) {
+    if (!strncmp(req->path, "/v1/models/", 11)) {
+        const char *name = req->path + 11;
+        for (size_t i = 0; i < g->n_models; i++)
+            if (!strcmp(g->models[i], name)) return gw_reply_json(c, 200, model_json(g, name), NULL);
+        return gw_reply_error(c, 404, "invalid_request_error", "model", "model_not_found",
+                              "The model '%s' does not exist", name);
+    }
+    json_t *data = json_array();
+    for (size_t i = 0; i < g->n_models; i++) json_array_append_new(data, model_json(g, g->models[i]));
+    gw_reply_json(c, 200, json_pack("{s:s, s:o}", "object", "list", "data", data), NULL);
+}
+
+/* ================================================================ /metrics */
+
+void gw_route_metrics(gw *g, http_conn *c, http_request *req) {
+    metric_set(g->m.redis_up, g->redis.cmd_ready && g->redis.sub_ready);
+    metric_set(g->m.connections, (double)http_server_conn_count(g->http));
+    size_t len;
+    char *txt = metrics_render(g->reg, &len);
+    if (!txt) return gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
+    http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", txt, len, NULL);
+    free(txt);
+}
+
+/* ================================================================ /readyz */
+
+typedef struct ready_call {
+    gw_call base;
+    int pending;                 /* XINFO GROUPS replies still to come */
+    int failed;                  /* a reply was missing or without our group */
+    char why[256];               /* first reason it is not ready */
+} ready_call;
+
+static void ready_reply(ready_call *rc) {
+    http_conn *c = rc->base.conn;
+    if (rc->failed)
+        gw_reply_json(c, 503, json_pack("{s:s, s:s}", "status", "not ready", "reason", rc->why), "Retry-After: 1\r\n");
+    else
+        gw_reply_json(c, 200, json_pack("{s:s}", "status", "ready"), NULL);
+    gw_call_finish(&rc->base);
+}
+
+static void on_ready_probe(redisAsyncContext *ac, void *reply, void *priv) {
+    ready_call *rc = priv;
+    redisReply *r = reply;
+    int ok = 0;
+    if (r && r->type == REDIS_REPLY_STATUS) ok = 1; /* PING */
+    if (r && r->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->elements && !ok; i++) {
+            const redisReply *grp = r->element[i];
+            for (size_t j = 0; grp->type == REDIS_REPLY_ARRAY && j + 1 < grp->elements; j += 2)
+                if (grp->element[j]->type == REDIS_REPLY_STRING && !strcmp(grp->element[j]->str, "name") &&
+                    grp->element[j + 1]->type == REDIS_REPLY_STRING && !strcmp(grp->element[j + 1]->str, PROTO_GROUP))
+                    ok = 1;
+        }
+    }
+    if (!ok && !rc->failed) {
+        rc->failed = 1;
+        snprintf(rc->why, sizeof rc->why, "%s", !r ? "redis connection lost"
+                                                  : r->type == REDIS_REPLY_ERROR ? r->str
+                                                                                 : "consumer group 'workers' missing");
+    }
+    if (--rc->pending == 0 && !rc->base.done) ready_reply(rc);
+    gw_call_unref(&rc->base);
+}
+
+void gw_route_readyz(gw *g, http_conn *c, http_request *req) {
+    if (!g->redis.cmd_ready || !g->redis.sub_ready)
+        return gw_reply_json(c, 503, json_pack("{s:s, s:s}", "status", "not ready", "reason", "redis unreachable"),
+                             "Retry-After: 1\r\n");
+    if (g->shutting_down)
+        return gw_reply_json(c, 503, json_pack("{s:s, s:s}", "status", "not ready", "reason", "shutting down"), NULL);
+    ready_call *rc = (ready_call *)gw_call_new(g, c, req, sizeof *rc, NULL);
+    if (!rc) return gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
+    gw_ensure_groups(g);
+    rcmd cmd;
+    int sent = 0;
+    for (size_t i = 0; i < g->n_models; i++) {
+        char key[KEYS_MAX];
+        keys_req_stream(&g->keys, g->models[i], key, sizeof key);
+        rcmd_init(&cmd);
+        rcmd_str(&cmd, "XINFO");
+        rcmd_str(&cmd, "GROUPS");
+        rcmd_str(&cmd, key);
+        rc->pending++;
+        if (gw_call_send(&rc->base, &cmd, on_ready_probe) != 0) {
+            rc->pending--;
+            break;
+        }
+        sent++;
+    }
+    if (g->n_models == 0) {
+        rcmd_init(&cmd);
+        rcmd_str(&cmd, "PING");
+        rc->pending++;
+        if (gw_call_send(&rc->base, &cmd, on_ready_probe) == 0) sent++;
+        else rc->pending--;
+    }
+    if (!sent || (size_t)sent < (g->n_models ? g->n_models : 1)) {
+        if (rc->pending == 0) {
+            gw_reply_redis_down(c);
+            gw_call_finish(&rc->base);
+        } else {
+            rc->failed = 1;
+            snprintf(rc->why, sizeof rc->why, "redis unreachable");
+        }
+    }
+}

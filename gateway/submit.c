@@ -1,0 +1,469 @@
+/*
+ * submit.c — JSON bodies to requests, requests to Redis (see submit.h).
+ *
+ * Parsing is strict about types (a string where a number belongs is a 400
+ * naming the field, like OpenAI's API) and lenient about unknown fields
+ * (ignored, so clients written for newer API versions keep working).  JSON
+ * null means "not given" everywhere.
+ */
+#include "gateway/submit.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/jobops.h"
+#include "common/log.h"
+
+#define OPENAI_MAX_STOP 16
+
+static int bad_set(gw_bad *bad, int status, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int bad_set(gw_bad *bad, int status, const char *param, const char *fmt, ...) {
+    bad->status = status;
+    bad->type = "invalid_request_error";
+    bad->code = NULL;
+    snprintf(bad->param, sizeof bad->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(bad->msg, sizeof bad->msg, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+void gw_reply_bad(http_conn *c, const gw_bad *bad) {
+    gw_reply_error(c, bad->status, bad->type, bad->param[0] ? bad->param : NULL, bad->code, "%s", bad->msg);
+}
+
+static const char *jtype(const json_t *v) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "something else";
+}
+
+/* Field getters: 0 = absent/null (out untouched), 1 = set, -1 = wrong type (bad set). */
+static const json_t *field(const json_t *o, const char *k) {
+    const json_t *v = json_object_get(o, k);
+    return v && !json_is_null(v) ? v : NULL;
+}
+
+static int get_num(const json_t *o, const char *k, double *out, gw_bad *bad) {
+    const json_t *v = field(o, k);
+    if (!v) return 0;
+    if (!json_is_number(v)) return bad_set(bad, 400, k, "'%s' must be a number, not %s", k, jtype(v));
+    *out = json_number_value(v);
+    return 1;
+}
+
+static int get_int(const json_t *o, const char *k, long long lo, long long hi, long long *out, gw_bad *bad) {
+    const json_t *v = field(o, k);
+    if (!v) return 0;
+    if (!json_is_integer(v)) return bad_set(bad, 400, k, "'%s' must be an integer, not %s", k, jtype(v));
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi) return bad_set(bad, 400, k, "'%s' must be between %lld and %lld", k, lo, hi);
+    *out = x;
+    return 1;
+}
+
+static int get_bool(const json_t *o, const char *k, int *out, gw_bad *bad) {
+    const json_t *v = field(o, k);
+    if (!v) return 0;
+    if (!json_is_boolean(v)) return bad_set(bad, 400, k, "'%s' must be a boolean, not %s", k, jtype(v));
+    *out = json_is_true(v);
+    return 1;
+}
+
+static int set_str(char **dst, const char *s, gw_bad *bad) {
+    free(*dst);
+    *dst = strdup(s);
+    return *dst ? 0 : bad_set(bad, 500, NULL, "out of memory");
+}
+
+/* An array of token ids. */
+static int get_ids(const json_t *v, const char *k, int32_t **out, size_t *n_out, size_t max, gw_bad *bad) {
+    if (!json_is_array(v)) return bad_set(bad, 400, k, "'%s' must be an array of integers, not %s", k, jtype(v));
+    size_t n = json_array_size(v);
+    if (n > max) return bad_set(bad, 400, k, "'%s' has more than %zu entries", k, max);
+    int32_t *ids = n ? malloc(n * sizeof *ids) : NULL;
+    if (n && !ids) return bad_set(bad, 500, NULL, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const json_t *e = json_array_get(v, i);
+        if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > INT32_MAX) {
+            free(ids);
+            return bad_set(bad, 400, k, "'%s' must hold token ids (integers >= 0); entry %zu is not one", k, i);
+        }
+        ids[i] = (int32_t)json_integer_value(e);
+    }
+    free(*out);
+    *out = ids;
+    *n_out = n;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- prompts */
+
+/* OpenAI completions `prompt`: a string, [string], [int...] or [[int...]]. */
+static int parse_prompt(const json_t *v, proto_request *r, gw_bad *bad) {
+    if (json_is_string(v)) {
+        r->kind = PROTO_PROMPT_TEXT;
+        return set_str(&r->prompt, json_string_value(v), bad);
+    }
+    if (!json_is_array(v)) return bad_set(bad, 400, "prompt", "'prompt' must be a string or an array, not %s", jtype(v));
+    size_t n = json_array_size(v);
+    if (n == 0) return bad_set(bad, 400, "prompt", "'prompt' must not be empty");
+    const json_t *first = json_array_get(v, 0);
+    if (json_is_integer(first)) {
+        r->kind = PROTO_PROMPT_IDS;
+        return get_ids(v, "prompt", &r->prompt_ids, &r->n_prompt_ids, PROTO_MAX_PROMPT_IDS, bad) < 0 ? -1 : 0;
+    }
+    if (n > 1)
+        return bad_set(bad, 400, "prompt", "batched prompts are not supported: send one prompt per request");
+    if (json_is_string(first)) {
+        r->kind = PROTO_PROMPT_TEXT;
+        return set_str(&r->prompt, json_string_value(first), bad);
+    }
+    if (json_is_array(first)) {
+        r->kind = PROTO_PROMPT_IDS;
+        return get_ids(first, "prompt", &r->prompt_ids, &r->n_prompt_ids, PROTO_MAX_PROMPT_IDS, bad) < 0 ? -1 : 0;
+    }
+    return bad_set(bad, 400, "prompt", "'prompt' entries must be strings or token ids, not %s", jtype(first));
+}
+
+/* Chat `messages`: [{role, content}] where content is a string, null, or an
+ * array of {"type":"text","text":...} parts (concatenated). */
+static int parse_messages(const json_t *v, proto_request *r, gw_bad *bad) {
+    if (!json_is_array(v)) return bad_set(bad, 400, "messages", "'messages' must be an array, not %s", jtype(v));
+    size_t n = json_array_size(v);
+    if (n == 0) return bad_set(bad, 400, "messages", "'messages' must not be empty");
+    if (n > PROTO_MAX_MESSAGES) return bad_set(bad, 400, "messages", "'messages' has more than %d entries", PROTO_MAX_MESSAGES);
+    r->messages = calloc(n, sizeof *r->messages);
+    if (!r->messages) return bad_set(bad, 500, NULL, "out of memory");
+    r->n_messages = n;
+    r->kind = PROTO_PROMPT_MESSAGES;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *m = json_array_get(v, i);
+        if (!json_is_object(m)) return bad_set(bad, 400, "messages", "messages[%zu] must be an object, not %s", i, jtype(m));
+        const json_t *role = field(m, "role"), *content = field(m, "content");
+        if (!role || !json_is_string(role))
+            return bad_set(bad, 400, "messages", "messages[%zu].role must be a string", i);
+        if (set_str(&r->messages[i].role, json_string_value(role), bad)) return -1;
+        if (!content) {
+            if (set_str(&r->messages[i].content, "", bad)) return -1;
+        } else if (json_is_string(content)) {
+            if (set_str(&r->messages[i].content, json_string_value(content), bad)) return -1;
+        } else if (json_is_array(content)) {
+            proto_buf b;
+            proto_buf_init(&b);
+            for (size_t j = 0; j < json_array_size(content); j++) {
+                const json_t *part = json_array_get(content, j);
+                const json_t *type = json_is_object(part) ? field(part, "type") : NULL;
+                const json_t *text = json_is_object(part) ? field(part, "text") : NULL;
+                if (!type || !json_is_string(type) || strcmp(json_string_value(type), "text") != 0 || !text ||
+                    !json_is_string(text)) {
+                    proto_buf_deinit(&b);
+                    return bad_set(bad, 400, "messages",
+                                   "messages[%zu].content[%zu]: only {\"type\":\"text\",\"text\":...} parts are supported",
+                                   i, j);
+                }
+                proto_buf_append(&b, json_string_value(text), json_string_length(text));
+            }
+            proto_buf_append(&b, "", 1);
+            r->messages[i].content = b.data; /* NUL terminated above; ownership moves */
+            if (!r->messages[i].content) return bad_set(bad, 500, NULL, "out of memory");
+        } else {
+            return bad_set(bad, 400, "messages", "messages[%zu].content must be a string, not %s", i, jtype(content));
+        }
+    }
+    return 0;
+}
+
+static int parse_stop(const json_t *v, proto_request *r, gw_bad *bad) {
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    if (!json_is_string(v) && !json_is_array(v))
+        return bad_set(bad, 400, "stop", "'stop' must be a string or an array of strings, not %s", jtype(v));
+    if (n > OPENAI_MAX_STOP) return bad_set(bad, 400, "stop", "'stop' has more than %d entries", OPENAI_MAX_STOP);
+    if (n == 0) return 0;
+    r->stop = calloc(n, sizeof *r->stop);
+    if (!r->stop) return bad_set(bad, 500, NULL, "out of memory");
+    r->n_stop = n;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
+        if (!json_is_string(e) || json_string_length(e) == 0)
+            return bad_set(bad, 400, "stop", "'stop' entries must be non-empty strings");
+        if (set_str(&r->stop[i], json_string_value(e), bad)) return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the body */
+
+static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad *bad) {
+    proto_request *r = &p->r;
+    long long x = 0;
+    int b = 0, rc;
+
+    /* model */
+    const json_t *model = field(o, "model");
+    if (!model) return bad_set(bad, 400, "model", "'model' is required");
+    if (!json_is_string(model)) return bad_set(bad, 400, "model", "'model' must be a string, not %s", jtype(model));
+    const char *name = json_string_value(model);
+    if (!keys_model_valid(name))
+        return bad_set(bad, 400, "model", "'model' must be 1-128 characters of [A-Za-z0-9._:/@+-]");
+    if (gw_model_lookup(g, name) < 0) {
+        bad_set(bad, 404, "model", "The model '%s' does not exist", name);
+        bad->code = "model_not_found";
+        return -1;
+    }
+    if (set_str(&r->model, name, bad)) return -1;
+
+    /* prompt */
+    const json_t *prompt = field(o, "prompt"), *messages = field(o, "messages"), *ids = field(o, "prompt_ids");
+    if (api == GW_API_COMPLETIONS) {
+        if (!prompt) return bad_set(bad, 400, "prompt", "'prompt' is required");
+        if (parse_prompt(prompt, r, bad)) return -1;
+    } else if (api == GW_API_CHAT) {
+        if (!messages) return bad_set(bad, 400, "messages", "'messages' is required");
+        if (parse_messages(messages, r, bad)) return -1;
+    } else {
+        if (!!prompt + !!messages + !!ids != 1)
+            return bad_set(bad, 400, "prompt", "give exactly one of 'prompt', 'messages', 'prompt_ids'");
+        if (prompt && !json_is_string(prompt))
+            return bad_set(bad, 400, "prompt", "'prompt' must be a string, not %s", jtype(prompt));
+        if (prompt && parse_prompt(prompt, r, bad)) return -1;
+        if (messages && parse_messages(messages, r, bad)) return -1;
+        if (ids) {
+            r->kind = PROTO_PROMPT_IDS;
+            if (get_ids(ids, "prompt_ids", &r->prompt_ids, &r->n_prompt_ids, PROTO_MAX_PROMPT_IDS, bad) < 0) return -1;
+        }
+    }
+
+    /* unsupported OpenAI features: refuse rather than silently ignore */
+    if ((rc = get_int(o, "n", 1, 1, &x, bad)) < 0) return bad_set(bad, 400, "n", "only n = 1 is supported");
+    if ((rc = get_int(o, "best_of", 1, 1, &x, bad)) < 0) return bad_set(bad, 400, "best_of", "only best_of = 1 is supported");
+    if (get_bool(o, "echo", &b, bad) < 0) return -1;
+    if (api == GW_API_COMPLETIONS && field(o, "echo") && b) return bad_set(bad, 400, "echo", "'echo' is not supported");
+    if (field(o, "suffix")) return bad_set(bad, 400, "suffix", "'suffix' is not supported");
+    const json_t *lb = field(o, "logit_bias");
+    if (lb && (!json_is_object(lb) || json_object_size(lb) > 0))
+        return bad_set(bad, 400, "logit_bias", "'logit_bias' is not supported");
+    const json_t *tools = field(o, "tools");
+    if (tools && (!json_is_array(tools) || json_array_size(tools) > 0))
+        return bad_set(bad, 400, "tools", "'tools' are not supported");
+
+    /* sampling */
+    long long maxcap = g->cfg.max_tokens_limit > 0 ? g->cfg.max_tokens_limit : INT32_MAX;
+    const char *mt_key = (api == GW_API_CHAT && field(o, "max_completion_tokens")) ? "max_completion_tokens" : "max_tokens";
+    if ((rc = get_int(o, mt_key, 1, INT32_MAX, &x, bad)) < 0) return -1;
+    if (rc > 0) {
+        if (x > maxcap) return bad_set(bad, 400, mt_key, "'%s' must be at most %lld", mt_key, maxcap);
+        r->max_tokens = (int32_t)x;
+    } else if (api == GW_API_COMPLETIONS) {
+        r->max_tokens = maxcap < 16 ? (int32_t)maxcap : 16; /* OpenAI's default for completions */
+    } else if (g->cfg.max_tokens_limit > 0) {
+        r->max_tokens = g->cfg.max_tokens_limit;
+    }
+    if (get_num(o, "temperature", &r->temperature, bad) < 0) return -1;
+    if (get_num(o, "top_p", &r->top_p, bad) < 0) return -1;
+    if (get_num(o, "min_p", &r->min_p, bad) < 0) return -1;
+    if (get_num(o, "presence_penalty", &r->presence_penalty, bad) < 0) return -1;
+    if (get_num(o, "frequency_penalty", &r->frequency_penalty, bad) < 0) return -1;
+    if (get_num(o, "repetition_penalty", &r->repetition_penalty, bad) < 0) return -1;
+    if ((rc = get_int(o, "top_k", -1, INT32_MAX, &x, bad)) < 0) return -1;
+    if (rc > 0) r->top_k = x < 0 ? 0 : (int32_t)x; /* vLLM: -1 = off */
+    if ((rc = get_int(o, "seed", INT64_MIN, INT64_MAX, &x, bad)) < 0) return -1;
+    if (rc > 0) {
+        r->has_seed = true;
+        r->seed = (uint64_t)x;
+    }
+    const json_t *stop = field(o, "stop");
+    if (stop && parse_stop(stop, r, bad)) return -1;
+    const json_t *stop_ids = field(o, "stop_token_ids");
+    if (stop_ids && get_ids(stop_ids, "stop_token_ids", &r->stop_token_ids, &r->n_stop_token_ids, PROTO_MAX_STOP_IDS, bad) < 0)
+        return -1;
+    if (get_bool(o, "ignore_eos", &b, bad) < 0) return -1;
+    if (field(o, "ignore_eos")) r->ignore_eos = b;
+    if ((rc = get_int(o, "priority", INT32_MIN, INT32_MAX, &x, bad)) < 0) return -1;
+    if (rc > 0) r->priority = (int32_t)x;
+
+    /* logprobs: completions int, chat bool + top_logprobs, jobs int */
+    if (api == GW_API_CHAT) {
+        if (get_bool(o, "logprobs", &b, bad) < 0) return -1;
+        if (field(o, "logprobs") && b) {
+            r->logprobs = 0;
+            if ((rc = get_int(o, "top_logprobs", 0, 20, &x, bad)) < 0) return -1;
+            if (rc > 0) r->logprobs = (int32_t)x;
+        }
+    } else {
+        if ((rc = get_int(o, "logprobs", 0, 20, &x, bad)) < 0) return -1;
+        if (rc > 0) r->logprobs = (int32_t)x;
+    }
+
+    /* job API: an absolute deadline, or a relative timeout */
+    if (api == GW_API_JOBS) {
+        if ((rc = get_int(o, "deadline_ms", 0, INT64_MAX, &x, bad)) < 0) return -1;
+        if (rc > 0) r->deadline_ms = x;
+        if ((rc = get_int(o, "timeout_ms", 1, INT64_MAX / 2, &x, bad)) < 0) return -1;
+        if (rc > 0) r->deadline_ms = gw_now_ms() + x;
+    }
+
+    /* streaming */
+    if (api != GW_API_JOBS) {
+        if (get_bool(o, "stream", &p->stream, bad) < 0) return -1;
+        const json_t *so = field(o, "stream_options");
+        if (so) {
+            if (!json_is_object(so)) return bad_set(bad, 400, "stream_options", "'stream_options' must be an object");
+            if (get_bool(so, "include_usage", &p->include_usage, bad) < 0) return -1;
+        }
+    }
+
+    llmq_err err;
+    if (proto_request_validate(r, &err) != LLMQ_OK) {
+        char param[64];
+        size_t n = strcspn(err.msg, " ");
+        if (n >= sizeof param) n = sizeof param - 1;
+        memcpy(param, err.msg, n);
+        param[n] = '\0';
+        return bad_set(bad, 400, param, "%s", err.msg);
+    }
+    return 0;
+}
+
+int gw_parse_request(gw *g, gw_api api, const char *body, size_t len, gw_parsed *p, gw_bad *bad) {
+    memset(p, 0, sizeof *p);
+    proto_request_init(&p->r);
+    if (!body || len == 0) return bad_set(bad, 400, NULL, "the request body is empty; send a JSON object");
+    json_error_t je;
+    json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!o) return bad_set(bad, 400, NULL, "invalid JSON body: %s (line %d, column %d)", je.text, je.line, je.column);
+    int rc;
+    if (!json_is_object(o)) rc = bad_set(bad, 400, NULL, "the request body must be a JSON object, not %s", jtype(o));
+    else rc = parse_fields(g, api, o, p, bad);
+    json_decref(o);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- submission */
+
+static void submitted(gw_call *call, int status, const char *msg) {
+    proto_buf_deinit(&call->payload);
+    if (!call->done && call->submitted) call->submitted(call, status, msg);
+}
+
+static void on_exec(redisAsyncContext *ac, void *reply, void *priv) {
+    gw_call *call = priv;
+    redisReply *r = reply;
+    if (!r) submitted(call, 503, "Redis connection lost while submitting");
+    else if (r->type == REDIS_REPLY_ERROR) submitted(call, 500, r->str);
+    else if (r->type != REDIS_REPLY_ARRAY || r->elements < 2) submitted(call, 500, "transaction aborted");
+    else if (r->element[0]->type == REDIS_REPLY_ERROR) submitted(call, 500, r->element[0]->str);
+    else if (r->element[1]->type == REDIS_REPLY_ERROR) submitted(call, 500, r->element[1]->str);
+    else {
+        metric_inc(metric_get(call->g->m.submitted, call->model), 1);
+        submitted(call, 0, NULL);
+    }
+    gw_call_unref(call);
+}
+
+/* MULTI; HSET job; XADD req; EXEC — only EXEC's reply is looked at. */
+static int send_submission(gw_call *call) {
+    gw *g = call->g;
+    jobops_keys kb;
+    rcmd multi, hset, xadd, exec;
+    rcmd_init(&multi);
+    rcmd_str(&multi, "MULTI");
+    rcmd_init(&exec);
+    rcmd_str(&exec, "EXEC");
+    jobops_submit(&hset, &xadd, &kb, &g->keys, call->id, call->model, call->payload.data, call->payload.len,
+                  gw_now_ms());
+    if (!rcmd_ok(&hset) || !rcmd_ok(&xadd)) return -1;
+    if (gw_redis_send(&g->redis, &multi, NULL, NULL) || gw_redis_send(&g->redis, &hset, NULL, NULL) ||
+        gw_redis_send(&g->redis, &xadd, NULL, NULL))
+        return -1;
+    return gw_call_send(call, &exec, on_exec);
+}
+
+static void on_xlen(redisAsyncContext *ac, void *reply, void *priv) {
+    gw_call *call = priv;
+    redisReply *r = reply;
+    if (call->done) goto out;
+    if (!r) {
+        submitted(call, 503, "Redis connection lost while submitting");
+        goto out;
+    }
+    long long waiting = call->queue_lag >= 0 ? call->queue_lag : (r->type == REDIS_REPLY_INTEGER ? r->integer : 0);
+    if (waiting >= call->g->cfg.max_queue) {
+        metric_inc(metric_get(call->g->m.rejected, call->model), 1);
+        char msg[320];
+        snprintf(msg, sizeof msg, "%lld jobs are waiting for model '%s' (limit %lld)", waiting, call->model,
+                 call->g->cfg.max_queue);
+        submitted(call, 429, msg);
+        goto out;
+    }
+    if (send_submission(call) != 0) submitted(call, 503, "Redis is unavailable");
+out:
+    gw_call_unref(call);
+}
+
+/* XINFO GROUPS: [[name, workers, consumers, n, pending, n, last-delivered-id, id,
+ * entries-read, n, lag, n|nil], ...] as a flat key/value array per group. */
+static void on_xinfo(redisAsyncContext *ac, void *reply, void *priv) {
+    gw_call *call = priv;
+    redisReply *r = reply;
+    call->queue_lag = -1;
+    if (r && r->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->elements; i++) {
+            const redisReply *grp = r->element[i];
+            if (grp->type != REDIS_REPLY_ARRAY) continue;
+            int ours = 0;
+            long long lag = -1;
+            for (size_t j = 0; j + 1 < grp->elements; j += 2) {
+                const redisReply *k = grp->element[j], *v = grp->element[j + 1];
+                if (k->type != REDIS_REPLY_STRING) continue;
+                if (!strcmp(k->str, "name") && v->type == REDIS_REPLY_STRING && !strcmp(v->str, PROTO_GROUP)) ours = 1;
+                if (!strcmp(k->str, "lag") && v->type == REDIS_REPLY_INTEGER) lag = v->integer;
+            }
+            if (ours) call->queue_lag = lag;
+        }
+    }
+    gw_call_unref(call);
+}
+
+int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int status, const char *msg)) {
+    gw *g = call->g;
+    llmq_err err;
+    snprintf(call->model, sizeof call->model, "%s", r->model);
+    call->submitted = done;
+    proto_buf_reset(&call->payload);
+    if (proto_request_encode(r, &call->payload, &err) != LLMQ_OK) {
+        log_error("encoding request: %s", err.msg);
+        return -1;
+    }
+    gw_ensure_groups(g);
+    if (g->cfg.max_queue > 0) {
+        char key[KEYS_MAX];
+        keys_req_stream(&g->keys, call->model, key, sizeof key);
+        rcmd xinfo, xlen;
+        rcmd_init(&xinfo);
+        rcmd_str(&xinfo, "XINFO");
+        rcmd_str(&xinfo, "GROUPS");
+        rcmd_str(&xinfo, key);
+        rcmd_init(&xlen);
+        rcmd_str(&xlen, "XLEN");
+        rcmd_str(&xlen, key);
+        call->queue_lag = -1;
+        if (gw_call_send(call, &xinfo, on_xinfo) != 0) return -1;
+        if (gw_call_send(call, &xlen, on_xlen) != 0) return -1; /* the xinfo callback still comes (NULL) */
+        return 0;
+    }
+    return send_submission(call);
+}

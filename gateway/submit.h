@@ -1,0 +1,45 @@
+/*
+ * submit.h — from an HTTP JSON body to a job in Redis: validate the body of
+ * /v1/completions, /v1/chat/completions or /v1/jobs into a proto_request,
+ * then write it (queue bound check, job hash + stream entry in one MULTI).
+ *
+ * The gateway never tokenizes: prompts and messages go into the request as
+ * text, the worker templates and tokenizes them.
+ */
+#ifndef LLMQ_GW_SUBMIT_H
+#define LLMQ_GW_SUBMIT_H
+
+#include "gateway/gw.h"
+
+typedef enum gw_api { GW_API_COMPLETIONS, GW_API_CHAT, GW_API_JOBS } gw_api;
+
+/* A request refused before submission: answered as an OpenAI error. */
+typedef struct gw_bad {
+    int status;                  /* 400, 404, ... */
+    const char *type;            /* "invalid_request_error", ... */
+    const char *code;            /* NULL or "model_not_found", ... */
+    char param[64];              /* the offending field, "" for none */
+    char msg[512];
+} gw_bad;
+
+typedef struct gw_parsed {
+    proto_request r;             /* owned: proto_request_deinit */
+    int stream;                  /* "stream": true */
+    int include_usage;           /* "stream_options": {"include_usage": true} */
+} gw_parsed;
+
+/* Parse and validate a JSON body.  0 on success (p->r filled, model known),
+ * -1 with bad filled. p->r is always safe to deinit. */
+int gw_parse_request(gw *g, gw_api api, const char *body, size_t len, gw_parsed *p, gw_bad *bad);
+void gw_reply_bad(http_conn *c, const gw_bad *bad);
+
+/*
+ * Submit r as job call->id (r->id and r->model are used as they are).  Calls
+ * call->submitted exactly once, asynchronously, unless the call is done
+ * first: status 0 = queued; 429 = queue past --max-queue; 503 = Redis down;
+ * 500 = Redis refused.  Returns -1 (and calls nothing) when the request
+ * cannot even be encoded or sent right now (the caller answers 503/500).
+ */
+int gw_submit(gw_call *call, const proto_request *r, void (*submitted)(gw_call *, int status, const char *msg));
+
+#endif
