@@ -65,3 +65,57 @@ class Worker:
 
 def connect(url):
     return redis.Redis.from_url(url)
+
+
+class Gateway:
+    """The real llmq-gateway on a free port."""
+
+    def __init__(self, redis_url, log, *extra):
+        from llmqtest import free_port
+        import http.client
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([str(BUILD / "llmq-gateway"), "--redis", redis_url, "--listen",
+                                      f"127.0.0.1:{self.port}", *map(str, extra)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                c.request("GET", "/readyz")
+                if c.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("gateway did not become ready")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+
+def sse_completion(port, body, timeout=120):
+    """POST /v1/completions with stream: true; returns (texts, finish_reason, saw_done)."""
+    import http.client
+    import json
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    c.request("POST", "/v1/completions", body=json.dumps(dict(body, stream=True)),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    assert r.status == 200, r.read()
+    texts, finish, done = [], None, False
+    for raw in r:
+        line = raw.decode().rstrip("\r\n")
+        if not line.startswith("data: "):
+            continue
+        if line == "data: [DONE]":
+            done = True
+            break
+        ch = json.loads(line[6:])["choices"][0]
+        texts.append(ch["text"])
+        finish = ch["finish_reason"] or finish
+    c.close()
+    return texts, finish, done
