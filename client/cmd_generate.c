@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include "worker/engine.h"
 #include "worker/model.h"
 #include "worker/sched.h"
+#include "worker/tokenizer.h"
 #include "worker/tp.h"
 
 #define GEN_MAX_PROMPTS 256
@@ -45,7 +47,8 @@ static void gen_on_token(seq *s, int32_t tok, void *ud) {
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: llmq generate --model DIR (--prompt-ids 1,2,3)... [options]\n"
+            "usage: llmq generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3)... [options]\n"
+            "  --prompt TEXT            a text prompt (needs the model's tokenizer.json); repeatable\n"
             "  --prompt-ids LIST        comma-separated token ids; repeat for a batch\n"
             "  --max-tokens N           tokens to generate per prompt (default 64)\n"
             "  --temperature T          0 = greedy (default 1.0)\n"
@@ -96,6 +99,25 @@ static int parse_ids(const char *arg, int32_t **out, int *n) {
     return 0;
 }
 
+/* The generated text as it follows the prompt (decode(prompt + output) minus
+ * decode(prompt)), without the end-of-sequence token.  malloc'd or NULL. */
+static char *completion_text(const tokenizer *tok, const model *m, const seq *s) {
+    tok_stream ts;
+    tok_text out = {0};
+    if (tok_stream_init(&ts, tok, s->tokens, (size_t)s->n_prompt, 1)) return NULL;
+    for (int i = s->n_prompt; i < s->n_tokens; i++) {
+        int32_t id = s->tokens[i];
+        int stop = !s->ignore_eos && model_config_is_eos(&m->cfg, id);
+        for (int k = 0; k < s->n_stop_ids; k++) stop |= s->stop_ids[k] == id;
+        if (!stop) tok_stream_push(&ts, id, &out);
+    }
+    tok_stream_finish(&ts, &out);
+    tok_stream_deinit(&ts);
+    char *r = strdup(out.data ? out.data : "");
+    tok_text_deinit(&out);
+    return r;
+}
+
 static void print_ids(FILE *f, const int32_t *ids, int n) {
     fputc('[', f);
     for (int i = 0; i < n; i++) fprintf(f, i ? ",%d" : "%d", ids[i]);
@@ -103,10 +125,11 @@ static void print_ids(FILE *f, const int32_t *ids, int n) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    enum { O_PROMPT_IDS = 256, O_MAX_TOKENS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED,
+    enum { O_PROMPT = 255, O_PROMPT_IDS = 256, O_MAX_TOKENS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED,
            O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP, O_TP };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
+        {"prompt", required_argument, 0, O_PROMPT},
         {"prompt-ids", required_argument, 0, O_PROMPT_IDS},
         {"max-tokens", required_argument, 0, O_MAX_TOKENS},
         {"temperature", required_argument, 0, O_TEMP},
@@ -130,6 +153,7 @@ int cmd_generate(int argc, char **argv) {
     };
     const char *model_dir = NULL, *backend_name = "cpu";
     int32_t *prompts[GEN_MAX_PROMPTS];
+    const char *prompt_text[GEN_MAX_PROMPTS] = {0}; /* --prompt: tokenized once the model is known */
     int prompt_len[GEN_MAX_PROMPTS];
     int n_prompts = 0, max_tokens = 64, kv_blocks = 0, max_seqs = 0, max_batched = 512, json = 0, ignore_eos = 0;
     int have_seed = 0, n_stop = 0, tp = 1;
@@ -142,6 +166,15 @@ int cmd_generate(int argc, char **argv) {
         char *end = NULL;
         switch (c) {
         case O_MODEL: model_dir = optarg; break;
+        case O_PROMPT:
+            if (n_prompts == GEN_MAX_PROMPTS) {
+                fprintf(stderr, "llmq generate: at most %d prompts\n", GEN_MAX_PROMPTS);
+                goto out;
+            }
+            prompt_text[n_prompts] = optarg;
+            prompts[n_prompts] = NULL;
+            prompt_len[n_prompts++] = 0;
+            break;
         case O_PROMPT_IDS:
             if (n_prompts == GEN_MAX_PROMPTS) {
                 fprintf(stderr, "llmq generate: at most %d prompts\n", GEN_MAX_PROMPTS);
@@ -193,7 +226,7 @@ int cmd_generate(int argc, char **argv) {
         goto out;
     }
     if (!model_dir || n_prompts == 0) {
-        fprintf(stderr, "llmq generate: --model and at least one --prompt-ids are required\n");
+        fprintf(stderr, "llmq generate: --model and at least one --prompt or --prompt-ids are required\n");
         usage(stderr);
         goto out;
     }
@@ -219,6 +252,26 @@ int cmd_generate(int argc, char **argv) {
     gen_item *items = NULL;
     tp_group group = {0};
     int group_started = 0;
+    tokenizer *tok = NULL;
+    char tokpath[4096];
+    snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", model_dir);
+    if (access(tokpath, R_OK) == 0 && !(tok = tok_load(model_dir, &err))) {
+        fprintf(stderr, "llmq generate: %s\n", err.msg);
+        goto done;
+    }
+    for (int i = 0; i < n_prompts; i++) {
+        if (!prompt_text[i]) continue;
+        if (!tok) {
+            fprintf(stderr, "llmq generate: --prompt needs %s; use --prompt-ids\n", tokpath);
+            goto done;
+        }
+        size_t n = 0;
+        if (tok_encode(tok, prompt_text[i], strlen(prompt_text[i]), 1, &prompts[i], &n, &err)) {
+            fprintf(stderr, "llmq generate: prompt %d: %s\n", i, err.msg);
+            goto done;
+        }
+        prompt_len[i] = (int)n;
+    }
     if (kv_blocks == 0) {
         long need = 0;
         for (int i = 0; i < n_prompts; i++) need += (prompt_len[i] + max_tokens + 1 + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
@@ -297,13 +350,28 @@ int cmd_generate(int argc, char **argv) {
             print_ids(stdout, s->tokens, s->n_prompt);
             printf(",\"output_ids\":");
             print_ids(stdout, s->tokens + s->n_prompt, n_out);
+            char *text = tok ? completion_text(tok, m, s) : NULL;
+            if (text) {
+                json_t *jt = json_string(text);
+                char *js = jt ? json_dumps(jt, JSON_ENCODE_ANY) : NULL;
+                printf(",\"text\":%s", js ? js : "\"\"");
+                free(js);
+                json_decref(jt);
+                free(text);
+            }
             printf(",\"finish_reason\":\"%s\",\"prompt_tokens\":%d,\"completion_tokens\":%d,"
                    "\"prefill_ms\":%.3f,\"decode_tok_per_s\":%.2f,\"preemptions\":%d,\"seed\":%" PRIu64 "}\n",
                    finish_reason_name(s->finish), s->n_prompt, n_out, prefill_ms, tps, s->n_preempted, s->sp.seed);
         } else {
-            printf("[%d] ", i);
-            print_ids(stdout, s->tokens + s->n_prompt, n_out);
-            printf(" (%s)\n", finish_reason_name(s->finish));
+            char *text = tok ? completion_text(tok, m, s) : NULL;
+            if (text) {
+                printf("[%d] %s (%s)\n", i, text, finish_reason_name(s->finish));
+                free(text);
+            } else {
+                printf("[%d] ", i);
+                print_ids(stdout, s->tokens + s->n_prompt, n_out);
+                printf(" (%s)\n", finish_reason_name(s->finish));
+            }
         }
     }
     rc = 0;
@@ -323,6 +391,7 @@ done:
     eng_destroy(eng);
     model_destroy(m);
     llmq_backend_destroy(be);
+    tok_destroy(tok);
 out:
     for (int i = 0; i < n_prompts; i++) free(prompts[i]);
     return rc;

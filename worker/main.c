@@ -37,6 +37,8 @@ static void usage(FILE *f) {
             "  --max-attempts N         deliveries before a job is failed (default 3)\n"
             "  --result-ttl S           seconds finished jobs are kept (default 3600)\n"
             "  --drain-timeout S        on SIGTERM, finish in-flight jobs for up to S seconds (default 30)\n"
+            "  --chat-template NAME     llama-2, llama-3, mistral, chatml or zephyr (default: detected\n"
+            "                           from tokenizer_config.json's chat_template)\n"
             "  --tp N                   tensor parallel over N ranks; alone: starts N-1 local peer processes\n"
             "  --rank R --group G       start one rank of group G (with --tp N); rank 0 publishes the\n"
             "                           rendezvous in Redis, the others join it\n"
@@ -65,6 +67,7 @@ int main(int argc, char **argv) {
         {"kv-blocks", required_argument, 0, 'k'},     {"metrics-port", required_argument, 0, 'M'},
         {"claim-idle-ms", required_argument, 0, 'C'}, {"max-attempts", required_argument, 0, 'A'},
         {"result-ttl", required_argument, 0, 'T'},    {"drain-timeout", required_argument, 0, 'D'},
+        {"chat-template", required_argument, 0, 'H'},
         {"tp", required_argument, 0, 'P'},            {"rank", required_argument, 0, 'R'},
         {"group", required_argument, 0, 'G'},         {"tp-timeout-ms", required_argument, 0, 'O'},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
@@ -87,6 +90,7 @@ int main(int argc, char **argv) {
         case 'A': bad |= to_int(optarg, "max-attempts", 1, &o.max_attempts); break;
         case 'T': bad |= to_int(optarg, "result-ttl", 1, &o.result_ttl_s); break;
         case 'D': bad |= to_int(optarg, "drain-timeout", 0, &o.drain_timeout_s); break;
+        case 'H': o.chat_template = optarg; break;
         case 'P': bad |= to_int(optarg, "tp", 1, &tp); break;
         case 'R': bad |= to_int(optarg, "rank", 0, &rank); break;
         case 'G': group = optarg; break;

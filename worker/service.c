@@ -42,7 +42,9 @@
 #include "kernels/backend.h"
 #include "worker/engine.h"
 #include "worker/model.h"
+#include "worker/chat.h"
 #include "worker/sched.h"
+#include "worker/stopstr.h"
 #include "worker/tokenizer.h"
 
 /* ------------------------------------------------------------------ types */
@@ -54,7 +56,10 @@ typedef struct job {
     seq s;                   /* the scheduler's sequence; s.user = this */
     tok_stream ts;           /* streaming detokenizer (when a tokenizer is loaded) */
     int has_ts;
-    tok_text pending;        /* text produced but not yet published */
+    stop_matcher sm;         /* stop strings: holds back what may start one */
+    int has_sm;
+    tok_text delta;          /* scratch: the detokenizer's output for one id */
+    tok_text pending;        /* final text not yet published */
     size_t skip;             /* resume: bytes of text already published, still to drop */
     int32_t *step_ids;       /* ids generated since the last chunk */
     int n_step_ids, cap_step_ids;
@@ -80,6 +85,9 @@ typedef struct service {
     engine *eng;
     sched *sch;
     tokenizer *tok;          /* NULL when the model directory has no tokenizer.json */
+    chat_template ct;        /* the model's chat template family */
+    int has_ct;
+    char ct_error[LLMQ_ERRSTR_LEN]; /* why chat requests cannot run, when !has_ct */
     job *jobs;               /* active jobs */
     int n_jobs;
     proto_buf buf;           /* scratch for one encoding */
@@ -295,39 +303,6 @@ static void fail_early(service *sv, const char *id, const char *entry, const cha
     }
 }
 
-/* ------------------------------------------------------------ stop strings */
-
-/* Scan j->pending for the job's stop strings.  Returns the number of bytes
- * that may be published now: everything before a full match (and then
- * stop_hit is set and the rest dropped), else everything but the longest
- * tail that could still grow into a stop string. */
-static size_t stop_scan(job *j) {
-    const proto_request *r = &j->req;
-    size_t len = j->pending.len;
-    const char *t = j->pending.data ? j->pending.data : "";
-    size_t best = len;
-    for (size_t k = 0; k < r->n_stop; k++) {
-        const char *hit = memmem(t, len, r->stop[k], strlen(r->stop[k]));
-        if (hit && (size_t)(hit - t) < best) best = (size_t)(hit - t);
-    }
-    if (best < len) {
-        j->stop_hit = 1;
-        j->pending.len = best;
-        if (j->pending.data) j->pending.data[best] = '\0';
-        return best;
-    }
-    size_t hold = 0;
-    for (size_t k = 0; k < r->n_stop; k++) {
-        size_t sl = strlen(r->stop[k]);
-        for (size_t p = sl - 1; p > hold; p--) /* longest proper prefix of the stop that ends t */
-            if (p <= len && !memcmp(t + len - p, r->stop[k], p)) {
-                hold = p;
-                break;
-            }
-    }
-    return len - hold;
-}
-
 /* ------------------------------------------------------------ callbacks */
 
 /* The token ends the sequence (EOS or a stop id): its text is not output. */
@@ -336,6 +311,37 @@ static int ends_sequence(const service *sv, const job *j, int32_t tok) {
     for (int i = 0; i < j->s.n_stop_ids; i++)
         if (j->s.stop_ids[i] == tok) return 1;
     return 0;
+}
+
+/* Text of one generated id: detokenize, then let the stop strings decide
+ * what is final (appended to j->pending). */
+static void job_text_push(service *sv, job *j, int32_t tok) {
+    if (!j->has_ts || ends_sequence(sv, j, tok)) return;
+    j->delta.len = 0;
+    tok_stream_push(&j->ts, tok, &j->delta);
+    if (!j->has_sm) {
+        tok_text_append(&j->pending, j->delta.data ? j->delta.data : "", j->delta.len);
+        return;
+    }
+    int hit = 0;
+    stop_feed(&j->sm, j->delta.data ? j->delta.data : "", j->delta.len, &j->pending, &hit);
+    if (hit) j->stop_hit = 1;
+}
+
+/* The sequence ended: release whatever the detokenizer and the stop
+ * matcher still hold. */
+static void job_text_finish(job *j) {
+    if (!j->has_ts || j->stop_hit) return;
+    j->delta.len = 0;
+    tok_stream_finish(&j->ts, &j->delta);
+    if (!j->has_sm) {
+        tok_text_append(&j->pending, j->delta.data ? j->delta.data : "", j->delta.len);
+        return;
+    }
+    int hit = 0;
+    stop_feed(&j->sm, j->delta.data ? j->delta.data : "", j->delta.len, &j->pending, &hit);
+    if (hit) j->stop_hit = 1;
+    else stop_flush(&j->sm, &j->pending);
 }
 
 static void on_token(seq *s, int32_t tok, void *ud) {
@@ -358,7 +364,7 @@ static void on_token(seq *s, int32_t tok, void *ud) {
         j->cap_step_ids = cap;
     }
     j->step_ids[j->n_step_ids++] = tok;
-    if (j->has_ts && !ends_sequence(sv, j, tok)) tok_stream_push(&j->ts, tok, &j->pending);
+    job_text_push(sv, j, tok);
 }
 
 static void on_finish(seq *s, void *ud) {
@@ -374,6 +380,8 @@ static void job_free(job *j) {
     proto_request_deinit(&j->req);
     seq_deinit(&j->s);
     if (j->has_ts) tok_stream_deinit(&j->ts);
+    if (j->has_sm) stop_deinit(&j->sm);
+    tok_text_deinit(&j->delta);
     tok_text_deinit(&j->pending);
     free(j->step_ids);
     free(j);
@@ -447,9 +455,24 @@ static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, c
         return NULL;
     }
     if (!sv->tok) return "this model has no tokenizer.json: send prompt_ids";
-    if (r->kind == PROTO_PROMPT_MESSAGES)
-        return "chat messages are not supported by this worker yet: send prompt or prompt_ids";
     llmq_err e = {0};
+    if (r->kind == PROTO_PROMPT_MESSAGES) {
+        if (!sv->has_ct) return sv->ct_error;
+        chat_msg *msgs = calloc(r->n_messages ? r->n_messages : 1, sizeof *msgs);
+        if (!msgs) return "out of memory";
+        for (size_t i = 0; i < r->n_messages; i++) msgs[i] = (chat_msg){r->messages[i].role, r->messages[i].content};
+        char *text = NULL;
+        size_t len = 0;
+        llmq_status st = chat_render(&sv->ct, msgs, r->n_messages, 1, &text, &len, &e);
+        free(msgs);
+        if (!st) st = tok_encode(sv->tok, text, len, 0, ids, n, &e); /* the template holds BOS */
+        free(text);
+        if (st) {
+            snprintf(msg, cap, "chat messages: %s", e.msg);
+            return msg;
+        }
+        return NULL;
+    }
     if (tok_encode(sv->tok, r->prompt, strlen(r->prompt), 1, ids, n, &e)) {
         snprintf(msg, cap, "cannot tokenize the prompt: %s", e.msg);
         return msg;
@@ -593,12 +616,16 @@ static void admit_entry(service *sv, const redisReply *entry) {
             if (tok_stream_init(&j->ts, sv->tok, j->s.tokens, (size_t)j->s.n_prompt, 1)) why = "out of memory";
             else j->has_ts = 1;
         }
+        if (!why && q->n_stop > 0) {
+            if (stop_init(&j->sm, (const char *const *)q->stop, q->n_stop)) why = "out of memory";
+            else j->has_sm = 1;
+        }
     }
     /* resume: replay the previous ids through the detokenizer and the stop
      * holdback, then drop the bytes that were already published */
     for (int k = 0; !why && k < n_prev && j->s.n_tokens < j->s.cap - 1; k++) {
         j->s.tokens[j->s.n_tokens++] = prev[k];
-        if (j->has_ts && !ends_sequence(sv, j, prev[k])) tok_stream_push(&j->ts, prev[k], &j->pending);
+        job_text_push(sv, j, prev[k]);
     }
     free(prev);
     if (!why && n_prev > 0) {
@@ -815,7 +842,9 @@ static void check_deadlines(service *sv) {
 /* ------------------------------------------------------------ publishing */
 
 /* After a step: one chunk per job that produced ids; the final MULTI for
- * each finished job (which is then freed). */
+ * each finished job (which is then freed).  j->pending holds exactly the
+ * text that is final; a resumed job first drops the bytes an earlier
+ * attempt already published. */
 static void publish(service *sv) {
     job **pp = &sv->jobs;
     while (*pp) {
@@ -824,18 +853,12 @@ static void publish(service *sv) {
             pp = &j->next;
             continue;
         }
-        size_t ready = stop_scan(j);
         if (j->stop_hit && !j->done) sched_finish(sv->sch, &j->s, FINISH_STOP); /* sets done */
-        if (j->done && !j->stop_hit) {
-            if (j->has_ts) tok_stream_finish(&j->ts, &j->pending);
-            ready = stop_scan(j);
-            if (!j->stop_hit) ready = j->pending.len; /* nothing more can come: flush the holdback */
-        }
-        /* drop what a previous attempt already published (resume) */
-        size_t skip = j->skip < ready ? j->skip : ready;
+        if (j->done) job_text_finish(j);
+        const size_t skip = j->skip < j->pending.len ? j->skip : j->pending.len;
         j->skip -= skip;
         const char *text = (j->pending.data ? j->pending.data : "") + skip;
-        const size_t len = ready - skip;
+        const size_t len = j->pending.len - skip;
         if (j->done) {
             const char *fin = j->stop_hit ? "stop" : finish_reason_name(j->s.finish);
             add_final_cmds(sv, j, j->entry, text, len, fin, NULL, 0);
@@ -849,10 +872,7 @@ static void publish(service *sv) {
             j->next_seq++;
         }
         j->n_step_ids = 0;
-        if (j->pending.data) { /* keep the held-back tail */
-            memmove(j->pending.data, j->pending.data + ready, j->pending.len - ready + 1);
-            j->pending.len -= ready;
-        }
+        j->pending.len = 0;
         pp = &j->next;
     }
 }
@@ -1030,6 +1050,7 @@ static void service_free(service *sv) {
     sched_destroy(sv->sch);
     eng_destroy(sv->eng);
     model_destroy(sv->m);
+    if (sv->has_ct) chat_template_deinit(&sv->ct);
     tok_destroy(sv->tok);
     llmq_backend_destroy(sv->be);
     disconnect(sv);
@@ -1066,8 +1087,21 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
             st = err->code;
             goto out;
         }
+        llmq_err ce = {0};
+        if (chat_template_from_tokenizer(&sv->ct, sv->tok, o->chat_template, &ce) == LLMQ_OK) {
+            sv->has_ct = 1;
+            log_info("chat template: %s", chat_family_name(sv->ct.family));
+        } else {
+            snprintf(sv->ct_error, sizeof sv->ct_error, "%s", ce.msg);
+            if (o->chat_template) {
+                st = llmq_err_set(err, ce.code, "%s", ce.msg);
+                goto out;
+            }
+            log_warn("chat requests will fail: %s", ce.msg);
+        }
     } else {
         log_warn("%s has no tokenizer.json: only prompt_ids requests can run", o->model_dir);
+        snprintf(sv->ct_error, sizeof sv->ct_error, "this model has no tokenizer.json: send prompt_ids");
     }
     const model_config *cfg = &sv->m->cfg;
     int blocks = o->kv_blocks > 0 ? o->kv_blocks : service_default_kv_blocks(cfg, o->max_num_seqs);

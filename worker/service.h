@@ -27,6 +27,7 @@ typedef struct service_opts {
     const char *prefix;         /* key prefix, default "llmq:" */
     const char *consumer;       /* consumer name in the group (unique per worker) */
     const char *backend;        /* "cpu", "cpu-ref", "cuda" */
+    const char *chat_template;  /* force a chat template family; NULL = from tokenizer_config.json */
     int max_num_seqs;           /* sequences per step */
     int max_batched_tokens;     /* tokens per step */
     int kv_blocks;              /* KV cache blocks of 16 tokens */

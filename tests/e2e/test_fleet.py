@@ -100,3 +100,38 @@ def test_tp2_group_through_gateway_same_texts(redis_server, stories, tmp_path):
     finally:
         gw.stop()
         w.stop()
+
+
+def test_chat_completions(redis_server, stories, tmp_path):
+    """Chat through the gateway: a model without a chat template refuses with
+    a clear error; forced to llama-2 the messages are rendered as
+    `<s>[INST] ... [/INST]`, tokenized without adding another BOS, and the
+    streamed deltas equal the whole answer."""
+    import subprocess
+    from llmqtest import BUILD
+    d, refs = stories
+    w = Worker(d, redis_server.url, "stories", tmp_path / "w.log")
+    gw = Gateway(redis_server.url, tmp_path / "gw.log")
+    client = openai.OpenAI(base_url=gw.base + "/v1", api_key="unused")
+    msgs = [{"role": "user", "content": "Once upon a time"}]
+    try:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="stories", messages=msgs, max_tokens=8)
+        assert "chat template" in str(e.value) or "chat_template" in str(e.value)
+    finally:
+        w.stop()
+    w = Worker(d, redis_server.url, "stories", tmp_path / "w2.log", "--chat-template", "llama-2")
+    try:
+        r = client.chat.completions.create(model="stories", messages=msgs, max_tokens=24, temperature=0)
+        text = r.choices[0].message.content
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 24 and text
+        ids = json.loads(subprocess.run([str(BUILD / "llmq"), "tokenize", "--model", str(d), "--no-special", "--json",
+                                         "--text", "<s>[INST] Once upon a time [/INST]"],
+                                        capture_output=True, text=True, check=True).stdout)["ids"]
+        assert r.usage.prompt_tokens == len(ids) and ids[0] == 1
+        stream = client.chat.completions.create(model="stories", messages=msgs, max_tokens=24, temperature=0,
+                                                stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream) == text
+    finally:
+        gw.stop()
+        w.stop()

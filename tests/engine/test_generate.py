@@ -134,3 +134,20 @@ def test_tensor_parallel_shapes_that_do_not_divide(shared_dir):
     r = generate(shared_dir / "models" / "stories260K", [[1, 2]], "--tp", 8, check=False)
     assert r.returncode == 1
     assert "intermediate_size 172 does not divide by 8" in r.stderr
+
+
+def test_text_prompts_and_completion_text(shared_dir):
+    refs = stories_refs(shared_dir)
+    model = shared_dir / "models" / "stories260K"
+    cmd = [LLMQ, "generate", "--model", str(model), "--json", "--max-tokens", "48", "--temperature", "0"]
+    for r in refs:
+        cmd += ["--prompt", r["prompt"]]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    outs = [json.loads(line) for line in out.splitlines()]
+    for o, r in zip(outs, refs):
+        assert o["prompt_ids"] == r["prompt_ids"]
+        assert o["output_ids"] == r["output_ids"]
+        assert o["text"] == r["completion"]
+    r = subprocess.run([LLMQ, "generate", "--model", str(FIXTURES / "hf" / "llama_mha"), "--prompt", "hi"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "tokenizer.json" in r.stderr

@@ -1,0 +1,225 @@
+/*
+ * test_tok_chat.c — chat templates (worker/chat.c) against Jinja2.
+ *
+ * tests/fixtures/tokenizers/chat.expect.json holds the reference templates of
+ * five families rendered by Jinja2 the way transformers' apply_chat_template
+ * does (tools/tok_fixtures.py), for conversations with system messages, several
+ * turns, padded and non-ASCII content, empty content, and turn orders the
+ * templates refuse.  Each must be recognised as its family and rendered byte for
+ * byte, or refused where Jinja raised.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "tests/unit/testutil.h"
+#include "worker/chat.h"
+
+static chat_family family_of(const char *template_name) {
+    if (!strncmp(template_name, "chatml", 6)) return CHAT_CHATML;
+    return chat_family_by_name(template_name);
+}
+
+static const char *default_system_of(const char *name) {
+    return !strcmp(name, "chatml-qwen2") ? "You are a helpful assistant." : NULL;
+}
+
+static void test_against_jinja(void **state) {
+    (void)state;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/chat.expect.json", tu_root());
+    json_error_t je;
+    json_t *all = json_load_file(path, 0, &je);
+    assert_non_null(all);
+    size_t bad = 0, n = json_array_size(all), refused = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *c = json_array_get(all, i);
+        const char *name = json_string_value(json_object_get(c, "template_name"));
+        const char *tpl = json_string_value(json_object_get(c, "template"));
+        chat_family f = family_of(name);
+        assert_int_not_equal(f, CHAT_UNKNOWN);
+        assert_int_equal(chat_family_detect(tpl), f);
+        chat_template ct;
+        assert_int_equal(chat_template_init(&ct, f, json_string_value(json_object_get(c, "bos")),
+                                            json_string_value(json_object_get(c, "eos")), default_system_of(name)),
+                         LLMQ_OK);
+        json_t *ms = json_object_get(c, "messages");
+        size_t nm = json_array_size(ms);
+        chat_msg msgs[16];
+        for (size_t k = 0; k < nm; k++) {
+            msgs[k].role = json_string_value(json_object_get(json_array_get(ms, k), "role"));
+            msgs[k].content = json_string_value(json_object_get(json_array_get(ms, k), "content"));
+        }
+        char *out = NULL;
+        size_t len;
+        llmq_err err = {0};
+        int gen = json_is_true(json_object_get(c, "add_generation_prompt"));
+        llmq_status st = chat_render(&ct, msgs, nm, gen, &out, &len, &err);
+        json_t *want = json_object_get(c, "text");
+        int ok;
+        if (!want) {
+            /* Jinja raised: llmq refuses too, except mistral's system message, which
+             * llmq folds into the first user turn (chat.h). */
+            int mistral_system = f == CHAT_MISTRAL && nm && !strcmp(msgs[0].role, "system");
+            ok = mistral_system ? st == LLMQ_OK : st == LLMQ_ERR_INVALID && strstr(err.msg, "alternate");
+            refused += !mistral_system;
+        } else {
+            ok = st == LLMQ_OK && len == json_string_length(want) && !memcmp(out, json_string_value(want), len);
+        }
+        if (!ok && bad++ < 5) {
+            fprintf(stderr, "  %s case %zu (generation prompt %d): status %s %s\n", name, i, gen,
+                    llmq_status_name(st), err.msg);
+            fprintf(stderr, "    want: %s\n    got:  %s\n", want ? json_string_value(want) : "(an error)",
+                    out ? out : "(none)");
+        }
+        free(out);
+        chat_template_deinit(&ct);
+    }
+    fprintf(stderr, "  %zu renderings, %zu refused as Jinja does, %zu bad\n", n, refused, bad);
+    assert_true(n >= 100);
+    assert_true(refused > 0);
+    assert_int_equal(bad, 0);
+    json_decref(all);
+}
+
+static void test_names_and_detection(void **state) {
+    (void)state;
+    assert_int_equal(chat_family_by_name("llama-3"), CHAT_LLAMA3);
+    assert_int_equal(chat_family_by_name("llama2"), CHAT_LLAMA2);
+    assert_int_equal(chat_family_by_name("vicuna"), CHAT_UNKNOWN);
+    assert_int_equal(chat_family_by_name(NULL), CHAT_UNKNOWN);
+    assert_string_equal(chat_family_name(CHAT_ZEPHYR), "zephyr");
+    assert_int_equal(chat_family_detect("{{ messages }} USER: ASSISTANT:"), CHAT_UNKNOWN);
+    assert_int_equal(chat_family_detect(NULL), CHAT_UNKNOWN);
+    /* mistral with a system message: folded into the first user turn */
+    chat_template ct;
+    assert_int_equal(chat_template_init(&ct, CHAT_MISTRAL, "<s>", "</s>", NULL), LLMQ_OK);
+    chat_msg m[] = {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello"}, {"user", "Bye"}};
+    char *out;
+    size_t len;
+    llmq_err err = {0};
+    assert_int_equal(chat_render(&ct, m, 4, 1, &out, &len, &err), LLMQ_OK);
+    assert_string_equal(out, "<s>[INST] Be brief.\n\nHi [/INST]Hello</s>[INST] Bye [/INST]");
+    free(out);
+    chat_msg bad[] = {{"user", NULL}};
+    assert_int_equal(chat_render(&ct, bad, 1, 1, &out, &len, &err), LLMQ_ERR_INVALID);
+    chat_template_deinit(&ct);
+    chat_template_deinit(NULL);
+}
+
+/* From tokenizer folders: detection from tokenizer_config.json, forcing, errors. */
+static void test_from_tokenizer(void **state) {
+    (void)state;
+    char dir[4096];
+    llmq_err err = {0};
+    chat_template ct;
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/tokenizers/bl-llama3", tu_root());
+    tokenizer *t = tok_load(dir, &err);
+    assert_non_null(t);
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, NULL, &err), LLMQ_OK);
+    assert_int_equal(ct.family, CHAT_LLAMA3);
+    chat_msg m[] = {{"user", " Hi "}};
+    char *out;
+    size_t len;
+    assert_int_equal(chat_render(&ct, m, 1, 1, &out, &len, &err), LLMQ_OK);
+    assert_string_equal(out, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                             "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    /* the rendered prompt encodes with add_special = 0 to exactly one BOS */
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(tok_encode(t, out, len, 0, &ids, &n, &err), LLMQ_OK);
+    assert_int_equal(ids[0], tok_bos_id(t));
+    assert_int_not_equal(ids[1], tok_bos_id(t));
+    free(ids);
+    free(out);
+    chat_template_deinit(&ct);
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, "zephyr", &err), LLMQ_OK);
+    assert_int_equal(ct.family, CHAT_ZEPHYR);
+    chat_template_deinit(&ct);
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, "nonsense", &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "nonsense"));
+    tok_destroy(t);
+
+    /* misc-meta's config carries a chatml template; spm-bf's llama-2 */
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/tokenizers/misc-meta", tu_root());
+    t = tok_load(dir, &err);
+    assert_non_null(t);
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, NULL, &err), LLMQ_OK);
+    assert_int_equal(ct.family, CHAT_CHATML);
+    assert_null(ct.default_system);
+    chat_template_deinit(&ct);
+    tok_destroy(t);
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/tokenizers/spm-bf", tu_root());
+    t = tok_load(dir, &err);
+    assert_non_null(t);
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, NULL, &err), LLMQ_OK);
+    assert_int_equal(ct.family, CHAT_LLAMA2);
+    assert_string_equal(ct.bos, "<s>");
+    chat_template_deinit(&ct);
+    tok_destroy(t);
+
+    /* a model without a chat template: a clear error that says how to choose one */
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/tokenizers/bl-roberta", tu_root());
+    t = tok_load(dir, &err);
+    assert_non_null(t);
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, NULL, &err), LLMQ_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "chat_template"));
+    assert_non_null(strstr(err.msg, "llama-3"));
+    tok_destroy(t);
+}
+
+/* Qwen2's chatml template carries a default system message; it is found and used. */
+static void test_chatml_default_system(void **state) {
+    (void)state;
+    char path[4096], dst[4200];
+    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/chat.expect.json", tu_root());
+    json_t *all = json_load_file(path, 0, NULL);
+    assert_non_null(all);
+    const char *qwen = NULL;
+    for (size_t i = 0; i < json_array_size(all) && !qwen; i++)
+        if (!strcmp(json_string_value(json_object_get(json_array_get(all, i), "template_name")), "chatml-qwen2"))
+            qwen = json_string_value(json_object_get(json_array_get(all, i), "template"));
+    assert_non_null(qwen);
+    char *dir = tu_mkdtemp();
+    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/bl-roberta/tokenizer.json", tu_root());
+    size_t len;
+    char *data = tu_read_file(path, &len);
+    assert_non_null(data);
+    snprintf(dst, sizeof dst, "%s/tokenizer.json", dir);
+    assert_int_equal(tu_write_file(dst, data, len), 0);
+    free(data);
+    json_t *cfg = json_pack("{s:s, s:s}", "chat_template", qwen, "eos_token", "<|im_end|>");
+    snprintf(dst, sizeof dst, "%s/tokenizer_config.json", dir);
+    assert_int_equal(json_dump_file(cfg, dst, 0), 0);
+    json_decref(cfg);
+    llmq_err err = {0};
+    tokenizer *t = tok_load(dir, &err);
+    assert_non_null(t);
+    chat_template ct;
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, NULL, &err), LLMQ_OK);
+    assert_int_equal(ct.family, CHAT_CHATML);
+    assert_non_null(ct.default_system);
+    assert_string_equal(ct.default_system, "You are a helpful assistant.");
+    chat_template_deinit(&ct);
+    tok_destroy(t);
+    json_decref(all);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_against_jinja),
+        cmocka_unit_test(test_names_and_detection),
+        cmocka_unit_test(test_from_tokenizer),
+        cmocka_unit_test(test_chatml_default_system),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
