@@ -6,8 +6,8 @@
 #                from ../shared, else a generated tiny random-weight model
 #   llmq-gateway the OpenAI-compatible and job HTTP API
 #
-# Then: a streamed completion with curl (tokens appear as they come), the
-# same request answered whole, a job submitted with `llmq submit` and
+# Then: a streamed chat completion and a streamed completion with curl
+# (tokens appear as they come), the completion answered whole, a job submitted with `llmq submit` and
 # polled with `llmq get`, and everything shut down cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,16 +43,25 @@ PIDS+=($!)
 wait_port "$RPORT"
 "$BUILD/llmq-gateway" --redis "$REDIS" --listen "127.0.0.1:$HPORT" --models demo >"$TMP/gateway.log" 2>&1 &
 PIDS+=($!)
-"$BUILD/llmq-worker" --model "$MODEL" --model-name demo --redis "$REDIS" >"$TMP/worker.log" 2>&1 &
+# A model without a chat template of its own (stories260K, the generated one)
+# gets the llama-2 [INST] format, so that the chat endpoint can be shown.
+CHAT=()
+python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1])).get("chat_template") else 1)' \
+  "$MODEL/tokenizer_config.json" 2>/dev/null || CHAT=(--chat-template llama-2)
+"$BUILD/llmq-worker" --model "$MODEL" --model-name demo --redis "$REDIS" "${CHAT[@]}" >"$TMP/worker.log" 2>&1 &
 PIDS+=($!)
 wait_port "$HPORT"
 echo "demo: redis $REDIS, gateway http://127.0.0.1:$HPORT, worker for model 'demo'"
 echo
-echo "== POST /v1/completions, stream: true (server-sent events as tokens are generated)"
+echo "== POST /v1/chat/completions, stream: true (server-sent events as tokens are generated)"
+curl -sN "http://127.0.0.1:$HPORT/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"model":"demo","messages":[{"role":"user","content":"Tell me a story."}],"max_tokens":16,"stream":true}'
+echo
+echo "== POST /v1/completions, stream: true"
 curl -sN "http://127.0.0.1:$HPORT/v1/completions" -H 'Content-Type: application/json' \
   -d '{"model":"demo","prompt":"Once upon a time","max_tokens":24,"temperature":0,"stream":true}'
 echo
-echo "== the same request, not streamed"
+echo "== the same completion, not streamed"
 curl -s "http://127.0.0.1:$HPORT/v1/completions" -H 'Content-Type: application/json' \
   -d '{"model":"demo","prompt":"Once upon a time","max_tokens":24,"temperature":0}'
 echo; echo

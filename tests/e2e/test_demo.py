@@ -17,7 +17,7 @@ def run_demo(env_extra):
 
 def test_demo_with_shared_model(shared_dir):
     out = run_demo({})
-    assert "data: [DONE]" in out
+    assert "data: [DONE]" in out and '"object":"chat.completion.chunk"' in out
     # stories260K's greedy continuation of the prompt, streamed and whole
     assert '"text":", there was a little girl named Lily.' in out
     assert '"status":"done"' in out
