@@ -135,3 +135,84 @@ def test_chat_completions(redis_server, stories, tmp_path):
     finally:
         gw.stop()
         w.stop()
+
+
+def _http(gw, method, path, body=None, headers=None):
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=60)
+    c.request(method, path, body=json.dumps(body) if body is not None else None,
+              headers=dict({"Content-Type": "application/json"}, **(headers or {})))
+    r = c.getresponse()
+    return r, c
+
+
+def _events(gw, jid, last=None):
+    r, c = _http(gw, "GET", f"/v1/jobs/{jid}/events", headers={"Last-Event-ID": str(last)} if last is not None else {})
+    assert r.status == 200
+    evs, cur = [], {}
+    for raw in r:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if cur:
+                evs.append(cur)
+                cur = {}
+            continue
+        k, _, v = line.partition(":")
+        cur[k] = cur.get(k, "") + v.lstrip(" ")
+    c.close()
+    return evs
+
+
+def test_job_api_with_real_worker(redis_server, stories, tmp_path):
+    d, refs = stories
+    w = Worker(d, redis_server.url, "stories", tmp_path / "w.log")
+    gw = Gateway(redis_server.url, tmp_path / "gw.log")
+    try:
+        r, c = _http(gw, "POST", "/v1/jobs", dict(model="stories", prompt=refs[4]["prompt"], max_tokens=48,
+                                                   temperature=0))
+        assert r.status == 202
+        jid = json.loads(r.read())["id"]
+        c.close()
+        deadline = time.time() + 60
+        while True:
+            r, c = _http(gw, "GET", f"/v1/jobs/{jid}")
+            j = json.loads(r.read())
+            c.close()
+            if j["status"] == "done" or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        assert j["status"] == "done" and j["text"] == refs[4]["completion"] and j["finish_reason"] == "length"
+        assert j["usage"]["completion_tokens"] == 48
+        evs = [e for e in _events(gw, jid) if e.get("data")]
+        ids = [int(e["id"]) for e in evs if "id" in e]
+        assert ids == list(range(len(ids))) and len(ids) >= 48
+        tail = [e for e in _events(gw, jid, last=ids[9]) if "id" in e]
+        assert [int(e["id"]) for e in tail] == ids[10:]
+        # cancel a long job while it runs
+        r, c = _http(gw, "POST", "/v1/jobs", dict(model="stories", prompt=refs[0]["prompt"], max_tokens=20000,
+                                                   ignore_eos=True))
+        long_id = json.loads(r.read())["id"]
+        c.close()
+        while True:
+            r, c = _http(gw, "GET", f"/v1/jobs/{long_id}")
+            j = json.loads(r.read())
+            c.close()
+            if j["text"]:
+                break
+            time.sleep(0.02)
+        r, c = _http(gw, "DELETE", f"/v1/jobs/{long_id}")
+        assert r.status in (200, 202)
+        c.close()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            r, c = _http(gw, "GET", f"/v1/jobs/{long_id}")
+            j = json.loads(r.read())
+            c.close()
+            if j["status"] == "cancelled":
+                break
+            time.sleep(0.05)
+        assert j["status"] == "cancelled" and j["finish_reason"] == "cancelled"
+        assert j["usage"]["completion_tokens"] < 20000
+    finally:
+        gw.stop()
+        w.stop()

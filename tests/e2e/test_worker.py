@@ -224,3 +224,42 @@ def test_redis_restart_with_aof(tmp_path, stories):
     finally:
         w.stop()
         srv.stop()
+
+
+def test_max_attempts_dead_stream_and_metrics(redis_server, stories, tmp_path):
+    """A job delivered more than --max-attempts times is failed into the dead
+    stream with the reason; /metrics, /readyz and the heartbeat report."""
+    import http.client
+    from llmqtest import free_port
+    d, refs = stories
+    r = connect(redis_server.url)
+    port = free_port()
+    submit(r, "tired", prompt="hi", max_tokens=4)
+    r.hset("llmq:job:{tired}", "attempts", 3)  # three deliveries already happened elsewhere
+    submit(r, "fine", prompt=refs[0]["prompt"], max_tokens=48, temperature=0)
+    w = Worker(d, redis_server.url, "stories", tmp_path / "w.log", "--max-attempts", 3, "--metrics-port", port)
+    try:
+        wait_final(r, ["tired", "fine"])
+        h = job(r, "tired")
+        assert h["state"] == "failed" and "max 3" in h["error"]
+        dead = r.xrange("llmq:dead:stories")
+        assert any(e[1][b"id"] == b"tired" and b"max 3" in e[1][b"reason"] for e in dead)
+        assert text_of(chunks(r, "fine")) == refs[0]["completion"]
+
+        def get(path):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", path)
+            resp = c.getresponse()
+            return resp.status, resp.read().decode()
+        st, body = get("/metrics")
+        assert st == 200
+        assert "llmq:generation_tokens_total 48" in body
+        assert 'llmq:request_success_total{finished_reason="length"} 1' in body
+        assert 'llmq:request_success_total{finished_reason="error"} 1' in body
+        assert "llmq:time_to_first_token_seconds_count 1" in body
+        assert get("/readyz")[0] == 200
+        time.sleep(2.2)
+        beat = json.loads(next(iter(r.hgetall("llmq:workers").values())))
+        assert beat["model"] == "stories" and beat["capacity"] == 32
+    finally:
+        w.stop()
