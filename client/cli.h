@@ -8,5 +8,12 @@
 
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_commbench(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+int cmd_submit(int argc, char **argv); /* cmd_queue.c */
+int cmd_get(int argc, char **argv);
+int cmd_stream(int argc, char **argv);
+int cmd_cancel(int argc, char **argv);
 
 #endif

@@ -19,6 +19,13 @@ typedef struct verb {
 static const verb verbs[] = {
     {"generate", cmd_generate, "run a local model on prompts (offline, no Redis)"},
     {"bench", cmd_bench, "engine throughput and memory roofline on one model"},
+    {"comm-bench", cmd_commbench, "shared-memory all-reduce/all-gather bandwidth between N local ranks"},
+    {"tokenize", cmd_tokenize, "text to token ids with a model's tokenizer (offline)"},
+    {"detokenize", cmd_detokenize, "token ids to text with a model's tokenizer (offline)"},
+    {"submit", cmd_submit, "submit a job to the Redis queue (--wait / --stream for its output)"},
+    {"get", cmd_get, "a job's state, text so far and usage, as JSON"},
+    {"stream", cmd_stream, "print a job's output as it is generated"},
+    {"cancel", cmd_cancel, "cancel a queued or running job"},
 };
 
 static void usage(FILE *f) {

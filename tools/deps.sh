@@ -9,7 +9,7 @@ DEB_PKGS=(
   build-essential pkg-config
   libhiredis-dev libev-dev libmsgpack-dev libhttp-parser-dev libjansson-dev
   libpcre2-dev libxxhash-dev libutf8proc-dev libcmocka-dev
-  redis-server curl python3 python3-venv
+  redis-server curl wrk python3 python3-venv
   jq
 )
 PY_PKGS=(numpy pytest redis openai tokenizers msgpack)

@@ -1,7 +1,7 @@
 /*
  * backend_cpu.c — the CPU backends' op tables, memory and conversions.
  *
- * Host memory is the device memory: alloc is calloc (64-byte aligned),
+ * Host memory is the device memory: alloc is calloc,
  * upload/download are memcpy, and weights are used in place from wherever
  * the loader mapped them (weight_prepare copies nothing).
  */
@@ -11,13 +11,12 @@
 
 #include "kernels/cpu/cpu.h"
 
+/* calloc: large buffers (the KV cache) come from fresh zero pages the
+ * kernel maps lazily, so a big pool costs nothing until it is used.  The
+ * kernels use unaligned loads, so calloc's 16-byte alignment is enough. */
 static void *cpu_alloc(llmq_backend *be, size_t bytes) {
     (void)be;
-    void *p = NULL;
-    size_t rounded = (bytes + 63) & ~(size_t)63;
-    if (posix_memalign(&p, 64, rounded ? rounded : 64)) return NULL;
-    memset(p, 0, rounded ? rounded : 64);
-    return p;
+    return calloc(1, bytes ? bytes : 1);
 }
 
 static void cpu_free(llmq_backend *be, void *p) {
