@@ -1,0 +1,257 @@
+{{/*
+_helpers.tpl — names, labels, images, security contexts, the Redis connection
+and the queue's names.
+
+The queue's names are defined ONCE here: the gateway (--models), each worker
+(--model-name) and each ScaledObject (stream, consumerGroup) take them from
+these helpers, so that KEDA always watches the stream the workers consume.
+They follow docs/protocol.md: stream `<prefix>req:<model>` (prefix
+`queuePrefix`, passed to both binaries as --prefix), consumer group `workers`
+(the gateway creates both at start with XGROUP CREATE ... MKSTREAM).
+*/}}
+
+{{- define "llmq.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llmq.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llmq.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "gateway") */}}
+{{- define "llmq.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "llmq.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* All labels of one component's objects. */}}
+{{- define "llmq.labels" -}}
+{{ include "llmq.selectorLabels" . }}
+helm.sh/chart: {{ include "llmq.chart" .root }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: llmq
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Image reference: (dict "root" $ "image" .Values.gateway.image "llmq" true) */}}
+{{- define "llmq.image" -}}
+{{- $tag := default .root.Chart.AppVersion .image.tag -}}
+{{- if and .llmq .root.Values.imageRegistry -}}
+{{- printf "%s/%s:%s" (trimSuffix "/" .root.Values.imageRegistry) .image.repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llmq.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "llmq.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Pod security context: (dict "root" $ "uid" 10001 "gid" 10001 "fsGroup" 10001).
+On OpenShift no IDs are set: restricted-v2 assigns them from the project's
+range and rejects pods that ask for others.
+*/}}
+{{- define "llmq.podSecurityContext" -}}
+runAsNonRoot: true
+seccompProfile:
+  type: RuntimeDefault
+{{- if not .root.Values.openshift.enabled }}
+runAsUser: {{ .uid }}
+runAsGroup: {{ .gid }}
+fsGroup: {{ .fsGroup }}
+fsGroupChangePolicy: OnRootMismatch
+{{- end }}
+{{- end -}}
+
+{{/* Container security context, the same for every container of the chart. */}}
+{{- define "llmq.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* ------------------------------------------------------------ queue names */}}
+
+{{/* The consumer group every worker joins (fixed by the protocol). */}}
+{{- define "llmq.consumerGroup" -}}workers{{- end -}}
+
+{{/* The request stream of a model: (include "llmq.stream" (dict "root" $ "model" "mistral-7b")) */}}
+{{- define "llmq.stream" -}}{{ printf "%sreq:%s" .root.Values.queuePrefix .model }}{{- end -}}
+
+{{/* Comma-separated model names served, for the gateway's --models. */}}
+{{- define "llmq.modelNames" -}}
+{{- $names := list -}}
+{{- range .Values.workerGroups -}}
+{{- $names = append $names .modelName -}}
+{{- end -}}
+{{- $names | uniq | join "," -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------ Redis */}}
+
+{{- define "llmq.redis.fullname" -}}{{ include "llmq.fullname" . }}-redis{{- end -}}
+
+{{/* Host of Redis: the bundled Service or the external URL's host. */}}
+{{- define "llmq.redis.host" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "%s.%s.svc" (include "llmq.redis.fullname" .) .Release.Namespace -}}
+{{- else -}}
+{{- regexReplaceAll "^rediss?://([^:/]+).*$" .Values.redis.external.url "${1}" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llmq.redis.port" -}}
+{{- if .Values.redis.enabled -}}
+{{- .Values.redis.port -}}
+{{- else -}}
+{{- $p := regexReplaceAll "^rediss?://[^:/]+:?([0-9]*).*$" .Values.redis.external.url "${1}" -}}
+{{- default "6379" $p -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llmq.redis.db" -}}
+{{- if .Values.redis.enabled -}}0{{- else -}}
+{{- $d := regexReplaceAll "^rediss?://[^/]+/?([0-9]*)$" .Values.redis.external.url "${1}" -}}
+{{- default "0" $d -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llmq.redis.tls" -}}
+{{- if and (not .Values.redis.enabled) (hasPrefix "rediss://" .Values.redis.external.url) -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
+{{/* Name and key of the Secret with the Redis password ("" when none). */}}
+{{- define "llmq.redis.secretName" -}}
+{{- if .Values.redis.enabled -}}
+{{- default (include "llmq.redis.fullname" .) .Values.redis.auth.existingSecret -}}
+{{- else -}}
+{{- .Values.redis.external.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llmq.redis.secretKey" -}}
+{{- if .Values.redis.enabled -}}{{ .Values.redis.auth.secretKey }}{{- else -}}{{ .Values.redis.external.secretKey }}{{- end -}}
+{{- end -}}
+
+{{/*
+The env entry with the password, read from the Secret: the password itself
+never appears in a manifest. Empty when Redis has no password.
+*/}}
+{{- define "llmq.redis.passwordEnv" -}}
+{{- if include "llmq.redis.secretName" . -}}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llmq.redis.secretName" . }}
+      key: {{ include "llmq.redis.secretKey" . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The Redis URL handed to the binaries. $(REDIS_PASSWORD) is expanded by the
+kubelet from the env entry above, so the URL in the manifest holds no secret.
+*/}}
+{{- define "llmq.redis.url" -}}
+{{- $scheme := ternary "rediss" "redis" (eq (include "llmq.redis.tls" .) "true") -}}
+{{- $auth := ternary ":$(REDIS_PASSWORD)@" "" (ne (include "llmq.redis.secretName" .) "") -}}
+{{- printf "%s://%s%s:%s/%s" $scheme $auth (include "llmq.redis.host" .) (include "llmq.redis.port" .) (include "llmq.redis.db" .) -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------ worker groups */}}
+
+{{/*
+One worker group merged over workerDefaults, as YAML:
+  {{- $g := include "llmq.group" (dict "root" $ "group" .) | fromYaml }}
+Also checks what the schema cannot express (cross-field rules) and fails the
+render with a message naming the group.
+*/}}
+{{- define "llmq.group" -}}
+{{- $g := include "llmq.deepMerge" (dict "base" .root.Values.workerDefaults "over" .group) | fromYaml -}}
+{{- $tp := int $g.tp -}}
+{{- $nodes := int $g.nodes -}}
+{{- if ne (mod $tp $nodes) 0 -}}
+{{- fail (printf "workerGroups %s: tp %d must be a multiple of nodes %d (each pod holds tp/nodes GPUs)" $g.name $tp $nodes) -}}
+{{- end -}}
+{{- with $g.model.numAttentionHeads -}}
+{{- if ne (mod (int .) $tp) 0 -}}
+{{- fail (printf "workerGroups %s: tp %d does not divide the model's %d attention heads" $g.name $tp (int .)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (gt $nodes 1) (ne $g.backend "cuda") -}}
+{{- fail (printf "workerGroups %s: nodes > 1 needs backend cuda (the CPU communicator is single-host)" $g.name) -}}
+{{- end -}}
+{{- $probeBudget := int $g.loadTimeoutSeconds -}}
+{{- if and $g.autoscaling.enabled (eq (int $g.autoscaling.minReplicas) 0) (le (int $g.autoscaling.cooldownPeriod) $probeBudget) -}}
+{{- fail (printf "workerGroups %s: autoscaling.cooldownPeriod %d must exceed loadTimeoutSeconds %d when scaling to zero" $g.name (int $g.autoscaling.cooldownPeriod) $probeBudget) -}}
+{{- end -}}
+{{- if gt (int $g.autoscaling.minReplicas) (int $g.autoscaling.maxReplicas) -}}
+{{- fail (printf "workerGroups %s: autoscaling.minReplicas > maxReplicas" $g.name) -}}
+{{- end -}}
+{{- $_ := set $g "ranksPerPod" (div $tp $nodes) -}}
+{{- $_ := set $g "fullname" (printf "%s-%s" (include "llmq.fullname" .root) $g.name) -}}
+{{- $_ := set $g "stream" (include "llmq.stream" (dict "root" .root "model" $g.modelName)) -}}
+{{- $path := $g.model.path -}}
+{{- if not $path -}}
+{{- $path = printf "hf/%s/%s" $g.model.hfRepo (default "main" $g.model.revision) -}}
+{{- end -}}
+{{- $_ := set $g "modelDir" (printf "/models/%s" $path) -}}
+{{- $_ := set $g "kind" (ternary "LeaderWorkerSet" "Deployment" (gt $nodes 1)) -}}
+{{- toYaml $g -}}
+{{- end -}}
+
+{{/*
+Deep merge of two maps, "over" winning: maps merge key by key, anything else
+(lists, scalars, false, 0, "") replaces. Sprig's merge/mergeOverwrite skip
+empty values (false, 0, []), which would make `minReplicas: 0` or
+`tolerations: []` in a group silently keep the default.
+*/}}
+{{- define "llmq.deepMerge" -}}
+{{- $out := deepCopy .base -}}
+{{- range $k, $v := .over -}}
+{{- $cur := get $out $k -}}
+{{- if and (kindIs "map" $v) (kindIs "map" $cur) -}}
+{{- $_ := set $out $k (include "llmq.deepMerge" (dict "base" $cur "over" $v) | fromYaml) -}}
+{{- else -}}
+{{- $_ := set $out $k $v -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* Selector labels of a group's pods: (dict "root" $ "g" $g) */}}
+{{- define "llmq.group.selectorLabels" -}}
+{{ include "llmq.selectorLabels" (dict "root" .root "component" "worker") }}
+llmq.io/group: {{ .g.name }}
+{{- end -}}
+
+{{- define "llmq.group.labels" -}}
+{{ include "llmq.labels" (dict "root" .root "component" "worker") }}
+llmq.io/group: {{ .g.name }}
+llmq.io/model: {{ .g.modelName | quote }}
+{{- end -}}
