@@ -313,19 +313,26 @@ static int ends_sequence(const service *sv, const job *j, int32_t tok) {
     return 0;
 }
 
-/* Text of one generated id: detokenize, then let the stop strings decide
- * what is final (appended to j->pending). */
+/* Pass j->delta (fresh detokenized text) through the stop strings: what is
+ * final goes to j->pending.  At the end of the sequence, release the rest. */
+static void job_text_feed(job *j, int at_end) {
+    const char *d = j->delta.data ? j->delta.data : "";
+    if (!j->has_sm) {
+        tok_text_append(&j->pending, d, j->delta.len);
+        return;
+    }
+    int hit = 0;
+    stop_feed(&j->sm, d, j->delta.len, &j->pending, &hit);
+    if (hit) j->stop_hit = 1;
+    else if (at_end) stop_flush(&j->sm, &j->pending);
+}
+
+/* Text of one generated id (nothing for EOS and stop ids). */
 static void job_text_push(service *sv, job *j, int32_t tok) {
     if (!j->has_ts || ends_sequence(sv, j, tok)) return;
     j->delta.len = 0;
     tok_stream_push(&j->ts, tok, &j->delta);
-    if (!j->has_sm) {
-        tok_text_append(&j->pending, j->delta.data ? j->delta.data : "", j->delta.len);
-        return;
-    }
-    int hit = 0;
-    stop_feed(&j->sm, j->delta.data ? j->delta.data : "", j->delta.len, &j->pending, &hit);
-    if (hit) j->stop_hit = 1;
+    job_text_feed(j, 0);
 }
 
 /* The sequence ended: release whatever the detokenizer and the stop
@@ -334,14 +341,7 @@ static void job_text_finish(job *j) {
     if (!j->has_ts || j->stop_hit) return;
     j->delta.len = 0;
     tok_stream_finish(&j->ts, &j->delta);
-    if (!j->has_sm) {
-        tok_text_append(&j->pending, j->delta.data ? j->delta.data : "", j->delta.len);
-        return;
-    }
-    int hit = 0;
-    stop_feed(&j->sm, j->delta.data ? j->delta.data : "", j->delta.len, &j->pending, &hit);
-    if (hit) j->stop_hit = 1;
-    else stop_flush(&j->sm, &j->pending);
+    job_text_feed(j, 1);
 }
 
 static void on_token(seq *s, int32_t tok, void *ud) {

@@ -13,12 +13,6 @@ import pytest
 from worker_util import Gateway, Worker, connect, sse_completion
 
 
-@pytest.fixture
-def stories(shared_dir):
-    d = shared_dir / "models" / "stories260K"
-    refs = [json.loads(line) for line in (d / "reference_greedy.jsonl").read_text().splitlines()]
-    return d, refs
-
 
 def test_reference_completions_through_gateway(redis_server, stories, tmp_path):
     d, refs = stories

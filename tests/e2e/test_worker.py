@@ -7,27 +7,11 @@ import time
 import pytest
 
 from llmqtest import FIXTURES
-from worker_util import Worker, chunks, connect, job, submit, wait_final
+from worker_util import Worker, assert_clean_stream, chunks, connect, ids_of, job, submit, text_of, wait_final
 
 
-@pytest.fixture
-def stories(shared_dir):
-    d = shared_dir / "models" / "stories260K"
-    refs = [json.loads(line) for line in (d / "reference_greedy.jsonl").read_text().splitlines()]
-    return d, refs
 
 
-def text_of(cs):
-    return "".join(c["text"] for c in cs)
-
-
-def ids_of(cs):
-    return [t for c in cs for t in c["ids"]]
-
-
-def assert_clean_stream(cs):
-    assert [c["seq"] for c in cs] == list(range(len(cs)))
-    assert sum(1 for c in cs if c.get("finish")) == 1 and cs[-1].get("finish")
 
 
 def test_reference_completions_through_redis(redis_server, stories, tmp_path):

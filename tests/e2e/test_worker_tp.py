@@ -11,22 +11,10 @@ import time
 
 import pytest
 
-from worker_util import Worker, chunks, connect, job, submit, wait_final
+from worker_util import Worker, assert_clean_stream, chunks, connect, ids_of, job, submit, text_of, wait_final
 
 
-@pytest.fixture
-def stories(shared_dir):
-    d = shared_dir / "models" / "stories260K"
-    refs = [json.loads(line) for line in (d / "reference_greedy.jsonl").read_text().splitlines()]
-    return d, refs
 
-
-def text_of(cs):
-    return "".join(c["text"] for c in cs)
-
-
-def ids_of(cs):
-    return [t for c in cs for t in c["ids"]]
 
 
 def test_tp2_group_serves_reference_texts(redis_server, stories, tmp_path):

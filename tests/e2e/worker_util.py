@@ -67,6 +67,20 @@ def connect(url):
     return redis.Redis.from_url(url)
 
 
+def text_of(cs):
+    return "".join(c["text"] for c in cs)
+
+
+def ids_of(cs):
+    return [t for c in cs for t in c["ids"]]
+
+
+def assert_clean_stream(cs):
+    """seq 0, 1, 2, ... without gap or repeat, and exactly one final chunk, last."""
+    assert [c["seq"] for c in cs] == list(range(len(cs)))
+    assert sum(1 for c in cs if c.get("finish")) == 1 and cs[-1].get("finish")
+
+
 class Gateway:
     """The real llmq-gateway on a free port."""
 
