@@ -75,7 +75,7 @@ BINS += $(BUILD)/llmq-loadtest
 endif
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(filter-out $(TEST_HELPER),$(TEST_SRC)))
 
-.PHONY: all help test deps demo bench cuda clean fixtures
+.PHONY: all help test deps demo bench bench-serving cuda clean fixtures
 all: $(BINS) $(TEST_BINS)
 
 help:
@@ -85,6 +85,8 @@ help:
 	@echo "  make deps         install Debian packages (apt-get) and the test venv (.venv/)"
 	@echo "  make demo         the quickstart demo (see README)"
 	@echo "  make bench        CPU engine benchmark (110M shape, F32 and BF16)"
+	@echo "  make bench-serving  local stack (redis, worker, gateway) under llmq-loadtest, 110M shape"
+	@echo "  make cuda         CUDA build into build-cuda/ (+ build-cuda/bundle/) when nvcc is found; see cuda.mk"
 	@echo "  make fixtures     regenerate transformers fixtures (needs torch; not used by CI)"
 	@echo "  make clean        remove build outputs"
 	@echo "variables: SANITIZER=address|undefined|thread  ARCH=native|x86-64-v3  OPT=-O2"
@@ -144,6 +146,11 @@ bench:
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tools/bench.sh
 
+bench-serving:
+	@bash tools/deps.sh
+	@$(MAKE) --no-print-directory $(BUILD)/llmq-worker $(BUILD)/llmq-gateway $(BUILD)/llmq-loadtest
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash loadtest/bench_serving.sh
+
 fixtures:
 	@bash tools/make_fixtures.sh
 
@@ -155,3 +162,6 @@ $(BUILD)/obj/kernels/%.o: CFLAGS += -O3
 
 # Keep objects of test programs between runs.
 .SECONDARY:
+
+# `make cuda` (never part of `make`): see cuda.mk.
+include cuda.mk

@@ -17,6 +17,7 @@
 #include "client/cli.h"
 #include "worker/engine.h"
 #include "worker/model.h"
+#include "worker/vram.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -59,6 +60,18 @@ static double read_bandwidth(void) {
     return sink < 0 ? 0 : best;
 }
 
+/* kB fields of /proc/self/status, in bytes (0 when absent). */
+static double proc_status_bytes(const char *field) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double v = 0;
+    const size_t n = strlen(field);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, n) && line[n] == ':') v = atof(line + n + 1) * 1024.0;
+    if (f) fclose(f);
+    return v;
+}
+
 typedef struct bench_rig {
     engine *e;
     int32_t *blocks;  /* [n_seqs * bps] */
@@ -92,10 +105,15 @@ int cmd_bench(int argc, char **argv) {
                                          {"backend", required_argument, 0, 'b'},
                                          {"steps", required_argument, 0, 's'},
                                          {"json", no_argument, 0, 'j'},
+                                         {"quantization", required_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *dir = NULL, *backend = "cpu";
     int steps = 32, json = 0, c;
+    model_load_opts lo = {LLMQ_QUANT_NONE, 0};
+    llmq_err qe = {0};
+    static const char usage[] =
+        "usage: llmq bench --model DIR [--backend cpu] [--steps N] [--quantization none|int8|int4] [--json]\n";
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -103,14 +121,23 @@ int cmd_bench(int argc, char **argv) {
         case 'b': backend = optarg; break;
         case 's': steps = atoi(optarg); break;
         case 'j': json = 1; break;
-        case 'h': printf("usage: llmq bench --model DIR [--backend cpu] [--steps N] [--json]\n"); return 0;
+        case 'q':
+            if (llmq_quant_parse(optarg, &lo.quant, &qe)) {
+                fprintf(stderr, "llmq bench: --quantization: %s\n", qe.msg);
+                return 2;
+            }
+            break;
+        case 'h':
+            printf("%s", usage);
+            return 0;
         default: return 2;
         }
     }
     if (!dir || steps < 1) {
-        fprintf(stderr, "usage: llmq bench --model DIR [--backend cpu] [--steps N] [--json]\n");
+        fprintf(stderr, "%s", usage);
         return 2;
     }
+    model_set_load_opts(&lo);
     llmq_err err = {0};
     llmq_backend *be = llmq_backend_create(backend, &err);
     model *m = NULL;
@@ -145,12 +172,31 @@ int cmd_bench(int argc, char **argv) {
     free(prompt);
     if (st) goto fail;
     double roof = d1 * (double)step_bytes / (bw * 1e9);
+    /* memory: the estimator's weights for this model as loaded, and what the
+     * process holds after the runs (file pages: mapped weights read in place;
+     * anonymous: quantized copies, KV cache, activations) */
+    double est_weights = 0;
+    vram_model vm;
+    if (vram_model_load(&vm, dir, NULL) == LLMQ_OK) {
+        vram_opts vo;
+        memset(&vo, 0, sizeof vo);
+        vo.wdt = vm.stored;
+        vo.kv_dt = be->act_dt;
+        vo.quant = lo.quant;
+        vo.tp = 1;
+        vo.cpu = 1;
+        vram_estimate ve;
+        if (vram_estimate_run(&ve, &vm, &vo, NULL) == LLMQ_OK) est_weights = (double)ve.weight_bytes;
+    }
+    const double rss = proc_status_bytes("VmRSS"), rss_anon = proc_status_bytes("RssAnon"),
+                 rss_file = proc_status_bytes("RssFile");
     if (json) {
         printf("{\"model\":\"%s\",\"dtype\":\"%s\",\"threads\":%d,\"weight_bytes\":%zu,\"read_bw_gbs\":%.2f,"
                "\"decode_1_tok_s\":%.2f,\"decode_8_tok_s\":%.2f,\"decode_32_tok_s\":%.2f,\"prefill_tok_s\":%.1f,"
-               "\"roofline_ratio\":%.3f,\"batch32_over_1\":%.2f}\n",
+               "\"roofline_ratio\":%.3f,\"batch32_over_1\":%.2f,\"est_weight_bytes\":%.0f,\"rss_bytes\":%.0f,"
+               "\"rss_anon_bytes\":%.0f,\"rss_file_bytes\":%.0f}\n",
                dir, llmq_dtype_name(m->wdt), omp_get_max_threads(), step_bytes, bw, d1, d8, d32, pf, roof,
-               d32 / d1);
+               d32 / d1, est_weights, rss, rss_anon, rss_file);
     } else {
         printf("model %s (%s, %.1f MB read per decode step, %d threads)\n", dir, llmq_dtype_name(m->wdt),
                step_bytes / 1e6, omp_get_max_threads());
@@ -160,6 +206,8 @@ int cmd_bench(int argc, char **argv) {
         printf("  decode, 8 sequences       %8.2f tok/s\n", d8);
         printf("  decode, 32 sequences      %8.2f tok/s  (%.1fx single)\n", d32, d32 / d1);
         printf("  prefill, 512 tokens       %8.1f tok/s\n", pf);
+        printf("  memory: weights %.1f MB (estimator: %.1f MB); process RSS %.1f MB (anonymous %.1f, file %.1f)\n",
+               m->weight_bytes / 1e6, est_weights / 1e6, rss / 1e6, rss_anon / 1e6, rss_file / 1e6);
     }
     rc = 0;
     goto done;

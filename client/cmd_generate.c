@@ -62,6 +62,7 @@ static void usage(FILE *f) {
             "  --max-num-seqs N         sequences per step (default 32, at most the token budget)\n"
             "  --max-batched-tokens N   tokens per step (default 512)\n"
             "  --tp N                   tensor parallel over N local CPU ranks (processes)\n"
+            "  --quantization Q         none (default), int8 or int4: weight-only, applied at load\n"
             "  --json                   one JSON object per prompt per line\n");
 }
 
@@ -126,7 +127,7 @@ static void print_ids(FILE *f, const int32_t *ids, int n) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_PROMPT = 255, O_PROMPT_IDS = 256, O_MAX_TOKENS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED,
-           O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP, O_TP };
+           O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP, O_TP, O_QUANT };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"prompt", required_argument, 0, O_PROMPT},
@@ -148,6 +149,7 @@ int cmd_generate(int argc, char **argv) {
         {"max-batched-tokens", required_argument, 0, O_BATCHED},
         {"json", no_argument, 0, O_JSON},
         {"tp", required_argument, 0, O_TP},
+        {"quantization", required_argument, 0, O_QUANT},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
@@ -160,6 +162,7 @@ int cmd_generate(int argc, char **argv) {
     int32_t stop_ids[SEQ_MAX_STOP_IDS];
     sampling_params sp;
     sampling_params_default(&sp);
+    model_load_opts lo = {LLMQ_QUANT_NONE, 0};
     int rc = 2, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -210,6 +213,14 @@ int cmd_generate(int argc, char **argv) {
         case O_BATCHED: max_batched = (int)strtol(optarg, &end, 10); break;
         case O_JSON: json = 1; break;
         case O_TP: tp = (int)strtol(optarg, &end, 10); break;
+        case O_QUANT: {
+            llmq_err qe = {0};
+            if (llmq_quant_parse(optarg, &lo.quant, &qe)) {
+                fprintf(stderr, "llmq generate: --quantization: %s\n", qe.msg);
+                goto out;
+            }
+            break;
+        }
         case O_HELP: usage(stdout); rc = 0; goto out;
         default: usage(stderr); goto out;
         }
@@ -244,6 +255,7 @@ int cmd_generate(int argc, char **argv) {
     }
 
     rc = 1;
+    model_set_load_opts(&lo); /* before any peer process starts: they inherit it */
     llmq_err err = {0};
     llmq_backend *be = NULL;
     model *m = NULL;

@@ -11,6 +11,8 @@ size_t llmq_dtype_size(llmq_dtype dt) {
     case LLMQ_F32: return 4;
     case LLMQ_F16:
     case LLMQ_BF16: return 2;
+    case LLMQ_Q8: return 1;
+    case LLMQ_Q4: return 0;
     }
     return 0;
 }
@@ -20,6 +22,8 @@ const char *llmq_dtype_name(llmq_dtype dt) {
     case LLMQ_F32: return "F32";
     case LLMQ_F16: return "F16";
     case LLMQ_BF16: return "BF16";
+    case LLMQ_Q8: return "Q8";
+    case LLMQ_Q4: return "Q4";
     }
     return "?";
 }

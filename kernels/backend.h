@@ -39,10 +39,16 @@ typedef enum llmq_dtype {
     LLMQ_F32 = 0,
     LLMQ_F16,
     LLMQ_BF16,
+    /* Weight-only quantized matrices (kernels/quant.h has the layout): */
+    LLMQ_Q8, /* int8, symmetric, one F32 scale per output row */
+    LLMQ_Q4, /* 4-bit, groups of `group` inputs with an F32 scale and a zero point */
 } llmq_dtype;
 
+/* Bytes per element; 1 for Q8 and 0 for Q4 (two elements a byte: use
+ * llmq_quant_bytes() of kernels/quant.h for the size of a quantized matrix). */
 size_t llmq_dtype_size(llmq_dtype dt);
 const char *llmq_dtype_name(llmq_dtype dt);
+static inline int llmq_dtype_is_quant(llmq_dtype dt) { return dt == LLMQ_Q8 || dt == LLMQ_Q4; }
 
 /* A weight matrix [rows, cols], row-major, in dtype dt. */
 typedef struct be_weight {
@@ -51,8 +57,19 @@ typedef struct be_weight {
     int rows;         /* output features */
     int cols;         /* input features (the reduction dimension) */
     int ld;           /* row stride in elements (>= cols); 0 means cols.  A column
-                         slice of a larger matrix (tensor parallelism) has ld > cols */
+                         slice of a larger matrix (tensor parallelism) has ld > cols.
+                         Q8 / Q4: data points to a be_qweight; rows are contiguous */
 } be_weight;
+
+/* What be_weight.data points to when dt is LLMQ_Q8 or LLMQ_Q4 (the layout of
+ * the arrays is in kernels/quant.h).  A descriptor rather than more fields
+ * of be_weight, so that every existing be_weight initializer stays valid. */
+typedef struct be_qweight {
+    const void *q;         /* Q8: int8 [rows, cols]; Q4: uint8 [rows, 8 * ceil(cols / 16)] */
+    const float *scales;   /* Q8: [rows]; Q4: [rows, ceil(cols / group)] */
+    const uint8_t *zeros;  /* Q4: [rows, ceil(cols / group)] zero points in 0..15; Q8: NULL */
+    int group;             /* Q4: inputs per scale group (a multiple of 8); Q8: 0 */
+} be_qweight;
 
 /* The row stride of w in elements. */
 static inline size_t be_weight_ld(const be_weight *w) { return (size_t)(w->ld > 0 ? w->ld : w->cols); }

@@ -15,6 +15,7 @@
 #include "worker/rdv.h"
 #include "worker/service.h"
 #include "worker/tp.h"
+#include "worker/vram.h"
 
 static volatile sig_atomic_t g_stop;
 
@@ -42,7 +43,10 @@ static void usage(FILE *f) {
             "  --tp N                   tensor parallel over N ranks; alone: starts N-1 local peer processes\n"
             "  --rank R --group G       start one rank of group G (with --tp N); rank 0 publishes the\n"
             "                           rendezvous in Redis, the others join it\n"
-            "  --tp-timeout-ms MS       a rank that does not answer a collective in MS fails the group (10000)\n");
+            "  --tp-timeout-ms MS       a rank that does not answer a collective in MS fails the group (10000)\n"
+            "  --memory-utilization F   size the KV pool to use this fraction of the memory (cpu backends: the\n"
+            "                           host's RAM, shared by the ranks), as `llmq vram` computes it\n"
+            "  --quantization Q         none (default), int8 or int4: weight-only, applied at load (cpu backends)\n");
 }
 
 static int to_int(const char *s, const char *flag, int lo, int *out) {
@@ -70,10 +74,14 @@ int main(int argc, char **argv) {
         {"chat-template", required_argument, 0, 'H'},
         {"tp", required_argument, 0, 'P'},            {"rank", required_argument, 0, 'R'},
         {"group", required_argument, 0, 'G'},         {"tp-timeout-ms", required_argument, 0, 'O'},
+        {"memory-utilization", required_argument, 0, 'U'}, {"quantization", required_argument, 0, 'Q'},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
     };
     int c, bad = 0, tp = 1, rank = -1, tp_timeout = 10000;
     const char *group = NULL;
+    double mem_util = 0;              /* --memory-utilization (issue 10) */
+    model_load_opts lo = {LLMQ_QUANT_NONE, 0};
+    llmq_err qe = {0};
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'm': o.model_dir = optarg; break;
@@ -95,6 +103,21 @@ int main(int argc, char **argv) {
         case 'R': bad |= to_int(optarg, "rank", 0, &rank); break;
         case 'G': group = optarg; break;
         case 'O': bad |= to_int(optarg, "tp-timeout-ms", 100, &tp_timeout); break;
+        case 'U': {
+            char *end;
+            mem_util = strtod(optarg, &end);
+            if (*end || !(mem_util > 0 && mem_util <= 1)) {
+                fprintf(stderr, "llmq-worker: --memory-utilization wants a fraction in (0, 1], got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
+        }
+        case 'Q':
+            if (llmq_quant_parse(optarg, &lo.quant, &qe)) {
+                fprintf(stderr, "llmq-worker: --quantization: %s\n", qe.msg);
+                bad = 1;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -123,6 +146,27 @@ int main(int argc, char **argv) {
     }
     log_set_name("worker");
     llmq_err err = {0};
+    /* ---- quantization and the KV pool from the memory estimator (worker/vram.h, issue 10) ---- */
+    model_set_load_opts(&lo); /* before peers start: they inherit it */
+    if (mem_util > 0) {
+        if (o.kv_blocks > 0) {
+            fprintf(stderr, "llmq-worker: --kv-blocks and --memory-utilization exclude each other\n");
+            return 2;
+        }
+        vram_estimate ve;
+        if (vram_worker_kv_blocks(&ve, o.model_dir, o.backend, tp, o.max_num_seqs, o.max_batched_tokens, mem_util,
+                                  lo.quant, &err)) {
+            log_error("%s", err.msg);
+            return 1;
+        }
+        o.kv_blocks = ve.kv_blocks;
+        log_info("memory estimate per rank: %.1f of %.1f MiB usable (--memory-utilization %.3g); weights %.1f MiB, "
+                 "activations %.1f MiB, runtime %.1f MiB; KV %.1f KiB/token -> %d blocks, %d sequences of %d tokens",
+                 ve.budget_bytes / 1048576.0, ve.device_bytes / 1048576.0, mem_util, ve.weight_bytes / 1048576.0,
+                 ve.act_bytes / 1048576.0, ve.overhead_bytes / 1048576.0, ve.kv_bytes_per_token / 1024.0,
+                 ve.kv_blocks, ve.max_num_seqs, ve.max_model_len);
+    }
+    /* ---- end of issue 10 ---- */
     tp_group g;
     memset(&g, 0, sizeof g);
     if (tp > 1) {

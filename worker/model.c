@@ -9,15 +9,64 @@
 
 #include "kernels/dtype.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 typedef struct loader {
     model *m;
     const char *dir;
     llmq_err *err;
 } loader;
+
+static model_load_opts g_load_opts; /* see model_set_load_opts */
+
+void model_set_load_opts(const model_load_opts *o) {
+    if (o) g_load_opts = *o;
+    else memset(&g_load_opts, 0, sizeof g_load_opts);
+}
+
+void model_get_load_opts(model_load_opts *o) { *o = g_load_opts; }
+
+/* Flag of load_matrix: a linear layer, quantized when the options say so. */
+enum { LM_QUANT = 1 };
+
+/* Give the pages wholly inside [p, p + bytes) of a read-only file mapping
+ * back to the page cache: a quantized source is not read again (and a later
+ * read, such as an embedding lookup of a tied table, faults its page back in
+ * from the file, so this is always safe). */
+static void drop_pages(const void *p, size_t bytes) {
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t a = ((uintptr_t)p + pg - 1) & ~(pg - 1), b = ((uintptr_t)p + bytes) & ~(pg - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+/* Quantize the view *in into a block the model owns; *q describes it. */
+static int quantize_owned(loader *L, be_weight *q, const be_weight *in, const char *name) {
+    model *m = L->m;
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **g = realloc(m->owned, (size_t)cap * sizeof *g);
+        if (!g) {
+            llmq_err_set(L->err, LLMQ_ERR_NOMEM, "%s: out of memory quantizing \"%s\"", L->dir, name);
+            return -1;
+        }
+        m->owned = g;
+        m->cap_owned = cap;
+    }
+    void *block = NULL;
+    llmq_err qe = {0};
+    if (llmq_quantize(q, &block, in, m->lo.quant, m->lo.q4_group, &qe)) {
+        llmq_err_set(L->err, qe.code, "%s: tensor \"%s\": %s", L->dir, name, qe.msg);
+        return -1;
+    }
+    m->owned[m->n_owned++] = block;
+    drop_pages(in->data, ((size_t)(in->rows - 1) * be_weight_ld(in) + (size_t)in->cols) * llmq_dtype_size(in->dt));
+    return 0;
+}
 
 static const st_tensor *want(loader *L, const char *name, int rows, int cols) {
     const st_tensor *t = st_find(L->m->st, name);
@@ -53,9 +102,10 @@ static const st_tensor *want(loader *L, const char *name, int rows, int cols) {
 typedef enum { PART_ALL = 0, PART_ROWS, PART_COLS } part_kind;
 
 /* Load a [rows, cols] matrix, or the slice [off, off + n) of its rows
- * (PART_ROWS) or columns (PART_COLS), as a view into the mapping. */
+ * (PART_ROWS) or columns (PART_COLS), as a view into the mapping — or, for
+ * a linear layer (LM_QUANT) under quantization, as a quantized copy. */
 static int load_matrix(loader *L, be_weight *w, const char *name, int rows, int cols, part_kind part, int off,
-                       int n) {
+                       int n, int flags) {
     const st_tensor *t = want(L, name, rows, cols);
     if (!t) return -1;
     const size_t es = llmq_dtype_size(t->dt);
@@ -67,12 +117,18 @@ static int load_matrix(loader *L, be_weight *w, const char *name, int rows, int 
         in.data = (const char *)t->data + (size_t)off * es;
         in.cols = n;
     }
-    if (L->m->be->ops->weight_prepare(L->m->be, w, &in)) {
+    be_weight use = in;
+    size_t bytes = (size_t)in.rows * in.cols * es;
+    if ((flags & LM_QUANT) && L->m->lo.quant != LLMQ_QUANT_NONE) {
+        if (quantize_owned(L, &use, &in, name)) return -1;
+        bytes = llmq_quant_bytes(L->m->lo.quant, (size_t)in.rows, (size_t)in.cols, L->m->lo.q4_group);
+    }
+    if (L->m->be->ops->weight_prepare(L->m->be, w, &use)) {
         llmq_err_set(L->err, LLMQ_ERR_BACKEND, "%s: backend cannot hold tensor \"%s\": %s", L->dir, name,
                      L->m->be->err.msg);
         return -1;
     }
-    L->m->weight_bytes += (size_t)in.rows * in.cols * es;
+    L->m->weight_bytes += bytes;
     return 0;
 }
 
@@ -121,13 +177,13 @@ static int load_layer(loader *L, int i) {
 #define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%d.%s", i, suffix), n)
     if (load_vector(L, &ly->attn_norm, NAME("input_layernorm.weight"), d) ||
         load_vector(L, &ly->mlp_norm, NAME("post_attention_layernorm.weight"), d) ||
-        load_matrix(L, &ly->wq, NAME("self_attn.q_proj.weight"), qd, d, PART_ROWS, q0, nq) ||
-        load_matrix(L, &ly->wk, NAME("self_attn.k_proj.weight"), kvd, d, PART_ROWS, k0, nk) ||
-        load_matrix(L, &ly->wv, NAME("self_attn.v_proj.weight"), kvd, d, PART_ROWS, k0, nk) ||
-        load_matrix(L, &ly->wo, NAME("self_attn.o_proj.weight"), d, qd, PART_COLS, q0, nq) ||
-        load_matrix(L, &ly->w_gate, NAME("mlp.gate_proj.weight"), I, d, PART_ROWS, sh->inter0, sh->inter) ||
-        load_matrix(L, &ly->w_up, NAME("mlp.up_proj.weight"), I, d, PART_ROWS, sh->inter0, sh->inter) ||
-        load_matrix(L, &ly->w_down, NAME("mlp.down_proj.weight"), d, I, PART_COLS, sh->inter0, sh->inter))
+        load_matrix(L, &ly->wq, NAME("self_attn.q_proj.weight"), qd, d, PART_ROWS, q0, nq, LM_QUANT) ||
+        load_matrix(L, &ly->wk, NAME("self_attn.k_proj.weight"), kvd, d, PART_ROWS, k0, nk, LM_QUANT) ||
+        load_matrix(L, &ly->wv, NAME("self_attn.v_proj.weight"), kvd, d, PART_ROWS, k0, nk, LM_QUANT) ||
+        load_matrix(L, &ly->wo, NAME("self_attn.o_proj.weight"), d, qd, PART_COLS, q0, nq, LM_QUANT) ||
+        load_matrix(L, &ly->w_gate, NAME("mlp.gate_proj.weight"), I, d, PART_ROWS, sh->inter0, sh->inter, LM_QUANT) ||
+        load_matrix(L, &ly->w_up, NAME("mlp.up_proj.weight"), I, d, PART_ROWS, sh->inter0, sh->inter, LM_QUANT) ||
+        load_matrix(L, &ly->w_down, NAME("mlp.down_proj.weight"), d, I, PART_COLS, sh->inter0, sh->inter, LM_QUANT))
         return -1;
     if (c->qkv_bias && (load_vector_part(L, &ly->bq, NAME("self_attn.q_proj.bias"), qd, q0, nq) ||
                         load_vector_part(L, &ly->bk, NAME("self_attn.k_proj.bias"), kvd, k0, nk) ||
@@ -191,6 +247,12 @@ llmq_status model_load_shard(model **out, const char *dir, llmq_backend *be, int
     model *m = calloc(1, sizeof *m);
     if (!m) return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
     m->be = be;
+    m->lo = g_load_opts;
+    if (m->lo.quant != LLMQ_QUANT_NONE && strncmp(be->ops->name, "cpu", 3)) {
+        model_destroy(m);
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "quantization %s: the %s backend has no quantized kernels "
+                            "(use a cpu backend)", llmq_quant_name(g_load_opts.quant), be->ops->name);
+    }
     llmq_status st = model_config_load(&m->cfg, dir, err);
     if (!st) st = model_shard_plan(&m->shard, &m->cfg, rank, world, err);
     if (!st) st = st_open_dir(&m->st, dir, err);
@@ -211,15 +273,20 @@ llmq_status model_load_shard(model **out, const char *dir, llmq_backend *be, int
     loader L = {m, dir, err};
     const model_shard *sh = &m->shard;
     int bad = load_matrix(&L, &m->embed, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, PART_ROWS,
-                          sh->vocab0, sh->vocab) ||
+                          sh->vocab0, sh->vocab, 0) ||
               load_vector(&L, &m->final_norm, "model.norm.weight", c->hidden_size);
     for (int i = 0; !bad && i < c->n_layers; i++) bad = load_layer(&L, i);
     if (!bad) {
-        if (c->tie_word_embeddings && !st_find(m->st, "lm_head.weight"))
-            m->lm_head = m->embed;
-        else
+        if (c->tie_word_embeddings && !st_find(m->st, "lm_head.weight")) {
+            if (m->lo.quant == LLMQ_QUANT_NONE) /* tied and quantized: a quantized copy of the table */
+                m->lm_head = m->embed;
+            else
+                bad = load_matrix(&L, &m->lm_head, "model.embed_tokens.weight", c->vocab_size, c->hidden_size,
+                                  PART_ROWS, sh->vocab0, sh->vocab, LM_QUANT);
+        } else {
             bad = load_matrix(&L, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size, PART_ROWS,
-                              sh->vocab0, sh->vocab);
+                              sh->vocab0, sh->vocab, LM_QUANT);
+        }
     }
     if (bad) {
         st = err ? err->code : LLMQ_ERR_FORMAT;
@@ -248,6 +315,8 @@ void model_destroy(model *m) {
     if (m->lm_head.data && m->lm_head.data != m->embed.data) be->ops->weight_release(be, &m->lm_head);
     if (m->embed.data) be->ops->weight_release(be, &m->embed);
     if (be) be->ops->free(be, m->final_norm);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
     st_close(m->st);
     free(m);
 }

@@ -8,11 +8,21 @@
  * wrong tensor is an error naming the file and the tensor.  Matrix weights
  * stay in the mmapped files on the CPU backend (no copy); norm vectors and
  * biases are converted to F32 backend buffers.
+ *
+ * Weight-only quantization (model_load_opts): the linear layers — q, k, v,
+ * o, gate, up, down and lm_head — are quantized at load into copies the
+ * model owns (kernels/quant.h has the formats); the embedding table stays as
+ * stored (only looked up), and so do norms and biases.  With tied embeddings
+ * lm_head becomes a quantized copy of the table.  After quantizing a matrix
+ * the loader drops its source pages from the process (madvise), so resident
+ * memory is the quantized size (plus the embedding rows looked up).  CPU
+ * backends only for now.
  */
 #ifndef LLMQ_MODEL_H
 #define LLMQ_MODEL_H
 
 #include "kernels/backend.h"
+#include "kernels/quant.h"
 #include "worker/config.h"
 #include "worker/safetensors.h"
 
@@ -43,6 +53,18 @@ typedef struct model_shard {
  * divide) when the shapes do not allow it. */
 llmq_status model_shard_plan(model_shard *sh, const model_config *cfg, int rank, int world, llmq_err *err);
 
+/* How model_load / model_load_shard hold the weights. */
+typedef struct model_load_opts {
+    llmq_quant quant; /* NONE: as stored; INT8 / INT4: linear layers quantized at load */
+    int q4_group;     /* INT4 group size, a multiple of 8 (0 = LLMQ_Q4_GROUP, 128) */
+} model_load_opts;
+
+/* The process-wide options every later model_load / model_load_shard uses:
+ * a main sets them once from --quantization; tensor-parallel peers forked
+ * afterwards inherit them.  NULL restores the defaults (no quantization). */
+void model_set_load_opts(const model_load_opts *o);
+void model_get_load_opts(model_load_opts *o);
+
 typedef struct model {
     model_config cfg;
     model_shard shard;     /* what this rank holds (the whole model at world 1) */
@@ -53,7 +75,10 @@ typedef struct model {
     be_weight lm_head;     /* [V, d]; = embed when tied */
     float *final_norm;     /* [d] */
     model_layer *layers;   /* [n_layers] (this rank's slices) */
-    size_t weight_bytes;   /* bytes of all weights as stored */
+    size_t weight_bytes;   /* bytes of all weights as held (quantized ones at their quantized size) */
+    model_load_opts lo;    /* the options it was loaded with */
+    void **owned;          /* [n_owned] quantized copies (one block per matrix), freed by model_destroy */
+    int n_owned, cap_owned;
 } model;
 
 /* Load dir (config.json + safetensors) for backend be. *out owns everything

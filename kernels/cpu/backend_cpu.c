@@ -73,6 +73,10 @@ void cpu_convert_row(float *dst, const void *src, llmq_dtype dt, size_t off, siz
         for (size_t i = 0; i < n; i++) dst[i] = f16_to_f32(s[i]);
         break;
     }
+    case LLMQ_Q8:
+    case LLMQ_Q4: /* quantized rows carry scales: llmq_dequantize_row (kernels/quant.h) */
+        memset(dst, 0, n * sizeof(float));
+        break;
     }
 }
 

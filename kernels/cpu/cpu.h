@@ -39,6 +39,9 @@ void cpu_convert_row(float *dst, const void *src, llmq_dtype dt, size_t off, siz
 /* ---- ops (fast / reference) ---------------------------------------------- */
 void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n);
 void cpu_matmul_ref(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n);
+/* matmul with Q8 / Q4 weights (qmatmul.c); cpu_matmul(_ref) forward to these */
+void cpu_qmatmul(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n);
+void cpu_qmatmul_ref(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n);
 
 void cpu_rmsnorm(llmq_backend *be, void *out, const void *x, const float *w, int n, int dim, float eps);
 void cpu_add_rmsnorm(llmq_backend *be, void *out, void *x, const void *delta, const float *w, int n, int dim,

@@ -170,6 +170,7 @@ static void tile_f16(const void *w, int rows, int k, size_t ld, const float *x, 
 #define MATMUL_DIRECT_MAX_N 4
 
 void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n) {
+    if (llmq_dtype_is_quant(w->dt)) { cpu_qmatmul(be, out, x, w, bias, n); return; } /* qmatmul.c */
     cpu_impl *impl = be->impl;
     const int k = w->cols, m = w->rows;
     const int widen = w->dt != LLMQ_F32 && n > MATMUL_DIRECT_MAX_N;
@@ -208,6 +209,7 @@ void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, 
 }
 
 void cpu_matmul_ref(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n) {
+    if (llmq_dtype_is_quant(w->dt)) { cpu_qmatmul_ref(be, out, x, w, bias, n); return; } /* qmatmul.c */
     (void)be;
     const float *xf = x;
     float *o = out;

@@ -1,0 +1,404 @@
+/*
+ * backend_cuda.cu — the CUDA backend's op table, device selection, memory,
+ * host transfers and weight preparation (see cuda.h, backend.h).
+ *
+ * Memory is plain cudaMalloc (never managed memory) and every op is
+ * enqueued on one stream owned by the backend; nothing here synchronises
+ * except sync, download_f32 (the host reads the result at once),
+ * weight_prepare (load time) and free (cudaFree does).  Errors of ops are
+ * recorded in be->err (first one wins) and returned by sync, which then
+ * clears them.
+ *
+ * Weights: weight_prepare copies a [rows, cols] host matrix (row stride
+ * ld, F32/F16/BF16) into a dense device matrix of the activation dtype
+ * (ld = cols), converting on the device through a bounded staging buffer,
+ * and pins the matrix shape's GEMM algorithm (matmul.cu).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/common.cuh"
+
+#define W_STAGE_BYTES ((size_t)64 << 20)    /* weight conversion staging */
+#define ATTN_WS_BYTES ((size_t)64 << 20)    /* attention partials (attention.cu) */
+#define BLAS_WS_BYTES ((size_t)32 << 20)    /* cuBLAS workspace */
+
+llmq_status cuda_fail(llmq_backend *be, llmq_status code, const char *fmt, ...) {
+    if (be->err.code != LLMQ_OK) return code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(be->err.msg, sizeof be->err.msg, fmt, ap);
+    va_end(ap);
+    be->err.code = code;
+    return code;
+}
+
+/* ------------------------------------------------------------ memory */
+
+static void *cu_alloc(llmq_backend *be, size_t bytes) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 256);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); /* out of memory is not sticky: clear it */
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        cuda_fail(be, LLMQ_ERR_NOMEM, "cudaMalloc of %.1f MiB failed (%s); %.1f of %.1f MiB free on %s",
+                  bytes / 1048576.0, cudaGetErrorString(e), fr / 1048576.0, tot / 1048576.0,
+                  cuda_impl_of(be)->name);
+        return NULL;
+    }
+    if (cudaMemsetAsync(p, 0, bytes ? bytes : 256, cuda_impl_of(be)->stream) != cudaSuccess) {
+        cudaFree(p);
+        cuda_fail(be, LLMQ_ERR_BACKEND, "cudaMemsetAsync of a new buffer failed");
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_free(llmq_backend *be, void *p) {
+    if (p) CUDA_TRY_V(be, cudaFree(p));
+}
+
+static void cu_upload(llmq_backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    /* From pageable memory the call returns once src has been staged, so the
+     * caller may reuse src at once; the copy is ordered with the ops. */
+    CUDA_TRY_V(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_impl_of(be)->stream));
+}
+
+/* Make sure the F32 staging buffer holds n floats (grows, never shrinks). */
+static int f32_stage_reserve(llmq_backend *be, size_t n) {
+    cuda_impl *impl = cuda_impl_of(be);
+    if (n <= impl->f32_stage_n) return 0;
+    if (impl->f32_stage) CUDA_TRY_RET(be, cudaFree(impl->f32_stage), -1);
+    impl->f32_stage = NULL;
+    impl->f32_stage_n = 0;
+    CUDA_TRY_RET(be, cudaMalloc((void **)&impl->f32_stage, n * sizeof(float)), -1);
+    impl->f32_stage_n = n;
+    return 0;
+}
+
+static void cu_download_f32(llmq_backend *be, float *dst, const void *src, size_t n) {
+    cuda_impl *impl = cuda_impl_of(be);
+    if (!n) return;
+    const float *from = (const float *)src;
+    if (be->act_dt != LLMQ_F32) {
+        if (f32_stage_reserve(be, n)) return;
+        cuda_convert(be, impl->f32_stage, LLMQ_F32, src, be->act_dt, n);
+        from = impl->f32_stage;
+    }
+    CUDA_TRY_V(be, cudaMemcpyAsync(dst, from, n * sizeof(float), cudaMemcpyDeviceToHost, impl->stream));
+    CUDA_TRY_V(be, cudaStreamSynchronize(impl->stream));
+}
+
+static void cu_upload_f32(llmq_backend *be, void *dst, const float *src, size_t n) {
+    cuda_impl *impl = cuda_impl_of(be);
+    if (!n) return;
+    if (be->act_dt == LLMQ_F32) {
+        cu_upload(be, dst, src, n * sizeof(float));
+        return;
+    }
+    if (f32_stage_reserve(be, n)) return;
+    CUDA_TRY_V(be, cudaMemcpyAsync(impl->f32_stage, src, n * sizeof(float), cudaMemcpyHostToDevice, impl->stream));
+    cuda_convert(be, dst, be->act_dt, impl->f32_stage, LLMQ_F32, n);
+}
+
+/* ------------------------------------------------------------ weights */
+
+static llmq_status cu_weight_prepare(llmq_backend *be, be_weight *out, const be_weight *in) {
+    cuda_impl *impl = cuda_impl_of(be);
+    const size_t rows = (size_t)in->rows, cols = (size_t)in->cols, ld = be_weight_ld(in);
+    const size_t in_es = llmq_dtype_size(in->dt), out_es = llmq_dtype_size(be->act_dt);
+    if (in->rows <= 0 || in->cols <= 0 || ld < cols || !in_es)
+        return cuda_fail(be, LLMQ_ERR_INVALID, "weight_prepare: bad matrix [%d, %d] ld %zu dtype %d", in->rows,
+                         in->cols, ld, (int)in->dt);
+    void *dev = NULL;
+    cudaError_t e = cudaMalloc(&dev, rows * cols * out_es);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        return cuda_fail(be, LLMQ_ERR_NOMEM,
+                         "out of GPU memory for a [%zu, %zu] %s weight (%.1f MiB): %.1f of %.1f MiB free on %s",
+                         rows, cols, llmq_dtype_name(be->act_dt), rows * cols * out_es / 1048576.0, fr / 1048576.0,
+                         tot / 1048576.0, impl->name);
+    }
+    if (in->dt == be->act_dt) { /* same type: one strided copy straight into place */
+        e = cudaMemcpy2DAsync(dev, cols * out_es, in->data, ld * in_es, cols * in_es, rows, cudaMemcpyHostToDevice,
+                              impl->stream);
+        if (e != cudaSuccess) {
+            cudaFree(dev);
+            return cuda_fail(be, LLMQ_ERR_BACKEND, "weight upload: %s", cudaGetErrorString(e));
+        }
+    } else { /* convert through the staging buffer, a band of rows at a time */
+        const size_t band = W_STAGE_BYTES / (cols * in_es) > 0 ? W_STAGE_BYTES / (cols * in_es) : 1;
+        if (!impl->w_stage) {
+            size_t bytes = band * cols * in_es;
+            if (cudaMalloc(&impl->w_stage, bytes) != cudaSuccess) {
+                (void)cudaGetLastError();
+                cudaFree(dev);
+                return cuda_fail(be, LLMQ_ERR_NOMEM, "weight_prepare: no GPU memory for the %.1f MiB staging buffer",
+                                 bytes / 1048576.0);
+            }
+            impl->w_stage_bytes = bytes;
+        } else if (band * cols * in_es > impl->w_stage_bytes) { /* a single row wider than the staging */
+            cudaFree(impl->w_stage);
+            impl->w_stage = NULL;
+            if (cudaMalloc(&impl->w_stage, band * cols * in_es) != cudaSuccess) {
+                (void)cudaGetLastError();
+                cudaFree(dev);
+                return cuda_fail(be, LLMQ_ERR_NOMEM, "weight_prepare: no GPU memory for the staging buffer");
+            }
+            impl->w_stage_bytes = band * cols * in_es;
+        }
+        for (size_t r0 = 0; r0 < rows; r0 += band) {
+            const size_t nr = rows - r0 < band ? rows - r0 : band;
+            e = cudaMemcpy2DAsync(impl->w_stage, cols * in_es, (const char *)in->data + r0 * ld * in_es, ld * in_es,
+                                  cols * in_es, nr, cudaMemcpyHostToDevice, impl->stream);
+            if (e != cudaSuccess) {
+                cudaFree(dev);
+                return cuda_fail(be, LLMQ_ERR_BACKEND, "weight upload: %s", cudaGetErrorString(e));
+            }
+            cuda_convert(be, (char *)dev + r0 * cols * out_es, be->act_dt, impl->w_stage, in->dt, nr * cols);
+            /* the next band overwrites the staging: let the conversion finish */
+            if (cudaStreamSynchronize(impl->stream) != cudaSuccess) break;
+        }
+    }
+    e = cudaStreamSynchronize(impl->stream);
+    if (e != cudaSuccess || be->err.code != LLMQ_OK) {
+        cudaFree(dev);
+        return cuda_fail(be, LLMQ_ERR_BACKEND, "weight_prepare: %s", cudaGetErrorString(e));
+    }
+    out->data = dev;
+    out->dt = be->act_dt;
+    out->rows = in->rows;
+    out->cols = in->cols;
+    out->ld = in->cols;
+    return cuda_gemm_plan_prepare(be, in->rows, in->cols);
+}
+
+static void cu_weight_release(llmq_backend *be, be_weight *w) {
+    if (!w || !w->data) return;
+    CUDA_TRY_V(be, cudaFree((void *)w->data));
+    w->data = NULL;
+}
+
+static llmq_status cu_sync(llmq_backend *be, llmq_err *err) {
+    cudaError_t e = cudaStreamSynchronize(cuda_impl_of(be)->stream);
+    if (e != cudaSuccess)
+        cuda_fail(be, LLMQ_ERR_BACKEND, "CUDA error %s (%s) while running the step's kernels", cudaGetErrorName(e),
+                  cudaGetErrorString(e));
+    llmq_status st = be->err.code;
+    if (st != LLMQ_OK) {
+        if (err) *err = be->err;
+        llmq_err_clear(&be->err);
+    }
+    return st;
+}
+
+static const be_ops cuda_ops = {
+    .name = "cuda",
+    .alloc = cu_alloc,
+    .free = cu_free,
+    .upload = cu_upload,
+    .download_f32 = cu_download_f32,
+    .upload_f32 = cu_upload_f32,
+    .weight_prepare = cu_weight_prepare,
+    .weight_release = cu_weight_release,
+    .sync = cu_sync,
+    .embed = cuda_embed,
+    .rmsnorm = cuda_rmsnorm,
+    .add_rmsnorm = cuda_add_rmsnorm,
+    .matmul = cuda_matmul,
+    .rope = cuda_rope,
+    .kv_store = cuda_kv_store,
+    .attention = cuda_attention,
+    .swiglu = cuda_swiglu,
+    .gather_rows = cuda_gather_rows,
+    .add = cuda_add,
+};
+
+/* ------------------------------------------------------------ lifetime */
+
+static llmq_status pick_dtype(int sm, llmq_dtype *out, llmq_err *err) {
+    const char *env = getenv("LLMQ_CUDA_DTYPE");
+    if (!env || !*env) {
+        *out = sm >= 80 ? LLMQ_BF16 : LLMQ_F16;
+        return LLMQ_OK;
+    }
+    if (!strcmp(env, "f32") || !strcmp(env, "F32")) *out = LLMQ_F32;
+    else if (!strcmp(env, "f16") || !strcmp(env, "F16")) *out = LLMQ_F16;
+    else if (!strcmp(env, "bf16") || !strcmp(env, "BF16")) *out = LLMQ_BF16;
+    else return llmq_err_set(err, LLMQ_ERR_INVALID, "LLMQ_CUDA_DTYPE=%s: expected f32, f16 or bf16", env);
+    if (*out == LLMQ_BF16 && sm < 80)
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "LLMQ_CUDA_DTYPE=bf16 needs sm_80 or newer (this GPU is sm_%d)",
+                            sm);
+    return LLMQ_OK;
+}
+
+extern "C" llmq_backend *cuda_backend_create(llmq_err *err) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        int drv = 0, rt = 0;
+        cudaDriverGetVersion(&drv);
+        cudaRuntimeGetVersion(&rt);
+        const char *why = e == cudaErrorInsufficientDriver && drv == 0 ? "no NVIDIA driver is loaded"
+                          : e == cudaErrorInsufficientDriver        ? "the NVIDIA driver is older than this CUDA runtime"
+                          : e == cudaErrorNoDevice || e == cudaSuccess ? "no GPU is visible (CUDA_VISIBLE_DEVICES?)"
+                                                                       : "the GPU cannot be used";
+        llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "no CUDA device: %s (cudaGetDeviceCount: %s; driver API %d, runtime %d)",
+                     why, e != cudaSuccess ? cudaGetErrorString(e) : "0 devices", drv, rt);
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    int dev = 0;
+    const char *env = getenv("LLMQ_CUDA_DEVICE");
+    if (env && *env) dev = atoi(env);
+    if (dev < 0 || dev >= count) {
+        llmq_err_set(err, LLMQ_ERR_INVALID, "LLMQ_CUDA_DEVICE=%d but %d CUDA device(s) are visible", dev, count);
+        return NULL;
+    }
+    cudaDeviceProp prop;
+    if ((e = cudaSetDevice(dev)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, dev)) != cudaSuccess) {
+        llmq_err_set(err, LLMQ_ERR_BACKEND, "no CUDA device: device %d cannot be used: %s", dev, cudaGetErrorString(e));
+        return NULL;
+    }
+    const int sm = prop.major * 10 + prop.minor;
+    if (sm < 75) {
+        llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "CUDA device %d (%s) is sm_%d; llmq needs sm_75 or newer", dev,
+                     prop.name, sm);
+        return NULL;
+    }
+    llmq_dtype act;
+    if (pick_dtype(sm, &act, err)) return NULL;
+
+    llmq_backend *be = (llmq_backend *)calloc(1, sizeof *be);
+    cuda_impl *impl = (cuda_impl *)calloc(1, sizeof *impl);
+    if (!be || !impl) {
+        free(be);
+        free(impl);
+        llmq_err_set(err, LLMQ_ERR_NOMEM, "cuda backend: out of memory");
+        return NULL;
+    }
+    be->ops = &cuda_ops;
+    be->act_dt = act;
+    be->impl = impl;
+    impl->device = dev;
+    impl->sm = sm;
+    impl->n_sms = prop.multiProcessorCount;
+    snprintf(impl->name, sizeof impl->name, "%s", prop.name);
+    const char *gm = getenv("LLMQ_CUDA_GEMM");
+    impl->gemm_pinned = !(gm && !strcmp(gm, "fast"));
+    const char *pin = getenv("LLMQ_CUDA_GEMM_PIN_N");
+    impl->gemm_pin_n = pin && atoi(pin) > 0 ? atoi(pin) : 64;
+
+    const char *what = "cudaStreamCreate";
+    cublasStatus_t bs = CUBLAS_STATUS_SUCCESS;
+    e = cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) {
+        what = "cudaMalloc of the workspaces";
+        impl->blas_ws_bytes = BLAS_WS_BYTES;
+        impl->attn_ws_bytes = ATTN_WS_BYTES;
+        e = cudaMalloc(&impl->blas_ws, impl->blas_ws_bytes);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&impl->attn_ws, impl->attn_ws_bytes);
+    }
+    if (e == cudaSuccess) {
+        what = "cublasCreate";
+        bs = cublasCreate(&impl->blas);
+        if (bs == CUBLAS_STATUS_SUCCESS) what = "cublasSetStream", bs = cublasSetStream(impl->blas, impl->stream);
+        if (bs == CUBLAS_STATUS_SUCCESS)
+            what = "cublasSetWorkspace", bs = cublasSetWorkspace(impl->blas, impl->blas_ws, impl->blas_ws_bytes);
+        /* FP32 accumulation everywhere: no reduced-precision split-K reductions */
+        if (bs == CUBLAS_STATUS_SUCCESS)
+            what = "cublasSetMathMode",
+            bs = cublasSetMathMode(impl->blas, (cublasMath_t)(CUBLAS_DEFAULT_MATH |
+                                                              CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
+        if (bs == CUBLAS_STATUS_SUCCESS) what = "cublasLtCreate", bs = cublasLtCreate(&impl->lt);
+    }
+    if (e != cudaSuccess || bs != CUBLAS_STATUS_SUCCESS) {
+        llmq_err_set(err, LLMQ_ERR_BACKEND, "cuda backend on %s: %s failed: %s", impl->name, what,
+                     e != cudaSuccess ? cudaGetErrorString(e) : cublasGetStatusString(bs));
+        cuda_backend_destroy(be);
+        return NULL;
+    }
+    return be;
+}
+
+extern "C" void cuda_backend_destroy(llmq_backend *be) {
+    if (!be) return;
+    cuda_impl *impl = cuda_impl_of(be);
+    if (impl) {
+        if (impl->stream) cudaStreamSynchronize(impl->stream);
+        if (impl->lt) cublasLtDestroy(impl->lt);
+        if (impl->blas) cublasDestroy(impl->blas);
+        cudaFree(impl->blas_ws);
+        cudaFree(impl->attn_ws);
+        cudaFree(impl->f32_stage);
+        cudaFree(impl->w_stage);
+        if (impl->stream) cudaStreamDestroy(impl->stream);
+        cuda_gemm_plans_free(impl);
+        free(impl);
+    }
+    free(be);
+}
+
+extern "C" void *cuda_backend_stream(llmq_backend *be) { return (void *)cuda_impl_of(be)->stream; }
+
+extern "C" void cuda_backend_get_info(llmq_backend *be, cuda_backend_info *out) {
+    cuda_impl *impl = cuda_impl_of(be);
+    memset(out, 0, sizeof *out);
+    snprintf(out->name, sizeof out->name, "%s", impl->name);
+    out->sm = impl->sm;
+    out->n_sms = impl->n_sms;
+    cudaMemGetInfo(&out->mem_free, &out->mem_total);
+    int clock_khz = 0, bus_bits = 0;
+    if (cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, impl->device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, impl->device) == cudaSuccess)
+        out->peak_bw_gbs = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9; /* double data rate */
+    (void)cudaGetLastError();
+    out->gemm_pinned = impl->gemm_pinned;
+    out->gemm_calls = impl->gemm_calls;
+    out->gemm_fallbacks = impl->gemm_fallbacks;
+}
+
+/* One pass of a grid-stride sum of 16-byte words (the result is kept so
+ * that the loads are not optimised away). */
+__global__ void bw_read_kernel(const uint4 *p, size_t n, unsigned *sink) {
+    unsigned acc = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint4 v = p[i];
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x9e3779b9u) *sink = acc; /* practically never: keeps the loads */
+}
+
+extern "C" double cuda_backend_measure_bw(llmq_backend *be, size_t bytes) {
+    cuda_impl *impl = cuda_impl_of(be);
+    void *buf = NULL;
+    unsigned *sink = NULL;
+    cudaEvent_t a = NULL, b = NULL;
+    double best = 0;
+    const size_t n = bytes / 16;
+    if (cudaMalloc(&buf, n * 16) != cudaSuccess || cudaMalloc((void **)&sink, 4) != cudaSuccess ||
+        cudaMemsetAsync(buf, 1, n * 16, impl->stream) != cudaSuccess || cudaEventCreate(&a) != cudaSuccess ||
+        cudaEventCreate(&b) != cudaSuccess)
+        goto out;
+    for (int r = 0; r < 6; r++) {
+        float ms = 0;
+        cudaEventRecord(a, impl->stream);
+        bw_read_kernel<<<impl->n_sms * 8, 512, 0, impl->stream>>>((const uint4 *)buf, n, sink);
+        cudaEventRecord(b, impl->stream);
+        if (cudaEventSynchronize(b) != cudaSuccess || cudaEventElapsedTime(&ms, a, b) != cudaSuccess) goto out;
+        if (r > 0 && ms > 0 && n * 16 / (ms * 1e-3) / 1e9 > best) best = n * 16 / (ms * 1e-3) / 1e9;
+    }
+out:
+    (void)cudaGetLastError();
+    if (a) cudaEventDestroy(a);
+    if (b) cudaEventDestroy(b);
+    cudaFree(buf);
+    cudaFree(sink);
+    return best;
+}
