@@ -84,6 +84,12 @@ def train_tokenizer(out, vocab_size):
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True}) + "\n")
 
 
+def tokenizer_size(path):
+    t = json.loads(path.read_text())
+    ids = list(t["model"]["vocab"].values()) + [x["id"] for x in t.get("added_tokens", [])]
+    return max(ids) + 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
@@ -100,6 +106,19 @@ def main():
     cfg.update(SHAPES[a.shape])
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.tokenizer_from:
+        src = pathlib.Path(a.tokenizer_from)
+        for fn in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (src / fn).exists():
+                shutil.copy(src / fn, out / fn)
+    if a.train_tokenizer:
+        train_tokenizer(out, cfg["vocab_size"])
+    # A tokenizer smaller than the shape's vocabulary (stories' 512 ids, or a
+    # BPE trained on the small corpus) leaves ids that decode to nothing; like
+    # the padding rows of a real model, their embedding rows are zero, so
+    # their logit is 0 and a random model still emits text (the real ids'
+    # logits spread around 0 and the largest is positive).
+    n_text = tokenizer_size(out / "tokenizer.json") if (out / "tokenizer.json").exists() else None
     rng = np.random.default_rng(a.seed)
     names = list(tensors(cfg))
     esize = 4 if a.dtype == "f32" else 2
@@ -119,16 +138,11 @@ def main():
                 arr = 1.0 + 0.05 * rng.standard_normal(shape, dtype=np.float32)
             else:
                 arr = 0.02 * rng.standard_normal(shape, dtype=np.float32)
+                if n_text is not None and name in ("model.embed_tokens.weight", "lm_head.weight"):
+                    arr[n_text:] = 0.0
             f.write(encode(arr, a.dtype))
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(dict(bos_token_id=1, eos_token_id=2)) + "\n")
-    if a.tokenizer_from:
-        src = pathlib.Path(a.tokenizer_from)
-        for fn in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if (src / fn).exists():
-                shutil.copy(src / fn, out / fn)
-    if a.train_tokenizer:
-        train_tokenizer(out, cfg["vocab_size"])
     print(f"wrote {out}: {a.shape} {a.dtype}, {off / 1e6:.1f} MB of weights")
 
 
