@@ -100,6 +100,7 @@ typedef struct be_attn_shape {
 } be_attn_shape;
 
 typedef struct llmq_backend llmq_backend;
+struct llmq_comm; /* worker/comm.h */
 
 typedef struct be_ops {
     const char *name;
@@ -149,6 +150,16 @@ typedef struct be_ops {
     void (*gather_rows)(llmq_backend *be, void *dst, const void *src, const int32_t *rows, int n, int dim);
     /* x += y over n elements. */
     void (*add)(llmq_backend *be, void *x, const void *y, size_t n);
+
+    /* tensor parallel (optional) ------------------------------------------ */
+    /* A communicator for collectives on this backend's buffers, formed by
+     * every rank of `host` at once (it is a collective over `host`, a
+     * host-memory communicator of world > 1 that stays in use for step
+     * plans).  NULL op: collectives run on `host` itself (the CPU
+     * backends).  The CUDA backend forms an NCCL group on its stream,
+     * passing the NCCL unique id from rank 0 over `host`.  Caller destroys
+     * the result. */
+    struct llmq_comm *(*group_comm)(llmq_backend *be, struct llmq_comm *host, llmq_err *err);
 } be_ops;
 
 struct llmq_backend {

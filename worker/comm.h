@@ -51,14 +51,21 @@ typedef enum comm_dtype {
     COMM_F32 = 0, /* float: all_reduce_sum, all_gather */
     COMM_I32,     /* int32_t: sums wrap modulo 2^32 (no UB), all_gather */
     COMM_U8,      /* raw bytes: all_gather only */
+    COMM_F16,     /* IEEE half: all_reduce_sum on device communicators (NCCL) only */
+    COMM_BF16,    /* bfloat16: likewise; sums accumulate in f32 and round once */
 } comm_dtype;
 
 /* Bytes of one element (0 for an unknown dtype). */
 static inline size_t comm_dtype_size(comm_dtype dt) {
-    return dt == COMM_F32 ? 4 : dt == COMM_I32 ? 4 : dt == COMM_U8 ? 1 : 0;
+    return dt == COMM_F32 || dt == COMM_I32 ? 4 : dt == COMM_F16 || dt == COMM_BF16 ? 2 : dt == COMM_U8 ? 1 : 0;
 }
 static inline const char *comm_dtype_name(comm_dtype dt) {
-    return dt == COMM_F32 ? "f32" : dt == COMM_I32 ? "i32" : dt == COMM_U8 ? "u8" : "?";
+    return dt == COMM_F32    ? "f32"
+           : dt == COMM_I32  ? "i32"
+           : dt == COMM_U8   ? "u8"
+           : dt == COMM_F16  ? "f16"
+           : dt == COMM_BF16 ? "bf16"
+                             : "?";
 }
 
 typedef struct llmq_comm llmq_comm;
@@ -67,7 +74,8 @@ typedef struct comm_ops {
     const char *name; /* "single", "shm", "nccl" */
 
     /* buf[0..count) = sum over ranks of every rank's buf[0..count), in place.
-     * dt is COMM_F32 or COMM_I32 (COMM_U8: LLMQ_ERR_UNSUPPORTED). */
+     * dt is COMM_F32 or COMM_I32; COMM_F16/COMM_BF16 on device communicators
+     * (NCCL) only; otherwise LLMQ_ERR_UNSUPPORTED. */
     llmq_status (*all_reduce_sum)(llmq_comm *c, void *buf, size_t count, comm_dtype dt);
     /* recv[world * count] = rank 0's send[count], rank 1's send[count], ...
      * In place when send == recv + rank * count elements; any other

@@ -30,6 +30,7 @@ struct engine {
     llmq_backend *be;
     eng_opts opts;
     llmq_comm *comm;            /* NULL or world 1: no collectives */
+    llmq_comm *dcomm;           /* collectives on backend buffers: comm, or the backend's own (owned) */
     int tp;                     /* 1 when comm has more than one rank */
     int32_t *plan;              /* leader -> peers step plan (host) */
     size_t plan_cap;            /* int32 entries */
@@ -79,6 +80,15 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
         return llmq_err_set(err, LLMQ_ERR_INVALID, "engine: the model is shard %d of %d but the group is rank %d of %d",
                             sh->rank, sh->world, o->comm ? o->comm->rank : 0, o->comm ? o->comm->world : 1);
     }
+    e->dcomm = e->comm;
+    if (e->tp && be->ops->group_comm) {
+        llmq_comm *d = be->ops->group_comm(be, e->comm, err);
+        if (!d) {
+            free(e);
+            return err->code;
+        }
+        e->dcomm = d;
+    }
     e->kv_dim = (size_t)sh->n_kv_heads * c->head_dim;
     e->max_bt = (c->max_position_embeddings + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
     if (e->max_bt > o->n_blocks) e->max_bt = o->n_blocks;
@@ -125,6 +135,7 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
 void eng_destroy(engine *e) {
     if (!e) return;
     llmq_backend *be = e->be;
+    if (e->dcomm != e->comm) comm_destroy(e->dcomm);
     for (int l = 0; l < e->m->cfg.n_layers; l++) {
         if (e->k_cache) be->ops->free(be, e->k_cache[l]);
         if (e->v_cache) be->ops->free(be, e->v_cache[l]);
@@ -203,7 +214,9 @@ static llmq_status plan_step(engine *e, const eng_seq *seqs, int n_seqs, int *n_
 /* Sum a row-parallel output over the group. */
 static llmq_status reduce(engine *e, void *buf, size_t n, llmq_err *err) {
     if (!e->tp) return LLMQ_OK;
-    if (comm_all_reduce_sum(e->comm, buf, n, COMM_F32)) return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+    const llmq_dtype dt = e->be->act_dt;
+    const comm_dtype cdt = dt == LLMQ_F16 ? COMM_F16 : dt == LLMQ_BF16 ? COMM_BF16 : COMM_F32;
+    if (comm_all_reduce_sum(e->dcomm, buf, n, cdt)) return llmq_err_set(err, e->dcomm->err.code, "%s", e->dcomm->err.msg);
     return LLMQ_OK;
 }
 

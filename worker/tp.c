@@ -45,6 +45,11 @@ llmq_status tp_group_start(tp_group *g, int world, int timeout_ms, llmq_err *err
             if (getppid() != leader) _exit(1); /* the leader died before prctl */
             rank = r;
             memset(g->peers, 0, sizeof g->peers);
+            /* GPU ranks: one device each, counted from the leader's */
+            const char *base = getenv("LLMQ_CUDA_DEVICE");
+            char dev[16];
+            snprintf(dev, sizeof dev, "%d", (base && *base ? atoi(base) : 0) + r);
+            setenv("LLMQ_CUDA_DEVICE", dev, 1);
             break;
         }
         g->peers[r] = pid;

@@ -1,5 +1,5 @@
 /*
- * tp.h — starting a tensor-parallel group of CPU ranks on one host.
+ * tp.h — starting a tensor-parallel group of ranks on one host.
  *
  * `llmq generate --tp N` and `llmq-worker --tp N` call tp_group_start()
  * before they load anything: it forks N-1 peer processes, and every process
@@ -8,6 +8,11 @@
  * plans (eng_serve); the leader schedules and calls tp_group_stop() at the
  * end.  Peers die with the leader (PR_SET_PDEATHSIG) and the leader learns
  * of a dead peer from the first collective that fails.
+ *
+ * GPU ranks: rank r uses CUDA device LLMQ_CUDA_DEVICE + r (device r when it
+ * is unset); the engine forms an NCCL group over the shared-memory
+ * communicator (be_ops.group_comm) for the all-reduces of activations,
+ * while step plans keep going through shared memory.
  */
 #ifndef LLMQ_TP_H
 #define LLMQ_TP_H

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cuda/comm_nccl.h"
 #include "kernels/cuda/common.cuh"
 
 #define W_STAGE_BYTES ((size_t)64 << 20)    /* weight conversion staging */
@@ -198,6 +199,24 @@ static llmq_status cu_sync(llmq_backend *be, llmq_err *err) {
     return st;
 }
 
+/* The group's NCCL communicator on this backend's stream: rank 0 makes the
+ * unique id and hands it to the others over the host communicator. */
+static llmq_comm *cu_group_comm(llmq_backend *be, llmq_comm *host, llmq_err *err) {
+    unsigned char msg[1 + COMM_NCCL_ID_BYTES]; /* ok flag, then the id */
+    memset(msg, 0, sizeof msg);
+    if (host->rank == 0 && comm_nccl_unique_id(msg + 1, err) == LLMQ_OK) msg[0] = 1;
+    /* rank 0 broadcasts after a failure too, so that no rank waits for it */
+    if (comm_broadcast(host, msg, sizeof msg, 0)) {
+        llmq_err_set(err, host->err.code, "%s", host->err.msg);
+        return NULL;
+    }
+    if (!msg[0]) {
+        if (host->rank != 0) llmq_err_set(err, LLMQ_ERR_BACKEND, "rank 0 could not create the NCCL group id");
+        return NULL;
+    }
+    return comm_nccl_create(msg + 1, host->rank, host->world, host->timeout_ms, cuda_backend_stream(be), err);
+}
+
 static const be_ops cuda_ops = {
     .name = "cuda",
     .alloc = cu_alloc,
@@ -218,6 +237,7 @@ static const be_ops cuda_ops = {
     .swiglu = cuda_swiglu,
     .gather_rows = cuda_gather_rows,
     .add = cuda_add,
+    .group_comm = cu_group_comm,
 };
 
 /* ------------------------------------------------------------ lifetime */

@@ -14,6 +14,8 @@
  * and only publishes a reason (0 -> 1 writing -> 2 published), which the
  * op thread acts on at its next poll.
  */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <nccl.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -189,18 +191,33 @@ __global__ void ordered_sum_i32(uint32_t *dst, const uint32_t *slices, size_t sl
     }
 }
 
+/* Half types: widen every slice to f32, add in rank order, round once. */
+__device__ inline float widen(__half x) { return __half2float(x); }
+__device__ inline float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ inline void narrow(__half *d, float x) { *d = __float2half_rn(x); }
+__device__ inline void narrow(__nv_bfloat16 *d, float x) { *d = __float2bfloat16_rn(x); }
+
+template <typename T>
+__global__ void ordered_sum_half(T *dst, const T *slices, size_t slice, int world, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float acc = widen(slices[i]);
+        for (int r = 1; r < world; r++) acc = acc + widen(slices[(size_t)r * slice + i]);
+        narrow(&dst[i], acc);
+    }
+}
+
 static llmq_status nccl_all_reduce_sum(llmq_comm *c, void *buf, size_t count, comm_dtype dt) {
     nccl_comm *s = (nccl_comm *)c->impl;
     const char *op = "all_reduce_sum";
     llmq_status st = enter(s, op);
     if (st) return st;
-    if (dt != COMM_F32 && dt != COMM_I32)
+    if (dt != COMM_F32 && dt != COMM_I32 && dt != COMM_F16 && dt != COMM_BF16)
         return llmq_err_set(&c->err, LLMQ_ERR_UNSUPPORTED, "nccl rank %d: all_reduce_sum of %s", c->rank,
                             comm_dtype_name(dt));
     if (count && !buf) return llmq_err_set(&c->err, LLMQ_ERR_INVALID, "nccl rank %d: all_reduce_sum: NULL buffer", c->rank);
     if (!count || c->world == 1) return LLMQ_OK;
     const double deadline = deadline_of(c);
-    const size_t es = 4, W = (size_t)c->world, slice = (count + W - 1) / W;
+    const size_t es = comm_dtype_size(dt), W = (size_t)c->world, slice = (count + W - 1) / W;
     const size_t bytes = count * es;
     /* scratch: [W][slice] received slices, then [W][slice] gathered result */
     if ((st = reserve(s, &s->scratch, &s->scratch_bytes, 2 * W * slice * es, op))) return st;
@@ -227,6 +244,12 @@ static llmq_status nccl_all_reduce_sum(llmq_comm *c, void *buf, size_t count, co
         if (dt == COMM_F32)
             ordered_sum_f32<<<grid, 256, 0, s->stream>>>((float *)(res + my0 * es), (const float *)recv, slice,
                                                          c->world, my_len);
+        else if (dt == COMM_F16)
+            ordered_sum_half<<<grid, 256, 0, s->stream>>>((__half *)(res + my0 * es), (const __half *)recv, slice,
+                                                          c->world, my_len);
+        else if (dt == COMM_BF16)
+            ordered_sum_half<<<grid, 256, 0, s->stream>>>((__nv_bfloat16 *)(res + my0 * es),
+                                                          (const __nv_bfloat16 *)recv, slice, c->world, my_len);
         else
             ordered_sum_i32<<<grid, 256, 0, s->stream>>>((uint32_t *)(res + my0 * es), (const uint32_t *)recv,
                                                          slice, c->world, my_len);
