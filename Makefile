@@ -88,6 +88,7 @@ help:
 	@echo "  make bench-serving  local stack (redis, worker, gateway) under llmq-loadtest, 110M shape"
 	@echo "  make cuda         CUDA build into build-cuda/ (+ build-cuda/bundle/) when nvcc is found; see cuda.mk"
 	@echo "  make fixtures     regenerate transformers fixtures (needs torch; not used by CI)"
+	@echo "  make fuzz         libFuzzer targets (clang) into build-fuzz/libfuzzer/, each run FUZZ_SECONDS=30; see fuzz.mk"
 	@echo "  make clean        remove build outputs"
 	@echo "variables: SANITIZER=address|undefined|thread  ARCH=native|x86-64-v3  OPT=-O2"
 
@@ -165,3 +166,6 @@ $(BUILD)/obj/kernels/%.o: CFLAGS += -O3
 
 # `make cuda` (never part of `make`): see cuda.mk.
 include cuda.mk
+
+# `make fuzz` and the fuzz replays of `make test`: see fuzz.mk.
+include fuzz.mk

@@ -7,7 +7,9 @@
  *   llmq stream --redis URL [--prefix P] [--from SEQ] [--timeout MS] ID
  *   llmq cancel --redis URL [--prefix P] ID
  *
- * --redis defaults to $LLMQ_REDIS, then redis://127.0.0.1:6379.  submit
+ * --redis defaults to $LLMQ_REDIS, then redis://127.0.0.1:6379; a password
+ * not in the URL comes from --redis-password-file F, $LLMQ_REDIS_PASSWORD_FILE
+ * or $LLMQ_REDIS_PASSWORD (common/url.h).  submit
  * prints the job id (plain), or with --wait the final JSON as `get` prints
  * it, or with --stream the text as it is generated.  Exit status: 0 ok, 1
  * runtime error or failed job, 2 usage.
@@ -21,6 +23,7 @@
 
 #include "client/cli.h"
 #include "client/libllmq.h"
+#include "common/url.h"
 
 typedef struct queue_opts {
     const char *redis;           /* URL */
@@ -44,6 +47,8 @@ static void usage(FILE *f, const char *verb) {
         fprintf(f, "usage: llmq stream --redis URL [--prefix P] [--from SEQ] [--timeout MS] ID\n");
     else
         fprintf(f, "usage: llmq %s --redis URL [--prefix P] ID\n", verb);
+    fprintf(f, "a Redis password not in the URL: --redis-password-file F, $LLMQ_REDIS_PASSWORD_FILE or "
+               "$LLMQ_REDIS_PASSWORD\n");
 }
 
 /* Parse argv; 0 ok, 2 usage error (printed), 1 = --help printed. */
@@ -53,7 +58,8 @@ static int parse(int argc, char **argv, queue_opts *o) {
     o->redis = getenv("LLMQ_REDIS") ? getenv("LLMQ_REDIS") : "redis://127.0.0.1:6379";
     o->max_tokens = PROTO_UNSET;
     o->temperature = NAN;
-    enum { O_REDIS = 1, O_PREFIX, O_MODEL, O_PROMPT, O_MAXT, O_TEMP, O_SEED, O_WAIT, O_STREAM, O_FROM, O_TIMEOUT, O_HELP };
+    enum { O_REDIS = 1, O_PREFIX, O_MODEL, O_PROMPT, O_MAXT, O_TEMP, O_SEED, O_WAIT, O_STREAM, O_FROM, O_TIMEOUT, O_PWFILE,
+           O_HELP };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},   {"prefix", required_argument, 0, O_PREFIX},
         {"model", required_argument, 0, O_MODEL},   {"prompt", required_argument, 0, O_PROMPT},
@@ -61,6 +67,7 @@ static int parse(int argc, char **argv, queue_opts *o) {
         {"seed", required_argument, 0, O_SEED},     {"wait", no_argument, 0, O_WAIT},
         {"stream", no_argument, 0, O_STREAM},       {"from", required_argument, 0, O_FROM},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"help", no_argument, 0, O_HELP},
+        {"redis-password-file", required_argument, 0, O_PWFILE},
         {0, 0, 0, 0},
     };
     int c;
@@ -70,6 +77,7 @@ static int parse(int argc, char **argv, queue_opts *o) {
         switch (c) {
         case O_REDIS: o->redis = optarg; break;
         case O_PREFIX: o->prefix = optarg; break;
+        case O_PWFILE: redis_url_set_password_file(optarg); break;
         case O_MODEL: o->model = optarg; break;
         case O_PROMPT: o->prompt = optarg; break;
         case O_MAXT:

@@ -36,7 +36,7 @@ llmq_client *llmq_connect(const char *url, const char *prefix, llmq_err *err) {
         llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
         return NULL;
     }
-    if (redis_url_parse(&c->url, url, err) != LLMQ_OK || keys_init(&c->keys, prefix, err) != LLMQ_OK ||
+    if (redis_url_resolve(&c->url, url, err) != LLMQ_OK || keys_init(&c->keys, prefix, err) != LLMQ_OK ||
         !(c->ctx = rconn_connect(&c->url, STREAM_BLOCK_MS + 5000, err))) {
         free(c);
         return NULL;

@@ -41,6 +41,65 @@ static const char admit_lua[] =
     "if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {2, att, seed} end\n"
     "return {1, att, seed}\n";
 
+/* KEYS[1] job hash, KEYS[2] request stream; ARGV[1] model, ARGV[2] created
+ * ms, ARGV[3] id, ARGV[4] request, ARGV[5] max queue, ARGV[6] group. */
+static const char submit_bounded_lua[] =
+    "local waiting = -1\n"
+    "local groups = redis.pcall('XINFO', 'GROUPS', KEYS[2])\n"
+    "if type(groups) == 'table' and not groups.err then\n"
+    "  for _, g in ipairs(groups) do\n"
+    "    local name, lag\n"
+    "    for i = 1, #g - 1, 2 do\n"
+    "      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'lag' then lag = g[i + 1] end\n"
+    "    end\n"
+    "    if name == ARGV[6] and type(lag) == 'number' then waiting = lag end\n"
+    "  end\n"
+    "end\n"
+    "if waiting < 0 then waiting = redis.call('XLEN', KEYS[2]) end\n"
+    "if waiting >= tonumber(ARGV[5]) then return {0, waiting} end\n"
+    "redis.call('HSET', KEYS[1], 'state', 'queued', 'model', ARGV[1], 'created', ARGV[2], 'attempts', '0')\n"
+    "redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'p', ARGV[4])\n"
+    "return {1, waiting}\n";
+
+/* KEYS[1] job hash, KEYS[2] output stream; ARGV[1] attempt, ARGV[2] output
+ * channel, ARGV[3] chunk.  See "Fencing" in jobops.h. */
+static const char chunk_lua[] =
+    "local h = redis.call('HMGET', KEYS[1], 'state', 'attempts')\n"
+    "if h[1] ~= 'running' or h[2] ~= ARGV[1] then return 0 end\n"
+    "redis.call('XADD', KEYS[2], '*', 'c', ARGV[3])\n"
+    "redis.call('PUBLISH', ARGV[2], ARGV[3])\n"
+    "return 1\n";
+
+/* KEYS[1] job hash, KEYS[2] output stream, KEYS[3] request stream, KEYS[4]
+ * dead stream (only when the job goes there); ARGV[1] attempt (0: never
+ * admitted), ARGV[2] output channel, ARGV[3] final chunk, ARGV[4] group,
+ * ARGV[5] entry id ('' = none), ARGV[6] ttl s, ARGV[7] state, ARGV[8]
+ * finish_reason, ARGV[9] finished ms, ARGV[10] prompt_tokens, ARGV[11]
+ * completion_tokens, ARGV[12] error ('' = none), ARGV[13] job id. */
+static const char finish_lua[] =
+    "local h = redis.call('HMGET', KEYS[1], 'state', 'attempts')\n"
+    "local function ack_dead()\n"
+    "  if ARGV[5] ~= '' then redis.call('XACK', KEYS[3], ARGV[4], ARGV[5]) end\n"
+    "  if KEYS[4] then redis.call('XADD', KEYS[4], '*', 'id', ARGV[13], 'entry', ARGV[5], 'reason', ARGV[12]) end\n"
+    "end\n"
+    "if ARGV[1] ~= '0' then\n"
+    "  if h[1] ~= 'running' or h[2] ~= ARGV[1] then return 0 end\n"
+    "elseif h[1] and h[1] ~= 'queued' then\n"
+    "  ack_dead()\n"
+    "  return 2\n"
+    "end\n"
+    "redis.call('XADD', KEYS[2], '*', 'c', ARGV[3])\n"
+    "redis.call('PUBLISH', ARGV[2], ARGV[3])\n"
+    "redis.call('HSET', KEYS[1], 'state', ARGV[7], 'finish_reason', ARGV[8], 'finished', ARGV[9],\n"
+    "           'prompt_tokens', ARGV[10], 'completion_tokens', ARGV[11])\n"
+    "if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[12]) end\n"
+    "ack_dead()\n"
+    "if tonumber(ARGV[6]) > 0 then\n"
+    "  redis.call('EXPIRE', KEYS[1], ARGV[6])\n"
+    "  redis.call('EXPIRE', KEYS[2], ARGV[6])\n"
+    "end\n"
+    "return 1\n";
+
 void jobops_submit(rcmd *hset, rcmd *xadd, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
                    const void *payload, size_t payload_len, int64_t now_ms) {
     keys_job(k, id, kb->job, sizeof kb->job);
@@ -64,6 +123,24 @@ void jobops_submit(rcmd *hset, rcmd *xadd, jobops_keys *kb, const llmq_keys *k, 
     rcmd_str(xadd, id);
     rcmd_str(xadd, PROTO_FIELD_REQ);
     rcmd_arg(xadd, payload, payload_len);
+}
+
+void jobops_submit_bounded(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
+                           const void *payload, size_t payload_len, int64_t now_ms, long long max_queue) {
+    keys_job(k, id, kb->job, sizeof kb->job);
+    keys_req_stream(k, model, kb->req, sizeof kb->req);
+    rcmd_init(c);
+    rcmd_str(c, "EVAL");
+    rcmd_str(c, submit_bounded_lua);
+    rcmd_str(c, "2");
+    rcmd_str(c, kb->job);
+    rcmd_str(c, kb->req);
+    rcmd_str(c, model);
+    rcmd_fmt(c, "%" PRId64, now_ms);
+    rcmd_str(c, id);
+    rcmd_arg(c, payload, payload_len);
+    rcmd_fmt(c, "%lld", max_queue);
+    rcmd_str(c, PROTO_GROUP);
 }
 
 void jobops_group_create(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model) {
@@ -118,4 +195,51 @@ void jobops_admit(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, 
     rcmd_str(c, worker);
     rcmd_fmt(c, "%" PRId64, now_ms);
     rcmd_fmt(c, "%" PRIu64, seed);
+}
+
+void jobops_chunk(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, long long attempt, const void *chunk,
+                  size_t chunk_len) {
+    keys_job(k, id, kb->job, sizeof kb->job);
+    keys_job_out(k, id, kb->out, sizeof kb->out);
+    keys_out_channel(k, id, kb->chan, sizeof kb->chan);
+    rcmd_init(c);
+    rcmd_str(c, "EVAL");
+    rcmd_str(c, chunk_lua);
+    rcmd_str(c, "2");
+    rcmd_str(c, kb->job);
+    rcmd_str(c, kb->out);
+    rcmd_fmt(c, "%lld", attempt);
+    rcmd_str(c, kb->chan);
+    rcmd_arg(c, chunk, chunk_len);
+}
+
+void jobops_finish(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, const char *entry,
+                   long long attempt, const jobops_final *f, int64_t result_ttl_s, const void *chunk,
+                   size_t chunk_len) {
+    keys_job(k, id, kb->job, sizeof kb->job);
+    keys_job_out(k, id, kb->out, sizeof kb->out);
+    keys_out_channel(k, id, kb->chan, sizeof kb->chan);
+    keys_req_stream(k, model, kb->req, sizeof kb->req);
+    keys_dead_stream(k, model, kb->dead, sizeof kb->dead);
+    rcmd_init(c);
+    rcmd_str(c, "EVAL");
+    rcmd_str(c, finish_lua);
+    rcmd_str(c, f->dead ? "4" : "3");
+    rcmd_str(c, kb->job);
+    rcmd_str(c, kb->out);
+    rcmd_str(c, kb->req);
+    if (f->dead) rcmd_str(c, kb->dead);
+    rcmd_fmt(c, "%lld", attempt);
+    rcmd_str(c, kb->chan);
+    rcmd_arg(c, chunk, chunk_len);
+    rcmd_str(c, PROTO_GROUP);
+    rcmd_str(c, entry ? entry : "");
+    rcmd_fmt(c, "%" PRId64, result_ttl_s);
+    rcmd_str(c, f->state);
+    rcmd_str(c, f->finish_reason);
+    rcmd_fmt(c, "%" PRId64, f->finished_ms);
+    rcmd_fmt(c, "%lld", f->prompt_tokens);
+    rcmd_fmt(c, "%lld", f->completion_tokens);
+    rcmd_str(c, f->error ? f->error : "");
+    rcmd_str(c, id);
 }

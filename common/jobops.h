@@ -26,6 +26,7 @@ typedef struct jobops_keys {
     char chan[KEYS_MAX];      /* <P>out:{id} */
     char req[KEYS_MAX];       /* <P>req:<model> */
     char cancel[KEYS_MAX];    /* <P>cancel */
+    char dead[KEYS_MAX];      /* <P>dead:<model> */
 } jobops_keys;
 
 /*
@@ -37,6 +38,18 @@ typedef struct jobops_keys {
  */
 void jobops_submit(rcmd *hset, rcmd *xadd, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
                    const void *payload, size_t payload_len, int64_t now_ms);
+
+/*
+ * Submission under a queue bound (an EVAL): the same HSET + XADD, done only
+ * when fewer than max_queue jobs wait, checked in the same atomic step (a
+ * check sent ahead of a MULTI lets every submission of a burst see the
+ * queue before the others were added, and a burst then overshoots the bound
+ * by its whole size).  Waiting = the `lag` of the consumer group `workers`
+ * (XINFO GROUPS), or XLEN when Redis cannot compute the lag.  Returns
+ * {1, waiting} when submitted, {0, waiting} when refused (nothing written).
+ */
+void jobops_submit_bounded(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
+                           const void *payload, size_t payload_len, int64_t now_ms, long long max_queue);
 
 /* XGROUP CREATE <P>req:<model> workers 0 MKSTREAM  (BUSYGROUP error = exists). */
 void jobops_group_create(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model);
@@ -77,5 +90,58 @@ enum { JOBOPS_CANCEL_NOT_FOUND = 0, JOBOPS_CANCEL_REQUESTED = 1, JOBOPS_CANCEL_D
  */
 void jobops_admit(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, const char *worker,
                   int64_t now_ms, uint64_t seed);
+
+/*
+ * Fencing.  Delivery is at-least-once: a worker that stalls for longer than
+ * --claim-idle-ms (a long step, a paused VM, CPU starvation) has its entries
+ * claimed by another worker, which admits the job again (attempts + 1) and
+ * resumes it from the output stream, while the first one, once it runs
+ * again, still holds the job in memory.  Every write of a worker's output is
+ * therefore a script that first checks, atomically, that the job hash still
+ * says state `running` with `attempts` equal to the attempt the writer was
+ * admitted with.  A superseded writer gets 0, writes nothing, and must drop
+ * the job (without XACK: the entry belongs to the new owner).  So a job's
+ * output has one writer at a time, and readers see one stream without
+ * repeated seqs and one final chunk, however workers stall.
+ */
+
+/*
+ * One chunk of a running job (an EVAL): XADD <P>job:{id}:out * c <chunk> and
+ * PUBLISH <P>out:{id} <chunk> when the fence holds (returns 1), nothing
+ * otherwise (returns 0).  attempt: the `attempts` value admission returned.
+ */
+void jobops_chunk(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, long long attempt, const void *chunk,
+                  size_t chunk_len);
+
+/* The end of a job as jobops_finish writes it. */
+typedef struct jobops_final {
+    const char *state;          /* done | failed | cancelled | expired */
+    const char *finish_reason;  /* stop | length | cancelled | deadline | error */
+    int64_t finished_ms;        /* Unix ms */
+    long long prompt_tokens, completion_tokens;
+    const char *error;          /* the reason when failed, else NULL */
+    int dead;                   /* also XADD <P>dead:<model> * id <id> entry <entry> reason <error> */
+} jobops_final;
+
+/*
+ * The end of a job (an EVAL), all or nothing: the final chunk (XADD +
+ * PUBLISH), HSET of the job hash (state, finish_reason, finished,
+ * prompt_tokens, completion_tokens[, error]), XACK of the request entry
+ * (when entry is not NULL/empty), EXPIRE result_ttl_s of the hash and the
+ * output stream, and with f->dead the dead-stream record.  Returns:
+ *   1  written;
+ *   0  attempt > 0 and the fence does not hold: nothing written (the job
+ *      belongs to a newer attempt, or someone else ended it);
+ *   2  attempt == 0 (an entry the worker never admitted: undecodable,
+ *      invalid) and the job is not queued (already final, or running under
+ *      another entry with the same id): only the XACK and the dead record,
+ *      the job itself is left alone.
+ */
+void jobops_finish(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, const char *entry,
+                   long long attempt, const jobops_final *f, int64_t result_ttl_s, const void *chunk,
+                   size_t chunk_len);
+
+/* Results of the chunk and finish scripts. */
+enum { JOBOPS_FENCED = 0, JOBOPS_WRITTEN = 1, JOBOPS_NOT_OURS = 2 };
 
 #endif

@@ -14,7 +14,10 @@
  * declare 2^32-1 elements (~100 GB).  That malloc fails (or, with
  * overcommit, reserves address space that is never touched), msgpack-c
  * reports NOMEM, and we report a format error: no crash, no real memory.
- * Nesting is bounded by msgpack-c's own stack limit.
+ * (msgpack-c 4.0 has no limits API to refuse the count before allocating.)
+ * Nesting is bounded by msgpack-c's own stack limit, and the message itself
+ * by PROTO_MAX_MESSAGE_BYTES before msgpack-c sees it: the element tables of
+ * a message that does hold its elements cost at most 32 bytes per byte.
  */
 #include "common/protocol.h"
 
@@ -176,6 +179,9 @@ static llmq_status read_ids(const msgpack_object *o, const char *field, size_t m
 static llmq_status unpack_whole(msgpack_unpacked *res, const void *buf, size_t len, const char *what,
                                 llmq_err *err) {
     if (!buf || len == 0) return llmq_err_set(err, LLMQ_ERR_FORMAT, "%s: empty message", what);
+    if (len > PROTO_MAX_MESSAGE_BYTES)
+        return llmq_err_set(err, LLMQ_ERR_FORMAT, "%s: %zu bytes, more than the %d a message may have", what, len,
+                            PROTO_MAX_MESSAGE_BYTES);
     size_t off = 0;
     msgpack_unpack_return rc = msgpack_unpack_next(res, buf, len, &off);
     switch (rc) {
@@ -250,8 +256,9 @@ static llmq_status read_messages(proto_request *r, const msgpack_object *o, llmq
         for (uint32_t j = 0; j < e->via.map.size; j++) {
             const msgpack_object *k = &e->via.map.ptr[j].key, *v = &e->via.map.ptr[j].val;
             llmq_status st = LLMQ_OK;
-            if (key_is(k, "role")) st = read_str(v, "messages.role", 64, 1, &m[i].role, NULL, err);
-            else if (key_is(k, "content")) st = read_str(v, "messages.content", 0, 0, &m[i].content, NULL, err);
+            if (key_is(k, "role")) st = read_str(v, "messages.role", PROTO_MAX_ROLE_LEN, 1, &m[i].role, NULL, err);
+            else if (key_is(k, "content"))
+                st = read_str(v, "messages.content", PROTO_MAX_PROMPT_BYTES, 0, &m[i].content, NULL, err);
             if (st != LLMQ_OK) {
                 llmq_err_prefix(err, "entry %zu: ", i);
                 free_messages(m, n);
@@ -284,7 +291,7 @@ static llmq_status read_stop(proto_request *r, const msgpack_object *o, llmq_err
     if (n && !s) return llmq_err_set(err, LLMQ_ERR_NOMEM, "field 'stop': out of memory");
     for (size_t i = 0; i < n; i++) {
         size_t len = 0;
-        llmq_status st = read_str(&items[i], "stop", 1024, 0, &s[i], &len, err);
+        llmq_status st = read_str(&items[i], "stop", PROTO_MAX_STOP_LEN, 0, &s[i], &len, err);
         if (st == LLMQ_OK && len == 0) st = llmq_err_set(err, LLMQ_ERR_INVALID, "field 'stop': empty string");
         if (st != LLMQ_OK) {
             for (size_t j = 0; j < n; j++) free(s[j]);
@@ -312,7 +319,7 @@ static llmq_status request_field(proto_request *r, const msgpack_object *k, cons
     if (key_is(k, "prompt")) {
         ++*n_prompts;
         r->kind = PROTO_PROMPT_TEXT;
-        return read_str(v, "prompt", 0, 0, &r->prompt, NULL, err);
+        return read_str(v, "prompt", PROTO_MAX_PROMPT_BYTES, 0, &r->prompt, NULL, err);
     }
     if (key_is(k, "messages")) {
         ++*n_prompts;
@@ -397,15 +404,28 @@ llmq_status proto_request_validate(const proto_request *r, llmq_err *err) {
 #define BAD(...) return llmq_err_set(err, LLMQ_ERR_INVALID, __VA_ARGS__)
     if (r->v != PROTO_VERSION) BAD("v must be %d", PROTO_VERSION);
     if (!r->model || !r->model[0]) BAD("model is required");
+    if (strlen(r->model) > PROTO_MAX_MODEL_LEN) BAD("model must be at most %d bytes", PROTO_MAX_MODEL_LEN);
+    if (r->id && strlen(r->id) > PROTO_MAX_ID_LEN) BAD("id must be at most %d bytes", PROTO_MAX_ID_LEN);
+    size_t text = 0;
     switch (r->kind) {
     case PROTO_PROMPT_TEXT:
         if (!r->prompt) BAD("prompt is required");
+        if (strlen(r->prompt) > PROTO_MAX_PROMPT_BYTES) BAD("prompt is longer than %d bytes", PROTO_MAX_PROMPT_BYTES);
         break;
     case PROTO_PROMPT_MESSAGES:
         if (r->n_messages == 0) BAD("messages must not be empty");
+        if (r->n_messages > PROTO_MAX_MESSAGES) BAD("messages has more than %d entries", PROTO_MAX_MESSAGES);
+        for (size_t i = 0; i < r->n_messages; i++) {
+            if (!r->messages[i].role || !r->messages[i].content) BAD("messages need a role and a content");
+            if (strlen(r->messages[i].role) > PROTO_MAX_ROLE_LEN)
+                BAD("messages roles must be at most %d bytes", PROTO_MAX_ROLE_LEN);
+            text += strlen(r->messages[i].content);
+        }
+        if (text > PROTO_MAX_PROMPT_BYTES) BAD("messages contents are longer than %d bytes", PROTO_MAX_PROMPT_BYTES);
         break;
     case PROTO_PROMPT_IDS:
         if (r->n_prompt_ids == 0) BAD("prompt_ids must not be empty");
+        if (r->n_prompt_ids > PROTO_MAX_PROMPT_IDS) BAD("prompt_ids has more than %d entries", PROTO_MAX_PROMPT_IDS);
         break;
     default: BAD("one of prompt, messages, prompt_ids is required");
     }
@@ -423,8 +443,10 @@ llmq_status proto_request_validate(const proto_request *r, llmq_err *err) {
         BAD("frequency_penalty must be between -2 and 2");
     if (r->logprobs != PROTO_UNSET && (r->logprobs < 0 || r->logprobs > 20)) BAD("logprobs must be between 0 and 20");
     if (r->n_stop > PROTO_MAX_STOP) BAD("stop has more than %d entries", PROTO_MAX_STOP);
-    for (size_t i = 0; i < r->n_stop; i++)
+    for (size_t i = 0; i < r->n_stop; i++) {
         if (!r->stop[i] || !r->stop[i][0]) BAD("stop entries must be non-empty strings");
+        if (strlen(r->stop[i]) > PROTO_MAX_STOP_LEN) BAD("stop entries must be at most %d bytes", PROTO_MAX_STOP_LEN);
+    }
     if (r->n_stop_token_ids > PROTO_MAX_STOP_IDS) BAD("stop_token_ids has more than %d entries", PROTO_MAX_STOP_IDS);
     for (size_t i = 0; i < r->n_stop_token_ids; i++)
         if (r->stop_token_ids[i] < 0) BAD("stop_token_ids must be >= 0");

@@ -37,12 +37,19 @@
 #define PROTO_FIELD_REQ "p"        /* request stream entry: msgpack request */
 #define PROTO_FIELD_CHUNK "c"      /* output stream entry: msgpack chunk */
 
-/* Bounds that decoders enforce (a request past them is refused, not cut). */
+/* Bounds that decoders enforce (a request past them is refused, not cut).
+ * The gateway refuses a body past them with a 400 naming the field, so what
+ * it queues always decodes on the worker's side (docs/operations.md lists
+ * them under "Limits on input"). */
+#define PROTO_MAX_MESSAGE_BYTES (16 << 20) /* bytes of one encoded request or chunk */
 #define PROTO_MAX_ID_LEN 128       /* bytes of a job id */
 #define PROTO_MAX_MODEL_LEN 128    /* bytes of a model name */
+#define PROTO_MAX_PROMPT_BYTES (8 << 20) /* bytes of `prompt`, and of all `messages` contents together */
 #define PROTO_MAX_STOP 16          /* entries of `stop` */
+#define PROTO_MAX_STOP_LEN 1024    /* bytes of one `stop` string */
 #define PROTO_MAX_STOP_IDS 64      /* entries of `stop_token_ids` */
 #define PROTO_MAX_MESSAGES 4096    /* entries of `messages` */
+#define PROTO_MAX_ROLE_LEN 64      /* bytes of a message's `role` */
 #define PROTO_MAX_PROMPT_IDS (1 << 20) /* entries of `prompt_ids` */
 
 /* ------------------------------------------------------------ buffers */
@@ -129,7 +136,8 @@ void proto_request_deinit(proto_request *r);
  * Decode a msgpack request map from buf[0..len).  r is overwritten (call
  * proto_request_init first or pass a deinit'ed struct; previous contents
  * are NOT freed).  Returns LLMQ_OK, LLMQ_ERR_FORMAT (not msgpack, not a map,
- * truncated, trailing bytes), LLMQ_ERR_INVALID (a field of the wrong type,
+ * truncated, trailing bytes, more than PROTO_MAX_MESSAGE_BYTES),
+ * LLMQ_ERR_INVALID (a field of the wrong type,
  * out of the decoder's bounds, no prompt or more than one prompt form) or
  * LLMQ_ERR_UNSUPPORTED (v != 1); err names the field.  Ranges of sampling
  * parameters are checked by proto_request_validate, not here.
@@ -138,7 +146,8 @@ llmq_status proto_request_decode(proto_request *r, const void *buf, size_t len, 
 
 /*
  * Check ranges and consistency: one prompt form, non-empty model, the bounds
- * documented on each field, max_tokens >= 1 when set.  err names the field
+ * documented on each field and the PROTO_MAX_* bounds (also for a struct
+ * that was filled by hand, as the gateway does), max_tokens >= 1 when set.  err names the field
  * ("temperature must be between 0 and 2").  LLMQ_ERR_INVALID on failure.
  */
 llmq_status proto_request_validate(const proto_request *r, llmq_err *err);

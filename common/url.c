@@ -1,9 +1,13 @@
 /*
- * url.c — Redis URL parsing (see url.h).  A small hand-written scanner: the
- * grammar is four optional parts, and every failure names the part.
+ * url.c — Redis URL parsing and credentials (see url.h).  A small
+ * hand-written scanner: the grammar is four optional parts, and every
+ * failure names the part.  Error messages quote the URL as the user wrote
+ * it, but always through redis_url_redact(): a password never reaches a
+ * message, so no caller can log one by accident.
  */
 #include "common/url.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,14 +53,15 @@ static int parse_num(const char *s, size_t n, long lo, long hi, int *out) {
 }
 
 /* "db=N" query (the only one understood). */
-static llmq_status parse_query(redis_url *u, const char *q, const char *url, llmq_err *err) {
+static llmq_status parse_query(redis_url *u, const char *q, const char *shown, llmq_err *err) {
     if (!*q) return LLMQ_OK;
     if (strncmp(q, "db=", 3) != 0 || parse_num(q + 3, strlen(q + 3), 0, 1 << 20, &u->db) != 0)
-        return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': the only query understood is ?db=N", url);
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': the only query understood is ?db=N", shown);
     return LLMQ_OK;
 }
 
-llmq_status redis_url_parse(redis_url *u, const char *url, llmq_err *err) {
+/* The parser proper; `shown` is the redacted URL for messages. */
+static llmq_status parse_url(redis_url *u, const char *url, const char *shown, llmq_err *err) {
     memset(u, 0, sizeof *u);
     u->port = 6379;
     snprintf(u->host, sizeof u->host, "127.0.0.1");
@@ -68,23 +73,26 @@ llmq_status redis_url_parse(redis_url *u, const char *url, llmq_err *err) {
         size_t n = q ? (size_t)(q - p) : strlen(p);
         if (n == 0 || p[0] != '/')
             return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': unix:// needs an absolute path (unix:///path)",
-                                url);
+                                shown);
         if (n >= sizeof u->path)
-            return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': socket path too long", url);
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': socket path too long", shown);
         memcpy(u->path, p, n);
         u->path[n] = '\0';
         u->is_unix = 1;
-        return q ? parse_query(u, q + 1, url, err) : LLMQ_OK;
+        return q ? parse_query(u, q + 1, shown, err) : LLMQ_OK;
     }
     if (strncmp(url, "rediss://", 9) == 0)
-        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "redis URL '%s': TLS (rediss://) is not supported", url);
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
+                            "redis URL '%s': TLS (rediss://) is not supported (Debian's hiredis has no TLS): "
+                            "reach a TLS Redis through a local TLS proxy, see docs/operations.md (Security)",
+                            shown);
     if (strncmp(url, "redis://", 8) != 0)
         return llmq_err_set(err, LLMQ_ERR_INVALID,
-                            "redis URL '%s': expected redis://[user:password@]host:port/db or unix:///path", url);
+                            "redis URL '%s': expected redis://[user:password@]host:port/db or unix:///path", shown);
 
     const char *p = url + 8;
     const char *end = p + strcspn(p, "/?#");
-    if (*end == '#') return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': fragments are not allowed", url);
+    if (*end == '#') return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': fragments are not allowed", shown);
 
     /* userinfo: everything up to the LAST '@' before the path. */
     const char *at = NULL;
@@ -104,12 +112,12 @@ llmq_status redis_url_parse(redis_url *u, const char *url, llmq_err *err) {
     const char *hend, *port = NULL;
     if (*p == '[') {
         const char *rb = memchr(p, ']', (size_t)(end - p));
-        if (!rb) return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': unclosed '[' in host", url);
+        if (!rb) return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': unclosed '[' in host", shown);
         hend = rb;
         p++;
         if (rb + 1 < end) {
             if (rb[1] != ':')
-                return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': expected ':port' after ']'", url);
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': expected ':port' after ']'", shown);
             port = rb + 2;
         }
     } else {
@@ -118,13 +126,13 @@ llmq_status redis_url_parse(redis_url *u, const char *url, llmq_err *err) {
         if (colon) port = colon + 1;
     }
     size_t hlen = (size_t)(hend - p);
-    if (hlen >= sizeof u->host) return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': host too long", url);
+    if (hlen >= sizeof u->host) return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': host too long", shown);
     if (hlen) {
         memcpy(u->host, p, hlen);
         u->host[hlen] = '\0';
     }
     if (port && parse_num(port, (size_t)(end - port), 1, 65535, &u->port) != 0)
-        return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': port must be a number in 1..65535", url);
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': port must be a number in 1..65535", shown);
 
     /* /db and ?db=N */
     p = end;
@@ -132,21 +140,106 @@ llmq_status redis_url_parse(redis_url *u, const char *url, llmq_err *err) {
         p++;
         size_t dlen = strcspn(p, "?");
         if (dlen && parse_num(p, dlen, 0, 1 << 20, &u->db) != 0)
-            return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': database must be a non-negative number", url);
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': database must be a non-negative number", shown);
         p += dlen;
     }
-    if (*p == '?') return parse_query(u, p + 1, url, err);
+    if (*p == '?') return parse_query(u, p + 1, shown, err);
     return LLMQ_OK;
 }
 
+llmq_status redis_url_parse(redis_url *u, const char *url, llmq_err *err) {
+    char shown[512];
+    return parse_url(u, url, redis_url_redact(url, shown, sizeof shown), err);
+}
+
+/* ================================================================ credentials */
+
+static char g_password_file[4096]; /* --redis-password-file; "" = none */
+
+void redis_url_set_password_file(const char *path) {
+    snprintf(g_password_file, sizeof g_password_file, "%s", path ? path : "");
+}
+
+/* The password in file `path` into out[cap]: the whole file less trailing
+ * CR/LF.  An unreadable, empty or oversized file, or one with a NUL byte, is
+ * an error (never a silent "no password"); `what` names the source. */
+static llmq_status read_password_file(const char *path, const char *what, char *out, size_t cap, llmq_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return llmq_err_set(err, LLMQ_ERR_IO, "%s %s: %s", what, path, strerror(errno));
+    size_t n = fread(out, 1, cap, f);
+    int more = n == cap && fgetc(f) != EOF;
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) return llmq_err_set(err, LLMQ_ERR_IO, "%s %s: read error", what, path);
+    while (n && (out[n - 1] == '\n' || out[n - 1] == '\r')) n--;
+    if (more || n >= cap) {
+        out[0] = '\0';
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "%s %s: password longer than %zu bytes", what, path, cap - 1);
+    }
+    out[n] = '\0';
+    if (n == 0) return llmq_err_set(err, LLMQ_ERR_INVALID, "%s %s: the file is empty", what, path);
+    if (strlen(out) != n || strpbrk(out, "\r\n")) {
+        out[0] = '\0';
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "%s %s: the password must be one line without NUL bytes", what,
+                            path);
+    }
+    return LLMQ_OK;
+}
+
+llmq_status redis_url_credentials(redis_url *u, llmq_err *err) {
+    if (u->password[0]) return LLMQ_OK; /* the URL's own password wins */
+    const char *env_file = getenv("LLMQ_REDIS_PASSWORD_FILE");
+    const char *env_pw = getenv("LLMQ_REDIS_PASSWORD");
+    if (g_password_file[0])
+        return read_password_file(g_password_file, "--redis-password-file", u->password, sizeof u->password, err);
+    if (env_file && *env_file)
+        return read_password_file(env_file, "LLMQ_REDIS_PASSWORD_FILE", u->password, sizeof u->password, err);
+    if (env_pw && *env_pw) {
+        if (strlen(env_pw) >= sizeof u->password)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "LLMQ_REDIS_PASSWORD: longer than %zu bytes",
+                                sizeof u->password - 1);
+        memcpy(u->password, env_pw, strlen(env_pw) + 1);
+    }
+    return LLMQ_OK;
+}
+
+llmq_status redis_url_resolve(redis_url *u, const char *url, llmq_err *err) {
+    llmq_status st = redis_url_parse(u, url, err);
+    return st ? st : redis_url_credentials(u, err);
+}
+
+/* ================================================================ for logs */
+
+const char *redis_url_redact(const char *url, char *buf, size_t cap) {
+    if (!cap) return buf;
+    if (!url) url = "";
+    /* userinfo runs from after "scheme://" to the LAST '@' of the string:
+     * further right than the parser looks, so that a password holding a raw
+     * '/', '?' or '#' (which the parser refuses) is still hidden */
+    const char *scheme = strstr(url, "://");
+    const char *start = scheme ? scheme + 3 : url;
+    const char *at = strrchr(start, '@');
+    const char *colon = at ? memchr(start, ':', (size_t)(at - start)) : NULL;
+    if (!colon) {
+        snprintf(buf, cap, "%s", url);
+        return buf;
+    }
+    snprintf(buf, cap, "%.*s***%s", (int)(colon + 1 - url), url, at);
+    return buf;
+}
+
 const char *redis_url_describe(const redis_url *u, char *buf, size_t cap) {
+    const char *pw = u->password[0] ? ":***" : "";
+    int creds = u->user[0] || u->password[0];
     if (u->is_unix) {
-        if (u->db) snprintf(buf, cap, "unix://%s?db=%d", u->path, u->db);
-        else snprintf(buf, cap, "unix://%s", u->path);
-    } else if (strchr(u->host, ':')) {
-        snprintf(buf, cap, "redis://%s%s[%s]:%d/%d", u->user, u->user[0] ? "@" : "", u->host, u->port, u->db);
+        char db[24] = "";
+        if (u->db) snprintf(db, sizeof db, "?db=%d", u->db);
+        if (creds) snprintf(buf, cap, "unix://%s%s (AUTH %s%s)", u->path, db, u->user, pw);
+        else snprintf(buf, cap, "unix://%s%s", u->path, db);
     } else {
-        snprintf(buf, cap, "redis://%s%s%s:%d/%d", u->user, u->user[0] ? "@" : "", u->host, u->port, u->db);
+        int v6 = strchr(u->host, ':') != NULL;
+        snprintf(buf, cap, "redis://%s%s%s%s%s%s:%d/%d", u->user, pw, creds ? "@" : "", v6 ? "[" : "", u->host,
+                 v6 ? "]" : "", u->port, u->db);
     }
     return buf;
 }

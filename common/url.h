@@ -6,8 +6,20 @@
  *   unix:///path/to/redis.sock[?db=N]              Unix socket
  *
  * user and password may be percent-encoded ("p%40ss" for "p@ss").  An empty
- * host means 127.0.0.1.  rediss:// (TLS) is refused as unsupported.  The
+ * host means 127.0.0.1.  rediss:// (TLS) is refused as unsupported (Debian's
+ * hiredis is built without TLS; see docs/operations.md#security).  The
  * parser allocates nothing: the result is plain data, copy it freely.
+ *
+ * The password need not be in the URL, where `ps` and logs would show it:
+ * redis_url_resolve() takes it, when the URL has none, from the first of
+ *
+ *   1. the file named with redis_url_set_password_file() (--redis-password-file),
+ *   2. the file named by $LLMQ_REDIS_PASSWORD_FILE,
+ *   3. $LLMQ_REDIS_PASSWORD.
+ *
+ * A file holds the password alone; trailing CR/LF are dropped.  An ACL user
+ * name still comes from the URL (redis://user@host).  Nothing here ever
+ * prints a password: describe() and every error message show "***".
  */
 #ifndef LLMQ_URL_H
 #define LLMQ_URL_H
@@ -28,8 +40,28 @@ typedef struct redis_url {
  * LLMQ_ERR_UNSUPPORTED for rediss://.  u is fully written either way. */
 llmq_status redis_url_parse(redis_url *u, const char *url, llmq_err *err);
 
-/* "redis://host:port/db" or "unix:///path" with the password left out, for
- * logs.  Returns buf. */
+/* The password file of this process (copied; NULL = none), consulted by
+ * redis_url_resolve before the environment.  Set it before forking peers:
+ * they inherit it. */
+void redis_url_set_password_file(const char *path);
+
+/* Fill u->password from the file or the environment (see above) when the
+ * URL gave none.  A file that cannot be read, is empty or too long is an
+ * error (LLMQ_ERR_IO / LLMQ_ERR_INVALID), never a silent "no password". */
+llmq_status redis_url_credentials(redis_url *u, llmq_err *err);
+
+/* redis_url_parse followed by redis_url_credentials: what a binary that
+ * connects calls on its --redis URL. */
+llmq_status redis_url_resolve(redis_url *u, const char *url, llmq_err *err);
+
+/* For logs: "redis://user:***@host:port/db" (":***" only when a password is
+ * set, from whichever source), "unix:///path" (+ " (AUTH user:***)").
+ * Returns buf. */
 const char *redis_url_describe(const redis_url *u, char *buf, size_t cap);
+
+/* A raw URL string as given on a command line, with the password of its
+ * userinfo replaced by "***" (everything else as is; strings that are not
+ * URLs are copied).  For messages about URLs that may not parse.  Returns buf. */
+const char *redis_url_redact(const char *url, char *buf, size_t cap);
 
 #endif

@@ -76,7 +76,6 @@ gw_call *gw_call_new(gw *g, http_conn *c, http_request *req, size_t size, void (
     call->req = req;
     call->refs = 1;
     call->cleanup = cleanup;
-    call->queue_lag = -1;
     proto_buf_init(&call->payload);
     http_conn_ref(c);
     http_conn_on_close(c, on_client_gone, call);

@@ -21,6 +21,7 @@
 #include "common/metrics.h"
 #include "common/protocol.h"
 #include "common/url.h"
+#include "gateway/auth.h"
 #include "gateway/http.h"
 #include "gateway/jobwatch.h"
 #include "gateway/redis.h"
@@ -29,7 +30,9 @@ typedef struct gw_config {
     const char *redis_url;       /* --redis */
     const char *listen_host;     /* from --listen HOST:PORT */
     int listen_port;
-    const char *api_key_file;    /* --api-key-file, NULL = no auth */
+    const char *api_key_file;    /* --api-key-file (else $LLMQ_API_KEY_FILE / $LLMQ_API_KEYS), see auth.h */
+    const char *redis_password_file; /* --redis-password-file (else the environment), see common/url.h */
+    int allow_root;              /* --allow-root or LLMQ_ALLOW_ROOT=1: run with euid 0 anyway */
     long long max_queue;         /* --max-queue: waiting jobs per model before 429; 0 = unbounded */
     size_t max_body;             /* --max-body-bytes */
     int max_tokens_limit;        /* --max-tokens-limit: largest max_tokens accepted; 0 = none */
@@ -59,8 +62,7 @@ typedef struct gw {
     http_server *http;
     metrics *reg;
     gw_metrics m;
-    char **api_keys;             /* bearer keys (owned); n_api_keys == 0 → no auth */
-    size_t n_api_keys;
+    gw_auth auth;                /* bearer keys; none → no auth; reloaded on SIGHUP */
     char **models;               /* --models (owned) or models seen so far */
     size_t n_models;
     int models_fixed;            /* 1 when --models was given: others are 404 */
@@ -68,6 +70,7 @@ typedef struct gw {
     int64_t started_s;           /* Unix time of start ("created" of /v1/models) */
     int shutting_down;
     ev_signal sigterm_w, sigint_w;
+    ev_signal sighup_w;          /* reload the API keys */
     ev_timer drain_w;            /* shutdown: wait for streams, then stop */
 } gw;
 
@@ -89,7 +92,6 @@ struct gw_call {
     char id[PROTO_MAX_ID_LEN + 1];  /* the job's id */
     char model[PROTO_MAX_MODEL_LEN + 1]; /* the job's model */
     proto_buf payload;           /* msgpack request until it is sent */
-    long long queue_lag;         /* XINFO GROUPS lag of the model's stream, -1 unknown */
     void (*submitted)(gw_call *, int status, const char *msg); /* 0 = queued, else an HTTP status */
 };
 

@@ -296,7 +296,9 @@ void http_respond(http_conn *c, int status, const char *content_type, const char
     c->status = status;
     c->resp_keep_alive = c->req.keep_alive && !c->srv->shutting_down;
     send_head(c, status, content_type, (long long)len, extra_headers);
-    if (len) conn_send(c, body, len);
+    /* a response to HEAD is the head alone (RFC 9110 §9.3.2): a body would be
+     * read as the next response by a keep-alive client */
+    if (len && c->req.method != HTTP_HEAD) conn_send(c, body, len);
     response_done(c);
 }
 
@@ -549,29 +551,34 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        http_conn *c = calloc(1, sizeof *c);
-        if (!c) {
-            close(fd);
-            continue;
-        }
-        c->srv = s;
-        c->fd = fd;
-        c->refs = 1;
-        c->state = CS_READING;
-        c->hwhich = H_NONE;
-        http_parser_init(&c->parser, HTTP_REQUEST);
-        c->parser.data = c;
-        ev_io_init(&c->rio, on_read, fd, EV_READ);
-        ev_io_init(&c->wio, on_write, fd, EV_WRITE);
-        ev_init(&c->timer, on_timer);
-        c->timer.repeat = s->lim.idle_timeout;
-        ev_timer_again(loop, &c->timer);
-        ev_io_start(loop, &c->rio);
-        c->next = s->conns;
-        if (s->conns) s->conns->prev = c;
-        s->conns = c;
-        s->n_conns++;
+        http_server_adopt(s, fd);
     }
+}
+
+int http_server_adopt(http_server *s, int fd) {
+    http_conn *c = s->shutting_down ? NULL : calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return -1;
+    }
+    c->srv = s;
+    c->fd = fd;
+    c->refs = 1;
+    c->state = CS_READING;
+    c->hwhich = H_NONE;
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    ev_io_init(&c->rio, on_read, fd, EV_READ);
+    ev_io_init(&c->wio, on_write, fd, EV_WRITE);
+    ev_init(&c->timer, on_timer);
+    c->timer.repeat = s->lim.idle_timeout;
+    ev_timer_again(s->loop, &c->timer);
+    ev_io_start(s->loop, &c->rio);
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    s->n_conns++;
+    return 0;
 }
 
 /* ================================================================ server */

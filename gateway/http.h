@@ -59,6 +59,11 @@ typedef struct http_limits {
 http_server *http_server_create(struct ev_loop *loop, const char *host, int port, const http_limits *lim,
                                 http_handler_fn handler, http_log_fn log, void *ud, llmq_err *err);
 int http_server_port(const http_server *s);
+/* Serve an already connected, non-blocking stream socket as if it had just
+ * been accepted (the fuzz target feeds one end of a socketpair this way).
+ * The server owns fd from then on and closes it even when this fails: -1
+ * when shutting down or out of memory. */
+int http_server_adopt(http_server *s, int fd);
 /* Stop accepting; idle keep-alive connections are closed, busy ones are told
  * to close after their response. */
 void http_server_shutdown(http_server *s);

@@ -3,11 +3,17 @@
  *
  *   llmq-gateway --redis URL --listen HOST:PORT [--api-key-file F] [--max-queue N]
  *                [--max-body-bytes N] [--max-tokens-limit N] [--models a,b] [--prefix P]
- *                [--result-ttl S] [--drain-timeout S]
+ *                [--result-ttl S] [--drain-timeout S] [--redis-password-file F] [--allow-root]
  *
  * One thread, one libev loop.  Shutdown (SIGTERM/SIGINT): stop accepting,
  * answer new POSTs with 503, let open responses finish for --drain-timeout,
- * then close what is left, disconnect from Redis and return 0.
+ * then close what is left, disconnect from Redis and return 0.  SIGHUP
+ * reloads the API keys (gateway/auth.h); a failed reload keeps the old ones.
+ *
+ * The gateway parses untrusted input all day and needs no privilege, so it
+ * refuses to start as root (euid 0) unless told otherwise (--allow-root or
+ * LLMQ_ALLOW_ROOT=1): a mistake in deployment should fail loudly rather
+ * than run a network service as root.
  */
 #include <errno.h>
 #include <ev.h>
@@ -17,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "gateway/gw.h"
@@ -28,7 +35,11 @@ static void usage(FILE *f) {
             "usage: llmq-gateway --redis URL --listen HOST:PORT [options]\n"
             "  --redis URL            redis://[user:password@]host:port/db or unix:///path\n"
             "  --listen HOST:PORT     address to serve HTTP on (default 0.0.0.0:8000)\n"
-            "  --api-key-file F       bearer keys, one per line (# comments); none = no auth\n"
+            "  --api-key-file F       bearer keys, one per line (# comments); reloaded on SIGHUP. Also:\n"
+            "                         $LLMQ_API_KEY_FILE, $LLMQ_API_KEYS (comma-separated); none = no auth\n"
+            "  --redis-password-file F  Redis password (else $LLMQ_REDIS_PASSWORD_FILE, $LLMQ_REDIS_PASSWORD)\n"
+            "                         when the URL has none\n"
+            "  --allow-root           run even as root (refused otherwise; also LLMQ_ALLOW_ROOT=1)\n"
             "  --max-queue N          waiting jobs per model before 429 (default 0 = unbounded)\n"
             "  --max-body-bytes N     largest request body (default 4194304)\n"
             "  --max-tokens-limit N   largest max_tokens accepted (default 32768; 0 = none)\n"
@@ -65,35 +76,6 @@ static int parse_listen(const char *s, char *host, size_t cap, int *port) {
     return 0;
 }
 
-static int load_api_keys(gw *g, const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        log_error("--api-key-file %s: %s", path, strerror(errno));
-        return -1;
-    }
-    char line[1024];
-    while (fgets(line, sizeof line, f)) {
-        char *s = line;
-        while (*s == ' ' || *s == '\t') s++;
-        size_t n = strlen(s);
-        while (n && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = '\0';
-        if (!n || s[0] == '#') continue;
-        char **k = realloc(g->api_keys, (g->n_api_keys + 1) * sizeof *k);
-        if (!k || !(k[g->n_api_keys] = strdup(s))) {
-            fclose(f);
-            return -1;
-        }
-        g->api_keys = k;
-        g->n_api_keys++;
-    }
-    fclose(f);
-    if (g->n_api_keys == 0) {
-        log_error("--api-key-file %s holds no key", path);
-        return -1;
-    }
-    return 0;
-}
-
 static int set_models(gw *g, const char *list) {
     const char *p = list;
     while (*p) {
@@ -121,7 +103,7 @@ static int set_models(gw *g, const char *list) {
 
 static void ev_cmd_up(void *ud) {
     gw *g = ud;
-    memset(g->group_ok, 0, g->n_models);
+    if (g->n_models) memset(g->group_ok, 0, g->n_models); /* group_ok is NULL until a model is known */
     gw_ensure_groups(g);
     jobwatch_on_cmd_up(&g->watches);
     metric_set(g->m.redis_up, g->redis.sub_ready);
@@ -160,6 +142,7 @@ static void stop_everything(gw *g) {
     ev_timer_stop(g->loop, &g->drain_w);
     ev_signal_stop(g->loop, &g->sigterm_w);
     ev_signal_stop(g->loop, &g->sigint_w);
+    ev_signal_stop(g->loop, &g->sighup_w);
     http_server_destroy(g->http); /* closes the rest; their calls stop their watchers */
     g->http = NULL;
     gw_redis_stop(&g->redis);
@@ -174,6 +157,18 @@ static void on_drain(struct ev_loop *loop, ev_timer *w, int revents) {
             log_warn("drain timeout: closing %zu connections", http_server_conn_count(g->http));
         stop_everything(g);
     }
+}
+
+/* SIGHUP: rotate the API keys without a restart. */
+static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents) {
+    gw *g = container_of(w, gw, sighup_w);
+    llmq_err err;
+    llmq_err_clear(&err);
+    if (gw_auth_reload(&g->auth, &err) != LLMQ_OK) {
+        log_error("SIGHUP: API keys not reloaded, keeping the %zu current ones: %s", g->auth.n, err.msg);
+        return;
+    }
+    log_info("SIGHUP: API keys reloaded: %zu keys", g->auth.n);
 }
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents) {
@@ -206,13 +201,15 @@ int main(int argc, char **argv) {
     g.cfg.drain_timeout = 30;
     log_set_name("gateway");
 
-    enum { O_REDIS = 1, O_LISTEN, O_KEYS, O_MAXQ, O_BODY, O_TOKENS, O_MODELS, O_PREFIX, O_TTL, O_DRAIN, O_HELP };
+    enum { O_REDIS = 1, O_LISTEN, O_KEYS, O_MAXQ, O_BODY, O_TOKENS, O_MODELS, O_PREFIX, O_TTL, O_DRAIN, O_RPWFILE,
+           O_ROOT, O_HELP };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},          {"listen", required_argument, 0, O_LISTEN},
         {"api-key-file", required_argument, 0, O_KEYS},    {"max-queue", required_argument, 0, O_MAXQ},
         {"max-body-bytes", required_argument, 0, O_BODY},  {"max-tokens-limit", required_argument, 0, O_TOKENS},
         {"models", required_argument, 0, O_MODELS},        {"prefix", required_argument, 0, O_PREFIX},
         {"result-ttl", required_argument, 0, O_TTL},       {"drain-timeout", required_argument, 0, O_DRAIN},
+        {"redis-password-file", required_argument, 0, O_RPWFILE}, {"allow-root", no_argument, 0, O_ROOT},
         {"help", no_argument, 0, O_HELP},                  {0, 0, 0, 0},
     };
     int o;
@@ -227,6 +224,8 @@ int main(int argc, char **argv) {
             g.cfg.listen_port = port;
             break;
         case O_KEYS: g.cfg.api_key_file = optarg; break;
+        case O_RPWFILE: g.cfg.redis_password_file = optarg; break;
+        case O_ROOT: g.cfg.allow_root = 1; break;
         case O_MAXQ:
         case O_BODY:
         case O_TOKENS:
@@ -254,17 +253,34 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    const char *allow_root_env = getenv("LLMQ_ALLOW_ROOT");
+    if (allow_root_env && !strcmp(allow_root_env, "1")) g.cfg.allow_root = 1;
+    if (geteuid() == 0) {
+        if (!g.cfg.allow_root) {
+            fprintf(stderr, "llmq-gateway: refusing to run as root (euid 0): run it as an unprivileged user (the "
+                            "image uses UID 10001), or pass --allow-root (LLMQ_ALLOW_ROOT=1) if you must\n");
+            return 2;
+        }
+        log_warn("running as root (--allow-root): a network service should run unprivileged");
+    }
     llmq_err err;
     llmq_err_clear(&err);
-    if (redis_url_parse(&g.url, g.cfg.redis_url, &err) != LLMQ_OK || keys_init(&g.keys, g.cfg.prefix, &err) != LLMQ_OK) {
+    redis_url_set_password_file(g.cfg.redis_password_file);
+    if (redis_url_resolve(&g.url, g.cfg.redis_url, &err) != LLMQ_OK || keys_init(&g.keys, g.cfg.prefix, &err) != LLMQ_OK) {
         fprintf(stderr, "llmq-gateway: %s\n", err.msg);
         return 2;
     }
     if (g.cfg.models && set_models(&g, g.cfg.models)) return 2;
-    if (g.cfg.api_key_file && load_api_keys(&g, g.cfg.api_key_file)) return 2;
-    if (g.n_api_keys == 0)
-        log_warn("!!! NO API KEYS: every client can submit jobs. Pass --api-key-file to require "
-                 "'Authorization: Bearer <key>'. !!!");
+    if (gw_auth_init(&g.auth, g.cfg.api_key_file, &err) != LLMQ_OK) {
+        fprintf(stderr, "llmq-gateway: API keys: %s\n", err.msg);
+        gw_auth_deinit(&g.auth);
+        return 2;
+    }
+    if (!gw_auth_enabled(&g.auth))
+        log_warn("!!! NO API KEYS: every client can submit jobs. Pass --api-key-file (or set LLMQ_API_KEY_FILE / "
+                 "LLMQ_API_KEYS) to require 'Authorization: Bearer <key>'. !!!");
+    else
+        log_info("authentication on: %zu API keys", g.auth.n);
     if (!g.models_fixed) log_warn("no --models: accepting any model name, consumer groups are created on first use");
     signal(SIGPIPE, SIG_IGN);
 
@@ -303,13 +319,14 @@ int main(int argc, char **argv) {
     ev_signal_init(&g.sigint_w, on_signal, SIGINT);
     ev_signal_start(g.loop, &g.sigterm_w);
     ev_signal_start(g.loop, &g.sigint_w);
+    ev_signal_init(&g.sighup_w, on_sighup, SIGHUP);
+    ev_signal_start(g.loop, &g.sighup_w);
 
     ev_run(g.loop, 0);
 
     jobwatch_registry_deinit(&g.watches);
     metrics_destroy(g.reg);
-    for (size_t i = 0; i < g.n_api_keys; i++) free(g.api_keys[i]);
-    free(g.api_keys);
+    gw_auth_deinit(&g.auth);
     for (size_t i = 0; i < g.n_models; i++) free(g.models[i]);
     free(g.models);
     free(g.group_ok);

@@ -3,9 +3,8 @@
  * the operational endpoints: /healthz, /readyz, /metrics, /v1/models.
  *
  * Authentication covers everything under /v1/; the probes and /metrics are
- * open (they reveal nothing about jobs).  Keys are compared in constant time
- * against every configured key, so neither the position of the first wrong
- * byte nor which key matched shows in the timing.
+ * open (they reveal nothing about jobs).  The keys and their constant-time
+ * check live in gateway/auth.c.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -15,30 +14,6 @@
 
 #include "common/log.h"
 #include "gateway/gw.h"
-
-/* 1 when a[0..an) == b[0..bn), in time that depends only on an and bn. */
-static int ct_equal(const char *a, size_t an, const char *b, size_t bn) {
-    unsigned char diff = (unsigned char)(an != bn);
-    size_t n = an > bn ? an : bn;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char x = i < an ? (unsigned char)a[i] : 0, y = i < bn ? (unsigned char)b[i] : 0;
-        diff |= x ^ y;
-    }
-    return diff == 0;
-}
-
-static int authorized(gw *g, const http_request *req) {
-    if (g->n_api_keys == 0) return 1;
-    const char *h = req->authorization;
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
-    const char *key = h + 7;
-    while (*key == ' ') key++;
-    size_t kn = strlen(key);
-    while (kn && (key[kn - 1] == ' ' || key[kn - 1] == '\t')) kn--;
-    int ok = 0;
-    for (size_t i = 0; i < g->n_api_keys; i++) ok |= ct_equal(key, kn, g->api_keys[i], strlen(g->api_keys[i]));
-    return ok;
-}
 
 static void method_not_allowed(http_conn *c, const char *allow) {
     char extra[64];
@@ -73,7 +48,7 @@ void gw_route(void *ud, http_conn *c, http_request *req) {
         return gw_reply_error(c, 404, "invalid_request_error", NULL, "not_found", "no route for %s %s",
                               req->method_name, p);
     }
-    if (!authorized(g, req)) {
+    if (!gw_auth_check(&g->auth, req->authorization)) {
         req->route = "(unauthorized)";
         return gw_reply_error(c, 401, "invalid_request_error", NULL, "invalid_api_key",
                               req->authorization ? "Incorrect API key provided"
@@ -167,12 +142,22 @@ typedef struct ready_call {
     char why[256];               /* first reason it is not ready */
 } ready_call;
 
+/* {"status", ["reason",] "redis": both connections up, "auth": "enabled" |
+ * "disabled"}: an operator sees an open gateway in its probe answers. */
+static json_t *ready_body(gw *g, const char *reason) {
+    json_t *v = json_pack("{s:s, s:b, s:s}", "status", reason ? "not ready" : "ready", "redis",
+                          g->redis.cmd_ready && g->redis.sub_ready, "auth",
+                          gw_auth_enabled(&g->auth) ? "enabled" : "disabled");
+    if (v && reason) json_object_set_new(v, "reason", json_string(reason));
+    return v;
+}
+
 static void ready_reply(ready_call *rc) {
     http_conn *c = rc->base.conn;
     if (rc->failed)
-        gw_reply_json(c, 503, json_pack("{s:s, s:s}", "status", "not ready", "reason", rc->why), "Retry-After: 1\r\n");
+        gw_reply_json(c, 503, ready_body(rc->base.g, rc->why), "Retry-After: 1\r\n");
     else
-        gw_reply_json(c, 200, json_pack("{s:s}", "status", "ready"), NULL);
+        gw_reply_json(c, 200, ready_body(rc->base.g, NULL), NULL);
     gw_call_finish(&rc->base);
 }
 
@@ -202,10 +187,10 @@ static void on_ready_probe(redisAsyncContext *ac, void *reply, void *priv) {
 
 void gw_route_readyz(gw *g, http_conn *c, http_request *req) {
     if (!g->redis.cmd_ready || !g->redis.sub_ready)
-        return gw_reply_json(c, 503, json_pack("{s:s, s:s}", "status", "not ready", "reason", "redis unreachable"),
+        return gw_reply_json(c, 503, ready_body(g, "redis unreachable"),
                              "Retry-After: 1\r\n");
     if (g->shutting_down)
-        return gw_reply_json(c, 503, json_pack("{s:s, s:s}", "status", "not ready", "reason", "shutting down"), NULL);
+        return gw_reply_json(c, 503, ready_body(g, "shutting down"), NULL);
     ready_call *rc = (ready_call *)gw_call_new(g, c, req, sizeof *rc, NULL);
     if (!rc) return gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
     gw_ensure_groups(g);

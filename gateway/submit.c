@@ -17,7 +17,6 @@
 #include "common/jobops.h"
 #include "common/log.h"
 
-#define OPENAI_MAX_STOP 16
 
 static int bad_set(gw_bad *bad, int status, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -112,12 +111,17 @@ static int get_ids(const json_t *v, const char *k, int32_t **out, size_t *n_out,
 
 /* ---------------------------------------------------------------- prompts */
 
+/* A text prompt, within PROTO_MAX_PROMPT_BYTES. */
+static int set_prompt_text(const json_t *v, proto_request *r, gw_bad *bad) {
+    if (json_string_length(v) > PROTO_MAX_PROMPT_BYTES)
+        return bad_set(bad, 400, "prompt", "'prompt' is longer than %d bytes", PROTO_MAX_PROMPT_BYTES);
+    r->kind = PROTO_PROMPT_TEXT;
+    return set_str(&r->prompt, json_string_value(v), bad);
+}
+
 /* OpenAI completions `prompt`: a string, [string], [int...] or [[int...]]. */
 static int parse_prompt(const json_t *v, proto_request *r, gw_bad *bad) {
-    if (json_is_string(v)) {
-        r->kind = PROTO_PROMPT_TEXT;
-        return set_str(&r->prompt, json_string_value(v), bad);
-    }
+    if (json_is_string(v)) return set_prompt_text(v, r, bad);
     if (!json_is_array(v)) return bad_set(bad, 400, "prompt", "'prompt' must be a string or an array, not %s", jtype(v));
     size_t n = json_array_size(v);
     if (n == 0) return bad_set(bad, 400, "prompt", "'prompt' must not be empty");
@@ -128,10 +132,7 @@ static int parse_prompt(const json_t *v, proto_request *r, gw_bad *bad) {
     }
     if (n > 1)
         return bad_set(bad, 400, "prompt", "batched prompts are not supported: send one prompt per request");
-    if (json_is_string(first)) {
-        r->kind = PROTO_PROMPT_TEXT;
-        return set_str(&r->prompt, json_string_value(first), bad);
-    }
+    if (json_is_string(first)) return set_prompt_text(first, r, bad);
     if (json_is_array(first)) {
         r->kind = PROTO_PROMPT_IDS;
         return get_ids(first, "prompt", &r->prompt_ids, &r->n_prompt_ids, PROTO_MAX_PROMPT_IDS, bad) < 0 ? -1 : 0;
@@ -140,7 +141,8 @@ static int parse_prompt(const json_t *v, proto_request *r, gw_bad *bad) {
 }
 
 /* Chat `messages`: [{role, content}] where content is a string, null, or an
- * array of {"type":"text","text":...} parts (concatenated). */
+ * array of {"type":"text","text":...} parts (concatenated).  Roles within
+ * PROTO_MAX_ROLE_LEN, all contents together within PROTO_MAX_PROMPT_BYTES. */
 static int parse_messages(const json_t *v, proto_request *r, gw_bad *bad) {
     if (!json_is_array(v)) return bad_set(bad, 400, "messages", "'messages' must be an array, not %s", jtype(v));
     size_t n = json_array_size(v);
@@ -150,12 +152,15 @@ static int parse_messages(const json_t *v, proto_request *r, gw_bad *bad) {
     if (!r->messages) return bad_set(bad, 500, NULL, "out of memory");
     r->n_messages = n;
     r->kind = PROTO_PROMPT_MESSAGES;
+    size_t total = 0; /* bytes of all contents so far */
     for (size_t i = 0; i < n; i++) {
         const json_t *m = json_array_get(v, i);
         if (!json_is_object(m)) return bad_set(bad, 400, "messages", "messages[%zu] must be an object, not %s", i, jtype(m));
         const json_t *role = field(m, "role"), *content = field(m, "content");
         if (!role || !json_is_string(role))
             return bad_set(bad, 400, "messages", "messages[%zu].role must be a string", i);
+        if (json_string_length(role) > PROTO_MAX_ROLE_LEN)
+            return bad_set(bad, 400, "messages", "messages[%zu].role is longer than %d bytes", i, PROTO_MAX_ROLE_LEN);
         if (set_str(&r->messages[i].role, json_string_value(role), bad)) return -1;
         if (!content) {
             if (set_str(&r->messages[i].content, "", bad)) return -1;
@@ -164,6 +169,7 @@ static int parse_messages(const json_t *v, proto_request *r, gw_bad *bad) {
         } else if (json_is_array(content)) {
             proto_buf b;
             proto_buf_init(&b);
+            int oom = 0;
             for (size_t j = 0; j < json_array_size(content); j++) {
                 const json_t *part = json_array_get(content, j);
                 const json_t *type = json_is_object(part) ? field(part, "type") : NULL;
@@ -175,14 +181,22 @@ static int parse_messages(const json_t *v, proto_request *r, gw_bad *bad) {
                                    "messages[%zu].content[%zu]: only {\"type\":\"text\",\"text\":...} parts are supported",
                                    i, j);
                 }
-                proto_buf_append(&b, json_string_value(text), json_string_length(text));
+                oom |= proto_buf_append(&b, json_string_value(text), json_string_length(text)) != LLMQ_OK;
+                if (b.len > PROTO_MAX_PROMPT_BYTES) break; /* refused below */
             }
-            proto_buf_append(&b, "", 1);
+            oom |= proto_buf_append(&b, "", 1) != LLMQ_OK;
+            if (oom) {
+                proto_buf_deinit(&b);
+                return bad_set(bad, 500, NULL, "out of memory");
+            }
             r->messages[i].content = b.data; /* NUL terminated above; ownership moves */
-            if (!r->messages[i].content) return bad_set(bad, 500, NULL, "out of memory");
         } else {
             return bad_set(bad, 400, "messages", "messages[%zu].content must be a string, not %s", i, jtype(content));
         }
+        total += strlen(r->messages[i].content);
+        if (total > PROTO_MAX_PROMPT_BYTES)
+            return bad_set(bad, 400, "messages", "the contents of 'messages' are longer than %d bytes",
+                           PROTO_MAX_PROMPT_BYTES);
     }
     return 0;
 }
@@ -191,7 +205,7 @@ static int parse_stop(const json_t *v, proto_request *r, gw_bad *bad) {
     size_t n = json_is_array(v) ? json_array_size(v) : 1;
     if (!json_is_string(v) && !json_is_array(v))
         return bad_set(bad, 400, "stop", "'stop' must be a string or an array of strings, not %s", jtype(v));
-    if (n > OPENAI_MAX_STOP) return bad_set(bad, 400, "stop", "'stop' has more than %d entries", OPENAI_MAX_STOP);
+    if (n > PROTO_MAX_STOP) return bad_set(bad, 400, "stop", "'stop' has more than %d entries", PROTO_MAX_STOP);
     if (n == 0) return 0;
     r->stop = calloc(n, sizeof *r->stop);
     if (!r->stop) return bad_set(bad, 500, NULL, "out of memory");
@@ -200,6 +214,8 @@ static int parse_stop(const json_t *v, proto_request *r, gw_bad *bad) {
         const json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
         if (!json_is_string(e) || json_string_length(e) == 0)
             return bad_set(bad, 400, "stop", "'stop' entries must be non-empty strings");
+        if (json_string_length(e) > PROTO_MAX_STOP_LEN)
+            return bad_set(bad, 400, "stop", "'stop' entries must be at most %d bytes", PROTO_MAX_STOP_LEN);
         if (set_str(&r->stop[i], json_string_value(e), bad)) return -1;
     }
     return 0;
@@ -392,48 +408,25 @@ static int send_submission(gw_call *call) {
     return gw_call_send(call, &exec, on_exec);
 }
 
-static void on_xlen(redisAsyncContext *ac, void *reply, void *priv) {
+/* The reply of the bounded submission script: {1, waiting} submitted,
+ * {0, waiting} refused (jobops_submit_bounded). */
+static void on_bounded(redisAsyncContext *ac, void *reply, void *priv) {
     gw_call *call = priv;
     redisReply *r = reply;
-    if (call->done) goto out;
-    if (!r) {
-        submitted(call, 503, "Redis connection lost while submitting");
-        goto out;
-    }
-    long long waiting = call->queue_lag >= 0 ? call->queue_lag : (r->type == REDIS_REPLY_INTEGER ? r->integer : 0);
-    if (waiting >= call->g->cfg.max_queue) {
+    if (!r) submitted(call, 503, "Redis connection lost while submitting");
+    else if (r->type == REDIS_REPLY_ERROR) submitted(call, 500, r->str);
+    else if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_INTEGER ||
+             r->element[1]->type != REDIS_REPLY_INTEGER)
+        submitted(call, 500, "unexpected reply to the submission");
+    else if (r->element[0]->integer == 0) {
         metric_inc(metric_get(call->g->m.rejected, call->model), 1);
         char msg[320];
-        snprintf(msg, sizeof msg, "%lld jobs are waiting for model '%s' (limit %lld)", waiting, call->model,
-                 call->g->cfg.max_queue);
+        snprintf(msg, sizeof msg, "%lld jobs are waiting for model '%s' (limit %lld)", r->element[1]->integer,
+                 call->model, call->g->cfg.max_queue);
         submitted(call, 429, msg);
-        goto out;
-    }
-    if (send_submission(call) != 0) submitted(call, 503, "Redis is unavailable");
-out:
-    gw_call_unref(call);
-}
-
-/* XINFO GROUPS: [[name, workers, consumers, n, pending, n, last-delivered-id, id,
- * entries-read, n, lag, n|nil], ...] as a flat key/value array per group. */
-static void on_xinfo(redisAsyncContext *ac, void *reply, void *priv) {
-    gw_call *call = priv;
-    redisReply *r = reply;
-    call->queue_lag = -1;
-    if (r && r->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i < r->elements; i++) {
-            const redisReply *grp = r->element[i];
-            if (grp->type != REDIS_REPLY_ARRAY) continue;
-            int ours = 0;
-            long long lag = -1;
-            for (size_t j = 0; j + 1 < grp->elements; j += 2) {
-                const redisReply *k = grp->element[j], *v = grp->element[j + 1];
-                if (k->type != REDIS_REPLY_STRING) continue;
-                if (!strcmp(k->str, "name") && v->type == REDIS_REPLY_STRING && !strcmp(v->str, PROTO_GROUP)) ours = 1;
-                if (!strcmp(k->str, "lag") && v->type == REDIS_REPLY_INTEGER) lag = v->integer;
-            }
-            if (ours) call->queue_lag = lag;
-        }
+    } else {
+        metric_inc(metric_get(call->g->m.submitted, call->model), 1);
+        submitted(call, 0, NULL);
     }
     gw_call_unref(call);
 }
@@ -449,21 +442,12 @@ int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int
         return -1;
     }
     gw_ensure_groups(g);
-    if (g->cfg.max_queue > 0) {
-        char key[KEYS_MAX];
-        keys_req_stream(&g->keys, call->model, key, sizeof key);
-        rcmd xinfo, xlen;
-        rcmd_init(&xinfo);
-        rcmd_str(&xinfo, "XINFO");
-        rcmd_str(&xinfo, "GROUPS");
-        rcmd_str(&xinfo, key);
-        rcmd_init(&xlen);
-        rcmd_str(&xlen, "XLEN");
-        rcmd_str(&xlen, key);
-        call->queue_lag = -1;
-        if (gw_call_send(call, &xinfo, on_xinfo) != 0) return -1;
-        if (gw_call_send(call, &xlen, on_xlen) != 0) return -1; /* the xinfo callback still comes (NULL) */
-        return 0;
+    if (g->cfg.max_queue > 0) { /* check and submit in one script: a burst cannot overshoot the bound */
+        rcmd c;
+        jobops_keys kb;
+        jobops_submit_bounded(&c, &kb, &g->keys, call->id, call->model, call->payload.data, call->payload.len,
+                              gw_now_ms(), g->cfg.max_queue);
+        return rcmd_ok(&c) ? gw_call_send(call, &c, on_bounded) : -1;
     }
     return send_submission(call);
 }

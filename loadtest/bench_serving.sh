@@ -47,7 +47,8 @@ pids+=($!)
 "$BUILD/llmq-worker" --model "$MODEL" --model-name m110 --redis "redis://127.0.0.1:$RPORT" \
   --max-num-seqs 64 --metrics-port "$MPORT" >"$LOGS/worker.log" 2>&1 &
 pids+=($!)
-"$BUILD/llmq-gateway" --redis "redis://127.0.0.1:$RPORT" --listen "127.0.0.1:$GPORT" --models m110 \
+# (a local benchmark: the gateway may run as root here, docs/operations.md#security)
+LLMQ_ALLOW_ROOT=1 "$BUILD/llmq-gateway" --redis "redis://127.0.0.1:$RPORT" --listen "127.0.0.1:$GPORT" --models m110 \
   >"$LOGS/gateway.log" 2>&1 &
 pids+=($!)
 for url in "http://127.0.0.1:$MPORT/readyz" "http://127.0.0.1:$GPORT/readyz"; do

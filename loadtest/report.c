@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/url.h"
 #include "loadtest/svg.h"
 
 #define CDF_POINTS 800  /* points drawn per CDF at most */
@@ -32,8 +33,10 @@ void lt_report_table(FILE *f, const lt_run *run, const lt_summary *s) {
     const lt_config *cfg = run->cfg;
     char load[128];
     describe_load(cfg, load, sizeof load);
+    char target[512]; /* a Redis target's password never reaches a report */
+    redis_url_redact(cfg->target, target, sizeof target);
     fprintf(f, "============================ llmq-loadtest ============================\n");
-    fprintf(f, "%-26s %s%s%s\n", "target", cfg->target, cfg->kind == LT_TARGET_HTTP ? " " : "",
+    fprintf(f, "%-26s %s%s%s\n", "target", target, cfg->kind == LT_TARGET_HTTP ? " " : "",
             cfg->kind == LT_TARGET_HTTP ? cfg->endpoint : "");
     fprintf(f, "%-26s %s\n", "model", cfg->model);
     fprintf(f, "%-26s %s%s\n", "load", load,
@@ -87,7 +90,9 @@ static json_t *stat_json(const lt_stat *st) {
 }
 
 static json_t *config_json(const lt_config *cfg) {
-    json_t *c = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:I, s:f, s:i, s:i}", "target", cfg->target, "kind",
+    char target[512];
+    redis_url_redact(cfg->target, target, sizeof target);
+    json_t *c = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:I, s:f, s:i, s:i}", "target", target, "kind",
                           cfg->kind == LT_TARGET_HTTP ? "http" : "redis", "model", cfg->model, "prompt_tokens",
                           cfg->prompt.desc, "output_tokens", cfg->output.desc, "stream",
                           cfg->kind == LT_TARGET_REDIS || cfg->stream, "seed", (json_int_t)cfg->seed, "timeout_s",
@@ -232,7 +237,9 @@ llmq_status lt_report_svg(const char *path, const lt_run *run, const lt_summary 
     svg_begin(f, W, H);
     char head[512], load[128];
     describe_load(cfg, load, sizeof load);
-    snprintf(head, sizeof head, "llmq-loadtest  %s  model %s  |  %s  |  prompt %s, output %s", cfg->target, cfg->model,
+    char target[512];
+    redis_url_redact(cfg->target, target, sizeof target);
+    snprintf(head, sizeof head, "llmq-loadtest  %.200s  model %s  |  %s  |  prompt %s, output %s", target, cfg->model,
              load, cfg->prompt.desc, cfg->output.desc);
     svg_text(f, 20, 24, 14, "start", head);
     snprintf(head, sizeof head,

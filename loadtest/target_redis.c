@@ -418,7 +418,7 @@ lt_target *lt_target_redis_create(lt_run *run, const lt_config *cfg, llmq_err *e
     t->cfg = cfg;
     proto_buf_init(&t->scratch);
     proto_buf_init(&t->cancel_chunk);
-    if (redis_url_parse(&t->url, cfg->target, err) != LLMQ_OK || keys_init(&t->keys, cfg->prefix, err) != LLMQ_OK ||
+    if (redis_url_resolve(&t->url, cfg->target, err) != LLMQ_OK || keys_init(&t->keys, cfg->prefix, err) != LLMQ_OK ||
         jobops_cancel_chunk(&t->cancel_chunk, err) != LLMQ_OK) {
         proto_buf_deinit(&t->cancel_chunk);
         free(t);

@@ -20,6 +20,11 @@ _shared = os.environ.get("LLMQ_SHARED") or str(ROOT.parent / "shared")
 SHARED = pathlib.Path(_shared) if pathlib.Path(_shared).is_dir() else None
 FIXTURES = ROOT / "tests" / "fixtures"
 
+# llmq-gateway refuses to run as root unless allowed (docs/operations.md,
+# Security).  Test machines often are root: allow it for every process the
+# suites start (tests/security/test_root.py checks the refusal itself).
+os.environ.setdefault("LLMQ_ALLOW_ROOT", "1")
+
 
 def free_port():
     with socket.socket() as s:

@@ -52,7 +52,7 @@ run_c_suite() {
 
 if [ -d "$BUILD/tests" ]; then
     while IFS= read -r bin; do
-        [ -n "$FILTER" ] && [[ "$bin" != *"$FILTER"* ]] && continue
+        [ -n "$FILTER" ] && [[ "${bin#"$BUILD"/}" != *"$FILTER"* ]] && continue
         run_c_suite "$bin"
     done < <(find "$BUILD/tests" -type f -perm -u+x -name 'test_*' | sort)
 fi

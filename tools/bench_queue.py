@@ -100,7 +100,8 @@ def main():
                                        "--redis", url, "--max-num-seqs", "64", "--max-batched-tokens", "512"],
                                       stderr=subprocess.DEVNULL))
         procs.append(subprocess.Popen([str(build / "llmq-gateway"), "--redis", url, "--listen",
-                                       f"127.0.0.1:{hport}"], stderr=subprocess.DEVNULL))
+                                       f"127.0.0.1:{hport}"], stderr=subprocess.DEVNULL,
+                                      env={**os.environ, "LLMQ_ALLOW_ROOT": "1"}))  # local bench: root is fine
         wait_port(hport)
         time.sleep(0.5)
         # 1b. through the fleet

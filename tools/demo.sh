@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 PYTHON=${PYTHON:-.venv/bin/python}
 MODEL=${MODEL:-}
+# A local demo: let the gateway start even as root (it refuses otherwise;
+# docs/operations.md#security).
+export LLMQ_ALLOW_ROOT=${LLMQ_ALLOW_ROOT:-1}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/llmq-demo.XXXXXX")
 PIDS=()
 cleanup() {

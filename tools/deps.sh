@@ -10,7 +10,7 @@ DEB_PKGS=(
   libhiredis-dev libev-dev libmsgpack-dev libhttp-parser-dev libjansson-dev
   libpcre2-dev libxxhash-dev libutf8proc-dev libcmocka-dev
   redis-server curl wrk python3 python3-venv
-  jq
+  jq valgrind
 )
 PY_PKGS=(numpy pytest redis openai tokenizers msgpack)
 # Chart tests (tests/helm): Helm's own Go engine through its C ABI (no helm

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/url.h"
 #include "worker/engine.h"
 #include "worker/model.h"
 #include "worker/rdv.h"
@@ -29,6 +30,8 @@ static void usage(FILE *f) {
             "usage: llmq-worker --model DIR --model-name NAME --redis URL [options]\n"
             "  --consumer NAME          consumer name in the group (default: host-pid)\n"
             "  --prefix P               Redis key prefix (default llmq:)\n"
+            "  --redis-password-file F  Redis password when the URL has none (else $LLMQ_REDIS_PASSWORD_FILE,\n"
+            "                           then $LLMQ_REDIS_PASSWORD)\n"
             "  --backend NAME           cpu (default), cpu-ref, cuda\n"
             "  --max-num-seqs N         sequences per step (default 32)\n"
             "  --max-batched-tokens N   tokens per step (default 512)\n"
@@ -75,6 +78,7 @@ int main(int argc, char **argv) {
         {"tp", required_argument, 0, 'P'},            {"rank", required_argument, 0, 'R'},
         {"group", required_argument, 0, 'G'},         {"tp-timeout-ms", required_argument, 0, 'O'},
         {"memory-utilization", required_argument, 0, 'U'}, {"quantization", required_argument, 0, 'Q'},
+        {"redis-password-file", required_argument, 0, 'W'},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
     };
     int c, bad = 0, tp = 1, rank = -1, tp_timeout = 10000;
@@ -99,6 +103,7 @@ int main(int argc, char **argv) {
         case 'T': bad |= to_int(optarg, "result-ttl", 1, &o.result_ttl_s); break;
         case 'D': bad |= to_int(optarg, "drain-timeout", 0, &o.drain_timeout_s); break;
         case 'H': o.chat_template = optarg; break;
+        case 'W': redis_url_set_password_file(optarg); break; /* common/url.h; forked peers inherit it */
         case 'P': bad |= to_int(optarg, "tp", 1, &tp); break;
         case 'R': bad |= to_int(optarg, "rank", 0, &rank); break;
         case 'G': group = optarg; break;

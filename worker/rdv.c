@@ -14,7 +14,7 @@
 
 static redisContext *open_redis(const char *url, llmq_err *err) {
     redis_url u;
-    if (redis_url_parse(&u, url, err)) return NULL;
+    if (redis_url_resolve(&u, url, err)) return NULL;
     return rconn_connect(&u, 5000, err);
 }
 

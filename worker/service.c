@@ -14,6 +14,10 @@
  *    across a resume: the next seq is one past the last chunk in the stream,
  *    and the resumed text skips exactly the bytes already published.
  *  - Nothing is written for a job after its final chunk.
+ *  - Every write of a job's output is fenced on the admission that this
+ *    worker made (jobops.h, "Fencing"): when another worker took the job
+ *    over meanwhile (this one stalled past --claim-idle-ms), the write is
+ *    refused and the job dropped here, so a job never has two writers.
  *  - The loop never blocks on Redis while it has sequences to run.
  */
 #include "worker/service.h"
@@ -49,6 +53,13 @@
 
 /* ------------------------------------------------------------------ types */
 
+/* What a pipelined reply is about, so pipe_flush can act on it. */
+enum { TAG_NONE, TAG_CHUNK, TAG_FINAL, TAG_CANCEL_FLAG };
+typedef struct pipe_tag {
+    int kind;                        /* TAG_* */
+    char id[PROTO_MAX_ID_LEN + 1];   /* the job it concerns ("" for TAG_NONE) */
+} pipe_tag;
+
 typedef struct job {
     char id[PROTO_MAX_ID_LEN + 1];
     char entry[64];          /* request stream entry id (XACK / XCLAIM) */
@@ -64,6 +75,7 @@ typedef struct job {
     int32_t *step_ids;       /* ids generated since the last chunk */
     int n_step_ids, cap_step_ids;
     int64_t next_seq;        /* seq of the next chunk */
+    long long attempt;       /* the job hash's attempts after our admission: fences our writes */
     int64_t admitted_ms;     /* when this worker took it */
     int64_t first_token_ms;  /* 0 until the first token */
     int64_t last_token_ms;
@@ -80,6 +92,8 @@ typedef struct service {
     redisContext *rc;        /* commands */
     redisContext *sub;       /* SUBSCRIBE <prefix>cancel */
     int pipe_pending;        /* replies still to read from rc */
+    pipe_tag *tags;          /* what each pending reply is about, in order (pipe_pending of them) */
+    int cap_tags;
     llmq_backend *be;
     model *m;
     engine *eng;
@@ -128,33 +142,100 @@ static int64_t now_ms(void) {
 
 /* ------------------------------------------------------------ redis I/O */
 
-/* Queue a command on the pipeline; its reply is read by pipe_flush. */
-static void pipe_add(service *sv, const rcmd *c) {
+/* Queue a command on the pipeline; its reply is read by pipe_flush, which
+ * acts on it according to kind (TAG_*) for job id. */
+static void pipe_add_tagged(service *sv, const rcmd *c, int kind, const char *id) {
     if (!rcmd_ok(c)) {
         log_error("internal: a Redis command overflowed its argument table");
         return;
     }
-    if (redisAppendCommandArgv(sv->rc, c->argc, (const char **)c->argv, c->argvlen) == REDIS_OK) sv->pipe_pending++;
+    if (sv->pipe_pending == sv->cap_tags) {
+        int cap = sv->cap_tags ? 2 * sv->cap_tags : 64;
+        pipe_tag *t = realloc(sv->tags, (size_t)cap * sizeof *t);
+        if (!t) {
+            log_error("out of memory: a Redis command was not sent");
+            return;
+        }
+        sv->tags = t;
+        sv->cap_tags = cap;
+    }
+    if (redisAppendCommandArgv(sv->rc, c->argc, (const char **)c->argv, c->argvlen) != REDIS_OK) return;
+    pipe_tag *t = &sv->tags[sv->pipe_pending++];
+    t->kind = kind;
+    snprintf(t->id, sizeof t->id, "%s", id ? id : "");
 }
 
-/* Read every queued reply; error replies are logged (a later step retries
- * what matters: claims are refreshed again, chunks are not re-sent). */
+static void pipe_add(service *sv, const rcmd *c) { pipe_add_tagged(sv, c, TAG_NONE, NULL); }
+
+static job *job_find(service *sv, const char *id) {
+    for (job *j = sv->jobs; j; j = j->next)
+        if (!strcmp(j->id, id)) return j;
+    return NULL;
+}
+
+static void job_free(job *j);
+
+/* Another worker admitted the job after us (or ended it): forget it without
+ * writing anything more; its entry is the other worker's now. */
+static void job_drop(service *sv, const char *id) {
+    for (job **pp = &sv->jobs; *pp; pp = &(*pp)->next) {
+        job *j = *pp;
+        if (strcmp(j->id, id)) continue;
+        log_warn("job %s: taken over by another worker (attempt %lld of ours is superseded): dropped here", id,
+                 j->attempt);
+        *pp = j->next;
+        sv->n_jobs--;
+        if (!j->done) sched_finish(sv->sch, &j->s, FINISH_ERROR);
+        job_free(j);
+        return;
+    }
+}
+
+/* Act on one reply of the pipeline. */
+static void pipe_reply(service *sv, const pipe_tag *t, const redisReply *r) {
+    if (!r) return;
+    if (r->type == REDIS_REPLY_ERROR) {
+        if (t->id[0]) log_warn("redis: %s (job %s)", r->str, t->id);
+        else log_warn("redis: %s", r->str);
+        return;
+    }
+    switch (t->kind) {
+    case TAG_CHUNK:
+        if (r->type == REDIS_REPLY_INTEGER && r->integer == JOBOPS_FENCED) job_drop(sv, t->id);
+        break;
+    case TAG_FINAL:
+        if (r->type == REDIS_REPLY_INTEGER && r->integer == JOBOPS_FENCED)
+            log_warn("job %s: not ended here: another worker took it over or ended it", t->id);
+        break;
+    case TAG_CANCEL_FLAG:
+        if (r->type == REDIS_REPLY_STRING && !strcmp(r->str, "1")) {
+            job *j = job_find(sv, t->id);
+            if (j && !j->done) {
+                log_info("job %s: cancelled", j->id);
+                sched_finish(sv->sch, &j->s, FINISH_CANCELLED);
+            }
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+/* Read every queued reply and act on it (pipe_reply).  Error replies are
+ * logged: a later step retries what matters (claims are refreshed again),
+ * chunks are not re-sent. */
 static llmq_status pipe_flush(service *sv, llmq_err *err) {
-    llmq_status st = LLMQ_OK;
-    while (sv->pipe_pending > 0) {
+    for (int i = 0; i < sv->pipe_pending; i++) {
         redisReply *r = NULL;
         if (redisGetReply(sv->rc, (void **)&r) != REDIS_OK) {
             sv->pipe_pending = 0;
             return llmq_err_set(err, LLMQ_ERR_IO, "redis: %s", sv->rc->errstr);
         }
-        sv->pipe_pending--;
-        if (r && r->type == REDIS_REPLY_ERROR) log_warn("redis: %s", r->str);
-        if (r && r->type == REDIS_REPLY_ARRAY)
-            for (size_t i = 0; i < r->elements; i++)
-                if (r->element[i]->type == REDIS_REPLY_ERROR) log_warn("redis (in MULTI): %s", r->element[i]->str);
+        pipe_reply(sv, &sv->tags[i], r);
         freeReplyObject(r);
     }
-    return st;
+    sv->pipe_pending = 0;
+    return LLMQ_OK;
 }
 
 /* One command, its reply (caller frees); NULL with err on failure. */
@@ -187,23 +268,12 @@ static llmq_status encode_chunk(service *sv, const job *j, const char *text, siz
     return proto_chunk_encode(&c, &sv->buf, NULL);
 }
 
+/* The chunk in sv->buf: appended and published, fenced on our admission. */
 static void add_chunk_cmds(service *sv, const job *j) {
-    char out[KEYS_MAX], chan[KEYS_MAX];
-    keys_job_out(&sv->keys, j->id, out, sizeof out);
-    keys_out_channel(&sv->keys, j->id, chan, sizeof chan);
     rcmd c;
-    rcmd_init(&c);
-    rcmd_str(&c, "XADD");
-    rcmd_str(&c, out);
-    rcmd_str(&c, "*");
-    rcmd_str(&c, PROTO_FIELD_CHUNK);
-    rcmd_arg(&c, sv->buf.data, sv->buf.len);
-    pipe_add(sv, &c);
-    rcmd_init(&c);
-    rcmd_str(&c, "PUBLISH");
-    rcmd_str(&c, chan);
-    rcmd_arg(&c, sv->buf.data, sv->buf.len);
-    pipe_add(sv, &c);
+    jobops_keys kb;
+    jobops_chunk(&c, &kb, &sv->keys, j->id, j->attempt, sv->buf.data, sv->buf.len);
+    pipe_add_tagged(sv, &c, TAG_CHUNK, j->id);
 }
 
 static const char *state_for(const char *finish) {
@@ -213,73 +283,48 @@ static const char *state_for(const char *finish) {
     return "failed";
 }
 
-/* The final chunk, the job hash, the XACK and the TTLs in one MULTI. */
-static void add_final_cmds(service *sv, const job *j, const char *entry, const char *text, size_t len,
-                           const char *finish, const char *error, int error_status) {
+/* The end of a job in one script (jobops_finish): final chunk, job hash,
+ * XACK of entry, TTLs, and with dead the dead-stream record; fenced on
+ * j->attempt (0: an entry never admitted). */
+static void add_final(service *sv, const job *j, const char *entry, const char *text, size_t len, const char *finish,
+                      const char *error, int error_status, int dead) {
     if (encode_chunk(sv, j, text, len, finish, error, error_status)) {
         log_error("job %s: cannot encode its final chunk", j->id);
         return;
     }
-    char key[KEYS_MAX];
+    jobops_final f = {state_for(finish), finish, now_ms(), j->s.n_prompt, j->s.tokens ? seq_n_generated(&j->s) : 0,
+                      error, dead};
     rcmd c;
-    rcmd_init(&c);
-    rcmd_str(&c, "MULTI");
-    pipe_add(sv, &c);
-    add_chunk_cmds(sv, j);
-    keys_job(&sv->keys, j->id, key, sizeof key);
-    rcmd_init(&c);
-    rcmd_str(&c, "HSET");
-    rcmd_str(&c, key);
-    rcmd_str(&c, "state");
-    rcmd_str(&c, state_for(finish));
-    rcmd_str(&c, "finish_reason");
-    rcmd_str(&c, finish);
-    rcmd_str(&c, "finished");
-    rcmd_fmt(&c, "%" PRId64, now_ms());
-    rcmd_str(&c, "prompt_tokens");
-    rcmd_fmt(&c, "%d", j->s.n_prompt);
-    rcmd_str(&c, "completion_tokens");
-    rcmd_fmt(&c, "%d", j->s.tokens ? seq_n_generated(&j->s) : 0);
-    if (error) {
-        rcmd_str(&c, "error");
-        rcmd_str(&c, error);
-    }
-    pipe_add(sv, &c);
-    if (entry && *entry) {
-        rcmd_init(&c);
-        rcmd_str(&c, "XACK");
-        rcmd_str(&c, sv->req_key);
-        rcmd_str(&c, PROTO_GROUP);
-        rcmd_str(&c, entry);
-        pipe_add(sv, &c);
-    }
-    for (int k = 0; k < 2; k++) {
-        char kk[KEYS_MAX];
-        if (k == 0) keys_job(&sv->keys, j->id, kk, sizeof kk);
-        else keys_job_out(&sv->keys, j->id, kk, sizeof kk);
-        rcmd_init(&c);
-        rcmd_str(&c, "EXPIRE");
-        rcmd_str(&c, kk);
-        rcmd_fmt(&c, "%d", sv->o.result_ttl_s);
-        pipe_add(sv, &c);
-    }
-    rcmd_init(&c);
-    rcmd_str(&c, "EXEC");
-    pipe_add(sv, &c);
+    jobops_keys kb;
+    jobops_finish(&c, &kb, &sv->keys, j->id, sv->o.model_name, entry, j->attempt, &f, sv->o.result_ttl_s,
+                  sv->buf.data, sv->buf.len);
+    pipe_add_tagged(sv, &c, TAG_FINAL, j->id);
     metric_inc(metric_get(sv->f_success, finish), 1);
 }
 
-/* A job that fails before it runs.  status 400: the request was at fault
- * (bad type, too long, ...); 500: ours (attempts exhausted, ...).  dead:
- * also record it in the dead stream (poison entries, exhausted jobs). */
-static void fail_early(service *sv, const char *id, const char *entry, const char *why, int status, int dead) {
-    job tmp;
-    memset(&tmp, 0, sizeof tmp);
-    snprintf(tmp.id, sizeof tmp.id, "%s", id);
+static void add_final_cmds(service *sv, const job *j, const char *entry, const char *text, size_t len,
+                           const char *finish, const char *error, int error_status) {
+    add_final(sv, j, entry, text, len, finish, error, error_status, 0);
+}
+
+/* A job that fails before it runs.  attempt: our admission (0 when the
+ * entry was never admitted).  status 400: the request was at fault (bad
+ * type, too long, ...); 500: ours (attempts exhausted, ...).  dead: also
+ * record it in the dead stream (poison entries, exhausted jobs). */
+static void fail_early(service *sv, const char *id, const char *entry, long long attempt, const char *why, int status,
+                       int dead) {
     log_warn("job %s failed: %s", id, why);
-    if (keys_id_valid(id)) add_final_cmds(sv, &tmp, entry, "", 0, "error", why, status);
-    else if (entry) {
-        rcmd c;
+    if (keys_id_valid(id)) {
+        job tmp;
+        memset(&tmp, 0, sizeof tmp);
+        snprintf(tmp.id, sizeof tmp.id, "%s", id);
+        tmp.attempt = attempt;
+        add_final(sv, &tmp, entry, "", 0, "error", why, status, dead);
+        return;
+    }
+    /* no usable id: no job to end, only the entry to ack and record */
+    rcmd c;
+    if (entry) {
         rcmd_init(&c);
         rcmd_str(&c, "XACK");
         rcmd_str(&c, sv->req_key);
@@ -288,7 +333,6 @@ static void fail_early(service *sv, const char *id, const char *entry, const cha
         pipe_add(sv, &c);
     }
     if (dead) {
-        rcmd c;
         rcmd_init(&c);
         rcmd_str(&c, "XADD");
         rcmd_str(&c, sv->dead_key);
@@ -491,7 +535,7 @@ static void admit_entry(service *sv, const redisReply *entry) {
     const char *payload = field(fields, PROTO_FIELD_REQ, &plen);
     char msg[LLMQ_ERRSTR_LEN + 64];
     if (!id || !keys_id_valid(id)) {
-        fail_early(sv, id ? id : "", eid, "stream entry without a valid job id", 400, 1);
+        fail_early(sv, id ? id : "", eid, 0, "stream entry without a valid job id", 400, 1);
         return;
     }
     for (const job *a = sv->jobs; a; a = a->next)
@@ -504,24 +548,19 @@ static void admit_entry(service *sv, const redisReply *entry) {
     llmq_err e = {0};
     if (!payload || proto_request_decode(&j->req, payload, plen, &e)) {
         snprintf(msg, sizeof msg, "cannot decode the request: %s", payload ? e.msg : "no 'p' field");
-        fail_early(sv, id, eid, msg, 400, 1);
+        fail_early(sv, id, eid, 0, msg, 400, 1);
         job_free(j);
         return;
     }
     if (proto_request_validate(&j->req, &e)) {
-        fail_early(sv, id, eid, e.msg, 400, 0);
+        fail_early(sv, id, eid, 0, e.msg, 400, 0);
         job_free(j);
         return;
     }
     if (j->req.model && strcmp(j->req.model, sv->o.model_name)) {
         snprintf(msg, sizeof msg, "request for model '%s' reached the worker of '%s'", j->req.model,
                  sv->o.model_name);
-        fail_early(sv, id, eid, msg, 400, 0);
-        job_free(j);
-        return;
-    }
-    if (j->req.deadline_ms > 0 && now_ms() > j->req.deadline_ms) {
-        add_final_cmds(sv, j, eid, "", 0, "deadline", NULL, 0);
+        fail_early(sv, id, eid, 0, msg, 400, 0);
         job_free(j);
         return;
     }
@@ -542,6 +581,7 @@ static void admit_entry(service *sv, const redisReply *entry) {
     if (rs->type == REDIS_REPLY_STRING) seed = strtoull(rs->str, NULL, 10);
     else if (rs->type == REDIS_REPLY_INTEGER) seed = (uint64_t)rs->integer;
     freeReplyObject(r);
+    j->attempt = attempts; /* from here on our writes are fenced on it (jobops.h) */
     if (code == 0) { /* already final */
         rcmd_init(&c);
         rcmd_str(&c, "XACK");
@@ -576,9 +616,17 @@ static void admit_entry(service *sv, const redisReply *entry) {
         job_free(j);
         return;
     }
+    /* Past its deadline before it (re)starts.  Checked after the admission,
+     * whose attempt fences out a worker that may still hold the job. */
+    if (j->req.deadline_ms > 0 && now_ms() > j->req.deadline_ms) {
+        add_final_cmds(sv, j, eid, "", 0, "deadline", NULL, 0);
+        free(prev);
+        job_free(j);
+        return;
+    }
     if (attempts > sv->o.max_attempts) {
         snprintf(msg, sizeof msg, "delivered %lld times (max %d): giving up", attempts, sv->o.max_attempts);
-        fail_early(sv, id, eid, msg, 500, 1);
+        fail_early(sv, id, eid, attempts, msg, 500, 1);
         free(prev);
         job_free(j);
         return;
@@ -639,7 +687,7 @@ static void admit_entry(service *sv, const redisReply *entry) {
         why = msg;
     }
     if (why) {
-        fail_early(sv, id, eid, why, 400, 0);
+        fail_early(sv, id, eid, attempts, why, 400, 0);
         job_free(j);
         return;
     }
@@ -788,13 +836,15 @@ static void read_cancels(service *sv) {
 
 /* Every claim_idle/3: reset the idle time of our in-flight entries (so no
  * one claims them while we run them) and re-read cancel flags (the durable
- * truth, in case a PUBLISH was missed). */
+ * truth, in case a PUBLISH was missed).  XCLAIM with min-idle 0 takes an
+ * entry back even from a worker that claimed it while we stalled; that is
+ * harmless, because that worker's admission already fenced our writes: the
+ * next chunk we try is refused and the job dropped here (pipe_reply). */
 static llmq_status refresh(service *sv, llmq_err *err) {
     int64_t t = now_ms();
     if (!sv->jobs || t - sv->last_refresh_ms < sv->o.claim_idle_ms / 3) return LLMQ_OK;
     sv->last_refresh_ms = t;
     rcmd c;
-    int n = 0;
     for (job *j = sv->jobs; j;) {
         rcmd_init(&c);
         rcmd_str(&c, "XCLAIM");
@@ -807,30 +857,16 @@ static llmq_status refresh(service *sv, llmq_err *err) {
         rcmd_str(&c, "JUSTID");
         pipe_add(sv, &c);
     }
-    if (pipe_flush(sv, err)) return err->code;
-    job *list[256];
-    for (job *j = sv->jobs; j && n < 256; j = j->next) {
+    for (job *j = sv->jobs; j; j = j->next) {
         char key[KEYS_MAX];
         keys_job(&sv->keys, j->id, key, sizeof key);
         rcmd_init(&c);
         rcmd_str(&c, "HGET");
         rcmd_str(&c, key);
         rcmd_str(&c, "cancel");
-        pipe_add(sv, &c);
-        list[n++] = j;
+        pipe_add_tagged(sv, &c, TAG_CANCEL_FLAG, j->id);
     }
-    for (int i = 0; i < n; i++) {
-        redisReply *r = NULL;
-        if (redisGetReply(sv->rc, (void **)&r) != REDIS_OK) {
-            sv->pipe_pending = 0;
-            return llmq_err_set(err, LLMQ_ERR_IO, "redis: %s", sv->rc->errstr);
-        }
-        sv->pipe_pending--;
-        if (r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "1") && !list[i]->done)
-            sched_finish(sv->sch, &list[i]->s, FINISH_CANCELLED);
-        freeReplyObject(r);
-    }
-    return LLMQ_OK;
+    return pipe_flush(sv, err);
 }
 
 static void check_deadlines(service *sv) {
@@ -1057,6 +1093,7 @@ static void service_free(service *sv) {
     if (sv->listen_fd >= 0) close(sv->listen_fd);
     metrics_destroy(sv->mx);
     proto_buf_deinit(&sv->buf);
+    free(sv->tags);
 }
 
 llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq_err *err) {
@@ -1065,7 +1102,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     sv->o = *o;
     sv->listen_fd = -1;
     llmq_status st;
-    if ((st = keys_init(&sv->keys, o->prefix, err)) || (st = redis_url_parse(&sv->url, o->redis_url, err))) return st;
+    if ((st = keys_init(&sv->keys, o->prefix, err)) || (st = redis_url_resolve(&sv->url, o->redis_url, err))) return st;
     if (!keys_model_valid(o->model_name))
         return llmq_err_set(err, LLMQ_ERR_INVALID, "invalid --model-name '%s'", o->model_name);
     keys_req_stream(&sv->keys, o->model_name, sv->req_key, sizeof sv->req_key);

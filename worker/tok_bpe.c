@@ -361,7 +361,7 @@ static void cache_put(const tok_bpe *m, uint64_t h, const char *s, size_t len, c
     char *blob = malloc(koff + k * sizeof(int32_t));
     if (!blob) return; /* a cache miss next time, nothing worse */
     memcpy(blob, s, len);
-    memcpy(blob + koff, v, k * sizeof(int32_t));
+    if (k) memcpy(blob + koff, v, k * sizeof(int32_t)); /* v may be NULL when k == 0 */
     tok_bpe_cache_ent *e = &m->cache[h & (TOK_BPE_CACHE_SLOTS - 1)];
     pthread_mutex_lock((pthread_mutex_t *)&m->cache_lock);
     free(e->blob);
@@ -411,6 +411,6 @@ llmq_status tok_bpe_word(const tok_bpe *m, const char *s, size_t len, tok_bpe_sc
     size_t n0 = *n;
     for (size_t i = 0; i < nsym; i++)
         if (sc->sym[i].len && (st = push_id(ids, n, cap, sc->sym[i].id))) return st;
-    if (cacheable) cache_put(m, h, s, len, *ids + n0, *n - n0);
+    if (cacheable) cache_put(m, h, s, len, *n > n0 ? *ids + n0 : NULL, *n - n0);
     return LLMQ_OK;
 }

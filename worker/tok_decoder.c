@@ -143,7 +143,9 @@ static llmq_status list_extend(dec_list *l, const char *s, size_t n) {
     return LLMQ_OK;
 }
 
-#define ITEM(l, i) ((l)->buf.data + (l)->p.v[i].off)
+/* Piece i of list l.  A list whose buffer was never allocated holds only
+ * empty pieces, and NULL + 0 is undefined: those read as "". */
+#define ITEM(l, i) ((l)->buf.data ? (const char *)(l)->buf.data + (l)->p.v[i].off : "")
 #define ITEM_LEN(l, i) ((l)->p.v[i].len)
 
 /* Byte of a "<0xNN>" token (Rust u8::from_str_radix on the two chars), -1 if not one. */

@@ -64,3 +64,82 @@ def test_cancel(redis_server):
     assert cancel(r, "run") == 1
     assert r.hget("llmq:job:{run}", "cancel") == b"1" and r.hget("llmq:job:{run}", "state") == b"running"
     assert not r.exists("llmq:job:{run}:out")
+
+
+def chunk(r, jid, attempt, seq):
+    c = msgpack.packb({"seq": seq, "text": f"t{seq}", "ids": [seq]})
+    return r.eval(lua("chunk_lua"), 2, f"llmq:job:{{{jid}}}", f"llmq:job:{{{jid}}}:out", attempt,
+                  f"llmq:out:{{{jid}}}", c)
+
+
+def finish(r, jid, attempt, entry="", dead=False, state="done", error=""):
+    c = msgpack.packb({"seq": 99, "text": "", "ids": [], "finish": "length"})
+    keys = [f"llmq:job:{{{jid}}}", f"llmq:job:{{{jid}}}:out", "llmq:req:m1"] + (["llmq:dead:m1"] if dead else [])
+    return r.eval(lua("finish_lua"), len(keys), *keys, attempt, f"llmq:out:{{{jid}}}", c, "workers", entry, 60,
+                  state, "length", 3000, 5, 7, error, jid)
+
+
+def test_writes_are_fenced_on_the_admission(redis_server):
+    """A worker that stalled while another admitted the job again writes
+    nothing more: not a chunk, not the end (common/jobops.h, "Fencing")."""
+    r = redis.Redis.from_url(redis_server.url)
+    r.hset("llmq:job:{f}", mapping={"state": "queued", "model": "m1", "created": 1, "attempts": 0})
+    assert admit(r, "f", worker="w0")[1] == 1
+    assert chunk(r, "f", 1, 0) == 1
+    assert admit(r, "f", worker="w1")[1] == 2  # w0 stalled past claim-idle: w1 took the job over
+    assert chunk(r, "f", 1, 1) == 0 and finish(r, "f", 1) == 0  # w0, running again: refused
+    assert r.xlen("llmq:job:{f}:out") == 1 and r.hget("llmq:job:{f}", "state") == b"running"
+    assert chunk(r, "f", 2, 1) == 1
+    r.xadd("llmq:req:m1", {"id": "f"}, id="5-1")
+    r.xgroup_create("llmq:req:m1", "workers", id="0")
+    r.xreadgroup("workers", "w1", {"llmq:req:m1": ">"})
+    assert finish(r, "f", 2, entry="5-1") == 1
+    h = r.hgetall("llmq:job:{f}")
+    assert h[b"state"] == b"done" and h[b"completion_tokens"] == b"7" and b"error" not in h
+    assert r.xpending("llmq:req:m1", "workers")["pending"] == 0
+    assert 0 < r.ttl("llmq:job:{f}") <= 60 and 0 < r.ttl("llmq:job:{f}:out") <= 60
+    assert [msgpack.unpackb(f[b"c"])["seq"] for _, f in r.xrange("llmq:job:{f}:out")] == [0, 1, 99]
+    assert chunk(r, "f", 2, 2) == 0 and finish(r, "f", 2) == 0  # nothing after the end
+    assert r.xlen("llmq:job:{f}:out") == 3
+
+
+def test_finish_of_an_entry_never_admitted(redis_server):
+    """Undecodable entries end their job only while it is queued (or has no
+    hash yet); a junk entry reusing the id of a job that ended or runs
+    elsewhere is acked and recorded as dead, the job itself left alone."""
+    r = redis.Redis.from_url(redis_server.url)
+    r.xgroup_create("llmq:req:m1", "workers", id="0", mkstream=True)
+    for jid in ("q", "gone", "ended"):
+        r.xadd("llmq:req:m1", {"id": jid})
+    e_q, e_gone, e_ended = [e[0].decode() for e in r.xreadgroup("workers", "w", {"llmq:req:m1": ">"})[0][1]]
+    r.hset("llmq:job:{q}", mapping={"state": "queued"})
+    assert finish(r, "q", 0, entry=e_q, dead=True, state="failed", error="cannot decode") == 1
+    assert r.hget("llmq:job:{q}", "state") == b"failed" and r.hget("llmq:job:{q}", "error") == b"cannot decode"
+    assert finish(r, "gone", 0, entry=e_gone, state="failed", error="bad") == 1  # a bare XADD: no hash yet
+    assert r.hget("llmq:job:{gone}", "state") == b"failed"
+    r.hset("llmq:job:{ended}", mapping={"state": "cancelled"})
+    assert finish(r, "ended", 0, entry=e_ended, dead=True, state="failed", error="cannot decode") == 2
+    assert r.hget("llmq:job:{ended}", "state") == b"cancelled" and not r.exists("llmq:job:{ended}:out")
+    assert r.xpending("llmq:req:m1", "workers")["pending"] == 0
+    assert [f[b"id"] for _, f in r.xrange("llmq:dead:m1")] == [b"q", b"ended"]
+
+
+def test_bounded_submission(redis_server):
+    """Check and submit in one step: the bound is exact however submissions
+    interleave, and a refused one writes nothing."""
+    r = redis.Redis.from_url(redis_server.url)
+    r.xgroup_create("llmq:req:m1", "workers", id="0", mkstream=True)
+
+    def submit(jid, bound, stream="llmq:req:m1"):
+        return r.eval(lua("submit_bounded_lua"), 2, f"llmq:job:{{{jid}}}", stream, "m1", 1000, jid, b"p",
+                      bound, "workers")
+    assert [submit(f"b{i}", 3) for i in range(5)] == [[1, 0], [1, 1], [1, 2], [0, 3], [0, 3]]
+    assert r.xlen("llmq:req:m1") == 3 and not r.exists("llmq:job:{b3}")
+    assert r.hgetall("llmq:job:{b0}") == {b"state": b"queued", b"model": b"m1", b"created": b"1000",
+                                          b"attempts": b"0"}
+    (_, fields), = r.xrange("llmq:req:m1", count=1)
+    assert fields == {b"id": b"b0", b"p": b"p"}
+    r.xreadgroup("workers", "w", {"llmq:req:m1": ">"}, count=2)  # a worker takes two: room for two more
+    assert [submit(f"c{i}", 3) for i in range(3)] == [[1, 1], [1, 2], [0, 3]]
+    # no stream, then a stream without the group: its length counts
+    assert [submit(f"d{i}", 2, "llmq:req:m2") for i in range(3)] == [[1, 0], [1, 1], [0, 2]]

@@ -158,6 +158,48 @@ static void test_jobops_builders(void **state) {
     jobops_admit(&c, &kb, &k, "id1", "m1", "w0", 9, UINT64_MAX);
     assert_true(rcmd_ok(&c));
     assert_string_equal(c.argv[c.argc - 1], "18446744073709551615");
+
+    /* fenced chunk: EVAL script 2 job out | attempt channel chunk */
+    jobops_chunk(&c, &kb, &k, "id1", 3, "\x81\xa3seq\x00", 6);
+    assert_true(rcmd_ok(&c));
+    assert_int_equal(c.argc, 8);
+    assert_string_equal(c.argv[2], "2");
+    assert_string_equal(c.argv[3], "llmq:job:{id1}");
+    assert_string_equal(c.argv[4], "llmq:job:{id1}:out");
+    assert_string_equal(c.argv[5], "3");
+    assert_string_equal(c.argv[6], "llmq:out:{id1}");
+    assert_int_equal(c.argvlen[7], 6);
+
+    /* fenced end: 3 keys, or 4 with the dead stream; binary chunk kept whole */
+    jobops_final f = {"failed", "error", 1234, 5, 0, "bad request", 0};
+    jobops_finish(&c, &kb, &k, "id1", "m1", "7-1", 0, &f, 60, "\x00\x01", 2);
+    assert_true(rcmd_ok(&c));
+    assert_string_equal(c.argv[2], "3");
+    assert_string_equal(c.argv[5], "llmq:req:m1");
+    assert_string_equal(c.argv[6], "0");
+    assert_int_equal(c.argvlen[8], 2);
+    assert_string_equal(c.argv[10], "7-1");
+    assert_string_equal(c.argv[12], "failed");
+    assert_string_equal(c.argv[c.argc - 2], "bad request");
+    assert_string_equal(c.argv[c.argc - 1], "id1");
+    f.dead = 1;
+    f.error = NULL;
+    jobops_finish(&c, &kb, &k, "id1", "m1", NULL, 2, &f, 60, "x", 1);
+    assert_true(rcmd_ok(&c));
+    assert_string_equal(c.argv[2], "4");
+    assert_string_equal(c.argv[6], "llmq:dead:m1");
+    assert_string_equal(c.argv[7], "2");
+    assert_string_equal(c.argv[11], "");
+    assert_string_equal(c.argv[c.argc - 2], "");
+
+    /* bounded submission: the payload is passed whole, the bound last but one */
+    jobops_submit_bounded(&c, &kb, &k, "id1", "m1", "\x00p", 2, 77, 10);
+    assert_true(rcmd_ok(&c));
+    assert_string_equal(c.argv[3], "llmq:job:{id1}");
+    assert_string_equal(c.argv[4], "llmq:req:m1");
+    assert_int_equal(c.argvlen[8], 2);
+    assert_string_equal(c.argv[9], "10");
+    assert_string_equal(c.argv[10], "workers");
 }
 
 int main(void) {

@@ -397,6 +397,81 @@ static void test_request_validate_ranges(void **state) {
     proto_buf_deinit(&b);
 }
 
+/* A string of n copies of c (malloc'd). */
+static char *filled(size_t n, char c) {
+    char *s = malloc(n + 1);
+    assert_non_null(s);
+    memset(s, c, n);
+    s[n] = '\0';
+    return s;
+}
+
+/* The PROTO_MAX_* bounds: at the bound is valid, one past is not, in
+ * validate (what the gateway and libllmq check) and in decode (the worker). */
+static void test_request_limits(void **state) {
+    (void)state;
+    llmq_err err;
+    proto_request r = full_request();
+    char *stop_ok = filled(PROTO_MAX_STOP_LEN, 's'), *stop_long = filled(PROTO_MAX_STOP_LEN + 1, 's');
+    char *stops[1] = {stop_ok};
+    r.stop = stops;
+    r.n_stop = 1;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_OK);
+    stops[0] = stop_long;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "stop"));
+
+    r = full_request();
+    char *role_ok = filled(PROTO_MAX_ROLE_LEN, 'r'), *role_long = filled(PROTO_MAX_ROLE_LEN + 1, 'r');
+    proto_message m[1] = {{role_ok, (char *)"x"}};
+    r.messages = m;
+    r.n_messages = 1;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_OK);
+    m[0].role = role_long;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "role"));
+
+    r = full_request();
+    char *big = filled(PROTO_MAX_PROMPT_BYTES + 1, 'p');
+    r.kind = PROTO_PROMPT_TEXT;
+    r.prompt = big;
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "prompt"));
+    big[PROTO_MAX_PROMPT_BYTES] = '\0';
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_OK);
+
+    /* decode: a stop string past the bound, and a message past its size bound */
+    r = full_request();
+    stops[0] = stop_long;
+    r.stop = stops;
+    r.n_stop = 1;
+    proto_buf b;
+    proto_buf_init(&b);
+    assert_int_equal(proto_request_encode(&r, &b, &err), LLMQ_OK);
+    proto_request d;
+    assert_int_equal(proto_request_decode(&d, b.data, b.len, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "stop"));
+    proto_buf_reset(&b);
+    r = full_request();
+    r.kind = PROTO_PROMPT_TEXT;
+    r.prompt = big; /* PROTO_MAX_PROMPT_BYTES: valid */
+    assert_int_equal(proto_request_encode(&r, &b, &err), LLMQ_OK);
+    assert_int_equal(proto_request_decode(&d, b.data, b.len, &err), LLMQ_OK);
+    proto_request_deinit(&d);
+    char *huge = filled(PROTO_MAX_MESSAGE_BYTES + 1, '\xc0');
+    assert_int_equal(proto_request_decode(&d, huge, PROTO_MAX_MESSAGE_BYTES + 1, &err), LLMQ_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "more than"));
+    proto_chunk c;
+    assert_int_equal(proto_chunk_decode(&c, huge, PROTO_MAX_MESSAGE_BYTES + 1, &err), LLMQ_ERR_FORMAT);
+    free(huge);
+    proto_buf_deinit(&b);
+    free(big);
+    free(role_ok);
+    free(role_long);
+    free(stop_ok);
+    free(stop_long);
+}
+
 /* ---------------------------------------------------------------- chunks */
 
 static void test_chunk_roundtrip(void **state) {
@@ -507,6 +582,7 @@ int main(void) {
         cmocka_unit_test(test_request_version),
         cmocka_unit_test(test_request_truncated_and_garbage),
         cmocka_unit_test(test_request_validate_ranges),
+        cmocka_unit_test(test_request_limits),
         cmocka_unit_test(test_chunk_roundtrip),
         cmocka_unit_test(test_chunk_errors),
         cmocka_unit_test(test_job_states),

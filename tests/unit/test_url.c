@@ -3,7 +3,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -75,7 +78,11 @@ static void test_userinfo(void **state) {
     u = ok("redis://alice:s3cret@h:1/2");
     redis_url_describe(&u, buf, sizeof buf);
     assert_null(strstr(buf, "s3cret"));
-    assert_string_equal(buf, "redis://alice@h:1/2");
+    assert_string_equal(buf, "redis://alice:***@h:1/2");
+    u = ok("redis://:s3cret@h");
+    assert_string_equal(redis_url_describe(&u, buf, sizeof buf), "redis://:***@h:6379/0");
+    u = ok("redis://bob@[::1]:7/1");
+    assert_string_equal(redis_url_describe(&u, buf, sizeof buf), "redis://bob@[::1]:7/1");
 }
 
 static void test_ipv6(void **state) {
@@ -124,10 +131,105 @@ static void test_errors(void **state) {
     bad(longhost, LLMQ_ERR_INVALID, "host too long");
 }
 
+/* Messages and redact() never show a password, even of URLs that fail. */
+static void test_redaction(void **state) {
+    (void)state;
+    char buf[256];
+    assert_string_equal(redis_url_redact("redis://u:pw@h:1/0", buf, sizeof buf), "redis://u:***@h:1/0");
+    assert_string_equal(redis_url_redact("redis://:pw@h", buf, sizeof buf), "redis://:***@h");
+    assert_string_equal(redis_url_redact("redis://u@h", buf, sizeof buf), "redis://u@h");
+    assert_string_equal(redis_url_redact("redis://h:6379", buf, sizeof buf), "redis://h:6379");
+    assert_string_equal(redis_url_redact("http://u:p#w@h", buf, sizeof buf), "http://u:***@h");
+    assert_string_equal(redis_url_redact("u:pw@h", buf, sizeof buf), "u:***@h");
+    static const char *const failing[] = {"redis://u:topsecret@h:99999", "redis://:topsecret@h/x",
+                                          "rediss://u:topsecret@h", "http://u:topsecret@h",
+                                          "redis://:top#secret@h", "redis://:topsecret@[::1"};
+    for (size_t i = 0; i < sizeof failing / sizeof *failing; i++) {
+        redis_url u;
+        llmq_err err;
+        llmq_err_clear(&err);
+        assert_int_not_equal(redis_url_parse(&u, failing[i], &err), LLMQ_OK);
+        if (strstr(err.msg, "secret")) fail_msg("'%s': message shows the password: %s", failing[i], err.msg);
+    }
+    redis_url u = ok("unix:///tmp/r.sock?db=3");
+    snprintf(u.password, sizeof u.password, "pw");
+    assert_string_equal(redis_url_describe(&u, buf, sizeof buf), "unix:///tmp/r.sock?db=3 (AUTH :***)");
+}
+
+static void write_file(const char *path, const char *text, size_t n) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(text, 1, n, f), n);
+    fclose(f);
+}
+
+/* Password sources: URL > --redis-password-file > $LLMQ_REDIS_PASSWORD_FILE
+ * > $LLMQ_REDIS_PASSWORD; a bad file is an error, never "no password". */
+static void test_credentials(void **state) {
+    (void)state;
+    char dir[] = "/tmp/llmq-test-url.XXXXXX", f1[64], f2[64], empty[64], multi[64], big[64], missing[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(f1, sizeof f1, "%s/one", dir);
+    snprintf(f2, sizeof f2, "%s/two", dir);
+    snprintf(empty, sizeof empty, "%s/empty", dir);
+    snprintf(multi, sizeof multi, "%s/multi", dir);
+    snprintf(big, sizeof big, "%s/big", dir);
+    snprintf(missing, sizeof missing, "%s/missing", dir);
+    write_file(f1, "from-flag\n", 10);
+    write_file(f2, "from-env-file\r\n", 15);
+    write_file(empty, "\n", 1);
+    write_file(multi, "a\nb\n", 4);
+    char longpw[300];
+    memset(longpw, 'x', sizeof longpw);
+    write_file(big, longpw, sizeof longpw);
+
+    redis_url u;
+    llmq_err err;
+    llmq_err_clear(&err);
+    unsetenv("LLMQ_REDIS_PASSWORD_FILE");
+    unsetenv("LLMQ_REDIS_PASSWORD");
+    redis_url_set_password_file(NULL);
+    assert_int_equal(redis_url_resolve(&u, "redis://h", &err), LLMQ_OK);
+    assert_string_equal(u.password, "");
+
+    setenv("LLMQ_REDIS_PASSWORD", "from-env", 1);
+    assert_int_equal(redis_url_resolve(&u, "redis://h", &err), LLMQ_OK);
+    assert_string_equal(u.password, "from-env");
+    setenv("LLMQ_REDIS_PASSWORD_FILE", f2, 1);
+    assert_int_equal(redis_url_resolve(&u, "redis://h", &err), LLMQ_OK);
+    assert_string_equal(u.password, "from-env-file");
+    redis_url_set_password_file(f1);
+    assert_int_equal(redis_url_resolve(&u, "redis://alice@h", &err), LLMQ_OK);
+    assert_string_equal(u.password, "from-flag");
+    assert_string_equal(u.user, "alice");
+    assert_int_equal(redis_url_resolve(&u, "redis://:in-url@h", &err), LLMQ_OK);
+    assert_string_equal(u.password, "in-url");
+
+    const char *bad_files[] = {empty, multi, big, missing};
+    const llmq_status want[] = {LLMQ_ERR_INVALID, LLMQ_ERR_INVALID, LLMQ_ERR_INVALID, LLMQ_ERR_IO};
+    for (size_t i = 0; i < 4; i++) {
+        redis_url_set_password_file(bad_files[i]);
+        llmq_err_clear(&err);
+        assert_int_equal(redis_url_resolve(&u, "redis://h", &err), want[i]);
+        assert_non_null(strstr(err.msg, "--redis-password-file"));
+        assert_null(strstr(err.msg, "xxxxxxxx"));
+    }
+    redis_url_set_password_file(NULL);
+    setenv("LLMQ_REDIS_PASSWORD_FILE", missing, 1);
+    assert_int_equal(redis_url_resolve(&u, "redis://h", &err), LLMQ_ERR_IO);
+    assert_non_null(strstr(err.msg, "LLMQ_REDIS_PASSWORD_FILE"));
+    unsetenv("LLMQ_REDIS_PASSWORD_FILE");
+    unsetenv("LLMQ_REDIS_PASSWORD");
+    const char *files[] = {f1, f2, empty, multi, big};
+    for (size_t i = 0; i < 5; i++) unlink(files[i]);
+    rmdir(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tcp_forms), cmocka_unit_test(test_userinfo), cmocka_unit_test(test_ipv6),
-        cmocka_unit_test(test_unix),      cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_unix),      cmocka_unit_test(test_errors),   cmocka_unit_test(test_redaction),
+        cmocka_unit_test(test_credentials),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
