@@ -79,7 +79,7 @@ def test_secrets_are_referenced_never_inlined(name):
                     assert "value" not in e and "secretKeyRef" in e["valueFrom"], (c["name"], e)
             for a in c.get("args", []):
                 if a.startswith("redis"):
-                    assert "@" not in a or ":$(REDIS_PASSWORD)@" in a, a
+                    assert "@" not in a and "PASSWORD" not in a, a  # credentials come from the env
     gw = ht.one(docs, "Deployment", f"{ht.RELEASE}-llmq-gateway")["spec"]["template"]["spec"]
     keys = next(v for v in gw["volumes"] if v["name"] == "api-keys")["secret"]
     assert keys["secretName"] == "api-keys"
@@ -92,7 +92,7 @@ def test_existing_redis_secret_is_not_generated():
     docs = ht.render({"redis": {"auth": {"existingSecret": "my-redis", "secretKey": "pw"}}})
     assert not ht.of_kind(docs, "Secret")
     sts = ht.one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
-    assert ht.env(sts, "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"] == {"name": "my-redis", "key": "pw"}
+    assert ht.env(sts, "LLMQ_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"] == {"name": "my-redis", "key": "pw"}
     assert ht.one(docs, "TriggerAuthentication")["spec"]["secretTargetRef"][0]["name"] == "my-redis"
 
 
@@ -105,7 +105,7 @@ def test_bundled_redis():
     args = c["args"]
     assert ht.arg(c, "--appendonly") == "yes"
     assert ht.arg(c, "--maxmemory-policy") == "noeviction"
-    assert ht.arg(c, "--requirepass") == "$(REDIS_PASSWORD)"
+    assert ht.arg(c, "--requirepass") == "$(LLMQ_REDIS_PASSWORD)"
     assert ht.arg(c, "--dir") == "/data" and "--appendfsync" in args
     claim, = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"

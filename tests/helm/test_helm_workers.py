@@ -80,7 +80,7 @@ def test_one_source_of_truth_for_queue_names(name):
             assert t["metadata"]["stream"] == f"{prefix}req:{model}"
             assert t["metadata"]["consumerGroup"] == "workers"  # the protocol's group (docs/protocol.md)
             host, port = t["metadata"]["address"].rsplit(":", 1)
-            assert f"@{host}:{port}/" in ht.arg(c, "--redis")  # KEDA reads the Redis the workers use
+            assert f"://{host}:{port}/" in ht.arg(c, "--redis")  # KEDA reads the Redis the workers use
         assert int(triggers["lag"]["metadata"]["lagCount"]) >= 1
         assert int(triggers["lag"]["metadata"]["activationLagCount"]) >= 0
         assert int(triggers["pending"]["metadata"]["pendingEntriesCount"]) == int(ht.arg(c, "--max-num-seqs"))
@@ -97,7 +97,7 @@ def test_prefix_changes_every_name_together():
 def test_keda_auth_comes_from_the_redis_secret():
     docs = ht.render()
     (_, _, _, c), = workers(docs)
-    ref = ht.env(c, "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]
+    ref = ht.env(c, "LLMQ_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]
     ta = ht.one(docs, "TriggerAuthentication")
     assert ta["spec"]["secretTargetRef"] == [{"parameter": "password", "name": ref["name"], "key": ref["key"]}]
     so = ht.one(docs, "ScaledObject")
@@ -114,8 +114,8 @@ def test_external_redis():
     assert not ht.of_kind(docs, "StatefulSet") and not ht.of_kind(docs, "Secret")
     assert not ht.of_kind(docs, "NetworkPolicy")
     (_, _, _, c), = workers(docs)
-    assert ht.arg(c, "--redis") == "rediss://:$(REDIS_PASSWORD)@redis.example.com:6380/2"
-    assert ht.env(c, "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"] == {"name": "ext", "key": "pw"}
+    assert ht.arg(c, "--redis") == "rediss://redis.example.com:6380/2"
+    assert ht.env(c, "LLMQ_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"] == {"name": "ext", "key": "pw"}
     for t in ht.one(docs, "ScaledObject")["spec"]["triggers"]:
         md = t["metadata"]
         assert (md["address"], md["databaseIndex"], md["enableTLS"]) == ("redis.example.com:6380", "2", "true")
@@ -124,7 +124,7 @@ def test_external_redis():
     # Without a password: no auth anywhere.
     docs = ht.render({"redis": {"enabled": False, "external": {"url": "redis://r:6379/0"}}})
     (_, _, _, c), = workers(docs)
-    assert ht.arg(c, "--redis") == "redis://r:6379/0" and ht.env(c, "REDIS_PASSWORD") is None
+    assert ht.arg(c, "--redis") == "redis://r:6379/0" and ht.env(c, "LLMQ_REDIS_PASSWORD") is None
     assert not ht.of_kind(docs, "TriggerAuthentication")
     assert all("authenticationRef" not in t for t in ht.one(docs, "ScaledObject")["spec"]["triggers"])
 

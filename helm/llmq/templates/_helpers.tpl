@@ -161,11 +161,13 @@ seccompProfile:
 
 {{/*
 The env entry with the password, read from the Secret: the password itself
-never appears in a manifest. Empty when Redis has no password.
+never appears in a manifest, a URL or a command line (`ps`); llmq-gateway,
+llmq-worker and llmq read LLMQ_REDIS_PASSWORD when the URL holds none, so any
+character is fine in it. Empty when Redis has no password.
 */}}
 {{- define "llmq.redis.passwordEnv" -}}
 {{- if include "llmq.redis.secretName" . -}}
-- name: REDIS_PASSWORD
+- name: LLMQ_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "llmq.redis.secretName" . }}
@@ -174,13 +176,12 @@ never appears in a manifest. Empty when Redis has no password.
 {{- end -}}
 
 {{/*
-The Redis URL handed to the binaries. $(REDIS_PASSWORD) is expanded by the
-kubelet from the env entry above, so the URL in the manifest holds no secret.
+The Redis URL handed to the binaries: no credentials (they come from
+LLMQ_REDIS_PASSWORD, above).
 */}}
 {{- define "llmq.redis.url" -}}
 {{- $scheme := ternary "rediss" "redis" (eq (include "llmq.redis.tls" .) "true") -}}
-{{- $auth := ternary ":$(REDIS_PASSWORD)@" "" (ne (include "llmq.redis.secretName" .) "") -}}
-{{- printf "%s://%s%s:%s/%s" $scheme $auth (include "llmq.redis.host" .) (include "llmq.redis.port" .) (include "llmq.redis.db" .) -}}
+{{- printf "%s://%s:%s/%s" $scheme (include "llmq.redis.host" .) (include "llmq.redis.port" .) (include "llmq.redis.db" .) -}}
 {{- end -}}
 
 {{/* ------------------------------------------------------------ worker groups */}}
