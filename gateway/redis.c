@@ -6,7 +6,8 @@
  * reply marks the connection ready → ... → lost (EOF, error, failed connect)
  * → reconnect after a backoff that doubles from 0.1 s to 5 s and resets once
  * a connection is ready again.  The probe is PING on cmd and the anchor
- * SUBSCRIBE on sub.
+ * SUBSCRIBE on sub.  A watchdog closes connections that stop answering
+ * (redis.h).
  */
 #include "gateway/redis.h"
 
@@ -39,7 +40,7 @@ static void lost(gw_redis *r, const redisAsyncContext *ac, const char *why) {
         int was = r->cmd_ready;
         r->cmd = NULL;
         r->cmd_ready = 0;
-        if (was) log_warn("redis: command connection lost (%s); reconnecting", why);
+        if (was) log_warn("redis: command connection lost (%s)%s", why, r->stopping ? "" : "; reconnecting");
         else log_debug("redis: command connection failed (%s)", why);
         schedule(r, &r->cmd_retry, &r->cmd_backoff);
         if (r->ev.cmd_down) r->ev.cmd_down(r->ev.ud);
@@ -47,7 +48,7 @@ static void lost(gw_redis *r, const redisAsyncContext *ac, const char *why) {
         int was = r->sub_ready;
         r->sub = NULL;
         r->sub_ready = 0;
-        if (was) log_warn("redis: pub/sub connection lost (%s); reconnecting", why);
+        if (was) log_warn("redis: pub/sub connection lost (%s)%s", why, r->stopping ? "" : "; reconnecting");
         schedule(r, &r->sub_retry, &r->sub_backoff);
         if (r->ev.sub_down) r->ev.sub_down(r->ev.ud);
     }
@@ -113,6 +114,8 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *priv) {
 
 static void connect_cmd(gw_redis *r) {
     if (r->stopping || r->cmd) return;
+    r->cmd_since = ev_now(r->loop);
+    r->ping_sent = 0;
     r->cmd = open_ctx(r, 1);
     if (!r->cmd) {
         schedule(r, &r->cmd_retry, &r->cmd_backoff);
@@ -157,6 +160,7 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv) {
 
 static void connect_sub(gw_redis *r) {
     if (r->stopping || r->sub) return;
+    r->sub_since = ev_now(r->loop);
     r->sub = open_ctx(r, 0);
     if (!r->sub) {
         schedule(r, &r->sub_retry, &r->sub_backoff);
@@ -171,6 +175,50 @@ static void on_sub_retry(struct ev_loop *loop, ev_timer *w, int revents) {
     connect_sub(r);
 }
 
+/* ---------------------------------------------------------------- watchdog */
+
+static void on_watch_pong(redisAsyncContext *ac, void *reply, void *priv) {
+    gw_redis *r = ac->data;
+    if (reply && ac == r->cmd) r->ping_sent = 0;
+}
+
+/* Close ac now, from outside its callbacks: lost() first (it forgets the
+ * pointer and plans the reconnect, also for a context that never connected
+ * and so gets no disconnect callback), then redisAsyncFree, which calls
+ * every pending callback with NULL (and the disconnect callback, a no-op
+ * now). */
+static void kill_ctx(gw_redis *r, redisAsyncContext *ac, const char *why) {
+    if (!ac) return;
+    lost(r, ac, why);
+    redisAsyncFree(ac);
+}
+
+static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents) {
+    gw_redis *r = container_of(w, gw_redis, watchdog);
+    const double now = ev_now(loop);
+    if (r->stopping) { /* a Redis that hangs must not hold the shutdown */
+        if (now - r->stop_at > GW_REDIS_TIMEOUT) {
+            kill_ctx(r, r->cmd, "closing: no answer");
+            kill_ctx(r, r->sub, "closing: no answer");
+        }
+        return;
+    }
+    if (r->cmd && r->cmd_ready && r->ping_sent > 0 && now - r->ping_sent > GW_REDIS_TIMEOUT) {
+        log_warn("redis: no answer for %.0f s; dropping both connections and reconnecting", now - r->ping_sent);
+        kill_ctx(r, r->cmd, "no answer");
+        kill_ctx(r, r->sub, "no answer");
+        return;
+    }
+    if (r->cmd && !r->cmd_ready && now - r->cmd_since > GW_REDIS_TIMEOUT)
+        kill_ctx(r, r->cmd, "connect timed out");
+    if (r->sub && !r->sub_ready && now - r->sub_since > GW_REDIS_TIMEOUT)
+        kill_ctx(r, r->sub, "connect timed out");
+    if (r->cmd && r->cmd_ready && r->ping_sent == 0) {
+        static const char *ping[] = {"PING"};
+        if (redisAsyncCommandArgv(r->cmd, on_watch_pong, NULL, 1, ping, NULL) == REDIS_OK) r->ping_sent = now;
+    }
+}
+
 /* ---------------------------------------------------------------- API */
 
 void gw_redis_init(gw_redis *r, struct ev_loop *loop, const redis_url *url, const char *anchor,
@@ -183,17 +231,23 @@ void gw_redis_init(gw_redis *r, struct ev_loop *loop, const redis_url *url, cons
     r->cmd_backoff = r->sub_backoff = BACKOFF_MIN;
     ev_init(&r->cmd_retry, on_cmd_retry);
     ev_init(&r->sub_retry, on_sub_retry);
+    ev_timer_init(&r->watchdog, on_watchdog, 1., 1.);
 }
 
 void gw_redis_start(gw_redis *r) {
     connect_cmd(r);
     connect_sub(r);
+    ev_timer_start(r->loop, &r->watchdog);
 }
 
 void gw_redis_stop(gw_redis *r) {
     r->stopping = 1;
+    r->stop_at = ev_now(r->loop);
     ev_timer_stop(r->loop, &r->cmd_retry);
     ev_timer_stop(r->loop, &r->sub_retry);
+    /* the watchdog goes on ticking, but no longer keeps the loop running:
+     * ev_run returns as soon as both connections are closed */
+    if (ev_is_active(&r->watchdog)) ev_unref(r->loop);
     if (r->cmd) redisAsyncDisconnect(r->cmd); /* replies still pending are delivered first */
     if (r->sub) redisAsyncDisconnect(r->sub);
 }

@@ -17,6 +17,12 @@
  *    would then trip its assertions; with the anchor the count never does.
  *  - Subscription bookkeeping per channel (not subscribing a channel whose
  *    UNSUBSCRIBE is still in flight) is the caller's job: see jobwatch.c.
+ *  - A Redis that stops answering (paused, hung, a network path that drops
+ *    packets without a reset) is treated as lost: a watchdog PINGs on cmd
+ *    every second, and a PING unanswered, or a connection not ready, after
+ *    GW_REDIS_TIMEOUT seconds closes both connections (callbacks get NULL)
+ *    and reconnects.  hiredis' async API has no timeouts of its own, so
+ *    without it requests would hang and /readyz would never answer.
  */
 #ifndef LLMQ_GW_REDIS_H
 #define LLMQ_GW_REDIS_H
@@ -27,6 +33,8 @@
 #include "common/keys.h"
 #include "common/rcmd.h"
 #include "common/url.h"
+
+#define GW_REDIS_TIMEOUT 5.0   /* s without an answer before a connection counts as lost */
 
 typedef struct gw_redis_events {
     void *ud;
@@ -47,6 +55,10 @@ typedef struct gw_redis {
     int cmd_ready;                  /* AUTH/SELECT done, commands may be sent */
     int sub_ready;                  /* anchor subscription confirmed */
     ev_timer cmd_retry, sub_retry;  /* reconnect timers */
+    ev_timer watchdog;              /* every 1 s: PING on cmd, time out silent connections */
+    double cmd_since, sub_since;    /* ev_now when the current connection attempt began */
+    double ping_sent;               /* ev_now of the watchdog PING in flight, 0 = none */
+    double stop_at;                 /* ev_now of gw_redis_stop: closing waits at most GW_REDIS_TIMEOUT */
     double cmd_backoff, sub_backoff;/* next reconnect delay, s (0.1 .. 5) */
     int stopping;                   /* gw_redis_stop called: no reconnects */
     unsigned long reconnects;       /* connection attempts after the first */
@@ -55,7 +67,8 @@ typedef struct gw_redis {
 void gw_redis_init(gw_redis *r, struct ev_loop *loop, const redis_url *url, const char *anchor,
                    const gw_redis_events *ev);
 void gw_redis_start(gw_redis *r);
-/* Close both connections (pending callbacks get NULL), no reconnect. */
+/* Close both connections (pending callbacks get NULL), no reconnect.
+ * Replies still due are awaited for at most GW_REDIS_TIMEOUT seconds. */
 void gw_redis_stop(gw_redis *r);
 
 /* Send c on cmd.  0 when queued (cb will be called), -1 when cmd is down. */

@@ -175,14 +175,18 @@ static job *job_find(service *sv, const char *id) {
 
 static void job_free(job *j);
 
-/* Another worker admitted the job after us (or ended it): forget it without
- * writing anything more; its entry is the other worker's now. */
-static void job_drop(service *sv, const char *id) {
+/* Stop running a job here without writing anything more, and without XACK:
+ * another worker admitted it after us (or ended it), so its entry is theirs
+ * now; or a chunk of ours was not written, and going on would leave a gap in
+ * its seqs, so the entry, no longer refreshed, is claimed again after
+ * --claim-idle-ms and the job resumed from what its stream holds. */
+static void job_drop(service *sv, const char *id, const char *why) {
     for (job **pp = &sv->jobs; *pp; pp = &(*pp)->next) {
         job *j = *pp;
         if (strcmp(j->id, id)) continue;
-        log_warn("job %s: taken over by another worker (attempt %lld of ours is superseded): dropped here", id,
-                 j->attempt);
+        if (why) log_warn("job %s: a chunk was not written (%s): dropped here, to be resumed", id, why);
+        else log_warn("job %s: taken over by another worker (attempt %lld of ours is superseded): dropped here", id,
+                      j->attempt);
         *pp = j->next;
         sv->n_jobs--;
         if (!j->done) sched_finish(sv->sch, &j->s, FINISH_ERROR);
@@ -195,13 +199,14 @@ static void job_drop(service *sv, const char *id) {
 static void pipe_reply(service *sv, const pipe_tag *t, const redisReply *r) {
     if (!r) return;
     if (r->type == REDIS_REPLY_ERROR) {
-        if (t->id[0]) log_warn("redis: %s (job %s)", r->str, t->id);
+        if (t->kind == TAG_CHUNK) job_drop(sv, t->id, r->str);
+        else if (t->id[0]) log_warn("redis: %s (job %s)", r->str, t->id);
         else log_warn("redis: %s", r->str);
         return;
     }
     switch (t->kind) {
     case TAG_CHUNK:
-        if (r->type == REDIS_REPLY_INTEGER && r->integer == JOBOPS_FENCED) job_drop(sv, t->id);
+        if (r->type == REDIS_REPLY_INTEGER && r->integer == JOBOPS_FENCED) job_drop(sv, t->id, NULL);
         break;
     case TAG_FINAL:
         if (r->type == REDIS_REPLY_INTEGER && r->integer == JOBOPS_FENCED)
@@ -222,8 +227,8 @@ static void pipe_reply(service *sv, const pipe_tag *t, const redisReply *r) {
 }
 
 /* Read every queued reply and act on it (pipe_reply).  Error replies are
- * logged: a later step retries what matters (claims are refreshed again),
- * chunks are not re-sent. */
+ * logged; a later step retries what matters (claims are refreshed again);
+ * a chunk that was not written drops its job here (job_drop). */
 static llmq_status pipe_flush(service *sv, llmq_err *err) {
     for (int i = 0; i < sv->pipe_pending; i++) {
         redisReply *r = NULL;

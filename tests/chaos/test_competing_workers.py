@@ -11,11 +11,12 @@ and takes no new job after SIGTERM; what it could not finish within
 resumed by the last worker.  The stalled worker, running again, finds its
 jobs taken over (its writes are fenced, common/jobops.h) and drops them
 instead of writing a second copy of their output."""
+import json
 import signal
 import time
 
-from chaosutil import (ROUNDS, baseline, check_stream, connect, job, jobs, key, log_text, model_dir, spec, wait_final,
-                       wait_until)
+from chaosutil import (ROUNDS, baseline, check_stream, connect, job, jobs, key, log_text, model_dir, spec, stop_all,
+                       wait_final, wait_until)
 from llmqtest import RedisServer, free_port
 from worker_util import Worker, submit
 
@@ -53,9 +54,9 @@ def one_round(d, tmp, rnd):
         stalled = running_on(r, jids, "A")
         ws["A"].proc.send_signal(signal.SIGSTOP)
         wait_until(lambda: not set(running_on(r, jids, "A")) & set(stalled), 60, "A's jobs to be taken over")
+        t_cont = int(time.time() * 1000)
         ws["A"].proc.send_signal(signal.SIGCONT)
-        wait_until(lambda: "another worker" in log_text(tmp / "A.log"), 30,  # "taken over by", "took it over"
-                   "A to notice it lost its jobs")
+        wait_until(lambda: json.loads(r.hget("llmq:workers", "A"))["ts"] > t_cont, 30, "A to run again")
         for jid in jids[N_JOBS // 2:]:
             submit(r, jid, **reqs[jid])
         # kill -9 A once it runs new jobs
@@ -81,11 +82,12 @@ def one_round(d, tmp, rnd):
         assert r.xlen("llmq:dead:stories") == 0
         assert r.xlen("llmq:req:stories") == N_JOBS
         assert "resuming" in log_text(tmp / "C.log")
+        assert ws["C"].proc.poll() is None and ws["C"].term(60) == 0, log_text(tmp / "C.log")[-2000:]
+        # "taken over by another worker" (a chunk refused) or "another worker took it over" (its end refused)
+        assert "another worker" in log_text(tmp / "A.log")
         return len(resumed)
     finally:
-        for w in ws.values():
-            w.stop()
-        srv.stop()
+        stop_all(*ws.values(), srv)
 
 
 def test_three_workers_one_killed_one_drained(tmp_path):

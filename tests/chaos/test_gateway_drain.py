@@ -7,7 +7,8 @@ up, and their clients resume on a third gateway — any gateway serves any
 job — with Last-Event-ID, to the identical text).  Both stop accepting at once and exit 0."""
 import socket
 
-from chaosutil import ROUNDS, Client, baseline, check_stream, connect, key, log_text, model_dir, spec, wait_until
+from chaosutil import (ROUNDS, Client, baseline, check_stream, connect, key, log_text, model_dir, spec, stop_all,
+                       wait_until)
 from llmqtest import RedisServer, free_port
 from worker_util import Gateway, Worker
 
@@ -15,10 +16,12 @@ PER_GATEWAY = 24
 
 
 def refused(port):
+    """No new connection gets through (refused, or reset: one that was in
+    the backlog when the listening socket closed)."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
         return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
 
 
@@ -59,14 +62,10 @@ def one_round(d, tmp, rnd):
         assert sum(c.resumes for c in clients[PER_GATEWAY:]) > 0, "no stream outlived the 1 s drain"
         assert patient.proc.wait(60) == 0 and hasty.proc.wait(60) == 0
         assert "drain timeout" in log_text(tmp / "hasty.log")
+        assert w.proc.poll() is None and spare.proc.poll() is None, "a process died"
         return sum(c.resumes for c in clients)
     finally:
-        for c in clients:
-            c.cut()
-        for gw in (patient, hasty, spare):
-            gw.stop()
-        w.stop()
-        srv.stop()
+        stop_all(*clients, patient, hasty, spare, w, srv)
 
 
 def test_gateways_drain_under_load(tmp_path):

@@ -15,7 +15,7 @@ import time
 import msgpack
 
 from chaosutil import (ROUNDS, baseline, check_stream, chunks, connect, http_req, job, jobs, key, log_text,
-                       model_dir, spec, wait_final, wait_until)
+                       model_dir, spec, stop_all, wait_final, wait_until)
 from llmqtest import RedisServer, free_port
 from worker_util import Gateway, Worker, submit
 
@@ -124,11 +124,10 @@ def one_round(d, tmp, rnd):
         check_stream(r, jid, expect[key(reqs[0])])
         assert w.proc.poll() is None and w.term(30) == 0
         assert "job tired failed: delivered 3 times" in log_text(tmp / "w.log")
-    finally:
-        for p in procs:
-            p.stop()
         gw.stop()
-        srv.stop()
+        assert gw.proc.returncode == 0
+    finally:
+        stop_all(*procs, gw, srv)
 
 
 def test_poison_and_expiry_next_to_good_jobs(tmp_path):

@@ -11,8 +11,8 @@ import http.client
 import json
 import threading
 
-from chaosutil import (ROUNDS, baseline, check_stream, connect, http_req, jobs, key, model_dir, spec, wait_final,
-                       wait_until)
+from chaosutil import (ROUNDS, baseline, check_stream, connect, http_req, jobs, key, model_dir, spec, stop_all,
+                       wait_final, wait_until)
 from llmqtest import RedisServer, free_port
 from worker_util import Gateway, Worker
 
@@ -101,15 +101,15 @@ def one_round(d, tmp, rnd):
             check_stream(r, jid, expect[key(req)])
             assert hs[jid]["state"] == "done"
         assert r.xpending(S, "workers")["pending"] == 0
+        assert w.proc.poll() is None and gw.proc.poll() is None, "a process died"
         st, _, body = http_req(gw.port, "GET", "/metrics")
         refused_total = sum(1 for o in results if o[2] == 429)
         assert f'llmq_gateway_queue_full_total{{model="stories"}} {refused_total}' in body.decode()
+        gw.stop()
+        assert gw.proc.returncode == 0
         return refused_total
     finally:
-        if w:
-            w.stop()
-        gw.stop()
-        srv.stop()
+        stop_all(*[x for x in (w, gw, srv) if x])
 
 
 def test_queue_bound_burst(tmp_path):

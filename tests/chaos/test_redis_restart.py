@@ -1,4 +1,4 @@
-"""Redis restarts under the whole fleet: redis-server with AOF
+"""Redis restarts (and pauses) under the whole fleet: redis-server with AOF
 (appendfsync always), one llmq-gateway, one llmq-worker and 100 streaming
 clients (half /v1/completions with stream: true, half POST /v1/jobs + the
 job's events, a few plain non-streaming completions), and redis-server
@@ -6,23 +6,27 @@ stopped and started again on the same port and directory while they run.
 Rounds vary the fault: SIGTERM (round 0, what `make test` runs) or SIGKILL
 (nothing is lost either with appendfsync always), Redis away for 1, 0.3 or
 6 s (past the 5 s cap of the reconnect backoff), the restart early or late
-in the run.
+in the run.  A second test pauses redis-server instead (SIGSTOP for 7 s,
+then SIGCONT): nothing closes the connections, so both sides must notice
+the silence themselves (the worker's 5 s command timeout, the gateway's
+watchdog) and reconnect.
 
 Every job must end with exactly the output of an uninterrupted run; every
 client gets its full text, either on the stream it opened or by resuming
 with Last-Event-ID; both processes log the loss and the reconnect; /readyz
 of both is 503 while Redis is away and 200 after."""
+import signal
 import time
 
 from chaosutil import (ROUNDS, Client, baseline, check_stream, connect, job, key, log_text, model_dir, readyz,
-                       spec, wait_until)
+                       spec, stop_all, wait_until)
 from llmqtest import RedisServer, free_port
 from worker_util import Gateway, Worker
 
 N_JOBS = 100
 
 
-def one_round(d, tmp, rnd):
+def one_round(d, tmp, rnd, fault):
     tmp.mkdir()
     srv = RedisServer(tmp, free_port(), ["--appendonly", "yes", "--appendfsync", "always"]).start()
     wport = free_port()
@@ -44,7 +48,9 @@ def one_round(d, tmp, rnd):
         wait_until(lambda: sum(1 for _ in r.scan_iter("llmq:job:*:out", count=1000)) >= started, 120,
                    f"{started} jobs to start streaming")
         ended_before = sum(job(r, c.jid).get("state") in ("done",) for c in clients if c.jid)
-        if rnd % 2:
+        if fault == "pause":
+            srv.proc.send_signal(signal.SIGSTOP)
+        elif rnd % 2:
             srv.proc.kill()
             srv.proc.wait(10)
         else:
@@ -59,7 +65,10 @@ def one_round(d, tmp, rnd):
             c.start()
         time.sleep((1.0, 0.3, 6.0)[rnd % 3])
         assert readyz(gw.port) == 503 and readyz(wport) == 503
-        srv.start()
+        if fault == "pause":
+            srv.proc.send_signal(signal.SIGCONT)
+        else:
+            srv.start()
         wait_until(lambda: readyz(gw.port) == 200, 30, "the gateway's /readyz to say 200 again")
         wait_until(lambda: readyz(wport) == 200, 30, "the worker's /readyz to say 200 again")
         clients += late
@@ -86,19 +95,26 @@ def one_round(d, tmp, rnd):
         wl, gl = log_text(tmp / "w.log"), log_text(tmp / "gw.log")
         assert "redis connection lost" in wl and "redis: reconnected" in wl
         assert "command connection lost" in gl and "pub/sub connection lost" in gl
+        if fault == "pause":
+            assert "redis: no answer for" in gl
         assert gl.count("command connection ready") >= 2
-        return sum(c.resumes for c in clients)
-    finally:
-        for c in clients:
-            c.cut()
+        assert w.proc.poll() is None and w.term(60) == 0, wl[-2000:]
         gw.stop()
         assert gw.proc.returncode == 0, log_text(tmp / "gw.log")[-2000:]
-        rc = w.term(60) if w.proc.poll() is None else w.proc.returncode
-        assert rc == 0, log_text(tmp / "w.log")[-2000:]
-        srv.stop()
+        return sum(c.resumes for c in clients)
+    finally:
+        if fault == "pause" and srv.proc.poll() is None:
+            srv.proc.send_signal(signal.SIGCONT)
+        stop_all(*clients, gw, w, srv)
 
 
 def test_redis_restart_under_full_fleet(tmp_path):
     d = model_dir()
     for rnd in range(ROUNDS):
-        one_round(d, tmp_path / f"round{rnd}", rnd)
+        one_round(d, tmp_path / f"round{rnd}", rnd, "restart")
+
+
+def test_redis_pause_under_full_fleet(tmp_path):
+    d = model_dir()
+    for rnd in range(ROUNDS):
+        one_round(d, tmp_path / f"round{rnd}", rnd, "pause")
