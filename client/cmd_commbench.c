@@ -1,7 +1,8 @@
 /*
- * cmd_commbench.c — `llmq comm-bench`: bandwidth of the shared-memory
- * communicator (worker/comm.h) between N rank processes on this host,
- * reported the way nccl-tests reports it.
+ * cmd_commbench.c — `llmq comm-bench`: bandwidth of a communicator
+ * (worker/comm.h: shared memory, or TCP over loopback with --transport tcp)
+ * between N rank processes on this host, reported the way nccl-tests
+ * reports it.
  *
  * This process is rank 0 and forks the N-1 others (as `llmq-worker --tp N`
  * does); every rank runs the same loop and only rank 0 prints.  For each
@@ -42,7 +43,23 @@ typedef struct bench_opts {
     int timeout_ms;
     int spin_us;        /* <0: communicator default */
     int check;          /* 1: run the #wrong check */
+    int tcp;            /* 1: comm_tcp over 127.0.0.1 instead of comm_shm */
 } bench_opts;
+
+/* The communicator of rank r: shm, or tcp (rank 0 owns the listening socket lfd). */
+static llmq_comm *bench_comm(const bench_opts *o, comm_shm_config *cfg, int r, int lfd, int port, llmq_err *err) {
+    if (!o->tcp) {
+        cfg->rank = r;
+        return comm_shm_create(cfg, err);
+    }
+    char leader[32];
+    snprintf(leader, sizeof leader, "127.0.0.1:%d", port);
+    comm_tcp_config tc = {.rank = r, .world = o->world, .generation = 1, .token = "comm-bench",
+                          .listen_fd = r == 0 ? lfd : -1, .leader = leader, .timeout_ms = o->timeout_ms,
+                          .join_timeout_ms = 30000};
+    if (r > 0 && lfd >= 0) close(lfd);
+    return comm_tcp_create(&tc, err);
+}
 
 static double now_s(void) {
     struct timespec ts;
@@ -203,8 +220,9 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: llmq comm-bench --world N [--min 4K] [--max 64M] [--op all_reduce|all_gather|broadcast]\n"
             "                       [--iters N] [--warmup N] [--slot BYTES] [--oneshot BYTES]\n"
-            "                       [--timeout MS] [--spin US] [--no-check]\n"
-            "Forks N ranks on this host, joins them through shared memory and measures\n"
+            "                       [--timeout MS] [--spin US] [--no-check] [--transport shm|tcp]\n"
+            "Forks N ranks on this host, joins them through shared memory (or TCP over\n"
+            "loopback, the communicator of groups started rank by rank) and measures\n"
             "one collective per size (doubling from --min to --max), as nccl-tests does.\n");
 }
 
@@ -217,7 +235,7 @@ int cmd_commbench(int argc, char **argv) {
         {"iters", required_argument, NULL, 'n'},  {"warmup", required_argument, NULL, 'W'},
         {"slot", required_argument, NULL, 's'},   {"oneshot", required_argument, NULL, 'O'},
         {"timeout", required_argument, NULL, 't'}, {"no-check", no_argument, NULL, 'C'},
-        {"spin", required_argument, NULL, 'S'},
+        {"spin", required_argument, NULL, 'S'},   {"transport", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     int ch;
@@ -243,6 +261,13 @@ int cmd_commbench(int argc, char **argv) {
         case 't': o.timeout_ms = atoi(optarg); break;
         case 'C': o.check = 0; break;
         case 'S': o.spin_us = atoi(optarg); break;
+        case 'T':
+            if (strcmp(optarg, "shm") && strcmp(optarg, "tcp")) {
+                fprintf(stderr, "comm-bench: --transport is shm or tcp, not %s\n", optarg);
+                return 2;
+            }
+            o.tcp = !strcmp(optarg, "tcp");
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -259,6 +284,15 @@ int cmd_commbench(int argc, char **argv) {
                            .timeout_ms = o.timeout_ms, .join_timeout_ms = 30000, .spin_us = o.spin_us,
                            .oneshot_max = o.oneshot};
     pid_t pids[64] = {0};
+    int lfd = -1, port = 0;
+    if (o.tcp && o.world > 1) {
+        llmq_err lerr = {0};
+        lfd = comm_tcp_listen("127.0.0.1", 0, &port, &lerr);
+        if (lfd < 0) {
+            fprintf(stderr, "comm-bench: %s\n", lerr.msg);
+            return 1;
+        }
+    }
     fflush(stdout);
     fflush(stderr);
     for (int r = 1; r < o.world; r++) {
@@ -270,9 +304,8 @@ int cmd_commbench(int argc, char **argv) {
             return 1;
         }
         if (p == 0) {
-            cfg.rank = r;
             llmq_err err = {0};
-            llmq_comm *c = comm_shm_create(&cfg, &err);
+            llmq_comm *c = bench_comm(&o, &cfg, r, lfd, port, &err);
             if (!c) {
                 fprintf(stderr, "comm-bench rank %d: %s\n", r, err.msg);
                 _exit(1);
@@ -285,9 +318,8 @@ int cmd_commbench(int argc, char **argv) {
         }
         pids[r] = p;
     }
-    cfg.rank = 0;
     llmq_err err = {0};
-    llmq_comm *c = comm_shm_create(&cfg, &err);
+    llmq_comm *c = bench_comm(&o, &cfg, 0, lfd, port, &err);
     int rc;
     if (!c) {
         fprintf(stderr, "comm-bench rank 0: %s\n", err.msg);

@@ -9,6 +9,9 @@
 #   LLMQ_RANKS_PER_POD  k: ranks (GPUs) in this pod
 #   LLMQ_METRICS_PORT   port of /metrics and /readyz, served by the leader
 #   LLMQ_WORKER_BIN     the worker executable (default llmq-worker)
+#   POD_IP              the leader pod's address, where the peers of other pods
+#                       reach rank 0 (--tp-addr; default: the host name)
+#   LLMQ_TP_PORT        rank 0's TCP port for its peers (--tp-port, default 29500)
 #
 # Starts k processes `llmq-worker ARGS --rank R` with R = LWS_WORKER_INDEX*k+i
 # and CUDA_VISIBLE_DEVICES=i (each rank sees only its own GPU, as device 0).
@@ -30,11 +33,13 @@ prog=llmq-worker-ranks
 k=${LLMQ_RANKS_PER_POD:-}
 idx=${LWS_WORKER_INDEX:-}
 port=${LLMQ_METRICS_PORT:-9090}
+tp_port=${LLMQ_TP_PORT:-29500}
 worker=${LLMQ_WORKER_BIN:-llmq-worker}
 
 [[ "$k" =~ ^[1-9][0-9]*$ ]] || { echo "$prog: LLMQ_RANKS_PER_POD must be a positive integer (got '$k')" >&2; exit 2; }
 [[ "$idx" =~ ^[0-9]+$ ]] || { echo "$prog: LWS_WORKER_INDEX must be set by LeaderWorkerSet (got '$idx')" >&2; exit 2; }
 [[ "$port" =~ ^[0-9]+$ ]] || { echo "$prog: bad LLMQ_METRICS_PORT '$port'" >&2; exit 2; }
+[[ "$tp_port" =~ ^[0-9]+$ ]] || { echo "$prog: bad LLMQ_TP_PORT '$tp_port'" >&2; exit 2; }
 
 base=$((idx * k))
 pids=()
@@ -55,7 +60,10 @@ trap on_term TERM INT
 for ((i = 0; i < k; i++)); do
     rank=$((base + i))
     extra=()
-    if [ "$rank" -eq 0 ]; then extra=(--metrics-port "$port"); fi
+    if [ "$rank" -eq 0 ]; then
+        [ -n "${POD_IP:-}" ] && extra=(--tp-addr "$POD_IP")
+        extra+=(--tp-port "$tp_port" --metrics-port "$port")
+    fi
     echo "$prog: starting rank $rank (GPU $i of this pod's $k)"
     CUDA_VISIBLE_DEVICES=$i "$worker" "$@" --rank "$rank" "${extra[@]}" &
     pids+=($!)

@@ -7,6 +7,9 @@
  *   comm_single   world 1: every op returns at once, nothing is copied.
  *   comm_shm      CPU ranks on one host, separate processes, POSIX shared
  *                 memory (worker/comm_shm.c).
+ *   comm_tcp      ranks on several hosts (a group started rank by rank,
+ *                 `--rank R --group G`): a TCP connection from every peer
+ *                 to the leader (worker/comm_tcp.c).
  *   NCCL          GPU ranks (kernels/cuda, built by `make cuda`; not here).
  *
  * Conventions every implementation keeps
@@ -177,5 +180,35 @@ typedef struct comm_shm_config {
  * dead-rank check uses their pids).  Returns NULL and fills err on failure.
  * Caller destroys it. */
 llmq_comm *comm_shm_create(const comm_shm_config *cfg, llmq_err *err);
+
+/* ------------------------------------------------------------------- TCP */
+
+#define COMM_TCP_MAX_WORLD 64
+#define COMM_TCP_TOKEN_MAX 64
+
+typedef struct comm_tcp_config {
+    int rank, world;      /* as above */
+    uint64_t generation;  /* of the rendezvous: a peer of another generation is refused */
+    const char *token;    /* the generation's secret from the rendezvous (<= 64 chars; NULL = "") */
+    int listen_fd;        /* rank 0: a listening socket from comm_tcp_listen, taken over
+                           * (closed once the group is complete or failed) */
+    const char *leader;   /* rank > 0: "host:port" of rank 0 ("[v6addr]:port" too) */
+    int timeout_ms;       /* per collective, see above; 0 = none.  Peers wait for the
+                           * leader 25% longer (at most 2 s more): its verdict comes first */
+    int join_timeout_ms;  /* create: how long to wait for every rank / for the leader
+                           * (peers retry a refused connection meanwhile); 0 = timeout_ms */
+} comm_tcp_config;
+
+/* Listen on host:port (host NULL or "" = every interface, port 0 = any free
+ * one); *bound_port receives the port.  Returns the socket, or -1 with err. */
+int comm_tcp_listen(const char *host, int port, int *bound_port, llmq_err *err);
+
+/* Form the group: rank 0 accepts world-1 peers (refusing with a message a
+ * stale or future generation, a wrong token or world, a rank twice) and
+ * answers them all once complete; a peer connects, retrying until the
+ * leader listens, and returns once the leader answered.  LLMQ_ERR_TIMEOUT
+ * naming the missing ranks at join_timeout_ms; a refusal is the leader's
+ * message (LLMQ_ERR_INVALID).  NULL and err on failure.  Caller destroys. */
+llmq_comm *comm_tcp_create(const comm_tcp_config *cfg, llmq_err *err);
 
 #endif

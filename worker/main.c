@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -44,8 +45,10 @@ static void usage(FILE *f) {
             "  --chat-template NAME     llama-2, llama-3, mistral, chatml or zephyr (default: detected\n"
             "                           from tokenizer_config.json's chat_template)\n"
             "  --tp N                   tensor parallel over N ranks; alone: starts N-1 local peer processes\n"
-            "  --rank R --group G       start one rank of group G (with --tp N); rank 0 publishes the\n"
-            "                           rendezvous in Redis, the others join it\n"
+            "  --rank R --group G       start one rank of group G (with --tp N), on any host; rank 0 listens\n"
+            "                           for the others over TCP and publishes where in Redis; they join it\n"
+            "  --tp-addr HOST           rank 0: the address peers connect to (default: this host's name)\n"
+            "  --tp-port P              rank 0: the TCP port it listens on (default: any free port)\n"
             "  --tp-timeout-ms MS       a rank that does not answer a collective in MS fails the group (10000)\n"
             "  --memory-utilization F   size the KV pool to use this fraction of the memory (cpu backends: the\n"
             "                           host's RAM, shared by the ranks), as `llmq vram` computes it\n"
@@ -61,6 +64,75 @@ static int to_int(const char *s, const char *flag, int lo, int *out) {
     }
     *out = (int)v;
     return 0;
+}
+
+/* Rank 0 of a group started rank by rank: listen, publish the rendezvous,
+ * wait for the peers (worker/rdv.h, comm_tcp in worker/comm.h). */
+static llmq_comm *group_lead(const service_opts *o, const char *group, int world, const char *addr, int port,
+                             int timeout_ms, llmq_err *err) {
+    int bound = 0;
+    int fd = comm_tcp_listen(NULL, port, &bound, err);
+    if (fd < 0) return NULL;
+    char host[256] = "", where[300];
+    if (addr && *addr) snprintf(host, sizeof host, "%s", addr);
+    else if (gethostname(host, sizeof host - 1)) snprintf(host, sizeof host, "localhost");
+    if (strchr(host, ':')) snprintf(where, sizeof where, "[%s]:%d", host, bound); /* IPv6 literal */
+    else snprintf(where, sizeof where, "%s:%d", host, bound);
+    rdv_info info;
+    if (rdv_publish(o->redis_url, o->prefix, group, world, o->model_name, where, &info, err)) {
+        close(fd);
+        return NULL;
+    }
+    log_info("rank 0 of group %s (generation %llu): waiting for %d peer rank%s at %s", group,
+             (unsigned long long)info.generation, world - 1, world > 2 ? "s" : "", where);
+    comm_tcp_config cc = {0};
+    cc.rank = 0;
+    cc.world = world;
+    cc.generation = info.generation;
+    cc.token = info.token;
+    cc.listen_fd = fd;
+    cc.timeout_ms = timeout_ms;
+    cc.join_timeout_ms = 600000;
+    llmq_comm *c = comm_tcp_create(&cc, err);
+    if (c) log_info("group %s generation %llu complete: %d ranks", group, (unsigned long long)info.generation, world);
+    return c;
+}
+
+/* A peer rank: wait for the leader's generation in the rendezvous and join
+ * it; when that leader is gone or refuses this rank (a newer one is
+ * starting), follow the rendezvous to the next generation.  Gives up after
+ * 10 minutes. */
+static llmq_comm *group_join(const service_opts *o, const char *group, int rank, int world, int timeout_ms,
+                             llmq_err *err) {
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const long limit_ms = 600000;
+    uint64_t after = 0;
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long left = limit_ms - ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+        if (left <= 0) return NULL; /* err holds the last failure */
+        rdv_info info;
+        if (rdv_wait(o->redis_url, o->prefix, group, world, after, (int)left, &info, err)) return NULL;
+        log_info("rank %d of group %s (generation %llu): joining the leader at %s", rank, group,
+                 (unsigned long long)info.generation, info.addr);
+        comm_tcp_config cc = {0};
+        cc.rank = rank;
+        cc.world = world;
+        cc.generation = info.generation;
+        cc.token = info.token;
+        cc.listen_fd = -1;
+        cc.leader = info.addr;
+        cc.timeout_ms = timeout_ms;
+        cc.join_timeout_ms = left < 3000 ? (int)left : 3000;
+        llmq_comm *c = comm_tcp_create(&cc, err);
+        if (c) return c;
+        log_warn("%s", err->msg);
+        /* refused (another generation is forming, or this rank is already
+         * there): wait for a newer one; unreachable: read the rendezvous again */
+        after = err->code == LLMQ_ERR_INVALID ? info.generation : 0;
+        if (!after) usleep(500000);
+    }
 }
 
 int main(int argc, char **argv) {
@@ -79,10 +151,11 @@ int main(int argc, char **argv) {
         {"group", required_argument, 0, 'G'},         {"tp-timeout-ms", required_argument, 0, 'O'},
         {"memory-utilization", required_argument, 0, 'U'}, {"quantization", required_argument, 0, 'Q'},
         {"redis-password-file", required_argument, 0, 'W'},
+        {"tp-addr", required_argument, 0, 'X'},       {"tp-port", required_argument, 0, 'Y'},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
     };
-    int c, bad = 0, tp = 1, rank = -1, tp_timeout = 10000;
-    const char *group = NULL;
+    int c, bad = 0, tp = 1, rank = -1, tp_timeout = 10000, tp_port = 0;
+    const char *group = NULL, *tp_addr = NULL;
     double mem_util = 0;              /* --memory-utilization (issue 10) */
     model_load_opts lo = {LLMQ_QUANT_NONE, 0};
     llmq_err qe = {0};
@@ -108,6 +181,14 @@ int main(int argc, char **argv) {
         case 'R': bad |= to_int(optarg, "rank", 0, &rank); break;
         case 'G': group = optarg; break;
         case 'O': bad |= to_int(optarg, "tp-timeout-ms", 100, &tp_timeout); break;
+        case 'X': tp_addr = optarg; break;
+        case 'Y':
+            bad |= to_int(optarg, "tp-port", 0, &tp_port);
+            if (!bad && tp_port > 65535) {
+                fprintf(stderr, "llmq-worker: --tp-port wants 0..65535, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
         case 'U': {
             char *end;
             mem_util = strtod(optarg, &end);
@@ -185,28 +266,11 @@ int main(int argc, char **argv) {
         }
         if (o.kv_blocks <= 0) o.kv_blocks = service_default_kv_blocks(&cfg, o.max_num_seqs);
         eng_opts eo = {o.kv_blocks, o.max_batched_tokens, o.max_num_seqs, NULL};
-        if (group) { /* one rank of a group started rank by rank */
-            rdv_info info;
-            llmq_status st = rank == 0 ? rdv_publish(o.redis_url, o.prefix, group, tp, o.model_name, &info, &err)
-                                       : rdv_wait(o.redis_url, o.prefix, group, tp, 0, 600000, &info, &err);
-            if (st) {
-                log_error("%s", err.msg);
-                return 1;
-            }
-            comm_shm_config cc;
-            memset(&cc, 0, sizeof cc);
-            cc.name = info.comm;
-            cc.rank = rank;
-            cc.world = tp;
-            cc.generation = info.generation;
-            cc.timeout_ms = tp_timeout;
-            cc.join_timeout_ms = 120000;
-            cc.spin_us = -1;
+        if (group) { /* one rank of a group started rank by rank, on any host */
             g.rank = rank;
             g.world = tp;
-            log_info("rank %d of group %s (generation %llu): joining %s", rank, group,
-                     (unsigned long long)info.generation, info.comm);
-            g.comm = comm_shm_create(&cc, &err);
+            g.comm = rank == 0 ? group_lead(&o, group, tp, tp_addr, tp_port, tp_timeout, &err)
+                               : group_join(&o, group, rank, tp, tp_timeout, &err);
             if (!g.comm) {
                 log_error("%s", err.msg);
                 return 1;

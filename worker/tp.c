@@ -31,12 +31,20 @@ llmq_status tp_group_start(tp_group *g, int world, int timeout_ms, llmq_err *err
         return g->comm ? LLMQ_OK : err->code;
     }
     snprintf(g->shm_name, sizeof g->shm_name, "/llmq-tp-%d", (int)getpid());
+    /* LLMQ_TP_TRANSPORT=tcp: the local group talks over loopback TCP, as a
+     * group started rank by rank across hosts does (tests, benchmarks). */
+    const char *tr = getenv("LLMQ_TP_TRANSPORT");
+    int tcp = tr && !strcmp(tr, "tcp"), lfd = -1, port = 0;
+    if (tr && *tr && !tcp && strcmp(tr, "shm"))
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "LLMQ_TP_TRANSPORT is shm or tcp, not '%s'", tr);
+    if (tcp && (lfd = comm_tcp_listen("127.0.0.1", 0, &port, err)) < 0) return err->code;
     const pid_t leader = getpid();
     int rank = 0;
     for (int r = 1; r < world; r++) {
         pid_t pid = fork();
         if (pid < 0) {
             llmq_err_set(err, LLMQ_ERR_IO, "fork of tensor-parallel rank %d failed", r);
+            if (lfd >= 0) close(lfd);
             tp_group_stop(g, 1);
             return LLMQ_ERR_IO;
         }
@@ -68,7 +76,22 @@ llmq_status tp_group_start(tp_group *g, int world, int timeout_ms, llmq_err *err
     cfg.timeout_ms = timeout_ms;
     cfg.join_timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
     cfg.spin_us = -1;
-    g->comm = comm_shm_create(&cfg, err);
+    if (tcp) {
+        char where[32];
+        snprintf(where, sizeof where, "127.0.0.1:%d", port);
+        comm_tcp_config tc = {0};
+        tc.rank = rank;
+        tc.world = world;
+        tc.generation = 1;
+        tc.listen_fd = rank == 0 ? lfd : -1;
+        if (rank) close(lfd);
+        tc.leader = where;
+        tc.timeout_ms = cfg.timeout_ms;
+        tc.join_timeout_ms = cfg.join_timeout_ms;
+        g->comm = comm_tcp_create(&tc, err);
+    } else {
+        g->comm = comm_shm_create(&cfg, err);
+    }
     if (!g->comm) {
         if (rank) {
             log_error("rank %d cannot join the group: %s", rank, err->msg);

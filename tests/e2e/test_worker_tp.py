@@ -34,22 +34,74 @@ def test_tp2_group_serves_reference_texts(redis_server, stories, tmp_path):
 
 
 def test_rank_by_rank_rendezvous(redis_server, stories, tmp_path):
+    """Ranks started one by one (as pods of a LeaderWorkerSet) meet through
+    the rendezvous and talk over TCP: peers first, one after the leader."""
     d, refs = stories
     r = connect(redis_server.url)
-    peer = Worker(d, redis_server.url, "stories", tmp_path / "peer.log", "--tp", 2, "--rank", 1, "--group", "g1")
-    time.sleep(0.3)  # the peer waits for a leader
-    leader = Worker(d, redis_server.url, "stories", tmp_path / "leader.log", "--tp", 2, "--rank", 0,
-                    "--group", "g1")
+    args = ("--tp", 4, "--group", "g1", "--tp-timeout-ms", 20000)
+    peers = [Worker(d, redis_server.url, "stories", tmp_path / f"peer{k}.log", *args, "--rank", k) for k in (2, 1)]
+    time.sleep(0.3)  # the peers wait for a leader
+    leader = Worker(d, redis_server.url, "stories", tmp_path / "leader.log", *args, "--rank", 0,
+                    "--tp-addr", "127.0.0.1")
+    time.sleep(0.3)
+    peers.append(Worker(d, redis_server.url, "stories", tmp_path / "peer3.log", *args, "--rank", 3))
     try:
-        submit(r, "rv", prompt=refs[2]["prompt"], max_tokens=48, temperature=0)
-        wait_final(r, ["rv"])
-        assert text_of(chunks(r, "rv")) == refs[2]["completion"]
-        assert r.hget("llmq:group:{g1}:rdv", "world") == b"2"
+        for i in range(3):
+            submit(r, f"rv{i}", prompt=refs[i]["prompt"], max_tokens=48, temperature=0)
+        wait_final(r, [f"rv{i}" for i in range(3)], timeout=120)
+        for i in range(3):
+            assert text_of(chunks(r, f"rv{i}")) == refs[i]["completion"]
+            assert ids_of(chunks(r, f"rv{i}")) == refs[i]["output_ids"]
+        rdv = r.hgetall("llmq:group:{g1}:rdv")
+        assert rdv[b"world"] == b"4" and rdv[b"generation"] == b"1"
+        assert rdv[b"addr"].startswith(b"127.0.0.1:") and len(rdv[b"token"]) == 32
+        log = (tmp_path / "leader.log").read_text()
+        assert "waiting for 3 peer ranks at 127.0.0.1:" in log and "complete: 4 ranks" in log
         assert leader.term() == 0
-        assert peer.proc.wait(10) == 0
+        for p in peers:
+            assert p.proc.wait(10) == 0
     finally:
         leader.stop()
-        peer.stop()
+        for p in peers:
+            p.stop()
+
+
+def test_rank_by_rank_leader_killed_then_regrouped(redis_server, stories, tmp_path):
+    """Kill -9 the leader of a rank-by-rank group: its peer exits non-zero
+    naming it; a new generation forms and resumes the jobs, which end with the texts of an uninterrupted run."""
+    d, refs = stories
+    r = connect(redis_server.url)
+    args = ("--tp", 2, "--group", "g2", "--tp-timeout-ms", 2000, "--tp-addr", "127.0.0.1")
+    reqs = {f"k{i}": dict(prompt=refs[i]["prompt"], max_tokens=48, temperature=0) for i in range(4)}
+    leader = Worker(d, redis_server.url, "stories", tmp_path / "leader1.log", *args, "--rank", 0,
+                    "--max-num-seqs", 1, "--consumer", "old")
+    peer = Worker(d, redis_server.url, "stories", tmp_path / "peer1.log", *args, "--rank", 1)
+    for jid, req in reqs.items():
+        submit(r, jid, **req)
+    deadline = time.time() + 60
+    while not any(chunks(r, j) for j in reqs) and time.time() < deadline:
+        time.sleep(0.01)
+    t0 = time.time()
+    leader.proc.kill()
+    assert peer.proc.wait(10) != 0
+    assert time.time() - t0 < 5
+    assert "rank 0 (the leader) left the group" in (tmp_path / "peer1.log").read_text()
+
+    leader2 = Worker(d, redis_server.url, "stories", tmp_path / "leader2.log", *args, "--rank", 0,
+                     "--claim-idle-ms", 300, "--consumer", "new")
+    peer2 = Worker(d, redis_server.url, "stories", tmp_path / "peer2.log", *args, "--rank", 1)
+    try:
+        wait_final(r, list(reqs), timeout=120)
+        for i, j in enumerate(reqs):
+            cs = chunks(r, j)
+            assert [c["seq"] for c in cs] == list(range(len(cs)))
+            assert text_of(cs) == refs[i]["completion"]
+        assert r.hget("llmq:group:{g2}:rdv", "generation") == b"2"
+        assert leader2.term() == 0
+        assert peer2.proc.wait(10) == 0
+    finally:
+        leader2.stop()
+        peer2.stop()
 
 
 def test_killed_peer_fails_group_and_jobs_resume(redis_server, stories, tmp_path):

@@ -3,6 +3,7 @@
 batching and preemption that change nothing, seeded sampling that does not
 depend on the batch, and clear errors for bad input."""
 import json
+import os
 import pathlib
 import subprocess
 
@@ -13,12 +14,13 @@ from llmqtest import BUILD, FIXTURES
 LLMQ = str(BUILD / "llmq")
 
 
-def generate(model, prompts, *extra, check=True):
+def generate(model, prompts, *extra, check=True, env=None):
     cmd = [LLMQ, "generate", "--model", str(model), "--json"]
     for p in prompts:
         cmd += ["--prompt-ids", ",".join(map(str, p))]
     cmd += [str(x) for x in extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, **env) if env else None)
     if check:
         assert r.returncode == 0, r.stderr
         return [json.loads(line) for line in r.stdout.splitlines()]
@@ -128,6 +130,30 @@ def test_transformers_tensor_parallel(variant, tp):
     outs = generate(d, [c["prompt_ids"] for c in cases], "--max-tokens", len(cases[0]["greedy"]),
                     "--temperature", 0, "--ignore-eos", "--tp", tp)
     assert [o["output_ids"] for o in outs] == [c["greedy"] for c in cases]
+
+
+@pytest.mark.parametrize("model,tp", [("stories260K", 4), ("llama_h8_kv1", 2), ("llama_gqa_tied", 4)])
+def test_tensor_parallel_over_tcp(shared_dir, model, tp):
+    """The TCP communicator of groups started rank by rank (across hosts),
+    here over loopback: the same ids as the references."""
+    tcp = {"LLMQ_TP_TRANSPORT": "tcp"}
+    if model == "stories260K":
+        refs = stories_refs(shared_dir)
+        outs = generate(shared_dir / "models" / model, [r["prompt_ids"] for r in refs], "--max-tokens", 48,
+                        "--temperature", 0, "--tp", tp, env=tcp)
+        assert [o["output_ids"] for o in outs] == [r["output_ids"] for r in refs]
+        return
+    d = FIXTURES / "hf" / model
+    cases = json.loads((d / "expected.json").read_text())["cases"]
+    outs = generate(d, [c["prompt_ids"] for c in cases], "--max-tokens", len(cases[0]["greedy"]),
+                    "--temperature", 0, "--ignore-eos", "--tp", tp, env=tcp)
+    assert [o["output_ids"] for o in outs] == [c["greedy"] for c in cases]
+
+
+def test_tensor_parallel_transport_must_be_known(shared_dir):
+    r = generate(shared_dir / "models" / "stories260K", [[1, 2]], "--tp", 2, check=False,
+                 env={"LLMQ_TP_TRANSPORT": "udp"})
+    assert r.returncode == 1 and "LLMQ_TP_TRANSPORT is shm or tcp, not 'udp'" in r.stderr
 
 
 def test_tensor_parallel_shapes_that_do_not_divide(shared_dir):

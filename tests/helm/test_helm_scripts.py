@@ -223,11 +223,12 @@ def test_ranks_start_this_pods_share(ranks):
 
 def test_sigterm_goes_to_the_leader_which_drains_first(ranks):
     start, lines, wait_for, d = ranks
-    p = start(0, 2, TERM_DELAY="0.5")
+    p = start(0, 2, TERM_DELAY="0.5", POD_IP="10.1.2.3")
     wait_for(lambda ls: sum(" start " in l for l in ls) == 2)
     l0 = next(l for l in lines() if l.startswith("0 start"))
     l1 = next(l for l in lines() if l.startswith("1 start"))
-    assert l0.endswith("--metrics-port 9090") and "--metrics-port" not in l1
+    assert l0.endswith("--tp-addr 10.1.2.3 --tp-port 29500 --metrics-port 9090")
+    assert "--metrics-port" not in l1 and "--tp-port" not in l1  # peers find rank 0 through Redis
     p.send_signal(signal.SIGTERM)
     p.communicate(timeout=20)
     assert p.returncode == 0

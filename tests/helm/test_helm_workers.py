@@ -171,11 +171,14 @@ def test_lws_group():
         assert gi == "metadata.labels['leaderworkerset.sigs.k8s.io/group-index']"
         assert ht.env(c, "LLMQ_GROUP")["value"] == f"{lws['metadata']['name']}-$(LWS_GROUP_INDEX)"
         assert ht.env(c, "LLMQ_RANKS_PER_POD")["value"] == "4"
+        assert ht.env(c, "POD_IP")["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+        assert ht.env(c, "LLMQ_TP_PORT")["value"] == "29500"
         assert c["resources"]["limits"]["nvidia.com/gpu"] == 4
     assert set(roles) == {"leader", "worker"}
     leader, peer = roles["leader"][1], roles["worker"][1]
     assert leader["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert leader["ports"][0]["containerPort"] == int(ht.env(leader, "LLMQ_METRICS_PORT")["value"])
+    assert {"name": "tp", "containerPort": 29500, "protocol": "TCP"} in leader["ports"]  # the peers' TCP
     # Peer ranks serve no HTTP: a probe would never pass.
     assert not any(k in peer for k in ("readinessProbe", "startupProbe", "livenessProbe", "ports"))
     so = ht.one(docs, "ScaledObject")

@@ -65,6 +65,8 @@ typedef struct group {
     comm_shm_config cfg;       /* rank filled per child */
     int (*fn)(struct group *g, llmq_comm *c, rank_result *res); /* c NULL: fn creates */
     int self_create;           /* fn creates the communicator itself */
+    int tcp;                   /* comm_tcp over 127.0.0.1 instead of comm_shm */
+    int lfd, port;             /* tcp: the leader's listening socket, made before the fork */
     void *arg;
     shared_area *sh;
     pid_t pid[MAXW];
@@ -103,11 +105,35 @@ static shared_area *area_new(void) {
     return p;
 }
 
+static char tcp_leader[32];
+
+/* The communicator of rank r of g (in the child). */
+static llmq_comm *make_comm(group *g, int r, llmq_err *err) {
+    if (!g->tcp) return comm_shm_create(&g->cfg, err);
+    comm_tcp_config tc = {0};
+    tc.rank = r;
+    tc.world = g->cfg.world;
+    tc.generation = g->cfg.generation;
+    tc.token = "0123456789abcdef";
+    tc.listen_fd = r == 0 ? g->lfd : -1;
+    if (r > 0) close(g->lfd);
+    snprintf(tcp_leader, sizeof tcp_leader, "127.0.0.1:%d", g->port);
+    tc.leader = tcp_leader;
+    tc.timeout_ms = g->cfg.timeout_ms;
+    tc.join_timeout_ms = g->cfg.join_timeout_ms;
+    return comm_tcp_create(&tc, err);
+}
+
 /* Fork g->cfg.world ranks.  Each child creates its communicator (unless
  * self_create), runs fn, destroys, and _exits; nothing returns into cmocka. */
 static void group_start(group *g) {
     fflush(stdout);
     fflush(stderr);
+    if (g->tcp) {
+        llmq_err err = {0};
+        g->lfd = comm_tcp_listen("127.0.0.1", 0, &g->port, &err);
+        if (g->lfd < 0) fail_msg("%s", err.msg);
+    }
     for (int r = 0; r < g->cfg.world; r++) {
         pid_t pid = fork();
         assert_true(pid >= 0);
@@ -117,7 +143,7 @@ static void group_start(group *g) {
             llmq_comm *c = NULL;
             if (!g->self_create) {
                 llmq_err err = {0};
-                c = comm_shm_create(&g->cfg, &err);
+                c = make_comm(g, r, &err);
                 if (!c) {
                     record(res, err.code, err.msg);
                     fprintf(stderr, "rank %d: create: %s\n", r, err.msg);
@@ -133,6 +159,7 @@ static void group_start(group *g) {
         }
         g->pid[r] = pid;
     }
+    if (g->tcp) close(g->lfd);
 }
 
 /* Reap the ranks in rank order (so a killed later rank stays a zombie while
@@ -368,8 +395,9 @@ static int suite_rank(group *g, llmq_comm *c, rank_result *res) {
     return res->status || res->wrong ? 1 : 0;
 }
 
-static void check_suite(int world, size_t slot, size_t oneshot) {
+static void check_suite_on(int tcp, int world, size_t slot, size_t oneshot) {
     group g = {0};
+    g.tcp = tcp;
     g.cfg = base_cfg(world);
     g.cfg.slot_bytes = slot;
     g.cfg.oneshot_max = oneshot;
@@ -396,6 +424,8 @@ static void check_suite(int world, size_t slot, size_t oneshot) {
     assert_int_equal(errno, ENOENT);
     munmap(g.sh, sizeof *g.sh);
 }
+
+static void check_suite(int world, size_t slot, size_t oneshot) { check_suite_on(0, world, slot, oneshot); }
 
 static void test_collectives_w2(void **st) {
     (void)st;
@@ -429,8 +459,9 @@ static int busy_rank(group *g, llmq_comm *c, rank_result *res) {
 
 /* SIGKILL rank `victim` while every rank loops on all-reduces; the others
  * must fail within the 500 ms timeout with a message naming the victim. */
-static void check_kill(int world, int victim) {
+static void check_kill_on(int tcp, int world, int victim) {
     group g = {0};
+    g.tcp = tcp;
     g.cfg = base_cfg(world);
     g.cfg.timeout_ms = 500;
     g.cfg.join_timeout_ms = 10000;
@@ -444,8 +475,11 @@ static void check_kill(int world, int victim) {
     kill(g.pid[victim], SIGKILL);
     int codes[MAXW];
     group_wait(&g, 60, codes);
-    char want[32];
+    char want[64];
     snprintf(want, sizeof want, "rank %d (pid %d)", victim, (int)g.pid[victim]);
+    /* tcp: the leader names the rank whose connection closed; a peer sees
+     * the leader's abort, or the leader's connection close mid-frame */
+    if (tcp) snprintf(want, sizeof want, "rank %d%s left the group", victim, victim ? "" : " (the leader)");
     for (int r = 0; r < world; r++) {
         if (r == victim) {
             assert_int_equal(codes[r], 128 + SIGKILL);
@@ -457,11 +491,14 @@ static void check_kill(int world, int victim) {
                 res->msg);
         assert_int_equal(codes[r], 0);
         assert_int_equal(res->status, LLMQ_ERR_IO);
-        assert_non_null(strstr(res->msg, want));
+        if (!tcp || r == 0 || victim == 0) assert_non_null(strstr(res->msg, want));
+        else assert_true(strstr(res->msg, want) || strstr(res->msg, "rank 0 (the leader) left the group"));
         assert_true(dt < 0.5);
     }
     munmap(g.sh, sizeof *g.sh);
 }
+
+static void check_kill(int world, int victim) { check_kill_on(0, world, victim); }
 
 static void test_killed_rank(void **st) {
     (void)st;
@@ -483,9 +520,9 @@ static int late_rank(group *g, llmq_comm *c, rank_result *res) {
     return 0;
 }
 
-static void test_stalled_rank_times_out(void **st) {
-    (void)st;
+static void stalled_rank_times_out_on(int tcp) {
     group g = {0};
+    g.tcp = tcp;
     g.cfg = base_cfg(3);
     g.cfg.timeout_ms = 500;
     g.cfg.join_timeout_ms = 10000;
@@ -507,6 +544,14 @@ static void test_stalled_rank_times_out(void **st) {
         }
     }
     munmap(g.sh, sizeof *g.sh);
+}
+static void test_stalled_rank_times_out(void **st) {
+    (void)st;
+    stalled_rank_times_out_on(0);
+}
+static void test_tcp_stalled_rank_times_out(void **st) {
+    (void)st;
+    stalled_rank_times_out_on(1);
 }
 
 /* Rank 1 aborts after 150 ms instead of entering the all-reduce. */
@@ -546,9 +591,9 @@ static int thread_abort_rank(group *g, llmq_comm *c, rank_result *res) {
     return 0;
 }
 
-static void test_abort_wakes_waiters(void **st) {
-    (void)st;
+static void abort_wakes_waiters_on(int tcp) {
     group g = {0};
+    g.tcp = tcp;
     g.cfg = base_cfg(3);
     g.cfg.timeout_ms = 10000;
     g.fn = aborting_rank;
@@ -566,6 +611,7 @@ static void test_abort_wakes_waiters(void **st) {
     munmap(g.sh, sizeof *g.sh);
 
     group t = {0};
+    t.tcp = tcp;
     t.cfg = base_cfg(2);
     t.cfg.timeout_ms = 10000;
     t.fn = thread_abort_rank;
@@ -580,6 +626,14 @@ static void test_abort_wakes_waiters(void **st) {
     }
     assert_true(t.sh->r[0].t_err < 1.0);
     munmap(t.sh, sizeof *t.sh);
+}
+static void test_abort_wakes_waiters(void **st) {
+    (void)st;
+    abort_wakes_waiters_on(0);
+}
+static void test_tcp_abort_wakes_waiters(void **st) {
+    (void)st;
+    abort_wakes_waiters_on(1);
 }
 
 /* Rank 1 first tries the wrong generations and world, then joins properly. */
@@ -651,9 +705,9 @@ static int mismatch_rank(group *g, llmq_comm *c, rank_result *res) {
     return 0;
 }
 
-static void test_collective_mismatch(void **st) {
-    (void)st;
+static void collective_mismatch_on(int tcp) {
     group g = {0};
+    g.tcp = tcp;
     g.cfg = base_cfg(2);
     g.cfg.timeout_ms = 5000;
     g.fn = mismatch_rank;
@@ -667,6 +721,14 @@ static void test_collective_mismatch(void **st) {
         assert_non_null(strstr(g.sh->r[r].msg, "broadcast #1 (400 bytes, root 0)"));
     }
     munmap(g.sh, sizeof *g.sh);
+}
+static void test_collective_mismatch(void **st) {
+    (void)st;
+    collective_mismatch_on(0);
+}
+static void test_tcp_collective_mismatch(void **st) {
+    (void)st;
+    collective_mismatch_on(1);
 }
 
 /* A rank that never comes: the leader's join times out naming it. */
@@ -702,6 +764,144 @@ static void test_bad_config(void **st) {
     assert_int_equal(err.code, LLMQ_ERR_INVALID);
     assert_null(comm_shm_create(NULL, &err));
     comm_destroy(NULL);
+}
+
+/* ------------------------------------------------------------------ tcp */
+
+static void test_tcp_collectives(void **st) {
+    (void)st;
+    check_suite_on(1, 2, 0, 0);
+    check_suite_on(1, 3, 0, 0);
+    check_suite_on(1, 4, 0, 0);
+}
+
+static void test_tcp_killed_rank(void **st) {
+    (void)st;
+    check_kill_on(1, 2, 1);
+    check_kill_on(1, 3, 2);
+    check_kill_on(1, 4, 0);
+}
+
+/* Try to join g as `rank` with a wrong field; the leader must refuse with
+ * `want` in its message (records a failure otherwise). */
+static void tcp_refused(group *g, rank_result *res, int rank, int world, uint64_t gen, const char *token,
+                        const char *want) {
+    comm_tcp_config tc = {0};
+    tc.rank = rank;
+    tc.world = world;
+    tc.generation = gen;
+    tc.token = token;
+    tc.listen_fd = -1;
+    tc.leader = tcp_leader;
+    tc.timeout_ms = 5000;
+    tc.join_timeout_ms = 5000;
+    llmq_err err = {0};
+    llmq_comm *x = comm_tcp_create(&tc, &err);
+    if (x || err.code != LLMQ_ERR_INVALID || !strstr(err.msg, want)) {
+        char m[LLMQ_ERRSTR_LEN];
+        snprintf(m, sizeof m, "wanted a refusal with '%s', got: %.400s", want, x ? "joined" : err.msg);
+        record(res, LLMQ_ERR_INTERNAL, m);
+        comm_destroy(x);
+    }
+}
+
+/* World 3, generation 5: rank 1 first tries an older and a newer
+ * generation, another group's token and a wrong world, then joins; rank 2
+ * first claims rank 1 (already joined), then joins as itself. */
+static int tcp_join_rank(group *g, llmq_comm *c, rank_result *res) {
+    const char *tok = "0123456789abcdef";
+    int r = -1;
+    for (int q = 0; q < g->cfg.world; q++)
+        if (&g->sh->r[q] == res) r = q;
+    snprintf(tcp_leader, sizeof tcp_leader, "127.0.0.1:%d", g->port);
+    if (r > 0) close(g->lfd);
+    if (r == 1) {
+        tcp_refused(g, res, 1, 3, 4, tok, "stale generation 4");
+        tcp_refused(g, res, 1, 3, 6, tok, "newer than this leader");
+        tcp_refused(g, res, 1, 3, 5, "another", "wrong group token");
+        tcp_refused(g, res, 1, 4, 5, tok, "world 4, but the group has world 3");
+    }
+    if (r == 2) {
+        sleep_ms(400);
+        tcp_refused(g, res, 1, 3, 5, tok, "rank 1 already joined");
+    }
+    comm_tcp_config tc = {0};
+    tc.rank = r;
+    tc.world = 3;
+    tc.generation = 5;
+    tc.token = tok;
+    tc.listen_fd = r == 0 ? g->lfd : -1;
+    tc.leader = tcp_leader;
+    tc.timeout_ms = 10000;
+    tc.join_timeout_ms = 20000;
+    llmq_err err = {0};
+    c = comm_tcp_create(&tc, &err);
+    if (!c) {
+        record(res, err.code, err.msg);
+        return 1;
+    }
+    int32_t v = 20 + c->rank;
+    llmq_status st = comm_all_reduce_sum(c, &v, 1, COMM_I32);
+    if (st || v != 63) record(res, st ? st : LLMQ_ERR_INTERNAL, st ? c->err.msg : "bad sum");
+    comm_destroy(c);
+    return res->status ? 1 : 0;
+}
+
+static void test_tcp_join(void **st) {
+    (void)st;
+    group g = {0};
+    g.tcp = 1;
+    g.cfg = base_cfg(3);
+    g.fn = tcp_join_rank;
+    g.self_create = 1;
+    g.sh = area_new();
+    int codes[MAXW];
+    run_group(&g, 60, codes);
+    for (int r = 0; r < 3; r++) {
+        if (g.sh->r[r].status) fprintf(stderr, "rank %d: %s\n", r, g.sh->r[r].msg);
+        assert_int_equal(g.sh->r[r].status, 0);
+        assert_int_equal(codes[r], 0);
+    }
+    munmap(g.sh, sizeof *g.sh);
+
+    /* Nobody comes: the leader names the missing ranks. */
+    llmq_err err = {0};
+    int port = 0;
+    comm_tcp_config tc = {0};
+    tc.world = 3;
+    tc.generation = 1;
+    tc.listen_fd = comm_tcp_listen("127.0.0.1", 0, &port, &err);
+    assert_true(tc.listen_fd >= 0);
+    tc.join_timeout_ms = 200;
+    double t0 = now_s();
+    assert_null(comm_tcp_create(&tc, &err));
+    assert_int_equal(err.code, LLMQ_ERR_TIMEOUT);
+    assert_non_null(strstr(err.msg, "ranks 1, 2 never joined"));
+    assert_true(now_s() - t0 < 2.0);
+
+    /* No leader there (its socket is closed now): a peer gives up at its join timeout. */
+    char addr[32];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    tc.rank = 1;
+    tc.listen_fd = -1;
+    tc.leader = addr;
+    assert_null(comm_tcp_create(&tc, &err));
+    assert_int_equal(err.code, LLMQ_ERR_TIMEOUT);
+    assert_non_null(strstr(err.msg, "cannot reach the leader"));
+
+    /* Bad configurations. */
+    tc.leader = "no-port";
+    assert_null(comm_tcp_create(&tc, &err));
+    assert_int_equal(err.code, LLMQ_ERR_INVALID);
+    tc.rank = 3;
+    assert_null(comm_tcp_create(&tc, &err));
+    assert_int_equal(err.code, LLMQ_ERR_INVALID);
+    tc.rank = 0;
+    tc.listen_fd = -1;
+    assert_null(comm_tcp_create(&tc, &err));
+    assert_int_equal(err.code, LLMQ_ERR_INVALID);
+    assert_int_equal(comm_tcp_listen("256.1.1.1", 0, &port, &err), -1);
+    assert_int_equal(err.code, LLMQ_ERR_IO);
 }
 
 /* The ops every communicator of world 1 must answer the same way. */
@@ -741,6 +941,19 @@ static void test_single(void **st) {
     comm_destroy(NULL);
 }
 
+static void test_tcp_world1(void **st) {
+    (void)st;
+    comm_tcp_config tc = {0};
+    tc.world = 1;
+    tc.listen_fd = -1;
+    llmq_err err = {0};
+    llmq_comm *c = comm_tcp_create(&tc, &err);
+    assert_non_null(c);
+    assert_string_equal(c->ops->name, "tcp");
+    check_world1(c);
+    comm_destroy(c);
+}
+
 static void test_shm_world1(void **st) {
     (void)st;
     comm_shm_config cfg = base_cfg(1);
@@ -766,6 +979,13 @@ int main(void) {
         cmocka_unit_test(test_abort_wakes_waiters),
         cmocka_unit_test(test_stale_generation_refused),
         cmocka_unit_test(test_collective_mismatch),
+        cmocka_unit_test(test_tcp_world1),
+        cmocka_unit_test(test_tcp_join),
+        cmocka_unit_test(test_tcp_collectives),
+        cmocka_unit_test(test_tcp_killed_rank),
+        cmocka_unit_test(test_tcp_stalled_rank_times_out),
+        cmocka_unit_test(test_tcp_abort_wakes_waiters),
+        cmocka_unit_test(test_tcp_collective_mismatch),
     };
     return cmocka_run_group_tests_name("comm", tests, NULL, NULL);
 }

@@ -170,6 +170,14 @@ spec:
           value: {{ $gpus | quote }}
         - name: LLMQ_METRICS_PORT
           value: {{ int $g.metricsPort | quote }}
+        # Rank 0 listens on LLMQ_TP_PORT and publishes POD_IP:port in the
+        # group's Redis rendezvous; the peer ranks of every pod connect to it.
+        - name: POD_IP
+          valueFrom:
+            fieldRef:
+              fieldPath: status.podIP
+        - name: LLMQ_TP_PORT
+          value: "29500"
         {{- end }}
         {{- with $g.extraEnv }}
         {{- toYaml . | nindent 8 }}
@@ -179,6 +187,11 @@ spec:
         - name: metrics
           containerPort: {{ int $g.metricsPort }}
           protocol: TCP
+        {{- if $multi }}
+        - name: tp
+          containerPort: 29500
+          protocol: TCP
+        {{- end }}
       # /readyz: 200 once the model is loaded and Redis answers.
       startupProbe:
         httpGet:
