@@ -59,6 +59,8 @@ static void usage(FILE *f) {
             "  --ignore-eos             keep generating past end-of-sequence\n"
             "  --backend NAME           cpu (default), cpu-ref, cuda\n"
             "  --kv-blocks N            KV cache blocks of 16 tokens (default: enough for all prompts)\n"
+            "  --memory-utilization F   instead: as many blocks as fit in this fraction of the GPU's memory\n"
+            "                           once the weights are in (cuda)\n"
             "  --max-num-seqs N         sequences per step (default 32, at most the token budget)\n"
             "  --max-batched-tokens N   tokens per step (default 512)\n"
             "  --tp N                   tensor parallel over N local CPU ranks (processes)\n"
@@ -127,7 +129,7 @@ static void print_ids(FILE *f, const int32_t *ids, int n) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_PROMPT = 255, O_PROMPT_IDS = 256, O_MAX_TOKENS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED,
-           O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP, O_TP, O_QUANT };
+           O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP, O_TP, O_QUANT, O_MEM };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"prompt", required_argument, 0, O_PROMPT},
@@ -150,6 +152,7 @@ int cmd_generate(int argc, char **argv) {
         {"json", no_argument, 0, O_JSON},
         {"tp", required_argument, 0, O_TP},
         {"quantization", required_argument, 0, O_QUANT},
+        {"memory-utilization", required_argument, 0, O_MEM},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
@@ -157,6 +160,7 @@ int cmd_generate(int argc, char **argv) {
     int32_t *prompts[GEN_MAX_PROMPTS];
     const char *prompt_text[GEN_MAX_PROMPTS] = {0}; /* --prompt: tokenized once the model is known */
     int prompt_len[GEN_MAX_PROMPTS];
+    double mem_util = 0;
     int n_prompts = 0, max_tokens = 64, kv_blocks = 0, max_seqs = 0, max_batched = 512, json = 0, ignore_eos = 0;
     int have_seed = 0, n_stop = 0, tp = 1;
     int32_t stop_ids[SEQ_MAX_STOP_IDS];
@@ -209,6 +213,7 @@ int cmd_generate(int argc, char **argv) {
         case O_IGNORE_EOS: ignore_eos = 1; break;
         case O_BACKEND: backend_name = optarg; break;
         case O_KV: kv_blocks = (int)strtol(optarg, &end, 10); break;
+        case O_MEM: mem_util = strtod(optarg, &end); break;
         case O_SEQS: max_seqs = (int)strtol(optarg, &end, 10); break;
         case O_BATCHED: max_batched = (int)strtol(optarg, &end, 10); break;
         case O_JSON: json = 1; break;
@@ -243,9 +248,11 @@ int cmd_generate(int argc, char **argv) {
     }
     if (max_seqs == 0) max_seqs = max_batched < 32 ? max_batched : 32;
     if (max_tokens < 1 || max_seqs < 1 || max_batched < max_seqs || sp.temperature < 0 || sp.top_p <= 0 ||
-        sp.top_p > 1 || sp.min_p < 0 || sp.min_p > 1 || sp.top_k < 0 || kv_blocks < 0) {
+        sp.top_p > 1 || sp.min_p < 0 || sp.min_p > 1 || sp.top_k < 0 || kv_blocks < 0 ||
+        mem_util < 0 || mem_util > 1 || (mem_util > 0 && kv_blocks > 0)) {
         fprintf(stderr, "llmq generate: out-of-range option (need max-tokens >= 1, 0 < top-p <= 1, "
-                        "0 <= min-p <= 1, temperature >= 0, max-batched-tokens >= max-num-seqs)\n");
+                        "0 <= min-p <= 1, temperature >= 0, max-batched-tokens >= max-num-seqs, "
+                        "0 < memory-utilization <= 1 without --kv-blocks)\n");
         goto out;
     }
     if (!have_seed) {
@@ -284,12 +291,12 @@ int cmd_generate(int argc, char **argv) {
         }
         prompt_len[i] = (int)n;
     }
-    if (kv_blocks == 0) {
+    if (kv_blocks == 0 && mem_util == 0) {
         long need = 0;
         for (int i = 0; i < n_prompts; i++) need += (prompt_len[i] + max_tokens + 1 + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
         kv_blocks = (int)need;
     }
-    eng_opts eo = {kv_blocks, max_batched, max_seqs, NULL};
+    eng_opts eo = {kv_blocks, max_batched, max_seqs, NULL, mem_util};
     if (tp != 1) {
         /* check that the split works before starting any process */
         model_config cfg;

@@ -160,6 +160,13 @@ typedef struct be_ops {
      * passing the NCCL unique id from rank 0 over `host`.  Caller destroys
      * the result. */
     struct llmq_comm *(*group_comm)(llmq_backend *be, struct llmq_comm *host, llmq_err *err);
+
+    /* memory of the device (optional) ---------------------------------------
+     * Free and total bytes of the device's memory now (CUDA: cudaMemGetInfo),
+     * so that the engine can size its KV pool to a fraction of it after the
+     * weights are in (eng_opts.mem_util).  NULL: the CPU backends, whose pool
+     * the memory estimator sizes before the model loads (worker/vram.h). */
+    void (*mem_info)(llmq_backend *be, size_t *free_bytes, size_t *total_bytes);
 } be_ops;
 
 struct llmq_backend {

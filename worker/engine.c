@@ -60,12 +60,50 @@ size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype act_dt) {
 const model *eng_model(const engine *e) { return e->m; }
 int eng_n_blocks(const engine *e) { return e->opts.n_blocks; }
 
+/* Headroom the pool leaves on the device beyond the budget: allocator
+ * granularity and fragmentation, NCCL's and cuBLAS's lazy buffers. */
+#define ENG_POOL_SLACK ((size_t)256 << 20)
+
+/* KV blocks that fit in mem_util of the device once everything else is
+ * allocated; the minimum over the group's ranks. */
+static llmq_status size_pool(engine *e, double mem_util, size_t block_bytes, int *n_blocks, llmq_err *err) {
+    llmq_backend *be = e->be;
+    if (!be->ops->mem_info)
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
+                            "engine: the %s backend cannot size the KV pool from its memory; give the number of "
+                            "blocks (--kv-blocks), or use --memory-utilization with llmq-worker, which estimates it",
+                            be->ops->name);
+    size_t fr = 0, tot = 0;
+    be->ops->mem_info(be, &fr, &tot);
+    const double used = (double)(tot - fr), budget = mem_util * (double)tot - used - (double)ENG_POOL_SLACK;
+    double b = budget > 0 ? budget / (double)block_bytes : 0;
+    const int cap = INT32_MAX / ENG_BLOCK_SIZE;
+    int32_t mine = b > cap ? cap : (int32_t)b;
+    int32_t all[64];
+    if (e->tp) {
+        if (e->comm->world > 64) return llmq_err_set(err, LLMQ_ERR_INVALID, "engine: more than 64 ranks");
+        if (comm_all_gather(e->comm, all, &mine, 1, COMM_I32))
+            return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+        for (int r = 0; r < e->comm->world; r++) mine = all[r] < mine ? all[r] : mine;
+    }
+    if (mine < 1)
+        return llmq_err_set(err, LLMQ_ERR_NOMEM,
+                            "memory utilization %.3g: %.1f MiB of %.1f MiB are in use once the weights and step "
+                            "buffers are allocated (on this rank; the smallest pool of the group counts): no room "
+                            "for one KV block of %.2f MiB within %.1f MiB (less %.0f MiB of headroom)",
+                            mem_util, used / 1048576.0, tot / 1048576.0, block_bytes / 1048576.0,
+                            mem_util * (double)tot / 1048576.0, ENG_POOL_SLACK / 1048576.0);
+    *n_blocks = mine;
+    return LLMQ_OK;
+}
+
 llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err *err) {
     const model_config *c = &m->cfg;
-    if (o->n_blocks <= 0 || o->max_tokens <= 0 || o->max_seqs <= 0 || o->max_seqs > o->max_tokens)
+    const int sized = o->n_blocks <= 0 && o->mem_util > 0 && o->mem_util <= 1;
+    if ((o->n_blocks <= 0 && !sized) || o->max_tokens <= 0 || o->max_seqs <= 0 || o->max_seqs > o->max_tokens)
         return llmq_err_set(err, LLMQ_ERR_INVALID,
-                            "engine: need n_blocks > 0 and 0 < max_seqs <= max_tokens (got %d, %d, %d)", o->n_blocks,
-                            o->max_seqs, o->max_tokens);
+                            "engine: need n_blocks > 0 (or a memory utilization in (0, 1]) and 0 < max_seqs <= "
+                            "max_tokens (got %d, %d, %d)", o->n_blocks, o->max_seqs, o->max_tokens);
     engine *e = calloc(1, sizeof *e);
     if (!e) return llmq_err_set(err, LLMQ_ERR_NOMEM, "engine: out of memory");
     llmq_backend *be = m->be;
@@ -90,24 +128,34 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
         e->dcomm = d;
     }
     e->kv_dim = (size_t)sh->n_kv_heads * c->head_dim;
-    e->max_bt = (c->max_position_embeddings + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
-    if (e->max_bt > o->n_blocks) e->max_bt = o->n_blocks;
     const size_t es = llmq_dtype_size(be->act_dt), T = (size_t)o->max_tokens, S = (size_t)o->max_seqs;
     const size_t d = (size_t)c->hidden_size, qd = (size_t)sh->n_heads * c->head_dim, I = (size_t)sh->inter;
     const size_t Vl = (size_t)sh->vocab;
-    const size_t cache_elems = (size_t)o->n_blocks * ENG_BLOCK_SIZE * e->kv_dim;
 
-    int ok = (e->k_cache = calloc((size_t)c->n_layers, sizeof(void *))) &&
-             (e->v_cache = calloc((size_t)c->n_layers, sizeof(void *)));
-    for (int l = 0; ok && l < c->n_layers; l++)
-        ok = (e->k_cache[l] = be->ops->alloc(be, cache_elems * es)) && (e->v_cache[l] = be->ops->alloc(be, cache_elems * es));
-    ok = ok && (e->x = be->ops->alloc(be, T * d * es)) && (e->h = be->ops->alloc(be, T * d * es)) &&
+    /* step buffers first, so that a pool sized from the device's free
+     * memory counts them */
+    int ok = (e->x = be->ops->alloc(be, T * d * es)) && (e->h = be->ops->alloc(be, T * d * es)) &&
          (e->q = be->ops->alloc(be, T * qd * es)) && (e->k = be->ops->alloc(be, T * e->kv_dim * es)) &&
          (e->v = be->ops->alloc(be, T * e->kv_dim * es)) && (e->att = be->ops->alloc(be, T * qd * es)) &&
          (e->o = be->ops->alloc(be, T * d * es)) && (e->gate = be->ops->alloc(be, T * I * es)) &&
          (e->up = be->ops->alloc(be, T * I * es)) && (e->hl = be->ops->alloc(be, S * d * es)) &&
          (e->logits = be->ops->alloc(be, S * Vl * es)) &&
          (e->inv_freq = be->ops->alloc(be, (size_t)c->head_dim / 2 * sizeof(float)));
+    if (ok && sized) {
+        llmq_status st = size_pool(e, o->mem_util, (size_t)2 * c->n_layers * ENG_BLOCK_SIZE * e->kv_dim * es,
+                                   &e->opts.n_blocks, err);
+        if (st) {
+            eng_destroy(e);
+            return st;
+        }
+    }
+    const size_t cache_elems = (size_t)e->opts.n_blocks * ENG_BLOCK_SIZE * e->kv_dim;
+    ok = ok && (e->k_cache = calloc((size_t)c->n_layers, sizeof(void *))) &&
+         (e->v_cache = calloc((size_t)c->n_layers, sizeof(void *)));
+    for (int l = 0; ok && l < c->n_layers; l++)
+        ok = (e->k_cache[l] = be->ops->alloc(be, cache_elems * es)) && (e->v_cache[l] = be->ops->alloc(be, cache_elems * es));
+    e->max_bt = (c->max_position_embeddings + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
+    if (e->max_bt > e->opts.n_blocks) e->max_bt = e->opts.n_blocks;
     /* index arrays */
     ok = ok && (e->h_ids = malloc(T * 4)) && (e->h_pos = malloc(T * 4)) && (e->h_slots = malloc(T * 4)) &&
          (e->h_tok_start = malloc((S + 1) * 4)) && (e->h_bt = malloc(S * (size_t)e->max_bt * 4)) &&
@@ -123,7 +171,7 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
         eng_destroy(e);
         return llmq_err_set(err, LLMQ_ERR_NOMEM,
                             "engine: cannot allocate the KV cache (%d blocks, %.1f MiB) and buffers for %d tokens",
-                            o->n_blocks, (double)cache_elems * es * 2 * c->n_layers / 1048576.0, o->max_tokens);
+                            e->opts.n_blocks, (double)cache_elems * es * 2 * c->n_layers / 1048576.0, o->max_tokens);
     }
     float inv[256];
     model_config_rope_inv_freq(c, inv);

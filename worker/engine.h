@@ -37,6 +37,11 @@ typedef struct eng_opts {
     int max_seqs;     /* sequences per step at most */
     llmq_comm *comm;  /* tensor-parallel group (not owned); NULL = one rank.
                          Its world/rank must match the model's shard. */
+    double mem_util;  /* n_blocks <= 0: as many blocks as fit in this fraction
+                         (0, 1] of the device's memory, counting what is in
+                         use once the weights and the step buffers are
+                         allocated (be_ops.mem_info; the smallest over the
+                         ranks of a group).  eng_n_blocks says how many. */
 } eng_opts;
 
 llmq_status eng_create(engine **out, const model *m, const eng_opts *opts, llmq_err *err);

@@ -50,9 +50,10 @@ static void usage(FILE *f) {
             "  --tp-addr HOST           rank 0: the address peers connect to (default: this host's name)\n"
             "  --tp-port P              rank 0: the TCP port it listens on (default: any free port)\n"
             "  --tp-timeout-ms MS       a rank that does not answer a collective in MS fails the group (10000)\n"
-            "  --memory-utilization F   size the KV pool to use this fraction of the memory (cpu backends: the\n"
-            "                           host's RAM, shared by the ranks), as `llmq vram` computes it\n"
-            "  --quantization Q         none (default), int8 or int4: weight-only, applied at load (cpu backends)\n");
+            "  --memory-utilization F   size the KV pool to use this fraction of the memory: cpu backends, the\n"
+            "                           host's RAM shared by the ranks, as `llmq vram` computes it; cuda, each\n"
+            "                           GPU's memory as cudaMemGetInfo finds it once the weights are in\n"
+            "  --quantization Q         none (default), int8 or int4: weight-only, applied at load\n");
 }
 
 static int to_int(const char *s, const char *flag, int lo, int *out) {
@@ -234,11 +235,15 @@ int main(int argc, char **argv) {
     llmq_err err = {0};
     /* ---- quantization and the KV pool from the memory estimator (worker/vram.h, issue 10) ---- */
     model_set_load_opts(&lo); /* before peers start: they inherit it */
-    if (mem_util > 0) {
-        if (o.kv_blocks > 0) {
-            fprintf(stderr, "llmq-worker: --kv-blocks and --memory-utilization exclude each other\n");
-            return 2;
-        }
+    if (mem_util > 0 && o.kv_blocks > 0) {
+        fprintf(stderr, "llmq-worker: --kv-blocks and --memory-utilization exclude each other\n");
+        return 2;
+    }
+    if (mem_util > 0 && strncmp(o.backend, "cpu", 3)) {
+        /* a GPU's memory is known once the backend runs: the engine sizes
+         * its pool after the weights are in (eng_opts.mem_util) */
+        o.mem_util = mem_util;
+    } else if (mem_util > 0) {
         vram_estimate ve;
         if (vram_worker_kv_blocks(&ve, o.model_dir, o.backend, tp, o.max_num_seqs, o.max_batched_tokens, mem_util,
                                   lo.quant, &err)) {
@@ -264,8 +269,8 @@ int main(int argc, char **argv) {
             log_error("%s", err.msg);
             return 1;
         }
-        if (o.kv_blocks <= 0) o.kv_blocks = service_default_kv_blocks(&cfg, o.max_num_seqs);
-        eng_opts eo = {o.kv_blocks, o.max_batched_tokens, o.max_num_seqs, NULL};
+        if (o.kv_blocks <= 0 && o.mem_util <= 0) o.kv_blocks = service_default_kv_blocks(&cfg, o.max_num_seqs);
+        eng_opts eo = {o.kv_blocks, o.max_batched_tokens, o.max_num_seqs, NULL, o.mem_util};
         if (group) { /* one rank of a group started rank by rank, on any host */
             g.rank = rank;
             g.world = tp;

@@ -128,6 +128,9 @@ static int load_matrix(loader *L, be_weight *w, const char *name, int rows, int 
                      L->m->be->err.msg);
         return -1;
     }
+    if (use.data != in.data && w->data != use.data) { /* the backend copied the quantized block: drop ours */
+        free(L->m->owned[--L->m->n_owned]);
+    }
     L->m->weight_bytes += bytes;
     return 0;
 }
@@ -248,11 +251,6 @@ llmq_status model_load_shard(model **out, const char *dir, llmq_backend *be, int
     if (!m) return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
     m->be = be;
     m->lo = g_load_opts;
-    if (m->lo.quant != LLMQ_QUANT_NONE && strncmp(be->ops->name, "cpu", 3)) {
-        model_destroy(m);
-        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "quantization %s: the %s backend has no quantized kernels "
-                            "(use a cpu backend)", llmq_quant_name(g_load_opts.quant), be->ops->name);
-    }
     llmq_status st = model_config_load(&m->cfg, dir, err);
     if (!st) st = model_shard_plan(&m->shard, &m->cfg, rank, world, err);
     if (!st) st = st_open_dir(&m->st, dir, err);

@@ -1146,11 +1146,12 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         snprintf(sv->ct_error, sizeof sv->ct_error, "this model has no tokenizer.json: send prompt_ids");
     }
     const model_config *cfg = &sv->m->cfg;
-    int blocks = o->kv_blocks > 0 ? o->kv_blocks : service_default_kv_blocks(cfg, o->max_num_seqs);
-    eng_opts eo = {blocks, o->max_batched_tokens, o->max_num_seqs, o->comm};
+    int blocks = o->kv_blocks > 0 ? o->kv_blocks : o->mem_util > 0 ? 0 : service_default_kv_blocks(cfg, o->max_num_seqs);
+    eng_opts eo = {blocks, o->max_batched_tokens, o->max_num_seqs, o->comm, o->mem_util};
     sched_opts so = {o->max_num_seqs, o->max_batched_tokens};
     sched_callbacks cb = {on_token, on_finish, sv};
     if ((st = eng_create(&sv->eng, sv->m, &eo, err)) || (st = sched_create(&sv->sch, sv->eng, &so, &cb, err))) goto out;
+    blocks = eng_n_blocks(sv->eng);
     log_info("model %s loaded from %s: %s, %d layers, %.1f MB of weights on rank 0 of %d; KV cache %d blocks "
              "(%.1f MiB)", o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers, sv->m->weight_bytes / 1e6, world,
              blocks,

@@ -110,6 +110,7 @@ static void cu_upload_f32(llmq_backend *be, void *dst, const float *src, size_t 
 
 static llmq_status cu_weight_prepare(llmq_backend *be, be_weight *out, const be_weight *in) {
     cuda_impl *impl = cuda_impl_of(be);
+    if (llmq_dtype_is_quant(in->dt)) return cuda_qweight_prepare(be, out, in);
     const size_t rows = (size_t)in->rows, cols = (size_t)in->cols, ld = be_weight_ld(in);
     const size_t in_es = llmq_dtype_size(in->dt), out_es = llmq_dtype_size(be->act_dt);
     if (in->rows <= 0 || in->cols <= 0 || ld < cols || !in_es)
@@ -182,8 +183,17 @@ static llmq_status cu_weight_prepare(llmq_backend *be, be_weight *out, const be_
 
 static void cu_weight_release(llmq_backend *be, be_weight *w) {
     if (!w || !w->data) return;
+    if (llmq_dtype_is_quant(w->dt)) {
+        cuda_qweight_release(be, w);
+        return;
+    }
     CUDA_TRY_V(be, cudaFree((void *)w->data));
     w->data = NULL;
+}
+
+static void cu_mem_info(llmq_backend *be, size_t *free_bytes, size_t *total_bytes) {
+    *free_bytes = *total_bytes = 0;
+    CUDA_TRY_V(be, cudaMemGetInfo(free_bytes, total_bytes));
 }
 
 static llmq_status cu_sync(llmq_backend *be, llmq_err *err) {
@@ -238,6 +248,7 @@ static const be_ops cuda_ops = {
     .gather_rows = cuda_gather_rows,
     .add = cuda_add,
     .group_comm = cu_group_comm,
+    .mem_info = cu_mem_info,
 };
 
 /* ------------------------------------------------------------ lifetime */

@@ -193,6 +193,11 @@ void cuda_swiglu(llmq_backend *be, void *out, const void *gate, const void *up, 
 void cuda_gather_rows(llmq_backend *be, void *dst, const void *src, const int32_t *rows, int n, int dim);
 void cuda_add(llmq_backend *be, void *x, const void *y, size_t n);
 
+/* qmatmul.cu: weight-only INT8/INT4 (kernels/quant.h formats) on the device. */
+llmq_status cuda_qweight_prepare(llmq_backend *be, be_weight *out, const be_weight *in);
+void cuda_qweight_release(llmq_backend *be, be_weight *w);
+void cuda_qmatmul(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n);
+
 /* matmul.cu: choose and remember the pinned algorithm of a weight shape
  * (called by weight_prepare, so that no heuristic runs on the hot path). */
 llmq_status cuda_gemm_plan_prepare(llmq_backend *be, int rows, int cols);

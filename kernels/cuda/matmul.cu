@@ -127,6 +127,10 @@ void cuda_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w,
     cuda_impl *impl = cuda_impl_of(be);
     if (n <= 0) return;
     const int m = w->rows, k = w->cols;
+    if (llmq_dtype_is_quant(w->dt)) {
+        cuda_qmatmul(be, out, x, w, bias, n);
+        return;
+    }
     if (w->dt != be->act_dt || be_weight_ld(w) != (size_t)k) {
         cuda_fail(be, LLMQ_ERR_INVALID,
                   "cuda matmul: weight [%d, %d] is %s with row stride %zu; weight_prepare makes it %s and dense", m, k,

@@ -150,6 +150,16 @@ def test_tensor_parallel_over_tcp(shared_dir, model, tp):
     assert [o["output_ids"] for o in outs] == [c["greedy"] for c in cases]
 
 
+def test_memory_utilization_needs_a_device_backend(shared_dir):
+    """The CPU engine has no device memory to size its pool from: a clear
+    error (llmq-worker sizes CPU pools with the estimator instead)."""
+    model = shared_dir / "models" / "stories260K"
+    r = generate(model, [[1, 2]], "--memory-utilization", 0.5, check=False)
+    assert r.returncode == 1 and "cannot size the KV pool from its memory" in r.stderr
+    r = generate(model, [[1, 2]], "--memory-utilization", 0.5, "--kv-blocks", 4, check=False)
+    assert r.returncode != 0 and "memory-utilization" in r.stderr
+
+
 def test_tensor_parallel_transport_must_be_known(shared_dir):
     r = generate(shared_dir / "models" / "stories260K", [[1, 2]], "--tp", 2, check=False,
                  env={"LLMQ_TP_TRANSPORT": "udp"})

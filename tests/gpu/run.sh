@@ -164,6 +164,26 @@ EOF
         fi
     done
     unset LLMQ_CUDA_DTYPE
+    # the KV pool sized from the GPU's free memory once the weights are in
+    export LLMQ_CUDA_DTYPE=f32
+    if gen "$log/memutil.jsonl" cuda --memory-utilization 0.3; then
+        m=$(same "$log/memutil.jsonl" "$REF") && pass "f32 --memory-utilization 0.3: greedy == reference ($m)" ||
+            fail "f32 --memory-utilization 0.3: greedy != reference ($m)"
+    else
+        fail "--memory-utilization 0.3: llmq generate failed: $(tail -2 "$log/memutil.jsonl.err")"
+    fi
+    # weight-only int8/int4 on the GPU against the CPU backend's quantized path
+    # (same quantized values, other summation order: agreement reported, the
+    # op-level test test_qmatmul holds the tolerance)
+    for q in int8 int4; do
+        if gen "$log/q-$q.jsonl" cuda --quantization $q && gen "$log/q-$q-cpu.jsonl" cpu --quantization $q; then
+            m=$(same "$log/q-$q.jsonl" "$log/q-$q-cpu.jsonl") || true
+            pass "$q: generation on the GPU ran; $m prompts equal the CPU's $q ids over 48 tokens"
+        else
+            fail "$q: llmq generate failed: $(tail -2 "$log/q-$q.jsonl.err" "$log/q-$q-cpu.jsonl.err" 2>/dev/null)"
+        fi
+    done
+    unset LLMQ_CUDA_DTYPE
 fi
 
 if [ $failed -eq 0 ]; then rm -rf "$log"; else echo "logs kept in $log"; fi

@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/quant.h"
 #include "kernels/cuda/comm_nccl.h"
 #include "kernels/cuda/cuda.h"
 
@@ -385,6 +386,60 @@ static void test_matmul(void **st) {
     }
 }
 
+/* ------------------------------------------------------------ quantized matmul */
+
+/* Weight-only INT8 / INT4 (kernels/quant.h): the same quantized matrix on
+ * the CPU reference backend and on the GPU, many shapes (rows not a
+ * multiple of the warp tile, columns not a multiple of 16 or of the group,
+ * groups of 8, 32 and 128), n across the 8-token tile; then bitwise batch
+ * invariance as for plain matmul. */
+static void test_qmatmul(void **st) {
+    (void)st;
+    NEED_GPU();
+    /* n, rows, cols, bias, quant (8 or 4), Q4 group */
+    const int shapes[][6] = {{1, 64, 64, 0, 8, 0},      {5, 172, 64, 1, 8, 0},    {1, 4096, 4096, 0, 8, 0},
+                             {9, 100, 100, 1, 8, 0},    {17, 512, 4100, 0, 8, 0}, {1, 64, 64, 0, 4, 32},
+                             {5, 172, 96, 1, 4, 32},    {1, 4096, 4096, 0, 4, 128}, {9, 100, 100, 1, 4, 8},
+                             {33, 512, 4100, 0, 4, 128}, {8, 257, 200, 0, 4, 40}};
+    for (int gi = 0; gi < n_gpus; gi++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            llmq_backend *be = gpus[gi];
+            const int n = shapes[si][0], M = shapes[si][1], K = shapes[si][2], has_b = shapes[si][3];
+            const llmq_quant qk = shapes[si][4] == 8 ? LLMQ_QUANT_INT8 : LLMQ_QUANT_INT4;
+            float *wf = fill((size_t)M * K, 0.5f), *x = fill((size_t)n * K, 1.0f), *b = fill((size_t)M, 1.0f);
+            be_weight src = {wf, LLMQ_F32, M, K, K}, hq, w;
+            void *block = NULL;
+            llmq_err qe = {0};
+            assert_int_equal(llmq_quantize(&hq, &block, &src, qk, shapes[si][5], &qe), LLMQ_OK);
+            assert_int_equal(be->ops->weight_prepare(be, &w, &hq), LLMQ_OK);
+            assert_int_equal(w.dt, hq.dt);
+            float *xr = malloc((size_t)n * K * 4), *want = malloc((size_t)n * M * 4);
+            void *dx = g_from(be, x, (size_t)n * K, xr), *out = g_alloc(be, (size_t)n * M);
+            float *db = has_b ? d_f32(be, b, (size_t)M) : NULL;
+            be->ops->matmul(be, out, dx, &w, db, n);
+            ref->ops->matmul(ref, want, xr, &hq, has_b ? b : NULL, n); /* the CPU's quantized path */
+            char what[128];
+            snprintf(what, sizeof what, "qmatmul %s n%d [%d,%d] %s group %d%s", gpu_names[gi], n, M, K,
+                     llmq_dtype_name(hq.dt), shapes[si][5], has_b ? " +bias" : "");
+            check_out(be, out, want, (size_t)n * M, 0.5 * sqrt((double)K), what);
+            float *all = malloc((size_t)n * M * 4), *one = malloc((size_t)n * M * 4);
+            be->ops->download_f32(be, all, out, (size_t)n * M);
+            const int probes[3] = {0, n / 2, n - 1};
+            for (int pi = 0; pi < 3; pi++) {
+                void *x1 = g_from(be, xr + (size_t)probes[pi] * K, (size_t)K, NULL), *o1 = g_alloc(be, (size_t)M);
+                be->ops->matmul(be, o1, x1, &w, db, 1);
+                be->ops->download_f32(be, one, o1, (size_t)M);
+                gpu_check(be, what);
+                check_same_bits(all + (size_t)probes[pi] * M, one, (size_t)M, what);
+                g_free(be, x1), g_free(be, o1);
+            }
+            g_free(be, dx), g_free(be, out);
+            be->ops->free(be, db);
+            be->ops->weight_release(be, &w);
+            free(block), free(wf), free(x), free(b), free(xr), free(want), free(all), free(one);
+        }
+}
+
 /* ------------------------------------------------------------ rope */
 
 static void test_rope(void **st) {
@@ -672,6 +727,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_embed),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_qmatmul),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_swiglu_add_gather),
         cmocka_unit_test(test_attention),

@@ -43,7 +43,7 @@ static void rig_open(rig *r, const char *dir, const char *backend, int max_token
     assert_non_null(r->be);
     if (model_load(&r->m, dir, r->be, &err)) fail_msg("model_load(%s): %s", dir, err.msg);
     r->n_blocks = 64;
-    eng_opts o = {r->n_blocks, max_tokens, max_seqs, NULL};
+    eng_opts o = {r->n_blocks, max_tokens, max_seqs, NULL, 0};
     if (eng_create(&r->e, r->m, &o, &err)) fail_msg("eng_create: %s", err.msg);
     /* Non-contiguous block ids so that block-table indexing is exercised. */
     r->blocks = malloc(sizeof(int32_t) * (size_t)r->n_blocks);
