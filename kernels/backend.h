@@ -150,6 +150,13 @@ typedef struct be_ops {
     void (*gather_rows)(llmq_backend *be, void *dst, const void *src, const int32_t *rows, int n, int dim);
     /* x += y over n elements. */
     void (*add)(llmq_backend *be, void *x, const void *y, size_t n);
+    /* Falcon: out = (x - mean) / sqrt(var + eps) * w + b over rows of dim
+     * (biased variance, as torch's LayerNorm); out may alias x. */
+    void (*layernorm)(llmq_backend *be, void *out, const void *x, const float *w, const float *b, int n, int dim,
+                      float eps);
+    /* Falcon: out = gelu(x) = x / 2 * (1 + erf(x / sqrt 2)) over n elements (the exact
+     * GELU, not the tanh form); out may alias x. */
+    void (*gelu)(llmq_backend *be, void *out, const void *x, size_t n);
 
     /* tensor parallel (optional) ------------------------------------------ */
     /* A communicator for collectives on this backend's buffers, formed by

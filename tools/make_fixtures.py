@@ -28,8 +28,8 @@ import sys
 
 import torch
 import transformers
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM)
+from transformers import (FalconConfig, FalconForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hf"
 NEW_TOKENS = 12
@@ -39,6 +39,11 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden
               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
               rms_norm_eps=1e-5, initializer_range=0.15, bos_token_id=1, eos_token_id=2,
               attn_implementation="eager")
+
+# Falcon takes its own keys (FalconConfig accepts no others).
+FALCON_COMMON = dict(vocab_size=VOCAB, hidden_size=64, ffn_hidden_size=96, num_hidden_layers=2,
+                     num_attention_heads=8, max_position_embeddings=128, layer_norm_epsilon=1e-5,
+                     initializer_range=0.15, bos_token_id=1, eos_token_id=2, alibi=False)
 
 VARIANTS = {
     "llama_mha": (LlamaConfig, LlamaForCausalLM, dict(tie_word_embeddings=False), torch.float32, None),
@@ -62,6 +67,17 @@ VARIANTS = {
                    dict(num_key_value_heads=2, tie_word_embeddings=False), torch.float32, None),
     "llama_gqa_bf16": (LlamaConfig, LlamaForCausalLM,
                        dict(num_key_value_heads=2, tie_word_embeddings=False), torch.bfloat16, None),
+    # Falcon 40B/180B layout: new_decoder_architecture, grouped KV heads, ln_attn + ln_mlp, tied
+    "falcon_new": (FalconConfig, FalconForCausalLM,
+                   dict(new_decoder_architecture=True, num_kv_heads=2), torch.float32, None),
+    # Falcon 7B layout: multi-query (one KV head), parallel attention, one LayerNorm, untied
+    "falcon_mq": (FalconConfig, FalconForCausalLM,
+                  dict(new_decoder_architecture=False, multi_query=True, parallel_attn=True,
+                       tie_word_embeddings=False), torch.float32, None),
+    # the remaining RW layout: per-head interleaved q/k/v, sequential attention then MLP, biases
+    "falcon_seq_bias": (FalconConfig, FalconForCausalLM,
+                        dict(new_decoder_architecture=False, multi_query=False, parallel_attn=False, bias=True,
+                             num_attention_heads=4), torch.float32, None),
 }
 
 
@@ -86,7 +102,7 @@ def greedy(model, ids):
 
 def build(name):
     cfg_cls, model_cls, extra, dtype, shard = VARIANTS[name]
-    kw = dict(COMMON)
+    kw = dict(FALCON_COMMON if cfg_cls is FalconConfig else COMMON)
     kw.update(extra)
     cfg = cfg_cls(**kw)
     seed = sum(map(ord, name))
@@ -95,10 +111,10 @@ def build(name):
     with torch.no_grad():
         # Make every parameter matter: random norms around 1, non-zero biases.
         for pname, p in model.named_parameters():
-            if "norm" in pname:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif pname.endswith("bias"):
+            if pname.endswith("bias"):
                 p.copy_(0.1 * torch.randn_like(p))
+            elif "norm" in pname or ".ln_" in pname:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
     d = OUT / name
     if d.exists():
         shutil.rmtree(d)

@@ -131,6 +131,78 @@ static int parse_rope(model_config *cfg, json_t *root, const char *name, llmq_er
 
 /* ---------------------------------------------------------------- parse */
 
+/* The first of several names a key has been written under. */
+static int json_get_int_alias(json_t *o, const char *const *keys, int dflt, int *out, const char *name,
+                              llmq_err *err) {
+    for (; *keys; keys++)
+        if (json_object_get(o, *keys) && !json_is_null(json_object_get(o, *keys)))
+            return json_get_int(o, *keys, dflt, out, name, err);
+    *out = dflt;
+    return 0;
+}
+
+/* Falcon (FalconConfig, and the older RW configs with n_head / n_layer):
+ * the fields and defaults transformers' FalconConfig and FalconModel use. */
+static llmq_status parse_falcon(model_config *cfg, json_t *root, const char *name, llmq_err *err) {
+    static const char *const k_heads[] = {"num_attention_heads", "n_head", NULL};
+    static const char *const k_kv[] = {"num_kv_heads", "n_head_kv", NULL};
+    static const char *const k_layers[] = {"num_hidden_layers", "n_layer", NULL};
+    const llmq_status st = LLMQ_ERR_FORMAT;
+    double eps;
+    int kv = 0, ffn = 0, n_ln = 0;
+    if (json_get_int(root, "hidden_size", 0, &cfg->hidden_size, name, err) ||
+        json_get_int_alias(root, k_heads, 0, &cfg->n_heads, name, err) ||
+        json_get_int_alias(root, k_kv, 0, &kv, name, err) ||
+        json_get_int_alias(root, k_layers, 0, &cfg->n_layers, name, err) ||
+        json_get_int(root, "vocab_size", 0, &cfg->vocab_size, name, err) ||
+        json_get_int(root, "ffn_hidden_size", 0, &ffn, name, err) ||
+        json_get_int(root, "num_ln_in_parallel_attn", 0, &n_ln, name, err) ||
+        json_get_int(root, "max_position_embeddings", 2048, &cfg->max_position_embeddings, name, err) ||
+        json_get_num(root, "layer_norm_epsilon", 1e-5, &eps, name, err) ||
+        json_get_int(root, "bos_token_id", -1, &cfg->bos_token_id, name, err) || parse_eos(cfg, root, name, err) ||
+        parse_rope(cfg, root, name, err))
+        return err ? err->code : st;
+    if (cfg->hidden_size <= 0 || cfg->n_heads <= 0 || cfg->n_layers <= 0 || cfg->vocab_size <= 0)
+        return llmq_err_set(err, st, "%s: hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be "
+                            "positive", name);
+    if (json_get_bool(root, "alibi", 0))
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "%s: Falcon with ALiBi is not supported (rotary only)", name);
+    json_t *act = json_object_get(root, "activation");
+    if (act && !(json_is_string(act) && !strcmp(json_string_value(act), "gelu")))
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "%s: Falcon activation \"%s\" is not supported (only gelu)",
+                            name, json_is_string(act) ? json_string_value(act) : "?");
+    const int new_arch = json_get_bool(root, "new_decoder_architecture", 0);
+    const int multi_query = json_get_bool(root, "multi_query", 1);
+    cfg->parallel_attn = new_arch || json_get_bool(root, "parallel_attn", 1);
+    if (new_arch) {
+        cfg->qkv = QKV_GROUPED;
+        cfg->n_kv_heads = kv > 0 ? kv : cfg->n_heads;
+        cfg->two_ln = n_ln != 1;
+    } else if (multi_query) {
+        cfg->qkv = QKV_MULTI_QUERY;
+        cfg->n_kv_heads = 1;
+    } else {
+        cfg->qkv = QKV_INTERLEAVED;
+        cfg->n_kv_heads = cfg->n_heads;
+    }
+    if (cfg->n_heads % cfg->n_kv_heads)
+        return llmq_err_set(err, st, "%s: %d attention heads do not divide into %d KV heads", name, cfg->n_heads,
+                            cfg->n_kv_heads);
+    if (cfg->hidden_size % cfg->n_heads || (cfg->hidden_size / cfg->n_heads) % 2)
+        return llmq_err_set(err, st, "%s: hidden_size %d must divide into %d heads of an even size", name,
+                            cfg->hidden_size, cfg->n_heads);
+    cfg->head_dim = cfg->hidden_size / cfg->n_heads;
+    cfg->intermediate_size = ffn > 0 ? ffn : 4 * cfg->hidden_size;
+    cfg->rms_norm_eps = (float)eps;
+    const int bias = json_get_bool(root, "bias", 0);
+    cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = bias;
+    cfg->tie_word_embeddings = json_get_bool(root, "tie_word_embeddings", 1);
+    json_t *dt = json_object_get(root, "torch_dtype");
+    if (!json_is_string(dt)) dt = json_object_get(root, "dtype");
+    snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "%s", json_is_string(dt) ? json_string_value(dt) : "");
+    return LLMQ_OK;
+}
+
 llmq_status model_config_parse(model_config *cfg, const char *json, size_t len, const char *name, llmq_err *err) {
     memset(cfg, 0, sizeof *cfg);
     json_error_t jerr;
@@ -153,10 +225,14 @@ llmq_status model_config_parse(model_config *cfg, const char *json, size_t len, 
     if (!strcmp(cfg->arch_name, "LlamaForCausalLM")) cfg->arch = ARCH_LLAMA;
     else if (!strcmp(cfg->arch_name, "MistralForCausalLM")) cfg->arch = ARCH_MISTRAL;
     else if (!strcmp(cfg->arch_name, "Qwen2ForCausalLM")) cfg->arch = ARCH_QWEN2;
-    else {
+    else if (!strcmp(cfg->arch_name, "FalconForCausalLM") || !strcmp(cfg->arch_name, "RWForCausalLM")) {
+        cfg->arch = ARCH_FALCON;
+        st = parse_falcon(cfg, root, name, err);
+        goto out;
+    } else {
         st = llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
                           "%s: architecture \"%s\" is not supported (supported: LlamaForCausalLM, "
-                          "MistralForCausalLM, Qwen2ForCausalLM)", name, json_string_value(a0));
+                          "MistralForCausalLM, Qwen2ForCausalLM, FalconForCausalLM)", name, json_string_value(a0));
         goto out;
     }
 

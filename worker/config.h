@@ -3,7 +3,7 @@
  * directory's config.json (and generation_config.json for end-of-sequence ids).
  *
  * Supported architectures: LlamaForCausalLM, MistralForCausalLM,
- * Qwen2ForCausalLM.  Anything else is refused at load with a message naming
+ * Qwen2ForCausalLM, FalconForCausalLM (rotary; not ALiBi).  Anything else is refused at load with a message naming
  * the architecture.  The struct is plain data: copy it freely.
  */
 #ifndef LLMQ_CONFIG_H
@@ -17,7 +17,16 @@ typedef enum model_arch {
     ARCH_LLAMA = 0,
     ARCH_MISTRAL,
     ARCH_QWEN2,
+    ARCH_FALCON,
 } model_arch;
+
+/* How a Falcon query_key_value matrix holds its heads (the rows of head h). */
+typedef enum qkv_layout {
+    QKV_SEPARATE = 0, /* q_proj, k_proj, v_proj (Llama family) */
+    QKV_GROUPED,      /* new_decoder_architecture: per KV group, its query heads then k then v */
+    QKV_MULTI_QUERY,  /* multi_query: all query heads, then the one k, then the one v */
+    QKV_INTERLEAVED,  /* neither: per head, q then k then v */
+} qkv_layout;
 
 typedef enum rope_scaling_type {
     ROPE_NONE = 0,
@@ -52,6 +61,12 @@ typedef struct model_config {
     int qkv_bias;                /* q/k/v projections have biases (Qwen2, attention_bias) */
     int o_bias;                  /* o_proj has a bias (Llama attention_bias) */
     int mlp_bias;                /* gate/up/down have biases (Llama mlp_bias) */
+    /* Falcon (ARCH_FALCON): LayerNorm with bias (eps in rms_norm_eps), GELU
+     * MLP without a gate (dense_h_to_4h -> gelu -> dense_4h_to_h, width
+     * intermediate_size), one fused query_key_value matrix. */
+    qkv_layout qkv;
+    int parallel_attn;           /* attention and MLP read the same input, outputs added */
+    int two_ln;                  /* ln_attn and ln_mlp (new_decoder_architecture), else input_layernorm */
     int bos_token_id;            /* -1 when unknown */
     int n_eos;                   /* end-of-sequence ids (generation_config wins) */
     int32_t eos_token_ids[MODEL_MAX_EOS];

@@ -41,6 +41,7 @@ struct engine {
     float *inv_freq;            /* [head_dim / 2] backend buffer */
     /* activations (backend buffers) */
     void *x, *h, *q, *k, *v, *att, *o, *gate, *up, *hl, *logits;
+    void *h2, *o2;              /* Falcon: the MLP's own input (two LayerNorms) and output */
     /* index arrays: host staging + backend copies */
     int32_t *h_ids, *h_pos, *h_slots, *h_tok_start, *h_bt, *h_rows;
     int32_t *d_ids, *d_pos, *d_slots, *d_tok_start, *d_bt, *d_rows;
@@ -137,10 +138,19 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
     int ok = (e->x = be->ops->alloc(be, T * d * es)) && (e->h = be->ops->alloc(be, T * d * es)) &&
          (e->q = be->ops->alloc(be, T * qd * es)) && (e->k = be->ops->alloc(be, T * e->kv_dim * es)) &&
          (e->v = be->ops->alloc(be, T * e->kv_dim * es)) && (e->att = be->ops->alloc(be, T * qd * es)) &&
-         (e->o = be->ops->alloc(be, T * d * es)) && (e->gate = be->ops->alloc(be, T * I * es)) &&
+         (e->o = be->ops->alloc(be, T * d * es)) &&
+         (c->arch == ARCH_FALCON || (e->gate = be->ops->alloc(be, T * I * es))) && /* Falcon: no gate */
          (e->up = be->ops->alloc(be, T * I * es)) && (e->hl = be->ops->alloc(be, S * d * es)) &&
          (e->logits = be->ops->alloc(be, S * Vl * es)) &&
          (e->inv_freq = be->ops->alloc(be, (size_t)c->head_dim / 2 * sizeof(float)));
+    if (c->arch == ARCH_FALCON) {
+        if (!be->ops->layernorm || !be->ops->gelu) {
+            eng_destroy(e);
+            return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "engine: the %s backend has no LayerNorm/GELU for %s",
+                                be->ops->name, c->arch_name);
+        }
+        ok = ok && (e->h2 = be->ops->alloc(be, T * d * es)) && (e->o2 = be->ops->alloc(be, T * d * es));
+    }
     if (ok && sized) {
         llmq_status st = size_pool(e, o->mem_util, (size_t)2 * c->n_layers * ENG_BLOCK_SIZE * e->kv_dim * es,
                                    &e->opts.n_blocks, err);
@@ -190,7 +200,7 @@ void eng_destroy(engine *e) {
     }
     free(e->k_cache);
     free(e->v_cache);
-    void *bufs[] = {e->x, e->h, e->q, e->k, e->v, e->att, e->o, e->gate, e->up, e->hl, e->logits, e->inv_freq,
+    void *bufs[] = {e->x, e->h, e->h2, e->o2, e->q, e->k, e->v, e->att, e->o, e->gate, e->up, e->hl, e->logits, e->inv_freq,
                     e->d_ids, e->d_pos, e->d_slots, e->d_tok_start, e->d_bt, e->d_rows};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->ops->free(be, bufs[i]);
     free(e->h_ids);
@@ -291,7 +301,41 @@ static llmq_status run_step(engine *e, int n_seqs, int n, int n_out, int mb, flo
 
     op->embed(be, e->x, &m->embed, e->d_ids, n);
     if ((st = reduce(e, e->x, (size_t)n * d, err))) return st;
-    for (int l = 0; l < c->n_layers; l++) {
+    const int falcon = c->arch == ARCH_FALCON;
+    for (int l = 0; falcon && l < c->n_layers; l++) {
+        /* Falcon: LayerNorms with bias, a GELU MLP, and (parallel_attn, as
+         * every released Falcon) attention and MLP on the same input with
+         * x += attn + mlp: one all-reduce per layer instead of two. */
+        const model_layer *ly = &m->layers[l];
+        const float eps = c->rms_norm_eps;
+        op->layernorm(be, e->h, e->x, ly->attn_norm, ly->attn_norm_b, n, d, eps);
+        const void *hm = e->h;
+        if (c->two_ln) {
+            op->layernorm(be, e->h2, e->x, ly->mlp_norm, ly->mlp_norm_b, n, d, eps);
+            hm = e->h2;
+        }
+        op->matmul(be, e->q, e->h, &ly->wq, ly->bq, n);
+        op->matmul(be, e->k, e->h, &ly->wk, ly->bk, n);
+        op->matmul(be, e->v, e->h, &ly->wv, ly->bv, n);
+        op->rope(be, e->q, e->k, e->d_pos, n, sh->n_heads, sh->n_kv_heads, c->head_dim, e->inv_freq);
+        op->kv_store(be, e->k_cache[l], e->v_cache[l], e->k, e->v, e->d_slots, n, (int)e->kv_dim);
+        shape.window = 0;
+        op->attention(be, e->att, e->q, e->k_cache[l], e->v_cache[l], &step, &shape);
+        op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
+        if (!c->parallel_attn) { /* sequential: x += attn, then the MLP's own LayerNorm */
+            if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
+            op->add(be, e->x, e->o, (size_t)n * d);
+            op->layernorm(be, e->h2, e->x, ly->mlp_norm, ly->mlp_norm_b, n, d, eps);
+            hm = e->h2;
+        }
+        op->matmul(be, e->up, hm, &ly->w_up, ly->b_up, n);
+        op->gelu(be, e->up, e->up, (size_t)n * I);
+        op->matmul(be, e->o2, e->up, &ly->w_down, ly->b_down, n);
+        if (c->parallel_attn) op->add(be, e->o2, e->o, (size_t)n * d); /* mlp + attn, as transformers adds */
+        if ((st = reduce(e, e->o2, (size_t)n * d, err))) return st;
+        op->add(be, e->x, e->o2, (size_t)n * d);
+    }
+    for (int l = 0; !falcon && l < c->n_layers; l++) {
         const model_layer *ly = &m->layers[l];
         if (l == 0)
             op->rmsnorm(be, e->h, e->x, ly->attn_norm, n, d, c->rms_norm_eps);
@@ -314,9 +358,12 @@ static llmq_status run_step(engine *e, int n_seqs, int n, int n_out, int mb, flo
         if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
     }
     if (n_out > 0) {
-        op->add(be, e->x, e->o, (size_t)n * d);
+        if (!falcon) op->add(be, e->x, e->o, (size_t)n * d); /* the last layer's residual */
         op->gather_rows(be, e->hl, e->x, e->d_rows, n_out, d);
-        op->rmsnorm(be, e->hl, e->hl, m->final_norm, n_out, d, c->rms_norm_eps);
+        if (falcon)
+            op->layernorm(be, e->hl, e->hl, m->final_norm, m->final_norm_b, n_out, d, c->rms_norm_eps);
+        else
+            op->rmsnorm(be, e->hl, e->hl, m->final_norm, n_out, d, c->rms_norm_eps);
         op->matmul(be, e->logits, e->hl, &m->lm_head, NULL, n_out);
         if (!e->tp) {
             op->download_f32(be, logits, e->logits, (size_t)n_out * Vl);

@@ -135,6 +135,82 @@ static int load_matrix(loader *L, be_weight *w, const char *name, int rows, int 
     return 0;
 }
 
+/* Rows of `name` ([rows, cols]) gathered into a new matrix this model owns:
+ * n_runs runs of run_len rows, run r starting at row starts[r] (Falcon's
+ * fused query_key_value split into this rank's q, k or v).  Then as
+ * load_matrix: quantized when the options say so, prepared for the backend. */
+static int load_rows_gathered(loader *L, be_weight *w, const char *name, int rows, int cols, const int *starts,
+                              int n_runs, int run_len) {
+    model *m = L->m;
+    const st_tensor *t = want(L, name, rows, cols);
+    if (!t) return -1;
+    const size_t es = llmq_dtype_size(t->dt), rb = (size_t)cols * es;
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **g = realloc(m->owned, (size_t)cap * sizeof *g);
+        if (!g) return llmq_err_set(L->err, LLMQ_ERR_NOMEM, "%s: out of memory", L->dir), -1;
+        m->owned = g;
+        m->cap_owned = cap;
+    }
+    unsigned char *block = malloc((size_t)n_runs * run_len * rb);
+    if (!block) return llmq_err_set(L->err, LLMQ_ERR_NOMEM, "%s: out of memory splitting \"%s\"", L->dir, name), -1;
+    for (int r = 0; r < n_runs; r++)
+        memcpy(block + (size_t)r * run_len * rb, (const unsigned char *)t->data + (size_t)starts[r] * rb,
+               (size_t)run_len * rb);
+    m->owned[m->n_owned++] = block;
+    be_weight in = {block, t->dt, n_runs * run_len, cols, cols}, use = in;
+    size_t bytes = (size_t)in.rows * cols * es;
+    if (m->lo.quant != LLMQ_QUANT_NONE) {
+        if (quantize_owned(L, &use, &in, name)) return -1;
+        bytes = llmq_quant_bytes(m->lo.quant, (size_t)in.rows, (size_t)cols, m->lo.q4_group);
+        /* the split copy is not needed once quantized */
+        free(m->owned[m->n_owned - 2]);
+        m->owned[m->n_owned - 2] = m->owned[m->n_owned - 1];
+        m->n_owned--;
+        in.data = NULL;
+    }
+    if (m->be->ops->weight_prepare(m->be, w, &use)) {
+        llmq_err_set(L->err, LLMQ_ERR_BACKEND, "%s: backend cannot hold tensor \"%s\": %s", L->dir, name,
+                     m->be->err.msg);
+        return -1;
+    }
+    if (w->data != use.data) free(m->owned[--m->n_owned]); /* the backend copied it */
+    m->weight_bytes += bytes;
+    return 0;
+}
+
+/* F32 backend buffer of the gathered runs of a vector (Falcon's fused qkv bias). */
+static int load_vector_gathered(loader *L, float **out, const char *name, int n_full, const int *starts, int n_runs,
+                                int run_len) {
+    const st_tensor *t = want(L, name, n_full, 0);
+    if (!t) return -1;
+    const int n = n_runs * run_len;
+    float *host = malloc((size_t)n * sizeof(float));
+    float *dev = L->m->be->ops->alloc(L->m->be, (size_t)n * sizeof(float));
+    if (!host || !dev) {
+        free(host);
+        L->m->be->ops->free(L->m->be, dev);
+        return llmq_err_set(L->err, LLMQ_ERR_NOMEM, "%s: out of memory loading \"%s\"", L->dir, name), -1;
+    }
+    for (int r = 0; r < n_runs; r++)
+        for (int i = 0; i < run_len; i++) {
+            const size_t src = (size_t)starts[r] + (size_t)i;
+            float *dst = &host[(size_t)r * run_len + i];
+            uint16_t h;
+            if (t->dt == LLMQ_F32) {
+                memcpy(dst, (const float *)t->data + src, 4);
+            } else {
+                memcpy(&h, (const uint16_t *)t->data + src, 2);
+                *dst = t->dt == LLMQ_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+            }
+        }
+    L->m->be->ops->upload(L->m->be, dev, host, (size_t)n * sizeof(float));
+    free(host);
+    L->m->weight_bytes += (size_t)n * llmq_dtype_size(t->dt);
+    *out = dev;
+    return 0;
+}
+
 /* A vector of n_full elements, or its slice [off, off + n), converted to F32
  * in a backend buffer. */
 static int load_vector_part(loader *L, float **out, const char *name, int n_full, int off, int n) {
@@ -198,6 +274,73 @@ static int load_layer(loader *L, int i) {
          load_vector_part(L, &ly->b_up, NAME("mlp.up_proj.bias"), I, sh->inter0, sh->inter) ||
          (lead && load_vector(L, &ly->b_down, NAME("mlp.down_proj.bias"), d))))
         return -1;
+#undef NAME
+    return 0;
+}
+
+/* The first row of query head h, key head g or value head g (which = 0, 1,
+ * 2) in Falcon's fused query_key_value matrix. */
+static int qkv_row(const model_config *c, int which, int h) {
+    const int hd = c->head_dim, qpk = c->n_heads / c->n_kv_heads;
+    switch (c->qkv) {
+    case QKV_GROUPED: /* per KV group: its qpk query heads, its k, its v */
+        return which == 0 ? ((h / qpk) * (qpk + 2) + h % qpk) * hd : (h * (qpk + 2) + qpk + which - 1) * hd;
+    case QKV_MULTI_QUERY: /* all query heads, the k, the v */
+        return which == 0 ? h * hd : (c->n_heads + which - 1) * hd;
+    default: /* QKV_INTERLEAVED: per head q, k, v */
+        return (h * 3 + which) * hd;
+    }
+}
+
+static int load_falcon_layer(loader *L, int i) {
+    const model_config *c = &L->m->cfg;
+    const model_shard *sh = &L->m->shard;
+    model_layer *ly = &L->m->layers[i];
+    const int d = c->hidden_size, hd = c->head_dim, I = c->intermediate_size;
+    const int fused = (c->n_heads + 2 * c->n_kv_heads) * hd;
+    const int q0 = sh->head0 * hd, nq = sh->n_heads * hd;
+    const int lead = sh->rank == 0;
+    int qs[512], ks[512], vs[512];
+    if (sh->n_heads > 512 || sh->n_kv_heads > 512)
+        return llmq_err_set(L->err, LLMQ_ERR_UNSUPPORTED, "%s: more than 512 heads on a rank", L->dir), -1;
+    for (int h = 0; h < sh->n_heads; h++) qs[h] = qkv_row(c, 0, sh->head0 + h);
+    for (int g = 0; g < sh->n_kv_heads; g++) {
+        ks[g] = qkv_row(c, 1, sh->kv_head0 + g);
+        vs[g] = qkv_row(c, 2, sh->kv_head0 + g);
+    }
+    char n[160];
+#define NAME(suffix) (snprintf(n, sizeof n, "transformer.h.%d.%s", i, suffix), n)
+    const char *ln1 = c->two_ln ? "ln_attn" : "input_layernorm";
+    char w1[64], b1[64];
+    snprintf(w1, sizeof w1, "%s.weight", ln1);
+    snprintf(b1, sizeof b1, "%s.bias", ln1);
+    if (load_vector(L, &ly->attn_norm, NAME(w1), d) || load_vector(L, &ly->attn_norm_b, NAME(b1), d)) return -1;
+    if (c->two_ln && (load_vector(L, &ly->mlp_norm, NAME("ln_mlp.weight"), d) ||
+                      load_vector(L, &ly->mlp_norm_b, NAME("ln_mlp.bias"), d)))
+        return -1;
+    if (!c->parallel_attn && (load_vector(L, &ly->mlp_norm, NAME("post_attention_layernorm.weight"), d) ||
+                              load_vector(L, &ly->mlp_norm_b, NAME("post_attention_layernorm.bias"), d)))
+        return -1;
+    const char *qkv = "self_attention.query_key_value.weight";
+    if (load_rows_gathered(L, &ly->wq, NAME(qkv), fused, d, qs, sh->n_heads, hd) ||
+        load_rows_gathered(L, &ly->wk, NAME(qkv), fused, d, ks, sh->n_kv_heads, hd) ||
+        load_rows_gathered(L, &ly->wv, NAME(qkv), fused, d, vs, sh->n_kv_heads, hd) ||
+        load_matrix(L, &ly->wo, NAME("self_attention.dense.weight"), d, d, PART_COLS, q0, nq, LM_QUANT) ||
+        load_matrix(L, &ly->w_up, NAME("mlp.dense_h_to_4h.weight"), I, d, PART_ROWS, sh->inter0, sh->inter,
+                    LM_QUANT) ||
+        load_matrix(L, &ly->w_down, NAME("mlp.dense_4h_to_h.weight"), d, I, PART_COLS, sh->inter0, sh->inter,
+                    LM_QUANT))
+        return -1;
+    if (c->qkv_bias) {
+        const char *qb = "self_attention.query_key_value.bias";
+        if (load_vector_gathered(L, &ly->bq, NAME(qb), fused, qs, sh->n_heads, hd) ||
+            load_vector_gathered(L, &ly->bk, NAME(qb), fused, ks, sh->n_kv_heads, hd) ||
+            load_vector_gathered(L, &ly->bv, NAME(qb), fused, vs, sh->n_kv_heads, hd) ||
+            (lead && load_vector(L, &ly->bo, NAME("self_attention.dense.bias"), d)) ||
+            load_vector_part(L, &ly->b_up, NAME("mlp.dense_h_to_4h.bias"), I, sh->inter0, sh->inter) ||
+            (lead && load_vector(L, &ly->b_down, NAME("mlp.dense_4h_to_h.bias"), d)))
+            return -1;
+    }
 #undef NAME
     return 0;
 }
@@ -270,17 +413,21 @@ llmq_status model_load_shard(model **out, const char *dir, llmq_backend *be, int
     }
     loader L = {m, dir, err};
     const model_shard *sh = &m->shard;
-    int bad = load_matrix(&L, &m->embed, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, PART_ROWS,
-                          sh->vocab0, sh->vocab, 0) ||
-              load_vector(&L, &m->final_norm, "model.norm.weight", c->hidden_size);
-    for (int i = 0; !bad && i < c->n_layers; i++) bad = load_layer(&L, i);
+    const int falcon = c->arch == ARCH_FALCON;
+    const char *embed_name = falcon ? "transformer.word_embeddings.weight" : "model.embed_tokens.weight";
+    int bad = load_matrix(&L, &m->embed, embed_name, c->vocab_size, c->hidden_size, PART_ROWS, sh->vocab0,
+                          sh->vocab, 0) ||
+              load_vector(&L, &m->final_norm, falcon ? "transformer.ln_f.weight" : "model.norm.weight",
+                          c->hidden_size) ||
+              (falcon && load_vector(&L, &m->final_norm_b, "transformer.ln_f.bias", c->hidden_size));
+    for (int i = 0; !bad && i < c->n_layers; i++) bad = falcon ? load_falcon_layer(&L, i) : load_layer(&L, i);
     if (!bad) {
         if (c->tie_word_embeddings && !st_find(m->st, "lm_head.weight")) {
             if (m->lo.quant == LLMQ_QUANT_NONE) /* tied and quantized: a quantized copy of the table */
                 m->lm_head = m->embed;
             else
-                bad = load_matrix(&L, &m->lm_head, "model.embed_tokens.weight", c->vocab_size, c->hidden_size,
-                                  PART_ROWS, sh->vocab0, sh->vocab, LM_QUANT);
+                bad = load_matrix(&L, &m->lm_head, embed_name, c->vocab_size, c->hidden_size, PART_ROWS,
+                                  sh->vocab0, sh->vocab, LM_QUANT);
         } else {
             bad = load_matrix(&L, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size, PART_ROWS,
                               sh->vocab0, sh->vocab, LM_QUANT);
@@ -302,7 +449,8 @@ void model_destroy(model *m) {
     if (m->layers) {
         for (int i = 0; i < m->cfg.n_layers; i++) {
             model_layer *ly = &m->layers[i];
-            float *vecs[] = {ly->attn_norm, ly->mlp_norm, ly->bq, ly->bk, ly->bv, ly->bo, ly->b_gate, ly->b_up, ly->b_down};
+            float *vecs[] = {ly->attn_norm, ly->mlp_norm, ly->attn_norm_b, ly->mlp_norm_b, ly->bq, ly->bk,
+                             ly->bv,        ly->bo,       ly->b_gate,      ly->b_up,        ly->b_down};
             for (size_t v = 0; v < sizeof vecs / sizeof vecs[0]; v++) be->ops->free(be, vecs[v]);
             be_weight *ws[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
             for (size_t w = 0; w < sizeof ws / sizeof ws[0]; w++)
@@ -313,6 +461,7 @@ void model_destroy(model *m) {
     if (m->lm_head.data && m->lm_head.data != m->embed.data) be->ops->weight_release(be, &m->lm_head);
     if (m->embed.data) be->ops->weight_release(be, &m->embed);
     if (be) be->ops->free(be, m->final_norm);
+    if (be) be->ops->free(be, m->final_norm_b);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     st_close(m->st);

@@ -3,7 +3,10 @@
  * backend.
  *
  * Tensor names and shapes follow Hugging Face's Llama/Mistral/Qwen2 layout
- * (model.layers.{i}.self_attn.q_proj.weight, ...).  Every expected tensor
+ * (model.layers.{i}.self_attn.q_proj.weight, ...) and Falcon's
+ * (transformer.h.{i}.self_attention.query_key_value.weight, ...: the fused
+ * matrix is split at load into this rank's q, k and v rows, copies the
+ * model owns).  Every expected tensor
  * must be present with the expected shape and a float dtype; a missing or
  * wrong tensor is an error naming the file and the tensor.  Matrix weights
  * stay in the mmapped files on the CPU backend (no copy); norm vectors and
@@ -27,11 +30,12 @@
 #include "worker/safetensors.h"
 
 typedef struct model_layer {
-    float *attn_norm;      /* [d] input_layernorm */
-    float *mlp_norm;       /* [d] post_attention_layernorm */
+    float *attn_norm;      /* [d] input_layernorm (Falcon: ln_attn or input_layernorm) */
+    float *mlp_norm;       /* [d] post_attention_layernorm (Falcon: ln_mlp, post_attention_layernorm or NULL) */
+    float *attn_norm_b, *mlp_norm_b; /* Falcon's LayerNorm biases, else NULL */
     be_weight wq, wk, wv;  /* [nh*hd, d], [nkv*hd, d], [nkv*hd, d] */
     be_weight wo;          /* [d, nh*hd] */
-    be_weight w_gate, w_up;/* [I, d] */
+    be_weight w_gate, w_up;/* [I, d]; Falcon: no gate, w_up = dense_h_to_4h */
     be_weight w_down;      /* [d, I] */
     float *bq, *bk, *bv;   /* biases or NULL */
     float *bo;
@@ -74,6 +78,7 @@ typedef struct model {
     be_weight embed;       /* [V, d] */
     be_weight lm_head;     /* [V, d]; = embed when tied */
     float *final_norm;     /* [d] */
+    float *final_norm_b;   /* [d] Falcon's ln_f bias, else NULL */
     model_layer *layers;   /* [n_layers] (this rank's slices) */
     size_t weight_bytes;   /* bytes of all weights as held (quantized ones at their quantized size) */
     model_load_opts lo;    /* the options it was loaded with */

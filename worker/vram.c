@@ -104,7 +104,9 @@ static llmq_status parse_tolerant(vram_model *vm, json_t *root, const char *name
         else vm->kv_heads = json_bool_of(root, "multi_query", 1) ? 1 : vm->heads;
         static const char *const k_ffn[] = {"ffn_hidden_size", NULL};
         vm->inter = json_int_of(root, k_ffn, 4 * vm->hidden);
-        vm->falcon_ln_per_layer = new_arch || !json_bool_of(root, "parallel_attn", 1) ? 2 : 1;
+        static const char *const k_ln[] = {"num_ln_in_parallel_attn", NULL};
+        vm->falcon_ln_per_layer =
+            new_arch ? (json_int_of(root, k_ln, 2) == 1 ? 1 : 2) : json_bool_of(root, "parallel_attn", 1) ? 1 : 2;
         const int bias = json_bool_of(root, "bias", 0);
         vm->qkv_bias = vm->o_bias = vm->mlp_bias = bias;
         vm->tied = json_bool_of(root, "tie_word_embeddings", 1);
@@ -148,9 +150,12 @@ llmq_status vram_model_parse(vram_model *vm, const char *json, size_t len, const
     model_config cfg;
     llmq_err ce = {0};
     llmq_status st = model_config_parse(&cfg, json, len, name, &ce);
-    if (st == LLMQ_OK) {
+    if (st == LLMQ_OK && cfg.arch != ARCH_FALCON) {
         vram_model_from_config(vm, &cfg);
-    } else if (st == LLMQ_ERR_UNSUPPORTED) { /* a config llmq cannot run yet may still be counted */
+    } else if (st == LLMQ_OK || st == LLMQ_ERR_UNSUPPORTED) {
+        /* Falcon's own layout (fused qkv, LayerNorms, one MLP matrix each
+         * way) is counted by the tolerant reader; so is a config llmq
+         * cannot run yet */
         json_t *root = json_loadb(json, len, 0, NULL);
         st = root ? parse_tolerant(vm, root, name, err) : llmq_err_set(err, ce.code, "%s", ce.msg);
         json_decref(root);
@@ -333,7 +338,8 @@ static int64_t act_bytes(const vram_model *vm, const model_shard *sh, const vram
     const int64_t d = vm->hidden, hd = vm->head_dim, Ir = sh->inter, Vr = sh->vocab;
     const int64_t qr = (int64_t)sh->n_heads * hd, kvr = (int64_t)sh->n_kv_heads * hd;
     const int64_t es = (int64_t)llmq_dtype_size(o->kv_dt);
-    const int64_t mlp = vm->family == VRAM_FALCON ? Ir : 2 * Ir; /* gate and up, or h->4h */
+    /* gate and up; or Falcon's h->4h, plus the MLP's own input and output rows */
+    const int64_t mlp = vm->family == VRAM_FALCON ? Ir + 2 * d : 2 * Ir;
     const int64_t max_bt = (L + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
     int64_t b = (int64_t)T * (3 * d + 2 * qr + 2 * kvr + mlp) * es /* x h o, q att, k v, MLP */
                 + (int64_t)S * (d + Vr) * es                       /* last hidden rows, logits */

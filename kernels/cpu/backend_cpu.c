@@ -137,6 +137,8 @@ static const be_ops cpu_fast_ops = {
     .swiglu = cpu_swiglu,
     .gather_rows = cpu_gather_rows,
     .add = cpu_add,
+    .layernorm = cpu_layernorm,
+    .gelu = cpu_gelu,
 };
 
 static const be_ops cpu_ref_ops = {
@@ -159,6 +161,8 @@ static const be_ops cpu_ref_ops = {
     .swiglu = cpu_swiglu_ref,
     .gather_rows = cpu_gather_rows,
     .add = cpu_add,
+    .layernorm = cpu_layernorm_ref,
+    .gelu = cpu_gelu_ref,
 };
 
 llmq_backend *cpu_backend_create(int reference, llmq_err *err) {

@@ -63,6 +63,12 @@ void cpu_attention_ref(llmq_backend *be, void *out, const void *q, const void *k
                        const be_attn_step *step, const be_attn_shape *shape);
 
 void cpu_swiglu(llmq_backend *be, void *out, const void *gate, const void *up, int n, int dim);
+void cpu_layernorm(llmq_backend *be, void *out, const void *x, const float *w, const float *b, int n, int dim,
+                   float eps);
+void cpu_layernorm_ref(llmq_backend *be, void *out, const void *x, const float *w, const float *b, int n, int dim,
+                       float eps);
+void cpu_gelu(llmq_backend *be, void *out, const void *x, size_t n);
+void cpu_gelu_ref(llmq_backend *be, void *out, const void *x, size_t n);
 void cpu_swiglu_ref(llmq_backend *be, void *out, const void *gate, const void *up, int n, int dim);
 
 void cpu_embed(llmq_backend *be, void *out, const be_weight *table, const int32_t *ids, int n);

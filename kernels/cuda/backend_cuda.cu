@@ -247,6 +247,8 @@ static const be_ops cuda_ops = {
     .swiglu = cuda_swiglu,
     .gather_rows = cuda_gather_rows,
     .add = cuda_add,
+    .layernorm = cuda_layernorm,
+    .gelu = cuda_gelu,
     .group_comm = cu_group_comm,
     .mem_info = cu_mem_info,
 };

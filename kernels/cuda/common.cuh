@@ -192,6 +192,9 @@ void cuda_attention(llmq_backend *be, void *out, const void *q, const void *k_ca
 void cuda_swiglu(llmq_backend *be, void *out, const void *gate, const void *up, int n, int dim);
 void cuda_gather_rows(llmq_backend *be, void *dst, const void *src, const int32_t *rows, int n, int dim);
 void cuda_add(llmq_backend *be, void *x, const void *y, size_t n);
+void cuda_layernorm(llmq_backend *be, void *out, const void *x, const float *w, const float *b, int n, int dim,
+                    float eps);
+void cuda_gelu(llmq_backend *be, void *out, const void *x, size_t n);
 
 /* qmatmul.cu: weight-only INT8/INT4 (kernels/quant.h formats) on the device. */
 llmq_status cuda_qweight_prepare(llmq_backend *be, be_weight *out, const be_weight *in);

@@ -155,6 +155,30 @@ static void test_norms_rope_swiglu(void **st) {
         fast->ops->swiglu(fast, o1, x, delta, n, dim);
         ref->ops->swiglu(ref, o2, x, delta, n, dim);
         compare(o1, o2, sz, 1e-6, 1e-5, "swiglu");
+        /* Falcon: LayerNorm with bias on rows with a large mean (a one-pass
+         * variance would cancel), the row alone bit-equal to the batch; GELU */
+        float *b = malloc((size_t)dim * 4), *xm = malloc(sz * 4), *o3 = guarded((size_t)dim);
+        tu_fill_random(b, (size_t)dim, &rs, 0.5f);
+        for (size_t i = 0; i < sz; i++) xm[i] = x[i] + 100.0f;
+        fast->ops->layernorm(fast, o1, xm, w, b, n, dim, 1e-5f);
+        ref->ops->layernorm(ref, o2, xm, w, b, n, dim, 1e-5f);
+        compare(o1, o2, sz, 2e-5, 1e-4, "layernorm");
+        fast->ops->layernorm(fast, o3, xm + (size_t)2 * dim, w, b, 1, dim, 1e-5f);
+        compare(o3, o1 + (size_t)2 * dim, (size_t)dim, 0, 0, "layernorm row alone");
+        /* a row of equal values normalises to the bias */
+        for (int i = 0; i < dim; i++) xm[i] = 7.25f;
+        ref->ops->layernorm(ref, o2, xm, w, b, 1, dim, 1e-5f);
+        compare(o2, b, (size_t)dim, 1e-6, 0, "layernorm of a constant row");
+        fast->ops->gelu(fast, o1, x, sz);
+        ref->ops->gelu(ref, o2, x, sz);
+        compare(o1, o2, sz, 1e-6, 1e-5, "gelu");
+        const float gx[4] = {0.0f, 1.0f, -1.0f, 3.0f}, gy[4] = {0.0f, 0.8413447461f, -0.1586552539f, 2.9959502f};
+        float gz[4];
+        ref->ops->gelu(ref, gz, gx, 4); /* Phi(1) = 0.841344746..., x Phi(x) */
+        compare(gz, gy, 4, 1e-6, 1e-6, "gelu values");
+        guarded_check_free(o3, (size_t)dim, "layernorm");
+        free(b);
+        free(xm);
         guarded_check_free(o1, sz, "norms");
         guarded_check_free(o2, sz, "norms");
         free(x);

@@ -141,3 +141,25 @@ def test_killed_peer_fails_group_and_jobs_resume(redis_server, stories, tmp_path
             assert job(r, j)["state"] == "done"
     finally:
         fresh.stop()
+
+
+def test_falcon_tp2_group_serves_transformers_greedy(redis_server, tmp_path):
+    """A Falcon model (the 40B layout: grouped KV heads, two LayerNorms,
+    parallel attention) served by a TP 2 worker group through Redis: every
+    case continues as transformers does."""
+    from llmqtest import FIXTURES
+    d = FIXTURES / "hf" / "falcon_new"
+    cases = json.loads((d / "expected.json").read_text())["cases"]
+    r = connect(redis_server.url)
+    w = Worker(d, redis_server.url, "falcon", tmp_path / "w.log", "--tp", 2)
+    try:
+        for i, c in enumerate(cases):
+            submit(r, f"f{i}", model="falcon", prompt_ids=c["prompt_ids"], max_tokens=len(c["greedy"]),
+                   temperature=0, ignore_eos=True)
+        wait_final(r, [f"f{i}" for i in range(len(cases))])
+        for i, c in enumerate(cases):
+            assert ids_of(chunks(r, f"f{i}")) == c["greedy"]
+        assert w.term() == 0
+    finally:
+        w.stop()
+    assert "FalconForCausalLM" in (tmp_path / "w.log").read_text()

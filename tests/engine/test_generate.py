@@ -123,7 +123,9 @@ def test_stories_tensor_parallel(shared_dir, tp):
 
 
 @pytest.mark.parametrize("variant,tp", [("llama_h8_kv1", 2), ("llama_h8_kv1", 4), ("llama_gqa_tied", 4),
-                                        ("qwen2_bias", 2), ("mistral_window", 2), ("llama_gqa_bf16", 2)])
+                                        ("qwen2_bias", 2), ("mistral_window", 2), ("llama_gqa_bf16", 2),
+                                        ("falcon_new", 2), ("falcon_new", 4), ("falcon_mq", 4),
+                                        ("falcon_seq_bias", 2)])
 def test_transformers_tensor_parallel(variant, tp):
     d = FIXTURES / "hf" / variant
     cases = json.loads((d / "expected.json").read_text())["cases"]

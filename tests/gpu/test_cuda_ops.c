@@ -522,6 +522,55 @@ static void test_swiglu_add_gather(void **st) {
     }
 }
 
+/* ------------------------------------------------------------ Falcon ops */
+
+/* LayerNorm (rows with an offset mean, so a one-pass variance would
+ * cancel) and exact GELU against the CPU reference; LayerNorm rows alone
+ * equal the same rows in a batch, bit for bit. */
+static void test_layernorm_gelu(void **st) {
+    (void)st;
+    NEED_GPU();
+    const int dims[] = {64, 4544, 8192, 100};
+    for (int gi = 0; gi < n_gpus; gi++)
+        for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+            llmq_backend *be = gpus[gi];
+            const int n = 7, D = dims[di];
+            const size_t N = (size_t)n * D;
+            float *x = fill(N, 2.0f), *w = fill((size_t)D, 1.0f), *b = fill((size_t)D, 0.5f);
+            for (size_t i = 0; i < N; i++) x[i] += 3.0f; /* mean far from 0 */
+            float *xr = malloc(N * 4), *want = malloc(N * 4), *all = malloc(N * 4), *one = malloc((size_t)D * 4);
+            void *dx = g_from(be, x, N, xr), *out = g_alloc(be, N);
+            float *dw = d_f32(be, w, (size_t)D), *db = d_f32(be, b, (size_t)D);
+            char what[64];
+            snprintf(what, sizeof what, "layernorm %s dim %d", gpu_names[gi], D);
+            be->ops->layernorm(be, out, dx, dw, db, n, D, 1e-5f);
+            ref->ops->layernorm(ref, want, xr, w, b, n, D, 1e-5f);
+            check_out(be, out, want, N, 2.0, what);
+            be->ops->download_f32(be, all, out, N);
+            void *x1 = g_from(be, xr + (size_t)3 * D, (size_t)D, NULL), *o1 = g_alloc(be, (size_t)D);
+            be->ops->layernorm(be, o1, x1, dw, db, 1, D, 1e-5f);
+            be->ops->download_f32(be, one, o1, (size_t)D);
+            gpu_check(be, what);
+            check_same_bits(all + (size_t)3 * D, one, (size_t)D, what);
+            be->ops->layernorm(be, dx, dx, dw, db, n, D, 1e-5f); /* in place */
+            snprintf(what, sizeof what, "layernorm in place %s dim %d", gpu_names[gi], D);
+            check_out(be, dx, want, N, 2.0, what);
+
+            float *g = fill(N, 5.0f), *gr = malloc(N * 4);
+            void *dg = g_from(be, g, N, gr), *go = g_alloc(be, N);
+            be->ops->gelu(be, go, dg, N);
+            ref->ops->gelu(ref, want, gr, N);
+            snprintf(what, sizeof what, "gelu %s", gpu_names[gi]);
+            check_out(be, go, want, N, 1.0, what);
+            be->ops->gelu(be, dg, dg, N);
+            check_out(be, dg, want, N, 1.0, what);
+
+            g_free(be, dx), g_free(be, out), g_free(be, x1), g_free(be, o1), g_free(be, dg), g_free(be, go);
+            be->ops->free(be, dw), be->ops->free(be, db);
+            free(x), free(w), free(b), free(xr), free(want), free(all), free(one), free(g), free(gr);
+        }
+}
+
 /* ------------------------------------------------------------ attention */
 
 /* One step: n_seqs sequences, sequence s runs tokens [start[s], start[s] + len[s]). */
@@ -730,6 +779,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_qmatmul),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_swiglu_add_gather),
+        cmocka_unit_test(test_layernorm_gelu),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_invariance),
         cmocka_unit_test(test_errors_reported_by_sync),

@@ -100,10 +100,10 @@ def test_each_preset_serves_its_model():
         assert tmpl["spec"]["nodeSelector"]["nvidia.com/gpu.product"] in ("Tesla-T4", "NVIDIA-A10G")
 
 
-def test_falcon_presets_say_engine_support_is_pending():
+def test_falcon_presets_describe_engine_support():
     for name in ("falcon-40b-8xA10G", "falcon-40b-2x4xA10G-lws"):
         text = (ht.PRESETS / f"{name}.yaml").read_text()
-        assert "FalconForCausalLM" in text and "PENDING" in text
+        assert "FalconForCausalLM" in text and "PENDING" not in text
 
 
 def test_notes_name_streams_and_warn_without_api_keys():

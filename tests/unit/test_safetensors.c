@@ -185,9 +185,22 @@ static void test_unsupported_architecture(void **st) {
     (void)st;
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", tmp);
-    const char *cfg = "{\"architectures\":[\"FalconForCausalLM\"],\"hidden_size\":64}";
+    const char *cfg = "{\"architectures\":[\"GPTNeoXForCausalLM\"],\"hidden_size\":64}";
     tu_write_file(path, cfg, strlen(cfg));
-    expect_error(LLMQ_ERR_UNSUPPORTED, "FalconForCausalLM", "not supported");
+    expect_error(LLMQ_ERR_UNSUPPORTED, "GPTNeoXForCausalLM", "not supported");
+    /* Falcon: rotary only; its own activation; heads that divide */
+    const char *alibi = "{\"architectures\":[\"FalconForCausalLM\"],\"hidden_size\":64,\"num_attention_heads\":4,"
+                        "\"num_hidden_layers\":1,\"vocab_size\":9,\"alibi\":true}";
+    tu_write_file(path, alibi, strlen(alibi));
+    expect_error(LLMQ_ERR_UNSUPPORTED, "ALiBi", "rotary only");
+    const char *act = "{\"architectures\":[\"FalconForCausalLM\"],\"hidden_size\":64,\"num_attention_heads\":4,"
+                      "\"num_hidden_layers\":1,\"vocab_size\":9,\"activation\":\"relu\"}";
+    tu_write_file(path, act, strlen(act));
+    expect_error(LLMQ_ERR_UNSUPPORTED, "relu", "only gelu");
+    const char *kv = "{\"architectures\":[\"FalconForCausalLM\"],\"hidden_size\":64,\"num_attention_heads\":4,"
+                     "\"num_hidden_layers\":1,\"vocab_size\":9,\"new_decoder_architecture\":true,\"num_kv_heads\":3}";
+    tu_write_file(path, kv, strlen(kv));
+    expect_error(LLMQ_ERR_FORMAT, "4 attention heads", "3 KV heads");
 }
 
 static void test_bad_config(void **st) {

@@ -87,10 +87,10 @@ static int load_case(tp_case *c, const char *dir, const char *expected) {
 
 static void test_tp_matches_single_rank(void **st) {
     (void)st;
-    tp_case cases[4];
+    tp_case cases[7];
     int n = 0;
-    const char *fx[] = {"llama_h8_kv1", "llama_gqa_tied", "qwen2_bias"};
-    for (int i = 0; i < 3; i++) {
+    const char *fx[] = {"llama_h8_kv1", "llama_gqa_tied", "qwen2_bias", "falcon_new", "falcon_mq", "falcon_seq_bias"};
+    for (int i = 0; i < 6; i++) {
         char dir[4096], exp[4200];
         snprintf(dir, sizeof dir, "%s/tests/fixtures/hf/%s", tu_root(), fx[i]);
         snprintf(exp, sizeof exp, "%s/expected.json", dir);
@@ -108,7 +108,7 @@ static void test_tp_matches_single_rank(void **st) {
     } else {
         print_message("../shared is absent: stories260K left out of the TP comparison\n");
     }
-    static float tp_logits[4][2][MAX_CASES * 512];
+    static float tp_logits[7][2][MAX_CASES * 512];
     static float ref[MAX_CASES * 512];
     static const int worlds[] = {2, 4};
     int vocab = 0;

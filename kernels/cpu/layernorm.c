@@ -1,0 +1,60 @@
+/*
+ * layernorm.c — the two ops of Falcon-style blocks:
+ *   layernorm  y = (x - mean(x)) / sqrt(var(x) + eps) * w + b, per row
+ *              (biased variance, as torch.nn.LayerNorm);
+ *   gelu       y = x / 2 * (1 + erf(x / sqrt 2)), elementwise (the exact
+ *              GELU of torch.nn.functional.gelu, not the tanh form).
+ * Mean and variance are accumulated in double (two passes), so the fast and
+ * the reference path agree to rounding; rows are independent.
+ */
+#include <math.h>
+
+#include "kernels/cpu/cpu.h"
+
+static inline void ln_row(float *y, const float *x, const float *w, const float *b, int dim, float eps) {
+    double s = 0;
+    for (int i = 0; i < dim; i++) s += x[i];
+    const double mean = s / dim;
+    double v = 0;
+    for (int i = 0; i < dim; i++) v += ((double)x[i] - mean) * ((double)x[i] - mean);
+    const float inv = (float)(1.0 / sqrt(v / dim + eps)), m = (float)mean;
+    for (int i = 0; i < dim; i++) y[i] = (x[i] - m) * inv * w[i] + b[i];
+}
+
+void cpu_layernorm(llmq_backend *be, void *out, const void *x, const float *w, const float *b, int n, int dim,
+                   float eps) {
+    (void)be;
+#pragma omp parallel for schedule(static) if (n > 4)
+    for (int r = 0; r < n; r++)
+        ln_row((float *)out + (size_t)r * dim, (const float *)x + (size_t)r * dim, w, b, dim, eps);
+}
+
+void cpu_layernorm_ref(llmq_backend *be, void *out, const void *x, const float *w, const float *b, int n, int dim,
+                       float eps) {
+    (void)be;
+    for (int r = 0; r < n; r++) {
+        const float *xr = (const float *)x + (size_t)r * dim;
+        float *yr = (float *)out + (size_t)r * dim;
+        double s = 0, v = 0;
+        for (int i = 0; i < dim; i++) s += xr[i];
+        const double mean = s / dim;
+        for (int i = 0; i < dim; i++) v += (xr[i] - mean) * (xr[i] - mean);
+        const double inv = 1.0 / sqrt(v / dim + eps);
+        for (int i = 0; i < dim; i++) yr[i] = (float)((xr[i] - mean) * inv * w[i] + b[i]);
+    }
+}
+
+void cpu_gelu(llmq_backend *be, void *out, const void *x, size_t n) {
+    (void)be;
+    float *o = out;
+    const float *a = x;
+#pragma omp parallel for schedule(static) if (n > 16384)
+    for (size_t i = 0; i < n; i++) o[i] = 0.5f * a[i] * (1.0f + erff(a[i] * 0.70710678118654752f));
+}
+
+void cpu_gelu_ref(llmq_backend *be, void *out, const void *x, size_t n) {
+    (void)be;
+    float *o = out;
+    const float *a = x;
+    for (size_t i = 0; i < n; i++) o[i] = (float)(0.5 * a[i] * (1.0 + erf(a[i] / sqrt(2.0))));
+}
