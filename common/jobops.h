@@ -27,6 +27,7 @@ typedef struct jobops_keys {
     char req[KEYS_MAX];       /* <P>req:<model> */
     char cancel[KEYS_MAX];    /* <P>cancel */
     char dead[KEYS_MAX];      /* <P>dead:<model> */
+    char idem[KEYS_MAX];      /* <P>idem:{key} */
 } jobops_keys;
 
 /*
@@ -50,6 +51,20 @@ void jobops_submit(rcmd *hset, rcmd *xadd, jobops_keys *kb, const llmq_keys *k, 
  */
 void jobops_submit_bounded(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
                            const void *payload, size_t payload_len, int64_t now_ms, long long max_queue);
+
+/*
+ * Idempotent submission (an EVAL): as jobops_submit_bounded (max_queue 0 =
+ * no bound), keyed by a client's Idempotency-Key.  The first submission of a
+ * key records {id, body} in <P>idem:{key} (TTL ttl_s, 0 = none) with the
+ * job; a later one with the same key submits nothing and returns
+ *   {2, first id}   when its body hash equals the first one's (a retry),
+ *   {3, first id}   when it differs (the key was reused for another job);
+ * otherwise {1, waiting} submitted, {0, waiting} refused by the bound.
+ */
+void jobops_submit_idem(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
+                        const void *payload, size_t payload_len, int64_t now_ms, long long max_queue,
+                        const char *idem_key, const char *body_hash, int64_t ttl_s);
+enum { JOBOPS_SUBMIT_REFUSED = 0, JOBOPS_SUBMIT_DONE = 1, JOBOPS_SUBMIT_REPLAY = 2, JOBOPS_SUBMIT_KEY_REUSED = 3 };
 
 /* XGROUP CREATE <P>req:<model> workers 0 MKSTREAM  (BUSYGROUP error = exists). */
 void jobops_group_create(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model);

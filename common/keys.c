@@ -49,6 +49,10 @@ size_t keys_cancel_channel(const llmq_keys *k, char *buf, size_t cap) {
 size_t keys_group_rdv(const llmq_keys *k, const char *group, char *buf, size_t cap) {
     return join(buf, cap, k, "group:{", group, "}:rdv");
 }
+size_t keys_idem(const llmq_keys *k, const char *key, char *buf, size_t cap) {
+    return (size_t)snprintf(buf, cap, "%sidem:{%s}", k->prefix, key);
+}
+
 size_t keys_workers(const llmq_keys *k, char *buf, size_t cap) {
     return join(buf, cap, k, "workers", "", "");
 }

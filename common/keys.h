@@ -14,6 +14,7 @@
  *   <P>cancel               channel  job ids to cancel
  *   <P>group:{<group>}:rdv  hash     rendezvous of a tensor-parallel group
  *   <P>workers              hash     worker heartbeats
+ *   <P>idem:{<key>}         hash     an Idempotency-Key's job id and body hash
  *
  * Formatting functions write into a caller buffer and return the length of
  * the full name like snprintf; a result >= cap means the name did not fit
@@ -47,6 +48,8 @@ size_t keys_dead_stream(const llmq_keys *k, const char *model, char *buf, size_t
 size_t keys_cancel_channel(const llmq_keys *k, char *buf, size_t cap);
 size_t keys_group_rdv(const llmq_keys *k, const char *group, char *buf, size_t cap);
 size_t keys_workers(const llmq_keys *k, char *buf, size_t cap);
+/* key: as a job id (keys_id_valid). */
+size_t keys_idem(const llmq_keys *k, const char *key, char *buf, size_t cap);
 
 /* Extract the id from an output channel name ("<P>out:{<id>}"): returns a
  * pointer into name and sets *len, or NULL when name is not one. */

@@ -92,6 +92,9 @@ struct gw_call {
     char id[PROTO_MAX_ID_LEN + 1];  /* the job's id */
     char model[PROTO_MAX_MODEL_LEN + 1]; /* the job's model */
     proto_buf payload;           /* msgpack request until it is sent */
+    char idem[PROTO_MAX_ID_LEN + 1]; /* Idempotency-Key ("" = none) */
+    char body_hash[17];          /* hex FNV-1a 64 of the HTTP body, with idem */
+    int replayed;                /* the key named an earlier job: call->id is that job */
     void (*submitted)(gw_call *, int status, const char *msg); /* 0 = queued, else an HTTP status */
 };
 

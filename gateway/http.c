@@ -40,7 +40,7 @@
 #define CLOSE_LINGER 5.0      /* s to flush the last response before closing anyway */
 
 enum conn_state { CS_READING, CS_HANDLING, CS_STREAMING, CS_CLOSING };
-enum { H_NONE = -1, H_AUTH = 0, H_LAST_EVENT_ID, H_CONTENT_TYPE, H_EXPECT, H_COUNT };
+enum { H_NONE = -1, H_AUTH = 0, H_LAST_EVENT_ID, H_CONTENT_TYPE, H_EXPECT, H_IDEM, H_COUNT };
 
 struct http_server {
     struct ev_loop *loop;
@@ -133,6 +133,7 @@ static void request_clear(http_conn *c) {
     free(c->req.body);
     free(c->req.authorization);
     free(c->req.last_event_id);
+    free(c->req.idempotency_key);
     free(c->req.content_type);
     memset(&c->req, 0, sizeof c->req);
 }
@@ -382,7 +383,8 @@ static int on_header_field(http_parser *p, const char *at, size_t n) {
 static int on_header_value(http_parser *p, const char *at, size_t n) {
     http_conn *c = pconn(p);
     if (!c->last_was_value) {
-        static const char *names[H_COUNT] = {"authorization", "last-event-id", "content-type", "expect"};
+        static const char *names[H_COUNT] = {"authorization", "last-event-id", "content-type", "expect",
+                                             "idempotency-key"};
         c->last_was_value = 1;
         c->hwhich = H_NONE;
         if (c->hname_len < sizeof c->hname) {
@@ -456,6 +458,7 @@ static int request_build(http_conn *c) {
     r->authorization = buf_strdup(&c->hval[H_AUTH], 0);
     r->last_event_id = buf_strdup(&c->hval[H_LAST_EVENT_ID], 0);
     r->content_type = buf_strdup(&c->hval[H_CONTENT_TYPE], 0);
+    r->idempotency_key = buf_strdup(&c->hval[H_IDEM], 0);
     if (!r->path) return 500;
     return 0;
 }

@@ -39,6 +39,7 @@ typedef struct http_request {
     char *authorization;        /* header values, NULL when absent */
     char *last_event_id;
     char *content_type;
+    char *idempotency_key;      /* Idempotency-Key (POST /v1/jobs) */
     int keep_alive;             /* 1 when the connection may serve another request */
     double started;             /* ev_now when the headers were complete */
     const char *route;          /* set by the router for metrics/logs ("/v1/jobs/{id}") */

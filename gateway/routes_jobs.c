@@ -7,6 +7,7 @@
  *                                Last-Event-ID (or ?last_event_id=N)
  *   DELETE /v1/jobs/{id}         cancel (docs/protocol.md §cancel)
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,11 +39,14 @@ static json_t *chunk_json(const proto_chunk *c) {
 static void on_job_submitted(gw_call *call, int status, const char *msg) {
     http_conn *c = call->conn;
     if (status == 429) gw_reply_error(c, 429, "rate_limit_error", NULL, "queue_full", "queue full: %s; retry later", msg);
+    else if (status == 409) gw_reply_error(c, 409, "invalid_request_error", "Idempotency-Key", "idempotency_key_reused",
+                                           "%s", msg);
     else if (status == 503) gw_reply_redis_down(c);
     else if (status) gw_reply_error(c, 500, "server_error", NULL, NULL, "submitting the job failed: %s", msg);
     else {
-        char loc[PROTO_MAX_ID_LEN + 32];
-        snprintf(loc, sizeof loc, "Location: /v1/jobs/%s\r\n", call->id);
+        char loc[PROTO_MAX_ID_LEN + 64];
+        snprintf(loc, sizeof loc, "Location: /v1/jobs/%s\r\n%s", call->id,
+                 call->replayed ? "Idempotent-Replayed: true\r\n" : "");
         gw_reply_json(c, 202,
                       json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", call->id, "object", "job", "status", "queued",
                                 "model", call->model, "created", (json_int_t)gw_now_ms()),
@@ -51,9 +55,19 @@ static void on_job_submitted(gw_call *call, int status, const char *msg) {
     gw_call_finish(call);
 }
 
+/* FNV-1a 64 of the body, as 16 hex digits: what tells a retry from a reuse of its key. */
+static void body_hash(const char *b, size_t n, char out[17]) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)b[i]) * 1099511628211ull;
+    snprintf(out, 17, "%016llx", (unsigned long long)h);
+}
+
 void gw_route_jobs_submit(gw *g, http_conn *c, http_request *req) {
     gw_parsed p;
     gw_bad bad;
+    if (req->idempotency_key && !keys_id_valid(req->idempotency_key))
+        return gw_reply_error(c, 400, "invalid_request_error", "Idempotency-Key", NULL,
+                              "Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -");
     if (gw_parse_request(g, GW_API_JOBS, req->body, req->body_len, &p, &bad) != 0) {
         proto_request_deinit(&p.r);
         return gw_reply_bad(c, &bad);
@@ -65,6 +79,10 @@ void gw_route_jobs_submit(gw *g, http_conn *c, http_request *req) {
         gw_reply_error(c, 500, "server_error", NULL, NULL, "cannot create a job id");
         if (call) gw_call_finish(call);
         return;
+    }
+    if (req->idempotency_key) {
+        snprintf(call->idem, sizeof call->idem, "%s", req->idempotency_key);
+        body_hash(req->body, req->body_len, call->body_hash);
     }
     int rc = gw_submit(call, &p.r, on_job_submitted);
     proto_request_deinit(&p.r);

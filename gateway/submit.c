@@ -431,6 +431,41 @@ static void on_bounded(redisAsyncContext *ac, void *reply, void *priv) {
     gw_call_unref(call);
 }
 
+/* The reply of the idempotent submission script (jobops_submit_idem). */
+static void on_idem(redisAsyncContext *ac, void *reply, void *priv) {
+    gw_call *call = priv;
+    redisReply *r = reply;
+    if (!r) submitted(call, 503, "Redis connection lost while submitting");
+    else if (r->type == REDIS_REPLY_ERROR) submitted(call, 500, r->str);
+    else if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_INTEGER)
+        submitted(call, 500, "unexpected reply to the submission");
+    else if (r->element[0]->integer == JOBOPS_SUBMIT_REFUSED) {
+        metric_inc(metric_get(call->g->m.rejected, call->model), 1);
+        char msg[320];
+        snprintf(msg, sizeof msg, "%lld jobs are waiting for model '%s' (limit %lld)",
+                 r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1LL, call->model,
+                 call->g->cfg.max_queue);
+        submitted(call, 429, msg);
+    } else if (r->element[0]->integer == JOBOPS_SUBMIT_DONE) {
+        metric_inc(metric_get(call->g->m.submitted, call->model), 1);
+        submitted(call, 0, NULL);
+    } else if (r->element[1]->type == REDIS_REPLY_STRING && keys_id_valid(r->element[1]->str)) {
+        snprintf(call->id, sizeof call->id, "%s", r->element[1]->str); /* the job the key names */
+        if (r->element[0]->integer == JOBOPS_SUBMIT_REPLAY) {
+            call->replayed = 1;
+            submitted(call, 0, NULL);
+        } else {
+            char msg[320];
+            snprintf(msg, sizeof msg, "Idempotency-Key '%s' was used for job %s with another body", call->idem,
+                     call->id);
+            submitted(call, 409, msg);
+        }
+    } else {
+        submitted(call, 500, "unexpected reply to the submission");
+    }
+    gw_call_unref(call);
+}
+
 int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int status, const char *msg)) {
     gw *g = call->g;
     llmq_err err;
@@ -442,6 +477,13 @@ int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int
         return -1;
     }
     gw_ensure_groups(g);
+    if (call->idem[0]) { /* one script: the key's record, the bound and the submission */
+        rcmd c;
+        jobops_keys kb;
+        jobops_submit_idem(&c, &kb, &g->keys, call->id, call->model, call->payload.data, call->payload.len,
+                           gw_now_ms(), g->cfg.max_queue, call->idem, call->body_hash, g->cfg.result_ttl_s);
+        return rcmd_ok(&c) ? gw_call_send(call, &c, on_idem) : -1;
+    }
     if (g->cfg.max_queue > 0) { /* check and submit in one script: a burst cannot overshoot the bound */
         rcmd c;
         jobops_keys kb;

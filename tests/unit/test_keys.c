@@ -36,6 +36,8 @@ static void test_default_layout(void **state) {
     assert_string_equal(b, "llmq:group:{g0}:rdv");
     keys_workers(&k, b, sizeof b);
     assert_string_equal(b, "llmq:workers");
+    keys_idem(&k, "order-17:a", b, sizeof b);
+    assert_string_equal(b, "llmq:idem:{order-17:a}");
 }
 
 static void test_prefix(void **state) {
