@@ -296,27 +296,13 @@ static int conn_read(tcp_comm *t, conn *k, int *eof) {
     for (;;) {
         unsigned char *dst;
         size_t n;
+        /* (bytes of this frame read early sit in pend only until op_begin
+         * moves them into hin/ain: absorb_pend) */
         if (k->hin_got < sizeof(frame)) {
-            if (k->pend_len) { /* the leader read this header early */
-                size_t m = k->pend_len < sizeof(frame) - k->hin_got ? k->pend_len : sizeof(frame) - k->hin_got;
-                memcpy((unsigned char *)&k->hin + k->hin_got, k->pend, m);
-                memmove(k->pend, k->pend + m, k->pend_len - m);
-                k->pend_len -= m;
-                k->hin_got += m;
-                continue;
-            }
             dst = (unsigned char *)&k->hin + k->hin_got;
             n = sizeof(frame) - k->hin_got;
         } else if (k->hin.kind == K_ABORT) {
             if (k->ain_got == sizeof k->ain) return 0;
-            if (k->pend_len) {
-                size_t m = k->pend_len < sizeof k->ain - k->ain_got ? k->pend_len : sizeof k->ain - k->ain_got;
-                memcpy((unsigned char *)&k->ain + k->ain_got, k->pend, m);
-                memmove(k->pend, k->pend + m, k->pend_len - m);
-                k->pend_len -= m;
-                k->ain_got += m;
-                continue;
-            }
             dst = (unsigned char *)&k->ain + k->ain_got;
             n = sizeof k->ain - k->ain_got;
         } else if (!k->rx_ready) {

@@ -9,6 +9,10 @@
  * end.  Peers die with the leader (PR_SET_PDEATHSIG) and the leader learns
  * of a dead peer from the first collective that fails.
  *
+ * LLMQ_TP_TRANSPORT=tcp: the local group talks over loopback TCP
+ * (comm_tcp, the communicator of groups started rank by rank across hosts)
+ * instead of shared memory; for tests and benchmarks.
+ *
  * GPU ranks: rank r uses CUDA device LLMQ_CUDA_DEVICE + r (device r when it
  * is unset); the engine forms an NCCL group over the shared-memory
  * communicator (be_ops.group_comm) for the all-reduces of activations,
