@@ -41,34 +41,17 @@ static const char admit_lua[] =
     "if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {2, att, seed} end\n"
     "return {1, att, seed}\n";
 
-/* KEYS[1] job hash, KEYS[2] request stream; ARGV[1] model, ARGV[2] created
- * ms, ARGV[3] id, ARGV[4] request, ARGV[5] max queue, ARGV[6] group. */
-static const char submit_bounded_lua[] =
-    "local waiting = -1\n"
-    "local groups = redis.pcall('XINFO', 'GROUPS', KEYS[2])\n"
-    "if type(groups) == 'table' and not groups.err then\n"
-    "  for _, g in ipairs(groups) do\n"
-    "    local name, lag\n"
-    "    for i = 1, #g - 1, 2 do\n"
-    "      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'lag' then lag = g[i + 1] end\n"
-    "    end\n"
-    "    if name == ARGV[6] and type(lag) == 'number' then waiting = lag end\n"
+/* Submission, bounded and/or idempotent: KEYS[1] job hash, KEYS[2] request
+ * stream, KEYS[3] (optional) idempotency hash; ARGV[1] model, ARGV[2]
+ * created ms, ARGV[3] id, ARGV[4] request, ARGV[5] max queue (0: none),
+ * ARGV[6] group, and with KEYS[3]: ARGV[7] body hash, ARGV[8] ttl s. */
+static const char submit_lua[] =
+    "if KEYS[3] then\n"
+    "  local prev = redis.call('HMGET', KEYS[3], 'id', 'body')\n"
+    "  if prev[1] then\n"
+    "    if prev[2] ~= ARGV[7] then return {3, prev[1]} end\n"
+    "    return {2, prev[1]}\n"
     "  end\n"
-    "end\n"
-    "if waiting < 0 then waiting = redis.call('XLEN', KEYS[2]) end\n"
-    "if waiting >= tonumber(ARGV[5]) then return {0, waiting} end\n"
-    "redis.call('HSET', KEYS[1], 'state', 'queued', 'model', ARGV[1], 'created', ARGV[2], 'attempts', '0')\n"
-    "redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'p', ARGV[4])\n"
-    "return {1, waiting}\n";
-
-/* KEYS[1] job hash, KEYS[2] request stream, KEYS[3] idempotency hash;
- * ARGV[1] model, ARGV[2] created ms, ARGV[3] id, ARGV[4] request, ARGV[5]
- * max queue (0: none), ARGV[6] group, ARGV[7] body hash, ARGV[8] ttl s. */
-static const char submit_idem_lua[] =
-    "local prev = redis.call('HMGET', KEYS[3], 'id', 'body')\n"
-    "if prev[1] then\n"
-    "  if prev[2] ~= ARGV[7] then return {3, prev[1]} end\n"
-    "  return {2, prev[1]}\n"
     "end\n"
     "local waiting = 0\n"
     "if tonumber(ARGV[5]) > 0 then\n"
@@ -88,8 +71,10 @@ static const char submit_idem_lua[] =
     "end\n"
     "redis.call('HSET', KEYS[1], 'state', 'queued', 'model', ARGV[1], 'created', ARGV[2], 'attempts', '0')\n"
     "redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'p', ARGV[4])\n"
-    "redis.call('HSET', KEYS[3], 'id', ARGV[3], 'body', ARGV[7])\n"
-    "if tonumber(ARGV[8]) > 0 then redis.call('EXPIRE', KEYS[3], ARGV[8]) end\n"
+    "if KEYS[3] then\n"
+    "  redis.call('HSET', KEYS[3], 'id', ARGV[3], 'body', ARGV[7])\n"
+    "  if tonumber(ARGV[8]) > 0 then redis.call('EXPIRE', KEYS[3], ARGV[8]) end\n"
+    "end\n"
     "return {1, waiting}\n";
 
 /* KEYS[1] job hash, KEYS[2] output stream; ARGV[1] attempt, ARGV[2] output
@@ -156,43 +141,39 @@ void jobops_submit(rcmd *hset, rcmd *xadd, jobops_keys *kb, const llmq_keys *k, 
     rcmd_arg(xadd, payload, payload_len);
 }
 
-void jobops_submit_bounded(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
-                           const void *payload, size_t payload_len, int64_t now_ms, long long max_queue) {
+/* EVAL of submit_lua with its two keys and six arguments, plus the
+ * idempotency hash when extra_key is given (the caller then appends ARGV[7]
+ * and ARGV[8]). */
+static void submit_eval(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *lua, const char *id,
+                        const char *model, const void *payload, size_t payload_len, int64_t now_ms,
+                        long long max_queue, const char *extra_key) {
     keys_job(k, id, kb->job, sizeof kb->job);
     keys_req_stream(k, model, kb->req, sizeof kb->req);
     rcmd_init(c);
     rcmd_str(c, "EVAL");
-    rcmd_str(c, submit_bounded_lua);
-    rcmd_str(c, "2");
+    rcmd_str(c, lua);
+    rcmd_str(c, extra_key ? "3" : "2");
     rcmd_str(c, kb->job);
     rcmd_str(c, kb->req);
-    rcmd_str(c, model);
-    rcmd_fmt(c, "%" PRId64, now_ms);
-    rcmd_str(c, id);
-    rcmd_arg(c, payload, payload_len);
-    rcmd_fmt(c, "%lld", max_queue);
-    rcmd_str(c, PROTO_GROUP);
-}
-
-void jobops_submit_idem(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
-                        const void *payload, size_t payload_len, int64_t now_ms, long long max_queue,
-                        const char *idem_key, const char *body_hash, int64_t ttl_s) {
-    keys_job(k, id, kb->job, sizeof kb->job);
-    keys_req_stream(k, model, kb->req, sizeof kb->req);
-    keys_idem(k, idem_key, kb->idem, sizeof kb->idem);
-    rcmd_init(c);
-    rcmd_str(c, "EVAL");
-    rcmd_str(c, submit_idem_lua);
-    rcmd_str(c, "3");
-    rcmd_str(c, kb->job);
-    rcmd_str(c, kb->req);
-    rcmd_str(c, kb->idem);
+    if (extra_key) rcmd_str(c, extra_key);
     rcmd_str(c, model);
     rcmd_fmt(c, "%" PRId64, now_ms);
     rcmd_str(c, id);
     rcmd_arg(c, payload, payload_len);
     rcmd_fmt(c, "%lld", max_queue > 0 ? max_queue : 0);
     rcmd_str(c, PROTO_GROUP);
+}
+
+void jobops_submit_bounded(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
+                           const void *payload, size_t payload_len, int64_t now_ms, long long max_queue) {
+    submit_eval(c, kb, k, submit_lua, id, model, payload, payload_len, now_ms, max_queue, NULL);
+}
+
+void jobops_submit_idem(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
+                        const void *payload, size_t payload_len, int64_t now_ms, long long max_queue,
+                        const char *idem_key, const char *body_hash, int64_t ttl_s) {
+    keys_idem(k, idem_key, kb->idem, sizeof kb->idem);
+    submit_eval(c, kb, k, submit_lua, id, model, payload, payload_len, now_ms, max_queue, kb->idem);
     rcmd_str(c, body_hash);
     rcmd_fmt(c, "%" PRId64, ttl_s);
 }

@@ -48,6 +48,8 @@ void jobops_submit(rcmd *hset, rcmd *xadd, jobops_keys *kb, const llmq_keys *k, 
  * by its whole size).  Waiting = the `lag` of the consumer group `workers`
  * (XINFO GROUPS), or XLEN when Redis cannot compute the lag.  Returns
  * {1, waiting} when submitted, {0, waiting} when refused (nothing written).
+ * max_queue <= 0 means no bound.  One script (submit_lua) serves this and
+ * jobops_submit_idem.
  */
 void jobops_submit_bounded(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
                            const void *payload, size_t payload_len, int64_t now_ms, long long max_queue);

@@ -131,7 +131,7 @@ def test_bounded_submission(redis_server):
     r.xgroup_create("llmq:req:m1", "workers", id="0", mkstream=True)
 
     def submit(jid, bound, stream="llmq:req:m1"):
-        return r.eval(lua("submit_bounded_lua"), 2, f"llmq:job:{{{jid}}}", stream, "m1", 1000, jid, b"p",
+        return r.eval(lua("submit_lua"), 2, f"llmq:job:{{{jid}}}", stream, "m1", 1000, jid, b"p",
                       bound, "workers")
     assert [submit(f"b{i}", 3) for i in range(5)] == [[1, 0], [1, 1], [1, 2], [0, 3], [0, 3]]
     assert r.xlen("llmq:req:m1") == 3 and not r.exists("llmq:job:{b3}")
