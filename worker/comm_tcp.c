@@ -656,76 +656,31 @@ static int lead_ar_step(tcp_comm *t, void *arg) {
     return all_conns_done(t);
 }
 
-typedef struct lead_simple {
-    int started;
-    int phase; /* broadcast from a peer: 0 waiting for its payload, 1 sending */
-    unsigned char *recv;  /* all_gather: the leader's recv; broadcast: buf */
-    size_t bytes;         /* all_gather: per rank; broadcast: total */
-} lead_simple;
-
-static int lead_ag_step(tcp_comm *t, void *arg) {
-    lead_simple *s = arg;
-    if (!s->started) {
+/* The leader's step of the relay collectives (all_gather, broadcast,
+ * barrier): the op has set each connection's payload in (rx_*) and out
+ * (tx_pay*) before pumping.  Once every header matches, the payloads may
+ * come in; once they all have, every answer goes out.  phase: 0 headers,
+ * 1 payloads in, 2 answers out. */
+static int lead_relay_step(tcp_comm *t, void *arg) {
+    int *phase = arg;
+    if (*phase == 0) {
         int h = headers_in(t);
         if (h <= 0) return h;
-        s->started = 1;
-        for (int i = 0; i < t->nconn; i++) {
-            conn *k = &t->conns[i];
-            k->rx_ready = 1;
-            k->rx_dst = s->recv + (size_t)k->rank * s->bytes;
-            k->rx_want = k->rx_lim = s->bytes;
-            k->tx_pay = s->recv;
-            k->tx_pay_len = s->bytes * (size_t)t->c.world;
-        }
+        for (int i = 0; i < t->nconn; i++) t->conns[i].rx_ready = 1;
+        *phase = 1;
     }
-    if (!s->phase) {
+    if (*phase == 1) {
         for (int i = 0; i < t->nconn; i++)
             if (!rx_done(&t->conns[i])) return 0;
-        s->phase = 1;
         for (int i = 0; i < t->nconn; i++) t->conns[i].tx_lim = sizeof(frame) + t->conns[i].tx_pay_len;
+        *phase = 2;
     }
     return all_conns_done(t);
 }
 
-static int lead_bc_step(tcp_comm *t, void *arg) {
-    lead_simple *s = arg;
-    if (!s->started) {
-        int h = headers_in(t);
-        if (h <= 0) return h;
-        s->started = 1;
-        for (int i = 0; i < t->nconn; i++) {
-            conn *k = &t->conns[i];
-            k->rx_ready = 1;
-            if (k->rank == t->root) {
-                k->rx_dst = s->recv;
-                k->rx_want = k->rx_lim = s->bytes;
-            } else {
-                k->tx_pay = s->recv;
-                k->tx_pay_len = s->bytes;
-            }
-        }
-        s->phase = t->root == 0;
-    }
-    if (!s->phase) {
-        if (!rx_done(&t->conns[t->root - 1])) return 0;
-        s->phase = 1;
-    }
-    for (int i = 0; i < t->nconn; i++) t->conns[i].tx_lim = sizeof(frame) + t->conns[i].tx_pay_len;
-    return all_conns_done(t);
-}
-
-static int lead_barrier_step(tcp_comm *t, void *arg) {
-    int *started = arg;
-    if (!*started) {
-        int h = headers_in(t);
-        if (h <= 0) return h;
-        *started = 1;
-        for (int i = 0; i < t->nconn; i++) {
-            t->conns[i].rx_ready = 1;
-            t->conns[i].tx_lim = sizeof(frame);
-        }
-    }
-    return all_conns_done(t);
+static llmq_status lead_relay(tcp_comm *t) {
+    int phase = 0;
+    return pump(t, lead_relay_step, &phase);
 }
 
 static llmq_status bad_arg(tcp_comm *t, const char *why) { return fail(t, LLMQ_ERR_INVALID, "%s", why); }
@@ -780,8 +735,14 @@ static llmq_status tcp_all_gather(llmq_comm *c, void *recv, const void *send, si
     if (c->rank > 0) {
         st = peer_run(t, send, n, recv, n * (size_t)c->world);
     } else {
-        lead_simple s = {0, 0, recv, n};
-        st = pump(t, lead_ag_step, &s);
+        for (int i = 0; i < t->nconn; i++) { /* each peer's part in place, everything back */
+            conn *k = &t->conns[i];
+            k->rx_dst = r + (size_t)k->rank * n;
+            k->rx_want = k->rx_lim = n;
+            k->tx_pay = r;
+            k->tx_pay_len = n * (size_t)c->world;
+        }
+        st = lead_relay(t);
     }
 out:
     pthread_mutex_unlock(&t->op_lock);
@@ -806,8 +767,17 @@ static llmq_status tcp_broadcast(llmq_comm *c, void *buf, size_t bytes, int root
         int mine = c->rank == root;
         st = peer_run(t, mine ? buf : NULL, mine ? bytes : 0, mine ? NULL : buf, mine ? 0 : bytes);
     } else {
-        lead_simple s = {0, 0, buf, bytes};
-        st = pump(t, lead_bc_step, &s);
+        for (int i = 0; i < t->nconn; i++) { /* from the root (a peer, or this rank) to the others */
+            conn *k = &t->conns[i];
+            if (k->rank == root) {
+                k->rx_dst = buf;
+                k->rx_want = k->rx_lim = bytes;
+            } else {
+                k->tx_pay = buf;
+                k->tx_pay_len = bytes;
+            }
+        }
+        st = lead_relay(t);
     }
 out:
     pthread_mutex_unlock(&t->op_lock);
@@ -822,8 +792,7 @@ static llmq_status tcp_barrier(llmq_comm *c) {
         if (c->rank > 0) {
             st = peer_run(t, NULL, 0, NULL, 0);
         } else {
-            int started = 0;
-            st = pump(t, lead_barrier_step, &started);
+            st = lead_relay(t);
         }
     }
     pthread_mutex_unlock(&t->op_lock);
