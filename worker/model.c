@@ -44,19 +44,32 @@ static void drop_pages(const void *p, size_t bytes) {
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
+/* Room for one more block in the model's owned list (-1 and err when none). */
+static int own_reserve(loader *L, const char *name) {
+    model *m = L->m;
+    if (m->n_owned < m->cap_owned) return 0;
+    int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+    void **g = realloc(m->owned, (size_t)cap * sizeof *g);
+    if (!g) return llmq_err_set(L->err, LLMQ_ERR_NOMEM, "%s: out of memory loading \"%s\"", L->dir, name), -1;
+    m->owned = g;
+    m->cap_owned = cap;
+    return 0;
+}
+
+/* Free the owned block b (the last ones are searched first). */
+static void own_drop(model *m, void *b) {
+    for (int i = m->n_owned - 1; i >= 0; i--)
+        if (m->owned[i] == b) {
+            free(b);
+            m->owned[i] = m->owned[--m->n_owned];
+            return;
+        }
+}
+
 /* Quantize the view *in into a block the model owns; *q describes it. */
 static int quantize_owned(loader *L, be_weight *q, const be_weight *in, const char *name) {
     model *m = L->m;
-    if (m->n_owned == m->cap_owned) {
-        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
-        void **g = realloc(m->owned, (size_t)cap * sizeof *g);
-        if (!g) {
-            llmq_err_set(L->err, LLMQ_ERR_NOMEM, "%s: out of memory quantizing \"%s\"", L->dir, name);
-            return -1;
-        }
-        m->owned = g;
-        m->cap_owned = cap;
-    }
+    if (own_reserve(L, name)) return -1;
     void *block = NULL;
     llmq_err qe = {0};
     if (llmq_quantize(q, &block, in, m->lo.quant, m->lo.q4_group, &qe)) {
@@ -101,6 +114,27 @@ static const st_tensor *want(loader *L, const char *name, int rows, int cols) {
 /* Which part of a tensor this rank takes. */
 typedef enum { PART_ALL = 0, PART_ROWS, PART_COLS } part_kind;
 
+/* Hand the matrix *in to the backend as *w: quantized first (a copy the
+ * model owns) when it is a linear layer (LM_QUANT) under quantization; a
+ * quantized copy the backend copied in turn is dropped. */
+static int prepare_matrix(loader *L, be_weight *w, const be_weight *in, const char *name, int flags) {
+    model *m = L->m;
+    be_weight use = *in;
+    size_t bytes = (size_t)in->rows * in->cols * llmq_dtype_size(in->dt);
+    if ((flags & LM_QUANT) && m->lo.quant != LLMQ_QUANT_NONE) {
+        if (quantize_owned(L, &use, in, name)) return -1;
+        bytes = llmq_quant_bytes(m->lo.quant, (size_t)in->rows, (size_t)in->cols, m->lo.q4_group);
+    }
+    if (m->be->ops->weight_prepare(m->be, w, &use)) {
+        llmq_err_set(L->err, LLMQ_ERR_BACKEND, "%s: backend cannot hold tensor \"%s\": %s", L->dir, name,
+                     m->be->err.msg);
+        return -1;
+    }
+    if (use.data != in->data && w->data != use.data) own_drop(m, (void *)use.data); /* the backend copied it */
+    m->weight_bytes += bytes;
+    return 0;
+}
+
 /* Load a [rows, cols] matrix, or the slice [off, off + n) of its rows
  * (PART_ROWS) or columns (PART_COLS), as a view into the mapping — or, for
  * a linear layer (LM_QUANT) under quantization, as a quantized copy. */
@@ -117,22 +151,7 @@ static int load_matrix(loader *L, be_weight *w, const char *name, int rows, int 
         in.data = (const char *)t->data + (size_t)off * es;
         in.cols = n;
     }
-    be_weight use = in;
-    size_t bytes = (size_t)in.rows * in.cols * es;
-    if ((flags & LM_QUANT) && L->m->lo.quant != LLMQ_QUANT_NONE) {
-        if (quantize_owned(L, &use, &in, name)) return -1;
-        bytes = llmq_quant_bytes(L->m->lo.quant, (size_t)in.rows, (size_t)in.cols, L->m->lo.q4_group);
-    }
-    if (L->m->be->ops->weight_prepare(L->m->be, w, &use)) {
-        llmq_err_set(L->err, LLMQ_ERR_BACKEND, "%s: backend cannot hold tensor \"%s\": %s", L->dir, name,
-                     L->m->be->err.msg);
-        return -1;
-    }
-    if (use.data != in.data && w->data != use.data) { /* the backend copied the quantized block: drop ours */
-        free(L->m->owned[--L->m->n_owned]);
-    }
-    L->m->weight_bytes += bytes;
-    return 0;
+    return prepare_matrix(L, w, &in, name, flags);
 }
 
 /* Rows of `name` ([rows, cols]) gathered into a new matrix this model owns:
@@ -144,38 +163,17 @@ static int load_rows_gathered(loader *L, be_weight *w, const char *name, int row
     model *m = L->m;
     const st_tensor *t = want(L, name, rows, cols);
     if (!t) return -1;
-    const size_t es = llmq_dtype_size(t->dt), rb = (size_t)cols * es;
-    if (m->n_owned == m->cap_owned) {
-        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
-        void **g = realloc(m->owned, (size_t)cap * sizeof *g);
-        if (!g) return llmq_err_set(L->err, LLMQ_ERR_NOMEM, "%s: out of memory", L->dir), -1;
-        m->owned = g;
-        m->cap_owned = cap;
-    }
+    const size_t rb = (size_t)cols * llmq_dtype_size(t->dt);
+    if (own_reserve(L, name)) return -1;
     unsigned char *block = malloc((size_t)n_runs * run_len * rb);
     if (!block) return llmq_err_set(L->err, LLMQ_ERR_NOMEM, "%s: out of memory splitting \"%s\"", L->dir, name), -1;
     for (int r = 0; r < n_runs; r++)
         memcpy(block + (size_t)r * run_len * rb, (const unsigned char *)t->data + (size_t)starts[r] * rb,
                (size_t)run_len * rb);
     m->owned[m->n_owned++] = block;
-    be_weight in = {block, t->dt, n_runs * run_len, cols, cols}, use = in;
-    size_t bytes = (size_t)in.rows * cols * es;
-    if (m->lo.quant != LLMQ_QUANT_NONE) {
-        if (quantize_owned(L, &use, &in, name)) return -1;
-        bytes = llmq_quant_bytes(m->lo.quant, (size_t)in.rows, (size_t)cols, m->lo.q4_group);
-        /* the split copy is not needed once quantized */
-        free(m->owned[m->n_owned - 2]);
-        m->owned[m->n_owned - 2] = m->owned[m->n_owned - 1];
-        m->n_owned--;
-        in.data = NULL;
-    }
-    if (m->be->ops->weight_prepare(m->be, w, &use)) {
-        llmq_err_set(L->err, LLMQ_ERR_BACKEND, "%s: backend cannot hold tensor \"%s\": %s", L->dir, name,
-                     m->be->err.msg);
-        return -1;
-    }
-    if (w->data != use.data) free(m->owned[--m->n_owned]); /* the backend copied it */
-    m->weight_bytes += bytes;
+    be_weight in = {block, t->dt, n_runs * run_len, cols, cols};
+    if (prepare_matrix(L, w, &in, name, LM_QUANT)) return -1;
+    if (w->data != block) own_drop(m, block); /* quantized, or copied by the backend: the split is not needed */
     return 0;
 }
 
@@ -214,30 +212,7 @@ static int load_vector_gathered(loader *L, float **out, const char *name, int n_
 /* A vector of n_full elements, or its slice [off, off + n), converted to F32
  * in a backend buffer. */
 static int load_vector_part(loader *L, float **out, const char *name, int n_full, int off, int n) {
-    const st_tensor *t = want(L, name, n_full, 0);
-    if (!t) return -1;
-    float *host = malloc((size_t)n * sizeof(float));
-    float *dev = L->m->be->ops->alloc(L->m->be, (size_t)n * sizeof(float));
-    if (!host || !dev) {
-        free(host);
-        L->m->be->ops->free(L->m->be, dev);
-        llmq_err_set(L->err, LLMQ_ERR_NOMEM, "%s: out of memory loading \"%s\"", L->dir, name);
-        return -1;
-    }
-    for (int i = 0; i < n; i++) {
-        uint16_t h;
-        if (t->dt == LLMQ_F32) {
-            memcpy(&host[i], (const float *)t->data + off + i, 4);
-        } else {
-            memcpy(&h, (const uint16_t *)t->data + off + i, 2);
-            host[i] = t->dt == LLMQ_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
-        }
-    }
-    L->m->be->ops->upload(L->m->be, dev, host, (size_t)n * sizeof(float));
-    free(host);
-    L->m->weight_bytes += (size_t)n * llmq_dtype_size(t->dt);
-    *out = dev;
-    return 0;
+    return load_vector_gathered(L, out, name, n_full, &off, 1, n);
 }
 
 static int load_vector(loader *L, float **out, const char *name, int n) {
