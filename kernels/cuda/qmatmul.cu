@@ -105,25 +105,16 @@ __device__ __forceinline__ void qm_accumulate(float (&acc)[QM_TOK], const float 
     }
 }
 
-template <typename T>
-__global__ void q8_kernel(T *out, const T *x, const int8_t *q, const float *scales, const float *bias, int rows,
-                          int cols, int n) {
-    const int row = blockIdx.x * QM_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    const int t0 = blockIdx.y * QM_TOK;
-    if (row >= rows) return; /* the whole warp: no block-wide barrier below */
-    const int nt = n - t0 < QM_TOK ? n - t0 : QM_TOK;
-    const int8_t *qr = q + (size_t)row * cols;
-    const float s = scales[row];
-    const T *xt = x + (size_t)t0 * cols;
-    const int vec = (cols & 15) == 0;
-    float acc[QM_TOK];
-#pragma unroll
-    for (int t = 0; t < QM_TOK; t++) acc[t] = 0.0f;
-    const int nblk = (cols + 15) / 16;
-    for (int blk = lane; blk < nblk; blk += 32) {
+/* The 16 dequantized weights of block blk (elements 16 blk ..) of a row. */
+struct q8_deq {
+    const int8_t *q;
+    const float *scales;
+    int cols;
+    __device__ __forceinline__ void operator()(int row, int blk, float (&v)[16]) const {
+        const int8_t *qr = q + (size_t)row * cols;
+        const float s = scales[row];
         const int base = blk * 16;
-        float v[16];
-        if (vec) {
+        if ((cols & 15) == 0) { /* one 16-byte load */
             const int4 raw = *(const int4 *)(qr + base);
             const int words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
@@ -132,46 +123,48 @@ __global__ void q8_kernel(T *out, const T *x, const int8_t *q, const float *scal
 #pragma unroll
             for (int j = 0; j < 16; j++) v[j] = base + j < cols ? (float)qr[base + j] * s : 0.0f;
         }
-        qm_accumulate<T>(acc, v, xt, (size_t)cols, base, nt, base + 16 <= cols);
     }
-#pragma unroll
-    for (int t = 0; t < QM_TOK; t++) {
-        if (t >= nt) break;
-        const float sum = warp_sum(acc[t]);
-        if (lane == 0) out[(size_t)(t0 + t) * rows + row] = from_f32<T>(bias ? sum + bias[row] : sum);
-    }
-}
+};
 
-template <typename T>
-__global__ void q4_kernel(T *out, const T *x, const uint8_t *q, const float *scales, const uint8_t *zeros,
-                          const float *bias, int rows, int cols, int n, int group) {
-    const int row = blockIdx.x * QM_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    const int t0 = blockIdx.y * QM_TOK;
-    if (row >= rows) return;
-    const int nt = n - t0 < QM_TOK ? n - t0 : QM_TOK;
-    const int nblk = (cols + 15) / 16, G = (cols + group - 1) / group;
-    const uint8_t *qr = q + (size_t)row * nblk * 8;
-    const float *sr = scales + (size_t)row * G;
-    const uint8_t *zr = zeros + (size_t)row * G;
-    const T *xt = x + (size_t)t0 * cols;
-    float acc[QM_TOK];
-#pragma unroll
-    for (int t = 0; t < QM_TOK; t++) acc[t] = 0.0f;
-    for (int blk = lane; blk < nblk; blk += 32) {
-        const int base = blk * 16;
-        const uint2 raw = *(const uint2 *)(qr + (size_t)blk * 8);
+struct q4_deq {
+    const uint8_t *q;
+    const float *scales;
+    const uint8_t *zeros;
+    int cols, group;
+    __device__ __forceinline__ void operator()(int row, int blk, float (&v)[16]) const {
+        const int nblk = (cols + 15) / 16, G = (cols + group - 1) / group, base = blk * 16;
+        const uint2 raw = *(const uint2 *)(q + ((size_t)row * nblk + blk) * 8);
+        const float *sr = scales + (size_t)row * G;
+        const uint8_t *zr = zeros + (size_t)row * G;
         /* group is a multiple of 8: elements 0-7 share one group, 8-15 one */
         const int g0 = base / group, g1 = (base + 8) / group < G ? (base + 8) / group : G - 1;
         const float s0 = sr[g0], s1 = sr[g1];
         const float z0 = (float)zr[g0], z1 = (float)zr[g1];
-        float v[16];
 #pragma unroll
         for (int o = 0; o < 8; o++) {
             const unsigned byte = ((o < 4 ? raw.x : raw.y) >> (8 * (o & 3))) & 0xffu;
             v[o] = ((float)(byte & 15u) - z0) * s0;
             v[o + 8] = ((float)(byte >> 4) - z1) * s1;
         }
-        qm_accumulate<T>(acc, v, xt, (size_t)cols, base, nt, base + 16 <= cols);
+    }
+};
+
+/* One warp per output row, QM_TOK tokens per block column; D dequantizes. */
+template <typename T, typename D>
+__global__ void qm_kernel(T *out, const T *x, D deq, const float *bias, int rows, int cols, int n) {
+    const int row = blockIdx.x * QM_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    const int t0 = blockIdx.y * QM_TOK;
+    if (row >= rows) return; /* the whole warp: no block-wide barrier below */
+    const int nt = n - t0 < QM_TOK ? n - t0 : QM_TOK;
+    const T *xt = x + (size_t)t0 * cols;
+    float acc[QM_TOK];
+#pragma unroll
+    for (int t = 0; t < QM_TOK; t++) acc[t] = 0.0f;
+    const int nblk = (cols + 15) / 16;
+    for (int blk = lane; blk < nblk; blk += 32) {
+        float v[16];
+        deq(row, blk, v);
+        qm_accumulate<T>(acc, v, xt, (size_t)cols, blk * 16, nt, blk * 16 + 16 <= cols);
     }
 #pragma unroll
     for (int t = 0; t < QM_TOK; t++) {
@@ -191,14 +184,15 @@ void cuda_qmatmul(llmq_backend *be, void *out, const void *x, const be_weight *w
         return;
     }
     if (w->dt == LLMQ_Q8) {
+        const q8_deq d = {(const int8_t *)qw->q, qw->scales, w->cols};
         CUDA_DISPATCH_ACT(be->act_dt, T,
-                          q8_kernel<T><<<grid, 32 * QM_WARPS, 0, s>>>((T *)out, (const T *)x, (const int8_t *)qw->q,
-                                                                      qw->scales, bias, w->rows, w->cols, n));
+                          qm_kernel<T, q8_deq><<<grid, 32 * QM_WARPS, 0, s>>>((T *)out, (const T *)x, d, bias, w->rows,
+                                                                            w->cols, n));
     } else {
+        const q4_deq d = {(const uint8_t *)qw->q, qw->scales, qw->zeros, w->cols, qw->group};
         CUDA_DISPATCH_ACT(be->act_dt, T,
-                          q4_kernel<T><<<grid, 32 * QM_WARPS, 0, s>>>((T *)out, (const T *)x, (const uint8_t *)qw->q,
-                                                                      qw->scales, qw->zeros, bias, w->rows, w->cols, n,
-                                                                      qw->group));
+                          qm_kernel<T, q4_deq><<<grid, 32 * QM_WARPS, 0, s>>>((T *)out, (const T *)x, d, bias, w->rows,
+                                                                            w->cols, n));
     }
     CUDA_CHECK_LAUNCH(be);
 }
