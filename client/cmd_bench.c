@@ -147,7 +147,7 @@ int cmd_bench(int argc, char **argv) {
     if (!be || model_load(&m, dir, be, &err)) goto fail;
     r.bps = (plen + steps + ENG_BLOCK_SIZE) / ENG_BLOCK_SIZE;
     if (r.bps * ENG_BLOCK_SIZE < prefill_len) r.bps = prefill_len / ENG_BLOCK_SIZE;
-    eng_opts eo = {r.bps * max_seqs, prefill_len, max_seqs, NULL, 0};
+    eng_opts eo = {r.bps * max_seqs, prefill_len, max_seqs, NULL, 0, 0};
     if (eng_create(&r.e, m, &eo, &err)) goto fail;
     r.blocks = malloc(sizeof(int32_t) * (size_t)eo.n_blocks);
     r.logits = malloc(sizeof(float) * (size_t)max_seqs * m->cfg.vocab_size);

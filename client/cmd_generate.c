@@ -296,7 +296,7 @@ int cmd_generate(int argc, char **argv) {
         for (int i = 0; i < n_prompts; i++) need += (prompt_len[i] + max_tokens + 1 + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
         kv_blocks = (int)need;
     }
-    eng_opts eo = {kv_blocks, max_batched, max_seqs, NULL, mem_util};
+    eng_opts eo = {kv_blocks, max_batched, max_seqs, NULL, mem_util, 0};
     if (tp != 1) {
         /* check that the split works before starting any process */
         model_config cfg;

@@ -174,7 +174,30 @@ typedef struct be_ops {
      * weights are in (eng_opts.mem_util).  NULL: the CPU backends, whose pool
      * the memory estimator sizes before the model loads (worker/vram.h). */
     void (*mem_info)(llmq_backend *be, size_t *free_bytes, size_t *total_bytes);
+
+    /* step graphs (optional) ------------------------------------------------
+     * A backend that pays a cost per launched op (CUDA) may record the ops
+     * of a step once and replay the recording when a later step has the
+     * same shape.  The engine brackets the ops of a decode step, from embed
+     * to the logits matmul (index arrays uploaded before, logits downloaded
+     * after), with graph_begin and graph_end.  `key` stands for every
+     * argument of those ops that is not the content of a buffer (the
+     * engine's buffers and the weights never move): equal keys, equal ops
+     * with equal arguments.  graph_begin answers
+     *   BE_GRAPH_EAGER      run the ops as usual (graphs are off, or this is
+     *                       the first step of the key: a warm-up run);
+     *   BE_GRAPH_RECORDING  run the ops: they are recorded, not executed,
+     *                       until graph_end, which executes the recording;
+     *   BE_GRAPH_REPLAYED   the recording of key is enqueued: skip the ops.
+     * graph_end (after RECORDING only) returns 1 when the recording is
+     * enqueued, 0 when it could not be made (an op's error included): graphs
+     * are then off for this backend and the engine runs the ops again,
+     * eagerly, where an op's error shows as usual.  NULL: no graphs (CPU backends). */
+    int (*graph_begin)(llmq_backend *be, uint64_t key);
+    int (*graph_end)(llmq_backend *be);
 } be_ops;
+
+enum { BE_GRAPH_EAGER = 0, BE_GRAPH_RECORDING, BE_GRAPH_REPLAYED };
 
 struct llmq_backend {
     const be_ops *ops;

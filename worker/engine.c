@@ -46,6 +46,8 @@ struct engine {
     int32_t *h_ids, *h_pos, *h_slots, *h_tok_start, *h_bt, *h_rows;
     int32_t *d_ids, *d_pos, *d_slots, *d_tok_start, *d_bt, *d_rows;
     int max_bt;                 /* max blocks per sequence (context / 16) */
+    int graphs;                 /* decode steps go through be_ops.graph_begin/graph_end */
+    int pad_tables;             /* decode steps pad block tables to a power of two */
 };
 
 /* Step plan layout (int32): [magic, n_seqs, max_blocks, then per sequence
@@ -186,6 +188,11 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
     float inv[256];
     model_config_rope_inv_freq(c, inv);
     be->ops->upload(be, e->inv_freq, inv, (size_t)c->head_dim / 2 * sizeof(float));
+    /* Step graphs on one rank only: the collectives of a group wait on the
+     * host between layers (the communicator's timeouts), which a recording
+     * cannot hold. */
+    e->graphs = !e->tp && be->ops->graph_begin && be->ops->graph_end;
+    e->pad_tables = e->graphs || o->pad_tables;
     *out = e;
     return LLMQ_OK;
 }
@@ -248,6 +255,18 @@ static llmq_status plan_step(engine *e, const eng_seq *seqs, int n_seqs, int *n_
             return llmq_err_set(err, LLMQ_ERR_INVALID, "step: more than %d tokens", e->opts.max_tokens);
         if (q->n_blocks > mb) mb = q->n_blocks;
     }
+    /* A decode step's block tables padded to a power of two (at least 16
+     * blocks, one attention partition of the CUDA kernel; at most the
+     * context): the step's shape then changes only when the longest
+     * sequence doubles, so a recorded step replays for many later steps of
+     * its batch size, and the padding costs attention at most 2x in empty
+     * work.  Which bits a row gets does not depend on the width (attention
+     * reads a row's own positions only). */
+    if (e->pad_tables && total == n_seqs) {
+        int w = 16;
+        while (w < mb) w *= 2;
+        mb = w < e->max_bt ? w : e->max_bt;
+    }
     int t = 0, outs = 0;
     for (int s = 0; s < n_seqs; s++) {
         const eng_seq *q = &seqs[s];
@@ -278,23 +297,17 @@ static llmq_status reduce(engine *e, void *buf, size_t n, llmq_err *err) {
     return LLMQ_OK;
 }
 
-/* The forward pass of a planned step (host index arrays filled). */
-static llmq_status run_step(engine *e, int n_seqs, int n, int n_out, int mb, float *logits, llmq_err *err) {
+/* The ops of a planned step, from the embedding to the logits of its
+ * n_out rows (index arrays uploaded): what a step graph records.  Only the
+ * collectives of a group may fail here; ops report through sync. */
+static llmq_status forward(engine *e, int n_seqs, int n, int n_out, int mb, llmq_err *err) {
     llmq_backend *be = e->be;
     const be_ops *op = be->ops;
     const model *m = e->m;
     const model_config *c = &m->cfg;
     const model_shard *sh = &m->shard;
-    const int d = c->hidden_size, I = sh->inter, Vl = sh->vocab;
+    const int d = c->hidden_size, I = sh->inter;
     llmq_status st;
-
-    for (int i = 0; i < n; i++) e->h_ids_shard[i] = e->h_ids[i] - sh->vocab0; /* outside the shard: a zero row */
-    op->upload(be, e->d_ids, e->h_ids_shard, (size_t)n * 4);
-    op->upload(be, e->d_pos, e->h_pos, (size_t)n * 4);
-    op->upload(be, e->d_slots, e->h_slots, (size_t)n * 4);
-    op->upload(be, e->d_tok_start, e->h_tok_start, (size_t)(n_seqs + 1) * 4);
-    op->upload(be, e->d_bt, e->h_bt, (size_t)n_seqs * mb * 4);
-    op->upload(be, e->d_rows, e->h_rows, (size_t)n_out * 4);
 
     const be_attn_step step = {n_seqs, n, e->d_tok_start, e->d_pos, e->d_bt, mb, ENG_BLOCK_SIZE};
     be_attn_shape shape = {sh->n_heads, sh->n_kv_heads, c->head_dim, 0, 1.0f / sqrtf((float)c->head_dim)};
@@ -365,6 +378,42 @@ static llmq_status run_step(engine *e, int n_seqs, int n, int n_out, int mb, flo
         else
             op->rmsnorm(be, e->hl, e->hl, m->final_norm, n_out, d, c->rms_norm_eps);
         op->matmul(be, e->logits, e->hl, &m->lm_head, NULL, n_out);
+    }
+    return LLMQ_OK;
+}
+
+/* Run a planned step (host index arrays filled): upload its indices, run
+ * (or replay) its ops, bring the logits home. */
+static llmq_status run_step(engine *e, int n_seqs, int n, int n_out, int mb, float *logits, llmq_err *err) {
+    llmq_backend *be = e->be;
+    const be_ops *op = be->ops;
+    const model_config *c = &e->m->cfg;
+    const model_shard *sh = &e->m->shard;
+    const int Vl = sh->vocab;
+    llmq_status st = LLMQ_OK;
+
+    for (int i = 0; i < n; i++) e->h_ids_shard[i] = e->h_ids[i] - sh->vocab0; /* outside the shard: a zero row */
+    op->upload(be, e->d_ids, e->h_ids_shard, (size_t)n * 4);
+    op->upload(be, e->d_pos, e->h_pos, (size_t)n * 4);
+    op->upload(be, e->d_slots, e->h_slots, (size_t)n * 4);
+    op->upload(be, e->d_tok_start, e->h_tok_start, (size_t)(n_seqs + 1) * 4);
+    op->upload(be, e->d_bt, e->h_bt, (size_t)n_seqs * mb * 4);
+    op->upload(be, e->d_rows, e->h_rows, (size_t)n_out * 4);
+
+    /* Decode steps replay a recording of their batch size (the key holds
+     * every argument of the ops that is not in a buffer). */
+    int g = BE_GRAPH_EAGER;
+    if (e->graphs && n == n_seqs && n_seqs < (1 << 20) && mb < (1 << 23))
+        g = op->graph_begin(be, (uint64_t)n_seqs | (uint64_t)n_out << 20 | (uint64_t)mb << 40);
+    if (g != BE_GRAPH_REPLAYED) {
+        st = forward(e, n_seqs, n, n_out, mb, err);
+        if (g == BE_GRAPH_RECORDING && !op->graph_end(be)) {
+            e->graphs = 0; /* the backend said why; its ops run as they are from now on */
+            if (!st) st = forward(e, n_seqs, n, n_out, mb, err);
+        }
+        if (st) return st;
+    }
+    if (n_out > 0) {
         if (!e->tp) {
             op->download_f32(be, logits, e->logits, (size_t)n_out * Vl);
         } else {

@@ -42,6 +42,10 @@ typedef struct eng_opts {
                          use once the weights and the step buffers are
                          allocated (be_ops.mem_info; the smallest over the
                          ranks of a group).  eng_n_blocks says how many. */
+    int pad_tables;   /* 1: decode steps pad their block tables to a power
+                         of two, as they do anyway on a backend with step
+                         graphs (be_ops.graph_begin); the results are the same
+                         bits (tests check that on the CPU) */
 } eng_opts;
 
 llmq_status eng_create(engine **out, const model *m, const eng_opts *opts, llmq_err *err);

@@ -270,7 +270,7 @@ int main(int argc, char **argv) {
             return 1;
         }
         if (o.kv_blocks <= 0 && o.mem_util <= 0) o.kv_blocks = service_default_kv_blocks(&cfg, o.max_num_seqs);
-        eng_opts eo = {o.kv_blocks, o.max_batched_tokens, o.max_num_seqs, NULL, o.mem_util};
+        eng_opts eo = {o.kv_blocks, o.max_batched_tokens, o.max_num_seqs, NULL, o.mem_util, 0};
         if (group) { /* one rank of a group started rank by rank, on any host */
             g.rank = rank;
             g.world = tp;

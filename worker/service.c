@@ -1147,7 +1147,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     }
     const model_config *cfg = &sv->m->cfg;
     int blocks = o->kv_blocks > 0 ? o->kv_blocks : o->mem_util > 0 ? 0 : service_default_kv_blocks(cfg, o->max_num_seqs);
-    eng_opts eo = {blocks, o->max_batched_tokens, o->max_num_seqs, o->comm, o->mem_util};
+    eng_opts eo = {blocks, o->max_batched_tokens, o->max_num_seqs, o->comm, o->mem_util, 0};
     sched_opts so = {o->max_num_seqs, o->max_batched_tokens};
     sched_callbacks cb = {on_token, on_finish, sv};
     if ((st = eng_create(&sv->eng, sv->m, &eo, err)) || (st = sched_create(&sv->sch, sv->eng, &so, &cb, err))) goto out;

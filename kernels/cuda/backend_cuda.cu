@@ -251,6 +251,8 @@ static const be_ops cuda_ops = {
     .gelu = cuda_gelu,
     .group_comm = cu_group_comm,
     .mem_info = cu_mem_info,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
 };
 
 /* ------------------------------------------------------------ lifetime */
@@ -327,6 +329,8 @@ extern "C" llmq_backend *cuda_backend_create(llmq_err *err) {
     impl->gemm_pinned = !(gm && !strcmp(gm, "fast"));
     const char *pin = getenv("LLMQ_CUDA_GEMM_PIN_N");
     impl->gemm_pin_n = pin && atoi(pin) > 0 ? atoi(pin) : 64;
+    const char *graphs = getenv("LLMQ_CUDA_GRAPHS");
+    impl->graphs_off = graphs && !strcmp(graphs, "0");
 
     const char *what = "cudaStreamCreate";
     cublasStatus_t bs = CUBLAS_STATUS_SUCCESS;
@@ -373,6 +377,7 @@ extern "C" void cuda_backend_destroy(llmq_backend *be) {
         cudaFree(impl->w_stage);
         if (impl->stream) cudaStreamDestroy(impl->stream);
         cuda_gemm_plans_free(impl);
+        cuda_graphs_free(impl);
         free(impl);
     }
     free(be);
@@ -395,6 +400,9 @@ extern "C" void cuda_backend_get_info(llmq_backend *be, cuda_backend_info *out) 
     out->gemm_pinned = impl->gemm_pinned;
     out->gemm_calls = impl->gemm_calls;
     out->gemm_fallbacks = impl->gemm_fallbacks;
+    out->graphs_on = !impl->graphs_off;
+    out->graphs_recorded = impl->graphs_recorded;
+    out->graph_replays = impl->graph_replays;
 }
 
 /* One pass of a grid-stride sum of 16-byte words (the result is kept so

@@ -37,6 +37,13 @@ typedef struct gemm_plan {
     cublasLtMatmulAlgo_t algo; /* valid when ok */
 } gemm_plan;
 
+/* A recorded decode step (graph.cu). */
+typedef struct cuda_graph {
+    uint64_t key;              /* be_ops.graph_begin's key */
+    int warm;                  /* 1: one eager step of this key has run */
+    cudaGraphExec_t exec;      /* the recording; NULL until made */
+} cuda_graph;
+
 typedef struct cuda_impl {
     int device;                 /* CUDA device ordinal */
     int sm;                     /* major * 10 + minor */
@@ -58,6 +65,11 @@ typedef struct cuda_impl {
     size_t w_stage_bytes;
     float *attn_ws;             /* attention partials of split contexts */
     size_t attn_ws_bytes;
+    cuda_graph *graphs;         /* recorded steps by key (graph.cu) */
+    int n_graphs, cap_graphs;
+    cuda_graph *recording;      /* the key being recorded, between graph_begin and graph_end */
+    int graphs_off;             /* LLMQ_CUDA_GRAPHS=0, or a recording failed */
+    long graphs_recorded, graph_replays;
 } cuda_impl;
 
 static inline cuda_impl *cuda_impl_of(llmq_backend *be) { return (cuda_impl *)be->impl; }
@@ -205,6 +217,11 @@ void cuda_qmatmul(llmq_backend *be, void *out, const void *x, const be_weight *w
  * (called by weight_prepare, so that no heuristic runs on the hot path). */
 llmq_status cuda_gemm_plan_prepare(llmq_backend *be, int rows, int cols);
 void cuda_gemm_plans_free(cuda_impl *impl);
+
+/* graph.cu: be_ops.graph_begin / graph_end */
+int cuda_graph_begin(llmq_backend *be, uint64_t key);
+int cuda_graph_end(llmq_backend *be);
+void cuda_graphs_free(cuda_impl *impl);
 
 /* convert.cu: n elements of dtype `from` at src to dtype `to` at dst (device). */
 void cuda_convert(llmq_backend *be, void *dst, llmq_dtype to, const void *src, llmq_dtype from, size_t n);

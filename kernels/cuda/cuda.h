@@ -17,6 +17,10 @@
  * so a row's result never depends on how many rows share the call
  * (backend.h, batch invariance); LLMQ_CUDA_GEMM=fast lets cuBLAS choose per
  * call (faster at some batch sizes, not batch invariant).
+ *
+ * Step graphs: a decode step is recorded once per batch size and replayed
+ * as one graph launch (graph.cu); LLMQ_CUDA_GRAPHS=0 runs every step's
+ * kernels one by one instead.
  */
 #ifndef LLMQ_KERNELS_CUDA_H
 #define LLMQ_KERNELS_CUDA_H
@@ -51,6 +55,11 @@ typedef struct cuda_backend_info {
     long gemm_fallbacks;     /* matmuls whose pinned algorithm was refused and ran
                                 through cublasGemmEx instead (0 keeps the
                                 batch-invariance promise) */
+    int graphs_on;           /* step graphs in use (LLMQ_CUDA_GRAPHS=0 or a failed
+                                recording turns them off) */
+    long graphs_recorded;    /* decode steps recorded as graphs */
+    long graph_replays;      /* decode steps run as a replay (their matmuls are
+                                not in gemm_calls) */
 } cuda_backend_info;
 
 void cuda_backend_get_info(llmq_backend *be, cuda_backend_info *out);

@@ -9,6 +9,8 @@
 # ratio is batch-1 decode x weight bytes read per step / the GPU's peak DRAM
 # bandwidth (from the device's memory clock and bus width; the measured
 # read bandwidth is printed beside it).  A third row runs BF16 with
+# LLMQ_CUDA_GRAPHS=0 (every decode kernel launched one by one) to show what
+# the step graphs gain (BENCH_NOGRAPHS=0 drops it), a fourth BF16 with
 # LLMQ_CUDA_GEMM=fast (cuBLAS picks per call; not batch invariant) to show
 # what the batch-invariant pinned GEMMs cost (BENCH_FAST=0 drops it);
 # BENCH_PIN_NS="16 256" adds BF16 rows with other LLMQ_CUDA_GEMM_PIN_N.
@@ -68,6 +70,8 @@ EOF
 }
 run "FP16 activations, pinned GEMMs" LLMQ_CUDA_DTYPE=f16
 run "BF16 activations, pinned GEMMs" LLMQ_CUDA_DTYPE=bf16
+# what the step graphs (a decode step replayed as one launch) are worth
+if [ "${BENCH_NOGRAPHS:-1}" = 1 ]; then run "BF16 activations, pinned GEMMs, no step graphs" LLMQ_CUDA_DTYPE=bf16 LLMQ_CUDA_GRAPHS=0; fi
 if [ "${BENCH_FAST:-1}" = 1 ]; then run "BF16 activations, cuBLAS per call" LLMQ_CUDA_DTYPE=bf16 LLMQ_CUDA_GEMM=fast; fi
 for pn in ${BENCH_PIN_NS:-}; do run "BF16 activations, GEMMs pinned for n=$pn" LLMQ_CUDA_DTYPE=bf16 LLMQ_CUDA_GEMM_PIN_N="$pn"; done
 

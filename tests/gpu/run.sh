@@ -12,7 +12,10 @@
 #   4. F16 and BF16: the batched generation equals each prompt run alone
 #      (the engine's batch invariance, bitwise); agreement with the
 #      reference is printed, not required (16-bit activations may flip a
-#      near tie).
+#      near tie);
+#   5. step graphs: the generation with decode steps replayed from CUDA
+#      graphs equals the one with LLMQ_CUDA_GRAPHS=0 (f32, bf16);
+#   6. --memory-utilization, and INT8/INT4 generation against the CPU's.
 #
 # Binaries: build-cuda/bundle/ when it exists (built elsewhere by `make cuda`
 # and carried here), else `make cuda` is run.  The CUDA libraries are found
@@ -161,6 +164,22 @@ EOF
         else
             m=$(same "$log/batch-$dt.jsonl" "$REF") || true
             echo "info $dt: $m prompts equal the F32 reference over all 48 tokens (not required)"
+        fi
+    done
+    unset LLMQ_CUDA_DTYPE
+    # step graphs: decode steps replayed from recordings (the runs above) give
+    # the ids of every kernel launched one by one (LLMQ_CUDA_GRAPHS=0)
+    for dt in f32 bf16; do
+        [ -s "$log/batch-$dt.jsonl" ] || continue
+        export LLMQ_CUDA_DTYPE=$dt
+        if LLMQ_LOG=debug gen "$log/graphs-$dt.jsonl" cuda --max-batched-tokens 24 &&
+            LLMQ_CUDA_GRAPHS=0 gen "$log/nographs-$dt.jsonl" cuda --max-batched-tokens 24; then
+            rec=$(grep -c "recorded step graph" "$log/graphs-$dt.jsonl.err")
+            m=$(same "$log/graphs-$dt.jsonl" "$log/nographs-$dt.jsonl") && [ "$rec" -gt 0 ] &&
+                pass "$dt: step graphs ($rec recorded) == kernels one by one ($m)" ||
+                fail "$dt: step graphs ($rec recorded) != kernels one by one ($m)"
+        else
+            fail "$dt: llmq generate failed: $(tail -2 "$log/graphs-$dt.jsonl.err" "$log/nographs-$dt.jsonl.err" 2>/dev/null)"
         fi
     done
     unset LLMQ_CUDA_DTYPE

@@ -719,6 +719,113 @@ static void test_errors_reported_by_sync(void **st) {
     be->ops->free(be, dz);
 }
 
+/* ------------------------------------------------------------ step graphs */
+
+/* The ops of a small "step" (rmsnorm, a pinned GEMM, attention over a
+ * paged cache with a split context, an add) on the buffers of `g`. */
+typedef struct graph_rig {
+    void *x, *h, *o, *q, *kc, *vc, *att;
+    float *w_norm;
+    be_weight w;
+    int32_t *d_tok, *d_pos, *d_bt;
+    int n, D, M, hd, heads, ctx;
+} graph_rig;
+
+static void graph_ops(llmq_backend *be, graph_rig *g) {
+    const be_attn_step step = {g->n, g->n, g->d_tok, g->d_pos, g->d_bt, g->ctx / 16, 16};
+    const be_attn_shape shape = {g->heads, g->heads / 2, g->hd, 0, 0.25f};
+    be->ops->rmsnorm(be, g->h, g->x, g->w_norm, g->n, g->D, 1e-5f);
+    be->ops->matmul(be, g->o, g->h, &g->w, NULL, g->n);
+    be->ops->attention(be, g->att, g->q, g->kc, g->vc, &step, &shape);
+    be->ops->add(be, g->o, g->att, (size_t)g->n * g->M);
+}
+
+/* Upload fresh inputs (x, q, the cache) drawn from the test's generator. */
+static void graph_inputs(llmq_backend *be, graph_rig *g) {
+    const size_t kvn = (size_t)g->ctx * (g->heads / 2) * g->hd;
+    float *x = fill((size_t)g->n * g->D, 2.0f), *q = fill((size_t)g->n * g->M, 1.0f), *k = fill(kvn, 1.0f),
+          *v = fill(kvn, 1.0f);
+    be->ops->upload_f32(be, g->x, x, (size_t)g->n * g->D);
+    be->ops->upload_f32(be, g->q, q, (size_t)g->n * g->M);
+    be->ops->upload_f32(be, g->kc, k, kvn);
+    be->ops->upload_f32(be, g->vc, v, kvn);
+    free(x), free(q), free(k), free(v);
+}
+
+static float *graph_out(llmq_backend *be, graph_rig *g, const char *what) {
+    float *o = malloc((size_t)g->n * g->M * sizeof *o);
+    be->ops->download_f32(be, o, g->o, (size_t)g->n * g->M);
+    gpu_check(be, what);
+    return o;
+}
+
+/* A recorded step gives the bits of the same ops run one by one, and a
+ * replay reads the buffers' new contents: warm-up (eager), recording,
+ * replay, each against an eager run on the same inputs. */
+static void test_step_graph(void **st) {
+    (void)st;
+    NEED_GPU();
+    for (int gi = 0; gi < n_gpus; gi++) {
+        llmq_backend *be = gpus[gi];
+        cuda_backend_info i0, i1;
+        cuda_backend_get_info(be, &i0);
+        if (!i0.graphs_on) {
+            print_message("# skipped: step graphs are off (LLMQ_CUDA_GRAPHS=0)\n");
+            skip();
+        }
+        graph_rig g = {.n = 6, .D = 512, .M = 512, .hd = 64, .heads = 8, .ctx = 640};
+        g.x = g_alloc(be, (size_t)g.n * g.D), g.h = g_alloc(be, (size_t)g.n * g.D);
+        g.o = g_alloc(be, (size_t)g.n * g.M), g.q = g_alloc(be, (size_t)g.n * g.M);
+        g.att = g_alloc(be, (size_t)g.n * g.M);
+        g.kc = g_alloc(be, (size_t)g.ctx * (g.heads / 2) * g.hd), g.vc = g_alloc(be, (size_t)g.ctx * (g.heads / 2) * g.hd);
+        float *wn = fill((size_t)g.D, 1.0f), *wm = fill((size_t)g.M * g.D, 0.05f);
+        g.w_norm = d_f32(be, wn, (size_t)g.D);
+        be_weight in = {wm, LLMQ_F32, g.M, g.D, 0};
+        assert_int_equal(be->ops->weight_prepare(be, &g.w, &in), LLMQ_OK);
+        /* 6 decode tokens of one block table each (the same 40 blocks), at
+         * positions from 3 to 600: one partition and several */
+        int32_t tok[7], pos[6], bt[6 * 40];
+        for (int t = 0; t <= g.n; t++) tok[t] = t;
+        const int p[6] = {3, 100, 255, 256, 511, 600};
+        for (int t = 0; t < g.n; t++) pos[t] = p[t];
+        for (int b = 0; b < 6 * 40; b++) bt[b] = (b * 7) % 40;
+        g.d_tok = d_i32(be, tok, 7), g.d_pos = d_i32(be, pos, 6), g.d_bt = d_i32(be, bt, 6 * 40);
+        const uint64_t key = 0x5eed0000u + (uint64_t)gi;
+        char what[96];
+        const char *phase[3] = {"warm-up", "recording", "replay"};
+        const int want_mode[3] = {BE_GRAPH_EAGER, BE_GRAPH_RECORDING, BE_GRAPH_REPLAYED};
+        float *prev = NULL;
+        for (int ph = 0; ph < 3; ph++) {
+            snprintf(what, sizeof what, "step graph %s %s", gpu_names[gi], phase[ph]);
+            graph_inputs(be, &g);
+            gpu_check(be, what);
+            const int mode = be->ops->graph_begin(be, key);
+            if (mode != want_mode[ph]) fail_msg("%s: graph_begin answered %d, want %d", what, mode, want_mode[ph]);
+            if (mode != BE_GRAPH_REPLAYED) graph_ops(be, &g);
+            if (mode == BE_GRAPH_RECORDING && be->ops->graph_end(be) != 1) fail_msg("%s: recording failed", what);
+            float *got = graph_out(be, &g, what);
+            graph_ops(be, &g); /* the same inputs, one op at a time */
+            float *want = graph_out(be, &g, what);
+            check_same_bits(want, got, (size_t)g.n * g.M, what);
+            if (prev && !memcmp(prev, got, (size_t)g.n * g.M * sizeof *got))
+                fail_msg("%s: the same output as the step before on new inputs", what);
+            free(prev);
+            prev = got;
+            free(want);
+        }
+        free(prev);
+        cuda_backend_get_info(be, &i1);
+        assert_int_equal(i1.graphs_recorded - i0.graphs_recorded, 1);
+        assert_int_equal(i1.graph_replays - i0.graph_replays, 1);
+        assert_true(i1.graphs_on);
+        g_free(be, g.x), g_free(be, g.h), g_free(be, g.o), g_free(be, g.q), g_free(be, g.att);
+        g_free(be, g.kc), g_free(be, g.vc);
+        be->ops->free(be, g.w_norm), be->ops->free(be, g.d_tok), be->ops->free(be, g.d_pos), be->ops->free(be, g.d_bt);
+        be->ops->weight_release(be, &g.w);
+        free(wn), free(wm);
+    }
+}
+
 /* ------------------------------------------------------------ NCCL, one rank */
 
 static void test_nccl_single_rank(void **st) {
@@ -783,6 +890,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_invariance),
         cmocka_unit_test(test_errors_reported_by_sync),
+        cmocka_unit_test(test_step_graph),
         cmocka_unit_test(test_nccl_single_rank),
     };
     return cmocka_run_group_tests_name("cuda_ops", tests, setup, teardown);

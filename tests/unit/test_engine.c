@@ -36,18 +36,23 @@ typedef struct rig {
     int n_blocks;
 } rig;
 
-static void rig_open(rig *r, const char *dir, const char *backend, int max_tokens, int max_seqs) {
+static void rig_open_full(rig *r, const char *dir, const char *backend, int max_tokens, int max_seqs,
+                          int pad_tables) {
     llmq_err err = {0};
     memset(r, 0, sizeof *r);
     r->be = llmq_backend_create(backend, &err);
     assert_non_null(r->be);
     if (model_load(&r->m, dir, r->be, &err)) fail_msg("model_load(%s): %s", dir, err.msg);
     r->n_blocks = 64;
-    eng_opts o = {r->n_blocks, max_tokens, max_seqs, NULL, 0};
+    eng_opts o = {r->n_blocks, max_tokens, max_seqs, NULL, 0, pad_tables};
     if (eng_create(&r->e, r->m, &o, &err)) fail_msg("eng_create: %s", err.msg);
     /* Non-contiguous block ids so that block-table indexing is exercised. */
     r->blocks = malloc(sizeof(int32_t) * (size_t)r->n_blocks);
     for (int i = 0; i < r->n_blocks; i++) r->blocks[i] = (i * 37 + 11) % r->n_blocks;
+}
+
+static void rig_open(rig *r, const char *dir, const char *backend, int max_tokens, int max_seqs) {
+    rig_open_full(r, dir, backend, max_tokens, max_seqs, 0);
 }
 
 static void rig_close(rig *r) {
@@ -216,6 +221,64 @@ static void test_chunks_and_batches_are_invariant(void **st) {
     rig_close(&r);
 }
 
+/* Decode steps with block tables padded to a power of two (what a backend
+ * with step graphs gets, eng_opts.pad_tables) give the bits of tables as
+ * wide as the batch needs: three sequences of different lengths (one past
+ * a sliding window, one far into the context) decoded in batches of two
+ * (tables 1-4 blocks wide, padded to 16 or the context) and of three. */
+static void padded_tables(const char *dir, const char *backend) {
+    rig a, b;
+    rig_open_full(&a, dir, backend, 128, 4, 0);
+    rig_open_full(&b, dir, backend, 128, 4, 1);
+    const int V = a.m->cfg.vocab_size, ctx = a.m->cfg.max_position_embeddings;
+    enum { NS = 3, STEPS = 12 };
+    const int len[NS] = {3, 40 < ctx / 3 ? 40 : 21, ctx - STEPS - 1 < 300 ? ctx - STEPS - 1 : 300};
+    const int off[NS] = {0, 8, 16};
+    int32_t ids[NS][512];
+    assert_true(ctx <= 512);
+    float *la = malloc(sizeof(float) * NS * (size_t)V), *lb = malloc(sizeof(float) * NS * (size_t)V);
+    int at[NS];
+    for (int s = 0; s < NS; s++) {
+        for (int i = 0; i < ctx; i++) ids[s][i] = (int32_t)((i * (7 + 2 * s) + 3 + s) % V);
+        prefill(&a, ids[s], len[s], 64, off[s], la);
+        prefill(&b, ids[s], len[s], 64, off[s], lb);
+        assert_memory_equal(la, lb, sizeof(float) * V); /* prefills: no padding either way */
+        at[s] = len[s];
+    }
+    llmq_err err = {0};
+    for (int t = 0; t < STEPS; t++) {
+        const int ns = t % 2 ? 3 : 2; /* the long sequence every other step */
+        eng_seq seqs[NS];
+        for (int s = 0; s < ns; s++)
+            seqs[s] = (eng_seq){&ids[s][at[s]], 1, at[s], a.blocks + off[s], at[s] / ENG_BLOCK_SIZE + 1, 1};
+        if (eng_step(a.e, seqs, ns, la, &err)) fail_msg("eng_step: %s", err.msg);
+        for (int s = 0; s < ns; s++) seqs[s].block_table = b.blocks + off[s];
+        if (eng_step(b.e, seqs, ns, lb, &err)) fail_msg("eng_step: %s", err.msg);
+        if (memcmp(la, lb, sizeof(float) * ns * (size_t)V))
+            fail_msg("%s on %s: decode step %d differs with padded block tables", dir, backend, t);
+        for (int s = 0; s < ns; s++) at[s]++;
+    }
+    free(la);
+    free(lb);
+    rig_close(&a);
+    rig_close(&b);
+}
+
+static void test_padded_tables_change_no_bits(void **st) {
+    (void)st;
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/hf/mistral_window", tu_root());
+    padded_tables(dir, "cpu");
+    padded_tables(dir, "cpu-ref");
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/hf/llama_gqa_tied", tu_root());
+    padded_tables(dir, "cpu");
+    const char *shared = tu_shared(); /* 512 positions: tables padded to 16 and 32 of 32 */
+    if (shared) {
+        snprintf(dir, sizeof dir, "%s/models/stories260K", shared);
+        padded_tables(dir, "cpu");
+    }
+}
+
 static void test_step_limits_are_errors(void **st) {
     (void)st;
     char dir[4200];
@@ -247,6 +310,7 @@ int main(void) {
         cmocka_unit_test(test_hf_fixtures_cpu),
         cmocka_unit_test(test_hf_fixtures_ref),
         cmocka_unit_test(test_chunks_and_batches_are_invariant),
+        cmocka_unit_test(test_padded_tables_change_no_bits),
         cmocka_unit_test(test_step_limits_are_errors),
     };
     return cmocka_run_group_tests_name("engine", tests, NULL, NULL);

@@ -40,7 +40,7 @@ typedef struct tp_case {
  * into out + p * V.  world 1 runs in this process. */
 static void run(const tp_case *c, int world, float *out, int *vocab) {
     llmq_err err = {0};
-    eng_opts eo = {32, 128, 4, NULL, 0};
+    eng_opts eo = {32, 128, 4, NULL, 0, 0};
     tp_group g;
     memset(&g, 0, sizeof g);
     if (world > 1) {
