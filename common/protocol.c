@@ -441,7 +441,8 @@ llmq_status proto_request_validate(const proto_request *r, llmq_err *err) {
         BAD("presence_penalty must be between -2 and 2");
     if (!isnan(r->frequency_penalty) && (r->frequency_penalty < -2 || r->frequency_penalty > 2))
         BAD("frequency_penalty must be between -2 and 2");
-    if (r->logprobs != PROTO_UNSET && (r->logprobs < 0 || r->logprobs > 20)) BAD("logprobs must be between 0 and 20");
+    if (r->logprobs != PROTO_UNSET && (r->logprobs < 0 || r->logprobs > PROTO_MAX_LOGPROBS))
+        BAD("logprobs must be between 0 and %d", PROTO_MAX_LOGPROBS);
     if (r->n_stop > PROTO_MAX_STOP) BAD("stop has more than %d entries", PROTO_MAX_STOP);
     for (size_t i = 0; i < r->n_stop; i++) {
         if (!r->stop[i] || !r->stop[i][0]) BAD("stop entries must be non-empty strings");
@@ -552,7 +553,131 @@ void proto_chunk_deinit(proto_chunk *c) {
     free(c->ids);
     free(c->finish);
     free(c->error);
+    free(c->lp);
+    free(c->lp_top_pool);
+    free(c->lp_bytes_pool);
     proto_chunk_init(c);
+}
+
+/* ---------------------------------------------------------------- lp */
+
+/* A logprob: any number but NaN (-inf is a token the model gives no chance). */
+static int lp_number(const msgpack_object *o, double *out) {
+    switch (o->type) {
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: *out = o->via.f64; break;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: *out = (double)o->via.u64; break;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: *out = (double)o->via.i64; break;
+    default: return -1;
+    }
+    return isnan(*out) ? -1 : 0;
+}
+
+/* A text piece: bin (the usual), str, or nil (unknown).  Its size, or -1. */
+static int64_t lp_bytes_len(const msgpack_object *o) {
+    if (o->type == MSGPACK_OBJECT_NIL) return 0;
+    if (o->type == MSGPACK_OBJECT_BIN) return o->via.bin.size;
+    if (o->type == MSGPACK_OBJECT_STR) return o->via.str.size;
+    return -1;
+}
+
+/* Fill t from an [id, logprob, bytes] triple (id < 0: the sampled token's
+ * [logprob, bytes, top], whose id is the chunk's ids[i], filled in once both
+ * keys are read), copying the bytes to *pool.  The shape was checked by
+ * lp_check. */
+static void lp_token(proto_token_lp *t, int32_t id, const msgpack_object *logprob, const msgpack_object *bytes,
+                     char **pool) {
+    t->id = id;
+    lp_number(logprob, &t->logprob);
+    t->bytes = NULL;
+    t->n_bytes = 0;
+    if (bytes->type == MSGPACK_OBJECT_NIL) return;
+    const char *p = bytes->type == MSGPACK_OBJECT_BIN ? bytes->via.bin.ptr : bytes->via.str.ptr;
+    uint32_t n = bytes->type == MSGPACK_OBJECT_BIN ? bytes->via.bin.size : bytes->via.str.size;
+    if (n == 0) { /* known to be empty, which is not unknown (NULL) */
+        t->bytes = "";
+        return;
+    }
+    memcpy(*pool, p, n);
+    t->bytes = *pool;
+    t->n_bytes = n;
+    *pool += n;
+}
+
+/* Check the shape of `lp` before allocating anything: totals of alternatives
+ * and piece bytes, or an error naming the first bad entry. */
+static llmq_status lp_check(const msgpack_object *o, size_t *n_top, size_t *n_bytes, llmq_err *err) {
+#define LP_BAD(...) return llmq_err_set(err, LLMQ_ERR_INVALID, "field 'lp': " __VA_ARGS__)
+    if (o->type != MSGPACK_OBJECT_ARRAY) return wrong_type(err, "lp", "an array", o);
+    *n_top = *n_bytes = 0;
+    for (uint32_t i = 0; i < o->via.array.size; i++) {
+        const msgpack_object *e = &o->via.array.ptr[i];
+        double x;
+        int64_t nb;
+        if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 3)
+            LP_BAD("entry %u: expected [logprob, bytes, top], got %s", i,
+                   e->type == MSGPACK_OBJECT_ARRAY ? "an array of another length" : type_name(e->type));
+        const msgpack_object *f = e->via.array.ptr;
+        if (lp_number(&f[0], &x)) LP_BAD("entry %u: logprob: expected a number, got %s", i, type_name(f[0].type));
+        if ((nb = lp_bytes_len(&f[1])) < 0)
+            LP_BAD("entry %u: bytes: expected binary data or nil, got %s", i, type_name(f[1].type));
+        if (f[2].type != MSGPACK_OBJECT_ARRAY)
+            LP_BAD("entry %u: top: expected an array, got %s", i, type_name(f[2].type));
+        if (f[2].via.array.size > PROTO_MAX_LOGPROBS)
+            LP_BAD("entry %u: top: more than %d alternatives", i, PROTO_MAX_LOGPROBS);
+        *n_bytes += (size_t)nb;
+        for (uint32_t k = 0; k < f[2].via.array.size; k++) {
+            const msgpack_object *a = &f[2].via.array.ptr[k];
+            int64_t id;
+            llmq_err ignore;
+            if (a->type != MSGPACK_OBJECT_ARRAY || a->via.array.size != 3)
+                LP_BAD("entry %u: top %u: expected [id, logprob, bytes], got %s", i, k,
+                       a->type == MSGPACK_OBJECT_ARRAY ? "an array of another length" : type_name(a->type));
+            const msgpack_object *g = a->via.array.ptr;
+            if (read_int(&g[0], "lp", 0, INT32_MAX, &id, &ignore))
+                LP_BAD("entry %u: top %u: id: expected an integer in [0, %d]", i, k, INT32_MAX);
+            if (lp_number(&g[1], &x))
+                LP_BAD("entry %u: top %u: logprob: expected a number, got %s", i, k, type_name(g[1].type));
+            if ((nb = lp_bytes_len(&g[2])) < 0)
+                LP_BAD("entry %u: top %u: bytes: expected binary data or nil, got %s", i, k, type_name(g[2].type));
+            *n_bytes += (size_t)nb;
+        }
+        *n_top += f[2].via.array.size;
+    }
+    return LLMQ_OK;
+#undef LP_BAD
+}
+
+/* Decode `lp` into c: three allocations (entries, alternatives, bytes)
+ * whatever the number of tokens. */
+static llmq_status read_lp(proto_chunk *c, const msgpack_object *o, size_t *n_lp, llmq_err *err) {
+    size_t n_top, n_bytes;
+    llmq_status st = lp_check(o, &n_top, &n_bytes, err);
+    if (st != LLMQ_OK) return st;
+    const size_t n = o->via.array.size;
+    free(c->lp);
+    free(c->lp_top_pool);
+    free(c->lp_bytes_pool);
+    c->lp = n ? calloc(n, sizeof *c->lp) : NULL;
+    c->lp_top_pool = n_top ? calloc(n_top, sizeof *c->lp_top_pool) : NULL;
+    c->lp_bytes_pool = n_bytes ? malloc(n_bytes) : NULL;
+    if ((n && !c->lp) || (n_top && !c->lp_top_pool) || (n_bytes && !c->lp_bytes_pool))
+        return llmq_err_set(err, LLMQ_ERR_NOMEM, "field 'lp': out of memory");
+    proto_token_lp *top = c->lp_top_pool;
+    char *bytes = c->lp_bytes_pool;
+    for (size_t i = 0; i < n; i++) {
+        const msgpack_object *f = o->via.array.ptr[i].via.array.ptr;
+        lp_token(&c->lp[i].tok, -1, &f[0], &f[1], &bytes);
+        c->lp[i].top = f[2].via.array.size ? top : NULL;
+        c->lp[i].n_top = f[2].via.array.size;
+        for (uint32_t k = 0; k < f[2].via.array.size; k++) {
+            const msgpack_object *g = f[2].via.array.ptr[k].via.array.ptr;
+            lp_token(top++, (int32_t)g[0].via.u64, &g[1], &g[2], &bytes);
+        }
+    }
+    c->has_lp = true;
+    *n_lp = n;
+    return LLMQ_OK;
 }
 
 static llmq_status read_usage(proto_chunk *c, const msgpack_object *o, llmq_err *err) {
@@ -575,6 +700,7 @@ llmq_status proto_chunk_decode(proto_chunk *c, const void *buf, size_t len, llmq
     msgpack_unpacked_init(&res);
     llmq_status st = unpack_whole(&res, buf, len, "chunk", err);
     int have_seq = 0;
+    size_t n_lp = 0;
     if (st == LLMQ_OK) {
         const msgpack_object_map *m = &res.data.via.map;
         for (uint32_t i = 0; i < m->size && st == LLMQ_OK; i++) {
@@ -597,17 +723,49 @@ llmq_status proto_chunk_decode(proto_chunk *c, const void *buf, size_t len, llmq
                 int64_t x = 0;
                 st = read_int(v, "status", 0, 999, &x, err);
                 c->error_status = (int32_t)x;
+            } else if (key_is(k, "lp")) {
+                st = read_lp(c, v, &n_lp, err);
             }
         }
     }
     msgpack_unpacked_destroy(&res);
     if (st == LLMQ_OK && !have_seq) st = llmq_err_set(err, LLMQ_ERR_INVALID, "chunk has no 'seq'");
+    if (st == LLMQ_OK && c->has_lp && n_lp != c->n_ids)
+        st = llmq_err_set(err, LLMQ_ERR_INVALID, "field 'lp': %zu entries for %zu ids (one per id)", n_lp, c->n_ids);
+    for (size_t i = 0; st == LLMQ_OK && c->has_lp && i < n_lp; i++) c->lp[i].tok.id = c->ids[i]; /* keys in any order */
     if (st != LLMQ_OK) proto_chunk_deinit(c);
     return st;
 }
 
+static int pack_lp_bytes(msgpack_packer *pk, const proto_token_lp *t) {
+    if (!t->bytes) return msgpack_pack_nil(pk);
+    return msgpack_pack_bin(pk, t->n_bytes) || (t->n_bytes && msgpack_pack_bin_body(pk, t->bytes, t->n_bytes));
+}
+
+/* `lp`: [[logprob, bytes, [[id, logprob, bytes], ...]], ...], one per id. */
+static int pack_lp(msgpack_packer *pk, const proto_lp *lp, size_t n) {
+    if (msgpack_pack_array(pk, n)) return -1;
+    for (size_t i = 0; i < n; i++) {
+        const proto_lp *e = &lp[i];
+        if (msgpack_pack_array(pk, 3) || msgpack_pack_double(pk, e->tok.logprob) || pack_lp_bytes(pk, &e->tok) ||
+            msgpack_pack_array(pk, e->n_top))
+            return -1;
+        for (size_t k = 0; k < e->n_top; k++)
+            if (msgpack_pack_array(pk, 3) || msgpack_pack_int64(pk, e->top[k].id) ||
+                msgpack_pack_double(pk, e->top[k].logprob) || pack_lp_bytes(pk, &e->top[k]))
+                return -1;
+    }
+    return 0;
+}
+
 llmq_status proto_chunk_encode(const proto_chunk *c, proto_buf *out, llmq_err *err) {
-    size_t n = 3 + !!c->finish + c->has_usage + !!c->error + (c->error_status != 0);
+    if (c->has_lp && c->n_ids && !c->lp)
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "encoding chunk: 'lp' needs one entry per id");
+    for (size_t i = 0; c->has_lp && i < c->n_ids; i++)
+        if (c->lp[i].n_top > PROTO_MAX_LOGPROBS)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "encoding chunk: 'lp' entry %zu has more than %d alternatives",
+                                i, PROTO_MAX_LOGPROBS);
+    size_t n = 3 + !!c->finish + c->has_usage + !!c->error + (c->error_status != 0) + c->has_lp;
     size_t start = out->len;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_write);
@@ -622,6 +780,7 @@ llmq_status proto_chunk_encode(const proto_chunk *c, proto_buf *out, llmq_err *e
             msgpack_pack_int64(&pk, c->usage.completion_tokens);
     if (c->error) e = e || pack_cstr(&pk, "error") || pack_cstr(&pk, c->error);
     if (c->error_status) e = e || pack_cstr(&pk, "status") || msgpack_pack_int64(&pk, c->error_status);
+    if (c->has_lp) e = e || pack_cstr(&pk, "lp") || pack_lp(&pk, c->lp, c->n_ids);
     if (e) {
         out->len = start;
         return llmq_err_set(err, LLMQ_ERR_NOMEM, "encoding chunk: out of memory");

@@ -51,6 +51,7 @@
 #define PROTO_MAX_MESSAGES 4096    /* entries of `messages` */
 #define PROTO_MAX_ROLE_LEN 64      /* bytes of a message's `role` */
 #define PROTO_MAX_PROMPT_IDS (1 << 20) /* entries of `prompt_ids` */
+#define PROTO_MAX_LOGPROBS 20      /* `logprobs` of a request; alternatives per token of a chunk's `lp` */
 
 /* ------------------------------------------------------------ buffers */
 
@@ -120,8 +121,9 @@ typedef struct proto_request {
     double repetition_penalty;   /* > 0; 1 = off; NAN = unset (1.0) */
     double presence_penalty;     /* [-2, 2]; NAN = unset (0) */
     double frequency_penalty;    /* [-2, 2]; NAN = unset (0) */
-    int32_t logprobs;            /* PROTO_UNSET = none; n >= 0: the sampled token's
-                                    logprob plus the top n alternatives */
+    int32_t logprobs;            /* PROTO_UNSET = none; n in 0..PROTO_MAX_LOGPROBS: each chunk
+                                    carries `lp`, the sampled token's logprob plus the
+                                    top n alternatives */
     int64_t deadline_ms;         /* absolute Unix time in ms after which the job ends
                                     with finish "deadline"; 0 = none */
     int32_t priority;            /* higher is admitted first among waiting jobs; default 0 */
@@ -168,6 +170,32 @@ typedef struct proto_usage {
 } proto_usage;
 
 /*
+ * Log-probabilities of generated tokens (chunk key `lp`, docs/protocol.md).
+ * Values are natural logs of the model's own distribution: log_softmax of the
+ * raw logits, before penalties, temperature, top-k/top-p/min-p (vLLM's
+ * default "raw" logprobs), so they are <= 0 and say what the model thought,
+ * whatever the sampling settings.
+ *
+ * `bytes` is the token's text piece: the bytes the token adds to the text in
+ * the middle of a sequence (SentencePiece "▁Once" is " Once", a byte-fallback
+ * token "<0xE2>" the one byte 0xE2, so not always valid UTF-8 on its own);
+ * NULL when the worker has no tokenizer (only token ids are known then).
+ */
+typedef struct proto_token_lp {
+    int32_t id;                  /* token id */
+    double logprob;              /* log-probability, <= 0 (-inf when the model gives it none) */
+    const char *bytes;           /* n_bytes bytes of its text piece, not NUL terminated; NULL = unknown */
+    uint32_t n_bytes;
+} proto_token_lp;
+
+typedef struct proto_lp {
+    proto_token_lp tok;          /* the generated token (tok.id equals the chunk's ids[i]) */
+    proto_token_lp *top;         /* n_top most likely tokens, most likely first, equal
+                                    logprobs by lower id first (<= PROTO_MAX_LOGPROBS) */
+    size_t n_top;
+} proto_lp;
+
+/*
  * One output chunk.  A job's chunks carry seq 0, 1, 2, ... with no gap and
  * no duplicate, also across a resume on another worker.  The last chunk has
  * `finish` set (and usage, and error when finish is "error"); a chunk without
@@ -189,16 +217,24 @@ typedef struct proto_chunk {
     int32_t error_status;        /* with error: 400 when the request was at fault (bad
                                     parameters, prompt too long), 500 otherwise; 0 = not
                                     given (readers treat it as 500).  Key `status`. */
+    bool has_lp;                 /* key `lp` present: the job asked for logprobs */
+    proto_lp *lp;                /* with has_lp: n_ids entries, lp[i] for ids[i] (NULL when n_ids == 0) */
+    /* decoded chunks only: the storage lp[].top and the bytes point into */
+    proto_token_lp *lp_top_pool;
+    char *lp_bytes_pool;
 } proto_chunk;
 
 void proto_chunk_init(proto_chunk *c);
 /* Free what a DECODED chunk owns and re-init it.  c may be NULL. */
 void proto_chunk_deinit(proto_chunk *c);
 
-/* Decode a msgpack chunk map (same error contract as proto_request_decode). */
+/* Decode a msgpack chunk map (same error contract as proto_request_decode).
+ * An `lp` whose length differs from that of `ids`, or a malformed entry, is
+ * LLMQ_ERR_INVALID naming the entry. */
 llmq_status proto_chunk_decode(proto_chunk *c, const void *buf, size_t len, llmq_err *err);
 
-/* Append the msgpack encoding of c to out (finish/usage/error only when set). */
+/* Append the msgpack encoding of c to out (finish/usage/error/lp only when
+ * set).  With has_lp, lp must hold n_ids entries. */
 llmq_status proto_chunk_encode(const proto_chunk *c, proto_buf *out, llmq_err *err);
 
 /* ------------------------------------------------------------ job states */

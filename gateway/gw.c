@@ -24,8 +24,7 @@ int64_t gw_now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not one. */
-static size_t utf8_seq(const unsigned char *s, size_t n) {
+size_t gw_utf8_seq(const unsigned char *s, size_t n) {
     size_t len;
     unsigned min;
     unsigned cp;
@@ -50,7 +49,7 @@ json_t *gw_json_text(const char *s, size_t n) {
     proto_buf b;
     proto_buf_init(&b);
     for (size_t i = 0; i < n;) {
-        size_t k = utf8_seq((const unsigned char *)s + i, n - i);
+        size_t k = gw_utf8_seq((const unsigned char *)s + i, n - i);
         if (k) {
             proto_buf_append(&b, s + i, k);
             i += k;

@@ -1,7 +1,8 @@
 /*
  * routes_jobs.c — the job API:
  *   POST   /v1/jobs              submit → 202 {id, object, status, model, created}
- *   GET    /v1/jobs/{id}         state, text so far, finish_reason, usage
+ *   GET    /v1/jobs/{id}         state, text so far, finish_reason, usage (and
+ *                                logprobs so far, when the job asked for them)
  *   GET    /v1/jobs/{id}/events  SSE of chunks; `id:` is the chunk seq, so a
  *                                reconnecting EventSource resumes after
  *                                Last-Event-ID (or ?last_event_id=N)
@@ -15,6 +16,7 @@
 #include "common/jobops.h"
 #include "common/log.h"
 #include "gateway/gw.h"
+#include "gateway/logprobs.h"
 #include "gateway/submit.h"
 
 /* ================================================================ helpers */
@@ -31,6 +33,11 @@ static json_t *chunk_json(const proto_chunk *c) {
                                       "completion_tokens", (json_int_t)c->usage.completion_tokens, "total_tokens",
                                       (json_int_t)(c->usage.prompt_tokens + c->usage.completion_tokens)));
     if (c->error) json_object_set_new(o, "error", json_string(c->error));
+    if (c->has_lp) { /* one entry per id, only when the job asked for logprobs */
+        json_t *lp = json_array();
+        gw_lp_job_add(lp, c);
+        json_object_set_new(o, "logprobs", lp);
+    }
     return o;
 }
 
@@ -158,6 +165,7 @@ static void on_out_range(redisAsyncContext *ac, void *reply, void *priv) {
     proto_chunk last;
     proto_chunk_init(&last);
     int have_last = 0;
+    json_t *lp = NULL; /* the tokens' logprobs, once a chunk carried `lp` */
     for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
         const redisReply *e = r->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 || e->element[1]->type != REDIS_REPLY_ARRAY) continue;
@@ -173,6 +181,7 @@ static void on_out_range(redisAsyncContext *ac, void *reply, void *priv) {
             }
             next = c.seq + 1;
             if (c.text_len) proto_buf_append(&text, c.text, c.text_len);
+            if (c.has_lp && (lp || (lp = json_array()))) gw_lp_job_add(lp, &c);
             proto_chunk_deinit(&last);
             last = c;
             have_last = 1;
@@ -201,6 +210,7 @@ static void on_out_range(redisAsyncContext *ac, void *reply, void *priv) {
                           hnum(h, "created"), "started", hnum(h, "started"), "finished", hnum(h, "finished"),
                           "attempts", hnum(h, "attempts"), "error", error, "cancel_requested",
                           cancel && !strcmp(cancel, "1"), "chunks", (json_int_t)next);
+    json_object_set_new(o, "logprobs", lp ? lp : json_null());
     proto_chunk_deinit(&last);
     proto_buf_deinit(&text);
     gw_reply_json(call->conn, 200, o, NULL);

@@ -6,6 +6,12 @@
  * non-streaming ones collect the text and answer once the final chunk came.
  * The job id doubles as the response id ("cmpl-<id>", "chatcmpl-<id>"), so a
  * response can be looked up later with GET /v1/jobs/<id>.
+ *
+ * Logprobs (completions `logprobs: n`, chat `logprobs: true` + `top_logprobs`)
+ * come in each chunk's `lp`, one entry per token; gateway/logprobs.c writes
+ * them in OpenAI's shapes.  A streamed chunk carries the logprobs of its own
+ * tokens, so it is sent also when its text is empty (held back).  Not asked
+ * for, `logprobs` stays null.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +19,7 @@
 
 #include "common/log.h"
 #include "gateway/gw.h"
+#include "gateway/logprobs.h"
 #include "gateway/submit.h"
 
 typedef struct oai_call {
@@ -23,9 +30,30 @@ typedef struct oai_call {
     char resp_id[PROTO_MAX_ID_LEN + 16]; /* "cmpl-<id>" / "chatcmpl-<id>" */
     int64_t created;             /* Unix seconds */
     proto_buf text;              /* non-stream: the text so far */
+    int logprobs;                /* the request asked for logprobs */
+    json_t *lp;                  /* non-stream with logprobs: completions' four arrays, or
+                                    chat's `content` array, so far */
+    int64_t lp_offset;           /* completions: characters before the next token (text_offset) */
 } oai_call;
 
-static void oai_cleanup(gw_call *call) { proto_buf_deinit(&((oai_call *)call)->text); }
+static void oai_cleanup(gw_call *call) {
+    oai_call *oc = (oai_call *)call;
+    proto_buf_deinit(&oc->text);
+    json_decref(oc->lp);
+}
+
+/* The `logprobs` of a choice for the tokens of c: null when not asked for. */
+static json_t *chunk_logprobs(oai_call *oc, const proto_chunk *c) {
+    if (!oc->logprobs || !c) return json_null();
+    if (oc->chat) {
+        json_t *content = json_array();
+        gw_lp_chat_add(content, c);
+        return json_pack("{s:o}", "content", content);
+    }
+    json_t *o = gw_lp_completion_new();
+    if (o) gw_lp_completion_add(o, c, &oc->lp_offset);
+    return o ? o : json_null();
+}
 
 static json_t *usage_json(const proto_chunk *c) {
     if (!c || !c->has_usage) return json_null();
@@ -45,16 +73,18 @@ static json_t *chunk_obj(oai_call *oc, json_t *choice, json_t *usage) {
     return o;
 }
 
-static json_t *stream_choice(oai_call *oc, const char *text, size_t len, const char *finish, int role) {
+/* lp: the choice's logprobs (stolen), NULL for null. */
+static json_t *stream_choice(oai_call *oc, const char *text, size_t len, const char *finish, int role, json_t *lp) {
     json_t *fin = finish ? json_string(finish) : json_null();
+    if (!lp) lp = json_null();
     if (oc->chat) {
         json_t *delta = json_object();
         if (role) json_object_set_new(delta, "role", json_string("assistant"));
         if (text) json_object_set_new(delta, "content", gw_json_text(text, len));
-        return json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "delta", delta, "logprobs", "finish_reason", fin);
+        return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "delta", delta, "logprobs", lp, "finish_reason", fin);
     }
-    return json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "text", gw_json_text(text ? text : "", text ? len : 0),
-                     "logprobs", "finish_reason", fin);
+    return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "text", gw_json_text(text ? text : "", text ? len : 0),
+                     "logprobs", lp, "finish_reason", fin);
 }
 
 static void job_error(const proto_chunk *c, int *status, const char **type, const char **msg) {
@@ -67,8 +97,13 @@ static void on_stream_chunk(void *ud, const proto_chunk *c) {
     oai_call *oc = ud;
     gw_call *call = &oc->base;
     int gone = 0;
-    if (c && c->text_len && !(c->finish && !strcmp(c->finish, "error")))
-        gone = gw_sse_send_json(call, -1, NULL, chunk_obj(oc, stream_choice(oc, c->text, c->text_len, NULL, 0), NULL));
+    const int failed = c && c->finish && !strcmp(c->finish, "error");
+    if (c && !failed && (c->text_len || (oc->logprobs && c->n_ids)))
+        gone = gw_sse_send_json(call, -1, NULL,
+                                chunk_obj(oc,
+                                          stream_choice(oc, c->text ? c->text : "", c->text_len, NULL, 0,
+                                                        chunk_logprobs(oc, c)),
+                                          NULL));
     if (!gone && c && !c->finish) return;
     if (!gone && c && !strcmp(c->finish, "error")) {
         int status;
@@ -81,7 +116,7 @@ static void on_stream_chunk(void *ud, const proto_chunk *c) {
         /* the finishing chunk carries usage too ("usage in the last response") */
         const char *fin = c ? c->finish : "stop";
         gone = gw_sse_send_json(call, -1, NULL,
-                                chunk_obj(oc, stream_choice(oc, oc->chat ? NULL : "", 0, fin, 0), usage_json(c)));
+                                chunk_obj(oc, stream_choice(oc, oc->chat ? NULL : "", 0, fin, 0, NULL), usage_json(c)));
         if (!gone && oc->include_usage) gone = gw_sse_send_json(call, -1, NULL, chunk_obj(oc, NULL, usage_json(c)));
     }
     if (!gone) gw_sse_send(call, -1, NULL, "[DONE]", 6);
@@ -93,6 +128,10 @@ static void on_collect_chunk(void *ud, const proto_chunk *c) {
     oai_call *oc = ud;
     gw_call *call = &oc->base;
     if (c && c->text_len) proto_buf_append(&oc->text, c->text, c->text_len);
+    if (c && oc->lp) {
+        if (oc->chat) gw_lp_chat_add(oc->lp, c);
+        else gw_lp_completion_add(oc->lp, c, &oc->lp_offset);
+    }
     if (c && !c->finish) return;
     http_conn *conn = call->conn;
     if (c && !strcmp(c->finish, "error")) {
@@ -105,12 +144,17 @@ static void on_collect_chunk(void *ud, const proto_chunk *c) {
     }
     json_t *text = gw_json_text(oc->text.data, oc->text.len);
     json_t *fin = json_string(c ? c->finish : "stop");
+    json_t *lp = json_null();
+    if (oc->lp) { /* handed over to the response */
+        lp = oc->chat ? json_pack("{s:o}", "content", oc->lp) : oc->lp;
+        oc->lp = NULL;
+    }
     json_t *choice;
     if (oc->chat)
-        choice = json_pack("{s:i, s:{s:s, s:o}, s:n, s:o}", "index", 0, "message", "role", "assistant", "content", text,
-                           "logprobs", "finish_reason", fin);
+        choice = json_pack("{s:i, s:{s:s, s:o}, s:o, s:o}", "index", 0, "message", "role", "assistant", "content", text,
+                           "logprobs", lp, "finish_reason", fin);
     else
-        choice = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "text", text, "logprobs", "finish_reason", fin);
+        choice = json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "text", text, "logprobs", lp, "finish_reason", fin);
     json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:o}", "id", oc->resp_id, "object",
                              oc->chat ? "chat.completion" : "text_completion", "created", (json_int_t)oc->created,
                              "model", call->model, "choices", choice, "usage", usage_json(c));
@@ -135,7 +179,7 @@ static void on_submitted(gw_call *call, int status, const char *msg) {
     if (oc->stream) {
         gw_sse_begin(call);
         if (oc->chat &&
-            gw_sse_send_json(call, -1, NULL, chunk_obj(oc, stream_choice(oc, "", 0, NULL, 1), NULL)) != 0)
+            gw_sse_send_json(call, -1, NULL, chunk_obj(oc, stream_choice(oc, "", 0, NULL, 1, NULL), NULL)) != 0)
             return gw_call_finish(call);
     }
     call->watch = jobwatch_start(&call->g->watches, call->id, 0, oc->stream ? on_stream_chunk : on_collect_chunk, oc);
@@ -164,6 +208,13 @@ void gw_route_openai(gw *g, http_conn *c, http_request *req, int chat) {
     oc->chat = chat;
     oc->stream = p.stream;
     oc->include_usage = p.include_usage;
+    oc->logprobs = p.r.logprobs != PROTO_UNSET;
+    if (oc->logprobs && !oc->stream && !(oc->lp = chat ? json_array() : gw_lp_completion_new())) {
+        proto_request_deinit(&p.r);
+        gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
+        gw_call_finish(&oc->base);
+        return;
+    }
     oc->created = gw_now_ms() / 1000;
     snprintf(oc->resp_id, sizeof oc->resp_id, "%s-%s", chat ? "chatcmpl" : "cmpl", oc->base.id);
     p.r.id = strdup(oc->base.id);

@@ -311,16 +311,19 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
     if ((rc = get_int(o, "priority", INT32_MIN, INT32_MAX, &x, bad)) < 0) return -1;
     if (rc > 0) r->priority = (int32_t)x;
 
-    /* logprobs: completions int, chat bool + top_logprobs, jobs int */
+    /* logprobs: completions int, chat bool + top_logprobs, jobs int.  As at
+     * OpenAI and vLLM, a chat top_logprobs > 0 without logprobs: true is
+     * refused rather than silently ignored; top_logprobs is range-checked
+     * either way. */
     if (api == GW_API_CHAT) {
-        if (get_bool(o, "logprobs", &b, bad) < 0) return -1;
-        if (field(o, "logprobs") && b) {
-            r->logprobs = 0;
-            if ((rc = get_int(o, "top_logprobs", 0, 20, &x, bad)) < 0) return -1;
-            if (rc > 0) r->logprobs = (int32_t)x;
-        }
+        int want = 0;
+        if (get_bool(o, "logprobs", &want, bad) < 0) return -1;
+        if ((rc = get_int(o, "top_logprobs", 0, PROTO_MAX_LOGPROBS, &x, bad)) < 0) return -1;
+        if (rc > 0 && x > 0 && !want)
+            return bad_set(bad, 400, "top_logprobs", "'top_logprobs' requires 'logprobs': true");
+        if (want) r->logprobs = rc > 0 ? (int32_t)x : 0;
     } else {
-        if ((rc = get_int(o, "logprobs", 0, 20, &x, bad)) < 0) return -1;
+        if ((rc = get_int(o, "logprobs", 0, PROTO_MAX_LOGPROBS, &x, bad)) < 0) return -1;
         if (rc > 0) r->logprobs = (int32_t)x;
     }
 

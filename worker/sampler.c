@@ -187,3 +187,35 @@ int32_t sampler_sample(sampler *s, const sampling_params *p, float *logits, cons
     }
     return s->cand[n - 1];
 }
+
+/* ------------------------------------------------------------ logprobs */
+
+void sampler_logprobs_compute(const float *logits, int vocab, int32_t token, int n_top, sampler_logprobs *out) {
+    if (n_top > SAMPLER_MAX_LOGPROBS) n_top = SAMPLER_MAX_LOGPROBS;
+    if (n_top > vocab) n_top = vocab;
+    if (n_top < 0) n_top = 0;
+    float mx = -INFINITY;
+    for (int i = 0; i < vocab; i++)
+        if (logits[i] > mx) mx = logits[i];
+    /* One pass: the sum of exp(x - max) and a sorted window of the n_top
+     * largest logits.  Ids arrive in increasing order, so a later id that
+     * equals an entry goes after it: ties end up lower id first. */
+    double sum = 0;
+    int m = 0;
+    for (int i = 0; i < vocab; i++) {
+        const float x = logits[i];
+        sum += expf(x - mx);
+        if (n_top == 0 || (m == n_top && !(x > logits[out->top_ids[m - 1]]))) continue;
+        int j = m < n_top ? m++ : n_top - 1;
+        while (j > 0 && x > logits[out->top_ids[j - 1]]) {
+            out->top_ids[j] = out->top_ids[j - 1];
+            j--;
+        }
+        out->top_ids[j] = i;
+    }
+    /* All -inf (a fully masked row) leaves nothing to normalise: -inf each. */
+    const double lse = isfinite(mx) ? (double)mx + log(sum) : INFINITY;
+    out->n_top = m;
+    for (int k = 0; k < m; k++) out->top_logprobs[k] = (double)logits[out->top_ids[k]] - lse;
+    out->logprob = token >= 0 && token < vocab ? (double)logits[token] - lse : -INFINITY;
+}

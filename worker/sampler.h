@@ -50,4 +50,27 @@ void sampler_destroy(sampler *s);
 int32_t sampler_sample(sampler *s, const sampling_params *p, float *logits, const int32_t *history, int n_history,
                        int n_prompt, uint64_t position);
 
+/* ------------------------------------------------------------ logprobs */
+
+#define SAMPLER_MAX_LOGPROBS 20  /* alternatives per token at most (OpenAI's bound) */
+
+/* Log-probabilities of one generated token (OpenAI `logprobs`). */
+typedef struct sampler_logprobs {
+    double logprob;                              /* of the sampled token */
+    int n_top;                                   /* entries of top_ids / top_logprobs */
+    int32_t top_ids[SAMPLER_MAX_LOGPROBS];       /* the n_top most likely ids, most likely
+                                                    first; equal logits: lower id first */
+    double top_logprobs[SAMPLER_MAX_LOGPROBS];
+} sampler_logprobs;
+
+/*
+ * log_softmax of a row of RAW logits [vocab] (as the model gave them: before
+ * penalties and temperature, which is what vLLM returns by default and what
+ * says how likely the model found a token), for `token` and the n_top (<=
+ * SAMPLER_MAX_LOGPROBS) most likely ids.  Stable: the max is subtracted before
+ * exponentiating and the sum is accumulated in double.  One pass over the row
+ * plus a window of n_top for the selection; nothing is allocated.
+ */
+void sampler_logprobs_compute(const float *logits, int vocab, int32_t token, int n_top, sampler_logprobs *out);
+
 #endif

@@ -34,6 +34,8 @@ struct sched {
     int n_plan;
     eng_seq *eseqs;       /* [max_seqs] */
     float *logits;        /* [max_seqs * vocab] */
+    float *raw;           /* [vocab] a row before the sampler's penalties change it
+                             (only copied for sequences that asked for logprobs) */
 };
 
 const char *finish_reason_name(finish_reason r) {
@@ -58,6 +60,7 @@ int seq_init(seq *s, const int32_t *prompt, int n_prompt, int max_tokens, const 
     if (n_prompt > 0) memcpy(s->tokens, prompt, (size_t)n_prompt * sizeof *prompt);
     s->n_prompt = s->n_tokens = n_prompt;
     s->max_tokens = max_tokens;
+    s->logprobs = -1;
     if (sp) s->sp = *sp;
     else sampling_params_default(&s->sp);
     return 0;
@@ -91,8 +94,9 @@ llmq_status sched_create(sched **out, engine *e, const sched_opts *o, const sche
     s->plan = calloc((size_t)o->max_seqs, sizeof *s->plan);
     s->eseqs = calloc((size_t)o->max_seqs, sizeof *s->eseqs);
     s->logits = malloc((size_t)o->max_seqs * s->cfg->vocab_size * sizeof *s->logits);
+    s->raw = malloc((size_t)s->cfg->vocab_size * sizeof *s->raw);
     s->smp = sampler_create(s->cfg->vocab_size);
-    if (!s->free_blocks || !s->running || !s->plan || !s->eseqs || !s->logits || !s->smp) {
+    if (!s->free_blocks || !s->running || !s->plan || !s->eseqs || !s->logits || !s->raw || !s->smp) {
         sched_destroy(s);
         return llmq_err_set(err, LLMQ_ERR_NOMEM, "scheduler: out of memory");
     }
@@ -109,6 +113,7 @@ void sched_destroy(sched *s) {
     free(s->plan);
     free(s->eseqs);
     free(s->logits);
+    free(s->raw);
     sampler_destroy(s->smp);
     free(s);
 }
@@ -357,7 +362,11 @@ llmq_status sched_step(sched *s, int *did_work, llmq_err *err) {
         q->n_computed += q->step_tokens;
         if (q->n_computed < q->n_tokens) continue;
         float *lg = s->logits + (size_t)row++ * V;
+        /* logprobs come from the model's raw distribution, and the sampler
+         * applies penalties in place: keep the row first (only when asked). */
+        if (q->logprobs >= 0) memcpy(s->raw, lg, (size_t)V * sizeof *lg);
         int32_t tok = sampler_sample(s->smp, &q->sp, lg, q->tokens, q->n_tokens, q->n_prompt, (uint64_t)q->n_tokens);
+        if (q->logprobs >= 0) sampler_logprobs_compute(s->raw, V, tok, q->logprobs, &q->lp);
         if (q->n_tokens == q->cap) { /* cannot happen with cap = prompt + max_tokens + 1, but stay safe */
             finish_seq(s, q, FINISH_LENGTH);
             continue;

@@ -54,6 +54,8 @@ typedef struct seq {
     int n_stop_ids;
     int32_t stop_ids[SEQ_MAX_STOP_IDS];
     sampling_params sp;
+    int logprobs;               /* -1 (seq_init's default): none; n in 0..SAMPLER_MAX_LOGPROBS:
+                                   fill lp for every sampled token, with the top n */
     void *user;                 /* caller's context */
     /* scheduler state */
     seq_state state;
@@ -64,6 +66,8 @@ typedef struct seq {
     uint64_t order;             /* admission order (preemption picks the largest) */
     int n_preempted;            /* times this sequence was preempted */
     int step_tokens;            /* tokens scheduled in the current step */
+    sampler_logprobs lp;        /* with logprobs >= 0: those of the token just sampled,
+                                   valid during on_token (from the raw logits) */
     struct seq *next;           /* intrusive list link (waiting / running) */
 } seq;
 
@@ -78,7 +82,8 @@ typedef struct sched_opts {
 } sched_opts;
 
 typedef struct sched_callbacks {
-    void (*on_token)(seq *s, int32_t token, void *ud);  /* a token was appended */
+    void (*on_token)(seq *s, int32_t token, void *ud);  /* a token was appended (s->lp holds its
+                                                           logprobs when s->logprobs >= 0) */
     void (*on_finish)(seq *s, void *ud);                /* s->finish is set; s is out of the scheduler */
     void *ud;
 } sched_callbacks;

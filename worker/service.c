@@ -74,6 +74,10 @@ typedef struct job {
     size_t skip;             /* resume: bytes of text already published, still to drop */
     int32_t *step_ids;       /* ids generated since the last chunk */
     int n_step_ids, cap_step_ids;
+    int want_lp;             /* the request asked for logprobs: every chunk carries `lp` */
+    proto_lp *step_lp;       /* with want_lp: [cap_step_ids] logprobs of step_ids */
+    proto_token_lp *step_top;/* with want_lp: [cap_step_ids * s.logprobs] their alternatives;
+                                step_lp[i].top is pointed at row i when a chunk is encoded */
     int64_t next_seq;        /* seq of the next chunk */
     long long attempt;       /* the job hash's attempts after our admission: fences our writes */
     int64_t admitted_ms;     /* when this worker took it */
@@ -83,6 +87,16 @@ typedef struct job {
     int done;                /* the scheduler finished it (s.finish says why) */
     struct job *next;
 } job;
+
+_Static_assert(PROTO_MAX_LOGPROBS == SAMPLER_MAX_LOGPROBS, "a request's logprobs must fit the sampler's");
+
+/* The text piece of every id (tok_id_bytes), built once at start: the `lp`
+ * of chunks points into it, so logprobs decode and allocate nothing per token. */
+typedef struct piece_table {
+    tok_text text;           /* all pieces back to back */
+    uint32_t *off, *len;     /* [n] where id's piece is in text, and its bytes */
+    int n;                   /* ids covered (the model's vocab); 0 without a tokenizer */
+} piece_table;
 
 typedef struct service {
     service_opts o;
@@ -99,6 +113,7 @@ typedef struct service {
     engine *eng;
     sched *sch;
     tokenizer *tok;          /* NULL when the model directory has no tokenizer.json */
+    piece_table pieces;      /* with tok: every id's text piece, for logprobs */
     chat_template ct;        /* the model's chat template family */
     int has_ct;
     char ct_error[LLMQ_ERRSTR_LEN]; /* why chat requests cannot run, when !has_ct */
@@ -249,6 +264,35 @@ static redisReply *call(service *sv, const rcmd *c, llmq_err *err) {
     return rconn_call(sv->rc, c, err);
 }
 
+/* ------------------------------------------------------------ pieces */
+
+static void pieces_deinit(piece_table *p) {
+    tok_text_deinit(&p->text);
+    free(p->off);
+    free(p->len);
+    memset(p, 0, sizeof *p);
+}
+
+static llmq_status pieces_build(piece_table *p, const tokenizer *tok, int n, llmq_err *err) {
+    memset(p, 0, sizeof *p);
+    p->off = malloc((size_t)n * sizeof *p->off);
+    p->len = malloc((size_t)n * sizeof *p->len);
+    llmq_status st = p->off && p->len ? LLMQ_OK : LLMQ_ERR_NOMEM;
+    for (int id = 0; id < n && !st; id++) {
+        size_t at = p->text.len;
+        if ((st = tok_id_bytes(tok, id, &p->text))) break;
+        if (p->text.len > UINT32_MAX) st = LLMQ_ERR_NOMEM;
+        p->off[id] = (uint32_t)at;
+        p->len[id] = (uint32_t)(p->text.len - at);
+    }
+    if (st) {
+        pieces_deinit(p);
+        return llmq_err_set(err, st, "token pieces for logprobs: out of memory");
+    }
+    p->n = n;
+    return LLMQ_OK;
+}
+
 /* ------------------------------------------------------------ chunks */
 
 /* Encode a chunk into sv->buf. */
@@ -261,6 +305,12 @@ static llmq_status encode_chunk(service *sv, const job *j, const char *text, siz
     c.text_len = len;
     c.ids = j->step_ids;
     c.n_ids = (size_t)j->n_step_ids;
+    if (j->want_lp) {
+        c.has_lp = 1;
+        c.lp = j->step_lp;
+        for (int i = 0; i < j->n_step_ids; i++)
+            j->step_lp[i].top = j->step_top ? j->step_top + (size_t)i * j->s.logprobs : NULL;
+    }
     c.finish = (char *)finish;
     if (finish) {
         c.has_usage = 1;
@@ -393,6 +443,39 @@ static void job_text_finish(job *j) {
     job_text_feed(j, 1);
 }
 
+/* Room for more ids in the step arrays (and their logprobs).  The arrays
+ * are kept between steps, so they stop growing once a step's worth fits. */
+static int step_grow(job *j) {
+    const int cap = j->cap_step_ids ? 2 * j->cap_step_ids : 16;
+    int32_t *ids = realloc(j->step_ids, (size_t)cap * sizeof *ids);
+    if (!ids) return -1;
+    j->step_ids = ids;
+    if (j->want_lp) {
+        proto_lp *lp = realloc(j->step_lp, (size_t)cap * sizeof *lp);
+        if (!lp) return -1;
+        j->step_lp = lp;
+        if (j->s.logprobs > 0) {
+            proto_token_lp *top = realloc(j->step_top, (size_t)cap * j->s.logprobs * sizeof *top);
+            if (!top) return -1;
+            j->step_top = top;
+        }
+    }
+    j->cap_step_ids = cap; /* only once every array has it */
+    return 0;
+}
+
+/* One token of `lp`: its logprob and its text piece (unknown without a tokenizer). */
+static void lp_token_set(const service *sv, proto_token_lp *t, int32_t id, double logprob) {
+    t->id = id;
+    t->logprob = logprob;
+    t->bytes = NULL;
+    t->n_bytes = 0;
+    if (id >= 0 && id < sv->pieces.n) {
+        t->n_bytes = sv->pieces.len[id];
+        t->bytes = t->n_bytes ? sv->pieces.text.data + sv->pieces.off[id] : "";
+    }
+}
+
 static void on_token(seq *s, int32_t tok, void *ud) {
     service *sv = ud;
     job *j = s->user;
@@ -405,12 +488,15 @@ static void on_token(seq *s, int32_t tok, void *ud) {
     }
     j->last_token_ms = t;
     metric_inc(sv->m_gen_tok, 1);
-    if (j->n_step_ids == j->cap_step_ids) {
-        int cap = j->cap_step_ids ? 2 * j->cap_step_ids : 16;
-        int32_t *p = realloc(j->step_ids, (size_t)cap * sizeof *p);
-        if (!p) return; /* the chunk loses an id; the token itself is in s->tokens */
-        j->step_ids = p;
-        j->cap_step_ids = cap;
+    if (j->n_step_ids == j->cap_step_ids && step_grow(j))
+        return; /* the chunk loses an id; the token itself is in s->tokens */
+    if (j->want_lp) {
+        const sampler_logprobs *lp = &s->lp;
+        proto_lp *e = &j->step_lp[j->n_step_ids];
+        proto_token_lp *top = j->step_top ? j->step_top + (size_t)j->n_step_ids * s->logprobs : NULL;
+        lp_token_set(sv, &e->tok, tok, lp->logprob);
+        e->n_top = (size_t)lp->n_top;
+        for (int k = 0; k < lp->n_top; k++) lp_token_set(sv, &top[k], lp->top_ids[k], lp->top_logprobs[k]);
     }
     j->step_ids[j->n_step_ids++] = tok;
     job_text_push(sv, j, tok);
@@ -433,6 +519,8 @@ static void job_free(job *j) {
     tok_text_deinit(&j->delta);
     tok_text_deinit(&j->pending);
     free(j->step_ids);
+    free(j->step_lp);
+    free(j->step_top);
     free(j);
 }
 
@@ -663,6 +751,10 @@ static void admit_entry(service *sv, const redisReply *entry) {
     if (!why) {
         j->s.user = j;
         j->s.ignore_eos = q->ignore_eos;
+        if (q->logprobs != PROTO_UNSET) { /* validated: 0..PROTO_MAX_LOGPROBS (= SAMPLER_MAX_LOGPROBS) */
+            j->s.logprobs = q->logprobs;
+            j->want_lp = 1;
+        }
         for (size_t k = 0; k < q->n_stop_token_ids && k < SEQ_MAX_STOP_IDS; k++)
             j->s.stop_ids[j->s.n_stop_ids++] = q->stop_token_ids[k];
         if (sv->tok) {
@@ -1092,6 +1184,7 @@ static void service_free(service *sv) {
     eng_destroy(sv->eng);
     model_destroy(sv->m);
     if (sv->has_ct) chat_template_deinit(&sv->ct);
+    pieces_deinit(&sv->pieces);
     tok_destroy(sv->tok);
     llmq_backend_destroy(sv->be);
     disconnect(sv);
@@ -1146,6 +1239,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         snprintf(sv->ct_error, sizeof sv->ct_error, "this model has no tokenizer.json: send prompt_ids");
     }
     const model_config *cfg = &sv->m->cfg;
+    if (sv->tok && (st = pieces_build(&sv->pieces, sv->tok, cfg->vocab_size, err))) goto out;
     int blocks = o->kv_blocks > 0 ? o->kv_blocks : o->mem_util > 0 ? 0 : service_default_kv_blocks(cfg, o->max_num_seqs);
     eng_opts eo = {blocks, o->max_batched_tokens, o->max_num_seqs, o->comm, o->mem_util, 0};
     sched_opts so = {o->max_num_seqs, o->max_batched_tokens};

@@ -161,7 +161,9 @@ static int byte_token(const char *s, size_t n) {
     return d[0] < 0 || d[1] < 0 ? -1 : d[0] * 16 + d[1];
 }
 
-static llmq_status stage_bytelevel(const dec_list *in, dec_list *out, int *pending) {
+/* raw (tok_id_bytes): the bytes as they are, even when not valid UTF-8 on
+ * their own, instead of decoding them lossily. */
+static llmq_status stage_bytelevel(const dec_list *in, dec_list *out, int *pending, int raw) {
     tok_text bytes = {0};
     llmq_status st = LLMQ_OK;
     for (size_t i = 0; i < in->p.n && !st; i++) {
@@ -181,7 +183,9 @@ static llmq_status stage_bytelevel(const dec_list *in, dec_list *out, int *pendi
         }
     }
     size_t off = out->buf.len;
-    if (!st) {
+    if (!st && raw) {
+        st = tok_text_append(&out->buf, bytes.data ? bytes.data : "", bytes.len);
+    } else if (!st) {
         const unsigned char *b = (const unsigned char *)(bytes.data ? bytes.data : "");
         size_t held = 0;
         st = tok_utf8_lossy_append(&out->buf, b, bytes.len, pending ? &held : NULL);
@@ -204,13 +208,19 @@ static llmq_status flush_run(dec_list *out, const unsigned char *run, size_t n, 
     return LLMQ_OK;
 }
 
-static llmq_status stage_bytefallback(const dec_list *in, dec_list *out, int *pending) {
+/* raw (tok_id_bytes): a byte token is its byte, valid UTF-8 or not. */
+static llmq_status stage_bytefallback(const dec_list *in, dec_list *out, int *pending, int raw) {
     unsigned char *run = malloc(in->p.n + 1);
     if (!run) return LLMQ_ERR_NOMEM;
     size_t rn = 0;
     llmq_status st = LLMQ_OK;
     for (size_t i = 0; i < in->p.n && !st; i++) {
         int b = byte_token(ITEM(in, i), ITEM_LEN(in, i));
+        if (b >= 0 && raw) {
+            char c = (char)b;
+            st = list_add(out, &c, 1);
+            continue;
+        }
         if (b >= 0) {
             run[rn++] = (unsigned char)b;
             continue;
@@ -279,7 +289,9 @@ static llmq_status stage_strip(const tok_dec *d, const dec_list *in, dec_list *o
     return LLMQ_OK;
 }
 
-static llmq_status stage_metaspace(const tok_dec *d, const dec_list *in, dec_list *out) {
+/* mid (tok_id_bytes): no token is the text's first, so every replacement
+ * char is a space. */
+static llmq_status stage_metaspace(const tok_dec *d, const dec_list *in, dec_list *out, int mid) {
     for (size_t i = 0; i < in->p.n; i++) {
         const char *s = ITEM(in, i);
         size_t n = ITEM_LEN(in, i), k = 0;
@@ -289,7 +301,7 @@ static llmq_status stage_metaspace(const tok_dec *d, const dec_list *in, dec_lis
             int32_t cp = tok_utf8_decode(s + k, &l);
             llmq_status st;
             if (cp != d->repl_cp) st = list_extend(out, s + k, l);
-            else if (i == 0 && d->prepend != TOK_PREPEND_NEVER) st = LLMQ_OK;
+            else if (i == 0 && !mid && d->prepend != TOK_PREPEND_NEVER) st = LLMQ_OK;
             else st = list_extend(out, " ", 1);
             if (st) return st;
             k += l;
@@ -298,14 +310,15 @@ static llmq_status stage_metaspace(const tok_dec *d, const dec_list *in, dec_lis
     return LLMQ_OK;
 }
 
-static llmq_status run_stage(const tok_dec *d, const dec_list *in, dec_list *out, int *pending) {
+/* piece: decoding one id as a piece of the middle of a text (tok_id_bytes). */
+static llmq_status run_stage(const tok_dec *d, const dec_list *in, dec_list *out, int *pending, int piece) {
     switch (d->kind) {
-    case TOK_DEC_BYTELEVEL: return stage_bytelevel(in, out, pending);
-    case TOK_DEC_BYTEFALLBACK: return stage_bytefallback(in, out, pending);
+    case TOK_DEC_BYTELEVEL: return stage_bytelevel(in, out, pending, piece);
+    case TOK_DEC_BYTEFALLBACK: return stage_bytefallback(in, out, pending, piece);
     case TOK_DEC_REPLACE: return stage_replace(d, in, out);
     case TOK_DEC_FUSE: return stage_fuse(in, out);
     case TOK_DEC_STRIP: return stage_strip(d, in, out);
-    case TOK_DEC_METASPACE: return stage_metaspace(d, in, out);
+    case TOK_DEC_METASPACE: return stage_metaspace(d, in, out, piece);
     }
     return LLMQ_ERR_INTERNAL;
 }
@@ -344,13 +357,48 @@ llmq_status tok_decode_ex(const tokenizer *t, const int32_t *ids, size_t n, int 
     for (size_t k = 0; k < t->n_dec && !st; k++) {
         b.buf.len = 0;
         b.p.n = 0;
-        st = run_stage(&t->dec[k], &a, &b, pending);
+        st = run_stage(&t->dec[k], &a, &b, pending, 0);
         dec_list tmp = a;
         a = b;
         b = tmp;
     }
     for (size_t i = 0; i < a.p.n && !st; i++) st = tok_text_append(out, ITEM(&a, i), ITEM_LEN(&a, i));
 done:
+    if (!st && !out->data) st = tok_text_append(out, "", 0);
+    tok_text_deinit(&a.buf);
+    tok_text_deinit(&b.buf);
+    tok_pieces_free(&a.p);
+    tok_pieces_free(&b.p);
+    return st;
+}
+
+/* The chain on one id, as a piece of the middle of a text: byte tokens stay
+ * raw bytes and Metaspace's replacement is a space (run_stage's `piece`);
+ * a Strip that follows a Fuse trims only the start of the whole text, so it
+ * is left out; with no decoder, tokens are joined with " ", which this id
+ * gets in front. */
+llmq_status tok_id_bytes(const tokenizer *t, int32_t id, tok_text *out) {
+    if (tok_id_dropped(t, id, 0)) return out->data ? LLMQ_OK : tok_text_append(out, "", 0);
+    const char *s = t->id_text.data + t->id_off[id];
+    const size_t n = t->id_len[id];
+    if (!t->has_decoder) {
+        llmq_status st = tok_text_append(out, " ", 1);
+        return st ? st : tok_text_append(out, s, n);
+    }
+    dec_list a = {0}, b = {0};
+    llmq_status st = list_add(&a, s, n);
+    int fused = 0;
+    for (size_t k = 0; k < t->n_dec && !st; k++) {
+        if (t->dec[k].kind == TOK_DEC_STRIP && fused) continue;
+        if (t->dec[k].kind == TOK_DEC_FUSE) fused = 1;
+        b.buf.len = 0;
+        b.p.n = 0;
+        st = run_stage(&t->dec[k], &a, &b, NULL, 1);
+        dec_list tmp = a;
+        a = b;
+        b = tmp;
+    }
+    for (size_t i = 0; i < a.p.n && !st; i++) st = tok_text_append(out, ITEM(&a, i), ITEM_LEN(&a, i));
     if (!st && !out->data) st = tok_text_append(out, "", 0);
     tok_text_deinit(&a.buf);
     tok_text_deinit(&b.buf);

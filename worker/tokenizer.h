@@ -76,6 +76,18 @@ char *tok_decode(const tokenizer *t, const int32_t *ids, size_t n, int skip_spec
 llmq_status tok_decode_append(const tokenizer *t, const int32_t *ids, size_t n,
                               int skip_special, tok_text *out);
 
+/* The bytes one id adds to a text in the middle of a sequence, for per-token
+ * views such as logprobs ("▁Once" -> " Once", GPT-2 "Ġthe" -> " the"): the
+ * decoder chain on the id alone, as a token that is not the text's first
+ * (Metaspace's replacement is a space; a Strip after Fuse, which only trims
+ * the start of the whole text, does not apply).  Byte tokens give their raw
+ * bytes (ByteFallback "<0xE2>" -> the one byte 0xE2, ByteLevel bytes kept as
+ * they are), which need not be valid UTF-8 on their own: concatenated over
+ * the generated ids they form the generated text, characters split over
+ * byte tokens included.  Special tokens give their content ("</s>").
+ * Appends to out (nothing for an unknown id). */
+llmq_status tok_id_bytes(const tokenizer *t, int32_t id, tok_text *out);
+
 /* ------------------------------------------------------- vocabulary, specials */
 
 int tok_vocab_size(const tokenizer *t);        /* highest id + 1 (model and added tokens) */

@@ -28,7 +28,7 @@ def refused(port):
 def one_round(d, tmp, rnd):
     tmp.mkdir()
     srv = RedisServer(tmp, free_port()).start()
-    w = Worker(d, srv.url, "stories", tmp / "w.log", "--max-num-seqs", 16)
+    w = Worker(d, srv.url, "stories", tmp / "w.log", "--max-num-seqs", 1)
     patient = Gateway(srv.url, tmp / "patient.log", "--drain-timeout", 30)
     hasty = Gateway(srv.url, tmp / "hasty.log", "--drain-timeout", 1)
     spare = Gateway(srv.url, tmp / "spare.log")

@@ -86,11 +86,19 @@ static void fuzz_request(const uint8_t *data, size_t size) {
     proto_request_deinit(&r); /* deinit twice is harmless (protocol.h) */
 }
 
+/* Same id, logprob (bit for bit, -inf included) and piece (NULL = unknown). */
+static int lp_token_equal(const proto_token_lp *a, const proto_token_lp *b) {
+    if (a->id != b->id || memcmp(&a->logprob, &b->logprob, sizeof a->logprob)) return 0;
+    if (!a->bytes || !b->bytes) return !a->bytes && !b->bytes;
+    return a->n_bytes == b->n_bytes && (!a->n_bytes || !memcmp(a->bytes, b->bytes, a->n_bytes));
+}
+
 static void fuzz_chunk(const uint8_t *data, size_t size) {
     proto_chunk c, back;
     llmq_err err;
     if (proto_chunk_decode(&c, data, size, &err) != LLMQ_OK) {
-        fuzz_check(!c.text && !c.ids && !c.finish && !c.error, "failed chunk decode left data");
+        fuzz_check(!c.text && !c.ids && !c.finish && !c.error && !c.lp && !c.lp_top_pool && !c.lp_bytes_pool,
+                   "failed chunk decode left data");
         return;
     }
     proto_buf b;
@@ -107,6 +115,14 @@ static void fuzz_chunk(const uint8_t *data, size_t size) {
     fuzz_check(back.has_usage == c.has_usage && back.usage.prompt_tokens == c.usage.prompt_tokens &&
                    back.usage.completion_tokens == c.usage.completion_tokens,
                "chunk usage changed");
+    fuzz_check(back.has_lp == c.has_lp, "chunk lp presence changed");
+    for (size_t i = 0; c.has_lp && i < c.n_ids; i++) {
+        const proto_lp *x = &c.lp[i], *y = &back.lp[i];
+        fuzz_check(lp_token_equal(&x->tok, &y->tok) && x->tok.id == c.ids[i] && x->n_top == y->n_top,
+                   "chunk lp entry %zu changed", i);
+        for (size_t k = 0; k < x->n_top; k++)
+            fuzz_check(lp_token_equal(&x->top[k], &y->top[k]), "chunk lp entry %zu top %zu changed", i, k);
+    }
     proto_chunk_deinit(&back);
     proto_chunk_deinit(&c);
     proto_buf_deinit(&b);

@@ -57,6 +57,10 @@ def protocol():
     put("protocol", "chunk_final", p(seq=7, text="", ids=[], finish="stop",
                                      usage={"prompt_tokens": 5, "completion_tokens": 7}))
     put("protocol", "chunk_error", p(seq=0, text="", ids=[], finish="error", error="prompt too long", status=400))
+    put("protocol", "chunk_logprobs", p(seq=3, text="", ids=[403, 229], lp=[
+        [-0.03, b" Once", [[403, -0.03, b" Once"], [261, -3.5, b" a"]]],
+        [float("-inf"), b"\xe2", [[229, -1.0, None]]]]))
+    put("protocol", "chunk_logprobs_short", p(seq=0, text="x", ids=[1, 2], lp=[[-0.5, b"x", []]]))
 
 
 # ------------------------------------------------------------------ gateway bodies

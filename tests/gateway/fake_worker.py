@@ -16,7 +16,8 @@ What it does is exactly what docs/protocol.md asks of a worker:
     (state, finish_reason, usage, finished), EXPIRE, XACK.
 
 The reply to a request is chosen by `reply_fn(request) -> (pieces, finish)`
-where pieces is a list of (text, [ids]); the default answers max_tokens
+where pieces is a list of (text, [ids]) or (text, [ids], lp), lp being the
+chunk's `lp` as docs/protocol.md writes it; the default answers max_tokens
 pieces " t0", " t1", ... ending with finish "length".  A request whose prompt
 is "FAIL" fails with status 400, "CRASH" fails with status 500.
 """
@@ -159,13 +160,17 @@ class FakeWorker:
         seq = self.r.xlen(out)
         pieces, finish = self.reply_fn(req)
         produced = 0
-        for text, ids in pieces[seq:]:
+        for piece in pieces[seq:]:
+            text, ids = piece[0], piece[1]
             if self.r.hget(self._keys(jid)[0], "cancel") == b"1":
                 return self._finish(jid, entry_id, seq, "cancelled", prompt_tokens, produced, "cancelled")
             dl = req.get("deadline_ms")
             if dl and time.time() * 1000 > dl:
                 return self._finish(jid, entry_id, seq, "deadline", prompt_tokens, produced, "expired")
-            self._publish_chunk(jid, {"seq": seq, "text": text, "ids": ids})
+            chunk = {"seq": seq, "text": text, "ids": ids}
+            if len(piece) > 2:
+                chunk["lp"] = piece[2]
+            self._publish_chunk(jid, chunk)
             seq += 1
             produced += len(ids)
             if self.delay:

@@ -158,6 +158,12 @@ def test_logprobs_and_n(gateway):
     err(gateway, "/v1/completions", {"model": "m1", "prompt": "x", "logprobs": 21}, 400, "logprobs")
     err(gateway, "/v1/chat/completions", {"model": "m1", "messages": [{"role": "user", "content": "x"}],
                                           "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs")
+    # as at OpenAI and vLLM: top_logprobs needs logprobs: true (and is range-checked without it)
+    err(gateway, "/v1/chat/completions", {"model": "m1", "messages": [{"role": "user", "content": "x"}],
+                                          "top_logprobs": 3}, 400, "top_logprobs")
+    err(gateway, "/v1/chat/completions", {"model": "m1", "messages": [{"role": "user", "content": "x"}],
+                                          "logprobs": False, "top_logprobs": 21}, 400, "top_logprobs")
+    err(gateway, "/v1/jobs", {"model": "m1", "prompt": "x", "logprobs": 21}, 400, "logprobs")
     err(gateway, "/v1/completions", {"model": "m1", "prompt": "x", "n": 2}, 400, "n")
 
 

@@ -83,6 +83,62 @@ def test_chat_non_stream_and_stream(gateway, worker):
     assert finish == "length"
 
 
+def lp_reply(req):
+    """Three chunks whose tokens split "é" across two byte tokens (held back
+    text: the first chunk's text is empty), a token with no known piece (a
+    worker without a tokenizer) and a -inf logprob."""
+    return [
+        ("", [10], [[-0.5, b" \xc3", [[10, -0.5, b" \xc3"], [11, -1.5, b"x"]]]]),
+        (" \u00e9", [12], [[-0.25, b"\xa9", [[12, -0.25, b"\xa9"], [13, -2.0, None]]]]),
+        ("!", [14], [[float("-inf"), b"!", []]]),
+    ], "length"
+
+
+def test_logprobs_shapes(gateway, worker):
+    """How chunk `lp` reads in OpenAI's completions and chat shapes, streamed
+    or not: bytes that are part of a character read \\xHH in the token string
+    and exactly in `bytes`; text_offset counts characters; -inf is -9999.0."""
+    worker(reply_fn=lp_reply)
+    c = client(gateway)
+    r = c.completions.create(model="m1", prompt="x", logprobs=2)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == " \u00e9!"
+    assert lp.tokens == [" \\xc3", "\\xa9", "!"]
+    assert lp.token_logprobs == [-0.5, -0.25, -9999.0]
+    assert lp.top_logprobs == [{" \\xc3": -0.5, "x": -1.5}, {"\\xa9": -0.25, "token_id:13": -2.0}, {"!": -9999.0}]
+    assert lp.text_offset == [0, 2, 2]
+    streamed = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for ch in c.completions.create(model="m1", prompt="x", logprobs=2, stream=True):
+        if ch.choices[0].logprobs:
+            for k in streamed:
+                streamed[k] += getattr(ch.choices[0].logprobs, k)
+    assert streamed == {"tokens": lp.tokens, "token_logprobs": lp.token_logprobs, "top_logprobs": lp.top_logprobs,
+                        "text_offset": lp.text_offset}
+
+    msgs = [{"role": "user", "content": "x"}]
+    r = c.chat.completions.create(model="m1", messages=msgs, logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert [(t.token, t.logprob, t.bytes) for t in content] == [(" \\xc3", -0.5, [32, 0xc3]), ("\\xa9", -0.25, [0xa9]),
+                                                               ("!", -9999.0, [33])]
+    assert [(t.token, t.logprob, t.bytes) for t in content[1].top_logprobs] == [("\\xa9", -0.25, [0xa9]),
+                                                                               ("token_id:13", -2.0, None)]
+    assert bytes(sum((t.bytes for t in content), [])).decode() == r.choices[0].message.content
+    got = []
+    for ch in c.chat.completions.create(model="m1", messages=msgs, logprobs=True, top_logprobs=2, stream=True):
+        if ch.choices and ch.choices[0].logprobs:
+            got += ch.choices[0].logprobs.content
+    assert got == content
+    # the job API: ids too
+    job_id = r.id.split("-", 1)[1]
+    conn = gateway.connect()
+    conn.request("GET", "/v1/jobs/" + job_id)
+    body = json.loads(conn.getresponse().read())
+    assert [(e["id"], e["token"], e["bytes"]) for e in body["logprobs"]] == [(10, " \\xc3", [32, 0xc3]),
+                                                                           (12, "\\xa9", [0xa9]), (14, "!", [33])]
+    assert body["logprobs"][1]["top_logprobs"][1] == {"id": 13, "token": "token_id:13", "logprob": -2.0, "bytes": None}
+    conn.close()
+
+
 def test_stream_raw_sse_ends_with_done(gateway, worker):
     worker()
     c = gateway.connect()

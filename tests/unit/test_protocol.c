@@ -559,6 +559,208 @@ static void test_chunk_errors(void **state) {
     proto_buf_deinit(&b);
 }
 
+/* `lp`: a chunk of three tokens whose logprobs cover every shape a piece can
+ * take (text, a lone byte of a character, empty, unknown, a NUL byte) and a
+ * -inf logprob. */
+static void test_chunk_logprobs_roundtrip(void **state) {
+    (void)state;
+    int32_t ids[3] = {403, 3 + 0xE2, 2};
+    proto_token_lp top0[2] = {{403, -0.25, " Once", 5}, {261, -1.75, "\0x", 2}};
+    proto_token_lp top2[1] = {{2, -0.5, NULL, 0}};
+    proto_lp lp[3] = {
+        {{403, -0.25, " Once", 5}, top0, 2},
+        {{3 + 0xE2, -INFINITY, "\xE2", 1}, NULL, 0},
+        {{2, -0.5, "", 0}, top2, 1},
+    };
+    proto_chunk in;
+    proto_chunk_init(&in);
+    in.seq = 7;
+    in.text = (char *)" Once";
+    in.text_len = 5;
+    in.ids = ids;
+    in.n_ids = 3;
+    in.has_lp = true;
+    in.lp = lp;
+    proto_buf b;
+    proto_buf_init(&b);
+    llmq_err err;
+    assert_int_equal(proto_chunk_encode(&in, &b, &err), LLMQ_OK);
+    proto_chunk out;
+    assert_int_equal(proto_chunk_decode(&out, b.data, b.len, &err), LLMQ_OK);
+    assert_true(out.has_lp);
+    assert_int_equal(out.n_ids, 3);
+    assert_non_null(out.lp);
+    assert_int_equal(out.lp[0].tok.id, 403);
+    assert_int_equal(out.lp[1].tok.id, 3 + 0xE2);
+    assert_float_equal(out.lp[0].tok.logprob, -0.25, 0);
+    assert_int_equal(out.lp[0].tok.n_bytes, 5);
+    assert_memory_equal(out.lp[0].tok.bytes, " Once", 5);
+    assert_int_equal(out.lp[0].n_top, 2);
+    assert_int_equal(out.lp[0].top[1].id, 261);
+    assert_float_equal(out.lp[0].top[1].logprob, -1.75, 0);
+    assert_int_equal(out.lp[0].top[1].n_bytes, 2);
+    assert_memory_equal(out.lp[0].top[1].bytes, "\0x", 2);
+    assert_true(isinf(out.lp[1].tok.logprob) && out.lp[1].tok.logprob < 0);
+    assert_int_equal(out.lp[1].tok.n_bytes, 1);
+    assert_int_equal((unsigned char)out.lp[1].tok.bytes[0], 0xE2);
+    assert_int_equal(out.lp[1].n_top, 0);
+    assert_non_null(out.lp[2].tok.bytes); /* empty is known, not unknown */
+    assert_int_equal(out.lp[2].tok.n_bytes, 0);
+    assert_null(out.lp[2].top[0].bytes);  /* unknown (a worker without a tokenizer) */
+    assert_int_equal(out.lp[2].top[0].id, 2);
+    proto_chunk_deinit(&out);
+    proto_chunk_deinit(&out); /* twice is harmless */
+    for (size_t n = 0; n < b.len; n++) assert_int_equal(proto_chunk_decode(&out, b.data, n, &err), LLMQ_ERR_FORMAT);
+
+    /* Requested but no ids in this chunk: an empty `lp`, still present. */
+    proto_chunk_init(&in);
+    in.seq = 8;
+    in.has_lp = true;
+    proto_buf_reset(&b);
+    assert_int_equal(proto_chunk_encode(&in, &b, &err), LLMQ_OK);
+    assert_int_equal(proto_chunk_decode(&out, b.data, b.len, &err), LLMQ_OK);
+    assert_true(out.has_lp);
+    assert_int_equal(out.n_ids, 0);
+    proto_chunk_deinit(&out);
+    /* Not requested: no `lp` key at all, so older readers see what they knew. */
+    in.has_lp = false;
+    proto_buf_reset(&b);
+    assert_int_equal(proto_chunk_encode(&in, &b, &err), LLMQ_OK);
+    assert_null(memmem(b.data, b.len, "\xa2lp", 3));
+    assert_int_equal(proto_chunk_decode(&out, b.data, b.len, &err), LLMQ_OK);
+    assert_false(out.has_lp);
+    assert_null(out.lp);
+    proto_chunk_deinit(&out);
+    /* More alternatives than a request may ask for cannot be encoded. */
+    proto_token_lp many[PROTO_MAX_LOGPROBS + 1];
+    memset(many, 0, sizeof many);
+    proto_lp big = {{1, -1.0, "", 0}, many, PROTO_MAX_LOGPROBS + 1};
+    in.ids = ids;
+    in.n_ids = 1;
+    in.has_lp = true;
+    in.lp = &big;
+    assert_int_equal(proto_chunk_encode(&in, &b, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "alternatives"));
+    proto_buf_deinit(&b);
+}
+
+/* A chunk {seq: 0, ids: [5, 6][:n_ids], lp: <packed by fn>}. */
+static void build_lp_chunk(proto_buf *b, int n_ids, pack_fn fn) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, b, sb_write);
+    msgpack_pack_map(&pk, 3);
+    pk_str(&pk, "lp");
+    fn(&pk);
+    pk_str(&pk, "seq");
+    msgpack_pack_int64(&pk, 0);
+    pk_str(&pk, "ids");
+    msgpack_pack_array(&pk, (size_t)n_ids);
+    for (int i = 0; i < n_ids; i++) msgpack_pack_int64(&pk, 5 + i);
+}
+
+static void pk_entry_head(msgpack_packer *pk, size_t n_top) {
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_double(pk, -0.5);
+    msgpack_pack_bin(pk, 1);
+    msgpack_pack_bin_body(pk, "a", 1);
+    msgpack_pack_array(pk, n_top);
+}
+static void lp_one(msgpack_packer *pk) {
+    msgpack_pack_array(pk, 1);
+    pk_entry_head(pk, 0);
+}
+static void lp_not_array(msgpack_packer *pk) { pk_str(pk, "-0.5"); }
+static void lp_short_entry(msgpack_packer *pk) {
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_double(pk, -0.5);
+    msgpack_pack_nil(pk);
+}
+static void lp_str_logprob(msgpack_packer *pk) {
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_array(pk, 3);
+    pk_str(pk, "-0.5");
+    msgpack_pack_nil(pk);
+    msgpack_pack_array(pk, 0);
+}
+static void lp_nan_logprob(msgpack_packer *pk) {
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_double(pk, NAN);
+    msgpack_pack_nil(pk);
+    msgpack_pack_array(pk, 0);
+}
+static void lp_int_bytes(msgpack_packer *pk) {
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_double(pk, -0.5);
+    msgpack_pack_int64(pk, 97);
+    msgpack_pack_array(pk, 0);
+}
+static void lp_too_many_top(msgpack_packer *pk) {
+    msgpack_pack_array(pk, 1);
+    pk_entry_head(pk, PROTO_MAX_LOGPROBS + 1);
+    for (int k = 0; k <= PROTO_MAX_LOGPROBS; k++) {
+        msgpack_pack_array(pk, 3);
+        msgpack_pack_int64(pk, k);
+        msgpack_pack_double(pk, -1.0);
+        msgpack_pack_nil(pk);
+    }
+}
+static void lp_negative_top_id(msgpack_packer *pk) {
+    msgpack_pack_array(pk, 1);
+    pk_entry_head(pk, 1);
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_int64(pk, -4);
+    msgpack_pack_double(pk, -1.0);
+    msgpack_pack_nil(pk);
+}
+static void lp_top_map(msgpack_packer *pk) {
+    msgpack_pack_array(pk, 1);
+    pk_entry_head(pk, 1);
+    msgpack_pack_map(pk, 0);
+}
+
+static void expect_lp_error(int n_ids, pack_fn fn, const char *needle) {
+    proto_buf b;
+    proto_buf_init(&b);
+    build_lp_chunk(&b, n_ids, fn);
+    proto_chunk c;
+    llmq_err err = {0};
+    assert_int_equal(proto_chunk_decode(&c, b.data, b.len, &err), LLMQ_ERR_INVALID);
+    if (!strstr(err.msg, needle)) fail_msg("error '%s' does not say '%s'", err.msg, needle);
+    assert_non_null(strstr(err.msg, "field 'lp'"));
+    assert_null(c.lp); /* left deinit'ed */
+    assert_null(c.ids);
+    proto_buf_deinit(&b);
+}
+
+static void test_chunk_logprobs_errors(void **state) {
+    (void)state;
+    expect_lp_error(2, lp_one, "1 entries for 2 ids");
+    expect_lp_error(0, lp_one, "1 entries for 0 ids");
+    expect_lp_error(1, lp_not_array, "expected an array, got a string");
+    expect_lp_error(1, lp_short_entry, "entry 0: expected [logprob, bytes, top]");
+    expect_lp_error(1, lp_str_logprob, "entry 0: logprob: expected a number, got a string");
+    expect_lp_error(1, lp_nan_logprob, "entry 0: logprob");
+    expect_lp_error(1, lp_int_bytes, "entry 0: bytes: expected binary data or nil, got an integer");
+    expect_lp_error(1, lp_too_many_top, "more than 20 alternatives");
+    expect_lp_error(1, lp_negative_top_id, "entry 0: top 0: id");
+    expect_lp_error(1, lp_top_map, "entry 0: top 0: expected [id, logprob, bytes], got a map");
+    /* the same chunk with matching ids decodes */
+    proto_buf b;
+    proto_buf_init(&b);
+    build_lp_chunk(&b, 1, lp_one);
+    proto_chunk c;
+    llmq_err err;
+    assert_int_equal(proto_chunk_decode(&c, b.data, b.len, &err), LLMQ_OK);
+    assert_int_equal(c.n_ids, 1);
+    assert_int_equal(c.lp[0].tok.id, 5); /* `lp` came before `ids` */
+    assert_memory_equal(c.lp[0].tok.bytes, "a", 1);
+    proto_chunk_deinit(&c);
+    proto_buf_deinit(&b);
+}
+
 static void test_job_states(void **state) {
     (void)state;
     for (int s = PROTO_STATE_QUEUED; s <= PROTO_STATE_EXPIRED; s++) {
@@ -585,6 +787,8 @@ int main(void) {
         cmocka_unit_test(test_request_limits),
         cmocka_unit_test(test_chunk_roundtrip),
         cmocka_unit_test(test_chunk_errors),
+        cmocka_unit_test(test_chunk_logprobs_roundtrip),
+        cmocka_unit_test(test_chunk_logprobs_errors),
         cmocka_unit_test(test_job_states),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "worker/sampler.h"
@@ -141,12 +142,89 @@ static void test_greedy_and_penalties(void **st) {
     sampler_destroy(s);
 }
 
+/* Logprobs: log_softmax against a long double reference, the order of the
+ * top n (ties: lower id first) against a full sort, stability with huge
+ * logits, and the bounds of n. */
+static void ref_log_softmax(const float *l, int n, long double *out) {
+    long double mx = l[0], z = 0;
+    for (int i = 1; i < n; i++)
+        if (l[i] > mx) mx = l[i];
+    for (int i = 0; i < n; i++) z += expl((long double)l[i] - mx);
+    for (int i = 0; i < n; i++) out[i] = (long double)l[i] - mx - logl(z);
+}
+
+static const float *g_row;
+static int by_logit_then_id(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (g_row[x] != g_row[y]) return g_row[x] > g_row[y] ? -1 : 1;
+    return x < y ? -1 : 1;
+}
+
+static void test_logprobs(void **st) {
+    (void)st;
+    sampler_logprobs lp;
+    long double ref[V];
+    ref_log_softmax(base, V, ref);
+    sampler_logprobs_compute(base, V, 3, 5, &lp);
+    assert_float_equal(lp.logprob, (double)ref[3], 1e-6);
+    assert_int_equal(lp.n_top, 5);
+    for (int k = 0; k < 5; k++) {
+        assert_int_equal(lp.top_ids[k], k); /* base is decreasing */
+        assert_float_equal(lp.top_logprobs[k], (double)ref[k], 1e-6);
+    }
+    /* all of them: probabilities that sum to 1 */
+    sampler_logprobs_compute(base, V, 0, SAMPLER_MAX_LOGPROBS, &lp);
+    assert_int_equal(lp.n_top, V);
+    double z = 0;
+    for (int k = 0; k < V; k++) z += exp(lp.top_logprobs[k]);
+    assert_float_equal(z, 1.0, 1e-6);
+    sampler_logprobs_compute(base, V, 7, 0, &lp);
+    assert_int_equal(lp.n_top, 0);
+    assert_float_equal(lp.logprob, (double)ref[7], 1e-6);
+    /* ties: lower id first */
+    const float tie[V] = {1, 3, 3, 0, 3, 0, 0, 0};
+    sampler_logprobs_compute(tie, V, 4, 4, &lp);
+    assert_int_equal(lp.top_ids[0], 1);
+    assert_int_equal(lp.top_ids[1], 2);
+    assert_int_equal(lp.top_ids[2], 4);
+    assert_int_equal(lp.top_ids[3], 0);
+    assert_float_equal(lp.top_logprobs[0], lp.logprob, 0);
+    /* huge logits: no overflow, exact values */
+    const float huge[V] = {1000, 999, -1000, -1000, -1000, -1000, -1000, -1000};
+    sampler_logprobs_compute(huge, V, 1, 2, &lp);
+    assert_float_equal(lp.top_logprobs[0], -log1p(exp(-1.0)), 1e-6);
+    assert_float_equal(lp.logprob, -1 - log1p(exp(-1.0)), 1e-6);
+    assert_true(lp.top_logprobs[1] == lp.logprob);
+    /* a real vocabulary with many ties against a full sort */
+    enum { N = 32000 };
+    static float row[N];
+    static int32_t order[N];
+    static long double big_ref[N];
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < N; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        row[i] = (float)(x % 64) * 0.25f - 8.0f; /* 64 distinct values: ties everywhere */
+        order[i] = i;
+    }
+    g_row = row;
+    qsort(order, N, sizeof *order, by_logit_then_id);
+    ref_log_softmax(row, N, big_ref);
+    sampler_logprobs_compute(row, N, 12345, SAMPLER_MAX_LOGPROBS, &lp);
+    assert_int_equal(lp.n_top, SAMPLER_MAX_LOGPROBS);
+    for (int k = 0; k < SAMPLER_MAX_LOGPROBS; k++) {
+        assert_int_equal(lp.top_ids[k], order[k]);
+        assert_float_equal(lp.top_logprobs[k], (double)big_ref[order[k]], 1e-6);
+    }
+    assert_float_equal(lp.logprob, (double)big_ref[12345], 1e-6);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_support_of_filters),
         cmocka_unit_test(test_temperature_matches_softmax),
         cmocka_unit_test(test_same_seed_same_tokens),
         cmocka_unit_test(test_greedy_and_penalties),
+        cmocka_unit_test(test_logprobs),
     };
     return cmocka_run_group_tests_name("sampler", tests, NULL, NULL);
 }

@@ -444,6 +444,96 @@ static void test_shared_specifics(void **state) {
     tok_destroy(t);
 }
 
+/* tok_id_bytes: one id's piece of a text, as logprobs show it.  Checked by
+ * hand on known ids, and as a whole: the pieces of encode(x) concatenate to
+ * x (GPT-2: byte-level, exact) or to " " + x (Llama 2: the normalizer's
+ * prepended "▁" is a space in the middle of a text), for every shared case
+ * that round-trips. */
+static void piece_is(const tokenizer *t, int32_t id, const char *want, size_t want_len) {
+    tok_text got = {0};
+    assert_int_equal(tok_id_bytes(t, id, &got), LLMQ_OK);
+    if (got.len != want_len || memcmp(got.data, want, want_len)) {
+        fprintf(stderr, "  piece of id %d:\n", id);
+        print_escaped("want", want, want_len);
+        print_escaped("got ", got.data, got.len);
+        fail();
+    }
+    tok_text_deinit(&got);
+}
+
+static void check_pieces(const char *name, const char *prefix) {
+    char dir[4096], path[4200];
+    snprintf(dir, sizeof dir, "%s/tokenizers/%s", tu_shared(), name);
+    snprintf(path, sizeof path, "%s/cases.inp", dir);
+    char *inp = tu_read_file(path, NULL);
+    assert_non_null(inp);
+    tokenizer *t = load_or_fail(dir);
+    static const char sep[] = "\n__ggml_vocab_test__\n";
+    size_t ncase = 0, checked = 0, bad = 0;
+    tok_text got = {0}, want = {0};
+    for (char *p = inp, *q; (q = strstr(p, sep)); p = q + sizeof sep - 1, ncase++) {
+        size_t len = (size_t)(q - p);
+        int32_t *ids;
+        size_t n;
+        llmq_err err = {0};
+        assert_int_equal(tok_encode(t, p, len, 0, &ids, &n, &err), LLMQ_OK);
+        want.len = got.len = 0;
+        assert_int_equal(tok_decode_append(t, ids, n, 0, &want), LLMQ_OK);
+        int exact = want.len == len && !memcmp(want.data, p, len); /* see check_shared */
+        if (exact && len) {
+            want.len = 0;
+            tok_text_append(&want, prefix, strlen(prefix));
+            tok_text_append(&want, p, len);
+            for (size_t i = 0; i < n; i++) assert_int_equal(tok_id_bytes(t, ids[i], &got), LLMQ_OK);
+            checked++;
+            if (got.len != want.len || memcmp(got.data, want.data, want.len)) {
+                if (++bad <= SHOW_MAX) {
+                    fprintf(stderr, "  %s case %zu: pieces differ from the text\n", name, ncase);
+                    print_escaped("want", want.data, want.len);
+                    print_escaped("got ", got.data, got.len);
+                }
+            }
+        }
+        free(ids);
+    }
+    fprintf(stderr, "  %s: pieces of %zu of %zu cases checked, %zu bad\n", name, checked, ncase, bad);
+    assert_true(checked >= 30);
+    assert_int_equal(bad, 0);
+    tok_text_deinit(&got);
+    tok_text_deinit(&want);
+    tok_destroy(t);
+    free(inp);
+}
+
+static void test_id_bytes(void **state) {
+    (void)state;
+    const char *sh = tu_shared();
+    if (!sh) {
+        print_message("../shared is absent: token piece checks skipped\n");
+        skip();
+    }
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/tokenizers/llama-spm", sh);
+    tokenizer *t = load_or_fail(dir);
+    piece_is(t, 15043, " Hello", 6);          /* ▁Hello keeps its space, even alone */
+    piece_is(t, 3 + 0xE2, "\xE2", 1);         /* <0xE2>: its raw byte, half a character */
+    piece_is(t, 2, "</s>", 4);                /* specials: their content */
+    piece_is(t, 99999, "", 0);                /* unknown: nothing */
+    tok_destroy(t);
+    snprintf(dir, sizeof dir, "%s/tokenizers/gpt-2", sh);
+    t = load_or_fail(dir);
+    piece_is(t, 18435, " Hello", 6);          /* ĠHello */
+    piece_is(t, 50256, "<|endoftext|>", 13);
+    /* All 50257 pieces: cheap enough to build at a worker's start. */
+    tok_text all = {0};
+    for (int32_t id = 0; id < tok_vocab_size(t); id++) assert_int_equal(tok_id_bytes(t, id, &all), LLMQ_OK);
+    assert_true(all.len > 50257);
+    tok_text_deinit(&all);
+    tok_destroy(t);
+    check_pieces("gpt-2", "");
+    check_pieces("llama-spm", " ");
+}
+
 /* Loading a folder with only tokenizer.json works, and NULL is safe to destroy. */
 static void test_minimal_folder(void **state) {
     (void)state;
@@ -541,6 +631,7 @@ int main(void) {
         cmocka_unit_test(test_shared_llama_spm),
         cmocka_unit_test(test_shared_gpt2),
         cmocka_unit_test(test_shared_specifics),
+        cmocka_unit_test(test_id_bytes),
         cmocka_unit_test(test_minimal_folder),
         cmocka_unit_test(test_threads),
     };
