@@ -323,6 +323,25 @@ static llmq_status run_stage(const tok_dec *d, const dec_list *in, dec_list *out
     return LLMQ_ERR_INTERNAL;
 }
 
+/* The decoder chain over *a, stage by stage through *b; the result ends in
+ * *a.  piece: one id in the middle of a text (tok_id_bytes), where a Strip
+ * after a Fuse is left out, since it trims only the whole text's start. */
+static llmq_status run_chain(const tokenizer *t, dec_list *a, dec_list *b, int *pending, int piece) {
+    llmq_status st = LLMQ_OK;
+    int fused = 0;
+    for (size_t k = 0; k < t->n_dec && !st; k++) {
+        if (piece && t->dec[k].kind == TOK_DEC_STRIP && fused) continue;
+        if (t->dec[k].kind == TOK_DEC_FUSE) fused = 1;
+        b->buf.len = 0;
+        b->p.n = 0;
+        st = run_stage(&t->dec[k], a, b, pending, piece);
+        const dec_list tmp = *a;
+        *a = *b;
+        *b = tmp;
+    }
+    return st;
+}
+
 /* ---------------------------------------------------------------- decode */
 
 int tok_id_dropped(const tokenizer *t, int32_t id, int skip_special) {
@@ -354,14 +373,7 @@ llmq_status tok_decode_ex(const tokenizer *t, const int32_t *ids, size_t n, int 
         }
         goto done;
     }
-    for (size_t k = 0; k < t->n_dec && !st; k++) {
-        b.buf.len = 0;
-        b.p.n = 0;
-        st = run_stage(&t->dec[k], &a, &b, pending, 0);
-        dec_list tmp = a;
-        a = b;
-        b = tmp;
-    }
+    if (!st) st = run_chain(t, &a, &b, pending, 0);
     for (size_t i = 0; i < a.p.n && !st; i++) st = tok_text_append(out, ITEM(&a, i), ITEM_LEN(&a, i));
 done:
     if (!st && !out->data) st = tok_text_append(out, "", 0);
@@ -387,17 +399,7 @@ llmq_status tok_id_bytes(const tokenizer *t, int32_t id, tok_text *out) {
     }
     dec_list a = {0}, b = {0};
     llmq_status st = list_add(&a, s, n);
-    int fused = 0;
-    for (size_t k = 0; k < t->n_dec && !st; k++) {
-        if (t->dec[k].kind == TOK_DEC_STRIP && fused) continue;
-        if (t->dec[k].kind == TOK_DEC_FUSE) fused = 1;
-        b.buf.len = 0;
-        b.p.n = 0;
-        st = run_stage(&t->dec[k], &a, &b, NULL, 1);
-        dec_list tmp = a;
-        a = b;
-        b = tmp;
-    }
+    if (!st) st = run_chain(t, &a, &b, NULL, 1);
     for (size_t i = 0; i < a.p.n && !st; i++) st = tok_text_append(out, ITEM(&a, i), ITEM_LEN(&a, i));
     if (!st && !out->data) st = tok_text_append(out, "", 0);
     tok_text_deinit(&a.buf);
