@@ -1,12 +1,19 @@
 # llmq — one top-level Makefile.  `make help` lists the targets.
 #
-# Layout of the outputs (all under $(BUILD), default build/):
-#   libllmq-common.a   common/      wire protocol, keys, config, logging, errors
-#   libllmq-kernels.a  kernels/     backend interface + CPU backend
-#   libllmq-engine.a   worker/      model loader, engine, sampler, tokenizer, ...
-#   libllmq.a          client/lib*  C client of the Redis protocol
+# Layout of the outputs (all under $(BUILD), default build/), one static
+# library per folder; a folder links (and includes) only the ones below it:
+#   libllmq-common.a     common/            wire protocol, keys, jobops, logging, errors, comm.h
+#   libllmq-kernels.a    kernels/           backend interface + CPU backend (+ cuda/ in make cuda)
+#   libllmq-comm.a       worker/comm/       shm, TCP and single-rank communicators
+#   libllmq-tokenizer.a  worker/tokenizer/  tokenizer.json BPE, chat templates, stop strings
+#   libllmq-model.a      worker/model/      config, safetensors, shard plan, weight loading
+#   libllmq-engine.a     worker/engine/     forward pass, scheduler, sampler, memory estimator, TP ranks
+#   libllmq-service.a    worker/service/    the Redis service loop, rendezvous (main.c is llmq-worker)
+#   libllmq.a            client/            C client of the Redis protocol
+#   libllmq-cli.a        client/cli/        the llmq command's verbs (llmq.c is its main)
 #   llmq, llmq-worker, llmq-gateway, llmq-loadtest   the binaries
-#   tests/             one executable per C test file
+#   tests/               one executable per C test file
+# tools/check_layers.sh checks the include arrows on every build (docs/architecture.md).
 #
 # SANITIZER=address|undefined|thread builds everything instrumented into
 # build-<sanitizer>/ so that it never mixes objects with the plain build.
@@ -47,10 +54,15 @@ LIB_TEST    := -lcmocka
 # ---------------------------------------------------------------- sources
 COMMON_SRC  := $(wildcard common/*.c)
 KERNELS_SRC := $(wildcard kernels/*.c kernels/cpu/*.c)
-ENGINE_SRC  := $(filter-out worker/main.c,$(wildcard worker/*.c))
-WORKER_MAIN := $(wildcard worker/main.c)
-CLIENT_LIB  := $(wildcard client/lib*.c)
-CLI_SRC     := $(filter-out $(CLIENT_LIB),$(wildcard client/*.c))
+COMM_SRC    := $(wildcard worker/comm/*.c)
+TOK_SRC     := $(wildcard worker/tokenizer/*.c)
+MODEL_SRC   := $(wildcard worker/model/*.c)
+ENGINE_SRC  := $(wildcard worker/engine/*.c)
+WORKER_MAIN := $(wildcard worker/service/main.c)
+SERVICE_SRC := $(filter-out $(WORKER_MAIN),$(wildcard worker/service/*.c))
+CLIENT_LIB  := $(wildcard client/*.c)
+CLI_MAIN    := client/cli/llmq.c
+CLI_SRC     := $(filter-out $(CLI_MAIN),$(wildcard client/cli/*.c))
 GATEWAY_SRC := $(wildcard gateway/*.c)
 LOADTEST_SRC:= $(wildcard loadtest/*.c)
 TEST_SRC    := $(wildcard tests/unit/test_*.c tests/backend/test_*.c)
@@ -58,10 +70,15 @@ TEST_HELPER := $(wildcard tests/unit/testutil.c)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
-A_COMMON  := $(BUILD)/libllmq-common.a
-A_KERNELS := $(BUILD)/libllmq-kernels.a
-A_ENGINE  := $(BUILD)/libllmq-engine.a
-A_CLIENT  := $(BUILD)/libllmq.a
+A_COMMON    := $(BUILD)/libllmq-common.a
+A_KERNELS   := $(BUILD)/libllmq-kernels.a
+A_COMM      := $(BUILD)/libllmq-comm.a
+A_TOKENIZER := $(BUILD)/libllmq-tokenizer.a
+A_MODEL     := $(BUILD)/libllmq-model.a
+A_ENGINE    := $(BUILD)/libllmq-engine.a
+A_SERVICE   := $(BUILD)/libllmq-service.a
+A_CLIENT    := $(BUILD)/libllmq.a
+A_CLI       := $(BUILD)/libllmq-cli.a
 
 BINS := $(BUILD)/llmq
 ifneq ($(WORKER_MAIN),)
@@ -75,8 +92,13 @@ BINS += $(BUILD)/llmq-loadtest
 endif
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(filter-out $(TEST_HELPER),$(TEST_SRC)))
 
-.PHONY: all help test deps demo bench bench-serving cuda clean fixtures
-all: $(BINS) $(TEST_BINS)
+.PHONY: all help test deps demo bench bench-serving cuda clean fixtures layers
+all: layers $(BINS) $(TEST_BINS)
+
+# A lower folder never includes a higher one (common <- kernels <- worker/comm,
+# tokenizer, model <- worker/engine <- worker/service, client/cli).
+layers:
+	@bash tools/check_layers.sh
 
 help:
 	@echo "llmq make targets:"
@@ -99,20 +121,26 @@ $(BUILD)/obj/%.o: %.c
 
 $(A_COMMON): $(call obj,$(COMMON_SRC))
 $(A_KERNELS): $(call obj,$(KERNELS_SRC))
+$(A_COMM): $(call obj,$(COMM_SRC))
+$(A_TOKENIZER): $(call obj,$(TOK_SRC))
+$(A_MODEL): $(call obj,$(MODEL_SRC))
 $(A_ENGINE): $(call obj,$(ENGINE_SRC))
+$(A_SERVICE): $(call obj,$(SERVICE_SRC))
 $(A_CLIENT): $(call obj,$(CLIENT_LIB))
+$(A_CLI): $(call obj,$(CLI_SRC))
 $(BUILD)/%.a:
 	@mkdir -p $(dir $@)
 	@rm -f $@
 	ar rcs $@ $^
 
-ENGINE_LIBS := $(A_ENGINE) $(A_KERNELS) $(A_COMMON)
+# Highest first, so that each library's references are resolved by the ones after it.
+ENGINE_LIBS := $(A_ENGINE) $(A_MODEL) $(A_TOKENIZER) $(A_KERNELS) $(A_COMM) $(A_COMMON)
 
-$(BUILD)/llmq: $(call obj,$(CLI_SRC)) $(A_CLIENT) $(ENGINE_LIBS)
+$(BUILD)/llmq: $(call obj,$(CLI_MAIN)) $(A_CLI) $(A_CLIENT) $(ENGINE_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_ENGINE) $(LIB_COMMON)
 
-$(BUILD)/llmq-worker: $(call obj,$(WORKER_MAIN)) $(ENGINE_LIBS)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_ENGINE) $(LIB_GATEWAY) $(LIB_COMMON)
+$(BUILD)/llmq-worker: $(call obj,$(WORKER_MAIN)) $(A_SERVICE) $(ENGINE_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_ENGINE) $(LIB_COMMON)
 
 $(BUILD)/llmq-gateway: $(call obj,$(GATEWAY_SRC)) $(A_COMMON)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_GATEWAY) $(LIB_COMMON)
@@ -120,7 +148,7 @@ $(BUILD)/llmq-gateway: $(call obj,$(GATEWAY_SRC)) $(A_COMMON)
 $(BUILD)/llmq-loadtest: $(call obj,$(LOADTEST_SRC)) $(A_CLIENT) $(A_COMMON)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_GATEWAY) $(LIB_COMMON)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(call obj,$(TEST_HELPER)) $(A_CLIENT) $(ENGINE_LIBS)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(call obj,$(TEST_HELPER)) $(A_SERVICE) $(A_CLIENT) $(ENGINE_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_TEST) $(LIB_ENGINE) $(LIB_GATEWAY) $(LIB_COMMON)
 

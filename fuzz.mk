@@ -26,7 +26,7 @@ FUZZ_TARGETS ?= $(FUZZ_ALL)
 # What the targets link besides their own file: the gateway without its main,
 # the parsers of the worker (tokenizer, chat templates, safetensors, config).
 FUZZ_GW_SRC     := $(filter-out gateway/main.c,$(GATEWAY_SRC))
-FUZZ_ENGINE_SRC := $(filter worker/tok%.c worker/chat.c worker/safetensors.c worker/config.c,$(ENGINE_SRC))
+FUZZ_ENGINE_SRC := $(TOK_SRC) $(filter worker/model/safetensors.c worker/model/config.c,$(MODEL_SRC))
 FUZZ_HELPER_SRC := tests/fuzz/fuzz_util.c
 
 # ---------------------------------------------------------------- replays (make all)

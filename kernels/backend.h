@@ -1,7 +1,7 @@
 /*
  * backend.h — the compute interface the engine runs on.
  *
- * The engine (worker/engine.c) knows a backend only through this table of
+ * The engine (worker/engine/engine.c) knows a backend only through this table of
  * operations; it never learns whether the memory it passes around lives in
  * host RAM (kernels/cpu) or on a GPU (kernels/cuda).  Every op works on whole
  * batches of rows so that a step of mixed prefills and decodes is one call
@@ -100,7 +100,7 @@ typedef struct be_attn_shape {
 } be_attn_shape;
 
 typedef struct llmq_backend llmq_backend;
-struct llmq_comm; /* worker/comm.h */
+struct llmq_comm; /* common/comm.h */
 
 typedef struct be_ops {
     const char *name;
@@ -172,7 +172,7 @@ typedef struct be_ops {
      * Free and total bytes of the device's memory now (CUDA: cudaMemGetInfo),
      * so that the engine can size its KV pool to a fraction of it after the
      * weights are in (eng_opts.mem_util).  NULL: the CPU backends, whose pool
-     * the memory estimator sizes before the model loads (worker/vram.h). */
+     * the memory estimator sizes before the model loads (worker/engine/vram.h). */
     void (*mem_info)(llmq_backend *be, size_t *free_bytes, size_t *total_bytes);
 
     /* step graphs (optional) ------------------------------------------------

@@ -1,7 +1,7 @@
 /*
  * quant.h — weight-only quantization of matrices: the storage format shared by
- * the loader (worker/model.c, which quantizes at load), the kernels that read
- * it (kernels/cpu/qmatmul.c) and the memory estimator (worker/vram.c, which
+ * the loader (worker/model/model.c, which quantizes at load), the kernels that read
+ * it (kernels/cpu/qmatmul.c) and the memory estimator (worker/engine/vram.c, which
  * counts its bytes).  Activations stay F32; only the weights are compressed.
  *
  * Layout of a quantized [rows, cols] matrix: a be_weight with dt Q8 or Q4

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/tokenizer.h"
 
 static double now(void) {
     struct timespec ts;

@@ -1,6 +1,6 @@
 /*
  * comm_nccl.cu — the communicator of GPU ranks over NCCL (see comm_nccl.h
- * for the contract, worker/comm.h for the conventions).
+ * for the contract, common/comm.h for the conventions).
  *
  * The NCCL communicator is non-blocking (config.blocking = 0), so no NCCL
  * call can hang the thread: a call that answers ncclInProgress is polled

@@ -1,5 +1,5 @@
 /*
- * comm_nccl.h — the communicator of GPU ranks (worker/comm.h) over NCCL.
+ * comm_nccl.h — the communicator of GPU ranks (common/comm.h) over NCCL.
  * Built by `make cuda` only (kernels/cuda/comm_nccl.cu).
  *
  * Buffers are device pointers (c->device_mem = 1) and the collectives run
@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 #include "common/status.h"
-#include "worker/comm.h"
+#include "common/comm.h"
 
 #define COMM_NCCL_ID_BYTES 128
 

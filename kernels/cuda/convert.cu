@@ -17,7 +17,7 @@ template <typename O> static void convert_from(llmq_backend *be, O *dst, const v
     case LLMQ_F32: convert_kernel<<<grid, 256, 0, s>>>(dst, (const float *)src, n); break;
     case LLMQ_F16: convert_kernel<<<grid, 256, 0, s>>>(dst, (const __half *)src, n); break;
     case LLMQ_BF16: convert_kernel<<<grid, 256, 0, s>>>(dst, (const __nv_bfloat16 *)src, n); break;
-    default: break; /* Q8 / Q4: no quantized weights on this backend (worker/model.c refuses them) */
+    default: break; /* Q8 / Q4: no quantized weights on this backend (worker/model/model.c refuses them) */
     }
 }
 

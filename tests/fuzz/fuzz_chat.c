@@ -1,5 +1,5 @@
 /*
- * fuzz_chat.c — chat template rendering (worker/chat.c) on arbitrary
+ * fuzz_chat.c — chat template rendering (worker/tokenizer/chat.c) on arbitrary
  * messages, and family detection on arbitrary Jinja text.
  *
  * Input: byte 0 picks the family (mod 6; 0 = detect it from the Jinja part),
@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "tests/fuzz/fuzz.h"
-#include "worker/chat.h"
+#include "worker/tokenizer/chat.h"
 
 #define MAX_PARTS (4 + 2 * 64)
 

@@ -1,5 +1,5 @@
 /*
- * fuzz_config.c — config.json parsing (worker/config.c, model_config_parse)
+ * fuzz_config.c — config.json parsing (worker/model/config.c, model_config_parse)
  * on arbitrary bytes, then what the engine derives from a parsed config
  * (sliding windows per layer, rotary frequencies, EOS lookup).
  *
@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "tests/fuzz/fuzz.h"
-#include "worker/config.h"
+#include "worker/model/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     model_config cfg;

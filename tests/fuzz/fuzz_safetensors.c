@@ -1,6 +1,6 @@
 /*
  * fuzz_safetensors.c — the safetensors header parser and validator
- * (worker/safetensors.c, st_open_file) on arbitrary files.  The bytes are
+ * (worker/model/safetensors.c, st_open_file) on arbitrary files.  The bytes are
  * written to a memfd and opened by its /proc/self/fd path, so the real
  * open + mmap path runs.
  *
@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "tests/fuzz/fuzz.h"
-#include "worker/safetensors.h"
+#include "worker/model/safetensors.h"
 
 static size_t dtype_size(const char *s) {
     static const struct { const char *n; size_t sz; } t[] = {

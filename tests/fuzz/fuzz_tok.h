@@ -9,7 +9,7 @@
 #include <utf8proc.h>
 
 #include "tests/fuzz/fuzz.h"
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/tokenizer.h"
 
 /* 1 when s[0..n) is valid UTF-8 (what every decode must produce). */
 static inline int fuzz_utf8_valid(const char *s, size_t n) {

@@ -1,5 +1,5 @@
 /*
- * fuzz_tokenizer_encode.c — the encoder (worker/tokenizer.c, tok_*.c:
+ * fuzz_tokenizer_encode.c — the encoder (worker/tokenizer/tokenizer.c, tok_*.c:
  * normalizers, PCRE2 pre-tokenizers, BPE with byte fallback, added tokens)
  * and both decoders on arbitrary text, with the real tokenizers of
  * tests/fixtures/tokenizers/ (byte-level Llama 3 and RoBERTa, SentencePiece

@@ -1,5 +1,5 @@
 /*
- * fuzz_tokenizer_load.c — the tokenizer.json loader (worker/tokenizer.c and
+ * fuzz_tokenizer_load.c — the tokenizer.json loader (worker/tokenizer/tokenizer.c and
  * the component parsers of tok_*.c) on arbitrary files: the bytes go to a
  * memfd, loaded by its /proc/self/fd path (a tokenizer.json named directly;
  * no tokenizer_config.json next to it).  A tokenizer that loads must then

@@ -38,7 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "worker/comm.h"
+#include "common/comm.h"
 
 #define MAXW 8
 #define MAXCASES 128

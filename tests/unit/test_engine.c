@@ -25,8 +25,8 @@
 #include <string.h>
 
 #include "tests/unit/testutil.h"
-#include "worker/engine.h"
-#include "worker/model.h"
+#include "worker/engine/engine.h"
+#include "worker/model/model.h"
 
 typedef struct rig {
     llmq_backend *be;

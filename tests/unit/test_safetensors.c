@@ -16,8 +16,8 @@
 #include <string.h>
 
 #include "tests/unit/testutil.h"
-#include "worker/model.h"
-#include "worker/safetensors.h"
+#include "worker/model/model.h"
+#include "worker/model/safetensors.h"
 
 static char src_dir[4096];
 static char *tmp;

@@ -1,5 +1,5 @@
 /*
- * test_sampler.c — the sampler's contract (worker/sampler.h): filtered
+ * test_sampler.c — the sampler's contract (worker/engine/sampler.h): filtered
  * modes never emit outside their support, temperature sampling follows the
  * softmax distribution (chi-square), draws depend only on (seed, position),
  * greedy breaks ties to the lowest id, and the penalties move logits as
@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/sampler.h"
+#include "worker/engine/sampler.h"
 
 #define V 8
 static const float base[V] = {2.0f, 1.5f, 1.0f, 0.5f, 0.0f, -0.5f, -1.0f, -3.0f};

@@ -1,5 +1,5 @@
 /*
- * test_tok_chat.c — chat templates (worker/chat.c) against Jinja2.
+ * test_tok_chat.c — chat templates (worker/tokenizer/chat.c) against Jinja2.
  *
  * tests/fixtures/tokenizers/chat.expect.json holds the reference templates of
  * five families rendered by Jinja2 the way transformers' apply_chat_template
@@ -20,7 +20,7 @@
 #include <jansson.h>
 
 #include "tests/unit/testutil.h"
-#include "worker/chat.h"
+#include "worker/tokenizer/chat.h"
 
 static chat_family family_of(const char *template_name) {
     if (!strncmp(template_name, "chatml", 6)) return CHAT_CHATML;

@@ -20,7 +20,7 @@
 #include <jansson.h>
 
 #include "tests/unit/testutil.h"
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/tokenizer.h"
 
 static char *tmpdir;
 static json_t *base;

@@ -1,5 +1,5 @@
 /*
- * test_tok_stop.c — stop strings over streamed text (worker/stopstr.c).
+ * test_tok_stop.c — stop strings over streamed text (worker/tokenizer/stopstr.c).
  *
  * Checked against a brute-force reference: for text T split into deltas at every
  * possible place, feeding the deltas must release exactly T up to the earliest
@@ -19,8 +19,8 @@
 #include <cmocka.h>
 
 #include "tests/unit/testutil.h"
-#include "worker/stopstr.h"
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/stopstr.h"
+#include "worker/tokenizer/tokenizer.h"
 
 /* The answer: text up to the earliest stop (longest on ties), and whether one hit. */
 static size_t reference(const char *t, const char *const *stops, size_t ns, int *hit) {

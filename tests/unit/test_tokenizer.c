@@ -25,7 +25,7 @@
 #include <jansson.h>
 
 #include "tests/unit/testutil.h"
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/tokenizer.h"
 
 #define SHOW_MAX 5 /* mismatches printed per check */
 

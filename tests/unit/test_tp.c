@@ -23,9 +23,9 @@
 #include <unistd.h>
 
 #include "tests/unit/testutil.h"
-#include "worker/engine.h"
-#include "worker/model.h"
-#include "worker/tp.h"
+#include "worker/engine/engine.h"
+#include "worker/model/model.h"
+#include "worker/engine/tp.h"
 
 #define MAX_CASES 3
 

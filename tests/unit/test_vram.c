@@ -1,5 +1,5 @@
 /*
- * test_vram.c — the memory estimator (worker/vram.h):
+ * test_vram.c — the memory estimator (worker/engine/vram.h):
  *
  *  - parameter counts from config arithmetic against the published ones
  *    (model cards / the Hub), within 0.5%;
@@ -29,10 +29,10 @@
 #include <string.h>
 
 #include "tests/unit/testutil.h"
-#include "worker/engine.h"
-#include "worker/model.h"
-#include "worker/safetensors.h"
-#include "worker/vram.h"
+#include "worker/engine/engine.h"
+#include "worker/model/model.h"
+#include "worker/model/safetensors.h"
+#include "worker/engine/vram.h"
 
 static int setup(void **st) {
     (void)st;

@@ -1,6 +1,6 @@
 /*
  * test_vram_quant.c — weight-only INT8 / INT4 quantization of whole models
- * (model_load_opts, worker/model.h), measured against the unquantized model
+ * (model_load_opts, worker/model/model.h), measured against the unquantized model
  * and against independent references:
  *
  *  - tests/fixtures/hf/llama_mha: next-token logits of the INT8 and INT4
@@ -30,9 +30,9 @@
 #include <string.h>
 
 #include "tests/unit/testutil.h"
-#include "worker/engine.h"
-#include "worker/model.h"
-#include "worker/tokenizer.h"
+#include "worker/engine/engine.h"
+#include "worker/model/model.h"
+#include "worker/tokenizer/tokenizer.h"
 
 typedef struct qrig {
     llmq_backend *be;

@@ -1,0 +1,417 @@
+/*
+ * cmd_generate.c — `llmq generate`: run a local model on one or more prompts,
+ * offline (no Redis), through the same scheduler and engine the worker uses.
+ * Several prompts run as one continuously batched group.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client/cli/cli.h"
+#include "common/log.h"
+#include "kernels/backend.h"
+#include "worker/engine/engine.h"
+#include "worker/model/model.h"
+#include "worker/engine/sched.h"
+#include "worker/tokenizer/tokenizer.h"
+#include "worker/engine/tp.h"
+
+#define GEN_MAX_PROMPTS 256
+
+typedef struct gen_item {
+    seq s;
+    int index;
+    double t_start, t_first, t_last; /* seconds */
+} gen_item;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void gen_on_token(seq *s, int32_t tok, void *ud) {
+    (void)tok;
+    (void)ud;
+    gen_item *it = s->user;
+    double t = now_s();
+    if (seq_n_generated(s) == 1) it->t_first = t;
+    it->t_last = t;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: llmq generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3)... [options]\n"
+            "  --prompt TEXT            a text prompt (needs the model's tokenizer.json); repeatable\n"
+            "  --prompt-ids LIST        comma-separated token ids; repeat for a batch\n"
+            "  --max-tokens N           tokens to generate per prompt (default 64)\n"
+            "  --temperature T          0 = greedy (default 1.0)\n"
+            "  --top-k K  --top-p P  --min-p P\n"
+            "  --repetition-penalty R  --presence-penalty P  --frequency-penalty F\n"
+            "  --seed S                 sampling seed (default: drawn at random)\n"
+            "  --stop-token-id ID       extra stop id (repeatable)\n"
+            "  --ignore-eos             keep generating past end-of-sequence\n"
+            "  --backend NAME           cpu (default), cpu-ref, cuda\n"
+            "  --kv-blocks N            KV cache blocks of 16 tokens (default: enough for all prompts)\n"
+            "  --memory-utilization F   instead: as many blocks as fit in this fraction of the GPU's memory\n"
+            "                           once the weights are in (cuda)\n"
+            "  --max-num-seqs N         sequences per step (default 32, at most the token budget)\n"
+            "  --max-batched-tokens N   tokens per step (default 512)\n"
+            "  --tp N                   tensor parallel over N local CPU ranks (processes)\n"
+            "  --quantization Q         none (default), int8 or int4: weight-only, applied at load\n"
+            "  --json                   one JSON object per prompt per line\n");
+}
+
+static int parse_ids(const char *arg, int32_t **out, int *n) {
+    int cap = 16, len = 0;
+    int32_t *ids = malloc((size_t)cap * sizeof *ids);
+    if (!ids) return -1;
+    const char *p = arg;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX) {
+            free(ids);
+            return -1;
+        }
+        if (len == cap) {
+            int32_t *g = realloc(ids, (size_t)(cap *= 2) * sizeof *ids);
+            if (!g) {
+                free(ids);
+                return -1;
+            }
+            ids = g;
+        }
+        ids[len++] = (int32_t)v;
+        p = end;
+        while (*p == ',' || *p == ' ') p++;
+    }
+    if (len == 0) {
+        free(ids);
+        return -1;
+    }
+    *out = ids;
+    *n = len;
+    return 0;
+}
+
+/* The generated text as it follows the prompt (decode(prompt + output) minus
+ * decode(prompt)), without the end-of-sequence token.  malloc'd or NULL. */
+static char *completion_text(const tokenizer *tok, const model *m, const seq *s) {
+    tok_stream ts;
+    tok_text out = {0};
+    if (tok_stream_init(&ts, tok, s->tokens, (size_t)s->n_prompt, 1)) return NULL;
+    for (int i = s->n_prompt; i < s->n_tokens; i++) {
+        int32_t id = s->tokens[i];
+        int stop = !s->ignore_eos && model_config_is_eos(&m->cfg, id);
+        for (int k = 0; k < s->n_stop_ids; k++) stop |= s->stop_ids[k] == id;
+        if (!stop) tok_stream_push(&ts, id, &out);
+    }
+    tok_stream_finish(&ts, &out);
+    tok_stream_deinit(&ts);
+    char *r = strdup(out.data ? out.data : "");
+    tok_text_deinit(&out);
+    return r;
+}
+
+static void print_ids(FILE *f, const int32_t *ids, int n) {
+    fputc('[', f);
+    for (int i = 0; i < n; i++) fprintf(f, i ? ",%d" : "%d", ids[i]);
+    fputc(']', f);
+}
+
+int cmd_generate(int argc, char **argv) {
+    enum { O_PROMPT = 255, O_PROMPT_IDS = 256, O_MAX_TOKENS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED,
+           O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP, O_TP, O_QUANT, O_MEM };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, O_MODEL},
+        {"prompt", required_argument, 0, O_PROMPT},
+        {"prompt-ids", required_argument, 0, O_PROMPT_IDS},
+        {"max-tokens", required_argument, 0, O_MAX_TOKENS},
+        {"temperature", required_argument, 0, O_TEMP},
+        {"top-k", required_argument, 0, O_TOPK},
+        {"top-p", required_argument, 0, O_TOPP},
+        {"min-p", required_argument, 0, O_MINP},
+        {"repetition-penalty", required_argument, 0, O_REP},
+        {"presence-penalty", required_argument, 0, O_PRES},
+        {"frequency-penalty", required_argument, 0, O_FREQ},
+        {"seed", required_argument, 0, O_SEED},
+        {"stop-token-id", required_argument, 0, O_STOP_ID},
+        {"ignore-eos", no_argument, 0, O_IGNORE_EOS},
+        {"backend", required_argument, 0, O_BACKEND},
+        {"kv-blocks", required_argument, 0, O_KV},
+        {"max-num-seqs", required_argument, 0, O_SEQS},
+        {"max-batched-tokens", required_argument, 0, O_BATCHED},
+        {"json", no_argument, 0, O_JSON},
+        {"tp", required_argument, 0, O_TP},
+        {"quantization", required_argument, 0, O_QUANT},
+        {"memory-utilization", required_argument, 0, O_MEM},
+        {"help", no_argument, 0, O_HELP},
+        {0, 0, 0, 0},
+    };
+    const char *model_dir = NULL, *backend_name = "cpu";
+    int32_t *prompts[GEN_MAX_PROMPTS];
+    const char *prompt_text[GEN_MAX_PROMPTS] = {0}; /* --prompt: tokenized once the model is known */
+    int prompt_len[GEN_MAX_PROMPTS];
+    double mem_util = 0;
+    int n_prompts = 0, max_tokens = 64, kv_blocks = 0, max_seqs = 0, max_batched = 512, json = 0, ignore_eos = 0;
+    int have_seed = 0, n_stop = 0, tp = 1;
+    int32_t stop_ids[SEQ_MAX_STOP_IDS];
+    sampling_params sp;
+    sampling_params_default(&sp);
+    model_load_opts lo = {LLMQ_QUANT_NONE, 0};
+    int rc = 2, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        char *end = NULL;
+        switch (c) {
+        case O_MODEL: model_dir = optarg; break;
+        case O_PROMPT:
+            if (n_prompts == GEN_MAX_PROMPTS) {
+                fprintf(stderr, "llmq generate: at most %d prompts\n", GEN_MAX_PROMPTS);
+                goto out;
+            }
+            prompt_text[n_prompts] = optarg;
+            prompts[n_prompts] = NULL;
+            prompt_len[n_prompts++] = 0;
+            break;
+        case O_PROMPT_IDS:
+            if (n_prompts == GEN_MAX_PROMPTS) {
+                fprintf(stderr, "llmq generate: at most %d prompts\n", GEN_MAX_PROMPTS);
+                goto out;
+            }
+            if (parse_ids(optarg, &prompts[n_prompts], &prompt_len[n_prompts])) {
+                fprintf(stderr, "llmq generate: --prompt-ids wants comma-separated non-negative integers, got '%s'\n",
+                        optarg);
+                goto out;
+            }
+            n_prompts++;
+            break;
+        case O_MAX_TOKENS: max_tokens = (int)strtol(optarg, &end, 10); break;
+        case O_TEMP: sp.temperature = strtof(optarg, &end); break;
+        case O_TOPK: sp.top_k = (int)strtol(optarg, &end, 10); break;
+        case O_TOPP: sp.top_p = strtof(optarg, &end); break;
+        case O_MINP: sp.min_p = strtof(optarg, &end); break;
+        case O_REP: sp.repetition_penalty = strtof(optarg, &end); break;
+        case O_PRES: sp.presence_penalty = strtof(optarg, &end); break;
+        case O_FREQ: sp.frequency_penalty = strtof(optarg, &end); break;
+        case O_SEED: sp.seed = strtoull(optarg, &end, 10); have_seed = 1; break;
+        case O_STOP_ID:
+            if (n_stop == SEQ_MAX_STOP_IDS) {
+                fprintf(stderr, "llmq generate: at most %d --stop-token-id\n", SEQ_MAX_STOP_IDS);
+                goto out;
+            }
+            stop_ids[n_stop++] = (int32_t)strtol(optarg, &end, 10);
+            break;
+        case O_IGNORE_EOS: ignore_eos = 1; break;
+        case O_BACKEND: backend_name = optarg; break;
+        case O_KV: kv_blocks = (int)strtol(optarg, &end, 10); break;
+        case O_MEM: mem_util = strtod(optarg, &end); break;
+        case O_SEQS: max_seqs = (int)strtol(optarg, &end, 10); break;
+        case O_BATCHED: max_batched = (int)strtol(optarg, &end, 10); break;
+        case O_JSON: json = 1; break;
+        case O_TP: tp = (int)strtol(optarg, &end, 10); break;
+        case O_QUANT: {
+            llmq_err qe = {0};
+            if (llmq_quant_parse(optarg, &lo.quant, &qe)) {
+                fprintf(stderr, "llmq generate: --quantization: %s\n", qe.msg);
+                goto out;
+            }
+            break;
+        }
+        case O_HELP: usage(stdout); rc = 0; goto out;
+        default: usage(stderr); goto out;
+        }
+        if (end && *end) {
+            const char *name = "?";
+            for (const struct option *o = opts; o->name; o++)
+                if (o->val == c) name = o->name;
+            fprintf(stderr, "llmq generate: bad number '%s' for --%s\n", optarg, name);
+            goto out;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "llmq generate: unexpected argument '%s'\n", argv[optind]);
+        goto out;
+    }
+    if (!model_dir || n_prompts == 0) {
+        fprintf(stderr, "llmq generate: --model and at least one --prompt or --prompt-ids are required\n");
+        usage(stderr);
+        goto out;
+    }
+    if (max_seqs == 0) max_seqs = max_batched < 32 ? max_batched : 32;
+    if (max_tokens < 1 || max_seqs < 1 || max_batched < max_seqs || sp.temperature < 0 || sp.top_p <= 0 ||
+        sp.top_p > 1 || sp.min_p < 0 || sp.min_p > 1 || sp.top_k < 0 || kv_blocks < 0 ||
+        mem_util < 0 || mem_util > 1 || (mem_util > 0 && kv_blocks > 0)) {
+        fprintf(stderr, "llmq generate: out-of-range option (need max-tokens >= 1, 0 < top-p <= 1, "
+                        "0 <= min-p <= 1, temperature >= 0, max-batched-tokens >= max-num-seqs, "
+                        "0 < memory-utilization <= 1 without --kv-blocks)\n");
+        goto out;
+    }
+    if (!have_seed) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        sp.seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)getpid();
+    }
+
+    rc = 1;
+    model_set_load_opts(&lo); /* before any peer process starts: they inherit it */
+    llmq_err err = {0};
+    llmq_backend *be = NULL;
+    model *m = NULL;
+    engine *eng = NULL;
+    sched *sch = NULL;
+    gen_item *items = NULL;
+    tp_group group = {0};
+    int group_started = 0;
+    tokenizer *tok = NULL;
+    char tokpath[4096];
+    snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", model_dir);
+    if (access(tokpath, R_OK) == 0 && !(tok = tok_load(model_dir, &err))) {
+        fprintf(stderr, "llmq generate: %s\n", err.msg);
+        goto done;
+    }
+    for (int i = 0; i < n_prompts; i++) {
+        if (!prompt_text[i]) continue;
+        if (!tok) {
+            fprintf(stderr, "llmq generate: --prompt needs %s; use --prompt-ids\n", tokpath);
+            goto done;
+        }
+        size_t n = 0;
+        if (tok_encode(tok, prompt_text[i], strlen(prompt_text[i]), 1, &prompts[i], &n, &err)) {
+            fprintf(stderr, "llmq generate: prompt %d: %s\n", i, err.msg);
+            goto done;
+        }
+        prompt_len[i] = (int)n;
+    }
+    if (kv_blocks == 0 && mem_util == 0) {
+        long need = 0;
+        for (int i = 0; i < n_prompts; i++) need += (prompt_len[i] + max_tokens + 1 + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
+        kv_blocks = (int)need;
+    }
+    eng_opts eo = {kv_blocks, max_batched, max_seqs, NULL, mem_util, 0};
+    if (tp != 1) {
+        /* check that the split works before starting any process */
+        model_config cfg;
+        model_shard sh;
+        if (model_config_load(&cfg, model_dir, &err) || model_shard_plan(&sh, &cfg, 0, tp, &err)) {
+            fprintf(stderr, "llmq generate: %s\n", err.msg);
+            goto done;
+        }
+        if (tp_group_start(&group, tp, 10000, &err)) {
+            fprintf(stderr, "llmq generate: %s\n", err.msg);
+            goto done;
+        }
+        group_started = 1;
+        if (group.rank > 0) { /* a peer: serve the leader's steps, print nothing */
+            rc = tp_peer_run(&group, model_dir, backend_name, &eo, &err) ? 1 : 0;
+            group_started = 0;
+            goto done;
+        }
+        eo.comm = group.comm;
+    }
+    be = llmq_backend_create(backend_name, &err);
+    if (!be || model_load_shard(&m, model_dir, be, group.rank, tp, &err)) {
+        fprintf(stderr, "llmq generate: %s\n", err.msg);
+        goto done;
+    }
+    sched_opts so = {max_seqs, max_batched};
+    sched_callbacks cb = {gen_on_token, NULL, NULL};
+    if (eng_create(&eng, m, &eo, &err) || sched_create(&sch, eng, &so, &cb, &err)) {
+        fprintf(stderr, "llmq generate: %s\n", err.msg);
+        goto done;
+    }
+    items = calloc((size_t)n_prompts, sizeof *items);
+    if (!items) {
+        fprintf(stderr, "llmq generate: out of memory\n");
+        goto done;
+    }
+    for (int i = 0; i < n_prompts; i++) {
+        gen_item *it = &items[i];
+        if (seq_init(&it->s, prompts[i], prompt_len[i], max_tokens, &sp)) {
+            fprintf(stderr, "llmq generate: out of memory\n");
+            goto done;
+        }
+        it->index = i;
+        it->s.user = it;
+        it->s.ignore_eos = ignore_eos;
+        it->s.n_stop_ids = n_stop;
+        memcpy(it->s.stop_ids, stop_ids, sizeof stop_ids);
+        it->t_start = now_s();
+        if (sched_add(sch, &it->s, &err)) {
+            fprintf(stderr, "llmq generate: prompt %d: %s\n", i, err.msg);
+            goto done;
+        }
+    }
+    for (;;) {
+        int worked;
+        if (sched_step(sch, &worked, &err)) {
+            fprintf(stderr, "llmq generate: %s\n", err.msg);
+            goto done;
+        }
+        if (!worked) break;
+    }
+    for (int i = 0; i < n_prompts; i++) {
+        gen_item *it = &items[i];
+        const seq *s = &it->s;
+        const int n_out = seq_n_generated(s);
+        if (json) {
+            double prefill_ms = (it->t_first - it->t_start) * 1e3;
+            double tps = n_out > 1 && it->t_last > it->t_first ? (n_out - 1) / (it->t_last - it->t_first) : 0.0;
+            printf("{\"index\":%d,\"prompt_ids\":", i);
+            print_ids(stdout, s->tokens, s->n_prompt);
+            printf(",\"output_ids\":");
+            print_ids(stdout, s->tokens + s->n_prompt, n_out);
+            char *text = tok ? completion_text(tok, m, s) : NULL;
+            if (text) {
+                json_t *jt = json_string(text);
+                char *js = jt ? json_dumps(jt, JSON_ENCODE_ANY) : NULL;
+                printf(",\"text\":%s", js ? js : "\"\"");
+                free(js);
+                json_decref(jt);
+                free(text);
+            }
+            printf(",\"finish_reason\":\"%s\",\"prompt_tokens\":%d,\"completion_tokens\":%d,"
+                   "\"prefill_ms\":%.3f,\"decode_tok_per_s\":%.2f,\"preemptions\":%d,\"seed\":%" PRIu64 "}\n",
+                   finish_reason_name(s->finish), s->n_prompt, n_out, prefill_ms, tps, s->n_preempted, s->sp.seed);
+        } else {
+            char *text = tok ? completion_text(tok, m, s) : NULL;
+            if (text) {
+                printf("[%d] %s (%s)\n", i, text, finish_reason_name(s->finish));
+                free(text);
+            } else {
+                printf("[%d] ", i);
+                print_ids(stdout, s->tokens + s->n_prompt, n_out);
+                printf(" (%s)\n", finish_reason_name(s->finish));
+            }
+        }
+    }
+    rc = 0;
+    if (group_started && eng_stop_peers(eng, &err)) {
+        fprintf(stderr, "llmq generate: %s\n", err.msg);
+        rc = 1;
+    }
+done:
+    if (group_started && tp_group_stop(&group, rc != 0) && rc == 0) {
+        fprintf(stderr, "llmq generate: a tensor-parallel peer failed\n");
+        rc = 1;
+    }
+    if (items)
+        for (int i = 0; i < n_prompts; i++) seq_deinit(&items[i].s);
+    free(items);
+    sched_destroy(sch);
+    eng_destroy(eng);
+    model_destroy(m);
+    llmq_backend_destroy(be);
+    tok_destroy(tok);
+out:
+    for (int i = 0; i < n_prompts; i++) free(prompts[i]);
+    return rc;
+}

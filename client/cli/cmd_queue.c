@@ -1,0 +1,280 @@
+/*
+ * cmd_queue.c — the queue verbs of `llmq`, thin fronts over libllmq:
+ *
+ *   llmq submit --redis URL --model NAME --prompt T [--max-tokens N] [--temperature T]
+ *               [--seed S] [--prefix P] [--wait | --stream]
+ *   llmq get    --redis URL [--prefix P] ID       JSON of the job (state, text, usage)
+ *   llmq stream --redis URL [--prefix P] [--from SEQ] [--timeout MS] ID
+ *   llmq cancel --redis URL [--prefix P] ID
+ *
+ * --redis defaults to $LLMQ_REDIS, then redis://127.0.0.1:6379; a password
+ * not in the URL comes from --redis-password-file F, $LLMQ_REDIS_PASSWORD_FILE
+ * or $LLMQ_REDIS_PASSWORD (common/url.h).  submit
+ * prints the job id (plain), or with --wait the final JSON as `get` prints
+ * it, or with --stream the text as it is generated.  Exit status: 0 ok, 1
+ * runtime error or failed job, 2 usage.
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client/cli/cli.h"
+#include "client/libllmq.h"
+#include "common/url.h"
+
+typedef struct queue_opts {
+    const char *redis;           /* URL */
+    const char *prefix;          /* key prefix or NULL */
+    const char *model, *prompt;  /* submit */
+    int max_tokens;              /* submit; PROTO_UNSET = default */
+    double temperature;          /* submit; NAN = default */
+    int has_seed;
+    unsigned long long seed;
+    int wait, stream;            /* submit: --wait / --stream */
+    long long from;              /* stream: first seq */
+    int timeout_ms;              /* stream: give up after this much silence (0 = never) */
+    const char *id;              /* get / stream / cancel */
+} queue_opts;
+
+static void usage(FILE *f, const char *verb) {
+    if (!strcmp(verb, "submit"))
+        fprintf(f, "usage: llmq submit --redis URL --model NAME --prompt TEXT [--max-tokens N] [--temperature T]\n"
+                   "                   [--seed S] [--prefix P] [--wait | --stream]\n");
+    else if (!strcmp(verb, "stream"))
+        fprintf(f, "usage: llmq stream --redis URL [--prefix P] [--from SEQ] [--timeout MS] ID\n");
+    else
+        fprintf(f, "usage: llmq %s --redis URL [--prefix P] ID\n", verb);
+    fprintf(f, "a Redis password not in the URL: --redis-password-file F, $LLMQ_REDIS_PASSWORD_FILE or "
+               "$LLMQ_REDIS_PASSWORD\n");
+}
+
+/* Parse argv; 0 ok, 2 usage error (printed), 1 = --help printed. */
+static int parse(int argc, char **argv, queue_opts *o) {
+    const char *verb = argv[0];
+    memset(o, 0, sizeof *o);
+    o->redis = getenv("LLMQ_REDIS") ? getenv("LLMQ_REDIS") : "redis://127.0.0.1:6379";
+    o->max_tokens = PROTO_UNSET;
+    o->temperature = NAN;
+    enum { O_REDIS = 1, O_PREFIX, O_MODEL, O_PROMPT, O_MAXT, O_TEMP, O_SEED, O_WAIT, O_STREAM, O_FROM, O_TIMEOUT, O_PWFILE,
+           O_HELP };
+    static const struct option opts[] = {
+        {"redis", required_argument, 0, O_REDIS},   {"prefix", required_argument, 0, O_PREFIX},
+        {"model", required_argument, 0, O_MODEL},   {"prompt", required_argument, 0, O_PROMPT},
+        {"max-tokens", required_argument, 0, O_MAXT}, {"temperature", required_argument, 0, O_TEMP},
+        {"seed", required_argument, 0, O_SEED},     {"wait", no_argument, 0, O_WAIT},
+        {"stream", no_argument, 0, O_STREAM},       {"from", required_argument, 0, O_FROM},
+        {"timeout", required_argument, 0, O_TIMEOUT}, {"help", no_argument, 0, O_HELP},
+        {"redis-password-file", required_argument, 0, O_PWFILE},
+        {0, 0, 0, 0},
+    };
+    int c;
+    char *end;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case O_REDIS: o->redis = optarg; break;
+        case O_PREFIX: o->prefix = optarg; break;
+        case O_PWFILE: redis_url_set_password_file(optarg); break;
+        case O_MODEL: o->model = optarg; break;
+        case O_PROMPT: o->prompt = optarg; break;
+        case O_MAXT:
+            o->max_tokens = (int)strtol(optarg, &end, 10);
+            if (*end || o->max_tokens < 1) goto bad;
+            break;
+        case O_TEMP:
+            o->temperature = strtod(optarg, &end);
+            if (*end) goto bad;
+            break;
+        case O_SEED:
+            o->seed = strtoull(optarg, &end, 10);
+            if (*end) goto bad;
+            o->has_seed = 1;
+            break;
+        case O_WAIT: o->wait = 1; break;
+        case O_STREAM: o->stream = 1; break;
+        case O_FROM:
+            o->from = strtoll(optarg, &end, 10);
+            if (*end || o->from < 0) goto bad;
+            break;
+        case O_TIMEOUT:
+            o->timeout_ms = (int)strtol(optarg, &end, 10);
+            if (*end || o->timeout_ms < 0) goto bad;
+            break;
+        case O_HELP:
+        case 'h': usage(stdout, verb); return 1;
+        default: usage(stderr, verb); return 2;
+        }
+    }
+    if (!strcmp(verb, "submit")) {
+        if (optind != argc || !o->model || !o->prompt || (o->wait && o->stream)) {
+            usage(stderr, verb);
+            return 2;
+        }
+    } else {
+        if (optind != argc - 1) {
+            usage(stderr, verb);
+            return 2;
+        }
+        o->id = argv[optind];
+    }
+    return 0;
+bad:
+    fprintf(stderr, "llmq %s: bad value '%s' for %s\n", verb, optarg, argv[optind - 1]);
+    return 2;
+}
+
+static llmq_client *connect_or_say(const queue_opts *o, const char *verb) {
+    llmq_err err;
+    llmq_err_clear(&err);
+    llmq_client *c = llmq_connect(o->redis, o->prefix, &err);
+    if (!c) fprintf(stderr, "llmq %s: %s\n", verb, err.msg);
+    return c;
+}
+
+/* Print the job as JSON; returns 0 when it is not failed. */
+static int print_job(const char *id, const llmq_job *j) {
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s?}", "id", id, "status", j->state_name, "model", j->model,
+                          "finish_reason", j->finish_reason[0] ? j->finish_reason : NULL);
+    json_object_set_new(o, "text", json_stringn_nocheck(j->text, j->text_len));
+    if (j->has_usage)
+        json_object_set_new(o, "usage", json_pack("{s:I, s:I}", "prompt_tokens", (json_int_t)j->usage.prompt_tokens,
+                                                  "completion_tokens", (json_int_t)j->usage.completion_tokens));
+    json_object_set_new(o, "chunks", json_integer(j->n_chunks));
+    json_object_set_new(o, "attempts", json_integer(j->attempts));
+    if (j->error) json_object_set_new(o, "error", json_string(j->error));
+    char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(o);
+    if (s) puts(s);
+    free(s);
+    return j->state == PROTO_STATE_FAILED || j->state == PROTO_STATE_EXPIRED;
+}
+
+typedef struct print_state {
+    int failed;                  /* the final chunk reported an error */
+} print_state;
+
+static int print_chunk(void *user, const proto_chunk *ch) {
+    print_state *ps = user;
+    if (ch->text_len) {
+        fwrite(ch->text, 1, ch->text_len, stdout);
+        fflush(stdout);
+    }
+    if (ch->finish) {
+        if (!strcmp(ch->finish, "error")) {
+            fprintf(stderr, "\nllmq: job failed: %s\n", ch->error ? ch->error : "(no message)");
+            ps->failed = 1;
+        } else {
+            putchar('\n');
+        }
+    }
+    return 0;
+}
+
+/* --wait: read through to the final chunk without printing. */
+static int wait_chunk(void *user, const proto_chunk *ch) { return 0; }
+
+static int do_stream(llmq_client *c, const char *verb, const char *id, long long from, int timeout_ms) {
+    llmq_err err;
+    print_state ps = {0};
+    if (llmq_stream(c, id, from, timeout_ms, print_chunk, &ps, &err) != LLMQ_OK) {
+        fprintf(stderr, "llmq %s: %s\n", verb, err.msg);
+        return 1;
+    }
+    return ps.failed;
+}
+
+int cmd_submit(int argc, char **argv) {
+    queue_opts o;
+    int rc = parse(argc, argv, &o);
+    if (rc) return rc == 1 ? 0 : rc;
+    llmq_client *c = connect_or_say(&o, "submit");
+    if (!c) return 1;
+    proto_request r;
+    proto_request_init(&r);
+    r.model = (char *)o.model;
+    r.kind = PROTO_PROMPT_TEXT;
+    r.prompt = (char *)o.prompt;
+    r.max_tokens = o.max_tokens;
+    r.temperature = o.temperature;
+    r.has_seed = o.has_seed;
+    r.seed = o.seed;
+    char id[LLMQ_ID_MAX];
+    llmq_err err;
+    if (llmq_submit(c, &r, id, sizeof id, &err) != LLMQ_OK) {
+        fprintf(stderr, "llmq submit: %s\n", err.msg);
+        llmq_close(c);
+        return 1;
+    }
+    if (o.stream) {
+        fprintf(stderr, "job %s\n", id);
+        rc = do_stream(c, "submit", id, 0, 0);
+    } else if (o.wait) {
+        print_state ps = {0};
+        llmq_job j;
+        if (llmq_stream(c, id, 0, 0, wait_chunk, &ps, &err) != LLMQ_OK ||
+            llmq_get(c, id, &j, &err) != LLMQ_OK) {
+            fprintf(stderr, "llmq submit: %s\n", err.msg);
+            rc = 1;
+        } else {
+            rc = print_job(id, &j);
+            llmq_job_free(&j);
+        }
+    } else {
+        puts(id);
+    }
+    llmq_close(c);
+    return rc;
+}
+
+int cmd_get(int argc, char **argv) {
+    queue_opts o;
+    int rc = parse(argc, argv, &o);
+    if (rc) return rc == 1 ? 0 : rc;
+    llmq_client *c = connect_or_say(&o, "get");
+    if (!c) return 1;
+    llmq_job j;
+    llmq_err err;
+    if (llmq_get(c, o.id, &j, &err) != LLMQ_OK) {
+        fprintf(stderr, "llmq get: %s\n", err.msg);
+        rc = 1;
+    } else {
+        rc = print_job(o.id, &j);
+        llmq_job_free(&j);
+    }
+    llmq_close(c);
+    return rc;
+}
+
+int cmd_stream(int argc, char **argv) {
+    queue_opts o;
+    int rc = parse(argc, argv, &o);
+    if (rc) return rc == 1 ? 0 : rc;
+    llmq_client *c = connect_or_say(&o, "stream");
+    if (!c) return 1;
+    rc = do_stream(c, "stream", o.id, o.from, o.timeout_ms);
+    llmq_close(c);
+    return rc;
+}
+
+int cmd_cancel(int argc, char **argv) {
+    queue_opts o;
+    int rc = parse(argc, argv, &o);
+    if (rc) return rc == 1 ? 0 : rc;
+    llmq_client *c = connect_or_say(&o, "cancel");
+    if (!c) return 1;
+    llmq_cancel_result res;
+    llmq_err err;
+    if (llmq_cancel(c, o.id, &res, &err) != LLMQ_OK) {
+        fprintf(stderr, "llmq cancel: %s\n", err.msg);
+        rc = 1;
+    } else {
+        static const char *what[] = {"not found", "cancelling", "cancelled", "already finished"};
+        printf("%s %s\n", o.id, what[res <= LLMQ_CANCEL_TOO_LATE ? res : 0]);
+        rc = res == LLMQ_CANCEL_NOT_FOUND;
+    }
+    llmq_close(c);
+    return rc;
+}

@@ -1,0 +1,529 @@
+/*
+ * engine.c — the Llama-family forward pass over a paged KV cache.
+ *
+ * Per step (n tokens of S sequences, d = hidden, q = heads*head_dim,
+ * kv = kv_heads*head_dim, I = intermediate, V = vocab):
+ *
+ *   x[n,d]  = embed(tokens)
+ *   for each layer:
+ *     h      = rmsnorm(x)               (fused with x += mlp_out after layer 0)
+ *     q,k,v  = h Wq^T, h Wk^T, h Wv^T   (+ biases)       [n,q] [n,kv] [n,kv]
+ *     rope(q, k); store k, v at the tokens' cache slots
+ *     a[n,q] = attention(q, cache)      causal, sliding window per layer
+ *     o[n,d] = a Wo^T
+ *     h      = rmsnorm(x += o)
+ *     g[n,I] = silu(h Wg^T) * (h Wu^T)
+ *     m[n,d] = g Wd^T
+ *   h = rmsnorm(x += m); logits[S,V] = h[last token of each S] Wlm^T
+ *
+ * All buffers are allocated at creation for the step limits; a step only
+ * uploads its index arrays and runs the ops.
+ */
+#include "worker/engine/engine.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct engine {
+    const model *m;
+    llmq_backend *be;
+    eng_opts opts;
+    llmq_comm *comm;            /* NULL or world 1: no collectives */
+    llmq_comm *dcomm;           /* collectives on backend buffers: comm, or the backend's own (owned) */
+    int tp;                     /* 1 when comm has more than one rank */
+    int32_t *plan;              /* leader -> peers step plan (host) */
+    size_t plan_cap;            /* int32 entries */
+    float *lg_local, *lg_all;   /* TP logits: [S, V/world] local, [world, S, V/world] gathered */
+    int32_t *h_ids_shard;       /* token ids shifted into this rank's vocabulary shard */
+    size_t kv_dim;
+    void **k_cache, **v_cache;  /* [n_layers] each [n_blocks * 16, kv_dim] */
+    float *inv_freq;            /* [head_dim / 2] backend buffer */
+    /* activations (backend buffers) */
+    void *x, *h, *q, *k, *v, *att, *o, *gate, *up, *hl, *logits;
+    void *h2, *o2;              /* Falcon: the MLP's own input (two LayerNorms) and output */
+    /* index arrays: host staging + backend copies */
+    int32_t *h_ids, *h_pos, *h_slots, *h_tok_start, *h_bt, *h_rows;
+    int32_t *d_ids, *d_pos, *d_slots, *d_tok_start, *d_bt, *d_rows;
+    int max_bt;                 /* max blocks per sequence (context / 16) */
+    int graphs;                 /* decode steps go through be_ops.graph_begin/graph_end */
+    int pad_tables;             /* decode steps pad block tables to a power of two */
+};
+
+/* Step plan layout (int32): [magic, n_seqs, max_blocks, then per sequence
+ * n_tokens, start_pos, n_blocks, want_logits, then all tokens, then all
+ * block tables]. */
+#define PLAN_MAGIC 0x6c6d7170
+#define PLAN_STOP (-1)
+
+size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype act_dt) {
+    return (size_t)2 * cfg->n_layers * cfg->n_kv_heads * cfg->head_dim * llmq_dtype_size(act_dt);
+}
+
+const model *eng_model(const engine *e) { return e->m; }
+int eng_n_blocks(const engine *e) { return e->opts.n_blocks; }
+
+/* Headroom the pool leaves on the device beyond the budget: allocator
+ * granularity and fragmentation, NCCL's and cuBLAS's lazy buffers. */
+#define ENG_POOL_SLACK ((size_t)256 << 20)
+
+/* KV blocks that fit in mem_util of the device once everything else is
+ * allocated; the minimum over the group's ranks. */
+static llmq_status size_pool(engine *e, double mem_util, size_t block_bytes, int *n_blocks, llmq_err *err) {
+    llmq_backend *be = e->be;
+    if (!be->ops->mem_info)
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
+                            "engine: the %s backend cannot size the KV pool from its memory; give the number of "
+                            "blocks (--kv-blocks), or use --memory-utilization with llmq-worker, which estimates it",
+                            be->ops->name);
+    size_t fr = 0, tot = 0;
+    be->ops->mem_info(be, &fr, &tot);
+    const double used = (double)(tot - fr), budget = mem_util * (double)tot - used - (double)ENG_POOL_SLACK;
+    double b = budget > 0 ? budget / (double)block_bytes : 0;
+    const int cap = INT32_MAX / ENG_BLOCK_SIZE;
+    int32_t mine = b > cap ? cap : (int32_t)b;
+    int32_t all[64];
+    if (e->tp) {
+        if (e->comm->world > 64) return llmq_err_set(err, LLMQ_ERR_INVALID, "engine: more than 64 ranks");
+        if (comm_all_gather(e->comm, all, &mine, 1, COMM_I32))
+            return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+        for (int r = 0; r < e->comm->world; r++) mine = all[r] < mine ? all[r] : mine;
+    }
+    if (mine < 1)
+        return llmq_err_set(err, LLMQ_ERR_NOMEM,
+                            "memory utilization %.3g: %.1f MiB of %.1f MiB are in use once the weights and step "
+                            "buffers are allocated (on this rank; the smallest pool of the group counts): no room "
+                            "for one KV block of %.2f MiB within %.1f MiB (less %.0f MiB of headroom)",
+                            mem_util, used / 1048576.0, tot / 1048576.0, block_bytes / 1048576.0,
+                            mem_util * (double)tot / 1048576.0, ENG_POOL_SLACK / 1048576.0);
+    *n_blocks = mine;
+    return LLMQ_OK;
+}
+
+llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err *err) {
+    const model_config *c = &m->cfg;
+    const int sized = o->n_blocks <= 0 && o->mem_util > 0 && o->mem_util <= 1;
+    if ((o->n_blocks <= 0 && !sized) || o->max_tokens <= 0 || o->max_seqs <= 0 || o->max_seqs > o->max_tokens)
+        return llmq_err_set(err, LLMQ_ERR_INVALID,
+                            "engine: need n_blocks > 0 (or a memory utilization in (0, 1]) and 0 < max_seqs <= "
+                            "max_tokens (got %d, %d, %d)", o->n_blocks, o->max_seqs, o->max_tokens);
+    engine *e = calloc(1, sizeof *e);
+    if (!e) return llmq_err_set(err, LLMQ_ERR_NOMEM, "engine: out of memory");
+    llmq_backend *be = m->be;
+    e->m = m;
+    e->be = be;
+    e->opts = *o;
+    const model_shard *sh = &m->shard;
+    e->comm = o->comm;
+    e->tp = o->comm && o->comm->world > 1;
+    if ((o->comm ? o->comm->world : 1) != sh->world || (o->comm ? o->comm->rank : 0) != sh->rank) {
+        free(e);
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "engine: the model is shard %d of %d but the group is rank %d of %d",
+                            sh->rank, sh->world, o->comm ? o->comm->rank : 0, o->comm ? o->comm->world : 1);
+    }
+    e->dcomm = e->comm;
+    if (e->tp && be->ops->group_comm) {
+        llmq_comm *d = be->ops->group_comm(be, e->comm, err);
+        if (!d) {
+            free(e);
+            return err->code;
+        }
+        e->dcomm = d;
+    }
+    e->kv_dim = (size_t)sh->n_kv_heads * c->head_dim;
+    const size_t es = llmq_dtype_size(be->act_dt), T = (size_t)o->max_tokens, S = (size_t)o->max_seqs;
+    const size_t d = (size_t)c->hidden_size, qd = (size_t)sh->n_heads * c->head_dim, I = (size_t)sh->inter;
+    const size_t Vl = (size_t)sh->vocab;
+
+    /* step buffers first, so that a pool sized from the device's free
+     * memory counts them */
+    int ok = (e->x = be->ops->alloc(be, T * d * es)) && (e->h = be->ops->alloc(be, T * d * es)) &&
+         (e->q = be->ops->alloc(be, T * qd * es)) && (e->k = be->ops->alloc(be, T * e->kv_dim * es)) &&
+         (e->v = be->ops->alloc(be, T * e->kv_dim * es)) && (e->att = be->ops->alloc(be, T * qd * es)) &&
+         (e->o = be->ops->alloc(be, T * d * es)) &&
+         (c->arch == ARCH_FALCON || (e->gate = be->ops->alloc(be, T * I * es))) && /* Falcon: no gate */
+         (e->up = be->ops->alloc(be, T * I * es)) && (e->hl = be->ops->alloc(be, S * d * es)) &&
+         (e->logits = be->ops->alloc(be, S * Vl * es)) &&
+         (e->inv_freq = be->ops->alloc(be, (size_t)c->head_dim / 2 * sizeof(float)));
+    if (c->arch == ARCH_FALCON) {
+        if (!be->ops->layernorm || !be->ops->gelu) {
+            eng_destroy(e);
+            return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "engine: the %s backend has no LayerNorm/GELU for %s",
+                                be->ops->name, c->arch_name);
+        }
+        ok = ok && (e->h2 = be->ops->alloc(be, T * d * es)) && (e->o2 = be->ops->alloc(be, T * d * es));
+    }
+    if (ok && sized) {
+        llmq_status st = size_pool(e, o->mem_util, (size_t)2 * c->n_layers * ENG_BLOCK_SIZE * e->kv_dim * es,
+                                   &e->opts.n_blocks, err);
+        if (st) {
+            eng_destroy(e);
+            return st;
+        }
+    }
+    const size_t cache_elems = (size_t)e->opts.n_blocks * ENG_BLOCK_SIZE * e->kv_dim;
+    ok = ok && (e->k_cache = calloc((size_t)c->n_layers, sizeof(void *))) &&
+         (e->v_cache = calloc((size_t)c->n_layers, sizeof(void *)));
+    for (int l = 0; ok && l < c->n_layers; l++)
+        ok = (e->k_cache[l] = be->ops->alloc(be, cache_elems * es)) && (e->v_cache[l] = be->ops->alloc(be, cache_elems * es));
+    e->max_bt = (c->max_position_embeddings + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
+    if (e->max_bt > e->opts.n_blocks) e->max_bt = e->opts.n_blocks;
+    /* index arrays */
+    ok = ok && (e->h_ids = malloc(T * 4)) && (e->h_pos = malloc(T * 4)) && (e->h_slots = malloc(T * 4)) &&
+         (e->h_tok_start = malloc((S + 1) * 4)) && (e->h_bt = malloc(S * (size_t)e->max_bt * 4)) &&
+         (e->h_rows = malloc(S * 4)) && (e->h_ids_shard = malloc(T * 4)) &&
+         (e->d_ids = be->ops->alloc(be, T * 4)) &&
+         (e->d_pos = be->ops->alloc(be, T * 4)) && (e->d_slots = be->ops->alloc(be, T * 4)) &&
+         (e->d_tok_start = be->ops->alloc(be, (S + 1) * 4)) &&
+         (e->d_bt = be->ops->alloc(be, S * (size_t)e->max_bt * 4)) && (e->d_rows = be->ops->alloc(be, S * 4));
+    e->plan_cap = 3 + 4 * S + T + S * (size_t)e->max_bt;
+    ok = ok && (e->plan = malloc(e->plan_cap * 4));
+    if (e->tp) ok = ok && (e->lg_local = malloc(S * Vl * 4)) && (e->lg_all = malloc(S * Vl * 4 * sh->world));
+    if (!ok) {
+        eng_destroy(e);
+        return llmq_err_set(err, LLMQ_ERR_NOMEM,
+                            "engine: cannot allocate the KV cache (%d blocks, %.1f MiB) and buffers for %d tokens",
+                            e->opts.n_blocks, (double)cache_elems * es * 2 * c->n_layers / 1048576.0, o->max_tokens);
+    }
+    float inv[256];
+    model_config_rope_inv_freq(c, inv);
+    be->ops->upload(be, e->inv_freq, inv, (size_t)c->head_dim / 2 * sizeof(float));
+    /* Step graphs on one rank only: the collectives of a group wait on the
+     * host between layers (the communicator's timeouts), which a recording
+     * cannot hold. */
+    e->graphs = !e->tp && be->ops->graph_begin && be->ops->graph_end;
+    e->pad_tables = e->graphs || o->pad_tables;
+    *out = e;
+    return LLMQ_OK;
+}
+
+void eng_destroy(engine *e) {
+    if (!e) return;
+    llmq_backend *be = e->be;
+    if (e->dcomm != e->comm) comm_destroy(e->dcomm);
+    for (int l = 0; l < e->m->cfg.n_layers; l++) {
+        if (e->k_cache) be->ops->free(be, e->k_cache[l]);
+        if (e->v_cache) be->ops->free(be, e->v_cache[l]);
+    }
+    free(e->k_cache);
+    free(e->v_cache);
+    void *bufs[] = {e->x, e->h, e->h2, e->o2, e->q, e->k, e->v, e->att, e->o, e->gate, e->up, e->hl, e->logits, e->inv_freq,
+                    e->d_ids, e->d_pos, e->d_slots, e->d_tok_start, e->d_bt, e->d_rows};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->ops->free(be, bufs[i]);
+    free(e->h_ids);
+    free(e->h_pos);
+    free(e->h_slots);
+    free(e->h_tok_start);
+    free(e->h_bt);
+    free(e->h_rows);
+    free(e->h_ids_shard);
+    free(e->plan);
+    free(e->lg_local);
+    free(e->lg_all);
+    free(e);
+}
+
+/* Check the step against the limits and fill the host index arrays. */
+static llmq_status plan_step(engine *e, const eng_seq *seqs, int n_seqs, int *n_tok, int *n_out, int *max_blocks,
+                             llmq_err *err) {
+    const model_config *c = &e->m->cfg;
+    if (n_seqs <= 0 || n_seqs > e->opts.max_seqs)
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "step: %d sequences (limit %d)", n_seqs, e->opts.max_seqs);
+    int total = 0, mb = 1;
+    for (int s = 0; s < n_seqs; s++) {
+        const eng_seq *q = &seqs[s];
+        const int end = q->start_pos + q->n_tokens;
+        if (q->n_tokens <= 0 || q->start_pos < 0)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has %d tokens at position %d", s,
+                                q->n_tokens, q->start_pos);
+        if (end > c->max_position_embeddings || end > e->max_bt * ENG_BLOCK_SIZE)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d reaches position %d beyond the context (%d)",
+                                s, end, c->max_position_embeddings);
+        if (q->n_blocks * ENG_BLOCK_SIZE < end || q->n_blocks > e->max_bt)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has %d blocks for %d positions", s,
+                                q->n_blocks, end);
+        for (int b = 0; b < q->n_blocks; b++)
+            if (q->block_table[b] < 0 || q->block_table[b] >= e->opts.n_blocks)
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has block id %d out of range", s,
+                                    q->block_table[b]);
+        for (int t = 0; t < q->n_tokens; t++)
+            if (q->tokens[t] < 0 || q->tokens[t] >= c->vocab_size)
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "step: token id %d outside the vocabulary (%d)",
+                                    q->tokens[t], c->vocab_size);
+        total += q->n_tokens;
+        if (total > e->opts.max_tokens)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: more than %d tokens", e->opts.max_tokens);
+        if (q->n_blocks > mb) mb = q->n_blocks;
+    }
+    /* A decode step's block tables padded to a power of two (at least 16
+     * blocks, one attention partition of the CUDA kernel; at most the
+     * context): the step's shape then changes only when the longest
+     * sequence doubles, so a recorded step replays for many later steps of
+     * its batch size, and the padding costs attention at most 2x in empty
+     * work.  Which bits a row gets does not depend on the width (attention
+     * reads a row's own positions only). */
+    if (e->pad_tables && total == n_seqs) {
+        int w = 16;
+        while (w < mb) w *= 2;
+        mb = w < e->max_bt ? w : e->max_bt;
+    }
+    int t = 0, outs = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const eng_seq *q = &seqs[s];
+        e->h_tok_start[s] = t;
+        for (int i = 0; i < q->n_tokens; i++, t++) {
+            const int p = q->start_pos + i;
+            e->h_ids[t] = q->tokens[i];
+            e->h_pos[t] = p;
+            e->h_slots[t] = q->block_table[p / ENG_BLOCK_SIZE] * ENG_BLOCK_SIZE + p % ENG_BLOCK_SIZE;
+        }
+        memcpy(e->h_bt + (size_t)s * mb, q->block_table, (size_t)q->n_blocks * 4);
+        for (int b = q->n_blocks; b < mb; b++) e->h_bt[(size_t)s * mb + b] = 0;
+        if (q->want_logits) e->h_rows[outs++] = t - 1;
+    }
+    e->h_tok_start[n_seqs] = t;
+    *n_tok = total;
+    *n_out = outs;
+    *max_blocks = mb;
+    return LLMQ_OK;
+}
+
+/* Sum a row-parallel output over the group. */
+static llmq_status reduce(engine *e, void *buf, size_t n, llmq_err *err) {
+    if (!e->tp) return LLMQ_OK;
+    const llmq_dtype dt = e->be->act_dt;
+    const comm_dtype cdt = dt == LLMQ_F16 ? COMM_F16 : dt == LLMQ_BF16 ? COMM_BF16 : COMM_F32;
+    if (comm_all_reduce_sum(e->dcomm, buf, n, cdt)) return llmq_err_set(err, e->dcomm->err.code, "%s", e->dcomm->err.msg);
+    return LLMQ_OK;
+}
+
+/* The ops of a planned step, from the embedding to the logits of its
+ * n_out rows (index arrays uploaded): what a step graph records.  Only the
+ * collectives of a group may fail here; ops report through sync. */
+static llmq_status forward(engine *e, int n_seqs, int n, int n_out, int mb, llmq_err *err) {
+    llmq_backend *be = e->be;
+    const be_ops *op = be->ops;
+    const model *m = e->m;
+    const model_config *c = &m->cfg;
+    const model_shard *sh = &m->shard;
+    const int d = c->hidden_size, I = sh->inter;
+    llmq_status st;
+
+    const be_attn_step step = {n_seqs, n, e->d_tok_start, e->d_pos, e->d_bt, mb, ENG_BLOCK_SIZE};
+    be_attn_shape shape = {sh->n_heads, sh->n_kv_heads, c->head_dim, 0, 1.0f / sqrtf((float)c->head_dim)};
+
+    op->embed(be, e->x, &m->embed, e->d_ids, n);
+    if ((st = reduce(e, e->x, (size_t)n * d, err))) return st;
+    const int falcon = c->arch == ARCH_FALCON;
+    for (int l = 0; falcon && l < c->n_layers; l++) {
+        /* Falcon: LayerNorms with bias, a GELU MLP, and (parallel_attn, as
+         * every released Falcon) attention and MLP on the same input with
+         * x += attn + mlp: one all-reduce per layer instead of two. */
+        const model_layer *ly = &m->layers[l];
+        const float eps = c->rms_norm_eps;
+        op->layernorm(be, e->h, e->x, ly->attn_norm, ly->attn_norm_b, n, d, eps);
+        const void *hm = e->h;
+        if (c->two_ln) {
+            op->layernorm(be, e->h2, e->x, ly->mlp_norm, ly->mlp_norm_b, n, d, eps);
+            hm = e->h2;
+        }
+        op->matmul(be, e->q, e->h, &ly->wq, ly->bq, n);
+        op->matmul(be, e->k, e->h, &ly->wk, ly->bk, n);
+        op->matmul(be, e->v, e->h, &ly->wv, ly->bv, n);
+        op->rope(be, e->q, e->k, e->d_pos, n, sh->n_heads, sh->n_kv_heads, c->head_dim, e->inv_freq);
+        op->kv_store(be, e->k_cache[l], e->v_cache[l], e->k, e->v, e->d_slots, n, (int)e->kv_dim);
+        shape.window = 0;
+        op->attention(be, e->att, e->q, e->k_cache[l], e->v_cache[l], &step, &shape);
+        op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
+        if (!c->parallel_attn) { /* sequential: x += attn, then the MLP's own LayerNorm */
+            if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
+            op->add(be, e->x, e->o, (size_t)n * d);
+            op->layernorm(be, e->h2, e->x, ly->mlp_norm, ly->mlp_norm_b, n, d, eps);
+            hm = e->h2;
+        }
+        op->matmul(be, e->up, hm, &ly->w_up, ly->b_up, n);
+        op->gelu(be, e->up, e->up, (size_t)n * I);
+        op->matmul(be, e->o2, e->up, &ly->w_down, ly->b_down, n);
+        if (c->parallel_attn) op->add(be, e->o2, e->o, (size_t)n * d); /* mlp + attn, as transformers adds */
+        if ((st = reduce(e, e->o2, (size_t)n * d, err))) return st;
+        op->add(be, e->x, e->o2, (size_t)n * d);
+    }
+    for (int l = 0; !falcon && l < c->n_layers; l++) {
+        const model_layer *ly = &m->layers[l];
+        if (l == 0)
+            op->rmsnorm(be, e->h, e->x, ly->attn_norm, n, d, c->rms_norm_eps);
+        else
+            op->add_rmsnorm(be, e->h, e->x, e->o, ly->attn_norm, n, d, c->rms_norm_eps);
+        op->matmul(be, e->q, e->h, &ly->wq, ly->bq, n);
+        op->matmul(be, e->k, e->h, &ly->wk, ly->bk, n);
+        op->matmul(be, e->v, e->h, &ly->wv, ly->bv, n);
+        op->rope(be, e->q, e->k, e->d_pos, n, sh->n_heads, sh->n_kv_heads, c->head_dim, e->inv_freq);
+        op->kv_store(be, e->k_cache[l], e->v_cache[l], e->k, e->v, e->d_slots, n, (int)e->kv_dim);
+        shape.window = model_config_layer_window(c, l);
+        op->attention(be, e->att, e->q, e->k_cache[l], e->v_cache[l], &step, &shape);
+        op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
+        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
+        op->add_rmsnorm(be, e->h, e->x, e->o, ly->mlp_norm, n, d, c->rms_norm_eps);
+        op->matmul(be, e->gate, e->h, &ly->w_gate, ly->b_gate, n);
+        op->matmul(be, e->up, e->h, &ly->w_up, ly->b_up, n);
+        op->swiglu(be, e->gate, e->gate, e->up, n, I);
+        op->matmul(be, e->o, e->gate, &ly->w_down, ly->b_down, n);
+        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
+    }
+    if (n_out > 0) {
+        if (!falcon) op->add(be, e->x, e->o, (size_t)n * d); /* the last layer's residual */
+        op->gather_rows(be, e->hl, e->x, e->d_rows, n_out, d);
+        if (falcon)
+            op->layernorm(be, e->hl, e->hl, m->final_norm, m->final_norm_b, n_out, d, c->rms_norm_eps);
+        else
+            op->rmsnorm(be, e->hl, e->hl, m->final_norm, n_out, d, c->rms_norm_eps);
+        op->matmul(be, e->logits, e->hl, &m->lm_head, NULL, n_out);
+    }
+    return LLMQ_OK;
+}
+
+/* Run a planned step (host index arrays filled): upload its indices, run
+ * (or replay) its ops, bring the logits home. */
+static llmq_status run_step(engine *e, int n_seqs, int n, int n_out, int mb, float *logits, llmq_err *err) {
+    llmq_backend *be = e->be;
+    const be_ops *op = be->ops;
+    const model_config *c = &e->m->cfg;
+    const model_shard *sh = &e->m->shard;
+    const int Vl = sh->vocab;
+    llmq_status st = LLMQ_OK;
+
+    for (int i = 0; i < n; i++) e->h_ids_shard[i] = e->h_ids[i] - sh->vocab0; /* outside the shard: a zero row */
+    op->upload(be, e->d_ids, e->h_ids_shard, (size_t)n * 4);
+    op->upload(be, e->d_pos, e->h_pos, (size_t)n * 4);
+    op->upload(be, e->d_slots, e->h_slots, (size_t)n * 4);
+    op->upload(be, e->d_tok_start, e->h_tok_start, (size_t)(n_seqs + 1) * 4);
+    op->upload(be, e->d_bt, e->h_bt, (size_t)n_seqs * mb * 4);
+    op->upload(be, e->d_rows, e->h_rows, (size_t)n_out * 4);
+
+    /* Decode steps replay a recording of their batch size (the key holds
+     * every argument of the ops that is not in a buffer). */
+    int g = BE_GRAPH_EAGER;
+    if (e->graphs && n == n_seqs && n_seqs < (1 << 20) && mb < (1 << 23))
+        g = op->graph_begin(be, (uint64_t)n_seqs | (uint64_t)n_out << 20 | (uint64_t)mb << 40);
+    if (g != BE_GRAPH_REPLAYED) {
+        st = forward(e, n_seqs, n, n_out, mb, err);
+        if (g == BE_GRAPH_RECORDING && !op->graph_end(be)) {
+            e->graphs = 0; /* the backend said why; its ops run as they are from now on */
+            if (!st) st = forward(e, n_seqs, n, n_out, mb, err);
+        }
+        if (st) return st;
+    }
+    if (n_out > 0) {
+        if (!e->tp) {
+            op->download_f32(be, logits, e->logits, (size_t)n_out * Vl);
+        } else {
+            /* every rank holds [n_out, V/world]; gather and put the columns in order */
+            op->download_f32(be, e->lg_local, e->logits, (size_t)n_out * Vl);
+            if (comm_all_gather(e->comm, e->lg_all, e->lg_local, (size_t)n_out * Vl, COMM_F32))
+                return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+            if (logits)
+                for (int r = 0; r < sh->world; r++)
+                    for (int s = 0; s < n_out; s++)
+                        memcpy(logits + (size_t)s * c->vocab_size + (size_t)r * Vl,
+                               e->lg_all + ((size_t)r * n_out + s) * Vl, (size_t)Vl * 4);
+        }
+    }
+    return op->sync(be, err);
+}
+
+/* Leader: send the step plan to the peers (header with the size first). */
+static llmq_status send_plan(engine *e, const eng_seq *seqs, int n_seqs, int mb, llmq_err *err) {
+    int32_t *p = e->plan;
+    size_t k = 0;
+    p[k++] = PLAN_MAGIC;
+    p[k++] = n_seqs;
+    p[k++] = mb;
+    for (int s = 0; s < n_seqs; s++) {
+        p[k++] = seqs[s].n_tokens;
+        p[k++] = seqs[s].start_pos;
+        p[k++] = seqs[s].n_blocks;
+        p[k++] = seqs[s].want_logits;
+    }
+    for (int s = 0; s < n_seqs; s++) {
+        memcpy(p + k, seqs[s].tokens, (size_t)seqs[s].n_tokens * 4);
+        k += (size_t)seqs[s].n_tokens;
+    }
+    for (int s = 0; s < n_seqs; s++) {
+        memcpy(p + k, seqs[s].block_table, (size_t)seqs[s].n_blocks * 4);
+        k += (size_t)seqs[s].n_blocks;
+    }
+    int32_t size = (int32_t)k;
+    if (comm_broadcast(e->comm, &size, sizeof size, 0) || comm_broadcast(e->comm, p, k * 4, 0))
+        return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+    return LLMQ_OK;
+}
+
+llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, llmq_err *err) {
+    int n = 0, n_out = 0, mb = 0;
+    llmq_status st = plan_step(e, seqs, n_seqs, &n, &n_out, &mb, err);
+    if (st) return st;
+    if (e->tp && (st = send_plan(e, seqs, n_seqs, mb, err))) return st;
+    return run_step(e, n_seqs, n, n_out, mb, logits, err);
+}
+
+llmq_status eng_stop_peers(engine *e, llmq_err *err) {
+    if (!e->tp) return LLMQ_OK;
+    int32_t size = PLAN_STOP;
+    if (comm_broadcast(e->comm, &size, sizeof size, 0))
+        return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+    return LLMQ_OK;
+}
+
+llmq_status eng_serve(engine *e, llmq_err *err) {
+    if (!e->tp || e->comm->rank == 0)
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "eng_serve: only peer ranks of a group serve plans");
+    eng_seq *seqs = calloc((size_t)e->opts.max_seqs, sizeof *seqs);
+    if (!seqs) return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
+    llmq_status st = LLMQ_OK;
+    const int saved_timeout = e->comm->timeout_ms;
+    for (;;) {
+        int32_t size = 0;
+        /* Between steps the leader may idle for as long as it has no work:
+         * wait without a deadline (a dead leader is still detected). */
+        e->comm->timeout_ms = 0;
+        st = comm_broadcast(e->comm, &size, sizeof size, 0);
+        e->comm->timeout_ms = saved_timeout;
+        if (st) break;
+        if (size == PLAN_STOP) break;
+        if (size < 3 || (size_t)size > e->plan_cap) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: step plan of %d entries (limit %zu)", size, e->plan_cap);
+            break;
+        }
+        if ((st = comm_broadcast(e->comm, e->plan, (size_t)size * 4, 0))) break;
+        const int32_t *p = e->plan;
+        const int ns = p[1];
+        if (p[0] != PLAN_MAGIC || ns < 1 || ns > e->opts.max_seqs) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: malformed step plan");
+            break;
+        }
+        size_t k = 3 + 4 * (size_t)ns, tok = k;
+        for (int s = 0; s < ns; s++) tok += (size_t)p[3 + 4 * s];
+        size_t bt = tok;
+        for (int s = 0; s < ns; s++) {
+            seqs[s].n_tokens = p[3 + 4 * s];
+            seqs[s].start_pos = p[4 + 4 * s];
+            seqs[s].n_blocks = p[5 + 4 * s];
+            seqs[s].want_logits = p[6 + 4 * s];
+            seqs[s].tokens = p + k;
+            k += (size_t)seqs[s].n_tokens;
+            seqs[s].block_table = p + bt;
+            bt += (size_t)seqs[s].n_blocks;
+        }
+        if (bt != (size_t)size) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: step plan sizes disagree");
+            break;
+        }
+        int n = 0, n_out = 0, mb = 0;
+        if ((st = plan_step(e, seqs, ns, &n, &n_out, &mb, err))) break;
+        if ((st = run_step(e, ns, n, n_out, mb, NULL, err))) break;
+    }
+    if (st && e->comm->err.code && err && err->code == LLMQ_OK)
+        llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
+    free(seqs);
+    return st;
+}

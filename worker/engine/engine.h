@@ -1,0 +1,81 @@
+/*
+ * engine.h — the forward pass: one call runs one step of a batch of
+ * sequences (prefill chunks and decodes mixed) over a paged KV cache.
+ *
+ * The engine owns the KV cache (n_blocks blocks of BLOCK_SIZE tokens, every
+ * layer) and the activation buffers, sized once at creation for at most
+ * max_tokens tokens and max_seqs sequences per step: nothing is allocated
+ * per step.  It knows nothing of scheduling: the caller (worker/engine/sched.c)
+ * decides which tokens run, and hands each sequence's block table.
+ */
+#ifndef LLMQ_ENGINE_H
+#define LLMQ_ENGINE_H
+
+#include <stdint.h>
+
+#include "kernels/backend.h"
+#include "common/comm.h"
+#include "worker/model/model.h"
+
+#define ENG_BLOCK_SIZE 16
+
+typedef struct engine engine;
+
+/* One sequence's share of a step. */
+typedef struct eng_seq {
+    const int32_t *tokens;      /* [n_tokens] token ids to run */
+    int n_tokens;               /* >= 1 */
+    int start_pos;              /* position of tokens[0]; earlier positions are cached */
+    const int32_t *block_table; /* block ids covering positions [0, start_pos + n_tokens) */
+    int n_blocks;               /* entries in block_table */
+    int want_logits;            /* 1: return logits of the last token */
+} eng_seq;
+
+typedef struct eng_opts {
+    int n_blocks;     /* KV blocks in the pool */
+    int max_tokens;   /* tokens per step at most */
+    int max_seqs;     /* sequences per step at most */
+    llmq_comm *comm;  /* tensor-parallel group (not owned); NULL = one rank.
+                         Its world/rank must match the model's shard. */
+    double mem_util;  /* n_blocks <= 0: as many blocks as fit in this fraction
+                         (0, 1] of the device's memory, counting what is in
+                         use once the weights and the step buffers are
+                         allocated (be_ops.mem_info; the smallest over the
+                         ranks of a group).  eng_n_blocks says how many. */
+    int pad_tables;   /* 1: decode steps pad their block tables to a power
+                         of two, as they do anyway on a backend with step
+                         graphs (be_ops.graph_begin); the results are the same
+                         bits (tests check that on the CPU) */
+} eng_opts;
+
+llmq_status eng_create(engine **out, const model *m, const eng_opts *opts, llmq_err *err);
+void eng_destroy(engine *e);
+
+/* Bytes of KV cache one token takes across all layers (what a block costs / 16). */
+size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype act_dt);
+
+/*
+ * Run one step.  logits receives, for each sequence with want_logits (in
+ * order), vocab_size floats (host memory).  Returns LLMQ_ERR_INVALID when the
+ * step breaks a limit (too many tokens, a block table too short, a block id
+ * out of range); nothing is written to the cache in that case.
+ */
+llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, llmq_err *err);
+
+/*
+ * Tensor parallelism.  The leader (rank 0) calls eng_step as above: it first
+ * broadcasts the step plan (token ids, positions, block tables, sequence
+ * boundaries) to its peers, then every rank runs the same step on its
+ * shard; row-parallel outputs are all-reduced, logits all-gathered.  Peers
+ * call eng_serve, which loops on plans until the leader's eng_stop_peers
+ * (returns LLMQ_OK) or a collective fails (the leader died or stalled:
+ * returns the communicator's error, naming the rank).
+ */
+llmq_status eng_serve(engine *e, llmq_err *err);
+/* Leader: tell the peers to return from eng_serve. */
+llmq_status eng_stop_peers(engine *e, llmq_err *err);
+
+const model *eng_model(const engine *e);
+int eng_n_blocks(const engine *e);
+
+#endif

@@ -1,0 +1,54 @@
+/*
+ * service.h — the worker service: a model's leader loop between Redis and
+ * the scheduler (DESIGN.md §1, §3, §4; docs/protocol.md).
+ *
+ * One thread.  Between two steps it makes one pipelined round trip to Redis
+ * (this step's chunks, PUBLISHes, final MULTIs, claim refreshes) and, when
+ * the scheduler has room, pulls new entries with a non-blocking XREADGROUP;
+ * only when it has nothing to run does it block (a few hundred ms).  Cancels
+ * arrive on a separate subscriber connection that is read without blocking.
+ * Delivery is at-least-once: a job claimed again resumes from the token ids
+ * already in its output stream and continues with the next chunk seq.
+ */
+#ifndef LLMQ_SERVICE_H
+#define LLMQ_SERVICE_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "common/comm.h"
+#include "worker/model/config.h"
+
+typedef struct service_opts {
+    const char *model_dir;      /* Hugging Face model directory */
+    const char *model_name;     /* name clients use; the stream is <prefix>req:<name> */
+    const char *redis_url;      /* redis://... or unix://... */
+    const char *prefix;         /* key prefix, default "llmq:" */
+    const char *consumer;       /* consumer name in the group (unique per worker) */
+    const char *backend;        /* "cpu", "cpu-ref", "cuda" */
+    const char *chat_template;  /* force a chat template family; NULL = from tokenizer_config.json */
+    int max_num_seqs;           /* sequences per step */
+    int max_batched_tokens;     /* tokens per step */
+    int kv_blocks;              /* KV cache blocks of 16 tokens */
+    double mem_util;            /* kv_blocks <= 0 and a backend with mem_info (cuda): size the pool
+                                 * to this fraction of the device's memory (eng_opts.mem_util) */
+    int metrics_port;           /* 0 = no metrics listener */
+    int claim_idle_ms;          /* entries idle longer than this are claimed from dead consumers */
+    int max_attempts;           /* deliveries before a job is failed into the dead stream */
+    int result_ttl_s;           /* TTL of a finished job's keys */
+    int drain_timeout_s;        /* SIGTERM: time to finish in-flight jobs */
+    int block_ms;               /* XREADGROUP BLOCK when idle */
+    llmq_comm *comm;            /* tensor-parallel group (this process is rank 0); NULL = one rank */
+} service_opts;
+
+void service_opts_default(service_opts *o);
+
+/* KV blocks used when --kv-blocks is not given (the same on every rank). */
+int service_default_kv_blocks(const model_config *cfg, int max_num_seqs);
+
+/* Run until *stop is set (SIGTERM: drain) or a fatal error.  Returns LLMQ_OK
+ * on a clean drain. */
+llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq_err *err);
+
+#endif

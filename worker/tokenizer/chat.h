@@ -1,0 +1,77 @@
+/*
+ * chat.h — chat templates: a list of {role, content} messages to one prompt string.
+ *
+ * llmq does not run Jinja.  It recognises the common template families in a
+ * model's tokenizer_config.json "chat_template" (or takes one by name) and renders
+ * them in C, byte for byte what transformers' apply_chat_template produces:
+ *   llama-2   <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s>...
+ *   llama-3   <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>...
+ *   mistral   <s>[INST] {user} [/INST]{assistant}</s>...   (Mistral-7B-Instruct v0.1/v0.2)
+ *   chatml    <|im_start|>{role}\n{content}<|im_end|>\n...  (+ a default system
+ *             message when the template has one, as Qwen2's)
+ *   zephyr    <|user|>\n{content}</s>\n...                   (Zephyr, TinyLlama-Chat)
+ * A model whose template is none of these, with no family forced, is an error
+ * (LLMQ_ERR_UNSUPPORTED) that says how to force one.
+ *
+ * The rendered text already holds the BOS text where the family has it: encode it
+ * with add_special = 0 (as apply_chat_template(tokenize=True) does).
+ *
+ * Where a template would raise (llama-2 and mistral need user/assistant turns
+ * alternating, starting with user) chat_render returns LLMQ_ERR_INVALID with the
+ * template's message.  One deliberate extension: mistral v0.1 refuses a system
+ * message; llmq prepends it to the first user message, separated by "\n\n".
+ */
+#ifndef LLMQ_CHAT_H
+#define LLMQ_CHAT_H
+
+#include <stddef.h>
+
+#include "common/status.h"
+#include "worker/tokenizer/tokenizer.h"
+
+typedef enum chat_family {
+    CHAT_UNKNOWN = 0,
+    CHAT_LLAMA2,
+    CHAT_LLAMA3,
+    CHAT_MISTRAL,
+    CHAT_CHATML,
+    CHAT_ZEPHYR,
+} chat_family;
+
+typedef struct chat_msg {
+    const char *role;    /* "system", "user", "assistant" (others pass through where the family allows) */
+    const char *content; /* UTF-8, NUL-terminated */
+} chat_msg;
+
+typedef struct chat_template {
+    chat_family family;
+    char *bos;            /* BOS token text ("<s>", "<|begin_of_text|>"), owned, never NULL */
+    char *eos;            /* EOS token text, owned, never NULL */
+    char *default_system; /* chatml: system message used when none is given, or NULL */
+} chat_template;
+
+/* "llama-2", "llama-3", "mistral", "chatml", "zephyr" (also "llama2", "llama3");
+ * CHAT_UNKNOWN for anything else. */
+chat_family chat_family_by_name(const char *name);
+const char *chat_family_name(chat_family f); /* "unknown" for CHAT_UNKNOWN */
+/* The family of a Jinja chat template, by its distinctive markers. */
+chat_family chat_family_detect(const char *jinja);
+/* Comma-separated list of the family names, for messages. */
+const char *chat_family_names(void);
+
+/* Build from parts (bos/eos may be NULL = ""); default_system may be NULL. */
+llmq_status chat_template_init(chat_template *ct, chat_family f, const char *bos, const char *eos,
+                               const char *default_system);
+/* Build from a tokenizer: family forced by name when force is non-NULL, else
+ * detected from its tokenizer_config.json chat_template; BOS/EOS texts from
+ * tokenizer_config.json.  Clear errors when neither gives a known family. */
+llmq_status chat_template_from_tokenizer(chat_template *ct, const tokenizer *t, const char *force,
+                                         llmq_err *err);
+void chat_template_deinit(chat_template *ct); /* NULL ok */
+
+/* Render n messages; with add_generation_prompt the text ends where the
+ * assistant's answer starts.  *out is malloc'd, NUL-terminated, length *len. */
+llmq_status chat_render(const chat_template *ct, const chat_msg *msgs, size_t n, int add_generation_prompt,
+                        char **out, size_t *len, llmq_err *err);
+
+#endif
