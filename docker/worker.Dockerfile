@@ -46,7 +46,7 @@ RUN make -j"$(nproc)" ARCH="${ARCH}" BUILD=/out /out/llmq /out/llmq-worker \
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_RELEASE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libhiredis0.14 libev4 libmsgpackc2 libhttp-parser2.9 libjansson4 \
+      libhiredis0.14 libmsgpackc2 libjansson4 \
       libpcre2-8-0 libxxhash0 libutf8proc2 libgomp1 \
       tini curl jq ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
