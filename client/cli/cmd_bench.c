@@ -137,14 +137,13 @@ int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "%s", usage);
         return 2;
     }
-    model_set_load_opts(&lo);
     llmq_err err = {0};
     llmq_backend *be = llmq_backend_create(backend, &err);
     model *m = NULL;
     bench_rig r = {0};
     int rc = 1;
     const int plen = 16, prefill_len = 512, max_seqs = 32;
-    if (!be || model_load(&m, dir, be, &err)) goto fail;
+    if (!be || model_load(&m, dir, be, &lo, &err)) goto fail;
     r.bps = (plen + steps + ENG_BLOCK_SIZE) / ENG_BLOCK_SIZE;
     if (r.bps * ENG_BLOCK_SIZE < prefill_len) r.bps = prefill_len / ENG_BLOCK_SIZE;
     eng_opts eo = {r.bps * max_seqs, prefill_len, max_seqs, NULL, 0, 0};

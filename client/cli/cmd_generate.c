@@ -262,7 +262,6 @@ int cmd_generate(int argc, char **argv) {
     }
 
     rc = 1;
-    model_set_load_opts(&lo); /* before any peer process starts: they inherit it */
     llmq_err err = {0};
     llmq_backend *be = NULL;
     model *m = NULL;
@@ -311,14 +310,14 @@ int cmd_generate(int argc, char **argv) {
         }
         group_started = 1;
         if (group.rank > 0) { /* a peer: serve the leader's steps, print nothing */
-            rc = tp_peer_run(&group, model_dir, backend_name, &eo, &err) ? 1 : 0;
+            rc = tp_peer_run(&group, model_dir, backend_name, &lo, &eo, &err) ? 1 : 0;
             group_started = 0;
             goto done;
         }
         eo.comm = group.comm;
     }
     be = llmq_backend_create(backend_name, &err);
-    if (!be || model_load_shard(&m, model_dir, be, group.rank, tp, &err)) {
+    if (!be || model_load_shard(&m, model_dir, be, &lo, group.rank, tp, &err)) {
         fprintf(stderr, "llmq generate: %s\n", err.msg);
         goto done;
     }

@@ -42,7 +42,7 @@ static void rig_open_full(rig *r, const char *dir, const char *backend, int max_
     memset(r, 0, sizeof *r);
     r->be = llmq_backend_create(backend, &err);
     assert_non_null(r->be);
-    if (model_load(&r->m, dir, r->be, &err)) fail_msg("model_load(%s): %s", dir, err.msg);
+    if (model_load(&r->m, dir, r->be, NULL, &err)) fail_msg("model_load(%s): %s", dir, err.msg);
     r->n_blocks = 64;
     eng_opts o = {r->n_blocks, max_tokens, max_seqs, NULL, 0, pad_tables};
     if (eng_create(&r->e, r->m, &o, &err)) fail_msg("eng_create: %s", err.msg);

@@ -299,10 +299,9 @@ static void check_model_dir(const char *dir, int tp_max) {
             o = cpu_opts(&vm, tp, (llmq_quant)q);
             if (vram_estimate_run(&e, &vm, &o, NULL)) continue; /* not divisible: nothing to compare */
             model_load_opts lo = {(llmq_quant)q, 0};
-            model_set_load_opts(&lo);
             for (int rank = 0; rank < tp; rank += tp - 1 > 0 ? tp - 1 : 1) {
                 model *m = NULL;
-                if (model_load_shard(&m, dir, be, rank, tp, &err)) fail_msg("%s: %s", dir, err.msg);
+                if (model_load_shard(&m, dir, be, &lo, rank, tp, &err)) fail_msg("%s: %s", dir, err.msg);
                 /* model.c counts vectors as stored; the estimator as held (F32) */
                 int64_t held = (int64_t)m->weight_bytes;
                 if (vm.stored != LLMQ_F32) {
@@ -316,7 +315,6 @@ static void check_model_dir(const char *dir, int tp_max) {
                 if (rank > 0) assert_true(held <= e.weight_bytes);
                 model_destroy(m);
             }
-            model_set_load_opts(NULL);
         }
     llmq_backend_destroy(be);
 }

@@ -119,12 +119,13 @@ int tp_group_stop(tp_group *g, int kill_peers) {
     return failed;
 }
 
-llmq_status tp_peer_run(tp_group *g, const char *dir, const char *backend, const struct eng_opts *eo, llmq_err *err) {
+llmq_status tp_peer_run(tp_group *g, const char *dir, const char *backend, const model_load_opts *lo, const eng_opts *eo,
+                        llmq_err *err) {
     llmq_backend *be = llmq_backend_create(backend, err);
     model *m = NULL;
     engine *e = NULL;
     llmq_status st = be ? LLMQ_OK : err->code;
-    if (!st) st = model_load_shard(&m, dir, be, g->rank, g->world, err);
+    if (!st) st = model_load_shard(&m, dir, be, lo, g->rank, g->world, err);
     eng_opts o = *eo;
     o.comm = g->comm;
     if (!st) st = eng_create(&e, m, &o, err);

@@ -1213,7 +1213,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     sv->be = llmq_backend_create(o->backend, err);
     if (!sv->be) return err->code;
     const int world = o->comm ? o->comm->world : 1;
-    if ((st = model_load_shard(&sv->m, o->model_dir, sv->be, 0, world, err))) goto out;
+    if ((st = model_load_shard(&sv->m, o->model_dir, sv->be, &o->load, 0, world, err))) goto out;
     char tokpath[4096];
     snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", o->model_dir);
     if (access(tokpath, R_OK) == 0) {
