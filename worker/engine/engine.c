@@ -1,20 +1,19 @@
 /*
- * engine.c — the Llama-family forward pass over a paged KV cache.
+ * engine.c — the forward pass over a paged KV cache, one function per
+ * architecture family: forward_llama (Llama, Mistral, Qwen2: RMSNorm,
+ * SwiGLU, sliding windows) and forward_falcon (Falcon/RW: LayerNorm with
+ * bias, GELU, parallel or sequential attention); the shapes of each are in
+ * the comment above it.  Both run, per step (n tokens of S sequences,
+ * d = hidden, V = vocab):
  *
- * Per step (n tokens of S sequences, d = hidden, q = heads*head_dim,
- * kv = kv_heads*head_dim, I = intermediate, V = vocab):
+ *   x[n,d] = embed(tokens)
+ *   for each layer: norm, attention over the cache (attend: q/k/v, RoPE,
+ *                   store k/v at the tokens' slots, attention, o), MLP,
+ *                   residual adds
+ *   logits[S,V] = norm(x[last token of each S]) Wlm^T
  *
- *   x[n,d]  = embed(tokens)
- *   for each layer:
- *     h      = rmsnorm(x)               (fused with x += mlp_out after layer 0)
- *     q,k,v  = h Wq^T, h Wk^T, h Wv^T   (+ biases)       [n,q] [n,kv] [n,kv]
- *     rope(q, k); store k, v at the tokens' cache slots
- *     a[n,q] = attention(q, cache)      causal, sliding window per layer
- *     o[n,d] = a Wo^T
- *     h      = rmsnorm(x += o)
- *     g[n,I] = silu(h Wg^T) * (h Wu^T)
- *     m[n,d] = g Wd^T
- *   h = rmsnorm(x += m); logits[S,V] = h[last token of each S] Wlm^T
+ * Tensor parallelism: every rank runs the same step on its shard; the
+ * leader first broadcasts the step plan (send_plan, eng_serve).
  *
  * All buffers are allocated at creation for the step limits; a step only
  * uploads its index arrays and runs the ops.
@@ -297,44 +296,119 @@ static llmq_status reduce(engine *e, void *buf, size_t n, llmq_err *err) {
     return LLMQ_OK;
 }
 
-/* The ops of a planned step, from the embedding to the logits of its
- * n_out rows (index arrays uploaded): what a step graph records.  Only the
- * collectives of a group may fail here; ops report through sync. */
-static llmq_status forward(engine *e, int n_seqs, int n, int n_out, int mb, llmq_err *err) {
+/* The ops of a planned step, from the embedding to the logits of its n_out
+ * rows (index arrays uploaded): what a step graph records.  One function per
+ * architecture family, each a plain loop over the layers; the pieces every
+ * family shares are the helpers below.  Only the collectives of a group may
+ * fail here; ops report through sync. */
+
+/* A step's shapes for the ops (n tokens of n_seqs sequences, block tables mb wide). */
+typedef struct step_dims {
+    int n_seqs, n, n_out, mb;
+} step_dims;
+
+/* x[n,d] = embed(tokens): this rank's vocabulary rows (zero outside them),
+ * summed over the group. */
+static llmq_status embed_tokens(engine *e, const step_dims *sd, llmq_err *err) {
+    llmq_backend *be = e->be;
+    be->ops->embed(be, e->x, &e->m->embed, e->d_ids, sd->n);
+    return reduce(e, e->x, (size_t)sd->n * e->m->cfg.hidden_size, err);
+}
+
+/* Self-attention of layer l over its input h[n,d], this rank's heads:
+ *   q,k,v  = h Wq^T, h Wk^T, h Wv^T (+ biases)     [n,q] [n,kv] [n,kv]
+ *   rope(q, k); store k, v at the tokens' cache slots
+ *   att    = attention(q, cache)                   [n,q], causal, window (0 = none)
+ *   o[n,d] = att Wo^T (+ bias)                      a partial sum: not reduced here */
+static void attend(engine *e, int l, const void *h, int window, const step_dims *sd) {
+    llmq_backend *be = e->be;
+    const be_ops *op = be->ops;
+    const model_config *c = &e->m->cfg;
+    const model_shard *sh = &e->m->shard;
+    const model_layer *ly = &e->m->layers[l];
+    const int n = sd->n;
+    const be_attn_step step = {sd->n_seqs, n, e->d_tok_start, e->d_pos, e->d_bt, sd->mb, ENG_BLOCK_SIZE};
+    const be_attn_shape shape = {sh->n_heads, sh->n_kv_heads, c->head_dim, window, 1.0f / sqrtf((float)c->head_dim)};
+    op->matmul(be, e->q, h, &ly->wq, ly->bq, n);
+    op->matmul(be, e->k, h, &ly->wk, ly->bk, n);
+    op->matmul(be, e->v, h, &ly->wv, ly->bv, n);
+    op->rope(be, e->q, e->k, e->d_pos, n, sh->n_heads, sh->n_kv_heads, c->head_dim, e->inv_freq);
+    op->kv_store(be, e->k_cache[l], e->v_cache[l], e->k, e->v, e->d_slots, n, (int)e->kv_dim);
+    op->attention(be, e->att, e->q, e->k_cache[l], e->v_cache[l], &step, &shape);
+    op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
+}
+
+/* Llama, Mistral, Qwen2: pre-norm RMSNorm, SwiGLU MLP, per-layer sliding
+ * window; the residual adds are fused into the next RMSNorm.
+ *
+ *   h      = rmsnorm(x)                  (x += m of the layer before, fused, after layer 0)
+ *   o[n,d] = attend(h); all-reduce
+ *   h      = rmsnorm(x += o)
+ *   g[n,I] = silu(h Wg^T) * (h Wu^T)
+ *   m[n,d] = g Wd^T (in o); all-reduce
+ *   x += m; logits[S,V] = rmsnorm(x[last token of each S]) Wlm^T */
+static llmq_status forward_llama(engine *e, const step_dims *sd, llmq_err *err) {
     llmq_backend *be = e->be;
     const be_ops *op = be->ops;
     const model *m = e->m;
     const model_config *c = &m->cfg;
-    const model_shard *sh = &m->shard;
-    const int d = c->hidden_size, I = sh->inter;
+    const int d = c->hidden_size, I = m->shard.inter, n = sd->n;
+    const float eps = c->rms_norm_eps;
     llmq_status st;
-
-    const be_attn_step step = {n_seqs, n, e->d_tok_start, e->d_pos, e->d_bt, mb, ENG_BLOCK_SIZE};
-    be_attn_shape shape = {sh->n_heads, sh->n_kv_heads, c->head_dim, 0, 1.0f / sqrtf((float)c->head_dim)};
-
-    op->embed(be, e->x, &m->embed, e->d_ids, n);
-    if ((st = reduce(e, e->x, (size_t)n * d, err))) return st;
-    const int falcon = c->arch == ARCH_FALCON;
-    for (int l = 0; falcon && l < c->n_layers; l++) {
-        /* Falcon: LayerNorms with bias, a GELU MLP, and (parallel_attn, as
-         * every released Falcon) attention and MLP on the same input with
-         * x += attn + mlp: one all-reduce per layer instead of two. */
+    if ((st = embed_tokens(e, sd, err))) return st;
+    for (int l = 0; l < c->n_layers; l++) {
         const model_layer *ly = &m->layers[l];
-        const float eps = c->rms_norm_eps;
+        if (l == 0)
+            op->rmsnorm(be, e->h, e->x, ly->attn_norm, n, d, eps);
+        else
+            op->add_rmsnorm(be, e->h, e->x, e->o, ly->attn_norm, n, d, eps);
+        attend(e, l, e->h, model_config_layer_window(c, l), sd);
+        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
+        op->add_rmsnorm(be, e->h, e->x, e->o, ly->mlp_norm, n, d, eps);
+        op->matmul(be, e->gate, e->h, &ly->w_gate, ly->b_gate, n);
+        op->matmul(be, e->up, e->h, &ly->w_up, ly->b_up, n);
+        op->swiglu(be, e->gate, e->gate, e->up, n, I);
+        op->matmul(be, e->o, e->gate, &ly->w_down, ly->b_down, n);
+        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
+    }
+    if (sd->n_out > 0) {
+        op->add(be, e->x, e->o, (size_t)n * d); /* the last layer's residual */
+        op->gather_rows(be, e->hl, e->x, e->d_rows, sd->n_out, d);
+        op->rmsnorm(be, e->hl, e->hl, m->final_norm, sd->n_out, d, eps);
+        op->matmul(be, e->logits, e->hl, &m->lm_head, NULL, sd->n_out);
+    }
+    return LLMQ_OK;
+}
+
+/* Falcon (and RW): LayerNorms with bias, a GELU MLP without gate, rotary
+ * positions, no window.  Parallel attention (every released Falcon):
+ * attention and MLP read the same input (ln_attn / ln_mlp with two_ln, else
+ * input_layernorm for both) and x += attn + mlp, one all-reduce per layer.
+ * Sequential: x += attn (reduced), then the MLP on its own LayerNorm.
+ *
+ *   h       = layernorm(x)                      (h2 = ln_mlp(x) with two_ln)
+ *   o[n,d]  = attend(h)
+ *   u[n,I]  = gelu(h' Wu^T)                     h' = h2 or h (parallel), ln_mlp(x + o) (sequential)
+ *   o2[n,d] = u Wd^T (+ o when parallel); all-reduce; x += o2
+ *   logits[S,V] = layernorm(x[last token of each S]) Wlm^T */
+static llmq_status forward_falcon(engine *e, const step_dims *sd, llmq_err *err) {
+    llmq_backend *be = e->be;
+    const be_ops *op = be->ops;
+    const model *m = e->m;
+    const model_config *c = &m->cfg;
+    const int d = c->hidden_size, I = m->shard.inter, n = sd->n;
+    const float eps = c->rms_norm_eps;
+    llmq_status st;
+    if ((st = embed_tokens(e, sd, err))) return st;
+    for (int l = 0; l < c->n_layers; l++) {
+        const model_layer *ly = &m->layers[l];
         op->layernorm(be, e->h, e->x, ly->attn_norm, ly->attn_norm_b, n, d, eps);
         const void *hm = e->h;
         if (c->two_ln) {
             op->layernorm(be, e->h2, e->x, ly->mlp_norm, ly->mlp_norm_b, n, d, eps);
             hm = e->h2;
         }
-        op->matmul(be, e->q, e->h, &ly->wq, ly->bq, n);
-        op->matmul(be, e->k, e->h, &ly->wk, ly->bk, n);
-        op->matmul(be, e->v, e->h, &ly->wv, ly->bv, n);
-        op->rope(be, e->q, e->k, e->d_pos, n, sh->n_heads, sh->n_kv_heads, c->head_dim, e->inv_freq);
-        op->kv_store(be, e->k_cache[l], e->v_cache[l], e->k, e->v, e->d_slots, n, (int)e->kv_dim);
-        shape.window = 0;
-        op->attention(be, e->att, e->q, e->k_cache[l], e->v_cache[l], &step, &shape);
-        op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
+        attend(e, l, e->h, 0, sd);
         if (!c->parallel_attn) { /* sequential: x += attn, then the MLP's own LayerNorm */
             if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
             op->add(be, e->x, e->o, (size_t)n * d);
@@ -348,38 +422,16 @@ static llmq_status forward(engine *e, int n_seqs, int n, int n_out, int mb, llmq
         if ((st = reduce(e, e->o2, (size_t)n * d, err))) return st;
         op->add(be, e->x, e->o2, (size_t)n * d);
     }
-    for (int l = 0; !falcon && l < c->n_layers; l++) {
-        const model_layer *ly = &m->layers[l];
-        if (l == 0)
-            op->rmsnorm(be, e->h, e->x, ly->attn_norm, n, d, c->rms_norm_eps);
-        else
-            op->add_rmsnorm(be, e->h, e->x, e->o, ly->attn_norm, n, d, c->rms_norm_eps);
-        op->matmul(be, e->q, e->h, &ly->wq, ly->bq, n);
-        op->matmul(be, e->k, e->h, &ly->wk, ly->bk, n);
-        op->matmul(be, e->v, e->h, &ly->wv, ly->bv, n);
-        op->rope(be, e->q, e->k, e->d_pos, n, sh->n_heads, sh->n_kv_heads, c->head_dim, e->inv_freq);
-        op->kv_store(be, e->k_cache[l], e->v_cache[l], e->k, e->v, e->d_slots, n, (int)e->kv_dim);
-        shape.window = model_config_layer_window(c, l);
-        op->attention(be, e->att, e->q, e->k_cache[l], e->v_cache[l], &step, &shape);
-        op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
-        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
-        op->add_rmsnorm(be, e->h, e->x, e->o, ly->mlp_norm, n, d, c->rms_norm_eps);
-        op->matmul(be, e->gate, e->h, &ly->w_gate, ly->b_gate, n);
-        op->matmul(be, e->up, e->h, &ly->w_up, ly->b_up, n);
-        op->swiglu(be, e->gate, e->gate, e->up, n, I);
-        op->matmul(be, e->o, e->gate, &ly->w_down, ly->b_down, n);
-        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
-    }
-    if (n_out > 0) {
-        if (!falcon) op->add(be, e->x, e->o, (size_t)n * d); /* the last layer's residual */
-        op->gather_rows(be, e->hl, e->x, e->d_rows, n_out, d);
-        if (falcon)
-            op->layernorm(be, e->hl, e->hl, m->final_norm, m->final_norm_b, n_out, d, c->rms_norm_eps);
-        else
-            op->rmsnorm(be, e->hl, e->hl, m->final_norm, n_out, d, c->rms_norm_eps);
-        op->matmul(be, e->logits, e->hl, &m->lm_head, NULL, n_out);
+    if (sd->n_out > 0) {
+        op->gather_rows(be, e->hl, e->x, e->d_rows, sd->n_out, d);
+        op->layernorm(be, e->hl, e->hl, m->final_norm, m->final_norm_b, sd->n_out, d, eps);
+        op->matmul(be, e->logits, e->hl, &m->lm_head, NULL, sd->n_out);
     }
     return LLMQ_OK;
+}
+
+static llmq_status forward(engine *e, const step_dims *sd, llmq_err *err) {
+    return e->m->cfg.arch == ARCH_FALCON ? forward_falcon(e, sd, err) : forward_llama(e, sd, err);
 }
 
 /* Run a planned step (host index arrays filled): upload its indices, run
@@ -406,10 +458,11 @@ static llmq_status run_step(engine *e, int n_seqs, int n, int n_out, int mb, flo
     if (e->graphs && n == n_seqs && n_seqs < (1 << 20) && mb < (1 << 23))
         g = op->graph_begin(be, (uint64_t)n_seqs | (uint64_t)n_out << 20 | (uint64_t)mb << 40);
     if (g != BE_GRAPH_REPLAYED) {
-        st = forward(e, n_seqs, n, n_out, mb, err);
+        const step_dims sd = {n_seqs, n, n_out, mb};
+        st = forward(e, &sd, err);
         if (g == BE_GRAPH_RECORDING && !op->graph_end(be)) {
             e->graphs = 0; /* the backend said why; its ops run as they are from now on */
-            if (!st) st = forward(e, n_seqs, n, n_out, mb, err);
+            if (!st) st = forward(e, &sd, err);
         }
         if (st) return st;
     }
