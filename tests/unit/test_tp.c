@@ -6,8 +6,10 @@
  * fixtures including one with fewer KV heads than ranks (KV replication),
  * also with int4 weights (every rank loads with the leader's load options:
  * Q4 groups of 8 columns fall inside each shard, so the quantized group
- * holds the quantized single rank's weights), and shapes that do not divide
- * are refused with a clear error.
+ * holds the quantized single rank's weights), also for one step of 256
+ * sequences whose plan is larger than the one broadcast a step plan
+ * normally takes (its rest follows in a second one), and shapes that do not
+ * divide are refused with a clear error.
  *
  * The TP groups run first and the single-rank reference last, so that no
  * rank is forked from a process whose OpenMP pool already exists.
@@ -38,13 +40,20 @@ typedef struct tp_case {
     int32_t prompts[MAX_CASES][64];
     int plen[MAX_CASES];
     model_load_opts lo;   /* how every rank loads the weights */
+    int wide;             /* then one step of WIDE_SEQS sequences of WIDE_LEN tokens */
 } tp_case;
 
+#define WIDE_SEQS 256
+#define WIDE_LEN 64
+
 /* Prefill every prompt of c on a group of `world` ranks; logits of prompt p
- * into out + p * V.  world 1 runs in this process. */
+ * into out + p * V, then those of the wide step after them.  world 1 runs
+ * in this process. */
 static void run(const tp_case *c, int world, float *out, int *vocab) {
     llmq_err err = {0};
     eng_opts eo = {32, 128, 4, NULL, 0, 0};
+    if (c->wide) /* 16384 tokens + 256 tables of 4 blocks: far more than a plan frame */
+        eo = (eng_opts){32 + WIDE_SEQS * 4, WIDE_SEQS * WIDE_LEN, WIDE_SEQS, NULL, 0, 0};
     tp_group g;
     memset(&g, 0, sizeof g);
     if (world > 1) {
@@ -63,6 +72,17 @@ static void run(const tp_case *c, int world, float *out, int *vocab) {
         for (int b = 0; b < 8; b++) blocks[b] = p * 8 + b;
         eng_seq s = {c->prompts[p], c->plen[p], 0, blocks, 8, 1};
         if (eng_step(e, &s, 1, out + (size_t)p * m->cfg.vocab_size, &err)) fail_msg("step: %s", err.msg);
+    }
+    if (c->wide) {
+        static eng_seq seqs[WIDE_SEQS];
+        static int32_t toks[WIDE_SEQS][WIDE_LEN], tables[WIDE_SEQS][4];
+        const int V = m->cfg.vocab_size;
+        for (int s = 0; s < WIDE_SEQS; s++) {
+            for (int i = 0; i < WIDE_LEN; i++) toks[s][i] = (1 + s * 7 + i * 13) % V;
+            for (int b = 0; b < 4; b++) tables[s][b] = 32 + s * 4 + b;
+            seqs[s] = (eng_seq){toks[s], WIDE_LEN, 0, tables[s], 4, 1};
+        }
+        if (eng_step(e, seqs, WIDE_SEQS, out + (size_t)c->n_prompts * V, &err)) fail_msg("wide step: %s", err.msg);
     }
     if (world > 1) assert_int_equal(eng_stop_peers(e, &err), LLMQ_OK);
     eng_destroy(e);
@@ -104,6 +124,7 @@ static void test_tp_matches_single_rank(void **st) {
     }
     const int quant = n - 1, plain = 1; /* the same model, int4 (tied: lm_head a quantized copy) and as stored */
     cases[quant].lo = (model_load_opts){LLMQ_QUANT_INT4, 8};
+    cases[0].wide = 1;
     if (tu_shared()) {
         tp_case *c = &cases[n++];
         memset(c, 0, sizeof *c);
@@ -117,8 +138,9 @@ static void test_tp_matches_single_rank(void **st) {
     } else {
         print_message("../shared is absent: stories260K left out of the TP comparison\n");
     }
-    static float tp_logits[8][2][MAX_CASES * 512];
-    static float ref[MAX_CASES * 512], ref_plain[MAX_CASES * 512];
+    enum { OUT = (MAX_CASES + WIDE_SEQS) * 512 };
+    static float tp_logits[8][2][OUT];
+    static float ref[OUT], ref_plain[OUT];
     static const int worlds[] = {2, 4};
     int vocab = 0;
     for (int w = 0; w < 2; w++)
@@ -134,7 +156,7 @@ static void test_tp_matches_single_rank(void **st) {
         }
         for (int w = 0; w < 2; w++) {
             double worst = 0;
-            for (int k = 0; k < cases[i].n_prompts * vocab; k++) {
+            for (int k = 0; k < (cases[i].n_prompts + (cases[i].wide ? WIDE_SEQS : 0)) * vocab; k++) {
                 assert_true(isfinite(tp_logits[i][w][k]));
                 double d = fabs(tp_logits[i][w][k] - ref[k]);
                 if (d > worst) worst = d;

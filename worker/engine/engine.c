@@ -31,8 +31,8 @@ struct engine {
     llmq_comm *comm;            /* NULL or world 1: no collectives */
     llmq_comm *dcomm;           /* collectives on backend buffers: comm, or the backend's own (owned) */
     int tp;                     /* 1 when comm has more than one rank */
-    int32_t *plan;              /* leader -> peers step plan (host) */
-    size_t plan_cap;            /* int32 entries */
+    int32_t *plan;              /* leader -> peers step plan (host), [plan_cap] */
+    size_t plan_cap;            /* int32 entries of plan: the largest plan a step can need, at least PLAN_FRAME */
     float *lg_local, *lg_all;   /* TP logits: [S, V/world] local, [world, S, V/world] gathered */
     int32_t *h_ids_shard;       /* token ids shifted into this rank's vocabulary shard */
     size_t kv_dim;
@@ -49,11 +49,24 @@ struct engine {
     int pad_tables;             /* decode steps pad block tables to a power of two */
 };
 
-/* Step plan layout (int32): [magic, n_seqs, max_blocks, then per sequence
- * n_tokens, start_pos, n_blocks, want_logits, then all tokens, then all
- * block tables]. */
+/* Step plan layout (int32): [magic, size, n_seqs, max_blocks, then per
+ * sequence n_tokens, start_pos, n_blocks, want_logits, then all tokens, then
+ * all block tables]; size counts every entry.  size PLAN_STOP: the leader
+ * stops its peers.
+ *
+ * A plan travels in one broadcast of a fixed frame of PLAN_FRAME entries:
+ * every rank of a collective moves the same byte count, so the frame is a
+ * constant, not derived from a rank's limits (the ranks of a group started
+ * rank by rank may be given different --max-num-seqs), and the peers find
+ * the plan's size in its header.  The frame holds a decode step of 32
+ * sequences of up to 1900 tokens each; only a larger plan (a long prefill
+ * chunk, many long block tables) sends its rest in a second broadcast.  A
+ * frame sized for the worst case instead would carry a large model's
+ * largest block tables across the group on every decode step. */
 #define PLAN_MAGIC 0x6c6d7170
 #define PLAN_STOP (-1)
+#define PLAN_HEADER 4
+#define PLAN_FRAME ((size_t)4096) /* int32 entries: 16 KiB */
 
 size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype act_dt) {
     return (size_t)2 * cfg->n_layers * cfg->n_kv_heads * cfg->head_dim * llmq_dtype_size(act_dt);
@@ -175,8 +188,9 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
          (e->d_pos = be->ops->alloc(be, T * 4)) && (e->d_slots = be->ops->alloc(be, T * 4)) &&
          (e->d_tok_start = be->ops->alloc(be, (S + 1) * 4)) &&
          (e->d_bt = be->ops->alloc(be, S * (size_t)e->max_bt * 4)) && (e->d_rows = be->ops->alloc(be, S * 4));
-    e->plan_cap = 3 + 4 * S + T + S * (size_t)e->max_bt;
-    ok = ok && (e->plan = malloc(e->plan_cap * 4));
+    e->plan_cap = PLAN_HEADER + 4 * S + T + S * (size_t)e->max_bt;
+    if (e->plan_cap < PLAN_FRAME) e->plan_cap = PLAN_FRAME;
+    ok = ok && (e->plan = calloc(e->plan_cap, 4)); /* zeros: a frame's unused tail is defined */
     if (e->tp) ok = ok && (e->lg_local = malloc(S * Vl * 4)) && (e->lg_all = malloc(S * Vl * 4 * sh->world));
     if (!ok) {
         eng_destroy(e);
@@ -484,13 +498,18 @@ static llmq_status run_step(engine *e, int n_seqs, int n, int n_out, int mb, flo
     return op->sync(be, err);
 }
 
-/* Leader: send the step plan to the peers (header with the size first). */
+/* Move a plan of `size` entries (already in e->plan on the leader, whose
+ * header the peers read from the frame) from rank 0 to every rank: the
+ * frame, then whatever does not fit in it. */
+static llmq_status broadcast_rest(engine *e, size_t size) {
+    if (size <= PLAN_FRAME) return LLMQ_OK;
+    return comm_broadcast(e->comm, e->plan + PLAN_FRAME, (size - PLAN_FRAME) * 4, 0);
+}
+
+/* Leader: send the step plan to the peers (one broadcast, see PLAN_FRAME). */
 static llmq_status send_plan(engine *e, const eng_seq *seqs, int n_seqs, int mb, llmq_err *err) {
     int32_t *p = e->plan;
-    size_t k = 0;
-    p[k++] = PLAN_MAGIC;
-    p[k++] = n_seqs;
-    p[k++] = mb;
+    size_t k = PLAN_HEADER;
     for (int s = 0; s < n_seqs; s++) {
         p[k++] = seqs[s].n_tokens;
         p[k++] = seqs[s].start_pos;
@@ -505,8 +524,11 @@ static llmq_status send_plan(engine *e, const eng_seq *seqs, int n_seqs, int mb,
         memcpy(p + k, seqs[s].block_table, (size_t)seqs[s].n_blocks * 4);
         k += (size_t)seqs[s].n_blocks;
     }
-    int32_t size = (int32_t)k;
-    if (comm_broadcast(e->comm, &size, sizeof size, 0) || comm_broadcast(e->comm, p, k * 4, 0))
+    p[0] = PLAN_MAGIC;
+    p[1] = (int32_t)k;
+    p[2] = n_seqs;
+    p[3] = mb;
+    if (comm_broadcast(e->comm, p, PLAN_FRAME * 4, 0) || broadcast_rest(e, k))
         return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
     return LLMQ_OK;
 }
@@ -521,8 +543,9 @@ llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, 
 
 llmq_status eng_stop_peers(engine *e, llmq_err *err) {
     if (!e->tp) return LLMQ_OK;
-    int32_t size = PLAN_STOP;
-    if (comm_broadcast(e->comm, &size, sizeof size, 0))
+    e->plan[0] = PLAN_MAGIC;
+    e->plan[1] = PLAN_STOP;
+    if (comm_broadcast(e->comm, e->plan, PLAN_FRAME * 4, 0))
         return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
     return LLMQ_OK;
 }
@@ -534,34 +557,47 @@ llmq_status eng_serve(engine *e, llmq_err *err) {
     if (!seqs) return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
     llmq_status st = LLMQ_OK;
     const int saved_timeout = e->comm->timeout_ms;
+    const int32_t *p = e->plan;
     for (;;) {
-        int32_t size = 0;
         /* Between steps the leader may idle for as long as it has no work:
          * wait without a deadline (a dead leader is still detected). */
         e->comm->timeout_ms = 0;
-        st = comm_broadcast(e->comm, &size, sizeof size, 0);
+        st = comm_broadcast(e->comm, e->plan, PLAN_FRAME * 4, 0);
         e->comm->timeout_ms = saved_timeout;
         if (st) break;
-        if (size == PLAN_STOP) break;
-        if (size < 3 || (size_t)size > e->plan_cap) {
-            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: step plan of %d entries (limit %zu)", size, e->plan_cap);
-            break;
-        }
-        if ((st = comm_broadcast(e->comm, e->plan, (size_t)size * 4, 0))) break;
-        const int32_t *p = e->plan;
-        const int ns = p[1];
-        if (p[0] != PLAN_MAGIC || ns < 1 || ns > e->opts.max_seqs) {
+        const int32_t size = p[1];
+        if (p[0] != PLAN_MAGIC) {
             st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: malformed step plan");
             break;
         }
-        size_t k = 3 + 4 * (size_t)ns, tok = k;
-        for (int s = 0; s < ns; s++) tok += (size_t)p[3 + 4 * s];
+        if (size == PLAN_STOP) break;
+        if (size < PLAN_HEADER || (size_t)size > e->plan_cap) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: step plan of %d entries (limit %zu)", size, e->plan_cap);
+            break;
+        }
+        if ((st = broadcast_rest(e, (size_t)size))) break;
+        const int ns = p[2];
+        if (ns < 1 || ns > e->opts.max_seqs || (size_t)size < PLAN_HEADER + 4 * (size_t)ns) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: malformed step plan");
+            break;
+        }
+        const int32_t *hs = p + PLAN_HEADER; /* per sequence: n_tokens, start_pos, n_blocks, want_logits */
+        size_t k = PLAN_HEADER + 4 * (size_t)ns, tok = k;
+        int neg = 0;
+        for (int s = 0; s < ns; s++) {
+            tok += (size_t)hs[4 * s];
+            neg |= hs[4 * s] < 0 || hs[4 * s + 2] < 0;
+        }
+        if (neg) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: malformed step plan");
+            break;
+        }
         size_t bt = tok;
         for (int s = 0; s < ns; s++) {
-            seqs[s].n_tokens = p[3 + 4 * s];
-            seqs[s].start_pos = p[4 + 4 * s];
-            seqs[s].n_blocks = p[5 + 4 * s];
-            seqs[s].want_logits = p[6 + 4 * s];
+            seqs[s].n_tokens = hs[4 * s];
+            seqs[s].start_pos = hs[4 * s + 1];
+            seqs[s].n_blocks = hs[4 * s + 2];
+            seqs[s].want_logits = hs[4 * s + 3];
             seqs[s].tokens = p + k;
             k += (size_t)seqs[s].n_tokens;
             seqs[s].block_table = p + bt;
