@@ -17,10 +17,11 @@
 #include "common/log.h"
 #include "kernels/backend.h"
 #include "worker/engine/engine.h"
-#include "worker/model/model.h"
+#include "worker/engine/runtime.h"
 #include "worker/engine/sched.h"
-#include "worker/tokenizer/tokenizer.h"
 #include "worker/engine/tp.h"
+#include "worker/model/model.h"
+#include "worker/tokenizer/tokenizer.h"
 
 #define GEN_MAX_PROMPTS 256
 
@@ -263,13 +264,14 @@ int cmd_generate(int argc, char **argv) {
 
     rc = 1;
     llmq_err err = {0};
-    llmq_backend *be = NULL;
-    model *m = NULL;
-    engine *eng = NULL;
+    runtime *rt = NULL;
     sched *sch = NULL;
+    const model *m = NULL;
     gen_item *items = NULL;
     tp_group group = {0};
     int group_started = 0;
+    /* The tokenizer comes first, alone: the prompts' lengths size the KV
+     * pool, which every rank of a group needs before it starts. */
     tokenizer *tok = NULL;
     char tokpath[4096];
     snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", model_dir);
@@ -316,17 +318,22 @@ int cmd_generate(int argc, char **argv) {
         }
         eo.comm = group.comm;
     }
-    be = llmq_backend_create(backend_name, &err);
-    if (!be || model_load_shard(&m, model_dir, be, &lo, group.rank, tp, &err)) {
+    runtime_opts ro;
+    memset(&ro, 0, sizeof ro);
+    ro.backend = backend_name;
+    ro.model_dir = model_dir;
+    ro.comm = eo.comm;
+    ro.load = lo;
+    ro.eng = eo;
+    ro.with_sched = 1;
+    ro.sched = (sched_opts){max_seqs, max_batched};
+    ro.cb = (sched_callbacks){gen_on_token, NULL, NULL};
+    if (runtime_create(&rt, &ro, &err)) {
         fprintf(stderr, "llmq generate: %s\n", err.msg);
         goto done;
     }
-    sched_opts so = {max_seqs, max_batched};
-    sched_callbacks cb = {gen_on_token, NULL, NULL};
-    if (eng_create(&eng, m, &eo, &err) || sched_create(&sch, eng, &so, &cb, &err)) {
-        fprintf(stderr, "llmq generate: %s\n", err.msg);
-        goto done;
-    }
+    sch = rt->sch;
+    m = rt->m;
     items = calloc((size_t)n_prompts, sizeof *items);
     if (!items) {
         fprintf(stderr, "llmq generate: out of memory\n");
@@ -393,7 +400,7 @@ int cmd_generate(int argc, char **argv) {
         }
     }
     rc = 0;
-    if (group_started && eng_stop_peers(eng, &err)) {
+    if (group_started && eng_stop_peers(rt->eng, &err)) {
         fprintf(stderr, "llmq generate: %s\n", err.msg);
         rc = 1;
     }
@@ -405,10 +412,7 @@ done:
     if (items)
         for (int i = 0; i < n_prompts; i++) seq_deinit(&items[i].s);
     free(items);
-    sched_destroy(sch);
-    eng_destroy(eng);
-    model_destroy(m);
-    llmq_backend_destroy(be);
+    runtime_destroy(rt);
     tok_destroy(tok);
 out:
     for (int i = 0; i < n_prompts; i++) free(prompts[i]);
