@@ -12,7 +12,8 @@
  *      number from a counter-based generator keyed by (seed, position).
  * Because the draw depends only on (logits, params, seed, position) the same
  * request gives the same tokens whatever else is in the batch, and a resumed
- * job draws exactly what it would have drawn (DESIGN.md §3).
+ * job draws exactly what it would have drawn (docs/architecture.md,
+ * "Invariants that make the system exact").
  */
 #ifndef LLMQ_SAMPLER_H
 #define LLMQ_SAMPLER_H

@@ -2,7 +2,8 @@
  * vram.h — how much memory a model needs per GPU: weights of one
  * tensor-parallel rank, KV cache, activations, runtime overheads; whether it
  * fits, how many sequences of a given length fit, and the smallest
- * tensor-parallel group that fits (DESIGN.md §4, docs/vram.md).
+ * tensor-parallel group that fits (docs/vram.md; the split is the one of
+ * docs/architecture.md, "Tensor parallelism").
  *
  * The arithmetic mirrors what the engine allocates: the shard split of
  * model_shard_plan (query heads, KV heads split or replicated, MLP columns,
