@@ -16,6 +16,7 @@
 
 #include "client/cli/cli.h"
 #include "worker/engine/engine.h"
+#include "worker/engine/runtime.h"
 #include "worker/model/model.h"
 #include "worker/engine/vram.h"
 
@@ -137,18 +138,24 @@ int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "%s", usage);
         return 2;
     }
-    model_set_load_opts(&lo);
     llmq_err err = {0};
-    llmq_backend *be = llmq_backend_create(backend, &err);
-    model *m = NULL;
+    runtime *rt = NULL;
     bench_rig r = {0};
     int rc = 1;
     const int plen = 16, prefill_len = 512, max_seqs = 32;
-    if (!be || model_load(&m, dir, be, &err)) goto fail;
     r.bps = (plen + steps + ENG_BLOCK_SIZE) / ENG_BLOCK_SIZE;
     if (r.bps * ENG_BLOCK_SIZE < prefill_len) r.bps = prefill_len / ENG_BLOCK_SIZE;
-    eng_opts eo = {r.bps * max_seqs, prefill_len, max_seqs, NULL, 0, 0};
-    if (eng_create(&r.e, m, &eo, &err)) goto fail;
+    runtime_opts ro;
+    memset(&ro, 0, sizeof ro);
+    ro.backend = backend;
+    ro.model_dir = dir;
+    ro.load = lo;
+    ro.eng = (eng_opts){r.bps * max_seqs, prefill_len, max_seqs, NULL, 0, 0};
+    if (runtime_create(&rt, &ro, &err)) goto fail;
+    const eng_opts eo = ro.eng;
+    const model *m = rt->m;
+    const llmq_backend *be = rt->be;
+    r.e = rt->eng;
     r.blocks = malloc(sizeof(int32_t) * (size_t)eo.n_blocks);
     r.logits = malloc(sizeof(float) * (size_t)max_seqs * m->cfg.vocab_size);
     for (int i = 0; i < eo.n_blocks; i++) r.blocks[i] = i;
@@ -216,8 +223,6 @@ fail:
 done:
     free(r.blocks);
     free(r.logits);
-    eng_destroy(r.e);
-    model_destroy(m);
-    llmq_backend_destroy(be);
+    runtime_destroy(rt);
     return rc;
 }

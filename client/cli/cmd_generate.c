@@ -2,6 +2,12 @@
  * cmd_generate.c — `llmq generate`: run a local model on one or more prompts,
  * offline (no Redis), through the same scheduler and engine the worker uses.
  * Several prompts run as one continuously batched group.
+ *
+ * Each prompt with its sampling options is checked as the API checks a
+ * request (proto_request_validate, common/protocol.h: the same bounds and
+ * the same messages), mapped to sampling parameters as the worker maps one
+ * (sampling_params_from_request), and a prompt without --seed gets one
+ * drawn as the worker draws it (sampler_seed_draw).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -15,12 +21,14 @@
 
 #include "client/cli/cli.h"
 #include "common/log.h"
+#include "common/protocol.h"
 #include "kernels/backend.h"
 #include "worker/engine/engine.h"
-#include "worker/model/model.h"
+#include "worker/engine/runtime.h"
 #include "worker/engine/sched.h"
-#include "worker/tokenizer/tokenizer.h"
 #include "worker/engine/tp.h"
+#include "worker/model/model.h"
+#include "worker/tokenizer/tokenizer.h"
 
 #define GEN_MAX_PROMPTS 256
 
@@ -51,7 +59,7 @@ static void usage(FILE *f) {
             "  --prompt TEXT            a text prompt (needs the model's tokenizer.json); repeatable\n"
             "  --prompt-ids LIST        comma-separated token ids; repeat for a batch\n"
             "  --max-tokens N           tokens to generate per prompt (default 64)\n"
-            "  --temperature T          0 = greedy (default 1.0)\n"
+            "  --temperature T          0 = greedy (default 1.0); sampling options have the API's bounds\n"
             "  --top-k K  --top-p P  --min-p P\n"
             "  --repetition-penalty R  --presence-penalty P  --frequency-penalty F\n"
             "  --seed S                 sampling seed (default: drawn at random)\n"
@@ -162,10 +170,12 @@ int cmd_generate(int argc, char **argv) {
     int prompt_len[GEN_MAX_PROMPTS];
     double mem_util = 0;
     int n_prompts = 0, max_tokens = 64, kv_blocks = 0, max_seqs = 0, max_batched = 512, json = 0, ignore_eos = 0;
-    int have_seed = 0, n_stop = 0, tp = 1;
+    int n_stop = 0, tp = 1;
     int32_t stop_ids[SEQ_MAX_STOP_IDS];
-    sampling_params sp;
-    sampling_params_default(&sp);
+    /* the sampling options as a request (borrowed pointers: never deinit'ed) */
+    proto_request rq;
+    proto_request_init(&rq);
+    rq.model = "generate"; /* the API requires a name; no queue is involved */
     model_load_opts lo = {LLMQ_QUANT_NONE, 0};
     int rc = 2, c;
     optind = 1;
@@ -195,14 +205,14 @@ int cmd_generate(int argc, char **argv) {
             n_prompts++;
             break;
         case O_MAX_TOKENS: max_tokens = (int)strtol(optarg, &end, 10); break;
-        case O_TEMP: sp.temperature = strtof(optarg, &end); break;
-        case O_TOPK: sp.top_k = (int)strtol(optarg, &end, 10); break;
-        case O_TOPP: sp.top_p = strtof(optarg, &end); break;
-        case O_MINP: sp.min_p = strtof(optarg, &end); break;
-        case O_REP: sp.repetition_penalty = strtof(optarg, &end); break;
-        case O_PRES: sp.presence_penalty = strtof(optarg, &end); break;
-        case O_FREQ: sp.frequency_penalty = strtof(optarg, &end); break;
-        case O_SEED: sp.seed = strtoull(optarg, &end, 10); have_seed = 1; break;
+        case O_TEMP: rq.temperature = strtod(optarg, &end); break;
+        case O_TOPK: rq.top_k = (int32_t)strtol(optarg, &end, 10); break;
+        case O_TOPP: rq.top_p = strtod(optarg, &end); break;
+        case O_MINP: rq.min_p = strtod(optarg, &end); break;
+        case O_REP: rq.repetition_penalty = strtod(optarg, &end); break;
+        case O_PRES: rq.presence_penalty = strtod(optarg, &end); break;
+        case O_FREQ: rq.frequency_penalty = strtod(optarg, &end); break;
+        case O_SEED: rq.seed = strtoull(optarg, &end, 10); rq.has_seed = true; break;
         case O_STOP_ID:
             if (n_stop == SEQ_MAX_STOP_IDS) {
                 fprintf(stderr, "llmq generate: at most %d --stop-token-id\n", SEQ_MAX_STOP_IDS);
@@ -247,30 +257,45 @@ int cmd_generate(int argc, char **argv) {
         goto out;
     }
     if (max_seqs == 0) max_seqs = max_batched < 32 ? max_batched : 32;
-    if (max_tokens < 1 || max_seqs < 1 || max_batched < max_seqs || sp.temperature < 0 || sp.top_p <= 0 ||
-        sp.top_p > 1 || sp.min_p < 0 || sp.min_p > 1 || sp.top_k < 0 || kv_blocks < 0 ||
-        mem_util < 0 || mem_util > 1 || (mem_util > 0 && kv_blocks > 0)) {
-        fprintf(stderr, "llmq generate: out-of-range option (need max-tokens >= 1, 0 < top-p <= 1, "
-                        "0 <= min-p <= 1, temperature >= 0, max-batched-tokens >= max-num-seqs, "
+    if (max_seqs < 1 || max_batched < max_seqs || kv_blocks < 0 || mem_util < 0 || mem_util > 1 ||
+        (mem_util > 0 && kv_blocks > 0)) {
+        fprintf(stderr, "llmq generate: out-of-range option (need max-batched-tokens >= max-num-seqs >= 1, "
                         "0 < memory-utilization <= 1 without --kv-blocks)\n");
         goto out;
     }
-    if (!have_seed) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        sp.seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)getpid();
+    /* every prompt as the request the API would check */
+    rq.max_tokens = max_tokens;
+    rq.ignore_eos = ignore_eos;
+    rq.stop_token_ids = stop_ids;
+    rq.n_stop_token_ids = (size_t)n_stop;
+    for (int i = 0; i < n_prompts; i++) {
+        rq.kind = prompt_text[i] ? PROTO_PROMPT_TEXT : PROTO_PROMPT_IDS;
+        rq.prompt = (char *)prompt_text[i];
+        rq.prompt_ids = prompts[i];
+        rq.n_prompt_ids = prompt_text[i] ? 0 : (size_t)prompt_len[i];
+        llmq_err ve = {0};
+        if (proto_request_validate(&rq, &ve)) {
+            fprintf(stderr, "llmq generate: %s\n", ve.msg);
+            goto out;
+        }
     }
+    if (!rq.has_seed) { /* drawn as the worker draws a job's seed */
+        srand((unsigned)getpid());
+        rq.seed = sampler_seed_draw();
+    }
+    sampling_params sp;
+    sampling_params_from_request(&sp, &rq, rq.seed);
 
     rc = 1;
-    model_set_load_opts(&lo); /* before any peer process starts: they inherit it */
     llmq_err err = {0};
-    llmq_backend *be = NULL;
-    model *m = NULL;
-    engine *eng = NULL;
+    runtime *rt = NULL;
     sched *sch = NULL;
+    const model *m = NULL;
     gen_item *items = NULL;
     tp_group group = {0};
     int group_started = 0;
+    /* The tokenizer comes first, alone: the prompts' lengths size the KV
+     * pool, which every rank of a group needs before it starts. */
     tokenizer *tok = NULL;
     char tokpath[4096];
     snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", model_dir);
@@ -311,23 +336,28 @@ int cmd_generate(int argc, char **argv) {
         }
         group_started = 1;
         if (group.rank > 0) { /* a peer: serve the leader's steps, print nothing */
-            rc = tp_peer_run(&group, model_dir, backend_name, &eo, &err) ? 1 : 0;
+            rc = tp_peer_run(&group, model_dir, backend_name, &lo, &eo, &err) ? 1 : 0;
             group_started = 0;
             goto done;
         }
         eo.comm = group.comm;
     }
-    be = llmq_backend_create(backend_name, &err);
-    if (!be || model_load_shard(&m, model_dir, be, group.rank, tp, &err)) {
+    runtime_opts ro;
+    memset(&ro, 0, sizeof ro);
+    ro.backend = backend_name;
+    ro.model_dir = model_dir;
+    ro.comm = eo.comm;
+    ro.load = lo;
+    ro.eng = eo;
+    ro.with_sched = 1;
+    ro.sched = (sched_opts){max_seqs, max_batched};
+    ro.cb = (sched_callbacks){gen_on_token, NULL, NULL};
+    if (runtime_create(&rt, &ro, &err)) {
         fprintf(stderr, "llmq generate: %s\n", err.msg);
         goto done;
     }
-    sched_opts so = {max_seqs, max_batched};
-    sched_callbacks cb = {gen_on_token, NULL, NULL};
-    if (eng_create(&eng, m, &eo, &err) || sched_create(&sch, eng, &so, &cb, &err)) {
-        fprintf(stderr, "llmq generate: %s\n", err.msg);
-        goto done;
-    }
+    sch = rt->sch;
+    m = rt->m;
     items = calloc((size_t)n_prompts, sizeof *items);
     if (!items) {
         fprintf(stderr, "llmq generate: out of memory\n");
@@ -394,7 +424,7 @@ int cmd_generate(int argc, char **argv) {
         }
     }
     rc = 0;
-    if (group_started && eng_stop_peers(eng, &err)) {
+    if (group_started && eng_stop_peers(rt->eng, &err)) {
         fprintf(stderr, "llmq generate: %s\n", err.msg);
         rc = 1;
     }
@@ -406,10 +436,7 @@ done:
     if (items)
         for (int i = 0; i < n_prompts; i++) seq_deinit(&items[i].s);
     free(items);
-    sched_destroy(sch);
-    eng_destroy(eng);
-    model_destroy(m);
-    llmq_backend_destroy(be);
+    runtime_destroy(rt);
     tok_destroy(tok);
 out:
     for (int i = 0; i < n_prompts; i++) free(prompts[i]);

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import subprocess
+import time
 
 import pytest
 
@@ -189,3 +190,61 @@ def test_text_prompts_and_completion_text(shared_dir):
     r = subprocess.run([LLMQ, "generate", "--model", str(FIXTURES / "hf" / "llama_mha"), "--prompt", "hi"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "tokenizer.json" in r.stderr
+
+
+# proto_request_validate's messages (common/protocol.c), which the gateway
+# answers a request with (400) and libllmq refuses a submit with: `llmq
+# generate` checks its sampling options as the same request.
+API_REFUSALS = [
+    (("--temperature", 2.5), "temperature must be between 0 and 2"),
+    (("--temperature", -0.1), "temperature must be between 0 and 2"),
+    (("--top-p", 0), "top_p must be in (0, 1]"),
+    (("--top-p", 1.5), "top_p must be in (0, 1]"),
+    (("--top-k", -2), "top_k must be >= 0 (0 disables it)"),
+    (("--min-p", 1.5), "min_p must be between 0 and 1"),
+    (("--repetition-penalty", 0), "repetition_penalty must be in (0, 10]"),
+    (("--repetition-penalty", 11), "repetition_penalty must be in (0, 10]"),
+    (("--presence-penalty", -2.5), "presence_penalty must be between -2 and 2"),
+    (("--frequency-penalty", 3), "frequency_penalty must be between -2 and 2"),
+    (("--max-tokens", 0), "max_tokens must be at least 1"),
+    (("--stop-token-id", -1), "stop_token_ids must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("args,message", API_REFUSALS)
+def test_generate_refuses_what_the_api_refuses(args, message):
+    d = FIXTURES / "hf" / "llama_mha"
+    r = generate(d, [[1, 2]], *args, check=False)
+    assert r.returncode == 2 and r.stderr == f"llmq generate: {message}\n", r.stderr
+    # just inside the bounds runs (the old check let temperature 2.5 through and capped nothing)
+    ok = {"--temperature": 2, "--top-p": 1, "--top-k": 0, "--min-p": 1, "--repetition-penalty": 10,
+          "--presence-penalty": -2, "--frequency-penalty": 2, "--max-tokens": 1, "--stop-token-id": 0}
+    assert generate(d, [[1, 2]], args[0], ok[args[0]], "--seed", 1)
+
+
+def test_generate_and_submit_give_the_same_refusal(redis_server):
+    """The client library checks a request with the function the gateway
+    uses before queuing it: `llmq submit` and `llmq generate` refuse the same
+    temperatures with the same words (submit's other options it checks itself)."""
+    for flag, value in (("--temperature", 3), ("--temperature", -1)):
+        sub = subprocess.run([LLMQ, "submit", "--redis", redis_server.url, "--model", "m", "--prompt", "x",
+                              flag, str(value)], capture_output=True, text=True, timeout=30)
+        gen = generate(FIXTURES / "hf" / "llama_mha", [[1, 2]], flag, value, check=False)
+        assert sub.returncode != 0 and gen.returncode == 2
+        api = sub.stderr.strip().split(": ", 1)[1]
+        assert gen.stderr.strip() == f"llmq generate: {api}"
+
+
+def test_seedless_prompts_get_the_workers_seed(shared_dir):
+    """Without --seed the seed is drawn as the worker draws a job's
+    (sampler_seed_draw: wall-clock ms x 2^64/phi, xor a rand() below 2^31),
+    reported in --json, and reproduces the run when given back."""
+    model = shared_dir / "models" / "stories260K"
+    prompt = stories_refs(shared_dir)[2]["prompt_ids"]
+    t0 = int(time.time() * 1000)
+    (out,) = generate(model, [prompt], "--max-tokens", 24, "--temperature", 1.0)
+    t1 = int(time.time() * 1000)
+    seed, golden = out["seed"], 0x9E3779B97F4A7C15
+    assert any((seed ^ (ms * golden % 2**64)) < 2**31 for ms in range(t0 - 1, t1 + 2)), hex(seed)
+    (again,) = generate(model, [prompt], "--max-tokens", 24, "--temperature", 1.0, "--seed", seed)
+    assert again["output_ids"] == out["output_ids"] and again["seed"] == seed

@@ -9,7 +9,9 @@
  *    (fp32 compute over the stored weights) and, for BF16 models, within 2%
  *    of transformers' own bf16 computation;
  *  - properties the scheduler relies on: chunked prefill and batching give
- *    bitwise the same logits as one whole prefill of one sequence alone.
+ *    bitwise the same logits as one whole prefill of one sequence alone;
+ *  - the runtime (worker/engine/runtime.h) that assembles backend, model,
+ *    engine, scheduler and tokenizer: each failure names its piece.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -23,12 +25,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tests/unit/testutil.h"
 #include "worker/engine/engine.h"
+#include "worker/engine/runtime.h"
 #include "worker/model/model.h"
 
 typedef struct rig {
+    runtime *rt;     /* owns the three below */
     llmq_backend *be;
     model *m;
     engine *e;
@@ -40,12 +45,16 @@ static void rig_open_full(rig *r, const char *dir, const char *backend, int max_
                           int pad_tables) {
     llmq_err err = {0};
     memset(r, 0, sizeof *r);
-    r->be = llmq_backend_create(backend, &err);
-    assert_non_null(r->be);
-    if (model_load(&r->m, dir, r->be, &err)) fail_msg("model_load(%s): %s", dir, err.msg);
     r->n_blocks = 64;
-    eng_opts o = {r->n_blocks, max_tokens, max_seqs, NULL, 0, pad_tables};
-    if (eng_create(&r->e, r->m, &o, &err)) fail_msg("eng_create: %s", err.msg);
+    runtime_opts ro;
+    memset(&ro, 0, sizeof ro);
+    ro.backend = backend;
+    ro.model_dir = dir;
+    ro.eng = (eng_opts){r->n_blocks, max_tokens, max_seqs, NULL, 0, pad_tables};
+    if (runtime_create(&r->rt, &ro, &err)) fail_msg("runtime_create(%s): %s", dir, err.msg);
+    r->be = r->rt->be;
+    r->m = r->rt->m;
+    r->e = r->rt->eng;
     /* Non-contiguous block ids so that block-table indexing is exercised. */
     r->blocks = malloc(sizeof(int32_t) * (size_t)r->n_blocks);
     for (int i = 0; i < r->n_blocks; i++) r->blocks[i] = (i * 37 + 11) % r->n_blocks;
@@ -56,9 +65,7 @@ static void rig_open(rig *r, const char *dir, const char *backend, int max_token
 }
 
 static void rig_close(rig *r) {
-    eng_destroy(r->e);
-    model_destroy(r->m);
-    llmq_backend_destroy(r->be);
+    runtime_destroy(r->rt);
     free(r->blocks);
 }
 
@@ -303,6 +310,75 @@ static void test_step_limits_are_errors(void **st) {
     rig_close(&r);
 }
 
+/* runtime_create builds what it is asked for, and a failure says which
+ * piece failed (its own message after the name), leaving nothing allocated
+ * (ASan builds check that). */
+static void runtime_fails(const runtime_opts *o, llmq_status code, const char *prefix, const char *also) {
+    llmq_err err = {0};
+    runtime *rt = (runtime *)1;
+    assert_int_equal(runtime_create(&rt, o, &err), code);
+    assert_null(rt);
+    if (strncmp(err.msg, prefix, strlen(prefix)) || !strstr(err.msg, also))
+        fail_msg("expected '%s...%s', got '%s'", prefix, also, err.msg);
+}
+
+static void test_runtime_assembles_and_names_failures(void **st) {
+    (void)st;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/hf/llama_mha", tu_root());
+    runtime_opts o;
+    memset(&o, 0, sizeof o);
+    o.backend = "cpu";
+    o.model_dir = dir;
+    o.eng = (eng_opts){8, 32, 2, NULL, 0, 0};
+    o.with_sched = 1;
+    o.sched = (sched_opts){2, 32};
+    o.tok = RUNTIME_TOK_IF_PRESENT;
+    llmq_err err = {0};
+    runtime *rt = NULL;
+    assert_int_equal(runtime_create(&rt, &o, &err), LLMQ_OK);
+    assert_non_null(rt->be);
+    assert_non_null(rt->sch);
+    assert_null(rt->tok); /* the fixture has no tokenizer.json */
+    assert_int_equal(eng_n_blocks(rt->eng), 8);
+    assert_int_equal(rt->m->lo.quant, LLMQ_QUANT_NONE);
+    runtime_destroy(rt);
+    runtime_destroy(NULL);
+
+    runtime_opts b = o;
+    b.backend = "no-such-backend";
+    runtime_fails(&b, LLMQ_ERR_INVALID, "backend: ", "no-such-backend");
+    b = o;
+    b.model_dir = "/nonexistent/model";
+    runtime_fails(&b, LLMQ_ERR_IO, "model: ", "/nonexistent/model");
+    b = o;
+    b.eng.max_seqs = 0; /* the engine's own message already starts with its name */
+    runtime_fails(&b, LLMQ_ERR_INVALID, "engine: need", "max_seqs");
+    b = o;
+    b.sched.max_seqs = 0;
+    runtime_fails(&b, LLMQ_ERR_INVALID, "scheduler: ", "");
+
+    /* a tokenizer.json that does not parse; the rest of the fixture as it is */
+    char *tmp = tu_mkdtemp(), src[4200], dst[4200];
+    const char *files[] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(src, sizeof src, "%s/%s", dir, files[i]);
+        snprintf(dst, sizeof dst, "%s/%s", tmp, files[i]);
+        assert_int_equal(symlink(src, dst), 0);
+    }
+    snprintf(dst, sizeof dst, "%s/tokenizer.json", tmp);
+    assert_int_equal(tu_write_file(dst, "{not json", 9), 0);
+    b = o;
+    b.model_dir = tmp;
+    runtime_fails(&b, LLMQ_ERR_FORMAT, "tokenizer: ", "tokenizer.json");
+    b.tok = RUNTIME_TOK_NONE; /* not asked for: not read */
+    assert_int_equal(runtime_create(&rt, &b, &err), LLMQ_OK);
+    assert_null(rt->tok);
+    runtime_destroy(rt);
+    tu_rmtree(tmp);
+    free(tmp);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stories_logits_cpu),
@@ -312,6 +388,7 @@ int main(void) {
         cmocka_unit_test(test_chunks_and_batches_are_invariant),
         cmocka_unit_test(test_padded_tables_change_no_bits),
         cmocka_unit_test(test_step_limits_are_errors),
+        cmocka_unit_test(test_runtime_assembles_and_names_failures),
     };
     return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
 }

@@ -86,7 +86,7 @@ static void expect_error(llmq_status code, const char *needle1, const char *need
     llmq_backend *be = llmq_backend_create("cpu", NULL);
     model *m = NULL;
     llmq_err err = {0};
-    llmq_status st = model_load(&m, tmp, be, &err);
+    llmq_status st = model_load(&m, tmp, be, NULL, &err);
     print_message("error: %s\n", err.msg);
     if (st == LLMQ_OK) fail_msg("a malformed model loaded without error");
     assert_null(m);

@@ -4,7 +4,12 @@
  * prefill equal the single-rank logits within 1e-4 (only the order of the
  * row-parallel sums differs), on stories260K (GQA) and on transformers
  * fixtures including one with fewer KV heads than ranks (KV replication),
- * and shapes that do not divide are refused with a clear error.
+ * also with int4 weights (every rank loads with the leader's load options:
+ * Q4 groups of 8 columns fall inside each shard, so the quantized group
+ * holds the quantized single rank's weights), also for one step of 256
+ * sequences whose plan is larger than the one broadcast a step plan
+ * normally takes (its rest follows in a second one), and shapes that do not
+ * divide are refused with a clear error.
  *
  * The TP groups run first and the single-rank reference last, so that no
  * rank is forked from a process whose OpenMP pool already exists.
@@ -34,24 +39,32 @@ typedef struct tp_case {
     int n_prompts;
     int32_t prompts[MAX_CASES][64];
     int plen[MAX_CASES];
+    model_load_opts lo;   /* how every rank loads the weights */
+    int wide;             /* then one step of WIDE_SEQS sequences of WIDE_LEN tokens */
 } tp_case;
 
+#define WIDE_SEQS 256
+#define WIDE_LEN 64
+
 /* Prefill every prompt of c on a group of `world` ranks; logits of prompt p
- * into out + p * V.  world 1 runs in this process. */
+ * into out + p * V, then those of the wide step after them.  world 1 runs
+ * in this process. */
 static void run(const tp_case *c, int world, float *out, int *vocab) {
     llmq_err err = {0};
     eng_opts eo = {32, 128, 4, NULL, 0, 0};
+    if (c->wide) /* 16384 tokens + 256 tables of 4 blocks: far more than a plan frame */
+        eo = (eng_opts){32 + WIDE_SEQS * 4, WIDE_SEQS * WIDE_LEN, WIDE_SEQS, NULL, 0, 0};
     tp_group g;
     memset(&g, 0, sizeof g);
     if (world > 1) {
         if (tp_group_start(&g, world, 10000, &err)) fail_msg("tp_group_start: %s", err.msg);
-        if (g.rank > 0) _exit(tp_peer_run(&g, c->dir, "cpu", &eo, &err) ? 1 : 0);
+        if (g.rank > 0) _exit(tp_peer_run(&g, c->dir, "cpu", &c->lo, &eo, &err) ? 1 : 0);
         eo.comm = g.comm;
     }
     llmq_backend *be = llmq_backend_create("cpu", &err);
     model *m = NULL;
     engine *e = NULL;
-    if (model_load_shard(&m, c->dir, be, 0, world, &err)) fail_msg("load: %s", err.msg);
+    if (model_load_shard(&m, c->dir, be, &c->lo, 0, world, &err)) fail_msg("load: %s", err.msg);
     if (eng_create(&e, m, &eo, &err)) fail_msg("eng_create: %s", err.msg);
     *vocab = m->cfg.vocab_size;
     int32_t blocks[8];
@@ -59,6 +72,17 @@ static void run(const tp_case *c, int world, float *out, int *vocab) {
         for (int b = 0; b < 8; b++) blocks[b] = p * 8 + b;
         eng_seq s = {c->prompts[p], c->plen[p], 0, blocks, 8, 1};
         if (eng_step(e, &s, 1, out + (size_t)p * m->cfg.vocab_size, &err)) fail_msg("step: %s", err.msg);
+    }
+    if (c->wide) {
+        static eng_seq seqs[WIDE_SEQS];
+        static int32_t toks[WIDE_SEQS][WIDE_LEN], tables[WIDE_SEQS][4];
+        const int V = m->cfg.vocab_size;
+        for (int s = 0; s < WIDE_SEQS; s++) {
+            for (int i = 0; i < WIDE_LEN; i++) toks[s][i] = (1 + s * 7 + i * 13) % V;
+            for (int b = 0; b < 4; b++) tables[s][b] = 32 + s * 4 + b;
+            seqs[s] = (eng_seq){toks[s], WIDE_LEN, 0, tables[s], 4, 1};
+        }
+        if (eng_step(e, seqs, WIDE_SEQS, out + (size_t)c->n_prompts * V, &err)) fail_msg("wide step: %s", err.msg);
     }
     if (world > 1) assert_int_equal(eng_stop_peers(e, &err), LLMQ_OK);
     eng_destroy(e);
@@ -68,6 +92,7 @@ static void run(const tp_case *c, int world, float *out, int *vocab) {
 }
 
 static int load_case(tp_case *c, const char *dir, const char *expected) {
+    memset(c, 0, sizeof *c);
     snprintf(c->dir, sizeof c->dir, "%s", dir);
     json_t *root = json_load_file(expected, 0, NULL);
     if (!root) return -1;
@@ -87,17 +112,22 @@ static int load_case(tp_case *c, const char *dir, const char *expected) {
 
 static void test_tp_matches_single_rank(void **st) {
     (void)st;
-    tp_case cases[7];
+    tp_case cases[8];
     int n = 0;
-    const char *fx[] = {"llama_h8_kv1", "llama_gqa_tied", "qwen2_bias", "falcon_new", "falcon_mq", "falcon_seq_bias"};
-    for (int i = 0; i < 6; i++) {
+    const char *fx[] = {"llama_h8_kv1", "llama_gqa_tied", "qwen2_bias", "falcon_new", "falcon_mq", "falcon_seq_bias",
+                        "llama_gqa_tied"};
+    for (int i = 0; i < 7; i++) {
         char dir[4096], exp[4200];
         snprintf(dir, sizeof dir, "%s/tests/fixtures/hf/%s", tu_root(), fx[i]);
         snprintf(exp, sizeof exp, "%s/expected.json", dir);
         assert_int_equal(load_case(&cases[n++], dir, exp), 0);
     }
+    const int quant = n - 1, plain = 1; /* the same model, int4 (tied: lm_head a quantized copy) and as stored */
+    cases[quant].lo = (model_load_opts){LLMQ_QUANT_INT4, 8};
+    cases[0].wide = 1;
     if (tu_shared()) {
         tp_case *c = &cases[n++];
+        memset(c, 0, sizeof *c);
         snprintf(c->dir, sizeof c->dir, "%s/models/stories260K", tu_shared());
         static const int32_t p0[] = {1, 403, 407, 261, 378}, p1[] = {1, 306, 411, 380, 267, 337, 410};
         c->n_prompts = 2;
@@ -108,17 +138,25 @@ static void test_tp_matches_single_rank(void **st) {
     } else {
         print_message("../shared is absent: stories260K left out of the TP comparison\n");
     }
-    static float tp_logits[7][2][MAX_CASES * 512];
-    static float ref[MAX_CASES * 512];
+    enum { OUT = (MAX_CASES + WIDE_SEQS) * 512 };
+    static float tp_logits[8][2][OUT];
+    static float ref[OUT], ref_plain[OUT];
     static const int worlds[] = {2, 4};
     int vocab = 0;
     for (int w = 0; w < 2; w++)
         for (int i = 0; i < n; i++) run(&cases[i], worlds[w], tp_logits[i][w], &vocab);
     for (int i = 0; i < n; i++) {
         run(&cases[i], 1, ref, &vocab);
+        if (i == plain) memcpy(ref_plain, ref, sizeof ref);
+        if (i == quant) { /* the options reached the loader: int4 moves the logits */
+            double moved = 0;
+            for (int k = 0; k < cases[i].n_prompts * vocab; k++) moved = fmax(moved, fabs(ref[k] - ref_plain[k]));
+            print_message("%s int4: max |logit diff| vs as stored = %.2e\n", cases[i].dir, moved);
+            assert_true(moved > 1e-3);
+        }
         for (int w = 0; w < 2; w++) {
             double worst = 0;
-            for (int k = 0; k < cases[i].n_prompts * vocab; k++) {
+            for (int k = 0; k < (cases[i].n_prompts + (cases[i].wide ? WIDE_SEQS : 0)) * vocab; k++) {
                 assert_true(isfinite(tp_logits[i][w][k]));
                 double d = fabs(tp_logits[i][w][k] - ref[k]);
                 if (d > worst) worst = d;

@@ -87,7 +87,7 @@ static void test_params_match_published(void **st) {
         if (fabs(p - cases[i].published) > 0.005 * cases[i].published)
             fail_msg("%s: %.4g parameters, published %.4g", cases[i].preset, p, cases[i].published);
     }
-    /* the readers: Mixtral and Falcon through the tolerant path */
+    /* the readers: Mixtral through the tolerant path, Falcon through model_config's parser */
     vram_model vm;
     load_preset(&vm, "mixtral-8x7b");
     assert_int_equal(vm.experts, 8);
@@ -105,7 +105,9 @@ static void test_params_match_published(void **st) {
 }
 
 /* A Falcon 7B config (multi-query, one LayerNorm per layer): the readers'
- * other branch.  Published 7.22B counts lm_head as stored. */
+ * other branch.  Published 7.22B counts lm_head as stored.  With ALiBi
+ * (which the engine refuses) the shapes, and so the count, are the same;
+ * sequential attention has two LayerNorms per layer. */
 static void test_falcon_7b_and_errors(void **st) {
     (void)st;
     static const char falcon7b[] =
@@ -128,6 +130,23 @@ static void test_falcon_7b_and_errors(void **st) {
     o.tp = 2; /* 71 heads do not split */
     assert_int_equal(vram_estimate_run(&e, &vm, &o, &err), LLMQ_ERR_INVALID);
     assert_non_null(strstr(err.msg, "71 attention heads"));
+
+    char alibi[sizeof falcon7b + 32];
+    snprintf(alibi, sizeof alibi, "{\"alibi\":true,%s", falcon7b + 1);
+    model_config cfg;
+    assert_int_equal(model_config_parse(&cfg, alibi, strlen(alibi), "falcon-7b-alibi", &err), LLMQ_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "ALiBi"));
+    vram_model va;
+    assert_int_equal(vram_model_parse(&va, alibi, strlen(alibi), "falcon-7b", &err), LLMQ_OK);
+    assert_int_equal(va.family, VRAM_FALCON);
+    assert_int_equal(vram_params(&va), vram_params(&vm));
+    char seq[sizeof falcon7b + 32];
+    snprintf(seq, sizeof seq, "%s", falcon7b);
+    char *pa = strstr(seq, "\"parallel_attn\":true");
+    assert_non_null(pa);
+    memcpy(pa + strlen("\"parallel_attn\":"), "0   ", 4); /* an integer reads as a boolean */
+    assert_int_equal(vram_model_parse(&va, seq, strlen(seq), "falcon-7b-seq", &err), LLMQ_OK);
+    assert_int_equal(va.falcon_ln_per_layer, 2);
 
     static const char gpt2[] = "{\"architectures\":[\"GPT2LMHeadModel\"],\"model_type\":\"gpt2\",\"n_embd\":768}";
     assert_int_equal(vram_model_parse(&vm, gpt2, strlen(gpt2), "gpt2", &err), LLMQ_ERR_UNSUPPORTED);
@@ -299,10 +318,9 @@ static void check_model_dir(const char *dir, int tp_max) {
             o = cpu_opts(&vm, tp, (llmq_quant)q);
             if (vram_estimate_run(&e, &vm, &o, NULL)) continue; /* not divisible: nothing to compare */
             model_load_opts lo = {(llmq_quant)q, 0};
-            model_set_load_opts(&lo);
             for (int rank = 0; rank < tp; rank += tp - 1 > 0 ? tp - 1 : 1) {
                 model *m = NULL;
-                if (model_load_shard(&m, dir, be, rank, tp, &err)) fail_msg("%s: %s", dir, err.msg);
+                if (model_load_shard(&m, dir, be, &lo, rank, tp, &err)) fail_msg("%s: %s", dir, err.msg);
                 /* model.c counts vectors as stored; the estimator as held (F32) */
                 int64_t held = (int64_t)m->weight_bytes;
                 if (vm.stored != LLMQ_F32) {
@@ -316,7 +334,6 @@ static void check_model_dir(const char *dir, int tp_max) {
                 if (rank > 0) assert_true(held <= e.weight_bytes);
                 model_destroy(m);
             }
-            model_set_load_opts(NULL);
         }
     llmq_backend_destroy(be);
 }

@@ -47,9 +47,7 @@ static void qrig_open(qrig *r, const char *dir, const char *backend, llmq_quant 
     r->be = llmq_backend_create(backend, &err);
     assert_non_null(r->be);
     model_load_opts lo = {q, 0};
-    model_set_load_opts(&lo);
-    llmq_status st = model_load(&r->m, dir, r->be, &err);
-    model_set_load_opts(NULL);
+    llmq_status st = model_load(&r->m, dir, r->be, &lo, &err);
     if (st) fail_msg("model_load(%s, %s): %s", dir, llmq_quant_name(q), err.msg);
     eng_opts o = {64, 128, 4, NULL, 0, 0};
     if (eng_create(&r->e, r->m, &o, &err)) fail_msg("eng_create: %s", err.msg);

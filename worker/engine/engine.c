@@ -1,20 +1,19 @@
 /*
- * engine.c — the Llama-family forward pass over a paged KV cache.
+ * engine.c — the forward pass over a paged KV cache, one function per
+ * architecture family: forward_llama (Llama, Mistral, Qwen2: RMSNorm,
+ * SwiGLU, sliding windows) and forward_falcon (Falcon/RW: LayerNorm with
+ * bias, GELU, parallel or sequential attention); the shapes of each are in
+ * the comment above it.  Both run, per step (n tokens of S sequences,
+ * d = hidden, V = vocab):
  *
- * Per step (n tokens of S sequences, d = hidden, q = heads*head_dim,
- * kv = kv_heads*head_dim, I = intermediate, V = vocab):
+ *   x[n,d] = embed(tokens)
+ *   for each layer: norm, attention over the cache (attend: q/k/v, RoPE,
+ *                   store k/v at the tokens' slots, attention, o), MLP,
+ *                   residual adds
+ *   logits[S,V] = norm(x[last token of each S]) Wlm^T
  *
- *   x[n,d]  = embed(tokens)
- *   for each layer:
- *     h      = rmsnorm(x)               (fused with x += mlp_out after layer 0)
- *     q,k,v  = h Wq^T, h Wk^T, h Wv^T   (+ biases)       [n,q] [n,kv] [n,kv]
- *     rope(q, k); store k, v at the tokens' cache slots
- *     a[n,q] = attention(q, cache)      causal, sliding window per layer
- *     o[n,d] = a Wo^T
- *     h      = rmsnorm(x += o)
- *     g[n,I] = silu(h Wg^T) * (h Wu^T)
- *     m[n,d] = g Wd^T
- *   h = rmsnorm(x += m); logits[S,V] = h[last token of each S] Wlm^T
+ * Tensor parallelism: every rank runs the same step on its shard; the
+ * leader first broadcasts the step plan (send_plan, eng_serve).
  *
  * All buffers are allocated at creation for the step limits; a step only
  * uploads its index arrays and runs the ops.
@@ -32,8 +31,8 @@ struct engine {
     llmq_comm *comm;            /* NULL or world 1: no collectives */
     llmq_comm *dcomm;           /* collectives on backend buffers: comm, or the backend's own (owned) */
     int tp;                     /* 1 when comm has more than one rank */
-    int32_t *plan;              /* leader -> peers step plan (host) */
-    size_t plan_cap;            /* int32 entries */
+    int32_t *plan;              /* leader -> peers step plan (host), [plan_cap] */
+    size_t plan_cap;            /* int32 entries of plan: the largest plan a step can need, at least PLAN_FRAME */
     float *lg_local, *lg_all;   /* TP logits: [S, V/world] local, [world, S, V/world] gathered */
     int32_t *h_ids_shard;       /* token ids shifted into this rank's vocabulary shard */
     size_t kv_dim;
@@ -50,11 +49,24 @@ struct engine {
     int pad_tables;             /* decode steps pad block tables to a power of two */
 };
 
-/* Step plan layout (int32): [magic, n_seqs, max_blocks, then per sequence
- * n_tokens, start_pos, n_blocks, want_logits, then all tokens, then all
- * block tables]. */
+/* Step plan layout (int32): [magic, size, n_seqs, max_blocks, then per
+ * sequence n_tokens, start_pos, n_blocks, want_logits, then all tokens, then
+ * all block tables]; size counts every entry.  size PLAN_STOP: the leader
+ * stops its peers.
+ *
+ * A plan travels in one broadcast of a fixed frame of PLAN_FRAME entries:
+ * every rank of a collective moves the same byte count, so the frame is a
+ * constant, not derived from a rank's limits (the ranks of a group started
+ * rank by rank may be given different --max-num-seqs), and the peers find
+ * the plan's size in its header.  The frame holds a decode step of 32
+ * sequences of up to 1900 tokens each; only a larger plan (a long prefill
+ * chunk, many long block tables) sends its rest in a second broadcast.  A
+ * frame sized for the worst case instead would carry a large model's
+ * largest block tables across the group on every decode step. */
 #define PLAN_MAGIC 0x6c6d7170
 #define PLAN_STOP (-1)
+#define PLAN_HEADER 4
+#define PLAN_FRAME ((size_t)4096) /* int32 entries: 16 KiB */
 
 size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype act_dt) {
     return (size_t)2 * cfg->n_layers * cfg->n_kv_heads * cfg->head_dim * llmq_dtype_size(act_dt);
@@ -176,8 +188,9 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
          (e->d_pos = be->ops->alloc(be, T * 4)) && (e->d_slots = be->ops->alloc(be, T * 4)) &&
          (e->d_tok_start = be->ops->alloc(be, (S + 1) * 4)) &&
          (e->d_bt = be->ops->alloc(be, S * (size_t)e->max_bt * 4)) && (e->d_rows = be->ops->alloc(be, S * 4));
-    e->plan_cap = 3 + 4 * S + T + S * (size_t)e->max_bt;
-    ok = ok && (e->plan = malloc(e->plan_cap * 4));
+    e->plan_cap = PLAN_HEADER + 4 * S + T + S * (size_t)e->max_bt;
+    if (e->plan_cap < PLAN_FRAME) e->plan_cap = PLAN_FRAME;
+    ok = ok && (e->plan = calloc(e->plan_cap, 4)); /* zeros: a frame's unused tail is defined */
     if (e->tp) ok = ok && (e->lg_local = malloc(S * Vl * 4)) && (e->lg_all = malloc(S * Vl * 4 * sh->world));
     if (!ok) {
         eng_destroy(e);
@@ -297,44 +310,119 @@ static llmq_status reduce(engine *e, void *buf, size_t n, llmq_err *err) {
     return LLMQ_OK;
 }
 
-/* The ops of a planned step, from the embedding to the logits of its
- * n_out rows (index arrays uploaded): what a step graph records.  Only the
- * collectives of a group may fail here; ops report through sync. */
-static llmq_status forward(engine *e, int n_seqs, int n, int n_out, int mb, llmq_err *err) {
+/* The ops of a planned step, from the embedding to the logits of its n_out
+ * rows (index arrays uploaded): what a step graph records.  One function per
+ * architecture family, each a plain loop over the layers; the pieces every
+ * family shares are the helpers below.  Only the collectives of a group may
+ * fail here; ops report through sync. */
+
+/* A step's shapes for the ops (n tokens of n_seqs sequences, block tables mb wide). */
+typedef struct step_dims {
+    int n_seqs, n, n_out, mb;
+} step_dims;
+
+/* x[n,d] = embed(tokens): this rank's vocabulary rows (zero outside them),
+ * summed over the group. */
+static llmq_status embed_tokens(engine *e, const step_dims *sd, llmq_err *err) {
+    llmq_backend *be = e->be;
+    be->ops->embed(be, e->x, &e->m->embed, e->d_ids, sd->n);
+    return reduce(e, e->x, (size_t)sd->n * e->m->cfg.hidden_size, err);
+}
+
+/* Self-attention of layer l over its input h[n,d], this rank's heads:
+ *   q,k,v  = h Wq^T, h Wk^T, h Wv^T (+ biases)     [n,q] [n,kv] [n,kv]
+ *   rope(q, k); store k, v at the tokens' cache slots
+ *   att    = attention(q, cache)                   [n,q], causal, window (0 = none)
+ *   o[n,d] = att Wo^T (+ bias)                      a partial sum: not reduced here */
+static void attend(engine *e, int l, const void *h, int window, const step_dims *sd) {
+    llmq_backend *be = e->be;
+    const be_ops *op = be->ops;
+    const model_config *c = &e->m->cfg;
+    const model_shard *sh = &e->m->shard;
+    const model_layer *ly = &e->m->layers[l];
+    const int n = sd->n;
+    const be_attn_step step = {sd->n_seqs, n, e->d_tok_start, e->d_pos, e->d_bt, sd->mb, ENG_BLOCK_SIZE};
+    const be_attn_shape shape = {sh->n_heads, sh->n_kv_heads, c->head_dim, window, 1.0f / sqrtf((float)c->head_dim)};
+    op->matmul(be, e->q, h, &ly->wq, ly->bq, n);
+    op->matmul(be, e->k, h, &ly->wk, ly->bk, n);
+    op->matmul(be, e->v, h, &ly->wv, ly->bv, n);
+    op->rope(be, e->q, e->k, e->d_pos, n, sh->n_heads, sh->n_kv_heads, c->head_dim, e->inv_freq);
+    op->kv_store(be, e->k_cache[l], e->v_cache[l], e->k, e->v, e->d_slots, n, (int)e->kv_dim);
+    op->attention(be, e->att, e->q, e->k_cache[l], e->v_cache[l], &step, &shape);
+    op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
+}
+
+/* Llama, Mistral, Qwen2: pre-norm RMSNorm, SwiGLU MLP, per-layer sliding
+ * window; the residual adds are fused into the next RMSNorm.
+ *
+ *   h      = rmsnorm(x)                  (x += m of the layer before, fused, after layer 0)
+ *   o[n,d] = attend(h); all-reduce
+ *   h      = rmsnorm(x += o)
+ *   g[n,I] = silu(h Wg^T) * (h Wu^T)
+ *   m[n,d] = g Wd^T (in o); all-reduce
+ *   x += m; logits[S,V] = rmsnorm(x[last token of each S]) Wlm^T */
+static llmq_status forward_llama(engine *e, const step_dims *sd, llmq_err *err) {
     llmq_backend *be = e->be;
     const be_ops *op = be->ops;
     const model *m = e->m;
     const model_config *c = &m->cfg;
-    const model_shard *sh = &m->shard;
-    const int d = c->hidden_size, I = sh->inter;
+    const int d = c->hidden_size, I = m->shard.inter, n = sd->n;
+    const float eps = c->rms_norm_eps;
     llmq_status st;
-
-    const be_attn_step step = {n_seqs, n, e->d_tok_start, e->d_pos, e->d_bt, mb, ENG_BLOCK_SIZE};
-    be_attn_shape shape = {sh->n_heads, sh->n_kv_heads, c->head_dim, 0, 1.0f / sqrtf((float)c->head_dim)};
-
-    op->embed(be, e->x, &m->embed, e->d_ids, n);
-    if ((st = reduce(e, e->x, (size_t)n * d, err))) return st;
-    const int falcon = c->arch == ARCH_FALCON;
-    for (int l = 0; falcon && l < c->n_layers; l++) {
-        /* Falcon: LayerNorms with bias, a GELU MLP, and (parallel_attn, as
-         * every released Falcon) attention and MLP on the same input with
-         * x += attn + mlp: one all-reduce per layer instead of two. */
+    if ((st = embed_tokens(e, sd, err))) return st;
+    for (int l = 0; l < c->n_layers; l++) {
         const model_layer *ly = &m->layers[l];
-        const float eps = c->rms_norm_eps;
+        if (l == 0)
+            op->rmsnorm(be, e->h, e->x, ly->attn_norm, n, d, eps);
+        else
+            op->add_rmsnorm(be, e->h, e->x, e->o, ly->attn_norm, n, d, eps);
+        attend(e, l, e->h, model_config_layer_window(c, l), sd);
+        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
+        op->add_rmsnorm(be, e->h, e->x, e->o, ly->mlp_norm, n, d, eps);
+        op->matmul(be, e->gate, e->h, &ly->w_gate, ly->b_gate, n);
+        op->matmul(be, e->up, e->h, &ly->w_up, ly->b_up, n);
+        op->swiglu(be, e->gate, e->gate, e->up, n, I);
+        op->matmul(be, e->o, e->gate, &ly->w_down, ly->b_down, n);
+        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
+    }
+    if (sd->n_out > 0) {
+        op->add(be, e->x, e->o, (size_t)n * d); /* the last layer's residual */
+        op->gather_rows(be, e->hl, e->x, e->d_rows, sd->n_out, d);
+        op->rmsnorm(be, e->hl, e->hl, m->final_norm, sd->n_out, d, eps);
+        op->matmul(be, e->logits, e->hl, &m->lm_head, NULL, sd->n_out);
+    }
+    return LLMQ_OK;
+}
+
+/* Falcon (and RW): LayerNorms with bias, a GELU MLP without gate, rotary
+ * positions, no window.  Parallel attention (every released Falcon):
+ * attention and MLP read the same input (ln_attn / ln_mlp with two_ln, else
+ * input_layernorm for both) and x += attn + mlp, one all-reduce per layer.
+ * Sequential: x += attn (reduced), then the MLP on its own LayerNorm.
+ *
+ *   h       = layernorm(x)                      (h2 = ln_mlp(x) with two_ln)
+ *   o[n,d]  = attend(h)
+ *   u[n,I]  = gelu(h' Wu^T)                     h' = h2 or h (parallel), ln_mlp(x + o) (sequential)
+ *   o2[n,d] = u Wd^T (+ o when parallel); all-reduce; x += o2
+ *   logits[S,V] = layernorm(x[last token of each S]) Wlm^T */
+static llmq_status forward_falcon(engine *e, const step_dims *sd, llmq_err *err) {
+    llmq_backend *be = e->be;
+    const be_ops *op = be->ops;
+    const model *m = e->m;
+    const model_config *c = &m->cfg;
+    const int d = c->hidden_size, I = m->shard.inter, n = sd->n;
+    const float eps = c->rms_norm_eps;
+    llmq_status st;
+    if ((st = embed_tokens(e, sd, err))) return st;
+    for (int l = 0; l < c->n_layers; l++) {
+        const model_layer *ly = &m->layers[l];
         op->layernorm(be, e->h, e->x, ly->attn_norm, ly->attn_norm_b, n, d, eps);
         const void *hm = e->h;
         if (c->two_ln) {
             op->layernorm(be, e->h2, e->x, ly->mlp_norm, ly->mlp_norm_b, n, d, eps);
             hm = e->h2;
         }
-        op->matmul(be, e->q, e->h, &ly->wq, ly->bq, n);
-        op->matmul(be, e->k, e->h, &ly->wk, ly->bk, n);
-        op->matmul(be, e->v, e->h, &ly->wv, ly->bv, n);
-        op->rope(be, e->q, e->k, e->d_pos, n, sh->n_heads, sh->n_kv_heads, c->head_dim, e->inv_freq);
-        op->kv_store(be, e->k_cache[l], e->v_cache[l], e->k, e->v, e->d_slots, n, (int)e->kv_dim);
-        shape.window = 0;
-        op->attention(be, e->att, e->q, e->k_cache[l], e->v_cache[l], &step, &shape);
-        op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
+        attend(e, l, e->h, 0, sd);
         if (!c->parallel_attn) { /* sequential: x += attn, then the MLP's own LayerNorm */
             if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
             op->add(be, e->x, e->o, (size_t)n * d);
@@ -348,38 +436,16 @@ static llmq_status forward(engine *e, int n_seqs, int n, int n_out, int mb, llmq
         if ((st = reduce(e, e->o2, (size_t)n * d, err))) return st;
         op->add(be, e->x, e->o2, (size_t)n * d);
     }
-    for (int l = 0; !falcon && l < c->n_layers; l++) {
-        const model_layer *ly = &m->layers[l];
-        if (l == 0)
-            op->rmsnorm(be, e->h, e->x, ly->attn_norm, n, d, c->rms_norm_eps);
-        else
-            op->add_rmsnorm(be, e->h, e->x, e->o, ly->attn_norm, n, d, c->rms_norm_eps);
-        op->matmul(be, e->q, e->h, &ly->wq, ly->bq, n);
-        op->matmul(be, e->k, e->h, &ly->wk, ly->bk, n);
-        op->matmul(be, e->v, e->h, &ly->wv, ly->bv, n);
-        op->rope(be, e->q, e->k, e->d_pos, n, sh->n_heads, sh->n_kv_heads, c->head_dim, e->inv_freq);
-        op->kv_store(be, e->k_cache[l], e->v_cache[l], e->k, e->v, e->d_slots, n, (int)e->kv_dim);
-        shape.window = model_config_layer_window(c, l);
-        op->attention(be, e->att, e->q, e->k_cache[l], e->v_cache[l], &step, &shape);
-        op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
-        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
-        op->add_rmsnorm(be, e->h, e->x, e->o, ly->mlp_norm, n, d, c->rms_norm_eps);
-        op->matmul(be, e->gate, e->h, &ly->w_gate, ly->b_gate, n);
-        op->matmul(be, e->up, e->h, &ly->w_up, ly->b_up, n);
-        op->swiglu(be, e->gate, e->gate, e->up, n, I);
-        op->matmul(be, e->o, e->gate, &ly->w_down, ly->b_down, n);
-        if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
-    }
-    if (n_out > 0) {
-        if (!falcon) op->add(be, e->x, e->o, (size_t)n * d); /* the last layer's residual */
-        op->gather_rows(be, e->hl, e->x, e->d_rows, n_out, d);
-        if (falcon)
-            op->layernorm(be, e->hl, e->hl, m->final_norm, m->final_norm_b, n_out, d, c->rms_norm_eps);
-        else
-            op->rmsnorm(be, e->hl, e->hl, m->final_norm, n_out, d, c->rms_norm_eps);
-        op->matmul(be, e->logits, e->hl, &m->lm_head, NULL, n_out);
+    if (sd->n_out > 0) {
+        op->gather_rows(be, e->hl, e->x, e->d_rows, sd->n_out, d);
+        op->layernorm(be, e->hl, e->hl, m->final_norm, m->final_norm_b, sd->n_out, d, eps);
+        op->matmul(be, e->logits, e->hl, &m->lm_head, NULL, sd->n_out);
     }
     return LLMQ_OK;
+}
+
+static llmq_status forward(engine *e, const step_dims *sd, llmq_err *err) {
+    return e->m->cfg.arch == ARCH_FALCON ? forward_falcon(e, sd, err) : forward_llama(e, sd, err);
 }
 
 /* Run a planned step (host index arrays filled): upload its indices, run
@@ -406,10 +472,11 @@ static llmq_status run_step(engine *e, int n_seqs, int n, int n_out, int mb, flo
     if (e->graphs && n == n_seqs && n_seqs < (1 << 20) && mb < (1 << 23))
         g = op->graph_begin(be, (uint64_t)n_seqs | (uint64_t)n_out << 20 | (uint64_t)mb << 40);
     if (g != BE_GRAPH_REPLAYED) {
-        st = forward(e, n_seqs, n, n_out, mb, err);
+        const step_dims sd = {n_seqs, n, n_out, mb};
+        st = forward(e, &sd, err);
         if (g == BE_GRAPH_RECORDING && !op->graph_end(be)) {
             e->graphs = 0; /* the backend said why; its ops run as they are from now on */
-            if (!st) st = forward(e, n_seqs, n, n_out, mb, err);
+            if (!st) st = forward(e, &sd, err);
         }
         if (st) return st;
     }
@@ -431,13 +498,18 @@ static llmq_status run_step(engine *e, int n_seqs, int n, int n_out, int mb, flo
     return op->sync(be, err);
 }
 
-/* Leader: send the step plan to the peers (header with the size first). */
+/* Move a plan of `size` entries (already in e->plan on the leader, whose
+ * header the peers read from the frame) from rank 0 to every rank: the
+ * frame, then whatever does not fit in it. */
+static llmq_status broadcast_rest(engine *e, size_t size) {
+    if (size <= PLAN_FRAME) return LLMQ_OK;
+    return comm_broadcast(e->comm, e->plan + PLAN_FRAME, (size - PLAN_FRAME) * 4, 0);
+}
+
+/* Leader: send the step plan to the peers (one broadcast, see PLAN_FRAME). */
 static llmq_status send_plan(engine *e, const eng_seq *seqs, int n_seqs, int mb, llmq_err *err) {
     int32_t *p = e->plan;
-    size_t k = 0;
-    p[k++] = PLAN_MAGIC;
-    p[k++] = n_seqs;
-    p[k++] = mb;
+    size_t k = PLAN_HEADER;
     for (int s = 0; s < n_seqs; s++) {
         p[k++] = seqs[s].n_tokens;
         p[k++] = seqs[s].start_pos;
@@ -452,8 +524,11 @@ static llmq_status send_plan(engine *e, const eng_seq *seqs, int n_seqs, int mb,
         memcpy(p + k, seqs[s].block_table, (size_t)seqs[s].n_blocks * 4);
         k += (size_t)seqs[s].n_blocks;
     }
-    int32_t size = (int32_t)k;
-    if (comm_broadcast(e->comm, &size, sizeof size, 0) || comm_broadcast(e->comm, p, k * 4, 0))
+    p[0] = PLAN_MAGIC;
+    p[1] = (int32_t)k;
+    p[2] = n_seqs;
+    p[3] = mb;
+    if (comm_broadcast(e->comm, p, PLAN_FRAME * 4, 0) || broadcast_rest(e, k))
         return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
     return LLMQ_OK;
 }
@@ -468,8 +543,9 @@ llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, 
 
 llmq_status eng_stop_peers(engine *e, llmq_err *err) {
     if (!e->tp) return LLMQ_OK;
-    int32_t size = PLAN_STOP;
-    if (comm_broadcast(e->comm, &size, sizeof size, 0))
+    e->plan[0] = PLAN_MAGIC;
+    e->plan[1] = PLAN_STOP;
+    if (comm_broadcast(e->comm, e->plan, PLAN_FRAME * 4, 0))
         return llmq_err_set(err, e->comm->err.code, "%s", e->comm->err.msg);
     return LLMQ_OK;
 }
@@ -481,34 +557,47 @@ llmq_status eng_serve(engine *e, llmq_err *err) {
     if (!seqs) return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
     llmq_status st = LLMQ_OK;
     const int saved_timeout = e->comm->timeout_ms;
+    const int32_t *p = e->plan;
     for (;;) {
-        int32_t size = 0;
         /* Between steps the leader may idle for as long as it has no work:
          * wait without a deadline (a dead leader is still detected). */
         e->comm->timeout_ms = 0;
-        st = comm_broadcast(e->comm, &size, sizeof size, 0);
+        st = comm_broadcast(e->comm, e->plan, PLAN_FRAME * 4, 0);
         e->comm->timeout_ms = saved_timeout;
         if (st) break;
-        if (size == PLAN_STOP) break;
-        if (size < 3 || (size_t)size > e->plan_cap) {
-            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: step plan of %d entries (limit %zu)", size, e->plan_cap);
-            break;
-        }
-        if ((st = comm_broadcast(e->comm, e->plan, (size_t)size * 4, 0))) break;
-        const int32_t *p = e->plan;
-        const int ns = p[1];
-        if (p[0] != PLAN_MAGIC || ns < 1 || ns > e->opts.max_seqs) {
+        const int32_t size = p[1];
+        if (p[0] != PLAN_MAGIC) {
             st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: malformed step plan");
             break;
         }
-        size_t k = 3 + 4 * (size_t)ns, tok = k;
-        for (int s = 0; s < ns; s++) tok += (size_t)p[3 + 4 * s];
+        if (size == PLAN_STOP) break;
+        if (size < PLAN_HEADER || (size_t)size > e->plan_cap) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: step plan of %d entries (limit %zu)", size, e->plan_cap);
+            break;
+        }
+        if ((st = broadcast_rest(e, (size_t)size))) break;
+        const int ns = p[2];
+        if (ns < 1 || ns > e->opts.max_seqs || (size_t)size < PLAN_HEADER + 4 * (size_t)ns) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: malformed step plan");
+            break;
+        }
+        const int32_t *hs = p + PLAN_HEADER; /* per sequence: n_tokens, start_pos, n_blocks, want_logits */
+        size_t k = PLAN_HEADER + 4 * (size_t)ns, tok = k;
+        int neg = 0;
+        for (int s = 0; s < ns; s++) {
+            tok += (size_t)hs[4 * s];
+            neg |= hs[4 * s] < 0 || hs[4 * s + 2] < 0;
+        }
+        if (neg) {
+            st = llmq_err_set(err, LLMQ_ERR_INTERNAL, "peer: malformed step plan");
+            break;
+        }
         size_t bt = tok;
         for (int s = 0; s < ns; s++) {
-            seqs[s].n_tokens = p[3 + 4 * s];
-            seqs[s].start_pos = p[4 + 4 * s];
-            seqs[s].n_blocks = p[5 + 4 * s];
-            seqs[s].want_logits = p[6 + 4 * s];
+            seqs[s].n_tokens = hs[4 * s];
+            seqs[s].start_pos = hs[4 * s + 1];
+            seqs[s].n_blocks = hs[4 * s + 2];
+            seqs[s].want_logits = hs[4 * s + 3];
             seqs[s].tokens = p + k;
             k += (size_t)seqs[s].n_tokens;
             seqs[s].block_table = p + bt;

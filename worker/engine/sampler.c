@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct sampler {
     int vocab;
@@ -19,6 +20,25 @@ void sampling_params_default(sampling_params *p) {
     p->temperature = 1.0f;
     p->top_p = 1.0f;
     p->repetition_penalty = 1.0f;
+}
+
+void sampling_params_from_request(sampling_params *p, const proto_request *q, uint64_t seed) {
+    sampling_params_default(p);
+    if (!isnan(q->temperature)) p->temperature = (float)q->temperature;
+    if (!isnan(q->top_p)) p->top_p = (float)q->top_p;
+    if (q->top_k != PROTO_UNSET) p->top_k = q->top_k;
+    if (!isnan(q->min_p)) p->min_p = (float)q->min_p;
+    if (!isnan(q->repetition_penalty)) p->repetition_penalty = (float)q->repetition_penalty;
+    if (!isnan(q->presence_penalty)) p->presence_penalty = (float)q->presence_penalty;
+    if (!isnan(q->frequency_penalty)) p->frequency_penalty = (float)q->frequency_penalty;
+    p->seed = seed;
+}
+
+uint64_t sampler_seed_draw(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    const int64_t ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ((uint64_t)ms * 0x9e3779b97f4a7c15ull) ^ (uint64_t)rand();
 }
 
 static uint64_t splitmix64(uint64_t x) {

@@ -12,12 +12,15 @@
  *      number from a counter-based generator keyed by (seed, position).
  * Because the draw depends only on (logits, params, seed, position) the same
  * request gives the same tokens whatever else is in the batch, and a resumed
- * job draws exactly what it would have drawn (DESIGN.md §3).
+ * job draws exactly what it would have drawn (docs/architecture.md,
+ * "Invariants that make the system exact").
  */
 #ifndef LLMQ_SAMPLER_H
 #define LLMQ_SAMPLER_H
 
 #include <stdint.h>
+
+#include "common/protocol.h"
 
 typedef struct sampling_params {
     float temperature;        /* 0 = greedy */
@@ -31,6 +34,18 @@ typedef struct sampling_params {
 } sampling_params;
 
 void sampling_params_default(sampling_params *p);
+
+/* The sampling parameters of a request that proto_request_validate
+ * accepted (common/protocol.h): what it leaves unset keeps
+ * sampling_params_default's value; seed is the job's (the request's own,
+ * else one from sampler_seed_draw).  Every front end that turns requests
+ * into sequences (the worker, `llmq generate`) maps them here. */
+void sampling_params_from_request(sampling_params *p, const proto_request *r, uint64_t seed);
+
+/* A seed for a request that gives none, as the worker draws one at a job's
+ * first admission: the wall clock in ms times 2^64/phi, xor rand() (which
+ * the process seeds with its pid). */
+uint64_t sampler_seed_draw(void);
 
 /* Uniform double in [0, 1) from the counter-based generator. */
 double sampler_uniform(uint64_t seed, uint64_t position);

@@ -11,8 +11,8 @@
 #include <unistd.h>
 
 #include "common/log.h"
-#include "kernels/backend.h"
 #include "worker/engine/engine.h"
+#include "worker/engine/runtime.h"
 #include "worker/model/model.h"
 
 int tp_threads_per_rank(int world) {
@@ -119,19 +119,19 @@ int tp_group_stop(tp_group *g, int kill_peers) {
     return failed;
 }
 
-llmq_status tp_peer_run(tp_group *g, const char *dir, const char *backend, const struct eng_opts *eo, llmq_err *err) {
-    llmq_backend *be = llmq_backend_create(backend, err);
-    model *m = NULL;
-    engine *e = NULL;
-    llmq_status st = be ? LLMQ_OK : err->code;
-    if (!st) st = model_load_shard(&m, dir, be, g->rank, g->world, err);
-    eng_opts o = *eo;
-    o.comm = g->comm;
-    if (!st) st = eng_create(&e, m, &o, err);
-    if (!st) st = eng_serve(e, err);
-    eng_destroy(e);
-    model_destroy(m);
-    llmq_backend_destroy(be);
+llmq_status tp_peer_run(tp_group *g, const char *dir, const char *backend, const model_load_opts *lo, const eng_opts *eo,
+                        llmq_err *err) {
+    runtime_opts ro;
+    memset(&ro, 0, sizeof ro);
+    ro.backend = backend;
+    ro.model_dir = dir;
+    ro.comm = g->comm;
+    if (lo) ro.load = *lo;
+    ro.eng = *eo;
+    runtime *rt = NULL;
+    llmq_status st = runtime_create(&rt, &ro, err);
+    if (!st) st = eng_serve(rt->eng, err);
+    runtime_destroy(rt);
     if (st) log_error("rank %d: %s", g->rank, err->msg);
     tp_group_stop(g, 0);
     return st;

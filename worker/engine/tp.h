@@ -45,12 +45,15 @@ llmq_status tp_group_start(tp_group *g, int world, int timeout_ms, llmq_err *err
  * number of peers that exited non-zero. */
 int tp_group_stop(tp_group *g, int kill_peers);
 
-/* A peer's whole life after tp_group_start: load this rank's shard of dir,
- * create the engine with the same limits as the leader (eo->comm is set
- * here), serve step plans until the leader stops the group or fails, free
- * everything.  Returns the error that ended it, LLMQ_OK after a clean stop. */
+/* A peer's whole life after tp_group_start: load this rank's shard of dir
+ * with the leader's load options (lo, NULL: as stored), create the engine
+ * with the same limits as the leader (eo->comm is set here), serve step
+ * plans until the leader stops the group or fails, free everything.
+ * Returns the error that ended it, LLMQ_OK after a clean stop. */
 struct eng_opts;
-llmq_status tp_peer_run(tp_group *g, const char *dir, const char *backend, const struct eng_opts *eo, llmq_err *err);
+struct model_load_opts;
+llmq_status tp_peer_run(tp_group *g, const char *dir, const char *backend, const struct model_load_opts *lo,
+                        const struct eng_opts *eo, llmq_err *err);
 
 /* Threads each rank should use so the group shares the cores. */
 int tp_threads_per_rank(int world);

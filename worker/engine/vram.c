@@ -2,9 +2,10 @@
  * vram.c — the memory estimator (see vram.h and docs/vram.md).
  *
  * Three parts: reading a model's arithmetic (presets, directories,
- * config.json; Llama-family configs through model_config, Mixtral and Falcon
- * through a tolerant reader), counting bytes per rank exactly as the loader
- * and the engine allocate them, and the verdicts built on that count.
+ * config.json: what model_config reads, with worker/model/config.c's own
+ * parser; Llama-family configs it refuses, such as Mixtral, through a
+ * tolerant reader), counting bytes per rank exactly as the loader and the
+ * engine allocate them, and the verdicts built on that count.
  */
 #include "worker/engine/vram.h"
 
@@ -32,7 +33,10 @@ static llmq_dtype dtype_from_torch(const char *s) {
 void vram_model_from_config(vram_model *vm, const model_config *c) {
     memset(vm, 0, sizeof *vm);
     snprintf(vm->arch, sizeof vm->arch, "%s", c->arch_name);
-    vm->family = VRAM_LLAMA;
+    vm->family = c->arch == ARCH_FALCON ? VRAM_FALCON : VRAM_LLAMA;
+    /* Falcon: ln_attn + ln_mlp, or input_layernorm + post_attention_layernorm
+     * when sequential; one input_layernorm when parallel */
+    if (c->arch == ARCH_FALCON) vm->falcon_ln_per_layer = c->two_ln || !c->parallel_attn ? 2 : 1;
     vm->hidden = c->hidden_size;
     vm->inter = c->intermediate_size;
     vm->layers = c->n_layers;
@@ -91,28 +95,9 @@ static llmq_status parse_tolerant(vram_model *vm, json_t *root, const char *name
     if (!json_is_string(dt)) dt = json_object_get(root, "dtype");
     vm->stored = dtype_from_torch(json_is_string(dt) ? json_string_value(dt) : "");
 
-    if (strstr(arch, "Falcon") || !strcmp(arch, "RWForCausalLM") || !strcmp(type, "falcon") ||
-        !strncmp(type, "RefinedWeb", 10)) {
-        /* transformers' FalconConfig: the new decoder architecture (40B,
-         * 180B) has num_kv_heads KV heads and two LayerNorms per layer;
-         * otherwise multi_query (default true: 7B) means one KV head, and
-         * parallel_attn (default true) one LayerNorm. */
-        vm->family = VRAM_FALCON;
-        const int new_arch = json_bool_of(root, "new_decoder_architecture", 0);
-        static const char *const k_kv[] = {"num_kv_heads", "n_head_kv", "num_key_value_heads", NULL};
-        if (new_arch) vm->kv_heads = json_int_of(root, k_kv, vm->heads);
-        else vm->kv_heads = json_bool_of(root, "multi_query", 1) ? 1 : vm->heads;
-        static const char *const k_ffn[] = {"ffn_hidden_size", NULL};
-        vm->inter = json_int_of(root, k_ffn, 4 * vm->hidden);
-        static const char *const k_ln[] = {"num_ln_in_parallel_attn", NULL};
-        vm->falcon_ln_per_layer =
-            new_arch ? (json_int_of(root, k_ln, 2) == 1 ? 1 : 2) : json_bool_of(root, "parallel_attn", 1) ? 1 : 2;
-        const int bias = json_bool_of(root, "bias", 0);
-        vm->qkv_bias = vm->o_bias = vm->mlp_bias = bias;
-        vm->tied = json_bool_of(root, "tie_word_embeddings", 1);
-    } else if (strstr(arch, "Llama") || strstr(arch, "Mistral") || strstr(arch, "Mixtral") ||
-               strstr(arch, "Qwen2ForCausalLM") || !strcmp(type, "llama") || !strcmp(type, "mistral") ||
-               !strcmp(type, "mixtral") || !strcmp(type, "qwen2")) {
+    if (strstr(arch, "Llama") || strstr(arch, "Mistral") || strstr(arch, "Mixtral") ||
+        strstr(arch, "Qwen2ForCausalLM") || !strcmp(type, "llama") || !strcmp(type, "mistral") ||
+        !strcmp(type, "mixtral") || !strcmp(type, "qwen2")) {
         /* The Llama layout, including what model_config refuses to run
          * (other activations or rope scalings, MoE): the arithmetic holds. */
         vm->family = VRAM_LLAMA;
@@ -149,13 +134,13 @@ llmq_status vram_model_parse(vram_model *vm, const char *json, size_t len, const
     memset(vm, 0, sizeof *vm);
     model_config cfg;
     llmq_err ce = {0};
-    llmq_status st = model_config_parse(&cfg, json, len, name, &ce);
-    if (st == LLMQ_OK && cfg.arch != ARCH_FALCON) {
+    llmq_status st = model_config_parse_shapes(&cfg, json, len, name, &ce);
+    const int falcon = cfg.arch == ARCH_FALCON; /* set once the architecture is read, also on a later error */
+    if (st == LLMQ_OK) {
         vram_model_from_config(vm, &cfg);
-    } else if (st == LLMQ_OK || st == LLMQ_ERR_UNSUPPORTED) {
-        /* Falcon's own layout (fused qkv, LayerNorms, one MLP matrix each
-         * way) is counted by the tolerant reader; so is a config llmq
-         * cannot run yet */
+    } else if (st == LLMQ_ERR_UNSUPPORTED && !falcon) {
+        /* a Llama-family config llmq cannot run (MoE, other activations or
+         * rope scalings): counted by the tolerant reader */
         json_t *root = json_loadb(json, len, 0, NULL);
         st = root ? parse_tolerant(vm, root, name, err) : llmq_err_set(err, ce.code, "%s", ce.msg);
         json_decref(root);

@@ -2,7 +2,8 @@
  * vram.h — how much memory a model needs per GPU: weights of one
  * tensor-parallel rank, KV cache, activations, runtime overheads; whether it
  * fits, how many sequences of a given length fit, and the smallest
- * tensor-parallel group that fits (DESIGN.md §4, docs/vram.md).
+ * tensor-parallel group that fits (docs/vram.md; the split is the one of
+ * docs/architecture.md, "Tensor parallelism").
  *
  * The arithmetic mirrors what the engine allocates: the shard split of
  * model_shard_plan (query heads, KV heads split or replicated, MLP columns,
@@ -13,9 +14,11 @@
  * the same figures.
  *
  * Models are read from config.json arithmetic only (no weights needed):
- * Llama, Mistral and Qwen2 through model_config (worker/model/config.h), plus
- * Mixtral (MoE) and Falcon, which the engine does not run yet, through a
- * tolerant reader here.  Plain data: copy freely, nothing to free.
+ * Llama, Mistral, Qwen2 and Falcon through model_config's parser
+ * (worker/model/config.h, model_config_parse_shapes: also a Falcon with
+ * ALiBi, which the engine does not run), plus Llama-family configs the
+ * engine refuses, such as Mixtral (MoE), through a tolerant reader here.
+ * Plain data: copy freely, nothing to free.
  */
 #ifndef LLMQ_VRAM_H
 #define LLMQ_VRAM_H
@@ -63,7 +66,7 @@ typedef struct vram_model {
 llmq_status vram_model_load(vram_model *vm, const char *what, llmq_err *err);
 /* Parse a config.json in memory (name for messages). */
 llmq_status vram_model_parse(vram_model *vm, const char *json, size_t len, const char *name, llmq_err *err);
-/* From an already parsed Llama-family config. */
+/* From an already parsed config (any architecture model_config reads). */
 void vram_model_from_config(vram_model *vm, const model_config *cfg);
 /* The directory where presets are found ("" when none), for messages. */
 const char *vram_presets_dir(void);

@@ -142,8 +142,10 @@ static int json_get_int_alias(json_t *o, const char *const *keys, int dflt, int 
 }
 
 /* Falcon (FalconConfig, and the older RW configs with n_head / n_layer):
- * the fields and defaults transformers' FalconConfig and FalconModel use. */
-static llmq_status parse_falcon(model_config *cfg, json_t *root, const char *name, llmq_err *err) {
+ * the fields and defaults transformers' FalconConfig and FalconModel use.
+ * shapes_only: what the engine cannot compute but whose shapes are those
+ * of a rotary GELU Falcon (ALiBi, another activation) is read all the same. */
+static llmq_status parse_falcon(model_config *cfg, json_t *root, const char *name, int shapes_only, llmq_err *err) {
     static const char *const k_heads[] = {"num_attention_heads", "n_head", NULL};
     static const char *const k_kv[] = {"num_kv_heads", "n_head_kv", NULL};
     static const char *const k_layers[] = {"num_hidden_layers", "n_layer", NULL};
@@ -165,10 +167,10 @@ static llmq_status parse_falcon(model_config *cfg, json_t *root, const char *nam
     if (cfg->hidden_size <= 0 || cfg->n_heads <= 0 || cfg->n_layers <= 0 || cfg->vocab_size <= 0)
         return llmq_err_set(err, st, "%s: hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be "
                             "positive", name);
-    if (json_get_bool(root, "alibi", 0))
+    if (!shapes_only && json_get_bool(root, "alibi", 0))
         return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "%s: Falcon with ALiBi is not supported (rotary only)", name);
     json_t *act = json_object_get(root, "activation");
-    if (act && !(json_is_string(act) && !strcmp(json_string_value(act), "gelu")))
+    if (!shapes_only && act && !(json_is_string(act) && !strcmp(json_string_value(act), "gelu")))
         return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "%s: Falcon activation \"%s\" is not supported (only gelu)",
                             name, json_is_string(act) ? json_string_value(act) : "?");
     const int new_arch = json_get_bool(root, "new_decoder_architecture", 0);
@@ -203,7 +205,8 @@ static llmq_status parse_falcon(model_config *cfg, json_t *root, const char *nam
     return LLMQ_OK;
 }
 
-llmq_status model_config_parse(model_config *cfg, const char *json, size_t len, const char *name, llmq_err *err) {
+static llmq_status parse_config(model_config *cfg, const char *json, size_t len, const char *name, int shapes_only,
+                                llmq_err *err) {
     memset(cfg, 0, sizeof *cfg);
     json_error_t jerr;
     json_t *root = json_loadb(json, len, 0, &jerr);
@@ -227,7 +230,7 @@ llmq_status model_config_parse(model_config *cfg, const char *json, size_t len, 
     else if (!strcmp(cfg->arch_name, "Qwen2ForCausalLM")) cfg->arch = ARCH_QWEN2;
     else if (!strcmp(cfg->arch_name, "FalconForCausalLM") || !strcmp(cfg->arch_name, "RWForCausalLM")) {
         cfg->arch = ARCH_FALCON;
-        st = parse_falcon(cfg, root, name, err);
+        st = parse_falcon(cfg, root, name, shapes_only, err);
         goto out;
     } else {
         st = llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
@@ -313,6 +316,15 @@ llmq_status model_config_parse(model_config *cfg, const char *json, size_t len, 
 out:
     json_decref(root);
     return st;
+}
+
+llmq_status model_config_parse(model_config *cfg, const char *json, size_t len, const char *name, llmq_err *err) {
+    return parse_config(cfg, json, len, name, 0, err);
+}
+
+llmq_status model_config_parse_shapes(model_config *cfg, const char *json, size_t len, const char *name,
+                                      llmq_err *err) {
+    return parse_config(cfg, json, len, name, 1, err);
 }
 
 static char *read_file(const char *path, size_t *len) {

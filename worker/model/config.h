@@ -82,6 +82,12 @@ llmq_status model_config_load(model_config *cfg, const char *path, llmq_err *err
 /* Parse a config.json already in memory (name is used in messages). */
 llmq_status model_config_parse(model_config *cfg, const char *json, size_t len, const char *name, llmq_err *err);
 
+/* The same parse for the shapes only (the memory estimator, worker/engine/
+ * vram.c): a Falcon the engine refuses for how it computes, not for its
+ * shapes (ALiBi, an activation other than GELU), is read all the same. */
+llmq_status model_config_parse_shapes(model_config *cfg, const char *json, size_t len, const char *name,
+                                      llmq_err *err);
+
 /* The sliding window (tokens) of layer l, 0 when it attends to everything. */
 int model_config_layer_window(const model_config *cfg, int layer);
 

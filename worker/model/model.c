@@ -22,15 +22,6 @@ typedef struct loader {
     llmq_err *err;
 } loader;
 
-static model_load_opts g_load_opts; /* see model_set_load_opts */
-
-void model_set_load_opts(const model_load_opts *o) {
-    if (o) g_load_opts = *o;
-    else memset(&g_load_opts, 0, sizeof g_load_opts);
-}
-
-void model_get_load_opts(model_load_opts *o) { *o = g_load_opts; }
-
 /* Flag of load_matrix: a linear layer, quantized when the options say so. */
 enum { LM_QUANT = 1 };
 
@@ -360,15 +351,16 @@ llmq_status model_shard_plan(model_shard *sh, const model_config *c, int rank, i
     return LLMQ_OK;
 }
 
-llmq_status model_load(model **out, const char *dir, llmq_backend *be, llmq_err *err) {
-    return model_load_shard(out, dir, be, 0, 1, err);
+llmq_status model_load(model **out, const char *dir, llmq_backend *be, const model_load_opts *lo, llmq_err *err) {
+    return model_load_shard(out, dir, be, lo, 0, 1, err);
 }
 
-llmq_status model_load_shard(model **out, const char *dir, llmq_backend *be, int rank, int world, llmq_err *err) {
+llmq_status model_load_shard(model **out, const char *dir, llmq_backend *be, const model_load_opts *lo, int rank,
+                             int world, llmq_err *err) {
     model *m = calloc(1, sizeof *m);
     if (!m) return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
     m->be = be;
-    m->lo = g_load_opts;
+    if (lo) m->lo = *lo; /* else calloc's zeros: as stored */
     llmq_status st = model_config_load(&m->cfg, dir, err);
     if (!st) st = model_shard_plan(&m->shard, &m->cfg, rank, world, err);
     if (!st) st = st_open_dir(&m->st, dir, err);

@@ -57,17 +57,13 @@ typedef struct model_shard {
  * divide) when the shapes do not allow it. */
 llmq_status model_shard_plan(model_shard *sh, const model_config *cfg, int rank, int world, llmq_err *err);
 
-/* How model_load / model_load_shard hold the weights. */
+/* How model_load / model_load_shard hold the weights (a parameter of each
+ * load; every rank of a group loads its shard with the same options).  All
+ * zeros, or a NULL pointer, is the default: as stored. */
 typedef struct model_load_opts {
     llmq_quant quant; /* NONE: as stored; INT8 / INT4: linear layers quantized at load */
     int q4_group;     /* INT4 group size, a multiple of 8 (0 = LLMQ_Q4_GROUP, 128) */
 } model_load_opts;
-
-/* The process-wide options every later model_load / model_load_shard uses:
- * a main sets them once from --quantization; tensor-parallel peers forked
- * afterwards inherit them.  NULL restores the defaults (no quantization). */
-void model_set_load_opts(const model_load_opts *o);
-void model_get_load_opts(model_load_opts *o);
 
 typedef struct model {
     model_config cfg;
@@ -86,13 +82,14 @@ typedef struct model {
     int n_owned, cap_owned;
 } model;
 
-/* Load dir (config.json + safetensors) for backend be. *out owns everything
- * but the backend. */
-llmq_status model_load(model **out, const char *dir, llmq_backend *be, llmq_err *err);
+/* Load dir (config.json + safetensors) for backend be, held as lo says (NULL:
+ * as stored; copied into m->lo).  *out owns everything but the backend. */
+llmq_status model_load(model **out, const char *dir, llmq_backend *be, const model_load_opts *lo, llmq_err *err);
 /* Load rank's shard of a world-way tensor-parallel split: matrices are views
  * of only this rank's rows/columns of the mapped files, so a rank reads only
  * its slices. */
-llmq_status model_load_shard(model **out, const char *dir, llmq_backend *be, int rank, int world, llmq_err *err);
+llmq_status model_load_shard(model **out, const char *dir, llmq_backend *be, const model_load_opts *lo, int rank,
+                             int world, llmq_err *err);
 void model_destroy(model *m);
 
 #endif

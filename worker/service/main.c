@@ -234,7 +234,7 @@ int main(int argc, char **argv) {
     log_set_name("worker");
     llmq_err err = {0};
     /* ---- quantization and the KV pool from the memory estimator (worker/engine/vram.h, issue 10) ---- */
-    model_set_load_opts(&lo); /* before peers start: they inherit it */
+    o.load = lo; /* every rank of a group loads with the same options (tp_peer_run) */
     if (mem_util > 0 && o.kv_blocks > 0) {
         fprintf(stderr, "llmq-worker: --kv-blocks and --memory-utilization exclude each other\n");
         return 2;
@@ -288,7 +288,7 @@ int main(int argc, char **argv) {
             char name[32];
             snprintf(name, sizeof name, "worker[%d]", g.rank);
             log_set_name(name);
-            return tp_peer_run(&g, o.model_dir, o.backend, &eo, &err) ? 1 : 0;
+            return tp_peer_run(&g, o.model_dir, o.backend, &lo, &eo, &err) ? 1 : 0;
         }
         o.comm = g.comm;
     }

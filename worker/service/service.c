@@ -45,6 +45,7 @@
 #include "common/url.h"
 #include "kernels/backend.h"
 #include "worker/engine/engine.h"
+#include "worker/engine/runtime.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/chat.h"
 #include "worker/engine/sched.h"
@@ -108,6 +109,7 @@ typedef struct service {
     int pipe_pending;        /* replies still to read from rc */
     pipe_tag *tags;          /* what each pending reply is about, in order (pipe_pending of them) */
     int cap_tags;
+    runtime *rt;             /* owns the five below (worker/engine/runtime.h) */
     llmq_backend *be;
     model *m;
     engine *eng;
@@ -1180,13 +1182,9 @@ static void service_free(service *sv) {
         sv->jobs = j->next;
         job_free(j);
     }
-    sched_destroy(sv->sch);
-    eng_destroy(sv->eng);
-    model_destroy(sv->m);
     if (sv->has_ct) chat_template_deinit(&sv->ct);
     pieces_deinit(&sv->pieces);
-    tok_destroy(sv->tok);
-    llmq_backend_destroy(sv->be);
+    runtime_destroy(sv->rt);
     disconnect(sv);
     if (sv->listen_fd >= 0) close(sv->listen_fd);
     metrics_destroy(sv->mx);
@@ -1210,18 +1208,31 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     proto_buf_init(&sv->buf);
     metrics_init(sv);
 
-    sv->be = llmq_backend_create(o->backend, err);
-    if (!sv->be) return err->code;
     const int world = o->comm ? o->comm->world : 1;
-    if ((st = model_load_shard(&sv->m, o->model_dir, sv->be, 0, world, err))) goto out;
-    char tokpath[4096];
-    snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", o->model_dir);
-    if (access(tokpath, R_OK) == 0) {
-        sv->tok = tok_load(o->model_dir, err);
-        if (!sv->tok) {
-            st = err->code;
-            goto out;
-        }
+    model_config cfg0;
+    int blocks = o->kv_blocks;
+    if (blocks <= 0 && o->mem_util <= 0) {
+        if ((st = model_config_load(&cfg0, o->model_dir, err))) goto out;
+        blocks = service_default_kv_blocks(&cfg0, o->max_num_seqs);
+    }
+    runtime_opts ro;
+    memset(&ro, 0, sizeof ro);
+    ro.backend = o->backend;
+    ro.model_dir = o->model_dir;
+    ro.comm = o->comm;
+    ro.load = o->load;
+    ro.eng = (eng_opts){blocks, o->max_batched_tokens, o->max_num_seqs, o->comm, o->mem_util, 0};
+    ro.with_sched = 1;
+    ro.sched = (sched_opts){o->max_num_seqs, o->max_batched_tokens};
+    ro.cb = (sched_callbacks){on_token, on_finish, sv};
+    ro.tok = RUNTIME_TOK_IF_PRESENT;
+    if ((st = runtime_create(&sv->rt, &ro, err))) goto out;
+    sv->be = sv->rt->be;
+    sv->m = sv->rt->m;
+    sv->eng = sv->rt->eng;
+    sv->sch = sv->rt->sch;
+    sv->tok = sv->rt->tok;
+    if (sv->tok) {
         llmq_err ce = {0};
         if (chat_template_from_tokenizer(&sv->ct, sv->tok, o->chat_template, &ce) == LLMQ_OK) {
             sv->has_ct = 1;
@@ -1240,11 +1251,6 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     }
     const model_config *cfg = &sv->m->cfg;
     if (sv->tok && (st = pieces_build(&sv->pieces, sv->tok, cfg->vocab_size, err))) goto out;
-    int blocks = o->kv_blocks > 0 ? o->kv_blocks : o->mem_util > 0 ? 0 : service_default_kv_blocks(cfg, o->max_num_seqs);
-    eng_opts eo = {blocks, o->max_batched_tokens, o->max_num_seqs, o->comm, o->mem_util, 0};
-    sched_opts so = {o->max_num_seqs, o->max_batched_tokens};
-    sched_callbacks cb = {on_token, on_finish, sv};
-    if ((st = eng_create(&sv->eng, sv->m, &eo, err)) || (st = sched_create(&sv->sch, sv->eng, &so, &cb, err))) goto out;
     blocks = eng_n_blocks(sv->eng);
     log_info("model %s loaded from %s: %s, %d layers, %.1f MB of weights on rank 0 of %d; KV cache %d blocks "
              "(%.1f MiB)", o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers, sv->m->weight_bytes / 1e6, world,

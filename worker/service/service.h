@@ -18,7 +18,7 @@
 
 #include "common/status.h"
 #include "common/comm.h"
-#include "worker/model/config.h"
+#include "worker/model/model.h"
 
 typedef struct service_opts {
     const char *model_dir;      /* Hugging Face model directory */
@@ -40,6 +40,7 @@ typedef struct service_opts {
     int drain_timeout_s;        /* SIGTERM: time to finish in-flight jobs */
     int block_ms;               /* XREADGROUP BLOCK when idle */
     llmq_comm *comm;            /* tensor-parallel group (this process is rank 0); NULL = one rank */
+    model_load_opts load;       /* how the weights are held (--quantization); the peers load with the same */
 } service_opts;
 
 void service_opts_default(service_opts *o);
