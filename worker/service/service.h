@@ -1,6 +1,6 @@
 /*
  * service.h — the worker service: a model's leader loop between Redis and
- * the scheduler (DESIGN.md §1, §3, §4; docs/protocol.md).
+ * the scheduler (docs/architecture.md "The worker's loop", docs/protocol.md).
  *
  * One thread.  Between two steps it makes one pipelined round trip to Redis
  * (this step's chunks, PUBLISHes, final MULTIs, claim refreshes) and, when
