@@ -20,7 +20,9 @@
 #include <string.h>
 #include "common/log.h"
 
-/* ------------------------------------------------------------ admission */
+#define OOM_PROMPT "out of memory: the worker cannot build the prompt"
+
+/* ------------------------------------------------------------ entries */
 
 static const char *field(const redisReply *fields, const char *name, size_t *len) {
     if (!fields || fields->type != REDIS_REPLY_ARRAY) return NULL;
@@ -32,45 +34,111 @@ static const char *field(const redisReply *fields, const char *name, size_t *len
     return NULL;
 }
 
-/* Read the job's output stream: previously generated ids, published text
- * bytes, next seq.  Returns 1 when a final chunk is already there. */
-static int read_previous(service *sv, job *j, int32_t **ids, int *n_ids, size_t *text_bytes, llmq_err *err) {
-    char out[KEYS_MAX];
-    keys_job_out(&sv->keys, j->id, out, sizeof out);
-    rcmd c;
-    rcmd_init(&c);
-    rcmd_str(&c, "XRANGE");
-    rcmd_str(&c, out);
-    rcmd_str(&c, "-");
-    rcmd_str(&c, "+");
-    redisReply *r = svc_call(sv, &c, err);
-    if (!r) return -1;
-    int final = 0, cap = 0;
+/* One entry (new or claimed) decoded and checked into a job that waits for
+ * its admit script.  Returns NULL when the entry goes no further here: it
+ * ended its job with the reason (svc_fail_early: no id, undecodable,
+ * invalid, another model's), it is ours already (a late claim refresh:
+ * keep running it once), or there was no memory for the job.  That last
+ * one is left pending, logged, and claimed again after --claim-idle-ms:
+ * failing the job needs its admission (an entry never admitted may only
+ * end a queued job, see jobops_finish), and the admission needs the job. */
+static job *entry_decode(service *sv, const redisReply *entry) {
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 || entry->element[0]->type != REDIS_REPLY_STRING) {
+        log_error("internal: a stream entry of an unexpected shape was skipped");
+        return NULL;
+    }
+    const char *eid = entry->element[0]->str;
+    const redisReply *fields = entry->element[1];
+    size_t plen = 0;
+    const char *id = field(fields, PROTO_FIELD_ID, NULL);
+    const char *payload = field(fields, PROTO_FIELD_REQ, &plen);
+    char msg[LLMQ_ERRSTR_LEN + 64];
+    if (!id || !keys_id_valid(id)) {
+        svc_fail_early(sv, id ? id : "", eid, 0, "stream entry without a valid job id", 400, 1);
+        return NULL;
+    }
+    for (const job *a = sv->jobs; a; a = a->next)
+        if (!strcmp(a->entry, eid)) return NULL;
+    job *j = calloc(1, sizeof *j);
+    if (!j) {
+        log_error("job %s: out of memory before its admission: entry %s left pending, to be claimed again", id, eid);
+        return NULL;
+    }
+    snprintf(j->id, sizeof j->id, "%s", id);
+    snprintf(j->entry, sizeof j->entry, "%s", eid);
+    proto_request_init(&j->req);
+    llmq_err e = {0};
+    const char *why = NULL;
+    int dead = 0;
+    if (!payload || proto_request_decode(&j->req, payload, plen, &e)) {
+        snprintf(msg, sizeof msg, "cannot decode the request: %s", payload ? e.msg : "no 'p' field");
+        why = msg;
+        dead = 1;
+    } else if (proto_request_validate(&j->req, &e)) {
+        why = e.msg;
+    } else if (j->req.model && strcmp(j->req.model, sv->o.model_name)) {
+        snprintf(msg, sizeof msg, "request for model '%s' reached the worker of '%s'", j->req.model,
+                 sv->o.model_name);
+        why = msg;
+    }
+    if (why) {
+        svc_fail_early(sv, id, eid, 0, why, 400, dead);
+        svc_job_free(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* ------------------------------------------------------------ resume */
+
+/* The output of earlier attempts, from the admit reply's chunks (elements
+ * 3..): every id (a resume replays them), the text bytes already published,
+ * and j->next_seq one past the last seq.  *final: a final chunk is there.
+ * Returns NULL, or why the job cannot resume: an output it cannot read
+ * whole is never replayed short. */
+static const char *resume_read(service *sv, job *j, const redisReply *r, int32_t **ids, int *n_ids,
+                               size_t *published, int *final) {
+    const int V = sv->m->cfg.vocab_size;
+    const char *why = NULL;
+    int cap = 0;
     *n_ids = 0;
-    *text_bytes = 0;
-    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-        size_t len = 0;
-        const char *p = field(r->element[i]->element[1], PROTO_FIELD_CHUNK, &len);
+    *published = 0;
+    *final = 0;
+    /* the next seq is past every chunk, also one that cannot be read */
+    if ((int64_t)(r->elements - 3) > j->next_seq) j->next_seq = (int64_t)(r->elements - 3);
+    for (size_t i = 3; i < r->elements; i++) {
+        const redisReply *c = r->element[i];
         proto_chunk ch;
         proto_chunk_init(&ch);
-        if (!p || proto_chunk_decode(&ch, p, len, NULL)) continue;
+        if (c->type != REDIS_REPLY_STRING || proto_chunk_decode(&ch, c->str, c->len, NULL)) {
+            if (!why) why = "its output stream holds a chunk that cannot be decoded";
+            continue;
+        }
         if (ch.seq + 1 > j->next_seq) j->next_seq = ch.seq + 1;
-        *text_bytes += ch.text_len;
-        if (ch.finish) final = 1;
-        for (size_t k = 0; k < ch.n_ids; k++) {
+        *published += ch.text_len;
+        if (ch.finish) *final = 1;
+        for (size_t k = 0; k < ch.n_ids && !why; k++) {
+            if (ch.ids[k] < 0 || ch.ids[k] >= V) {
+                why = "its output stream holds a token id outside the vocabulary";
+                break;
+            }
             if (*n_ids == cap) {
                 cap = cap ? 2 * cap : 64;
                 int32_t *g = realloc(*ids, (size_t)cap * sizeof *g);
-                if (!g) break;
+                if (!g) {
+                    why = "out of memory: the worker cannot read the job's output so far";
+                    break;
+                }
                 *ids = g;
             }
             (*ids)[(*n_ids)++] = ch.ids[k];
         }
         proto_chunk_deinit(&ch);
     }
-    freeReplyObject(r);
-    return final;
+    return why;
 }
+
+/* ------------------------------------------------------------ the job's setup */
 
 /* Turn the request into prompt ids.  Returns a message on failure. */
 static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, char *msg, size_t cap) {
@@ -78,7 +146,7 @@ static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, c
     const int V = sv->m->cfg.vocab_size;
     if (r->kind == PROTO_PROMPT_IDS) {
         *ids = malloc((r->n_prompt_ids ? r->n_prompt_ids : 1) * sizeof **ids);
-        if (!*ids) return "out of memory";
+        if (!*ids) return OOM_PROMPT;
         for (size_t i = 0; i < r->n_prompt_ids; i++) {
             if (r->prompt_ids[i] >= V) {
                 snprintf(msg, cap, "prompt_ids[%zu] = %d is outside the vocabulary (%d)", i, r->prompt_ids[i], V);
@@ -94,7 +162,7 @@ static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, c
     if (r->kind == PROTO_PROMPT_MESSAGES) {
         if (!sv->has_ct) return sv->ct_error;
         chat_msg *msgs = calloc(r->n_messages ? r->n_messages : 1, sizeof *msgs);
-        if (!msgs) return "out of memory";
+        if (!msgs) return OOM_PROMPT;
         for (size_t i = 0; i < r->n_messages; i++) msgs[i] = (chat_msg){r->messages[i].role, r->messages[i].content};
         char *text = NULL;
         size_t len = 0;
@@ -115,202 +183,202 @@ static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, c
     return NULL;
 }
 
-/* Admit one stream entry (new or claimed). */
-static void admit_entry(service *sv, const redisReply *entry) {
-    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 || entry->element[0]->type != REDIS_REPLY_STRING)
-        return;
-    const char *eid = entry->element[0]->str;
-    const redisReply *fields = entry->element[1];
-    size_t plen = 0;
-    const char *id = field(fields, PROTO_FIELD_ID, NULL);
-    const char *payload = field(fields, PROTO_FIELD_REQ, &plen);
+/* The request's sampling fields over the defaults (unset ones keep them):
+ * the only place they are copied. */
+static void sampling_from_request(sampling_params *sp, const proto_request *q, uint64_t seed) {
+    sampling_params_default(sp);
+    if (!isnan(q->temperature)) sp->temperature = (float)q->temperature;
+    if (!isnan(q->top_p)) sp->top_p = (float)q->top_p;
+    if (q->top_k != PROTO_UNSET) sp->top_k = q->top_k;
+    if (!isnan(q->min_p)) sp->min_p = (float)q->min_p;
+    if (!isnan(q->repetition_penalty)) sp->repetition_penalty = (float)q->repetition_penalty;
+    if (!isnan(q->presence_penalty)) sp->presence_penalty = (float)q->presence_penalty;
+    if (!isnan(q->frequency_penalty)) sp->frequency_penalty = (float)q->frequency_penalty;
+    sp->seed = seed;
+}
+
+/* An admitted job's sequence: prompt ids, token limit, sampling, logprobs,
+ * stop ids, detokenizer and stop strings.  Returns NULL, or why it cannot
+ * run with *status 400 (the request: too long, unknown ids, ...) or 500
+ * (out of memory). */
+static const char *job_setup(service *sv, job *j, uint64_t seed, char *msg, size_t cap, int *status) {
+    const proto_request *q = &j->req;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    *status = 400;
+    const char *why = build_prompt(sv, j, &ids, &n, msg, cap);
+    const int ctx = sv->m->cfg.max_position_embeddings;
+    if (!why && n == 0) why = "the prompt is empty";
+    if (!why && (int)n >= ctx) {
+        snprintf(msg, cap, "the prompt has %zu tokens; the model's context is %d", n, ctx);
+        why = msg;
+    }
+    int max_new = ctx - (int)n;
+    if (!why && q->max_tokens != PROTO_UNSET && q->max_tokens < max_new) max_new = q->max_tokens;
+    sampling_params sp;
+    sampling_from_request(&sp, q, seed);
+    if (!why && seq_init(&j->s, ids, (int)n, max_new, &sp)) why = "out of memory: the worker cannot hold the sequence";
+    free(ids);
+    if (why) {
+        if (why == (const char *)OOM_PROMPT || !strncmp(why, "out of memory", 13)) *status = 500;
+        return why;
+    }
+    j->s.user = j;
+    j->s.ignore_eos = q->ignore_eos;
+    if (q->logprobs != PROTO_UNSET) { /* validated: 0..PROTO_MAX_LOGPROBS (= SAMPLER_MAX_LOGPROBS) */
+        j->s.logprobs = q->logprobs;
+        j->want_lp = 1;
+    }
+    for (size_t k = 0; k < q->n_stop_token_ids && k < SEQ_MAX_STOP_IDS; k++)
+        j->s.stop_ids[j->s.n_stop_ids++] = q->stop_token_ids[k];
+    *status = 500;
+    if (sv->tok) {
+        if (tok_stream_init(&j->ts, sv->tok, j->s.tokens, (size_t)j->s.n_prompt, 1))
+            return "out of memory: the worker cannot start the detokenizer";
+        j->has_ts = 1;
+    }
+    if (q->n_stop > 0) {
+        if (stop_init(&j->sm, (const char *const *)q->stop, q->n_stop))
+            return "out of memory: the worker cannot hold the stop strings";
+        j->has_sm = 1;
+    }
+    return NULL;
+}
+
+/* Resume: replay the ids of earlier attempts through the detokenizer and
+ * the stop holdback, then drop the bytes that were already published.
+ * Returns NULL, or why not (all of them must fit the sequence). */
+static const char *job_resume(service *sv, job *j, const int32_t *prev, int n_prev, size_t published) {
+    if (n_prev > j->s.cap - 1 - j->s.n_tokens) return "its output stream holds more ids than its context";
+    for (int k = 0; k < n_prev; k++) {
+        j->s.tokens[j->s.n_tokens++] = prev[k];
+        svc_job_text_push(sv, j, prev[k]);
+    }
+    if (n_prev > 0) {
+        j->skip = published;
+        log_info("job %s: resuming after %d tokens (attempt %lld, next seq %" PRId64 ")", j->id, n_prev, j->attempt,
+                 j->next_seq);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------ admission */
+
+/* Act on j's admit reply (j->admit_reply): run the job, end it, or leave
+ * its entry pending.  Takes j: it is either on sv->jobs afterwards or
+ * freed. */
+static void entry_admit(service *sv, job *j, uint64_t seed) {
+    const redisReply *r = j->admit_reply;
+    const char *eid = j->entry;
     char msg[LLMQ_ERRSTR_LEN + 64];
-    if (!id || !keys_id_valid(id)) {
-        svc_fail_early(sv, id ? id : "", eid, 0, "stream entry without a valid job id", 400, 1);
-        return;
-    }
-    for (const job *a = sv->jobs; a; a = a->next)
-        if (!strcmp(a->entry, eid)) return; /* ours already (a late claim refresh): keep running it once */
-    job *j = calloc(1, sizeof *j);
-    if (!j) return;
-    snprintf(j->id, sizeof j->id, "%s", id);
-    snprintf(j->entry, sizeof j->entry, "%s", eid);
-    proto_request_init(&j->req);
-    llmq_err e = {0};
-    if (!payload || proto_request_decode(&j->req, payload, plen, &e)) {
-        snprintf(msg, sizeof msg, "cannot decode the request: %s", payload ? e.msg : "no 'p' field");
-        svc_fail_early(sv, id, eid, 0, msg, 400, 1);
-        svc_job_free(j);
-        return;
-    }
-    if (proto_request_validate(&j->req, &e)) {
-        svc_fail_early(sv, id, eid, 0, e.msg, 400, 0);
-        svc_job_free(j);
-        return;
-    }
-    if (j->req.model && strcmp(j->req.model, sv->o.model_name)) {
-        snprintf(msg, sizeof msg, "request for model '%s' reached the worker of '%s'", j->req.model,
-                 sv->o.model_name);
-        svc_fail_early(sv, id, eid, 0, msg, 400, 0);
-        svc_job_free(j);
-        return;
-    }
-    /* admit: state running, attempts + 1, the job's seed */
-    uint64_t seed = j->req.has_seed ? j->req.seed : ((uint64_t)now_ms() * 0x9e3779b97f4a7c15ull) ^ (uint64_t)rand();
     rcmd c;
     jobops_keys kb;
-    jobops_admit(&c, &kb, &sv->keys, id, sv->o.model_name, sv->o.consumer, now_ms(), seed);
-    redisReply *r = svc_call(sv, &c, &e);
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 3) {
-        log_error("job %s: admit failed: %s", id, r ? "unexpected reply" : e.msg);
-        freeReplyObject(r);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_INTEGER ||
+        r->element[1]->type != REDIS_REPLY_INTEGER) {
+        log_error("job %s: admit failed: %s", j->id, r && r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
         svc_job_free(j);
         return; /* left pending: retried after claim_idle_ms */
     }
-    long long code = r->element[0]->integer, attempts = r->element[1]->integer;
+    const long long code = r->element[0]->integer, attempts = r->element[1]->integer;
     const redisReply *rs = r->element[2];
     if (rs->type == REDIS_REPLY_STRING) seed = strtoull(rs->str, NULL, 10);
     else if (rs->type == REDIS_REPLY_INTEGER) seed = (uint64_t)rs->integer;
-    freeReplyObject(r);
     j->attempt = attempts; /* from here on our writes are fenced on it (jobops.h) */
-    if (code == 0) { /* already final */
-        rcmd_init(&c);
-        rcmd_str(&c, "XACK");
-        rcmd_str(&c, sv->req_key);
-        rcmd_str(&c, PROTO_GROUP);
-        rcmd_str(&c, eid);
+    if (code == JOBOPS_ADMIT_FINAL) {
+        jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, eid);
         svc_pipe_add(sv, &c);
         svc_job_free(j);
         return;
     }
     int32_t *prev = NULL;
-    int n_prev = 0;
+    int n_prev = 0, final = 0, status = 500;
     size_t published = 0;
-    int final = read_previous(sv, j, &prev, &n_prev, &published, &e);
-    if (final != 0) {
-        if (final < 0) log_error("job %s: cannot read its output: %s", id, e.msg);
-        else { /* a final chunk exists: only the ack was lost */
-            rcmd_init(&c);
-            rcmd_str(&c, "XACK");
-            rcmd_str(&c, sv->req_key);
-            rcmd_str(&c, PROTO_GROUP);
-            rcmd_str(&c, eid);
-            svc_pipe_add(sv, &c);
-        }
-        free(prev);
-        svc_job_free(j);
-        return;
-    }
-    if (code == 2) {
-        svc_add_final_cmds(sv, j, eid, "", 0, "cancelled", NULL, 0);
-        free(prev);
-        svc_job_free(j);
-        return;
-    }
-    /* Past its deadline before it (re)starts.  Checked after the admission,
-     * whose attempt fences out a worker that may still hold the job. */
-    if (j->req.deadline_ms > 0 && now_ms() > j->req.deadline_ms) {
-        svc_add_final_cmds(sv, j, eid, "", 0, "deadline", NULL, 0);
-        free(prev);
-        svc_job_free(j);
-        return;
-    }
-    if (attempts > sv->o.max_attempts) {
+    const char *why = resume_read(sv, j, r, &prev, &n_prev, &published, &final);
+    if (final) { /* a final chunk exists: only the ack was lost */
+        jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, eid);
+        svc_pipe_add(sv, &c);
+    } else if (!why && code == JOBOPS_ADMIT_CANCELLED) {
+        svc_add_final(sv, j, eid, "", 0, "cancelled", NULL, 0, 0);
+    } else if (!why && j->req.deadline_ms > 0 && now_ms() > j->req.deadline_ms) {
+        /* past its deadline before it (re)starts; checked after the
+         * admission, whose attempt fences out a worker that may still hold
+         * the job */
+        svc_add_final(sv, j, eid, "", 0, "deadline", NULL, 0, 0);
+    } else if (!why && attempts > sv->o.max_attempts) {
         snprintf(msg, sizeof msg, "delivered %lld times (max %d): giving up", attempts, sv->o.max_attempts);
-        svc_fail_early(sv, id, eid, attempts, msg, 500, 1);
-        free(prev);
-        svc_job_free(j);
-        return;
-    }
-    int32_t *ids = NULL;
-    size_t n = 0;
-    const char *why = build_prompt(sv, j, &ids, &n, msg, sizeof msg);
-    const int ctx = sv->m->cfg.max_position_embeddings;
-    if (!why && n == 0) why = "the prompt is empty";
-    if (!why && (int)n >= ctx) {
-        snprintf(msg, sizeof msg, "the prompt has %zu tokens; the model's context is %d", n, ctx);
-        why = msg;
-    }
-    int max_new = ctx - (int)n;
-    if (!why && j->req.max_tokens != PROTO_UNSET && j->req.max_tokens < max_new) max_new = j->req.max_tokens;
-    sampling_params sp;
-    sampling_params_default(&sp);
-    const proto_request *q = &j->req;
-    if (!isnan(q->temperature)) sp.temperature = (float)q->temperature;
-    if (!isnan(q->top_p)) sp.top_p = (float)q->top_p;
-    if (q->top_k != PROTO_UNSET) sp.top_k = q->top_k;
-    if (!isnan(q->min_p)) sp.min_p = (float)q->min_p;
-    if (!isnan(q->repetition_penalty)) sp.repetition_penalty = (float)q->repetition_penalty;
-    if (!isnan(q->presence_penalty)) sp.presence_penalty = (float)q->presence_penalty;
-    if (!isnan(q->frequency_penalty)) sp.frequency_penalty = (float)q->frequency_penalty;
-    sp.seed = seed;
-    if (!why && seq_init(&j->s, ids, (int)n, max_new, &sp)) why = "out of memory";
-    free(ids);
-    if (!why) {
-        j->s.user = j;
-        j->s.ignore_eos = q->ignore_eos;
-        if (q->logprobs != PROTO_UNSET) { /* validated: 0..PROTO_MAX_LOGPROBS (= SAMPLER_MAX_LOGPROBS) */
-            j->s.logprobs = q->logprobs;
-            j->want_lp = 1;
+        log_warn("job %s failed: %s", j->id, msg);
+        svc_add_final(sv, j, eid, "", 0, "error", msg, 500, 1);
+    } else {
+        llmq_err e = {0};
+        if (!why) why = job_setup(sv, j, seed, msg, sizeof msg, &status);
+        if (!why) why = job_resume(sv, j, prev, n_prev, published);
+        if (!why && seq_n_generated(&j->s) >= j->s.max_tokens) why = "nothing left to generate";
+        if (!why && sched_add(sv->sch, &j->s, &e)) {
+            snprintf(msg, sizeof msg, "%s", e.msg);
+            why = msg;
+            status = 400;
         }
-        for (size_t k = 0; k < q->n_stop_token_ids && k < SEQ_MAX_STOP_IDS; k++)
-            j->s.stop_ids[j->s.n_stop_ids++] = q->stop_token_ids[k];
-        if (sv->tok) {
-            if (tok_stream_init(&j->ts, sv->tok, j->s.tokens, (size_t)j->s.n_prompt, 1)) why = "out of memory";
-            else j->has_ts = 1;
+        if (!why) {
+            free(prev);
+            freeReplyObject(j->admit_reply);
+            j->admit_reply = NULL;
+            j->admitted_ms = now_ms();
+            metric_inc(sv->m_prompt_tok, j->s.n_prompt);
+            metric_observe(sv->m_queue, (j->admitted_ms - strtoll(eid, NULL, 10)) / 1e3); /* ids start with ms */
+            j->next = sv->jobs;
+            sv->jobs = j;
+            sv->n_jobs++;
+            return;
         }
-        if (!why && q->n_stop > 0) {
-            if (stop_init(&j->sm, (const char *const *)q->stop, q->n_stop)) why = "out of memory";
-            else j->has_sm = 1;
-        }
-    }
-    /* resume: replay the previous ids through the detokenizer and the stop
-     * holdback, then drop the bytes that were already published */
-    for (int k = 0; !why && k < n_prev && j->s.n_tokens < j->s.cap - 1; k++) {
-        j->s.tokens[j->s.n_tokens++] = prev[k];
-        svc_job_text_push(sv, j, prev[k]);
+        /* j, not svc_fail_early: the final chunk's seq follows the
+         * chunks of earlier attempts */
+        log_warn("job %s failed: %s", j->id, why);
+        svc_add_final(sv, j, eid, "", 0, "error", why, status, 0);
     }
     free(prev);
-    if (!why && n_prev > 0) {
-        j->skip = published;
-        log_info("job %s: resuming after %d tokens (attempt %lld, next seq %" PRId64 ")", id, n_prev, attempts,
-                 j->next_seq);
-    }
-    if (!why && seq_n_generated(&j->s) >= j->s.max_tokens) why = "nothing left to generate";
-    if (!why && sched_add(sv->sch, &j->s, &e)) {
-        snprintf(msg, sizeof msg, "%s", e.msg);
-        why = msg;
-    }
-    if (why) {
-        svc_fail_early(sv, id, eid, attempts, why, 400, 0);
-        svc_job_free(j);
-        return;
-    }
-    j->admitted_ms = now_ms();
-    metric_inc(sv->m_prompt_tok, j->s.n_prompt);
-    metric_observe(sv->m_queue, (j->admitted_ms - strtoll(eid, NULL, 10)) / 1e3); /* entry ids start with ms */
-    j->next = sv->jobs;
-    sv->jobs = j;
-    sv->n_jobs++;
+    svc_job_free(j);
 }
 
-/* Admit the entries of an XREADGROUP / XAUTOCLAIM entry list. */
-static void admit_entries(service *sv, const redisReply *list) {
+/* Admit the entries of an XREADGROUP / XAUTOCLAIM entry list: decode each,
+ * send the admit scripts of all in one pipelined round trip, then act on
+ * each reply in entry order.  LLMQ_ERR_IO: the connection is gone (every
+ * job of the batch freed; their entries stay pending). */
+static llmq_status admit_entries(service *sv, const redisReply *list, llmq_err *err) {
+    job *head = NULL, **tail = &head;
     for (size_t i = 0; list && list->type == REDIS_REPLY_ARRAY && i < list->elements; i++) {
         const redisReply *e = list->element[i];
+        rcmd c;
+        jobops_keys kb;
         if (e->type == REDIS_REPLY_ARRAY && e->elements >= 2 && e->element[1]->type == REDIS_REPLY_NIL) {
             /* claimed an entry that was deleted: nothing to run */
-            rcmd c;
-            rcmd_init(&c);
-            rcmd_str(&c, "XACK");
-            rcmd_str(&c, sv->req_key);
-            rcmd_str(&c, PROTO_GROUP);
-            rcmd_str(&c, e->element[0]->str);
+            jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, e->element[0]->str);
             svc_pipe_add(sv, &c);
             continue;
         }
-        admit_entry(sv, e);
+        job *j = entry_decode(sv, e);
+        if (!j) continue;
+        /* the seed a first attempt stores: the request's, else one drawn */
+        uint64_t seed =
+            j->req.has_seed ? j->req.seed : ((uint64_t)now_ms() * 0x9e3779b97f4a7c15ull) ^ (uint64_t)rand();
+        j->seed = seed;
+        jobops_admit(&c, &kb, &sv->keys, j->id, sv->o.model_name, sv->o.consumer, now_ms(), seed);
+        if (svc_pipe_add_admit(sv, &c, j)) {
+            log_error("job %s: admit not sent: entry %s left pending, to be claimed again", j->id, j->entry);
+            svc_job_free(j);
+            continue;
+        }
+        *tail = j;
+        tail = &j->next;
     }
+    llmq_status st = svc_pipe_flush(sv, err);
+    while (head) {
+        job *j = head;
+        head = j->next;
+        j->next = NULL;
+        if (st) svc_job_free(j);
+        else entry_admit(sv, j, j->seed);
+    }
+    return st;
 }
 
 static int capacity(service *sv) {
@@ -321,6 +389,7 @@ static int capacity(service *sv) {
 }
 
 llmq_status svc_pull(service *sv, int block, llmq_err *err) {
+    llmq_status st = LLMQ_OK;
     int n = capacity(sv);
     if (n <= 0) return LLMQ_OK;
     if (sv->reclaim_own) { /* entries we held before Redis went away: ours again, resumed */
@@ -338,11 +407,11 @@ llmq_status svc_pull(service *sv, int block, llmq_err *err) {
         if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 && r->element[0]->elements >= 2) {
             size_t k = r->element[0]->element[1]->elements;
             if (k) log_info("resuming %zu jobs this worker held before the reconnect", k);
-            admit_entries(sv, r->element[0]->element[1]);
+            st = admit_entries(sv, r->element[0]->element[1], err);
         }
-        sv->reclaim_own = 0;
+        if (!st) sv->reclaim_own = 0;
         freeReplyObject(r);
-        return LLMQ_OK;
+        return st;
     }
     int64_t t = now_ms();
     if (t - sv->last_autoclaim_ms >= sv->o.claim_idle_ms / 2) {
@@ -361,9 +430,10 @@ llmq_status svc_pull(service *sv, int block, llmq_err *err) {
         if (!r) return err->code;
         if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && r->element[1]->elements > 0) {
             log_info("claimed %zu entries idle for more than %d ms", r->element[1]->elements, sv->o.claim_idle_ms);
-            admit_entries(sv, r->element[1]);
+            st = admit_entries(sv, r->element[1], err);
         }
         freeReplyObject(r);
+        if (st) return st;
         n = capacity(sv);
         if (n <= 0) return LLMQ_OK;
     }
@@ -393,8 +463,8 @@ llmq_status svc_pull(service *sv, int block, llmq_err *err) {
         return err->code;
     }
     if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 && r->element[0]->elements >= 2)
-        admit_entries(sv, r->element[0]->element[1]);
+        st = admit_entries(sv, r->element[0]->element[1], err);
     freeReplyObject(r);
-    return LLMQ_OK;
+    return st;
 }
 

@@ -138,8 +138,13 @@ void svc_on_token(seq *s, int32_t tok, void *ud) {
     }
     j->last_token_ms = t;
     metric_inc(sv->m_gen_tok, 1);
-    if (j->n_step_ids == j->cap_step_ids && step_grow(j))
-        return; /* the chunk loses an id; the token itself is in s->tokens */
+    if (j->error) return; /* ends at the next publish */
+    if (j->n_step_ids == j->cap_step_ids && step_grow(j)) {
+        /* a chunk without this id would shorten the output that a resume
+         * replays: the job fails instead (svc_publish ends it) */
+        j->error = "out of memory: the worker cannot hold the job's generated ids";
+        return;
+    }
     if (j->want_lp) {
         const sampler_logprobs *lp = &s->lp;
         proto_lp *e = &j->step_lp[j->n_step_ids];
@@ -169,6 +174,7 @@ void svc_job_free(job *j) {
     free(j->step_ids);
     free(j->step_lp);
     free(j->step_top);
+    freeReplyObject(j->admit_reply);
     free(j);
 }
 

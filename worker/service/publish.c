@@ -20,34 +20,41 @@
 #include "common/log.h"
 #include "common/rconn.h"
 
-/* ------------------------------------------------------------ redis I/O */
+/* ------------------------------------------------------------ the pipeline */
 
-/* Queue a command on the pipeline; its reply is read by pipe_flush, which
- * acts on it according to kind (TAG_*) for job id. */
-void svc_pipe_add_tagged(service *sv, const rcmd *c, int kind, const char *id) {
+static int pipe_add(service *sv, const rcmd *c, int kind, const char *id, job *admit) {
     if (!rcmd_ok(c)) {
         log_error("internal: a Redis command overflowed its argument table");
-        return;
+        return -1;
     }
     if (sv->pipe_pending == sv->cap_tags) {
         int cap = sv->cap_tags ? 2 * sv->cap_tags : 64;
         pipe_tag *t = realloc(sv->tags, (size_t)cap * sizeof *t);
         if (!t) {
             log_error("out of memory: a Redis command was not sent");
-            return;
+            return -1;
         }
         sv->tags = t;
         sv->cap_tags = cap;
     }
-    if (redisAppendCommandArgv(sv->rc, c->argc, (const char **)c->argv, c->argvlen) != REDIS_OK) return;
+    if (redisAppendCommandArgv(sv->rc, c->argc, (const char **)c->argv, c->argvlen) != REDIS_OK) {
+        log_error("out of memory: a Redis command was not sent");
+        return -1;
+    }
     pipe_tag *t = &sv->tags[sv->pipe_pending++];
     t->kind = kind;
+    t->admit = admit;
     snprintf(t->id, sizeof t->id, "%s", id ? id : "");
+    return 0;
 }
 
-void svc_pipe_add(service *sv, const rcmd *c) { svc_pipe_add_tagged(sv, c, TAG_NONE, NULL); }
+int svc_pipe_add_tagged(service *sv, const rcmd *c, int kind, const char *id) {
+    return pipe_add(sv, c, kind, id, NULL);
+}
 
+int svc_pipe_add(service *sv, const rcmd *c) { return pipe_add(sv, c, TAG_NONE, NULL, NULL); }
 
+int svc_pipe_add_admit(service *sv, const rcmd *c, job *j) { return pipe_add(sv, c, TAG_ADMIT, j->id, j); }
 
 /* Stop running a job here without writing anything more, and without XACK:
  * another worker admitted it after us (or ended it), so its entry is theirs
@@ -69,14 +76,19 @@ static void job_drop(service *sv, const char *id, const char *why) {
     }
 }
 
-/* Act on one reply of the pipeline. */
-static void pipe_reply(service *sv, const pipe_tag *t, const redisReply *r) {
-    if (!r) return;
+/* Act on one reply of the pipeline.  Returns 1 when it kept r (an admit
+ * reply, handed to its job), 0 when the caller frees it. */
+static int pipe_reply(service *sv, const pipe_tag *t, redisReply *r) {
+    if (!r) return 0;
+    if (t->kind == TAG_ADMIT) { /* admission.c reads it, errors included */
+        t->admit->admit_reply = r;
+        return 1;
+    }
     if (r->type == REDIS_REPLY_ERROR) {
         if (t->kind == TAG_CHUNK) job_drop(sv, t->id, r->str);
         else if (t->id[0]) log_warn("redis: %s (job %s)", r->str, t->id);
         else log_warn("redis: %s", r->str);
-        return;
+        return 0;
     }
     switch (t->kind) {
     case TAG_CHUNK:
@@ -98,6 +110,7 @@ static void pipe_reply(service *sv, const pipe_tag *t, const redisReply *r) {
     default:
         break;
     }
+    return 0;
 }
 
 /* Read every queued reply and act on it (pipe_reply).  Error replies are
@@ -110,8 +123,7 @@ llmq_status svc_pipe_flush(service *sv, llmq_err *err) {
             sv->pipe_pending = 0;
             return llmq_err_set(err, LLMQ_ERR_IO, "redis: %s", sv->rc->errstr);
         }
-        pipe_reply(sv, &sv->tags[i], r);
-        freeReplyObject(r);
+        if (!pipe_reply(sv, &sv->tags[i], r)) freeReplyObject(r);
     }
     sv->pipe_pending = 0;
     return LLMQ_OK;
@@ -154,11 +166,11 @@ static llmq_status encode_chunk(service *sv, const job *j, const char *text, siz
 }
 
 /* The chunk in sv->buf: appended and published, fenced on our admission. */
-static void add_chunk_cmds(service *sv, const job *j) {
+static int add_chunk(service *sv, const job *j) {
     rcmd c;
     jobops_keys kb;
     jobops_chunk(&c, &kb, &sv->keys, j->id, j->attempt, sv->buf.data, sv->buf.len);
-    svc_pipe_add_tagged(sv, &c, TAG_CHUNK, j->id);
+    return svc_pipe_add_tagged(sv, &c, TAG_CHUNK, j->id);
 }
 
 static const char *state_for(const char *finish) {
@@ -168,105 +180,87 @@ static const char *state_for(const char *finish) {
     return "failed";
 }
 
-/* The end of a job in one script (jobops_finish): final chunk, job hash,
- * XACK of entry, TTLs, and with dead the dead-stream record; fenced on
- * j->attempt (0: an entry never admitted). */
-static void add_final(service *sv, const job *j, const char *entry, const char *text, size_t len, const char *finish,
-                      const char *error, int error_status, int dead) {
+int svc_add_final(service *sv, const job *j, const char *entry, const char *text, size_t len, const char *finish,
+                  const char *error, int error_status, int dead) {
+    rcmd c;
+    jobops_keys kb;
     if (encode_chunk(sv, j, text, len, finish, error, error_status)) {
-        log_error("job %s: cannot encode its final chunk", j->id);
-        return;
+        log_error("job %s: cannot encode its final chunk (out of memory): its entry stays pending, to be claimed "
+                  "again", j->id);
+        return -1;
     }
     jobops_final f = {state_for(finish), finish, now_ms(), j->s.n_prompt, j->s.tokens ? seq_n_generated(&j->s) : 0,
                       error, dead};
-    rcmd c;
-    jobops_keys kb;
     jobops_finish(&c, &kb, &sv->keys, j->id, sv->o.model_name, entry, j->attempt, &f, sv->o.result_ttl_s,
                   sv->buf.data, sv->buf.len);
-    svc_pipe_add_tagged(sv, &c, TAG_FINAL, j->id);
+    if (svc_pipe_add_tagged(sv, &c, TAG_FINAL, j->id)) return -1;
     metric_inc(metric_get(sv->f_success, finish), 1);
+    return 0;
 }
 
-void svc_add_final_cmds(service *sv, const job *j, const char *entry, const char *text, size_t len,
-                           const char *finish, const char *error, int error_status) {
-    add_final(sv, j, entry, text, len, finish, error, error_status, 0);
-}
-
-/* A job that fails before it runs.  attempt: our admission (0 when the
- * entry was never admitted).  status 400: the request was at fault (bad
- * type, too long, ...); 500: ours (attempts exhausted, ...).  dead: also
- * record it in the dead stream (poison entries, exhausted jobs). */
 void svc_fail_early(service *sv, const char *id, const char *entry, long long attempt, const char *why, int status,
-                       int dead) {
+                    int dead) {
     log_warn("job %s failed: %s", id, why);
     if (keys_id_valid(id)) {
         job tmp;
         memset(&tmp, 0, sizeof tmp);
         snprintf(tmp.id, sizeof tmp.id, "%s", id);
         tmp.attempt = attempt;
-        add_final(sv, &tmp, entry, "", 0, "error", why, status, dead);
+        svc_add_final(sv, &tmp, entry, "", 0, "error", why, status, dead);
         return;
     }
     /* no usable id: no job to end, only the entry to ack and record */
     rcmd c;
+    jobops_keys kb;
     if (entry) {
-        rcmd_init(&c);
-        rcmd_str(&c, "XACK");
-        rcmd_str(&c, sv->req_key);
-        rcmd_str(&c, PROTO_GROUP);
-        rcmd_str(&c, entry);
+        jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, entry);
         svc_pipe_add(sv, &c);
     }
     if (dead) {
-        rcmd_init(&c);
-        rcmd_str(&c, "XADD");
-        rcmd_str(&c, sv->dead_key);
-        rcmd_str(&c, "*");
-        rcmd_str(&c, "id");
-        rcmd_str(&c, id);
-        rcmd_str(&c, "entry");
-        rcmd_str(&c, entry ? entry : "");
-        rcmd_str(&c, "reason");
-        rcmd_str(&c, why);
+        jobops_dead(&c, &kb, &sv->keys, sv->o.model_name, id, entry, why);
         svc_pipe_add(sv, &c);
     }
 }
 
 /* ------------------------------------------------------------ publishing */
 
-/* After a step: one chunk per job that produced ids; the final MULTI for
+/* After a step: one chunk per job that produced ids; the final script for
  * each finished job (which is then freed).  j->pending holds exactly the
  * text that is final; a resumed job first drops the bytes an earlier
- * attempt already published. */
+ * attempt already published.  A job that cannot go on (j->error, or a
+ * chunk that cannot be built) ends failed with the reason, its last ids in
+ * the final chunk: a chunk is never sent short, nor its seq skipped. */
 void svc_publish(service *sv) {
     job **pp = &sv->jobs;
     while (*pp) {
         job *j = *pp;
-        if (!j->done && j->n_step_ids == 0) {
+        if (!j->done && j->n_step_ids == 0 && !j->error) {
             pp = &j->next;
             continue;
         }
-        if (j->stop_hit && !j->done) sched_finish(sv->sch, &j->s, FINISH_STOP); /* sets done */
+        if (j->error && !j->done) sched_finish(sv->sch, &j->s, FINISH_ERROR); /* sets done */
+        if (j->stop_hit && !j->done) sched_finish(sv->sch, &j->s, FINISH_STOP);
         if (j->done) svc_job_text_finish(j);
         const size_t skip = j->skip < j->pending.len ? j->skip : j->pending.len;
         j->skip -= skip;
         const char *text = (j->pending.data ? j->pending.data : "") + skip;
         const size_t len = j->pending.len - skip;
-        if (j->done) {
-            const char *fin = j->stop_hit ? "stop" : finish_reason_name(j->s.finish);
-            svc_add_final_cmds(sv, j, j->entry, text, len, fin, NULL, 0);
-            *pp = j->next;
-            sv->n_jobs--;
-            svc_job_free(j);
-            continue;
+        if (!j->done) {
+            if (!encode_chunk(sv, j, text, len, NULL, NULL, 0) && !add_chunk(sv, j)) {
+                j->next_seq++;
+                j->n_step_ids = 0;
+                j->pending.len = 0;
+                pp = &j->next;
+                continue;
+            }
+            j->error = "out of memory: the worker cannot build the job's next chunk";
+            sched_finish(sv->sch, &j->s, FINISH_ERROR);
         }
-        if (!encode_chunk(sv, j, text, len, NULL, NULL, 0)) {
-            add_chunk_cmds(sv, j);
-            j->next_seq++;
-        }
-        j->n_step_ids = 0;
-        j->pending.len = 0;
-        pp = &j->next;
+        const char *fin = j->error ? "error" : j->stop_hit ? "stop" : finish_reason_name(j->s.finish);
+        if (j->error) log_warn("job %s failed: %s", j->id, j->error);
+        svc_add_final(sv, j, j->entry, text, len, fin, j->error, 500, 0);
+        *pp = j->next;
+        sv->n_jobs--;
+        svc_job_free(j);
     }
 }
-

@@ -34,10 +34,11 @@
 #include "worker/tokenizer/tokenizer.h"
 
 /* What a pipelined reply is about, so pipe_flush can act on it. */
-enum { TAG_NONE, TAG_CHUNK, TAG_FINAL, TAG_CANCEL_FLAG };
+enum { TAG_NONE, TAG_CHUNK, TAG_FINAL, TAG_CANCEL_FLAG, TAG_ADMIT };
 typedef struct pipe_tag {
     int kind;                        /* TAG_* */
     char id[PROTO_MAX_ID_LEN + 1];   /* the job it concerns ("" for TAG_NONE) */
+    struct job *admit;               /* TAG_ADMIT: the job under admission, which takes the reply */
 } pipe_tag;
 
 typedef struct job {
@@ -65,6 +66,10 @@ typedef struct job {
     int64_t last_token_ms;
     int stop_hit;            /* a stop string matched: finish "stop" */
     int done;                /* the scheduler finished it (s.finish says why) */
+    const char *error;       /* set while running (static text): the job cannot go on and ends
+                                failed with this reason at the next publish */
+    uint64_t seed;           /* during admission: the seed offered to the admit script */
+    redisReply *admit_reply; /* during admission: the admit script's reply (owned), NULL on error */
     struct job *next;
 } job;
 
@@ -120,18 +125,30 @@ static inline int64_t now_ms(void) {
 /* ---- publish.c: the pipeline to Redis ---- */
 
 /* Queue a command; its reply is read by svc_pipe_flush, which acts on it
- * according to kind (TAG_*) for job id. */
-void svc_pipe_add_tagged(service *sv, const rcmd *c, int kind, const char *id);
-void svc_pipe_add(service *sv, const rcmd *c);
+ * according to kind (TAG_*) for job id.  Returns 0, or -1 when the command
+ * could not be queued (out of memory, logged): nothing was sent. */
+int svc_pipe_add_tagged(service *sv, const rcmd *c, int kind, const char *id);
+int svc_pipe_add(service *sv, const rcmd *c);
+/* The admit script of j: its reply goes to j->admit_reply at the flush. */
+int svc_pipe_add_admit(service *sv, const rcmd *c, job *j);
 /* Read every queued reply and act on it.  LLMQ_ERR_IO: the connection is gone. */
 llmq_status svc_pipe_flush(service *sv, llmq_err *err);
 /* One command and its reply (caller frees), after flushing the pipeline;
  * NULL with err on failure. */
 redisReply *svc_call(service *sv, const rcmd *c, llmq_err *err);
-/* The end of a job in one fenced script (jobops_finish), queued. */
-void svc_add_final_cmds(service *sv, const job *j, const char *entry, const char *text, size_t len,
-                        const char *finish, const char *error, int error_status);
-/* A job that fails before it runs (see publish.c). */
+/* The end of a job in one script (jobops_finish), queued: final chunk (j's
+ * step ids, text), job hash, XACK of entry, TTLs, and with dead the
+ * dead-stream record; fenced on j->attempt (0: an entry never admitted).
+ * error/error_status: the reason and 400/500 when finish is "error".
+ * Returns -1 when it cannot be built (out of memory, logged): nothing is
+ * written and the entry, pending, is claimed again after --claim-idle-ms. */
+int svc_add_final(service *sv, const job *j, const char *entry, const char *text, size_t len, const char *finish,
+                  const char *error, int error_status, int dead);
+/* A job that fails before it runs: its final (finish "error", the reason,
+ * status 400 when the request is at fault, 500 when we are).  attempt: our
+ * admission, 0 when the entry was never admitted.  dead: also recorded in
+ * the dead stream (poison entries, exhausted jobs).  An id that is not a
+ * valid job id leaves no job to end: only the XACK and the dead record. */
 void svc_fail_early(service *sv, const char *id, const char *entry, long long attempt, const char *why, int status,
                     int dead);
 /* After a step: chunks of running jobs, finals of finished ones (then freed). */
