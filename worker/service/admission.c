@@ -381,12 +381,10 @@ static llmq_status admit_entries(service *sv, const redisReply *list, llmq_err *
     return st;
 }
 
-static int capacity(service *sv) {
-    int free_slots = sv->o.max_num_seqs - sched_n_running(sv->sch) - sched_n_waiting(sv->sch);
-    int by_blocks = sched_free_blocks(sv->sch) / 2; /* a new job needs at least its first blocks */
-    int c = free_slots < by_blocks ? free_slots : by_blocks;
-    return c > 0 ? c : 0;
-}
+/* Entries to pull now.  Their prompts are unknown before the pull: each is
+ * counted as a prompt of one block (a new job then needs two: the prompt's
+ * and its first generated token's), under the free sequence slots. */
+static int capacity(service *sv) { return sched_admit_capacity(sv->sch, ENG_BLOCK_SIZE); }
 
 llmq_status svc_pull(service *sv, int block, llmq_err *err) {
     llmq_status st = LLMQ_OK;
