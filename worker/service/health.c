@@ -1,66 +1,62 @@
 /*
  * health.c — what the worker tells the outside about itself: the heartbeat
- * in <prefix>workers, the Prometheus metrics, and the /metrics, /healthz,
- * /readyz listener of --metrics-port.
+ * in <prefix>workers, the Prometheus metrics, and what the /metrics,
+ * /readyz listener of --metrics-port (metrics_http.h, its own thread)
+ * answers with: the loop renders the metrics text for it at most every
+ * HEALTH_SNAPSHOT_MS, and at once when a job ends.
  */
 #include "worker/service/service_internal.h"
 
-#include <errno.h>
 #include <inttypes.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
-/* ------------------------------------------------------------ metrics + heartbeat */
+#include "common/log.h"
+#include "worker/service/metrics_http.h"
 
-void svc_serve_metrics(service *sv) {
-    if (sv->listen_fd < 0) return;
-    for (;;) {
-        int fd = accept4(sv->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) return;
-        char req[1024];
-        struct pollfd p = {fd, POLLIN, 0};
-        ssize_t n = poll(&p, 1, 100) > 0 ? read(fd, req, sizeof req - 1) : 0;
-        req[n > 0 ? n : 0] = '\0';
-        char head[256];
-        const char *body = "ok\n";
-        char *text = NULL;
-        size_t blen = 3;
-        int code = 200;
-        if (!strncmp(req, "GET /metrics", 12)) {
-            metric_set(sv->m_running, sched_n_running(sv->sch));
-            metric_set(sv->m_waiting, sched_n_waiting(sv->sch));
-            metric_set(sv->m_kv_free, sched_free_blocks(sv->sch));
-            metric_set(sv->m_kv_used, sched_total_blocks(sv->sch) - sched_free_blocks(sv->sch));
-            text = metrics_render(sv->mx, &blen);
-            body = text ? text : "";
-        } else if (!strncmp(req, "GET /readyz", 11) || !strncmp(req, "GET /healthz", 12)) {
-            if (!sv->rc || sv->rc->err) {
-                code = 503;
-                body = "redis unreachable\n";
-                blen = strlen(body);
-            }
-        } else {
-            code = 404;
-            body = "not found\n";
-            blen = strlen(body);
-        }
-        int hl = snprintf(head, sizeof head,
-                          "HTTP/1.1 %d %s\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: %zu\r\n"
-                          "Connection: close\r\n\r\n",
-                          code, code == 200 ? "OK" : code == 404 ? "Not Found" : "Service Unavailable", blen);
-        if (write(fd, head, (size_t)hl) == hl && blen) {
-            ssize_t w = write(fd, body, blen);
-            (void)w;
-        }
-        free(text);
-        close(fd);
-    }
+enum { HEALTH_SNAPSHOT_MS = 100 }; /* the loop renders the metrics at most this often, unless forced */
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+llmq_status svc_health_start(service *sv, llmq_err *err) {
+    const char *addr = sv->o.metrics_addr && *sv->o.metrics_addr ? sv->o.metrics_addr : SERVICE_METRICS_ADDR;
+    sv->hs = metrics_http_create(addr, sv->o.metrics_port, err);
+    if (!sv->hs) return err->code;
+    metrics_http_set_ready(sv->hs, sv->rc && !sv->rc->err);
+    svc_health_snapshot(sv, 1);
+    log_info("metrics on http://%s%s%s:%d/metrics", strchr(addr, ':') ? "[" : "", addr, strchr(addr, ':') ? "]" : "",
+             sv->o.metrics_port);
+    return LLMQ_OK;
+}
+
+void svc_health_stop(service *sv) {
+    metrics_http_destroy(sv->hs);
+    sv->hs = NULL;
+}
+
+void svc_health_ready(service *sv, int ready) {
+    if (sv->hs) metrics_http_set_ready(sv->hs, ready);
+}
+
+void svc_health_snapshot(service *sv, int force) {
+    if (!sv->hs || !sv->mx) return;
+    int64_t t = mono_ms();
+    if (!force && t - sv->last_snapshot_ms < HEALTH_SNAPSHOT_MS) return;
+    sv->last_snapshot_ms = t;
+    metric_set(sv->m_running, sched_n_running(sv->sch));
+    metric_set(sv->m_waiting, sched_n_waiting(sv->sch));
+    metric_set(sv->m_kv_free, sched_free_blocks(sv->sch));
+    metric_set(sv->m_kv_used, sched_total_blocks(sv->sch) - sched_free_blocks(sv->sch));
+    size_t len = 0;
+    char *text = metrics_render(sv->mx, &len);
+    if (text) metrics_http_set_text(sv->hs, text, len); /* out of memory: the previous text stays */
+}
+
+/* ------------------------------------------------------------ heartbeat, metrics */
 
 void svc_heartbeat(service *sv) {
     int64_t t = now_ms();
@@ -99,21 +95,5 @@ void svc_metrics_init(service *sv) {
     sv->m_ttft = metric_get(metrics_histogram(m, "llmq:time_to_first_token_seconds", "Admission to first token", NULL, lat, 14));
     sv->m_itl = metric_get(metrics_histogram(m, "llmq:inter_token_latency_seconds", "Time between tokens", NULL, lat, 14));
     sv->m_queue = metric_get(metrics_histogram(m, "llmq:request_queue_time_seconds", "Submission to admission", NULL, lat, 14));
-}
-
-int svc_listen_on(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr.s_addr = htonl(INADDR_ANY);
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 16)) {
-        close(fd);
-        return -1;
-    }
-    return fd;
 }
 

@@ -195,6 +195,7 @@ int svc_add_final(service *sv, const job *j, const char *entry, const char *text
                   sv->buf.data, sv->buf.len);
     if (svc_pipe_add_tagged(sv, &c, TAG_FINAL, j->id)) return -1;
     metric_inc(metric_get(sv->f_success, finish), 1);
+    sv->finals++;
     return 0;
 }
 

@@ -47,6 +47,7 @@ void service_opts_default(service_opts *o) {
     o->result_ttl_s = 3600;
     o->drain_timeout_s = 30;
     o->block_ms = 200;
+    o->metrics_addr = SERVICE_METRICS_ADDR;
 }
 
 int service_default_kv_blocks(const model_config *cfg, int max_num_seqs) {
@@ -150,6 +151,7 @@ static void disconnect(service *sv) {
     if (sv->rc) redisFree(sv->rc);
     if (sv->sub) redisFree(sv->sub);
     sv->rc = sv->sub = NULL;
+    svc_health_ready(sv, 0); /* /readyz answers 503 until connect_all succeeds again */
     sv->pipe_pending = 0;
 }
 
@@ -174,6 +176,7 @@ static llmq_status reconnect(service *sv, volatile sig_atomic_t *stop, llmq_err 
         llmq_err e = {0};
         if (connect_all(sv, &e) == LLMQ_OK) {
             log_info("redis: reconnected");
+            svc_health_ready(sv, 1);
             sv->reclaim_own = 1;
             llmq_err_clear(err);
             return LLMQ_OK;
@@ -181,7 +184,6 @@ static llmq_status reconnect(service *sv, volatile sig_atomic_t *stop, llmq_err 
         disconnect(sv);
         log_warn("redis: %s; retrying in %d ms", e.msg, delay);
         for (int waited = 0; waited < delay && !*stop; waited += 50) {
-            svc_serve_metrics(sv); /* /readyz answers 503 meanwhile */
             usleep(50000);
         }
         delay = delay * 2 > 5000 ? 5000 : delay * 2;
@@ -201,8 +203,8 @@ static void service_free(service *sv) {
     svc_pieces_deinit(&sv->pieces);
     tok_destroy(sv->tok);
     llmq_backend_destroy(sv->be);
+    svc_health_stop(sv);
     disconnect(sv);
-    if (sv->listen_fd >= 0) close(sv->listen_fd);
     metrics_destroy(sv->mx);
     proto_buf_deinit(&sv->buf);
     free(sv->tags);
@@ -212,7 +214,6 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     service svs, *sv = &svs;
     memset(sv, 0, sizeof *sv);
     sv->o = *o;
-    sv->listen_fd = -1;
     llmq_status st;
     if ((st = keys_init(&sv->keys, o->prefix, err)) || (st = redis_url_resolve(&sv->url, o->redis_url, err))) return st;
     if (!keys_model_valid(o->model_name))
@@ -265,10 +266,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
              blocks,
              (double)blocks * ENG_BLOCK_SIZE * eng_kv_bytes_per_token(cfg, sv->be->act_dt) / 1048576.0);
     if ((st = connect_all(sv, err))) goto out;
-    if (o->metrics_port > 0 && (sv->listen_fd = svc_listen_on(o->metrics_port)) < 0) {
-        st = llmq_err_set(err, LLMQ_ERR_IO, "cannot listen on metrics port %d: %s", o->metrics_port, strerror(errno));
-        goto out;
-    }
+    if (o->metrics_port > 0 && (st = svc_health_start(sv, err))) goto out;
     char where[300];
     log_info("serving %s on %s as consumer %s (stream %s)", o->model_name,
              redis_url_describe(&sv->url, where, sizeof where), o->consumer, sv->req_key);
@@ -312,10 +310,12 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         sv->preempt_seen = pre;
         svc_publish(sv);
         svc_heartbeat(sv);
+        svc_health_snapshot(sv, sv->finals > 0); /* before the finals reach Redis: a reader that saw
+                                                    the job end finds it counted */
+        sv->finals = 0;
         if ((st = svc_pipe_flush(sv, err))) {
             if (st != LLMQ_ERR_IO || (st = reconnect(sv, stop, err))) break;
         }
-        svc_serve_metrics(sv);
     }
     if (!st && sv->eng && eng_stop_peers(sv->eng, err)) st = err->code;
 out:

@@ -34,6 +34,8 @@ typedef struct service_opts {
     double mem_util;            /* kv_blocks <= 0 and a backend with mem_info (cuda): size the pool
                                  * to this fraction of the device's memory (eng_opts.mem_util) */
     int metrics_port;           /* 0 = no metrics listener */
+    const char *metrics_addr;   /* the listener's bind address (IPv4/IPv6 literal or name);
+                                 * NULL = SERVICE_METRICS_ADDR, this host only */
     int claim_idle_ms;          /* entries idle longer than this are claimed from dead consumers */
     int max_attempts;           /* deliveries before a job is failed into the dead stream */
     int result_ttl_s;           /* TTL of a finished job's keys */
@@ -41,6 +43,10 @@ typedef struct service_opts {
     int block_ms;               /* XREADGROUP BLOCK when idle */
     llmq_comm *comm;            /* tensor-parallel group (this process is rank 0); NULL = one rank */
 } service_opts;
+
+/* The metrics listener's default address: unauthenticated, so not every
+ * interface unless asked for (--metrics-addr 0.0.0.0 in a pod). */
+#define SERVICE_METRICS_ADDR "127.0.0.1"
 
 void service_opts_default(service_opts *o);
 

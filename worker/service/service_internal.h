@@ -6,7 +6,8 @@
  *   admission.c  entries pulled from the request stream -> admitted jobs
  *   job.c        a running job: tokens -> chunk ids, text, logprobs
  *   publish.c    the pipeline to Redis: chunks, finals, failed jobs
- *   health.c     heartbeat and the /metrics, /readyz listener
+ *   health.c     heartbeat, metrics, what the /metrics, /readyz listener says
+ *   metrics_http.c  that listener, in its own thread
  *
  * One thread runs all of it (health.c's listener aside, see there): no
  * field of `service` is locked.
@@ -106,12 +107,14 @@ typedef struct service {
     int n_jobs;
     proto_buf buf;           /* scratch for one encoding */
     int64_t last_refresh_ms, last_autoclaim_ms, last_heartbeat_ms;
-    int listen_fd;           /* metrics/readiness listener, -1 when off */
+    struct metrics_http *hs; /* the /metrics, /readyz listener (metrics_http.h), NULL when off */
+    int64_t last_snapshot_ms;/* when the loop last rendered the metrics for it (monotonic) */
     metrics *mx;
     metric *m_running, *m_waiting, *m_kv_used, *m_kv_free, *m_prompt_tok, *m_gen_tok, *m_preempt;
     metric_family *f_success;
     metric *m_step, *m_batch, *m_ttft, *m_itl, *m_queue;
     uint64_t preempt_seen;
+    int finals;              /* finals queued since the last metrics snapshot (forces one) */
     int reclaim_own;         /* after a reconnect: re-admit our own pending entries */
 } service;
 
@@ -173,9 +176,17 @@ llmq_status svc_pull(service *sv, int block, llmq_err *err);
 
 /* ---- health.c ---- */
 
+struct metrics_http;
+
 void svc_metrics_init(service *sv);
+/* Queue the heartbeat (every 2 s). */
 void svc_heartbeat(service *sv);
-void svc_serve_metrics(service *sv);
-int svc_listen_on(int port);
+/* Listen on o.metrics_addr:o.metrics_port and serve from a thread. */
+llmq_status svc_health_start(service *sv, llmq_err *err);
+void svc_health_stop(service *sv); /* no listener: no-op */
+/* The loop's side: Redis connected or not (/readyz), and the metrics text
+ * /metrics answers with, rendered at most every 100 ms unless force. */
+void svc_health_ready(service *sv, int ready);
+void svc_health_snapshot(service *sv, int force);
 
 #endif
