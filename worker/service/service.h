@@ -2,11 +2,13 @@
  * service.h — the worker service: a model's leader loop between Redis and
  * the scheduler (docs/architecture.md "The worker's loop", docs/protocol.md).
  *
- * One thread.  Between two steps it makes one pipelined round trip to Redis
- * (this step's chunks, PUBLISHes, final MULTIs, claim refreshes) and, when
- * the scheduler has room, pulls new entries with a non-blocking XREADGROUP;
- * only when it has nothing to run does it block (a few hundred ms).  Cancels
- * arrive on a separate subscriber connection that is read without blocking.
+ * One thread (and one for the /metrics listener).  Between two steps it
+ * makes one pipelined round trip to Redis (this step's chunks and
+ * PUBLISHes, final scripts, claim refreshes) and, when the scheduler has
+ * room, pulls new entries with a non-blocking XREADGROUP and admits all of
+ * them in one more round trip; only when it has nothing to run does it
+ * block (a few hundred ms).  Cancels arrive on a separate subscriber
+ * connection that is read without blocking.
  * Delivery is at-least-once: a job claimed again resumes from the token ids
  * already in its output stream and continues with the next chunk seq.
  */
