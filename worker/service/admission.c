@@ -54,7 +54,7 @@ static job *entry_decode(service *sv, const redisReply *entry) {
     const char *payload = field(fields, PROTO_FIELD_REQ, &plen);
     char msg[LLMQ_ERRSTR_LEN + 64];
     if (!id || !keys_id_valid(id)) {
-        svc_fail_early(sv, id ? id : "", eid, 0, "stream entry without a valid job id", 400, 1);
+        svc_fail_early(sv, id ? id : "", eid, 0, 0, "stream entry without a valid job id", 400, 1);
         return NULL;
     }
     for (const job *a = sv->jobs; a; a = a->next)
@@ -82,7 +82,7 @@ static job *entry_decode(service *sv, const redisReply *entry) {
         why = msg;
     }
     if (why) {
-        svc_fail_early(sv, id, eid, 0, why, 400, dead);
+        svc_fail_early(sv, id, eid, 0, 0, why, 400, dead);
         svc_job_free(j);
         return NULL;
     }
@@ -306,13 +306,15 @@ static void entry_admit(service *sv, job *j, uint64_t seed) {
         svc_add_final(sv, j, eid, "", 0, "deadline", NULL, 0, 0);
     } else if (!why && attempts > sv->o.max_attempts) {
         snprintf(msg, sizeof msg, "delivered %lld times (max %d): giving up", attempts, sv->o.max_attempts);
-        log_warn("job %s failed: %s", j->id, msg);
-        svc_add_final(sv, j, eid, "", 0, "error", msg, 500, 1);
+        svc_fail_early(sv, j->id, eid, attempts, j->next_seq, msg, 500, 1);
     } else {
         llmq_err e = {0};
         if (!why) why = job_setup(sv, j, seed, msg, sizeof msg, &status);
         if (!why) why = job_resume(sv, j, prev, n_prev, published);
-        if (!why && seq_n_generated(&j->s) >= j->s.max_tokens) why = "nothing left to generate";
+        if (!why && seq_n_generated(&j->s) >= j->s.max_tokens) {
+            why = "nothing left to generate";
+            status = 400;
+        }
         if (!why && sched_add(sv->sch, &j->s, &e)) {
             snprintf(msg, sizeof msg, "%s", e.msg);
             why = msg;
@@ -330,10 +332,7 @@ static void entry_admit(service *sv, job *j, uint64_t seed) {
             sv->n_jobs++;
             return;
         }
-        /* j, not svc_fail_early: the final chunk's seq follows the
-         * chunks of earlier attempts */
-        log_warn("job %s failed: %s", j->id, why);
-        svc_add_final(sv, j, eid, "", 0, "error", why, status, 0);
+        svc_fail_early(sv, j->id, eid, attempts, j->next_seq, why, status, 0);
     }
     free(prev);
     svc_job_free(j);

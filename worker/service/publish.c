@@ -129,6 +129,14 @@ llmq_status svc_pipe_flush(service *sv, llmq_err *err) {
     return LLMQ_OK;
 }
 
+llmq_status svc_pipe_send(service *sv, llmq_err *err) {
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(sv->rc, &done) != REDIS_OK)
+            return llmq_err_set(err, LLMQ_ERR_IO, "redis: %s", sv->rc->errstr);
+    return LLMQ_OK;
+}
+
 /* One command, its reply (caller frees); NULL with err on failure. */
 redisReply *svc_call(service *sv, const rcmd *c, llmq_err *err) {
     if (svc_pipe_flush(sv, err)) return NULL;
@@ -199,14 +207,15 @@ int svc_add_final(service *sv, const job *j, const char *entry, const char *text
     return 0;
 }
 
-void svc_fail_early(service *sv, const char *id, const char *entry, long long attempt, const char *why, int status,
-                    int dead) {
+void svc_fail_early(service *sv, const char *id, const char *entry, long long attempt, int64_t next_seq, const char *why,
+                    int status, int dead) {
     log_warn("job %s failed: %s", id, why);
     if (keys_id_valid(id)) {
         job tmp;
         memset(&tmp, 0, sizeof tmp);
         snprintf(tmp.id, sizeof tmp.id, "%s", id);
         tmp.attempt = attempt;
+        tmp.next_seq = next_seq;
         svc_add_final(sv, &tmp, entry, "", 0, "error", why, status, dead);
         return;
     }

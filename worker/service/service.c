@@ -21,7 +21,8 @@
  *    worker made (jobops.h, "Fencing"): when another worker took the job
  *    over meanwhile (this one stalled past --claim-idle-ms), the write is
  *    refused and the job dropped here, so a job never has two writers.
- *  - The loop never blocks on Redis while it has sequences to run.
+ *  - The loop never blocks on Redis while it has sequences to run: a step's
+ *    writes are sent before the next step and their replies read after it.
  */
 #include "worker/service/service_internal.h"
 
@@ -308,15 +309,23 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         uint64_t pre = sched_n_preemptions(sv->sch);
         if (pre > sv->preempt_seen) metric_inc(sv->m_preempt, (double)(pre - sv->preempt_seen));
         sv->preempt_seen = pre;
+        /* the replies to what the last iteration sent, which Redis handled
+         * while this step ran; read before this step's chunks go out, so
+         * a job whose chunk was refused sends no later one */
+        if ((st = svc_pipe_flush(sv, err))) {
+            if (st != LLMQ_ERR_IO || (st = reconnect(sv, stop, err))) break;
+            continue;
+        }
         svc_publish(sv);
         svc_heartbeat(sv);
         svc_health_snapshot(sv, sv->finals > 0); /* before the finals reach Redis: a reader that saw
                                                     the job end finds it counted */
         sv->finals = 0;
-        if ((st = svc_pipe_flush(sv, err))) {
+        if ((st = svc_pipe_send(sv, err))) {
             if (st != LLMQ_ERR_IO || (st = reconnect(sv, stop, err))) break;
         }
     }
+    if (!st && sv->rc) st = svc_pipe_flush(sv, err); /* the last replies: all that was sent is written */
     if (!st && sv->eng && eng_stop_peers(sv->eng, err)) st = err->code;
 out:
     service_free(sv);

@@ -134,8 +134,12 @@ int svc_pipe_add_tagged(service *sv, const rcmd *c, int kind, const char *id);
 int svc_pipe_add(service *sv, const rcmd *c);
 /* The admit script of j: its reply goes to j->admit_reply at the flush. */
 int svc_pipe_add_admit(service *sv, const rcmd *c, job *j);
-/* Read every queued reply and act on it.  LLMQ_ERR_IO: the connection is gone. */
+/* Read every queued reply and act on it (sending first what is not sent
+ * yet).  LLMQ_ERR_IO: the connection is gone. */
 llmq_status svc_pipe_flush(service *sv, llmq_err *err);
+/* Write out every queued command without waiting for the replies, which
+ * the next svc_pipe_flush (or svc_call) reads. */
+llmq_status svc_pipe_send(service *sv, llmq_err *err);
 /* One command and its reply (caller frees), after flushing the pipeline;
  * NULL with err on failure. */
 redisReply *svc_call(service *sv, const rcmd *c, llmq_err *err);
@@ -148,12 +152,13 @@ redisReply *svc_call(service *sv, const rcmd *c, llmq_err *err);
 int svc_add_final(service *sv, const job *j, const char *entry, const char *text, size_t len, const char *finish,
                   const char *error, int error_status, int dead);
 /* A job that fails before it runs: its final (finish "error", the reason,
- * status 400 when the request is at fault, 500 when we are).  attempt: our
+ * status 400 when the request is at fault, 500 when we are; zero usage)
+ * with seq next_seq (0, or one past the chunks of earlier attempts).  attempt: our
  * admission, 0 when the entry was never admitted.  dead: also recorded in
  * the dead stream (poison entries, exhausted jobs).  An id that is not a
  * valid job id leaves no job to end: only the XACK and the dead record. */
-void svc_fail_early(service *sv, const char *id, const char *entry, long long attempt, const char *why, int status,
-                    int dead);
+void svc_fail_early(service *sv, const char *id, const char *entry, long long attempt, int64_t next_seq, const char *why,
+                    int status, int dead);
 /* After a step: chunks of running jobs, finals of finished ones (then freed). */
 void svc_publish(service *sv);
 
