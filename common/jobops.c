@@ -28,7 +28,10 @@ static const char cancel_lua[] =
     "end\n"
     "return 3\n";
 
-/* KEYS[1] job hash; ARGV[1] model, ARGV[2] worker, ARGV[3] now ms, ARGV[4] seed. */
+/* KEYS[1] job hash, KEYS[2] output stream; ARGV[1] model, ARGV[2] worker,
+ * ARGV[3] now ms, ARGV[4] seed.  Returns {code, attempts, seed, chunk...}:
+ * the chunks (field c of each output stream entry, in order) only for
+ * codes 1 and 2, which resume from them. */
 static const char admit_lua[] =
     "local st = redis.call('HGET', KEYS[1], 'state')\n"
     "if st == 'done' or st == 'failed' or st == 'cancelled' or st == 'expired' then return {0, 0, ''} end\n"
@@ -38,8 +41,15 @@ static const char admit_lua[] =
     "redis.call('HSETNX', KEYS[1], 'started', ARGV[3])\n"
     "redis.call('HSETNX', KEYS[1], 'seed', ARGV[4])\n"
     "local seed = redis.call('HGET', KEYS[1], 'seed')\n"
-    "if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {2, att, seed} end\n"
-    "return {1, att, seed}\n";
+    "local r = {1, att, seed}\n"
+    "if redis.call('HGET', KEYS[1], 'cancel') == '1' then r[1] = 2 end\n"
+    "for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do\n"
+    "  local f = e[2]\n"
+    "  for i = 1, #f - 1, 2 do\n"
+    "    if f[i] == 'c' then r[#r + 1] = f[i + 1] break end\n"
+    "  end\n"
+    "end\n"
+    "return r\n";
 
 /* Submission, bounded and/or idempotent: KEYS[1] job hash, KEYS[2] request
  * stream, KEYS[3] (optional) idempotency hash; ARGV[1] model, ARGV[2]
@@ -221,15 +231,41 @@ llmq_status jobops_cancel_chunk(proto_buf *out, llmq_err *err) {
 void jobops_admit(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, const char *worker,
                   int64_t now_ms, uint64_t seed) {
     keys_job(k, id, kb->job, sizeof kb->job);
+    keys_job_out(k, id, kb->out, sizeof kb->out);
     rcmd_init(c);
     rcmd_str(c, "EVAL");
     rcmd_str(c, admit_lua);
-    rcmd_str(c, "1");
+    rcmd_str(c, "2");
     rcmd_str(c, kb->job);
+    rcmd_str(c, kb->out);
     rcmd_str(c, model);
     rcmd_str(c, worker);
     rcmd_fmt(c, "%" PRId64, now_ms);
     rcmd_fmt(c, "%" PRIu64, seed);
+}
+
+void jobops_ack(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *entry) {
+    keys_req_stream(k, model, kb->req, sizeof kb->req);
+    rcmd_init(c);
+    rcmd_str(c, "XACK");
+    rcmd_str(c, kb->req);
+    rcmd_str(c, PROTO_GROUP);
+    rcmd_str(c, entry);
+}
+
+void jobops_dead(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *id, const char *entry,
+                 const char *reason) {
+    keys_dead_stream(k, model, kb->dead, sizeof kb->dead);
+    rcmd_init(c);
+    rcmd_str(c, "XADD");
+    rcmd_str(c, kb->dead);
+    rcmd_str(c, "*");
+    rcmd_str(c, "id");
+    rcmd_str(c, id);
+    rcmd_str(c, "entry");
+    rcmd_str(c, entry ? entry : "");
+    rcmd_str(c, "reason");
+    rcmd_str(c, reason);
 }
 
 void jobops_chunk(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, long long attempt, const void *chunk,

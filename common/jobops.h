@@ -94,7 +94,7 @@ enum { JOBOPS_CANCEL_NOT_FOUND = 0, JOBOPS_CANCEL_REQUESTED = 1, JOBOPS_CANCEL_D
 
 /*
  * Admission by a worker (an EVAL), atomically on the job hash; returns an
- * array {code, attempts, seed}:
+ * array {code, attempts, seed, chunk...}:
  *   code 0: the job is already final (e.g. cancelled while queued): XACK the
  *           entry and drop it, write nothing;
  *   code 1: run it; state is now running, worker set, attempts incremented,
@@ -103,10 +103,24 @@ enum { JOBOPS_CANCEL_NOT_FOUND = 0, JOBOPS_CANCEL_REQUESTED = 1, JOBOPS_CANCEL_D
  * A missing hash (a client that only XADDed) is created with model/created.
  * seed is stored only when the hash has none yet (the request's seed, else
  * one drawn by the worker), and the stored one is returned: a resumed job
- * keeps the seed of its first attempt.
+ * keeps the seed of its first attempt.  With codes 1 and 2 the rest of the
+ * array is the job's output so far: the `c` field of every entry of
+ * <P>job:{id}:out, in order (an XRANGE read in the same script, so a
+ * resume costs no second round trip: both keys share the job's slot).
  */
 void jobops_admit(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, const char *worker,
                   int64_t now_ms, uint64_t seed);
+enum { JOBOPS_ADMIT_FINAL = 0, JOBOPS_ADMIT_RUN = 1, JOBOPS_ADMIT_CANCELLED = 2 };
+
+/* XACK <P>req:<model> workers <entry>: the entry is done with, whatever
+ * became of its job (see also jobops_finish, which acks in its script). */
+void jobops_ack(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *entry);
+
+/* XADD <P>dead:<model> * id <id> entry <entry> reason <reason>: the record
+ * of a poison or exhausted entry, for an entry without a job to end
+ * (jobops_finish writes the same record for one with a job). */
+void jobops_dead(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *id, const char *entry,
+                 const char *reason);
 
 /*
  * Fencing.  Delivery is at-least-once: a worker that stalls for longer than

@@ -1,5 +1,5 @@
 /*
- * keys.h — the Redis key layout of protocol v1 (docs/protocol.md §keys).
+ * keys.h — the Redis key layout of protocol v1 (docs/protocol.md, "Keys").
  *
  * Every key and channel name llmq uses is built here, from a configurable
  * prefix (default "llmq:").  The braces around a job id are literal Redis

@@ -8,6 +8,7 @@
 #   LWS_WORKER_INDEX    index of this pod in its group (set by LeaderWorkerSet)
 #   LLMQ_RANKS_PER_POD  k: ranks (GPUs) in this pod
 #   LLMQ_METRICS_PORT   port of /metrics and /readyz, served by the leader
+#   LLMQ_METRICS_ADDR   the leader's --metrics-addr (the worker's default, 127.0.0.1, when unset)
 #   LLMQ_WORKER_BIN     the worker executable (default llmq-worker)
 #   POD_IP              the leader pod's address, where the peers of other pods
 #                       reach rank 0 (--tp-addr; default: the host name)
@@ -63,6 +64,7 @@ for ((i = 0; i < k; i++)); do
     if [ "$rank" -eq 0 ]; then
         [ -n "${POD_IP:-}" ] && extra=(--tp-addr "$POD_IP")
         extra+=(--tp-port "$tp_port" --metrics-port "$port")
+        [ -n "${LLMQ_METRICS_ADDR:-}" ] && extra+=(--metrics-addr "$LLMQ_METRICS_ADDR")
     fi
     echo "$prog: starting rank $rank (GPU $i of this pod's $k)"
     CUDA_VISIBLE_DEVICES=$i "$worker" "$@" --rank "$rank" "${extra[@]}" &

@@ -140,6 +140,43 @@ def test_cancel_deadline_poison_and_errors(redis_server, stories, tmp_path):
         w.stop()
 
 
+def test_output_that_cannot_be_replayed_fails_the_job(redis_server, stories, tmp_path):
+    """A job taken over from another worker resumes from its output stream.
+    When that output cannot be replayed whole (a chunk that does not decode,
+    an id outside the vocabulary), the job fails with the reason rather than
+    resume from part of it; its final chunk takes the seq after the stream's
+    chunks, also for a job whose attempts ran out."""
+    import msgpack
+    d, refs = stories
+    r = connect(redis_server.url)
+
+    def ran_elsewhere(jid, attempts, *cs):
+        submit(r, jid, prompt="Once upon a time", max_tokens=8)
+        r.hset(f"llmq:job:{{{jid}}}", mapping={"state": "running", "attempts": attempts})
+        for c in cs:
+            r.xadd(f"llmq:job:{{{jid}}}:out", {"c": c})
+
+    good = msgpack.packb({"seq": 0, "text": " Once", "ids": [403]})
+    ran_elsewhere("corrupt", 1, good, b"\xc1 not msgpack")
+    ran_elsewhere("oov", 1, msgpack.packb({"seq": 0, "text": "?", "ids": [100000]}))
+    ran_elsewhere("tired", 3, good)
+    submit(r, "fine", prompt=refs[0]["prompt"], max_tokens=48, temperature=0)
+    w = Worker(d, redis_server.url, "stories", tmp_path / "w.log", "--max-attempts", 3)
+    try:
+        wait_final(r, ["corrupt", "oov", "tired", "fine"])
+        for jid, why, seq in (("corrupt", "cannot be decoded", 2), ("oov", "outside the vocabulary", 1),
+                              ("tired", "max 3", 1)):
+            h = job(r, jid)
+            assert h["state"] == "failed" and why in h["error"], (jid, h)
+            last = msgpack.unpackb(r.xrange(f"llmq:job:{{{jid}}}:out")[-1][1][b"c"])
+            assert last["finish"] == "error" and why in last["error"] and last["seq"] == seq, (jid, last)
+            assert last.get("status", 500) == 500
+        assert text_of(chunks(r, "fine")) == refs[0]["completion"]
+        assert r.xpending("llmq:req:stories", "workers")["pending"] == 0
+    finally:
+        w.stop()
+
+
 def test_sigterm_drains_and_exits_zero(redis_server, stories, tmp_path):
     d, refs = stories
     r = connect(redis_server.url)

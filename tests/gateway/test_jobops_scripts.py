@@ -19,7 +19,7 @@ def lua(name):
 
 
 def admit(r, jid, seed=7, worker="w0"):
-    return r.eval(lua("admit_lua"), 1, f"llmq:job:{{{jid}}}", "m1", worker, 1000, seed)
+    return r.eval(lua("admit_lua"), 2, f"llmq:job:{{{jid}}}", f"llmq:job:{{{jid}}}:out", "m1", worker, 1000, seed)
 
 
 def cancel(r, jid):
@@ -46,6 +46,24 @@ def test_admit(redis_server):
     assert admit(r, "a")[0] == 2
     r.hset("llmq:job:{a}", "state", "done")
     assert admit(r, "a")[0] == 0
+
+
+def test_admit_returns_the_output_so_far(redis_server):
+    """The resume reads the output stream in the admission's own round trip:
+    the chunks follow {code, attempts, seed}, in stream order, for codes 1 and
+    2; entries without a `c` field are not chunks."""
+    r = redis.Redis.from_url(redis_server.url)
+    r.hset("llmq:job:{o}", mapping={"state": "running", "model": "m1", "created": 1, "attempts": 1, "seed": 3})
+    c0, c1 = msgpack.packb({"seq": 0, "text": "a", "ids": [5]}), msgpack.packb({"seq": 1, "text": "b", "ids": [6]})
+    r.xadd("llmq:job:{o}:out", {"c": c0})
+    r.xadd("llmq:job:{o}:out", {"x": "not a chunk"})
+    r.xadd("llmq:job:{o}:out", {"c": c1})
+    assert admit(r, "o") == [1, 2, b"3", c0, c1]
+    r.hset("llmq:job:{o}", "cancel", "1")
+    assert admit(r, "o") == [2, 3, b"3", c0, c1]
+    r.hset("llmq:job:{o}", "state", "cancelled")
+    assert admit(r, "o") == [0, 0, b""]  # final: nothing to resume
+    assert admit(r, "fresh") == [1, 1, b"7"]  # no stream yet: no chunks
 
 
 def test_cancel(redis_server):

@@ -217,18 +217,18 @@ def test_ranks_start_this_pods_share(ranks):
     for r, l in starts.items():
         assert f"cvd={int(r) - 4} " in l
         assert "--model /m --tp 8 --group g-0 --rank " + r in l
-        assert "--metrics-port" not in l  # only global rank 0 serves HTTP
+        assert "--metrics-port" not in l and "--metrics-addr" not in l  # only global rank 0 serves HTTP
     assert {l.split()[0] for l in lines() if l.endswith(" term")} == {"4", "6", "7"}
 
 
 def test_sigterm_goes_to_the_leader_which_drains_first(ranks):
     start, lines, wait_for, d = ranks
-    p = start(0, 2, TERM_DELAY="0.5", POD_IP="10.1.2.3")
+    p = start(0, 2, TERM_DELAY="0.5", POD_IP="10.1.2.3", LLMQ_METRICS_ADDR="0.0.0.0")
     wait_for(lambda ls: sum(" start " in l for l in ls) == 2)
     l0 = next(l for l in lines() if l.startswith("0 start"))
     l1 = next(l for l in lines() if l.startswith("1 start"))
-    assert l0.endswith("--tp-addr 10.1.2.3 --tp-port 29500 --metrics-port 9090")
-    assert "--metrics-port" not in l1 and "--tp-port" not in l1  # peers find rank 0 through Redis
+    assert l0.endswith("--tp-addr 10.1.2.3 --tp-port 29500 --metrics-port 9090 --metrics-addr 0.0.0.0")
+    assert "--metrics-port" not in l1 and "--metrics-addr" not in l1 and "--tp-port" not in l1  # peers find rank 0 through Redis
     p.send_signal(signal.SIGTERM)
     p.communicate(timeout=20)
     assert p.returncode == 0

@@ -173,6 +173,7 @@ def test_lws_group():
         assert ht.env(c, "LLMQ_RANKS_PER_POD")["value"] == "4"
         assert ht.env(c, "POD_IP")["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
         assert ht.env(c, "LLMQ_TP_PORT")["value"] == "29500"
+        assert ht.env(c, "LLMQ_METRICS_ADDR")["value"] == "0.0.0.0"  # probes come to the pod's IP
         assert c["resources"]["limits"]["nvidia.com/gpu"] == 4
     assert set(roles) == {"leader", "worker"}
     leader, peer = roles["leader"][1], roles["worker"][1]
@@ -236,6 +237,7 @@ def test_model_download_init_container():
 def test_readiness_waits_for_model_and_redis():
     (_, _, _, c), = workers(ht.render())
     port = int(ht.arg(c, "--metrics-port"))
+    assert ht.arg(c, "--metrics-addr") == "0.0.0.0"  # the worker binds 127.0.0.1 by default; probes use the pod IP
     assert c["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
     for probe in ("startupProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/readyz", "port": "metrics"}

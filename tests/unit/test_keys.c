@@ -159,7 +159,28 @@ static void test_jobops_builders(void **state) {
     proto_buf_deinit(&b);
     jobops_admit(&c, &kb, &k, "id1", "m1", "w0", 9, UINT64_MAX);
     assert_true(rcmd_ok(&c));
+    assert_string_equal(c.argv[2], "2"); /* job hash and output stream: one slot */
+    assert_string_equal(c.argv[3], "llmq:job:{id1}");
+    assert_string_equal(c.argv[4], "llmq:job:{id1}:out");
     assert_string_equal(c.argv[c.argc - 1], "18446744073709551615");
+
+    /* the entry's ack and the dead-stream record, each built once */
+    jobops_ack(&c, &kb, &k, "m1", "5-1");
+    assert_true(rcmd_ok(&c));
+    assert_int_equal(c.argc, 4);
+    assert_string_equal(c.argv[0], "XACK");
+    assert_string_equal(c.argv[1], "llmq:req:m1");
+    assert_string_equal(c.argv[2], "workers");
+    assert_string_equal(c.argv[3], "5-1");
+    jobops_dead(&c, &kb, &k, "m1", "", "5-2", "no id");
+    assert_true(rcmd_ok(&c));
+    assert_int_equal(c.argc, 9);
+    assert_string_equal(c.argv[0], "XADD");
+    assert_string_equal(c.argv[1], "llmq:dead:m1");
+    assert_string_equal(c.argv[3], "id");
+    assert_string_equal(c.argv[4], "");
+    assert_string_equal(c.argv[6], "5-2");
+    assert_string_equal(c.argv[8], "no id");
 
     /* fenced chunk: EVAL script 2 job out | attempt channel chunk */
     jobops_chunk(&c, &kb, &k, "id1", 3, "\x81\xa3seq\x00", 6);

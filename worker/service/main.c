@@ -38,6 +38,8 @@ static void usage(FILE *f) {
             "  --max-batched-tokens N   tokens per step (default 512)\n"
             "  --kv-blocks N            KV cache blocks of 16 tokens (default: max-num-seqs full contexts)\n"
             "  --metrics-port P         serve /metrics, /healthz, /readyz on this port\n"
+            "  --metrics-addr ADDR      the address it listens on (default 127.0.0.1; 0.0.0.0 or :: for every\n"
+            "                           interface: the listener has no authentication)\n"
             "  --claim-idle-ms MS       claim entries idle this long from dead workers (default 30000)\n"
             "  --max-attempts N         deliveries before a job is failed (default 3)\n"
             "  --result-ttl S           seconds finished jobs are kept (default 3600)\n"
@@ -153,6 +155,7 @@ int main(int argc, char **argv) {
         {"memory-utilization", required_argument, 0, 'U'}, {"quantization", required_argument, 0, 'Q'},
         {"redis-password-file", required_argument, 0, 'W'},
         {"tp-addr", required_argument, 0, 'X'},       {"tp-port", required_argument, 0, 'Y'},
+        {"metrics-addr", required_argument, 0, 'L'},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
     };
     int c, bad = 0, tp = 1, rank = -1, tp_timeout = 10000, tp_port = 0;
@@ -172,6 +175,7 @@ int main(int argc, char **argv) {
         case 't': bad |= to_int(optarg, "max-batched-tokens", 1, &o.max_batched_tokens); break;
         case 'k': bad |= to_int(optarg, "kv-blocks", 1, &o.kv_blocks); break;
         case 'M': bad |= to_int(optarg, "metrics-port", 1, &o.metrics_port); break;
+        case 'L': o.metrics_addr = optarg; break;
         case 'C': bad |= to_int(optarg, "claim-idle-ms", 100, &o.claim_idle_ms); break;
         case 'A': bad |= to_int(optarg, "max-attempts", 1, &o.max_attempts); break;
         case 'T': bad |= to_int(optarg, "result-ttl", 1, &o.result_ttl_s); break;

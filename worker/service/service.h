@@ -1,12 +1,14 @@
 /*
  * service.h — the worker service: a model's leader loop between Redis and
- * the scheduler (DESIGN.md §1, §3, §4; docs/protocol.md).
+ * the scheduler (docs/architecture.md "The worker's loop", docs/protocol.md).
  *
- * One thread.  Between two steps it makes one pipelined round trip to Redis
- * (this step's chunks, PUBLISHes, final MULTIs, claim refreshes) and, when
- * the scheduler has room, pulls new entries with a non-blocking XREADGROUP;
- * only when it has nothing to run does it block (a few hundred ms).  Cancels
- * arrive on a separate subscriber connection that is read without blocking.
+ * One thread (and one for the /metrics listener).  Between two steps it
+ * makes one pipelined round trip to Redis (this step's chunks and
+ * PUBLISHes, final scripts, claim refreshes) and, when the scheduler has
+ * room, pulls new entries with a non-blocking XREADGROUP and admits all of
+ * them in one more round trip; only when it has nothing to run does it
+ * block (a few hundred ms).  Cancels arrive on a separate subscriber
+ * connection that is read without blocking.
  * Delivery is at-least-once: a job claimed again resumes from the token ids
  * already in its output stream and continues with the next chunk seq.
  */
@@ -34,6 +36,8 @@ typedef struct service_opts {
     double mem_util;            /* kv_blocks <= 0 and a backend with mem_info (cuda): size the pool
                                  * to this fraction of the device's memory (eng_opts.mem_util) */
     int metrics_port;           /* 0 = no metrics listener */
+    const char *metrics_addr;   /* the listener's bind address (IPv4/IPv6 literal or name);
+                                 * NULL = SERVICE_METRICS_ADDR, this host only */
     int claim_idle_ms;          /* entries idle longer than this are claimed from dead consumers */
     int max_attempts;           /* deliveries before a job is failed into the dead stream */
     int result_ttl_s;           /* TTL of a finished job's keys */
@@ -42,6 +46,10 @@ typedef struct service_opts {
     llmq_comm *comm;            /* tensor-parallel group (this process is rank 0); NULL = one rank */
     model_load_opts load;       /* how the weights are held (--quantization); the peers load with the same */
 } service_opts;
+
+/* The metrics listener's default address: unauthenticated, so not every
+ * interface unless asked for (--metrics-addr 0.0.0.0 in a pod). */
+#define SERVICE_METRICS_ADDR "127.0.0.1"
 
 void service_opts_default(service_opts *o);
 

@@ -127,6 +127,10 @@ spec:
         {{- else }}
         - --metrics-port
         - {{ int $g.metricsPort | quote }}
+        # the kubelet's probes and Prometheus reach the pod on its own IP;
+        # the worker binds 127.0.0.1 unless told otherwise
+        - --metrics-addr
+        - "0.0.0.0"
         {{- end }}
         - --backend
         - {{ $g.backend }}
@@ -170,6 +174,8 @@ spec:
           value: {{ $gpus | quote }}
         - name: LLMQ_METRICS_PORT
           value: {{ int $g.metricsPort | quote }}
+        - name: LLMQ_METRICS_ADDR
+          value: "0.0.0.0"
         # Rank 0 listens on LLMQ_TP_PORT and publishes POD_IP:port in the
         # group's Redis rendezvous; the peer ranks of every pod connect to it.
         - name: POD_IP

@@ -1,0 +1,276 @@
+/*
+ * publish.c — the pipeline to Redis: every command the loop sends without
+ * waiting is queued here with a tag saying what its reply is about, and read
+ * back in one flush per loop iteration (svc_pipe_flush).  Builds the chunks
+ * of running jobs, the final script of ended ones and the failure of jobs
+ * that never ran.
+ *
+ * Invariants
+ *  - A job's chunks carry seq 0, 1, 2, ... with no gap and no repeat: a chunk
+ *    that Redis refused (fenced, or an error reply) drops the job here
+ *    without XACK rather than let a later chunk skip its seq.
+ *  - Nothing is written for a job after its final chunk: svc_publish frees
+ *    a job in the same pass that queues its final script.
+ */
+#include "worker/service/service_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "common/log.h"
+#include "common/rconn.h"
+
+/* ------------------------------------------------------------ the pipeline */
+
+static int pipe_add(service *sv, const rcmd *c, int kind, const char *id, job *admit) {
+    if (!rcmd_ok(c)) {
+        log_error("internal: a Redis command overflowed its argument table");
+        return -1;
+    }
+    if (sv->pipe_pending == sv->cap_tags) {
+        int cap = sv->cap_tags ? 2 * sv->cap_tags : 64;
+        pipe_tag *t = realloc(sv->tags, (size_t)cap * sizeof *t);
+        if (!t) {
+            log_error("out of memory: a Redis command was not sent");
+            return -1;
+        }
+        sv->tags = t;
+        sv->cap_tags = cap;
+    }
+    if (redisAppendCommandArgv(sv->rc, c->argc, (const char **)c->argv, c->argvlen) != REDIS_OK) {
+        log_error("out of memory: a Redis command was not sent");
+        return -1;
+    }
+    pipe_tag *t = &sv->tags[sv->pipe_pending++];
+    t->kind = kind;
+    t->admit = admit;
+    snprintf(t->id, sizeof t->id, "%s", id ? id : "");
+    return 0;
+}
+
+int svc_pipe_add_tagged(service *sv, const rcmd *c, int kind, const char *id) {
+    return pipe_add(sv, c, kind, id, NULL);
+}
+
+int svc_pipe_add(service *sv, const rcmd *c) { return pipe_add(sv, c, TAG_NONE, NULL, NULL); }
+
+int svc_pipe_add_admit(service *sv, const rcmd *c, job *j) { return pipe_add(sv, c, TAG_ADMIT, j->id, j); }
+
+/* Stop running a job here without writing anything more, and without XACK:
+ * another worker admitted it after us (or ended it), so its entry is theirs
+ * now; or a chunk of ours was not written, and going on would leave a gap in
+ * its seqs, so the entry, no longer refreshed, is claimed again after
+ * --claim-idle-ms and the job resumed from what its stream holds. */
+static void job_drop(service *sv, const char *id, const char *why) {
+    for (job **pp = &sv->jobs; *pp; pp = &(*pp)->next) {
+        job *j = *pp;
+        if (strcmp(j->id, id)) continue;
+        if (why) log_warn("job %s: a chunk was not written (%s): dropped here, to be resumed", id, why);
+        else log_warn("job %s: taken over by another worker (attempt %lld of ours is superseded): dropped here", id,
+                      j->attempt);
+        *pp = j->next;
+        sv->n_jobs--;
+        if (!j->done) sched_finish(sv->sch, &j->s, FINISH_ERROR);
+        svc_job_free(j);
+        return;
+    }
+}
+
+/* Act on one reply of the pipeline.  Returns 1 when it kept r (an admit
+ * reply, handed to its job), 0 when the caller frees it. */
+static int pipe_reply(service *sv, const pipe_tag *t, redisReply *r) {
+    if (!r) return 0;
+    if (t->kind == TAG_ADMIT) { /* admission.c reads it, errors included */
+        t->admit->admit_reply = r;
+        return 1;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        if (t->kind == TAG_CHUNK) job_drop(sv, t->id, r->str);
+        else if (t->id[0]) log_warn("redis: %s (job %s)", r->str, t->id);
+        else log_warn("redis: %s", r->str);
+        return 0;
+    }
+    switch (t->kind) {
+    case TAG_CHUNK:
+        if (r->type == REDIS_REPLY_INTEGER && r->integer == JOBOPS_FENCED) job_drop(sv, t->id, NULL);
+        break;
+    case TAG_FINAL:
+        if (r->type == REDIS_REPLY_INTEGER && r->integer == JOBOPS_FENCED)
+            log_warn("job %s: not ended here: another worker took it over or ended it", t->id);
+        break;
+    case TAG_CANCEL_FLAG:
+        if (r->type == REDIS_REPLY_STRING && !strcmp(r->str, "1")) {
+            job *j = svc_job_find(sv, t->id);
+            if (j && !j->done) {
+                log_info("job %s: cancelled", j->id);
+                sched_finish(sv->sch, &j->s, FINISH_CANCELLED);
+            }
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+/* Read every queued reply and act on it (pipe_reply).  Error replies are
+ * logged; a later step retries what matters (claims are refreshed again);
+ * a chunk that was not written drops its job here (job_drop). */
+llmq_status svc_pipe_flush(service *sv, llmq_err *err) {
+    for (int i = 0; i < sv->pipe_pending; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(sv->rc, (void **)&r) != REDIS_OK) {
+            sv->pipe_pending = 0;
+            return llmq_err_set(err, LLMQ_ERR_IO, "redis: %s", sv->rc->errstr);
+        }
+        if (!pipe_reply(sv, &sv->tags[i], r)) freeReplyObject(r);
+    }
+    sv->pipe_pending = 0;
+    return LLMQ_OK;
+}
+
+llmq_status svc_pipe_send(service *sv, llmq_err *err) {
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(sv->rc, &done) != REDIS_OK)
+            return llmq_err_set(err, LLMQ_ERR_IO, "redis: %s", sv->rc->errstr);
+    return LLMQ_OK;
+}
+
+/* One command, its reply (caller frees); NULL with err on failure. */
+redisReply *svc_call(service *sv, const rcmd *c, llmq_err *err) {
+    if (svc_pipe_flush(sv, err)) return NULL;
+    return rconn_call(sv->rc, c, err);
+}
+
+/* ------------------------------------------------------------ chunks */
+
+/* Encode a chunk into sv->buf. */
+static llmq_status encode_chunk(service *sv, const job *j, const char *text, size_t len, const char *finish,
+                                const char *error, int error_status) {
+    proto_chunk c;
+    proto_chunk_init(&c);
+    c.seq = j->next_seq;
+    c.text = (char *)text;
+    c.text_len = len;
+    c.ids = j->step_ids;
+    c.n_ids = (size_t)j->n_step_ids;
+    if (j->want_lp) {
+        c.has_lp = 1;
+        c.lp = j->step_lp;
+        for (int i = 0; i < j->n_step_ids; i++)
+            j->step_lp[i].top = j->step_top ? j->step_top + (size_t)i * j->s.logprobs : NULL;
+    }
+    c.finish = (char *)finish;
+    if (finish) {
+        c.has_usage = 1;
+        c.usage.prompt_tokens = j->s.n_prompt;
+        c.usage.completion_tokens = j->s.tokens ? seq_n_generated(&j->s) : 0;
+        c.error = (char *)error;
+        if (error) c.error_status = error_status;
+    }
+    proto_buf_reset(&sv->buf);
+    return proto_chunk_encode(&c, &sv->buf, NULL);
+}
+
+/* The chunk in sv->buf: appended and published, fenced on our admission. */
+static int add_chunk(service *sv, const job *j) {
+    rcmd c;
+    jobops_keys kb;
+    jobops_chunk(&c, &kb, &sv->keys, j->id, j->attempt, sv->buf.data, sv->buf.len);
+    return svc_pipe_add_tagged(sv, &c, TAG_CHUNK, j->id);
+}
+
+static const char *state_for(const char *finish) {
+    if (!strcmp(finish, "stop") || !strcmp(finish, "length")) return "done";
+    if (!strcmp(finish, "cancelled")) return "cancelled";
+    if (!strcmp(finish, "deadline")) return "expired";
+    return "failed";
+}
+
+int svc_add_final(service *sv, const job *j, const char *entry, const char *text, size_t len, const char *finish,
+                  const char *error, int error_status, int dead) {
+    rcmd c;
+    jobops_keys kb;
+    if (encode_chunk(sv, j, text, len, finish, error, error_status)) {
+        log_error("job %s: cannot encode its final chunk (out of memory): its entry stays pending, to be claimed "
+                  "again", j->id);
+        return -1;
+    }
+    jobops_final f = {state_for(finish), finish, now_ms(), j->s.n_prompt, j->s.tokens ? seq_n_generated(&j->s) : 0,
+                      error, dead};
+    jobops_finish(&c, &kb, &sv->keys, j->id, sv->o.model_name, entry, j->attempt, &f, sv->o.result_ttl_s,
+                  sv->buf.data, sv->buf.len);
+    if (svc_pipe_add_tagged(sv, &c, TAG_FINAL, j->id)) return -1;
+    metric_inc(metric_get(sv->f_success, finish), 1);
+    sv->finals++;
+    return 0;
+}
+
+void svc_fail_early(service *sv, const char *id, const char *entry, long long attempt, int64_t next_seq, const char *why,
+                    int status, int dead) {
+    log_warn("job %s failed: %s", id, why);
+    if (keys_id_valid(id)) {
+        job tmp;
+        memset(&tmp, 0, sizeof tmp);
+        snprintf(tmp.id, sizeof tmp.id, "%s", id);
+        tmp.attempt = attempt;
+        tmp.next_seq = next_seq;
+        svc_add_final(sv, &tmp, entry, "", 0, "error", why, status, dead);
+        return;
+    }
+    /* no usable id: no job to end, only the entry to ack and record */
+    rcmd c;
+    jobops_keys kb;
+    if (entry) {
+        jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, entry);
+        svc_pipe_add(sv, &c);
+    }
+    if (dead) {
+        jobops_dead(&c, &kb, &sv->keys, sv->o.model_name, id, entry, why);
+        svc_pipe_add(sv, &c);
+    }
+}
+
+/* ------------------------------------------------------------ publishing */
+
+/* After a step: one chunk per job that produced ids; the final script for
+ * each finished job (which is then freed).  j->pending holds exactly the
+ * text that is final; a resumed job first drops the bytes an earlier
+ * attempt already published.  A job that cannot go on (j->error, or a
+ * chunk that cannot be built) ends failed with the reason, its last ids in
+ * the final chunk: a chunk is never sent short, nor its seq skipped. */
+void svc_publish(service *sv) {
+    job **pp = &sv->jobs;
+    while (*pp) {
+        job *j = *pp;
+        if (!j->done && j->n_step_ids == 0 && !j->error) {
+            pp = &j->next;
+            continue;
+        }
+        if (j->error && !j->done) sched_finish(sv->sch, &j->s, FINISH_ERROR); /* sets done */
+        if (j->stop_hit && !j->done) sched_finish(sv->sch, &j->s, FINISH_STOP);
+        if (j->done) svc_job_text_finish(j);
+        const size_t skip = j->skip < j->pending.len ? j->skip : j->pending.len;
+        j->skip -= skip;
+        const char *text = (j->pending.data ? j->pending.data : "") + skip;
+        const size_t len = j->pending.len - skip;
+        if (!j->done) {
+            if (!encode_chunk(sv, j, text, len, NULL, NULL, 0) && !add_chunk(sv, j)) {
+                j->next_seq++;
+                j->n_step_ids = 0;
+                j->pending.len = 0;
+                pp = &j->next;
+                continue;
+            }
+            j->error = "out of memory: the worker cannot build the job's next chunk";
+            sched_finish(sv->sch, &j->s, FINISH_ERROR);
+        }
+        const char *fin = j->error ? "error" : j->stop_hit ? "stop" : finish_reason_name(j->s.finish);
+        if (j->error) log_warn("job %s failed: %s", j->id, j->error);
+        svc_add_final(sv, j, j->entry, text, len, fin, j->error, 500, 0);
+        *pp = j->next;
+        sv->n_jobs--;
+        svc_job_free(j);
+    }
+}
