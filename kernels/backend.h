@@ -195,6 +195,13 @@ typedef struct be_ops {
      * eagerly, where an op's error shows as usual.  NULL: no graphs (CPU backends). */
     int (*graph_begin)(llmq_backend *be, uint64_t key);
     int (*graph_end)(llmq_backend *be);
+
+    /* lifetime ------------------------------------------------------------
+     * Free the backend and everything it still owns (scratch, streams,
+     * library handles); buffers and weights it handed out are the caller's
+     * to free before.  Every backend sets it: llmq_backend_destroy calls
+     * it, so that no code outside a backend knows how one is freed. */
+    void (*destroy)(llmq_backend *be);
 } be_ops;
 
 enum { BE_GRAPH_EAGER = 0, BE_GRAPH_RECORDING, BE_GRAPH_REPLAYED };
@@ -213,6 +220,7 @@ struct llmq_backend {
  * unavailable backend.  Ownership: the caller destroys it.
  */
 llmq_backend *llmq_backend_create(const char *name, llmq_err *err);
+/* be->ops->destroy(be); NULL is a no-op. */
 void llmq_backend_destroy(llmq_backend *be);
 
 #endif
