@@ -25,7 +25,8 @@
  *  - Results of a row never depend on the other rows of the batch: the same
  *    token computed alone or in a batch of 64 gives bitwise the same values.
  *    This is what makes seeded sampling reproducible whatever the batch, and
- *    a resumed job continue exactly where it stopped (DESIGN.md §3).
+ *    a resumed job continue exactly where it stopped (docs/architecture.md,
+ *    "Invariants that make the system exact").
  */
 #ifndef LLMQ_BACKEND_H
 #define LLMQ_BACKEND_H
