@@ -1,27 +1,35 @@
 /*
  * comm.h — the communicator of a tensor-parallel worker group: the
  * collectives the engine needs between its ranks (one process per rank,
- * DESIGN.md §4), behind one small table of operations.
+ * docs/architecture.md "Tensor parallelism"), behind one small table of
+ * operations.
  *
- * Implementations
- *   comm_single   world 1: every op returns at once, nothing is copied.
- *   comm_shm      CPU ranks on one host, separate processes, POSIX shared
- *                 memory (worker/comm/comm_shm.c).
- *   comm_tcp      ranks on several hosts (a group started rank by rank,
- *                 `--rank R --group G`): a TCP connection from every peer
- *                 to the leader (worker/comm/comm_tcp.c).
- *   NCCL          GPU ranks (kernels/cuda, built by `make cuda`; not here).
+ * Implementations (ops->name)
+ *   "single"  world 1 (worker/comm/comm_single.c): nothing moves between
+ *             ranks; all_gather copies send to recv unless in place.
+ *   "shm"     CPU ranks on one host, separate processes, POSIX shared
+ *             memory (worker/comm/comm_shm.c).
+ *   "tcp"     ranks on several hosts (a group started rank by rank,
+ *             `--rank R --group G`): a TCP connection from every peer to
+ *             the leader (worker/comm/comm_tcp.c).
+ *   "nccl"    the activations of GPU ranks (kernels/cuda/comm_nccl.cu, built
+ *             by `make cuda`), formed over one of the above by the CUDA
+ *             backend's be_ops.group_comm; its limits are in comm_nccl.h
+ *             (a dead rank is seen at the deadline, unnamed; abort is local).
+ * The CPU communicators share their abort record, their error messages and
+ * their rank-order sum (worker/comm/comm_util.h).
  *
  * Conventions every implementation keeps
  *  - Collective: every rank calls the same ops in the same order with the
  *    same count / dtype / root.  A rank that calls something else gets an
- *    error (shm: LLMQ_ERR_INTERNAL naming both calls), never silent garbage.
- *  - Memory: CPU communicators take host pointers and return when the
- *    result is in place.  The NCCL communicator takes *device* pointers and
- *    enqueues on c->stream (a cudaStream_t set by its creator); its errors
- *    and timeouts show up at the op or at the next one (ncclCommGetAsyncError
- *    polled against the deadline, then ncclCommAbort).  Check c->device_mem
- *    against the backend before passing buffers.
+ *    error (shm, tcp: LLMQ_ERR_INTERNAL naming both calls), never silent
+ *    garbage.
+ *  - Memory: CPU communicators take host pointers.  The NCCL communicator
+ *    takes *device* pointers (host pointers are staged through device
+ *    memory) and enqueues on c->stream (a cudaStream_t set by its creator),
+ *    polling ncclCommGetAsyncError against the deadline, then
+ *    ncclCommAbort.  Every op returns when the result is in place.  Check
+ *    c->device_mem against the backend before passing buffers.
  *  - Results are deterministic and bitwise identical on every rank:
  *    all_reduce_sum adds in rank order 0..world-1 for every element
  *    ((x0 + x1) + x2 ...), whatever the arrival order or the algorithm.
@@ -74,7 +82,7 @@ static inline const char *comm_dtype_name(comm_dtype dt) {
 typedef struct llmq_comm llmq_comm;
 
 typedef struct comm_ops {
-    const char *name; /* "single", "shm", "nccl" */
+    const char *name; /* "single", "shm", "tcp", "nccl" */
 
     /* buf[0..count) = sum over ranks of every rank's buf[0..count), in place.
      * dt is COMM_F32 or COMM_I32; COMM_F16/COMM_BF16 on device communicators

@@ -14,6 +14,7 @@
 
 #include "common/jobops.h"
 #include "common/log.h"
+#include "common/utf8.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 #define SSE_HEARTBEAT 15.0 /* s between SSE comments on a quiet stream */
@@ -24,24 +25,6 @@ int64_t gw_now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-size_t gw_utf8_seq(const unsigned char *s, size_t n) {
-    size_t len;
-    unsigned min;
-    unsigned cp;
-    if (s[0] < 0x80) return 1;
-    if ((s[0] & 0xe0) == 0xc0) len = 2, min = 0x80, cp = s[0] & 0x1f;
-    else if ((s[0] & 0xf0) == 0xe0) len = 3, min = 0x800, cp = s[0] & 0x0f;
-    else if ((s[0] & 0xf8) == 0xf0) len = 4, min = 0x10000, cp = s[0] & 0x07;
-    else return 0;
-    if (len > n) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
-    return len;
-}
-
 json_t *gw_json_text(const char *s, size_t n) {
     if (!s) return json_string("");
     json_t *v = json_stringn(s, n);
@@ -49,7 +32,7 @@ json_t *gw_json_text(const char *s, size_t n) {
     proto_buf b;
     proto_buf_init(&b);
     for (size_t i = 0; i < n;) {
-        size_t k = gw_utf8_seq((const unsigned char *)s + i, n - i);
+        size_t k = llmq_utf8_seq(s + i, n - i);
         if (k) {
             proto_buf_append(&b, s + i, k);
             i += k;

@@ -138,8 +138,6 @@ void gw_ensure_groups(gw *g);
 /* A JSON string of n bytes of text; invalid UTF-8 sequences become U+FFFD
  * (jansson refuses them, and a client must never get invalid JSON). */
 json_t *gw_json_text(const char *s, size_t n);
-/* Length of the valid UTF-8 sequence at s[0..n) (n >= 1), or 0 when it is not one. */
-size_t gw_utf8_seq(const unsigned char *s, size_t n);
 
 /* ---------------------------------------------------------------- time */
 int64_t gw_now_ms(void);

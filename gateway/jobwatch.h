@@ -1,6 +1,7 @@
 /*
  * jobwatch.h — follow a job's output: every chunk from a given seq on, in
- * order, each exactly once, the last one carrying `finish` (DESIGN §5).
+ * order, each exactly once, the last one carrying `finish` (docs/protocol.md,
+ * "Reading output").
  *
  * How: one pub/sub subscription per job id with watchers (shared by all of
  * them), and a catch-up read of the output stream (XRANGE) for each watcher

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 
+#include "common/utf8.h"
 #include "gateway/gw.h"
 
 /* JSON number of a logprob: -inf (and anything below) is -9999.0. */
@@ -26,7 +27,7 @@ static json_t *lp_token_string(const proto_token_lp *t) {
     proto_buf out;
     proto_buf_init(&out);
     for (size_t i = 0; i < n;) {
-        size_t k = gw_utf8_seq(b + i, n - i);
+        size_t k = llmq_utf8_seq(t->bytes + i, n - i);
         if (k) {
             proto_buf_append(&out, b + i, k);
             i += k;

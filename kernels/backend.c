@@ -1,4 +1,5 @@
-/* backend.c — dtype helpers and backend selection by name (see backend.h). */
+/* backend.c — dtype helpers and backend selection by name (see backend.h);
+ * each backend frees itself (be_ops.destroy). */
 #include "kernels/backend.h"
 
 #include <stdlib.h>
@@ -49,13 +50,5 @@ llmq_backend *llmq_backend_create(const char *name, llmq_err *err) {
 }
 
 void llmq_backend_destroy(llmq_backend *be) {
-    if (!be) return;
-    if (be->ops && !strncmp(be->ops->name, "cpu", 3)) {
-        cpu_backend_destroy(be);
-        return;
-    }
-#ifdef LLMQ_WITH_CUDA
-    void cuda_backend_destroy(llmq_backend *b);
-    cuda_backend_destroy(be);
-#endif
+    if (be) be->ops->destroy(be);
 }

@@ -25,7 +25,8 @@
  *  - Results of a row never depend on the other rows of the batch: the same
  *    token computed alone or in a batch of 64 gives bitwise the same values.
  *    This is what makes seeded sampling reproducible whatever the batch, and
- *    a resumed job continue exactly where it stopped (DESIGN.md §3).
+ *    a resumed job continue exactly where it stopped (docs/architecture.md,
+ *    "Invariants that make the system exact").
  */
 #ifndef LLMQ_BACKEND_H
 #define LLMQ_BACKEND_H
@@ -195,6 +196,13 @@ typedef struct be_ops {
      * eagerly, where an op's error shows as usual.  NULL: no graphs (CPU backends). */
     int (*graph_begin)(llmq_backend *be, uint64_t key);
     int (*graph_end)(llmq_backend *be);
+
+    /* lifetime ------------------------------------------------------------
+     * Free the backend and everything it still owns (scratch, streams,
+     * library handles); buffers and weights it handed out are the caller's
+     * to free before.  Every backend sets it: llmq_backend_destroy calls
+     * it, so that no code outside a backend knows how one is freed. */
+    void (*destroy)(llmq_backend *be);
 } be_ops;
 
 enum { BE_GRAPH_EAGER = 0, BE_GRAPH_RECORDING, BE_GRAPH_REPLAYED };
@@ -213,6 +221,7 @@ struct llmq_backend {
  * unavailable backend.  Ownership: the caller destroys it.
  */
 llmq_backend *llmq_backend_create(const char *name, llmq_err *err);
+/* be->ops->destroy(be); NULL is a no-op. */
 void llmq_backend_destroy(llmq_backend *be);
 
 #endif

@@ -34,8 +34,9 @@ LIBS = ["-lpcre2-8", "-lutf8proc", "-ljansson", "-lxxhash", "-lm"]
 
 
 def build(out):
-    srcs = ([ROOT / "tools" / "bench_tokenizer.c", ROOT / "worker" / "tokenizer.c", ROOT / "common" / "status.c"]
-            + sorted((ROOT / "worker").glob("tok_*.c")))
+    tok = ROOT / "worker" / "tokenizer"
+    srcs = ([ROOT / "tools" / "bench_tokenizer.c", tok / "tokenizer.c", ROOT / "common" / "status.c",
+             ROOT / "common" / "utf8.c"] + sorted(tok.glob("tok_*.c")))
     cc = os.environ.get("CC", "cc")
     subprocess.run([cc, *CFLAGS, *map(str, srcs), "-o", str(out), *LIBS], check=True)
 

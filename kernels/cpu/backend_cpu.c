@@ -117,6 +117,15 @@ int cpu_scratch_reserve(cpu_impl *impl, size_t n) {
     return 0;
 }
 
+/* be_ops.destroy of both tables: the scratch, the state, the backend. */
+static void cpu_destroy(llmq_backend *be) {
+    cpu_impl *impl = be->impl;
+    for (int t = 0; t < impl->n_threads; t++) free(impl->scratch[t]);
+    free(impl->scratch);
+    free(impl);
+    free(be);
+}
+
 static const be_ops cpu_fast_ops = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -139,6 +148,7 @@ static const be_ops cpu_fast_ops = {
     .add = cpu_add,
     .layernorm = cpu_layernorm,
     .gelu = cpu_gelu,
+    .destroy = cpu_destroy,
 };
 
 static const be_ops cpu_ref_ops = {
@@ -163,6 +173,7 @@ static const be_ops cpu_ref_ops = {
     .add = cpu_add,
     .layernorm = cpu_layernorm_ref,
     .gelu = cpu_gelu_ref,
+    .destroy = cpu_destroy,
 };
 
 llmq_backend *cpu_backend_create(int reference, llmq_err *err) {
@@ -184,15 +195,4 @@ llmq_backend *cpu_backend_create(int reference, llmq_err *err) {
     be->act_dt = LLMQ_F32;
     be->impl = impl;
     return be;
-}
-
-void cpu_backend_destroy(llmq_backend *be) {
-    if (!be) return;
-    cpu_impl *impl = be->impl;
-    if (impl) {
-        for (int t = 0; t < impl->n_threads; t++) free(impl->scratch[t]);
-        free(impl->scratch);
-        free(impl);
-    }
-    free(be);
 }

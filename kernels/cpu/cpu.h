@@ -27,8 +27,8 @@ typedef struct cpu_impl {
     size_t scratch_cap;
 } cpu_impl;
 
+/* The "cpu" (reference 0) or "cpu-ref" (1) backend; freed by its ops' destroy. */
 llmq_backend *cpu_backend_create(int reference, llmq_err *err);
-void cpu_backend_destroy(llmq_backend *be);
 
 /* Make sure every thread's scratch holds at least n floats (call outside omp). */
 int cpu_scratch_reserve(cpu_impl *impl, size_t n);

@@ -227,6 +227,8 @@ static llmq_comm *cu_group_comm(llmq_backend *be, llmq_comm *host, llmq_err *err
     return comm_nccl_create(msg + 1, host->rank, host->world, host->timeout_ms, cuda_backend_stream(be), err);
 }
 
+static void cu_destroy(llmq_backend *be);
+
 static const be_ops cuda_ops = {
     .name = "cuda",
     .alloc = cu_alloc,
@@ -253,6 +255,7 @@ static const be_ops cuda_ops = {
     .mem_info = cu_mem_info,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
+    .destroy = cu_destroy,
 };
 
 /* ------------------------------------------------------------ lifetime */
@@ -358,14 +361,15 @@ extern "C" llmq_backend *cuda_backend_create(llmq_err *err) {
     if (e != cudaSuccess || bs != CUBLAS_STATUS_SUCCESS) {
         llmq_err_set(err, LLMQ_ERR_BACKEND, "cuda backend on %s: %s failed: %s", impl->name, what,
                      e != cudaSuccess ? cudaGetErrorString(e) : cublasGetStatusString(bs));
-        cuda_backend_destroy(be);
+        cu_destroy(be);
         return NULL;
     }
     return be;
 }
 
-extern "C" void cuda_backend_destroy(llmq_backend *be) {
-    if (!be) return;
+/* be_ops.destroy: waits for the stream, then frees what create made (also
+ * after a create that failed half-way: every handle is checked). */
+static void cu_destroy(llmq_backend *be) {
     cuda_impl *impl = cuda_impl_of(be);
     if (impl) {
         if (impl->stream) cudaStreamSynchronize(impl->stream);

@@ -38,7 +38,6 @@ extern "C" {
  * usable device ("no CUDA device: ..."), or when cuBLAS cannot start.
  * Ownership: the caller destroys it with llmq_backend_destroy(). */
 llmq_backend *cuda_backend_create(llmq_err *err);
-void cuda_backend_destroy(llmq_backend *be);
 
 /* The cudaStream_t every op of be is enqueued on. */
 void *cuda_backend_stream(llmq_backend *be);

@@ -3,7 +3,8 @@
  * backend (plain loops), on many shapes: results must be finite, agree within
  * abs + rel tolerance, and never write outside their outputs (sentinels).
  * Also the batch-invariance promise of backend.h: a row computed alone and
- * inside a batch is bitwise the same.
+ * inside a batch is bitwise the same, and the lifetime rule: a backend is
+ * freed by its own ops table (be_ops.destroy).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu.h"
 #include "tests/unit/testutil.h"
 
 #define SENTINEL 12345.678f
@@ -274,12 +276,44 @@ static void test_kv_store_and_embed(void **st) {
     assert_memory_equal(out + 4, tf, 4 * sizeof(float));
 }
 
+/* llmq_backend_destroy goes through the table, whatever the backend's name
+ * (this one's starts with "cpu" but is not the CPU backend); NULL is a no-op.
+ * Under SANITIZER=address the real backends' scratch must be freed too. */
+static int fake_destroyed;
+static void fake_destroy(llmq_backend *be) {
+    fake_destroyed++;
+    free(be);
+}
+
+static void test_destroy_through_ops(void **st) {
+    (void)st;
+    llmq_backend_destroy(NULL);
+    static const be_ops fake_ops = {.name = "cpu-fake", .destroy = fake_destroy};
+    llmq_backend *be = calloc(1, sizeof *be);
+    assert_non_null(be);
+    be->ops = &fake_ops;
+    llmq_backend_destroy(be);
+    assert_int_equal(fake_destroyed, 1);
+
+    const char *names[] = {"cpu", "cpu-ref"};
+    for (int i = 0; i < 2; i++) {
+        llmq_err err = {0};
+        llmq_backend *b = llmq_backend_create(names[i], &err);
+        assert_non_null(b);
+        assert_string_equal(b->ops->name, names[i]);
+        assert_non_null(b->ops->destroy);
+        assert_int_equal(cpu_scratch_reserve(b->impl, 4096), 0); /* something to free */
+        llmq_backend_destroy(b);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_norms_rope_swiglu),
         cmocka_unit_test(test_attention_paged),
         cmocka_unit_test(test_kv_store_and_embed),
+        cmocka_unit_test(test_destroy_through_ops),
     };
     return cmocka_run_group_tests_name("cpu_ops", tests, setup, teardown);
 }

@@ -1,5 +1,5 @@
 /*
- * test_comm.c — the communicators of worker/comm.h.
+ * test_comm.c — the communicators of worker/comm/ (common/comm.h).
  *
  * Every multi-rank case forks real processes (one per rank, as llmq-worker
  * --tp N runs them) that meet in a fresh shm segment.  Children never touch
@@ -17,7 +17,10 @@
  *  - a rank that stalls: the others time out naming it, it learns why;
  *  - abort from a peer and from another thread wakes the waiters at once;
  *  - stale / future generation and wrong world refused, collective mismatch
- *    reported, bad configurations, the segment unlinked, world 1.
+ *    reported, bad configurations, the segment unlinked, world 1;
+ *  - the pieces the communicators share (comm_util.h): the rank-order sum
+ *    where another order gives other bits, the abort record's first-writer
+ *    rule and the cut of a long cause.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -39,6 +42,7 @@
 #include <unistd.h>
 
 #include "common/comm.h"
+#include "worker/comm/comm_util.h"
 
 #define MAXW 8
 #define MAXCASES 128
@@ -965,8 +969,99 @@ static void test_shm_world1(void **st) {
     comm_destroy(c);
 }
 
+/* ------------------------------------------------------------ comm_util */
+
+/* (1e8 + 1) - 1e8 is 0 in float (1e8 + 1 rounds to 1e8), (1e8 - 1e8) + 1
+ * is 1: the sum follows the order of src.  Long enough to cross the sum's blocks, into a second
+ * destination and in place over src[0] as the TCP leader sums. */
+static void test_util_sum_rank_order(void **st) {
+    (void)st;
+    enum { N = 1300 };
+    static float a[N], b[N], c[N], out[N], out2[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = 1e8f;
+        b[i] = 1.0f;
+        c[i] = -1e8f;
+    }
+    const void *src[3] = {a, b, c};
+    comm_sum_rank_order(COMM_F32, out, out2, src, 3, N);
+    for (int i = 0; i < N; i++) {
+        assert_true(out[i] == 0.0f);
+        assert_true(out2[i] == 0.0f);
+    }
+    const void *rev[3] = {a, c, b};
+    comm_sum_rank_order(COMM_F32, out, NULL, rev, 3, N);
+    assert_true(out[0] == 1.0f && out[N - 1] == 1.0f);
+    comm_sum_rank_order(COMM_F32, a, NULL, src, 3, N); /* in place over src[0] */
+    for (int i = 0; i < N; i++) assert_true(a[i] == 0.0f);
+
+    uint32_t x[3] = {0xFFFFFFFFu, 7, 0x80000000u}, y[3] = {2, 1, 0x80000000u}, z[3];
+    const void *isrc[2] = {x, y};
+    comm_sum_rank_order(COMM_I32, z, NULL, isrc, 2, 3); /* wraps modulo 2^32 */
+    assert_int_equal(z[0], 1);
+    assert_int_equal(z[1], 8);
+    assert_int_equal(z[2], 0);
+}
+
+/* comm_fail_record with its arguments, as a communicator's fail() calls it. */
+__attribute__((format(printf, 7, 8))) static llmq_status util_fail(llmq_err *err, comm_abort_rec *rec, int rank,
+                                                                   const char *what, size_t reason_max,
+                                                                   llmq_status code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    llmq_status st = comm_fail_record(err, rec, rank, what, reason_max, code, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+static void test_util_abort_record(void **st) {
+    (void)st;
+    comm_abort_rec rec;
+    memset(&rec, 0, sizeof rec);
+    llmq_err err = {0};
+    char longcause[600];
+    memset(longcause, 'x', sizeof longcause - 1);
+    longcause[sizeof longcause - 1] = '\0';
+
+    /* The record keeps "(<what>)" whole however long the cause, within the
+     * transport's limit; this rank's own error keeps its longer cause. */
+    llmq_status code = LLMQ_ERR_TIMEOUT;
+    assert_int_equal(util_fail(&err, &rec, 2, "all_reduce_sum #7", 256, code, "%s", longcause), code);
+    assert_int_equal(err.code, LLMQ_ERR_TIMEOUT);
+    assert_true(!strncmp(err.msg, "comm rank 2: all_reduce_sum #7: xxx", 35));
+    assert_int_equal(atomic_load(&rec.state), 2);
+    assert_int_equal(rec.rank, 2);
+    assert_int_equal(rec.code, LLMQ_ERR_TIMEOUT);
+    assert_int_equal(strlen(rec.msg), 255);
+    const char *tail = " (all_reduce_sum #7)";
+    assert_string_equal(rec.msg + 255 - strlen(tail), tail);
+
+    /* First writer wins: a later failure or abort leaves the record alone. */
+    llmq_err err2 = {0};
+    util_fail(&err2, &rec, 1, "barrier #8", 256, LLMQ_ERR_IO, "rank %d left", 3);
+    assert_string_equal(err2.msg, "comm rank 1: barrier #8: rank 3 left");
+    assert_int_equal(comm_abort_rec_set(&rec, 0, LLMQ_ERR_IO, "late"), 0);
+    assert_int_equal(rec.rank, 2);
+
+    /* Every rank's error names the first cause and keeps its code. */
+    llmq_err err3 = {0};
+    assert_int_equal(comm_fail_from_abort(&err3, &rec, 0, "broadcast #9"), LLMQ_ERR_TIMEOUT);
+    assert_true(!strncmp(err3.msg, "comm rank 0: broadcast #9: group aborted by rank 2: xxx", 55));
+
+    /* Defaults: no reason is "abort", no code is an I/O error. */
+    comm_abort_rec r2;
+    memset(&r2, 0, sizeof r2);
+    assert_int_equal(comm_abort_rec_set(&r2, 3, LLMQ_OK, ""), 1);
+    assert_string_equal(r2.msg, "abort");
+    assert_int_equal(r2.code, LLMQ_ERR_IO);
+    assert_int_equal(comm_fail_from_abort(&err3, &r2, 1, "barrier #1"), LLMQ_ERR_IO);
+    assert_string_equal(err3.msg, "comm rank 1: barrier #1: group aborted by rank 3: abort");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_util_sum_rank_order),
+        cmocka_unit_test(test_util_abort_record),
         cmocka_unit_test(test_single),
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_shm_world1),

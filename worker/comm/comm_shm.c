@@ -30,15 +30,16 @@
  *
  * Failure.  Any error on any rank (timeout, dead peer, bad argument, two
  * ranks in different collectives) aborts the group: the first writer of the
- * abort record (state 0 -> 1 -> 2) stores its rank, code and cause, then
- * bumps every bell.  Waiters check the record every iteration, so all ranks
+ * abort record in the header (comm_util.h) stores its rank, code and
+ * cause, then bumps every bell.  Waiters check the record every iteration, so all ranks
  * fail within a slice with the same cause.  The communicator then stays
  * failed (c->err).
  *
  * Determinism.  all_reduce_sum adds element i as ((x_0 + x_1) + x_2) + ...
- * in rank order on exactly one path: one-shot (every rank sums all inputs
- * itself) or reduce-scatter (rank p sums part p of a chunk, the others copy
- * it).  Both give the same bits on every rank, whatever the arrival order.
+ * (comm_sum_rank_order) on exactly one path: one-shot (every rank sums all
+ * inputs itself) or reduce-scatter (rank p sums part p of a chunk, the
+ * others copy it).  Both give the same bits on every rank, whatever the
+ * arrival order.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -58,6 +59,7 @@
 #include <unistd.h>
 
 #include "common/comm.h"
+#include "worker/comm/comm_util.h"
 
 #define SHM_MAGIC 0x4d43514cu /* "LQCM" */
 #define SHM_VERSION 1u
@@ -83,11 +85,11 @@ typedef struct shm_hdr {
     uint64_t data_off;           /* offset of buffer (rank 0, parity 0) */
     uint64_t total_bytes;        /* size of the segment */
     uint64_t oneshot_max;        /* all_reduce bytes done in one round (same on all ranks) */
-    _Atomic uint32_t abort_state;/* 0 none, 1 being written, 2 published */
-    int32_t abort_rank;          /* valid when abort_state == 2 */
-    int32_t abort_code;          /* llmq_status of the cause */
-    char abort_msg[384];         /* the cause, NUL-terminated */
+    comm_abort_rec abort;        /* the group's abort record (comm_util.h) */
 } shm_hdr;
+
+/* Version 1 of the segment: the record replaced four fields of this layout. */
+_Static_assert(sizeof(comm_abort_rec) == 4 + 4 + 4 + 384, "abort record layout");
 
 /* One rank's shared state.  The first line is written by its owner only,
  * the second by the others (bell); they are kept apart so that ringing a
@@ -197,46 +199,25 @@ static void ring(shm_rank *r, int all) {
  * Touches only the shared segment and immutable fields of s, so any thread
  * may call it while another runs a collective.  No allocation, no stdio. */
 static void group_abort(shm_comm *s, llmq_status code, const char *cause) {
-    shm_hdr *h = s->hdr;
-    uint32_t expect = 0;
-    if (atomic_compare_exchange_strong(&h->abort_state, &expect, 1)) {
-        h->abort_rank = s->c.rank;
-        h->abort_code = (int32_t)code;
-        size_t i = 0;
-        for (; cause && cause[i] && i + 1 < sizeof h->abort_msg; i++) h->abort_msg[i] = cause[i];
-        h->abort_msg[i] = '\0';
-        atomic_store(&h->abort_state, 2);
-    }
+    comm_abort_rec_set(&s->hdr->abort, s->c.rank, code, cause);
     for (int q = 0; q < s->c.world; q++) ring(&s->ranks[q], 1);
 }
 
 /* Turn the group's abort record into this rank's error. */
 static llmq_status fail_from_abort(shm_comm *s) {
-    shm_hdr *h = s->hdr;
-    const char *what = op_what(s);
-    uint64_t until = now_ns() + 50000000ull; /* the writer only copies a string */
-    while (atomic_load(&h->abort_state) == 1 && now_ns() < until) cpu_relax();
-    if (atomic_load(&h->abort_state) != 2)
-        return llmq_err_set(&s->c.err, LLMQ_ERR_IO, "comm rank %d: %s: group aborted (no reason recorded)",
-                            s->c.rank, what);
-    llmq_status code = h->abort_code ? (llmq_status)h->abort_code : LLMQ_ERR_IO;
-    return llmq_err_set(&s->c.err, code, "comm rank %d: %s: group aborted by rank %d: %s", s->c.rank,
-                        what, h->abort_rank, h->abort_msg);
+    return comm_fail_from_abort(&s->c.err, &s->hdr->abort, s->c.rank, op_what(s));
 }
 
-/* Record a failure of this rank ("comm rank R: <what>: <cause>") and abort
- * the group with the cause "<cause> (<what>)" (the record keeps R). */
+/* Record a failure of this rank ("comm rank R: <what>: <cause>"), abort
+ * the group with the cause "<cause> (<what>)" (the record keeps R) and
+ * wake every rank. */
 __attribute__((format(printf, 3, 4)))
 static llmq_status fail(shm_comm *s, llmq_status code, const char *fmt, ...) {
-    const char *what = op_what(s);
-    char cause[320], rec[sizeof cause + 80];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(cause, sizeof cause, fmt, ap);
+    comm_fail_record(&s->c.err, &s->hdr->abort, s->c.rank, op_what(s), COMM_ABORT_MSG, code, fmt, ap);
     va_end(ap);
-    snprintf(rec, sizeof rec, "%s (%s)", cause, what);
-    llmq_err_set(&s->c.err, code, "comm rank %d: %s: %s", s->c.rank, what, cause);
-    group_abort(s, code, rec);
+    for (int q = 0; q < s->c.world; q++) ring(&s->ranks[q], 1);
     return code;
 }
 
@@ -337,7 +318,7 @@ static llmq_status wait_round(shm_comm *s, int timeout_ms) {
      * instead of us burning its time slice. */
     for (unsigned it = 1; now - t0 < s->spin_ns; it++) {
         if ((miss = first_missing(s, want, miss)) < 0) goto arrived;
-        if (atomic_load_explicit(&h->abort_state, memory_order_relaxed)) return fail_from_abort(s);
+        if (atomic_load_explicit(&h->abort.state, memory_order_relaxed)) return fail_from_abort(s);
         if (now - t0 < YIELD_AFTER_NS) cpu_relax();
         else sched_yield();
         if (!(it & 15)) now = now_ns();
@@ -347,7 +328,7 @@ static llmq_status wait_round(shm_comm *s, int timeout_ms) {
         atomic_thread_fence(memory_order_seq_cst); /* flag before the re-check (pairs with publish) */
         uint32_t bell = atomic_load(&me->bell);
         miss = first_missing(s, want, miss);
-        if (miss < 0 || atomic_load(&h->abort_state)) {
+        if (miss < 0 || comm_abort_rec_claimed(&h->abort)) {
             atomic_store(&me->sleeping, 0);
             if (miss < 0) goto arrived;
             return fail_from_abort(s);
@@ -362,7 +343,7 @@ static llmq_status wait_round(shm_comm *s, int timeout_ms) {
                 atomic_store(&me->sleeping, 0);
                 /* A rank aborts before it leaves or dies of it: its reason
                  * is the better one. */
-                if (atomic_load(&h->abort_state)) return fail_from_abort(s);
+                if (comm_abort_rec_claimed(&h->abort)) return fail_from_abort(s);
                 return fail(s, LLMQ_ERR_IO, "rank %d (pid %d) %s", q,
                             (int)atomic_load(&s->ranks[q].pid), why);
             }
@@ -378,7 +359,7 @@ static llmq_status wait_round(shm_comm *s, int timeout_ms) {
 arrived:
     /* A peer may publish its round and fail right after: once the group is
      * aborted its record wins over the data. */
-    if (atomic_load(&h->abort_state)) return fail_from_abort(s);
+    if (comm_abort_rec_claimed(&h->abort)) return fail_from_abort(s);
     return LLMQ_OK;
 }
 
@@ -389,7 +370,7 @@ static llmq_status op_begin(shm_comm *s, uint32_t kind, size_t count, comm_dtype
     s->op++;
     s->kind = kind;
     if (s->c.err.code) return s->c.err.code;
-    if (atomic_load(&s->hdr->abort_state)) return fail_from_abort(s);
+    if (comm_abort_rec_claimed(&s->hdr->abort)) return fail_from_abort(s);
     atomic_store_explicit(&me->op, s->op, memory_order_relaxed);
     atomic_store_explicit(&me->beat_ns, now_ns(), memory_order_relaxed);
     shm_desc *d = buf_desc(s, s->c.rank, s->seq + 1);
@@ -440,59 +421,13 @@ static llmq_status round_trip(shm_comm *s, int first) {
 
 /* ------------------------------------------------------------- reductions */
 
-#define SUM_BLOCK 512
-
-/* dst[i] (and dst2[i] when non-NULL) = ((src[0][i] + src[1][i]) + ...) for
- * i < n: rank order, one rounding per add, so every rank and both
- * algorithms produce the same bits.  The loops run along i, so SIMD
- * (`omp simd`: -O2 alone does not vectorize them) keeps that order. */
-static void sum_f32(float *restrict dst, float *restrict dst2, const float *const *src, int nsrc,
-                    size_t n) {
-    float acc[SUM_BLOCK];
-    for (size_t i0 = 0; i0 < n; i0 += SUM_BLOCK) {
-        size_t m = n - i0 < SUM_BLOCK ? n - i0 : SUM_BLOCK;
-        const float *s0 = src[0] + i0;
-#pragma omp simd
-        for (size_t j = 0; j < m; j++) acc[j] = s0[j];
-        for (int p = 1; p < nsrc; p++) {
-            const float *sp = src[p] + i0;
-#pragma omp simd
-            for (size_t j = 0; j < m; j++) acc[j] += sp[j];
-        }
-        memcpy(dst + i0, acc, m * sizeof *acc);
-        if (dst2) memcpy(dst2 + i0, acc, m * sizeof *acc);
-    }
-}
-
-/* Same for int32, in uint32 so that overflow wraps instead of being UB. */
-static void sum_i32(uint32_t *restrict dst, uint32_t *restrict dst2, const uint32_t *const *src,
-                    int nsrc, size_t n) {
-    uint32_t acc[SUM_BLOCK];
-    for (size_t i0 = 0; i0 < n; i0 += SUM_BLOCK) {
-        size_t m = n - i0 < SUM_BLOCK ? n - i0 : SUM_BLOCK;
-        const uint32_t *s0 = src[0] + i0;
-#pragma omp simd
-        for (size_t j = 0; j < m; j++) acc[j] = s0[j];
-        for (int p = 1; p < nsrc; p++) {
-            const uint32_t *sp = src[p] + i0;
-#pragma omp simd
-            for (size_t j = 0; j < m; j++) acc[j] += sp[j];
-        }
-        memcpy(dst + i0, acc, m * sizeof *acc);
-        if (dst2) memcpy(dst2 + i0, acc, m * sizeof *acc);
-    }
-}
-
 /* Sum element range [off, off + n) of every rank's buffer of `round` (at
- * byte offset `boff` inside the buffer) into dst and dst2. */
+ * byte offset `boff` inside the buffer) into dst and dst2, in rank order. */
 static void sum_range(shm_comm *s, comm_dtype dt, uint64_t round, size_t boff, size_t n, void *dst,
                       void *dst2) {
     const void *src[COMM_SHM_MAX_WORLD];
     for (int q = 0; q < s->c.world; q++) src[q] = buf_data(s, q, round) + boff;
-    if (dt == COMM_F32)
-        sum_f32(dst, dst2, (const float *const *)src, s->c.world, n);
-    else
-        sum_i32(dst, dst2, (const uint32_t *const *)src, s->c.world, n);
+    comm_sum_rank_order(dt, dst, dst2, src, s->c.world, n);
 }
 
 /* ------------------------------------------------------------- collectives */

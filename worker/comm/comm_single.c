@@ -9,15 +9,14 @@
  *
  * Invariant: once c->err is set (or abort was called) every op fails with it.
  */
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/comm.h"
+#include "worker/comm/comm_util.h"
 
 typedef struct single_impl {
-    atomic_int aborted;   /* set by abort from any thread */
-    char reason[256];     /* written before aborted is set; read after */
+    comm_abort_rec ab;    /* written by abort from any thread (comm_util.h) */
 } single_impl;
 
 /* Fail when aborted or already failed; keeps c->err written by the op
@@ -25,9 +24,7 @@ typedef struct single_impl {
 static llmq_status single_enter(llmq_comm *c, const char *op) {
     single_impl *s = c->impl;
     if (c->err.code) return c->err.code;
-    if (atomic_load(&s->aborted) == 2)
-        return llmq_err_set(&c->err, LLMQ_ERR_IO, "comm rank 0: %s: group aborted by rank 0: %s", op,
-                            s->reason);
+    if (comm_abort_rec_claimed(&s->ab)) return comm_fail_from_abort(&c->err, &s->ab, 0, op);
     return LLMQ_OK;
 }
 
@@ -63,17 +60,10 @@ static llmq_status single_broadcast(llmq_comm *c, void *buf, size_t bytes, int r
 
 static llmq_status single_barrier(llmq_comm *c) { return single_enter(c, "barrier"); }
 
-/* State 0 -> 1 (writing the reason) -> 2 (published): the first caller wins
- * and no reader sees a half-written reason. */
+/* The first caller wins; no reader sees a half-written reason. */
 static void single_abort(llmq_comm *c, const char *reason) {
     single_impl *s = c->impl;
-    int expect = 0;
-    if (!atomic_compare_exchange_strong(&s->aborted, &expect, 1)) return;
-    size_t i = 0;
-    for (const char *r = reason ? reason : "abort"; r[i] && i + 1 < sizeof s->reason; i++)
-        s->reason[i] = r[i];
-    s->reason[i] = '\0';
-    atomic_store(&s->aborted, 2);
+    comm_abort_rec_set(&s->ab, 0, LLMQ_ERR_IO, reason);
 }
 
 static void single_destroy(llmq_comm *c) {

@@ -26,7 +26,8 @@
  *
  * all_reduce_sum.  Peers stream their buffer; the leader takes CHUNK bytes
  * of each into a window, adds them to its own in rank order ((x0 + x1) +
- * x2 ...: the same bits on every rank, whatever the arrival order), and
+ * x2 ...: comm_sum_rank_order, the same bits on every rank, whatever the
+ * arrival order), and
  * streams the reduced prefix back while the next window fills.  Peers send
  * and receive in one poll loop, in place: the leader returns byte i only
  * after it has received byte i from everyone.
@@ -51,7 +52,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +61,7 @@
 #include <unistd.h>
 
 #include "common/comm.h"
+#include "worker/comm/comm_util.h"
 
 #define TCP_MAGIC 0x4354514cu /* "LQTC" */
 #define TCP_VERSION 1u
@@ -127,11 +128,7 @@ typedef struct tcp_comm {
     int nconn;
     int efd;      /* eventfd, written by comm_abort */
     pthread_mutex_t op_lock; /* held by the op thread during a collective */
-    pthread_mutex_t ab_lock; /* guards the abort record */
-    atomic_int aborted;      /* 1 once the record below is written */
-    int ab_rank;
-    llmq_status ab_code;
-    char ab_msg[REASON_LEN];
+    comm_abort_rec ab;       /* the group's abort record (comm_util.h) */
     int spread;   /* the abort went out on the connections */
     uint64_t op;
     int kind;
@@ -176,20 +173,18 @@ static void op_what(tcp_comm *t, char *out, size_t n) {
 
 /* ---------------------------------------------------------------- abort */
 
-/* Record the group's abort (first caller wins) and wake the op thread. */
-static void record_abort(tcp_comm *t, int rank, llmq_status code, const char *msg) {
-    pthread_mutex_lock(&t->ab_lock);
-    if (!atomic_load(&t->aborted)) {
-        t->ab_rank = rank;
-        t->ab_code = code ? code : LLMQ_ERR_IO;
-        snprintf(t->ab_msg, sizeof t->ab_msg, "%s", msg && *msg ? msg : "abort");
-        atomic_store(&t->aborted, 1);
-    }
-    pthread_mutex_unlock(&t->ab_lock);
+/* Wake the op thread from its poll. */
+static void wake_op(tcp_comm *t) {
     uint64_t one = 1;
     if (write(t->efd, &one, sizeof one) < 0) {
         /* the counter cannot overflow with 1s; nothing else to do */
     }
+}
+
+/* Record the group's abort (first caller wins) and wake the op thread. */
+static void record_abort(tcp_comm *t, int rank, llmq_status code, const char *msg) {
+    comm_abort_rec_set(&t->ab, rank, code, msg);
+    wake_op(t);
 }
 
 /* Write all of p[0..n) on a blocking-or-not socket within ~200 ms. */
@@ -222,11 +217,14 @@ static void spread_abort(tcp_comm *t) {
     frame f = {TCP_MAGIC, K_ABORT, t->op, 0, 0, 0};
     abort_body b;
     memset(&b, 0, sizeof b);
-    pthread_mutex_lock(&t->ab_lock);
-    b.rank = t->ab_rank;
-    b.code = (int32_t)t->ab_code;
-    snprintf(b.msg, sizeof b.msg, "%s", t->ab_msg);
-    pthread_mutex_unlock(&t->ab_lock);
+    b.rank = t->c.rank;
+    b.code = LLMQ_ERR_IO;
+    snprintf(b.msg, sizeof b.msg, "abort (no reason recorded)");
+    if (comm_abort_rec_wait(&t->ab)) {
+        b.rank = t->ab.rank;
+        b.code = t->ab.code;
+        snprintf(b.msg, sizeof b.msg, "%.*s", REASON_LEN - 1, t->ab.msg); /* the frame carries less */
+    }
     for (int i = 0; i < t->nconn; i++) {
         conn *k = &t->conns[i];
         if (k->fd < 0) continue;
@@ -242,27 +240,22 @@ static void spread_abort(tcp_comm *t) {
 static llmq_status fail_from_abort(tcp_comm *t) {
     char what[64];
     op_what(t, what, sizeof what);
-    pthread_mutex_lock(&t->ab_lock);
-    llmq_status code = t->ab_code;
-    llmq_err_set(&t->c.err, code, "comm rank %d: %s: group aborted by rank %d: %s", t->c.rank, what, t->ab_rank,
-                 t->ab_msg);
-    pthread_mutex_unlock(&t->ab_lock);
+    llmq_status code = comm_fail_from_abort(&t->c.err, &t->ab, t->c.rank, what);
     spread_abort(t);
     return code;
 }
 
 /* A failure seen by this rank: "comm rank R: <what>: <cause>" here, and
- * the group aborted with "<cause> (<what>)". */
+ * the group aborted with "<cause> (<what>)", as much of it as an abort
+ * frame carries. */
 __attribute__((format(printf, 3, 4))) static llmq_status fail(tcp_comm *t, llmq_status code, const char *fmt, ...) {
-    char what[64], cause[320], rec[REASON_LEN];
+    char what[64];
     op_what(t, what, sizeof what);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(cause, sizeof cause, fmt, ap);
+    comm_fail_record(&t->c.err, &t->ab, t->c.rank, what, REASON_LEN, code, fmt, ap);
     va_end(ap);
-    snprintf(rec, sizeof rec, "%.200s (%.50s)", cause, what);
-    llmq_err_set(&t->c.err, code, "comm rank %d: %s: %s", t->c.rank, what, cause);
-    record_abort(t, t->c.rank, code, rec);
+    wake_op(t);
     spread_abort(t);
     return code;
 }
@@ -413,7 +406,7 @@ static llmq_status pump(tcp_comm *t, step_fn step, void *arg) {
     struct pollfd pf[COMM_TCP_MAX_WORLD + 1];
     int idx[COMM_TCP_MAX_WORLD + 1];
     for (;;) {
-        if (atomic_load(&t->aborted)) return fail_from_abort(t);
+        if (comm_abort_rec_claimed(&t->ab)) return fail_from_abort(t);
         for (int i = 0; i < t->nconn; i++) {
             conn *k = &t->conns[i];
             if (k->hin_got == sizeof(frame) && k->hin.kind == K_ABORT && k->ain_got == sizeof k->ain)
@@ -524,7 +517,7 @@ static llmq_status op_begin(tcp_comm *t, int kind, size_t count, comm_dtype dt, 
     t->dt = dt;
     t->root = root;
     if (t->c.err.code) return t->c.err.code;
-    if (atomic_load(&t->aborted)) return fail_from_abort(t);
+    if (comm_abort_rec_claimed(&t->ab)) return fail_from_abort(t);
     for (int i = 0; i < t->nconn; i++) {
         conn *k = &t->conns[i];
         if (k->closed) {
@@ -600,24 +593,13 @@ typedef struct lead_ar {
     int started;
 } lead_ar;
 
+/* Reduce the window: the leader's own bytes [R, R + len) plus every peer's
+ * in the scratch, in rank order, into the leader's buffer. */
 static void sum_window(tcp_comm *t, lead_ar *a, size_t len) {
-    if (t->dt == COMM_F32) {
-        float *dst = (float *)(a->buf + a->R);
-        size_t m = len / 4;
-        for (int p = 1; p < t->c.world; p++) {
-            const float *src = (const float *)(t->scratch + (size_t)(p - 1) * CHUNK);
-#pragma omp simd
-            for (size_t i = 0; i < m; i++) dst[i] += src[i];
-        }
-    } else {
-        uint32_t *dst = (uint32_t *)(a->buf + a->R);
-        size_t m = len / 4;
-        for (int p = 1; p < t->c.world; p++) {
-            const uint32_t *src = (const uint32_t *)(t->scratch + (size_t)(p - 1) * CHUNK);
-#pragma omp simd
-            for (size_t i = 0; i < m; i++) dst[i] += src[i];
-        }
-    }
+    const void *src[COMM_TCP_MAX_WORLD];
+    src[0] = a->buf + a->R;
+    for (int p = 1; p < t->c.world; p++) src[p] = t->scratch + (size_t)(p - 1) * CHUNK;
+    comm_sum_rank_order(t->dt, a->buf + a->R, NULL, src, t->c.world, len / 4);
 }
 
 static int lead_ar_step(tcp_comm *t, void *arg) {
@@ -817,7 +799,6 @@ static void tcp_destroy(llmq_comm *c) {
         if (t->conns[i].fd >= 0) close(t->conns[i].fd);
     if (t->efd >= 0) close(t->efd);
     pthread_mutex_destroy(&t->op_lock);
-    pthread_mutex_destroy(&t->ab_lock);
     free(t->conns);
     free(t->scratch);
     free(t);
@@ -1147,7 +1128,6 @@ llmq_comm *comm_tcp_create(const comm_tcp_config *cfg, llmq_err *err) {
     t->nconn = cfg->rank == 0 ? cfg->world - 1 : 1;
     t->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     pthread_mutex_init(&t->op_lock, NULL);
-    pthread_mutex_init(&t->ab_lock, NULL);
     t->conns = calloc((size_t)(t->nconn ? t->nconn : 1), sizeof *t->conns);
     if (cfg->rank == 0 && t->nconn) t->scratch = malloc((size_t)t->nconn * CHUNK);
     if (t->efd < 0 || !t->conns || (cfg->rank == 0 && t->nconn && !t->scratch)) {

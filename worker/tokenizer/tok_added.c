@@ -120,7 +120,7 @@ static int32_t last_cp(const char *s, size_t end) {
     size_t k = end - 1;
     while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
     size_t l;
-    return tok_utf8_decode(s + k, &l);
+    return llmq_utf8_decode(s + k, &l);
 }
 
 /* Index just after the last non-space char of s[0..end), 0 if all space. */
@@ -129,7 +129,7 @@ static size_t space_leftmost_at_end(const char *s, size_t end) {
         size_t k = end - 1;
         while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
         size_t l;
-        if (!tok_cp_is_space(tok_utf8_decode(s + k, &l))) return end;
+        if (!tok_cp_is_space(llmq_utf8_decode(s + k, &l))) return end;
         end = k;
     }
     return 0;
@@ -140,7 +140,7 @@ static size_t space_rightmost_at_start(const char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         size_t l;
-        if (!tok_cp_is_space(tok_utf8_decode(s + i, &l))) break;
+        if (!tok_cp_is_space(llmq_utf8_decode(s + i, &l))) break;
         i += l;
     }
     return i;
@@ -171,7 +171,7 @@ llmq_status tok_added_split(const tok_added *a, const tok_added_set *set, const 
         if (hit->single_word) {
             size_t l;
             int start_space = start == 0 || !tok_cp_is_word(last_cp(s, start));
-            int stop_space = stop == len || !tok_cp_is_word(tok_utf8_decode(s + stop, &l));
+            int stop_space = stop == len || !tok_cp_is_word(llmq_utf8_decode(s + stop, &l));
             if (!start_space || !stop_space) continue;
         }
         if (hit->lstrip) {

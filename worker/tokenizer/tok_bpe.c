@@ -165,7 +165,7 @@ llmq_status tok_bpe_parse(tok_bpe *m, const tok_jctx *c, json_t *model) {
         if (!m->ascii_id) return LLMQ_ERR_NOMEM;
         for (int32_t cp = 0; cp < ASCII_TABLE; cp++) {
             char buf[4];
-            size_t l = tok_utf8_encode(cp, buf);
+            size_t l = llmq_utf8_encode(cp, buf);
             m->ascii_id[cp] = tok_strmap_get(&m->vocab, buf, l, -1);
         }
     }
@@ -257,7 +257,7 @@ static llmq_status initial_symbols(const tok_bpe *m, const char *s, size_t len, 
     int have_unk = 0;
     char tmp_small[64];
     for (size_t i = 0; i < len;) {
-        size_t cl = tok_utf8_len((unsigned char)s[i]);
+        size_t cl = llmq_utf8_lead_len((unsigned char)s[i]);
         int first = i == 0, last = i + cl >= len;
         int32_t id = -1;
         const char *piece = s + i;
@@ -265,7 +265,7 @@ static llmq_status initial_symbols(const tok_bpe *m, const char *s, size_t len, 
         char *heap_buf = NULL;
         if (m->ascii_id) {
             size_t l;
-            int32_t cp = tok_utf8_decode(s + i, &l);
+            int32_t cp = llmq_utf8_decode(s + i, &l);
             id = cp < ASCII_TABLE ? m->ascii_id[cp] : tok_strmap_get(&m->vocab, s + i, cl, -1);
         } else {
             size_t need = cl + (first ? 0 : m->prefix_len) + (last ? m->suffix_len : 0);

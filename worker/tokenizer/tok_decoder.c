@@ -55,9 +55,9 @@ static llmq_status one_char(const tok_jctx *c, json_t *j, const char *key, const
     size_t len = 0, l = 0;
     llmq_status st = tok_jstr(c, j, key, where, &s, &len);
     if (st) return st;
-    if (!s || len == 0 || tok_utf8_valid_prefix(s, len) != len || (tok_utf8_decode(s, &l), l != len))
+    if (!s || len == 0 || llmq_utf8_valid_prefix(s, len) != len || (llmq_utf8_decode(s, &l), l != len))
         return tok_jfail(c, LLMQ_ERR_FORMAT, where, "field \"%s\" must be one character", key);
-    *cp = tok_utf8_decode(s, &l);
+    *cp = llmq_utf8_decode(s, &l);
     return LLMQ_OK;
 }
 
@@ -171,7 +171,7 @@ static llmq_status stage_bytelevel(const dec_list *in, dec_list *out, int *pendi
         size_t n = ITEM_LEN(in, i), k = 0, mark = bytes.len;
         while (k < n) {
             size_t l;
-            int b = tok_cp_byte(tok_utf8_decode(s + k, &l));
+            int b = tok_cp_byte(llmq_utf8_decode(s + k, &l));
             if (b < 0) break;
             char c = (char)b;
             if ((st = tok_text_append(&bytes, &c, 1))) break;
@@ -198,10 +198,10 @@ static llmq_status stage_bytelevel(const dec_list *in, dec_list *out, int *pendi
 
 static llmq_status flush_run(dec_list *out, const unsigned char *run, size_t n, int last, int *pending) {
     if (n == 0) return LLMQ_OK;
-    if (tok_utf8_valid_prefix((const char *)run, n) == n) return list_add(out, (const char *)run, n);
+    if (llmq_utf8_valid_prefix((const char *)run, n) == n) return list_add(out, (const char *)run, n);
     if (last && pending) {
-        size_t t = tok_utf8_incomplete_tail(run, n);
-        if (t && tok_utf8_valid_prefix((const char *)run, n - t) == n - t) *pending |= TOK_PENDING_RUN_TRUNCATED;
+        size_t t = llmq_utf8_incomplete_tail((const char *)run, n);
+        if (t && llmq_utf8_valid_prefix((const char *)run, n - t) == n - t) *pending |= TOK_PENDING_RUN_TRUNCATED;
     }
     for (size_t i = 0; i < n; i++)
         if (list_add(out, fffd, 3)) return LLMQ_ERR_NOMEM;
@@ -275,13 +275,13 @@ static llmq_status stage_strip(const tok_dec *d, const dec_list *in, dec_list *o
         const char *s = ITEM(in, i);
         size_t n = ITEM_LEN(in, i), a = 0, b = n, l;
         for (size_t k = 0; k < d->start && a < n; k++) {
-            if (tok_utf8_decode(s + a, &l) != d->strip_cp) break;
+            if (llmq_utf8_decode(s + a, &l) != d->strip_cp) break;
             a += l;
         }
         for (size_t k = 0; k < d->stop && b > 0; k++) {
             size_t j = b - 1;
             while (j > 0 && ((unsigned char)s[j] & 0xC0) == 0x80) j--;
-            if (tok_utf8_decode(s + j, &l) != d->strip_cp) break;
+            if (llmq_utf8_decode(s + j, &l) != d->strip_cp) break;
             b = j;
         }
         if (list_add(out, s + a, a < b ? b - a : 0)) return LLMQ_ERR_NOMEM;
@@ -298,7 +298,7 @@ static llmq_status stage_metaspace(const tok_dec *d, const dec_list *in, dec_lis
         if (list_add(out, "", 0)) return LLMQ_ERR_NOMEM;
         while (k < n) {
             size_t l;
-            int32_t cp = tok_utf8_decode(s + k, &l);
+            int32_t cp = llmq_utf8_decode(s + k, &l);
             llmq_status st;
             if (cp != d->repl_cp) st = list_extend(out, s + k, l);
             else if (i == 0 && !mid && d->prepend != TOK_PREPEND_NEVER) st = LLMQ_OK;

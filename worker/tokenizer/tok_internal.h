@@ -3,7 +3,7 @@
  *
  * The tokenizer is split by concern, in the order text flows through it:
  *   tok_util.c     text buffer, piece lists, JSON field access with error messages
- *   tok_utf8.c     UTF-8 checks, code points, Unicode predicates (utf8proc), lossy decoding
+ *   tok_utf8.c     Unicode predicates (utf8proc), lossy decoding (the rest of UTF-8: common/utf8.h)
  *   tok_map.c      hash maps: string -> id (vocab) and id pair -> merge (merges)
  *   tok_regex.c    HF (Oniguruma) regexes run by PCRE2
  *   tok_added.c    added tokens: parsing and leftmost-longest matching in text
@@ -33,6 +33,7 @@
 #include <pcre2.h>
 
 #include "common/status.h"
+#include "common/utf8.h"
 #include "worker/tokenizer/tokenizer.h"
 
 /* ================================================================ JSON errors */
@@ -60,24 +61,15 @@ llmq_status tok_text_reserve(tok_text *t, size_t n);
 
 /* ================================================================ UTF-8 */
 
-/* Length of the valid UTF-8 prefix of s (== n when all of s is valid). */
-size_t tok_utf8_valid_prefix(const char *s, size_t n);
-/* Byte length of the UTF-8 sequence starting with lead byte b (1 for invalid leads). */
-static inline size_t tok_utf8_len(unsigned char b) {
-    return b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
-}
-/* Decode one code point at s (valid UTF-8 assumed); *len gets its byte length. */
-int32_t tok_utf8_decode(const char *s, size_t *len);
-/* Encode cp into out (>= 4 bytes); returns the byte length. */
-size_t tok_utf8_encode(int32_t cp, char *out);
+/* Well-formedness, code points, lengths: common/utf8.h.  Here what needs a
+ * tok_text or Unicode data. */
+
 /* Append bytes to out as Rust's String::from_utf8_lossy does: each maximal invalid
  * subpart becomes one U+FFFD.  When tail_pending is non-NULL, a trailing
  * truncated-but-valid-so-far sequence is NOT converted: *tail_pending gets its
  * length (0..3) and it is left out of out. */
 llmq_status tok_utf8_lossy_append(tok_text *out, const unsigned char *b, size_t n,
                                   size_t *tail_pending);
-/* Length (0..3) of a truncated-but-valid-so-far sequence at the end of b[0..n). */
-size_t tok_utf8_incomplete_tail(const unsigned char *b, size_t n);
 /* Rust char::is_whitespace (Unicode White_Space), via utf8proc categories. */
 int tok_cp_is_space(int32_t cp);
 /* Rust char::is_alphanumeric || '_' (the added-token "word" test), via utf8proc. */

@@ -136,14 +136,14 @@ static llmq_status apply_lower(const char *s, size_t len, tok_text *out) {
         if (i > start && tok_text_append(out, s + start, i - start)) return LLMQ_ERR_NOMEM;
         if (i >= len) break;
         size_t l;
-        int32_t cp = tok_utf8_decode(s + i, &l);
+        int32_t cp = llmq_utf8_decode(s + i, &l);
         char buf[8];
         size_t bl;
         if (cp == 0x130) { /* SpecialCasing: I WITH DOT ABOVE -> i + COMBINING DOT ABOVE */
             memcpy(buf, "i\xCC\x87", 3);
             bl = 3;
         } else {
-            bl = tok_utf8_encode(utf8proc_tolower(cp), buf);
+            bl = llmq_utf8_encode(utf8proc_tolower(cp), buf);
         }
         if (tok_text_append(out, buf, bl)) return LLMQ_ERR_NOMEM;
         i += l;
@@ -156,7 +156,7 @@ static llmq_status apply_strip(const tok_norm *x, const char *s, size_t len, tok
     if (x->strip_left) {
         while (a < b) {
             size_t l;
-            int32_t cp = tok_utf8_decode(s + a, &l);
+            int32_t cp = llmq_utf8_decode(s + a, &l);
             if (!tok_cp_is_space(cp)) break;
             a += l;
         }
@@ -166,7 +166,7 @@ static llmq_status apply_strip(const tok_norm *x, const char *s, size_t len, tok
             size_t k = b - 1;
             while (k > a && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
             size_t l;
-            int32_t cp = tok_utf8_decode(s + k, &l);
+            int32_t cp = llmq_utf8_decode(s + k, &l);
             if (!tok_cp_is_space(cp)) break;
             b = k;
         }

@@ -105,12 +105,12 @@ static llmq_status parse_replacement(const tok_jctx *c, json_t *j, const char *w
     if (st) return st;
     if (!s) { s = "\xE2\x96\x81"; len = 3; } /* U+2581 */
     size_t l = 0;
-    if (len == 0 || len > 4 || tok_utf8_valid_prefix(s, len) != len || (tok_utf8_decode(s, &l), l != len))
+    if (len == 0 || len > 4 || llmq_utf8_valid_prefix(s, len) != len || (llmq_utf8_decode(s, &l), l != len))
         return tok_jfail(c, LLMQ_ERR_FORMAT, where, "Metaspace replacement must be one character");
     memcpy(out, s, len);
     out[len] = '\0';
     *out_len = len;
-    if (cp) *cp = tok_utf8_decode(s, &l);
+    if (cp) *cp = llmq_utf8_decode(s, &l);
     return LLMQ_OK;
 }
 

@@ -128,7 +128,7 @@ llmq_status tok_regex_find(const pcre2_code *re, const char *s, size_t len, tok_
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         size_t ms = ov[0], me = ov[1];
         if (ms == me && last_match == (long long)me) { /* onig: step over it */
-            last_end += last_end < len ? tok_utf8_len((unsigned char)s[last_end]) : 1;
+            last_end += last_end < len ? llmq_utf8_lead_len((unsigned char)s[last_end]) : 1;
             continue;
         }
         last_end = me;

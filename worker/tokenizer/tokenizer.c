@@ -298,7 +298,7 @@ static llmq_status build_id_table(tokenizer *t) {
         if (len == 6 && !memcmp(s, "<0x", 3) && s[5] == '>') t->id_byte[id] |= 1;
         if (len) {
             size_t l;
-            int b = tok_cp_byte(tok_utf8_decode(s, &l));
+            int b = tok_cp_byte(llmq_utf8_decode(s, &l));
             if (b >= 0x80 && b <= 0xBF) t->id_byte[id] |= 2;
         }
     }
@@ -426,7 +426,7 @@ static llmq_status normalized_first(const tokenizer *t, const char *c, size_t cl
     if (!st) {
         if (norm->len == 0) *first = 0;
         else if (g.len <= norm->len && (g.len == 0 || !memcmp(g.data, norm->data, g.len))) *first = (uint32_t)g.len;
-        else *first = (uint32_t)tok_utf8_len((unsigned char)norm->data[0]);
+        else *first = (uint32_t)llmq_utf8_lead_len((unsigned char)norm->data[0]);
     }
     tok_text_deinit(&g);
     return st;
@@ -437,7 +437,7 @@ llmq_status tok_encode(const tokenizer *t, const char *text, size_t len, int add
     *ids_out = NULL;
     *n_out = 0;
     if (len && !text) return llmq_err_set(err, LLMQ_ERR_INVALID, "tok_encode: NULL text");
-    size_t valid = tok_utf8_valid_prefix(text, len);
+    size_t valid = llmq_utf8_valid_prefix(text, len);
     if (valid != len)
         return llmq_err_set(err, LLMQ_ERR_INVALID, "text is not valid UTF-8 (byte %zu of %zu)", valid, len);
     tok_text buf = {0}, norm = {0};
@@ -449,7 +449,8 @@ llmq_status tok_encode(const tokenizer *t, const char *text, size_t len, int add
     llmq_status st = tok_text_append(&buf, text, len);
 
     /* 1. added tokens matched on the original text */
-    tok_piece whole = {.off = 0, .len = len, .id = -1, .first = len ? (uint32_t)tok_utf8_len((unsigned char)text[0]) : 0};
+    tok_piece whole = {.off = 0, .len = len, .id = -1,
+                       .first = len ? (uint32_t)llmq_utf8_lead_len((unsigned char)text[0]) : 0};
     if (!st) st = tok_added_split(&t->added, &t->added.raw, &buf, &whole, &a);
     /* 2. normalize, then added tokens matched on the normalized text */
     if (!st && (t->n_norm || t->added.norm.first[256])) {
