@@ -45,7 +45,7 @@ CFLAGS    += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recov
 LDFLAGS   += -fsanitize=$(SANITIZER)
 endif
 
-# Libraries (Debian packages, see DESIGN.md §7 and `make deps`).
+# Libraries (Debian packages, see README.md "Layout", tools/deps.sh and `make deps`).
 LIB_COMMON  := -ljansson -lmsgpackc -lhiredis -lm
 LIB_ENGINE  := -lpcre2-8 -lutf8proc -lxxhash
 LIB_GATEWAY := -lev -lhttp_parser
