@@ -80,8 +80,11 @@ def test_silent_connections_do_not_stall_generation(redis_server, stories, tmp_p
         wait_ready(port, w)
         base, quiet = complete(redis_server.url, 60)
         t.start()
-        while len(socks) < 150:
+        for _ in range(600):  # three rounds of 50 held (bounded: 30 s)
+            if len(socks) >= 150:
+                break
             time.sleep(0.05)
+        assert len(socks) >= 150, f"only {len(socks)} connections to the metrics port opened"
         took, busy = complete(redis_server.url, 60)
         assert t.is_alive()  # finished while the connections were held
         st, body = get(port, "/metrics")
