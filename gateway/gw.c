@@ -116,9 +116,19 @@ void gw_reply_error(http_conn *c, int status, const char *type, const char *para
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    json_t *e = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", msg, "type", type ? type : "invalid_request_error",
+    /* messages quote what the client sent (a path, a model name): bytes that
+     * need not be UTF-8, and a cut that may fall inside a character.  Drop a
+     * character the cut split, replace what is not UTF-8 (json_pack's "s"
+     * would refuse both, and the client would get a 500). */
+    size_t len = n < 0 ? 0 : (size_t)n;
+    if (len >= sizeof msg) {
+        len = sizeof msg - 1;
+        len -= llmq_utf8_incomplete_tail(msg, len);
+    }
+    json_t *e = json_pack("{s:{s:o, s:s, s:o, s:o}}", "error", "message", gw_json_text(msg, len), "type",
+                          type ? type : "invalid_request_error",
                           "param", param ? json_string(param) : json_null(), "code", code ? json_string(code) : json_null());
     const char *extra = NULL;
     if (status == 401) extra = "WWW-Authenticate: Bearer\r\n";

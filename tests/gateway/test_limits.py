@@ -180,6 +180,30 @@ def test_request_line_and_headers(gateway):
     assert gateway.request("GET", "/healthz")[0] == 200
 
 
+def test_non_utf8_and_long_paths_get_404(gateway):
+    """Error messages quote the path; a byte that is not UTF-8, or a message
+    cut inside a character, used to make the JSON encoder refuse the message
+    and the client got 500 "out of memory".  Now: 404 with valid JSON, bad
+    bytes as U+FFFD, a cut character left out."""
+    e_acute = "\u00e9".encode()
+    cases = [
+        (b"/caf\xe9", "not_found", "no route for GET /caf\ufffd"),
+        (b"/\xff\xfe/x", "not_found", "no route for GET /\ufffd\ufffd/x"),
+        (b"/v1/nope/\xc3", "not_found", "no route for GET /v1/nope/\ufffd"),
+        (b"/v1/models/m\xff", "model_not_found", "The model 'm\ufffd' does not exist"),
+        (b"/v1/jobs/\xe9/events", "job_not_found", "no job with id '\ufffd'"),
+        # 17 bytes of "no route for GET ", then the path: byte 1023 of the message is inside an e-acute
+        (b"/" + e_acute * 600, "not_found", "no route for GET /" + "\u00e9" * 502),
+    ]
+    for path, code, message in cases:
+        r = raw(gateway, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(r) == 404, (path[:40], r[:300])
+        e = json.loads(r.partition(b"\r\n\r\n")[2].decode("utf-8"))["error"]
+        assert set(e) == {"message", "type", "param", "code"}, e
+        assert e["code"] == code and e["message"] == message, (path[:40], e)
+    assert gateway.request("GET", "/healthz")[0] == 200
+
+
 def test_head_request_gets_no_body(gateway):
     # a body after the head would be read as the next response on this connection
     r = raw(gateway, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n"
