@@ -108,7 +108,7 @@ static void topic_release(jobwatch_topic *t) {
 }
 
 static void deliver(jobwatch *w, const proto_chunk *c) {
-    w->next_seq = c->seq + 1;
+    w->next_seq = c->seq < INT64_MAX ? c->seq + 1 : INT64_MAX; /* the decoder allows any int64 >= 0 */
     if (c->finish) w->finished = 1;
     w->fn(w->ud, c);
 }
@@ -203,7 +203,13 @@ static void feed(jobwatch *w, const proto_chunk *c) {
         return;
     }
     if (!w->synced) return; /* its first catch-up has not started yet and will see this */
-    if (c->seq < w->next_seq) return;
+    if (c->seq < w->next_seq) {
+        if (c->finish) { /* ended before what the reader asked for (as in on_xrange) */
+            w->finished = 1;
+            w->fn(w->ud, NULL);
+        }
+        return;
+    }
     if (c->seq > w->next_seq) { /* a chunk was missed live: the stream has it */
         catchup(w);
         return;

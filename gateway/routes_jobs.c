@@ -179,7 +179,7 @@ static void on_out_range(redisAsyncContext *ac, void *reply, void *priv) {
                 proto_chunk_deinit(&c);
                 continue;
             }
-            next = c.seq + 1;
+            next = c.seq < INT64_MAX ? c.seq + 1 : INT64_MAX; /* a hostile entry may carry any int64 */
             if (c.text_len) proto_buf_append(&text, c.text, c.text_len);
             if (c.has_lp && (lp || (lp = json_array()))) gw_lp_job_add(lp, &c);
             proto_chunk_deinit(&last);
@@ -288,32 +288,49 @@ out:
     gw_call_unref(call);
 }
 
-/* Parse a non-negative decimal; -1 when s is not one. */
-static long long parse_seq(const char *s) {
-    if (!s || !*s) return -1;
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    while (*end == ' ') end++;
-    return *end || v < 0 ? -1 : v;
+/* A chunk seq as the client names it: decimal digits only (no sign, no
+ * blank, no "0x"), 0 .. INT64_MAX; -1 when s[0..n) is not one.  strtoll
+ * would take "+5", " 5" and "-0", and clamp what overflows. */
+static int64_t parse_seq(const char *s, size_t n) {
+    if (n == 0) return -1;
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        int d = s[i] - '0';
+        if (v > (INT64_MAX - d) / 10) return -1;
+        v = v * 10 + d;
+    }
+    return v;
 }
 
 void gw_route_jobs_events(gw *g, http_conn *c, http_request *req, const char *id) {
-    long long last = -1;
+    int64_t last = -1;
     if (req->last_event_id) {
-        last = parse_seq(req->last_event_id);
+        /* the header's value without its optional blanks (RFC 9110 §5.5, OWS) */
+        const char *v = req->last_event_id;
+        size_t n = strlen(v);
+        while (n && (*v == ' ' || *v == '\t')) {
+            v++;
+            n--;
+        }
+        while (n && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
+        last = parse_seq(v, n);
         if (last < 0)
-            return gw_reply_error(c, 400, "invalid_request_error", "Last-Event-ID", NULL,
-                                  "Last-Event-ID must be the seq of the last chunk received");
+            return gw_reply_error(c, 400, "invalid_request_error", "Last-Event-ID", "invalid_last_event_id",
+                                  "Last-Event-ID must be the seq of the last chunk received: a decimal integer "
+                                  "0..9223372036854775807");
     } else if (req->query && !strncmp(req->query, "last_event_id=", 14)) {
-        last = parse_seq(req->query + 14);
+        const char *v = req->query + 14;
+        last = parse_seq(v, strcspn(v, "&"));
         if (last < 0)
-            return gw_reply_error(c, 400, "invalid_request_error", "last_event_id", NULL,
-                                  "last_event_id must be the seq of the last chunk received");
+            return gw_reply_error(c, 400, "invalid_request_error", "last_event_id", "invalid_last_event_id",
+                                  "last_event_id must be the seq of the last chunk received: a decimal integer "
+                                  "0..9223372036854775807");
     }
     events_call *ec = (events_call *)gw_call_new(g, c, req, sizeof *ec, NULL);
     if (!ec) return gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
     snprintf(ec->base.id, sizeof ec->base.id, "%s", id);
-    ec->from = last + 1;
+    ec->from = last < INT64_MAX ? last + 1 : INT64_MAX; /* no job has 2^63 chunks: nothing follows */
     char job[KEYS_MAX];
     keys_job(&g->keys, id, job, sizeof job);
     rcmd x;

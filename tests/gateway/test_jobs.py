@@ -77,6 +77,46 @@ def test_events_full_and_resumed(gateway, worker):
     assert st == 400
 
 
+INT64_MAX = (1 << 63) - 1
+
+
+def test_last_event_id_is_strict(gateway, worker):
+    """Last-Event-ID / ?last_event_id= is the seq of the last chunk received:
+    decimal digits, 0 .. INT64_MAX, nothing else (strtoll took "+5", "-0",
+    leading blanks of every kind, and clamped what overflowed).  The largest
+    value replays nothing: last + 1 overflowed, and the stream started over
+    at seq 0."""
+    quick = worker(delay=0.01)
+    jid = submit(gateway, prompt="x", max_tokens=5)
+    assert len(events(gateway, jid)) == 6
+    bad_headers = ["+5", "-0", "-1", "5a", "0x5", "1e3", "5.0", "2 3", "2\t3",
+                   str(INT64_MAX + 1), "99999999999999999999"]
+    for bad in bad_headers:
+        st, _, b = gateway.request("GET", f"/v1/jobs/{jid}/events", headers={"Last-Event-ID": bad})
+        assert st == 400, (bad, st, b[:200])
+        e = json.loads(b)["error"]
+        assert set(e) == {"message", "type", "param", "code"}, e
+        assert e["type"] == "invalid_request_error" and e["param"] == "Last-Event-ID", e
+        assert "decimal integer" in e["message"], e
+    for bad in ["+5", "-0", "%205", "%095", "5a", str(INT64_MAX + 1), ""]:
+        st, _, b = gateway.request("GET", f"/v1/jobs/{jid}/events?last_event_id={bad}")
+        assert st == 400, (bad, st, b[:200])
+        assert json.loads(b)["error"]["param"] == "last_event_id", b
+    # blanks around a header value are not part of it (RFC 9110 OWS)
+    assert [int(e["id"]) for e in events(gateway, jid, last=" 3 ")] == [4, 5]
+    assert [int(e["id"]) for e in events(gateway, jid, query="?last_event_id=3&x=1")] == [4, 5]
+    # the largest seq there is: nothing after it, for an ended job ...
+    assert events(gateway, jid, last=INT64_MAX) == []
+    assert events(gateway, jid, query=f"?last_event_id={INT64_MAX}") == []
+    assert events(gateway, jid, last="0" * 30 + "2")[0]["id"] == "3"  # leading zeros are digits too
+    # ... and for a running one: the stream ends when the job does, empty
+    quick.stop()
+    worker(delay=0.2)
+    jid = submit(gateway, prompt="x", max_tokens=10)
+    assert events(gateway, jid, last=INT64_MAX) == []
+    assert len(events(gateway, jid)) == 11
+
+
 def test_events_live_while_generating(gateway, worker):
     jid = submit(gateway, prompt="x", max_tokens=8)
     c = gateway.connect()
