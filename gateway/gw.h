@@ -40,6 +40,7 @@ typedef struct gw_config {
     const char *prefix;          /* --prefix */
     int64_t result_ttl_s;        /* --result-ttl: TTL set when the gateway ends a job (cancel of a queued one) */
     double drain_timeout;        /* --drain-timeout: s to let open streams finish on SIGTERM */
+    double request_timeout;      /* --request-timeout: s from a request's first byte to its end */
 } gw_config;
 
 typedef struct gw_metrics {

@@ -11,6 +11,12 @@
  * Parsing never runs re-entrantly: conn_process is the only caller of
  * http_parser_execute, guarded by in_process, and dispatch happens after the
  * parser returned, never inside one of its callbacks.
+ *
+ * One timer per connection, three meanings: idle_timeout while READING with
+ * nothing of a request received; request_timeout from the first byte of a
+ * request to its dispatch (armed once, never pushed back by later bytes, so
+ * that a client sending a byte a second cannot hold the connection); the
+ * close linger while CLOSING.  It is stopped while HANDLING/STREAMING.
  */
 #include "gateway/http.h"
 
@@ -82,6 +88,7 @@ struct http_conn {
     int reject;                     /* status to refuse the request with (413, 414, 431) */
     int expect_continue;            /* client sent Expect: 100-continue */
     int msg_started;                /* a message began and has not been dispatched */
+    int req_timing;                 /* the timer is the request deadline (armed at its first byte) */
 
     proto_buf out;                  /* output; [out_off, out.len) unsent */
     size_t out_off;
@@ -274,6 +281,7 @@ static void response_done(http_conn *c) {
     c->on_close = NULL;
     if (s->log) s->log(s->ud, &c->req, c->status, ev_now(s->loop) - c->req.started);
     request_clear(c);
+    c->req_timing = 0;
     if (c->closed) return;
     if (!c->resp_keep_alive) {
         c->state = CS_CLOSING;
@@ -467,6 +475,7 @@ static void conn_dispatch(http_conn *c) {
     http_server *s = c->srv;
     c->state = CS_HANDLING;
     c->msg_started = 0;
+    c->req_timing = 0;
     ev_timer_stop(s->loop, &c->timer);
     int bad = request_build(c);
     if (bad) {
@@ -506,6 +515,12 @@ static void conn_process(http_conn *c) {
         c->in.len -= c->in_off;
         c->in_off = 0;
     }
+    /* a request has begun: its deadline runs from now, once */
+    if (!c->closed && c->state == CS_READING && !c->req_timing && (c->msg_started || c->in.len > c->in_off)) {
+        c->req_timing = 1;
+        c->timer.repeat = c->srv->lim.request_timeout;
+        ev_timer_again(c->srv->loop, &c->timer);
+    }
     c->in_process = 0;
     http_conn_unref(c);
 }
@@ -524,9 +539,7 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents) {
         return;
     }
     if (c->state == CS_READING) {
-        c->timer.repeat = c->srv->lim.request_timeout;
-        ev_timer_again(loop, &c->timer);
-        conn_process(c);
+        conn_process(c); /* arms the request deadline at the first byte, never later */
     } else if (c->in.len - c->in_off > MAX_PIPELINED) {
         ev_io_stop(loop, &c->rio); /* resumed when this response ends */
     }

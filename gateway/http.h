@@ -52,7 +52,9 @@ typedef void (*http_log_fn)(void *ud, const http_request *req, int status, doubl
 typedef struct http_limits {
     size_t max_body;            /* bytes of a request body; larger → 413 */
     double idle_timeout;        /* s a keep-alive connection may sit idle */
-    double request_timeout;     /* s to receive a complete request once started */
+    double request_timeout;     /* s to receive a complete request, counted from its first
+                                 * byte (not from the last one: a client trickling bytes
+                                 * is cut at the deadline all the same) */
     size_t max_backlog;         /* bytes of unsent output before a slow client is dropped */
 } http_limits;
 

@@ -3,7 +3,8 @@
  *
  *   llmq-gateway --redis URL --listen HOST:PORT [--api-key-file F] [--max-queue N]
  *                [--max-body-bytes N] [--max-tokens-limit N] [--models a,b] [--prefix P]
- *                [--result-ttl S] [--drain-timeout S] [--redis-password-file F] [--allow-root]
+ *                [--result-ttl S] [--drain-timeout S] [--request-timeout S]
+ *                [--redis-password-file F] [--allow-root]
  *
  * One thread, one libev loop.  Shutdown (SIGTERM/SIGINT): stop accepting,
  * answer new POSTs with 503, let open responses finish for --drain-timeout,
@@ -46,7 +47,8 @@ static void usage(FILE *f) {
             "  --models a,b           models served (default: any valid name)\n"
             "  --prefix P             Redis key prefix (default llmq:)\n"
             "  --result-ttl S         TTL of jobs the gateway ends itself (default 86400)\n"
-            "  --drain-timeout S      on SIGTERM, s to let open responses finish (default 30)\n");
+            "  --drain-timeout S      on SIGTERM, s to let open responses finish (default 30)\n"
+            "  --request-timeout S    s to receive a whole request, from its first byte (default 30); then 408\n");
 }
 
 static int parse_ll(const char *s, long long lo, long long hi, long long *out) {
@@ -54,6 +56,16 @@ static int parse_ll(const char *s, long long lo, long long hi, long long *out) {
     errno = 0;
     long long v = strtoll(s, &end, 10);
     if (errno || *end || end == s || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Seconds: a positive decimal up to a day. */
+static int parse_seconds(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || end == s || !(v > 0 && v <= 86400)) return -1;
     *out = v;
     return 0;
 }
@@ -199,10 +211,11 @@ int main(int argc, char **argv) {
     g.cfg.max_tokens_limit = 32768;
     g.cfg.result_ttl_s = 86400;
     g.cfg.drain_timeout = 30;
+    g.cfg.request_timeout = 30;
     log_set_name("gateway");
 
     enum { O_REDIS = 1, O_LISTEN, O_KEYS, O_MAXQ, O_BODY, O_TOKENS, O_MODELS, O_PREFIX, O_TTL, O_DRAIN, O_RPWFILE,
-           O_ROOT, O_HELP };
+           O_ROOT, O_REQ_TIMEOUT, O_HELP };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},          {"listen", required_argument, 0, O_LISTEN},
         {"api-key-file", required_argument, 0, O_KEYS},    {"max-queue", required_argument, 0, O_MAXQ},
@@ -210,6 +223,7 @@ int main(int argc, char **argv) {
         {"models", required_argument, 0, O_MODELS},        {"prefix", required_argument, 0, O_PREFIX},
         {"result-ttl", required_argument, 0, O_TTL},       {"drain-timeout", required_argument, 0, O_DRAIN},
         {"redis-password-file", required_argument, 0, O_RPWFILE}, {"allow-root", no_argument, 0, O_ROOT},
+        {"request-timeout", required_argument, 0, O_REQ_TIMEOUT},
         {"help", no_argument, 0, O_HELP},                  {0, 0, 0, 0},
     };
     int o;
@@ -240,6 +254,12 @@ int main(int argc, char **argv) {
             else if (o == O_TOKENS) g.cfg.max_tokens_limit = (int)v;
             else if (o == O_TTL) g.cfg.result_ttl_s = v;
             else g.cfg.drain_timeout = (double)v;
+            break;
+        case O_REQ_TIMEOUT:
+            if (parse_seconds(optarg, &g.cfg.request_timeout)) {
+                fprintf(stderr, "llmq-gateway: --request-timeout wants seconds (0 < S <= 86400), got '%s'\n", optarg);
+                return 2;
+            }
             break;
         case O_MODELS: g.cfg.models = optarg; break;
         case O_PREFIX: g.cfg.prefix = optarg; break;
@@ -283,7 +303,6 @@ int main(int argc, char **argv) {
         log_info("authentication on: %zu API keys", g.auth.n);
     if (!g.models_fixed) log_warn("no --models: accepting any model name, consumer groups are created on first use");
     signal(SIGPIPE, SIG_IGN);
-
     g.loop = EV_DEFAULT;
     g.started_s = (int64_t)time(NULL);
     g.reg = metrics_create();
@@ -304,7 +323,10 @@ int main(int argc, char **argv) {
     gw_redis_init(&g.redis, g.loop, &g.url, anchor, &evs);
     jobwatch_registry_init(&g.watches, &g.redis, &g.keys);
 
-    http_limits lim = {.max_body = g.cfg.max_body, .idle_timeout = 75, .request_timeout = 30, .max_backlog = 8 << 20};
+    http_limits lim = {.max_body = g.cfg.max_body,
+                       .idle_timeout = 75,
+                       .request_timeout = g.cfg.request_timeout,
+                       .max_backlog = 8 << 20};
     g.http = http_server_create(g.loop, host, port, &lim, gw_route, on_http_log, &g, &err);
     if (!g.http) {
         log_error("%s", err.msg);
