@@ -44,6 +44,9 @@
 #define MAX_HDR_VALUE 8192    /* bytes of one captured header value */
 #define MAX_PIPELINED 65536   /* bytes buffered while a request is handled */
 #define CLOSE_LINGER 5.0      /* s to flush the last response before closing anyway */
+#define ACCEPT_BACKOFF 0.1    /* s the listener rests after accept ran out of a resource */
+#define ACCEPT_BATCH 64       /* connections accepted per readable event (fairness) */
+#define WARN_INTERVAL 10.0    /* s between two accept warnings (the others are counted) */
 
 enum conn_state { CS_READING, CS_HANDLING, CS_STREAMING, CS_CLOSING };
 enum { H_NONE = -1, H_AUTH = 0, H_LAST_EVENT_ID, H_CONTENT_TYPE, H_EXPECT, H_IDEM, H_COUNT };
@@ -53,6 +56,10 @@ struct http_server {
     int fd;                         /* listening socket, -1 after shutdown */
     int port;                       /* bound port */
     ev_io accept_w;                 /* readable listening socket */
+    ev_timer accept_retry_w;        /* restarts accept_w after an EMFILE-like failure */
+    int accept_paused;              /* accept_w stopped until accept_retry_w or a close */
+    double warn_next;               /* ev_now before which accept warnings are only counted */
+    unsigned long warn_dropped;     /* accept warnings left out since the last one logged */
     http_limits lim;
     http_handler_fn handler;        /* gets every complete request */
     http_log_fn log;                /* gets every finished response (may be NULL) */
@@ -202,6 +209,11 @@ static void conn_close(http_conn *c) {
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
     s->n_conns--;
+    if (s->accept_paused && !s->shutting_down) { /* a descriptor is free again */
+        s->accept_paused = 0;
+        ev_timer_stop(s->loop, &s->accept_retry_w);
+        ev_io_start(s->loop, &s->accept_w);
+    }
     void (*hook)(void *) = c->on_close;
     void *ud = c->on_close_ud;
     c->on_close = NULL;
@@ -556,14 +568,78 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents) {
     conn_close(c);
 }
 
+/* Log an accept warning, at most one per WARN_INTERVAL: a client flood or a
+ * descriptor shortage must not turn into a flood of log lines. */
+static void accept_warn(http_server *s, const char *what) {
+    double now = ev_now(s->loop);
+    if (now < s->warn_next) {
+        s->warn_dropped++;
+        return;
+    }
+    if (s->warn_dropped)
+        log_warn("http: %s (and %lu more accept warnings in the last %.0f s)", what, s->warn_dropped, WARN_INTERVAL);
+    else
+        log_warn("http: %s", what);
+    s->warn_dropped = 0;
+    s->warn_next = now + WARN_INTERVAL;
+}
+
+static void on_accept_retry(struct ev_loop *loop, ev_timer *w, int revents) {
+    http_server *s = container_of(w, http_server, accept_retry_w);
+    s->accept_paused = 0;
+    if (!s->shutting_down) ev_io_start(loop, &s->accept_w);
+}
+
+/* accept failed for want of a resource (or worse): the listener stays readable, so
+ * polling it again at once would spin.  Rest for ACCEPT_BACKOFF (conn_close
+ * ends the rest early, since it frees a descriptor). */
+static void accept_pause(http_server *s, int e) {
+    char what[160];
+    snprintf(what, sizeof what,
+             "accept: %s: %zu connections open; new ones wait (raise the descriptor limit or set --max-connections)",
+             strerror(e), s->n_conns);
+    accept_warn(s, what);
+    ev_io_stop(s->loop, &s->accept_w);
+    ev_timer_set(&s->accept_retry_w, ACCEPT_BACKOFF, 0.);
+    ev_timer_start(s->loop, &s->accept_retry_w);
+    s->accept_paused = 1;
+}
+
+/* A connection past max_conns: a 503 if the socket takes it at once, then
+ * close.  What the client already sent is read first, so that the close does
+ * not turn into a reset that could destroy the 503 before the client reads it. */
+static void conn_refuse(http_server *s, int fd) {
+    static const char body[] = "{\"error\":{\"message\":\"too many connections: retry shortly\","
+                               "\"type\":\"service_unavailable\",\"param\":null,\"code\":\"too_many_connections\"}}";
+    char resp[512], sink[4096];
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 503 Service Unavailable\r\nServer: llmq-gateway\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\nRetry-After: 1\r\n\r\n%s",
+                     sizeof body - 1, body);
+    for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {
+    }
+    if (send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) log_debug("http: refusing: %s", strerror(errno));
+    shutdown(fd, SHUT_WR);
+    close(fd);
+    char what[128];
+    snprintf(what, sizeof what, "refusing connections past --max-connections %zu (503)", s->lim.max_conns);
+    accept_warn(s, what);
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
     http_server *s = container_of(w, http_server, accept_w);
-    for (;;) {
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
         int fd = accept4(s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-                log_warn("http: accept: %s", strerror(errno));
+            int e = errno;
+            if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue; /* that client only */
+            if (e == EAGAIN || e == EWOULDBLOCK) return;
+            accept_pause(s, e); /* EMFILE, ENFILE, ENOBUFS, ENOMEM, or worse: never spin */
             return;
+        }
+        if (s->lim.max_conns && s->n_conns >= s->lim.max_conns) {
+            conn_refuse(s, fd);
+            continue;
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -654,6 +730,7 @@ http_server *http_server_create(struct ev_loop *loop, const char *host, int port
     s->ud = ud;
     ev_io_init(&s->accept_w, on_accept, fd, EV_READ);
     ev_io_start(loop, &s->accept_w);
+    ev_init(&s->accept_retry_w, on_accept_retry);
     return s;
 }
 
@@ -665,6 +742,8 @@ void http_server_shutdown(http_server *s) {
     if (!s || s->shutting_down) return;
     s->shutting_down = 1;
     ev_io_stop(s->loop, &s->accept_w);
+    ev_timer_stop(s->loop, &s->accept_retry_w);
+    s->accept_paused = 0;
     if (s->fd >= 0) close(s->fd);
     s->fd = -1;
     http_conn *c = s->conns;

@@ -16,6 +16,13 @@
  *    into it; the hook is cleared whenever a response ends.
  *  - The http_request handed to the handler is valid until the response ends
  *    or the connection closes, whichever comes first.
+ *
+ * Running out of descriptors
+ *  - When accept fails for want of a resource (EMFILE, ENFILE, ENOBUFS,
+ *    ENOMEM) the listener is not polled for a moment (or until a connection
+ *    closes): the pending clients wait in the kernel's backlog instead of
+ *    the loop spinning on a listener that stays readable.  The warning is
+ *    logged at most once per 10 s, with a count of the ones left out.
  */
 #ifndef LLMQ_GW_HTTP_H
 #define LLMQ_GW_HTTP_H
@@ -56,6 +63,8 @@ typedef struct http_limits {
                                  * byte (not from the last one: a client trickling bytes
                                  * is cut at the deadline all the same) */
     size_t max_backlog;         /* bytes of unsent output before a slow client is dropped */
+    size_t max_conns;           /* open connections; one past it is answered 503 and
+                                 * closed at once; 0 = no cap */
 } http_limits;
 
 /* Listen on host:port (port 0 = any; http_server_port tells which). */

@@ -3,7 +3,7 @@
  *
  *   llmq-gateway --redis URL --listen HOST:PORT [--api-key-file F] [--max-queue N]
  *                [--max-body-bytes N] [--max-tokens-limit N] [--models a,b] [--prefix P]
- *                [--result-ttl S] [--drain-timeout S] [--request-timeout S]
+ *                [--result-ttl S] [--drain-timeout S] [--request-timeout S] [--max-connections N]
  *                [--redis-password-file F] [--allow-root]
  *
  * One thread, one libev loop.  Shutdown (SIGTERM/SIGINT): stop accepting,
@@ -15,6 +15,11 @@
  * refuses to start as root (euid 0) unless told otherwise (--allow-root or
  * LLMQ_ALLOW_ROOT=1): a mistake in deployment should fail loudly rather
  * than run a network service as root.
+ *
+ * Descriptors: every client connection is one, so at start the soft
+ * RLIMIT_NOFILE is raised to the hard one, and unless --max-connections says
+ * otherwise connections are capped FD_RESERVE below it (Redis, the loop and
+ * the log keep theirs); a connection past the cap is answered 503 and closed.
  */
 #include <errno.h>
 #include <ev.h>
@@ -23,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +36,7 @@
 #include "gateway/gw.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define FD_RESERVE 64 /* descriptors kept for other than client connections */
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -48,7 +55,10 @@ static void usage(FILE *f) {
             "  --prefix P             Redis key prefix (default llmq:)\n"
             "  --result-ttl S         TTL of jobs the gateway ends itself (default 86400)\n"
             "  --drain-timeout S      on SIGTERM, s to let open responses finish (default 30)\n"
-            "  --request-timeout S    s to receive a whole request, from its first byte (default 30); then 408\n");
+            "  --request-timeout S    s to receive a whole request, from its first byte (default 30); then 408\n"
+            "  --max-connections N    open HTTP connections; more are answered 503 and closed\n"
+            "                         (default: the descriptor limit less %d; 0 = no cap)\n",
+            FD_RESERVE);
 }
 
 static int parse_ll(const char *s, long long lo, long long hi, long long *out) {
@@ -68,6 +78,26 @@ static int parse_seconds(const char *s, double *out) {
     if (errno || *end || end == s || !(v > 0 && v <= 86400)) return -1;
     *out = v;
     return 0;
+}
+
+/* Raise the soft descriptor limit to the hard one (each client connection
+ * takes a descriptor; the default soft limit is often 1024) and return the
+ * limit in force. */
+static rlim_t raise_fd_limit(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+    if (rl.rlim_cur == RLIM_INFINITY) return rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            log_info("descriptor limit raised from %llu to %llu", (unsigned long long)was,
+                     (unsigned long long)rl.rlim_cur);
+        else
+            log_warn("could not raise the descriptor limit from %llu: %s", (unsigned long long)was, strerror(errno));
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return rl.rlim_cur;
 }
 
 /* HOST:PORT or [v6]:PORT into host (static storage) and port. */
@@ -212,10 +242,11 @@ int main(int argc, char **argv) {
     g.cfg.result_ttl_s = 86400;
     g.cfg.drain_timeout = 30;
     g.cfg.request_timeout = 30;
+    g.cfg.max_connections = -1;
     log_set_name("gateway");
 
     enum { O_REDIS = 1, O_LISTEN, O_KEYS, O_MAXQ, O_BODY, O_TOKENS, O_MODELS, O_PREFIX, O_TTL, O_DRAIN, O_RPWFILE,
-           O_ROOT, O_REQ_TIMEOUT, O_HELP };
+           O_ROOT, O_REQ_TIMEOUT, O_MAXCONN, O_HELP };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},          {"listen", required_argument, 0, O_LISTEN},
         {"api-key-file", required_argument, 0, O_KEYS},    {"max-queue", required_argument, 0, O_MAXQ},
@@ -223,7 +254,7 @@ int main(int argc, char **argv) {
         {"models", required_argument, 0, O_MODELS},        {"prefix", required_argument, 0, O_PREFIX},
         {"result-ttl", required_argument, 0, O_TTL},       {"drain-timeout", required_argument, 0, O_DRAIN},
         {"redis-password-file", required_argument, 0, O_RPWFILE}, {"allow-root", no_argument, 0, O_ROOT},
-        {"request-timeout", required_argument, 0, O_REQ_TIMEOUT},
+        {"request-timeout", required_argument, 0, O_REQ_TIMEOUT}, {"max-connections", required_argument, 0, O_MAXCONN},
         {"help", no_argument, 0, O_HELP},                  {0, 0, 0, 0},
     };
     int o;
@@ -258,6 +289,12 @@ int main(int argc, char **argv) {
         case O_REQ_TIMEOUT:
             if (parse_seconds(optarg, &g.cfg.request_timeout)) {
                 fprintf(stderr, "llmq-gateway: --request-timeout wants seconds (0 < S <= 86400), got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case O_MAXCONN:
+            if (parse_ll(optarg, 0, INT32_MAX, &g.cfg.max_connections)) {
+                fprintf(stderr, "llmq-gateway: --max-connections wants a non-negative number, got '%s'\n", optarg);
                 return 2;
             }
             break;
@@ -303,6 +340,15 @@ int main(int argc, char **argv) {
         log_info("authentication on: %zu API keys", g.auth.n);
     if (!g.models_fixed) log_warn("no --models: accepting any model name, consumer groups are created on first use");
     signal(SIGPIPE, SIG_IGN);
+    rlim_t nofile = raise_fd_limit();
+    if (g.cfg.max_connections < 0) {
+        rlim_t cap = nofile > 2 * FD_RESERVE ? nofile - FD_RESERVE : nofile / 2;
+        g.cfg.max_connections = cap > INT32_MAX ? INT32_MAX : (long long)cap;
+    } else if (g.cfg.max_connections == 0 || (rlim_t)g.cfg.max_connections + 16 > nofile) {
+        log_warn("--max-connections %lld with a descriptor limit of %llu: past the limit new connections wait "
+                 "in the listen backlog", g.cfg.max_connections, (unsigned long long)nofile);
+    }
+
     g.loop = EV_DEFAULT;
     g.started_s = (int64_t)time(NULL);
     g.reg = metrics_create();
@@ -326,15 +372,18 @@ int main(int argc, char **argv) {
     http_limits lim = {.max_body = g.cfg.max_body,
                        .idle_timeout = 75,
                        .request_timeout = g.cfg.request_timeout,
-                       .max_backlog = 8 << 20};
+                       .max_backlog = 8 << 20,
+                       .max_conns = (size_t)g.cfg.max_connections};
     g.http = http_server_create(g.loop, host, port, &lim, gw_route, on_http_log, &g, &err);
     if (!g.http) {
         log_error("%s", err.msg);
         return 1;
     }
     char where[600];
-    log_info("listening on %s:%d, redis %s, prefix '%s'", host, http_server_port(g.http),
-             redis_url_describe(&g.url, where, sizeof where), g.keys.prefix);
+    char cap[48] = "no connection cap";
+    if (g.cfg.max_connections) snprintf(cap, sizeof cap, "at most %lld connections", g.cfg.max_connections);
+    log_info("listening on %s:%d, redis %s, prefix '%s', %s", host, http_server_port(g.http),
+             redis_url_describe(&g.url, where, sizeof where), g.keys.prefix, cap);
     gw_redis_start(&g.redis);
 
     ev_signal_init(&g.sigterm_w, on_signal, SIGTERM);

@@ -15,11 +15,11 @@ from gwtest import Gateway  # noqa: E402
 def start_gateway(redis_server, tmp_path):
     started = []
 
-    def start(*args, models="m1", url=None):
+    def start(*args, models="m1", url=None, **kw):
         a = list(args)
         if models:
             a += ["--models", models]
-        g = Gateway(url or redis_server.url, a, tmp_path)
+        g = Gateway(url or redis_server.url, a, tmp_path, **kw)
         started.append(g)
         return g
 

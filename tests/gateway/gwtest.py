@@ -26,7 +26,8 @@ def free_port():
 
 
 class Gateway:
-    def __init__(self, redis_url, args, tmp_path):
+    def __init__(self, redis_url, args, tmp_path, preexec_fn=None):
+        """preexec_fn: run in the child before exec (e.g. to lower its RLIMIT_NOFILE)."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         exe = BUILD / "llmq-gateway"
@@ -38,7 +39,7 @@ class Gateway:
         env.setdefault("LLMQ_LOG", "info")
         self.proc = subprocess.Popen(
             [str(exe), "--redis", redis_url, "--listen", f"127.0.0.1:{self.port}", *args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn)
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:
