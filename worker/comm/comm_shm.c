@@ -142,15 +142,9 @@ typedef struct shm_comm {
     uint32_t kind;        /* OP_* of that collective (OP_JOIN while joining) */
     char what[64];        /* "all_reduce_sum #12": formatted on error paths only */
     uint64_t spin_ns;     /* busy-wait budget per wait */
-    uint64_t last_check;  /* now_ns() of the last liveness check */
+    uint64_t last_check;  /* comm_now_ns() of the last liveness check */
     int unlinked;         /* rank 0: name already removed */
 } shm_comm;
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -311,7 +305,7 @@ static llmq_status wait_round(shm_comm *s, int timeout_ms) {
     int miss = first_missing(s, want, 0);
     if (miss < 0) goto arrived;
 
-    uint64_t t0 = now_ns(), now = t0;
+    uint64_t t0 = comm_now_ns(), now = t0;
     uint64_t deadline = timeout_ms > 0 ? t0 + (uint64_t)timeout_ms * 1000000ull : UINT64_MAX;
     /* Spin: pause for the first YIELD_AFTER_NS, then yield between checks
      * so that a peer sharing this CPU (more ranks than free cores) runs
@@ -321,7 +315,7 @@ static llmq_status wait_round(shm_comm *s, int timeout_ms) {
         if (atomic_load_explicit(&h->abort.state, memory_order_relaxed)) return fail_from_abort(s);
         if (now - t0 < YIELD_AFTER_NS) cpu_relax();
         else sched_yield();
-        if (!(it & 15)) now = now_ns();
+        if (!(it & 15)) now = comm_now_ns();
     }
     for (;;) {
         atomic_store(&me->sleeping, 1);
@@ -333,7 +327,7 @@ static llmq_status wait_round(shm_comm *s, int timeout_ms) {
             if (miss < 0) goto arrived;
             return fail_from_abort(s);
         }
-        now = now_ns();
+        now = comm_now_ns();
         atomic_store_explicit(&me->beat_ns, now, memory_order_relaxed);
         if (now - s->last_check >= CHECK_NS) {
             s->last_check = now;
@@ -372,7 +366,7 @@ static llmq_status op_begin(shm_comm *s, uint32_t kind, size_t count, comm_dtype
     if (s->c.err.code) return s->c.err.code;
     if (comm_abort_rec_claimed(&s->hdr->abort)) return fail_from_abort(s);
     atomic_store_explicit(&me->op, s->op, memory_order_relaxed);
-    atomic_store_explicit(&me->beat_ns, now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&me->beat_ns, comm_now_ns(), memory_order_relaxed);
     shm_desc *d = buf_desc(s, s->c.rank, s->seq + 1);
     d->op = s->op;
     d->count = count;
@@ -683,7 +677,7 @@ static llmq_status segment_attach(shm_comm *s, const comm_shm_config *cfg, uint6
             munmap(p, size);
         }
         if (fd >= 0) close(fd);
-        if (now_ns() >= deadline)
+        if (comm_now_ns() >= deadline)
             return llmq_err_set(err, LLMQ_ERR_TIMEOUT,
                                 "comm rank %d: no segment %s of generation %llu within the join timeout (%s)",
                                 cfg->rank, cfg->name, (unsigned long long)cfg->generation, seen);
@@ -720,7 +714,7 @@ llmq_comm *comm_shm_create(const comm_shm_config *cfg, llmq_err *err) {
     s->spin_ns = (uint64_t)(cfg->spin_us >= 0 ? cfg->spin_us : DEFAULT_SPIN_US) * 1000ull;
 
     int join_ms = cfg->join_timeout_ms ? cfg->join_timeout_ms : cfg->timeout_ms;
-    uint64_t deadline = join_ms > 0 ? now_ns() + (uint64_t)join_ms * 1000000ull : UINT64_MAX;
+    uint64_t deadline = join_ms > 0 ? comm_now_ns() + (uint64_t)join_ms * 1000000ull : UINT64_MAX;
     llmq_status st;
     if (cfg->rank == 0) {
         size_t slot = cfg->slot_bytes ? cfg->slot_bytes : COMM_SHM_DEFAULT_SLOT;
@@ -756,13 +750,13 @@ llmq_comm *comm_shm_create(const comm_shm_config *cfg, llmq_err *err) {
         shm_destroy(&s->c);
         return NULL;
     }
-    atomic_store(&me->beat_ns, now_ns());
+    atomic_store(&me->beat_ns, comm_now_ns());
     s->seq = atomic_load(&me->seq); /* 0 */
     s->kind = OP_JOIN;
     publish(s);
     int left_ms = 0; /* 0: no limit */
     if (deadline != UINT64_MAX) {
-        uint64_t now = now_ns();
+        uint64_t now = comm_now_ns();
         left_ms = now < deadline ? (int)((deadline - now) / 1000000) : 0;
         if (left_ms < 1) left_ms = 1;
     }

@@ -138,12 +138,6 @@ typedef struct tcp_comm {
     unsigned char *scratch; /* leader: (world-1) * CHUNK, the reduce window */
 } tcp_comm;
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static const char *kind_name(uint32_t k) {
     switch (k) {
     case K_ALL_REDUCE: return "all_reduce_sum";
@@ -190,7 +184,7 @@ static void record_abort(tcp_comm *t, int rank, llmq_status code, const char *ms
 /* Write all of p[0..n) on a blocking-or-not socket within ~200 ms. */
 static int send_all_brief(int fd, const void *p, size_t n) {
     const unsigned char *b = p;
-    uint64_t until = now_ns() + 200000000ull;
+    uint64_t until = comm_now_ns() + 200000000ull;
     while (n) {
         ssize_t w = send(fd, b, n, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (w > 0) {
@@ -199,7 +193,7 @@ static int send_all_brief(int fd, const void *p, size_t n) {
             continue;
         }
         if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && now_ns() < until) {
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && comm_now_ns() < until) {
             struct pollfd pf = {fd, POLLOUT, 0};
             poll(&pf, 1, 20);
             continue;
@@ -397,7 +391,7 @@ typedef int (*step_fn)(tcp_comm *t, void *arg); /* returns 1 when the op is comp
  * or fail: a connection closed or broken, an abort (frame or comm_abort),
  * the deadline.  step() runs before every poll, to reduce and open windows. */
 static llmq_status pump(tcp_comm *t, step_fn step, void *arg) {
-    uint64_t t0 = now_ns();
+    uint64_t t0 = comm_now_ns();
     uint64_t limit = (uint64_t)t->c.timeout_ms * 1000000ull;
     if (limit && t->c.rank > 0) {
         uint64_t grace = limit / 4 < 2000000000ull ? limit / 4 : 2000000000ull;
@@ -441,7 +435,7 @@ static llmq_status pump(tcp_comm *t, step_fn step, void *arg) {
         }
         pf[n] = (struct pollfd){t->efd, POLLIN, 0};
         idx[n] = -1;
-        uint64_t el = now_ns() - t0;
+        uint64_t el = comm_now_ns() - t0;
         int wait_ms = -1;
         if (limit) {
             if (el >= limit) break;
@@ -486,7 +480,7 @@ static llmq_status pump(tcp_comm *t, step_fn step, void *arg) {
         }
     }
     /* the deadline */
-    uint64_t waited = (now_ns() - t0) / 1000000ull;
+    uint64_t waited = (comm_now_ns() - t0) / 1000000ull;
     if (t->c.rank > 0)
         return fail(t, LLMQ_ERR_TIMEOUT, "timed out after %llu ms waiting for rank 0 (the leader)",
                     (unsigned long long)waited);
@@ -846,7 +840,7 @@ static int read_full(int fd, void *p, size_t n, uint64_t deadline, const char **
             *why = strerror(errno);
             return -1;
         }
-        uint64_t now = now_ns();
+        uint64_t now = comm_now_ns();
         if (now >= deadline) {
             *why = "timed out";
             return -1;
@@ -935,7 +929,7 @@ static llmq_status leader_join(tcp_comm *t, const comm_tcp_config *cfg, uint64_t
     int ncand = 0, joined = 0;
     llmq_status st = LLMQ_OK;
     while (joined < world - 1) {
-        uint64_t now = now_ns();
+        uint64_t now = comm_now_ns();
         if (now >= deadline) {
             char list[256] = "";
             size_t ll = 0;
@@ -1035,7 +1029,7 @@ static llmq_status peer_join(tcp_comm *t, const comm_tcp_config *cfg, uint64_t d
     const char *why = "no attempt";
     char whybuf[128];
     int fd = -1;
-    while (now_ns() < deadline) {
+    while (comm_now_ns() < deadline) {
         struct addrinfo hints, *res = NULL;
         memset(&hints, 0, sizeof hints);
         hints.ai_family = AF_UNSPEC;
@@ -1141,7 +1135,7 @@ llmq_comm *comm_tcp_create(const comm_tcp_config *cfg, llmq_err *err) {
         t->conns[i].rank = cfg->rank == 0 ? i + 1 : 0;
     }
     int jt = cfg->join_timeout_ms ? cfg->join_timeout_ms : cfg->timeout_ms;
-    uint64_t deadline = jt ? now_ns() + (uint64_t)jt * 1000000ull : UINT64_MAX;
+    uint64_t deadline = jt ? comm_now_ns() + (uint64_t)jt * 1000000ull : UINT64_MAX;
     llmq_status st = LLMQ_OK;
     if (cfg->world > 1) st = cfg->rank == 0 ? leader_join(t, cfg, deadline, err) : peer_join(t, cfg, deadline, err);
     if (cfg->rank == 0 && cfg->listen_fd >= 0) close(cfg->listen_fd);

@@ -24,16 +24,10 @@ int comm_abort_rec_set(comm_abort_rec *a, int rank, llmq_status code, const char
     return 1;
 }
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 int comm_abort_rec_wait(comm_abort_rec *a) {
     if (atomic_load(&a->state) == 2) return 1;
-    uint64_t until = now_ns() + 1000000000ull;
-    while (atomic_load(&a->state) == 1 && now_ns() < until) sched_yield();
+    uint64_t until = comm_now_ns() + 1000000000ull;
+    while (atomic_load(&a->state) == 1 && comm_now_ns() < until) sched_yield();
     return atomic_load(&a->state) == 2;
 }
 

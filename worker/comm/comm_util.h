@@ -23,8 +23,16 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "common/comm.h"
+
+/* CLOCK_MONOTONIC in ns: the clock of every deadline and liveness check. */
+static inline uint64_t comm_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 #define COMM_ABORT_MSG 384 /* bytes of a record's cause, NUL included */
 
