@@ -97,7 +97,7 @@ static job *entry_decode(service *sv, const redisReply *entry) {
  * whole is never replayed short. */
 static const char *resume_read(service *sv, job *j, const redisReply *r, int32_t **ids, int *n_ids,
                                size_t *published, int *final) {
-    const int V = sv->m->cfg.vocab_size;
+    const int V = sv->rt->m->cfg.vocab_size;
     const char *why = NULL;
     int cap = 0;
     *n_ids = 0;
@@ -142,7 +142,7 @@ static const char *resume_read(service *sv, job *j, const redisReply *r, int32_t
 /* Turn the request into prompt ids.  Returns a message on failure. */
 static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, char *msg, size_t cap) {
     const proto_request *r = &j->req;
-    const int V = sv->m->cfg.vocab_size;
+    const int V = sv->rt->m->cfg.vocab_size;
     if (r->kind == PROTO_PROMPT_IDS) {
         *ids = malloc((r->n_prompt_ids ? r->n_prompt_ids : 1) * sizeof **ids);
         if (!*ids) return OOM_PROMPT;
@@ -156,7 +156,7 @@ static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, c
         *n = r->n_prompt_ids;
         return NULL;
     }
-    if (!sv->tok) return "this model has no tokenizer.json: send prompt_ids";
+    if (!sv->rt->tok) return "this model has no tokenizer.json: send prompt_ids";
     llmq_err e = {0};
     if (r->kind == PROTO_PROMPT_MESSAGES) {
         if (!sv->has_ct) return sv->ct_error;
@@ -167,7 +167,7 @@ static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, c
         size_t len = 0;
         llmq_status st = chat_render(&sv->ct, msgs, r->n_messages, 1, &text, &len, &e);
         free(msgs);
-        if (!st) st = tok_encode(sv->tok, text, len, 0, ids, n, &e); /* the template holds BOS */
+        if (!st) st = tok_encode(sv->rt->tok, text, len, 0, ids, n, &e); /* the template holds BOS */
         free(text);
         if (st) {
             snprintf(msg, cap, "chat messages: %s", e.msg);
@@ -175,7 +175,7 @@ static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, c
         }
         return NULL;
     }
-    if (tok_encode(sv->tok, r->prompt, strlen(r->prompt), 1, ids, n, &e)) {
+    if (tok_encode(sv->rt->tok, r->prompt, strlen(r->prompt), 1, ids, n, &e)) {
         snprintf(msg, cap, "cannot tokenize the prompt: %s", e.msg);
         return msg;
     }
@@ -192,7 +192,7 @@ static const char *job_setup(service *sv, job *j, uint64_t seed, char *msg, size
     size_t n = 0;
     *status = 400;
     const char *why = build_prompt(sv, j, &ids, &n, msg, cap);
-    const int ctx = sv->m->cfg.max_position_embeddings;
+    const int ctx = sv->rt->m->cfg.max_position_embeddings;
     if (!why && n == 0) why = "the prompt is empty";
     if (!why && (int)n >= ctx) {
         snprintf(msg, cap, "the prompt has %zu tokens; the model's context is %d", n, ctx);
@@ -217,8 +217,8 @@ static const char *job_setup(service *sv, job *j, uint64_t seed, char *msg, size
     for (size_t k = 0; k < q->n_stop_token_ids && k < SEQ_MAX_STOP_IDS; k++)
         j->s.stop_ids[j->s.n_stop_ids++] = q->stop_token_ids[k];
     *status = 500;
-    if (sv->tok) {
-        if (tok_stream_init(&j->ts, sv->tok, j->s.tokens, (size_t)j->s.n_prompt, 1))
+    if (sv->rt->tok) {
+        if (tok_stream_init(&j->ts, sv->rt->tok, j->s.tokens, (size_t)j->s.n_prompt, 1))
             return "out of memory: the worker cannot start the detokenizer";
         j->has_ts = 1;
     }
@@ -300,7 +300,7 @@ static void entry_admit(service *sv, job *j, uint64_t seed) {
             why = "nothing left to generate";
             status = 400;
         }
-        if (!why && sched_add(sv->sch, &j->s, &e)) {
+        if (!why && sched_add(sv->rt->sch, &j->s, &e)) {
             snprintf(msg, sizeof msg, "%s", e.msg);
             why = msg;
             status = 400;
@@ -367,7 +367,7 @@ static llmq_status admit_entries(service *sv, const redisReply *list, llmq_err *
 /* Entries to pull now.  Their prompts are unknown before the pull: each is
  * counted as a prompt of one block (a new job then needs two: the prompt's
  * and its first generated token's), under the free sequence slots. */
-static int capacity(service *sv) { return sched_admit_capacity(sv->sch, ENG_BLOCK_SIZE); }
+static int capacity(service *sv) { return sched_admit_capacity(sv->rt->sch, ENG_BLOCK_SIZE); }
 
 llmq_status svc_pull(service *sv, int block, llmq_err *err) {
     llmq_status st = LLMQ_OK;

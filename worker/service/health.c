@@ -47,10 +47,10 @@ void svc_health_snapshot(service *sv, int force) {
     int64_t t = mono_ms();
     if (!force && t - sv->last_snapshot_ms < HEALTH_SNAPSHOT_MS) return;
     sv->last_snapshot_ms = t;
-    metric_set(sv->m_running, sched_n_running(sv->sch));
-    metric_set(sv->m_waiting, sched_n_waiting(sv->sch));
-    metric_set(sv->m_kv_free, sched_free_blocks(sv->sch));
-    metric_set(sv->m_kv_used, sched_total_blocks(sv->sch) - sched_free_blocks(sv->sch));
+    metric_set(sv->m_running, sched_n_running(sv->rt->sch));
+    metric_set(sv->m_waiting, sched_n_waiting(sv->rt->sch));
+    metric_set(sv->m_kv_free, sched_free_blocks(sv->rt->sch));
+    metric_set(sv->m_kv_used, sched_total_blocks(sv->rt->sch) - sched_free_blocks(sv->rt->sch));
     size_t len = 0;
     char *text = metrics_render(sv->mx, &len);
     if (text) metrics_http_set_text(sv->hs, text, len); /* out of memory: the previous text stays */
@@ -66,8 +66,8 @@ void svc_heartbeat(service *sv) {
     snprintf(v, sizeof v,
              "{\"model\":\"%s\",\"consumer\":\"%s\",\"capacity\":%d,\"running\":%d,\"waiting\":%d,"
              "\"kv_free\":%d,\"kv_total\":%d,\"ts\":%" PRId64 "}",
-             sv->o.model_name, sv->o.consumer, sv->o.max_num_seqs, sched_n_running(sv->sch),
-             sched_n_waiting(sv->sch), sched_free_blocks(sv->sch), sched_total_blocks(sv->sch), t);
+             sv->o.model_name, sv->o.consumer, sv->o.max_num_seqs, sched_n_running(sv->rt->sch),
+             sched_n_waiting(sv->rt->sch), sched_free_blocks(sv->rt->sch), sched_total_blocks(sv->rt->sch), t);
     rcmd c;
     rcmd_init(&c);
     rcmd_str(&c, "HSET");

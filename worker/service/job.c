@@ -56,7 +56,7 @@ llmq_status svc_pieces_build(piece_table *p, const tokenizer *tok, int n, llmq_e
 
 /* The token ends the sequence (EOS or a stop id): its text is not output. */
 static int ends_sequence(const service *sv, const job *j, int32_t tok) {
-    if (!j->s.ignore_eos && model_config_is_eos(&sv->m->cfg, tok)) return 1;
+    if (!j->s.ignore_eos && model_config_is_eos(&sv->rt->m->cfg, tok)) return 1;
     for (int i = 0; i < j->s.n_stop_ids; i++)
         if (j->s.stop_ids[i] == tok) return 1;
     return 0;

@@ -70,7 +70,7 @@ static void job_drop(service *sv, const char *id, const char *why) {
                       j->attempt);
         *pp = j->next;
         sv->n_jobs--;
-        if (!j->done) sched_finish(sv->sch, &j->s, FINISH_ERROR);
+        if (!j->done) sched_finish(sv->rt->sch, &j->s, FINISH_ERROR);
         svc_job_free(j);
         return;
     }
@@ -103,7 +103,7 @@ static int pipe_reply(service *sv, const pipe_tag *t, redisReply *r) {
             job *j = svc_job_find(sv, t->id);
             if (j && !j->done) {
                 log_info("job %s: cancelled", j->id);
-                sched_finish(sv->sch, &j->s, FINISH_CANCELLED);
+                sched_finish(sv->rt->sch, &j->s, FINISH_CANCELLED);
             }
         }
         break;
@@ -248,8 +248,8 @@ void svc_publish(service *sv) {
             pp = &j->next;
             continue;
         }
-        if (j->error && !j->done) sched_finish(sv->sch, &j->s, FINISH_ERROR); /* sets done */
-        if (j->stop_hit && !j->done) sched_finish(sv->sch, &j->s, FINISH_STOP);
+        if (j->error && !j->done) sched_finish(sv->rt->sch, &j->s, FINISH_ERROR); /* sets done */
+        if (j->stop_hit && !j->done) sched_finish(sv->rt->sch, &j->s, FINISH_STOP);
         if (j->done) svc_job_text_finish(j);
         const size_t skip = j->skip < j->pending.len ? j->skip : j->pending.len;
         j->skip -= skip;
@@ -264,7 +264,7 @@ void svc_publish(service *sv) {
                 continue;
             }
             j->error = "out of memory: the worker cannot build the job's next chunk";
-            sched_finish(sv->sch, &j->s, FINISH_ERROR);
+            sched_finish(sv->rt->sch, &j->s, FINISH_ERROR);
         }
         const char *fin = j->error ? "error" : j->stop_hit ? "stop" : finish_reason_name(j->s.finish);
         if (j->error) log_warn("job %s failed: %s", j->id, j->error);

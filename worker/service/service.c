@@ -62,7 +62,7 @@ static void cancel_id(service *sv, const char *id, size_t len) {
     for (job *j = sv->jobs; j; j = j->next)
         if (strlen(j->id) == len && !memcmp(j->id, id, len) && !j->done) {
             log_info("job %s: cancelled", j->id);
-            sched_finish(sv->sch, &j->s, FINISH_CANCELLED);
+            sched_finish(sv->rt->sch, &j->s, FINISH_CANCELLED);
         }
 }
 
@@ -125,7 +125,7 @@ static llmq_status refresh(service *sv, llmq_err *err) {
 static void check_deadlines(service *sv) {
     int64_t t = now_ms();
     for (job *j = sv->jobs; j; j = j->next)
-        if (!j->done && j->req.deadline_ms > 0 && t > j->req.deadline_ms) sched_finish(sv->sch, &j->s, FINISH_DEADLINE);
+        if (!j->done && j->req.deadline_ms > 0 && t > j->req.deadline_ms) sched_finish(sv->rt->sch, &j->s, FINISH_DEADLINE);
 }
 
 /* ------------------------------------------------------------ setup + loop */
@@ -166,7 +166,7 @@ static llmq_status reconnect(service *sv, volatile sig_atomic_t *stop, llmq_err 
     while (sv->jobs) {
         job *j = sv->jobs;
         sv->jobs = j->next;
-        if (!j->done) sched_finish(sv->sch, &j->s, FINISH_ERROR);
+        if (!j->done) sched_finish(sv->rt->sch, &j->s, FINISH_ERROR);
         svc_job_free(j);
     }
     sv->n_jobs = 0;
@@ -241,14 +241,9 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     ro.cb = (sched_callbacks){svc_on_token, svc_on_finish, sv};
     ro.tok = RUNTIME_TOK_IF_PRESENT;
     if ((st = runtime_create(&sv->rt, &ro, err))) goto out;
-    sv->be = sv->rt->be;
-    sv->m = sv->rt->m;
-    sv->eng = sv->rt->eng;
-    sv->sch = sv->rt->sch;
-    sv->tok = sv->rt->tok;
-    if (sv->tok) {
+    if (sv->rt->tok) {
         llmq_err ce = {0};
-        if (chat_template_from_tokenizer(&sv->ct, sv->tok, o->chat_template, &ce) == LLMQ_OK) {
+        if (chat_template_from_tokenizer(&sv->ct, sv->rt->tok, o->chat_template, &ce) == LLMQ_OK) {
             sv->has_ct = 1;
             log_info("chat template: %s", chat_family_name(sv->ct.family));
         } else {
@@ -263,13 +258,13 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         log_warn("%s has no tokenizer.json: only prompt_ids requests can run", o->model_dir);
         snprintf(sv->ct_error, sizeof sv->ct_error, "this model has no tokenizer.json: send prompt_ids");
     }
-    const model_config *cfg = &sv->m->cfg;
-    if (sv->tok && (st = svc_pieces_build(&sv->pieces, sv->tok, cfg->vocab_size, err))) goto out;
-    blocks = eng_n_blocks(sv->eng);
+    const model_config *cfg = &sv->rt->m->cfg;
+    if (sv->rt->tok && (st = svc_pieces_build(&sv->pieces, sv->rt->tok, cfg->vocab_size, err))) goto out;
+    blocks = eng_n_blocks(sv->rt->eng);
     log_info("model %s loaded from %s: %s, %d layers, %.1f MB of weights on rank 0 of %d; KV cache %d blocks "
-             "(%.1f MiB)", o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers, sv->m->weight_bytes / 1e6, world,
+             "(%.1f MiB)", o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers, sv->rt->m->weight_bytes / 1e6, world,
              blocks,
-             (double)blocks * ENG_BLOCK_SIZE * eng_kv_bytes_per_token(cfg, sv->be->act_dt) / 1048576.0);
+             (double)blocks * ENG_BLOCK_SIZE * eng_kv_bytes_per_token(cfg, sv->rt->be->act_dt) / 1048576.0);
     if ((st = connect_all(sv, err))) goto out;
     if (o->metrics_port > 0 && (st = svc_health_start(sv, err))) goto out;
     char where[300];
@@ -287,7 +282,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
                 log_warn("drain timeout: leaving %d jobs to be resumed by another worker", sv->n_jobs);
             break;
         }
-        const int idle = sched_n_running(sv->sch) == 0 && sched_n_waiting(sv->sch) == 0;
+        const int idle = sched_n_running(sv->rt->sch) == 0 && sched_n_waiting(sv->rt->sch) == 0;
         if ((!drain_deadline && (st = svc_pull(sv, idle, err))) || (st = refresh(sv, err))) {
             if (st == LLMQ_ERR_REDIS) { /* an error reply (e.g. LOADING after a restart): try again */
                 log_warn("%s", err->msg);
@@ -304,13 +299,13 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         check_deadlines(sv);
         int worked = 0;
         int64_t t0 = now_ms();
-        int batch = sched_n_running(sv->sch);
-        if ((st = sched_step(sv->sch, &worked, err))) break;
+        int batch = sched_n_running(sv->rt->sch);
+        if ((st = sched_step(sv->rt->sch, &worked, err))) break;
         if (worked) {
             metric_observe(sv->m_step, (now_ms() - t0) / 1e3);
             metric_observe(sv->m_batch, batch);
         }
-        uint64_t pre = sched_n_preemptions(sv->sch);
+        uint64_t pre = sched_n_preemptions(sv->rt->sch);
         if (pre > sv->preempt_seen) metric_inc(sv->m_preempt, (double)(pre - sv->preempt_seen));
         sv->preempt_seen = pre;
         /* the replies to what the last iteration sent, which Redis handled
@@ -330,7 +325,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         }
     }
     if (!st && sv->rc) st = svc_pipe_flush(sv, err); /* the last replies: all that was sent is written */
-    if (!st && sv->eng && eng_stop_peers(sv->eng, err)) st = err->code;
+    if (!st && sv->rt->eng && eng_stop_peers(sv->rt->eng, err)) st = err->code;
 out:
     service_free(sv);
     return st;

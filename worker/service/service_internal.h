@@ -95,12 +95,8 @@ typedef struct service {
     int pipe_pending;        /* replies still to read from rc */
     pipe_tag *tags;          /* what each pending reply is about, in order (pipe_pending of them) */
     int cap_tags;
-    runtime *rt;             /* owns the five below (worker/engine/runtime.h) */
-    llmq_backend *be;
-    model *m;
-    engine *eng;
-    sched *sch;
-    tokenizer *tok;          /* NULL when the model directory has no tokenizer.json */
+    runtime *rt;             /* backend, model, engine, scheduler and tokenizer (NULL until built;
+                                rt->tok NULL when the model directory has no tokenizer.json) */
     piece_table pieces;      /* with tok: every id's text piece, for logprobs */
     chat_template ct;        /* the model's chat template family */
     int has_ct;
