@@ -190,26 +190,6 @@ const char *vram_presets_dir(void) {
     return "";
 }
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && n < (16L << 20) && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
-            if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-                free(buf);
-                buf = NULL;
-            } else {
-                buf[n] = '\0';
-                *len = (size_t)n;
-            }
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
 llmq_status vram_model_load(vram_model *vm, const char *what, llmq_err *err) {
     char path[4200];
     int dir = 0;
@@ -229,7 +209,7 @@ llmq_status vram_model_load(vram_model *vm, const char *what, llmq_err *err) {
         return llmq_err_set(err, LLMQ_ERR_IO, "%s: no such file or directory", what);
     }
     size_t len = 0;
-    char *buf = slurp(path, &len);
+    char *buf = model_file_read(path, (size_t)16 << 20, &len);
     if (!buf) return llmq_err_set(err, LLMQ_ERR_IO, "%s: cannot read", path);
     llmq_status st = vram_model_parse(vm, buf, len, path, err);
     free(buf);

@@ -327,13 +327,13 @@ llmq_status model_config_parse_shapes(model_config *cfg, const char *json, size_
     return parse_config(cfg, json, len, name, 1, err);
 }
 
-static char *read_file(const char *path, size_t *len) {
+char *model_file_read(const char *path, size_t max_bytes, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     char *buf = NULL;
     if (fseek(f, 0, SEEK_END) == 0) {
         long n = ftell(f);
-        if (n >= 0 && n < (64L << 20) && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
+        if (n >= 0 && (size_t)n < max_bytes && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
             if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
                 free(buf);
                 buf = NULL;
@@ -360,13 +360,13 @@ llmq_status model_config_load(model_config *cfg, const char *path, llmq_err *err
         snprintf(gen_path, sizeof gen_path, "%.*s/generation_config.json", dirlen, slash ? path : ".");
     }
     size_t len = 0;
-    char *buf = read_file(cfg_path, &len);
+    char *buf = model_file_read(cfg_path, (size_t)64 << 20, &len);
     if (!buf) return llmq_err_set(err, LLMQ_ERR_IO, "%s: cannot read: %s", cfg_path, strerror(errno));
     llmq_status st = model_config_parse(cfg, buf, len, cfg_path, err);
     free(buf);
     if (st) return st;
 
-    buf = read_file(gen_path, &len);
+    buf = model_file_read(gen_path, (size_t)64 << 20, &len);
     if (buf) {
         json_error_t jerr;
         json_t *g = json_loadb(buf, len, 0, &jerr);

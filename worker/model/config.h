@@ -72,6 +72,12 @@ typedef struct model_config {
     int32_t eos_token_ids[MODEL_MAX_EOS];
 } model_config;
 
+/* The whole file at path, NUL-terminated, when it is shorter than max_bytes
+ * (config files are small; the bound keeps a wrong path from reading a
+ * checkpoint); its length in *len.  NULL when it cannot be read or is too
+ * large.  The caller frees it. */
+char *model_file_read(const char *path, size_t max_bytes, size_t *len);
+
 /*
  * Parse dir/config.json (+ dir/generation_config.json when present).
  * `path` may also name a config.json file directly.  On error returns a
