@@ -207,6 +207,8 @@ typedef struct tok_span { size_t start, end; int match; } tok_span;
 typedef struct tok_spans { tok_span *v; size_t n, cap; } tok_spans;
 llmq_status tok_regex_find(const pcre2_code *re, const char *s, size_t len,
                            tok_spans *out);
+/* Append the range [s, e) (m: a match) to o, growing it; LLMQ_ERR_NOMEM leaves o as it was. */
+llmq_status tok_spans_push(tok_spans *o, size_t s, size_t e, int m);
 
 /* ================================================================ pre-tokenizers */
 

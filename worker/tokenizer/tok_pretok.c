@@ -11,9 +11,10 @@
  *   Punctuation      ASCII punctuation or general category P*, each char a match
  *   Whitespace       keep runs of \w (Rust regex: Alphabetic, M, Nd, Pc, ZWJ/ZWNJ)
  *                    and runs of non-\w non-space; drop white space
- *   WhitespaceSplit  drop White_Space chars, keep what is between  Semantics follow Hugging Face's NormalizedString::split: a
- * pattern yields a cover of the piece by matched / unmatched ranges, the behavior
- * regroups them, empty pieces are dropped.  Added-token pieces pass through.
+ *   WhitespaceSplit  drop White_Space chars, keep what is between
+ * Semantics follow Hugging Face's NormalizedString::split: a pattern yields a
+ * cover of the piece by matched / unmatched ranges, the behavior regroups
+ * them, empty pieces are dropped.  Added-token pieces pass through.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -200,45 +201,33 @@ llmq_status tok_pretok_parse(tok_pretok **v, size_t *n, const tok_jctx *c, json_
 
 /* ---------------------------------------------------------------- splitting */
 
-static llmq_status span_add(tok_spans *o, size_t s, size_t e, int m) {
-    if (o->n == o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 32;
-        tok_span *v = realloc(o->v, cap * sizeof *v);
-        if (!v) return LLMQ_ERR_NOMEM;
-        o->v = v;
-        o->cap = cap;
-    }
-    o->v[o->n++] = (tok_span){s, e, m};
-    return LLMQ_OK;
-}
-
 /* Cover s by literal matches of pat (non-overlapping, leftmost). */
 static llmq_status find_literal(const char *s, size_t len, const char *pat, size_t plen, tok_spans *o) {
-    if (len == 0) return span_add(o, 0, 0, 0);
+    if (len == 0) return tok_spans_push(o, 0, 0, 0);
     size_t prev = 0, i = 0;
     while (i + plen <= len) {
         const char *m = memmem(s + i, len - i, pat, plen);
         if (!m) break;
         size_t at = (size_t)(m - s);
-        if (prev != at && span_add(o, prev, at, 0)) return LLMQ_ERR_NOMEM;
-        if (span_add(o, at, at + plen, 1)) return LLMQ_ERR_NOMEM;
+        if (prev != at && tok_spans_push(o, prev, at, 0)) return LLMQ_ERR_NOMEM;
+        if (tok_spans_push(o, at, at + plen, 1)) return LLMQ_ERR_NOMEM;
         prev = i = at + plen;
     }
-    if (prev != len) return span_add(o, prev, len, 0);
+    if (prev != len) return tok_spans_push(o, prev, len, 0);
     return LLMQ_OK;
 }
 
 /* Cover s by ASCII-digit chars, each a match of its own (HF char patterns). */
 static llmq_status find_digits(const char *s, size_t len, tok_spans *o) {
-    if (len == 0) return span_add(o, 0, 0, 0);
+    if (len == 0) return tok_spans_push(o, 0, 0, 0);
     size_t prev = 0;
     for (size_t i = 0; i < len; i++) {
         if (s[i] < '0' || s[i] > '9') continue;
-        if (prev != i && span_add(o, prev, i, 0)) return LLMQ_ERR_NOMEM;
-        if (span_add(o, i, i + 1, 1)) return LLMQ_ERR_NOMEM;
+        if (prev != i && tok_spans_push(o, prev, i, 0)) return LLMQ_ERR_NOMEM;
+        if (tok_spans_push(o, i, i + 1, 1)) return LLMQ_ERR_NOMEM;
         prev = i + 1;
     }
-    if (prev != len) return span_add(o, prev, len, 0);
+    if (prev != len) return tok_spans_push(o, prev, len, 0);
     return LLMQ_OK;
 }
 

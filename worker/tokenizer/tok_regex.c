@@ -102,7 +102,7 @@ void tok_regex_free(pcre2_code *re) {
     pcre2_code_free(re);
 }
 
-static llmq_status span_push(tok_spans *o, size_t s, size_t e, int m) {
+llmq_status tok_spans_push(tok_spans *o, size_t s, size_t e, int m) {
     if (o->n == o->cap) {
         size_t cap = o->cap ? o->cap * 2 : 32;
         tok_span *v = realloc(o->v, cap * sizeof *v);
@@ -115,7 +115,7 @@ static llmq_status span_push(tok_spans *o, size_t s, size_t e, int m) {
 }
 
 llmq_status tok_regex_find(const pcre2_code *re, const char *s, size_t len, tok_spans *out) {
-    if (len == 0) return span_push(out, 0, 0, 0);
+    if (len == 0) return tok_spans_push(out, 0, 0, 0);
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
     if (!md) return LLMQ_ERR_NOMEM;
     llmq_status st = LLMQ_OK;
@@ -133,11 +133,11 @@ llmq_status tok_regex_find(const pcre2_code *re, const char *s, size_t len, tok_
         }
         last_end = me;
         last_match = (long long)me;
-        if (prev != ms && (st = span_push(out, prev, ms, 0))) break;
-        if ((st = span_push(out, ms, me, 1))) break;
+        if (prev != ms && (st = tok_spans_push(out, prev, ms, 0))) break;
+        if ((st = tok_spans_push(out, ms, me, 1))) break;
         prev = me;
     }
     pcre2_match_data_free(md);
-    if (!st && prev != len) st = span_push(out, prev, len, 0);
+    if (!st && prev != len) st = tok_spans_push(out, prev, len, 0);
     return st;
 }
