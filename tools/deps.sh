@@ -11,6 +11,7 @@ DEB_PKGS=(
   libpcre2-dev libxxhash-dev libutf8proc-dev libcmocka-dev
   redis-server curl wrk python3 python3-venv
   jq valgrind
+  libboost-context-dev
 )
 PY_PKGS=(numpy pytest redis openai tokenizers msgpack)
 # Chart tests (tests/helm): Helm's own Go engine through its C ABI (no helm

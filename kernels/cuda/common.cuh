@@ -28,6 +28,40 @@ extern "C" {
 }
 #include "kernels/cuda/cuda.h"
 
+/* ------------------------------------------------------------ launches and shared memory */
+
+/* Every kernel launch goes through llmq_launch and every shared array through LLMQ_SHARED /
+ * LLMQ_DYN_SHARED, so that the same source builds with nvcc (<<<>>>, __shared__) and as host C++
+ * for the emulated device (`make cuda-emu`, kernels/cuda/emu/): there the launch's arguments are
+ * copied at the call, as CUDA copies them, and the grid is enqueued on the stream.
+ * Launch errors are read with cudaGetLastError (CUDA_CHECK_LAUNCH) in both builds. */
+#ifdef LLMQ_CUDA_EMU
+template <typename... P, typename... A>
+static inline void llmq_launch_named(const char *name, void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                                     cudaStream_t s, A... args) {
+    emu_launch((const void *)k, name, grid, block, smem, s, [=] { k(args...); });
+}
+#define LLMQ_SHARED(T, name, dims)                                                                             \
+    T(&name) dims = *reinterpret_cast<T(*) dims>(emu_shared_static(                                            \
+        [] {                                                                                                   \
+            static const char site_ = 0;                                                                      \
+            return (const void *)&site_;                                                                       \
+        }(),                                                                                                   \
+        sizeof(T dims), alignof(T) > 16 ? alignof(T) : 16))
+#define LLMQ_DYN_SHARED(T, name) T *name = reinterpret_cast<T *>(emu_shared_dynamic())
+#else
+template <typename... P, typename... A>
+static inline void llmq_launch_named(const char *name, void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                                     cudaStream_t s, A... args) {
+    (void)name;
+    k<<<grid, block, smem, s>>>(args...);
+}
+#define LLMQ_SHARED(T, name, dims) __shared__ __align__(16) T name dims
+#define LLMQ_DYN_SHARED(T, name) extern __shared__ __align__(16) T name[]
+#endif
+/* llmq_launch(kernel, grid, block, dynamic shared bytes, stream, kernel arguments...) */
+#define llmq_launch(k, ...) llmq_launch_named(#k, k, __VA_ARGS__)
+
 /* ------------------------------------------------------------ state */
 
 /* One pinned GEMM algorithm per weight shape (rows x cols). */
