@@ -92,7 +92,7 @@ BINS += $(BUILD)/llmq-loadtest
 endif
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(filter-out $(TEST_HELPER),$(TEST_SRC)))
 
-.PHONY: all help test deps demo bench bench-serving cuda clean fixtures layers
+.PHONY: all help test deps demo bench bench-serving cuda cuda-emu clean fixtures layers
 all: layers $(BINS) $(TEST_BINS)
 
 # A lower folder never includes a higher one (common <- kernels <- worker/comm,
@@ -109,6 +109,7 @@ help:
 	@echo "  make bench        CPU engine benchmark (110M shape, F32 and BF16)"
 	@echo "  make bench-serving  local stack (redis, worker, gateway) under llmq-loadtest, 110M shape"
 	@echo "  make cuda         CUDA build into build-cuda/ (+ build-cuda/bundle/) when nvcc is found; see cuda.mk"
+	@echo "  make cuda-emu     the CUDA backend on the emulated device (no GPU) into build-emu/; see emu.mk"
 	@echo "  make fixtures     regenerate transformers fixtures (needs torch; not used by CI)"
 	@echo "  make fuzz         libFuzzer targets (clang) into build-fuzz/libfuzzer/, each run FUZZ_SECONDS=30; see fuzz.mk"
 	@echo "  make clean        remove build outputs"
@@ -194,6 +195,7 @@ $(BUILD)/obj/kernels/%.o: CFLAGS += -O3
 
 # `make cuda` (never part of `make`): see cuda.mk.
 include cuda.mk
+include emu.mk
 
 # `make fuzz` and the fuzz replays of `make test`: see fuzz.mk.
 include fuzz.mk

@@ -40,6 +40,10 @@ extern "C" {
 long llmq_emu_report_count(void);
 }
 
-/* ---- the device side: defined by emu_exec.cc's owner below this line ---- */
+/* The host API CUDA's headers declare only under nvcc (the template cudaFuncSetAttribute, ...):
+ * emu_host.h, with emu_runtime.cc.  The device side (threadIdx, __syncthreads, shuffles, atomics,
+ * intrinsics): emu_device.h, with emu_exec.cc. */
+#include "kernels/cuda/emu/emu_host.h"
+#include "kernels/cuda/emu/emu_device.h"
 
 #endif

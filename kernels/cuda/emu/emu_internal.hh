@@ -4,14 +4,14 @@
  * (they see emu.h, force-included by the build).
  *
  * The parts, one owner each:
- *   emu_exec.cc     kernel execution: a grid's blocks one at a time per OS
+ *   emu_exec.cc     (+ emu_device.h) kernel execution: a grid's blocks one at a time per OS
  *                   thread, a block's threads as Boost.Context fibers;
  *                   barriers, warp ops, shared memory (static and dynamic)
  *   emu_check.cc    detectors: shared-memory races, reads of never-written
  *                   shared or device memory, out-of-bounds device accesses,
  *                   barriers not reached by the whole block (fed by the
  *                   -fsanitize=thread instrumentation of the kernel files)
- *   emu_runtime.cc  the cudart subset: device profile, device memory,
+ *   emu_runtime.cc  (+ emu_host.h) the cudart subset: device profile, device memory,
  *                   streams (one worker thread each), events, errors,
  *                   stream capture and graphs, launch validation
  *   emu_cublas.cc   the cuBLAS / cuBLASLt subset, by a reference GEMM
