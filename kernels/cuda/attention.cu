@@ -86,8 +86,9 @@ template <typename T, int PPL>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_kernel(T *__restrict__ out, const T *__restrict__ q, const T *__restrict__ kc,
                      const T *__restrict__ vc, att_args a) {
-    extern __shared__ __align__(16) unsigned char att_smem[];
-    __shared__ int s_pos[ATT_ROWS], s_lo[ATT_ROWS];
+    LLMQ_DYN_SHARED(unsigned char, att_smem);
+    LLMQ_SHARED(int, s_pos, [ATT_ROWS]);
+    LLMQ_SHARED(int, s_lo, [ATT_ROWS]);
 
     const int t0 = a.t_lo + blockIdx.x;
     const int kvh = blockIdx.y / a.n_hb, hblk = blockIdx.y % a.n_hb;
@@ -302,11 +303,11 @@ static void launch(llmq_backend *be, T *out, const T *q, const T *kc, const T *v
                                             (int)smem));
     }
     dim3 grid((unsigned)n_tok, (unsigned)(a.n_kv * a.n_hb), (unsigned)a.n_parts);
-    attention_kernel<T, PPL><<<grid, ATT_WARPS * 32, smem, impl->stream>>>(out, q, kc, vc, a);
+    llmq_launch((attention_kernel<T, PPL>), grid, ATT_WARPS * 32, smem, impl->stream, out, q, kc, vc, a);
     CUDA_CHECK_LAUNCH(be);
     if (a.n_parts > 1) {
         dim3 g2((unsigned)n_tok, (unsigned)a.n_heads);
-        attention_combine_kernel<T><<<g2, 128, 0, impl->stream>>>(out, a);
+        llmq_launch(attention_combine_kernel<T>, g2, 128, 0, impl->stream, out, a);
         CUDA_CHECK_LAUNCH(be);
     }
 }

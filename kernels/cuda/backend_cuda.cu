@@ -434,7 +434,7 @@ extern "C" double cuda_backend_measure_bw(llmq_backend *be, size_t bytes) {
     for (int r = 0; r < 6; r++) {
         float ms = 0;
         cudaEventRecord(a, impl->stream);
-        bw_read_kernel<<<impl->n_sms * 8, 512, 0, impl->stream>>>((const uint4 *)buf, n, sink);
+        llmq_launch(bw_read_kernel, impl->n_sms * 8, 512, 0, impl->stream, (const uint4 *)buf, n, sink);
         cudaEventRecord(b, impl->stream);
         if (cudaEventSynchronize(b) != cudaSuccess || cudaEventElapsedTime(&ms, a, b) != cudaSuccess) goto out;
         if (r > 0 && ms > 0 && n * 16 / (ms * 1e-3) / 1e9 > best) best = n * 16 / (ms * 1e-3) / 1e9;

@@ -14,9 +14,10 @@ template <typename O> static void convert_from(llmq_backend *be, O *dst, const v
     cudaStream_t s = cuda_impl_of(be)->stream;
     const unsigned grid = cuda_blocks(n, 256);
     switch (from) {
-    case LLMQ_F32: convert_kernel<<<grid, 256, 0, s>>>(dst, (const float *)src, n); break;
-    case LLMQ_F16: convert_kernel<<<grid, 256, 0, s>>>(dst, (const __half *)src, n); break;
-    case LLMQ_BF16: convert_kernel<<<grid, 256, 0, s>>>(dst, (const __nv_bfloat16 *)src, n); break;
+    case LLMQ_F32: llmq_launch((convert_kernel<O, float>), grid, 256, 0, s, dst, (const float *)src, n); break;
+    case LLMQ_F16: llmq_launch((convert_kernel<O, __half>), grid, 256, 0, s, dst, (const __half *)src, n); break;
+    case LLMQ_BF16: llmq_launch((convert_kernel<O, __nv_bfloat16>), grid, 256, 0, s,
+                                dst, (const __nv_bfloat16 *)src, n); break;
     default: break; /* Q8 / Q4: no quantized weights on this backend (worker/model/model.c refuses them) */
     }
 }

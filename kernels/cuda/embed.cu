@@ -22,10 +22,13 @@ template <typename T> static void embed_t(llmq_backend *be, T *out, const be_wei
     cudaStream_t s = cuda_impl_of(be)->stream;
     const size_t ld = be_weight_ld(w);
     switch (w->dt) {
-    case LLMQ_F32: embed_kernel<<<n, 256, 0, s>>>(out, (const float *)w->data, ld, w->rows, w->cols, ids); break;
-    case LLMQ_F16: embed_kernel<<<n, 256, 0, s>>>(out, (const __half *)w->data, ld, w->rows, w->cols, ids); break;
+    case LLMQ_F32: llmq_launch((embed_kernel<T, float>), n, 256, 0, s,
+                               out, (const float *)w->data, ld, w->rows, w->cols, ids); break;
+    case LLMQ_F16: llmq_launch((embed_kernel<T, __half>), n, 256, 0, s,
+                               out, (const __half *)w->data, ld, w->rows, w->cols, ids); break;
     case LLMQ_BF16:
-        embed_kernel<<<n, 256, 0, s>>>(out, (const __nv_bfloat16 *)w->data, ld, w->rows, w->cols, ids);
+        llmq_launch((embed_kernel<T, __nv_bfloat16>), n, 256, 0, s,
+                    out, (const __nv_bfloat16 *)w->data, ld, w->rows, w->cols, ids);
         break;
     default: break; /* embeddings are never quantized */
     }

@@ -19,13 +19,14 @@ template <typename T> __global__ void add_kernel(T *x, const T *y, size_t n) {
 void cuda_gather_rows(llmq_backend *be, void *dst, const void *src, const int32_t *rows, int n, int dim) {
     if (n <= 0) return;
     cudaStream_t s = cuda_impl_of(be)->stream;
-    CUDA_DISPATCH_ACT(be->act_dt, T, gather_kernel<T><<<n, 256, 0, s>>>((T *)dst, (const T *)src, rows, dim));
+    CUDA_DISPATCH_ACT(be->act_dt, T, llmq_launch(gather_kernel<T>, n, 256, 0, s, (T *)dst, (const T *)src, rows, dim));
     CUDA_CHECK_LAUNCH(be);
 }
 
 void cuda_add(llmq_backend *be, void *x, const void *y, size_t n) {
     if (!n) return;
     cudaStream_t s = cuda_impl_of(be)->stream;
-    CUDA_DISPATCH_ACT(be->act_dt, T, add_kernel<T><<<cuda_blocks(n, 256), 256, 0, s>>>((T *)x, (const T *)y, n));
+    CUDA_DISPATCH_ACT(be->act_dt, T, llmq_launch(add_kernel<T>, cuda_blocks(n, 256), 256, 0, s,
+                                                 (T *)x, (const T *)y, n));
     CUDA_CHECK_LAUNCH(be);
 }

@@ -15,6 +15,7 @@ template <typename T> __global__ void gelu_kernel(T *out, const T *x, size_t n) 
 void cuda_gelu(llmq_backend *be, void *out, const void *x, size_t n) {
     if (!n) return;
     cudaStream_t s = cuda_impl_of(be)->stream;
-    CUDA_DISPATCH_ACT(be->act_dt, T, gelu_kernel<T><<<cuda_blocks(n, 256), 256, 0, s>>>((T *)out, (const T *)x, n));
+    CUDA_DISPATCH_ACT(be->act_dt, T, llmq_launch(gelu_kernel<T>, cuda_blocks(n, 256), 256, 0, s,
+                                                 (T *)out, (const T *)x, n));
     CUDA_CHECK_LAUNCH(be);
 }

@@ -24,8 +24,7 @@ void cuda_kv_store(llmq_backend *be, void *k_cache, void *v_cache, const void *k
         cuda_fail(be, LLMQ_ERR_UNSUPPORTED, "cuda kv_store: rows of %d elements are not whole 4-byte words", kv_dim);
         return;
     }
-    kv_store_kernel<<<n, 128, 0, cuda_impl_of(be)->stream>>>((uint32_t *)k_cache, (uint32_t *)v_cache,
-                                                             (const uint32_t *)k, (const uint32_t *)v, slots,
-                                                             (int)(bytes / 4));
+    llmq_launch(kv_store_kernel, n, 128, 0, cuda_impl_of(be)->stream, (uint32_t *)k_cache, (uint32_t *)v_cache,
+                (const uint32_t *)k, (const uint32_t *)v, slots, (int)(bytes / 4));
     CUDA_CHECK_LAUNCH(be);
 }

@@ -15,7 +15,7 @@
 
 template <typename T>
 __global__ void layernorm_kernel(T *out, const T *x, const float *w, const float *b, int dim, float eps) {
-    __shared__ float scratch[32];
+    LLMQ_SHARED(float, scratch, [32]);
     const size_t base = (size_t)blockIdx.x * dim;
     const T *xr = x + base;
     float s = 0.0f;
@@ -37,6 +37,6 @@ void cuda_layernorm(llmq_backend *be, void *out, const void *x, const float *w, 
     if (n <= 0) return;
     cudaStream_t s = cuda_impl_of(be)->stream;
     CUDA_DISPATCH_ACT(be->act_dt, T,
-                      layernorm_kernel<T><<<n, LN_THREADS, 0, s>>>((T *)out, (const T *)x, w, b, dim, eps));
+                      llmq_launch(layernorm_kernel<T>, n, LN_THREADS, 0, s, (T *)out, (const T *)x, w, b, dim, eps));
     CUDA_CHECK_LAUNCH(be);
 }

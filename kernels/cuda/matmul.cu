@@ -159,7 +159,8 @@ void cuda_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w,
     if (bias) {
         const size_t total = (size_t)n * m;
         CUDA_DISPATCH_ACT(be->act_dt, T,
-                          bias_kernel<T><<<cuda_blocks(total, 256), 256, 0, impl->stream>>>((T *)out, bias, m, total));
+                          llmq_launch(bias_kernel<T>, cuda_blocks(total, 256), 256, 0, impl->stream,
+                                      (T *)out, bias, m, total));
         CUDA_CHECK_LAUNCH(be);
     }
 }

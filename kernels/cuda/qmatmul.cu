@@ -186,13 +186,13 @@ void cuda_qmatmul(llmq_backend *be, void *out, const void *x, const be_weight *w
     if (w->dt == LLMQ_Q8) {
         const q8_deq d = {(const int8_t *)qw->q, qw->scales, w->cols};
         CUDA_DISPATCH_ACT(be->act_dt, T,
-                          qm_kernel<T, q8_deq><<<grid, 32 * QM_WARPS, 0, s>>>((T *)out, (const T *)x, d, bias, w->rows,
-                                                                            w->cols, n));
+                          llmq_launch((qm_kernel<T, q8_deq>), grid, 32 * QM_WARPS, 0, s,
+                                      (T *)out, (const T *)x, d, bias, w->rows, w->cols, n));
     } else {
         const q4_deq d = {(const uint8_t *)qw->q, qw->scales, qw->zeros, w->cols, qw->group};
         CUDA_DISPATCH_ACT(be->act_dt, T,
-                          qm_kernel<T, q4_deq><<<grid, 32 * QM_WARPS, 0, s>>>((T *)out, (const T *)x, d, bias, w->rows,
-                                                                            w->cols, n));
+                          llmq_launch((qm_kernel<T, q4_deq>), grid, 32 * QM_WARPS, 0, s,
+                                      (T *)out, (const T *)x, d, bias, w->rows, w->cols, n));
     }
     CUDA_CHECK_LAUNCH(be);
 }

@@ -16,7 +16,7 @@
 
 template <typename T>
 __global__ void rmsnorm_kernel(T *out, T *x, const T *delta, const float *w, int dim, float eps) {
-    __shared__ float scratch[32];
+    LLMQ_SHARED(float, scratch, [32]);
     const size_t base = (size_t)blockIdx.x * dim;
     T *xr = x + base;
     float ss = 0.0f;
@@ -39,7 +39,8 @@ void cuda_rmsnorm(llmq_backend *be, void *out, const void *x, const float *w, in
     if (n <= 0) return;
     cudaStream_t s = cuda_impl_of(be)->stream;
     CUDA_DISPATCH_ACT(be->act_dt, T,
-                      rmsnorm_kernel<T><<<n, RMS_THREADS, 0, s>>>((T *)out, (T *)x, (const T *)NULL, w, dim, eps));
+                      llmq_launch(rmsnorm_kernel<T>, n, RMS_THREADS, 0, s,
+                                  (T *)out, (T *)x, (const T *)NULL, w, dim, eps));
     CUDA_CHECK_LAUNCH(be);
 }
 
@@ -48,6 +49,7 @@ void cuda_add_rmsnorm(llmq_backend *be, void *out, void *x, const void *delta, c
     if (n <= 0) return;
     cudaStream_t s = cuda_impl_of(be)->stream;
     CUDA_DISPATCH_ACT(be->act_dt, T,
-                      rmsnorm_kernel<T><<<n, RMS_THREADS, 0, s>>>((T *)out, (T *)x, (const T *)delta, w, dim, eps));
+                      llmq_launch(rmsnorm_kernel<T>, n, RMS_THREADS, 0, s,
+                                  (T *)out, (T *)x, (const T *)delta, w, dim, eps));
     CUDA_CHECK_LAUNCH(be);
 }

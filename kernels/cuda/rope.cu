@@ -15,7 +15,8 @@
 template <typename T>
 __global__ void rope_kernel(T *q, T *k, const int32_t *positions, int n_heads, int n_kv_heads, int hd,
                             const float *inv_freq) {
-    __shared__ float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF];
+    LLMQ_SHARED(float, cs, [ROPE_MAX_HALF]);
+    LLMQ_SHARED(float, sn, [ROPE_MAX_HALF]);
     const int t = blockIdx.x, half = hd / 2;
     const float pos = (float)positions[t];
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
@@ -53,7 +54,7 @@ void cuda_rope(llmq_backend *be, void *q, void *k, const int32_t *positions, int
     }
     cudaStream_t s = cuda_impl_of(be)->stream;
     CUDA_DISPATCH_ACT(be->act_dt, T,
-                      rope_kernel<T><<<n, 128, 0, s>>>((T *)q, (T *)k, positions, n_heads, n_kv_heads, head_dim,
-                                                       inv_freq));
+                      llmq_launch(rope_kernel<T>, n, 128, 0, s,
+                                  (T *)q, (T *)k, positions, n_heads, n_kv_heads, head_dim, inv_freq));
     CUDA_CHECK_LAUNCH(be);
 }

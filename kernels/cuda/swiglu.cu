@@ -17,7 +17,7 @@ void cuda_swiglu(llmq_backend *be, void *out, const void *gate, const void *up, 
     if (!total) return;
     cudaStream_t s = cuda_impl_of(be)->stream;
     CUDA_DISPATCH_ACT(be->act_dt, T,
-                      swiglu_kernel<T><<<cuda_blocks(total, 256), 256, 0, s>>>((T *)out, (const T *)gate,
-                                                                                (const T *)up, total));
+                      llmq_launch(swiglu_kernel<T>, cuda_blocks(total, 256), 256, 0, s,
+                                  (T *)out, (const T *)gate, (const T *)up, total));
     CUDA_CHECK_LAUNCH(be);
 }
