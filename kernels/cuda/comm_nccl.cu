@@ -27,6 +27,7 @@
 #include <time.h>
 
 #include "kernels/cuda/comm_nccl.h"
+#include "kernels/cuda/common.cuh"
 
 typedef struct nccl_comm {
     llmq_comm c;               /* public part; c.impl points back here */
@@ -242,17 +243,17 @@ static llmq_status nccl_all_reduce_sum(llmq_comm *c, void *buf, size_t count, co
     if (my_len) {
         const unsigned grid = (unsigned)((my_len + 255) / 256 < 4096 ? (my_len + 255) / 256 : 4096);
         if (dt == COMM_F32)
-            ordered_sum_f32<<<grid, 256, 0, s->stream>>>((float *)(res + my0 * es), (const float *)recv, slice,
-                                                         c->world, my_len);
+            llmq_launch(ordered_sum_f32, grid, 256, 0, s->stream, (float *)(res + my0 * es), (const float *)recv,
+                        slice, c->world, my_len);
         else if (dt == COMM_F16)
-            ordered_sum_half<<<grid, 256, 0, s->stream>>>((__half *)(res + my0 * es), (const __half *)recv, slice,
-                                                          c->world, my_len);
+            llmq_launch(ordered_sum_half<__half>, grid, 256, 0, s->stream, (__half *)(res + my0 * es),
+                        (const __half *)recv, slice, c->world, my_len);
         else if (dt == COMM_BF16)
-            ordered_sum_half<<<grid, 256, 0, s->stream>>>((__nv_bfloat16 *)(res + my0 * es),
-                                                          (const __nv_bfloat16 *)recv, slice, c->world, my_len);
+            llmq_launch(ordered_sum_half<__nv_bfloat16>, grid, 256, 0, s->stream, (__nv_bfloat16 *)(res + my0 * es),
+                        (const __nv_bfloat16 *)recv, slice, c->world, my_len);
         else
-            ordered_sum_i32<<<grid, 256, 0, s->stream>>>((uint32_t *)(res + my0 * es), (const uint32_t *)recv,
-                                                         slice, c->world, my_len);
+            llmq_launch(ordered_sum_i32, grid, 256, 0, s->stream, (uint32_t *)(res + my0 * es),
+                        (const uint32_t *)recv, slice, c->world, my_len);
         CUDA_TRY_COMM(s, op, cudaGetLastError());
     }
     NCCL_TRY(s, op, ncclAllGather(res + my0 * es, res, slice * es, ncclChar, s->comm, s->stream), deadline);
