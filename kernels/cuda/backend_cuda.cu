@@ -25,6 +25,7 @@
 #define W_STAGE_BYTES ((size_t)64 << 20)    /* weight conversion staging */
 #define ATTN_WS_BYTES ((size_t)64 << 20)    /* attention partials (attention.cu) */
 #define BLAS_WS_BYTES ((size_t)32 << 20)    /* cuBLAS workspace */
+#define F32_STAGE_FLOATS ((size_t)2 << 20)  /* F32 transfers of 16-bit activations, a chunk at a time */
 
 llmq_status cuda_fail(llmq_backend *be, llmq_status code, const char *fmt, ...) {
     if (be->err.code != LLMQ_OK) return code;
@@ -38,19 +39,29 @@ llmq_status cuda_fail(llmq_backend *be, llmq_status code, const char *fmt, ...) 
 
 /* ------------------------------------------------------------ memory */
 
-static void *cu_alloc(llmq_backend *be, size_t bytes) {
+/* cudaMalloc that leaves no pending error behind (a failed cudaMalloc is
+ * also the thread's "last error", which the next CUDA_CHECK_LAUNCH would
+ * report against an unrelated kernel) and records out of memory on be with
+ * what was asked and what is free.  Returns NULL on failure. */
+static void *dev_malloc(llmq_backend *be, size_t bytes, const char *what) {
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 256);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError(); /* out of memory is not sticky: clear it */
-        size_t fr = 0, tot = 0;
-        cudaMemGetInfo(&fr, &tot);
-        cuda_fail(be, LLMQ_ERR_NOMEM, "cudaMalloc of %.1f MiB failed (%s); %.1f of %.1f MiB free on %s",
-                  bytes / 1048576.0, cudaGetErrorString(e), fr / 1048576.0, tot / 1048576.0,
-                  cuda_impl_of(be)->name);
-        return NULL;
-    }
+    if (e == cudaSuccess) return p;
+    (void)cudaGetLastError();
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    (void)cudaGetLastError();
+    cuda_fail(be, LLMQ_ERR_NOMEM, "cudaMalloc of %.1f MiB for %s failed (%s); %.1f of %.1f MiB free on %s",
+              bytes / 1048576.0, what, cudaGetErrorString(e), fr / 1048576.0, tot / 1048576.0,
+              cuda_impl_of(be)->name);
+    return NULL;
+}
+
+static void *cu_alloc(llmq_backend *be, size_t bytes) {
+    void *p = dev_malloc(be, bytes, "a buffer");
+    if (!p) return NULL;
     if (cudaMemsetAsync(p, 0, bytes ? bytes : 256, cuda_impl_of(be)->stream) != cudaSuccess) {
+        (void)cudaGetLastError();
         cudaFree(p);
         cuda_fail(be, LLMQ_ERR_BACKEND, "cudaMemsetAsync of a new buffer failed");
         return NULL;
@@ -69,28 +80,26 @@ static void cu_upload(llmq_backend *be, void *dst, const void *src, size_t bytes
     CUDA_TRY_V(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_impl_of(be)->stream));
 }
 
-/* Make sure the F32 staging buffer holds n floats (grows, never shrinks). */
-static int f32_stage_reserve(llmq_backend *be, size_t n) {
-    cuda_impl *impl = cuda_impl_of(be);
-    if (n <= impl->f32_stage_n) return 0;
-    if (impl->f32_stage) CUDA_TRY_RET(be, cudaFree(impl->f32_stage), -1);
-    impl->f32_stage = NULL;
-    impl->f32_stage_n = 0;
-    CUDA_TRY_RET(be, cudaMalloc((void **)&impl->f32_stage, n * sizeof(float)), -1);
-    impl->f32_stage_n = n;
-    return 0;
-}
-
+/* F32 transfers of 16-bit activations convert on the device through the
+ * fixed F32 staging buffer (F32_STAGE_FLOATS, allocated at create so that
+ * nothing is allocated after the KV pool took the rest of the memory), a
+ * chunk at a time.  A device-to-pageable copy returns once done and a
+ * pageable-to-device copy once its source is staged, so each chunk may reuse
+ * the staging buffer without a further wait. */
 static void cu_download_f32(llmq_backend *be, float *dst, const void *src, size_t n) {
     cuda_impl *impl = cuda_impl_of(be);
     if (!n) return;
-    const float *from = (const float *)src;
-    if (be->act_dt != LLMQ_F32) {
-        if (f32_stage_reserve(be, n)) return;
-        cuda_convert(be, impl->f32_stage, LLMQ_F32, src, be->act_dt, n);
-        from = impl->f32_stage;
+    if (be->act_dt == LLMQ_F32) {
+        CUDA_TRY_V(be, cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, impl->stream));
+    } else {
+        const size_t es = llmq_dtype_size(be->act_dt);
+        for (size_t i = 0; i < n; i += impl->f32_stage_n) {
+            const size_t c = n - i < impl->f32_stage_n ? n - i : impl->f32_stage_n;
+            cuda_convert(be, impl->f32_stage, LLMQ_F32, (const char *)src + i * es, be->act_dt, c);
+            CUDA_TRY_V(be, cudaMemcpyAsync(dst + i, impl->f32_stage, c * sizeof(float), cudaMemcpyDeviceToHost,
+                                           impl->stream));
+        }
     }
-    CUDA_TRY_V(be, cudaMemcpyAsync(dst, from, n * sizeof(float), cudaMemcpyDeviceToHost, impl->stream));
     CUDA_TRY_V(be, cudaStreamSynchronize(impl->stream));
 }
 
@@ -101,9 +110,13 @@ static void cu_upload_f32(llmq_backend *be, void *dst, const float *src, size_t 
         cu_upload(be, dst, src, n * sizeof(float));
         return;
     }
-    if (f32_stage_reserve(be, n)) return;
-    CUDA_TRY_V(be, cudaMemcpyAsync(impl->f32_stage, src, n * sizeof(float), cudaMemcpyHostToDevice, impl->stream));
-    cuda_convert(be, dst, be->act_dt, impl->f32_stage, LLMQ_F32, n);
+    const size_t es = llmq_dtype_size(be->act_dt);
+    for (size_t i = 0; i < n; i += impl->f32_stage_n) {
+        const size_t c = n - i < impl->f32_stage_n ? n - i : impl->f32_stage_n;
+        CUDA_TRY_V(be, cudaMemcpyAsync(impl->f32_stage, src + i, c * sizeof(float), cudaMemcpyHostToDevice,
+                                       impl->stream));
+        cuda_convert(be, (char *)dst + i * es, be->act_dt, impl->f32_stage, LLMQ_F32, c);
+    }
 }
 
 /* ------------------------------------------------------------ weights */
@@ -116,17 +129,11 @@ static llmq_status cu_weight_prepare(llmq_backend *be, be_weight *out, const be_
     if (in->rows <= 0 || in->cols <= 0 || ld < cols || !in_es)
         return cuda_fail(be, LLMQ_ERR_INVALID, "weight_prepare: bad matrix [%d, %d] ld %zu dtype %d", in->rows,
                          in->cols, ld, (int)in->dt);
-    void *dev = NULL;
-    cudaError_t e = cudaMalloc(&dev, rows * cols * out_es);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        size_t fr = 0, tot = 0;
-        cudaMemGetInfo(&fr, &tot);
-        return cuda_fail(be, LLMQ_ERR_NOMEM,
-                         "out of GPU memory for a [%zu, %zu] %s weight (%.1f MiB): %.1f of %.1f MiB free on %s",
-                         rows, cols, llmq_dtype_name(be->act_dt), rows * cols * out_es / 1048576.0, fr / 1048576.0,
-                         tot / 1048576.0, impl->name);
-    }
+    char what[96];
+    snprintf(what, sizeof what, "a [%zu, %zu] %s weight", rows, cols, llmq_dtype_name(be->act_dt));
+    void *dev = dev_malloc(be, rows * cols * out_es, what);
+    if (!dev) return be->err.code;
+    cudaError_t e;
     if (in->dt == be->act_dt) { /* same type: one strided copy straight into place */
         e = cudaMemcpy2DAsync(dev, cols * out_es, in->data, ld * in_es, cols * in_es, rows, cudaMemcpyHostToDevice,
                               impl->stream);
@@ -136,22 +143,15 @@ static llmq_status cu_weight_prepare(llmq_backend *be, be_weight *out, const be_
         }
     } else { /* convert through the staging buffer, a band of rows at a time */
         const size_t band = W_STAGE_BYTES / (cols * in_es) > 0 ? W_STAGE_BYTES / (cols * in_es) : 1;
-        if (!impl->w_stage) {
-            size_t bytes = band * cols * in_es;
-            if (cudaMalloc(&impl->w_stage, bytes) != cudaSuccess) {
-                (void)cudaGetLastError();
-                cudaFree(dev);
-                return cuda_fail(be, LLMQ_ERR_NOMEM, "weight_prepare: no GPU memory for the %.1f MiB staging buffer",
-                                 bytes / 1048576.0);
-            }
-            impl->w_stage_bytes = bytes;
-        } else if (band * cols * in_es > impl->w_stage_bytes) { /* a single row wider than the staging */
+        if (impl->w_stage && band * cols * in_es > impl->w_stage_bytes) { /* a row wider than the staging */
             cudaFree(impl->w_stage);
             impl->w_stage = NULL;
-            if (cudaMalloc(&impl->w_stage, band * cols * in_es) != cudaSuccess) {
-                (void)cudaGetLastError();
+        }
+        if (!impl->w_stage) {
+            impl->w_stage = dev_malloc(be, band * cols * in_es, "the weight staging buffer");
+            if (!impl->w_stage) {
                 cudaFree(dev);
-                return cuda_fail(be, LLMQ_ERR_NOMEM, "weight_prepare: no GPU memory for the staging buffer");
+                return be->err.code;
             }
             impl->w_stage_bytes = band * cols * in_es;
         }
@@ -171,7 +171,10 @@ static llmq_status cu_weight_prepare(llmq_backend *be, be_weight *out, const be_
     e = cudaStreamSynchronize(impl->stream);
     if (e != cudaSuccess || be->err.code != LLMQ_OK) {
         cudaFree(dev);
-        return cuda_fail(be, LLMQ_ERR_BACKEND, "weight_prepare: %s", cudaGetErrorString(e));
+        /* an op's error (the conversion's launch) is already on be and is the cause */
+        if (be->err.code != LLMQ_OK) return be->err.code;
+        return cuda_fail(be, LLMQ_ERR_BACKEND, "weight_prepare: CUDA error %s (%s) while uploading a [%zu, %zu] weight",
+                         cudaGetErrorName(e), cudaGetErrorString(e), rows, cols);
     }
     out->data = dev;
     out->dt = be->act_dt;
@@ -342,8 +345,10 @@ extern "C" llmq_backend *cuda_backend_create(llmq_err *err) {
         what = "cudaMalloc of the workspaces";
         impl->blas_ws_bytes = BLAS_WS_BYTES;
         impl->attn_ws_bytes = ATTN_WS_BYTES;
+        impl->f32_stage_n = F32_STAGE_FLOATS;
         e = cudaMalloc(&impl->blas_ws, impl->blas_ws_bytes);
         if (e == cudaSuccess) e = cudaMalloc((void **)&impl->attn_ws, impl->attn_ws_bytes);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&impl->f32_stage, impl->f32_stage_n * sizeof(float));
     }
     if (e == cudaSuccess) {
         what = "cublasCreate";

@@ -93,7 +93,7 @@ typedef struct cuda_impl {
     long gemm_calls, gemm_fallbacks;
     void *blas_ws;              /* cuBLAS workspace (classic API) */
     size_t blas_ws_bytes;
-    float *f32_stage;           /* device F32 staging for upload_f32/download_f32 */
+    float *f32_stage;           /* device F32 staging for upload_f32/download_f32 (fixed size, a chunk at a time) */
     size_t f32_stage_n;         /* floats */
     void *w_stage;              /* device staging for weight conversion */
     size_t w_stage_bytes;

@@ -63,10 +63,15 @@ llmq_status cuda_qweight_prepare(llmq_backend *be, be_weight *out, const be_weig
     w->d.scales = (const float *)(b + align256(q_bytes));
     w->d.zeros = z_bytes ? b + align256(q_bytes) + align256(s_bytes) : NULL;
     w->d.group = in->dt == LLMQ_Q4 ? hq->group : 0;
-    /* Synchronous copies: the loader frees the host arrays right after. */
-    e = cudaMemcpy((void *)w->d.q, hq->q, q_bytes, cudaMemcpyHostToDevice);
-    if (e == cudaSuccess) e = cudaMemcpy((void *)w->d.scales, hq->scales, s_bytes, cudaMemcpyHostToDevice);
-    if (e == cudaSuccess && z_bytes) e = cudaMemcpy((void *)w->d.zeros, hq->zeros, z_bytes, cudaMemcpyHostToDevice);
+    /* On the backend's stream (not the legacy one, which does not order with
+     * a non-blocking stream): from pageable memory each call returns once its
+     * source is staged, so the loader may free the host arrays right after. */
+    cudaStream_t st = impl->stream;
+    e = cudaMemcpyAsync((void *)w->d.q, hq->q, q_bytes, cudaMemcpyHostToDevice, st);
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync((void *)w->d.scales, hq->scales, s_bytes, cudaMemcpyHostToDevice, st);
+    if (e == cudaSuccess && z_bytes)
+        e = cudaMemcpyAsync((void *)w->d.zeros, hq->zeros, z_bytes, cudaMemcpyHostToDevice, st);
     if (e != cudaSuccess) {
         cudaFree(w->block);
         free(w);
