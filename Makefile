@@ -161,7 +161,8 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(call obj,$(TEST_HELPER)) $(A_SERVICE)
 test:
 	@bash tools/deps.sh
 	@$(MAKE) --no-print-directory all
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZER=$(SANITIZER) bash tests/run.sh
+	@$(MAKE) --no-print-directory cuda-emu
+	@BUILD=$(BUILD) EMU_BUILD=$(EMU_BUILD) PYTHON=$(PYTHON) SANITIZER=$(SANITIZER) bash tests/run.sh
 
 deps:
 	@bash tools/deps.sh

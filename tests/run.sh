@@ -6,6 +6,9 @@
 #   - C tests: every executable under $BUILD/tests/ (cmocka, TAP output);
 #     each cmocka test case counts once.
 #   - Python tests: pytest over tests/ (test_*.py), each test case counts once.
+#   - The CUDA backend on the emulated device: the C suites under
+#     $EMU_BUILD/tests/gpu/ (built by `make cuda-emu`; EMU_BUILD is given by
+#     `make test`), and tests/gpu/test_emu_*.py among the Python tests.
 # A suite that exits non-zero without reporting a failed case (a crash, a
 # sanitizer report) counts as one failure of its own.  Skips are listed by
 # name with their reason so that a skipped test is never mistaken for a pass.
@@ -13,6 +16,7 @@
 # Environment handed to the tests:
 #   LLMQ_ROOT    the repository root        LLMQ_BUILD   the build folder
 #   LLMQ_SHARED  ../shared when it exists (tests skip with a message otherwise)
+#   LLMQ_EMU_BUILD  the emulated CUDA build (EMU_BUILD), when given
 # Filters: TESTS='substring' runs only suites whose path contains it.
 set -u
 cd "$(dirname "$0")/.."
@@ -23,6 +27,11 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 export LLMQ_ROOT="$ROOT" LLMQ_BUILD="$BUILD"
 if [ -d "$ROOT/../shared" ]; then export LLMQ_SHARED=$(cd "$ROOT/../shared" && pwd); fi
 FILTER=${TESTS:-}
+EMU_BUILD=${EMU_BUILD:-}
+if [ -n "$EMU_BUILD" ]; then
+    case "$EMU_BUILD" in /*) ;; *) EMU_BUILD="$ROOT/$EMU_BUILD" ;; esac
+    export LLMQ_EMU_BUILD="$EMU_BUILD"
+fi
 
 passed=0 failed=0 skipped=0
 failures=() skips=()
@@ -31,6 +40,7 @@ logdir=$(mktemp -d "${TMPDIR:-/tmp}/llmq-tests.XXXXXX")
 run_c_suite() {
     local bin=$1 name log rc
     name=${bin#"$BUILD"/}
+    if [ -n "$EMU_BUILD" ] && [[ "$bin" == "$EMU_BUILD"/* ]]; then name="emu:${bin#"$EMU_BUILD"/}"; fi
     log="$logdir/$(echo "$name" | tr / _).log"
     CMOCKA_MESSAGE_OUTPUT=TAP "$bin" >"$log" 2>&1
     rc=$?
@@ -55,6 +65,19 @@ if [ -d "$BUILD/tests" ]; then
         [ -n "$FILTER" ] && [[ "${bin#"$BUILD"/}" != *"$FILTER"* ]] && continue
         run_c_suite "$bin"
     done < <(find "$BUILD/tests" -type f -perm -u+x -name 'test_*' | sort)
+fi
+
+# The CUDA backend on the emulated device (kernels/cuda/emu/): only its GPU
+# suites, the others are the same code as above.  Detector reports abort.
+if [ -n "$EMU_BUILD" ]; then
+    if [ -d "$EMU_BUILD/tests/gpu" ]; then
+        while IFS= read -r bin; do
+            [ -n "$FILTER" ] && [[ "emu:${bin#"$EMU_BUILD"/}" != *"$FILTER"* ]] && continue
+            LLMQ_EMU_FATAL=1 run_c_suite "$bin"
+        done < <(find "$EMU_BUILD/tests/gpu" -type f -perm -u+x -name 'test_*' | sort)
+    else
+        skipped=$((skipped + 1)); skips+=("emulated CUDA suites: $EMU_BUILD/tests/gpu not built (make cuda-emu found no CUDA headers)")
+    fi
 fi
 
 # Python suites (end-to-end, golden references, CLI behaviour).
