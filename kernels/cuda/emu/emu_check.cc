@@ -1,0 +1,409 @@
+/*
+ * emu_check.cc — the emulated device's detectors: what a GPU would not
+ * report, or would report without saying where.
+ *
+ *  - shared-memory races: a byte written by one thread of a block and read
+ *    or written by another thread of that block in the same barrier
+ *    interval (no __syncthreads between them);
+ *  - reads of shared bytes never written in this block (a GPU would return
+ *    stale data; the arena is NaN-poisoned at block start);
+ *  - out-of-bounds device accesses (also raised as cudaErrorIllegalAddress,
+ *    as a GPU would) and reads of device bytes never written;
+ *  - emu::report, through which every part reports ("barrier", "launch" too).
+ *
+ * How accesses are seen: make cuda-emu compiles the kernel files with
+ * -fsanitize=thread but never links libtsan; this file defines the
+ * callbacks that instrumentation calls (__tsan_read4, __tsan_write8, the
+ * atomics, ...).  They are also called by host code in those files, so
+ * outside a block the callback is one thread-local load and a return.
+ * Under SANITIZER=thread the real TSan runtime owns those names: the
+ * callbacks are then not defined here (and emu.mk does not instrument).
+ *
+ * Shadow of shared memory: one entry per byte of the running block's arena,
+ * per OS thread (a block runs wholly on one OS thread).  Epochs are global
+ * per OS thread and only grow: a block's epochs are base + (barriers
+ * completed since its first shared access), so an entry whose write epoch is
+ * below the block's base was written by an earlier block (= never written in
+ * this one) and the shadow is never cleared between blocks.
+ *
+ * Invariants: lanes of a warp are not assumed to run in lockstep, and
+ * __syncwarp / shuffles do not order shared accesses here (the kernels do not
+ * rely on it; a kernel that does would be reported).  Atomics never race with
+ * atomics.  Each report is printed once per (kind, kernel, code location).
+ */
+#include "kernels/cuda/emu/emu_internal.hh"
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace emu {
+
+/* ------------------------------------------------------------ reports */
+
+static std::atomic<long> n_reports{0};
+
+void report(const char *kind, const char *fmt, ...) {
+    /* Reports come from fibers with small stacks: the text is built in thread-local buffers. */
+    static thread_local char msg[2048], line[2200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    int n = snprintf(line, sizeof line, "llmq-emu: %s: %s\n", kind, msg);
+    if (n < 0) n = 0;
+    if ((size_t)n >= sizeof line) n = (int)sizeof line - 1, line[n - 1] = '\n';
+    /* One write per report, so that reports of concurrent streams do not interleave. */
+    ssize_t off = 0;
+    while (off < n) {
+        ssize_t w = write(2, line + off, (size_t)(n - off));
+        if (w <= 0) break;
+        off += w;
+    }
+    n_reports.fetch_add(1, std::memory_order_relaxed);
+    const char *fatal = getenv("LLMQ_EMU_FATAL");
+    if (fatal && fatal[0] == '1') abort();
+}
+
+long report_count() { return n_reports.load(std::memory_order_relaxed); }
+
+/* ------------------------------------------------------------ code locations */
+
+/* "func at file:line" (inlined frames innermost first) of a return address in
+ * instrumented code, by addr2line on the binary that holds it; "binary+0xoff"
+ * when that fails.  Cached: each location is asked for once. */
+static std::string where(const void *ret) {
+    static std::mutex mu;
+    static std::unordered_map<uintptr_t, std::string> cache;
+    std::lock_guard<std::mutex> g(mu);
+    uintptr_t pc = (uintptr_t)ret - 1; /* inside the call instruction, not after it */
+    auto it = cache.find(pc);
+    if (it != cache.end()) return it->second;
+
+    char buf[512];
+    Dl_info info;
+    if (!dladdr(ret, &info) || !info.dli_fname) {
+        snprintf(buf, sizeof buf, "%p", ret);
+        return cache[pc] = buf;
+    }
+    const Elf64_Ehdr *eh = (const Elf64_Ehdr *)info.dli_fbase;
+    uintptr_t addr = eh->e_type == ET_DYN ? pc - (uintptr_t)info.dli_fbase : pc;
+    const char *file = info.dli_fname;
+    if (!file[0] || access(file, R_OK) != 0) file = "/proc/self/exe";
+    std::string out;
+    if (!strchr(file, '\'')) {
+        char cmd[1024];
+        snprintf(cmd, sizeof cmd, "addr2line -C -f -i -e '%s' 0x%lx 2>/dev/null", file, (unsigned long)addr);
+        FILE *p = popen(cmd, "r");
+        if (p) {
+            char fn[512], loc[512];
+            while (fgets(fn, sizeof fn, p) && fgets(loc, sizeof loc, p)) {
+                fn[strcspn(fn, "\n")] = 0;
+                loc[strcspn(loc, "\n")] = 0;
+                if (!strncmp(loc, "??", 2)) continue;
+                out += out.empty() ? "" : ", inlined in ";
+                out += fn;
+                out += " at ";
+                out += loc;
+            }
+            pclose(p);
+        }
+    }
+    if (out.empty()) {
+        snprintf(buf, sizeof buf, "%s+0x%lx%s%s", info.dli_fname, (unsigned long)addr,
+                 info.dli_sname ? " in " : "", info.dli_sname ? info.dli_sname : "");
+        out = buf;
+    }
+    return cache[pc] = out;
+}
+
+/* True the first time (kind, kernel, location) is seen in this process. */
+static bool first_time(const char *kind, const char *kernel, const void *pc) {
+    static std::mutex mu;
+    static std::unordered_set<std::string> seen;
+    char key[64];
+    snprintf(key, sizeof key, "%p/%p/%p", (const void *)kind, (const void *)kernel, pc);
+    std::lock_guard<std::mutex> g(mu);
+    return seen.insert(key).second;
+}
+
+/* ------------------------------------------------------------ shadow state */
+
+/* Shadow of one byte of shared memory.  Epochs: 0 = never, else the global epoch (see top). */
+struct shadow_byte {
+    uint32_t w_ep;       /* epoch of the last write */
+    uint32_t r_ep;       /* epoch of the reads recorded in r_thr */
+    uint16_t w_thr;      /* thread of the last write (ATOMIC: an atomic) */
+    uint16_t r_thr;      /* the thread that read in r_ep, or MANY (two or more threads) */
+    uint32_t pad;
+    const void *w_pc;    /* code of the last write */
+    const void *r_pc;    /* code of the first read in r_ep */
+};
+static const uint16_t MANY = 0xffff, ATOMIC = 0xfffe;
+
+/* The block running on this OS thread. */
+struct block_state {
+    unsigned char *sh_base; /* shared arena [sh_base, sh_base + sh_size) */
+    size_t sh_size;
+    shadow_byte *sh;        /* [sh_size] */
+    uint32_t base;          /* global epoch of the block's first barrier interval */
+    uint32_t last;          /* largest global epoch used so far in this block */
+    uint64_t epoch0;        /* cur_epoch() at the block's first shared access */
+    bool have_epoch0;
+    bool oob_raised;        /* async_error already raised for this block */
+    std::vector<shadow_byte> shadow;
+    uint32_t next_base;     /* where the next block's epochs start */
+};
+
+/* The fast path's only load: non-null exactly between check_block_begin and check_block_end. */
+static thread_local block_state *tl_blk;
+static thread_local std::unique_ptr<block_state> tl_state;
+
+void check_block_begin(unsigned char *shared, size_t size, unsigned n_threads) {
+    (void)n_threads;
+    if (!tl_state) {
+        tl_state.reset(new block_state());
+        tl_state->next_base = 1;
+    }
+    block_state *b = tl_state.get();
+    if (b->shadow.size() < size) b->shadow.resize(size); /* new entries are zero: never written */
+    /* Epochs are 32-bit: long before they wrap, start over from a cleared shadow. */
+    if (b->next_base > 0xf0000000u) {
+        memset((void *)b->shadow.data(), 0, b->shadow.size() * sizeof(shadow_byte));
+        b->next_base = 1;
+    }
+    b->sh_base = shared;
+    b->sh_size = size;
+    b->sh = b->shadow.data();
+    b->base = b->last = b->next_base;
+    b->have_epoch0 = false;
+    b->oob_raised = false;
+    tl_blk = b;
+}
+
+void check_block_end() {
+    block_state *b = tl_blk;
+    if (!b) return;
+    b->next_base = b->last + 1;
+    tl_blk = nullptr;
+}
+
+/* The barrier detector (a thread leaving while others wait at a barrier) is emu_exec.cc's. */
+void check_thread_exit(unsigned thread) { (void)thread; }
+
+/* ------------------------------------------------------------ the checks */
+
+/* Atomics never race with atomics; a plain access and an atomic of another thread in one interval do. */
+enum access_kind { READ, WRITE, ATOMIC_LOAD, ATOMIC_STORE, ATOMIC_RMW };
+
+static const char *kind_name(access_kind k) {
+    static const char *const names[] = {"read", "write", "atomic load", "atomic store", "atomic read-modify-write"};
+    return names[k];
+}
+static bool reads(access_kind k) { return k == READ || k == ATOMIC_LOAD || k == ATOMIC_RMW; }
+
+static void report_race(block_state *b, size_t off, access_kind k, const void *pc, const char *other_kind,
+                        unsigned other_thr, const void *other_pc) {
+    const char *kernel = cur_kernel_name();
+    if (!first_time("race", kernel, pc)) return;
+    char other[32];
+    if (other_thr == MANY) snprintf(other, sizeof other, "several threads");
+    else if (other_thr == ATOMIC) snprintf(other, sizeof other, "an atomic");
+    else snprintf(other, sizeof other, "thread %u", other_thr);
+    report("race",
+           "kernel %s, block %u: shared memory offset %zu: %s by thread %u at %s, and %s by %s at %s, "
+           "with no __syncthreads between them",
+           kernel, cur_block(), off, kind_name(k), cur_thread(), where(pc).c_str(), other_kind, other,
+           other_pc ? where(other_pc).c_str() : "?");
+    (void)b;
+}
+
+/* An access of n bytes at offset off of the block's shared arena. */
+static void shared_access(block_state *b, size_t off, size_t n, access_kind k, const void *pc) {
+    if (n > b->sh_size - off) {
+        const char *kernel = cur_kernel_name();
+        if (first_time("out-of-bounds", kernel, pc))
+            report("out-of-bounds", "kernel %s, block %u, thread %u: %s of %zu B at shared memory offset %zu, "
+                   "past the block's %zu B, at %s", kernel, cur_block(), cur_thread(), kind_name(k), n, off,
+                   b->sh_size, where(pc).c_str());
+        n = b->sh_size - off;
+    }
+    uint64_t ep = cur_epoch();
+    if (!b->have_epoch0) b->epoch0 = ep, b->have_epoch0 = true;
+    uint32_t e = b->base + (uint32_t)(ep - b->epoch0);
+    if (e > b->last) b->last = e;
+    uint16_t t = (uint16_t)cur_thread();
+    shadow_byte *s = b->sh + off;
+    for (size_t i = 0; i < n; i++, s++) {
+        if (reads(k) && s->w_ep < b->base) {
+            const char *kernel = cur_kernel_name();
+            if (first_time("uninitialized", kernel, pc))
+                report("uninitialized", "kernel %s, block %u, thread %u: %s of %zu B at shared memory offset %zu, "
+                       "never written in this block, at %s", kernel, cur_block(), t, kind_name(k), n, off + i,
+                       where(pc).c_str());
+        }
+        if (k == ATOMIC_LOAD) continue;
+        if (k == ATOMIC_STORE || k == ATOMIC_RMW) {
+            s->w_ep = e, s->w_thr = ATOMIC, s->w_pc = pc;
+            continue;
+        }
+        if (s->w_ep == e && s->w_thr != t) {
+            report_race(b, off + i, k, pc, "write", s->w_thr, s->w_pc);
+        } else if (k == WRITE && s->r_ep == e && s->r_thr != t) {
+            report_race(b, off + i, k, pc, "read", s->r_thr, s->r_pc);
+        }
+        if (k == WRITE) {
+            s->w_ep = e, s->w_thr = t, s->w_pc = pc;
+        } else if (s->r_ep != e) {
+            s->r_ep = e, s->r_thr = t, s->r_pc = pc;
+        } else if (s->r_thr != t) {
+            s->r_thr = MANY;
+        }
+    }
+}
+
+/* An access of n bytes at a device address. */
+static void device_access(block_state *b, const void *p, size_t n, access_kind k, const void *pc) {
+    const char *why = nullptr;
+    if (!device_range_ok(p, n, &why)) {
+        const char *kernel = cur_kernel_name();
+        if (first_time("out-of-bounds", kernel, pc))
+            report("out-of-bounds", "kernel %s, block %u, thread %u: %s of %zu B at %p (%s), at %s", kernel,
+                   cur_block(), cur_thread(), kind_name(k), n, p, why ? why : "not allocated", where(pc).c_str());
+        if (!b->oob_raised) {
+            b->oob_raised = true;
+            async_error(cudaErrorIllegalAddress, "kernel %s: illegal %s of %zu B at %p (%s)", kernel,
+                        kind_name(k), n, p, why ? why : "not allocated");
+        }
+        return;
+    }
+    if (reads(k) && !device_written(p, n)) {
+        const char *kernel = cur_kernel_name();
+        if (first_time("uninitialized", kernel, pc))
+            report("uninitialized", "kernel %s, block %u, thread %u: %s of %zu B at %p: device memory never written, "
+                   "at %s", kernel, cur_block(), cur_thread(), kind_name(k), n, p, where(pc).c_str());
+    }
+    if (k != READ && k != ATOMIC_LOAD) device_mark_written(p, n);
+}
+
+/* Every instrumented access comes here.  Outside a block: one thread-local load. */
+static inline __attribute__((always_inline)) void check(const volatile void *vp, size_t n, access_kind k,
+                                                        const void *pc) {
+    block_state *b = tl_blk;
+    if (__builtin_expect(b == nullptr, 1)) return;
+    const void *p = (const void *)vp;
+    size_t off = (uintptr_t)p - (uintptr_t)b->sh_base;
+    if (off < b->sh_size) return shared_access(b, off, n, k, pc);
+    if (is_device(p)) device_access(b, p, n, k, pc);
+}
+
+} // namespace emu
+
+/* ------------------------------------------------------------ the instrumentation's callbacks */
+
+#ifndef __SANITIZE_THREAD__ /* under SANITIZER=thread these names are libtsan's */
+
+#define RA __builtin_return_address(0)
+
+extern "C" {
+
+void __tsan_init(void) {}
+void __tsan_func_entry(void *caller) { (void)caller; }
+void __tsan_func_exit(void *caller) { (void)caller; }
+void __tsan_vptr_update(void *vptr, void *val) { (void)vptr, (void)val; }
+void __tsan_vptr_read(void *vptr) { (void)vptr; }
+void __tsan_read_range(void *p, long n) { emu::check(p, (size_t)n, emu::READ, RA); }
+void __tsan_write_range(void *p, long n) { emu::check(p, (size_t)n, emu::WRITE, RA); }
+
+#define EMU_TSAN_RW(N)                                                                                         \
+    void __tsan_read##N(void *p) { emu::check(p, N, emu::READ, RA); }                                           \
+    void __tsan_write##N(void *p) { emu::check(p, N, emu::WRITE, RA); }                                         \
+    void __tsan_unaligned_read##N(void *p) { emu::check(p, N, emu::READ, RA); }                                 \
+    void __tsan_unaligned_write##N(void *p) { emu::check(p, N, emu::WRITE, RA); }                               \
+    void __tsan_volatile_read##N(void *p) { emu::check(p, N, emu::READ, RA); }                                  \
+    void __tsan_volatile_write##N(void *p) { emu::check(p, N, emu::WRITE, RA); }                                \
+    void __tsan_read##N##_pc(void *p, void *pc) { emu::check(p, N, emu::READ, pc); }                            \
+    void __tsan_write##N##_pc(void *p, void *pc) { emu::check(p, N, emu::WRITE, pc); }
+EMU_TSAN_RW(1)
+EMU_TSAN_RW(2)
+EMU_TSAN_RW(4)
+EMU_TSAN_RW(8)
+EMU_TSAN_RW(16)
+
+/* Atomics: the instrumentation replaces the operation by the call, so each callback performs it
+ * (sequentially consistent whatever order was asked: stronger is always correct).  Parameter types
+ * are those of GCC's declarations of these built-ins. */
+#define SC __ATOMIC_SEQ_CST
+#define EMU_TSAN_RMW(N, T, OP, EXPR)                                                                           \
+    T __tsan_atomic##N##_##OP(volatile void *p, T v, int mo) {                                                 \
+        (void)mo;                                                                                              \
+        emu::check(p, sizeof(T), emu::ATOMIC_RMW, RA);                                                         \
+        return EXPR((volatile T *)p, v, SC);                                                                   \
+    }
+#define EMU_TSAN_ATOMIC(N, T)                                                                                  \
+    T __tsan_atomic##N##_load(const volatile void *p, int mo) {                                                \
+        (void)mo;                                                                                              \
+        emu::check(p, sizeof(T), emu::ATOMIC_LOAD, RA);                                                        \
+        return __atomic_load_n((const volatile T *)p, SC);                                                     \
+    }                                                                                                          \
+    void __tsan_atomic##N##_store(volatile void *p, T v, int mo) {                                             \
+        (void)mo;                                                                                              \
+        emu::check(p, sizeof(T), emu::ATOMIC_STORE, RA);                                                       \
+        __atomic_store_n((volatile T *)p, v, SC);                                                              \
+    }                                                                                                          \
+    EMU_TSAN_RMW(N, T, exchange, __atomic_exchange_n)                                                          \
+    EMU_TSAN_RMW(N, T, fetch_add, __atomic_fetch_add)                                                          \
+    EMU_TSAN_RMW(N, T, fetch_sub, __atomic_fetch_sub)                                                          \
+    EMU_TSAN_RMW(N, T, fetch_and, __atomic_fetch_and)                                                          \
+    EMU_TSAN_RMW(N, T, fetch_or, __atomic_fetch_or)                                                            \
+    EMU_TSAN_RMW(N, T, fetch_xor, __atomic_fetch_xor)                                                          \
+    EMU_TSAN_RMW(N, T, fetch_nand, __atomic_fetch_nand)                                                        \
+    bool __tsan_atomic##N##_compare_exchange_strong(volatile void *p, void *c, T v, int mo, int fmo) {         \
+        (void)mo, (void)fmo;                                                                                   \
+        emu::check(p, sizeof(T), emu::ATOMIC_RMW, RA);                                                         \
+        return __atomic_compare_exchange_n((volatile T *)p, (T *)c, v, false, SC, SC);                         \
+    }                                                                                                          \
+    bool __tsan_atomic##N##_compare_exchange_weak(volatile void *p, void *c, T v, int mo, int fmo) {           \
+        (void)mo, (void)fmo;                                                                                   \
+        emu::check(p, sizeof(T), emu::ATOMIC_RMW, RA);                                                         \
+        return __atomic_compare_exchange_n((volatile T *)p, (T *)c, v, true, SC, SC);                          \
+    }                                                                                                          \
+    T __tsan_atomic##N##_compare_exchange_val(volatile void *p, T c, T v, int mo, int fmo) {                   \
+        (void)mo, (void)fmo;                                                                                   \
+        emu::check(p, sizeof(T), emu::ATOMIC_RMW, RA);                                                         \
+        __atomic_compare_exchange_n((volatile T *)p, &c, v, false, SC, SC);                                    \
+        return c;                                                                                              \
+    }
+EMU_TSAN_ATOMIC(8, unsigned char)
+EMU_TSAN_ATOMIC(16, unsigned short)
+EMU_TSAN_ATOMIC(32, unsigned int)
+EMU_TSAN_ATOMIC(64, unsigned long)
+
+void __tsan_atomic_thread_fence(int mo) {
+    (void)mo;
+    __atomic_thread_fence(SC);
+}
+void __tsan_atomic_signal_fence(int mo) {
+    (void)mo;
+    __atomic_signal_fence(SC);
+}
+
+} // extern "C"
+
+#endif /* __SANITIZE_THREAD__ */
+
+/* ------------------------------------------------------------ C API (emu.h) */
+
+extern "C" long llmq_emu_report_count(void) { return emu::report_count(); }
