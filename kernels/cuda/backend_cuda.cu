@@ -22,6 +22,10 @@
 #include "kernels/cuda/comm_nccl.h"
 #include "kernels/cuda/common.cuh"
 
+extern "C" {
+#include "common/log.h"
+}
+
 #define W_STAGE_BYTES ((size_t)64 << 20)    /* weight conversion staging */
 #define ATTN_WS_BYTES ((size_t)64 << 20)    /* attention partials (attention.cu) */
 #define BLAS_WS_BYTES ((size_t)32 << 20)    /* cuBLAS workspace */
@@ -369,6 +373,9 @@ extern "C" llmq_backend *cuda_backend_create(llmq_err *err) {
         cu_destroy(be);
         return NULL;
     }
+    log_info("cuda: device %d: %s (sm_%d, %d SMs, %.1f GiB), activations %s, GEMMs %s, step graphs %s", dev,
+             impl->name, sm, impl->n_sms, prop.totalGlobalMem / 1073741824.0, llmq_dtype_name(act),
+             impl->gemm_pinned ? "pinned" : "fast", impl->graphs_off ? "off" : "on");
     return be;
 }
 
