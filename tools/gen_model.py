@@ -8,6 +8,7 @@ Named shapes (Llama architecture):
   tiny     dim 64, 2 layers, 4 heads (2 KV), MLP 172, vocab 512, ctx 512
   110M     dim 768, 12 layers, 12 heads, MLP 2048, vocab 32000, ctx 1024 (tied)
   llama3-8b  dim 4096, 32 layers, 32 heads (8 KV), MLP 14336, vocab 128256
+--layers N keeps a shape's layer shapes with N layers.
 Only numpy is needed; the safetensors file is written directly (its format
 is a little-endian u64 header length, a JSON header, then the raw data).
 """
@@ -96,6 +97,8 @@ def main():
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", type=int, help="override the shape's number of layers (benchmarks extrapolate "
+                    "from a few layers of a large shape: tests/gpu/bench.sh)")
     ap.add_argument("--tokenizer-from", help="copy tokenizer files from this model directory")
     ap.add_argument("--train-tokenizer", action="store_true",
                     help="train a byte-level BPE tokenizer with the model's vocabulary size (needs `tokenizers`)")
@@ -104,6 +107,10 @@ def main():
     cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", rms_norm_eps=1e-5,
                rope_theta=10000.0, bos_token_id=1, eos_token_id=2, torch_dtype=DTYPES[a.dtype][1])
     cfg.update(SHAPES[a.shape])
+    if a.layers is not None:
+        if a.layers < 1:
+            ap.error("--layers must be at least 1")
+        cfg["num_hidden_layers"] = a.layers
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.tokenizer_from:
