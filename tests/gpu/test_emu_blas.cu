@@ -378,12 +378,29 @@ static void test_algos_split_k(void **state) {
         }
         if (t == CUDA_R_32F) assert_true(memcmp(outs[(size_t)split].bytes.data(), outs[(size_t)plain].bytes.data(), D.size()) != 0);
 
-        /* no workspace, reduction none (matmul.cu's pinning preference): no split-K at all */
-        const int found0 = heuristic(e->lt, &lc, 0, CUBLASLT_REDUCTION_SCHEME_NONE, 16, res, 8);
-        for (int i = 0; i < found0; i++) {
-            assert_int_equal(algo_splitk(&res[i].algo), 1);
-            assert_int_equal(algo_scheme(&res[i].algo), CUBLASLT_REDUCTION_SCHEME_NONE);
-            assert_int_equal(res[i].workspaceSize, 0);
+        /* no workspace, reduction none (matmul.cu's pinning preference), and each of the two
+         * alone: no split-K at all; a mask of one scheme: only that scheme */
+        const struct {
+            uint64_t ws;
+            uint32_t mask;
+        } prefs[4] = {{0, CUBLASLT_REDUCTION_SCHEME_NONE},
+                      {0, CUBLASLT_REDUCTION_SCHEME_MASK},
+                      {64 << 20, CUBLASLT_REDUCTION_SCHEME_NONE},
+                      {64 << 20, CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE}};
+        for (int p = 0; p < 4; p++) {
+            const int found0 = heuristic(e->lt, &lc, prefs[p].ws, prefs[p].mask, 16, res, 8);
+            int splits = 0;
+            for (int i = 0; i < found0; i++) {
+                assert_true(res[i].workspaceSize <= prefs[p].ws);
+                if (algo_splitk(&res[i].algo) == 1) {
+                    assert_int_equal(algo_scheme(&res[i].algo), CUBLASLT_REDUCTION_SCHEME_NONE);
+                    continue;
+                }
+                splits++;
+                assert_int_equal(algo_scheme(&res[i].algo), CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE);
+                assert_int_equal(prefs[p].mask, CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE);
+            }
+            assert_int_equal(splits > 0, p == 3);
         }
         for (void *p : {dA, dB, dD, ws}) assert_int_equal(cudaFree(p), cudaSuccess);
     }
