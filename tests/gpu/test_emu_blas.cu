@@ -461,6 +461,50 @@ static void test_batch_invariance(void **state) {
     }
 }
 
+/* CUBLASLT_EPILOGUE_BIAS (a vector of D's rows, F32 or D's type) and device-pointer alpha/beta. */
+static void test_lt_bias_and_device_scalars(void **state) {
+    env *e = (env *)*state;
+    const int64_t m = 21, n = 9, k = 35;
+    for (cudaDataType_t t : TYPES)
+        for (int bias32 = 0; bias32 < 2; bias32++) {
+            const hmat A = hmat_make(t, m, k, m, false), B = hmat_make(t, k, n, k, false);
+            const hmat C = hmat_make(t, m, n, m, false);
+            const hmat bias = hmat_make(bias32 ? CUDA_R_32F : t, m, 1, m, false);
+            hmat D = C;
+            const float scal[2] = {0.5f, 1.5f}; /* alpha, beta: read from device memory when the GEMM runs */
+            hmat S = hmat_make(CUDA_R_32F, 2, 1, 2, false);
+            memcpy(S.bytes.data(), scal, sizeof scal);
+            void *dA = dev_upload(A), *dB = dev_upload(B), *dC = dev_upload(C), *dbias = dev_upload(bias), *dS = dev_upload(S);
+            lt_case lc;
+            assert_int_equal(lt_describe(&lc, false, false, A, B, C, C), CUBLAS_STATUS_SUCCESS);
+            const uint32_t epi = CUBLASLT_EPILOGUE_BIAS;
+            const int32_t pm = CUBLASLT_POINTER_MODE_DEVICE, bt = bias.type;
+            assert_int_equal(cublasLtMatmulDescSetAttribute(&lc.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi),
+                             CUBLAS_STATUS_SUCCESS);
+            assert_int_equal(cublasLtMatmulDescSetAttribute(&lc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &dbias, sizeof dbias),
+                             CUBLAS_STATUS_SUCCESS);
+            if (bias32)
+                assert_int_equal(cublasLtMatmulDescSetAttribute(&lc.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt),
+                                 CUBLAS_STATUS_SUCCESS);
+            assert_int_equal(cublasLtMatmulDescSetAttribute(&lc.op, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof pm),
+                             CUBLAS_STATUS_SUCCESS);
+            const float *dalpha = (const float *)dS, *dbeta = dalpha + 1;
+            assert_int_equal(cublasLtMatmul(e->lt, &lc.op, dalpha, dA, &lc.a, dB, &lc.b, dbeta, dC, &lc.c, dC, &lc.d, NULL,
+                                            NULL, 0, 0),
+                             CUBLAS_STATUS_SUCCESS);
+            dev_download(&D, dC);
+            ref_result r = ref_gemm(m, n, k, false, false, scal[0], A, B, scal[1], &C, t, 1);
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++) {
+                    const double b = bias.at(i, 0);
+                    r.v[(size_t)(i * n + j)] += b;
+                    r.tol[(size_t)(i * n + j)] += (unit_roundoff(t) + ldexp(1.0, -22)) * fabs(b);
+                }
+            assert_int_equal(count_wrong(D, r, NULL, m, n, true), 0);
+            for (void *p : {dA, dB, dC, dbias, dS}) assert_int_equal(cudaFree(p), cudaSuccess);
+        }
+}
+
 /* A wrong leading dimension, transpose or order is computed as given: a wrong answer. */
 static void test_wrong_layout_is_wrong(void **state) {
     env *e = (env *)*state;
@@ -697,6 +741,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_gemmex),
         cmocka_unit_test(test_algos_split_k),
         cmocka_unit_test(test_batch_invariance),
+        cmocka_unit_test(test_lt_bias_and_device_scalars),
         cmocka_unit_test(test_wrong_layout_is_wrong),
         cmocka_unit_test(test_invalid_and_unsupported),
         cmocka_unit_test(test_out_of_bounds_reported),
