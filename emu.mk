@@ -43,7 +43,7 @@ EMU_KTEST_SRC := $(wildcard tests/gpu/test_emu_*.cu)
 EMU_TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(EMU_TEST_SRC)) \
                  $(patsubst tests/%.cu,$(BUILD)/tests/%,$(EMU_KTEST_SRC))
 
-EMU_CXXFLAGS := -std=gnu++17 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOURCE -pthread \
+EMU_CXXFLAGS := -std=gnu++17 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas -D_GNU_SOURCE -pthread \
                 -march=$(ARCH) -I. -isystem $(CUDA_HOME)/include -DLLMQ_WITH_CUDA -DLLMQ_CUDA_EMU -MMD -MP \
                 $(EXTRA_CXXFLAGS)
 ifneq ($(SANITIZER),)

@@ -1,6 +1,6 @@
 /*
  * emu.h — what kernel sources see when `make cuda-emu` compiles
- * kernels/cuda/*.cu as host C++ (g++ -x c++ -include kernels/cuda/emu/emu.h
+ * the .cu files of kernels/cuda as host C++ (g++ -x c++ -include kernels/cuda/emu/emu.h
  * -DLLMQ_CUDA_EMU).  Under nvcc this file is never included.
  *
  * CUDA's own headers declare the runtime API, the vector types and
