@@ -672,26 +672,23 @@ static void test_invalid_and_unsupported(void **state) {
 /* ------------------------------------------------------------ defects, in a child process */
 
 /* Runs one planted defect; exit status 0 when the emulator behaved as expected. */
-static int child_main(const char *what) {
-    setenv("LLMQ_EMU_FATAL", "0", 1);
-    cublasLtHandle_t lt;
-    if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) return 10;
+static int child_run(cublasLtHandle_t lt, const char *what, void *dev[3]) {
     const int64_t m = 16, n = 8, k = 32;
     const hmat A = hmat_make(CUDA_R_32F, m, k, m, false), B = hmat_make(CUDA_R_32F, k, n, k, false);
     const hmat C = hmat_make(CUDA_R_32F, m, n, m, false);
-    void *dA = NULL, *dB = NULL, *dC = NULL;
     const bool oob = !strcmp(what, "oob"), host = !strcmp(what, "host"), uninit = !strcmp(what, "uninit");
-    if (cudaMalloc(&dA, A.size()) != cudaSuccess || cudaMalloc(&dB, B.size() - (oob ? 4 : 0)) != cudaSuccess ||
-        cudaMalloc(&dC, C.size()) != cudaSuccess)
+    const size_t b_bytes = B.size() - (oob ? 4 : 0); /* B one element short */
+    if (cudaMalloc(&dev[0], A.size()) != cudaSuccess || cudaMalloc(&dev[1], b_bytes) != cudaSuccess ||
+        cudaMalloc(&dev[2], C.size()) != cudaSuccess)
         return 11;
-    if (!uninit && cudaMemcpy(dA, A.bytes.data(), A.size(), cudaMemcpyHostToDevice) != cudaSuccess) return 12;
-    if (cudaMemcpy(dB, B.bytes.data(), B.size() - (oob ? 4 : 0), cudaMemcpyHostToDevice) != cudaSuccess) return 13;
+    if (!uninit && cudaMemcpy(dev[0], A.bytes.data(), A.size(), cudaMemcpyHostToDevice) != cudaSuccess) return 12;
+    if (cudaMemcpy(dev[1], B.bytes.data(), b_bytes, cudaMemcpyHostToDevice) != cudaSuccess) return 13;
     lt_case lc;
     if (lt_describe(&lc, false, false, A, B, C, C) != CUBLAS_STATUS_SUCCESS) return 14;
     const float alpha = 1.0f, beta = 0.0f;
     const long before = llmq_emu_report_count();
-    const void *a = host ? (const void *)A.bytes.data() : dA;
-    if (cublasLtMatmul(lt, &lc.op, &alpha, a, &lc.a, dB, &lc.b, &beta, dC, &lc.c, dC, &lc.d, NULL, NULL, 0, 0) !=
+    const void *a = host ? (const void *)A.bytes.data() : dev[0];
+    if (cublasLtMatmul(lt, &lc.op, &alpha, a, &lc.a, dev[1], &lc.b, &beta, dev[2], &lc.c, dev[2], &lc.d, NULL, NULL, 0, 0) !=
         CUBLAS_STATUS_SUCCESS)
         return 15; /* the defect is found when the GEMM runs, as on a GPU */
     const cudaError_t e = cudaDeviceSynchronize();
@@ -701,6 +698,17 @@ static int child_main(const char *what) {
     if ((oob || host) && e != cudaErrorIllegalAddress) return 17;
     if (uninit && e != cudaSuccess) return 18;
     return 0;
+}
+
+static int child_main(const char *what) {
+    setenv("LLMQ_EMU_FATAL", "0", 1);
+    cublasLtHandle_t lt;
+    if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) return 10;
+    void *dev[3] = {NULL, NULL, NULL};
+    const int rc = child_run(lt, what, dev);
+    for (void *p : dev) cudaFree(p); /* after an out-of-bounds GEMM the sticky error is returned */
+    cublasLtDestroy(lt);
+    return rc;
 }
 
 static void run_child(const char *what, const char *expect) {
