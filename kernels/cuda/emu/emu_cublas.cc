@@ -333,8 +333,24 @@ bool aligned(const void *p, uint32_t align) { return ((uintptr_t)p & (uintptr_t)
 
 /* ------------------------------------------------------------ the reference GEMM */
 
+/* Every half's float value, from CUDA's own conversion: packing converts each
+ * operand element once per GEMM, and the table is several times faster than
+ * the header's branchy host path. */
+const float *half_table() {
+    static const std::vector<float> table = [] {
+        std::vector<float> t(65536);
+        for (uint32_t i = 0; i < 65536; i++) {
+            __half_raw r;
+            r.x = (unsigned short)i;
+            t[i] = __half2float(__half(r));
+        }
+        return t;
+    }();
+    return table.data();
+}
+
 inline float ld_f(const float *p, int64_t i) { return p[i]; }
-inline float ld_f(const __half *p, int64_t i) { return __half2float(p[i]); }
+inline float ld_f(const __half *p, int64_t i) { return half_table()[__half_raw(p[i]).x]; }
 inline float ld_f(const __nv_bfloat16 *p, int64_t i) { return __bfloat162float(p[i]); }
 
 float load(const void *p, int type, int64_t i) {
@@ -408,6 +424,18 @@ void micro_4x4(const float *a, const float *b, int64_t k, int64_t k0, int64_t k1
     acc[3][0] = c30, acc[3][1] = c31, acc[3][2] = c32, acc[3][3] = c33;
 }
 
+/* micro_4x4's sums for one column (the n % 4 leftovers, and n = 1, decode): the same
+ * chains, so the same bits as when the column falls in a 4 x 4 tile. */
+void micro_4x1(const float *a, const float *b, int64_t k, int64_t k0, int64_t k1, float acc[4][4], int col) {
+    float c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+    const float *a0 = a, *a1 = a + k, *a2 = a + 2 * k, *a3 = a + 3 * k;
+    for (int64_t kk = k0; kk < k1; kk++) {
+        const float y = b[kk];
+        c0 = fmaf(a0[kk], y, c0), c1 = fmaf(a1[kk], y, c1), c2 = fmaf(a2[kk], y, c2), c3 = fmaf(a3[kk], y, c3);
+    }
+    acc[0][col] = c0, acc[1][col] = c1, acc[2][col] = c2, acc[3][col] = c3;
+}
+
 /* D = alpha op(A) op(B) + beta C (+ bias), in the algorithm's summation order.
  * The operands are read through their descriptors only; C is not read when beta is 0. */
 void gemm_compute(const gemm_job &j, float alpha, float beta) {
@@ -434,8 +462,11 @@ void gemm_compute(const gemm_job &j, float alpha, float beta) {
             for (int64_t jj = 0; jj < n4; jj += 4) {
                 for (int64_t s = 0; s < nslices; s++) {
                     const int64_t k0 = s * slice, k1 = S > 1 ? std::min(k, k0 + slice) : k;
-                    micro_4x4(af.data() + ii * k, bf.data() + jj * k, k, k0, k1,
-                              reinterpret_cast<float(*)[4]>(&part[(size_t)s * 16]));
+                    float(*acc)[4] = reinterpret_cast<float(*)[4]>(&part[(size_t)s * 16]);
+                    if (jj + 4 <= n)
+                        micro_4x4(af.data() + ii * k, bf.data() + jj * k, k, k0, k1, acc);
+                    else
+                        for (int c = 0; c < n - jj; c++) micro_4x1(af.data() + ii * k, bf.data() + (jj + c) * k, k, k0, k1, acc, c);
                 }
                 for (int64_t ti = 0; ti < 4; ti++)
                     for (int64_t tj = 0; tj < 4; tj++) {
