@@ -486,7 +486,7 @@ void on_exit_handler() {
         std::lock_guard<std::mutex> sl(r.legacy->mu);
         r.legacy->cv.notify_all();
     }
-    r.exit_cv.wait_for(lk, std::chrono::seconds(5), [&] { return r.busy == 0; });
+    r.exit_cv.wait_for(lk, std::chrono::seconds(2), [&] { return r.busy == 0; });
 }
 
 void wait_ticket(stream_t &s, uint64_t ticket) {
