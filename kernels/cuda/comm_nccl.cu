@@ -146,12 +146,25 @@ static llmq_status wait_done(nccl_comm *s, const char *op, double deadline) {
     int spins = 0;
     for (;;) {
         cudaError_t q = cudaEventQuery(s->done);
-        if (q == cudaSuccess) return LLMQ_OK;
+        /* the stream can run past a collective that failed (its kernels exit on an error): the
+         * communicator's asynchronous error decides, also once the event completed */
+        if (q == cudaSuccess) return check_async(s, op, 0);
         if (q != cudaErrorNotReady)
             return fail(s, LLMQ_ERR_BACKEND, op, "CUDA error %s while waiting", cudaGetErrorString(q));
         if (check_async(s, op, deadline)) return s->c.err.code;
         poll_pause(&spins);
     }
+}
+
+/* The result of the op just enqueued, from device memory into host memory (pageable: the
+ * engine's buffers).  A copy into pageable memory returns only once it is done, so issued behind
+ * the collective it would wait for the peers with no deadline and no abort (a dead peer hung the
+ * rank): wait for the collective within the deadline first, then copy from an idle stream. */
+static llmq_status copy_out(nccl_comm *s, const char *op, double deadline, void *host, const void *dev, size_t bytes) {
+    llmq_status st = wait_done(s, op, deadline);
+    if (st) return st;
+    CUDA_TRY_COMM(s, op, cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, s->stream));
+    return wait_done(s, op, deadline);
 }
 
 /* Grow a device buffer (never shrinks; the first large op allocates). */
@@ -232,14 +245,27 @@ static llmq_status nccl_all_reduce_sum(llmq_comm *c, void *buf, size_t count, co
     const size_t my0 = (size_t)c->rank * slice;
     const size_t my_len = my0 >= count ? 0 : (count - my0 < slice ? count - my0 : slice);
     CUDA_TRY_COMM(s, op, cudaMemsetAsync(res + my0 * es, 0, slice * es, s->stream)); /* the padding */
-    NCCL_TRY(s, op, ncclGroupStart(), deadline);
-    for (int r = 0; r < c->world; r++) {
-        const size_t r0 = (size_t)r * slice;
-        const size_t r_len = r0 >= count ? 0 : (count - r0 < slice ? count - r0 : slice);
-        NCCL_TRY(s, op, ncclSend(data + r0 * es, r_len * es, ncclChar, r, s->comm, s->stream), deadline);
-        NCCL_TRY(s, op, ncclRecv(recv + r0 * es, my_len * es, ncclChar, r, s->comm, s->stream), deadline);
+    /* Every call of the group is made (until one fails) and the group is always closed: an early
+     * return would leave this thread's group open, and NCCL would hold back its next calls. */
+    const char *call = "ncclGroupStart";
+    ncclResult_t gr = ncclGroupStart();
+    if (gr == ncclSuccess) {
+        for (int r = 0; r < c->world && (gr == ncclSuccess || gr == ncclInProgress); r++) {
+            const size_t r0 = (size_t)r * slice;
+            const size_t r_len = r0 >= count ? 0 : (count - r0 < slice ? count - r0 : slice);
+            call = "ncclSend";
+            gr = ncclSend(data + r0 * es, r_len * es, ncclChar, r, s->comm, s->stream);
+            if (gr != ncclSuccess && gr != ncclInProgress) break;
+            call = "ncclRecv";
+            gr = ncclRecv(recv + r0 * es, my_len * es, ncclChar, r, s->comm, s->stream);
+        }
+        const ncclResult_t er = ncclGroupEnd();
+        if (gr == ncclSuccess || gr == ncclInProgress) {
+            call = "ncclGroupEnd";
+            gr = er;
+        }
     }
-    NCCL_TRY(s, op, ncclGroupEnd(), deadline);
+    if (settle(s, gr, op, call, deadline)) return s->c.err.code;
     if (my_len) {
         const unsigned grid = (unsigned)((my_len + 255) / 256 < 4096 ? (my_len + 255) / 256 : 4096);
         if (dt == COMM_F32)
@@ -257,10 +283,8 @@ static llmq_status nccl_all_reduce_sum(llmq_comm *c, void *buf, size_t count, co
         CUDA_TRY_COMM(s, op, cudaGetLastError());
     }
     NCCL_TRY(s, op, ncclAllGather(res + my0 * es, res, slice * es, ncclChar, s->comm, s->stream), deadline);
-    if (data == (char *)buf)
-        CUDA_TRY_COMM(s, op, cudaMemcpyAsync(buf, res, bytes, cudaMemcpyDeviceToDevice, s->stream));
-    else
-        CUDA_TRY_COMM(s, op, cudaMemcpyAsync(buf, res, bytes, cudaMemcpyDeviceToHost, s->stream));
+    if (data != (char *)buf) return copy_out(s, op, deadline, buf, res, bytes);
+    CUDA_TRY_COMM(s, op, cudaMemcpyAsync(buf, res, bytes, cudaMemcpyDeviceToDevice, s->stream));
     return wait_done(s, op, deadline);
 }
 
@@ -288,7 +312,8 @@ static llmq_status nccl_all_gather(llmq_comm *c, void *recv, const void *send, s
     char *g = (char *)s->stage, *mine = g + (size_t)c->rank * bytes;
     CUDA_TRY_COMM(s, op, cudaMemcpyAsync(mine, send, bytes, cudaMemcpyDefault, s->stream));
     NCCL_TRY(s, op, ncclAllGather(mine, g, bytes, ncclChar, s->comm, s->stream), deadline);
-    CUDA_TRY_COMM(s, op, cudaMemcpyAsync(recv, g, total, cudaMemcpyDefault, s->stream));
+    if (!dev_recv) return copy_out(s, op, deadline, recv, g, total);
+    CUDA_TRY_COMM(s, op, cudaMemcpyAsync(recv, g, total, cudaMemcpyDeviceToDevice, s->stream));
     return wait_done(s, op, deadline);
 }
 
@@ -313,8 +338,7 @@ static llmq_status nccl_broadcast(llmq_comm *c, void *buf, size_t bytes, int roo
     if (c->rank == root)
         CUDA_TRY_COMM(s, op, cudaMemcpyAsync(s->stage, buf, bytes, cudaMemcpyHostToDevice, s->stream));
     NCCL_TRY(s, op, ncclBroadcast(s->stage, s->stage, bytes, ncclChar, root, s->comm, s->stream), deadline);
-    if (c->rank != root)
-        CUDA_TRY_COMM(s, op, cudaMemcpyAsync(buf, s->stage, bytes, cudaMemcpyDeviceToHost, s->stream));
+    if (c->rank != root) return copy_out(s, op, deadline, buf, s->stage, bytes);
     return wait_done(s, op, deadline);
 }
 
@@ -325,6 +349,7 @@ static llmq_status nccl_barrier(llmq_comm *c) {
     if (st || c->world == 1) return st;
     const double deadline = deadline_of(c);
     if ((st = reserve(s, &s->scratch, &s->scratch_bytes, 4, op))) return st;
+    CUDA_TRY_COMM(s, op, cudaMemsetAsync(s->scratch, 0, 4, s->stream)); /* defined bytes on the wire */
     NCCL_TRY(s, op, ncclAllReduce(s->scratch, s->scratch, 1, ncclInt32, ncclSum, s->comm, s->stream), deadline);
     return wait_done(s, op, deadline);
 }
@@ -390,10 +415,13 @@ extern "C" llmq_status comm_nccl_unique_id(void *out128, llmq_err *err) {
     return LLMQ_OK;
 }
 
-extern "C" llmq_comm *comm_nccl_create(const void *unique_id128, int rank, int world, int timeout_ms, void *stream,
-                                       llmq_err *err) {
-    if (world < 1 || rank < 0 || rank >= world || !unique_id128 || timeout_ms < 0) {
-        llmq_err_set(err, LLMQ_ERR_INVALID, "nccl: rank %d of a group of %d (timeout %d ms)", rank, world, timeout_ms);
+/* Join as comm_nccl_create does; the group must form within join_timeout_ms (0 = forever), the
+ * collectives then wait timeout_ms. */
+static llmq_comm *create(const void *unique_id128, int rank, int world, int timeout_ms, int join_timeout_ms,
+                         void *stream, llmq_err *err) {
+    if (world < 1 || rank < 0 || rank >= world || !unique_id128 || timeout_ms < 0 || join_timeout_ms < 0) {
+        llmq_err_set(err, LLMQ_ERR_INVALID, "nccl: rank %d of a group of %d (timeout %d ms, join %d ms)", rank, world,
+                     timeout_ms, join_timeout_ms);
         return NULL;
     }
     int count = 0;
@@ -434,7 +462,7 @@ extern "C" llmq_comm *comm_nccl_create(const void *unique_id128, int rank, int w
     memcpy(&id, unique_id128, sizeof id);
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
-    const double deadline = deadline_of(&s->c);
+    const double deadline = join_timeout_ms > 0 ? now_ms() + join_timeout_ms : 0;
     ncclResult_t r = ncclCommInitRankConfig(&s->comm, world, id, rank, &cfg);
     int spins = 0;
     while (r == ncclInProgress) {
@@ -443,7 +471,7 @@ extern "C" llmq_comm *comm_nccl_create(const void *unique_id128, int rank, int w
         if (deadline > 0 && now_ms() > deadline) {
             llmq_err_set(err, LLMQ_ERR_TIMEOUT,
                          "nccl rank %d: the group of %d did not form within %d ms (a peer did not join)", rank, world,
-                         timeout_ms);
+                         join_timeout_ms);
             hard_abort(s);
             s->comm = NULL;
             nccl_destroy(&s->c);
@@ -460,4 +488,38 @@ extern "C" llmq_comm *comm_nccl_create(const void *unique_id128, int rank, int w
         return NULL;
     }
     return &s->c;
+}
+
+extern "C" llmq_comm *comm_nccl_create(const void *unique_id128, int rank, int world, int timeout_ms, void *stream,
+                                       llmq_err *err) {
+    return create(unique_id128, rank, world, timeout_ms, timeout_ms, stream, err);
+}
+
+extern "C" llmq_comm *comm_nccl_group_create(llmq_comm *host, void *stream, int join_timeout_ms, llmq_err *err) {
+    if (!host) {
+        llmq_err_set(err, LLMQ_ERR_INVALID, "nccl: no host communicator");
+        return NULL;
+    }
+    if (join_timeout_ms <= 0) join_timeout_ms = COMM_NCCL_JOIN_TIMEOUT_MS;
+    if (host->timeout_ms > join_timeout_ms) join_timeout_ms = host->timeout_ms;
+    unsigned char msg[1 + COMM_NCCL_ID_BYTES]; /* ok flag, then the id */
+    memset(msg, 0, sizeof msg);
+    if (host->rank == 0 && comm_nccl_unique_id(msg + 1, err) == LLMQ_OK) msg[0] = 1;
+    /* Rank 0 broadcasts after a failure too, so that no rank waits for it.  The ranks arrive here
+     * when each has loaded its weights, which may be minutes apart: the exchange waits the
+     * start-up deadline, not the per-collective one (comm.h lets the caller change it between
+     * collectives). */
+    const int coll_timeout = host->timeout_ms;
+    host->timeout_ms = join_timeout_ms;
+    const llmq_status st = comm_broadcast(host, msg, sizeof msg, 0);
+    host->timeout_ms = coll_timeout;
+    if (st) {
+        llmq_err_set(err, host->err.code, "%s", host->err.msg);
+        return NULL;
+    }
+    if (!msg[0]) {
+        if (host->rank != 0) llmq_err_set(err, LLMQ_ERR_BACKEND, "rank 0 could not create the NCCL group id");
+        return NULL;
+    }
+    return create(msg + 1, host->rank, host->world, coll_timeout, join_timeout_ms, stream, err);
 }

@@ -1,6 +1,6 @@
 /*
  * comm_nccl.h — the communicator of GPU ranks (common/comm.h) over NCCL.
- * Built by `make cuda` only (kernels/cuda/comm_nccl.cu).
+ * Built by `make cuda`, and by `make cuda-emu` for the emulated device.
  *
  * Buffers are device pointers (c->device_mem = 1) and the collectives run
  * on c->stream — pass the backend's stream (cuda_backend_stream) so that
@@ -19,10 +19,18 @@
  * all-gathered — the traffic of a ring all-reduce, and bits that do not
  * depend on NCCL's algorithm choice.
  *
+ * Host buffers that receive a result are written only after the collective
+ * has completed (waited for within the deadline): a copy into pageable
+ * memory returns only when done, so issued behind the collective it would
+ * block on a missing peer beyond any deadline or abort.
+ *
  * Limits (NCCL): a rank that dies or stops is seen by its peers only
  * through their deadlines (NCCL does not tell which rank is missing, so
  * the message cannot name it), and comm_abort aborts this rank's
- * communicator only; the peers fail at their own deadline.
+ * communicator only; the peers fail at their own deadline.  The emulated
+ * device's NCCL (make cuda-emu, kernels/cuda/emu/emu_nccl.cc) does better:
+ * a dead or departed peer, an abort and mismatched collectives reach every
+ * rank at once, named, through ncclCommGetAsyncError.
  */
 #ifndef LLMQ_KERNELS_CUDA_COMM_NCCL_H
 #define LLMQ_KERNELS_CUDA_COMM_NCCL_H
@@ -36,6 +44,12 @@ extern "C" {
 
 #define COMM_NCCL_ID_BYTES 128
 
+/* Start-up deadline of comm_nccl_group_create: the ranks reach it once each
+ * has loaded its weights, which may be minutes apart on a large model (the
+ * per-collective 10 s default failed such groups).  A rank that dies
+ * meanwhile is still seen at once by the host communicator. */
+#define COMM_NCCL_JOIN_TIMEOUT_MS (10 * 60 * 1000)
+
 /* A new group id (rank 0 makes it and hands it to the others through the
  * rendezvous).  out128 receives COMM_NCCL_ID_BYTES bytes. */
 llmq_status comm_nccl_unique_id(void *out128, llmq_err *err);
@@ -47,6 +61,14 @@ llmq_status comm_nccl_unique_id(void *out128, llmq_err *err);
  * creates its own).  Caller destroys it with comm_destroy(). */
 llmq_comm *comm_nccl_create(const void *unique_id128, int rank, int world, int timeout_ms, void *stream,
                             llmq_err *err);
+
+/* The group's NCCL communicator, formed over the host communicator of its
+ * ranks (shm or tcp; every rank calls this, as be_ops.group_comm does): rank
+ * 0 makes the id and broadcasts it, then every rank joins.  The exchange and
+ * the join wait up to join_timeout_ms (0 = COMM_NCCL_JOIN_TIMEOUT_MS; never
+ * less than host->timeout_ms); the collectives then wait host->timeout_ms.
+ * host->timeout_ms is unchanged on return.  NULL with err on failure. */
+llmq_comm *comm_nccl_group_create(llmq_comm *host, void *stream, int join_timeout_ms, llmq_err *err);
 
 #ifdef __cplusplus
 }

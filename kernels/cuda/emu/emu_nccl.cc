@@ -136,7 +136,7 @@ struct msg_hdr {
     uint64_t bytes;    /* payload bytes */
     int32_t root;      /* broadcast */
     uint32_t detail;   /* all-reduce: datatype << 8 | op */
-    uint64_t call;     /* the sender's call number on this communicator (for messages) */
+    uint64_t op_no;    /* the sender's op number on this communicator (a group counts once), for messages */
 };
 
 const char *dtype_name(int dt) {
@@ -164,7 +164,7 @@ std::string describe(const msg_hdr &h) {
         break;
     default: snprintf(b, sizeof b, "an unknown call (kind %u)", h.kind);
     }
-    return std::string(b) + " (call " + std::to_string(h.call) + ")";
+    return std::string(b) + " (op #" + std::to_string(h.op_no) + " of its communicator)";
 }
 
 size_t dtype_size(ncclDataType_t dt) {
@@ -236,7 +236,7 @@ struct ncclComm {
     std::atomic<bool> aborted{false};
     std::atomic<int> async{ncclInProgress}; /* ncclCommGetAsyncError's answer */
     std::atomic<bool> finalizing{false};
-    uint64_t calls = 0;              /* calls issued on this communicator (the issuing thread's) */
+    uint64_t ops = 0;                /* ops issued on this communicator (a group is one); numbers messages */
     std::thread init_thread;
     std::mutex mu;                   /* last_error */
     std::string last_error;
@@ -696,6 +696,7 @@ thread_local std::vector<call> t_group;
 thread_local ncclResult_t t_group_err = ncclSuccess;
 
 ncclResult_t issue(ncclComm *c, cudaStream_t s, std::shared_ptr<op_desc> d) {
+    c->ops++;
     c->refs.fetch_add(1);
     c->pending.fetch_add(1);
     cudaError_t e = emu::enqueue(s, d->name.c_str(), [c, d] {
@@ -747,7 +748,6 @@ ncclResult_t bad_arg(ncclComm *c, const char *fmt, ...) {
 
 /* Issue a call now, or keep it for the group's end. */
 ncclResult_t submit(call &&k) {
-    k.comm->calls++;
     if (t_group_depth > 0) {
         t_group.push_back(std::move(k));
         return ncclSuccess;
@@ -755,14 +755,14 @@ ncclResult_t submit(call &&k) {
     return issue(k.comm, k.stream, std::make_shared<op_desc>(std::move(k.desc)));
 }
 
-msg_hdr hdr_of(call_kind kind, size_t bytes, int root, uint32_t detail, uint64_t call_no) {
+msg_hdr hdr_of(call_kind kind, size_t bytes, int root, uint32_t detail, uint64_t op_no) {
     msg_hdr h{};
     h.magic = MSG_MAGIC;
     h.kind = kind;
     h.bytes = bytes;
     h.root = root;
     h.detail = detail;
-    h.call = call_no;
+    h.op_no = op_no;
     return h;
 }
 
@@ -900,7 +900,15 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
     comm->aborted.store(true);
     comm->fail(ncclInvalidUsage, "the communicator was aborted (ncclCommAbort)");
     if (comm->init_thread.joinable()) comm->init_thread.join();
-    if (comm->seg) comm->publish_abort("ncclCommAbort");
+    if (comm->seg) {
+        /* the peers learn why, when this rank's NCCL knew (a mismatch, a dead peer) */
+        std::string why = comm->last();
+        const std::string tag = "emulated NCCL rank " + std::to_string(comm->rank) + ": ";
+        if (why.compare(0, tag.size(), tag) == 0) why.erase(0, tag.size());
+        comm->publish_abort(why.find("aborted (ncclCommAbort)") != std::string::npos
+                                ? "ncclCommAbort"
+                                : ("ncclCommAbort after: " + why).c_str());
+    }
     shm_unlink(comm->shm_name.c_str()); /* the group may never have formed */
     while (comm->running.load() > 0) {
         if (comm->seg) ring_bell(comm->slot(comm->rank));
@@ -985,7 +993,7 @@ ncclResult_t ncclSend(const void *sendbuff, size_t count, ncclDataType_t datatyp
                               peer, comm->nranks, sendbuff));
     call k{comm, stream, {}};
     k.desc.name = "ncclSend";
-    k.desc.tasks.push_back(send_task(peer, sendbuff, hdr_of(K_P2P, bytes, 0, 0, comm->calls)));
+    k.desc.tasks.push_back(send_task(peer, sendbuff, hdr_of(K_P2P, bytes, 0, 0, comm->ops)));
     if (bytes) k.desc.ranges.push_back({sendbuff, bytes});
     return refuse(submit(std::move(k)));
 }
@@ -1000,7 +1008,7 @@ ncclResult_t ncclRecv(void *recvbuff, size_t count, ncclDataType_t datatype, int
                               (int)datatype, peer, comm->nranks, recvbuff));
     call k{comm, stream, {}};
     k.desc.name = "ncclRecv";
-    k.desc.tasks.push_back(recv_task(peer, recvbuff, true, hdr_of(K_P2P, bytes, 0, 0, comm->calls)));
+    k.desc.tasks.push_back(recv_task(peer, recvbuff, true, hdr_of(K_P2P, bytes, 0, 0, comm->ops)));
     if (bytes) k.desc.ranges.push_back({recvbuff, bytes});
     return refuse(submit(std::move(k)));
 }
@@ -1015,7 +1023,7 @@ ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t sendcoun
                               sendbuff, recvbuff));
     call k{comm, stream, {}};
     k.desc.name = "ncclAllGather";
-    const msg_hdr h = hdr_of(K_ALLGATHER, bytes, 0, 0, comm->calls);
+    const msg_hdr h = hdr_of(K_ALLGATHER, bytes, 0, 0, comm->ops);
     for (int p = 0; p < comm->nranks; p++) {
         k.desc.tasks.push_back(send_task(p, sendbuff, h));
         k.desc.tasks.push_back(recv_task(p, static_cast<unsigned char *>(recvbuff) + (size_t)p * bytes, true, h));
@@ -1038,7 +1046,7 @@ ncclResult_t ncclBroadcast(const void *sendbuff, void *recvbuff, size_t count, n
                               (int)datatype, root, comm->nranks, sendbuff, recvbuff));
     call k{comm, stream, {}};
     k.desc.name = "ncclBroadcast";
-    const msg_hdr h = hdr_of(K_BROADCAST, bytes, root, 0, comm->calls);
+    const msg_hdr h = hdr_of(K_BROADCAST, bytes, root, 0, comm->ops);
     if (is_root) {
         for (int p = 0; p < comm->nranks; p++)
             if (p != root) k.desc.tasks.push_back(send_task(p, sendbuff, h));
@@ -1066,7 +1074,7 @@ ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, n
                               count, dtype_name((int)datatype), (int)op, sendbuff, recvbuff));
     call k{comm, stream, {}};
     k.desc.name = "ncclAllReduce";
-    const msg_hdr h = hdr_of(K_ALLREDUCE, bytes, 0, (uint32_t)datatype << 8 | (uint32_t)op, comm->calls);
+    const msg_hdr h = hdr_of(K_ALLREDUCE, bytes, 0, (uint32_t)datatype << 8 | (uint32_t)op, comm->ops);
     reduce_step s;
     s.on = true;
     s.dt = datatype;
