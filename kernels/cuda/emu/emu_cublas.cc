@@ -592,7 +592,9 @@ bool algo_pick(int64_t m, int64_t n, int64_t k, int out_type, size_t workspace, 
     for (const algo_state &a : algo_candidates(m, n, k)) {
         if (algo_workspace(a, m, n, out_type) > workspace) continue;
         if (!reduced_ok && algo_reduces_reduced(a, out_type)) continue;
-        if (a.align > 16) continue; /* the library checks the actual pointers; 16 always holds for cudaMalloc + ld */
+        /* cublasGemmEx runs whatever the buffers' alignment (cuBLAS picks a kernel that
+         * fits them): the vectorised configuration is for cuBLASLt callers who ask for it */
+        if (a.align > 16) continue;
         *out = a;
         return true;
     }
