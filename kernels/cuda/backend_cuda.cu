@@ -349,6 +349,8 @@ extern "C" llmq_backend *cuda_backend_create(llmq_err *err) {
         what = "cudaMalloc of the workspaces";
         impl->blas_ws_bytes = BLAS_WS_BYTES;
         impl->attn_ws_bytes = ATTN_WS_BYTES;
+        const char *ws = getenv("LLMQ_CUDA_ATTN_WS_KB");
+        if (ws && atol(ws) > 0) impl->attn_ws_bytes = (size_t)atol(ws) << 10;
         impl->f32_stage_n = F32_STAGE_FLOATS;
         e = cudaMalloc(&impl->blas_ws, impl->blas_ws_bytes);
         if (e == cudaSuccess) e = cudaMalloc((void **)&impl->attn_ws, impl->attn_ws_bytes);
@@ -412,6 +414,10 @@ extern "C" void cuda_backend_get_info(llmq_backend *be, cuda_backend_info *out) 
     if (cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, impl->device) == cudaSuccess &&
         cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, impl->device) == cudaSuccess)
         out->peak_bw_gbs = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9; /* double data rate */
+    int optin = 0;
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, impl->device) == cudaSuccess)
+        out->smem_optin = (size_t)optin;
+    out->attn_ws_bytes = impl->attn_ws_bytes;
     (void)cudaGetLastError();
     out->gemm_pinned = impl->gemm_pinned;
     out->gemm_calls = impl->gemm_calls;

@@ -21,6 +21,9 @@
  * Step graphs: a decode step is recorded once per batch size and replayed
  * as one graph launch (graph.cu); LLMQ_CUDA_GRAPHS=0 runs every step's
  * kernels one by one instead.
+ *
+ * LLMQ_CUDA_ATTN_WS_KB sets the attention workspace (default 64 MiB); the
+ * tests make it small to run the sliced path on small shapes.
  */
 #ifndef LLMQ_KERNELS_CUDA_H
 #define LLMQ_KERNELS_CUDA_H
@@ -49,6 +52,8 @@ typedef struct cuda_backend_info {
     size_t mem_total;        /* bytes of device memory */
     size_t mem_free;         /* bytes free now (cudaMemGetInfo) */
     double peak_bw_gbs;      /* theoretical DRAM bandwidth, 1e9 B/s (0 if unknown) */
+    size_t smem_optin;       /* shared memory a block may use once opted in (bytes) */
+    size_t attn_ws_bytes;    /* attention workspace: steps whose partials need more run in slices */
     int gemm_pinned;         /* 1: batch-invariant pinned GEMM algorithms */
     long gemm_calls;         /* matmuls run */
     long gemm_fallbacks;     /* matmuls whose pinned algorithm was refused and ran

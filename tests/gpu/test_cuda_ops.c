@@ -1,8 +1,11 @@
 /*
  * test_cuda_ops.c — every op of the CUDA backend against the CPU reference
  * backend ("cpu-ref"), on many shapes, in each activation dtype the GPU
- * has (F32, F16, and BF16 on sm_80+).  Built by `make cuda` only; run by
- * tests/gpu/run.sh.
+ * has (F32, F16, and BF16 on sm_80+).  Built by `make cuda` (run by
+ * tests/gpu/run.sh on a GPU) and by `make cuda-emu` (run by `make test` on
+ * the emulated device, kernels/cuda/emu/, with the same tolerances and a few
+ * smaller shapes; test_cuda_ops_bf16 runs it again on an emulated H100 for
+ * BF16).  LLMQ_TEST_CUDA_DTYPES and LLMQ_TEST_FILTER narrow a run.
  *
  * For every case: inputs are uploaded to the GPU and read back, so that the
  * oracle computes on exactly the values the GPU saw (rounded to the
@@ -58,7 +61,10 @@ static int setup(void **st) {
     (void)st;
     ref = llmq_backend_create("cpu-ref", NULL);
     const char *dts[3] = {"f32", "f16", "bf16"};
+    /* LLMQ_TEST_CUDA_DTYPES=bf16 (say) limits the run to those activation dtypes */
+    const char *only = getenv("LLMQ_TEST_CUDA_DTYPES");
     for (int i = 0; i < 3; i++) {
+        if (only && *only && !strstr(only, dts[i])) continue;
         llmq_backend *be = make_gpu(dts[i]);
         if (be) {
             gpus[n_gpus] = be;
@@ -666,15 +672,68 @@ static void test_attention(void **st) {
         {32, 1, 128, 0, 2, {10, 600}, {5, 1}},
         /* head_dim 256, sliding window across partitions */
         {4, 2, 256, 300, 2, {0, 900}, {3, 2}},
+        /* GQA groups 3, 5, 6 and 8 (a tile holds 16 / group tokens, rounded down) */
+        {6, 2, 64, 0, 2, {0, 40}, {11, 1}},
+        {10, 2, 64, 0, 2, {0, 270}, {7, 1}},
+        {12, 2, 128, 0, 2, {3, 0}, {5, 9}},
+        {16, 2, 64, 0, 2, {0, 100}, {5, 2}},
+        /* contexts past 8K positions: decodes and a short chunk (33 partitions) */
+        {8, 2, 64, 0, 2, {8300, 8190}, {1, 4}},
     };
     for (int gi = 0; gi < n_gpus; gi++)
         for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
             const att_case *c = &cases[ci];
+            llmq_backend *be = gpus[gi];
             char what[128];
             snprintf(what, sizeof what, "attention %s H%d KV%d hd%d win%d case %zu", gpu_names[gi], c->n_heads,
                      c->n_kv, c->hd, c->window, ci);
-            free(run_attention(gpus[gi], c, what, 1));
+            /* the kernel's shared memory: 16 query rows and a K and a V tile of 32 positions (rows padded
+             * by 2); a device without that much (a T4's 64 KiB, head_dim 256 in F32) must refuse clearly */
+            cuda_backend_info info;
+            cuda_backend_get_info(be, &info);
+            const size_t es = llmq_dtype_size(be->act_dt);
+            const size_t smem = (16 * (size_t)c->hd + 2 * 32 * (size_t)(c->hd + 2)) * es;
+            if (smem > info.smem_optin) {
+                int32_t z[2] = {0, 1};
+                int32_t *dz = d_i32(be, z, 2);
+                void *buf = be->ops->alloc(be, (size_t)c->n_heads * c->hd * es * 2);
+                be_attn_step step1 = {1, 1, dz, dz, dz, 1, 16};
+                be_attn_shape sh = {c->n_heads, c->n_kv, c->hd, 0, 1.0f};
+                be->ops->attention(be, buf, buf, buf, buf, &step1, &sh);
+                llmq_err err = {0};
+                assert_int_equal(be->ops->sync(be, &err), LLMQ_ERR_UNSUPPORTED);
+                assert_non_null(strstr(err.msg, "shared memory"));
+                print_message("# %s: refused as it should be on %s (%zu bytes of shared memory, device %zu): %s\n",
+                              what, info.name, smem, info.smem_optin, err.msg);
+                be->ops->free(be, buf);
+                be->ops->free(be, dz);
+                continue;
+            }
+            free(run_attention(be, c, what, 1));
         }
+}
+
+/* A step whose partials exceed the attention workspace runs in slices of
+ * tokens (attention.cu); slicing changes no bit.  A backend with a 16 KiB
+ * workspace (LLMQ_CUDA_ATTN_WS_KB) against the default one. */
+static void test_attention_sliced(void **st) {
+    (void)st;
+    NEED_GPU();
+    setenv("LLMQ_CUDA_ATTN_WS_KB", "16", 1);
+    llmq_backend *small = make_gpu(gpu_names[0]);
+    unsetenv("LLMQ_CUDA_ATTN_WS_KB");
+    assert_non_null(small);
+    cuda_backend_info info;
+    cuda_backend_get_info(small, &info);
+    assert_int_equal(info.attn_ws_bytes, 16 << 10);
+    /* 9 tokens over 3 partitions: 8 heads x 3 x (64 + 2) floats = 6336 bytes a token, 2 tokens a slice */
+    const att_case c = {8, 2, 64, 0, 2, {300, 520}, {6, 3}};
+    const int qd = 8 * 64;
+    float *a = run_attention(small, &c, "attention in slices", 1);
+    float *b = run_attention(gpus[0], &c, "attention in one launch", 1);
+    check_same_bits(a, b, (size_t)9 * qd, "attention sliced vs whole");
+    free(a), free(b);
+    llmq_backend_destroy(small);
 }
 
 /* The same token computed as a decode step alone, inside a batch, and as
@@ -684,7 +743,11 @@ static void test_attention_invariance(void **st) {
     NEED_GPU();
     for (int gi = 0; gi < n_gpus; gi++) {
         llmq_backend *be = gpus[gi];
+#ifdef LLMQ_CUDA_EMU
+        const int lens[] = {9, 300}; /* the emulated device is slow at whole prefills; 300 spans 2 partitions */
+#else
         const int lens[] = {9, 300, 1000};
+#endif
         for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
             const int p = lens[li]; /* the token at position p, its sequence holds 0..p */
             const int qd = 32 * 128;
@@ -892,10 +955,13 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_swiglu_add_gather),
         cmocka_unit_test(test_layernorm_gelu),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_sliced),
         cmocka_unit_test(test_attention_invariance),
         cmocka_unit_test(test_errors_reported_by_sync),
         cmocka_unit_test(test_step_graph),
         cmocka_unit_test(test_nccl_single_rank),
     };
+    /* LLMQ_TEST_FILTER=test_attention* runs only the matching cases */
+    if (getenv("LLMQ_TEST_FILTER")) cmocka_set_test_filter(getenv("LLMQ_TEST_FILTER"));
     return cmocka_run_group_tests_name("cuda_ops", tests, setup, teardown);
 }
