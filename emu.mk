@@ -75,6 +75,12 @@ $(BUILD)/obj/tests/gpu/%.o: tests/gpu/%.cu
 
 $(A_KERNELS): $(EMU_OBJ)
 
-cuda-emu-all: $(BUILD)/llmq $(BUILD)/llmq-worker $(EMU_TEST_BINS)
+# BF16 needs sm_80: test_cuda_ops again on an emulated H100, BF16 only (the
+# default T4 profile runs F32 and F16 and proves the no-BF16 path).
+$(BUILD)/tests/gpu/test_cuda_ops_bf16: $(BUILD)/tests/gpu/test_cuda_ops
+	@printf '#!/bin/sh\n# test_cuda_ops on an emulated H100, BF16 activations only (emu.mk)\nLLMQ_EMU_DEVICE=h100 LLMQ_TEST_CUDA_DTYPES=bf16 exec "$$(dirname "$$0")/test_cuda_ops" "$$@"\n' >$@
+	@chmod +x $@
+
+cuda-emu-all: $(BUILD)/llmq $(BUILD)/llmq-worker $(EMU_TEST_BINS) $(BUILD)/tests/gpu/test_cuda_ops_bf16
 	@echo "make cuda-emu: $(BUILD)/ holds llmq, llmq-worker and $(notdir $(EMU_TEST_BINS)) on the emulated device"
 endif
