@@ -322,6 +322,71 @@ static void test_gemmex(void **state) {
         }
 }
 
+/* cublasGemmEx's algorithm choice honours the handle's workspace and math mode: with room only
+ * for an in-place (F16) reduction it splits K unless CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION
+ * forbids that, and then runs unsplit (the pinned cuBLASLt algorithm's bits); pinned
+ * CUBLAS_GEMM_ALGOn are within tolerance and repeat their bits. */
+static void test_gemmex_workspace_math_algos(void **state) {
+    (void)state;
+    const int m = 64, n = 2, k = 1024;
+    const cudaDataType_t t = CUDA_R_16F;
+    cublasHandle_t h;
+    cublasLtHandle_t lt;
+    assert_int_equal(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+    assert_int_equal(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
+    const hmat A = hmat_make(t, k, m, k, false), B = hmat_make(t, k, n, k, false);
+    hmat P = hmat_make(t, m, n, m, false), R = P;
+    void *dA = dev_upload(A), *dB = dev_upload(B), *dP = dev_upload(P), *dR = dev_upload(R), *ws = NULL;
+    assert_int_equal(cudaMalloc(&ws, 1 << 20), cudaSuccess);
+    const float alpha = 1.0f, beta = 0.0f;
+    lt_case lc;
+    assert_int_equal(lt_describe(&lc, true, false, A, B, P, P), CUBLAS_STATUS_SUCCESS);
+    cublasLtMatmulHeuristicResult_t res[4];
+    heuristic(lt, &lc, 0, CUBLASLT_REDUCTION_SCHEME_NONE, 16, res, 4);
+    assert_int_equal(cublasLtMatmul(lt, &lc.op, &alpha, dA, &lc.a, dB, &lc.b, &beta, dP, &lc.c, dP, &lc.d, &res[0].algo, NULL,
+                                    0, 0),
+                     CUBLAS_STATUS_SUCCESS);
+    dev_download(&P, dP);
+    const ref_result r = ref_gemm(m, n, k, true, false, 1, A, B, 0, NULL, t, 8);
+    assert_int_equal(count_wrong(P, r, NULL, m, n, true), 0);
+
+    assert_int_equal(cublasSetWorkspace(h, ws, 256), CUBLAS_STATUS_SUCCESS);
+    for (int disallow = 0; disallow < 2; disallow++) {
+        const cublasMath_t mode = (cublasMath_t)(CUBLAS_DEFAULT_MATH | (disallow ? CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION : 0));
+        assert_int_equal(cublasSetMathMode(h, mode), CUBLAS_STATUS_SUCCESS);
+        assert_int_equal(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, dA, t, k, dB, t, k, &beta, dR, t, m,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                         CUBLAS_STATUS_SUCCESS);
+        dev_download(&R, dR);
+        assert_int_equal(count_wrong(R, r, NULL, m, n, true), 0);
+        const bool same = memcmp(R.bytes.data(), P.bytes.data(), P.size()) == 0;
+        assert_int_equal(same, disallow == 1);
+    }
+    /* pinned split-K 2^n reduced in FP32: needs workspace */
+    assert_int_equal(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, dA, t, k, dB, t, k, &beta, dR, t, m,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_ALGO3),
+                     CUBLAS_STATUS_NOT_SUPPORTED);
+    assert_int_equal(cublasSetWorkspace(h, ws, 1 << 20), CUBLAS_STATUS_SUCCESS);
+    for (int algo = CUBLAS_GEMM_ALGO0; algo <= CUBLAS_GEMM_ALGO3; algo++) {
+        hmat first = R;
+        for (int rep = 0; rep < 2; rep++) {
+            assert_int_equal(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, dA, t, k, dB, t, k, &beta, dR, t, m,
+                                          CUBLAS_COMPUTE_32F, (cublasGemmAlgo_t)algo),
+                             CUBLAS_STATUS_SUCCESS);
+            dev_download(&R, dR);
+            assert_int_equal(count_wrong(R, r, NULL, m, n, true), 0);
+            if (rep) assert_memory_equal(R.bytes.data(), first.bytes.data(), R.size());
+            else first = R;
+        }
+    }
+    assert_int_equal(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, dA, t, k, dB, t, k, &beta, dR, t, m,
+                                  CUBLAS_COMPUTE_32F, (cublasGemmAlgo_t)42),
+                     CUBLAS_STATUS_INVALID_VALUE);
+    for (void *p : {dA, dB, dP, dR, ws}) assert_int_equal(cudaFree(p), cudaSuccess);
+    assert_int_equal(cublasLtDestroy(lt), CUBLAS_STATUS_SUCCESS);
+    assert_int_equal(cublasDestroy(h), CUBLAS_STATUS_SUCCESS);
+}
+
 /* Small n, large k: the heuristic offers split-K first when workspace allows, none when the
  * preference forbids workspace and reductions; every algorithm is within tolerance, the same
  * one gives the same bits twice, a split one other bits than the unsplit one. */
@@ -377,6 +442,16 @@ static void test_algos_split_k(void **state) {
                                  CUBLAS_STATUS_INVALID_VALUE);
         }
         if (t == CUDA_R_32F) assert_true(memcmp(outs[(size_t)split].bytes.data(), outs[(size_t)plain].bytes.data(), D.size()) != 0);
+        /* a reduction in place in D rounds to F16 after every slice: other bits than the same
+         * split reduced in FP32 */
+        int inplace = -1;
+        for (int i = 0; i < found; i++)
+            if (algo_scheme(&res[i].algo) == CUBLASLT_REDUCTION_SCHEME_INPLACE &&
+                algo_splitk(&res[i].algo) == algo_splitk(&res[split].algo))
+                inplace = i;
+        assert_true(inplace >= 0);
+        if (t == CUDA_R_16F)
+            assert_true(memcmp(outs[(size_t)split].bytes.data(), outs[(size_t)inplace].bytes.data(), D.size()) != 0);
 
         /* no workspace, reduction none (matmul.cu's pinning preference), and each of the two
          * alone: no split-K at all; a mask of one scheme: only that scheme */
@@ -747,6 +822,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lt_types_transposes_orders),
         cmocka_unit_test(test_gemmex),
+        cmocka_unit_test(test_gemmex_workspace_math_algos),
         cmocka_unit_test(test_algos_split_k),
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_lt_bias_and_device_scalars),
