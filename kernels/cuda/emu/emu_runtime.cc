@@ -398,12 +398,14 @@ struct dep_t {
 struct op_t {
     const char *name;
     shared_fn fn;
+    bool always;  /* runs after a sticky error too (an event record: its waiters must wake) */
     std::vector<dep_t> deps;
 };
 
 struct graph_op {
     const char *name;
     shared_fn fn;
+    bool always;
 };
 
 /* A capture sequence (guarded by rt.mu). */
@@ -514,7 +516,7 @@ void worker_main(stream_ref s, cudaStream_t handle) {
             if (g_exiting.load()) break;
             r.busy++;
         }
-        if (sticky_error() == cudaSuccess) (*op->fn)(); /* a dead context runs nothing more */
+        if (op->always || sticky_error() == cudaSuccess) (*op->fn)(); /* a dead context runs nothing more */
         {
             std::lock_guard<std::mutex> lk(r.mu);
             r.busy--;
@@ -583,18 +585,19 @@ cudaError_t legacy_use(runtime_t &r) {
 
 /* Enqueue (rt.mu held).  ticket: the op's place on its stream, for a caller that waits for it (0 when
  * the op was captured). */
-cudaError_t enqueue_locked(runtime_t &r, const stream_ref &s, const char *name, shared_fn fn, uint64_t *ticket) {
+cudaError_t enqueue_locked(runtime_t &r, const stream_ref &s, const char *name, shared_fn fn, uint64_t *ticket,
+                           bool always = false) {
     if (ticket) *ticket = 0;
     if (s->cap) {
         if (s->cap->invalid) return cudaErrorStreamCaptureInvalidated;
-        s->cap->ops.push_back(graph_op{name, std::move(fn)});
+        s->cap->ops.push_back(graph_op{name, std::move(fn), always});
         return cudaSuccess;
     }
     if (s->legacy) {
         const cudaError_t e = legacy_use(r);
         if (e != cudaSuccess) return e;
     }
-    op_t op{name, std::move(fn), {}};
+    op_t op{name, std::move(fn), always, {}};
     /* Legacy default stream semantics: stream 0 waits for the blocking streams' earlier work, and a
      * blocking stream's op waits for stream 0's earlier work. */
     auto depend_on = [&op](const stream_ref &t) {
@@ -1296,7 +1299,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
             ev->cv.notify_all();
         });
     }
-    const cudaError_t e = enqueue_locked(r, s, "cudaEventRecord", std::move(fn), nullptr);
+    const cudaError_t e = enqueue_locked(r, s, "cudaEventRecord", std::move(fn), nullptr, true);
     return e == cudaSuccess ? e : fail(e);
 }
 
@@ -1463,7 +1466,7 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t graphExec, cudaStream_t stream) {
     stream_ref s = stream_of(r, stream);
     if (!s) return fail(cudaErrorInvalidResourceHandle);
     for (const graph_op &op : it->second->ops) {
-        const cudaError_t e = enqueue_locked(r, s, op.name, op.fn, nullptr);
+        const cudaError_t e = enqueue_locked(r, s, op.name, op.fn, nullptr, op.always);
         if (e != cudaSuccess) return fail(e);
     }
     return cudaSuccess;
