@@ -580,6 +580,52 @@ static void test_lt_bias_and_device_scalars(void **state) {
         }
 }
 
+/* GEMMs are ops of their stream: captured into a graph they compute nothing at capture, and
+ * every launch computes on the buffers' contents then (new inputs, new result). */
+static void test_graph_capture(void **state) {
+    env *e = (env *)*state;
+    const int m = 20, n = 6, k = 48;
+    const cudaDataType_t t = CUDA_R_16BF;
+    cudaStream_t s;
+    assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    assert_int_equal(cublasSetStream(e->blas, s), CUBLAS_STATUS_SUCCESS);
+    const hmat A = hmat_make(t, k, m, k, false);
+    hmat B = hmat_make(t, k, n, k, false), D1 = hmat_make(t, m, n, m, false), D2 = D1;
+    const hmat D0 = D1;
+    void *dA = dev_upload(A), *dB = dev_upload(B), *d1 = dev_upload(D1), *d2 = dev_upload(D2);
+    lt_case lc;
+    assert_int_equal(lt_describe(&lc, true, false, A, B, D1, D1), CUBLAS_STATUS_SUCCESS);
+    const float alpha = 1.0f, beta = 0.0f;
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    assert_int_equal(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    assert_int_equal(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, dA, t, k, dB, t, k, &beta, d1, t, m,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                     CUBLAS_STATUS_SUCCESS);
+    assert_int_equal(cublasLtMatmul(e->lt, &lc.op, &alpha, dA, &lc.a, dB, &lc.b, &beta, d2, &lc.c, d2, &lc.d, NULL, NULL, 0, s),
+                     CUBLAS_STATUS_SUCCESS);
+    assert_int_equal(cudaStreamEndCapture(s, &g), cudaSuccess);
+    assert_int_equal(cudaGraphInstantiate(&ge, g, 0), cudaSuccess);
+    dev_download(&D1, d1);
+    assert_memory_equal(D1.bytes.data(), D0.bytes.data(), D0.size()); /* nothing ran at capture */
+    for (int launch = 0; launch < 2; launch++) {
+        B = hmat_make(t, k, n, k, false);
+        assert_int_equal(cudaMemcpy(dB, B.bytes.data(), B.size(), cudaMemcpyHostToDevice), cudaSuccess);
+        assert_int_equal(cudaGraphLaunch(ge, s), cudaSuccess);
+        assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+        dev_download(&D1, d1);
+        dev_download(&D2, d2);
+        const ref_result r = ref_gemm(m, n, k, true, false, 1, A, B, 0, NULL, t, 1);
+        assert_int_equal(count_wrong(D1, r, NULL, m, n, true), 0);
+        assert_int_equal(count_wrong(D2, r, NULL, m, n, true), 0);
+    }
+    assert_int_equal(cudaGraphExecDestroy(ge), cudaSuccess);
+    assert_int_equal(cudaGraphDestroy(g), cudaSuccess);
+    assert_int_equal(cublasSetStream(e->blas, 0), CUBLAS_STATUS_SUCCESS);
+    assert_int_equal(cudaStreamDestroy(s), cudaSuccess);
+    for (void *p : {dA, dB, d1, d2}) assert_int_equal(cudaFree(p), cudaSuccess);
+}
+
 /* A wrong leading dimension, transpose or order is computed as given: a wrong answer. */
 static void test_wrong_layout_is_wrong(void **state) {
     env *e = (env *)*state;
@@ -826,6 +872,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_algos_split_k),
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_lt_bias_and_device_scalars),
+        cmocka_unit_test(test_graph_capture),
         cmocka_unit_test(test_wrong_layout_is_wrong),
         cmocka_unit_test(test_invalid_and_unsupported),
         cmocka_unit_test(test_out_of_bounds_reported),
