@@ -230,7 +230,8 @@ heap_t &heap() {
     return *h;
 }
 
-/* The heap, if it exists: queries about pointers must not create it. */
+/* The heap once created: the pointer queries (called on every instrumented access) read it without
+ * creating it, in one load. */
 std::atomic<heap_t *> g_heap{nullptr};
 heap_t &heap_init() {
     heap_t &h = heap();
@@ -550,8 +551,7 @@ stream_ref stream_of(runtime_t &r, cudaStream_t h) {
     return it == r.streams.end() ? nullptr : it->second;
 }
 
-void capture_invalidate(runtime_t &r, capture_t *c) {
-    (void)r;
+void capture_invalidate(capture_t *c) {
     c->invalid = true;
     c->ops.clear();
 }
@@ -565,7 +565,7 @@ cudaError_t unsafe_call(runtime_t &r) {
     for (auto &c : r.captures) {
         if (c->mode == cudaStreamCaptureModeRelaxed) continue;
         if (c->mode == cudaStreamCaptureModeGlobal || c->owner == me) {
-            capture_invalidate(r, c.get());
+            capture_invalidate(c.get());
             e = cudaErrorStreamCaptureUnsupported;
         }
     }
@@ -577,7 +577,7 @@ cudaError_t legacy_use(runtime_t &r) {
     cudaError_t e = cudaSuccess;
     for (auto &c : r.captures)
         if (c->blocking) {
-            capture_invalidate(r, c.get());
+            capture_invalidate(c.get());
             e = cudaErrorStreamCaptureImplicit;
         }
     return e;
@@ -1180,7 +1180,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     stream_ref s = it->second;
     r.streams.erase(it);
     if (s->cap) { /* destroying a capturing stream ends its capture */
-        capture_invalidate(r, s->cap.get());
+        capture_invalidate(s->cap.get());
         for (size_t i = 0; i < r.captures.size(); i++)
             if (r.captures[i] == s->cap) r.captures.erase(r.captures.begin() + (long)i);
         s->cap.reset();
@@ -1201,7 +1201,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
         s = stream_of(r, stream);
         if (!s) return fail(cudaErrorInvalidResourceHandle);
         if (s->cap) {
-            capture_invalidate(r, s->cap.get());
+            capture_invalidate(s->cap.get());
             return fail(cudaErrorStreamCaptureUnsupported);
         }
         if (s->legacy) {
@@ -1220,7 +1220,7 @@ cudaError_t cudaStreamQuery(cudaStream_t stream) {
     stream_ref s = stream_of(r, stream);
     if (!s) return fail(cudaErrorInvalidResourceHandle);
     if (s->cap) {
-        capture_invalidate(r, s->cap.get());
+        capture_invalidate(s->cap.get());
         return fail(cudaErrorStreamCaptureUnsupported);
     }
     std::lock_guard<std::mutex> sl(s->mu);
@@ -1233,7 +1233,7 @@ cudaError_t cudaDeviceSynchronize(void) {
     {
         std::lock_guard<std::mutex> lk(r.mu);
         if (!r.captures.empty()) { /* it would wait for capturing streams */
-            for (auto &c : r.captures) capture_invalidate(r, c.get());
+            for (auto &c : r.captures) capture_invalidate(c.get());
             return fail(cudaErrorStreamCaptureUnsupported);
         }
     }
@@ -1318,7 +1318,7 @@ cudaError_t event_for_wait(cudaEvent_t h, std::shared_ptr<event_t> *out) {
     if (c && !c->invalid) {
         for (auto &a : r.captures)
             if (a == c) {
-                capture_invalidate(r, c.get());
+                capture_invalidate(c.get());
                 return cudaErrorStreamCaptureUnsupported;
             }
     }
