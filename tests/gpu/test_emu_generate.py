@@ -31,7 +31,7 @@ def generate(model, prompts, *extra, backend="cuda", env=None, binary=None, chec
         cmd += ["--prompt-ids", ",".join(map(str, p))]
     cmd += [str(x) for x in extra]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, **BASE_ENV, **(env or {})))
+                       env={**os.environ, **BASE_ENV, **(env or {})})
     if not check:
         return r
     assert r.returncode == 0, r.stderr[-3000:]
