@@ -158,10 +158,13 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(call obj,$(TEST_HELPER)) $(A_SERVICE)
 # ---------------------------------------------------------------- workflows
 # test, demo and bench install what they need first (quietly when present),
 # so that each is one command on a fresh machine.
+# Builds run on every core unless make was given -j itself.
+PAR_BUILD = $(if $(or $(filter -j%,$(MAKEFLAGS)),$(findstring j,$(firstword $(filter-out -%,$(MAKEFLAGS))))),,-j$$(nproc))
+
 test:
 	@bash tools/deps.sh
-	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory cuda-emu
+	@$(MAKE) --no-print-directory $(PAR_BUILD) all
+	@$(MAKE) --no-print-directory $(PAR_BUILD) cuda-emu
 	@BUILD=$(BUILD) EMU_BUILD=$(EMU_BUILD) PYTHON=$(PYTHON) SANITIZER=$(SANITIZER) bash tests/run.sh
 
 deps:
