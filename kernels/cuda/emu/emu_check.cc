@@ -87,12 +87,12 @@ long report_count() { return n_reports.load(std::memory_order_relaxed); }
 static std::string where(const void *ret) {
     static std::mutex mu;
     static std::unordered_map<uintptr_t, std::string> cache;
+    static char buf[512], cmd[1024], fn[512], loc[512]; /* not on a fiber's small stack; under mu */
     std::lock_guard<std::mutex> g(mu);
     uintptr_t pc = (uintptr_t)ret - 1; /* inside the call instruction, not after it */
     auto it = cache.find(pc);
     if (it != cache.end()) return it->second;
 
-    char buf[512];
     Dl_info info;
     if (!dladdr(ret, &info) || !info.dli_fname) {
         snprintf(buf, sizeof buf, "%p", ret);
@@ -104,19 +104,23 @@ static std::string where(const void *ret) {
     if (!file[0] || access(file, R_OK) != 0) file = "/proc/self/exe";
     std::string out;
     if (!strchr(file, '\'')) {
-        char cmd[1024];
         snprintf(cmd, sizeof cmd, "addr2line -C -f -i -e '%s' 0x%lx 2>/dev/null", file, (unsigned long)addr);
         FILE *p = popen(cmd, "r");
         if (p) {
-            char fn[512], loc[512];
+            static char cwd[512];
+            if (!getcwd(cwd, sizeof cwd - 1)) cwd[0] = 0;
+            strcat(cwd, "/");
+            const size_t n_cwd = strlen(cwd);
             while (fgets(fn, sizeof fn, p) && fgets(loc, sizeof loc, p)) {
                 fn[strcspn(fn, "\n")] = 0;
                 loc[strcspn(loc, "\n")] = 0;
+                char *disc = strstr(loc, " (discriminator");
+                if (disc) *disc = 0;
                 if (!strncmp(loc, "??", 2)) continue;
                 out += out.empty() ? "" : ", inlined in ";
                 out += fn;
                 out += " at ";
-                out += loc;
+                out += strncmp(loc, cwd, n_cwd) ? loc : loc + n_cwd; /* paths relative to the repository */
             }
             pclose(p);
         }
@@ -129,10 +133,16 @@ static std::string where(const void *ret) {
     return cache[pc] = out;
 }
 
-/* True the first time (kind, kernel, location) is seen in this process. */
+/* True the first time (kind, kernel, location) is seen in this process.  A defect in a loop hits
+ * this on every access: a per-thread cache of recent keys answers the repeats without the lock. */
 static bool first_time(const char *kind, const char *kernel, const void *pc) {
     static std::mutex mu;
     static std::unordered_set<std::string> seen;
+    static thread_local uintptr_t recent[64];
+    uintptr_t h = (uintptr_t)pc * 31u + (uintptr_t)kind * 17u + (uintptr_t)kernel;
+    uintptr_t &slot = recent[(h >> 4) & 63];
+    if (slot == h) return false;
+    slot = h;
     char key[64];
     snprintf(key, sizeof key, "%p/%p/%p", (const void *)kind, (const void *)kernel, pc);
     std::lock_guard<std::mutex> g(mu);
@@ -141,13 +151,15 @@ static bool first_time(const char *kind, const char *kernel, const void *pc) {
 
 /* ------------------------------------------------------------ shadow state */
 
-/* Shadow of one byte of shared memory.  Epochs: 0 = never, else the global epoch (see top). */
+/* Shadow of one byte of shared memory, read on every shared access (12 bytes: the code locations,
+ * needed only to report, are in a parallel array).  Epochs: 0 = never, else a global epoch (see top). */
 struct shadow_byte {
     uint32_t w_ep;       /* epoch of the last write */
     uint32_t r_ep;       /* epoch of the reads recorded in r_thr */
     uint16_t w_thr;      /* thread of the last write (ATOMIC: an atomic) */
     uint16_t r_thr;      /* the thread that read in r_ep, or MANY (two or more threads) */
-    uint32_t pad;
+};
+struct shadow_pc {
     const void *w_pc;    /* code of the last write */
     const void *r_pc;    /* code of the first read in r_ep */
 };
@@ -158,12 +170,14 @@ struct block_state {
     unsigned char *sh_base; /* shared arena [sh_base, sh_base + sh_size) */
     size_t sh_size;
     shadow_byte *sh;        /* [sh_size] */
+    shadow_pc *pcs;         /* [sh_size] */
     uint32_t base;          /* global epoch of the block's first barrier interval */
     uint32_t last;          /* largest global epoch used so far in this block */
     uint64_t epoch0;        /* cur_epoch() at the block's first shared access */
     bool have_epoch0;
     bool oob_raised;        /* async_error already raised for this block */
     std::vector<shadow_byte> shadow;
+    std::vector<shadow_pc> shadow_pcs;
     uint32_t next_base;     /* where the next block's epochs start */
 };
 
@@ -178,7 +192,10 @@ void check_block_begin(unsigned char *shared, size_t size, unsigned n_threads) {
         tl_state->next_base = 1;
     }
     block_state *b = tl_state.get();
-    if (b->shadow.size() < size) b->shadow.resize(size); /* new entries are zero: never written */
+    if (b->shadow.size() < size) { /* new entries are zero: never written */
+        b->shadow.resize(size);
+        b->shadow_pcs.resize(size);
+    }
     /* Epochs are 32-bit: long before they wrap, start over from a cleared shadow. */
     if (b->next_base > 0xf0000000u) {
         memset((void *)b->shadow.data(), 0, b->shadow.size() * sizeof(shadow_byte));
@@ -187,6 +204,7 @@ void check_block_begin(unsigned char *shared, size_t size, unsigned n_threads) {
     b->sh_base = shared;
     b->sh_size = size;
     b->sh = b->shadow.data();
+    b->pcs = b->shadow_pcs.data();
     b->base = b->last = b->next_base;
     b->have_epoch0 = false;
     b->oob_raised = false;
@@ -214,8 +232,8 @@ static const char *kind_name(access_kind k) {
 }
 static bool reads(access_kind k) { return k == READ || k == ATOMIC_LOAD || k == ATOMIC_RMW; }
 
-static void report_race(block_state *b, size_t off, access_kind k, const void *pc, const char *other_kind,
-                        unsigned other_thr, const void *other_pc) {
+static void __attribute__((noinline)) report_race(block_state *b, size_t off, access_kind k, const void *pc,
+                                                  const char *other_kind, unsigned other_thr, const void *other_pc) {
     const char *kernel = cur_kernel_name();
     if (!first_time("race", kernel, pc)) return;
     char other[32];
@@ -230,46 +248,60 @@ static void report_race(block_state *b, size_t off, access_kind k, const void *p
     (void)b;
 }
 
-/* An access of n bytes at offset off of the block's shared arena. */
-static void shared_access(block_state *b, size_t off, size_t n, access_kind k, const void *pc) {
-    if (n > b->sh_size - off) {
-        const char *kernel = cur_kernel_name();
-        if (first_time("out-of-bounds", kernel, pc))
-            report("out-of-bounds", "kernel %s, block %u, thread %u: %s of %zu B at shared memory offset %zu, "
-                   "past the block's %zu B, at %s", kernel, cur_block(), cur_thread(), kind_name(k), n, off,
-                   b->sh_size, where(pc).c_str());
+static void __attribute__((noinline)) shared_past_end(block_state *b, size_t off, size_t n, access_kind k,
+                                                      const void *pc) {
+    const char *kernel = cur_kernel_name();
+    if (first_time("out-of-bounds shared", kernel, pc))
+        report("out-of-bounds", "kernel %s, block %u, thread %u: %s of %zu B at shared memory offset %zu, past the "
+               "block's %zu B, at %s", kernel, cur_block(), cur_thread(), kind_name(k), n, off, b->sh_size,
+               where(pc).c_str());
+}
+
+static void __attribute__((noinline)) shared_unwritten(block_state *b, size_t off, size_t n, access_kind k,
+                                                       const void *pc) {
+    const char *kernel = cur_kernel_name();
+    if (first_time("uninitialized shared", kernel, pc))
+        report("uninitialized", "kernel %s, block %u, thread %u: %s of %zu B at shared memory offset %zu, never "
+               "written in this block, at %s", kernel, cur_block(), cur_thread(), kind_name(k), n, off,
+               where(pc).c_str());
+    (void)b;
+}
+
+/* An access of n bytes at offset off of the block's shared arena.  K is a constant in each callback,
+ * so each gets its own loop without the other kinds' branches. */
+template <access_kind K>
+static inline __attribute__((always_inline)) void shared_access(block_state *b, size_t off, size_t n,
+                                                                const void *pc) {
+    if (__builtin_expect(n > b->sh_size - off, 0)) {
+        shared_past_end(b, off, n, K, pc);
         n = b->sh_size - off;
     }
-    uint64_t ep = cur_epoch();
-    if (!b->have_epoch0) b->epoch0 = ep, b->have_epoch0 = true;
-    uint32_t e = b->base + (uint32_t)(ep - b->epoch0);
+    const uint64_t ep = cur_epoch();
+    if (__builtin_expect(!b->have_epoch0, 0)) b->epoch0 = ep, b->have_epoch0 = true;
+    const uint32_t e = b->base + (uint32_t)(ep - b->epoch0);
     if (e > b->last) b->last = e;
-    uint16_t t = (uint16_t)cur_thread();
+    const uint16_t t = (uint16_t)cur_thread();
     shadow_byte *s = b->sh + off;
-    for (size_t i = 0; i < n; i++, s++) {
-        if (reads(k) && s->w_ep < b->base) {
-            const char *kernel = cur_kernel_name();
-            if (first_time("uninitialized", kernel, pc))
-                report("uninitialized", "kernel %s, block %u, thread %u: %s of %zu B at shared memory offset %zu, "
-                       "never written in this block, at %s", kernel, cur_block(), t, kind_name(k), n, off + i,
-                       where(pc).c_str());
+    for (size_t i = 0; i < n; i++) {
+        shadow_byte &x = s[i];
+        if (K == READ || K == ATOMIC_LOAD || K == ATOMIC_RMW) {
+            if (__builtin_expect(x.w_ep < b->base, 0)) shared_unwritten(b, off + i, n, K, pc);
         }
-        if (k == ATOMIC_LOAD) continue;
-        if (k == ATOMIC_STORE || k == ATOMIC_RMW) {
-            s->w_ep = e, s->w_thr = ATOMIC, s->w_pc = pc;
+        if (K == ATOMIC_LOAD) continue;
+        if (K == ATOMIC_STORE || K == ATOMIC_RMW) {
+            x.w_ep = e, x.w_thr = ATOMIC, b->pcs[off + i].w_pc = pc;
             continue;
         }
-        if (s->w_ep == e && s->w_thr != t) {
-            report_race(b, off + i, k, pc, "write", s->w_thr, s->w_pc);
-        } else if (k == WRITE && s->r_ep == e && s->r_thr != t) {
-            report_race(b, off + i, k, pc, "read", s->r_thr, s->r_pc);
-        }
-        if (k == WRITE) {
-            s->w_ep = e, s->w_thr = t, s->w_pc = pc;
-        } else if (s->r_ep != e) {
-            s->r_ep = e, s->r_thr = t, s->r_pc = pc;
-        } else if (s->r_thr != t) {
-            s->r_thr = MANY;
+        if (__builtin_expect(x.w_ep == e && x.w_thr != t, 0))
+            report_race(b, off + i, K, pc, "write", x.w_thr, b->pcs[off + i].w_pc);
+        if (K == WRITE) {
+            if (__builtin_expect(x.r_ep == e && x.r_thr != t, 0))
+                report_race(b, off + i, K, pc, "read", x.r_thr, b->pcs[off + i].r_pc);
+            x.w_ep = e, x.w_thr = t, b->pcs[off + i].w_pc = pc;
+        } else if (x.r_ep != e) {
+            x.r_ep = e, x.r_thr = t, b->pcs[off + i].r_pc = pc;
+        } else if (x.r_thr != t && x.r_thr != MANY) {
+            x.r_thr = MANY;
         }
     }
 }
@@ -299,14 +331,14 @@ static void device_access(block_state *b, const void *p, size_t n, access_kind k
 }
 
 /* Every instrumented access comes here.  Outside a block: one thread-local load. */
-static inline __attribute__((always_inline)) void check(const volatile void *vp, size_t n, access_kind k,
-                                                        const void *pc) {
+template <access_kind K>
+static inline __attribute__((always_inline)) void check(const volatile void *vp, size_t n, const void *pc) {
     block_state *b = tl_blk;
     if (__builtin_expect(b == nullptr, 1)) return;
     const void *p = (const void *)vp;
     size_t off = (uintptr_t)p - (uintptr_t)b->sh_base;
-    if (off < b->sh_size) return shared_access(b, off, n, k, pc);
-    if (is_device(p)) device_access(b, p, n, k, pc);
+    if (off < b->sh_size) return shared_access<K>(b, off, n, pc);
+    if (is_device(p)) device_access(b, p, n, K, pc);
 }
 
 } // namespace emu
@@ -324,18 +356,18 @@ void __tsan_func_entry(void *caller) { (void)caller; }
 void __tsan_func_exit(void *caller) { (void)caller; }
 void __tsan_vptr_update(void *vptr, void *val) { (void)vptr, (void)val; }
 void __tsan_vptr_read(void *vptr) { (void)vptr; }
-void __tsan_read_range(void *p, long n) { emu::check(p, (size_t)n, emu::READ, RA); }
-void __tsan_write_range(void *p, long n) { emu::check(p, (size_t)n, emu::WRITE, RA); }
+void __tsan_read_range(void *p, long n) { emu::check<emu::READ>(p, (size_t)n, RA); }
+void __tsan_write_range(void *p, long n) { emu::check<emu::WRITE>(p, (size_t)n, RA); }
 
-#define EMU_TSAN_RW(N)                                                                                         \
-    void __tsan_read##N(void *p) { emu::check(p, N, emu::READ, RA); }                                           \
-    void __tsan_write##N(void *p) { emu::check(p, N, emu::WRITE, RA); }                                         \
-    void __tsan_unaligned_read##N(void *p) { emu::check(p, N, emu::READ, RA); }                                 \
-    void __tsan_unaligned_write##N(void *p) { emu::check(p, N, emu::WRITE, RA); }                               \
-    void __tsan_volatile_read##N(void *p) { emu::check(p, N, emu::READ, RA); }                                  \
-    void __tsan_volatile_write##N(void *p) { emu::check(p, N, emu::WRITE, RA); }                                \
-    void __tsan_read##N##_pc(void *p, void *pc) { emu::check(p, N, emu::READ, pc); }                            \
-    void __tsan_write##N##_pc(void *p, void *pc) { emu::check(p, N, emu::WRITE, pc); }
+#define EMU_TSAN_RW(N)                                                                                                 \
+    void __tsan_read##N(void *p) { emu::check<emu::READ>(p, N, RA); }                                                  \
+    void __tsan_write##N(void *p) { emu::check<emu::WRITE>(p, N, RA); }                                                \
+    void __tsan_unaligned_read##N(void *p) { emu::check<emu::READ>(p, N, RA); }                                        \
+    void __tsan_unaligned_write##N(void *p) { emu::check<emu::WRITE>(p, N, RA); }                                      \
+    void __tsan_volatile_read##N(void *p) { emu::check<emu::READ>(p, N, RA); }                                         \
+    void __tsan_volatile_write##N(void *p) { emu::check<emu::WRITE>(p, N, RA); }                                       \
+    void __tsan_read##N##_pc(void *p, void *pc) { emu::check<emu::READ>(p, N, pc); }                                   \
+    void __tsan_write##N##_pc(void *p, void *pc) { emu::check<emu::WRITE>(p, N, pc); }
 EMU_TSAN_RW(1)
 EMU_TSAN_RW(2)
 EMU_TSAN_RW(4)
@@ -346,45 +378,45 @@ EMU_TSAN_RW(16)
  * (sequentially consistent whatever order was asked: stronger is always correct).  Parameter types
  * are those of GCC's declarations of these built-ins. */
 #define SC __ATOMIC_SEQ_CST
-#define EMU_TSAN_RMW(N, T, OP, EXPR)                                                                           \
-    T __tsan_atomic##N##_##OP(volatile void *p, T v, int mo) {                                                 \
-        (void)mo;                                                                                              \
-        emu::check(p, sizeof(T), emu::ATOMIC_RMW, RA);                                                         \
-        return EXPR((volatile T *)p, v, SC);                                                                   \
+#define EMU_TSAN_RMW(N, T, OP, EXPR)                                                                                   \
+    T __tsan_atomic##N##_##OP(volatile void *p, T v, int mo) {                                                         \
+        (void)mo;                                                                                                      \
+        emu::check<emu::ATOMIC_RMW>(p, sizeof(T), RA);                                                                 \
+        return EXPR((volatile T *)p, v, SC);                                                                           \
     }
-#define EMU_TSAN_ATOMIC(N, T)                                                                                  \
-    T __tsan_atomic##N##_load(const volatile void *p, int mo) {                                                \
-        (void)mo;                                                                                              \
-        emu::check(p, sizeof(T), emu::ATOMIC_LOAD, RA);                                                        \
-        return __atomic_load_n((const volatile T *)p, SC);                                                     \
-    }                                                                                                          \
-    void __tsan_atomic##N##_store(volatile void *p, T v, int mo) {                                             \
-        (void)mo;                                                                                              \
-        emu::check(p, sizeof(T), emu::ATOMIC_STORE, RA);                                                       \
-        __atomic_store_n((volatile T *)p, v, SC);                                                              \
-    }                                                                                                          \
-    EMU_TSAN_RMW(N, T, exchange, __atomic_exchange_n)                                                          \
-    EMU_TSAN_RMW(N, T, fetch_add, __atomic_fetch_add)                                                          \
-    EMU_TSAN_RMW(N, T, fetch_sub, __atomic_fetch_sub)                                                          \
-    EMU_TSAN_RMW(N, T, fetch_and, __atomic_fetch_and)                                                          \
-    EMU_TSAN_RMW(N, T, fetch_or, __atomic_fetch_or)                                                            \
-    EMU_TSAN_RMW(N, T, fetch_xor, __atomic_fetch_xor)                                                          \
-    EMU_TSAN_RMW(N, T, fetch_nand, __atomic_fetch_nand)                                                        \
-    bool __tsan_atomic##N##_compare_exchange_strong(volatile void *p, void *c, T v, int mo, int fmo) {         \
-        (void)mo, (void)fmo;                                                                                   \
-        emu::check(p, sizeof(T), emu::ATOMIC_RMW, RA);                                                         \
-        return __atomic_compare_exchange_n((volatile T *)p, (T *)c, v, false, SC, SC);                         \
-    }                                                                                                          \
-    bool __tsan_atomic##N##_compare_exchange_weak(volatile void *p, void *c, T v, int mo, int fmo) {           \
-        (void)mo, (void)fmo;                                                                                   \
-        emu::check(p, sizeof(T), emu::ATOMIC_RMW, RA);                                                         \
-        return __atomic_compare_exchange_n((volatile T *)p, (T *)c, v, true, SC, SC);                          \
-    }                                                                                                          \
-    T __tsan_atomic##N##_compare_exchange_val(volatile void *p, T c, T v, int mo, int fmo) {                   \
-        (void)mo, (void)fmo;                                                                                   \
-        emu::check(p, sizeof(T), emu::ATOMIC_RMW, RA);                                                         \
-        __atomic_compare_exchange_n((volatile T *)p, &c, v, false, SC, SC);                                    \
-        return c;                                                                                              \
+#define EMU_TSAN_ATOMIC(N, T)                                                                                          \
+    T __tsan_atomic##N##_load(const volatile void *p, int mo) {                                                        \
+        (void)mo;                                                                                                      \
+        emu::check<emu::ATOMIC_LOAD>(p, sizeof(T), RA);                                                                \
+        return __atomic_load_n((const volatile T *)p, SC);                                                             \
+    }                                                                                                                  \
+    void __tsan_atomic##N##_store(volatile void *p, T v, int mo) {                                                     \
+        (void)mo;                                                                                                      \
+        emu::check<emu::ATOMIC_STORE>(p, sizeof(T), RA);                                                               \
+        __atomic_store_n((volatile T *)p, v, SC);                                                                      \
+    }                                                                                                                  \
+    EMU_TSAN_RMW(N, T, exchange, __atomic_exchange_n)                                                                  \
+    EMU_TSAN_RMW(N, T, fetch_add, __atomic_fetch_add)                                                                  \
+    EMU_TSAN_RMW(N, T, fetch_sub, __atomic_fetch_sub)                                                                  \
+    EMU_TSAN_RMW(N, T, fetch_and, __atomic_fetch_and)                                                                  \
+    EMU_TSAN_RMW(N, T, fetch_or, __atomic_fetch_or)                                                                    \
+    EMU_TSAN_RMW(N, T, fetch_xor, __atomic_fetch_xor)                                                                  \
+    EMU_TSAN_RMW(N, T, fetch_nand, __atomic_fetch_nand)                                                                \
+    bool __tsan_atomic##N##_compare_exchange_strong(volatile void *p, void *c, T v, int mo, int fmo) {                 \
+        (void)mo, (void)fmo;                                                                                           \
+        emu::check<emu::ATOMIC_RMW>(p, sizeof(T), RA);                                                                 \
+        return __atomic_compare_exchange_n((volatile T *)p, (T *)c, v, false, SC, SC);                                 \
+    }                                                                                                                  \
+    bool __tsan_atomic##N##_compare_exchange_weak(volatile void *p, void *c, T v, int mo, int fmo) {                   \
+        (void)mo, (void)fmo;                                                                                           \
+        emu::check<emu::ATOMIC_RMW>(p, sizeof(T), RA);                                                                 \
+        return __atomic_compare_exchange_n((volatile T *)p, (T *)c, v, true, SC, SC);                                  \
+    }                                                                                                                  \
+    T __tsan_atomic##N##_compare_exchange_val(volatile void *p, T c, T v, int mo, int fmo) {                           \
+        (void)mo, (void)fmo;                                                                                           \
+        emu::check<emu::ATOMIC_RMW>(p, sizeof(T), RA);                                                                 \
+        __atomic_compare_exchange_n((volatile T *)p, &c, v, false, SC, SC);                                            \
+        return c;                                                                                                      \
     }
 EMU_TSAN_ATOMIC(8, unsigned char)
 EMU_TSAN_ATOMIC(16, unsigned short)
