@@ -706,9 +706,12 @@ static int bench(void) {
     };
     for (auto &c : cases) {
         auto k = c.k;
-        const double t0 = cpu_ns();
-        emu::run_grid("bench", dim3(nb), dim3(nt), 0, [=] { k(d, reps); });
-        const double t = cpu_ns() - t0;
+        double t = 1e300;
+        for (int i = 0; i < 7; i++) { /* the best of 7: other load on the machine only adds */
+            const double t0 = cpu_ns();
+            emu::run_grid("bench", dim3(nb), dim3(nt), 0, [=] { k(d, reps); });
+            t = fmin(t, cpu_ns() - t0);
+        }
         const double per_thread = t / ((double)nb * nt * reps);
         printf("%-52s %7.1f ns per thread per rep, %5.1f ns per %s\n", c.what, per_thread, per_thread / c.per, c.unit);
     }

@@ -66,9 +66,84 @@
 #include <sanitizer/tsan_interface.h>
 #endif
 
-namespace bctx = boost::context::detail;
-
 namespace emu {
+
+/* ------------------------------------------------------------ context switch */
+
+/* A fiber's saved context and the switch.  On x86-64 our own: push the callee-saved registers, swap
+ * the stack pointer, pop, ret.  Boost's jump_fcontext (the fallback elsewhere) leaves through an
+ * indirect jmp instead of the ret that matches its call, so after every switch the CPU's return-
+ * stack predictor is one entry off and each return up the fiber's call chain mispredicts; with a
+ * symmetric call/ret, a fiber resumed at the same call site as the one that left (the common case:
+ * every thread of a block waits at the same barrier) predicts every return.  Measured on the
+ * 512-thread bench (test_emu_exec --bench, best of 7, on a loaded 2-core VM): 55 ns per thread-barrier
+ * with Boost's switch, 17-29 ns with this one.
+ * The floating-point control words are not switched: kernels never change them. */
+#if defined(__x86_64__)
+typedef void *ctx_t; /* the saved stack pointer */
+extern "C" void llmq_emu_ctx_swap(ctx_t *save, ctx_t to) __attribute__((visibility("hidden")));
+extern "C" void llmq_emu_ctx_entry(void) __attribute__((visibility("hidden")));
+asm(R"(
+    .text
+    .p2align 4
+    .globl llmq_emu_ctx_swap
+    .hidden llmq_emu_ctx_swap
+    .type llmq_emu_ctx_swap, @function
+llmq_emu_ctx_swap:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size llmq_emu_ctx_swap, .-llmq_emu_ctx_swap
+
+    .p2align 4
+    .globl llmq_emu_ctx_entry
+    .hidden llmq_emu_ctx_entry
+    .type llmq_emu_ctx_entry, @function
+llmq_emu_ctx_entry:
+    callq *%r13
+    ud2
+    .size llmq_emu_ctx_entry, .-llmq_emu_ctx_entry
+)");
+/* A context that starts fn on the stack below top (16-byte aligned): the frame llmq_emu_ctx_swap
+ * pops (r15 r14 r13=fn r12 rbx rbp, then the entry as return address), placed so that the entry's
+ * call sees the ABI's alignment. */
+static ctx_t ctx_make(unsigned char *top, void (*fn)(void)) {
+    void **sp = (void **)(top - 72);
+    for (int i = 0; i < 6; i++) sp[i] = nullptr;
+    sp[2] = (void *)fn;
+    sp[6] = (void *)llmq_emu_ctx_entry;
+    return sp;
+}
+static inline void ctx_swap(ctx_t *save, ctx_t to) { llmq_emu_ctx_swap(save, to); }
+#else
+namespace bctx = boost::context::detail;
+typedef bctx::fcontext_t ctx_t;
+static void (*ctx_fn)(void);
+static void ctx_entry(bctx::transfer_t t) {
+    *(ctx_t *)t.data = t.fctx;
+    ctx_fn();
+}
+static ctx_t ctx_make(unsigned char *top, void (*fn)(void)) {
+    ctx_fn = fn; /* always the same function */
+    return bctx::make_fcontext(top, 64 << 10, ctx_entry);
+}
+static inline void ctx_swap(ctx_t *save, ctx_t to) {
+    bctx::transfer_t t = bctx::jump_fcontext(to, save);
+    *(ctx_t *)t.data = t.fctx;
+}
+#endif
 
 /* ------------------------------------------------------------ state */
 
@@ -79,6 +154,11 @@ static const size_t STACK_BYTES = 256 << 10;
 #else
 static const size_t STACK_BYTES = 64 << 10;
 #endif
+/* Each stack's top is moved down by a different multiple of 64 B below 32 KiB ("colouring"): with
+ * every top at the same offset of a 64 KiB-aligned mapping, the few hot lines of all the fibers fall
+ * into the same cache sets and evict each other at every switch (measured: 66 against 55 ns per thread-barrier). */
+static const size_t STACK_COLOURS = 32 << 10;
+static const size_t STACK_MAP = STACK_BYTES + STACK_COLOURS;
 /* Room past the profile's limit, so that a kernel over it can finish its block (it is reported). */
 static const size_t ARENA_SLACK = 1 << 20;
 
@@ -105,14 +185,15 @@ struct warp_state {
 
 /* One thread of the running block. */
 struct fthread {
-    bctx::fcontext_t ctx;        /* saved context while suspended */
+    ctx_t ctx;                   /* saved context while suspended */
     uint3 idx;                   /* threadIdx */
     unsigned lin;                /* linear index in the block */
     thread_state state;
     const char *bar_file;        /* the barrier waited at (T_BARRIER) or last passed */
     int bar_line;
     rendezvous *rv;              /* the warp op waited at (T_WARP) */
-    unsigned char *stack;        /* [stack, stack + STACK_BYTES), a guard page below */
+    unsigned char *stack;        /* the mapping's usable start, a guard page below */
+    unsigned char *stack_top;    /* where the fiber's stack starts (>= STACK_BYTES above stack) */
 #ifdef __SANITIZE_ADDRESS__
     void *fake_stack;
 #endif
@@ -144,7 +225,8 @@ struct kernel_ctx {
 
 /* One per OS thread that runs blocks. */
 struct worker {
-    bctx::fcontext_t main_ctx;   /* the OS thread's own context while a fiber runs */
+    ctx_t main_ctx;              /* the OS thread's own context while a fiber runs */
+    ctx_t dead_ctx;              /* where an exited fiber's context goes */
 #ifdef __SANITIZE_ADDRESS__
     void *main_fake_stack = nullptr;
     const void *main_bottom = nullptr;
@@ -192,7 +274,7 @@ static void die(const char *what) {
 }
 
 worker::~worker() {
-    for (unsigned i = 0; i < n_stacks; i++) munmap(thr[i].stack - getpagesize(), STACK_BYTES + getpagesize());
+    for (unsigned i = 0; i < n_stacks; i++) munmap(thr[i].stack - getpagesize(), STACK_MAP + getpagesize());
     if (arena) munmap(arena, arena_cap + ARENA_SLACK + getpagesize());
 }
 
@@ -208,11 +290,13 @@ static worker *worker_get() {
 static void stacks_ensure(worker *w, unsigned n) {
     const size_t page = (size_t)getpagesize();
     for (; w->n_stacks < n; w->n_stacks++) {
-        void *p = mmap(nullptr, STACK_BYTES + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+        void *p = mmap(nullptr, STACK_MAP + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                        -1, 0);
         if (p == MAP_FAILED) die("cannot map a fiber stack");
         if (mprotect(p, page, PROT_NONE) != 0) die("cannot protect a fiber stack's guard page");
-        w->thr[w->n_stacks].stack = (unsigned char *)p + page;
+        fthread *t = &w->thr[w->n_stacks];
+        t->stack = (unsigned char *)p + page;
+        t->stack_top = t->stack + STACK_MAP - (size_t)w->n_stacks * 21 * 64 % STACK_COLOURS;
     }
 }
 
@@ -251,9 +335,8 @@ static void kernel_fault(kernel_ctx *k, cudaError_t e, const char *fmt, ...) {
 
 static inline void rq_push(worker *w, unsigned i) { w->rq[w->rq_tail++ % MAX_THREADS] = i; }
 
-/* Called on arrival in a fiber or in the worker's context: save the context that jumped here. */
-static inline void arrived(worker *w, fthread *me, bctx::transfer_t t) {
-    if (t.data) *(bctx::fcontext_t *)t.data = t.fctx;
+/* Called on arrival in a fiber or in the worker's context. */
+static inline void arrived(worker *w, fthread *me) {
 #ifdef __SANITIZE_ADDRESS__
     const void *bottom;
     size_t size;
@@ -270,31 +353,37 @@ static inline void arrived(worker *w, fthread *me, bctx::transfer_t t) {
 static void switch_away(worker *w, fthread *from, bool from_done) {
     fthread *to = nullptr;
     if (w->rq_head != w->rq_tail) to = &w->thr[w->rq[w->rq_head++ % MAX_THREADS]];
+    if (w->rq_head != w->rq_tail) {
+        /* The thread after `to` resumes next: fetch the top of its stack (its saved registers and the
+         * frames it returns through) while `to` runs, instead of stalling on it then. */
+        const char *sp = (const char *)w->thr[w->rq[w->rq_head % MAX_THREADS]].ctx;
+        for (int i = 0; i < 512; i += 64) __builtin_prefetch(sp + i);
+    }
     if (to == from && from) return; /* cannot happen: a waiting thread is not ready */
-    bctx::fcontext_t *save = from_done ? nullptr : from ? &from->ctx : &w->main_ctx;
+    ctx_t *save = from_done ? &w->dead_ctx : from ? &from->ctx : &w->main_ctx;
 #ifdef __SANITIZE_ADDRESS__
     void **fake = from_done ? nullptr : from ? &from->fake_stack : &w->main_fake_stack;
     w->from_main = from == nullptr;
-    if (to) __sanitizer_start_switch_fiber(fake, to->stack, STACK_BYTES);
+    if (to) __sanitizer_start_switch_fiber(fake, to->stack, (size_t)(to->stack_top - to->stack));
     else __sanitizer_start_switch_fiber(fake, w->main_bottom, w->main_size);
 #endif
 #ifdef __SANITIZE_THREAD__
     __tsan_switch_to_fiber(to ? to->tsan_fiber : w->tsan_main, 0);
 #endif
     tl_cur = to;
-    bctx::transfer_t t = bctx::jump_fcontext(to ? to->ctx : w->main_ctx, save);
-    arrived(w, from, t);
+    ctx_swap(save, to ? to->ctx : w->main_ctx);
+    arrived(w, from);
 }
 
 static void thread_exit(worker *w, fthread *me);
 
-static void fiber_main(bctx::transfer_t t) {
+static void fiber_main(void) {
     worker *w = tl_w;
     fthread *me = tl_cur;
 #ifdef __SANITIZE_ADDRESS__
     me->fake_stack = nullptr;
 #endif
-    arrived(w, me, t);
+    arrived(w, me);
     (*w->k->body)();
     thread_exit(w, me);
 }
@@ -535,7 +624,7 @@ static void run_block(worker *w, kernel_ctx *k, unsigned b) {
         t->rv = nullptr;
         t->bar_file = "";
         t->bar_line = 0;
-        t->ctx = bctx::make_fcontext(t->stack + STACK_BYTES, STACK_BYTES, fiber_main);
+        t->ctx = ctx_make(t->stack_top, fiber_main);
 #ifdef __SANITIZE_ADDRESS__
         t->fake_stack = nullptr;
 #endif
