@@ -448,6 +448,32 @@ static void test_async_really(void **st) {
     CU(cudaStreamDestroy(s));
 }
 
+/* cudaStreamDestroy returns at once; the stream's work still completes, and the device's
+ * synchronisation waits for it. */
+static void test_destroy_busy_stream(void **st) {
+    (void)st;
+    cudaStream_t s;
+    CU(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    unsigned char *d = NULL;
+    CU(cudaMalloc((void **)&d, 256));
+    gate g;
+    gate_close_on(&g, s);
+    CU(cudaMemsetAsync(d, 0x42, 256, s));
+    CU(cudaStreamDestroy(s));
+    assert_int_equal(cudaStreamQuery(s), cudaErrorInvalidResourceHandle);
+    (void)cudaGetLastError();
+    std::thread opener([&g] {
+        usleep(30000);
+        gate_open(&g);
+    });
+    CU(cudaDeviceSynchronize());
+    unsigned char h[256]; /* stream 0 does not wait for a non-blocking stream: the memset is done */
+    CU(cudaMemcpy(h, d, 256, cudaMemcpyDeviceToHost));
+    opener.join();
+    for (int i = 0; i < 256; i++) assert_int_equal(h[i], 0x42);
+    CU(cudaFree(d));
+}
+
 /* A copy to pageable host memory returns only once done, with no synchronisation (CUDA documents it). */
 static void test_d2h_pageable_waits(void **st) {
     (void)st;
@@ -889,6 +915,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_written_shadow_and_poison),
         cmocka_unit_test(test_stream_order),
         cmocka_unit_test(test_async_really),
+        cmocka_unit_test(test_destroy_busy_stream),
         cmocka_unit_test(test_d2h_pageable_waits),
         cmocka_unit_test(test_events_elapsed),
         cmocka_unit_test(test_legacy_stream),

@@ -446,6 +446,7 @@ struct runtime_t {
     std::mutex mu;
     stream_ref legacy;
     std::unordered_map<void *, stream_ref> streams; /* created streams by handle */
+    std::vector<std::weak_ptr<stream_t>> draining;  /* destroyed ones whose worker still runs their ops */
     std::unordered_map<void *, std::shared_ptr<event_t>> events;
     std::unordered_map<void *, graph_t *> graphs, execs;
     std::vector<std::shared_ptr<capture_t>> captures; /* active ones */
@@ -465,6 +466,7 @@ int64_t now_ns() {
 }
 
 void on_exit_handler();
+std::vector<stream_ref> streams_all(runtime_t &r);
 
 runtime_t &rt() {
     static runtime_t *r = [] {
@@ -481,9 +483,9 @@ void on_exit_handler() {
     runtime_t &r = rt();
     std::unique_lock<std::mutex> lk(r.mu);
     g_exiting.store(true);
-    for (auto &kv : r.streams) {
-        std::lock_guard<std::mutex> sl(kv.second->mu);
-        kv.second->cv.notify_all();
+    for (const stream_ref &t : streams_all(r)) {
+        std::lock_guard<std::mutex> sl(t->mu);
+        t->cv.notify_all();
     }
     if (r.legacy) {
         std::lock_guard<std::mutex> sl(r.legacy->mu);
@@ -551,6 +553,22 @@ stream_ref stream_of(runtime_t &r, cudaStream_t h) {
     return it == r.streams.end() ? nullptr : it->second;
 }
 
+/* Every stream with work that may still run: the created ones and the destroyed ones still draining
+ * (rt.mu held; the legacy stream is not included). */
+std::vector<stream_ref> streams_all(runtime_t &r) {
+    std::vector<stream_ref> out;
+    for (auto &kv : r.streams) out.push_back(kv.second);
+    for (size_t i = 0; i < r.draining.size();) {
+        if (stream_ref d = r.draining[i].lock()) {
+            out.push_back(d);
+            i++;
+        } else {
+            r.draining.erase(r.draining.begin() + (long)i);
+        }
+    }
+    return out;
+}
+
 void capture_invalidate(capture_t *c) {
     c->invalid = true;
     c->ops.clear();
@@ -605,8 +623,8 @@ cudaError_t enqueue_locked(runtime_t &r, const stream_ref &s, const char *name, 
         if (t->done < t->enq) op.deps.push_back(dep_t{t, t->enq});
     };
     if (s->legacy) {
-        for (auto &kv : r.streams)
-            if (kv.second->blocking) depend_on(kv.second);
+        for (const stream_ref &t : streams_all(r))
+            if (t->blocking) depend_on(t);
     } else if (s->blocking && r.legacy) {
         depend_on(r.legacy);
     }
@@ -633,8 +651,8 @@ void stream_wait_all(runtime_t &r, const stream_ref &s) {
         };
         add(s);
         if (s->legacy)
-            for (auto &kv : r.streams)
-                if (kv.second->blocking) add(kv.second);
+            for (const stream_ref &t : streams_all(r))
+                if (t->blocking) add(t);
     }
     for (dep_t &d : targets) wait_ticket(*d.s, d.ticket);
 }
@@ -648,7 +666,7 @@ void device_wait_all(runtime_t &r) {
             targets.push_back(dep_t{t, t->enq});
         };
         if (r.legacy) add(r.legacy);
-        for (auto &kv : r.streams) add(kv.second);
+        for (const stream_ref &t : streams_all(r)) add(t);
     }
     for (dep_t &d : targets) wait_ticket(*d.s, d.ticket);
 }
@@ -1186,6 +1204,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
         s->cap.reset();
     }
     /* As CUDA: returns at once; the work already enqueued completes, then the worker ends. */
+    r.draining.push_back(s);
     std::lock_guard<std::mutex> sl(s->mu);
     s->dying = true;
     s->cv.notify_all();
