@@ -543,7 +543,9 @@ stream_ref stream_new(bool legacy, bool blocking, cudaStream_t *handle) {
     return s;
 }
 
-/* The stream of handle h (rt.mu held), or null when h names none. */
+/* The stream of handle h (rt.mu held), or null when h names none.  0, cudaStreamLegacy and
+ * cudaStreamPerThread are all the legacy stream (nothing here is compiled with per-thread default
+ * streams). */
 stream_ref stream_of(runtime_t &r, cudaStream_t h) {
     if (h == nullptr || h == cudaStreamLegacy || h == cudaStreamPerThread) {
         if (!r.legacy) r.legacy = stream_new(true, true, nullptr);
