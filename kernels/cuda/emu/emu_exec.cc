@@ -60,6 +60,7 @@
 #include <vector>
 
 #ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 #ifdef __SANITIZE_THREAD__
@@ -624,10 +625,13 @@ static void run_block(worker *w, kernel_ctx *k, unsigned b) {
         t->rv = nullptr;
         t->bar_file = "";
         t->bar_line = 0;
-        t->ctx = ctx_make(t->stack_top, fiber_main);
 #ifdef __SANITIZE_ADDRESS__
         t->fake_stack = nullptr;
+        /* A fiber leaves for good from inside fiber_main -> thread_exit -> switch_away: those frames
+         * never return, so their redzones stay poisoned; the next fiber on this stack starts clean. */
+        __asan_unpoison_memory_region(t->stack_top - (16 << 10), 16 << 10);
 #endif
+        t->ctx = ctx_make(t->stack_top, fiber_main);
 #ifdef __SANITIZE_THREAD__
         t->tsan_fiber = __tsan_create_fiber(0);
 #endif
