@@ -287,12 +287,16 @@ algo_state algo_make(int32_t id, uint32_t tile, int32_t splitk, uint32_t scheme,
     return a;
 }
 
-/* The candidates for an m x n x k problem, best first.  Few output columns
- * and a long K leave most of a GPU idle unless K is split, so split-K leads
- * there (cuBLAS does the same); otherwise the tiled kernels lead. */
+/* The candidates for an m x n x k problem, best first.  An output of fewer
+ * 64 x 64 tiles than the GPU has SMs, or few columns, leaves most of it idle
+ * unless a long K is split, so split-K leads there (cuBLAS does the same);
+ * otherwise the tiled kernels lead.  So a heuristic asked about a weight's
+ * shape for a modest batch may well put split-K first: a caller that needs
+ * an unsplit algorithm has to ask for one. */
 std::vector<algo_state> algo_candidates(int64_t m, int64_t n, int64_t k) {
     std::vector<algo_state> v;
-    const bool favour_split = n <= 32 && k >= 256 && k >= 4 * n;
+    const int64_t tiles = ((m + 63) / 64) * ((n + 63) / 64);
+    const bool favour_split = k >= 256 && (n <= 32 || tiles < emu::device_profile().n_sms);
     const int32_t split = (int32_t)std::min<int64_t>(8, std::max<int64_t>(2, k / 256));
     const uint32_t big = m >= 128 && n >= 128 ? CUBLASLT_MATMUL_TILE_128x128 : CUBLASLT_MATMUL_TILE_64x64;
     std::vector<algo_state> split_cfgs = {
