@@ -19,9 +19,9 @@
  * REDUCTION_SCHEME: in FP32, in the output type, or in place in D) or not.
  * A config is executed in exactly its summation order, so two algorithms may
  * differ in the last bits while the same one always gives the same bits, and
- * for small N and large K (few rows of activations, as in decode) split-K
- * configurations come first, as on a GPU: code that lets the library choose
- * per call sees a row's result change with its batch.  Workspace needs, the
+ * for a long K with few output columns (decode) or fewer output tiles than
+ * SMs, split-K configurations come first, as on a GPU: code that lets the
+ * library choose per call sees a row's result change with its batch.  Workspace needs, the
  * preference's limits (workspace, reduction-scheme mask, buffer alignment)
  * and the given workspace are honoured as cuBLASLt does.
  *
