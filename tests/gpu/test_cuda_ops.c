@@ -603,7 +603,8 @@ static float *run_attention(llmq_backend *be, const att_case *c, const char *wha
         if (nb > max_blocks) max_blocks = nb;
     }
     /* block tables: a fixed permutation of all blocks, so sequences interleave in the cache */
-    int32_t *bt = calloc((size_t)c->n_seqs * max_blocks, 4);
+    assert_true(c->n_seqs > 0 && c->n_seqs <= 6);
+    int32_t *bt = calloc((size_t)c->n_seqs * (size_t)max_blocks, 4);
     int next = 0;
     for (int s = 0; s < c->n_seqs; s++) {
         const int nb = (c->start[s] + c->len[s] + bs - 1) / bs;
