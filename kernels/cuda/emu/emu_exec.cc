@@ -197,6 +197,7 @@ struct fthread {
     unsigned char *stack_top;    /* where the fiber's stack starts (>= STACK_BYTES above stack) */
 #ifdef __SANITIZE_ADDRESS__
     void *fake_stack;
+    unsigned char *exit_frame;   /* the lowest frame live when the fiber left for good */
 #endif
 #ifdef __SANITIZE_THREAD__
     void *tsan_fiber;
@@ -274,9 +275,27 @@ static void die(const char *what) {
     abort();
 }
 
+/* Mappings for stacks and arenas.  Under ASan their shadow is cleared both ways: fiber frames that
+ * never returned leave poison behind, and munmap does not clear it, so a later mapping at the same
+ * addresses (another thread's arena) would inherit it. */
+static unsigned char *map_rw(size_t bytes, const char *what) {
+    void *p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) die(what);
+#ifdef __SANITIZE_ADDRESS__
+    __asan_unpoison_memory_region(p, bytes);
+#endif
+    return (unsigned char *)p;
+}
+static void unmap(void *p, size_t bytes) {
+#ifdef __SANITIZE_ADDRESS__
+    __asan_unpoison_memory_region(p, bytes);
+#endif
+    munmap(p, bytes);
+}
+
 worker::~worker() {
-    for (unsigned i = 0; i < n_stacks; i++) munmap(thr[i].stack - getpagesize(), STACK_MAP + getpagesize());
-    if (arena) munmap(arena, arena_cap + ARENA_SLACK + getpagesize());
+    for (unsigned i = 0; i < n_stacks; i++) unmap(thr[i].stack - getpagesize(), STACK_MAP + getpagesize());
+    if (arena) unmap(arena, arena_cap + ARENA_SLACK + getpagesize());
 }
 
 static worker *worker_get() {
@@ -291,12 +310,10 @@ static worker *worker_get() {
 static void stacks_ensure(worker *w, unsigned n) {
     const size_t page = (size_t)getpagesize();
     for (; w->n_stacks < n; w->n_stacks++) {
-        void *p = mmap(nullptr, STACK_MAP + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                       -1, 0);
-        if (p == MAP_FAILED) die("cannot map a fiber stack");
+        unsigned char *p = map_rw(STACK_MAP + page, "cannot map a fiber stack");
         if (mprotect(p, page, PROT_NONE) != 0) die("cannot protect a fiber stack's guard page");
         fthread *t = &w->thr[w->n_stacks];
-        t->stack = (unsigned char *)p + page;
+        t->stack = p + page;
         t->stack_top = t->stack + STACK_MAP - (size_t)w->n_stacks * 21 * 64 % STACK_COLOURS;
     }
 }
@@ -305,13 +322,11 @@ static void stacks_ensure(worker *w, unsigned n) {
 static void arena_ensure(worker *w, size_t cap) {
     if (w->arena && w->arena_cap >= cap) return;
     const size_t page = (size_t)getpagesize();
-    if (w->arena) munmap(w->arena, w->arena_cap + ARENA_SLACK + page);
+    if (w->arena) unmap(w->arena, w->arena_cap + ARENA_SLACK + page);
     cap = (cap + page - 1) / page * page;
-    void *p = mmap(nullptr, cap + ARENA_SLACK + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
-    if (p == MAP_FAILED) die("cannot map a shared-memory arena");
-    if (mprotect((unsigned char *)p + cap + ARENA_SLACK, page, PROT_NONE) != 0) die("cannot protect the arena's guard");
-    w->arena = (unsigned char *)p;
+    unsigned char *p = map_rw(cap + ARENA_SLACK + page, "cannot map a shared-memory arena");
+    if (mprotect(p + cap + ARENA_SLACK, page, PROT_NONE) != 0) die("cannot protect the arena's guard");
+    w->arena = p;
     w->arena_cap = cap;
     memset(w->arena, 0xff, cap + ARENA_SLACK);
     w->extent_prev = w->extent = 0;
@@ -364,6 +379,7 @@ static void switch_away(worker *w, fthread *from, bool from_done) {
     ctx_t *save = from_done ? &w->dead_ctx : from ? &from->ctx : &w->main_ctx;
 #ifdef __SANITIZE_ADDRESS__
     void **fake = from_done ? nullptr : from ? &from->fake_stack : &w->main_fake_stack;
+    if (from_done) from->exit_frame = (unsigned char *)__builtin_frame_address(0);
     w->from_main = from == nullptr;
     if (to) __sanitizer_start_switch_fiber(fake, to->stack, (size_t)(to->stack_top - to->stack));
     else __sanitizer_start_switch_fiber(fake, w->main_bottom, w->main_size);
@@ -629,7 +645,8 @@ static void run_block(worker *w, kernel_ctx *k, unsigned b) {
         t->fake_stack = nullptr;
         /* A fiber leaves for good from inside fiber_main -> thread_exit -> switch_away: those frames
          * never return, so their redzones stay poisoned; the next fiber on this stack starts clean. */
-        __asan_unpoison_memory_region(t->stack_top - (16 << 10), 16 << 10);
+        if (t->exit_frame) __asan_unpoison_memory_region(t->exit_frame - 256, (size_t)(t->stack_top - t->exit_frame) + 256);
+        t->exit_frame = nullptr;
 #endif
         t->ctx = ctx_make(t->stack_top, fiber_main);
 #ifdef __SANITIZE_THREAD__
