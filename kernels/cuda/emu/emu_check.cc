@@ -151,19 +151,20 @@ static bool first_time(const char *kind, const char *kernel, const void *pc) {
 
 /* ------------------------------------------------------------ shadow state */
 
-/* Shadow of one byte of shared memory, read on every shared access (12 bytes: the code locations,
- * needed only to report, are in a parallel array).  Epochs: 0 = never, else a global epoch (see top). */
+/* Shadow of one byte of shared memory, read on every shared access: 8 bytes, so that the shadow of
+ * the bytes a kernel uses stays in cache (the code locations, needed only to report, are in a parallel
+ * array).  Each word is (epoch << THR_BITS) | thread: epoch 0 = never, else a global epoch (see top);
+ * comparing words compares epochs first. */
+enum : uint32_t { THR_BITS = 11, THR_MASK = (1u << THR_BITS) - 1, MANY = THR_MASK, ATOMIC = THR_MASK - 1 };
+static const uint32_t EP_LIMIT = 1u << (32 - THR_BITS); /* epochs must stay below */
 struct shadow_byte {
-    uint32_t w_ep;       /* epoch of the last write */
-    uint32_t r_ep;       /* epoch of the reads recorded in r_thr */
-    uint16_t w_thr;      /* thread of the last write (ATOMIC: an atomic) */
-    uint16_t r_thr;      /* the thread that read in r_ep, or MANY (two or more threads) */
+    uint32_t w;          /* the last write: epoch, thread (ATOMIC: an atomic) */
+    uint32_t r;          /* reads in the latest epoch with reads: epoch, the reader or MANY (two or more) */
 };
 struct shadow_pc {
     const void *w_pc;    /* code of the last write */
     const void *r_pc;    /* code of the first read in r_ep */
 };
-static const uint16_t MANY = 0xffff, ATOMIC = 0xfffe;
 
 /* The block running on this OS thread. */
 struct block_state {
@@ -176,6 +177,8 @@ struct block_state {
     uint64_t epoch0;        /* cur_epoch() at the block's first shared access */
     bool have_epoch0;
     bool oob_raised;        /* async_error already raised for this block */
+    uintptr_t thr_page;     /* a page of the stack of the fiber whose cur_thread() is thr (0: none) */
+    unsigned thr;
     std::vector<shadow_byte> shadow;
     std::vector<shadow_pc> shadow_pcs;
     uint32_t next_base;     /* where the next block's epochs start */
@@ -185,8 +188,19 @@ struct block_state {
 static thread_local block_state *tl_blk;
 static thread_local std::unique_ptr<block_state> tl_state;
 
+/* LLMQ_EMU_CHECK=0 turns the access checks off for a process (the instrumentation's calls remain, each
+ * a thread-local load): for long numeric runs whose kernels another run has checked. */
+static bool checks_on() {
+    static const bool on = [] {
+        const char *e = getenv("LLMQ_EMU_CHECK");
+        return !(e && e[0] == '0');
+    }();
+    return on;
+}
+
 void check_block_begin(unsigned char *shared, size_t size, unsigned n_threads) {
     (void)n_threads;
+    if (!checks_on()) return;
     if (!tl_state) {
         tl_state.reset(new block_state());
         tl_state->next_base = 1;
@@ -196,8 +210,9 @@ void check_block_begin(unsigned char *shared, size_t size, unsigned n_threads) {
         b->shadow.resize(size);
         b->shadow_pcs.resize(size);
     }
-    /* Epochs are 32-bit: long before they wrap, start over from a cleared shadow. */
-    if (b->next_base > 0xf0000000u) {
+    /* Epochs have 21 bits: well before they run out (a block may use up to EP_LIMIT / 2 barriers), start
+     * over from a cleared shadow. */
+    if (b->next_base > EP_LIMIT / 2) {
         memset((void *)b->shadow.data(), 0, b->shadow.size() * sizeof(shadow_byte));
         b->next_base = 1;
     }
@@ -208,6 +223,7 @@ void check_block_begin(unsigned char *shared, size_t size, unsigned n_threads) {
     b->base = b->last = b->next_base;
     b->have_epoch0 = false;
     b->oob_raised = false;
+    b->thr_page = 0;
     tl_blk = b;
 }
 
@@ -278,30 +294,37 @@ static inline __attribute__((always_inline)) void shared_access(block_state *b, 
     }
     const uint64_t ep = cur_epoch();
     if (__builtin_expect(!b->have_epoch0, 0)) b->epoch0 = ep, b->have_epoch0 = true;
-    const uint32_t e = b->base + (uint32_t)(ep - b->epoch0);
+    uint32_t e = b->base + (uint32_t)(ep - b->epoch0);
+    if (__builtin_expect(e >= EP_LIMIT, 0)) e = EP_LIMIT - 1; /* over a million barriers in one block */
     if (e > b->last) b->last = e;
-    const uint16_t t = (uint16_t)cur_thread();
+    /* cur_thread() is a call: remembered for the fiber whose stack we are on (each fiber has its own
+     * stack mapping, so a stack page names one thread until the next block). */
+    const uintptr_t page = (uintptr_t)__builtin_frame_address(0) >> 12;
+    if (__builtin_expect(page != b->thr_page, 0)) b->thr = cur_thread(), b->thr_page = page;
+    const uint32_t t = b->thr;
+    const uint32_t now = e << THR_BITS, me = now | t, unwritten = b->base << THR_BITS;
     shadow_byte *s = b->sh + off;
     for (size_t i = 0; i < n; i++) {
         shadow_byte &x = s[i];
         if (K == READ || K == ATOMIC_LOAD || K == ATOMIC_RMW) {
-            if (__builtin_expect(x.w_ep < b->base, 0)) shared_unwritten(b, off + i, n, K, pc);
+            if (__builtin_expect(x.w < unwritten, 0)) shared_unwritten(b, off + i, n, K, pc);
         }
         if (K == ATOMIC_LOAD) continue;
         if (K == ATOMIC_STORE || K == ATOMIC_RMW) {
-            x.w_ep = e, x.w_thr = ATOMIC, b->pcs[off + i].w_pc = pc;
+            x.w = now | ATOMIC, b->pcs[off + i].w_pc = pc;
             continue;
         }
-        if (__builtin_expect(x.w_ep == e && x.w_thr != t, 0))
-            report_race(b, off + i, K, pc, "write", x.w_thr, b->pcs[off + i].w_pc);
+        /* written in this interval (epochs are never above e) by another thread */
+        if (__builtin_expect(x.w >= now && x.w != me, 0))
+            report_race(b, off + i, K, pc, "write", x.w & THR_MASK, b->pcs[off + i].w_pc);
         if (K == WRITE) {
-            if (__builtin_expect(x.r_ep == e && x.r_thr != t, 0))
-                report_race(b, off + i, K, pc, "read", x.r_thr, b->pcs[off + i].r_pc);
-            x.w_ep = e, x.w_thr = t, b->pcs[off + i].w_pc = pc;
-        } else if (x.r_ep != e) {
-            x.r_ep = e, x.r_thr = t, b->pcs[off + i].r_pc = pc;
-        } else if (x.r_thr != t && x.r_thr != MANY) {
-            x.r_thr = MANY;
+            if (__builtin_expect(x.r >= now && x.r != me, 0))
+                report_race(b, off + i, K, pc, "read", x.r & THR_MASK, b->pcs[off + i].r_pc);
+            x.w = me, b->pcs[off + i].w_pc = pc;
+        } else if (x.r < now) {
+            x.r = me, b->pcs[off + i].r_pc = pc;
+        } else if (x.r != me) {
+            x.r = now | MANY;
         }
     }
 }
@@ -330,15 +353,22 @@ static void device_access(block_state *b, const void *p, size_t n, access_kind k
     if (k != READ && k != ATOMIC_LOAD) device_mark_written(p, n);
 }
 
-/* Every instrumented access comes here.  Outside a block: one thread-local load. */
-template <access_kind K>
-static inline __attribute__((always_inline)) void check(const volatile void *vp, size_t n, const void *pc) {
-    block_state *b = tl_blk;
-    if (__builtin_expect(b == nullptr, 1)) return;
-    const void *p = (const void *)vp;
+/* An access inside a block (out of line: the callbacks' fast path then saves no registers). */
+template <access_kind K, size_t N>
+static void __attribute__((noinline)) check_in_block(block_state *b, const void *p, size_t n, const void *pc) {
+    if (N) n = N;
     size_t off = (uintptr_t)p - (uintptr_t)b->sh_base;
     if (off < b->sh_size) return shared_access<K>(b, off, n, pc);
     if (is_device(p)) device_access(b, p, n, K, pc);
+}
+
+/* Every instrumented access comes here (N: the size when it is a constant, else 0 and n).  Outside a
+ * block: one thread-local load. */
+template <access_kind K, size_t N = 0>
+static inline __attribute__((always_inline)) void check(const volatile void *p, size_t n, const void *pc) {
+    block_state *b = tl_blk;
+    if (__builtin_expect(b == nullptr, 1)) return;
+    check_in_block<K, N>(b, (const void *)p, n, pc);
 }
 
 } // namespace emu
@@ -360,14 +390,14 @@ void __tsan_read_range(void *p, long n) { emu::check<emu::READ>(p, (size_t)n, RA
 void __tsan_write_range(void *p, long n) { emu::check<emu::WRITE>(p, (size_t)n, RA); }
 
 #define EMU_TSAN_RW(N)                                                                                                 \
-    void __tsan_read##N(void *p) { emu::check<emu::READ>(p, N, RA); }                                                  \
-    void __tsan_write##N(void *p) { emu::check<emu::WRITE>(p, N, RA); }                                                \
-    void __tsan_unaligned_read##N(void *p) { emu::check<emu::READ>(p, N, RA); }                                        \
-    void __tsan_unaligned_write##N(void *p) { emu::check<emu::WRITE>(p, N, RA); }                                      \
-    void __tsan_volatile_read##N(void *p) { emu::check<emu::READ>(p, N, RA); }                                         \
-    void __tsan_volatile_write##N(void *p) { emu::check<emu::WRITE>(p, N, RA); }                                       \
-    void __tsan_read##N##_pc(void *p, void *pc) { emu::check<emu::READ>(p, N, pc); }                                   \
-    void __tsan_write##N##_pc(void *p, void *pc) { emu::check<emu::WRITE>(p, N, pc); }
+    void __tsan_read##N(void *p) { emu::check<emu::READ, N>(p, N, RA); }                                               \
+    void __tsan_write##N(void *p) { emu::check<emu::WRITE, N>(p, N, RA); }                                             \
+    void __tsan_unaligned_read##N(void *p) { emu::check<emu::READ, N>(p, N, RA); }                                     \
+    void __tsan_unaligned_write##N(void *p) { emu::check<emu::WRITE, N>(p, N, RA); }                                   \
+    void __tsan_volatile_read##N(void *p) { emu::check<emu::READ, N>(p, N, RA); }                                      \
+    void __tsan_volatile_write##N(void *p) { emu::check<emu::WRITE, N>(p, N, RA); }                                    \
+    void __tsan_read##N##_pc(void *p, void *pc) { emu::check<emu::READ, N>(p, N, pc); }                                \
+    void __tsan_write##N##_pc(void *p, void *pc) { emu::check<emu::WRITE, N>(p, N, pc); }
 EMU_TSAN_RW(1)
 EMU_TSAN_RW(2)
 EMU_TSAN_RW(4)
@@ -381,18 +411,18 @@ EMU_TSAN_RW(16)
 #define EMU_TSAN_RMW(N, T, OP, EXPR)                                                                                   \
     T __tsan_atomic##N##_##OP(volatile void *p, T v, int mo) {                                                         \
         (void)mo;                                                                                                      \
-        emu::check<emu::ATOMIC_RMW>(p, sizeof(T), RA);                                                                 \
+        emu::check<emu::ATOMIC_RMW, sizeof(T)>(p, sizeof(T), RA);                                                      \
         return EXPR((volatile T *)p, v, SC);                                                                           \
     }
 #define EMU_TSAN_ATOMIC(N, T)                                                                                          \
     T __tsan_atomic##N##_load(const volatile void *p, int mo) {                                                        \
         (void)mo;                                                                                                      \
-        emu::check<emu::ATOMIC_LOAD>(p, sizeof(T), RA);                                                                \
+        emu::check<emu::ATOMIC_LOAD, sizeof(T)>(p, sizeof(T), RA);                                                     \
         return __atomic_load_n((const volatile T *)p, SC);                                                             \
     }                                                                                                                  \
     void __tsan_atomic##N##_store(volatile void *p, T v, int mo) {                                                     \
         (void)mo;                                                                                                      \
-        emu::check<emu::ATOMIC_STORE>(p, sizeof(T), RA);                                                               \
+        emu::check<emu::ATOMIC_STORE, sizeof(T)>(p, sizeof(T), RA);                                                    \
         __atomic_store_n((volatile T *)p, v, SC);                                                                      \
     }                                                                                                                  \
     EMU_TSAN_RMW(N, T, exchange, __atomic_exchange_n)                                                                  \
@@ -404,17 +434,17 @@ EMU_TSAN_RW(16)
     EMU_TSAN_RMW(N, T, fetch_nand, __atomic_fetch_nand)                                                                \
     bool __tsan_atomic##N##_compare_exchange_strong(volatile void *p, void *c, T v, int mo, int fmo) {                 \
         (void)mo, (void)fmo;                                                                                           \
-        emu::check<emu::ATOMIC_RMW>(p, sizeof(T), RA);                                                                 \
+        emu::check<emu::ATOMIC_RMW, sizeof(T)>(p, sizeof(T), RA);                                                      \
         return __atomic_compare_exchange_n((volatile T *)p, (T *)c, v, false, SC, SC);                                 \
     }                                                                                                                  \
     bool __tsan_atomic##N##_compare_exchange_weak(volatile void *p, void *c, T v, int mo, int fmo) {                   \
         (void)mo, (void)fmo;                                                                                           \
-        emu::check<emu::ATOMIC_RMW>(p, sizeof(T), RA);                                                                 \
+        emu::check<emu::ATOMIC_RMW, sizeof(T)>(p, sizeof(T), RA);                                                      \
         return __atomic_compare_exchange_n((volatile T *)p, (T *)c, v, true, SC, SC);                                  \
     }                                                                                                                  \
     T __tsan_atomic##N##_compare_exchange_val(volatile void *p, T c, T v, int mo, int fmo) {                           \
         (void)mo, (void)fmo;                                                                                           \
-        emu::check<emu::ATOMIC_RMW>(p, sizeof(T), RA);                                                                 \
+        emu::check<emu::ATOMIC_RMW, sizeof(T)>(p, sizeof(T), RA);                                                      \
         __atomic_compare_exchange_n((volatile T *)p, &c, v, false, SC, SC);                                            \
         return c;                                                                                                      \
     }
