@@ -6,8 +6,9 @@
  * Built by `make cuda-emu` like a kernel file (emu.mk: tests/gpu/test_emu_*.cu), so its kernels are
  * instrumented as the backend's are.  Reports are read from stderr: each case redirects fd 2 to a
  * temporary file around its launch and synchronisation, then looks for "llmq-emu: <kind>:" and the
- * kernel's name.  The out-of-bounds case and LLMQ_EMU_FATAL run in a child process (this binary
- * again, with --child=...): an illegal address is sticky for the rest of a process, as on a GPU.
+ * kernel's name.  The out-of-bounds case, LLMQ_EMU_FATAL and LLMQ_EMU_CHECK=0 run in a child process
+ * (this binary again, with --child=...): an illegal address is sticky for the rest of a process, as on
+ * a GPU, and LLMQ_EMU_CHECK is read once per process.
  *
  * tests/run.sh sets LLMQ_EMU_FATAL=1 for the emulated suites; reports are what this test wants,
  * so it unsets it for itself.  Built without the detectors (SANITIZER=..., EMU_CHECK=0), every
@@ -377,7 +378,8 @@ static int child_past_end(int past) {
     return e == cudaErrorIllegalAddress ? 0 : 1;
 }
 
-/* In the child, with LLMQ_EMU_FATAL=1: the missing-barrier kernel must abort the process. */
+/* In the child, with LLMQ_EMU_FATAL=1: the missing-barrier kernel must abort the process (and with
+ * LLMQ_EMU_CHECK=0 it must not: the checks are off). */
 static int child_fatal(void) {
     float h_in[N_THREADS];
     for (int i = 0; i < N_THREADS; i++) h_in[i] = (float)i;
@@ -390,11 +392,12 @@ static int child_fatal(void) {
 static const char *self_path;
 
 /* Runs this binary with --child=<what>, its stderr into c->text; returns the wait status. */
-static int run_child(const char *what, int fatal, captured *c) {
+static int run_child(const char *what, int fatal, int checks_off, captured *c) {
     char arg[64];
     snprintf(arg, sizeof arg, "--child=%s", what);
     char *argv[] = {(char *)self_path, arg, NULL};
     if (fatal) setenv("LLMQ_EMU_FATAL", "1", 1);
+    if (checks_off) setenv("LLMQ_EMU_CHECK", "0", 1);
     FILE *f = tmpfile();
     assert_non_null(f);
     posix_spawn_file_actions_t fa;
@@ -410,6 +413,7 @@ static int run_child(const char *what, int fatal, captured *c) {
     posix_spawn_file_actions_destroy(&fa);
     setrlimit(RLIMIT_CORE, &core);
     unsetenv("LLMQ_EMU_FATAL");
+    unsetenv("LLMQ_EMU_CHECK");
     assert_int_equal(rc, 0);
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
@@ -425,7 +429,7 @@ static void test_out_of_bounds(void **st) {
     (void)st;
     NEED_DETECTORS();
     captured c;
-    int status = run_child("past-end", 0, &c);
+    int status = run_child("past-end", 0, 0, &c);
     assert_true(has_report(&c, "out-of-bounds", "past_end_kernel"));
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0); /* cudaErrorIllegalAddress at the synchronisation */
@@ -435,7 +439,7 @@ static void test_out_of_bounds_twin(void **st) {
     (void)st;
     NEED_DETECTORS();
     captured c;
-    int status = run_child("last", 0, &c);
+    int status = run_child("last", 0, 0, &c);
     assert_null(strstr(c.text, "llmq-emu:"));
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
@@ -445,10 +449,21 @@ static void test_fatal_aborts(void **st) {
     (void)st;
     NEED_DETECTORS();
     captured c;
-    int status = run_child("fatal", 1, &c);
+    int status = run_child("fatal", 1, 0, &c);
     assert_true(has_report(&c, "race", "neighbour_kernel"));
     assert_true(WIFSIGNALED(status));
     assert_int_equal(WTERMSIG(status), SIGABRT);
+}
+
+/* LLMQ_EMU_CHECK=0: the same fatal run ends normally, with nothing reported. */
+static void test_checks_off(void **st) {
+    (void)st;
+    NEED_DETECTORS();
+    captured c;
+    int status = run_child("fatal", 1, 1, &c);
+    assert_null(strstr(c.text, "llmq-emu:"));
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
 }
 
 int main(int argc, char **argv) {
@@ -461,6 +476,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     unsetenv("LLMQ_EMU_FATAL"); /* reports are what this test looks for (see top) */
+    unsetenv("LLMQ_EMU_CHECK");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_race_missing_barrier),
         cmocka_unit_test(test_race_missing_barrier_twin),
@@ -476,6 +492,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_out_of_bounds),
         cmocka_unit_test(test_out_of_bounds_twin),
         cmocka_unit_test(test_fatal_aborts),
+        cmocka_unit_test(test_checks_off),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
