@@ -200,6 +200,8 @@ typedef struct group_opts {
     const char *dtype; /* LLMQ_CUDA_DTYPE */
     int timeout_ms;    /* the host communicator's, which the NCCL one takes */
     int expect_killed; /* this rank ends by SIGKILL (-1: none) */
+    int late_ms;       /* > 0: the last rank forms the NCCL group this much later (slow loading), and every
+                        * rank forms it with comm_nccl_group_create's start-up deadline */
 } group_opts;
 
 static int g_group_no;
@@ -233,13 +235,18 @@ static void child_main(const group_opts *o, int rank, const char *shm_name, rank
         fprintf(stderr, "rank %d: shm group: %s\n", rank, err.msg);
         _exit(1);
     }
-    llmq_comm *nccl = be->ops->group_comm(be, host, &err);
+    if (o->late_ms > 0 && rank == o->world - 1) sleep_ms(o->late_ms);
+    llmq_comm *nccl = o->late_ms > 0 ? comm_nccl_group_create(host, cuda_backend_stream(be), 0, &err)
+                                     : be->ops->group_comm(be, host, &err);
     if (!nccl) {
         fprintf(stderr, "rank %d: group_comm: %s\n", rank, err.msg);
         _exit(1);
     }
     CHECK(nccl->device_mem == 1 && nccl->rank == rank && nccl->world == o->world, "the NCCL communicator's shape");
     CHECK(!strcmp(nccl->ops->name, "nccl"), "name %s", nccl->ops->name);
+    CHECK(host->timeout_ms == o->timeout_ms && nccl->timeout_ms == o->timeout_ms,
+          "the collectives' deadline (host %d ms, nccl %d ms, want %d)", host->timeout_ms, nccl->timeout_ms,
+          o->timeout_ms);
     rank_ctx x = {rank, o->world, be, host, nccl, arg};
     fn(&x);
     comm_destroy(nccl);
@@ -422,7 +429,7 @@ static void rank_results(rank_ctx *x) {
 }
 
 static void results(int world, const char *dtype, comm_dtype dt) {
-    group_opts o = {world, dtype, 20000, -1};
+    group_opts o = {world, dtype, 20000, -1, 0};
     assert_int_equal(run_group(&o, rank_results, &dt), 0);
 }
 
@@ -492,7 +499,7 @@ static void rank_killed(rank_ctx *x) {
 static void test_rank_killed(void **st) {
     (void)st;
     for (int world = 2; world <= 3; world++) {
-        group_opts o = {world, "f32", FAIL_TIMEOUT_MS, 1};
+        group_opts o = {world, "f32", FAIL_TIMEOUT_MS, 1, 0};
         assert_int_equal(run_group(&o, rank_killed, NULL), 0);
     }
 }
@@ -551,7 +558,7 @@ static void rank_abort(rank_ctx *x) {
 static void test_abort_from_another_thread(void **st) {
     (void)st;
     for (int host = 0; host <= 1; host++) {
-        group_opts o = {2, "f32", 20000, -1};
+        group_opts o = {2, "f32", 20000, -1, 0};
         assert_int_equal(run_group(&o, rank_abort, &host), 0);
     }
 }
@@ -582,7 +589,7 @@ static void rank_absent(rank_ctx *x) {
 static void test_deadline_without_peer(void **st) {
     (void)st;
     for (int host = 0; host <= 1; host++) {
-        group_opts o = {2, "f32", 1000, -1};
+        group_opts o = {2, "f32", 1000, -1, 0};
         assert_int_equal(run_group(&o, rank_absent, &host), 0);
     }
 }
@@ -617,9 +624,67 @@ static void test_mismatched_collectives(void **st) {
     skip(); /* a GPU's NCCL may complete mismatched calls with garbage: only the emulator checks */
 #endif
     for (int kind = 0; kind <= 1; kind++) {
-        group_opts o = {2, "f32", FAIL_TIMEOUT_MS, -1};
+        group_opts o = {2, "f32", FAIL_TIMEOUT_MS, -1, 0};
         assert_int_equal(run_group(&o, rank_mismatch, &kind), 0);
     }
+}
+
+/* An op that fails inside its NCCL group (rank 1 aborted the communicator, so the ncclSend is
+ * refused) must still close the group: a group left open on the thread swallows every later call,
+ * so a new communicator formed on it would never send.  Both ranks then form a new one and sum. */
+static void rank_group_closed(rank_ctx *x) {
+    const size_t n = 1001;
+    float *d = x->be->ops->alloc(x->be, n * sizeof *d);
+    /* every rank's NCCL init has returned (else rank 0 could see the abort as a failed init) */
+    CHECK(comm_barrier(x->host) == LLMQ_OK, "host barrier: %s", x->host->err.msg);
+    if (x->rank == 1) {
+        comm_abort(x->nccl, "rank 1 leaves");
+        CHECK(comm_barrier(x->nccl) == LLMQ_ERR_IO, "barrier after the abort");
+    }
+    CHECK(comm_barrier(x->host) == LLMQ_OK, "host barrier: %s", x->host->err.msg);
+    if (x->rank == 0) {
+        llmq_status st = comm_all_reduce_sum(x->nccl, d, n, COMM_F32);
+        CHECK(st != LLMQ_OK, "all_reduce_sum with an aborted peer succeeded");
+    }
+    CHECK(comm_barrier(x->host) == LLMQ_OK, "host barrier: %s", x->host->err.msg);
+    llmq_err err = {0};
+    llmq_comm *again = x->be->ops->group_comm(x->be, x->host, &err);
+    CHECK(again != NULL, "a new NCCL group: %s", err.msg);
+    if (!again) return;
+    float *in = malloc(n * sizeof *in), *want = malloc(n * sizeof *want);
+    fill_input(in, x->rank, n, COMM_F32);
+    expected_sum(want, x->world, n, COMM_F32);
+    CHECK(comm_all_reduce_sum(again, in, n, COMM_F32) == LLMQ_OK, "all_reduce_sum on the new group: %s",
+          again->err.msg);
+    CHECK(same_bits(in, want, n, 4, "new group"), "the new group's sum");
+    comm_destroy(again);
+    x->be->ops->free(x->be, d);
+    free(in), free(want);
+}
+
+static void test_group_closed_after_error(void **st) {
+    (void)st;
+    group_opts o = {2, "f32", FAIL_TIMEOUT_MS, -1, 0};
+    assert_int_equal(run_group(&o, rank_group_closed, NULL), 0);
+}
+
+/* The last rank forms the group 2.5 s after the others, with a 1 s per-collective deadline (ranks
+ * that finish loading apart): the start-up deadline holds the group together; the collectives
+ * then have their own. */
+static void rank_late(rank_ctx *x) {
+    const size_t n = 4099;
+    float *in = malloc(n * sizeof *in), *want = malloc(n * sizeof *want);
+    fill_input(in, x->rank, n, COMM_F32);
+    expected_sum(want, x->world, n, COMM_F32);
+    CHECK(comm_all_reduce_sum(x->nccl, in, n, COMM_F32) == LLMQ_OK, "all_reduce_sum: %s", x->nccl->err.msg);
+    CHECK(same_bits(in, want, n, 4, "late group"), "the late group's sum");
+    free(in), free(want);
+}
+
+static void test_late_rank_joins(void **st) {
+    (void)st;
+    group_opts o = {3, "f32", 1000, -1, 2500};
+    assert_int_equal(run_group(&o, rank_late, NULL), 0);
 }
 
 int main(void) {
@@ -633,6 +698,8 @@ int main(void) {
         cmocka_unit_test(test_abort_from_another_thread),
         cmocka_unit_test(test_deadline_without_peer),
         cmocka_unit_test(test_mismatched_collectives),
+        cmocka_unit_test(test_group_closed_after_error),
+        cmocka_unit_test(test_late_rank_joins),
     };
     return cmocka_run_group_tests_name("emu_nccl", tests, NULL, NULL);
 }

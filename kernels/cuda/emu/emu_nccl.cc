@@ -164,7 +164,7 @@ std::string describe(const msg_hdr &h) {
         break;
     default: snprintf(b, sizeof b, "an unknown call (kind %u)", h.kind);
     }
-    return std::string(b) + " (op #" + std::to_string(h.op_no) + " of its communicator)";
+    return std::string(b) + " (op #" + std::to_string(h.op_no) + ")";
 }
 
 size_t dtype_size(ncclDataType_t dt) {
@@ -254,14 +254,14 @@ struct ncclComm {
         va_start(ap, fmt);
         vsnprintf(b, sizeof b, fmt, ap);
         va_end(ap);
-        int expect = ncclSuccess;
-        bool first = async.compare_exchange_strong(expect, code) ||
-                     (expect == ncclInProgress && async.compare_exchange_strong(expect, code));
-        if (!first) return;
         std::string msg = std::string("emulated NCCL rank ") + std::to_string(rank) + ": " + b;
         {
+            /* the message is in place before the code shows: a poller that sees the code reads it */
             std::lock_guard<std::mutex> lk(mu);
+            const int cur = async.load();
+            if (cur != ncclSuccess && cur != ncclInProgress) return;
             last_error = msg;
+            async.store(code);
         }
         set_global_last(msg);
     }
@@ -277,7 +277,8 @@ struct ncclComm {
             char r[sizeof seg->abort_reason + 1];
             memcpy(r, seg->abort_reason, sizeof seg->abort_reason);
             r[sizeof seg->abort_reason] = '\0';
-            *why = "rank " + std::to_string(seg->abort_rank.load()) + " aborted the communicator: " + r;
+            *why = "rank " + std::to_string(seg->abort_rank.load()) + " aborted the communicator" +
+                   (r[0] ? std::string(" after: ") + r : std::string());
         }
         return true;
     }
@@ -403,7 +404,9 @@ ncclResult_t join(ncclComm *c) {
             c->fail(ncclInvalidUsage, "aborted while waiting for the group to form");
             break;
         }
-        if (c->group_aborted(&why)) {
+        /* a peer aborts only after the group formed (its init returned): then this init succeeded
+         * too, and the abort shows at the first op */
+        if (c->group_aborted(&why) && h->joined.load() < c->nranks) {
             c->fail(ncclRemoteError, "%s", why.c_str());
             break;
         }
@@ -492,8 +495,8 @@ bool progress(ncclComm *c, task &t, const char *opname) {
         if (got.magic != MSG_MAGIC || got.kind != t.hdr.kind || got.bytes != t.hdr.bytes ||
             (got.kind == K_BROADCAST && got.root != t.hdr.root) ||
             (got.kind == K_ALLREDUCE && got.detail != t.hdr.detail)) {
-            c->fail(ncclInvalidUsage, "%s: this rank's %s met rank %d's %s: the ranks called different collectives",
-                    opname, describe(t.hdr).c_str(), t.peer, describe(got).c_str());
+            c->fail(ncclInvalidUsage, "%s: different collectives: this rank's %s met rank %d's %s", opname,
+                    describe(t.hdr).c_str(), t.peer, describe(got).c_str());
             return false;
         }
         moved = HDR;
@@ -718,8 +721,10 @@ ncclResult_t usable(ncclComm *c, const char *what) {
         set_global_last(std::string(what) + ": NULL communicator");
         return ncclInvalidArgument;
     }
+    std::string gone;
+    if (c->async.load() == ncclSuccess && c->group_aborted(&gone)) c->fail(ncclRemoteError, "%s", gone.c_str());
     const int a = c->async.load();
-    if (a != ncclSuccess && a != ncclInProgress) return (ncclResult_t)a;
+    if (a != ncclSuccess && a != ncclInProgress) return (ncclResult_t)a; /* failure is final, as in NCCL */
     const char *why = a == ncclInProgress ? "before the communicator finished initialising"
                       : c->finalizing.load() ? "after ncclCommFinalize" : nullptr;
     if (!why) return ncclSuccess;
@@ -905,9 +910,7 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
         std::string why = comm->last();
         const std::string tag = "emulated NCCL rank " + std::to_string(comm->rank) + ": ";
         if (why.compare(0, tag.size(), tag) == 0) why.erase(0, tag.size());
-        comm->publish_abort(why.find("aborted (ncclCommAbort)") != std::string::npos
-                                ? "ncclCommAbort"
-                                : ("ncclCommAbort after: " + why).c_str());
+        comm->publish_abort(why.find("aborted (ncclCommAbort)") != std::string::npos ? "" : why.c_str());
     }
     shm_unlink(comm->shm_name.c_str()); /* the group may never have formed */
     while (comm->running.load() > 0) {
