@@ -521,7 +521,7 @@ __global__ void k_early_exit(int *out) {
     if (t == 3) return; /* thread 3 never reaches the barrier */
     s[t] = t;
     __syncthreads();
-    out[t] = s[(t + 1) % 64];
+    out[blockIdx.x * 64 + t] = s[(t + 1) % 64];
 }
 
 __global__ void k_two_barriers(int *out) {
@@ -557,14 +557,14 @@ __global__ void k_smem_total(int *out) {
     big[threadIdx.x] = 1;
     dyn[threadIdx.x] = 2;
     __syncthreads();
-    out[threadIdx.x] = big[threadIdx.x] + dyn[threadIdx.x];
+    out[blockIdx.x * 32 + threadIdx.x] = big[threadIdx.x] + dyn[threadIdx.x];
 }
 
 __global__ void k_smem_static(int *out) {
     LLMQ_SHARED(int, big, [50 << 8]); /* 50 KiB static: over the 48 KiB static limit */
     big[threadIdx.x] = 1;
     __syncthreads();
-    out[threadIdx.x] = big[threadIdx.x];
+    out[blockIdx.x * 32 + threadIdx.x] = big[threadIdx.x];
 }
 
 /* In the child: launch one faulty kernel on the legacy stream, print what the sync said. */
@@ -682,6 +682,10 @@ __global__ void k_bench_shfl(float *out, int reps) {
     if (threadIdx.x == 0) out[blockIdx.x] = v;
 }
 
+__global__ void k_bench_empty(float *out, int reps) {
+    if (threadIdx.x == 0 && reps < 0) out[blockIdx.x] = 1.0f;
+}
+
 static double cpu_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -700,6 +704,7 @@ static int bench(void) {
         double per; /* sync points per thread per rep */
         const char *unit;
     } cases[] = {
+        {"no sync (a thread's start and exit), 512 threads", k_bench_empty, 1.0 / reps, "thread"},
         {"__syncthreads, 512 threads", k_bench_barrier, 1, "thread-barrier"},
         {"__shfl_xor_sync, 512 threads", k_bench_shfl, 1, "lane-shuffle"},
         {"block_sum (2 barriers + 10 shuffles), 512 threads", k_bench_block_sum, 12, "thread-sync point"},

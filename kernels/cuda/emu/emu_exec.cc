@@ -6,8 +6,9 @@
  * Model.  A grid's blocks are taken one at a time by a few OS threads (the
  * caller, a stream worker, plus up to LLMQ_EMU_THREADS - 1 helpers); each
  * OS thread has a `worker`: its fiber stacks, its shared-memory arena and the
- * state of the block it runs.  A block's threads are Boost.Context fibers
- * (raw fcontext: a switch is a register save and a jump, ~5 ns).  A thread
+ * state of the block it runs.  A block's threads are fibers (on x86-64 our
+ * own switch, below; Boost.Context's fcontext elsewhere), on pooled 64 KiB
+ * stacks with a guard page, made afresh for every block.  A thread
  * runs until it must wait (a barrier, a warp op whose lanes have not all
  * arrived) or exits, then hands the OS thread directly to the next ready
  * thread; the one whose arrival completes a barrier goes on without a switch
@@ -18,7 +19,8 @@
  *
  * Lanes of a warp are never run in lockstep: each runs alone until it meets
  * the others at a warp op, so code that relies on implicit warp-synchronous
- * execution reads stale shared memory here and shows up.
+ * execution reads stale shared memory here and shows up.  __activemask is
+ * the warp's lanes that have not exited (there is no convergence to track).
  *
  * Warp ops meet at a "rendezvous" of the warp, keyed by (kind, mask): every
  * lane publishes its value into the rendezvous and waits until all lanes of
