@@ -186,15 +186,6 @@ struct warp_state {
     rendezvous rv[RV_PER_WARP];
 };
 
-/* A fiber stack of the worker's pool. */
-struct stack_slot {
-    unsigned char *base;         /* the mapping's usable start, a guard page below */
-    unsigned char *top;          /* where a fiber's stack starts (>= STACK_BYTES above base) */
-#ifdef __SANITIZE_ADDRESS__
-    unsigned char *exit_frame;   /* the lowest frame live when its last fiber left for good */
-#endif
-};
-
 /* One thread of the running block. */
 struct fthread {
     ctx_t ctx;                   /* saved context while suspended */
@@ -204,9 +195,11 @@ struct fthread {
     const char *bar_file;        /* the barrier waited at (T_BARRIER) or last passed */
     int bar_line;
     rendezvous *rv;              /* the warp op waited at (T_WARP) */
-    stack_slot *stk;             /* its stack, from its first run to its exit; nullptr before */
+    unsigned char *stack;        /* the mapping's usable start, a guard page below */
+    unsigned char *stack_top;    /* where the fiber's stack starts (>= STACK_BYTES above stack) */
 #ifdef __SANITIZE_ADDRESS__
     void *fake_stack;
+    unsigned char *exit_frame;   /* the lowest frame live when the fiber left for good */
 #endif
 #ifdef __SANITIZE_THREAD__
     void *tsan_fiber;
@@ -248,10 +241,7 @@ struct worker {
     void *tsan_main = nullptr;
 #endif
     fthread thr[MAX_THREADS];
-    stack_slot stacks[MAX_THREADS];
-    unsigned n_stacks = 0;       /* stacks[0 .. n_stacks) are mapped */
-    stack_slot *free_stacks[MAX_THREADS]; /* a LIFO: the last stack left is the warmest */
-    unsigned n_free = 0;
+    unsigned n_stacks = 0;       /* thr[0 .. n_stacks) have a stack */
     warp_state warps[MAX_WARPS];
 
     unsigned char *arena = nullptr; /* [arena, arena + arena_cap), a guard page after */
@@ -306,7 +296,7 @@ static void unmap(void *p, size_t bytes) {
 }
 
 worker::~worker() {
-    for (unsigned i = 0; i < n_stacks; i++) unmap(stacks[i].base - getpagesize(), STACK_MAP + getpagesize());
+    for (unsigned i = 0; i < n_stacks; i++) unmap(thr[i].stack - getpagesize(), STACK_MAP + getpagesize());
     if (arena) unmap(arena, arena_cap + ARENA_SLACK + getpagesize());
 }
 
@@ -318,18 +308,19 @@ static worker *worker_get() {
     return tl_w;
 }
 
-/* At least n stacks: each its own mapping with an inaccessible page below, so an overflow faults.
- * A thread takes one when it first runs and gives it back when it exits, so a block whose threads
- * never wait runs them all on one warm stack; a block with barriers needs one per thread. */
+/* Stacks for thr[0 .. n): each its own mapping with an inaccessible page below, so an overflow faults.
+ * Thread i of every block always runs on stack i: the detectors (emu_check.cc) key their cache of
+ * cur_thread() on the stack page, so two threads of a block must never share a stack.  (Handing an
+ * exited thread's stack to the next one keeps it warm and saved ~20 ns per thread start, but broke
+ * that.) */
 static void stacks_ensure(worker *w, unsigned n) {
     const size_t page = (size_t)getpagesize();
     for (; w->n_stacks < n; w->n_stacks++) {
         unsigned char *p = map_rw(STACK_MAP + page, "cannot map a fiber stack");
         if (mprotect(p, page, PROT_NONE) != 0) die("cannot protect a fiber stack's guard page");
-        stack_slot *st = &w->stacks[w->n_stacks];
-        st->base = p + page;
-        st->top = st->base + STACK_MAP - (size_t)w->n_stacks * 21 * 64 % STACK_COLOURS;
-        w->free_stacks[w->n_free++] = st;
+        fthread *t = &w->thr[w->n_stacks];
+        t->stack = p + page;
+        t->stack_top = t->stack + STACK_MAP - (size_t)w->n_stacks * 21 * 64 % STACK_COLOURS;
     }
 }
 
@@ -381,47 +372,22 @@ static inline void arrived(worker *w, fthread *me) {
 
 /* Leave `from` (nullptr: the worker's context; from_done: it has exited) for the next ready thread,
  * or for the worker's context when none is ready.  Returns when something switches back to from. */
-static void fiber_main(void);
-
-/* A thread's first run: a stack from the pool and a context that starts it in fiber_main.  The stack
- * may be the one the exiting `from` still runs on: its frames are dead, and the new context's first
- * frame lies above them (at the stack's top), untouched until the switch has left them. */
-static void thread_start(worker *w, fthread *t) {
-    stack_slot *st = w->free_stacks[--w->n_free];
-    t->stk = st;
-#ifdef __SANITIZE_ADDRESS__
-    /* The exit path's frames (fiber_main -> thread_exit -> switch_away) never return, so their
-     * redzones stay poisoned: the next fiber on this stack starts clean. */
-    if (st->exit_frame) __asan_unpoison_memory_region(st->exit_frame - 256, (size_t)(st->top - st->exit_frame) + 256);
-    st->exit_frame = nullptr;
-    t->fake_stack = nullptr;
-#endif
-    t->ctx = ctx_make(st->top, fiber_main);
-}
-
 static void switch_away(worker *w, fthread *from, bool from_done) {
-#ifdef __SANITIZE_ADDRESS__
-    if (from_done) from->stk->exit_frame = (unsigned char *)__builtin_frame_address(0);
-#endif
     fthread *to = nullptr;
-    if (w->rq_head != w->rq_tail) {
-        to = &w->thr[w->rq[w->rq_head++ % MAX_THREADS]];
-        if (!to->stk) thread_start(w, to);
-    }
+    if (w->rq_head != w->rq_tail) to = &w->thr[w->rq[w->rq_head++ % MAX_THREADS]];
     if (w->rq_head != w->rq_tail) {
         /* The thread after `to` resumes next: fetch the top of its stack (its saved registers and the
          * frames it returns through) while `to` runs, instead of stalling on it then. */
-        const fthread *next = &w->thr[w->rq[w->rq_head % MAX_THREADS]];
-        const char *sp = (const char *)next->ctx;
-        if (next->stk)
-            for (int i = 0; i < 512; i += 64) __builtin_prefetch(sp + i);
+        const char *sp = (const char *)w->thr[w->rq[w->rq_head % MAX_THREADS]].ctx;
+        for (int i = 0; i < 512; i += 64) __builtin_prefetch(sp + i);
     }
     if (to == from && from) return; /* cannot happen: a waiting thread is not ready */
     ctx_t *save = from_done ? &w->dead_ctx : from ? &from->ctx : &w->main_ctx;
 #ifdef __SANITIZE_ADDRESS__
     void **fake = from_done ? nullptr : from ? &from->fake_stack : &w->main_fake_stack;
+    if (from_done) from->exit_frame = (unsigned char *)__builtin_frame_address(0);
     w->from_main = from == nullptr;
-    if (to) __sanitizer_start_switch_fiber(fake, to->stk->base, (size_t)(to->stk->top - to->stk->base));
+    if (to) __sanitizer_start_switch_fiber(fake, to->stack, (size_t)(to->stack_top - to->stack));
     else __sanitizer_start_switch_fiber(fake, w->main_bottom, w->main_size);
 #endif
 #ifdef __SANITIZE_THREAD__
@@ -616,7 +582,6 @@ static void thread_exit(worker *w, fthread *me) {
         block_break(w, "thread %u exits while %u threads wait at __syncthreads (thread %u at %s:%d)", me->lin,
                     w->n_barrier, waiting, w->thr[waiting].bar_file, w->thr[waiting].bar_line);
     }
-    w->free_stacks[w->n_free++] = me->stk; /* taken at once by a thread not started yet, if any */
     switch_away(w, me, true);
     die("a finished fiber was resumed");
 }
@@ -682,8 +647,14 @@ static void run_block(worker *w, kernel_ctx *k, unsigned b) {
         t->rv = nullptr;
         t->bar_file = "";
         t->bar_line = 0;
-        t->stk = nullptr; /* a stack when it first runs */
-        t->ctx = nullptr;
+#ifdef __SANITIZE_ADDRESS__
+        t->fake_stack = nullptr;
+        /* A fiber leaves for good from inside fiber_main -> thread_exit -> switch_away: those frames
+         * never return, so their redzones stay poisoned; the next fiber on this stack starts clean. */
+        if (t->exit_frame) __asan_unpoison_memory_region(t->exit_frame - 256, (size_t)(t->stack_top - t->exit_frame) + 256);
+        t->exit_frame = nullptr;
+#endif
+        t->ctx = ctx_make(t->stack_top, fiber_main);
 #ifdef __SANITIZE_THREAD__
         t->tsan_fiber = __tsan_create_fiber(0);
 #endif
