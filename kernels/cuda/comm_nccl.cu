@@ -403,6 +403,21 @@ static const comm_ops nccl_ops = {
     /* .destroy = */ nccl_destroy,
 };
 
+/* ------------------------------------------------------------ sizing */
+
+extern "C" llmq_status comm_nccl_reserve(llmq_comm *c, size_t max_count, comm_dtype dt, size_t stage_bytes) {
+    nccl_comm *s = (nccl_comm *)c->impl;
+    const char *op = "reserve";
+    llmq_status st = enter(s, op);
+    if (st) return st;
+    const size_t es = comm_dtype_size(dt), W = (size_t)c->world, slice = (max_count + W - 1) / W;
+    if (!es) return llmq_err_set(&c->err, LLMQ_ERR_INVALID, "nccl rank %d: reserve: unknown dtype %d", c->rank, (int)dt);
+    /* all_reduce_sum's scratch ([W][slice] received + [W][slice] gathered); barrier's 4 bytes */
+    const size_t scratch = 2 * W * slice * es > 4 ? 2 * W * slice * es : 4;
+    if ((st = reserve(s, &s->scratch, &s->scratch_bytes, scratch, op))) return st;
+    return reserve(s, &s->stage, &s->stage_bytes, stage_bytes, op);
+}
+
 /* ------------------------------------------------------------ create */
 
 extern "C" llmq_status comm_nccl_unique_id(void *out128, llmq_err *err) {

@@ -70,6 +70,15 @@ llmq_comm *comm_nccl_create(const void *unique_id128, int rank, int world, int t
  * host->timeout_ms is unchanged on return.  NULL with err on failure. */
 llmq_comm *comm_nccl_group_create(llmq_comm *host, void *stream, int join_timeout_ms, llmq_err *err);
 
+/* Allocate now the device memory that later ops would allocate on first
+ * use: all_reduce_sum of up to max_count elements of dt on device buffers,
+ * and stage_bytes of staging for host buffers (all_reduce_sum: its bytes;
+ * all_gather: world * count bytes; broadcast: its bytes; 0 = none).  Call
+ * it before sizing the KV pool from the free memory, so that the first
+ * large step cannot run out.  Fails (and fails the communicator) when out
+ * of memory. */
+llmq_status comm_nccl_reserve(llmq_comm *c, size_t max_count, comm_dtype dt, size_t stage_bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -438,7 +438,16 @@ static void rank_results(rank_ctx *x) {
     const comm_dtype dt = a->dt, dts[2] = {dt, COMM_I32};
     for (int k = 0; k < (dt == COMM_F32 ? 2 : 1); k++)
         for (size_t i = 0; i < N_COUNTS; i++) check_all_reduce(x, COUNTS[i], dts[k]);
-    if (a->big) check_all_reduce(x, BIG_BYTES / dt_size(dt), dt);
+    if (a->big) {
+        /* sized at creation (comm_nccl_reserve), the large all-reduce allocates no device memory */
+        const size_t big = BIG_BYTES / dt_size(dt);
+        CHECK(comm_nccl_reserve(x->nccl, big, dt, big * dt_size(dt)) == LLMQ_OK, "reserve: %s", x->nccl->err.msg);
+        size_t free0 = 0, free1 = 0, total = 0;
+        x->be->ops->mem_info(x->be, &free0, &total);
+        check_all_reduce(x, big, dt);
+        x->be->ops->mem_info(x->be, &free1, &total);
+        CHECK(free1 == free0, "the reserved all-reduce allocated %zd B", (ssize_t)(free0 - free1));
+    }
     for (size_t i = 0; i < N_COUNTS; i++) {
         check_all_gather(x, COUNTS[i], dt);
         check_broadcast(x, COUNTS[i], dt);
@@ -526,6 +535,8 @@ static void test_rank_killed(void **st) {
     }
 }
 
+#define ABORT_TIMEOUT_MS 20000 /* far beyond the abort, so that only the abort can end the wait */
+
 typedef struct abort_arg {
     llmq_comm *c;
     int after_ms;
@@ -568,6 +579,7 @@ static void rank_abort(rank_ctx *x) {
         llmq_status st = comm_all_reduce_sum(x->nccl, d, n, COMM_F32);
         const double ms = now_ms() - t0;
         CHECK(st != LLMQ_OK, "a collective with the aborted rank 0 succeeded");
+        CHECK(ms < ABORT_TIMEOUT_MS + SLACK_MS, "failed after %.0f ms (deadline %d ms)", ms, ABORT_TIMEOUT_MS);
 #ifdef LLMQ_CUDA_EMU
         CHECK(st == LLMQ_ERR_IO && strstr(x->nccl->err.msg, "rank 0") != NULL && ms < 1000,
               "the group learns of rank 0's abort at once: %s after %.0f ms: %s", llmq_status_name(st), ms,
@@ -581,7 +593,7 @@ static void rank_abort(rank_ctx *x) {
 static void test_abort_from_another_thread(void **st) {
     (void)st;
     for (int host = 0; host <= 1; host++) {
-        group_opts o = {2, "f32", 20000, -1, 0};
+        group_opts o = {2, "f32", ABORT_TIMEOUT_MS, -1, 0};
         assert_int_equal(run_group(&o, rank_abort, &host), 0);
     }
 }
