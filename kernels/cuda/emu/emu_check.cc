@@ -329,7 +329,7 @@ static inline __attribute__((always_inline)) void shared_access(block_state *b, 
             x.w = me, b->pcs[off + i].w_pc = pc;
         } else if (x.r < now) {
             x.r = me, b->pcs[off + i].r_pc = pc;
-        } else if (x.r != me) {
+        } else if (x.r != me && x.r != (now | MANY)) { /* no store when known: keeps the line clean */
             x.r = now | MANY;
         }
     }
