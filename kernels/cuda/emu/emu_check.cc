@@ -169,7 +169,7 @@ struct shadow_byte {
 };
 struct shadow_pc {
     const void *w_pc;    /* code of the last write */
-    const void *r_pc;    /* code of the first read in r_ep */
+    const void *r_pc;    /* code of the first read of the interval recorded in r */
 };
 
 /* The block running on this OS thread. */
