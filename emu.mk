@@ -55,7 +55,7 @@ endif
 # The detectors see every load and store of the kernel files through
 # -fsanitize=thread's callbacks (emu_check.cc defines them; libtsan is never linked).
 ifeq ($(EMU_CHECK),1)
-EMU_KFLAGS := -fsanitize=thread -DLLMQ_EMU_CHECK
+EMU_KFLAGS := -fsanitize=thread -Wno-tsan -DLLMQ_EMU_CHECK
 endif
 
 CFLAGS     += -DLLMQ_WITH_CUDA -DLLMQ_CUDA_EMU
