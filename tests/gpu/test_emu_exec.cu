@@ -12,7 +12,7 @@
  *
  * Built by `make cuda-emu` like a kernel file (emu.mk: tests/gpu/test_emu_*.cu).  Expected values
  * come from the host: CUDA's documented semantics written out as plain loops, sums in double.
- * `test_emu_exec --bench` prints the cost of barriers and shuffles (not a test).
+ * `test_emu_exec --bench[=case]` prints the cost of barriers and shuffles (not a test).
  */
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/emu/emu_internal.hh"
@@ -694,7 +694,7 @@ static double cpu_ns(void) {
 
 /* Grids run by emu::run_grid on this thread alone (LLMQ_EMU_THREADS=1), timed in this thread's CPU
  * time, so that other load on the machine does not count. */
-static int bench(void) {
+static int bench(const char *only) {
     float *d = nullptr;
     if (cudaMalloc((void **)&d, 4096) != cudaSuccess) return 1;
     const int nt = 512, nb = 8, reps = 200;
@@ -703,21 +703,23 @@ static int bench(void) {
         void (*k)(float *, int);
         double per; /* sync points per thread per rep */
         const char *unit;
+        int blocks;
     } cases[] = {
-        {"no sync (a thread's start and exit), 512 threads", k_bench_empty, 1.0 / reps, "thread"},
-        {"__syncthreads, 512 threads", k_bench_barrier, 1, "thread-barrier"},
-        {"__shfl_xor_sync, 512 threads", k_bench_shfl, 1, "lane-shuffle"},
-        {"block_sum (2 barriers + 10 shuffles), 512 threads", k_bench_block_sum, 12, "thread-sync point"},
+        {"no sync (a thread's start and exit), 512 threads", k_bench_empty, 1.0 / reps, "thread", nb * 100},
+        {"__syncthreads, 512 threads", k_bench_barrier, 1, "thread-barrier", nb},
+        {"__shfl_xor_sync, 512 threads", k_bench_shfl, 1, "lane-shuffle", nb},
+        {"block_sum (2 barriers + 10 shuffles), 512 threads", k_bench_block_sum, 12, "thread-sync point", nb},
     };
     for (auto &c : cases) {
+        if (only && !strstr(c.what, only)) continue;
         auto k = c.k;
         double t = 1e300;
         for (int i = 0; i < 7; i++) { /* the best of 7: other load on the machine only adds */
             const double t0 = cpu_ns();
-            emu::run_grid("bench", dim3(nb), dim3(nt), 0, [=] { k(d, reps); });
+            emu::run_grid("bench", dim3(c.blocks), dim3(nt), 0, [=] { k(d, reps); });
             t = fmin(t, cpu_ns() - t0);
         }
-        const double per_thread = t / ((double)nb * nt * reps);
+        const double per_thread = t / ((double)c.blocks * nt * reps);
         printf("%-52s %7.1f ns per thread per rep, %5.1f ns per %s\n", c.what, per_thread, per_thread / c.per, c.unit);
     }
     return 0;
@@ -728,9 +730,9 @@ int main(int argc, char **argv) {
         unsetenv("LLMQ_EMU_FATAL");
         return child_run(argv[1] + 8);
     }
-    if (argc > 1 && !strcmp(argv[1], "--bench")) {
+    if (argc > 1 && !strncmp(argv[1], "--bench", 7)) { /* --bench[=substring of the cases to run] */
         setenv("LLMQ_EMU_THREADS", "1", 1);
-        return bench();
+        return bench(argv[1][7] == '=' ? argv[1] + 8 : nullptr);
     }
     unsetenv("LLMQ_EMU_FATAL"); /* the lockstep kernel's reports are expected; faults run in children */
     setenv("LLMQ_EMU_DEVICE", "t4", 1);  /* the limits the shared-memory cases are written for */
