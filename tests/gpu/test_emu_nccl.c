@@ -724,6 +724,37 @@ static void test_late_rank_joins(void **st) {
     assert_int_equal(run_group(&o, rank_late, NULL), 0);
 }
 
+#ifdef LLMQ_CUDA_EMU
+long llmq_emu_report_count(void); /* kernels/cuda/emu/emu.h (C++) */
+
+/* An all_gather into a device buffer one rank's share too small: the emulated NCCL reports the
+ * out-of-bounds write (a GPU would fault) and the op fails. */
+static void rank_oob(rank_ctx *x) {
+    const size_t n = 256;
+    float *send = x->be->ops->alloc(x->be, n * sizeof *send);
+    float *recv = x->be->ops->alloc(x->be, (size_t)(x->world - 1) * n * sizeof *recv);
+    setenv("LLMQ_EMU_FATAL", "0", 1); /* this report is the point */
+    const long before = llmq_emu_report_count();
+    llmq_status st = comm_all_gather(x->nccl, recv, send, n, COMM_F32);
+    fprintf(stderr, "rank %d: all_gather into a short buffer: %s: %s\n", x->rank, llmq_status_name(st),
+            x->nccl->err.msg);
+    CHECK(st != LLMQ_OK, "all_gather into a short buffer succeeded");
+    /* the rank that got there first reports; a later one may be refused by its abort, which says why */
+    const int reported = llmq_emu_report_count() > before;
+    if (reported) set_flag(1);
+    CHECK(reported || strstr(x->nccl->err.msg, "past the end"), "neither a report nor the peer's: %s",
+          x->nccl->err.msg);
+    /* the device has faulted (a sticky error, as on a GPU): nothing more runs on it */
+}
+
+static void test_out_of_bounds_buffer(void **st) {
+    (void)st;
+    group_opts o = {2, "f32", FAIL_TIMEOUT_MS, -1, 0};
+    assert_int_equal(run_group(&o, rank_oob, NULL), 0);
+    assert_true(g_flags[1]); /* some rank reported it */
+}
+#endif
+
 int main(void) {
     g_flags = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     assert_true(g_flags != MAP_FAILED);
@@ -739,6 +770,9 @@ int main(void) {
         cmocka_unit_test(test_mismatched_collectives),
         cmocka_unit_test(test_group_closed_after_error),
         cmocka_unit_test(test_late_rank_joins),
+#ifdef LLMQ_CUDA_EMU
+        cmocka_unit_test(test_out_of_bounds_buffer),
+#endif
     };
     return cmocka_run_group_tests_name("emu_nccl", tests, NULL, NULL);
 }

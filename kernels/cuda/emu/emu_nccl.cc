@@ -612,18 +612,22 @@ void run_op(ncclComm *c, op_desc &d) {
     for (size_t i = 0; ok && i < d.ranges.size(); i++) {
         const char *why = nullptr;
         if (!emu::device_range_ok(d.ranges[i].first, d.ranges[i].second, &why)) {
+            /* NCCL's error first: the host may see the sticky CUDA error at once and abort, and the
+             * abort tells the peers this text */
+            c->fail(ncclUnhandledCudaError, "%s: buffer of %zu B at %p: %s", d.name.c_str(), d.ranges[i].second,
+                    d.ranges[i].first, why ? why : "not device memory");
             emu::report("out-of-bounds", "%s: %zu B at %p: %s", d.name.c_str(), d.ranges[i].second,
                         d.ranges[i].first, why ? why : "not device memory");
             emu::async_error(cudaErrorIllegalAddress, "%s: %zu B at %p: %s", d.name.c_str(), d.ranges[i].second,
                              d.ranges[i].first, why ? why : "not device memory");
-            c->fail(ncclUnhandledCudaError, "%s: buffer of %zu B at %p: %s", d.name.c_str(), d.ranges[i].second,
-                    d.ranges[i].first, why ? why : "not device memory");
             ok = false;
         }
     }
     if (ok)
-        for (size_t i = 0; i < d.local_copies_dst_src.size(); i++)
+        for (size_t i = 0; i < d.local_copies_dst_src.size(); i++) {
             memmove(d.local_copies_dst_src[i].first, d.local_copies_dst_src[i].second, d.local_copy_bytes[i]);
+            emu::device_mark_written(d.local_copies_dst_src[i].first, d.local_copy_bytes[i]);
+        }
     double next_check = now_ms() + 20;
     std::vector<char> sbusy(c->nranks), rbusy(c->nranks);
     std::vector<std::string> gone(c->nranks); /* why each peer is gone ("" = it is not) */
@@ -852,12 +856,9 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId commId,
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *asyncError) {
     if (!comm || !asyncError) return bad_arg(comm, "ncclCommGetAsyncError: NULL argument");
+    /* A peer's abort is not reported here but by the ops (the one waiting, or the next call): an
+     * init that completed stays completed, as in NCCL, even when a peer aborts right after. */
     int a = comm->async.load();
-    std::string why;
-    if (a == ncclSuccess && comm->group_aborted(&why) && comm->seg->abort_rank.load() != comm->rank) {
-        comm->fail(ncclRemoteError, "%s", why.c_str());
-        a = comm->async.load();
-    }
     if (a == ncclSuccess && comm->finalizing.load() && comm->pending.load() > 0) a = ncclInProgress;
     *asyncError = (ncclResult_t)a;
     return ncclSuccess;
