@@ -11,7 +11,7 @@
  * ranks' pids and states, the group's abort record) and one byte ring per
  * ordered pair of ranks (src -> dst, a rank's ring to itself included).
  * Every message is a header describing the sender's call (collective, bytes,
- * root, call number) followed by the payload, so a receiver that called
+ * root, op number) followed by the payload, so a receiver that called
  * something else reports both calls instead of reading garbage.
  *
  * Execution.  Every NCCL call is an op on its stream (emu::enqueue): it runs
@@ -27,14 +27,17 @@
  *
  * Failures (what a GPU's NCCL would not say, the emulator says, naming ranks):
  *  - ncclCommAbort (any thread of this process) makes a blocked op return at
- *    once, and publishes the abort in the segment: every peer's op returns and
- *    ncclCommGetAsyncError reports ncclRemoteError, "rank R aborted".
+ *    once, and publishes the abort, with this rank's NCCL error if it had one,
+ *    in the segment: every peer's waiting op fails, and so does its next call,
+ *    with ncclRemoteError, "rank R aborted the communicator after: ...".
  *  - a peer that died (even an unreaped zombie) or destroyed its communicator
  *    while an op waits for it: ncclRemoteError naming it.
  *  - ranks that called different collectives: ncclInvalidUsage naming both
  *    calls.  A rank that calls nothing is seen only by the caller's deadline.
  *  - a device buffer outside any live allocation: an "out-of-bounds" report
  *    and cudaErrorIllegalAddress, as the GPU would fault.
+ * An op's failure is the communicator's (ncclCommGetAsyncError, ncclGetLastError)
+ * and final: every later call returns it.
  * A failed op leaves its outputs undefined (but marked written, so that the
  * kernels that consume them before the host learns of the failure are not
  * reported as reading uninitialised memory).
@@ -438,19 +441,24 @@ struct task {
 
 /* All-reduce: the receives land in host scratch, reduced into dst in rank order when all arrived. */
 struct reduce_step {
-    bool on = false;
     ncclDataType_t dt = ncclFloat32;
     ncclRedOp_t op = ncclSum;
     size_t count = 0;
-    std::vector<unsigned char> parts; /* [nranks][count * size] */
+    std::vector<unsigned char> parts; /* [nranks][count * size]; the receive tasks point into it, so a
+                                       * reduce_step is moved, never copied (a move keeps the buffer) */
     void *dst = nullptr;
+
+    reduce_step() = default;
+    reduce_step(reduce_step &&) = default;
+    reduce_step &operator=(reduce_step &&) = default;
+    reduce_step(const reduce_step &) = delete;
 };
 
 struct op_desc {
-    std::string name;               /* for messages: "ncclAllGather", "nccl group (4 calls)" */
+    std::string name;               /* for messages: "ncclAllGather", "nccl group of 4 calls" */
     std::vector<task> tasks;
     std::vector<reduce_step> reduces;
-    /* device ranges to check before running: pointer, bytes, what */
+    /* device ranges to check before running: pointer, bytes */
     std::vector<std::pair<const void *, size_t>> ranges;
     std::vector<std::pair<void *, void *>> local_copies_dst_src; /* broadcast root's sendbuff -> recvbuff */
     std::vector<size_t> local_copy_bytes;
@@ -1080,7 +1088,6 @@ ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, n
     k.desc.name = "ncclAllReduce";
     const msg_hdr h = hdr_of(K_ALLREDUCE, bytes, 0, (uint32_t)datatype << 8 | (uint32_t)op, comm->ops);
     reduce_step s;
-    s.on = true;
     s.dt = datatype;
     s.op = op;
     s.count = count;
