@@ -372,13 +372,20 @@ static inline void arrived(worker *w, fthread *me) {
 
 /* Leave `from` (nullptr: the worker's context; from_done: it has exited) for the next ready thread,
  * or for the worker's context when none is ready.  Returns when something switches back to from. */
+static void fiber_main(void);
+
 static void switch_away(worker *w, fthread *from, bool from_done) {
     fthread *to = nullptr;
-    if (w->rq_head != w->rq_tail) to = &w->thr[w->rq[w->rq_head++ % MAX_THREADS]];
+    if (w->rq_head != w->rq_tail) {
+        to = &w->thr[w->rq[w->rq_head++ % MAX_THREADS]];
+        /* A thread's context is made when it first runs: its stack's top is written and read at once. */
+        if (!to->ctx) to->ctx = ctx_make(to->stack_top, fiber_main);
+    }
     if (w->rq_head != w->rq_tail) {
         /* The thread after `to` resumes next: fetch the top of its stack (its saved registers and the
          * frames it returns through) while `to` runs, instead of stalling on it then. */
-        const char *sp = (const char *)w->thr[w->rq[w->rq_head % MAX_THREADS]].ctx;
+        const fthread *next = &w->thr[w->rq[w->rq_head % MAX_THREADS]];
+        const char *sp = next->ctx ? (const char *)next->ctx : (const char *)next->stack_top - 512;
         for (int i = 0; i < 512; i += 64) __builtin_prefetch(sp + i);
     }
     if (to == from && from) return; /* cannot happen: a waiting thread is not ready */
@@ -654,7 +661,7 @@ static void run_block(worker *w, kernel_ctx *k, unsigned b) {
         if (t->exit_frame) __asan_unpoison_memory_region(t->exit_frame - 256, (size_t)(t->stack_top - t->exit_frame) + 256);
         t->exit_frame = nullptr;
 #endif
-        t->ctx = ctx_make(t->stack_top, fiber_main);
+        t->ctx = nullptr; /* made when it first runs */
 #ifdef __SANITIZE_THREAD__
         t->tsan_fiber = __tsan_create_fiber(0);
 #endif
