@@ -231,12 +231,9 @@ static void child_main(const group_opts *o, int rank, const char *shm_name, rank
     snprintf(dev, sizeof dev, "%d", (base && *base ? atoi(base) : 0) + rank);
     setenv("LLMQ_CUDA_DEVICE", dev, 1);
     setenv("LLMQ_CUDA_DTYPE", o->dtype, 1);
+    /* the host group first, as worker/engine/tp.c forms it before loading: a rank without a device
+     * then leaves a formed group, which its peers see at once */
     llmq_err err = {0};
-    llmq_backend *be = llmq_backend_create("cuda", &err);
-    if (!be) {
-        fprintf(stderr, "rank %d: no cuda backend: %s\n", rank, err.msg);
-        _exit(strstr(err.msg, "no CUDA device") || strstr(err.msg, "device(s) are visible") ? SKIP_STATUS : 1);
-    }
     comm_shm_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.name = shm_name;
@@ -244,12 +241,17 @@ static void child_main(const group_opts *o, int rank, const char *shm_name, rank
     cfg.world = o->world;
     cfg.generation = 1;
     cfg.timeout_ms = o->timeout_ms;
-    cfg.join_timeout_ms = 60000;
+    cfg.join_timeout_ms = 30000;
     cfg.spin_us = -1;
     llmq_comm *host = comm_shm_create(&cfg, &err);
     if (!host) {
         fprintf(stderr, "rank %d: shm group: %s\n", rank, err.msg);
         _exit(1);
+    }
+    llmq_backend *be = llmq_backend_create("cuda", &err);
+    if (!be) {
+        fprintf(stderr, "rank %d: no cuda backend: %s\n", rank, err.msg);
+        _exit(strstr(err.msg, "no CUDA device") || strstr(err.msg, "device(s) are visible") ? SKIP_STATUS : 1);
     }
     if (o->late_ms > 0 && rank == o->world - 1) sleep_ms(o->late_ms);
     llmq_comm *nccl = o->late_ms > 0 ? comm_nccl_group_create(host, cuda_backend_stream(be), 0, &err)
