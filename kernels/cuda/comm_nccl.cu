@@ -515,8 +515,8 @@ extern "C" llmq_comm *comm_nccl_group_create(llmq_comm *host, void *stream, int 
         llmq_err_set(err, LLMQ_ERR_INVALID, "nccl: no host communicator");
         return NULL;
     }
-    if (join_timeout_ms <= 0) join_timeout_ms = COMM_NCCL_JOIN_TIMEOUT_MS;
-    if (host->timeout_ms > join_timeout_ms) join_timeout_ms = host->timeout_ms;
+    if (join_timeout_ms <= 0) join_timeout_ms = host->timeout_ms == 0 ? 0 : COMM_NCCL_JOIN_TIMEOUT_MS;
+    if (join_timeout_ms > 0 && host->timeout_ms > join_timeout_ms) join_timeout_ms = host->timeout_ms;
     unsigned char msg[1 + COMM_NCCL_ID_BYTES]; /* ok flag, then the id */
     memset(msg, 0, sizeof msg);
     if (host->rank == 0 && comm_nccl_unique_id(msg + 1, err) == LLMQ_OK) msg[0] = 1;

@@ -65,8 +65,9 @@ llmq_comm *comm_nccl_create(const void *unique_id128, int rank, int world, int t
 /* The group's NCCL communicator, formed over the host communicator of its
  * ranks (shm or tcp; every rank calls this, as be_ops.group_comm does): rank
  * 0 makes the id and broadcasts it, then every rank joins.  The exchange and
- * the join wait up to join_timeout_ms (0 = COMM_NCCL_JOIN_TIMEOUT_MS; never
- * less than host->timeout_ms); the collectives then wait host->timeout_ms.
+ * the join wait up to join_timeout_ms (0 = COMM_NCCL_JOIN_TIMEOUT_MS, or no
+ * limit when host->timeout_ms is 0; never less than host->timeout_ms); the
+ * collectives then wait host->timeout_ms.
  * host->timeout_ms is unchanged on return.  NULL with err on failure. */
 llmq_comm *comm_nccl_group_create(llmq_comm *host, void *stream, int join_timeout_ms, llmq_err *err);
 
