@@ -165,9 +165,11 @@ typedef struct be_ops {
      * host-memory communicator of world > 1 that stays in use for step
      * plans).  NULL op: collectives run on `host` itself (the CPU
      * backends).  The CUDA backend forms an NCCL group on its stream,
-     * passing the NCCL unique id from rank 0 over `host`.  Caller destroys
-     * the result. */
-    struct llmq_comm *(*group_comm)(llmq_backend *be, struct llmq_comm *host, llmq_err *err);
+     * passing the NCCL unique id from rank 0 over `host`.  max_reduce: the
+     * most elements of be->act_dt one all_reduce_sum will carry, so that
+     * the communicator allocates its device scratch now, before the engine
+     * sizes the KV pool from the free memory.  Caller destroys the result. */
+    struct llmq_comm *(*group_comm)(llmq_backend *be, struct llmq_comm *host, size_t max_reduce, llmq_err *err);
 
     /* memory of the device (optional) ---------------------------------------
      * Free and total bytes of the device's memory now (CUDA: cudaMemGetInfo),

@@ -217,21 +217,18 @@ static llmq_status cu_sync(llmq_backend *be, llmq_err *err) {
 }
 
 /* The group's NCCL communicator on this backend's stream: rank 0 makes the
- * unique id and hands it to the others over the host communicator. */
-static llmq_comm *cu_group_comm(llmq_backend *be, llmq_comm *host, llmq_err *err) {
-    unsigned char msg[1 + COMM_NCCL_ID_BYTES]; /* ok flag, then the id */
-    memset(msg, 0, sizeof msg);
-    if (host->rank == 0 && comm_nccl_unique_id(msg + 1, err) == LLMQ_OK) msg[0] = 1;
-    /* rank 0 broadcasts after a failure too, so that no rank waits for it */
-    if (comm_broadcast(host, msg, sizeof msg, 0)) {
-        llmq_err_set(err, host->err.code, "%s", host->err.msg);
+ * unique id and hands it to the others over the host communicator, under the
+ * start-up deadline (comm_nccl.h); its scratch is reserved at once. */
+static llmq_comm *cu_group_comm(llmq_backend *be, llmq_comm *host, size_t max_reduce, llmq_err *err) {
+    llmq_comm *c = comm_nccl_group_create(host, cuda_backend_stream(be), 0, err);
+    if (!c || !max_reduce) return c;
+    const comm_dtype cdt = be->act_dt == LLMQ_F16 ? COMM_F16 : be->act_dt == LLMQ_BF16 ? COMM_BF16 : COMM_F32;
+    if (comm_nccl_reserve(c, max_reduce, cdt, 0)) {
+        llmq_err_set(err, c->err.code, "%s", c->err.msg);
+        comm_destroy(c);
         return NULL;
     }
-    if (!msg[0]) {
-        if (host->rank != 0) llmq_err_set(err, LLMQ_ERR_BACKEND, "rank 0 could not create the NCCL group id");
-        return NULL;
-    }
-    return comm_nccl_create(msg + 1, host->rank, host->world, host->timeout_ms, cuda_backend_stream(be), err);
+    return c;
 }
 
 static void cu_destroy(llmq_backend *be);

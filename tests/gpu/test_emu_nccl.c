@@ -255,7 +255,7 @@ static void child_main(const group_opts *o, int rank, const char *shm_name, rank
     }
     if (o->late_ms > 0 && rank == o->world - 1) sleep_ms(o->late_ms);
     llmq_comm *nccl = o->late_ms > 0 ? comm_nccl_group_create(host, cuda_backend_stream(be), 0, &err)
-                                     : be->ops->group_comm(be, host, &err);
+                                     : be->ops->group_comm(be, host, 0, &err);
     if (!nccl) {
         fprintf(stderr, "rank %d: group_comm: %s\n", rank, err.msg);
         _exit(1);
@@ -687,7 +687,7 @@ static void rank_group_closed(rank_ctx *x) {
     }
     CHECK(comm_barrier(x->host) == LLMQ_OK, "host barrier: %s", x->host->err.msg);
     llmq_err err = {0};
-    llmq_comm *again = x->be->ops->group_comm(x->be, x->host, &err);
+    llmq_comm *again = x->be->ops->group_comm(x->be, x->host, 0, &err);
     CHECK(again != NULL, "a new NCCL group: %s", err.msg);
     if (!again) return;
     float *in = malloc(n * sizeof *in), *want = malloc(n * sizeof *want);

@@ -135,7 +135,8 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
     }
     e->dcomm = e->comm;
     if (e->tp && be->ops->group_comm) {
-        llmq_comm *d = be->ops->group_comm(be, e->comm, err);
+        /* the largest reduce: a row-parallel output of a full step (reduce()) */
+        llmq_comm *d = be->ops->group_comm(be, e->comm, (size_t)o->max_tokens * (size_t)c->hidden_size, err);
         if (!d) {
             free(e);
             return err->code;

@@ -204,6 +204,12 @@ static bool checks_on() {
     return on;
 }
 
+/* Set by __tsan_init: some file was built with the instrumentation (not under SANITIZER=address or
+ * thread, nor with EMU_CHECK=0), so kernels' device stores are marked written. */
+std::atomic<bool> g_instrumented{false};
+
+bool writes_tracked() { return g_instrumented.load(std::memory_order_relaxed) && checks_on(); }
+
 void check_block_begin(unsigned char *shared, size_t size, unsigned n_threads) {
     (void)n_threads;
     if (!checks_on()) return;
@@ -387,7 +393,8 @@ static inline __attribute__((always_inline)) void check(const volatile void *p, 
 
 extern "C" {
 
-void __tsan_init(void) {}
+/* Called by the module constructor of every instrumented file: kernels' stores are then seen. */
+void __tsan_init(void) { emu::g_instrumented.store(true, std::memory_order_relaxed); }
 void __tsan_func_entry(void *caller) { (void)caller; }
 void __tsan_func_exit(void *caller) { (void)caller; }
 void __tsan_vptr_update(void *vptr, void *val) { (void)vptr, (void)val; }

@@ -73,64 +73,11 @@ namespace emu {
 
 /* ------------------------------------------------------------ context switch */
 
-/* A fiber's saved context and the switch.  On x86-64 our own: push the callee-saved registers, swap
- * the stack pointer, pop, ret.  Boost's jump_fcontext (the fallback elsewhere) leaves through an
- * indirect jmp instead of the ret that matches its call, so after every switch the CPU's return-
- * stack predictor is one entry off and each return up the fiber's call chain mispredicts; with a
- * symmetric call/ret, a fiber resumed at the same call site as the one that left (the common case:
- * every thread of a block waits at the same barrier) predicts every return.  Measured on the
- * 512-thread bench (test_emu_exec --bench, best of 7, on a loaded 2-core VM): 55 ns per thread-barrier
- * with Boost's switch, 17-29 ns with this one.
- * The floating-point control words are not switched: kernels never change them. */
-#if defined(__x86_64__)
-typedef void *ctx_t; /* the saved stack pointer */
-extern "C" void llmq_emu_ctx_swap(ctx_t *save, ctx_t to) __attribute__((visibility("hidden")));
-extern "C" void llmq_emu_ctx_entry(void) __attribute__((visibility("hidden")));
-asm(R"(
-    .text
-    .p2align 4
-    .globl llmq_emu_ctx_swap
-    .hidden llmq_emu_ctx_swap
-    .type llmq_emu_ctx_swap, @function
-llmq_emu_ctx_swap:
-    pushq %rbp
-    pushq %rbx
-    pushq %r12
-    pushq %r13
-    pushq %r14
-    pushq %r15
-    movq %rsp, (%rdi)
-    movq %rsi, %rsp
-    popq %r15
-    popq %r14
-    popq %r13
-    popq %r12
-    popq %rbx
-    popq %rbp
-    ret
-    .size llmq_emu_ctx_swap, .-llmq_emu_ctx_swap
-
-    .p2align 4
-    .globl llmq_emu_ctx_entry
-    .hidden llmq_emu_ctx_entry
-    .type llmq_emu_ctx_entry, @function
-llmq_emu_ctx_entry:
-    callq *%r13
-    ud2
-    .size llmq_emu_ctx_entry, .-llmq_emu_ctx_entry
-)");
-/* A context that starts fn on the stack below top (16-byte aligned): the frame llmq_emu_ctx_swap
- * pops (r15 r14 r13=fn r12 rbx rbp, then the entry as return address), placed so that the entry's
- * call sees the ABI's alignment. */
-static ctx_t ctx_make(unsigned char *top, void (*fn)(void)) {
-    void **sp = (void **)(top - 72);
-    for (int i = 0; i < 6; i++) sp[i] = nullptr;
-    sp[2] = (void *)fn;
-    sp[6] = (void *)llmq_emu_ctx_entry;
-    return sp;
-}
-static inline void ctx_swap(ctx_t *save, ctx_t to) { llmq_emu_ctx_swap(save, to); }
-#else
+/* A fiber's saved context and the switch: Boost.Context's fcontext (a register save and a jump).
+ * A hand-written switch with a symmetric call/ret measured 17-29 ns per thread-barrier against
+ * Boost's 55 ns (its indirect jump leaves the return-stack predictor one entry off), but the
+ * switch is what Boost.Context maintains, for every ABI: we use it rather than our own.
+ * The floating-point control words are not switched by us: kernels never change them. */
 namespace bctx = boost::context::detail;
 typedef bctx::fcontext_t ctx_t;
 static void (*ctx_fn)(void);
@@ -146,7 +93,6 @@ static inline void ctx_swap(ctx_t *save, ctx_t to) {
     bctx::transfer_t t = bctx::jump_fcontext(to, save);
     *(ctx_t *)t.data = t.fctx;
 }
-#endif
 
 /* ------------------------------------------------------------ state */
 
