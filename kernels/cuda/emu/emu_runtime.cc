@@ -1074,7 +1074,7 @@ cudaError_t copy_async(const char *api, void *dst, const void *src, const copy_s
     EMU_STICKY_RETURN();
     if (c.width > c.dp || c.width > c.sp) return fail(cudaErrorInvalidPitchValue);
     if (!c.width || !c.height) return cudaSuccess;
-    copy_plan pl;
+    copy_plan pl = {false, false};
     cudaError_t e = plan_copy(api, dst, c.dspan(), src, c.sspan(), kind, &pl);
     if (e != cudaSuccess) return fail(e);
     runtime_t &r = rt();
