@@ -725,15 +725,15 @@ const char *cublasGetStatusName(cublasStatus_t status) {
 const char *cublasGetStatusString(cublasStatus_t status) {
     switch (status) {
     case CUBLAS_STATUS_SUCCESS: return "success";
-    case CUBLAS_STATUS_NOT_INITIALIZED: return "the library was not initialized";
-    case CUBLAS_STATUS_ALLOC_FAILED: return "the resource allocation failed";
-    case CUBLAS_STATUS_INVALID_VALUE: return "an invalid numeric value was used as an argument";
-    case CUBLAS_STATUS_ARCH_MISMATCH: return "an absent device architectural feature is required";
-    case CUBLAS_STATUS_MAPPING_ERROR: return "an access to GPU memory space failed";
-    case CUBLAS_STATUS_EXECUTION_FAILED: return "the GPU program failed to execute";
-    case CUBLAS_STATUS_INTERNAL_ERROR: return "an internal operation failed";
-    case CUBLAS_STATUS_NOT_SUPPORTED: return "the functionality requested is not supported";
-    case CUBLAS_STATUS_LICENSE_ERROR: return "an error was detected when checking the current licensing";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "handle not created";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "allocation failed";
+    case CUBLAS_STATUS_INVALID_VALUE: return "invalid argument";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "needs a feature this device lacks";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "device memory access failed";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "the GEMM failed";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "internal error";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "not supported";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "licence check failed";
     }
     return "unknown error";
 }

@@ -875,13 +875,13 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *asyncError) {
 const char *ncclGetErrorString(ncclResult_t result) {
     switch (result) {
     case ncclSuccess: return "no error";
-    case ncclUnhandledCudaError: return "unhandled cuda error (run with NCCL_DEBUG=INFO for details)";
-    case ncclSystemError: return "unhandled system error (run with NCCL_DEBUG=INFO for details)";
-    case ncclInternalError: return "internal error - please report this issue to the NCCL developers";
-    case ncclInvalidArgument: return "invalid argument (run with NCCL_DEBUG=WARN for details)";
-    case ncclInvalidUsage: return "invalid usage (run with NCCL_DEBUG=WARN for details)";
-    case ncclRemoteError: return "remote process exited or there was a network error";
-    case ncclInProgress: return "NCCL operation in progress";
+    case ncclUnhandledCudaError: return "a CUDA call failed (emulated NCCL)";
+    case ncclSystemError: return "a system call failed (emulated NCCL)";
+    case ncclInternalError: return "internal error of the emulated NCCL";
+    case ncclInvalidArgument: return "invalid argument (ncclGetLastError says which)";
+    case ncclInvalidUsage: return "invalid usage (ncclGetLastError says which)";
+    case ncclRemoteError: return "a peer rank failed, aborted or exited";
+    case ncclInProgress: return "operation in progress";
     default: return "unknown result code";
     }
 }
