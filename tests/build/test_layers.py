@@ -69,7 +69,7 @@ def test_a_file_left_in_worker_fails(tree):
 
 def test_the_build_runs_the_check(tree):
     """`make` stops before compiling anything when an arrow is broken."""
-    for f in ("Makefile", "cuda.mk", "fuzz.mk"):
+    for f in ("Makefile", "cuda.mk", "emu.mk", "fuzz.mk"):
         shutil.copy(ROOT / f, tree / f)
     shutil.copytree(ROOT / "tools", tree / "tools")
     f = tree / "worker/tokenizer/stopstr.c"
