@@ -879,7 +879,13 @@ static void test_out_of_bounds_reported(void **state) {
 
 static void test_uninitialized_reported(void **state) {
     (void)state;
+#ifdef LLMQ_EMU_CHECK
     run_child("uninit", "llmq-emu: uninitialized: cublasLtMatmul: matrix A");
+#else
+    /* without the instrumentation kernels' stores are not seen, so nothing is reported as never written */
+    print_message("# skipped: built without the detectors' instrumentation (SANITIZER=address or EMU_CHECK=0)\n");
+    skip();
+#endif
 }
 
 int main(int argc, char **argv) {

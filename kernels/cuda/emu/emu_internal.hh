@@ -58,7 +58,7 @@ const profile &device_profile();
 void report(const char *kind, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 long report_count();
 /* Kernels' device stores are seen (the kernel files were instrumented and LLMQ_EMU_CHECK is not 0):
- * only then can "never written" be told; device_written is true everywhere otherwise. */
+ * only then may a reader outside kernels (cuBLAS, NCCL) report memory as never written. */
 bool writes_tracked();
 
 /* ------------------------------------------------------------ device memory (emu_runtime.cc) */
