@@ -19,7 +19,11 @@ EMU = pathlib.Path(os.environ.get("LLMQ_EMU_BUILD") or ROOT / "build-emu")
 EMU_LLMQ = EMU / "llmq"
 CPU_LLMQ = BUILD / "llmq"
 
-pytestmark = pytest.mark.skipif(not EMU_LLMQ.exists(), reason=f"{EMU_LLMQ} not built (make cuda-emu)")
+pytestmark = [
+    pytest.mark.skipif(bool(os.environ.get("SANITIZER")),
+                       reason="emulated end-to-end runs belong to the plain make test (minutes under a sanitizer)"),
+    pytest.mark.skipif(not EMU_LLMQ.exists(), reason=f"{EMU_LLMQ} not built (make cuda-emu)"),
+]
 
 BASE_ENV = {"LLMQ_EMU_FATAL": "1", "LLMQ_EMU_MEM_MB": "1024", "LLMQ_CUDA_DTYPE": "f32"}
 

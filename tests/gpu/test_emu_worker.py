@@ -17,7 +17,11 @@ from worker_util import assert_clean_stream, chunks, connect, ids_of, submit, te
 from llmqtest import ROOT  # noqa: E402
 
 EMU = pathlib.Path(os.environ.get("LLMQ_EMU_BUILD") or ROOT / "build-emu")
-pytestmark = pytest.mark.skipif(not (EMU / "llmq-worker").exists(), reason=f"{EMU}/llmq-worker not built (make cuda-emu)")
+pytestmark = [
+    pytest.mark.skipif(bool(os.environ.get("SANITIZER")),
+                       reason="emulated end-to-end runs belong to the plain make test (minutes under a sanitizer)"),
+    pytest.mark.skipif(not (EMU / "llmq-worker").exists(), reason=f"{EMU}/llmq-worker not built (make cuda-emu)"),
+]
 
 
 def test_tp2_cuda_group_serves_reference_texts(redis_server, shared_dir, tmp_path):
