@@ -43,11 +43,7 @@ llmq_status cuda_fail(llmq_backend *be, llmq_status code, const char *fmt, ...) 
 
 /* ------------------------------------------------------------ memory */
 
-/* cudaMalloc that leaves no pending error behind (a failed cudaMalloc is
- * also the thread's "last error", which the next CUDA_CHECK_LAUNCH would
- * report against an unrelated kernel) and records out of memory on be with
- * what was asked and what is free.  Returns NULL on failure. */
-static void *dev_malloc(llmq_backend *be, size_t bytes, const char *what) {
+void *cuda_dev_malloc(llmq_backend *be, size_t bytes, const char *what) {
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 256);
     if (e == cudaSuccess) return p;
@@ -62,7 +58,7 @@ static void *dev_malloc(llmq_backend *be, size_t bytes, const char *what) {
 }
 
 static void *cu_alloc(llmq_backend *be, size_t bytes) {
-    void *p = dev_malloc(be, bytes, "a buffer");
+    void *p = cuda_dev_malloc(be, bytes, "a buffer");
     if (!p) return NULL;
     if (cudaMemsetAsync(p, 0, bytes ? bytes : 256, cuda_impl_of(be)->stream) != cudaSuccess) {
         (void)cudaGetLastError();
@@ -135,7 +131,7 @@ static llmq_status cu_weight_prepare(llmq_backend *be, be_weight *out, const be_
                          in->cols, ld, (int)in->dt);
     char what[96];
     snprintf(what, sizeof what, "a [%zu, %zu] %s weight", rows, cols, llmq_dtype_name(be->act_dt));
-    void *dev = dev_malloc(be, rows * cols * out_es, what);
+    void *dev = cuda_dev_malloc(be, rows * cols * out_es, what);
     if (!dev) return be->err.code;
     cudaError_t e;
     if (in->dt == be->act_dt) { /* same type: one strided copy straight into place */
@@ -152,7 +148,7 @@ static llmq_status cu_weight_prepare(llmq_backend *be, be_weight *out, const be_
             impl->w_stage = NULL;
         }
         if (!impl->w_stage) {
-            impl->w_stage = dev_malloc(be, band * cols * in_es, "the weight staging buffer");
+            impl->w_stage = cuda_dev_malloc(be, band * cols * in_es, "the weight staging buffer");
             if (!impl->w_stage) {
                 cudaFree(dev);
                 return be->err.code;

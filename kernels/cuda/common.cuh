@@ -115,6 +115,12 @@ static inline cuda_impl *cuda_impl_of(llmq_backend *be) { return (cuda_impl *)be
 llmq_status cuda_fail(llmq_backend *be, llmq_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* cudaMalloc that leaves no pending error behind (a failed cudaMalloc is
+ * also the thread's "last error", which the next CUDA_CHECK_LAUNCH would
+ * report against an unrelated kernel) and records out of memory on be with
+ * `what` was asked and what is free.  Returns NULL on failure. */
+void *cuda_dev_malloc(llmq_backend *be, size_t bytes, const char *what);
+
 /* CUDA_TRY(be, stmt): run a CUDA runtime call; on failure record
  * "CUDA error <name> (<text>) in <stmt> at file:line" on be and `return
  * <onerr>` from the calling function (use CUDA_TRY_V in void functions). */

@@ -48,16 +48,13 @@ llmq_status cuda_qweight_prepare(llmq_backend *be, be_weight *out, const be_weig
     const size_t total = align256(q_bytes) + align256(s_bytes) + align256(z_bytes ? z_bytes : 1);
     cuda_qw *w = (cuda_qw *)calloc(1, sizeof *w);
     if (!w) return cuda_fail(be, LLMQ_ERR_NOMEM, "weight_prepare: out of host memory");
-    cudaError_t e = cudaMalloc(&w->block, total);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        size_t fr = 0, tot = 0;
-        cudaMemGetInfo(&fr, &tot);
+    char what[96];
+    snprintf(what, sizeof what, "a [%zu, %zu] %s weight", rows, cols, llmq_dtype_name(in->dt));
+    if (!(w->block = cuda_dev_malloc(be, total, what))) {
         free(w);
-        return cuda_fail(be, LLMQ_ERR_NOMEM,
-                         "out of GPU memory for a [%zu, %zu] %s weight (%.1f MiB): %.1f of %.1f MiB free on %s", rows,
-                         cols, llmq_dtype_name(in->dt), total / 1048576.0, fr / 1048576.0, tot / 1048576.0, impl->name);
+        return be->err.code;
     }
+    cudaError_t e;
     unsigned char *b = (unsigned char *)w->block;
     w->d.q = b;
     w->d.scales = (const float *)(b + align256(q_bytes));
