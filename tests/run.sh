@@ -30,9 +30,7 @@ FILTER=${TESTS:-}
 EMU_BUILD=${EMU_BUILD:-}
 if [ -n "$EMU_BUILD" ]; then
     case "$EMU_BUILD" in /*) ;; *) EMU_BUILD="$ROOT/$EMU_BUILD" ;; esac
-    # the emulated end-to-end runs (tests/gpu/test_emu_*.py) take minutes:
-    # run by the plain build only; under a sanitizer they skip, saying so
-    if [ -z "${SANITIZER:-}" ]; then export LLMQ_EMU_BUILD="$EMU_BUILD"; fi
+    export LLMQ_EMU_BUILD="$EMU_BUILD"
 fi
 
 passed=0 failed=0 skipped=0
