@@ -42,8 +42,10 @@ run_c_suite() {
     name=${bin#"$BUILD"/}
     if [ -n "$EMU_BUILD" ] && [[ "$bin" == "$EMU_BUILD"/* ]]; then name="emu:${bin#"$EMU_BUILD"/}"; fi
     log="$logdir/$(echo "$name" | tr / _).log"
+    local t0=$SECONDS
     CMOCKA_MESSAGE_OUTPUT=TAP "$bin" >"$log" 2>&1
     rc=$?
+    local secs=$((SECONDS - t0))
     local p f s
     p=$(grep -cE '^ok [0-9]+' "$log")
     s=$(grep -cE '^not ok [0-9]+ # SKIP' "$log")
@@ -57,7 +59,7 @@ run_c_suite() {
         failed=$((failed + 1)); failures+=("$name (exit $rc)")
         echo "---- $name exited $rc without a failed case"; tail -40 "$log"
     fi
-    printf '%-44s %3d passed %3d failed %3d skipped\n' "$name" "$p" "$f" "$s"
+    printf '%-44s %3d passed %3d failed %3d skipped %4d s\n' "$name" "$p" "$f" "$s" "$secs"
 }
 
 if [ -d "$BUILD/tests" ]; then
@@ -90,7 +92,8 @@ if [ -n "$pyfiles" ]; then
     else
         log="$logdir/pytest.log"
         # shellcheck disable=SC2086
-        "$PYTHON" -m pytest -q -rs -p no:cacheprovider $pyfiles >"$log" 2>&1
+        # --durations: the slowest tests are listed at the end (where CI's minutes go)
+        "$PYTHON" -m pytest -q -rs -p no:cacheprovider --durations=20 $pyfiles >"$log" 2>&1
         rc=$?
         summary=$(grep -E '^=+ .*(passed|failed|skipped|error|no tests ran).* =+$|^[0-9]+ (passed|failed|skipped)' "$log" | tail -1)
         num() { echo "$summary" | grep -oE "[0-9]+ $1" | grep -oE '[0-9]+' || echo 0; }
@@ -106,6 +109,8 @@ if [ -n "$pyfiles" ]; then
             echo "---- pytest exited $rc"; tail -60 "$log"
         fi
         printf '%-44s %3d passed %3d failed %3d skipped\n' "pytest" "$p" "$f" "$s"
+        echo "slowest Python tests:"
+        sed -n '/slowest 20 durations/,/^$/p' "$log" | grep -E '^[0-9.]+s ' | sed 's/^/  /'
     fi
 fi
 
