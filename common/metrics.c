@@ -237,10 +237,23 @@ static int putf(proto_buf *b, const char *fmt, ...) {
     return proto_buf_append(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1) == LLMQ_OK ? 0 : -1;
 }
 
+/* v as the shortest of %.15g, %.16g, %.17g that strtod reads back as v
+ * exactly (%.17g always does): 0.1 prints "0.1", not
+ * "0.10000000000000001", so a query that matches le="0.1" finds the bucket,
+ * as with Prometheus' own clients.  buf: at least 32 bytes. */
+static void num_shortest(char *buf, size_t cap, double v) {
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(buf, cap, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) return;
+    }
+}
+
 static int put_num(proto_buf *b, double v) {
     if (isnan(v)) return put(b, "NaN");
     if (isinf(v)) return put(b, v > 0 ? "+Inf" : "-Inf");
-    return putf(b, "%.17g", v);
+    char num[32];
+    num_shortest(num, sizeof num, v);
+    return put(b, num);
 }
 
 /* Escape a label value: backslash, double quote and newline. */
@@ -287,10 +300,10 @@ char *metrics_render(metrics *m, size_t *len) {
             }
             unsigned long long cum = 0;
             for (size_t i = 0; i <= f->n_bounds && !e; i++) {
-                char le[64];
+                char le[64], num[32] = "+Inf";
                 cum += s->buckets[i];
-                if (i < f->n_bounds) snprintf(le, sizeof le, "le=\"%.17g\"", f->bounds[i]);
-                else snprintf(le, sizeof le, "le=\"+Inf\"");
+                if (i < f->n_bounds) num_shortest(num, sizeof num, f->bounds[i]);
+                snprintf(le, sizeof le, "le=\"%s\"", num);
                 e = put_series_name(&b, s, "_bucket", le) || putf(&b, "%llu\n", cum);
             }
             e = e || put_series_name(&b, s, "_sum", NULL) || put_num(&b, s->sum) || put(&b, "\n") ||

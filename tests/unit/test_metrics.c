@@ -49,12 +49,40 @@ static void test_histogram(void **state) {
     metric_observe(s, 100);
     assert_true(metric_value(s) == 4);
     char *txt = metrics_render(m, NULL);
-    assert_non_null(strstr(txt, "lat_seconds_bucket{model=\"m1\",le=\"0.10000000000000001\"} 2\n"));
+    assert_non_null(strstr(txt, "lat_seconds_bucket{model=\"m1\",le=\"0.1\"} 2\n"));
     assert_non_null(strstr(txt, "lat_seconds_bucket{model=\"m1\",le=\"1\"} 2\n"));
     assert_non_null(strstr(txt, "lat_seconds_bucket{model=\"m1\",le=\"10\"} 3\n"));
     assert_non_null(strstr(txt, "lat_seconds_bucket{model=\"m1\",le=\"+Inf\"} 4\n"));
-    assert_non_null(strstr(txt, "lat_seconds_sum{model=\"m1\"} 105.15000000000001\n"));
+    assert_non_null(strstr(txt, "lat_seconds_sum{model=\"m1\"} 105.15\n"));
     assert_non_null(strstr(txt, "lat_seconds_count{model=\"m1\"} 4\n"));
+    free(txt);
+    metrics_destroy(m);
+}
+
+/* Bucket bounds and values print as the shortest text that reads back as
+ * the same double, as Prometheus' own clients write them: a rule or a
+ * dashboard that matches le="0.1" must find the bucket.  The expected texts
+ * are Python's repr() of the same doubles. */
+static void test_shortest_numbers(void **state) {
+    (void)state;
+    metrics *m = metrics_create();
+    const double b[] = {1e-7, 0.001, 0.0025, 0.1, 0.3, 0.1 + 0.2, 2.5, 123456789012345678.0};
+    metric *s = metric_get(metrics_histogram(m, "h_seconds", "", NULL, b, sizeof b / sizeof b[0]));
+    metric *g = metric_get(metrics_gauge(m, "g", "", NULL));
+    metric_set(g, 1.0 / 3);
+    metric_observe(s, 0.1);
+    metric_observe(s, 0.2);
+    char *txt = metrics_render(m, NULL);
+    assert_non_null(txt);
+    static const char *const want[] = {
+        "h_seconds_bucket{le=\"0.001\"} 0\n", "h_seconds_bucket{le=\"0.0025\"} 0\n",
+        "h_seconds_bucket{le=\"0.1\"} 1\n", "h_seconds_bucket{le=\"0.3\"} 2\n",
+        "h_seconds_bucket{le=\"2.5\"} 2\n", "h_seconds_bucket{le=\"1e-07\"} 0\n",
+        "h_seconds_bucket{le=\"1.2345678901234568e+17\"} 2\n",
+        "h_seconds_bucket{le=\"0.30000000000000004\"} 2\n", /* 0.1 + 0.2 is not 0.3 */
+        "h_seconds_sum 0.30000000000000004\n", "g 0.3333333333333333\n"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(txt, want[i])) fail_msg("missing %s in:\n%s", want[i], txt);
     free(txt);
     metrics_destroy(m);
 }
@@ -81,6 +109,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counter_gauge_render),
         cmocka_unit_test(test_histogram),
+        cmocka_unit_test(test_shortest_numbers),
         cmocka_unit_test(test_bad_registrations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
