@@ -215,6 +215,29 @@ void proto_request_init(proto_request *r) {
     r->presence_penalty = NAN;
     r->frequency_penalty = NAN;
     r->logprobs = PROTO_UNSET;
+    r->op = PROTO_OP_GENERATE;
+    r->add_special_tokens = PROTO_UNSET;
+}
+
+static const char *const op_names[] = {
+    [PROTO_OP_GENERATE] = "generate", [PROTO_OP_TOKENIZE] = "tokenize", [PROTO_OP_DETOKENIZE] = "detokenize"};
+
+const char *proto_op_name(proto_op op) {
+    if ((unsigned)op >= sizeof op_names / sizeof op_names[0]) return op_names[PROTO_OP_GENERATE];
+    return op_names[op];
+}
+
+/* `op`: one of op_names.  An unknown operation is an error rather than a
+ * generation: a client that asked for something else must not get text. */
+static llmq_status read_op(const msgpack_object *v, proto_op *op, llmq_err *err) {
+    if (v->type != MSGPACK_OBJECT_STR) return wrong_type(err, "op", "a string", v);
+    for (size_t i = 0; i < sizeof op_names / sizeof op_names[0]; i++)
+        if (strlen(op_names[i]) == v->via.str.size && !memcmp(op_names[i], v->via.str.ptr, v->via.str.size)) {
+            *op = (proto_op)i;
+            return LLMQ_OK;
+        }
+    return llmq_err_set(err, LLMQ_ERR_INVALID, "field 'op': unknown operation '%.*s' (generate, tokenize, detokenize)",
+                        v->via.str.size > 32 ? 32 : (int)v->via.str.size, v->via.str.ptr);
 }
 
 static void free_messages(proto_message *m, size_t n) {
@@ -368,6 +391,13 @@ static llmq_status request_field(proto_request *r, const msgpack_object *k, cons
     }
     if (key_is(k, "deadline_ms")) return read_int(v, "deadline_ms", 0, INT64_MAX, &r->deadline_ms, err);
     if (key_is(k, "ignore_eos")) return read_bool(v, "ignore_eos", &r->ignore_eos, err);
+    if (key_is(k, "op")) return read_op(v, &r->op, err);
+    if (key_is(k, "add_special_tokens")) {
+        bool b = false;
+        llmq_status st = read_bool(v, "add_special_tokens", &b, err);
+        if (st == LLMQ_OK) r->add_special_tokens = b;
+        return st;
+    }
     if (key_is(k, "stop")) {
         if (r->stop) return llmq_err_set(err, LLMQ_ERR_INVALID, "field 'stop': given twice");
         return read_stop(r, v, err);
@@ -424,7 +454,7 @@ llmq_status proto_request_validate(const proto_request *r, llmq_err *err) {
         if (text > PROTO_MAX_PROMPT_BYTES) BAD("messages contents are longer than %d bytes", PROTO_MAX_PROMPT_BYTES);
         break;
     case PROTO_PROMPT_IDS:
-        if (r->n_prompt_ids == 0) BAD("prompt_ids must not be empty");
+        if (r->n_prompt_ids == 0 && r->op != PROTO_OP_DETOKENIZE) BAD("prompt_ids must not be empty");
         if (r->n_prompt_ids > PROTO_MAX_PROMPT_IDS) BAD("prompt_ids has more than %d entries", PROTO_MAX_PROMPT_IDS);
         break;
     default: BAD("one of prompt, messages, prompt_ids is required");
@@ -454,6 +484,11 @@ llmq_status proto_request_validate(const proto_request *r, llmq_err *err) {
     for (size_t i = 0; i < r->n_prompt_ids; i++)
         if (r->prompt_ids[i] < 0) BAD("prompt_ids must be >= 0");
     if (r->deadline_ms < 0) BAD("deadline_ms must be a Unix time in milliseconds");
+    if ((unsigned)r->op > PROTO_OP_DETOKENIZE) BAD("op must be generate, tokenize or detokenize");
+    if (r->op == PROTO_OP_TOKENIZE && r->kind == PROTO_PROMPT_IDS) BAD("op tokenize takes prompt or messages");
+    if (r->op == PROTO_OP_DETOKENIZE && r->kind != PROTO_PROMPT_IDS) BAD("op detokenize takes prompt_ids");
+    if (r->add_special_tokens != PROTO_UNSET && r->add_special_tokens != 0 && r->add_special_tokens != 1)
+        BAD("add_special_tokens must be a boolean");
     return LLMQ_OK;
 #undef BAD
 }
@@ -492,6 +527,8 @@ llmq_status proto_request_encode(const proto_request *r, proto_buf *out, llmq_er
     n += r->logprobs != PROTO_UNSET;
     n += r->deadline_ms > 0;
     n += r->priority != 0;
+    n += r->op != PROTO_OP_GENERATE;
+    n += r->add_special_tokens != PROTO_UNSET;
 
     size_t start = out->len;
     msgpack_packer pk;
@@ -536,6 +573,10 @@ llmq_status proto_request_encode(const proto_request *r, proto_buf *out, llmq_er
     if (r->logprobs != PROTO_UNSET) e = e || pack_cstr(&pk, "logprobs") || msgpack_pack_int64(&pk, r->logprobs);
     if (r->deadline_ms > 0) e = e || pack_cstr(&pk, "deadline_ms") || msgpack_pack_int64(&pk, r->deadline_ms);
     if (r->priority != 0) e = e || pack_cstr(&pk, "priority") || msgpack_pack_int64(&pk, r->priority);
+    if (r->op != PROTO_OP_GENERATE) e = e || pack_cstr(&pk, "op") || pack_cstr(&pk, proto_op_name(r->op));
+    if (r->add_special_tokens != PROTO_UNSET)
+        e = e || pack_cstr(&pk, "add_special_tokens") ||
+            (r->add_special_tokens ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
     if (e) {
         out->len = start;
         return llmq_err_set(err, LLMQ_ERR_NOMEM, "encoding request: out of memory");
@@ -553,6 +594,7 @@ void proto_chunk_deinit(proto_chunk *c) {
     free(c->ids);
     free(c->finish);
     free(c->error);
+    free(c->code);
     free(c->lp);
     free(c->lp_top_pool);
     free(c->lp_bytes_pool);
@@ -723,6 +765,10 @@ llmq_status proto_chunk_decode(proto_chunk *c, const void *buf, size_t len, llmq
                 int64_t x = 0;
                 st = read_int(v, "status", 0, 999, &x, err);
                 c->error_status = (int32_t)x;
+            } else if (key_is(k, "code")) {
+                st = read_str(v, "code", 64, 1, &c->code, NULL, err);
+            } else if (key_is(k, "max_model_len")) {
+                st = read_int(v, "max_model_len", 0, INT64_MAX, &c->max_model_len, err);
             } else if (key_is(k, "lp")) {
                 st = read_lp(c, v, &n_lp, err);
             }
@@ -765,7 +811,8 @@ llmq_status proto_chunk_encode(const proto_chunk *c, proto_buf *out, llmq_err *e
         if (c->lp[i].n_top > PROTO_MAX_LOGPROBS)
             return llmq_err_set(err, LLMQ_ERR_INVALID, "encoding chunk: 'lp' entry %zu has more than %d alternatives",
                                 i, PROTO_MAX_LOGPROBS);
-    size_t n = 3 + !!c->finish + c->has_usage + !!c->error + (c->error_status != 0) + c->has_lp;
+    size_t n = 3 + !!c->finish + c->has_usage + !!c->error + (c->error_status != 0) + !!c->code +
+               (c->max_model_len > 0) + c->has_lp;
     size_t start = out->len;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_write);
@@ -780,6 +827,8 @@ llmq_status proto_chunk_encode(const proto_chunk *c, proto_buf *out, llmq_err *e
             msgpack_pack_int64(&pk, c->usage.completion_tokens);
     if (c->error) e = e || pack_cstr(&pk, "error") || pack_cstr(&pk, c->error);
     if (c->error_status) e = e || pack_cstr(&pk, "status") || msgpack_pack_int64(&pk, c->error_status);
+    if (c->code) e = e || pack_cstr(&pk, "code") || pack_cstr(&pk, c->code);
+    if (c->max_model_len > 0) e = e || pack_cstr(&pk, "max_model_len") || msgpack_pack_int64(&pk, c->max_model_len);
     if (c->has_lp) e = e || pack_cstr(&pk, "lp") || pack_lp(&pk, c->lp, c->n_ids);
     if (e) {
         out->len = start;

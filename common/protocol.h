@@ -87,6 +87,18 @@ typedef struct proto_message {
 
 #define PROTO_UNSET (-1)  /* integer fields: not given */
 
+/* What a request asks of the worker (key `op`).  Absent means generate;
+ * tokenize and detokenize are answered at admission with one final chunk
+ * (no KV cache, no generation), for the gateway's /tokenize and /detokenize. */
+typedef enum proto_op {
+    PROTO_OP_GENERATE = 0,       /* "generate": the default */
+    PROTO_OP_TOKENIZE,           /* "tokenize": `prompt` or `messages` -> the chunk's ids */
+    PROTO_OP_DETOKENIZE,         /* "detokenize": `prompt_ids` -> the chunk's text */
+} proto_op;
+
+/* "generate", "tokenize", "detokenize" ("generate" for anything else). */
+const char *proto_op_name(proto_op op);
+
 /*
  * A decoded (or to-be-encoded) request.  Field names and meanings follow
  * the msgpack keys one to one (docs/protocol.md §request).  Floats that are
@@ -127,6 +139,10 @@ typedef struct proto_request {
     int64_t deadline_ms;         /* absolute Unix time in ms after which the job ends
                                     with finish "deadline"; 0 = none */
     int32_t priority;            /* higher is admitted first among waiting jobs; default 0 */
+    proto_op op;                 /* key `op`; PROTO_OP_GENERATE when absent */
+    int32_t add_special_tokens;  /* key `add_special_tokens` (bool): 1 / 0, PROTO_UNSET = the
+                                    worker's default (1 for `prompt`, 0 for `messages`, whose
+                                    template holds BOS, as vLLM) */
 } proto_request;
 
 /* Set every field to its default (nothing owned). */
@@ -217,6 +233,11 @@ typedef struct proto_chunk {
     int32_t error_status;        /* with error: 400 when the request was at fault (bad
                                     parameters, prompt too long), 500 otherwise; 0 = not
                                     given (readers treat it as 500).  Key `status`. */
+    char *code;                  /* NULL, or with error: a machine-readable code for the
+                                    client's error object (OpenAI's `code`), e.g.
+                                    "context_length_exceeded".  Key `code`. */
+    int64_t max_model_len;       /* 0 = not given; on the final chunk of a tokenize job: the
+                                    model's context length in tokens.  Key `max_model_len`. */
     bool has_lp;                 /* key `lp` present: the job asked for logprobs */
     proto_lp *lp;                /* with has_lp: n_ids entries, lp[i] for ids[i] (NULL when n_ids == 0) */
     /* decoded chunks only: the storage lp[].top and the bytes point into */

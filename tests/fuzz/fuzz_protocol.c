@@ -47,7 +47,8 @@ static void check_request_equal(const proto_request *a, const proto_request *b) 
                        !memcmp(a->prompt_ids, b->prompt_ids, a->n_prompt_ids * sizeof *a->prompt_ids),
                    "prompt_ids changed");
     fuzz_check(a->max_tokens == b->max_tokens && a->top_k == b->top_k && a->logprobs == b->logprobs &&
-                   a->priority == b->priority && a->deadline_ms == b->deadline_ms && a->ignore_eos == b->ignore_eos,
+                   a->priority == b->priority && a->deadline_ms == b->deadline_ms && a->ignore_eos == b->ignore_eos &&
+                   a->op == b->op && a->add_special_tokens == b->add_special_tokens,
                "an integer field changed");
     fuzz_check(num_eq(a->temperature, b->temperature) && num_eq(a->top_p, b->top_p) && num_eq(a->min_p, b->min_p) &&
                    num_eq(a->repetition_penalty, b->repetition_penalty) &&
@@ -97,7 +98,7 @@ static void fuzz_chunk(const uint8_t *data, size_t size) {
     proto_chunk c, back;
     llmq_err err;
     if (proto_chunk_decode(&c, data, size, &err) != LLMQ_OK) {
-        fuzz_check(!c.text && !c.ids && !c.finish && !c.error && !c.lp && !c.lp_top_pool && !c.lp_bytes_pool,
+        fuzz_check(!c.text && !c.ids && !c.finish && !c.error && !c.code && !c.lp && !c.lp_top_pool && !c.lp_bytes_pool,
                    "failed chunk decode left data");
         return;
     }
@@ -110,7 +111,8 @@ static void fuzz_chunk(const uint8_t *data, size_t size) {
                "chunk seq/text changed");
     fuzz_check(back.n_ids == c.n_ids && (!c.n_ids || !memcmp(back.ids, c.ids, c.n_ids * sizeof *c.ids)),
                "chunk ids changed");
-    fuzz_check(str_eq(back.finish, c.finish) && str_eq(back.error, c.error) && back.error_status == c.error_status,
+    fuzz_check(str_eq(back.finish, c.finish) && str_eq(back.error, c.error) && back.error_status == c.error_status &&
+                   str_eq(back.code, c.code) && back.max_model_len == c.max_model_len,
                "chunk finish/error changed");
     fuzz_check(back.has_usage == c.has_usage && back.usage.prompt_tokens == c.usage.prompt_tokens &&
                    back.usage.completion_tokens == c.usage.completion_tokens,

@@ -472,6 +472,70 @@ static void test_request_limits(void **state) {
     free(stop_long);
 }
 
+/* `op` and `add_special_tokens` (the /tokenize and /detokenize jobs): absent
+ * means generate and the worker's default; packed by hand as a client that
+ * is not libllmq would; an unknown operation is refused, never generated. */
+static void pack_op_bogus(msgpack_packer *pk) { pk_str(pk, "embed"); }
+static void pack_op_tokenize(msgpack_packer *pk) { pk_str(pk, "tokenize"); }
+static void pack_true(msgpack_packer *pk) { msgpack_pack_true(pk); }
+
+static void test_request_op(void **state) {
+    (void)state;
+    proto_request r;
+    llmq_err err;
+    proto_buf b;
+    proto_buf_init(&b);
+    build_req_with(&b, "op", pack_op_tokenize);
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_OK);
+    assert_int_equal(r.op, PROTO_OP_TOKENIZE);
+    assert_int_equal(r.add_special_tokens, PROTO_UNSET);
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_OK);
+    proto_request_deinit(&r);
+    assert_int_equal(r.op, PROTO_OP_GENERATE); /* deinit resets to the default */
+    proto_buf_reset(&b);
+    build_req_with(&b, "add_special_tokens", pack_true);
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_OK);
+    assert_int_equal(r.op, PROTO_OP_GENERATE);
+    assert_int_equal(r.add_special_tokens, 1);
+    proto_request_deinit(&r);
+    proto_buf_deinit(&b);
+    expect_field_error("op", pack_op_bogus, LLMQ_ERR_INVALID, "field 'op': unknown operation 'embed'");
+    expect_field_error("op", pack_int, LLMQ_ERR_INVALID, "field 'op': expected a string");
+    expect_field_error("add_special_tokens", pack_int, LLMQ_ERR_INVALID, "field 'add_special_tokens': expected a boolean");
+
+    /* round trip; detokenize of no ids is valid (it gives ""), tokenize of ids is not */
+    proto_request in;
+    proto_request_init(&in);
+    in.model = (char *)"m";
+    in.kind = PROTO_PROMPT_IDS;
+    in.op = PROTO_OP_DETOKENIZE;
+    in.add_special_tokens = 0;
+    assert_int_equal(proto_request_validate(&in, &err), LLMQ_OK);
+    proto_buf_init(&b);
+    assert_int_equal(proto_request_encode(&in, &b, &err), LLMQ_OK);
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_OK);
+    assert_int_equal(r.op, PROTO_OP_DETOKENIZE);
+    assert_int_equal(r.add_special_tokens, 0);
+    assert_int_equal(r.n_prompt_ids, 0);
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_OK);
+    proto_request_deinit(&r);
+    in.op = PROTO_OP_GENERATE;
+    assert_int_equal(proto_request_validate(&in, &err), LLMQ_ERR_INVALID); /* empty prompt_ids */
+    int32_t one = 1;
+    in.prompt_ids = &one;
+    in.n_prompt_ids = 1;
+    in.op = PROTO_OP_TOKENIZE;
+    assert_int_equal(proto_request_validate(&in, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "tokenize takes prompt or messages"));
+    in.op = PROTO_OP_DETOKENIZE;
+    in.kind = PROTO_PROMPT_TEXT;
+    in.prompt = (char *)"hi";
+    assert_int_equal(proto_request_validate(&in, &err), LLMQ_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "detokenize takes prompt_ids"));
+    assert_string_equal(proto_op_name(PROTO_OP_TOKENIZE), "tokenize");
+    proto_buf_deinit(&b);
+}
+
 /* ---------------------------------------------------------------- chunks */
 
 static void test_chunk_roundtrip(void **state) {
@@ -521,7 +585,21 @@ static void test_chunk_roundtrip(void **state) {
     assert_int_equal(out.usage.completion_tokens, 3);
     assert_string_equal(out.error, "prompt longer than the context (600 > 512 tokens)");
     assert_int_equal(out.error_status, 400);
+    assert_null(out.code);
+    assert_int_equal(out.max_model_len, 0);
     proto_chunk_deinit(&out);
+
+    /* the error's code, and a tokenize answer's max_model_len */
+    in.code = (char *)"context_length_exceeded";
+    in.max_model_len = 512;
+    proto_buf_reset(&b);
+    assert_int_equal(proto_chunk_encode(&in, &b, &err), LLMQ_OK);
+    assert_int_equal(proto_chunk_decode(&out, b.data, b.len, &err), LLMQ_OK);
+    assert_string_equal(out.code, "context_length_exceeded");
+    assert_int_equal(out.max_model_len, 512);
+    assert_int_equal(out.error_status, 400);
+    proto_chunk_deinit(&out);
+    assert_null(out.code);
 
     for (size_t n = 0; n < b.len; n++) assert_int_equal(proto_chunk_decode(&out, b.data, n, &err), LLMQ_ERR_FORMAT);
     proto_buf_deinit(&b);
@@ -785,6 +863,7 @@ int main(void) {
         cmocka_unit_test(test_request_truncated_and_garbage),
         cmocka_unit_test(test_request_validate_ranges),
         cmocka_unit_test(test_request_limits),
+        cmocka_unit_test(test_request_op),
         cmocka_unit_test(test_chunk_roundtrip),
         cmocka_unit_test(test_chunk_errors),
         cmocka_unit_test(test_chunk_logprobs_roundtrip),
