@@ -67,9 +67,12 @@ typedef struct lt_config {
     int progress;                /* 0: no progress line */
 } lt_config;
 
-/* One token-carrying chunk (an SSE event with text, a protocol chunk with ids). */
+/* One token-carrying chunk (an SSE event with text, a protocol chunk with ids).
+ * Its time is the raw clock value, like t_start and t_end: every figure is a
+ * difference of these doubles, rounded only when printed, so that e.g. TTFT
+ * can never exceed E2E through rounding. */
 typedef struct lt_chunk {
-    float t_ms;                  /* arrival, ms after the request's t_start */
+    double t;                    /* arrival, monotonic s */
     uint32_t n_tokens;           /* tokens it carried (1 per SSE event) */
 } lt_chunk;
 
@@ -103,6 +106,15 @@ typedef struct lt_req {
 static inline int64_t lt_req_out_tokens(const lt_req *r) {
     return r->usage_completion >= 0 ? r->usage_completion : r->counted_tokens;
 }
+
+/* The per-request figures (ms) of a finished request, computed from its clock
+ * values in one place for the summary and the JSON record alike.  NAN where
+ * a figure does not exist: TTFT without a token-carrying chunk, TPOT unless
+ * streaming (itl_valid) with more than one output token. */
+typedef struct lt_req_fig {
+    double ttft_ms, tpot_ms, e2e_ms;
+} lt_req_fig;
+lt_req_fig lt_req_figures(const lt_req *r, int itl_valid);
 
 /* ---------------------------------------------------------------- targets */
 

@@ -115,16 +115,14 @@ static json_t *config_json(const lt_config *cfg) {
 
 static json_t *request_json(const lt_run *run, const lt_req *r, int itl_valid) {
     int64_t out = lt_req_out_tokens(r);
-    double e2e = (r->t_end - r->t_start) * 1e3;
-    double ttft = r->n_chunks ? r->chunks[0].t_ms : NAN;
-    double tpot = itl_valid && r->ok && r->n_chunks && out > 1 ? (e2e - ttft) / (double)(out - 1) : NAN;
+    lt_req_fig fig = lt_req_figures(r, itl_valid);
     json_t *o = json_pack("{s:I, s:o, s:o, s:i, s:i, s:I, s:o, s:I, s:o, s:o, s:o, s:b}", "index", (json_int_t)r->index,
                           "sched_s", num(r->t_sched - run->t0), "start_s", num(r->t_start - run->t0), "prompt_tokens",
                           r->prompt_tokens, "max_tokens", r->max_tokens, "output_tokens", (json_int_t)out,
                           "usage_completion_tokens",
                           r->usage_completion >= 0 ? json_integer((json_int_t)r->usage_completion) : json_null(),
-                          "chunks", (json_int_t)r->n_chunks, "ttft_ms", num(ttft), "tpot_ms", num(tpot), "e2e_ms",
-                          num(r->t_end > 0 ? e2e : NAN), "ok", r->ok);
+                          "chunks", (json_int_t)r->n_chunks, "ttft_ms", num(fig.ttft_ms), "tpot_ms", num(fig.tpot_ms),
+                          "e2e_ms", num(fig.e2e_ms), "ok", r->ok);
     if (!o) return json_null();
     json_object_set_new(o, "error", r->ok ? json_null() : json_string(r->err_kind));
     if (!r->ok && r->err_msg) json_object_set_new(o, "error_message", json_string(r->err_msg));

@@ -102,11 +102,20 @@ void lt_req_tokens(lt_req *r, double t, uint32_t n_tokens) {
         r->chunks = c;
         r->cap_chunks = nc;
     }
-    r->chunks[r->n_chunks].t_ms = (float)((t - r->t_start) * 1e3);
+    r->chunks[r->n_chunks].t = t;
     r->chunks[r->n_chunks].n_tokens = n_tokens;
     r->n_chunks++;
     r->counted_tokens += n_tokens;
     r->run->tokens_in += n_tokens;
+}
+
+lt_req_fig lt_req_figures(const lt_req *r, int itl_valid) {
+    lt_req_fig f = {NAN, NAN, NAN};
+    if (r->t_end > 0) f.e2e_ms = (r->t_end - r->t_start) * 1e3;
+    if (r->n_chunks) f.ttft_ms = (r->chunks[0].t - r->t_start) * 1e3;
+    int64_t out = lt_req_out_tokens(r);
+    if (itl_valid && r->ok && r->n_chunks && out > 1) f.tpot_ms = (f.e2e_ms - f.ttft_ms) / (double)(out - 1);
+    return f;
 }
 
 void lt_req_usage(lt_req *r, int64_t prompt_tokens, int64_t completion_tokens) {

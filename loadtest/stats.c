@@ -83,7 +83,7 @@ static llmq_status timeline(lt_summary *s, const lt_run *run) {
         else s->timeline[eb].failed++;
         if (r->ok)
             for (uint32_t c = 0; c < r->n_chunks; c++) {
-                double t = st + r->chunks[c].t_ms * 1e-3;
+                double t = r->chunks[c].t - run->t0;
                 size_t b = t > 0 && t / bs < (double)nb ? (size_t)(t / bs) : (t <= 0 ? 0 : nb - 1);
                 s->timeline[b].output_tokens += r->chunks[c].n_tokens;
             }
@@ -126,22 +126,18 @@ llmq_status lt_summary_compute(lt_summary *s, const lt_run *run, llmq_err *err) 
         s->total_input_tokens += r->prompt_tokens;
         s->total_output_tokens += out;
         if (out != r->max_tokens) s->token_mismatches++;
-        double e2e = (r->t_end - r->t_start) * 1e3;
+        lt_req_fig fig = lt_req_figures(r, s->itl_valid);
+        double e2e = fig.e2e_ms, ttft = fig.ttft_ms, tpot = fig.tpot_ms;
         s->e2e.sorted[s->e2e.n++] = e2e;
-        double ttft = r->n_chunks ? r->chunks[0].t_ms : -1;
-        if (ttft >= 0) s->ttft.sorted[s->ttft.n++] = ttft;
-        double tpot = 0;
-        if (s->itl_valid && ttft >= 0 && out > 1) {
-            tpot = (e2e - ttft) / (double)(out - 1);
-            s->tpot.sorted[s->tpot.n++] = tpot;
-        }
+        if (!isnan(ttft)) s->ttft.sorted[s->ttft.n++] = ttft;
+        if (!isnan(tpot)) s->tpot.sorted[s->tpot.n++] = tpot;
         if (s->itl_valid)
             for (uint32_t c = 1; c < r->n_chunks; c++)
-                s->itl.sorted[s->itl.n++] = (double)r->chunks[c].t_ms - (double)r->chunks[c - 1].t_ms;
+                s->itl.sorted[s->itl.n++] = (r->chunks[c].t - r->chunks[c - 1].t) * 1e3;
         if (cfg->has_slo) {
             int good = 1;
-            if (cfg->slo.ttft_ms > 0 && !(ttft >= 0 && ttft <= cfg->slo.ttft_ms)) good = 0;
-            if (cfg->slo.tpot_ms > 0 && tpot > cfg->slo.tpot_ms) good = 0;
+            if (cfg->slo.ttft_ms > 0 && !(ttft <= cfg->slo.ttft_ms)) good = 0; /* NAN: no token, not good */
+            if (cfg->slo.tpot_ms > 0 && tpot > cfg->slo.tpot_ms) good = 0; /* NAN compares false: no TPOT, no limit */
             if (cfg->slo.e2e_ms > 0 && e2e > cfg->slo.e2e_ms) good = 0;
             s->good += good;
         }
