@@ -165,13 +165,48 @@ static void test_from_tokenizer(void **state) {
     chat_template_deinit(&ct);
     tok_destroy(t);
 
-    /* a model without a chat template: a clear error that says how to choose one */
+    /* a model without a chat template: the documented default, chatml as
+     * transformers' old class default rendered it (no system message) */
     snprintf(dir, sizeof dir, "%s/tests/fixtures/tokenizers/bl-roberta", tu_root());
     t = tok_load(dir, &err);
     assert_non_null(t);
-    assert_int_equal(chat_template_from_tokenizer(&ct, t, NULL, &err), LLMQ_ERR_UNSUPPORTED);
-    assert_non_null(strstr(err.msg, "chat_template"));
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, NULL, &err), LLMQ_OK);
+    assert_int_equal(ct.family, CHAT_CHATML);
+    assert_int_equal(ct.source, CHAT_SRC_DEFAULT);
+    assert_null(ct.default_system);
+    chat_msg hi[] = {{"user", "Hi"}};
+    assert_int_equal(chat_render(&ct, hi, 1, 1, &out, &len, &err), LLMQ_OK);
+    assert_string_equal(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    free(out);
+    char line[256];
+    chat_template_describe(&ct, NULL, line, sizeof line);
+    assert_non_null(strstr(line, "the default"));
+    chat_template_deinit(&ct);
+
+    /* --chat-template FILE: the family detected in the file; a file of an
+     * unknown family and a name that is neither are errors naming no path */
+    char *tmp = tu_mkdtemp();
+    char file[4200];
+    snprintf(file, sizeof file, "%s/t.jinja", tmp);
+    const char *l3 = "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>{{ m['content'] }}"
+                     "<|eot_id|>{% endfor %}";
+    assert_int_equal(tu_write_file(file, l3, strlen(l3)), 0);
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, file, &err), LLMQ_OK);
+    assert_int_equal(ct.family, CHAT_LLAMA3);
+    assert_int_equal(ct.source, CHAT_SRC_FILE);
+    chat_template_describe(&ct, file, line, sizeof line);
+    assert_non_null(strstr(line, "t.jinja"));
+    chat_template_deinit(&ct);
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, l3, &err), LLMQ_OK); /* inline text */
+    assert_int_equal(ct.family, CHAT_LLAMA3);
+    assert_int_equal(ct.source, CHAT_SRC_TEXT);
+    chat_template_deinit(&ct);
+    assert_int_equal(tu_write_file(file, "{{ messages }} USER: ASSISTANT:", 31), 0);
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, file, &err), LLMQ_ERR_UNSUPPORTED);
+    assert_null(strstr(err.msg, tmp));
     assert_non_null(strstr(err.msg, "llama-3"));
+    tu_rmtree(tmp);
+    free(tmp);
     tok_destroy(t);
 }
 
@@ -208,6 +243,16 @@ static void test_chatml_default_system(void **state) {
     assert_non_null(ct.default_system);
     assert_string_equal(ct.default_system, "You are a helpful assistant.");
     chat_template_deinit(&ct);
+    tok_destroy(t);
+    /* a template of no known family: the error (which reaches clients) names no path */
+    cfg = json_pack("{s:s}", "chat_template", "{{ messages }} USER: ASSISTANT:");
+    assert_int_equal(json_dump_file(cfg, dst, 0), 0);
+    json_decref(cfg);
+    t = tok_load(dir, &err);
+    assert_non_null(t);
+    assert_int_equal(chat_template_from_tokenizer(&ct, t, NULL, &err), LLMQ_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "--chat-template"));
+    assert_null(strstr(err.msg, "/"));
     tok_destroy(t);
     json_decref(all);
     tu_rmtree(dir);

@@ -245,14 +245,16 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         llmq_err ce = {0};
         if (chat_template_from_tokenizer(&sv->ct, sv->rt->tok, o->chat_template, &ce) == LLMQ_OK) {
             sv->has_ct = 1;
-            log_info("chat template: %s", chat_family_name(sv->ct.family));
+            char how[512];
+            chat_template_describe(&sv->ct, o->chat_template, how, sizeof how);
+            log_info("chat template: %s", how);
         } else {
             snprintf(sv->ct_error, sizeof sv->ct_error, "%s", ce.msg);
             if (o->chat_template) {
                 st = llmq_err_set(err, ce.code, "%s", ce.msg);
                 goto out;
             }
-            log_warn("chat requests will fail: %s", ce.msg);
+            log_warn("%s: chat requests will fail: %s", o->model_dir, ce.msg);
         }
     } else {
         log_warn("%s has no tokenizer.json: only prompt_ids requests can run", o->model_dir);

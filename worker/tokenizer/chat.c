@@ -5,8 +5,10 @@
  * template trims content (`| trim`, `.strip()`) the trim is Python's str.strip(),
  * whose white space is Unicode White_Space plus U+001C..U+001F.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <utf8proc.h>
 
@@ -109,29 +111,75 @@ static char *chatml_default_system(const char *j) {
     return out;
 }
 
+/* A Jinja template file's text (malloc'd), or NULL when path is not a
+ * readable regular file of at most 1 MiB. */
+static char *read_template_file(const char *path) {
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size > (1 << 20)) return NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *s = malloc((size_t)sb.st_size + 1);
+    size_t n = s ? fread(s, 1, (size_t)sb.st_size, f) : 0;
+    fclose(f);
+    if (s) s[n] = '\0';
+    return s;
+}
+
 llmq_status chat_template_from_tokenizer(chat_template *ct, const tokenizer *t, const char *force,
                                          llmq_err *err) {
     const char *jinja = tok_chat_template(t);
+    char *file_text = NULL;
     chat_family f;
+    chat_source src = CHAT_SRC_MODEL;
     if (force && *force) {
+        src = CHAT_SRC_NAME;
         f = chat_family_by_name(force);
-        if (f == CHAT_UNKNOWN)
-            return llmq_err_set(err, LLMQ_ERR_INVALID, "unknown chat template '%s' (known: %s)", force,
-                                chat_family_names());
+        if (f == CHAT_UNKNOWN && (file_text = read_template_file(force))) {
+            src = CHAT_SRC_FILE;
+            jinja = file_text;
+        } else if (f == CHAT_UNKNOWN && (strstr(force, "{%") || strstr(force, "{{"))) {
+            src = CHAT_SRC_TEXT;
+            jinja = force;
+        } else if (f == CHAT_UNKNOWN) {
+            return llmq_err_set(err, LLMQ_ERR_INVALID,
+                                "unknown chat template '%s': neither a template name (%s) nor a readable file",
+                                force, chat_family_names());
+        }
+        if (src != CHAT_SRC_NAME && (f = chat_family_detect(jinja)) == CHAT_UNKNOWN) {
+            free(file_text);
+            return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
+                                "the chat template given is not one llmq knows; choose one of %s "
+                                "(--chat-template NAME)", chat_family_names());
+        }
     } else if (!jinja) {
-        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
-                            "%s: the model has no chat_template in tokenizer_config.json; "
-                            "choose one of %s (--chat-template NAME)", tok_path(t), chat_family_names());
+        src = CHAT_SRC_DEFAULT;
+        f = CHAT_DEFAULT_FAMILY;
     } else if ((f = chat_family_detect(jinja)) == CHAT_UNKNOWN) {
         return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
-                            "%s: the model's chat_template is not one llmq knows; choose one of %s "
-                            "(--chat-template NAME)", tok_path(t), chat_family_names());
+                            "the model's chat_template (tokenizer_config.json) is not one llmq knows; "
+                            "the worker needs --chat-template NAME, one of %s", chat_family_names());
     }
     char *sys = f == CHAT_CHATML && jinja ? chatml_default_system(jinja) : NULL;
     llmq_status st = chat_template_init(ct, f, tok_bos_token(t), tok_eos_token(t), sys);
     free(sys);
+    free(file_text);
     if (st) return llmq_err_set(err, st, "out of memory");
+    ct->source = src;
     return LLMQ_OK;
+}
+
+void chat_template_describe(const chat_template *ct, const char *force, char *buf, size_t cap) {
+    const char *name = chat_family_name(ct->family);
+    switch (ct->source) {
+    case CHAT_SRC_MODEL: snprintf(buf, cap, "%s (the model's, from tokenizer_config.json)", name); break;
+    case CHAT_SRC_NAME: snprintf(buf, cap, "%s (--chat-template %s)", name, force ? force : name); break;
+    case CHAT_SRC_FILE: snprintf(buf, cap, "%s (detected in the file --chat-template %s)", name, force ? force : "?"); break;
+    case CHAT_SRC_TEXT: snprintf(buf, cap, "%s (detected in the --chat-template text)", name); break;
+    case CHAT_SRC_DEFAULT:
+        snprintf(buf, cap, "%s (the default: the model has no chat template; --chat-template NAME or FILE "
+                 "chooses another)", name);
+        break;
+    }
 }
 
 /* ---------------------------------------------------------------- rendering */

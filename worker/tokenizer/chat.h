@@ -13,6 +13,13 @@
  * A model whose template is none of these, with no family forced, is an error
  * (LLMQ_ERR_UNSUPPORTED) that says how to force one.
  *
+ * A model with no chat template at all gets the default, chatml without a
+ * system message (CHAT_DEFAULT_FAMILY): the template transformers applied to
+ * such models for years (its class-level `default_chat_template`, removed in
+ * v4.43) and llama.cpp's fallback, so the prompts match what those tools gave
+ * the same model; the markers are plain text to a tokenizer that lacks them.
+ * Error messages name no file (they reach clients); the caller logs paths.
+ *
  * The rendered text already holds the BOS text where the family has it: encode it
  * with add_special = 0 (as apply_chat_template(tokenize=True) does).
  *
@@ -43,8 +50,20 @@ typedef struct chat_msg {
     const char *content; /* UTF-8, NUL-terminated */
 } chat_msg;
 
+#define CHAT_DEFAULT_FAMILY CHAT_CHATML
+
+/* Where a chat_template came from (for the worker's start-up log). */
+typedef enum chat_source {
+    CHAT_SRC_MODEL = 0,   /* the model's tokenizer_config.json chat_template */
+    CHAT_SRC_NAME,        /* forced by family name (--chat-template NAME) */
+    CHAT_SRC_FILE,        /* detected from a Jinja file (--chat-template FILE) */
+    CHAT_SRC_TEXT,        /* detected from Jinja text given inline (--chat-template '{% ... %}') */
+    CHAT_SRC_DEFAULT,     /* the model has none: CHAT_DEFAULT_FAMILY */
+} chat_source;
+
 typedef struct chat_template {
     chat_family family;
+    chat_source source;   /* set by chat_template_from_tokenizer (CHAT_SRC_MODEL otherwise) */
     char *bos;            /* BOS token text ("<s>", "<|begin_of_text|>"), owned, never NULL */
     char *eos;            /* EOS token text, owned, never NULL */
     char *default_system; /* chatml: system message used when none is given, or NULL */
@@ -62,12 +81,19 @@ const char *chat_family_names(void);
 /* Build from parts (bos/eos may be NULL = ""); default_system may be NULL. */
 llmq_status chat_template_init(chat_template *ct, chat_family f, const char *bos, const char *eos,
                                const char *default_system);
-/* Build from a tokenizer: family forced by name when force is non-NULL, else
- * detected from its tokenizer_config.json chat_template; BOS/EOS texts from
- * tokenizer_config.json.  Clear errors when neither gives a known family. */
+/* Build from a tokenizer.  force (may be NULL or ""): a family name, else the
+ * path of a file holding a Jinja chat template, else Jinja text itself (it
+ * has "{%" or "{{"); the family of a file or text is detected.  Without
+ * force: detected from the model's tokenizer_config.json chat_template, and
+ * CHAT_DEFAULT_FAMILY when the model has none.  BOS/EOS texts from
+ * tokenizer_config.json; ct->source says which of these it was.  Errors:
+ * LLMQ_ERR_INVALID (force is none of the three), LLMQ_ERR_UNSUPPORTED (a
+ * template of a family llmq does not know), each saying how to choose one. */
 llmq_status chat_template_from_tokenizer(chat_template *ct, const tokenizer *t, const char *force,
                                          llmq_err *err);
 void chat_template_deinit(chat_template *ct); /* NULL ok */
+/* One line for logs: "chatml (the default: the model has no chat template)". */
+void chat_template_describe(const chat_template *ct, const char *force, char *buf, size_t cap);
 
 /* Render n messages; with add_generation_prompt the text ends where the
  * assistant's answer starts.  *out is malloc'd, NUL-terminated, length *len. */
