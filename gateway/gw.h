@@ -155,5 +155,6 @@ void gw_route_jobs_events(gw *g, http_conn *c, http_request *req, const char *id
 void gw_route_jobs_cancel(gw *g, http_conn *c, http_request *req, const char *id);
 void gw_route_readyz(gw *g, http_conn *c, http_request *req);
 void gw_route_metrics(gw *g, http_conn *c, http_request *req);
+void gw_route_tok(gw *g, http_conn *c, http_request *req, int detok); /* POST /tokenize, /detokenize (routes_tok.c) */
 
 #endif

@@ -43,6 +43,7 @@ void gw_route(void *ud, http_conn *c, http_request *req) {
         if (m != HTTP_GET) return method_not_allowed(c, "GET");
         return gw_route_metrics(g, c, req);
     }
+    if (!strcmp(p, "/tokenize") || !strcmp(p, "/detokenize")) return gw_route_tok(g, c, req, p[1] == 'd');
     if (strncmp(p, "/v1/", 4) != 0) {
         req->route = "(unknown)";
         return gw_reply_error(c, 404, "invalid_request_error", NULL, "not_found", "no route for %s %s",

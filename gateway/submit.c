@@ -285,9 +285,7 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
         r->max_tokens = (int32_t)x;
     } else if (api == GW_API_COMPLETIONS) {
         r->max_tokens = maxcap < 16 ? (int32_t)maxcap : 16; /* OpenAI's default for completions */
-    } else if (g->cfg.max_tokens_limit > 0) {
-        r->max_tokens = g->cfg.max_tokens_limit;
-    }
+    } /* chat, jobs: absent = up to the context, as vLLM (the worker refuses a max_tokens that does not fit) */
     if (get_num(o, "temperature", &r->temperature, bad) < 0) return -1;
     if (get_num(o, "top_p", &r->top_p, bad) < 0) return -1;
     if (get_num(o, "min_p", &r->min_p, bad) < 0) return -1;
