@@ -5,6 +5,9 @@
 #
 #   docker build -f docker/gateway.Dockerfile -t llmq/gateway:0.1.0 .
 #
+# stunnel4 is the chart's TLS proxy to a rediss:// Redis (the gateway speaks
+# plain Redis: Debian's hiredis has no TLS); the chart runs it from this image.
+#
 # The image runs as UID 10001 (numeric, so that Kubernetes can check
 # runAsNonRoot) and writes nothing outside /tmp; on OpenShift any UID the SCC
 # assigns works the same.
@@ -30,7 +33,7 @@ FROM debian:${DEBIAN_RELEASE}-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libhiredis0.14 libev4 libmsgpackc2 libhttp-parser2.9 libjansson4 libgomp1 \
-      tini ca-certificates \
+      tini ca-certificates stunnel4 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin llmq
 COPY --from=build /out/llmq-gateway /usr/local/bin/llmq-gateway

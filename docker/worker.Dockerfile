@@ -5,6 +5,7 @@
 # It also holds the `llmq` CLI and two helper scripts:
 #   llmq-fetch-model   the model download init container (curl + jq)
 #   llmq-worker-ranks  starts a pod's share of the ranks of a multi-node group
+# and stunnel4, the chart's TLS proxy sidecar for a rediss:// Redis.
 #
 #   docker build -f docker/worker.Dockerfile -t llmq/worker:0.1.0 .
 #   docker build -f docker/worker.Dockerfile --build-arg CUDA_ARCHS="75 86" ...
@@ -48,7 +49,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libhiredis0.14 libmsgpackc2 libjansson4 \
       libpcre2-8-0 libxxhash0 libutf8proc2 libgomp1 \
-      tini curl jq ca-certificates \
+      tini curl jq ca-certificates stunnel4 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin llmq
 COPY --from=build /out/llmq-worker /out/llmq /usr/local/bin/

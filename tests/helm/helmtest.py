@@ -40,6 +40,12 @@ KUBE_VERSIONS = ("1.27", "1.33")
 # files never change, so read each once.
 kv_utils.schema_contents = functools.lru_cache(maxsize=None)(kv_utils.schema_contents)
 
+# The API groups of the cluster a render targets (Helm's --api-versions; the
+# chart reads them as .Capabilities.APIVersions). By default a cluster with
+# every operator the chart can use; render(..., apis=()) is a bare cluster.
+FULL_CLUSTER = ("keda.sh/v1alpha1", "leaderworkerset.x-k8s.io/v1",
+                "monitoring.coreos.com/v1", "route.openshift.io/v1")
+
 
 def merge(base, over):
     """Helm's coalescing of two values files: maps merge, the rest replaces."""
@@ -69,9 +75,17 @@ def _chart():
     return helm_python.Chart.load(str(CHART))
 
 
+def _render_raw(vals, apis):
+    """helm_python's Chart.render has no api_versions keyword; its C ABI
+    (helm_render's options, the same Go struct) takes them."""
+    opts = {"name": RELEASE, "namespace": NAMESPACE, "api_versions": list(apis)}
+    return json.loads(helm_python._native.call_string(
+        "helm_render", _chart()._raw(), json.dumps(vals), json.dumps(opts)))
+
+
 @functools.lru_cache(maxsize=None)
-def _render_cached(key):
-    manifests = _chart().render(json.loads(key), name=RELEASE, namespace=NAMESPACE)
+def _render_cached(key, apis):
+    manifests = _render_raw(json.loads(key), apis)
     docs = []
     for path, text in sorted(manifests.items()):
         if path.endswith("NOTES.txt"):
@@ -83,20 +97,20 @@ def _render_cached(key):
     return docs, manifests.get("llmq/templates/NOTES.txt", "")
 
 
-def render(vals=None):
+def render(vals=None, apis=FULL_CLUSTER):
     """Render with these values; returns the list of objects (deep copies)."""
-    docs, _ = _render_cached(json.dumps(vals or {}, sort_keys=True))
+    docs, _ = _render_cached(json.dumps(vals or {}, sort_keys=True), tuple(apis))
     return copy.deepcopy(docs)
 
 
-def notes(vals=None):
-    return _render_cached(json.dumps(vals or {}, sort_keys=True))[1]
+def notes(vals=None, apis=FULL_CLUSTER):
+    return _render_cached(json.dumps(vals or {}, sort_keys=True), tuple(apis))[1]
 
 
-def render_error(vals):
+def render_error(vals, apis=FULL_CLUSTER):
     """The message Helm refuses these values with (None when it renders)."""
     try:
-        _chart().render(vals, name=RELEASE, namespace=NAMESPACE)
+        _render_raw(vals, tuple(apis))
     except helm_python.HelmError as e:
         return str(e)
     return None

@@ -91,8 +91,10 @@ def test_secrets_are_referenced_never_inlined(name):
 def test_existing_redis_secret_is_not_generated():
     docs = ht.render({"redis": {"auth": {"existingSecret": "my-redis", "secretKey": "pw"}}})
     assert not ht.of_kind(docs, "Secret")
-    sts = ht.one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
-    assert ht.env(sts, "LLMQ_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"] == {"name": "my-redis", "key": "pw"}
+    spec = ht.one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    init = spec["initContainers"][0]  # writes redis-server's requirepass file
+    assert ht.env(init, "LLMQ_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"] == {"name": "my-redis", "key": "pw"}
+    assert ht.env(spec["containers"][0], "REDISCLI_AUTH")["valueFrom"]["secretKeyRef"] == {"name": "my-redis", "key": "pw"}
     assert ht.one(docs, "TriggerAuthentication")["spec"]["secretTargetRef"][0]["name"] == "my-redis"
 
 
@@ -105,7 +107,8 @@ def test_bundled_redis():
     args = c["args"]
     assert ht.arg(c, "--appendonly") == "yes"
     assert ht.arg(c, "--maxmemory-policy") == "noeviction"
-    assert ht.arg(c, "--requirepass") == "$(LLMQ_REDIS_PASSWORD)"
+    # The password comes from a file (test_helm_day_one.py), first argument.
+    assert c["args"][0] == "/run/redis-auth/auth.conf" and "--requirepass" not in args
     assert ht.arg(c, "--dir") == "/data" and "--appendfsync" in args
     claim, = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"

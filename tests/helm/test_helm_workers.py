@@ -114,7 +114,8 @@ def test_external_redis():
     assert not ht.of_kind(docs, "StatefulSet") and not ht.of_kind(docs, "Secret")
     assert not ht.of_kind(docs, "NetworkPolicy")
     (_, _, _, c), = workers(docs)
-    assert ht.arg(c, "--redis") == "rediss://redis.example.com:6380/2"
+    # rediss://: the worker talks to its pod's TLS proxy (test_helm_day_one.py).
+    assert ht.arg(c, "--redis") == "redis://127.0.0.1:6380/2"
     assert ht.env(c, "LLMQ_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"] == {"name": "ext", "key": "pw"}
     for t in ht.one(docs, "ScaledObject")["spec"]["triggers"]:
         md = t["metadata"]

@@ -50,9 +50,14 @@ app.kubernetes.io/part-of: llmq
 {{- end }}
 {{- end -}}
 
-{{/* Image reference: (dict "root" $ "image" .Values.gateway.image "llmq" true) */}}
+{{/*
+Image reference: (dict "root" $ "image" .Values.gateway.image "llmq" true
+["suffix" "-cpu"]). Every image of the chart is named here: an empty tag is
+the chart's appVersion plus the suffix, which is how docker/*.Dockerfile's
+builds are tagged (the worker's IMAGE_CUDA=0 build is <appVersion>-cpu).
+*/}}
 {{- define "llmq.image" -}}
-{{- $tag := default .root.Chart.AppVersion .image.tag -}}
+{{- $tag := default (printf "%s%s" .root.Chart.AppVersion (default "" .suffix)) .image.tag -}}
 {{- if and .llmq .root.Values.imageRegistry -}}
 {{- printf "%s/%s:%s" (trimSuffix "/" .root.Values.imageRegistry) .image.repository $tag -}}
 {{- else -}}
@@ -94,6 +99,16 @@ capabilities:
   drop: ["ALL"]
 seccompProfile:
   type: RuntimeDefault
+{{- end -}}
+
+{{/*
+"true" when KEDA objects are rendered: keda.enabled and the cluster serves
+keda.sh/v1alpha1. Without the CRDs an install would fail on the first
+ScaledObject; the groups then keep fixed replicas and NOTES.txt says why.
+`helm template` sees no cluster: pass --api-versions keda.sh/v1alpha1.
+*/}}
+{{- define "llmq.keda.active" -}}
+{{- and .Values.keda.enabled (.Capabilities.APIVersions.Has "keda.sh/v1alpha1") -}}
 {{- end -}}
 
 {{/* ------------------------------------------------------------ queue names */}}
@@ -177,11 +192,132 @@ character is fine in it. Empty when Redis has no password.
 
 {{/*
 The Redis URL handed to the binaries: no credentials (they come from
-LLMQ_REDIS_PASSWORD, above).
+LLMQ_REDIS_PASSWORD, above). The binaries speak plain Redis (Debian's
+hiredis has no TLS): with rediss:// they talk to the pod's TLS proxy on
+127.0.0.1, which carries the connection to the real Redis over TLS.
 */}}
 {{- define "llmq.redis.url" -}}
-{{- $scheme := ternary "rediss" "redis" (eq (include "llmq.redis.tls" .) "true") -}}
-{{- printf "%s://%s:%s/%s" $scheme (include "llmq.redis.host" .) (include "llmq.redis.port" .) (include "llmq.redis.db" .) -}}
+{{- if eq (include "llmq.redis.tls" .) "true" -}}
+{{- printf "redis://127.0.0.1:%d/%s" (include "llmq.redis.tlsProxyPort" . | int) (include "llmq.redis.db" .) -}}
+{{- else -}}
+{{- printf "redis://%s:%s/%s" (include "llmq.redis.host" .) (include "llmq.redis.port" .) (include "llmq.redis.db" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------ Redis TLS proxy */}}
+
+{{- define "llmq.redis.tlsProxyPort" -}}6380{{- end -}}
+
+{{/*
+stunnel's configuration (client mode), the ConfigMap's only key: a local
+plain port, the external Redis over TLS, its certificate chain checked
+against the CA (the Secret's, or the image's system CAs) and its name
+against the URL's host.
+*/}}
+{{- define "llmq.redis.stunnelConf" -}}
+{{- $tls := .Values.redis.external.tls -}}
+{{- $host := include "llmq.redis.host" . -}}
+; llmq's binaries speak plain Redis to 127.0.0.1; stunnel carries it to
+; {{ $host }} over TLS (helm/llmq, redis.external.url rediss://).
+foreground = yes
+pid =
+syslog = no
+debug = notice
+
+[redis]
+client = yes
+accept = 127.0.0.1:{{ include "llmq.redis.tlsProxyPort" . }}
+connect = {{ $host }}:{{ include "llmq.redis.port" . }}
+; resolve at each connection: the Service or DNS name may move
+delay = yes
+sni = {{ $host }}
+verifyChain = yes
+checkHost = {{ $host }}
+{{- if $tls.caSecret }}
+CAfile = /etc/llmq/redis-tls/ca/{{ $tls.caKey }}
+{{- else }}
+CAfile = /etc/ssl/certs/ca-certificates.crt
+{{- end }}
+{{- if $tls.clientSecret }}
+cert = /etc/llmq/redis-tls/client/tls.crt
+key = /etc/llmq/redis-tls/client/tls.key
+{{- end }}
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+socket = r:SO_KEEPALIVE=1
+; the pub/sub connections may stay quiet for a long time
+TIMEOUTidle = 86400
+{{ end -}}
+
+{{/*
+The TLS proxy sidecar: (dict "root" $ "image" REF "pullPolicy" P "waitPort" N).
+It runs the pod's own image (stunnel4 is in both), so no image is added.
+On termination it keeps carrying traffic while the main container still
+listens on waitPort (the gateway's HTTP port, the worker's metrics port),
+i.e. while it drains, and stops once it has exited; without a port, at once.
+*/}}
+{{- define "llmq.redis.tlsProxy.container" -}}
+{{- $root := .root -}}
+- name: redis-tls-proxy
+  image: {{ .image }}
+  imagePullPolicy: {{ .pullPolicy }}
+  command: ["stunnel", "/etc/llmq/stunnel/stunnel.conf"]
+  {{- with .waitPort }}
+  lifecycle:
+    preStop:
+      exec:
+        command:
+          - bash
+          - -c
+          - {{ printf "while (exec 3<>/dev/tcp/127.0.0.1/%d) 2>/dev/null; do sleep 1; done" (int .) | quote }}
+  {{- end }}
+  securityContext:
+    {{- include "llmq.containerSecurityContext" $root | nindent 4 }}
+  resources:
+    {{- toYaml $root.Values.redis.external.tls.resources | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    - name: redis-tls-config
+      mountPath: /etc/llmq/stunnel
+      readOnly: true
+    {{- if $root.Values.redis.external.tls.caSecret }}
+    - name: redis-tls-ca
+      mountPath: /etc/llmq/redis-tls/ca
+      readOnly: true
+    {{- end }}
+    {{- if $root.Values.redis.external.tls.clientSecret }}
+    - name: redis-tls-client
+      mountPath: /etc/llmq/redis-tls/client
+      readOnly: true
+    {{- end }}
+{{- end -}}
+
+{{- define "llmq.redis.tlsProxy.volumes" -}}
+{{- $tls := .Values.redis.external.tls -}}
+- name: redis-tls-config
+  configMap:
+    name: {{ include "llmq.redis.fullname" . }}-tls
+{{- if $tls.caSecret }}
+- name: redis-tls-ca
+  secret:
+    secretName: {{ $tls.caSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $tls.caKey }}
+        path: {{ $tls.caKey }}
+{{- end }}
+{{- if $tls.clientSecret }}
+- name: redis-tls-client
+  secret:
+    secretName: {{ $tls.clientSecret }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
 {{- end -}}
 
 {{/* ------------------------------------------------------------ worker groups */}}
@@ -215,6 +351,8 @@ render with a message naming the group.
 {{- fail (printf "workerGroups %s: autoscaling.minReplicas > maxReplicas" $g.name) -}}
 {{- end -}}
 {{- $_ := set $g "ranksPerPod" (div $tp $nodes) -}}
+{{- /* The CPU backends run the CPU-only worker image (IMAGE_CUDA=0, tag -cpu). */ -}}
+{{- $_ := set $g "imageRef" (include "llmq.image" (dict "root" .root "image" $g.image "llmq" true "suffix" (ternary "" "-cpu" (eq $g.backend "cuda")))) -}}
 {{- $_ := set $g "fullname" (printf "%s-%s" (include "llmq.fullname" .root) $g.name) -}}
 {{- $_ := set $g "stream" (include "llmq.stream" (dict "root" .root "model" $g.modelName)) -}}
 {{- $path := $g.model.path -}}

@@ -66,7 +66,7 @@ spec:
     # Downloads the Hugging Face repo into the model cache unless a complete
     # copy (marker file .llmq-complete naming repo@revision) is already there.
     - name: fetch-model
-      image: {{ include "llmq.image" (dict "root" $root "image" $g.image "llmq" true) }}
+      image: {{ $g.imageRef }}
       imagePullPolicy: {{ $g.image.pullPolicy }}
       command: ["llmq-fetch-model"]
       args:
@@ -101,7 +101,7 @@ spec:
   {{- end }}
   containers:
     - name: worker
-      image: {{ include "llmq.image" (dict "root" $root "image" $g.image "llmq" true) }}
+      image: {{ $g.imageRef }}
       imagePullPolicy: {{ $g.image.pullPolicy }}
       {{- if $multi }}
       command: ["/usr/bin/tini", "--", "llmq-worker-ranks"]
@@ -240,6 +240,9 @@ spec:
           mountPath: /dev/shm
         - name: tmp
           mountPath: /tmp
+    {{- if eq (include "llmq.redis.tls" $root) "true" }}
+    {{- include "llmq.redis.tlsProxy.container" (dict "root" $root "image" $g.imageRef "pullPolicy" $g.image.pullPolicy "waitPort" (ternary $g.metricsPort 0 $serves)) | nindent 4 }}
+    {{- end }}
   volumes:
     - name: models
       {{- if eq $root.Values.modelCache.type "pvc" }}
@@ -258,4 +261,7 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 1Gi
+    {{- if eq (include "llmq.redis.tls" $root) "true" }}
+    {{- include "llmq.redis.tlsProxy.volumes" $root | nindent 4 }}
+    {{- end }}
 {{- end -}}
