@@ -147,7 +147,7 @@ $(BUILD)/llmq-gateway: $(call obj,$(GATEWAY_SRC)) $(A_COMMON)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_GATEWAY) $(LIB_COMMON)
 
 $(BUILD)/llmq-loadtest: $(call obj,$(LOADTEST_SRC)) $(A_CLIENT) $(A_COMMON)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIB_GATEWAY) $(LIB_COMMON)
+	$(CC) $(LDFLAGS) -o $@ $^ -lcurl $(LIB_GATEWAY) $(LIB_COMMON)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(call obj,$(TEST_HELPER)) $(A_SERVICE) $(A_CLIENT) $(ENGINE_LIBS)
 	@mkdir -p $(dir $@)

@@ -6,9 +6,11 @@
  *
  * One thread, one libev loop.  The run decides WHEN a request starts (open
  * loop: a gamma/Poisson arrival process; closed loop: C requests in flight)
- * and WHAT it asks for (prompt and output lengths, prompt token ids); the
- * target sends it and reports what comes back through lt_req_tokens,
- * lt_req_usage and, exactly once, lt_req_finish.
+ * and WHAT it asks for (prompt and output lengths, prompt token ids or a
+ * dataset's prompt text); the target sends it and reports what comes back
+ * through lt_req_tokens, lt_req_usage and, exactly once, lt_req_finish.
+ * Warm-up requests (--num-warmups) go first and are kept out of every
+ * figure.
  *
  * Times: every timestamp is CLOCK_MONOTONIC seconds (lt_now), taken when the
  * bytes were read from the socket, not when they were processed.
@@ -25,6 +27,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "loadtest/dataset.h"
 #include "loadtest/dist.h"
 
 struct json_t;
@@ -32,6 +35,9 @@ struct json_t;
 #define LT_ERR_KIND_MAX 32
 
 typedef enum lt_target_kind { LT_TARGET_HTTP = 0, LT_TARGET_REDIS } lt_target_kind;
+
+/* The metrics of --percentile-metrics (vLLM's names ttft, tpot, itl, e2el). */
+enum { LT_M_TTFT = 1, LT_M_TPOT = 2, LT_M_ITL = 4, LT_M_E2E = 8 };
 
 /* Service-level objectives for goodput (vLLM's --goodput); <= 0: not set. */
 typedef struct lt_slo {
@@ -43,9 +49,18 @@ typedef struct lt_slo {
 typedef struct lt_config {
     const char *target;          /* the URL as given */
     lt_target_kind kind;
-    char host[256];              /* HTTP: server host (no brackets) */
-    int port;                    /* HTTP: server port */
+    char url[2048];              /* HTTP: the target's URL with the endpoint appended */
     const char *endpoint;        /* HTTP: path, default /v1/completions */
+    int chat;                    /* HTTP: the endpoint ends in /chat/completions: a messages body */
+    int insecure;                /* HTTPS: no certificate or host name verification */
+    const char *cacert;          /* HTTPS: CA bundle to verify with (NULL = the system's) */
+    const char *dataset_name;    /* "random" (token ids) or a dataset layout (dataset.h) */
+    const char *dataset_path;
+    lt_dataset dataset;          /* its prompts (empty for random) */
+    long warmups;                /* requests sent and waited for before the measured run */
+    unsigned pct_metrics;        /* LT_M_* bits: the flat vLLM keys of these metrics */
+    double pcts[16];             /* --metric-percentiles, each in (0, 100] */
+    int n_pcts;
     const char *prefix;          /* Redis: key prefix, NULL = llmq: */
     const char *model;
     double rate;                 /* open loop: requests/s (INFINITY = all at once); 0 = closed loop */
@@ -83,7 +98,9 @@ typedef struct lt_run lt_run;
 typedef struct lt_req {
     lt_run *run;
     uint32_t index;              /* 0-based issue order */
-    int32_t prompt_tokens;       /* prompt ids sent */
+    int32_t prompt_tokens;       /* prompt ids sent; -1 for a text prompt (count unknown here) */
+    int32_t prompt_index;        /* the dataset prompt sent, -1 = random ids */
+    int warmup;                  /* a warm-up request: in no figure */
     int32_t max_tokens;          /* output tokens asked for */
     lt_req_state state;
     double t_sched;              /* planned start (open loop), monotonic s; = t_start in closed loop */
@@ -107,6 +124,11 @@ static inline int64_t lt_req_out_tokens(const lt_req *r) {
     return r->usage_completion >= 0 ? r->usage_completion : r->counted_tokens;
 }
 
+/* Input tokens of a finished request: the ids sent, else the server's usage. */
+static inline int64_t lt_req_in_tokens(const lt_req *r) {
+    return r->prompt_tokens >= 0 ? r->prompt_tokens : r->usage_prompt >= 0 ? r->usage_prompt : 0;
+}
+
 /* The per-request figures (ms) of a finished request, computed from its clock
  * values in one place for the summary and the JSON record alike.  NAN where
  * a figure does not exist: TTFT without a token-carrying chunk, TPOT unless
@@ -125,8 +147,9 @@ typedef struct lt_target_ops {
     /* Connect/prepare; call lt_run_ready (or lt_run_abort) when ready, from
      * here or later from the loop.  Nonzero = failed at once (err set). */
     int (*start)(lt_target *t, llmq_err *err);
-    /* Send r with these prompt ids (valid during the call only). */
-    void (*send)(lt_target *t, lt_req *r, const int32_t *prompt_ids);
+    /* Send r with these prompt ids (r->prompt_tokens of them), or when text is
+     * not NULL with that prompt text (both valid during the call only). */
+    void (*send)(lt_target *t, lt_req *r, const int32_t *prompt_ids, const char *text);
     /* The run gives up on r (timeout, interrupt): stop reporting on it. */
     void (*cancel)(lt_target *t, lt_req *r);
     /* Add the target's own statistics (connections, ...) to the report's
@@ -153,13 +176,19 @@ struct lt_run {
     lt_rng rng_arrival;          /* inter-arrival gaps */
     lt_rng rng_len;              /* prompt and output lengths */
     lt_rng rng_tok;              /* prompt token ids */
+    lt_rng rng_warm;             /* everything a warm-up request draws, so warm-ups change no measured draw */
+    size_t *order;               /* dataset: the order its prompts are sent in (seeded shuffle) */
+    lt_req **warm;               /* warm-up requests (owned) */
+    size_t n_warm, cap_warm;
+    long warm_inflight, warm_done, warm_failed;
+    int warming;                 /* the warm-up runs; the measured run has not begun */
     int32_t *prompt_buf;         /* scratch for one prompt (cfg->prompt.hi ids) */
     lt_req **reqs;               /* every issued request, in issue order (owned) */
     size_t n_reqs, cap_reqs;
     long inflight, max_inflight;
     long done, ok, failed;
     int64_t tokens_in;           /* output tokens received so far (chunks) */
-    double t0;                   /* start of the run (first issue), monotonic s */
+    double t0;                   /* start of the measured run (first issue), monotonic s */
     double t_last_end;           /* latest finish, monotonic s */
     double next_arrival;         /* open loop: next planned start, s after t0 */
     int started;                 /* the target is ready and requests go out */

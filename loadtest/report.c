@@ -22,11 +22,11 @@ static void describe_load(const lt_config *cfg, char *buf, size_t cap) {
 
 static void stat_row(FILE *f, const char *name, const lt_stat *st) {
     if (st->n == 0) {
-        fprintf(f, "%-6s %10s %10s %10s %10s %10s %10s %8s\n", name, "-", "-", "-", "-", "-", "-", "0");
+        fprintf(f, "%-6s %10s %10s %10s %10s %10s %10s %10s %8s\n", name, "-", "-", "-", "-", "-", "-", "-", "0");
         return;
     }
-    fprintf(f, "%-6s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8zu\n", name, st->mean, st->p50, st->p90, st->p99,
-            st->min, st->max, st->n);
+    fprintf(f, "%-6s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8zu\n", name, st->mean, st->p50, st->p90, st->p95,
+            st->p99, st->min, st->max, st->n);
 }
 
 void lt_report_table(FILE *f, const lt_run *run, const lt_summary *s) {
@@ -36,12 +36,17 @@ void lt_report_table(FILE *f, const lt_run *run, const lt_summary *s) {
     char target[512]; /* a Redis target's password never reaches a report */
     redis_url_redact(cfg->target, target, sizeof target);
     fprintf(f, "============================ llmq-loadtest ============================\n");
-    fprintf(f, "%-26s %s%s%s\n", "target", target, cfg->kind == LT_TARGET_HTTP ? " " : "",
-            cfg->kind == LT_TARGET_HTTP ? cfg->endpoint : "");
+    fprintf(f, "%-26s %s%s%s%s\n", "target", target, cfg->kind == LT_TARGET_HTTP ? " " : "",
+            cfg->kind == LT_TARGET_HTTP ? cfg->endpoint : "", cfg->kind == LT_TARGET_HTTP && cfg->insecure ? " (TLS not verified)" : "");
     fprintf(f, "%-26s %s\n", "model", cfg->model);
     fprintf(f, "%-26s %s%s\n", "load", load,
             cfg->kind == LT_TARGET_HTTP ? (cfg->stream ? ", streaming" : ", not streaming") : ", redis protocol");
-    fprintf(f, "%-26s prompt %s, output %s tokens\n", "lengths", cfg->prompt.desc, cfg->output.desc);
+    if (cfg->dataset.n)
+        fprintf(f, "%-26s %s dataset %s (%zu prompts), output %s tokens\n", "prompts", cfg->dataset_name,
+                cfg->dataset_path, cfg->dataset.n, cfg->output.desc);
+    else
+        fprintf(f, "%-26s prompt %s, output %s tokens\n", "lengths", cfg->prompt.desc, cfg->output.desc);
+    if (cfg->warmups > 0) fprintf(f, "%-26s %ld requests, in no figure below\n", "warm-up", cfg->warmups);
     fprintf(f, "%-26s %ld issued, %ld completed, %ld failed\n", "requests", s->issued, s->completed, s->failed);
     fprintf(f, "%-26s %.3f\n", "duration (s)", s->duration_s);
     fprintf(f, "%-26s %lld\n", "total input tokens", (long long)s->total_input_tokens);
@@ -62,7 +67,8 @@ void lt_report_table(FILE *f, const lt_run *run, const lt_summary *s) {
     if (s->token_mismatches)
         fprintf(f, "%-26s %ld requests got another number of tokens than asked\n", "WARNING", s->token_mismatches);
     fprintf(f, "-----------------------------------------------------------------------\n");
-    fprintf(f, "%-6s %10s %10s %10s %10s %10s %10s %8s\n", "(ms)", "mean", "p50", "p90", "p99", "min", "max", "n");
+    fprintf(f, "%-6s %10s %10s %10s %10s %10s %10s %10s %8s\n", "(ms)", "mean", "p50", "p90", "p95", "p99", "min", "max",
+            "n");
     stat_row(f, "TTFT", &s->ttft);
     stat_row(f, "TPOT", &s->tpot);
     stat_row(f, "ITL", &s->itl);
@@ -84,17 +90,36 @@ void lt_report_table(FILE *f, const lt_run *run, const lt_summary *s) {
 static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 static json_t *stat_json(const lt_stat *st) {
-    return json_pack("{s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "n", (json_int_t)st->n, "mean", num(st->mean), "std",
-                     num(st->std), "min", num(st->min), "max", num(st->max), "p50", num(st->p50), "p90", num(st->p90),
-                     "p99", num(st->p99));
+    return json_pack("{s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "n", (json_int_t)st->n, "mean", num(st->mean),
+                     "std", num(st->std), "min", num(st->min), "max", num(st->max), "p50", num(st->p50), "p90",
+                     num(st->p90), "p95", num(st->p95), "p99", num(st->p99));
+}
+
+/* vLLM's flat keys of one metric: mean_X_ms, median_X_ms, std_X_ms and
+ * pP_X_ms for each --metric-percentiles P (P written as Python's str() of
+ * the number: 99, 99.9).  Null when the metric has no sample. */
+static void flat_keys(json_t *o, const lt_config *cfg, const char *name, const lt_stat *st) {
+    char key[64];
+    snprintf(key, sizeof key, "mean_%s_ms", name);
+    json_object_set_new(o, key, st->n ? num(st->mean) : json_null());
+    snprintf(key, sizeof key, "median_%s_ms", name);
+    json_object_set_new(o, key, st->n ? num(lt_percentile(st->sorted, st->n, 50)) : json_null());
+    snprintf(key, sizeof key, "std_%s_ms", name);
+    json_object_set_new(o, key, st->n ? num(st->std) : json_null());
+    for (int i = 0; i < cfg->n_pcts; i++) {
+        double p = cfg->pcts[i];
+        if (p == floor(p)) snprintf(key, sizeof key, "p%d_%s_ms", (int)p, name);
+        else snprintf(key, sizeof key, "p%.15g_%s_ms", p, name);
+        json_object_set_new(o, key, st->n ? num(lt_percentile(st->sorted, st->n, p)) : json_null());
+    }
 }
 
 static json_t *config_json(const lt_config *cfg) {
     char target[512];
     redis_url_redact(cfg->target, target, sizeof target);
-    json_t *c = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:I, s:f, s:i, s:i}", "target", target, "kind",
+    json_t *c = json_pack("{s:s, s:s, s:s, s:s?, s:s, s:b, s:I, s:f, s:i, s:i}", "target", target, "kind",
                           cfg->kind == LT_TARGET_HTTP ? "http" : "redis", "model", cfg->model, "prompt_tokens",
-                          cfg->prompt.desc, "output_tokens", cfg->output.desc, "stream",
+                          cfg->dataset.n ? NULL : cfg->prompt.desc, "output_tokens", cfg->output.desc, "stream",
                           cfg->kind == LT_TARGET_REDIS || cfg->stream, "seed", (json_int_t)cfg->seed, "timeout_s",
                           cfg->timeout_s, "token_lo", cfg->token_lo, "token_hi", cfg->token_hi);
     if (!c) return json_null();
@@ -104,7 +129,15 @@ static json_t *config_json(const lt_config *cfg) {
     json_object_set_new(c, "burstiness", cfg->concurrency > 0 ? json_null() : num(cfg->burstiness));
     json_object_set_new(c, "requests", cfg->requests > 0 ? json_integer(cfg->requests) : json_null());
     json_object_set_new(c, "duration_s", cfg->duration_s > 0 ? num(cfg->duration_s) : json_null());
-    if (cfg->kind == LT_TARGET_HTTP) json_object_set_new(c, "endpoint", json_string(cfg->endpoint));
+    if (cfg->kind == LT_TARGET_HTTP) {
+        json_object_set_new(c, "endpoint", json_string(cfg->endpoint));
+        json_object_set_new(c, "api", json_string(cfg->chat ? "chat" : "completions"));
+        json_object_set_new(c, "tls_verify", json_boolean(!cfg->insecure));
+    }
+    json_object_set_new(c, "dataset_name", json_string(cfg->dataset_name));
+    json_object_set_new(c, "dataset_path", cfg->dataset_path ? json_string(cfg->dataset_path) : json_null());
+    json_object_set_new(c, "dataset_prompts", cfg->dataset.n ? json_integer((json_int_t)cfg->dataset.n) : json_null());
+    json_object_set_new(c, "num_warmups", json_integer(cfg->warmups));
     if (cfg->has_slo) {
         json_object_set_new(c, "slo", json_pack("{s:o, s:o, s:o}", "ttft_ms", cfg->slo.ttft_ms > 0 ? num(cfg->slo.ttft_ms) : json_null(),
                                                 "tpot_ms", cfg->slo.tpot_ms > 0 ? num(cfg->slo.tpot_ms) : json_null(),
@@ -118,7 +151,7 @@ static json_t *request_json(const lt_run *run, const lt_req *r, int itl_valid) {
     lt_req_fig fig = lt_req_figures(r, itl_valid);
     json_t *o = json_pack("{s:I, s:o, s:o, s:i, s:i, s:I, s:o, s:I, s:o, s:o, s:o, s:b}", "index", (json_int_t)r->index,
                           "sched_s", num(r->t_sched - run->t0), "start_s", num(r->t_start - run->t0), "prompt_tokens",
-                          r->prompt_tokens, "max_tokens", r->max_tokens, "output_tokens", (json_int_t)out,
+                          (int)lt_req_in_tokens(r), "max_tokens", r->max_tokens, "output_tokens", (json_int_t)out,
                           "usage_completion_tokens",
                           r->usage_completion >= 0 ? json_integer((json_int_t)r->usage_completion) : json_null(),
                           "chunks", (json_int_t)r->n_chunks, "ttft_ms", num(fig.ttft_ms), "tpot_ms", num(fig.tpot_ms),
@@ -126,6 +159,7 @@ static json_t *request_json(const lt_run *run, const lt_req *r, int itl_valid) {
     if (!o) return json_null();
     json_object_set_new(o, "error", r->ok ? json_null() : json_string(r->err_kind));
     if (!r->ok && r->err_msg) json_object_set_new(o, "error_message", json_string(r->err_msg));
+    if (r->prompt_index >= 0) json_object_set_new(o, "dataset_index", json_integer(r->prompt_index));
     return o;
 }
 
@@ -149,6 +183,17 @@ llmq_status lt_report_json(const char *path, const lt_run *run, const lt_summary
     json_object_set_new(o, "tpot_ms", stat_json(&s->tpot));
     json_object_set_new(o, "itl_ms", stat_json(&s->itl));
     json_object_set_new(o, "e2e_ms", stat_json(&s->e2e));
+    /* the keys of vLLM's `bench serve` result, so its tooling reads this file */
+    json_object_set_new(o, "duration", num(s->duration_s));
+    json_object_set_new(o, "num_prompts", json_integer(s->issued));
+    json_object_set_new(o, "request_rate", cfg->concurrency > 0 || isinf(cfg->rate) ? json_string("inf") : num(cfg->rate));
+    json_object_set_new(o, "burstiness", num(cfg->burstiness));
+    json_object_set_new(o, "max_concurrency", cfg->concurrency > 0 ? json_integer(cfg->concurrency) : json_null());
+    json_object_set_new(o, "model_id", json_string(cfg->model));
+    if (cfg->pct_metrics & LT_M_TTFT) flat_keys(o, cfg, "ttft", &s->ttft);
+    if (cfg->pct_metrics & LT_M_TPOT) flat_keys(o, cfg, "tpot", &s->tpot);
+    if (cfg->pct_metrics & LT_M_ITL) flat_keys(o, cfg, "itl", &s->itl);
+    if (cfg->pct_metrics & LT_M_E2E) flat_keys(o, cfg, "e2el", &s->e2e);
     json_t *errs = json_object(), *ex = json_object();
     for (size_t i = 0; i < s->n_errors; i++) {
         json_object_set_new(errs, s->errors[i].kind, json_integer(s->errors[i].count));
@@ -238,7 +283,7 @@ llmq_status lt_report_svg(const char *path, const lt_run *run, const lt_summary 
     char target[512];
     redis_url_redact(cfg->target, target, sizeof target);
     snprintf(head, sizeof head, "llmq-loadtest  %.200s  model %s  |  %s  |  prompt %s, output %s", target, cfg->model,
-             load, cfg->prompt.desc, cfg->output.desc);
+             load, cfg->dataset.n ? cfg->dataset_name : cfg->prompt.desc, cfg->output.desc);
     svg_text(f, 20, 24, 14, "start", head);
     snprintf(head, sizeof head,
              "%ld completed, %ld failed in %.1f s  |  %.2f req/s  |  %.1f output tok/s  |  TTFT p50 %.1f ms  |  "

@@ -34,6 +34,7 @@ static void finish_stat(lt_stat *st) {
     st->max = st->sorted[n - 1];
     st->p50 = lt_percentile(st->sorted, n, 50);
     st->p90 = lt_percentile(st->sorted, n, 90);
+    st->p95 = lt_percentile(st->sorted, n, 95);
     st->p99 = lt_percentile(st->sorted, n, 99);
 }
 
@@ -123,7 +124,7 @@ llmq_status lt_summary_compute(lt_summary *s, const lt_run *run, llmq_err *err) 
         }
         s->completed++;
         int64_t out = lt_req_out_tokens(r);
-        s->total_input_tokens += r->prompt_tokens;
+        s->total_input_tokens += lt_req_in_tokens(r);
         s->total_output_tokens += out;
         if (out != r->max_tokens) s->token_mismatches++;
         lt_req_fig fig = lt_req_figures(r, s->itl_valid);

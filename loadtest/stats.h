@@ -14,7 +14,7 @@
  * request / output / total token throughput divide by it, and goodput is
  * the number of successful requests that meet every given SLO (TTFT, TPOT,
  * E2E, each <=) divided by it.  Percentiles interpolate linearly between
- * the closest ranks (numpy's default).
+ * the closest ranks (numpy's default).  Warm-up requests are in no figure.
  */
 #ifndef LLMQ_LT_STATS_H
 #define LLMQ_LT_STATS_H
@@ -27,7 +27,7 @@
 typedef struct lt_stat {
     size_t n;                    /* samples */
     double mean, std, min, max;  /* ms; all 0 when n == 0 */
-    double p50, p90, p99;
+    double p50, p90, p95, p99;
     double *sorted;              /* the n samples ascending (owned), for CDFs */
 } lt_stat;
 

@@ -1,15 +1,23 @@
 /*
- * target_http.c — the HTTP target: OpenAI-compatible completions (the llmq
- * gateway, or any server that takes token-id prompts on /v1/completions).
+ * target_http.c — the HTTP(S) target: OpenAI-compatible completions or chat
+ * completions (the llmq gateway, vLLM, any such server), through httpc
+ * (libcurl).
  *
- * Each request is one POST with the body
+ * Each request is one POST.  On a completions endpoint the body is
  *
- *   {"model": M, "prompt": [ids...], "max_tokens": N, "ignore_eos": true,
+ *   {"model": M, "prompt": [ids...] or TEXT, "max_tokens": N, "ignore_eos": true,
  *    "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}
  *
- * The prompt is a list of token ids, so its length in tokens is exact without
- * a tokenizer on this side (the gateway has none either); ignore_eos makes
- * the server generate exactly max_tokens.  Streaming responses are SSE: each
+ * and on a chat endpoint (the path ends in /chat/completions)
+ *
+ *   {"model": M, "messages": [{"role": "user", "content": TEXT}],
+ *    "max_completion_tokens": N, "ignore_eos": true, ...the same}
+ *
+ * Random prompts are token ids, so their length in tokens is exact without a
+ * tokenizer on this side; chat takes text, so there they become one word per
+ * id (dataset.h), and a dataset's prompts are text everywhere: their token
+ * counts are the server's usage.prompt_tokens.  ignore_eos makes the server
+ * generate exactly the tokens asked for.  Streaming responses are SSE: each
  * event whose choice carries non-empty text counts as one token-carrying
  * chunk (vLLM's benchmark counts the same way); `usage.completion_tokens`,
  * when the server sends it, is the output token count, else the number of
@@ -23,7 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/protocol.h"
 #include "loadtest/httpc.h"
 #include "loadtest/lt.h"
 #include "loadtest/sse.h"
@@ -35,9 +42,7 @@ typedef struct http_target {
     lt_target base;
     const lt_config *cfg;
     httpc *cli;
-    char *model_json;            /* the model name as a JSON string (owned) */
-    proto_buf head;              /* scratch: request head */
-    proto_buf body;              /* scratch: request body */
+    struct curl_slist *headers;  /* the same for every request (owned) */
     unsigned long bad_events;    /* SSE events that were not JSON (ignored) */
 } http_target;
 
@@ -48,7 +53,8 @@ typedef struct http_req {
     lt_req *r;
     int status;                  /* HTTP status; 0 before the headers */
     sse_parser sse;
-    proto_buf body;              /* error or non-streaming body */
+    char *body;                  /* error or non-streaming body (owned) */
+    size_t body_len;
     int saw_done;                /* data: [DONE] arrived */
     char *stream_err;            /* message of an error event (owned) */
     int sse_failed;              /* the SSE parser refused the stream */
@@ -58,19 +64,21 @@ typedef struct http_req {
 static void req_free(http_req *h) {
     if (!h) return;
     sse_deinit(&h->sse);
-    proto_buf_deinit(&h->body);
+    free(h->body);
     free(h->stream_err);
     free(h);
 }
 
 /* ---------------------------------------------------------------- responses */
 
-/* choices[0].text or choices[0].delta.content, when a non-empty string. */
+/* choices[0].text, .delta.content (chat streaming) or .message.content
+ * (chat), when a non-empty string. */
 static int choice_has_text(const json_t *o) {
     const json_t *ch = json_array_get(json_object_get(o, "choices"), 0);
     if (!ch) return 0;
     const json_t *tx = json_object_get(ch, "text");
     if (!tx) tx = json_object_get(json_object_get(ch, "delta"), "content");
+    if (!tx) tx = json_object_get(json_object_get(ch, "message"), "content");
     return json_is_string(tx) && json_string_length(tx) > 0;
 }
 
@@ -124,17 +132,23 @@ static int on_body(void *ud, const char *data, size_t len, double t) {
         return 0;
     }
     size_t cap = h->status == 200 ? JSON_BODY_MAX : ERR_BODY_MAX;
-    if (h->body.len < cap) proto_buf_append(&h->body, data, len < cap - h->body.len ? len : cap - h->body.len);
+    size_t n = len < cap - h->body_len ? len : cap - h->body_len;
+    if (n == 0) return 0;
+    char *nb = realloc(h->body, h->body_len + n);
+    if (!nb) return 0; /* the message loses its end; the figures do not change */
+    memcpy(nb + h->body_len, data, n);
+    h->body = nb;
+    h->body_len += n;
     return 0;
 }
 
 /* The message of an error answer: error.message of an OpenAI error object,
  * else the start of the body. */
 static void error_from_body(http_req *h, char *out, size_t cap) {
-    json_t *o = h->body.len ? json_loadb(h->body.data, h->body.len, 0, NULL) : NULL;
+    json_t *o = h->body_len ? json_loadb(h->body, h->body_len, 0, NULL) : NULL;
     char *m = o ? error_message(o) : NULL;
     if (m) snprintf(out, cap, "%s", m);
-    else snprintf(out, cap, "%.*s", (int)(h->body.len < 200 ? h->body.len : 200), h->body.data ? h->body.data : "");
+    else snprintf(out, cap, "%.*s", (int)(h->body_len < 200 ? h->body_len : 200), h->body ? h->body : "");
     free(m);
     json_decref(o);
 }
@@ -157,7 +171,7 @@ static void on_done(void *ud, const char *err_kind, const char *msg, double t) {
         else if (!h->saw_done) lt_req_finish(r, t, "truncated", "the stream ended without data: [DONE]");
         else lt_req_finish(r, t, NULL, NULL);
     } else {
-        json_t *o = json_loadb(h->body.data ? h->body.data : "", h->body.len, 0, NULL);
+        json_t *o = json_loadb(h->body ? h->body : "", h->body_len, 0, NULL);
         if (!json_is_object(o)) {
             lt_req_finish(r, t, "bad_json", "the answer is not a JSON object");
         } else if (json_object_get(o, "error")) {
@@ -180,55 +194,52 @@ static const httpc_handler handler = {on_status, on_body, on_done};
 
 /* ---------------------------------------------------------------- requests */
 
-static int appendf(proto_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int appendf(proto_buf *b, const char *fmt, ...) {
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof tmp) return -1;
-    return proto_buf_append(b, tmp, (size_t)n) == LLMQ_OK ? 0 : -1;
+/* The request body: token ids or text, completions or chat. */
+static char *build_body(const lt_config *cfg, const lt_req *r, const int32_t *ids, const char *text) {
+    json_t *o = json_object();
+    json_object_set_new(o, "model", json_string(cfg->model));
+    if (cfg->chat) {
+        json_object_set_new(o, "messages", json_pack("[{s:s, s:s}]", "role", "user", "content", text));
+        json_object_set_new(o, "max_completion_tokens", json_integer(r->max_tokens));
+    } else {
+        json_t *p;
+        if (text) {
+            p = json_string(text);
+        } else {
+            p = json_array();
+            for (int32_t i = 0; i < r->prompt_tokens; i++) json_array_append_new(p, json_integer(ids[i]));
+        }
+        json_object_set_new(o, "prompt", p);
+        json_object_set_new(o, "max_tokens", json_integer(r->max_tokens));
+    }
+    json_object_set_new(o, "ignore_eos", json_true());
+    json_object_set_new(o, "temperature", json_integer(0));
+    if (cfg->stream) {
+        json_object_set_new(o, "stream", json_true());
+        json_object_set_new(o, "stream_options", json_pack("{s:b}", "include_usage", 1));
+    }
+    /* a NULL anywhere above (no memory, text not UTF-8) makes the dump fail */
+    char *body = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return body;
 }
 
-static void http_send(lt_target *base, lt_req *r, const int32_t *ids) {
+static void http_send(lt_target *base, lt_req *r, const int32_t *ids, const char *text) {
     http_target *t = (http_target *)base;
     const lt_config *cfg = t->cfg;
     http_req *h = calloc(1, sizeof *h);
-    if (!h) {
-        lt_req_finish(r, lt_now(), "nomem", "out of memory");
+    char *body = h ? build_body(cfg, r, ids, text) : NULL;
+    if (!body) {
+        free(h);
+        lt_req_finish(r, lt_now(), "nomem", "cannot build the request (out of memory, or text that is not UTF-8)");
         return;
     }
     h->t = t;
     h->r = r;
     sse_init(&h->sse, 0);
-    proto_buf_init(&h->body);
-
-    proto_buf *b = &t->body, *hd = &t->head;
-    proto_buf_reset(b);
-    proto_buf_reset(hd);
-    int bad = appendf(b, "{\"model\":") || proto_buf_append(b, t->model_json, strlen(t->model_json)) != LLMQ_OK ||
-              appendf(b, ",\"prompt\":[");
-    for (int32_t i = 0; i < r->prompt_tokens && !bad; i++) bad = appendf(b, i ? ",%d" : "%d", ids[i]);
-    bad = bad || appendf(b, "],\"max_tokens\":%d,\"ignore_eos\":true,\"temperature\":0", r->max_tokens);
-    if (cfg->stream) bad = bad || appendf(b, ",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
-    bad = bad || appendf(b, "}");
-    int v6 = strchr(cfg->host, ':') != NULL; /* an IPv6 literal goes in brackets */
-    bad = bad || appendf(hd, "POST %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: llmq-loadtest\r\n"
-                             "Content-Type: application/json\r\nAccept: %s\r\nContent-Length: %zu\r\n",
-                         cfg->endpoint, v6 ? "[" : "", cfg->host, v6 ? "]" : "", cfg->port,
-                         cfg->stream ? "text/event-stream" : "application/json", b->len);
-    if (cfg->api_key)
-        bad = bad || appendf(hd, "Authorization: Bearer ") ||
-              proto_buf_append(hd, cfg->api_key, strlen(cfg->api_key)) != LLMQ_OK || appendf(hd, "\r\n");
-    bad = bad || appendf(hd, "\r\n") || proto_buf_append(hd, b->data, b->len) != LLMQ_OK;
-    if (bad) {
-        req_free(h);
-        lt_req_finish(r, lt_now(), "nomem", "cannot build the request");
-        return;
-    }
     r->tstate = h;
-    httpc_call_start(t->cli, &h->call, hd->data, hd->len, &handler, h);
+    httpc_call_start(t->cli, &h->call, cfg->url, t->headers, body, strlen(body), &handler, h);
+    free(body); /* curl copied it */
 }
 
 static void http_cancel(lt_target *base, lt_req *r) {
@@ -252,7 +263,6 @@ static void http_stats(lt_target *base, json_t *out) {
     httpc_get_stats(t->cli, &st);
     json_object_set_new(out, "connections_opened", json_integer((json_int_t)st.connects));
     json_object_set_new(out, "connections_reused", json_integer((json_int_t)st.reuses));
-    json_object_set_new(out, "stale_retries", json_integer((json_int_t)st.retries));
     json_object_set_new(out, "max_connections_open", json_integer((json_int_t)st.max_open));
     json_object_set_new(out, "ignored_events", json_integer((json_int_t)t->bad_events));
 }
@@ -264,9 +274,7 @@ static void http_destroy(lt_target *base) {
     lt_run *run = base->run;
     for (size_t i = 0; i < run->n_reqs; i++) http_cancel(base, run->reqs[i]);
     httpc_destroy(t->cli);
-    free(t->model_json);
-    proto_buf_deinit(&t->head);
-    proto_buf_deinit(&t->body);
+    curl_slist_free_all(t->headers);
     free(t);
 }
 
@@ -288,15 +296,31 @@ lt_target *lt_target_http_create(lt_run *run, const lt_config *cfg, llmq_err *er
     t->base.ops = &http_ops;
     t->base.run = run;
     t->cfg = cfg;
-    proto_buf_init(&t->head);
-    proto_buf_init(&t->body);
-    json_t *m = json_string(cfg->model);
-    t->model_json = m ? json_dumps(m, JSON_ENCODE_ANY) : NULL;
-    json_decref(m);
-    t->cli = t->model_json ? httpc_create(run->loop, cfg->host, cfg->port, err) : NULL;
+    /* "Expect:" turns off curl's 100-continue wait on larger bodies, which
+     * would add a round trip (or a second) to every long prompt */
+    char auth[1100];
+    const char *lines[] = {"Content-Type: application/json",
+                           cfg->stream ? "Accept: text/event-stream" : "Accept: application/json",
+                           "User-Agent: llmq-loadtest", "Expect:", NULL};
+    struct curl_slist *hl = NULL;
+    int bad = 0;
+    for (size_t i = 0; lines[i] && !bad; i++) {
+        struct curl_slist *n = curl_slist_append(hl, lines[i]);
+        if (n) hl = n;
+        else bad = 1;
+    }
+    if (!bad && cfg->api_key) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %.1000s", cfg->api_key);
+        struct curl_slist *n = curl_slist_append(hl, auth);
+        if (n) hl = n;
+        else bad = 1;
+    }
+    t->headers = hl;
+    httpc_opts o = {.insecure = cfg->insecure, .cacert = cfg->cacert};
+    t->cli = bad ? NULL : httpc_create(run->loop, &o, err);
     if (!t->cli) {
-        if (!t->model_json) llmq_err_set(err, LLMQ_ERR_INVALID, "the model name is not valid UTF-8");
-        free(t->model_json);
+        if (bad) llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
+        curl_slist_free_all(t->headers);
         free(t);
         return NULL;
     }

@@ -139,7 +139,7 @@ static void submit(redis_req *q) {
     }
     rcmd hset, xadd;
     jobops_keys kb;
-    jobops_submit(&hset, &xadd, &kb, &t->keys, q->id, t->cfg->model, q->payload, q->payload_len, wall_ms());
+    jobops_submit(&hset, &xadd, &kb, &t->keys, q->id, t->cfg->model, 0, q->payload, q->payload_len, wall_ms());
     static const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
     redisAsyncCommandArgv(t->cmd, NULL, NULL, 1, multi, NULL);
     redisAsyncCommandArgv(t->cmd, NULL, NULL, hset.argc, hset.argv, hset.argvlen);
@@ -218,7 +218,7 @@ static void on_job_channel(redisAsyncContext *ac, void *reply, void *priv) {
     }
 }
 
-static void redis_send(lt_target *base, lt_req *r, const int32_t *ids) {
+static void redis_send(lt_target *base, lt_req *r, const int32_t *ids, const char *text) {
     redis_target *t = (redis_target *)base;
     const lt_config *cfg = t->cfg;
     if (!t->cmd || !t->sub) {
@@ -240,9 +240,14 @@ static void redis_send(lt_target *base, lt_req *r, const int32_t *ids) {
     proto_request_init(&req);
     req.id = q->id;
     req.model = (char *)cfg->model;
-    req.kind = PROTO_PROMPT_IDS;
-    req.prompt_ids = (int32_t *)ids;
-    req.n_prompt_ids = (size_t)r->prompt_tokens;
+    if (text) { /* a dataset's prompt: the worker tokenizes it */
+        req.kind = PROTO_PROMPT_TEXT;
+        req.prompt = (char *)text;
+    } else {
+        req.kind = PROTO_PROMPT_IDS;
+        req.prompt_ids = (int32_t *)ids;
+        req.n_prompt_ids = (size_t)r->prompt_tokens;
+    }
     req.max_tokens = r->max_tokens;
     req.temperature = 0.0;
     req.ignore_eos = true;

@@ -12,6 +12,7 @@ DEB_PKGS=(
   redis-server curl wrk python3 python3-venv
   jq valgrind
   libboost-context-dev
+  libcurl4-openssl-dev
   stunnel4 openssl
 )
 PY_PKGS=(numpy pytest redis openai tokenizers msgpack)

@@ -16,6 +16,10 @@ with asyncio in a background thread.  Every POST is answered by a script:
     noise      add what an SSE reader must skip: comments, event:/id:/retry:
                fields, and data split over two data: lines
 
+A body with `messages` (chat) is answered as chat completions (delta /
+message content), one with a text prompt counts its words as prompt tokens.
+With `ssl` (an ssl.SSLContext) the server speaks HTTPS.
+
 The server records every request it got (`bodies`: body, headers, and the
 time.monotonic() times it finished reading it and wrote each token event,
 `t_recv` and `t_events`, and whether it came on a new connection) and the largest number of answers it had open at
@@ -29,7 +33,7 @@ import time
 
 class FakeSSEServer:
     def __init__(self, ttft_ms=100.0, itl_ms=(20.0,), tokens=None, usage=True, fail=None, truncate=None,
-                 chunked=True, style="lf", split=0, noise=False):
+                 chunked=True, style="lf", split=0, noise=False, ssl=None):
         self.ttft_ms = ttft_ms
         self.itl_ms = list(itl_ms)
         self.tokens = tokens
@@ -40,6 +44,7 @@ class FakeSSEServer:
         self.eol = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}[style]
         self.split = split
         self.noise = noise
+        self.ssl = ssl
         self.bodies = []
         self.open = 0
         self.max_open = 0
@@ -67,7 +72,7 @@ class FakeSSEServer:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=4096))
+            asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=4096, ssl=self.ssl))
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         try:
@@ -83,7 +88,7 @@ class FakeSSEServer:
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------ HTTP
     async def _serve(self, reader, writer):
@@ -129,11 +134,14 @@ class FakeSSEServer:
             self.open -= 1
 
     async def _stream(self, writer, body, ttft_ms, t_events):
-        n = self.tokens if self.tokens is not None else body["max_tokens"]
+        chat = "messages" in body
+        n = self.tokens if self.tokens is not None else body["max_completion_tokens" if chat else "max_tokens"]
+        n_prompt = prompt_tokens(body)
         if not body.get("stream"):
             await asyncio.sleep(ttft_ms / 1000)
-            out = {"choices": [{"index": 0, "text": "x" * n, "finish_reason": "length"}],
-                   "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": n}}
+            choice = ({"index": 0, "message": {"role": "assistant", "content": "x" * n}, "finish_reason": "length"}
+                      if chat else {"index": 0, "text": "x" * n, "finish_reason": "length"})
+            out = {"choices": [choice], "usage": {"prompt_tokens": n_prompt, "completion_tokens": n}}
             payload = json.dumps(out).encode()
             writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
@@ -170,15 +178,23 @@ class FakeSSEServer:
                     writer.write(b"0\r\n\r\n")
                 await writer.drain()
                 return False
-            ev = {"id": "cmpl-x", "object": "text_completion",
-                  "choices": [{"index": 0, "text": "tok ", "finish_reason": None}]}
+            if chat:
+                ev = {"id": "chatcmpl-x", "object": "chat.completion.chunk",
+                      "choices": [{"index": 0, "delta": {"content": "tok "}, "finish_reason": None}]}
+            else:
+                ev = {"id": "cmpl-x", "object": "text_completion",
+                      "choices": [{"index": 0, "text": "tok ", "finish_reason": None}]}
             data = event(ev, i)
             if i == n - 1:
-                fin = {"id": "cmpl-x", "object": "text_completion",
-                       "choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
+                if chat:
+                    fin = {"id": "chatcmpl-x", "object": "chat.completion.chunk",
+                           "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+                else:
+                    fin = {"id": "cmpl-x", "object": "text_completion",
+                           "choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
                 if self.usage:
-                    fin["usage"] = {"prompt_tokens": len(body["prompt"]), "completion_tokens": n,
-                                    "total_tokens": len(body["prompt"]) + n}
+                    fin["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n,
+                                    "total_tokens": n_prompt + n}
                 data += event(fin, n) + b"data: [DONE]" + eol + eol
             send(data)
             t_events.append(time.monotonic())
@@ -188,3 +204,12 @@ class FakeSSEServer:
             await writer.drain()
             return True
         return False
+
+
+def prompt_tokens(body):
+    """The fake's token count of a prompt: ids as they are, words of text."""
+    if "messages" in body:
+        return sum(len(m["content"].split()) for m in body["messages"])
+    if isinstance(body["prompt"], str):
+        return len(body["prompt"].split())
+    return len(body["prompt"])

@@ -298,9 +298,14 @@ def test_open_loop_arrivals(fake, tmp_path, burstiness, cv_lo, cv_hi):
     """Gamma arrivals: mean gap 1/rate, coefficient of variation 1/sqrt(B);
     requests leave on time whatever the server does."""
     s = fake(ttft_ms=30, itl_ms=[1])
-    res = lthelp.run(tmp_path, *base_args(s.url, "--rate", 200, "--burstiness", burstiness, "--requests", 500,
-                                          "--prompt-tokens", 2, "--output-tokens", 2, "--stream", "--seed", 1))
+    # with the progress line (every 2 s when stderr is not a terminal): it
+    # says how many of the total are done, and when the rest should be
+    res = lthelp.run(tmp_path, "--target", s.url, "--model", "m", "--rate", 200, "--burstiness", burstiness,
+                     "--requests", 500, "--prompt-tokens", 2, "--output-tokens", 2, "--stream", "--seed", 1)
     assert res.rc == 0, res
+    lines = res.stderr.splitlines()
+    assert any("/500 " in ln and "ETA" in ln for ln in lines[:-1]), res.stderr
+    assert "done 500/500 " in lines[-1]
     reqs = res.j["requests"]
     assert res.j["completed"] == 500
     sched = [r["sched_s"] for r in reqs]
@@ -372,8 +377,9 @@ def test_usage_errors(tmp_path, args, msg):
 
 
 @pytest.mark.parametrize("target,dist,msg", [
-    ("https://127.0.0.1:9", "4", "https is not supported"),
-    ("http://127.0.0.1", "4", "expected http://HOST:PORT"),
+    ("ftp://127.0.0.1:9", "4", "expected http[s]://HOST[:PORT]"),
+    ("http://127.0.0.1:9/v1?x=1", "4", "no query"),
+    ("http://[::1", "4", "not a URL"),
     ("http://127.0.0.1:9", "uniform:9-3", "uniform:A-B"),
     ("http://127.0.0.1:9", "0", "1.."),
     ("http://127.0.0.1:9", "file:/nonexistent/lens", "No such file"),
