@@ -34,3 +34,23 @@ def run(tmp_path, *args, timeout=120, json_out=True):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     record = json.loads(out.read_text()) if json_out and out.exists() else None
     return Result(proc, record)
+
+
+def make_pki(d):
+    """A CA (ca.pem), a server certificate it signed for 127.0.0.1 and
+    localhost (srv.pem, srv.key), and another CA that signed nothing
+    (other.pem), made with the openssl command in directory d.  EC keys:
+    RSA key generation costs seconds on a loaded machine."""
+    import subprocess
+
+    def ossl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=llmq test CA")
+    ossl("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ossl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.pem",
+         "-days", "2", "-extfile", "ext.cnf")
+    ossl("req", "-x509", *ec, "-keyout", "other.key", "-out", "other.pem", "-days", "2", "-subj", "/CN=another CA")
+    return {"ca": d / "ca.pem", "cert": d / "srv.pem", "key": d / "srv.key", "other": d / "other.pem"}

@@ -2,9 +2,13 @@
 real llmq-worker serving stories260K, and the real llmq-gateway.  Every
 request must be accounted for (by the load generator AND by the job hashes
 in Redis), TTFT <= E2E for each, and each got exactly the tokens it asked
-for (max_tokens with ignore_eos)."""
+for (max_tokens with ignore_eos).  The gateway is also reached the way a
+real deployment is: HTTPS (stunnel in front of it, with a certificate from a
+CA made here), the chat endpoint, and prompts from a ShareGPT file."""
 import collections
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,7 +69,7 @@ def stack(redis_server, shared_dir, tmp_path):
     procs = []
     mport = free_port()
     w = Proc([lthelp.BUILD / "llmq-worker", "--model", shared_dir / "models" / "stories260K", "--model-name", MODEL,
-              "--redis", redis_server.url, "--metrics-port", mport, "--max-num-seqs", 16],
+              "--redis", redis_server.url, "--metrics-port", mport, "--max-num-seqs", 16, "--chat-template", "chatml"],
              tmp_path / "worker.log")
     procs.append(w)
     gw_url = None
@@ -78,7 +82,7 @@ def stack(redis_server, shared_dir, tmp_path):
             procs.append(g)
             gw_url = f"http://127.0.0.1:{gport}"
             wait_http_ok(gw_url + "/readyz", g.p, g.log)
-        yield {"redis": redis_server, "gateway": gw_url}
+        yield {"redis": redis_server, "gateway": gw_url, "tmp": tmp_path, "procs": procs}
     finally:
         for p in reversed(procs):
             p.stop()
@@ -126,6 +130,46 @@ def test_ten_seconds_through_the_gateway(stack, tmp_path):
     assert j["max_inflight"] == 8
     check_accounted(j, redis.Redis.from_url(stack["redis"].url))
     assert svg.stat().st_size > 1000
+    https_chat_sharegpt(stack, tmp_path)
+
+
+def https_chat_sharegpt(stack, tmp_path):
+    """The same gateway behind TLS (stunnel, verified with --cacert), on
+    /v1/chat/completions, with ShareGPT prompts and a warm-up: the chat body
+    is accepted, every request gets its tokens, input tokens are the
+    gateway's usage (the templated prompt)."""
+    url = stack["gateway"]
+    stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
+    cacert = []
+    if stunnel:
+        pki = lthelp.make_pki(tmp_path)
+        port = free_port()
+        conf = tmp_path / "stunnel.conf"
+        conf.write_text(f"foreground = yes\npid =\n[gw]\naccept = 127.0.0.1:{port}\n"
+                        f"connect = {url.split('//')[1]}\ncert = {pki['cert']}\nkey = {pki['key']}\n")
+        stack["procs"].append(Proc([stunnel, conf], tmp_path / "stunnel.log"))
+        url, cacert = f"https://127.0.0.1:{port}", ["--cacert", pki["ca"]]
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+    data = tmp_path / "sharegpt.json"
+    data.write_text(json.dumps([{"id": str(i), "conversations": [{"from": "human", "value": v},
+                                                                  {"from": "gpt", "value": "..."}]}
+                                for i, v in enumerate(["Once upon a time", "The cat sat", "A little girl"])]))
+    res = lthelp.run(tmp_path, "--target", url, *cacert, "--model", MODEL, "--endpoint", "/v1/chat/completions",
+                     "--dataset-name", "sharegpt", "--dataset-path", data, "--output-tokens", 12, "--concurrency", 3,
+                     "--num-prompts", 6, "--num-warmups", 1, "--stream", "--timeout", 60, "--quiet", timeout=120)
+    assert res.rc == 0, res
+    j = res.j
+    assert (j["completed"], j["failed"]) == (6, 0), j["error_examples"]
+    assert j["config"]["api"] == "chat" and j["config"]["target"].startswith("https://" if stunnel else "http://")
+    for q in j["requests"]:
+        assert q["output_tokens"] == q["usage_completion_tokens"] == 12 and q["prompt_tokens"] > 3, q
+        assert 0 <= q["ttft_ms"] <= q["e2e_ms"]
+    assert j["total_input_tokens"] == sum(q["prompt_tokens"] for q in j["requests"])
 
 
 def test_redis_target_open_loop(stack, tmp_path):

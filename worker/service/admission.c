@@ -20,8 +20,11 @@
 #include "common/log.h"
 
 #define OOM_PROMPT "out of memory: the worker cannot build the prompt"
+#define CODE_CONTEXT "context_length_exceeded" /* OpenAI's code for a prompt + max_tokens past the context */
 
 /* ------------------------------------------------------------ entries */
+
+static void answer_op(service *sv, job *j);
 
 static const char *field(const redisReply *fields, const char *name, size_t *len) {
     if (!fields || fields->type != REDIS_REPLY_ARRAY) return NULL;
@@ -85,6 +88,11 @@ static job *entry_decode(service *sv, const redisReply *entry) {
         svc_job_free(j);
         return NULL;
     }
+    if (j->req.op != PROTO_OP_GENERATE) {
+        answer_op(sv, j);
+        svc_job_free(j);
+        return NULL;
+    }
     return j;
 }
 
@@ -139,9 +147,12 @@ static const char *resume_read(service *sv, job *j, const redisReply *r, int32_t
 
 /* ------------------------------------------------------------ the job's setup */
 
-/* Turn the request into prompt ids.  Returns a message on failure. */
-static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, char *msg, size_t cap) {
-    const proto_request *r = &j->req;
+/* Turn the request into prompt ids: `prompt` encoded with the special
+ * tokens (BOS) unless add_special_tokens is false, `messages` through the
+ * chat template (which holds BOS) without them unless it is true, as vLLM
+ * does.  Returns a message on failure; none names a file (clients read them). */
+static const char *build_prompt(service *sv, const proto_request *r, int32_t **ids, size_t *n, char *msg,
+                                size_t cap) {
     const int V = sv->rt->m->cfg.vocab_size;
     if (r->kind == PROTO_PROMPT_IDS) {
         *ids = malloc((r->n_prompt_ids ? r->n_prompt_ids : 1) * sizeof **ids);
@@ -167,7 +178,7 @@ static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, c
         size_t len = 0;
         llmq_status st = chat_render(&sv->ct, msgs, r->n_messages, 1, &text, &len, &e);
         free(msgs);
-        if (!st) st = tok_encode(sv->rt->tok, text, len, 0, ids, n, &e); /* the template holds BOS */
+        if (!st) st = tok_encode(sv->rt->tok, text, len, r->add_special_tokens == 1, ids, n, &e);
         free(text);
         if (st) {
             snprintf(msg, cap, "chat messages: %s", e.msg);
@@ -175,11 +186,67 @@ static const char *build_prompt(service *sv, job *j, int32_t **ids, size_t *n, c
         }
         return NULL;
     }
-    if (tok_encode(sv->rt->tok, r->prompt, strlen(r->prompt), 1, ids, n, &e)) {
+    if (tok_encode(sv->rt->tok, r->prompt, strlen(r->prompt), r->add_special_tokens != 0, ids, n, &e)) {
         snprintf(msg, cap, "cannot tokenize the prompt: %s", e.msg);
         return msg;
     }
     return NULL;
+}
+
+/* A tokenize or detokenize job (request `op`), answered at once with its
+ * final chunk: no admission, no KV cache, no generation.  Like an early
+ * failure it is written with attempt 0, which the finish script accepts
+ * only while the job is queued (so a cancelled one stays cancelled).
+ * tokenize: ids = the prompt's tokens (chat template applied to messages),
+ * usage.prompt_tokens = their count, max_model_len = the context.
+ * detokenize: text = the ids decoded (special tokens kept, as vLLM's
+ * /detokenize), usage.prompt_tokens = the count of ids.  Takes nothing:
+ * the caller frees j. */
+static void answer_op(service *sv, job *j) {
+    const proto_request *r = &j->req;
+    char msg[LLMQ_ERRSTR_LEN + 64];
+    const char *why = NULL;
+    if (!sv->rt->tok) {
+        why = "this model has no tokenizer.json: it cannot tokenize or detokenize";
+    } else if (r->op == PROTO_OP_TOKENIZE) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        why = build_prompt(sv, r, &ids, &n, msg, sizeof msg);
+        if (!why && n > PROTO_MAX_PROMPT_IDS) {
+            snprintf(msg, sizeof msg, "the prompt has %zu tokens, more than the %d one answer can carry", n,
+                     PROTO_MAX_PROMPT_IDS);
+            why = msg;
+        }
+        if (!why) {
+            j->step_ids = ids; /* freed with j */
+            j->n_step_ids = (int)n;
+            j->s.n_prompt = (int)n;
+            j->max_model_len = sv->rt->m->cfg.max_position_embeddings;
+            svc_add_final(sv, j, j->entry, "", 0, "stop", NULL, 0, 0);
+            return;
+        }
+        free(ids);
+    } else {
+        const int V = sv->rt->m->cfg.vocab_size;
+        for (size_t i = 0; i < r->n_prompt_ids && !why; i++)
+            if (r->prompt_ids[i] >= V) {
+                snprintf(msg, sizeof msg, "prompt_ids[%zu] = %d is outside the vocabulary (%d)", i, r->prompt_ids[i], V);
+                why = msg;
+            }
+        char *text = why ? NULL : tok_decode(sv->rt->tok, r->prompt_ids, r->n_prompt_ids, 0);
+        if (!why && !text) {
+            log_error("job %s: out of memory decoding its ids: entry %s left pending, to be claimed again", j->id,
+                      j->entry);
+            return;
+        }
+        if (text) {
+            j->s.n_prompt = (int)r->n_prompt_ids;
+            svc_add_final(sv, j, j->entry, text, strlen(text), "stop", NULL, 0, 0);
+            free(text);
+            return;
+        }
+    }
+    svc_fail_early(sv, j->id, j->entry, 0, 0, why, why == (const char *)OOM_PROMPT ? 500 : 400, 0);
 }
 
 /* An admitted job's sequence: prompt ids, token limit, sampling, logprobs,
@@ -191,12 +258,25 @@ static const char *job_setup(service *sv, job *j, uint64_t seed, char *msg, size
     int32_t *ids = NULL;
     size_t n = 0;
     *status = 400;
-    const char *why = build_prompt(sv, j, &ids, &n, msg, cap);
+    const char *why = build_prompt(sv, q, &ids, &n, msg, cap);
     const int ctx = sv->rt->m->cfg.max_position_embeddings;
     if (!why && n == 0) why = "the prompt is empty";
-    if (!why && (int)n >= ctx) {
-        snprintf(msg, cap, "the prompt has %zu tokens; the model's context is %d", n, ctx);
+    /* vLLM's words, so that clients which recognise them (and OpenAI's
+     * code) work unchanged: a prompt with no room for one token, or a
+     * max_tokens that does not fit beside it, is refused, never cut short */
+    if (!why && n + 1 > (size_t)ctx) {
+        snprintf(msg, cap,
+                 "This model's maximum context length is %d tokens. However, you requested %zu tokens in the "
+                 "messages, Please reduce the length of the messages.", ctx, n);
         why = msg;
+        j->error_code = CODE_CONTEXT;
+    } else if (!why && q->max_tokens != PROTO_UNSET && n + (size_t)q->max_tokens > (size_t)ctx) {
+        snprintf(msg, cap,
+                 "This model's maximum context length is %d tokens. However, you requested %zu tokens (%zu in the "
+                 "messages, %d in the completion). Please reduce the length of the messages or completion.",
+                 ctx, n + (size_t)q->max_tokens, n, q->max_tokens);
+        why = msg;
+        j->error_code = CODE_CONTEXT;
     }
     int max_new = ctx - (int)n;
     if (!why && q->max_tokens != PROTO_UNSET && q->max_tokens < max_new) max_new = q->max_tokens;
@@ -317,7 +397,12 @@ static void entry_admit(service *sv, job *j, uint64_t seed) {
             sv->n_jobs++;
             return;
         }
-        svc_fail_early(sv, j->id, eid, attempts, j->next_seq, why, status, 0);
+        if (j->error_code) { /* svc_fail_early's final, with the code */
+            log_warn("job %s failed: %s", j->id, why);
+            svc_add_final(sv, j, eid, "", 0, "error", why, status, 0);
+        } else {
+            svc_fail_early(sv, j->id, eid, attempts, j->next_seq, why, status, 0);
+        }
     }
     free(prev);
     svc_job_free(j);

@@ -168,6 +168,8 @@ static llmq_status encode_chunk(service *sv, const job *j, const char *text, siz
         c.usage.completion_tokens = j->s.tokens ? seq_n_generated(&j->s) : 0;
         c.error = (char *)error;
         if (error) c.error_status = error_status;
+        if (error) c.code = (char *)j->error_code;
+        c.max_model_len = j->max_model_len;
     }
     proto_buf_reset(&sv->buf);
     return proto_chunk_encode(&c, &sv->buf, NULL);

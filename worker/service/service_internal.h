@@ -70,6 +70,8 @@ typedef struct job {
     int done;                /* the scheduler finished it (s.finish says why) */
     const char *error;       /* set while running (static text): the job cannot go on and ends
                                 failed with this reason at the next publish */
+    const char *error_code;  /* static text or NULL: the final chunk's `code` (with an error) */
+    int64_t max_model_len;   /* 0, or the final chunk's `max_model_len` (a tokenize answer) */
     uint64_t seed;           /* during admission: the seed offered to the admit script */
     redisReply *admit_reply; /* during admission: the admit script's reply (owned), NULL on error */
     struct job *next;
