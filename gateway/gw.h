@@ -41,6 +41,8 @@ typedef struct gw_config {
     int64_t result_ttl_s;        /* --result-ttl: TTL set when the gateway ends a job (cancel of a queued one) */
     double drain_timeout;        /* --drain-timeout: s to let open streams finish on SIGTERM */
     double request_timeout;      /* --request-timeout: s from a request's first byte to its end */
+    double queue_timeout;        /* --queue-timeout: s an OpenAI request's job may wait for a worker to
+                                  * admit it before it is cancelled and answered 503; 0 = no limit */
     long long max_connections;   /* --max-connections: open HTTP connections; 0 = no cap,
                                   * -1 = from the descriptor limit (main.c) */
 } gw_config;

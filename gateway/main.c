@@ -4,6 +4,7 @@
  *   llmq-gateway --redis URL --listen HOST:PORT [--api-key-file F] [--max-queue N]
  *                [--max-body-bytes N] [--max-tokens-limit N] [--models a,b] [--prefix P]
  *                [--result-ttl S] [--drain-timeout S] [--request-timeout S] [--max-connections N]
+ *                [--queue-timeout S]
  *                [--redis-password-file F] [--allow-root]
  *
  * One thread, one libev loop.  Shutdown (SIGTERM/SIGINT): stop accepting,
@@ -56,6 +57,8 @@ static void usage(FILE *f) {
             "  --result-ttl S         TTL of jobs the gateway ends itself (default 86400)\n"
             "  --drain-timeout S      on SIGTERM, s to let open responses finish (default 30)\n"
             "  --request-timeout S    s to receive a whole request, from its first byte (default 30); then 408\n"
+            "  --queue-timeout S      s a completion may wait for a worker to take its job (default 300;\n"
+            "                         0 = no limit); then the job is cancelled and the client gets 503\n"
             "  --max-connections N    open HTTP connections; more are answered 503 and closed\n"
             "                         (default: the descriptor limit less %d; 0 = no cap)\n",
             FD_RESERVE);
@@ -242,11 +245,12 @@ int main(int argc, char **argv) {
     g.cfg.result_ttl_s = 86400;
     g.cfg.drain_timeout = 30;
     g.cfg.request_timeout = 30;
+    g.cfg.queue_timeout = 300;
     g.cfg.max_connections = -1;
     log_set_name("gateway");
 
     enum { O_REDIS = 1, O_LISTEN, O_KEYS, O_MAXQ, O_BODY, O_TOKENS, O_MODELS, O_PREFIX, O_TTL, O_DRAIN, O_RPWFILE,
-           O_ROOT, O_REQ_TIMEOUT, O_MAXCONN, O_HELP };
+           O_ROOT, O_REQ_TIMEOUT, O_MAXCONN, O_QUEUE_TIMEOUT, O_HELP };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},          {"listen", required_argument, 0, O_LISTEN},
         {"api-key-file", required_argument, 0, O_KEYS},    {"max-queue", required_argument, 0, O_MAXQ},
@@ -255,6 +259,7 @@ int main(int argc, char **argv) {
         {"result-ttl", required_argument, 0, O_TTL},       {"drain-timeout", required_argument, 0, O_DRAIN},
         {"redis-password-file", required_argument, 0, O_RPWFILE}, {"allow-root", no_argument, 0, O_ROOT},
         {"request-timeout", required_argument, 0, O_REQ_TIMEOUT}, {"max-connections", required_argument, 0, O_MAXCONN},
+        {"queue-timeout", required_argument, 0, O_QUEUE_TIMEOUT},
         {"help", no_argument, 0, O_HELP},                  {0, 0, 0, 0},
     };
     int o;
@@ -291,6 +296,14 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "llmq-gateway: --request-timeout wants seconds (0 < S <= 86400), got '%s'\n", optarg);
                 return 2;
             }
+            break;
+        case O_QUEUE_TIMEOUT: /* 0 = no limit, else as --request-timeout */
+            if (strcmp(optarg, "0") != 0 && parse_seconds(optarg, &g.cfg.queue_timeout)) {
+                fprintf(stderr, "llmq-gateway: --queue-timeout wants seconds (0 = none, or 0 < S <= 86400), got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            if (!strcmp(optarg, "0")) g.cfg.queue_timeout = 0;
             break;
         case O_MAXCONN:
             if (parse_ll(optarg, 0, INT32_MAX, &g.cfg.max_connections)) {

@@ -43,6 +43,43 @@ static json_t *chunk_json(const proto_chunk *c) {
 
 /* ================================================================ POST /v1/jobs */
 
+static void reply_submitted(gw_call *call, const char *state, json_t *created) {
+    char loc[PROTO_MAX_ID_LEN + 64];
+    snprintf(loc, sizeof loc, "Location: /v1/jobs/%s\r\n%s", call->id,
+             call->replayed ? "Idempotent-Replayed: true\r\n" : "");
+    gw_reply_json(call->conn, 202,
+                  json_pack("{s:s, s:s, s:s, s:s, s:o}", "id", call->id, "object", "job", "status", state, "model",
+                            call->model, "created", created),
+                  loc);
+}
+
+/* A replay: the job the key names is reported as it is now (it may have run
+ * to its end since the first submission), from its hash {state, created}. */
+static void on_replay_state(redisAsyncContext *ac, void *reply, void *priv) {
+    gw_call *call = priv;
+    redisReply *r = reply;
+    if (call->done) goto out;
+    if (!r) {
+        gw_reply_redis_down(call->conn);
+    } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        gw_reply_error(call->conn, 500, "server_error", NULL, NULL, "redis: %s",
+                       r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    } else {
+        const redisReply *st = r->element[0], *cr = r->element[1];
+        json_t *created = json_null();
+        if (cr->type == REDIS_REPLY_STRING) {
+            char *end;
+            long long v = strtoll(cr->str, &end, 10);
+            if (!*end && end != cr->str) created = json_integer(v);
+        }
+        /* no hash: removed by hand (its TTL starts at its end, later than the key record's) */
+        reply_submitted(call, st->type == REDIS_REPLY_STRING ? st->str : "unknown", created);
+    }
+    gw_call_finish(call);
+out:
+    gw_call_unref(call);
+}
+
 static void on_job_submitted(gw_call *call, int status, const char *msg) {
     http_conn *c = call->conn;
     if (status == 429) gw_reply_error(c, 429, "rate_limit_error", NULL, "queue_full", "queue full: %s; retry later", msg);
@@ -50,14 +87,19 @@ static void on_job_submitted(gw_call *call, int status, const char *msg) {
                                            "%s", msg);
     else if (status == 503) gw_reply_redis_down(c);
     else if (status) gw_reply_error(c, 500, "server_error", NULL, NULL, "submitting the job failed: %s", msg);
-    else {
-        char loc[PROTO_MAX_ID_LEN + 64];
-        snprintf(loc, sizeof loc, "Location: /v1/jobs/%s\r\n%s", call->id,
-                 call->replayed ? "Idempotent-Replayed: true\r\n" : "");
-        gw_reply_json(c, 202,
-                      json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", call->id, "object", "job", "status", "queued",
-                                "model", call->model, "created", (json_int_t)gw_now_ms()),
-                      loc);
+    else if (call->replayed) {
+        char job[KEYS_MAX];
+        keys_job(&call->g->keys, call->id, job, sizeof job);
+        rcmd h;
+        rcmd_init(&h);
+        rcmd_str(&h, "HMGET");
+        rcmd_str(&h, job);
+        rcmd_str(&h, "state");
+        rcmd_str(&h, "created");
+        if (gw_call_send(call, &h, on_replay_state) == 0) return; /* answered there */
+        gw_reply_redis_down(c);
+    } else {
+        reply_submitted(call, "queued", json_integer((json_int_t)gw_now_ms()));
     }
     gw_call_finish(call);
 }
