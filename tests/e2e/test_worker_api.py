@@ -97,9 +97,10 @@ def test_context_length_is_a_400_with_vllm_message(fleet):
         f"This model's maximum context length is {CTX} tokens. However, you requested {CTX + 1} tokens "
         f"({n} in the messages, {CTX - n + 1} in the completion). Please reduce the length of the messages "
         f"or completion.")
-    # exactly at the context: runs (ids of the prompt given as ids, so n is known here)
-    r = client.completions.create(model="stories", prompt=ids, max_tokens=CTX - n, temperature=0)
-    assert r.usage.prompt_tokens == n and r.choices[0].finish_reason in ("stop", "length")
+    # exactly at the context: runs (a prompt of ids, so its length is known here)
+    at = [1] + [403] * (CTX - 9)
+    r = client.completions.create(model="stories", prompt=at, max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
+    assert r.usage.prompt_tokens == CTX - 8 and r.usage.completion_tokens == 8
     # a prompt with no room for one token, chat: the message form without max_tokens
     long_prompt = [1] + [403] * CTX
     with pytest.raises(openai.BadRequestError) as e:
