@@ -19,6 +19,9 @@ PY_PKGS=(numpy pytest redis openai tokenizers msgpack)
 # Chart tests (tests/helm): Helm's own Go engine through its C ABI (no helm
 # binary needed), the Kubernetes JSON schemas, YAML and JSON Schema.
 PY_PKGS+=(helm-python-sdk kubernetes-validate pyyaml jsonschema)
+# Metric names (tests/e2e/test_metrics_names.py): Prometheus' own parser of
+# the exposition text, and a PromQL parser for the dashboard's and alerts' queries.
+PY_PKGS+=(prometheus-client promql-parser)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -40,7 +43,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "deps: creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import numpy, pytest, redis, openai, tokenizers, msgpack, helm_python, kubernetes_validate, yaml, jsonschema" 2>/dev/null; then
+if ! .venv/bin/python -c "import numpy, pytest, redis, openai, tokenizers, msgpack, helm_python, kubernetes_validate, yaml, jsonschema, prometheus_client, promql_parser" 2>/dev/null; then
   echo "deps: installing Python test packages: ${PY_PKGS[*]}"
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PKGS[@]}"
 else

@@ -88,7 +88,7 @@ def test_silent_connections_do_not_stall_generation(redis_server, stories, tmp_p
         took, busy = complete(redis_server.url, 60)
         assert t.is_alive()  # finished while the connections were held
         st, body = get(port, "/metrics")
-        assert st == 200 and "llmq:generation_tokens_total 32" in body
+        assert st == 200 and 'llmq:generation_tokens_total{model_name="stories"} 32' in body
         assert get(port, "/readyz")[0] == 200
         stop.set()
         t.join()

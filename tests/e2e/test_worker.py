@@ -274,10 +274,10 @@ def test_max_attempts_dead_stream_and_metrics(redis_server, stories, tmp_path):
             return resp.status, resp.read().decode()
         st, body = get("/metrics")
         assert st == 200
-        assert "llmq:generation_tokens_total 48" in body
-        assert 'llmq:request_success_total{finished_reason="length"} 1' in body
-        assert 'llmq:request_success_total{finished_reason="error"} 1' in body
-        assert "llmq:time_to_first_token_seconds_count 1" in body
+        assert 'llmq:generation_tokens_total{model_name="stories"} 48' in body
+        assert 'llmq:request_success_total{finished_reason="length",model_name="stories"} 1' in body
+        assert 'llmq:request_success_total{finished_reason="error",model_name="stories"} 1' in body
+        assert 'llmq:time_to_first_token_seconds_count{model_name="stories"} 1' in body
         assert get("/readyz")[0] == 200
         time.sleep(2.2)
         beat = json.loads(next(iter(r.hgetall("llmq:workers").values())))

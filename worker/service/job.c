@@ -126,17 +126,25 @@ static void lp_token_set(const service *sv, proto_token_lp *t, int32_t id, doubl
     }
 }
 
+int64_t svc_job_arrival_ms(const job *j) { return strtoll(j->entry, NULL, 10); /* "<ms>-<seq>" */ }
+
 void svc_on_token(seq *s, int32_t tok, void *ud) {
     service *sv = ud;
     job *j = s->user;
     int64_t t = now_ms();
     if (!j->first_token_ms) {
         j->first_token_ms = t;
-        metric_observe(sv->m_ttft, (t - j->admitted_ms) / 1e3);
+        /* from arrival, as vLLM counts it: the time in the queue is part of
+         * what the client waited (Redis' clock against ours: never below 0).
+         * A resumed job (chunks already out, next_seq > 0) had its first
+         * token under an earlier attempt. */
+        int64_t ttft = t - svc_job_arrival_ms(j);
+        if (j->next_seq == 0) metric_observe(sv->m_ttft, (ttft > 0 ? ttft : 0) / 1e3);
     } else {
         metric_observe(sv->m_itl, (t - j->last_token_ms) / 1e3);
     }
     j->last_token_ms = t;
+    j->n_tokens_here++;
     metric_inc(sv->m_gen_tok, 1);
     if (j->error) return; /* ends at the next publish */
     if (j->n_step_ids == j->cap_step_ids && step_grow(j)) {

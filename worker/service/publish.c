@@ -84,6 +84,10 @@ static int pipe_reply(service *sv, const pipe_tag *t, redisReply *r) {
         t->admit->admit_reply = r;
         return 1;
     }
+    if (t->kind == TAG_BACKLOG) { /* health.c reads it, errors included */
+        svc_health_backlog_reply(sv, r);
+        return 0;
+    }
     if (r->type == REDIS_REPLY_ERROR) {
         if (t->kind == TAG_CHUNK) job_drop(sv, t->id, r->str);
         else if (t->id[0]) log_warn("redis: %s (job %s)", r->str, t->id);
@@ -204,7 +208,7 @@ int svc_add_final(service *sv, const job *j, const char *entry, const char *text
     jobops_finish(&c, &kb, &sv->keys, j->id, sv->o.model_name, entry, j->attempt, &f, sv->o.result_ttl_s,
                   sv->buf.data, sv->buf.len);
     if (svc_pipe_add_tagged(sv, &c, TAG_FINAL, j->id)) return -1;
-    metric_inc(metric_get(sv->f_success, finish), 1);
+    metric_inc(metric_get(sv->f_success, finish, sv->o.model_name), 1);
     sv->finals++;
     return 0;
 }
@@ -270,6 +274,7 @@ void svc_publish(service *sv) {
         }
         const char *fin = j->error ? "error" : j->stop_hit ? "stop" : finish_reason_name(j->s.finish);
         if (j->error) log_warn("job %s failed: %s", j->id, j->error);
+        svc_metrics_job_end(sv, j);
         svc_add_final(sv, j, j->entry, text, len, fin, j->error, 500, 0);
         *pp = j->next;
         sv->n_jobs--;
