@@ -93,7 +93,7 @@ llmq_status llmq_submit(llmq_client *c, const proto_request *req, char *id_out, 
     rcmd_str(&multi, "MULTI");
     rcmd_init(&exec);
     rcmd_str(&exec, "EXEC");
-    jobops_submit(&hset, &xadd, &kb, &c->keys, id, req->model, payload.data, payload.len, now_ms());
+    jobops_submit(&hset, &xadd, &kb, &c->keys, id, req->model, req->priority, payload.data, payload.len, now_ms());
     const rcmd *seq[4] = {&multi, &hset, &xadd, &exec};
     for (int i = 0; i < 4; i++)
         redisAppendCommandArgv(c->ctx, seq[i]->argc, (const char **)seq[i]->argv, seq[i]->argvlen);

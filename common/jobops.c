@@ -51,13 +51,32 @@ static const char admit_lua[] =
     "end\n"
     "return r\n";
 
-/* Submission, bounded and/or idempotent: KEYS[1] job hash, KEYS[2] request
- * stream, KEYS[3] (optional) idempotency hash; ARGV[1] model, ARGV[2]
+/* The scripts below name the lanes' streams KEYS[3..5] (submit_lua) or
+ * KEYS[1..3] (the others): written for three lanes. */
+_Static_assert(KEYS_LANES == 3, "the lane scripts name three lane streams");
+
+/* Submission, bounded and/or idempotent: KEYS[1] job hash, KEYS[2] the
+ * request's lane stream, KEYS[3..5] every lane's stream (the bound counts
+ * them all), KEYS[6] (optional) idempotency hash; ARGV[1] model, ARGV[2]
  * created ms, ARGV[3] id, ARGV[4] request, ARGV[5] max queue (0: none),
- * ARGV[6] group, and with KEYS[3]: ARGV[7] body hash, ARGV[8] ttl s. */
+ * ARGV[6] group, and with KEYS[6]: ARGV[7] body hash, ARGV[8] ttl s.
+ * lane_waiting: the lag of group g on a lane, or XLEN when Redis has none. */
 static const char submit_lua[] =
-    "if KEYS[3] then\n"
-    "  local prev = redis.call('HMGET', KEYS[3], 'id', 'body')\n"
+    "local function lane_waiting(key, g)\n"
+    "  local groups = redis.pcall('XINFO', 'GROUPS', key)\n"
+    "  if type(groups) == 'table' and not groups.err then\n"
+    "    for _, x in ipairs(groups) do\n"
+    "      local name, lag\n"
+    "      for i = 1, #x - 1, 2 do\n"
+    "        if x[i] == 'name' then name = x[i + 1] elseif x[i] == 'lag' then lag = x[i + 1] end\n"
+    "      end\n"
+    "      if name == g and type(lag) == 'number' then return lag end\n"
+    "    end\n"
+    "  end\n"
+    "  return redis.call('XLEN', key)\n"
+    "end\n"
+    "if KEYS[6] then\n"
+    "  local prev = redis.call('HMGET', KEYS[6], 'id', 'body')\n"
     "  if prev[1] then\n"
     "    if prev[2] ~= ARGV[7] then return {3, prev[1]} end\n"
     "    return {2, prev[1]}\n"
@@ -65,27 +84,78 @@ static const char submit_lua[] =
     "end\n"
     "local waiting = 0\n"
     "if tonumber(ARGV[5]) > 0 then\n"
-    "  waiting = -1\n"
-    "  local groups = redis.pcall('XINFO', 'GROUPS', KEYS[2])\n"
-    "  if type(groups) == 'table' and not groups.err then\n"
-    "    for _, g in ipairs(groups) do\n"
-    "      local name, lag\n"
-    "      for i = 1, #g - 1, 2 do\n"
-    "        if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'lag' then lag = g[i + 1] end\n"
-    "      end\n"
-    "      if name == ARGV[6] and type(lag) == 'number' then waiting = lag end\n"
-    "    end\n"
-    "  end\n"
-    "  if waiting < 0 then waiting = redis.call('XLEN', KEYS[2]) end\n"
+    "  for l = 3, 5 do waiting = waiting + lane_waiting(KEYS[l], ARGV[6]) end\n"
     "  if waiting >= tonumber(ARGV[5]) then return {0, waiting} end\n"
     "end\n"
     "redis.call('HSET', KEYS[1], 'state', 'queued', 'model', ARGV[1], 'created', ARGV[2], 'attempts', '0')\n"
     "redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'p', ARGV[4])\n"
-    "if KEYS[3] then\n"
-    "  redis.call('HSET', KEYS[3], 'id', ARGV[3], 'body', ARGV[7])\n"
-    "  if tonumber(ARGV[8]) > 0 then redis.call('EXPIRE', KEYS[3], ARGV[8]) end\n"
+    "if KEYS[6] then\n"
+    "  redis.call('HSET', KEYS[6], 'id', ARGV[3], 'body', ARGV[7])\n"
+    "  if tonumber(ARGV[8]) > 0 then redis.call('EXPIRE', KEYS[6], ARGV[8]) end\n"
     "end\n"
     "return {1, waiting}\n";
+
+/* KEYS[1..3] every lane's stream; ARGV[1] group.  XGROUP CREATE on each;
+ * BUSYGROUP only when none was created (see jobops_group_create). */
+static const char group_lua[] =
+    "local made = 0\n"
+    "for l = 1, #KEYS do\n"
+    "  local r = redis.pcall('XGROUP', 'CREATE', KEYS[l], ARGV[1], '0', 'MKSTREAM')\n"
+    "  if type(r) == 'table' and r.err then\n"
+    "    if string.sub(r.err, 1, 9) ~= 'BUSYGROUP' then return r end\n"
+    "  else\n"
+    "    made = made + 1\n"
+    "  end\n"
+    "end\n"
+    "if made == 0 then return redis.error_reply('BUSYGROUP Consumer Group name already exists') end\n"
+    "return made\n";
+
+/* KEYS[1..3] every lane's stream, highest first; ARGV[1] group, ARGV[2]
+ * consumer, ARGV[3] count, ARGV[4] the lane to take one entry from first
+ * (1-based; 0 = none).  A lane that gave fewer entries than asked is
+ * drained; the others are asked whether entries remain (the lag, or an
+ * entry past the group's last delivered id when Redis has no lag). */
+static const char read_lanes_lua[] =
+    "local left = tonumber(ARGV[3])\n"
+    "local got, drained, more = {}, {}, {}\n"
+    "for l = 1, #KEYS do got[l] = {} end\n"
+    "local function take(l, n)\n"
+    "  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', KEYS[l], '>')\n"
+    "  local e = r and r[1][2] or {}\n"
+    "  for _, x in ipairs(e) do got[l][#got[l] + 1] = x end\n"
+    "  if #e < n then drained[l] = true end\n"
+    "  left = left - #e\n"
+    "end\n"
+    "local first = tonumber(ARGV[4])\n"
+    "if first > 0 and left > 0 then take(first, 1) end\n"
+    "for l = 1, #KEYS do\n"
+    "  if left > 0 and not drained[l] then take(l, left) end\n"
+    "end\n"
+    "for l = 1, #KEYS do\n"
+    "  more[l] = 0\n"
+    "  if not drained[l] then\n"
+    "    local groups = redis.pcall('XINFO', 'GROUPS', KEYS[l])\n"
+    "    if type(groups) == 'table' and not groups.err then\n"
+    "      for _, x in ipairs(groups) do\n"
+    "        local name, lag, last\n"
+    "        for i = 1, #x - 1, 2 do\n"
+    "          if x[i] == 'name' then name = x[i + 1]\n"
+    "          elseif x[i] == 'lag' then lag = x[i + 1]\n"
+    "          elseif x[i] == 'last-delivered-id' then last = x[i + 1] end\n"
+    "        end\n"
+    "        if name == ARGV[1] then\n"
+    "          if type(lag) == 'number' then\n"
+    "            if lag > 0 then more[l] = 1 end\n"
+    "          elseif last and #redis.call('XRANGE', KEYS[l], '(' .. last, '+', 'COUNT', 1) > 0 then\n"
+    "            more[l] = 1\n"
+    "          end\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "got[#KEYS + 1] = more\n"
+    "return got\n";
 
 /* KEYS[1] job hash, KEYS[2] output stream; ARGV[1] attempt, ARGV[2] output
  * channel, ARGV[3] chunk.  See "Fencing" in jobops.h. */
@@ -126,10 +196,15 @@ static const char finish_lua[] =
     "end\n"
     "return 1\n";
 
+/* kb->lanes: every lane's stream of model. */
+static void lanes_fill(jobops_keys *kb, const llmq_keys *k, const char *model) {
+    for (int l = 0; l < KEYS_LANES; l++) keys_req_lane(k, model, l, kb->lanes[l], sizeof kb->lanes[l]);
+}
+
 void jobops_submit(rcmd *hset, rcmd *xadd, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
-                   const void *payload, size_t payload_len, int64_t now_ms) {
+                   int32_t priority, const void *payload, size_t payload_len, int64_t now_ms) {
     keys_job(k, id, kb->job, sizeof kb->job);
-    keys_req_stream(k, model, kb->req, sizeof kb->req);
+    keys_req_lane(k, model, keys_lane_of(priority), kb->req, sizeof kb->req);
     rcmd_init(hset);
     rcmd_str(hset, "HSET");
     rcmd_str(hset, kb->job);
@@ -151,20 +226,22 @@ void jobops_submit(rcmd *hset, rcmd *xadd, jobops_keys *kb, const llmq_keys *k, 
     rcmd_arg(xadd, payload, payload_len);
 }
 
-/* EVAL of submit_lua with its two keys and six arguments, plus the
+/* EVAL of submit_lua with its five keys and six arguments, plus the
  * idempotency hash when extra_key is given (the caller then appends ARGV[7]
  * and ARGV[8]). */
 static void submit_eval(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *lua, const char *id,
-                        const char *model, const void *payload, size_t payload_len, int64_t now_ms,
+                        const char *model, int32_t priority, const void *payload, size_t payload_len, int64_t now_ms,
                         long long max_queue, const char *extra_key) {
     keys_job(k, id, kb->job, sizeof kb->job);
-    keys_req_stream(k, model, kb->req, sizeof kb->req);
+    keys_req_lane(k, model, keys_lane_of(priority), kb->req, sizeof kb->req);
+    lanes_fill(kb, k, model);
     rcmd_init(c);
     rcmd_str(c, "EVAL");
     rcmd_str(c, lua);
-    rcmd_str(c, extra_key ? "3" : "2");
+    rcmd_fmt(c, "%d", 2 + KEYS_LANES + (extra_key ? 1 : 0));
     rcmd_str(c, kb->job);
     rcmd_str(c, kb->req);
+    for (int l = 0; l < KEYS_LANES; l++) rcmd_str(c, kb->lanes[l]);
     if (extra_key) rcmd_str(c, extra_key);
     rcmd_str(c, model);
     rcmd_fmt(c, "%" PRId64, now_ms);
@@ -175,28 +252,69 @@ static void submit_eval(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char
 }
 
 void jobops_submit_bounded(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
-                           const void *payload, size_t payload_len, int64_t now_ms, long long max_queue) {
-    submit_eval(c, kb, k, submit_lua, id, model, payload, payload_len, now_ms, max_queue, NULL);
+                           int32_t priority, const void *payload, size_t payload_len, int64_t now_ms,
+                           long long max_queue) {
+    submit_eval(c, kb, k, submit_lua, id, model, priority, payload, payload_len, now_ms, max_queue, NULL);
 }
 
 void jobops_submit_idem(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
-                        const void *payload, size_t payload_len, int64_t now_ms, long long max_queue,
+                        int32_t priority, const void *payload, size_t payload_len, int64_t now_ms, long long max_queue,
                         const char *idem_key, const char *body_hash, int64_t ttl_s) {
     keys_idem(k, idem_key, kb->idem, sizeof kb->idem);
-    submit_eval(c, kb, k, submit_lua, id, model, payload, payload_len, now_ms, max_queue, kb->idem);
+    submit_eval(c, kb, k, submit_lua, id, model, priority, payload, payload_len, now_ms, max_queue, kb->idem);
     rcmd_str(c, body_hash);
     rcmd_fmt(c, "%" PRId64, ttl_s);
 }
 
 void jobops_group_create(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model) {
-    keys_req_stream(k, model, kb->req, sizeof kb->req);
+    lanes_fill(kb, k, model);
     rcmd_init(c);
-    rcmd_str(c, "XGROUP");
-    rcmd_str(c, "CREATE");
-    rcmd_str(c, kb->req);
+    rcmd_str(c, "EVAL");
+    rcmd_str(c, group_lua);
+    rcmd_fmt(c, "%d", KEYS_LANES);
+    for (int l = 0; l < KEYS_LANES; l++) rcmd_str(c, kb->lanes[l]);
     rcmd_str(c, PROTO_GROUP);
-    rcmd_str(c, "0");
-    rcmd_str(c, "MKSTREAM");
+}
+
+void jobops_read_lanes(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *consumer,
+                       int count, int first_lane) {
+    lanes_fill(kb, k, model);
+    rcmd_init(c);
+    rcmd_str(c, "EVAL");
+    rcmd_str(c, read_lanes_lua);
+    rcmd_fmt(c, "%d", KEYS_LANES);
+    for (int l = 0; l < KEYS_LANES; l++) rcmd_str(c, kb->lanes[l]);
+    rcmd_str(c, PROTO_GROUP);
+    rcmd_str(c, consumer);
+    rcmd_fmt(c, "%d", count > 0 ? count : 0);
+    rcmd_fmt(c, "%d", first_lane >= 0 && first_lane < KEYS_LANES ? first_lane + 1 : 0);
+}
+
+void jobops_read_all(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *consumer,
+                     int count, int block_ms, const char *id) {
+    lanes_fill(kb, k, model);
+    rcmd_init(c);
+    rcmd_str(c, "XREADGROUP");
+    rcmd_str(c, "GROUP");
+    rcmd_str(c, PROTO_GROUP);
+    rcmd_str(c, consumer);
+    if (count > 0) {
+        rcmd_str(c, "COUNT");
+        rcmd_fmt(c, "%d", count);
+    }
+    if (block_ms >= 0) {
+        rcmd_str(c, "BLOCK");
+        rcmd_fmt(c, "%d", block_ms);
+    }
+    rcmd_str(c, "STREAMS");
+    for (int l = 0; l < KEYS_LANES; l++) rcmd_str(c, kb->lanes[l]);
+    for (int l = 0; l < KEYS_LANES; l++) rcmd_str(c, id);
+}
+
+int jobops_lane_of_key(const jobops_keys *kb, const char *name, size_t len) {
+    for (int l = 0; l < KEYS_LANES; l++)
+        if (strlen(kb->lanes[l]) == len && !memcmp(kb->lanes[l], name, len)) return l;
+    return -1;
 }
 
 void jobops_cancel(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, int64_t now_ms, int64_t result_ttl_s,
@@ -244,8 +362,8 @@ void jobops_admit(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, 
     rcmd_fmt(c, "%" PRIu64, seed);
 }
 
-void jobops_ack(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *entry) {
-    keys_req_stream(k, model, kb->req, sizeof kb->req);
+void jobops_ack(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, int lane, const char *entry) {
+    keys_req_lane(k, model, lane, kb->req, sizeof kb->req);
     rcmd_init(c);
     rcmd_str(c, "XACK");
     rcmd_str(c, kb->req);
@@ -284,13 +402,13 @@ void jobops_chunk(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, 
     rcmd_arg(c, chunk, chunk_len);
 }
 
-void jobops_finish(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, const char *entry,
-                   long long attempt, const jobops_final *f, int64_t result_ttl_s, const void *chunk,
-                   size_t chunk_len) {
+void jobops_finish(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, int lane,
+                   const char *entry, long long attempt, const jobops_final *f, int64_t result_ttl_s,
+                   const void *chunk, size_t chunk_len) {
     keys_job(k, id, kb->job, sizeof kb->job);
     keys_job_out(k, id, kb->out, sizeof kb->out);
     keys_out_channel(k, id, kb->chan, sizeof kb->chan);
-    keys_req_stream(k, model, kb->req, sizeof kb->req);
+    keys_req_lane(k, model, lane, kb->req, sizeof kb->req);
     keys_dead_stream(k, model, kb->dead, sizeof kb->dead);
     rcmd_init(c);
     rcmd_str(c, "EVAL");

@@ -24,7 +24,8 @@ typedef struct jobops_keys {
     char job[KEYS_MAX];       /* <P>job:{id} */
     char out[KEYS_MAX];       /* <P>job:{id}:out */
     char chan[KEYS_MAX];      /* <P>out:{id} */
-    char req[KEYS_MAX];       /* <P>req:<model> */
+    char req[KEYS_MAX];       /* <P>req:<model>[#lane]: the lane a command is about */
+    char lanes[KEYS_LANES][KEYS_MAX]; /* every lane's stream, highest first (keys.h) */
     char cancel[KEYS_MAX];    /* <P>cancel */
     char dead[KEYS_MAX];      /* <P>dead:<model> */
     char idem[KEYS_MAX];      /* <P>idem:{key} */
@@ -34,25 +35,29 @@ typedef struct jobops_keys {
  * Submission: the job hash first, then the stream entry, sent by the caller
  * inside MULTI ... EXEC (so a worker that reads the entry finds the hash):
  *   HSET <P>job:{id} state queued model <model> created <now_ms> attempts 0
- *   XADD <P>req:<model> * id <id> p <request msgpack>
- * Never trims the stream: queued jobs are not dropped to bound it.
+ *   XADD <P>req:<model>[#lane] * id <id> p <request msgpack>
+ * The stream is the lane of the request's priority (keys_lane_of; the
+ * payload carries the same priority).  Never trims the stream: queued jobs
+ * are not dropped to bound it.
  */
 void jobops_submit(rcmd *hset, rcmd *xadd, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
-                   const void *payload, size_t payload_len, int64_t now_ms);
+                   int32_t priority, const void *payload, size_t payload_len, int64_t now_ms);
 
 /*
  * Submission under a queue bound (an EVAL): the same HSET + XADD, done only
  * when fewer than max_queue jobs wait, checked in the same atomic step (a
  * check sent ahead of a MULTI lets every submission of a burst see the
  * queue before the others were added, and a burst then overshoots the bound
- * by its whole size).  Waiting = the `lag` of the consumer group `workers`
- * (XINFO GROUPS), or XLEN when Redis cannot compute the lag.  Returns
+ * by its whole size).  Waiting = the sum over the model's lanes of the `lag`
+ * of the consumer group `workers` (XINFO GROUPS), or of XLEN where Redis
+ * cannot compute the lag: the bound counts every lane.  Returns
  * {1, waiting} when submitted, {0, waiting} when refused (nothing written).
  * max_queue <= 0 means no bound.  One script (submit_lua) serves this and
  * jobops_submit_idem.
  */
 void jobops_submit_bounded(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
-                           const void *payload, size_t payload_len, int64_t now_ms, long long max_queue);
+                           int32_t priority, const void *payload, size_t payload_len, int64_t now_ms,
+                           long long max_queue);
 
 /*
  * Idempotent submission (an EVAL): as jobops_submit_bounded (max_queue 0 =
@@ -64,12 +69,43 @@ void jobops_submit_bounded(rcmd *c, jobops_keys *kb, const llmq_keys *k, const c
  * otherwise {1, waiting} submitted, {0, waiting} refused by the bound.
  */
 void jobops_submit_idem(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
-                        const void *payload, size_t payload_len, int64_t now_ms, long long max_queue,
+                        int32_t priority, const void *payload, size_t payload_len, int64_t now_ms, long long max_queue,
                         const char *idem_key, const char *body_hash, int64_t ttl_s);
 enum { JOBOPS_SUBMIT_REFUSED = 0, JOBOPS_SUBMIT_DONE = 1, JOBOPS_SUBMIT_REPLAY = 2, JOBOPS_SUBMIT_KEY_REUSED = 3 };
 
-/* XGROUP CREATE <P>req:<model> workers 0 MKSTREAM  (BUSYGROUP error = exists). */
+/* The consumer group `workers` on every lane of a model (an EVAL of
+ * XGROUP CREATE <lane stream> workers 0 MKSTREAM for each lane): returns the
+ * number of groups created, or a BUSYGROUP error when all existed already,
+ * as a single XGROUP CREATE answers; another error is returned as it is. */
 void jobops_group_create(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model);
+
+/*
+ * A worker's pull across the lanes (an EVAL, so it is one round trip and
+ * reads exactly `count` entries at most): XREADGROUP GROUP workers
+ * <consumer> of new entries ('>') from the lanes highest first until count
+ * entries are read.  first_lane >= 0 (the starvation guard, see
+ * docs/protocol.md "Lanes") first takes ONE entry from that lane, then
+ * goes on highest first.  Returns an array of KEYS_LANES + 1 elements:
+ * element l (a lane, keys.h numbering) is the XREADGROUP entry list read
+ * from lane l ({id, {field, value, ...}} each, maybe empty); the last is
+ * an array of KEYS_LANES integers, 1 where that lane still has unread
+ * entries after the pull.  A missing group is a NOGROUP error.
+ */
+void jobops_read_lanes(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *consumer,
+                       int count, int first_lane);
+
+/*
+ * XREADGROUP GROUP workers <consumer> COUNT <count> [BLOCK <block_ms>]
+ * STREAMS <every lane, highest first> <id for each>: with id ">" and a
+ * block, the idle wait for new entries on any lane (it returns those of the
+ * lane that got one first); with id "0" and no block (block_ms < 0, count
+ * <= 0: no COUNT), this consumer's own pending entries of every lane.  The
+ * reply names each stream (jobops_lane_of_key maps a name to its lane).
+ */
+void jobops_read_all(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *consumer,
+                     int count, int block_ms, const char *id);
+/* The lane whose stream name (len bytes) kb->lanes holds, or -1. */
+int jobops_lane_of_key(const jobops_keys *kb, const char *name, size_t len);
 
 /*
  * Cancel (an EVAL), atomically on the job hash:
@@ -112,9 +148,10 @@ void jobops_admit(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, 
                   int64_t now_ms, uint64_t seed);
 enum { JOBOPS_ADMIT_FINAL = 0, JOBOPS_ADMIT_RUN = 1, JOBOPS_ADMIT_CANCELLED = 2 };
 
-/* XACK <P>req:<model> workers <entry>: the entry is done with, whatever
- * became of its job (see also jobops_finish, which acks in its script). */
-void jobops_ack(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *entry);
+/* XACK <P>req:<model>[#lane] workers <entry>: the entry is done with,
+ * whatever became of its job (see also jobops_finish, which acks in its
+ * script).  lane: the lane whose stream the entry was read from. */
+void jobops_ack(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, int lane, const char *entry);
 
 /* XADD <P>dead:<model> * id <id> entry <entry> reason <reason>: the record
  * of a poison or exhausted entry, for an entry without a job to end
@@ -158,7 +195,7 @@ typedef struct jobops_final {
  * The end of a job (an EVAL), all or nothing: the final chunk (XADD +
  * PUBLISH), HSET of the job hash (state, finish_reason, finished,
  * prompt_tokens, completion_tokens[, error]), XACK of the request entry
- * (when entry is not NULL/empty), EXPIRE result_ttl_s of the hash and the
+ * (when entry is not NULL/empty) on its lane's stream, EXPIRE result_ttl_s of the hash and the
  * output stream, and with f->dead the dead-stream record.  Returns:
  *   1  written;
  *   0  attempt > 0 and the fence does not hold: nothing written (the job
@@ -168,8 +205,8 @@ typedef struct jobops_final {
  *      another entry with the same id): only the XACK and the dead record,
  *      the job itself is left alone.
  */
-void jobops_finish(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, const char *entry,
-                   long long attempt, const jobops_final *f, int64_t result_ttl_s, const void *chunk,
+void jobops_finish(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, int lane,
+                   const char *entry, long long attempt, const jobops_final *f, int64_t result_ttl_s, const void *chunk,
                    size_t chunk_len);
 
 /* Results of the chunk and finish scripts. */

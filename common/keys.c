@@ -28,8 +28,24 @@ static size_t join(char *buf, size_t cap, const llmq_keys *k, const char *kind, 
     return n < 0 ? cap : (size_t)n;
 }
 
+int keys_lane_of(long long priority) {
+    return priority > 0 ? KEYS_LANE_HIGH : priority < 0 ? KEYS_LANE_LOW : KEYS_LANE_DEFAULT;
+}
+
+/* The name of each lane, and the suffix of its stream (none for the
+ * default lane, which keeps the stream name of a model without lanes). */
+static const char *const lane_names[KEYS_LANES] = {"high", "default", "low"};
+static const char *const lane_suffix[KEYS_LANES] = {"#high", "", "#low"};
+
+const char *keys_lane_name(int lane) { return lane >= 0 && lane < KEYS_LANES ? lane_names[lane] : "?"; }
+
+size_t keys_req_lane(const llmq_keys *k, const char *model, int lane, char *buf, size_t cap) {
+    if (lane < 0 || lane >= KEYS_LANES) lane = KEYS_LANE_DEFAULT;
+    return join(buf, cap, k, "req:", model, lane_suffix[lane]);
+}
+
 size_t keys_req_stream(const llmq_keys *k, const char *model, char *buf, size_t cap) {
-    return join(buf, cap, k, "req:", model, "");
+    return keys_req_lane(k, model, KEYS_LANE_DEFAULT, buf, cap);
 }
 size_t keys_job(const llmq_keys *k, const char *id, char *buf, size_t cap) {
     return join(buf, cap, k, "job:{", id, "}");

@@ -6,7 +6,9 @@
  * Cluster hash tags, so the hash, the output stream and the live channel of
  * one job hash to one slot.
  *
- *   <P>req:<model>          stream   requests of a model (group "workers")
+ *   <P>req:<model>          stream   requests of a model, priority 0 (group "workers")
+ *   <P>req:<model>#high     stream   requests of priority > 0 (group "workers")
+ *   <P>req:<model>#low      stream   requests of priority < 0 (group "workers")
  *   <P>job:{<id>}           hash     job state
  *   <P>job:{<id>}:out       stream   output chunks (field "c")
  *   <P>out:{<id>}           channel  output chunks again, for live readers
@@ -40,6 +42,24 @@ typedef struct llmq_keys {
  * is longer than KEYS_PREFIX_MAX or holds a brace, a space or a control byte. */
 llmq_status keys_init(llmq_keys *k, const char *prefix, llmq_err *err);
 
+/*
+ * Priority lanes.  A model's requests go to one of KEYS_LANES streams by
+ * their `priority`: > 0 high, 0 (or none) default, < 0 low.  The default
+ * lane is <P>req:<model>, the one stream of earlier versions, so clients
+ * and deployments that know nothing of lanes keep working; the others add a
+ * suffix after '#', which no model name holds (keys_model_valid), so a
+ * lane's stream is never another model's.  Lanes are numbered highest
+ * first: workers read them in this order (docs/protocol.md "Lanes").
+ */
+enum { KEYS_LANE_HIGH = 0, KEYS_LANE_DEFAULT = 1, KEYS_LANE_LOW = 2, KEYS_LANES = 3 };
+
+/* The lane of a request's priority. */
+int keys_lane_of(long long priority);
+/* "high", "default", "low" (the label of metrics and logs); "?" when out of range. */
+const char *keys_lane_name(int lane);
+/* The request stream of one lane of a model. */
+size_t keys_req_lane(const llmq_keys *k, const char *model, int lane, char *buf, size_t cap);
+/* The default lane's stream: keys_req_lane(k, model, KEYS_LANE_DEFAULT, ...). */
 size_t keys_req_stream(const llmq_keys *k, const char *model, char *buf, size_t cap);
 size_t keys_job(const llmq_keys *k, const char *id, char *buf, size_t cap);
 size_t keys_job_out(const llmq_keys *k, const char *id, char *buf, size_t cap);

@@ -96,6 +96,7 @@ struct gw_call {
     /* submission (gateway/submit.c) */
     char id[PROTO_MAX_ID_LEN + 1];  /* the job's id */
     char model[PROTO_MAX_MODEL_LEN + 1]; /* the job's model */
+    int32_t priority;            /* the job's priority: which lane of the model it joins */
     proto_buf payload;           /* msgpack request until it is sent */
     char idem[PROTO_MAX_ID_LEN + 1]; /* Idempotency-Key ("" = none) */
     char body_hash[17];          /* hex FNV-1a 64 of the HTTP body, with idem */

@@ -400,7 +400,7 @@ static int send_submission(gw_call *call) {
     rcmd_str(&multi, "MULTI");
     rcmd_init(&exec);
     rcmd_str(&exec, "EXEC");
-    jobops_submit(&hset, &xadd, &kb, &g->keys, call->id, call->model, call->payload.data, call->payload.len,
+    jobops_submit(&hset, &xadd, &kb, &g->keys, call->id, call->model, call->priority, call->payload.data, call->payload.len,
                   gw_now_ms());
     if (!rcmd_ok(&hset) || !rcmd_ok(&xadd)) return -1;
     if (gw_redis_send(&g->redis, &multi, NULL, NULL) || gw_redis_send(&g->redis, &hset, NULL, NULL) ||
@@ -471,6 +471,7 @@ int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int
     gw *g = call->g;
     llmq_err err;
     snprintf(call->model, sizeof call->model, "%s", r->model);
+    call->priority = r->priority;
     call->submitted = done;
     proto_buf_reset(&call->payload);
     if (proto_request_encode(r, &call->payload, &err) != LLMQ_OK) {
@@ -481,14 +482,14 @@ int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int
     if (call->idem[0]) { /* one script: the key's record, the bound and the submission */
         rcmd c;
         jobops_keys kb;
-        jobops_submit_idem(&c, &kb, &g->keys, call->id, call->model, call->payload.data, call->payload.len,
+        jobops_submit_idem(&c, &kb, &g->keys, call->id, call->model, call->priority, call->payload.data, call->payload.len,
                            gw_now_ms(), g->cfg.max_queue, call->idem, call->body_hash, g->cfg.result_ttl_s);
         return rcmd_ok(&c) ? gw_call_send(call, &c, on_idem) : -1;
     }
     if (g->cfg.max_queue > 0) { /* check and submit in one script: a burst cannot overshoot the bound */
         rcmd c;
         jobops_keys kb;
-        jobops_submit_bounded(&c, &kb, &g->keys, call->id, call->model, call->payload.data, call->payload.len,
+        jobops_submit_bounded(&c, &kb, &g->keys, call->id, call->model, call->priority, call->payload.data, call->payload.len,
                               gw_now_ms(), g->cfg.max_queue);
         return rcmd_ok(&c) ? gw_call_send(call, &c, on_bounded) : -1;
     }

@@ -4,7 +4,9 @@ and independently of, the real llmq-worker.  It is not a worker: it runs no
 model, it answers every request with made-up tokens.
 
 What it does is exactly what docs/protocol.md asks of a worker:
-  - XREADGROUP GROUP workers <consumer> on <prefix>req:<model>;
+  - XREADGROUP GROUP workers <consumer> on every priority lane of the model
+    (<prefix>req:<model>#high, <prefix>req:<model>, <prefix>req:<model>#low),
+    acking each entry on the lane it came from;
   - decode field `p` (msgpack request); a request that does not decode fails
     the job with an error chunk (status 400);
   - admit the job atomically (state final → XACK and drop; cancel flag → end
@@ -43,18 +45,20 @@ class FakeWorker:
         self.delay = delay            # seconds between chunks
         self.reply_fn = reply_fn
         self.result_ttl = result_ttl
-        self.stream = f"{prefix}req:{model}"
+        self.stream = f"{prefix}req:{model}"  # the default lane; the entry in hand's lane while handling it
+        self.lanes = [f"{prefix}req:{model}#high", self.stream, f"{prefix}req:{model}#low"]
         self.seen = []                # decoded requests, in order (or the decode error)
         self._stop = threading.Event()
         self._thread = None
 
     # ------------------------------------------------------------ lifecycle
     def start(self):
-        try:
-            self.r.xgroup_create(self.stream, "workers", id="0", mkstream=True)
-        except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+        for lane in self.lanes:
+            try:
+                self.r.xgroup_create(lane, "workers", id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -74,11 +78,12 @@ class FakeWorker:
     def _run(self):
         while not self._stop.is_set():
             try:
-                got = self.r.xreadgroup("workers", self.consumer, {self.stream: ">"}, count=8, block=100)
+                got = self.r.xreadgroup("workers", self.consumer, {s: ">" for s in self.lanes}, count=8, block=100)
             except redis.ConnectionError:
                 time.sleep(0.1)
                 continue
-            for _stream, entries in got or []:
+            for lane, entries in got or []:
+                self.stream = lane.decode() if isinstance(lane, bytes) else lane
                 for entry_id, fields in entries:
                     try:
                         self._handle(entry_id, fields)

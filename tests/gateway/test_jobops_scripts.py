@@ -14,7 +14,7 @@ def lua(name):
     src = (ROOT / "common" / "jobops.c").read_text()
     m = re.search(r"static const char %s\[\] =\n((?:\s*\".*\"[;\n])+)" % name, src)
     body = "".join(ast.literal_eval(line.strip().rstrip(";")) for line in m.group(1).splitlines() if line.strip())
-    assert "redis.call" in body
+    assert "redis.call" in body or "redis.pcall" in body
     return body
 
 
@@ -149,7 +149,8 @@ def test_bounded_submission(redis_server):
     r.xgroup_create("llmq:req:m1", "workers", id="0", mkstream=True)
 
     def submit(jid, bound, stream="llmq:req:m1"):
-        return r.eval(lua("submit_lua"), 2, f"llmq:job:{{{jid}}}", stream, "m1", 1000, jid, b"p",
+        lanes = [stream + "#high", stream, stream + "#low"]
+        return r.eval(lua("submit_lua"), 5, f"llmq:job:{{{jid}}}", stream, *lanes, "m1", 1000, jid, b"p",
                       bound, "workers")
     assert [submit(f"b{i}", 3) for i in range(5)] == [[1, 0], [1, 1], [1, 2], [0, 3], [0, 3]]
     assert r.xlen("llmq:req:m1") == 3 and not r.exists("llmq:job:{b3}")
@@ -161,3 +162,67 @@ def test_bounded_submission(redis_server):
     assert [submit(f"c{i}", 3) for i in range(3)] == [[1, 1], [1, 2], [0, 3]]
     # no stream, then a stream without the group: its length counts
     assert [submit(f"d{i}", 2, "llmq:req:m2") for i in range(3)] == [[1, 0], [1, 1], [0, 2]]
+
+
+LANES = ["llmq:req:m1#high", "llmq:req:m1", "llmq:req:m1#low"]  # highest first (common/keys.h)
+
+
+def test_bound_counts_every_lane(redis_server):
+    """--max-queue bounds the model, not one lane: entries waiting in any
+    lane count, and the entry goes to the lane it names."""
+    r = redis.Redis.from_url(redis_server.url)
+    assert r.eval(lua("group_lua"), 3, *LANES, "workers") == 3
+
+    def submit(jid, lane, bound=3):
+        return r.eval(lua("submit_lua"), 5, f"llmq:job:{{{jid}}}", LANES[lane], *LANES, "m1", 1000, jid, b"p",
+                      bound, "workers")
+    assert [submit("h0", 0), submit("l0", 2), submit("d0", 1), submit("h1", 0)] == [[1, 0], [1, 1], [1, 2], [0, 3]]
+    assert [r.xlen(k) for k in LANES] == [1, 1, 1]
+    r.xreadgroup("workers", "w", {LANES[2]: ">"})  # the low lane's entry is taken: room for one
+    assert submit("h1", 0) == [1, 2]
+
+
+def test_group_on_every_lane(redis_server):
+    """One script makes the group on every lane; BUSYGROUP only when all
+    were there (so callers that accept BUSYGROUP work unchanged)."""
+    r = redis.Redis.from_url(redis_server.url)
+    r.xgroup_create(LANES[1], "workers", id="0", mkstream=True)  # a deployment from before the lanes
+    assert r.eval(lua("group_lua"), 3, *LANES, "workers") == 2
+    assert all(r.xinfo_groups(k)[0]["name"] == b"workers" for k in LANES)
+    try:
+        r.eval(lua("group_lua"), 3, *LANES, "workers")
+        assert False, "expected BUSYGROUP"
+    except redis.ResponseError as e:
+        assert str(e).startswith("BUSYGROUP")
+
+
+def read_lanes(r, count, first=-1, consumer="w"):
+    """The worker's pull: {lane: [entry ids]}, and the lanes where entries remain."""
+    rep = r.eval(lua("read_lanes_lua"), 3, *LANES, "workers", consumer, count, first + 1)
+    assert len(rep) == 4
+    return [[dict(zip(e[1][::2], e[1][1::2]))[b"id"].decode() for e in rep[lane]] for lane in range(3)], rep[3]
+
+
+def test_read_lanes_highest_first(redis_server):
+    """At most `count` entries, from the highest lane first; the guard's
+    lane gives one entry before the others; `more` says which lanes still
+    hold unread entries."""
+    r = redis.Redis.from_url(redis_server.url)
+    r.eval(lua("group_lua"), 3, *LANES, "workers")
+    for jid in ["l0", "l1"]:
+        r.xadd(LANES[2], {"id": jid})
+    for jid in ["d0"]:
+        r.xadd(LANES[1], {"id": jid})
+    for jid in ["h0", "h1", "h2"]:
+        r.xadd(LANES[0], {"id": jid})
+    assert read_lanes(r, 2) == ([["h0", "h1"], [], []], [1, 1, 1])
+    assert read_lanes(r, 1, first=2) == ([[], [], ["l0"]], [1, 1, 1])  # the starvation guard's pick
+    assert read_lanes(r, 3) == ([["h2"], ["d0"], ["l1"]], [0, 0, 0])
+    assert read_lanes(r, 3) == ([[], [], []], [0, 0, 0])
+    assert r.xpending(LANES[2], "workers")["pending"] == 2  # read entries are pending, to be acked on their lane
+    r.delete(LANES[1])
+    try:
+        read_lanes(r, 1)
+        assert False, "expected NOGROUP"
+    except redis.ResponseError as e:
+        assert "NOGROUP" in str(e)

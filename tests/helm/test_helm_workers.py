@@ -74,10 +74,12 @@ def test_one_source_of_truth_for_queue_names(name):
         assert so["spec"]["scaleTargetRef"] == {
             "apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"]}
         triggers = {t["name"]: t for t in so["spec"]["triggers"]}
-        assert set(triggers) == {"lag", "pending"}
-        for t in triggers.values():
+        # one lag and one pending trigger per priority lane (test_helm_lanes.py)
+        assert set(triggers) == {"lag", "pending", "lag-high", "pending-high", "lag-low", "pending-low"}
+        for name, t in triggers.items():
             assert t["type"] == "redis-streams"
-            assert t["metadata"]["stream"] == f"{prefix}req:{model}"
+            lane = name.partition("-")[2]
+            assert t["metadata"]["stream"] == f"{prefix}req:{model}" + (f"#{lane}" if lane else "")
             assert t["metadata"]["consumerGroup"] == "workers"  # the protocol's group (docs/protocol.md)
             host, port = t["metadata"]["address"].rsplit(":", 1)
             assert f"://{host}:{port}/" in ht.arg(c, "--redis")  # KEDA reads the Redis the workers use
@@ -91,7 +93,8 @@ def test_prefix_changes_every_name_together():
     (_, _, _, c), = workers(docs)
     assert ht.arg(c, "--prefix") == ht.arg(gateway(docs), "--prefix") == "teamA:"
     so = ht.one(docs, "ScaledObject")
-    assert {t["metadata"]["stream"] for t in so["spec"]["triggers"]} == {"teamA:req:qwen2.5-0.5b-instruct"}
+    assert {t["metadata"]["stream"] for t in so["spec"]["triggers"]} == {
+        "teamA:req:qwen2.5-0.5b-instruct", "teamA:req:qwen2.5-0.5b-instruct#high", "teamA:req:qwen2.5-0.5b-instruct#low"}
 
 
 def test_keda_auth_comes_from_the_redis_secret():

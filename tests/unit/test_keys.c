@@ -40,6 +40,30 @@ static void test_default_layout(void **state) {
     assert_string_equal(b, "llmq:idem:{order-17:a}");
 }
 
+/* Priority lanes: the default lane keeps the stream of a model without
+ * lanes; the others end in '#' + name, which no model name can hold. */
+static void test_lanes(void **state) {
+    (void)state;
+    llmq_keys k;
+    keys_init(&k, NULL, NULL);
+    char b[KEYS_MAX];
+    keys_req_lane(&k, "org/m:v1", KEYS_LANE_DEFAULT, b, sizeof b);
+    assert_string_equal(b, "llmq:req:org/m:v1");
+    keys_req_lane(&k, "org/m:v1", KEYS_LANE_HIGH, b, sizeof b);
+    assert_string_equal(b, "llmq:req:org/m:v1#high");
+    keys_req_lane(&k, "org/m:v1", KEYS_LANE_LOW, b, sizeof b);
+    assert_string_equal(b, "llmq:req:org/m:v1#low");
+    assert_false(keys_model_valid("org/m:v1#high"));
+    assert_int_equal(keys_lane_of(1), KEYS_LANE_HIGH);
+    assert_int_equal(keys_lane_of(2147483647), KEYS_LANE_HIGH);
+    assert_int_equal(keys_lane_of(0), KEYS_LANE_DEFAULT);
+    assert_int_equal(keys_lane_of(-1), KEYS_LANE_LOW);
+    assert_string_equal(keys_lane_name(KEYS_LANE_HIGH), "high");
+    assert_string_equal(keys_lane_name(KEYS_LANE_LOW), "low");
+    assert_string_equal(keys_lane_name(7), "?");
+    assert_true(KEYS_LANE_HIGH < KEYS_LANE_DEFAULT && KEYS_LANE_DEFAULT < KEYS_LANE_LOW); /* read in this order */
+}
+
 static void test_prefix(void **state) {
     (void)state;
     llmq_keys k;
@@ -122,7 +146,7 @@ static void test_jobops_builders(void **state) {
     keys_init(&k, NULL, NULL);
     jobops_keys kb;
     rcmd h, x;
-    jobops_submit(&h, &x, &kb, &k, "id1", "m1", "\x81\xa1v\x01", 4, 1700000000000LL);
+    jobops_submit(&h, &x, &kb, &k, "id1", "m1", 0, "\x81\xa1v\x01", 4, 1700000000000LL);
     assert_true(rcmd_ok(&h) && rcmd_ok(&x));
     assert_string_equal(h.argv[0], "HSET");
     assert_string_equal(h.argv[1], "llmq:job:{id1}");
@@ -133,11 +157,33 @@ static void test_jobops_builders(void **state) {
     assert_string_equal(x.argv[4], "id1");
     assert_string_equal(x.argv[5], "p");
     assert_int_equal(x.argvlen[6], 4);
-    rcmd g;
+    jobops_submit(&h, &x, &kb, &k, "id1", "m1", 3, "\x81\xa1v\x01", 4, 1700000000000LL);
+    assert_string_equal(x.argv[1], "llmq:req:m1#high");
+    jobops_submit(&h, &x, &kb, &k, "id1", "m1", -3, "\x81\xa1v\x01", 4, 1700000000000LL);
+    assert_string_equal(x.argv[1], "llmq:req:m1#low");
+    rcmd g; /* one script creates the group on every lane */
     jobops_group_create(&g, &kb, &k, "m1");
-    assert_int_equal(g.argc, 6);
-    assert_string_equal(g.argv[3], "workers");
-    assert_string_equal(g.argv[5], "MKSTREAM");
+    assert_true(rcmd_ok(&g));
+    assert_string_equal(g.argv[0], "EVAL");
+    assert_string_equal(g.argv[2], "3");
+    assert_string_equal(g.argv[3], "llmq:req:m1#high");
+    assert_string_equal(g.argv[4], "llmq:req:m1");
+    assert_string_equal(g.argv[5], "llmq:req:m1#low");
+    assert_string_equal(g.argv[6], "workers");
+    jobops_read_lanes(&g, &kb, &k, "m1", "w0", 5, KEYS_LANE_LOW);
+    assert_true(rcmd_ok(&g));
+    assert_string_equal(g.argv[3], "llmq:req:m1#high");
+    assert_string_equal(g.argv[g.argc - 2], "5");
+    assert_string_equal(g.argv[g.argc - 1], "3"); /* 1-based in the script */
+    jobops_read_all(&g, &kb, &k, "m1", "w0", 2, 100, ">");
+    assert_true(rcmd_ok(&g));
+    assert_int_equal(g.argc, 15);
+    assert_string_equal(g.argv[7], "100");
+    assert_string_equal(g.argv[9], "llmq:req:m1#high");
+    assert_string_equal(g.argv[14], ">");
+    assert_int_equal(jobops_lane_of_key(&kb, "llmq:req:m1#low", 15), KEYS_LANE_LOW);
+    assert_int_equal(jobops_lane_of_key(&kb, "llmq:req:m1", 11), KEYS_LANE_DEFAULT);
+    assert_int_equal(jobops_lane_of_key(&kb, "llmq:req:m2", 11), -1);
     proto_buf b;
     proto_buf_init(&b);
     assert_int_equal(jobops_cancel_chunk(&b, NULL), LLMQ_OK);
@@ -165,13 +211,15 @@ static void test_jobops_builders(void **state) {
     assert_string_equal(c.argv[c.argc - 1], "18446744073709551615");
 
     /* the entry's ack and the dead-stream record, each built once */
-    jobops_ack(&c, &kb, &k, "m1", "5-1");
+    jobops_ack(&c, &kb, &k, "m1", KEYS_LANE_DEFAULT, "5-1");
     assert_true(rcmd_ok(&c));
     assert_int_equal(c.argc, 4);
     assert_string_equal(c.argv[0], "XACK");
     assert_string_equal(c.argv[1], "llmq:req:m1");
     assert_string_equal(c.argv[2], "workers");
     assert_string_equal(c.argv[3], "5-1");
+    jobops_ack(&c, &kb, &k, "m1", KEYS_LANE_HIGH, "5-1");
+    assert_string_equal(c.argv[1], "llmq:req:m1#high");
     jobops_dead(&c, &kb, &k, "m1", "", "5-2", "no id");
     assert_true(rcmd_ok(&c));
     assert_int_equal(c.argc, 9);
@@ -195,7 +243,7 @@ static void test_jobops_builders(void **state) {
 
     /* fenced end: 3 keys, or 4 with the dead stream; binary chunk kept whole */
     jobops_final f = {"failed", "error", 1234, 5, 0, "bad request", 0};
-    jobops_finish(&c, &kb, &k, "id1", "m1", "7-1", 0, &f, 60, "\x00\x01", 2);
+    jobops_finish(&c, &kb, &k, "id1", "m1", KEYS_LANE_DEFAULT, "7-1", 0, &f, 60, "\x00\x01", 2);
     assert_true(rcmd_ok(&c));
     assert_string_equal(c.argv[2], "3");
     assert_string_equal(c.argv[5], "llmq:req:m1");
@@ -207,27 +255,33 @@ static void test_jobops_builders(void **state) {
     assert_string_equal(c.argv[c.argc - 1], "id1");
     f.dead = 1;
     f.error = NULL;
-    jobops_finish(&c, &kb, &k, "id1", "m1", NULL, 2, &f, 60, "x", 1);
+    jobops_finish(&c, &kb, &k, "id1", "m1", KEYS_LANE_LOW, NULL, 2, &f, 60, "x", 1);
     assert_true(rcmd_ok(&c));
     assert_string_equal(c.argv[2], "4");
+    assert_string_equal(c.argv[5], "llmq:req:m1#low"); /* acked on its lane */
     assert_string_equal(c.argv[6], "llmq:dead:m1");
     assert_string_equal(c.argv[7], "2");
     assert_string_equal(c.argv[11], "");
     assert_string_equal(c.argv[c.argc - 2], "");
 
-    /* bounded submission: the payload is passed whole, the bound last but one */
-    jobops_submit_bounded(&c, &kb, &k, "id1", "m1", "\x00p", 2, 77, 10);
+    /* bounded submission: the request's lane, then every lane (the bound
+     * counts them all); the payload is passed whole, the bound last but one */
+    jobops_submit_bounded(&c, &kb, &k, "id1", "m1", 1, "\x00p", 2, 77, 10);
     assert_true(rcmd_ok(&c));
+    assert_string_equal(c.argv[2], "5");
     assert_string_equal(c.argv[3], "llmq:job:{id1}");
-    assert_string_equal(c.argv[4], "llmq:req:m1");
-    assert_int_equal(c.argvlen[8], 2);
-    assert_string_equal(c.argv[9], "10");
-    assert_string_equal(c.argv[10], "workers");
+    assert_string_equal(c.argv[4], "llmq:req:m1#high");
+    assert_string_equal(c.argv[5], "llmq:req:m1#high");
+    assert_string_equal(c.argv[6], "llmq:req:m1");
+    assert_string_equal(c.argv[7], "llmq:req:m1#low");
+    assert_int_equal(c.argvlen[11], 2);
+    assert_string_equal(c.argv[12], "10");
+    assert_string_equal(c.argv[13], "workers");
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_default_layout),  cmocka_unit_test(test_prefix),
+        cmocka_unit_test(test_default_layout),  cmocka_unit_test(test_prefix), cmocka_unit_test(test_lanes),
         cmocka_unit_test(test_validity_and_ids), cmocka_unit_test(test_rcmd),
         cmocka_unit_test(test_jobops_builders),
     };

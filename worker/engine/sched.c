@@ -5,8 +5,10 @@
  * Invariants:
  *  - running[] holds RUNNING sequences in admission order (oldest first);
  *    each has n_computed < n_tokens (at least one token pending).
- *  - the waiting list is FIFO, except that preempted sequences go back to
- *    its front (oldest first) so they resume before newer work.
+ *  - the waiting list is ordered by priority, highest first, and FIFO
+ *    within a priority, except that preempted sequences go back to the
+ *    front of their priority (oldest first) so they resume before newer
+ *    work of the same priority.
  *  - a sequence's blocks cover positions [0, n_blocks * 16); free blocks are
  *    on the pool stack; every block is in exactly one of the two.
  */
@@ -135,20 +137,25 @@ int sched_admit_capacity(const sched *s, int prompt_len) {
 
 /* ---------------------------------------------------------------- lists */
 
-static void wait_push_back(sched *s, seq *q) {
-    q->next = NULL;
-    if (s->wait_tail) s->wait_tail->next = q;
-    else s->wait_head = q;
-    s->wait_tail = q;
+/* Insert q before the first waiting sequence that `before` says it goes
+ * ahead of (at the tail when none). */
+static void wait_insert(sched *s, seq *q, int (*before)(const seq *q, const seq *w)) {
+    seq **pp = &s->wait_head;
+    while (*pp && !before(q, *pp)) pp = &(*pp)->next;
+    q->next = *pp;
+    if (!*pp) s->wait_tail = q;
+    *pp = q;
     s->n_waiting++;
 }
 
-static void wait_push_front(sched *s, seq *q) {
-    q->next = s->wait_head;
-    s->wait_head = q;
-    if (!s->wait_tail) s->wait_tail = q;
-    s->n_waiting++;
-}
+static int ahead_as_new(const seq *q, const seq *w) { return q->priority > w->priority; }
+static int ahead_as_preempted(const seq *q, const seq *w) { return q->priority >= w->priority; }
+
+/* A new sequence: after every waiting one of its priority or higher. */
+static void wait_push_back(sched *s, seq *q) { wait_insert(s, q, ahead_as_new); }
+
+/* A preempted one (or one that could not start): the front of its priority. */
+static void wait_push_front(sched *s, seq *q) { wait_insert(s, q, ahead_as_preempted); }
 
 static seq *wait_pop_front(sched *s) {
     seq *q = s->wait_head;
@@ -228,9 +235,18 @@ static void preempt(sched *s, seq *v) {
     wait_push_front(s, v);
 }
 
-/* Give q blocks for positions [0, upto). Preempts the newest running
- * sequences other than q when the pool is dry; returns 0 on success, -1 when
- * q itself had to go (it was the newest) or nothing could be freed. */
+/* The running sequence to preempt: the lowest priority, the newest of
+ * those (the least work lost to the recompute among the least urgent). */
+static seq *preempt_victim(const sched *s) {
+    seq *v = NULL;
+    for (int i = 0; i < s->n_running; i++)
+        if (!v || s->running[i]->priority <= v->priority) v = s->running[i];
+    return v;
+}
+
+/* Give q blocks for positions [0, upto). Preempts running sequences
+ * (preempt_victim) when the pool is dry; returns 0 on success, -1 when q
+ * itself had to go (it was the victim) or nothing could be freed. */
 static int ensure_blocks(sched *s, seq *q, int upto, int may_preempt) {
     const int need = blocks_for(upto);
     if (need > q->blocks_cap) {
@@ -243,7 +259,7 @@ static int ensure_blocks(sched *s, seq *q, int upto, int may_preempt) {
     while (q->n_blocks < need) {
         if (s->n_free == 0) {
             if (!may_preempt) return -1;
-            seq *victim = s->n_running ? s->running[s->n_running - 1] : NULL;
+            seq *victim = preempt_victim(s);
             if (!victim) return -1;
             if (victim == q) {
                 preempt(s, q);
@@ -281,9 +297,13 @@ static void plan_step(sched *s) {
     for (int i = 0; i < s->n_running && budget > 0; i++) {
         seq *q = s->running[i];
         if (q->n_tokens - q->n_computed != 1) continue;
-        if (ensure_blocks(s, q, q->n_computed + 1, 1)) {
-            if (q->state == SEQ_RUNNING) continue; /* out of memory for its table: skip a step */
-            i = -1; /* the running list changed: rescan (planned ones are skipped) */
+        const int was_running = s->n_running;
+        const int failed = ensure_blocks(s, q, q->n_computed + 1, 1);
+        if (failed && q->state == SEQ_RUNNING) continue; /* out of memory for its table: skip a step */
+        if (failed || s->n_running != was_running) {
+            /* the running list changed (q or a victim before or after it
+             * left): rescan (planned ones are skipped) */
+            i = -1;
             budget = s->opts.max_tokens;
             for (int k = 0; k < s->n_plan; k++) budget -= s->plan[k]->step_tokens;
             continue;
@@ -299,8 +319,10 @@ static void plan_step(sched *s) {
         int pending = q->n_tokens - q->n_computed;
         if (pending <= 1 || q->step_tokens) continue;
         int chunk = pending < budget ? pending : budget;
-        if (ensure_blocks(s, q, q->n_computed + chunk, 1)) {
-            if (q->state == SEQ_RUNNING) continue;
+        const int was_running = s->n_running;
+        const int failed = ensure_blocks(s, q, q->n_computed + chunk, 1);
+        if (failed && q->state == SEQ_RUNNING) continue;
+        if (failed || s->n_running != was_running) { /* as above: rescan */
             budget = s->opts.max_tokens;
             for (int k = 0; k < s->n_plan; k++) budget -= s->plan[k]->step_tokens;
             i = -1;

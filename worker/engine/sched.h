@@ -6,12 +6,14 @@
  *   1. every running sequence in decode gets its one token;
  *   2. sequences still in prefill get chunks of their pending tokens, oldest
  *      first, as long as the budget lasts (chunked prefill);
- *   3. waiting sequences are admitted, oldest first, while there are free
- *      sequence slots, budget and KV blocks;
- * When a running sequence needs a block and none is free, the newest running
- * sequence is preempted: its blocks are freed and it goes back to the front
- * of the waiting queue, to be recomputed from its prompt + generated tokens
- * (recompute, not swap).  Batch-invariant kernels (backend.h) make the
+ *   3. waiting sequences are admitted, highest priority first and oldest
+ *      first within a priority, while there are free sequence slots, budget
+ *      and KV blocks;
+ * When a running sequence needs a block and none is free, the lowest
+ * priority running sequence (the newest of those) is preempted: its blocks
+ * are freed and it goes back to the front of its priority in the waiting
+ * queue, to be recomputed from its prompt + generated tokens (recompute,
+ * not swap).  Batch-invariant kernels (backend.h) make the
  * recomputed sequence continue exactly as it would have.
  *
  * After the forward pass every sequence whose pending tokens are all
@@ -56,6 +58,7 @@ typedef struct seq {
     sampling_params sp;
     int logprobs;               /* -1 (seq_init's default): none; n in 0..SAMPLER_MAX_LOGPROBS:
                                    fill lp for every sampled token, with the top n */
+    int32_t priority;           /* higher is admitted first (the request's; seq_init: 0) */
     void *user;                 /* caller's context */
     /* scheduler state */
     seq_state state;

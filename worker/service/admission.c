@@ -44,7 +44,7 @@ static const char *field(const redisReply *fields, const char *name, size_t *len
  * one is left pending, logged, and claimed again after --claim-idle-ms:
  * failing the job needs its admission (an entry never admitted may only
  * end a queued job, see jobops_finish), and the admission needs the job. */
-static job *entry_decode(service *sv, const redisReply *entry) {
+static job *entry_decode(service *sv, const redisReply *entry, int lane) {
     if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 || entry->element[0]->type != REDIS_REPLY_STRING) {
         log_error("internal: a stream entry of an unexpected shape was skipped");
         return NULL;
@@ -56,7 +56,7 @@ static job *entry_decode(service *sv, const redisReply *entry) {
     const char *payload = field(fields, PROTO_FIELD_REQ, &plen);
     char msg[LLMQ_ERRSTR_LEN + 64];
     if (!id || !keys_id_valid(id)) {
-        svc_fail_early(sv, id ? id : "", eid, 0, 0, "stream entry without a valid job id", 400, 1);
+        svc_fail_early(sv, id ? id : "", lane, eid, 0, 0, "stream entry without a valid job id", 400, 1);
         return NULL;
     }
     for (const job *a = sv->jobs; a; a = a->next)
@@ -68,6 +68,10 @@ static job *entry_decode(service *sv, const redisReply *entry) {
     }
     snprintf(j->id, sizeof j->id, "%s", id);
     snprintf(j->entry, sizeof j->entry, "%s", eid);
+    j->lane = lane;
+    /* the lane it came from, not its priority, says where it is acked; the
+     * scheduler orders by the priority, which the lane bounds: a client
+     * that wrote another lane's priority into a stream keeps its lane */
     proto_request_init(&j->req);
     llmq_err e = {0};
     const char *why = NULL;
@@ -84,7 +88,7 @@ static job *entry_decode(service *sv, const redisReply *entry) {
         why = msg;
     }
     if (why) {
-        svc_fail_early(sv, id, eid, 0, 0, why, 400, dead);
+        svc_fail_early(sv, id, lane, eid, 0, 0, why, 400, dead);
         svc_job_free(j);
         return NULL;
     }
@@ -246,7 +250,7 @@ static void answer_op(service *sv, job *j) {
             return;
         }
     }
-    svc_fail_early(sv, j->id, j->entry, 0, 0, why, why == (const char *)OOM_PROMPT ? 500 : 400, 0);
+    svc_fail_early(sv, j->id, j->lane, j->entry, 0, 0, why, why == (const char *)OOM_PROMPT ? 500 : 400, 0);
 }
 
 /* An admitted job's sequence: prompt ids, token limit, sampling, logprobs,
@@ -350,7 +354,7 @@ static void entry_admit(service *sv, job *j, uint64_t seed) {
     else if (rs->type == REDIS_REPLY_INTEGER) seed = (uint64_t)rs->integer;
     j->attempt = attempts; /* from here on our writes are fenced on it (jobops.h) */
     if (code == JOBOPS_ADMIT_FINAL) {
-        jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, eid);
+        jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, j->lane, eid);
         svc_pipe_add(sv, &c);
         svc_job_free(j);
         return;
@@ -360,7 +364,7 @@ static void entry_admit(service *sv, job *j, uint64_t seed) {
     size_t published = 0;
     const char *why = resume_read(sv, j, r, &prev, &n_prev, &published, &final);
     if (final) { /* a final chunk exists: only the ack was lost */
-        jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, eid);
+        jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, j->lane, eid);
         svc_pipe_add(sv, &c);
     } else if (!why && code == JOBOPS_ADMIT_CANCELLED) {
         svc_add_final(sv, j, eid, "", 0, "cancelled", NULL, 0, 0);
@@ -371,7 +375,7 @@ static void entry_admit(service *sv, job *j, uint64_t seed) {
         svc_add_final(sv, j, eid, "", 0, "deadline", NULL, 0, 0);
     } else if (!why && attempts > sv->o.max_attempts) {
         snprintf(msg, sizeof msg, "delivered %lld times (max %d): giving up", attempts, sv->o.max_attempts);
-        svc_fail_early(sv, j->id, eid, attempts, j->next_seq, msg, 500, 1);
+        svc_fail_early(sv, j->id, j->lane, eid, attempts, j->next_seq, msg, 500, 1);
     } else {
         llmq_err e = {0};
         if (!why) why = job_setup(sv, j, seed, msg, sizeof msg, &status);
@@ -380,6 +384,7 @@ static void entry_admit(service *sv, job *j, uint64_t seed) {
             why = "nothing left to generate";
             status = 400;
         }
+        if (!why) j->s.priority = j->req.priority; /* the scheduler admits higher first */
         if (!why && sched_add(sv->rt->sch, &j->s, &e)) {
             snprintf(msg, sizeof msg, "%s", e.msg);
             why = msg;
@@ -401,18 +406,19 @@ static void entry_admit(service *sv, job *j, uint64_t seed) {
             log_warn("job %s failed: %s", j->id, why);
             svc_add_final(sv, j, eid, "", 0, "error", why, status, 0);
         } else {
-            svc_fail_early(sv, j->id, eid, attempts, j->next_seq, why, status, 0);
+            svc_fail_early(sv, j->id, j->lane, eid, attempts, j->next_seq, why, status, 0);
         }
     }
     free(prev);
     svc_job_free(j);
 }
 
-/* Admit the entries of an XREADGROUP / XAUTOCLAIM entry list: decode each,
- * send the admit scripts of all in one pipelined round trip, then act on
- * each reply in entry order.  LLMQ_ERR_IO: the connection is gone (every
- * job of the batch freed; their entries stay pending). */
-static llmq_status admit_entries(service *sv, const redisReply *list, llmq_err *err) {
+/* Admit the entries of an XREADGROUP / XAUTOCLAIM entry list, read from
+ * the stream of lane: decode each, send the admit scripts of all in one
+ * pipelined round trip, then act on each reply in entry order.
+ * LLMQ_ERR_IO: the connection is gone (every job of the batch freed; their
+ * entries stay pending). */
+static llmq_status admit_entries(service *sv, const redisReply *list, int lane, llmq_err *err) {
     job *head = NULL, **tail = &head;
     for (size_t i = 0; list && list->type == REDIS_REPLY_ARRAY && i < list->elements; i++) {
         const redisReply *e = list->element[i];
@@ -420,11 +426,11 @@ static llmq_status admit_entries(service *sv, const redisReply *list, llmq_err *
         jobops_keys kb;
         if (e->type == REDIS_REPLY_ARRAY && e->elements >= 2 && e->element[1]->type == REDIS_REPLY_NIL) {
             /* claimed an entry that was deleted: nothing to run */
-            jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, e->element[0]->str);
+            jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, lane, e->element[0]->str);
             svc_pipe_add(sv, &c);
             continue;
         }
-        job *j = entry_decode(sv, e);
+        job *j = entry_decode(sv, e, lane);
         if (!j) continue;
         /* the seed a first attempt stores: the request's, else one drawn */
         uint64_t seed = j->req.has_seed ? j->req.seed : sampler_seed_draw();
@@ -454,27 +460,70 @@ static llmq_status admit_entries(service *sv, const redisReply *list, llmq_err *
  * and its first generated token's), under the free sequence slots. */
 static int capacity(service *sv) { return sched_admit_capacity(sv->rt->sch, ENG_BLOCK_SIZE); }
 
+/* The entries of an XREADGROUP reply that names its streams ({stream,
+ * entries} each), admitted lane by lane, highest first. */
+static llmq_status admit_streams(service *sv, const redisReply *r, llmq_err *err) {
+    jobops_keys kb;
+    rcmd c;
+    jobops_read_all(&c, &kb, &sv->keys, sv->o.model_name, sv->o.consumer, 0, -1, "0"); /* fills kb.lanes */
+    for (int l = 0; l < KEYS_LANES; l++)
+        for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+            const redisReply *s = r->element[i];
+            if (s->type != REDIS_REPLY_ARRAY || s->elements < 2 || s->element[0]->type != REDIS_REPLY_STRING ||
+                jobops_lane_of_key(&kb, s->element[0]->str, s->element[0]->len) != l)
+                continue;
+            llmq_status st = admit_entries(sv, s->element[1], l, err);
+            if (st) return st;
+        }
+    return LLMQ_OK;
+}
+
+/*
+ * The starvation guard.  Lanes are read highest first, so a steady flow of
+ * high-priority jobs would hold the lower lanes back forever.  Each lower
+ * lane counts the entries this worker took from the lanes above it while
+ * it had entries waiting (lane_skips); once that count reaches
+ * --lane-burst, the next pull takes one entry from it before any other
+ * (the highest such lane first), and its count starts again from 0.  So a
+ * worker passes over a waiting lane at most lane_burst times in a row
+ * (plus the rest of the pull that reached the count).  Returns the lane to
+ * take one entry from first, or -1.
+ */
+static int starved_lane(const service *sv) {
+    if (sv->o.lane_burst <= 0) return -1; /* 0: strict priority */
+    for (int l = 1; l < KEYS_LANES; l++)
+        if (sv->lane_skips[l] >= sv->o.lane_burst) return l;
+    return -1;
+}
+
+/* Count what a pull took (got[l] entries from lane l; more[l]: entries
+ * still wait there) into lane_skips. */
+static void count_skips(service *sv, const size_t got[KEYS_LANES], const int more[KEYS_LANES]) {
+    size_t above = 0;
+    for (int l = 0; l < KEYS_LANES; l++) {
+        if (got[l] || !more[l]) sv->lane_skips[l] = 0; /* served, or nothing waits */
+        else sv->lane_skips[l] += (int)above;
+        above += got[l];
+    }
+}
+
 llmq_status svc_pull(service *sv, int block, llmq_err *err) {
     llmq_status st = LLMQ_OK;
     int n = capacity(sv);
     if (n <= 0) return LLMQ_OK;
+    rcmd c;
+    jobops_keys kb;
     if (sv->reclaim_own) { /* entries we held before Redis went away: ours again, resumed */
-        rcmd c;
-        rcmd_init(&c);
-        rcmd_str(&c, "XREADGROUP");
-        rcmd_str(&c, "GROUP");
-        rcmd_str(&c, PROTO_GROUP);
-        rcmd_str(&c, sv->o.consumer);
-        rcmd_str(&c, "STREAMS"); /* all of them at once: the scheduler queues what it cannot run yet */
-        rcmd_str(&c, sv->req_key);
-        rcmd_str(&c, "0");
+        /* all of them at once, from every lane: the scheduler queues what it cannot run yet */
+        jobops_read_all(&c, &kb, &sv->keys, sv->o.model_name, sv->o.consumer, 0, -1, "0");
         redisReply *r = svc_call(sv, &c, err);
         if (!r) return err->code;
-        if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 && r->element[0]->elements >= 2) {
-            size_t k = r->element[0]->element[1]->elements;
-            if (k) log_info("resuming %zu jobs this worker held before the reconnect", k);
-            st = admit_entries(sv, r->element[0]->element[1], err);
-        }
+        size_t k = 0;
+        for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++)
+            if (r->element[i]->type == REDIS_REPLY_ARRAY && r->element[i]->elements >= 2)
+                k += r->element[i]->element[1]->elements;
+        if (k) log_info("resuming %zu jobs this worker held before the reconnect", k);
+        st = admit_streams(sv, r, err);
         if (!st) sv->reclaim_own = 0;
         freeReplyObject(r);
         return st;
@@ -482,55 +531,71 @@ llmq_status svc_pull(service *sv, int block, llmq_err *err) {
     int64_t t = now_ms();
     if (t - sv->last_autoclaim_ms >= sv->o.claim_idle_ms / 2) {
         sv->last_autoclaim_ms = t;
-        rcmd c;
-        rcmd_init(&c);
-        rcmd_str(&c, "XAUTOCLAIM");
-        rcmd_str(&c, sv->req_key);
-        rcmd_str(&c, PROTO_GROUP);
-        rcmd_str(&c, sv->o.consumer);
-        rcmd_fmt(&c, "%d", sv->o.claim_idle_ms);
-        rcmd_str(&c, "0-0");
-        rcmd_str(&c, "COUNT");
-        rcmd_fmt(&c, "%d", n);
-        redisReply *r = svc_call(sv, &c, err);
-        if (!r) return err->code;
-        if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && r->element[1]->elements > 0) {
-            log_info("claimed %zu entries idle for more than %d ms", r->element[1]->elements, sv->o.claim_idle_ms);
-            st = admit_entries(sv, r->element[1], err);
+        for (int l = 0; l < KEYS_LANES && n > 0; l++) { /* highest lane first */
+            rcmd_init(&c);
+            rcmd_str(&c, "XAUTOCLAIM");
+            rcmd_str(&c, sv->lane_keys[l]);
+            rcmd_str(&c, PROTO_GROUP);
+            rcmd_str(&c, sv->o.consumer);
+            rcmd_fmt(&c, "%d", sv->o.claim_idle_ms);
+            rcmd_str(&c, "0-0");
+            rcmd_str(&c, "COUNT");
+            rcmd_fmt(&c, "%d", n);
+            redisReply *r = svc_call(sv, &c, err);
+            if (!r) {
+                if (strstr(err->msg, "NOGROUP")) break; /* made again below, at the read */
+                return err->code;
+            }
+            if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && r->element[1]->elements > 0) {
+                log_info("claimed %zu entries of lane %s idle for more than %d ms", r->element[1]->elements,
+                         keys_lane_name(l), sv->o.claim_idle_ms);
+                st = admit_entries(sv, r->element[1], l, err);
+            }
+            freeReplyObject(r);
+            if (st) return st;
+            n = capacity(sv);
         }
-        freeReplyObject(r);
-        if (st) return st;
-        n = capacity(sv);
         if (n <= 0) return LLMQ_OK;
     }
-    rcmd c;
-    rcmd_init(&c);
-    rcmd_str(&c, "XREADGROUP");
-    rcmd_str(&c, "GROUP");
-    rcmd_str(&c, PROTO_GROUP);
-    rcmd_str(&c, sv->o.consumer);
-    rcmd_str(&c, "COUNT");
-    rcmd_fmt(&c, "%d", n);
-    if (block) {
-        rcmd_str(&c, "BLOCK");
-        rcmd_fmt(&c, "%d", sv->o.block_ms);
-    }
-    rcmd_str(&c, "STREAMS");
-    rcmd_str(&c, sv->req_key);
-    rcmd_str(&c, ">");
+    /* new entries: one script reads the lanes highest first, n at most */
+    const int first = starved_lane(sv);
+    jobops_read_lanes(&c, &kb, &sv->keys, sv->o.model_name, sv->o.consumer, n, first);
     redisReply *r = svc_call(sv, &c, err);
     if (!r) {
-        if (strstr(err->msg, "NOGROUP")) { /* the group was deleted under us: make it again */
-            jobops_keys kb;
+        if (strstr(err->msg, "NOGROUP")) { /* a group was deleted under us: make them again */
             jobops_group_create(&c, &kb, &sv->keys, sv->o.model_name);
             freeReplyObject(svc_call(sv, &c, err));
             return LLMQ_OK;
         }
         return err->code;
     }
-    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 && r->element[0]->elements >= 2)
-        st = admit_entries(sv, r->element[0]->element[1], err);
+    size_t got[KEYS_LANES] = {0}, total = 0;
+    int more[KEYS_LANES] = {0};
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == KEYS_LANES + 1 &&
+        r->element[KEYS_LANES]->type == REDIS_REPLY_ARRAY && r->element[KEYS_LANES]->elements == KEYS_LANES) {
+        for (int l = 0; l < KEYS_LANES; l++) {
+            const redisReply *m = r->element[KEYS_LANES]->element[l];
+            more[l] = m->type == REDIS_REPLY_INTEGER && m->integer > 0;
+            got[l] = r->element[l]->type == REDIS_REPLY_ARRAY ? r->element[l]->elements : 0;
+            total += got[l];
+        }
+        if (first >= 0 && got[first])
+            log_debug("lane %s: one entry taken before the higher lanes (starvation guard, passed over %d times)",
+                      keys_lane_name(first), sv->lane_skips[first]);
+        count_skips(sv, got, more);
+        for (int l = 0; l < KEYS_LANES && !st; l++)
+            if (got[l]) st = admit_entries(sv, r->element[l], l, err);
+    } else {
+        log_error("internal: unexpected reply to the lane read: %s", r->type == REDIS_REPLY_ERROR ? r->str : "?");
+    }
+    freeReplyObject(r);
+    if (st || total || !block) return st;
+    /* nothing waits on any lane: block until one gets an entry (only that
+     * lane's entries come back, so the lanes' order does not matter here) */
+    jobops_read_all(&c, &kb, &sv->keys, sv->o.model_name, sv->o.consumer, n, sv->o.block_ms, ">");
+    r = svc_call(sv, &c, err);
+    if (!r) return strstr(err->msg, "NOGROUP") ? LLMQ_OK : err->code; /* made again at the next read */
+    st = admit_streams(sv, r, err);
     freeReplyObject(r);
     return st;
 }
-

@@ -158,7 +158,7 @@ int main(int argc, char **argv) {
         {"memory-utilization", required_argument, 0, 'U'}, {"quantization", required_argument, 0, 'Q'},
         {"redis-password-file", required_argument, 0, 'W'},
         {"tp-addr", required_argument, 0, 'X'},       {"tp-port", required_argument, 0, 'Y'},
-        {"metrics-addr", required_argument, 0, 'L'},
+        {"metrics-addr", required_argument, 0, 'L'},  {"lane-burst", required_argument, 0, 'B'},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
     };
     int c, bad = 0, tp = 1, rank = -1, tp_timeout = 10000, tp_port = 0;
@@ -181,6 +181,7 @@ int main(int argc, char **argv) {
         case 'L': o.metrics_addr = optarg; break;
         case 'C': bad |= to_int(optarg, "claim-idle-ms", 100, &o.claim_idle_ms); break;
         case 'A': bad |= to_int(optarg, "max-attempts", 1, &o.max_attempts); break;
+        case 'B': bad |= to_int(optarg, "lane-burst", 0, &o.lane_burst); break;
         case 'T': bad |= to_int(optarg, "result-ttl", 1, &o.result_ttl_s); break;
         case 'D': bad |= to_int(optarg, "drain-timeout", 0, &o.drain_timeout_s); break;
         case 'H': o.chat_template = optarg; break;

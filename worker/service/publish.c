@@ -205,7 +205,7 @@ int svc_add_final(service *sv, const job *j, const char *entry, const char *text
     }
     jobops_final f = {state_for(finish), finish, now_ms(), j->s.n_prompt, j->s.tokens ? seq_n_generated(&j->s) : 0,
                       error, dead};
-    jobops_finish(&c, &kb, &sv->keys, j->id, sv->o.model_name, entry, j->attempt, &f, sv->o.result_ttl_s,
+    jobops_finish(&c, &kb, &sv->keys, j->id, sv->o.model_name, j->lane, entry, j->attempt, &f, sv->o.result_ttl_s,
                   sv->buf.data, sv->buf.len);
     if (svc_pipe_add_tagged(sv, &c, TAG_FINAL, j->id)) return -1;
     metric_inc(metric_get(sv->f_success, finish, sv->o.model_name), 1);
@@ -213,13 +213,14 @@ int svc_add_final(service *sv, const job *j, const char *entry, const char *text
     return 0;
 }
 
-void svc_fail_early(service *sv, const char *id, const char *entry, long long attempt, int64_t next_seq, const char *why,
-                    int status, int dead) {
+void svc_fail_early(service *sv, const char *id, int lane, const char *entry, long long attempt, int64_t next_seq,
+                    const char *why, int status, int dead) {
     log_warn("job %s failed: %s", id, why);
     if (keys_id_valid(id)) {
         job tmp;
         memset(&tmp, 0, sizeof tmp);
         snprintf(tmp.id, sizeof tmp.id, "%s", id);
+        tmp.lane = lane;
         tmp.attempt = attempt;
         tmp.next_seq = next_seq;
         svc_add_final(sv, &tmp, entry, "", 0, "error", why, status, dead);
@@ -229,7 +230,7 @@ void svc_fail_early(service *sv, const char *id, const char *entry, long long at
     rcmd c;
     jobops_keys kb;
     if (entry) {
-        jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, entry);
+        jobops_ack(&c, &kb, &sv->keys, sv->o.model_name, lane, entry);
         svc_pipe_add(sv, &c);
     }
     if (dead) {

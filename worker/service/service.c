@@ -48,6 +48,7 @@ void service_opts_default(service_opts *o) {
     o->result_ttl_s = 3600;
     o->drain_timeout_s = 30;
     o->block_ms = 200;
+    o->lane_burst = 4;
     o->metrics_addr = SERVICE_METRICS_ADDR;
 }
 
@@ -98,18 +99,23 @@ static llmq_status refresh(service *sv, llmq_err *err) {
     if (!sv->jobs || t - sv->last_refresh_ms < sv->o.claim_idle_ms / 3) return LLMQ_OK;
     sv->last_refresh_ms = t;
     rcmd c;
-    for (job *j = sv->jobs; j;) {
-        rcmd_init(&c);
-        rcmd_str(&c, "XCLAIM");
-        rcmd_str(&c, sv->req_key);
-        rcmd_str(&c, PROTO_GROUP);
-        rcmd_str(&c, sv->o.consumer);
-        rcmd_str(&c, "0");
-        int k = 0;
-        for (; j && k < RCMD_MAX_ARGS - 7; j = j->next, k++) rcmd_str(&c, j->entry);
-        rcmd_str(&c, "JUSTID");
-        svc_pipe_add(sv, &c);
-    }
+    for (int l = 0; l < KEYS_LANES; l++) /* each lane's entries on its own stream */
+        for (job *j = sv->jobs; j;) {
+            rcmd_init(&c);
+            rcmd_str(&c, "XCLAIM");
+            rcmd_str(&c, sv->lane_keys[l]);
+            rcmd_str(&c, PROTO_GROUP);
+            rcmd_str(&c, sv->o.consumer);
+            rcmd_str(&c, "0");
+            int k = 0;
+            for (; j && k < RCMD_MAX_ARGS - 7; j = j->next)
+                if (j->lane == l) {
+                    rcmd_str(&c, j->entry);
+                    k++;
+                }
+            rcmd_str(&c, "JUSTID");
+            if (k) svc_pipe_add(sv, &c);
+        }
     for (job *j = sv->jobs; j; j = j->next) {
         char key[KEYS_MAX];
         keys_job(&sv->keys, j->id, key, sizeof key);
@@ -216,6 +222,8 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     if (!keys_model_valid(o->model_name))
         return llmq_err_set(err, LLMQ_ERR_INVALID, "invalid --model-name '%s'", o->model_name);
     keys_req_stream(&sv->keys, o->model_name, sv->req_key, sizeof sv->req_key);
+    for (int l = 0; l < KEYS_LANES; l++)
+        keys_req_lane(&sv->keys, o->model_name, l, sv->lane_keys[l], sizeof sv->lane_keys[l]);
     keys_dead_stream(&sv->keys, o->model_name, sv->dead_key, sizeof sv->dead_key);
     keys_workers(&sv->keys, sv->workers_key, sizeof sv->workers_key);
     keys_cancel_channel(&sv->keys, sv->cancel_chan, sizeof sv->cancel_chan);
@@ -270,8 +278,10 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     if ((st = connect_all(sv, err))) goto out;
     if (o->metrics_port > 0 && (st = svc_health_start(sv, err))) goto out;
     char where[300];
-    log_info("serving %s on %s as consumer %s (stream %s)", o->model_name,
-             redis_url_describe(&sv->url, where, sizeof where), o->consumer, sv->req_key);
+    log_info("serving %s on %s as consumer %s (streams %s, %s, %s: lanes read highest first, a lower lane's "
+             "entry after %d from higher ones)", o->model_name, redis_url_describe(&sv->url, where, sizeof where),
+             o->consumer, sv->lane_keys[KEYS_LANE_HIGH], sv->lane_keys[KEYS_LANE_DEFAULT], sv->lane_keys[KEYS_LANE_LOW],
+             o->lane_burst);
 
     int64_t drain_deadline = 0;
     for (;;) {

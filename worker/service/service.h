@@ -24,7 +24,7 @@
 
 typedef struct service_opts {
     const char *model_dir;      /* Hugging Face model directory */
-    const char *model_name;     /* name clients use; the stream is <prefix>req:<name> */
+    const char *model_name;     /* name clients use; the streams are <prefix>req:<name>[#lane] */
     const char *redis_url;      /* redis://... or unix://... */
     const char *prefix;         /* key prefix, default "llmq:" */
     const char *consumer;       /* consumer name in the group (unique per worker) */
@@ -43,6 +43,9 @@ typedef struct service_opts {
     int result_ttl_s;           /* TTL of a finished job's keys */
     int drain_timeout_s;        /* SIGTERM: time to finish in-flight jobs */
     int block_ms;               /* XREADGROUP BLOCK when idle */
+    int lane_burst;             /* the starvation guard: after this many entries taken from higher
+                                 * lanes while a lower lane waits, the next comes from the lower one
+                                 * (docs/protocol.md "Lanes") */
     llmq_comm *comm;            /* tensor-parallel group (this process is rank 0); NULL = one rank */
     model_load_opts load;       /* how the weights are held (--quantization); the peers load with the same */
 } service_opts;

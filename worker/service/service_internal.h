@@ -46,6 +46,7 @@ typedef struct pipe_tag {
 typedef struct job {
     char id[PROTO_MAX_ID_LEN + 1];
     char entry[64];          /* request stream entry id (XACK / XCLAIM) */
+    int lane;                /* the lane (keys.h) whose stream holds entry */
     proto_request req;       /* decoded request (owns its strings) */
     seq s;                   /* the scheduler's sequence; s.user = this */
     tok_stream ts;           /* streaming detokenizer (when a tokenizer is loaded) */
@@ -92,6 +93,10 @@ typedef struct service {
     service_opts o;
     llmq_keys keys;
     char req_key[KEYS_MAX], dead_key[KEYS_MAX], workers_key[KEYS_MAX], cancel_chan[KEYS_MAX];
+    char lane_keys[KEYS_LANES][KEYS_MAX]; /* every lane's request stream, highest first */
+    int lane_skips[KEYS_LANES]; /* per lane: entries taken from higher lanes while it had some
+                                   waiting, since it was last served (the starvation guard,
+                                   admission.c) */
     redis_url url;
     redisContext *rc;        /* commands */
     redisContext *sub;       /* SUBSCRIBE <prefix>cancel */
@@ -159,15 +164,15 @@ redisReply *svc_call(service *sv, const rcmd *c, llmq_err *err);
  * Returns -1 when it cannot be built (out of memory, logged): nothing is
  * written and the entry, pending, is claimed again after --claim-idle-ms. */
 int svc_add_final(service *sv, const job *j, const char *entry, const char *text, size_t len, const char *finish,
-                  const char *error, int error_status, int dead);
+                  const char *error, int error_status, int dead); /* entry: on lane j->lane */
 /* A job that fails before it runs: its final (finish "error", the reason,
  * status 400 when the request is at fault, 500 when we are; zero usage)
  * with seq next_seq (0, or one past the chunks of earlier attempts).  attempt: our
  * admission, 0 when the entry was never admitted.  dead: also recorded in
  * the dead stream (poison entries, exhausted jobs).  An id that is not a
  * valid job id leaves no job to end: only the XACK and the dead record. */
-void svc_fail_early(service *sv, const char *id, const char *entry, long long attempt, int64_t next_seq, const char *why,
-                    int status, int dead);
+void svc_fail_early(service *sv, const char *id, int lane, const char *entry, long long attempt, int64_t next_seq,
+                    const char *why, int status, int dead);
 /* After a step: chunks of running jobs, finals of finished ones (then freed). */
 void svc_publish(service *sv);
 
