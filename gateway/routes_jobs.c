@@ -298,10 +298,13 @@ static void on_event_chunk(void *ud, const proto_chunk *c) {
     events_call *ec = ud;
     gw_call *call = &ec->base;
     int gone = 0;
+    gw_call_ref(call); /* a failed write closes the connection, whose hook finishes (and may free) the call */
     if (c) gone = gw_sse_send_json(call, c->seq, NULL, chunk_json(c));
-    if (!gone && c && !c->finish) return;
-    gw_sse_end(call);
-    gw_call_finish(call);
+    if (gone || !c || c->finish) {
+        gw_sse_end(call);
+        gw_call_finish(call);
+    }
+    gw_call_unref(call);
 }
 
 static void on_events_exists(redisAsyncContext *ac, void *reply, void *priv) {

@@ -143,6 +143,25 @@ def play_job(r, jid, chunks):
         r.publish(f"llmq:out:{{{jid}}}", data)
 
 
+def test_refusal_code_of_the_worker_is_kept(fleet):
+    """A prompt over the context, refused by the worker at admission with
+    status 400 and code context_length_exceeded (docs/protocol.md): the same
+    HTTP 400 streamed or not, with the worker's code."""
+    refusal = {"seq": 0, "text": "", "ids": [], "finish": "error", "status": 400, "code": "context_length_exceeded",
+               "error": "the prompt (600 tokens) is longer than the model's context (512 tokens)",
+               "usage": {"prompt_tokens": 600, "completion_tokens": 0}}
+    for stream in (True, False):
+        before = job_ids(fleet.r)
+        c = post_raw(fleet.gw, "/v1/completions", {"model": "idle", "prompt": "x", "stream": stream})
+        play_job(fleet.r, new_job(fleet.r, before), [refusal])
+        r = c.getresponse()
+        assert r.status == 400 and r.getheader("Content-Type") == "application/json", stream
+        e = json.loads(r.read())["error"]
+        c.close()
+        assert e["code"] == "context_length_exceeded" and e["type"] == "invalid_request_error"
+        assert "longer than the model's context" in e["message"]
+
+
 def test_failure_after_output_is_an_sse_error(fleet):
     before = job_ids(fleet.r)
     c = post_raw(fleet.gw, "/v1/completions", {"model": "idle", "prompt": "x", "stream": True})
