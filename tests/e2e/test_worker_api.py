@@ -92,7 +92,7 @@ def test_context_length_is_a_400_with_vllm_message(fleet):
     # prompt + max_tokens past the context: refused, not cut at the context
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="stories", prompt=prompt, max_tokens=CTX - n + 1)
-    assert e.value.status_code == 400
+    assert e.value.status_code == 400 and e.value.code == "context_length_exceeded"
     assert e.value.body["message"] == (
         f"This model's maximum context length is {CTX} tokens. However, you requested {CTX + 1} tokens "
         f"({n} in the messages, {CTX - n + 1} in the completion). Please reduce the length of the messages "
