@@ -25,12 +25,16 @@
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
+#define HTTPC_MAX_SPARE 4096     /* easy handles kept for reuse at most */
+
 struct httpc {
     struct ev_loop *loop;
     CURLM *multi;
     ev_timer timer;              /* curl's timeout */
     httpc_opts opts;
     httpc_call *calls;           /* active calls */
+    CURL **spare;                /* finished easy handles, reset, for the next calls */
+    size_t n_spare, cap_spare;
     httpc_stats st;
 };
 
@@ -53,13 +57,33 @@ static void calls_remove(httpc *c, httpc_call *call) {
     call->prev = call->next = NULL;
 }
 
+/* An easy handle for a new call: a spare one (reusing a handle spares its
+ * allocation and set-up on every request, as curl advises), else a new one. */
+static CURL *easy_get(httpc *c) {
+    return c->n_spare ? c->spare[--c->n_spare] : curl_easy_init();
+}
+
+static void easy_put(httpc *c, CURL *e) {
+    curl_easy_reset(e);
+    if (c->n_spare == c->cap_spare && c->cap_spare < HTTPC_MAX_SPARE) {
+        size_t nc = c->cap_spare ? c->cap_spare * 2 : 64;
+        CURL **ns = realloc(c->spare, nc * sizeof *ns);
+        if (ns) {
+            c->spare = ns;
+            c->cap_spare = nc;
+        }
+    }
+    if (c->n_spare < c->cap_spare) c->spare[c->n_spare++] = e;
+    else curl_easy_cleanup(e);
+}
+
 /* Detach the call from curl and the client; nothing is called. */
 static void call_release(httpc_call *call) {
     httpc *c = call->cli;
     ev_timer_stop(c->loop, &call->defer);
     if (call->easy) {
         curl_multi_remove_handle(c->multi, call->easy);
-        curl_easy_cleanup(call->easy);
+        easy_put(c, call->easy);
         call->easy = NULL;
     }
     calls_remove(c, call);
@@ -244,7 +268,7 @@ void httpc_call_start(httpc *c, httpc_call *call, const char *url, const struct 
     call->next = c->calls;
     if (c->calls) c->calls->prev = call;
     c->calls = call;
-    CURL *e = curl_easy_init();
+    CURL *e = easy_get(c);
     if (!e) return fail_later(call, "nomem", "out of memory");
     call->easy = e;
     CURLcode rc = CURLE_OK;
@@ -272,7 +296,7 @@ void httpc_call_start(httpc *c, httpc_call *call, const char *url, const struct 
 #undef SET
     if (rc == CURLE_OK && curl_multi_add_handle(c->multi, e) != CURLM_OK) rc = CURLE_OUT_OF_MEMORY;
     if (rc != CURLE_OK) {
-        curl_easy_cleanup(e);
+        easy_put(c, e);
         call->easy = NULL;
         fail_later(call, kind_of(rc, 0), curl_easy_strerror(rc));
     }
@@ -298,6 +322,9 @@ httpc *httpc_create(struct ev_loop *loop, const httpc_opts *opts, llmq_err *err)
     curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
     curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+    /* keep idle keep-alive connections for the next requests even when the
+     * load drops (curl's default pool follows the transfers in progress) */
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 4096L);
     return c;
 }
 
@@ -306,6 +333,8 @@ void httpc_destroy(httpc *c) {
     while (c->calls) call_release(c->calls);
     ev_timer_stop(c->loop, &c->timer);
     curl_multi_cleanup(c->multi); /* closes the pooled connections */
+    for (size_t i = 0; i < c->n_spare; i++) curl_easy_cleanup(c->spare[i]);
+    free(c->spare);
     free(c);
 }
 

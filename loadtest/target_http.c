@@ -272,6 +272,7 @@ static void http_destroy(lt_target *base) {
     if (!t) return;
     /* requests still in flight hold calls on the client: drop them first */
     lt_run *run = base->run;
+    for (size_t i = 0; i < run->n_warm; i++) http_cancel(base, run->warm[i]);
     for (size_t i = 0; i < run->n_reqs; i++) http_cancel(base, run->reqs[i]);
     httpc_destroy(t->cli);
     curl_slist_free_all(t->headers);
