@@ -184,6 +184,15 @@ def test_redis_target_open_loop(stack, tmp_path):
     for q in j["requests"]:
         assert q["chunks"] >= 1
     check_accounted(j, redis.Redis.from_url(stack["redis"].url))
+    # a dataset's text prompts over the protocol: the worker tokenizes them and reports the count
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "Once upon a time"}\n{"prompt": "The little dog ran to the park"}\n')
+    res = lthelp.run(tmp_path, "--target", stack["redis"].url, "--model", MODEL, "--concurrency", 2, "--requests", 4,
+                     "--dataset-name", "custom", "--dataset-path", data, "--output-tokens", 6, "--timeout", 60,
+                     "--quiet", timeout=120)
+    assert res.rc == 0 and res.j["completed"] == 4, res
+    assert {q["prompt_tokens"] for q in res.j["requests"]} == {q["prompt_tokens"] for q in res.j["requests"][:2]}
+    assert all(q["prompt_tokens"] > 3 and q["output_tokens"] == 6 for q in res.j["requests"])
 
 
 def test_redis_unreachable(tmp_path):
