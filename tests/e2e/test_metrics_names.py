@@ -4,7 +4,8 @@ One real fleet for the whole module: redis-server, llmq-gateway and one
 llmq-worker on stories260K.  Requests are queued (through the gateway's job
 API and straight into Redis, as docs/protocol.md says) before the worker
 starts, so each one waits in the queue first; the worker takes one at a time
-(--max-num-seqs 1), so the rest wait in Redis while it runs.  Then:
+(--max-num-seqs 1), so the rest wait in Redis, in the three priority lanes,
+while it runs.  Then:
   - every worker series carries model_name, under vLLM's names (llmq: prefix);
   - time to first token and end-to-end latency count from arrival (the
     queue included), not from admission;
@@ -33,8 +34,9 @@ import helmtest  # noqa: E402  (tests/helm: the chart rendered by Helm's engine)
 
 MODEL = "stories"
 N_QUEUED = 24          # requests queued before the worker starts
+N_LANES = 16           # of them in the high and the low priority lanes (half each), the rest in the default one
 QUEUE_S = 1.2          # how long they wait, at least, before a worker exists
-MAX_TOKENS = 24
+MAX_TOKENS = 48
 
 
 def get(port, path):
@@ -72,10 +74,11 @@ def fleet(tmp_path_factory, shared_dir):
         r = connect(srv.url)
         t_submit = time.time()
         ids = []
-        for i in range(4):  # through the gateway: its per-model series
+        for i in range(N_LANES):  # through the gateway, into the high and low lanes
             c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
             c.request("POST", "/v1/jobs", body=json.dumps(dict(model=MODEL, prompt=f"Once upon a time {i}",
-                                                               max_tokens=MAX_TOKENS, ignore_eos=True)),
+                                                               max_tokens=MAX_TOKENS, ignore_eos=True,
+                                                               priority=1 if i % 2 else -1)),
                       headers={"Content-Type": "application/json"})
             resp = c.getresponse()
             assert resp.status == 202, resp.read()
@@ -162,7 +165,7 @@ def test_vllm_names_with_model_name_on_every_series(fleet):
         assert count[h + "_count"] == n, h
     gen = {float(s.labels["le"]): s.value for s in fam["llmq:request_generation_tokens"].samples
            if s.name.endswith("_bucket")}
-    assert gen[20] == 1 and gen[50] == n  # at most 4 tokens once, 24 tokens n-1 times
+    assert gen[20] == 1 and gen[50] == n  # at most 4 tokens once, MAX_TOKENS (48) n-1 times
     kv = fam["llmq:kv_cache_usage_perc"].samples[0].value
     assert 0 <= kv <= 1
 
@@ -188,9 +191,10 @@ def test_time_to_first_token_and_e2e_count_the_queue(fleet):
 
 def test_waiting_counts_the_redis_backlog(fleet):
     """With one sequence at a time, the queued requests wait in Redis, not in
-    the worker: num_requests_waiting counts them (the worker's own waiting
-    sequences were 0 or 1 all along)."""
-    assert max(fleet["waiting_seen"], default=0) >= N_QUEUED // 2, fleet["waiting_seen"][:20]
+    the worker: num_requests_waiting counts them, in every priority lane (the
+    worker's own waiting sequences were 0 or 1 all along; the default lane
+    alone never held more than N_QUEUED - N_LANES)."""
+    assert max(fleet["waiting_seen"], default=0) >= N_QUEUED - N_LANES + 6, fleet["waiting_seen"][:20]
 
 
 # ------------------------------------------------------------ dashboard, alerts

@@ -10,8 +10,8 @@
  * "Metrics").  Request times start at arrival, the time in the job's
  * request-stream entry id (when it was submitted), so TTFT and E2E include
  * the time in the queue.  num_requests_waiting adds the model's Redis
- * backlog (the request streams' consumer-group lag, read every
- * HEALTH_BACKLOG_MS) to the sequences waiting here.
+ * backlog (the consumer-group lag of every lane's request stream, read
+ * every HEALTH_BACKLOG_MS) to the sequences waiting here.
  */
 #include "worker/service/service_internal.h"
 
@@ -64,16 +64,12 @@ static void backlog_ask(service *sv) {
     sv->backlog_sum = 0;
     sv->backlog_left = 0;
     sv->backlog_admitted_ask = metric_value(sv->m_queue); /* admissions so far (the queue-time count) */
-    /* LANES HOOK: the default request stream only; with priority lanes
-     * (several streams per model, common/keys.h) every lane's stream is
-     * asked, and the round sums them. */
-    const char *streams[] = {sv->req_key};
-    for (size_t i = 0; i < sizeof streams / sizeof streams[0]; i++) {
+    for (int lane = 0; lane < KEYS_LANES; lane++) { /* every priority lane's stream: the round sums them */
         rcmd c;
         rcmd_init(&c);
         rcmd_str(&c, "XINFO");
         rcmd_str(&c, "GROUPS");
-        rcmd_str(&c, streams[i]);
+        rcmd_str(&c, sv->lane_keys[lane]);
         if (!svc_pipe_add_tagged(sv, &c, TAG_BACKLOG, NULL)) sv->backlog_left++;
     }
 }
