@@ -160,6 +160,17 @@ def test_gateway_and_worker_reach_a_tls_redis_through_the_rendered_proxy(tls_red
         # It really went through Redis: the job's records are there.
         direct = redis.Redis(port=srv.port, password=PASSWORD)
         assert direct.exists("llmq:req:stories")
+        # The proxy's preStop (run as rendered, on this proxy's port) holds
+        # while the binaries are connected, and ends once they are gone.
+        proxy_c = ht.one(docs, "Deployment", "demo-llmq-gateway")["spec"]["template"]["spec"]["containers"][1]
+        hook = proxy_c["lifecycle"]["preStop"]["exec"]["command"]
+        hook = hook[:2] + [hook[2].replace("0100007F:18EC", "0100007F:%04X" % local)]
+        waiting = subprocess.Popen(hook)
+        time.sleep(1.2)
+        assert waiting.poll() is None
+        gw.stop()
+        w.term()
+        assert waiting.wait(5) == 0
     finally:
         for p in (gw, w):
             if p:

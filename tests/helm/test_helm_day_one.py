@@ -165,9 +165,8 @@ def test_rediss_goes_through_a_tls_proxy_in_every_pod():
         assert settings["key"] == f"{mounts['redis-tls-client']}/tls.key"
         assert vols["redis-tls-config"]["configMap"]["name"] == "demo-llmq-redis-tls"
         assert mounts["redis-tls-config"] + "/stunnel.conf" == proxy["command"][1]
-        # It outlives the main container's drain: it waits for its port to close.
-        port = main["ports"][0]["containerPort"]
-        assert f"/dev/tcp/127.0.0.1/{port}" in proxy["lifecycle"]["preStop"]["exec"]["command"][2]
+        # It outlives the main container's drain (tests/e2e/test_redis_tls.py runs it).
+        assert "0100007F:18EC" in proxy["lifecycle"]["preStop"]["exec"]["command"][2]  # 127.0.0.1:6380
     # KEDA reaches Redis itself, over TLS, with the same CA and client certificate.
     for t in ht.one(docs, "ScaledObject")["spec"]["triggers"]:
         assert t["metadata"]["address"] == "redis.example.com:6380" and t["metadata"]["enableTLS"] == "true"
@@ -199,3 +198,13 @@ def test_route_tls_modes_the_gateway_cannot_serve_are_refused(mode):
 def test_route_edge_tls_renders():
     route = ht.one(ht.render({"openshift": {"enabled": True, "route": {"tls": "edge"}}}), "Route")
     assert route["spec"]["tls"]["termination"] == "edge"
+
+
+def test_a_new_tls_configuration_rolls_the_pods():
+    def stamps(url):
+        docs = ht.render({"redis": {"enabled": False, "external": {"url": url}}})
+        return {(t["metadata"].get("annotations") or {}).get("llmq.io/redis-tls-config")
+                for _, _, t in ht.pod_templates(docs) if t["spec"]["containers"][0]["name"] in ("gateway", "worker")}
+    a, b = stamps("rediss://a.example.com:6380/0"), stamps("rediss://b.example.com:6380/0")
+    assert len(a) == 1 and len(b) == 1 and None not in a | b and a != b
+    assert stamps("redis://a.example.com:6379/0") == {None}

@@ -250,27 +250,28 @@ TIMEOUTidle = 86400
 {{ end -}}
 
 {{/*
-The TLS proxy sidecar: (dict "root" $ "image" REF "pullPolicy" P "waitPort" N).
+The TLS proxy sidecar: (dict "root" $ "image" REF "pullPolicy" P).
 It runs the pod's own image (stunnel4 is in both), so no image is added.
-On termination it keeps carrying traffic while the main container still
-listens on waitPort (the gateway's HTTP port, the worker's metrics port),
-i.e. while it drains, and stops once it has exited; without a port, at once.
+On termination Kubernetes signals every container at once, but the main
+container still needs Redis while it drains (the gateway closes its listener
+at SIGTERM, so its port says nothing): the proxy's preStop waits while any
+connection to it is established (/proc/net/tcp of the pod's network
+namespace, local 127.0.0.1:port, state 01), i.e. until the binary has gone.
 */}}
 {{- define "llmq.redis.tlsProxy.container" -}}
 {{- $root := .root -}}
+{{- $local := printf "0100007F:%04X" (include "llmq.redis.tlsProxyPort" $root | int) -}}
 - name: redis-tls-proxy
   image: {{ .image }}
   imagePullPolicy: {{ .pullPolicy }}
   command: ["stunnel", "/etc/llmq/stunnel/stunnel.conf"]
-  {{- with .waitPort }}
   lifecycle:
     preStop:
       exec:
         command:
           - bash
           - -c
-          - {{ printf "while (exec 3<>/dev/tcp/127.0.0.1/%d) 2>/dev/null; do sleep 1; done" (int .) | quote }}
-  {{- end }}
+          - {{ printf "while grep -qE '^ *[0-9]+: %s [0-9A-F]{8}:[0-9A-F]{4} 01 ' /proc/net/tcp; do sleep 1; done" $local | quote }}
   securityContext:
     {{- include "llmq.containerSecurityContext" $root | nindent 4 }}
   resources:

@@ -34,6 +34,9 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
     llmq.io/stream: {{ $g.stream | quote }}
+    {{- if eq (include "llmq.redis.tls" $root) "true" }}
+    llmq.io/redis-tls-config: {{ include "llmq.redis.stunnelConf" $root | sha256sum | trunc 16 | quote }}
+    {{- end }}
 spec:
   serviceAccountName: {{ include "llmq.serviceAccountName" $root }}
   automountServiceAccountToken: false
@@ -241,7 +244,7 @@ spec:
         - name: tmp
           mountPath: /tmp
     {{- if eq (include "llmq.redis.tls" $root) "true" }}
-    {{- include "llmq.redis.tlsProxy.container" (dict "root" $root "image" $g.imageRef "pullPolicy" $g.image.pullPolicy "waitPort" (ternary $g.metricsPort 0 $serves)) | nindent 4 }}
+    {{- include "llmq.redis.tlsProxy.container" (dict "root" $root "image" $g.imageRef "pullPolicy" $g.image.pullPolicy) | nindent 4 }}
     {{- end }}
   volumes:
     - name: models
