@@ -208,3 +208,12 @@ def test_a_new_tls_configuration_rolls_the_pods():
     a, b = stamps("rediss://a.example.com:6380/0"), stamps("rediss://b.example.com:6380/0")
     assert len(a) == 1 and len(b) == 1 and None not in a | b and a != b
     assert stamps("redis://a.example.com:6379/0") == {None}
+
+
+def test_the_images_the_proxy_runs_from_carry_stunnel():
+    """The proxy runs the pod's own image: each Dockerfile's last (runtime)
+    stage installs stunnel4 (and bash, grep for its preStop: in the base)."""
+    for name in ("gateway", "worker"):
+        text = (ROOT / "docker" / f"{name}.Dockerfile").read_text()
+        runtime = text[text.rindex("\nFROM "):]
+        assert re.search(r"apt-get install[^&]*\bstunnel4\b", runtime, re.S), name
