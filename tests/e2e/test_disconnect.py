@@ -1,5 +1,7 @@
-"""A client that goes away cancels its job, as vLLM aborts it: the real
-llmq-worker on stories260K behind the real llmq-gateway, 8 clients asking for
+"""The life of an OpenAI request against the real llmq-worker on stories260K
+behind the real llmq-gateway (one fleet for the module).
+
+A client that goes away cancels its job, as vLLM aborts it: 8 clients asking for
 500 tokens each (4 streaming, 4 not) that hang up as soon as every job has
 begun to generate.  Each job must end `cancelled`, far short of 500 tokens
 (uncancelled, each runs to 500: about 1.5 s alone on this model).
@@ -7,13 +9,21 @@ begun to generate.  Each job must end `cancelled`, far short of 500 tokens
 The clients hang up mid-generation, once each job has output, rather than
 after a fixed time, so that the check does not depend on the machine's speed.
 They shut the socket down: a bare close() may leave the descriptor open while
-some object (a response, a traceback) still refers to it."""
+some object (a response, a traceback) still refers to it.
+
+A prompt over the model's context, refused by the worker at admission, is the
+same HTTP 400 (`context_length_exceeded`) streamed or not: the stream's
+headers wait for the job's first event."""
 import http.client
 import json
 import socket
 import threading
 import time
 
+import openai
+import pytest
+
+from llmqtest import RedisServer, free_port
 from worker_util import Gateway, Worker, connect, job, wait_final
 
 N = 8
@@ -34,11 +44,25 @@ def client(port, body, hang_up):
         c.close()
 
 
-def test_disconnected_clients_cancel_their_jobs(redis_server, stories, tmp_path):
-    d, _ = stories
-    w = Worker(d, redis_server.url, "stories", tmp_path / "w.log")
-    gw = Gateway(redis_server.url, tmp_path / "gw.log")
-    r = connect(redis_server.url)
+@pytest.fixture(scope="module")
+def fleet(shared_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("disconnect")
+    srv = RedisServer(d, free_port()).start()
+    w = gw = None
+    try:
+        w = Worker(shared_dir / "models" / "stories260K", srv.url, "stories", d / "w.log")
+        gw = Gateway(srv.url, d / "gw.log")
+        yield gw, connect(srv.url)
+    finally:
+        if gw:
+            gw.stop()
+        if w:
+            w.stop()
+        srv.stop()
+
+
+def test_disconnected_clients_cancel_their_jobs(fleet):
+    gw, r = fleet
     hang_up = threading.Event()
     ts = []
     try:
@@ -65,5 +89,13 @@ def test_disconnected_clients_cancel_their_jobs(redis_server, stories, tmp_path)
         assert max(tokens) < MAX_TOKENS and sum(tokens) < N * MAX_TOKENS // 2, tokens
     finally:
         hang_up.set()
-        gw.stop()
-        w.stop()
+
+
+def test_prompt_over_the_context_is_a_400_streamed_too(fleet):
+    gw, _ = fleet
+    c = openai.OpenAI(base_url=gw.base + "/v1", api_key="unused", max_retries=0, timeout=60)
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as e:
+            r = c.completions.create(model="stories", prompt=[1] * 600, max_tokens=4, stream=stream)
+            list(r) if stream else None
+        assert e.value.status_code == 400 and e.value.body["code"] == "context_length_exceeded", stream
