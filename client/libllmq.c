@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/heartbeat.h"
 #include "common/jobops.h"
 #include "common/keys.h"
 #include "common/rconn.h"
@@ -123,6 +124,34 @@ llmq_status llmq_submit(llmq_client *c, const proto_request *req, char *id_out, 
 fail:
     proto_buf_deinit(&payload);
     return err ? err->code : LLMQ_ERR_REDIS;
+}
+
+/* ---------------------------------------------------------------- served models */
+
+llmq_status llmq_model_workers(llmq_client *c, const char *model, int *workers, int *max_model_len, llmq_err *err) {
+    *workers = 0;
+    if (max_model_len) *max_model_len = 0;
+    char key[KEYS_MAX];
+    keys_workers(&c->keys, key, sizeof key);
+    rcmd h;
+    rcmd_init(&h);
+    rcmd_str(&h, "HGETALL");
+    rcmd_str(&h, key);
+    redisReply *r = rconn_call(c->ctx, &h, err);
+    if (!r) return err ? err->code : LLMQ_ERR_REDIS;
+    int64_t now = now_ms();
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
+        const redisReply *v = r->element[i + 1];
+        hb_info hb;
+        if (v->type != REDIS_REPLY_STRING || hb_parse(&hb, v->str, v->len, NULL) != LLMQ_OK ||
+            strcmp(hb.model, model) != 0 || !hb_live(hb.ts_ms, now))
+            continue;
+        (*workers)++;
+        if (max_model_len && hb.max_model_len > 0 && (!*max_model_len || hb.max_model_len < *max_model_len))
+            *max_model_len = hb.max_model_len;
+    }
+    freeReplyObject(r);
+    return LLMQ_OK;
 }
 
 /* ---------------------------------------------------------------- get */

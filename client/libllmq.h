@@ -44,6 +44,16 @@ void llmq_close(llmq_client *c); /* c may be NULL */
  */
 llmq_status llmq_submit(llmq_client *c, const proto_request *req, char *id_out, size_t cap, llmq_err *err);
 
+/*
+ * Whether a live worker serves model: a heartbeat in <prefix>workers names it
+ * and is younger than HB_LIVE_MS (common/heartbeat.h).  *workers gets the
+ * count of such heartbeats (0 = nobody serves it now); max_model_len, when
+ * not NULL, the smallest context they report (0 = none reported).  A model
+ * that scales from zero has no live worker until its first job is queued:
+ * the caller decides whether to submit anyway.
+ */
+llmq_status llmq_model_workers(llmq_client *c, const char *model, int *workers, int *max_model_len, llmq_err *err);
+
 /* A job as its hash and output stream describe it. */
 typedef struct llmq_job {
     proto_job_state state;       /* parsed `state` */

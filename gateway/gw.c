@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/heartbeat.h"
 #include "common/jobops.h"
 #include "common/log.h"
 #include "common/utf8.h"
@@ -210,41 +211,212 @@ void gw_sse_end(gw_call *call) {
 
 int gw_model_lookup(gw *g, const char *model) {
     for (size_t i = 0; i < g->n_models; i++)
-        if (!strcmp(g->models[i], model)) return (int)i;
-    if (g->models_fixed || !keys_model_valid(model) || g->n_models >= 4096) return -1;
-    char **m = realloc(g->models, (g->n_models + 1) * sizeof *m);
+        if (!strcmp(g->models[i].name, model)) return (int)i;
+    return -1;
+}
+
+int gw_model_add(gw *g, const char *model, int configured) {
+    int i = gw_model_lookup(g, model);
+    if (i >= 0) {
+        g->models[i].configured |= configured;
+        return i;
+    }
+    if (!keys_model_valid(model) || g->n_models >= GW_MAX_MODELS) return -1;
+    gw_model *m = realloc(g->models, (g->n_models + 1) * sizeof *m);
     if (!m) return -1;
     g->models = m;
-    unsigned char *ok = realloc(g->group_ok, g->n_models + 1);
-    if (!ok) return -1;
-    g->group_ok = ok;
-    if (!(g->models[g->n_models] = strdup(model))) return -1;
-    g->group_ok[g->n_models] = 0;
-    log_info("accepting jobs for new model '%s'", model);
+    m = &g->models[g->n_models];
+    memset(m, 0, sizeof *m);
+    snprintf(m->name, sizeof m->name, "%s", model);
+    m->configured = configured;
     return (int)g->n_models++;
+}
+
+/* The served set in words, for the log: "a (2 workers, context 512), b (--models, no worker)". */
+static void models_describe(gw *g, char *buf, size_t cap) {
+    size_t n = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < g->n_models && n < cap; i++) {
+        const gw_model *m = &g->models[i];
+        char ctx[32] = "";
+        if (m->max_model_len) snprintf(ctx, sizeof ctx, ", context %d", m->max_model_len);
+        int k = snprintf(buf + n, cap - n, "%s%s (%s%d worker%s%s)", i ? ", " : "", m->name,
+                         m->configured ? "--models, " : "", m->workers, m->workers == 1 ? "" : "s", ctx);
+        if (k < 0) break;
+        n += (size_t)k;
+    }
+    if (!g->n_models) snprintf(buf, cap, "none (no --models and no live worker)");
+}
+
+/* Requests held by gw_models_retry until a read of the heartbeats. */
+typedef struct gw_miss {
+    gw_call base;
+    struct gw_miss *next;
+} gw_miss;
+
+/* Route the held requests again, or answer them 503 when the read failed. */
+static void miss_release(gw *g, gw_miss *list, int read_ok) {
+    while (list) {
+        gw_miss *m = list;
+        list = m->next;
+        gw_call *call = &m->base;
+        http_conn *c = call->conn;
+        http_request *req = call->req;
+        if (!call->done) {
+            http_conn_ref(c); /* past gw_call_finish, whose unref may be the last but the server's */
+            http_conn_on_close(c, NULL, NULL);
+            gw_call_finish(call);
+            if (!read_ok) {
+                gw_reply_redis_down(c);
+            } else {
+                g->redispatch = 1;
+                gw_route(g, c, req);
+                g->redispatch = 0;
+            }
+            http_conn_unref(c);
+        }
+        gw_call_unref(call); /* the list's reference */
+    }
+}
+
+/* The heartbeats (HGETALL <prefix>workers) into the table: live models are
+ * added, models no live worker names any more leave it unless configured. */
+static void on_heartbeats(redisAsyncContext *ac, void *reply, void *priv) {
+    gw *g = priv;
+    redisReply *r = reply;
+    g->models_reading = 0;
+    gw_miss *waiting = g->miss_sent;
+    g->miss_sent = NULL;
+    int *ctx = r && r->type == REDIS_REPLY_ARRAY ? calloc(g->n_models + r->elements / 2 + 1, sizeof *ctx) : NULL;
+    if (ctx) { /* ctx: the smallest context reported per entry of the table */
+        int64_t now = gw_now_ms();
+        int changed = 0, full = 0;
+        for (size_t i = 0; i < g->n_models; i++) g->models[i].workers = 0;
+        for (size_t i = 0; i + 1 < r->elements; i += 2) {
+            const redisReply *v = r->element[i + 1];
+            hb_info hb;
+            if (v->type != REDIS_REPLY_STRING || hb_parse(&hb, v->str, v->len, NULL) != LLMQ_OK ||
+                !hb_live(hb.ts_ms, now))
+                continue;
+            int k = gw_model_lookup(g, hb.model);
+            if (k < 0) {
+                if ((k = gw_model_add(g, hb.model, 0)) < 0) {
+                    full++;
+                    continue;
+                }
+                changed = 1;
+            }
+            g->models[k].workers++;
+            if (hb.max_model_len > 0 && (ctx[k] == 0 || hb.max_model_len < ctx[k])) ctx[k] = hb.max_model_len;
+        }
+        size_t n = 0;
+        for (size_t i = 0; i < g->n_models; i++) {
+            gw_model *m = &g->models[i];
+            if (ctx[i] && ctx[i] != m->max_model_len) changed = 1;
+            if (ctx[i] || !m->configured) m->max_model_len = ctx[i];
+            if (!m->workers && !m->configured) { /* its last worker went away */
+                log_info("model '%s' is no longer served: no live worker heartbeat names it", m->name);
+                changed = 1;
+                continue;
+            }
+            g->models[n++] = *m;
+        }
+        g->n_models = n;
+        free(ctx);
+        static int left_out; /* said once per change, not every second */
+        if (full != left_out && full)
+            log_warn("the model table is full (%d models): %d heartbeats name models left out", GW_MAX_MODELS, full);
+        left_out = full;
+        if (changed || !g->models_read_once) {
+            char what[2048];
+            models_describe(g, what, sizeof what);
+            log_info("%s: %s", g->models_read_once ? "served models now" : "served models", what);
+        }
+        g->models_read_once = 1;
+        gw_ensure_groups(g);
+    } else if (r) { /* the table stays as it was; held requests get their 404 */
+        log_warn("reading the worker heartbeats: %s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : r->type == REDIS_REPLY_ARRAY ? "out of memory"
+                                                                                     : "unexpected reply");
+    }
+    /* requests that came while this read was in flight wait for one sent after them */
+    if (g->miss_next) {
+        g->miss_sent = g->miss_next;
+        g->miss_next = NULL;
+        gw_models_read(g);
+        if (!g->models_reading) { /* could not send: Redis is down */
+            gw_miss *late = g->miss_sent;
+            g->miss_sent = NULL;
+            miss_release(g, late, 0);
+        }
+    }
+    miss_release(g, waiting, r != NULL);
+}
+
+void gw_models_read(gw *g) {
+    if (g->models_reading) return;
+    char key[KEYS_MAX];
+    keys_workers(&g->keys, key, sizeof key);
+    rcmd c;
+    rcmd_init(&c);
+    rcmd_str(&c, "HGETALL");
+    rcmd_str(&c, key);
+    if (gw_redis_send(&g->redis, &c, on_heartbeats, g) == 0) g->models_reading = 1;
+}
+
+static void on_models_timer(struct ev_loop *loop, ev_timer *w, int revents) {
+    gw_models_read(container_of(w, gw, models_w));
+}
+
+void gw_models_start(gw *g) {
+    ev_timer_init(&g->models_w, on_models_timer, 0., GW_MODELS_READ_S);
+    ev_timer_start(g->loop, &g->models_w);
+}
+
+void gw_models_stop(gw *g) { ev_timer_stop(g->loop, &g->models_w); }
+
+int gw_models_retry(gw *g, http_conn *c) {
+    if (g->redispatch || g->dispatching != c || !g->dispatching_req) return 0;
+    gw_miss *m = (gw_miss *)gw_call_new(g, c, g->dispatching_req, sizeof *m, NULL);
+    if (!m) return 0;
+    gw_call_ref(&m->base); /* the list's */
+    if (g->models_reading) { /* that read may have been sent before this request came */
+        m->next = g->miss_next;
+        g->miss_next = m;
+        return 1;
+    }
+    m->next = g->miss_sent;
+    g->miss_sent = m;
+    gw_models_read(g);
+    if (!g->models_reading) {
+        g->miss_sent = m->next;
+        m->next = NULL;
+        miss_release(g, m, 0);
+    }
+    return 1;
 }
 
 static void on_group_created(redisAsyncContext *ac, void *reply, void *priv) {
     gw *g = container_of(ac->data, gw, redis);
-    size_t i = (size_t)(uintptr_t)priv;
+    size_t i = (size_t)(uintptr_t)priv; /* the table may have changed since: at worst a group is created twice */
     redisReply *r = reply;
     if (i >= g->n_models) return;
     if (!r) {
-        g->group_ok[i] = 0;
+        g->models[i].group_ok = 0;
     } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0) {
-        log_error("creating consumer group %s on model '%s': %s", PROTO_GROUP, g->models[i], r->str);
-        g->group_ok[i] = 0;
+        log_error("creating consumer group %s on model '%s': %s", PROTO_GROUP, g->models[i].name, r->str);
+        g->models[i].group_ok = 0;
     } else if (r->type != REDIS_REPLY_ERROR) {
-        log_info("created consumer group '%s' for model '%s'", PROTO_GROUP, g->models[i]);
+        log_info("created consumer group '%s' for model '%s'", PROTO_GROUP, g->models[i].name);
     }
 }
 
 void gw_ensure_groups(gw *g) {
     for (size_t i = 0; i < g->n_models; i++) {
-        if (g->group_ok[i]) continue;
+        if (g->models[i].group_ok) continue;
         rcmd c;
         jobops_keys kb;
-        jobops_group_create(&c, &kb, &g->keys, g->models[i]);
-        if (gw_redis_send(&g->redis, &c, on_group_created, (void *)(uintptr_t)i) == 0) g->group_ok[i] = 1;
+        jobops_group_create(&c, &kb, &g->keys, g->models[i].name);
+        if (gw_redis_send(&g->redis, &c, on_group_created, (void *)(uintptr_t)i) == 0) g->models[i].group_ok = 1;
     }
 }

@@ -36,7 +36,7 @@ typedef struct gw_config {
     long long max_queue;         /* --max-queue: waiting jobs per model before 429; 0 = unbounded */
     size_t max_body;             /* --max-body-bytes */
     int max_tokens_limit;        /* --max-tokens-limit: largest max_tokens accepted; 0 = none */
-    const char *models;          /* --models a,b (NULL = accept any valid name) */
+    const char *models;          /* --models a,b: served even with no live worker (scale from zero) */
     const char *prefix;          /* --prefix */
     int64_t result_ttl_s;        /* --result-ttl: TTL set when the gateway ends a job (cancel of a queued one) */
     double drain_timeout;        /* --drain-timeout: s to let open streams finish on SIGTERM */
@@ -57,6 +57,20 @@ typedef struct gw_metrics {
     metric *connections;         /* llmq_gateway_http_connections */
 } gw_metrics;
 
+/* One served model: named by --models, or by the heartbeat of a live
+ * worker (common/heartbeat.h). */
+typedef struct gw_model {
+    char name[PROTO_MAX_MODEL_LEN + 1];
+    int configured;              /* --models: served with no live worker too */
+    int workers;                 /* live heartbeats naming it at the last read */
+    int max_model_len;           /* smallest context its live workers report (a configured
+                                  * model keeps the last one known); 0 = unknown */
+    int group_ok;                /* its consumer group was created on the current connection */
+} gw_model;
+
+typedef struct gw_call gw_call;
+struct gw_miss;
+
 typedef struct gw {
     struct ev_loop *loop;
     gw_config cfg;
@@ -68,10 +82,16 @@ typedef struct gw {
     metrics *reg;
     gw_metrics m;
     gw_auth auth;                /* bearer keys; none → no auth; reloaded on SIGHUP */
-    char **models;               /* --models (owned) or models seen so far */
+    gw_model *models;            /* the served models (owned; GW_MAX_MODELS at most), see "models" below */
     size_t n_models;
-    int models_fixed;            /* 1 when --models was given: others are 404 */
-    unsigned char *group_ok;     /* per model: group created on the current connection */
+    ev_timer models_w;           /* every GW_MODELS_READ_S: read the heartbeats */
+    int models_reading;          /* a read of the heartbeats is in flight */
+    int models_read_once;        /* a read completed (the served set was logged) */
+    struct gw_miss *miss_sent;   /* requests for an unknown model waiting for the read in flight */
+    struct gw_miss *miss_next;   /* ... and those that came after it was sent (the next read's) */
+    http_conn *dispatching;      /* while gw_route hands a request to a submit route: its connection */
+    http_request *dispatching_req; /* ... and the request (what a miss is re-dispatched with) */
+    int redispatch;              /* gw_route runs again after a read: a miss is final (404) */
     int64_t started_s;           /* Unix time of start ("created" of /v1/models) */
     int shutting_down;
     ev_signal sigterm_w, sigint_w;
@@ -81,7 +101,6 @@ typedef struct gw {
 
 /* ---------------------------------------------------------------- calls */
 
-typedef struct gw_call gw_call;
 struct gw_call {
     gw *g;
     http_conn *conn;             /* a reference is held */
@@ -134,9 +153,37 @@ void gw_sse_end(gw_call *call);
 
 /* ---------------------------------------------------------------- models */
 
-/* Index of model in g->models, or -1.  When models are not fixed, a valid
- * new name is added (and -1 only for invalid names or out of memory). */
+/*
+ * The served models are those of --models (they scale from zero: accepted and
+ * queued with no live worker) and those named by a live worker heartbeat in
+ * <prefix>workers, read every GW_MODELS_READ_S and again when a request names
+ * a model not in the table, before it is answered 404 (so a worker that just
+ * came up is served at once).  Nothing a client sends adds to the table: a
+ * refused name creates no stream, group or entry.  At most one read is in
+ * flight; requests that miss wait for the first read sent after they came.
+ */
+#define GW_MAX_MODELS 1024       /* entries of the table; heartbeats past it are ignored (logged) */
+#define GW_MODELS_READ_S 1.0     /* s between two reads of the heartbeats */
+
+#ifndef LLMQ_VERSION
+#define LLMQ_VERSION "0.1.0"     /* GET /version (the chart's appVersion); -DLLMQ_VERSION=... overrides */
+#endif
+
+/* Index of model in g->models when it is served, else -1. */
 int gw_model_lookup(gw *g, const char *model);
+/* Add model to the table (configured: from --models).  Its index, or -1 when
+ * the name is invalid, the table full or memory out. */
+int gw_model_add(gw *g, const char *model, int configured);
+/* Start reading the heartbeats (after gw_redis_start) / stop (shutdown). */
+void gw_models_start(gw *g);
+void gw_models_stop(gw *g);
+/* Read the heartbeats now, unless a read is in flight. */
+void gw_models_read(gw *g);
+/* A submit route found no model: when the request is the one gw_route is
+ * dispatching, hold it until a fresh read of the heartbeats and route it again
+ * (the answer is then final).  1 when it took the request (it answers it),
+ * 0 when the caller must answer the 404 itself. */
+int gw_models_retry(gw *g, http_conn *c);
 /* Create the consumer group of every known model whose group is not known to
  * exist on the current connection (fire and forget; BUSYGROUP is fine). */
 void gw_ensure_groups(gw *g);
@@ -157,6 +204,7 @@ void gw_route_jobs_get(gw *g, http_conn *c, http_request *req, const char *id);
 void gw_route_jobs_events(gw *g, http_conn *c, http_request *req, const char *id);
 void gw_route_jobs_cancel(gw *g, http_conn *c, http_request *req, const char *id);
 void gw_route_readyz(gw *g, http_conn *c, http_request *req);
+void gw_route_health(gw *g, http_conn *c, http_request *req);
 void gw_route_metrics(gw *g, http_conn *c, http_request *req);
 void gw_route_tok(gw *g, http_conn *c, http_request *req, int detok); /* POST /tokenize, /detokenize (routes_tok.c) */
 

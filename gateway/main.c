@@ -52,7 +52,8 @@ static void usage(FILE *f) {
             "  --max-queue N          waiting jobs per model before 429 (default 0 = unbounded)\n"
             "  --max-body-bytes N     largest request body (default 4194304)\n"
             "  --max-tokens-limit N   largest max_tokens accepted (default 32768; 0 = none)\n"
-            "  --models a,b           models served (default: any valid name)\n"
+            "  --models a,b           models served even with no live worker (they scale from zero);\n"
+            "                         the models of live worker heartbeats are served too, others are 404\n"
             "  --prefix P             Redis key prefix (default llmq:)\n"
             "  --result-ttl S         TTL of jobs the gateway ends itself (default 86400)\n"
             "  --drain-timeout S      on SIGTERM, s to let open responses finish (default 30)\n"
@@ -136,11 +137,13 @@ static int set_models(gw *g, const char *list) {
             log_error("--models: '%s' is not a valid model name ([A-Za-z0-9._:/@+-])", name);
             return -1;
         }
-        if (gw_model_lookup(g, name) < 0) return -1;
+        if (gw_model_add(g, name, 1) < 0) {
+            log_error("--models: more than %d models", GW_MAX_MODELS);
+            return -1;
+        }
         p += n;
         if (*p == ',') p++;
     }
-    g->models_fixed = 1;
     return 0;
 }
 
@@ -148,14 +151,15 @@ static int set_models(gw *g, const char *list) {
 
 static void ev_cmd_up(void *ud) {
     gw *g = ud;
-    if (g->n_models) memset(g->group_ok, 0, g->n_models); /* group_ok is NULL until a model is known */
+    for (size_t i = 0; i < g->n_models; i++) g->models[i].group_ok = 0;
     gw_ensure_groups(g);
+    gw_models_read(g);
     jobwatch_on_cmd_up(&g->watches);
     metric_set(g->m.redis_up, g->redis.sub_ready);
 }
 static void ev_cmd_down(void *ud) {
     gw *g = ud;
-    if (g->n_models) memset(g->group_ok, 0, g->n_models);
+    for (size_t i = 0; i < g->n_models; i++) g->models[i].group_ok = 0;
     metric_set(g->m.redis_up, 0);
 }
 static void ev_sub_up(void *ud) {
@@ -188,6 +192,7 @@ static void stop_everything(gw *g) {
     ev_signal_stop(g->loop, &g->sigterm_w);
     ev_signal_stop(g->loop, &g->sigint_w);
     ev_signal_stop(g->loop, &g->sighup_w);
+    gw_models_stop(g);
     http_server_destroy(g->http); /* closes the rest; their calls stop their watchers */
     g->http = NULL;
     gw_redis_stop(&g->redis);
@@ -351,7 +356,16 @@ int main(int argc, char **argv) {
                  "LLMQ_API_KEYS) to require 'Authorization: Bearer <key>'. !!!");
     else
         log_info("authentication on: %zu API keys", g.auth.n);
-    if (!g.models_fixed) log_warn("no --models: accepting any model name, consumer groups are created on first use");
+    if (g.n_models) {
+        char list[1024] = "";
+        size_t n = 0;
+        for (size_t i = 0; i < g.n_models && n < sizeof list; i++)
+            n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", g.models[i].name);
+        log_info("models served with or without a live worker (--models): %s; the models of live worker "
+                 "heartbeats are served too, any other is 404", list);
+    } else {
+        log_info("no --models: serving the models that live workers name in their heartbeats, any other is 404");
+    }
     signal(SIGPIPE, SIG_IGN);
     rlim_t nofile = raise_fd_limit();
     if (g.cfg.max_connections < 0) {
@@ -398,6 +412,7 @@ int main(int argc, char **argv) {
     log_info("listening on %s:%d, redis %s, prefix '%s', %s", host, http_server_port(g.http),
              redis_url_describe(&g.url, where, sizeof where), g.keys.prefix, cap);
     gw_redis_start(&g.redis);
+    gw_models_start(&g);
 
     ev_signal_init(&g.sigterm_w, on_signal, SIGTERM);
     ev_signal_init(&g.sigint_w, on_signal, SIGINT);
@@ -411,9 +426,7 @@ int main(int argc, char **argv) {
     jobwatch_registry_deinit(&g.watches);
     metrics_destroy(g.reg);
     gw_auth_deinit(&g.auth);
-    for (size_t i = 0; i < g.n_models; i++) free(g.models[i]);
     free(g.models);
-    free(g.group_ok);
     log_info("stopped");
     return 0;
 }

@@ -1,6 +1,8 @@
 /*
  * routes.c — the router (method + path → handler), bearer-key checks, and
- * the operational endpoints: /healthz, /readyz, /metrics, /v1/models.
+ * the operational endpoints: /healthz, /readyz, /health, /version, /metrics,
+ * /v1/models.  /health and /version answer as vLLM's do (200 with an empty
+ * body / {"version": ...}), for clients and probes written against vLLM.
  *
  * Authentication covers everything under /v1/; the probes and /metrics are
  * open (they reveal nothing about jobs).  The keys and their constant-time
@@ -23,6 +25,18 @@ static void method_not_allowed(http_conn *c, const char *allow) {
     gw_reply_json(c, 405, e, extra);
 }
 
+/* A submitting route (0 completions, 1 chat, 2 jobs), with the request noted
+ * so that a model missing from the table can be held for a fresh read of the
+ * heartbeats and routed again (gw_models_retry). */
+static void dispatch_submit(gw *g, http_conn *c, http_request *req, int which) {
+    g->dispatching = c;
+    g->dispatching_req = req;
+    if (which == 2) gw_route_jobs_submit(g, c, req);
+    else gw_route_openai(g, c, req, which);
+    g->dispatching = NULL;
+    g->dispatching_req = NULL;
+}
+
 void gw_route(void *ud, http_conn *c, http_request *req) {
     gw *g = ud;
     const char *p = req->path;
@@ -37,6 +51,16 @@ void gw_route(void *ud, http_conn *c, http_request *req) {
         req->route = "/readyz";
         if (m != HTTP_GET) return method_not_allowed(c, "GET");
         return gw_route_readyz(g, c, req);
+    }
+    if (!strcmp(p, "/health")) {
+        req->route = "/health";
+        if (m != HTTP_GET) return method_not_allowed(c, "GET");
+        return gw_route_health(g, c, req);
+    }
+    if (!strcmp(p, "/version")) {
+        req->route = "/version";
+        if (m != HTTP_GET) return method_not_allowed(c, "GET");
+        return gw_reply_json(c, 200, json_pack("{s:s}", "version", LLMQ_VERSION), NULL);
     }
     if (!strcmp(p, "/metrics")) {
         req->route = "/metrics";
@@ -63,7 +87,7 @@ void gw_route(void *ud, http_conn *c, http_request *req) {
         int chat = p[4] == 'c' && p[5] == 'h';
         req->route = chat ? "/v1/chat/completions" : "/v1/completions";
         if (m != HTTP_POST) return method_not_allowed(c, "POST");
-        return gw_route_openai(g, c, req, chat);
+        return dispatch_submit(g, c, req, chat ? 1 : 0);
     }
     if (!strcmp(p, "/v1/models") || !strncmp(p, "/v1/models/", 11)) {
         req->route = "/v1/models";
@@ -73,7 +97,7 @@ void gw_route(void *ud, http_conn *c, http_request *req) {
     if (!strcmp(p, "/v1/jobs")) {
         req->route = "/v1/jobs";
         if (m != HTTP_POST) return method_not_allowed(c, "POST");
-        return gw_route_jobs_submit(g, c, req);
+        return dispatch_submit(g, c, req, 2);
     }
     if (!strncmp(p, "/v1/jobs/", 9)) {
         char id[PROTO_MAX_ID_LEN + 1];
@@ -104,22 +128,36 @@ void gw_route(void *ud, http_conn *c, http_request *req) {
 
 /* ================================================================ /v1/models */
 
-static json_t *model_json(gw *g, const char *name) {
-    return json_pack("{s:s, s:s, s:I, s:s}", "id", name, "object", "model", "created", (json_int_t)g->started_s,
-                     "owned_by", "llmq");
+/* A model card as vLLM writes it: max_model_len from the workers' heartbeats
+ * (null while no worker of a --models entry ever reported one). */
+static json_t *model_json(gw *g, const gw_model *m) {
+    return json_pack("{s:s, s:s, s:I, s:s, s:s, s:n, s:o}", "id", m->name, "object", "model", "created",
+                     (json_int_t)g->started_s, "owned_by", "llmq", "root", m->name, "parent", "max_model_len",
+                     m->max_model_len > 0 ? json_integer(m->max_model_len) : json_null());
 }
 
 void gw_route_models(gw *g, http_conn *c, http_request *req) {
     if (!strncmp(req->path, "/v1/models/", 11)) {
         const char *name = req->path + 11;
-        for (size_t i = 0; i < g->n_models; i++)
-            if (!strcmp(g->models[i], name)) return gw_reply_json(c, 200, model_json(g, name), NULL);
+        int i = gw_model_lookup(g, name);
+        if (i >= 0) return gw_reply_json(c, 200, model_json(g, &g->models[i]), NULL);
         return gw_reply_error(c, 404, "invalid_request_error", "model", "model_not_found",
                               "The model '%s' does not exist", name);
     }
     json_t *data = json_array();
-    for (size_t i = 0; i < g->n_models; i++) json_array_append_new(data, model_json(g, g->models[i]));
+    for (size_t i = 0; i < g->n_models; i++) json_array_append_new(data, model_json(g, &g->models[i]));
     gw_reply_json(c, 200, json_pack("{s:s, s:o}", "object", "list", "data", data), NULL);
+}
+
+/* ================================================================ /health */
+
+/* vLLM's probe: 200 with an empty body when the gateway can serve (both Redis
+ * connections up), else 503. */
+void gw_route_health(gw *g, http_conn *c, http_request *req) {
+    if (g->shutting_down)
+        return gw_reply_error(c, 503, "service_unavailable", NULL, "shutting_down", "the gateway is shutting down");
+    if (!g->redis.cmd_ready || !g->redis.sub_ready) return gw_reply_redis_down(c);
+    http_respond(c, 200, "text/plain", "", 0, NULL);
 }
 
 /* ================================================================ /metrics */
@@ -199,7 +237,7 @@ void gw_route_readyz(gw *g, http_conn *c, http_request *req) {
     int sent = 0;
     for (size_t i = 0; i < g->n_models; i++) {
         char key[KEYS_MAX];
-        keys_req_stream(&g->keys, g->models[i], key, sizeof key);
+        keys_req_stream(&g->keys, g->models[i].name, key, sizeof key);
         rcmd_init(&cmd);
         rcmd_str(&cmd, "XINFO");
         rcmd_str(&cmd, "GROUPS");

@@ -32,7 +32,22 @@ static int bad_set(gw_bad *bad, int status, const char *param, const char *fmt, 
     return -1;
 }
 
+/* The last refusal of gw_parse_request for a model not in the table, so that
+ * gw_reply_bad can tell it from other refusals (routes fill gw_bad their own
+ * way too) without a field the other routes would have to set.  One thread,
+ * one loop: set and used within one call chain from gw_route. */
+static struct {
+    const gw_bad *bad;
+    gw *g;
+} model_miss;
+
 void gw_reply_bad(http_conn *c, const gw_bad *bad) {
+    if (bad == model_miss.bad && model_miss.g && bad->code && !strcmp(bad->code, "model_not_found")) {
+        gw *g = model_miss.g;
+        model_miss.bad = NULL;
+        model_miss.g = NULL;
+        if (gw_models_retry(g, c)) return;
+    }
     gw_reply_error(c, bad->status, bad->type, bad->param[0] ? bad->param : NULL, bad->code, "%s", bad->msg);
 }
 
@@ -235,11 +250,15 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
     const char *name = json_string_value(model);
     if (!keys_model_valid(name))
         return bad_set(bad, 400, "model", "'model' must be 1-128 characters of [A-Za-z0-9._:/@+-]");
-    if (gw_model_lookup(g, name) < 0) {
+    const int mi = gw_model_lookup(g, name);
+    if (mi < 0) {
         bad_set(bad, 404, "model", "The model '%s' does not exist", name);
         bad->code = "model_not_found";
+        model_miss.bad = bad;
+        model_miss.g = g;
         return -1;
     }
+    const int ctx = g->models[mi].max_model_len;
     if (set_str(&r->model, name, bad)) return -1;
 
     /* prompt */
@@ -282,6 +301,16 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
     if ((rc = get_int(o, mt_key, 1, INT32_MAX, &x, bad)) < 0) return -1;
     if (rc > 0) {
         if (x > maxcap) return bad_set(bad, 400, mt_key, "'%s' must be at most %lld", mt_key, maxcap);
+        /* as vLLM: refused before queueing rather than cut short at the context
+         * (the prompt's share is the worker's to check: it alone tokenizes) */
+        if (ctx > 0 && x > ctx) {
+            bad_set(bad, 400, mt_key,
+                    "This model's maximum context length is %d tokens. However, you requested %lld tokens in "
+                    "the completion ('%s'). Please reduce the length of the completion.",
+                    ctx, x, mt_key);
+            bad->code = "context_length_exceeded";
+            return -1;
+        }
         r->max_tokens = (int32_t)x;
     } else if (api == GW_API_COMPLETIONS) {
         r->max_tokens = maxcap < 16 ? (int32_t)maxcap : 16; /* OpenAI's default for completions */
@@ -356,6 +385,8 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
 }
 
 int gw_parse_request(gw *g, gw_api api, const char *body, size_t len, gw_parsed *p, gw_bad *bad) {
+    model_miss.bad = NULL;
+    model_miss.g = NULL;
     memset(p, 0, sizeof *p);
     proto_request_init(&p->r);
     if (!body || len == 0) return bad_set(bad, 400, NULL, "the request body is empty; send a JSON object");

@@ -28,9 +28,14 @@ typedef struct gw_parsed {
     int include_usage;           /* "stream_options": {"include_usage": true} */
 } gw_parsed;
 
-/* Parse and validate a JSON body.  0 on success (p->r filled, model known),
- * -1 with bad filled. p->r is always safe to deinit. */
+/* Parse and validate a JSON body.  0 on success (p->r filled, model served),
+ * -1 with bad filled. p->r is always safe to deinit.  A model that no live
+ * worker and no --models entry names is a 404 model_not_found; an explicit
+ * max_tokens past the model's context (max_model_len of its heartbeats) a 400. */
 int gw_parse_request(gw *g, gw_api api, const char *body, size_t len, gw_parsed *p, gw_bad *bad);
+/* Answer bad, except a model not found in the request gw_route is
+ * dispatching: that one is held for a fresh read of the heartbeats and
+ * routed again (gw_models_retry), then answered. */
 void gw_reply_bad(http_conn *c, const gw_bad *bad);
 
 /*

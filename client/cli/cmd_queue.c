@@ -2,7 +2,7 @@
  * cmd_queue.c — the queue verbs of `llmq`, thin fronts over libllmq:
  *
  *   llmq submit --redis URL --model NAME --prompt T [--max-tokens N] [--temperature T]
- *               [--seed S] [--prefix P] [--wait | --stream]
+ *               [--seed S] [--prefix P] [--force] [--wait | --stream] [--timeout S]
  *   llmq get    --redis URL [--prefix P] ID       JSON of the job (state, text, usage)
  *   llmq stream --redis URL [--prefix P] [--from SEQ] [--timeout MS] ID
  *   llmq cancel --redis URL [--prefix P] ID
@@ -13,13 +13,22 @@
  * prints the job id (plain), or with --wait the final JSON as `get` prints
  * it, or with --stream the text as it is generated.  Exit status: 0 ok, 1
  * runtime error or failed job, 2 usage.
+ *
+ * submit refuses a model that no live worker heartbeat names (a typo would
+ * otherwise wait in a stream nobody reads, forever), and a --max-tokens past
+ * the context its workers report; --force submits anyway (a model that
+ * scales from zero has no worker until its first job is queued).  With
+ * --wait or --stream, --timeout S gives up after S seconds, says so and
+ * exits 1; the job stays queued (`llmq cancel ID` drops it).
  */
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "client/cli/cli.h"
 #include "client/libllmq.h"
@@ -34,6 +43,8 @@ typedef struct queue_opts {
     int has_seed;
     unsigned long long seed;
     int wait, stream;            /* submit: --wait / --stream */
+    int force;                   /* submit: even when no live worker serves the model */
+    double timeout_s;            /* submit --wait/--stream: give up after this long (0 = never) */
     long long from;              /* stream: first seq */
     int timeout_ms;              /* stream: give up after this much silence (0 = never) */
     const char *id;              /* get / stream / cancel */
@@ -42,7 +53,9 @@ typedef struct queue_opts {
 static void usage(FILE *f, const char *verb) {
     if (!strcmp(verb, "submit"))
         fprintf(f, "usage: llmq submit --redis URL --model NAME --prompt TEXT [--max-tokens N] [--temperature T]\n"
-                   "                   [--seed S] [--prefix P] [--wait | --stream]\n");
+                   "                   [--seed S] [--prefix P] [--force] [--wait | --stream] [--timeout S]\n"
+                   "  --force      submit even when no live worker serves the model (it scales from zero)\n"
+                   "  --timeout S  with --wait or --stream: give up after S seconds (exit 1; the job stays)\n");
     else if (!strcmp(verb, "stream"))
         fprintf(f, "usage: llmq stream --redis URL [--prefix P] [--from SEQ] [--timeout MS] ID\n");
     else
@@ -59,7 +72,7 @@ static int parse(int argc, char **argv, queue_opts *o) {
     o->max_tokens = PROTO_UNSET;
     o->temperature = NAN;
     enum { O_REDIS = 1, O_PREFIX, O_MODEL, O_PROMPT, O_MAXT, O_TEMP, O_SEED, O_WAIT, O_STREAM, O_FROM, O_TIMEOUT, O_PWFILE,
-           O_HELP };
+           O_FORCE, O_HELP };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},   {"prefix", required_argument, 0, O_PREFIX},
         {"model", required_argument, 0, O_MODEL},   {"prompt", required_argument, 0, O_PROMPT},
@@ -67,7 +80,7 @@ static int parse(int argc, char **argv, queue_opts *o) {
         {"seed", required_argument, 0, O_SEED},     {"wait", no_argument, 0, O_WAIT},
         {"stream", no_argument, 0, O_STREAM},       {"from", required_argument, 0, O_FROM},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"help", no_argument, 0, O_HELP},
-        {"redis-password-file", required_argument, 0, O_PWFILE},
+        {"redis-password-file", required_argument, 0, O_PWFILE}, {"force", no_argument, 0, O_FORCE},
         {0, 0, 0, 0},
     };
     int c;
@@ -99,17 +112,24 @@ static int parse(int argc, char **argv, queue_opts *o) {
             o->from = strtoll(optarg, &end, 10);
             if (*end || o->from < 0) goto bad;
             break;
-        case O_TIMEOUT:
+        case O_TIMEOUT: /* submit: seconds in all; stream: ms of silence */
+            if (!strcmp(verb, "submit")) {
+                o->timeout_s = strtod(optarg, &end);
+                if (*end || end == optarg || !(o->timeout_s > 0 && o->timeout_s <= 86400 * 365)) goto bad;
+                break;
+            }
             o->timeout_ms = (int)strtol(optarg, &end, 10);
             if (*end || o->timeout_ms < 0) goto bad;
             break;
+        case O_FORCE: o->force = 1; break;
         case O_HELP:
         case 'h': usage(stdout, verb); return 1;
         default: usage(stderr, verb); return 2;
         }
     }
     if (!strcmp(verb, "submit")) {
-        if (optind != argc || !o->model || !o->prompt || (o->wait && o->stream)) {
+        if (optind != argc || !o->model || !o->prompt || (o->wait && o->stream) ||
+            (o->timeout_s > 0 && !o->wait && !o->stream)) {
             usage(stderr, verb);
             return 2;
         }
@@ -154,7 +174,24 @@ static int print_job(const char *id, const llmq_job *j) {
 
 typedef struct print_state {
     int failed;                  /* the final chunk reported an error */
+    int64_t deadline_ms;         /* submit --timeout: stop reading past it (0 = never) */
+    int expired;                 /* the deadline passed before the final chunk */
+    long long next;              /* seq of the next chunk to read */
 } print_state;
+
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* After each chunk: past the deadline (and not at the final chunk), stop reading. */
+static int past_deadline(print_state *ps, const proto_chunk *ch) {
+    ps->next = ch->seq + 1;
+    if (!ps->deadline_ms || ch->finish || wall_ms() < ps->deadline_ms) return 0;
+    ps->expired = 1;
+    return 1;
+}
 
 static int print_chunk(void *user, const proto_chunk *ch) {
     print_state *ps = user;
@@ -170,18 +207,54 @@ static int print_chunk(void *user, const proto_chunk *ch) {
             putchar('\n');
         }
     }
-    return 0;
+    return past_deadline(ps, ch);
 }
 
 /* --wait: read through to the final chunk without printing. */
-static int wait_chunk(void *user, const proto_chunk *ch) { return 0; }
+static int wait_chunk(void *user, const proto_chunk *ch) { return past_deadline(user, ch); }
 
-static int do_stream(llmq_client *c, const char *verb, const char *id, long long from, int timeout_ms) {
+/* Read job id's chunks from ps->next into fn until the final one, or until
+ * the deadline in ps (then ps->expired): fn stops a job whose chunks keep
+ * coming, llmq_stream's silence timeout (the time left) one that sends
+ * nothing, after which reading resumes at the next seq while time is left. */
+static llmq_status follow(llmq_client *c, const char *id, int timeout_ms, llmq_chunk_fn fn, print_state *ps,
+                          llmq_err *err) {
+    for (;;) {
+        if (ps->deadline_ms) {
+            int64_t left = ps->deadline_ms - wall_ms();
+            if (left <= 0) {
+                ps->expired = 1;
+                return LLMQ_OK;
+            }
+            timeout_ms = left > INT32_MAX ? INT32_MAX : (int)left;
+        }
+        llmq_status st = llmq_stream(c, id, ps->next, timeout_ms, fn, ps, err);
+        if (st != LLMQ_ERR_TIMEOUT || !ps->deadline_ms) return st;
+    }
+}
+
+/* submit --timeout expired: say where the job stands. */
+static int say_expired(llmq_client *c, const char *id, double timeout_s) {
+    llmq_job j;
     llmq_err err;
-    print_state ps = {0};
-    if (llmq_stream(c, id, from, timeout_ms, print_chunk, &ps, &err) != LLMQ_OK) {
+    const int got = llmq_get(c, id, &j, &err) == LLMQ_OK;
+    fprintf(stderr, "llmq submit: job %s did not finish within %g s (status: %s); it stays in the queue: "
+                    "'llmq cancel %s' drops it\n", id, timeout_s, got ? j.state_name : "unknown", id);
+    if (got) llmq_job_free(&j);
+    return 1;
+}
+
+static int do_stream(llmq_client *c, const char *verb, const char *id, long long from, int timeout_ms,
+                     int64_t deadline_ms) {
+    llmq_err err;
+    print_state ps = {.deadline_ms = deadline_ms, .next = from};
+    if (follow(c, id, timeout_ms, print_chunk, &ps, &err) != LLMQ_OK) {
         fprintf(stderr, "llmq %s: %s\n", verb, err.msg);
         return 1;
+    }
+    if (ps.expired) {
+        putchar('\n');
+        return -1;
     }
     return ps.failed;
 }
@@ -203,6 +276,33 @@ int cmd_submit(int argc, char **argv) {
     r.seed = o.seed;
     char id[LLMQ_ID_MAX];
     llmq_err err;
+    if (proto_request_validate(&r, &err) != LLMQ_OK) { /* a bad request first, whatever the model */
+        fprintf(stderr, "llmq submit: %s\n", err.msg);
+        llmq_close(c);
+        return 1;
+    }
+    if (!o.force) { /* a model nobody serves would wait in its stream forever */
+        int workers = 0, ctx = 0;
+        if (llmq_model_workers(c, o.model, &workers, &ctx, &err) != LLMQ_OK) {
+            fprintf(stderr, "llmq submit: %s\n", err.msg);
+            llmq_close(c);
+            return 1;
+        }
+        if (!workers) {
+            fprintf(stderr, "llmq submit: no live worker serves model '%s' (no heartbeat names it); check the "
+                            "name, or pass --force to queue the job anyway (a model that scales from zero)\n",
+                    o.model);
+            llmq_close(c);
+            return 1;
+        }
+        if (ctx > 0 && o.max_tokens != PROTO_UNSET && o.max_tokens > ctx) {
+            fprintf(stderr, "llmq submit: --max-tokens %d is past the context of model '%s' (%d tokens, prompt "
+                            "and completion together)\n", o.max_tokens, o.model, ctx);
+            llmq_close(c);
+            return 1;
+        }
+    }
+    const int64_t deadline_ms = o.timeout_s > 0 ? wall_ms() + (int64_t)(o.timeout_s * 1000) : 0;
     if (llmq_submit(c, &r, id, sizeof id, &err) != LLMQ_OK) {
         fprintf(stderr, "llmq submit: %s\n", err.msg);
         llmq_close(c);
@@ -210,12 +310,17 @@ int cmd_submit(int argc, char **argv) {
     }
     if (o.stream) {
         fprintf(stderr, "job %s\n", id);
-        rc = do_stream(c, "submit", id, 0, 0);
+        rc = do_stream(c, "submit", id, 0, 0, deadline_ms);
+        if (rc < 0) rc = say_expired(c, id, o.timeout_s);
     } else if (o.wait) {
-        print_state ps = {0};
+        print_state ps = {.deadline_ms = deadline_ms};
         llmq_job j;
-        if (llmq_stream(c, id, 0, 0, wait_chunk, &ps, &err) != LLMQ_OK ||
-            llmq_get(c, id, &j, &err) != LLMQ_OK) {
+        if (follow(c, id, 0, wait_chunk, &ps, &err) != LLMQ_OK) {
+            fprintf(stderr, "llmq submit: %s\n", err.msg);
+            rc = 1;
+        } else if (ps.expired) {
+            rc = say_expired(c, id, o.timeout_s);
+        } else if (llmq_get(c, id, &j, &err) != LLMQ_OK) {
             fprintf(stderr, "llmq submit: %s\n", err.msg);
             rc = 1;
         } else {
@@ -254,7 +359,7 @@ int cmd_stream(int argc, char **argv) {
     if (rc) return rc == 1 ? 0 : rc;
     llmq_client *c = connect_or_say(&o, "stream");
     if (!c) return 1;
-    rc = do_stream(c, "stream", o.id, o.from, o.timeout_ms);
+    rc = do_stream(c, "stream", o.id, o.from, o.timeout_ms, 0);
     llmq_close(c);
     return rc;
 }

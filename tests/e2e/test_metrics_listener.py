@@ -37,7 +37,8 @@ def complete(url, timeout):
     """One completion through `llmq submit --wait`; its wall time and text."""
     t0 = time.monotonic()
     p = subprocess.run([str(BUILD / "llmq"), "submit", "--redis", url, "--model", "stories", "--prompt",
-                        "Once upon a time", "--max-tokens", "16", "--temperature", "0", "--wait"],
+                        "Once upon a time", "--max-tokens", "16", "--temperature", "0", "--wait",
+                        "--force"],  # /readyz can say 200 before the first heartbeat
                        capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stderr
     return time.monotonic() - t0, json.loads(p.stdout)

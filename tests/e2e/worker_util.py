@@ -82,11 +82,15 @@ def assert_clean_stream(cs):
 
 
 class Gateway:
-    """The real llmq-gateway on a free port."""
+    """The real llmq-gateway on a free port.  It serves "stories" (--models)
+    unless extra names --models: the suites submit before their workers'
+    first heartbeat, and a model no heartbeat names is otherwise a 404."""
 
     def __init__(self, redis_url, log, *extra):
         from llmqtest import free_port
         import http.client
+        if "--models" not in extra:
+            extra = (*extra, "--models", "stories")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "w")

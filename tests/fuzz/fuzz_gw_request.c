@@ -23,8 +23,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     memset(&g, 0, sizeof g);
     g.cfg.max_tokens_limit = 32768; /* the gateway's default --max-tokens-limit */
     g.cfg.max_body = 4 << 20;
-    if (gw_model_lookup(&g, "m1") < 0 || gw_model_lookup(&g, "org/model-7b") < 0) fuzz_fail("model list");
-    g.models_fixed = 1;
+    if (gw_model_add(&g, "m1", 1) < 0 || gw_model_add(&g, "org/model-7b", 1) < 0) fuzz_fail("model list");
     return 0;
 }
 

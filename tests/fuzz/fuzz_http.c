@@ -60,8 +60,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     g.cfg.drain_timeout = 1;
     if (!g.loop || keys_init(&g.keys, NULL, &err) || redis_url_parse(&g.url, "redis://127.0.0.1:1/0", &err))
         fuzz_fail("setup: %s", err.msg);
-    if (gw_model_lookup(&g, "m1") < 0 || gw_model_lookup(&g, "org/model-7b") < 0) fuzz_fail("setup: models");
-    g.models_fixed = 1;
+    if (gw_model_add(&g, "m1", 1) < 0 || gw_model_add(&g, "org/model-7b", 1) < 0) fuzz_fail("setup: models");
     unsetenv("LLMQ_API_KEY_FILE");
     setenv("LLMQ_API_KEYS", "fuzz-key", 1);
     if (gw_auth_init(&g.auth, NULL, &err) != LLMQ_OK || !gw_auth_enabled(&g.auth)) fuzz_fail("setup: %s", err.msg);

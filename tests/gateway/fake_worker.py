@@ -4,6 +4,8 @@ and independently of, the real llmq-worker.  It is not a worker: it runs no
 model, it answers every request with made-up tokens.
 
 What it does is exactly what docs/protocol.md asks of a worker:
+  - HSET its heartbeat in <prefix>workers at start and every second
+    (`max_model_len` only when given), so the gateway serves its model;
   - XREADGROUP GROUP workers <consumer> on every priority lane of the model
     (<prefix>req:<model>#high, <prefix>req:<model>, <prefix>req:<model>#low),
     acking each entry on the lane it came from;
@@ -23,6 +25,7 @@ chunk's `lp` as docs/protocol.md writes it; the default answers max_tokens
 pieces " t0", " t1", ... ending with finish "length".  A request whose prompt
 is "FAIL" fails with status 400, "CRASH" fails with status 500.
 """
+import json
 import threading
 import time
 
@@ -37,7 +40,7 @@ def default_reply(req):
 
 class FakeWorker:
     def __init__(self, url, model, prefix="llmq:", consumer="fake-0", delay=0.0, reply_fn=default_reply,
-                 result_ttl=3600):
+                 result_ttl=3600, max_model_len=None, heartbeat=True):
         self.r = redis.Redis.from_url(url)
         self.model = model
         self.prefix = prefix
@@ -47,12 +50,26 @@ class FakeWorker:
         self.result_ttl = result_ttl
         self.stream = f"{prefix}req:{model}"  # the default lane; the entry in hand's lane while handling it
         self.lanes = [f"{prefix}req:{model}#high", self.stream, f"{prefix}req:{model}#low"]
+        self.max_model_len = max_model_len  # reported in the heartbeat when given
+        self.heartbeat = heartbeat          # False: a worker the gateway cannot see
+        self._beat = 0.0
         self.seen = []                # decoded requests, in order (or the decode error)
         self._stop = threading.Event()
         self._thread = None
 
     # ------------------------------------------------------------ lifecycle
+    def beat(self):
+        """The heartbeat as docs/protocol.md writes it (field = consumer, value = JSON)."""
+        hb = {"model": self.model, "consumer": self.consumer, "capacity": 8, "running": 0, "waiting": 0,
+              "kv_free": 0, "kv_total": 0, "ts": int(time.time() * 1000)}
+        if self.max_model_len:
+            hb["max_model_len"] = self.max_model_len
+        self.r.hset(f"{self.prefix}workers", self.consumer, json.dumps(hb))
+        self._beat = time.time()
+
     def start(self):
+        if self.heartbeat:
+            self.beat()
         for lane in self.lanes:
             try:
                 self.r.xgroup_create(lane, "workers", id="0", mkstream=True)
@@ -78,6 +95,8 @@ class FakeWorker:
     def _run(self):
         while not self._stop.is_set():
             try:
+                if self.heartbeat and time.time() - self._beat >= 1.0:
+                    self.beat()
                 got = self.r.xreadgroup("workers", self.consumer, {s: ">" for s in self.lanes}, count=8, block=100)
             except redis.ConnectionError:
                 time.sleep(0.1)

@@ -24,7 +24,7 @@ def llmq(*args, timeout=30, check=True):
 def test_submit_then_get_and_stream(redis_server, worker):
     url = redis_server.url
     jid = llmq("submit", "--redis", url, "--model", "m1", "--prompt", "hello there", "--max-tokens", "3",
-               "--temperature", "0", "--seed", "42").stdout.strip()
+               "--temperature", "0", "--seed", "42", "--force").stdout.strip()  # no worker yet
     assert len(jid) == 32
     r = redis.Redis.from_url(url)
     assert r.hget(f"llmq:job:{{{jid}}}", "state") == b"queued"
@@ -63,7 +63,7 @@ def test_cli_job_seen_by_gateway(gateway, redis_server, worker):
 
 def test_cancel(redis_server, worker):
     url = redis_server.url
-    jid = llmq("submit", "--redis", url, "--model", "m1", "--prompt", "x").stdout.strip()
+    jid = llmq("submit", "--redis", url, "--model", "m1", "--prompt", "x", "--force").stdout.strip()
     assert llmq("cancel", "--redis", url, jid).stdout.strip() == f"{jid} cancelled"
     assert json.loads(llmq("get", "--redis", url, jid).stdout)["status"] == "cancelled"
     assert llmq("stream", "--redis", url, jid).stdout == "\n"  # the final chunk, no text

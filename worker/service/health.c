@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/heartbeat.h"
 #include "common/log.h"
 #include "worker/service/metrics_http.h"
 
@@ -121,14 +122,24 @@ void svc_health_snapshot(service *sv, int force) {
 
 void svc_heartbeat(service *sv) {
     int64_t t = now_ms();
-    if (t - sv->last_heartbeat_ms < 2000) return;
+    if (t - sv->last_heartbeat_ms < HB_INTERVAL_MS) return;
     sv->last_heartbeat_ms = t;
-    char v[512];
-    snprintf(v, sizeof v,
-             "{\"model\":\"%s\",\"consumer\":\"%s\",\"capacity\":%d,\"running\":%d,\"waiting\":%d,"
-             "\"kv_free\":%d,\"kv_total\":%d,\"ts\":%" PRId64 "}",
-             sv->o.model_name, sv->o.consumer, sv->o.max_num_seqs, sched_n_running(sv->rt->sch),
-             sched_n_waiting(sv->rt->sch), sched_free_blocks(sv->rt->sch), sched_total_blocks(sv->rt->sch), t);
+    /* max_model_len: the context admission holds a sequence to (prompt +
+     * completion), so the gateway can refuse a max_tokens past it with a 400 */
+    hb_info hb = {.capacity = sv->o.max_num_seqs,
+                  .running = sched_n_running(sv->rt->sch),
+                  .waiting = sched_n_waiting(sv->rt->sch),
+                  .kv_free = sched_free_blocks(sv->rt->sch),
+                  .kv_total = sched_total_blocks(sv->rt->sch),
+                  .max_model_len = sv->rt->m->cfg.max_position_embeddings,
+                  .ts_ms = t};
+    snprintf(hb.model, sizeof hb.model, "%s", sv->o.model_name);
+    snprintf(hb.consumer, sizeof hb.consumer, "%s", sv->o.consumer);
+    char v[1024];
+    if (hb_format(&hb, v, sizeof v) < 0) {
+        log_warn("heartbeat: cannot format it (consumer name not UTF-8?)");
+        return;
+    }
     rcmd c;
     rcmd_init(&c);
     rcmd_str(&c, "HSET");
