@@ -196,30 +196,26 @@ static const httpc_handler handler = {on_status, on_body, on_done};
 
 /* The request body: token ids or text, completions or chat. */
 static char *build_body(const lt_config *cfg, const lt_req *r, const int32_t *ids, const char *text) {
-    json_t *o = json_object();
-    json_object_set_new(o, "model", json_string(cfg->model));
+    json_t *o;
+    /* json_pack fails (NULL) on a string that is not UTF-8 and on no memory */
     if (cfg->chat) {
-        json_object_set_new(o, "messages", json_pack("[{s:s, s:s}]", "role", "user", "content", text));
-        json_object_set_new(o, "max_completion_tokens", json_integer(r->max_tokens));
+        o = json_pack("{s:s, s:[{s:s, s:s}], s:i}", "model", cfg->model, "messages", "role", "user", "content", text,
+                      "max_completion_tokens", r->max_tokens);
     } else {
-        json_t *p;
-        if (text) {
-            p = json_string(text);
-        } else {
-            p = json_array();
-            for (int32_t i = 0; i < r->prompt_tokens; i++) json_array_append_new(p, json_integer(ids[i]));
-        }
-        json_object_set_new(o, "prompt", p);
-        json_object_set_new(o, "max_tokens", json_integer(r->max_tokens));
+        json_t *p = text ? json_string(text) : json_array();
+        for (int32_t i = 0; !text && p && i < r->prompt_tokens; i++)
+            if (json_array_append_new(p, json_integer(ids[i]))) {
+                json_decref(p);
+                p = NULL;
+            }
+        o = json_pack("{s:s, s:o, s:i}", "model", cfg->model, "prompt", p, "max_tokens", r->max_tokens);
     }
-    json_object_set_new(o, "ignore_eos", json_true());
-    json_object_set_new(o, "temperature", json_integer(0));
-    if (cfg->stream) {
-        json_object_set_new(o, "stream", json_true());
-        json_object_set_new(o, "stream_options", json_pack("{s:b}", "include_usage", 1));
-    }
-    /* a NULL anywhere above (no memory, text not UTF-8) makes the dump fail */
-    char *body = json_dumps(o, JSON_COMPACT);
+    if (!o) return NULL;
+    int bad = json_object_set_new(o, "ignore_eos", json_true()) || json_object_set_new(o, "temperature", json_integer(0));
+    if (cfg->stream)
+        bad = bad || json_object_set_new(o, "stream", json_true()) ||
+              json_object_set_new(o, "stream_options", json_pack("{s:b}", "include_usage", 1));
+    char *body = bad ? NULL : json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return body;
 }
@@ -289,6 +285,12 @@ static const lt_target_ops http_ops = {
 };
 
 lt_target *lt_target_http_create(lt_run *run, const lt_config *cfg, llmq_err *err) {
+    json_t *m = json_string(cfg->model); /* NULL: not UTF-8, every body would fail */
+    if (!m) {
+        llmq_err_set(err, LLMQ_ERR_INVALID, "the model name is not valid UTF-8");
+        return NULL;
+    }
+    json_decref(m);
     http_target *t = calloc(1, sizeof *t);
     if (!t) {
         llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory");
