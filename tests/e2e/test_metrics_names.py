@@ -120,6 +120,10 @@ def fleet(tmp_path_factory, shared_dir):
                 break
             time.sleep(0.1)
         yield dict(worker=worker_text, gateway=gw_text, waiting_seen=waiting_seen, n=len(ids) + 1)
+        # a clean exit (under ASan: LeakSanitizer's check of both at exit)
+        assert w.term(30) == 0, (tmp / "w.log").read_text()[-2000:]
+        gw.stop()
+        assert gw.proc.returncode == 0, (tmp / "gw.log").read_text()[-2000:]
     finally:
         if w:
             w.stop()
