@@ -52,17 +52,22 @@ app.kubernetes.io/part-of: llmq
 
 {{/*
 Image reference: (dict "root" $ "image" .Values.gateway.image "llmq" true
-["suffix" "-cpu"]). Every image of the chart is named here: an empty tag is
-the chart's appVersion plus the suffix, which is how docker/*.Dockerfile's
-builds are tagged (the worker's IMAGE_CUDA=0 build is <appVersion>-cpu).
+["suffix" "-cpu"]). Every image of the chart is named here. For llmq's own
+images ("llmq" true) an empty tag is the chart's appVersion plus the suffix,
+which is how docker/*.Dockerfile's builds are tagged (the worker's
+IMAGE_CUDA=0 build is <appVersion>-cpu), and imageRegistry is prepended.
+Others (Redis) are used as written.
 */}}
 {{- define "llmq.image" -}}
-{{- $tag := default (printf "%s%s" .root.Chart.AppVersion (default "" .suffix)) .image.tag -}}
-{{- if and .llmq .root.Values.imageRegistry -}}
-{{- printf "%s/%s:%s" (trimSuffix "/" .root.Values.imageRegistry) .image.repository $tag -}}
-{{- else -}}
-{{- printf "%s:%s" .image.repository $tag -}}
+{{- $tag := .image.tag -}}
+{{- if and .llmq (not $tag) -}}
+{{- $tag = printf "%s%s" .root.Chart.AppVersion (default "" .suffix) -}}
 {{- end -}}
+{{- $repo := .image.repository -}}
+{{- if and .llmq .root.Values.imageRegistry -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .root.Values.imageRegistry) $repo -}}
+{{- end -}}
+{{- if $tag -}}{{ printf "%s:%s" $repo $tag }}{{- else -}}{{ $repo }}{{- end -}}
 {{- end -}}
 
 {{- define "llmq.serviceAccountName" -}}
