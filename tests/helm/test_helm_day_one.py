@@ -123,8 +123,8 @@ def test_redis_password_is_in_a_file_not_on_the_command_line(tmp_path):
                 assert time.time() < deadline and proc.poll() is None, "redis-server did not start"
                 time.sleep(0.05)
         assert redis.Redis(port=port, password=password).ping()
-        with pytest.raises(redis.exceptions.AuthenticationError):
-            redis.Redis(port=port, password="wrong").ping()
+        with pytest.raises(redis.exceptions.AuthenticationError):  # no retries: they sleep
+            redis.Redis(port=port, password="wrong", retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)).ping()
         cmdline = open(f"/proc/{proc.pid}/cmdline", "rb").read()
         assert password.encode() not in cmdline and b"a\"b" not in cmdline
     finally:
