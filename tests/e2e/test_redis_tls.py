@@ -214,7 +214,7 @@ def test_the_rendered_proxy_checks_the_server_and_presents_the_client_certificat
 
     got, _ = ping_through(rendered(f"rediss://localhost:{tls_port}/0"))
     assert got == b"+OK\r\n+PONG\r\n"
-    # The certificate names localhost, not 127.0.0.1: checkHost refuses it.
+    # The certificate names localhost, not 127.0.0.1: checkIP refuses it.
     got, log = ping_through(rendered(f"rediss://127.0.0.1:{tls_port}/0"))
     assert got == b"" and "certificate verify failed" in log
     # The server requires a client certificate; without clientSecret none is

@@ -181,6 +181,10 @@ def test_rediss_with_public_cas_and_no_password():
     assert "CAfile = /etc/ssl/certs/ca-certificates.crt" in conf and "cert =" not in conf
     assert "connect = r.example.com:6379" in conf
     assert not ht.of_kind(docs, "TriggerAuthentication")
+    # A server given by IP address: the certificate must name that IP (no SNI).
+    docs = ht.render({"redis": {"enabled": False, "external": {"url": "rediss://10.1.2.3:6378/0"}}})
+    conf = ht.one(docs, "ConfigMap", "demo-llmq-redis-tls")["data"]["stunnel.conf"]
+    assert "checkIP = 10.1.2.3" in conf and "checkHost" not in conf and "sni" not in conf
     # Plain redis:// has no proxy.
     docs = ht.render({"redis": {"enabled": False, "external": {"url": "redis://r:6379/0"}}})
     assert not ht.of_kind(docs, "ConfigMap")

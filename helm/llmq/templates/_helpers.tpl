@@ -235,9 +235,14 @@ accept = 127.0.0.1:{{ include "llmq.redis.tlsProxyPort" . }}
 connect = {{ $host }}:{{ include "llmq.redis.port" . }}
 ; resolve at each connection: the Service or DNS name may move
 delay = yes
-sni = {{ $host }}
 verifyChain = yes
+{{- if regexMatch "^[0-9.]+$" $host }}
+; an IP address (Memorystore gives one): the certificate must name it
+checkIP = {{ $host }}
+{{- else }}
+sni = {{ $host }}
 checkHost = {{ $host }}
+{{- end }}
 {{- if $tls.caSecret }}
 CAfile = /etc/llmq/redis-tls/ca/{{ $tls.caKey }}
 {{- else }}
