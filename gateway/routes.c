@@ -25,13 +25,15 @@ static void method_not_allowed(http_conn *c, const char *allow) {
     gw_reply_json(c, 405, e, extra);
 }
 
-/* A submitting route (0 completions, 1 chat, 2 jobs), with the request noted
- * so that a model missing from the table can be held for a fresh read of the
- * heartbeats and routed again (gw_models_retry). */
+/* A route that names a model (0 completions, 1 chat, 2 jobs, 3 tokenize,
+ * 4 detokenize), with the request noted so that a model missing from the
+ * table can be held for a fresh read of the heartbeats and routed again
+ * (gw_models_retry). */
 static void dispatch_submit(gw *g, http_conn *c, http_request *req, int which) {
     g->dispatching = c;
     g->dispatching_req = req;
     if (which == 2) gw_route_jobs_submit(g, c, req);
+    else if (which >= 3) gw_route_tok(g, c, req, which == 4);
     else gw_route_openai(g, c, req, which);
     g->dispatching = NULL;
     g->dispatching_req = NULL;
@@ -67,7 +69,7 @@ void gw_route(void *ud, http_conn *c, http_request *req) {
         if (m != HTTP_GET) return method_not_allowed(c, "GET");
         return gw_route_metrics(g, c, req);
     }
-    if (!strcmp(p, "/tokenize") || !strcmp(p, "/detokenize")) return gw_route_tok(g, c, req, p[1] == 'd');
+    if (!strcmp(p, "/tokenize") || !strcmp(p, "/detokenize")) return dispatch_submit(g, c, req, p[1] == 'd' ? 4 : 3);
     if (strncmp(p, "/v1/", 4) != 0) {
         req->route = "(unknown)";
         return gw_reply_error(c, 404, "invalid_request_error", NULL, "not_found", "no route for %s %s",

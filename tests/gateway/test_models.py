@@ -57,7 +57,9 @@ def test_unknown_model_is_404_everywhere_and_leaves_nothing(fleet):
     for path, body in (("/v1/completions", {"model": "typo-model", "prompt": "x"}),
                        ("/v1/chat/completions", {"model": "typo-model", "messages": [{"role": "user", "content": "x"}]}),
                        ("/v1/completions", {"model": "typo-model", "prompt": "x", "stream": True}),
-                       ("/v1/jobs", {"model": "typo-model", "prompt": "x"})):
+                       ("/v1/jobs", {"model": "typo-model", "prompt": "x"}),
+                       ("/tokenize", {"model": "typo-model", "prompt": "x"}),
+                       ("/detokenize", {"model": "typo-model", "tokens": [1]})):
         st, j = post(g, path, body)
         assert st == 404, (path, j)
         assert j["error"]["code"] == "model_not_found" and j["error"]["param"] == "model", j
