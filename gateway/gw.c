@@ -147,7 +147,11 @@ void gw_reply_redis_down(http_conn *c) {
 static void on_heartbeat(struct ev_loop *loop, ev_timer *w, int revents) {
     gw_call *call = container_of(w, gw_call, heartbeat);
     static const char ping[] = ": ping\n\n";
+    /* a failed write may close the connection, whose close hook finishes
+     * the call: hold it until we are done with it */
+    gw_call_ref(call);
     if (http_stream_write(call->conn, ping, sizeof ping - 1) != 0) gw_call_finish(call);
+    gw_call_unref(call);
 }
 
 void gw_sse_begin(gw_call *call) {
