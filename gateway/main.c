@@ -35,6 +35,7 @@
 
 #include "common/log.h"
 #include "gateway/gw.h"
+#include "gateway/lanes.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 #define FD_RESERVE 64 /* descriptors kept for other than client connections */
@@ -413,6 +414,7 @@ int main(int argc, char **argv) {
              redis_url_describe(&g.url, where, sizeof where), g.keys.prefix, cap);
     gw_redis_start(&g.redis);
     gw_models_start(&g);
+    gw_lanes_start(&g); /* llmq_queue_lag per model and lane (gateway/lanes.c) */
 
     ev_signal_init(&g.sigterm_w, on_signal, SIGTERM);
     ev_signal_init(&g.sigint_w, on_signal, SIGINT);

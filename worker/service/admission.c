@@ -69,9 +69,9 @@ static job *entry_decode(service *sv, const redisReply *entry, int lane) {
     snprintf(j->id, sizeof j->id, "%s", id);
     snprintf(j->entry, sizeof j->entry, "%s", eid);
     j->lane = lane;
-    /* the lane it came from, not its priority, says where it is acked; the
-     * scheduler orders by the priority, which the lane bounds: a client
-     * that wrote another lane's priority into a stream keeps its lane */
+    /* the lane it came from, not its priority, says where it is acked (a
+     * client may XADD any priority into any lane); the scheduler orders by
+     * the request's priority */
     proto_request_init(&j->req);
     llmq_err e = {0};
     const char *why = NULL;
