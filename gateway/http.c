@@ -47,9 +47,13 @@
 #define ACCEPT_BACKOFF 0.1    /* s the listener rests after accept ran out of a resource */
 #define ACCEPT_BATCH 64       /* connections accepted per readable event (fairness) */
 #define WARN_INTERVAL 10.0    /* s between two accept warnings (the others are counted) */
+#define OUT_KEEP (256 << 10)  /* bytes of output buffer kept for the next response */
 
 enum conn_state { CS_READING, CS_HANDLING, CS_STREAMING, CS_CLOSING };
-enum { H_NONE = -1, H_AUTH = 0, H_LAST_EVENT_ID, H_CONTENT_TYPE, H_EXPECT, H_IDEM, H_COUNT };
+/* Header fields read here.  Every one but Expect may appear only once: two
+ * Authorization, Host or Content-Length fields are ambiguous (a proxy in front
+ * may have read the other one), and so a request carrying them is refused. */
+enum { H_NONE = -1, H_AUTH = 0, H_LAST_EVENT_ID, H_CONTENT_TYPE, H_EXPECT, H_IDEM, H_HOST, H_CL, H_TE, H_COUNT };
 
 struct http_server {
     struct ev_loop *loop;
@@ -87,6 +91,7 @@ struct http_conn {
     proto_buf url;                  /* request target being received */
     proto_buf body;                 /* body being received */
     proto_buf hval[H_COUNT];        /* captured header values */
+    int hseen[H_COUNT];             /* how many times each field appeared */
     char hname[32];                 /* current header name, lowercased */
     size_t hname_len;               /* its length; > sizeof hname - 1 = too long to matter */
     int hwhich;                     /* H_* index of the header whose value is arriving */
@@ -137,6 +142,7 @@ const char *http_status_text(int s) {
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     }
     return "Unknown";
 }
@@ -161,6 +167,7 @@ static void parse_state_reset(http_conn *c) {
     c->last_was_value = 0;
     c->reject = 0;
     c->expect_continue = 0;
+    memset(c->hseen, 0, sizeof c->hseen);
 }
 
 /* A NUL-terminated copy of b (NULL when b is empty and allow_empty is 0). */
@@ -223,16 +230,28 @@ static void conn_close(http_conn *c) {
 
 /* ================================================================ output */
 
+/* More unsent output than OUT_KEEP: the next pipelined request waits until the
+ * client has read it (back-pressure instead of a growing buffer). */
+static int out_blocked(const http_conn *c) { return c->out.len - c->out_off > OUT_KEEP; }
+
+static void conn_process(http_conn *c);
+
 static void conn_flush(http_conn *c) {
+    size_t sent = 0;
     while (!c->closed && c->out_off < c->out.len) {
         ssize_t n = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
         if (n > 0) {
             c->out_off += (size_t)n;
+            sent += (size_t)n;
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             ev_io_start(c->srv->loop, &c->wio);
+            /* a client still reading a large response is not idle: the idle
+             * timeout (and the close linger) count from its last progress */
+            if (sent && (c->state == CS_CLOSING || (c->state == CS_READING && !c->req_timing)))
+                ev_timer_again(c->srv->loop, &c->timer);
             return;
         }
         log_debug("http: send failed: %s", n < 0 ? strerror(errno) : "closed");
@@ -242,19 +261,33 @@ static void conn_flush(http_conn *c) {
     if (c->closed) return;
     ev_io_stop(c->srv->loop, &c->wio);
     c->out.len = c->out_off = 0;
+    if (c->out.cap > OUT_KEEP) proto_buf_deinit(&c->out); /* a large body's buffer is not kept */
+    if (c->state == CS_READING && !c->in_process) { /* requests held back by out_blocked */
+        ev_io_start(c->srv->loop, &c->rio);
+        if (c->in.len > c->in_off) conn_process(c);
+        if (c->closed) return;
+    }
     if (c->state == CS_CLOSING) {
         shutdown(c->fd, SHUT_WR);
         conn_close(c);
     }
 }
 
-static int conn_send(http_conn *c, const void *p, size_t n) {
+/* Queue n bytes of output.  bounded: the backlog bound applies (streamed
+ * output and heads); a complete response's body is exempt, since it is
+ * already in memory whole and is only freed once written (http.h). */
+static int conn_send_ex(http_conn *c, const void *p, size_t n, int bounded) {
     if (c->closed) return -1;
-    if (c->out.len - c->out_off + n > c->srv->lim.max_backlog) {
+    if (bounded && c->out.len - c->out_off + n > c->srv->lim.max_backlog) {
         log_warn("http: client does not read its response (%zu bytes pending): dropping it",
                  c->out.len - c->out_off + n);
         conn_close(c);
         return -1;
+    }
+    if (c->out_off && c->out_off >= c->out.len / 2) { /* drop what was sent before growing */
+        memmove(c->out.data, c->out.data + c->out_off, c->out.len - c->out_off);
+        c->out.len -= c->out_off;
+        c->out_off = 0;
     }
     if (proto_buf_append(&c->out, p, n) != LLMQ_OK) {
         conn_close(c);
@@ -262,6 +295,8 @@ static int conn_send(http_conn *c, const void *p, size_t n) {
     }
     return 0;
 }
+
+static int conn_send(http_conn *c, const void *p, size_t n) { return conn_send_ex(c, p, n, 1); }
 
 static void on_write(struct ev_loop *loop, ev_io *w, int revents) {
     http_conn *c = container_of(w, http_conn, wio);
@@ -285,8 +320,6 @@ static void send_head(http_conn *c, int status, const char *ctype, long long con
     conn_send(c, "\r\n", 2);
 }
 
-static void conn_process(http_conn *c);
-
 /* The current response is complete: log it, then read the next request or close. */
 static void response_done(http_conn *c) {
     http_server *s = c->srv;
@@ -297,9 +330,8 @@ static void response_done(http_conn *c) {
     if (c->closed) return;
     if (!c->resp_keep_alive) {
         c->state = CS_CLOSING;
-        ev_timer_stop(s->loop, &c->timer);
-        ev_timer_set(&c->timer, CLOSE_LINGER, 0.);
-        ev_timer_start(s->loop, &c->timer);
+        c->timer.repeat = CLOSE_LINGER; /* pushed back while the client reads (conn_flush) */
+        ev_timer_again(s->loop, &c->timer);
         conn_flush(c);
         return;
     }
@@ -314,13 +346,15 @@ static void response_done(http_conn *c) {
 void http_respond(http_conn *c, int status, const char *content_type, const char *body, size_t len,
                   const char *extra_headers) {
     if (c->closed || c->state != CS_HANDLING) return;
+    http_conn_ref(c); /* a close on the way calls the handler's hook, which may drop its reference */
     c->status = status;
     c->resp_keep_alive = c->req.keep_alive && !c->srv->shutting_down;
     send_head(c, status, content_type, (long long)len, extra_headers);
     /* a response to HEAD is the head alone (RFC 9110 §9.3.2): a body would be
      * read as the next response by a keep-alive client */
-    if (len && c->req.method != HTTP_HEAD) conn_send(c, body, len);
+    if (len && c->req.method != HTTP_HEAD) conn_send_ex(c, body, len, 0);
     response_done(c);
+    http_conn_unref(c);
 }
 
 void http_stream_begin(http_conn *c, int status, const char *content_type, const char *extra_headers) {
@@ -328,8 +362,10 @@ void http_stream_begin(http_conn *c, int status, const char *content_type, const
     c->status = status;
     c->resp_keep_alive = c->req.keep_alive && !c->srv->shutting_down;
     c->state = CS_STREAMING;
+    http_conn_ref(c);
     send_head(c, status, content_type, -1, extra_headers);
     conn_flush(c);
+    http_conn_unref(c);
 }
 
 int http_stream_write(http_conn *c, const char *data, size_t len) {
@@ -337,17 +373,22 @@ int http_stream_write(http_conn *c, const char *data, size_t len) {
     if (len == 0) return 0;
     char hdr[24];
     int n = snprintf(hdr, sizeof hdr, "%zx\r\n", len);
-    if (conn_send(c, hdr, (size_t)n) || conn_send(c, data, len) || conn_send(c, "\r\n", 2)) return -1;
-    conn_flush(c);
-    return c->closed ? -1 : 0;
+    http_conn_ref(c);
+    int rc = conn_send(c, hdr, (size_t)n) || conn_send(c, data, len) || conn_send(c, "\r\n", 2) ? -1 : 0;
+    if (!rc) conn_flush(c);
+    rc = c->closed ? -1 : rc;
+    http_conn_unref(c);
+    return rc;
 }
 
 void http_stream_end(http_conn *c) {
     if (c->closed || c->state != CS_STREAMING) return;
     c->state = CS_HANDLING;
     if (c->srv->shutting_down) c->resp_keep_alive = 0;
+    http_conn_ref(c);
     conn_send(c, "0\r\n\r\n", 5);
     response_done(c);
+    http_conn_unref(c);
 }
 
 /* Refuse the request being parsed and close after the answer. */
@@ -384,6 +425,15 @@ static int on_url(http_parser *p, const char *at, size_t n) {
     return proto_buf_append(&c->url, at, n) == LLMQ_OK ? 0 : 1;
 }
 
+/* A byte of a field name: RFC 9110's tchar.  http-parser as Debian builds it
+ * lets a space through ("Content-Length : 5" was honoured, and a
+ * "Transfer-Encoding : chunked" ignored, which a proxy in front may read the
+ * other way: request smuggling), so the name is checked here. */
+static int is_tchar(unsigned char ch) {
+    if ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')) return 1;
+    return ch && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+}
+
 static int on_header_field(http_parser *p, const char *at, size_t n) {
     http_conn *c = pconn(p);
     if (c->last_was_value) {
@@ -391,6 +441,10 @@ static int on_header_field(http_parser *p, const char *at, size_t n) {
         c->last_was_value = 0;
     }
     for (size_t i = 0; i < n; i++) {
+        if (!is_tchar((unsigned char)at[i])) {
+            c->reject = 400;
+            return 1;
+        }
         if (c->hname_len < sizeof c->hname - 1) {
             char ch = at[i];
             c->hname[c->hname_len] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
@@ -403,16 +457,20 @@ static int on_header_field(http_parser *p, const char *at, size_t n) {
 static int on_header_value(http_parser *p, const char *at, size_t n) {
     http_conn *c = pconn(p);
     if (!c->last_was_value) {
-        static const char *names[H_COUNT] = {"authorization", "last-event-id", "content-type", "expect",
-                                             "idempotency-key"};
+        static const char *names[H_COUNT] = {"authorization", "last-event-id", "content-type",    "expect",
+                                             "idempotency-key", "host",       "content-length", "transfer-encoding"};
         c->last_was_value = 1;
         c->hwhich = H_NONE;
         if (c->hname_len < sizeof c->hname) {
             c->hname[c->hname_len] = '\0';
             for (int i = 0; i < H_COUNT; i++)
                 if (!strcmp(c->hname, names[i])) c->hwhich = i;
-            if (c->hwhich != H_NONE) proto_buf_reset(&c->hval[c->hwhich]); /* last one wins */
         }
+        if (c->hwhich != H_NONE && c->hseen[c->hwhich]++ && c->hwhich != H_EXPECT) {
+            c->reject = 400; /* a second one: which would a proxy have read? */
+            return 1;
+        }
+        if (c->hwhich != H_NONE) proto_buf_reset(&c->hval[c->hwhich]);
     }
     if (c->hwhich == H_NONE) return 0;
     proto_buf *b = &c->hval[c->hwhich];
@@ -423,9 +481,32 @@ static int on_header_value(http_parser *p, const char *at, size_t n) {
     return proto_buf_append(b, at, n) == LLMQ_OK ? 0 : 1;
 }
 
+/* The whole value of b is token (case-insensitive), optional whitespace aside. */
+static int value_is(const proto_buf *b, const char *token) {
+    size_t i = 0, j = b->len, n = strlen(token);
+    while (i < j && (b->data[i] == ' ' || b->data[i] == '\t')) i++;
+    while (j > i && (b->data[j - 1] == ' ' || b->data[j - 1] == '\t')) j--;
+    return j - i == n && strncasecmp(b->data + i, token, n) == 0;
+}
+
 static int on_headers_complete(http_parser *p) {
     http_conn *c = pconn(p);
     c->req.started = ev_now(c->srv->loop);
+    /* RFC 9112: only HTTP/1.0 and 1.1 are spoken here (the parser takes any digits) */
+    if (p->http_major != 1 || p->http_minor > 1) {
+        c->reject = 505;
+        return -1;
+    }
+    /* the only transfer coding read is chunked, alone, and never with a
+     * Content-Length (RFC 9112 §6.1: either could frame the body) */
+    if (c->hseen[H_TE] && !value_is(&c->hval[H_TE], "chunked")) {
+        c->reject = 501;
+        return -1;
+    }
+    if (c->hseen[H_TE] && c->hseen[H_CL]) {
+        c->reject = 400;
+        return -1;
+    }
     if (p->content_length != ULLONG_MAX && p->content_length > c->srv->lim.max_body) {
         c->reject = 413;
         return -1;
@@ -501,7 +582,7 @@ static void conn_process(http_conn *c) {
     if (c->in_process || c->closed) return;
     c->in_process = 1;
     http_conn_ref(c);
-    while (!c->closed && c->state == CS_READING && c->in_off < c->in.len) {
+    while (!c->closed && c->state == CS_READING && c->in_off < c->in.len && !out_blocked(c)) {
         size_t avail = c->in.len - c->in_off;
         size_t n = http_parser_execute(&c->parser, &parser_settings, c->in.data + c->in_off, avail);
         c->in_off += n;
@@ -517,6 +598,11 @@ static void conn_process(http_conn *c) {
             else if (c->reject == 414) respond_parse_error(c, 414, "request target too long");
             else if (c->reject == 431 || e == HPE_HEADER_OVERFLOW)
                 respond_parse_error(c, 431, "request headers too large");
+            else if (c->reject == 505) respond_parse_error(c, 505, "only HTTP/1.0 and HTTP/1.1 are supported");
+            else if (c->reject == 501)
+                respond_parse_error(c, 501, "unsupported Transfer-Encoding: only chunked is accepted");
+            else if (c->reject == 400)
+                respond_parse_error(c, 400, "malformed or repeated header field (RFC 9112)");
             else respond_parse_error(c, 400, "malformed HTTP request");
             break;
         }
@@ -528,7 +614,8 @@ static void conn_process(http_conn *c) {
         c->in_off = 0;
     }
     /* a request has begun: its deadline runs from now, once */
-    if (!c->closed && c->state == CS_READING && !c->req_timing && (c->msg_started || c->in.len > c->in_off)) {
+    if (!c->closed && c->state == CS_READING && !c->req_timing && !out_blocked(c) &&
+        (c->msg_started || c->in.len > c->in_off)) {
         c->req_timing = 1;
         c->timer.repeat = c->srv->lim.request_timeout;
         ev_timer_again(c->srv->loop, &c->timer);
@@ -550,7 +637,7 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents) {
         conn_close(c);
         return;
     }
-    if (c->state == CS_READING) {
+    if (c->state == CS_READING && !out_blocked(c)) {
         conn_process(c); /* arms the request deadline at the first byte, never later */
     } else if (c->in.len - c->in_off > MAX_PIPELINED) {
         ev_io_stop(loop, &c->rio); /* resumed when this response ends */
