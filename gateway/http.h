@@ -10,12 +10,35 @@
  *    checks http_conn_closed first, since the client may have gone meanwhile.
  *  - Exactly one request is handled at a time per connection: later pipelined
  *    requests wait in the input buffer until the current response ends.
- *  - When the client goes away (EOF, error, write timeout, output past the
- *    backlog bound) the on_close hook that the handler set is called once,
+ *  - When the client goes away (EOF, error, write timeout, streamed output
+ *    past the backlog bound) the on_close hook that the handler set is called once,
  *    synchronously, so it can detach from everything that would still call
  *    into it; the hook is cleared whenever a response ends.
  *  - The http_request handed to the handler is valid until the response ends
  *    or the connection closes, whichever comes first.
+ *
+ * Output and memory
+ *  - A complete response (http_respond) is queued whole, whatever its size
+ *    (a 12k-token completion with top_logprobs passes 8 MiB): the body is in
+ *    memory already, and it is written as the client reads.  The backlog
+ *    bound (max_backlog) applies to streamed output only, which would grow
+ *    without end behind a reader too slow for its stream.  So a connection
+ *    holds at most its largest complete response plus max_backlog; a next
+ *    pipelined request is not read while more than 256 KiB of output is
+ *    unsent, and a buffer past 256 KiB is freed once written.
+ *  - The idle timeout after a response (and the 5 s close linger of a
+ *    "Connection: close" one) counts from the client's last progress in
+ *    reading it, so a slow reader is not cut while a client that stops
+ *    reading is.
+ *
+ * Strict requests (RFC 9112)
+ *  - A field name with a byte that is not a token character (a space before
+ *    the colon: "Content-Length : 5"), a second Authorization, Host,
+ *    Content-Length, Transfer-Encoding, Content-Type, Last-Event-ID or
+ *    Idempotency-Key, and both Transfer-Encoding and Content-Length are 400;
+ *    a Transfer-Encoding other than "chunked" is 501; a version other than
+ *    HTTP/1.0 and HTTP/1.1 is 505.  Each closes the connection after the
+ *    answer, so nothing after such a request is read as another one.
  *
  * Running out of descriptors
  *  - When accept fails for want of a resource (EMFILE, ENFILE, ENOBUFS,
@@ -62,7 +85,8 @@ typedef struct http_limits {
     double request_timeout;     /* s to receive a complete request, counted from its first
                                  * byte (not from the last one: a client trickling bytes
                                  * is cut at the deadline all the same) */
-    size_t max_backlog;         /* bytes of unsent output before a slow client is dropped */
+    size_t max_backlog;         /* bytes of unsent streamed output before a slow client is
+                                 * dropped (a complete response is exempt: see above) */
     size_t max_conns;           /* open connections; one past it is answered 503 and
                                  * closed at once; 0 = no cap */
 } http_limits;
