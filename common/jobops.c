@@ -31,10 +31,20 @@ static const char cancel_lua[] =
 /* KEYS[1] job hash, KEYS[2] output stream; ARGV[1] model, ARGV[2] worker,
  * ARGV[3] now ms, ARGV[4] seed.  Returns {code, attempts, seed, chunk...}:
  * the chunks (field c of each output stream entry, in order) only for
- * codes 1 and 2, which resume from them. */
+ * codes 1 and 2, which resume from them; code 3 (poison) with the reason
+ * instead.  The poison checks come before any write: a command that fails
+ * half-way through a script keeps the writes before it, so a WRONGTYPE
+ * after the HINCRBY would count an attempt per delivery and never end. */
 static const char admit_lua[] =
+    "local th, to = redis.call('TYPE', KEYS[1]).ok, redis.call('TYPE', KEYS[2]).ok\n"
+    "if th ~= 'hash' and th ~= 'none' then return {3, 0, '', 'its job hash is a ' .. th .. ', not a hash'} end\n"
+    "if to ~= 'stream' and to ~= 'none' then return {3, 0, '', 'its output stream is a ' .. to .. ', not a stream'} end\n"
     "local st = redis.call('HGET', KEYS[1], 'state')\n"
     "if st == 'done' or st == 'failed' or st == 'cancelled' or st == 'expired' then return {0, 0, ''} end\n"
+    "local a = redis.call('HGET', KEYS[1], 'attempts')\n"
+    "if a and not (string.match(a, '^%d+$') and #a < 19) then\n"
+    "  return {3, 0, '', 'its job hash holds attempts that are not a count'}\n"
+    "end\n"
     "if not st then redis.call('HSET', KEYS[1], 'model', ARGV[1], 'created', ARGV[3]) end\n"
     "local att = redis.call('HINCRBY', KEYS[1], 'attempts', 1)\n"
     "redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[2])\n"
@@ -175,7 +185,10 @@ static const char chunk_lua[] =
 static const char finish_lua[] =
     "local h = redis.call('HMGET', KEYS[1], 'state', 'attempts')\n"
     "local function ack_dead()\n"
-    "  if ARGV[5] ~= '' then redis.call('XACK', KEYS[3], ARGV[4], ARGV[5]) end\n"
+    "  if ARGV[5] ~= '' then\n"
+    "    redis.call('XACK', KEYS[3], ARGV[4], ARGV[5])\n"
+    "    redis.call('XDEL', KEYS[3], ARGV[5])\n"
+    "  end\n"
     "  if KEYS[4] then redis.call('XADD', KEYS[4], '*', 'id', ARGV[13], 'entry', ARGV[5], 'reason', ARGV[12]) end\n"
     "end\n"
     "if ARGV[1] ~= '0' then\n"
@@ -194,6 +207,26 @@ static const char finish_lua[] =
     "  redis.call('EXPIRE', KEYS[1], ARGV[6])\n"
     "  redis.call('EXPIRE', KEYS[2], ARGV[6])\n"
     "end\n"
+    "return 1\n";
+
+/* KEYS[1] the entry's lane stream; ARGV[1] group, ARGV[2] entry id. */
+static const char ack_lua[] =
+    "redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])\n"
+    "return redis.call('XDEL', KEYS[1], ARGV[2])\n";
+
+/* KEYS[1] job hash, KEYS[2] the entry's lane stream, KEYS[3] dead stream;
+ * ARGV[1] group, ARGV[2] entry id, ARGV[3] job id, ARGV[4] reason, ARGV[5]
+ * now ms, ARGV[6] ttl s.  Every write checks its key's type first: the job
+ * hash may be what is poisoned. */
+static const char reject_lua[] =
+    "redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])\n"
+    "redis.call('XDEL', KEYS[2], ARGV[2])\n"
+    "redis.call('XADD', KEYS[3], '*', 'id', ARGV[3], 'entry', ARGV[2], 'reason', ARGV[4])\n"
+    "if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 2 end\n"
+    "local st = redis.call('HGET', KEYS[1], 'state')\n"
+    "if st == 'done' or st == 'failed' or st == 'cancelled' or st == 'expired' then return 2 end\n"
+    "redis.call('HSET', KEYS[1], 'state', 'failed', 'finish_reason', 'error', 'error', ARGV[4], 'finished', ARGV[5])\n"
+    "if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end\n"
     "return 1\n";
 
 /* kb->lanes: every lane's stream of model. */
@@ -365,10 +398,32 @@ void jobops_admit(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, 
 void jobops_ack(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, int lane, const char *entry) {
     keys_req_lane(k, model, lane, kb->req, sizeof kb->req);
     rcmd_init(c);
-    rcmd_str(c, "XACK");
+    rcmd_str(c, "EVAL");
+    rcmd_str(c, ack_lua);
+    rcmd_str(c, "1");
     rcmd_str(c, kb->req);
     rcmd_str(c, PROTO_GROUP);
     rcmd_str(c, entry);
+}
+
+void jobops_reject(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, int lane,
+                   const char *entry, const char *reason, int64_t now_ms, int64_t result_ttl_s) {
+    keys_job(k, id, kb->job, sizeof kb->job);
+    keys_req_lane(k, model, lane, kb->req, sizeof kb->req);
+    keys_dead_stream(k, model, kb->dead, sizeof kb->dead);
+    rcmd_init(c);
+    rcmd_str(c, "EVAL");
+    rcmd_str(c, reject_lua);
+    rcmd_str(c, "3");
+    rcmd_str(c, kb->job);
+    rcmd_str(c, kb->req);
+    rcmd_str(c, kb->dead);
+    rcmd_str(c, PROTO_GROUP);
+    rcmd_str(c, entry);
+    rcmd_str(c, id);
+    rcmd_str(c, reason);
+    rcmd_fmt(c, "%" PRId64, now_ms);
+    rcmd_fmt(c, "%" PRId64, result_ttl_s);
 }
 
 void jobops_dead(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *id, const char *entry,

@@ -135,7 +135,11 @@ enum { JOBOPS_CANCEL_NOT_FOUND = 0, JOBOPS_CANCEL_REQUESTED = 1, JOBOPS_CANCEL_D
  *           entry and drop it, write nothing;
  *   code 1: run it; state is now running, worker set, attempts incremented,
  *           started set on the first attempt;
- *   code 2: run nothing, finish it at once as "cancelled" (cancel flag set).
+ *   code 2: run nothing, finish it at once as "cancelled" (cancel flag set);
+ *   code 3: poison: the job hash or the output stream holds another type,
+ *           or `attempts` is not a count.  Nothing was written; element 3
+ *           is the reason.  The worker dead-letters the entry
+ *           (jobops_reject): re-delivering it could never succeed.
  * A missing hash (a client that only XADDed) is created with model/created.
  * seed is stored only when the hash has none yet (the request's seed, else
  * one drawn by the worker), and the stored one is returned: a resumed job
@@ -146,12 +150,31 @@ enum { JOBOPS_CANCEL_NOT_FOUND = 0, JOBOPS_CANCEL_REQUESTED = 1, JOBOPS_CANCEL_D
  */
 void jobops_admit(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, const char *worker,
                   int64_t now_ms, uint64_t seed);
-enum { JOBOPS_ADMIT_FINAL = 0, JOBOPS_ADMIT_RUN = 1, JOBOPS_ADMIT_CANCELLED = 2 };
+enum { JOBOPS_ADMIT_FINAL = 0, JOBOPS_ADMIT_RUN = 1, JOBOPS_ADMIT_CANCELLED = 2, JOBOPS_ADMIT_POISON = 3 };
 
-/* XACK <P>req:<model>[#lane] workers <entry>: the entry is done with,
- * whatever became of its job (see also jobops_finish, which acks in its
- * script).  lane: the lane whose stream the entry was read from. */
+/* XACK <P>req:<model>[#lane] workers <entry>, then XDEL of the entry (an
+ * EVAL): the entry is done with, whatever became of its job (see also
+ * jobops_finish, which acks in its script).  lane: the lane whose stream
+ * the entry was read from.
+ * Why delete: a stream keeps acked entries forever, and a request entry
+ * holds the whole prompt (up to 8 MiB), so Redis would grow until
+ * maxmemory.  Only an entry whose job is final is ever acked, so the
+ * deleted entry can no longer be needed for a resume; the group's lag
+ * stays right since only delivered entries are deleted (Redis may report
+ * it as nil for an instant, see docs/protocol.md "Request entries"). */
 void jobops_ack(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, int lane, const char *entry);
+
+/*
+ * A poison entry whose job cannot be ended by the finish script (the
+ * admit script's code 3: its job hash or its output stream has another
+ * type), in one EVAL: XACK + XDEL of the entry on its lane's stream, the
+ * dead-stream record {id, entry, reason}, and, when the job hash is a hash
+ * whose job is not final, state failed, finish_reason error, error
+ * <reason>, finished, with the TTL result_ttl_s (0 = none).  Returns 1, or
+ * 2 when the job hash was left alone.
+ */
+void jobops_reject(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model, int lane,
+                   const char *entry, const char *reason, int64_t now_ms, int64_t result_ttl_s);
 
 /* XADD <P>dead:<model> * id <id> entry <entry> reason <reason>: the record
  * of a poison or exhausted entry, for an entry without a job to end
@@ -194,8 +217,9 @@ typedef struct jobops_final {
 /*
  * The end of a job (an EVAL), all or nothing: the final chunk (XADD +
  * PUBLISH), HSET of the job hash (state, finish_reason, finished,
- * prompt_tokens, completion_tokens[, error]), XACK of the request entry
- * (when entry is not NULL/empty) on its lane's stream, EXPIRE result_ttl_s of the hash and the
+ * prompt_tokens, completion_tokens[, error]), XACK and XDEL of the request
+ * entry (when entry is not NULL/empty) on its lane's stream (see
+ * jobops_ack for why it is deleted), EXPIRE result_ttl_s of the hash and the
  * output stream, and with f->dead the dead-stream record.  Returns:
  *   1  written;
  *   0  attempt > 0 and the fence does not hold: nothing written (the job

@@ -139,7 +139,23 @@ void gw_reply_error(http_conn *c, int status, const char *type, const char *para
 
 void gw_reply_redis_down(http_conn *c) {
     gw_reply_error(c, 503, "service_unavailable", NULL, "redis_unavailable",
-                   "the job queue (Redis) is unreachable; retry shortly");
+                   "the job queue (Redis) is unreachable or full; retry shortly");
+}
+
+/* A Redis at maxmemory (noeviction) refuses every write: the queue is full
+ * for a while, not broken, so the client is told to come back (503) and
+ * load balancers to send it elsewhere (/readyz).  Inside MULTI the refusal
+ * of HSET/XADD comes back as EXECABORT at EXEC (the commands were refused
+ * when queued: OOM, or READONLY on a replica after a failover, both
+ * passing), and from a script as the command's own OOM error. */
+int gw_redis_error_status(gw *g, const char *err) {
+    if (!err) return 500;
+    if (strncmp(err, "OOM", 3) && strncmp(err, "EXECABORT", 9) && !strstr(err, "OOM command not allowed"))
+        return 500;
+    int64_t now = gw_now_ms();
+    if (now - g->redis_full_ms > 10000) log_warn("redis refuses writes: %.200s", err); /* once per episode */
+    g->redis_full_ms = now;
+    return 503;
 }
 
 /* ================================================================ SSE */
@@ -200,6 +216,19 @@ int gw_sse_send_json(gw_call *call, int64_t id, const char *event, json_t *v) {
     int rc = gw_sse_send(call, id, event, s, strlen(s));
     free(s);
     return rc;
+}
+
+void gw_sse_gap(void *ud, int64_t from, int64_t to) {
+    gw_call *call = ud;
+    char msg[256];
+    snprintf(msg, sizeof msg, "chunks %lld to %lld of job %s are no longer in Redis (its output stream was "
+             "trimmed): the text misses them here", (long long)from, (long long)to - 1, call->id);
+    json_t *e = json_pack("{s:{s:s, s:s, s:n, s:s}, s:I, s:I}", "error", "message", msg, "type", "server_error",
+                          "param", "code", "output_trimmed", "missing_from", (json_int_t)from, "missing_to",
+                          (json_int_t)(to - 1));
+    gw_call_ref(call); /* a failed write closes the connection, whose hook finishes the call */
+    if (e) gw_sse_send_json(call, -1, "error", e);
+    gw_call_unref(call);
 }
 
 void gw_sse_end(gw_call *call) {

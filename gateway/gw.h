@@ -93,6 +93,8 @@ typedef struct gw {
     http_request *dispatching_req; /* ... and the request (what a miss is re-dispatched with) */
     int redispatch;              /* gw_route runs again after a read: a miss is final (404) */
     int64_t started_s;           /* Unix time of start ("created" of /v1/models) */
+    int64_t redis_full_ms;       /* when Redis last refused a write for its maxmemory (0 = never),
+                                  * see gw_redis_error_status */
     int shutting_down;
     ev_signal sigterm_w, sigint_w;
     ev_signal sighup_w;          /* reload the API keys */
@@ -150,6 +152,11 @@ int gw_sse_send(gw_call *call, int64_t id, const char *event, const char *data, 
 /* data: a JSON value, compact (stolen). */
 int gw_sse_send_json(gw_call *call, int64_t id, const char *event, json_t *v);
 void gw_sse_end(gw_call *call);
+/* A jobwatch_gap_fn for an SSE call (ud: the gw_call, or a struct that
+ * begins with one): chunks from .. to-1 were trimmed from the job's output
+ * stream, so the client is told (an `event: error` without an id, code
+ * `output_trimmed`, the missing seqs) before the stream goes on. */
+void gw_sse_gap(void *ud, int64_t from, int64_t to);
 
 /* ---------------------------------------------------------------- models */
 
@@ -194,6 +201,15 @@ json_t *gw_json_text(const char *s, size_t n);
 
 /* ---------------------------------------------------------------- time */
 int64_t gw_now_ms(void);
+
+/* ---------------------------------------------------------------- Redis full */
+/* The HTTP status for a Redis error reply to a write the client asked for:
+ * 503 (answered with Retry-After) when Redis refused it for want of memory
+ * ("OOM command not allowed ...", also inside a script, or "EXECABORT" of a
+ * MULTI whose commands were refused so), which also makes /readyz report
+ * not ready for GW_REDIS_FULL_MS; 500 for anything else (err may be NULL). */
+int gw_redis_error_status(gw *g, const char *err);
+#define GW_REDIS_FULL_MS 2000
 
 /* ---------------------------------------------------------------- routes */
 void gw_route(void *ud, http_conn *c, http_request *req);   /* the HTTP handler */

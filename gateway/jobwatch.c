@@ -46,6 +46,7 @@ struct jobwatch {
     jobwatch_topic *topic;           /* NULL once stopped */
     jobwatch *next;                  /* in topic->watchers */
     jobwatch_fn fn;                  /* delivery callback */
+    jobwatch_gap_fn gap;             /* told of chunks that were trimmed away (may be NULL) */
     void *ud;
     int refs;                        /* 1 until stopped + 1 per XRANGE in flight + dispatch */
     int stopped;                     /* jobwatch_stop called: never call fn again */
@@ -148,10 +149,12 @@ static void on_xrange(redisAsyncContext *ac, void *reply, void *priv) {
                     w->fn(w->ud, NULL);
                 }
             } else {
-                if (c.seq > w->next_seq)
+                if (c.seq > w->next_seq) { /* every chunk is XADDed before it is published: this is a trim */
                     log_warn("jobwatch: %s: seq jumps from %lld to %lld", w->out_key, (long long)w->next_seq,
                              (long long)c.seq);
-                deliver(w, &c);
+                    if (w->gap) w->gap(w->ud, w->next_seq, c.seq);
+                }
+                if (!w->stopped) deliver(w, &c);
             }
             proto_chunk_deinit(&c);
         }
@@ -352,6 +355,10 @@ jobwatch *jobwatch_start(jobwatch_registry *reg, const char *id, int64_t from_se
     if (t->sub == SUB_ON) catchup(w);
     else topic_want(t);
     return w;
+}
+
+void jobwatch_on_gap(jobwatch *w, jobwatch_gap_fn gap) {
+    if (w) w->gap = gap;
 }
 
 void jobwatch_stop(jobwatch *w) {

@@ -54,6 +54,13 @@ void jobwatch_on_sub_reply(jobwatch_registry *reg, redisReply *r);
 
 /* Follow job `id` from chunk seq from_seq on.  NULL when out of memory. */
 jobwatch *jobwatch_start(jobwatch_registry *reg, const char *id, int64_t from_seq, jobwatch_fn fn, void *ud);
+
+/* Chunks from .. to-1 are no longer in the output stream (it was trimmed:
+ * XTRIM, MAXLEN, or entries deleted by hand) and will never be delivered;
+ * called with the watcher's ud just before chunk `to` is.  It may stop the
+ * watcher.  Without one, a gap is only logged. */
+typedef void (*jobwatch_gap_fn)(void *ud, int64_t from, int64_t to);
+void jobwatch_on_gap(jobwatch *w, jobwatch_gap_fn gap);
 void jobwatch_stop(jobwatch *w);  /* w may be NULL */
 
 #endif

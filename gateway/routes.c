@@ -226,17 +226,54 @@ static void on_ready_probe(redisAsyncContext *ac, void *reply, void *priv) {
     gw_call_unref(&rc->base);
 }
 
+/* The value of "name:" in an INFO reply (0 when absent). */
+static long long info_field(const char *info, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = info; (p = strstr(p, name)); p += n)
+        if ((p == info || p[-1] == '\n') && p[n] == ':') return strtoll(p + n + 1, NULL, 10);
+    return 0;
+}
+
+/* INFO memory: a Redis at its maxmemory under noeviction refuses every
+ * write (every submission would get 503), so the gateway is not ready.
+ * Redis counts used_memory less mem_not_counted_for_evict (replication and
+ * AOF buffers) against maxmemory. */
+static void on_ready_memory(redisAsyncContext *ac, void *reply, void *priv) {
+    ready_call *rc = priv;
+    redisReply *r = reply;
+    if (r && r->type == REDIS_REPLY_STRING) {
+        long long max = info_field(r->str, "maxmemory"),
+                  used = info_field(r->str, "used_memory") - info_field(r->str, "mem_not_counted_for_evict");
+        const char *pol = strstr(r->str, "\nmaxmemory_policy:");
+        if (max > 0 && used >= max && pol && !strncmp(pol + 19, "noeviction", 10) && !rc->failed) {
+            rc->failed = 1;
+            snprintf(rc->why, sizeof rc->why, "redis is full (used_memory %lld >= maxmemory %lld): writes are refused",
+                     used, max);
+        }
+    } /* no answer: the other probes say why */
+    if (--rc->pending == 0 && !rc->base.done) ready_reply(rc);
+    gw_call_unref(&rc->base);
+}
+
 void gw_route_readyz(gw *g, http_conn *c, http_request *req) {
     if (!g->redis.cmd_ready || !g->redis.sub_ready)
         return gw_reply_json(c, 503, ready_body(g, "redis unreachable"),
                              "Retry-After: 1\r\n");
     if (g->shutting_down)
         return gw_reply_json(c, 503, ready_body(g, "shutting down"), NULL);
+    if (g->redis_full_ms && gw_now_ms() - g->redis_full_ms < GW_REDIS_FULL_MS)
+        return gw_reply_json(c, 503, ready_body(g, "redis is full: a write was refused for its maxmemory"),
+                             "Retry-After: 1\r\n");
     ready_call *rc = (ready_call *)gw_call_new(g, c, req, sizeof *rc, NULL);
     if (!rc) return gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
     gw_ensure_groups(g);
     rcmd cmd;
     int sent = 0;
+    rcmd_init(&cmd);
+    rcmd_str(&cmd, "INFO");
+    rcmd_str(&cmd, "memory");
+    rc->pending++;
+    if (gw_call_send(&rc->base, &cmd, on_ready_memory) != 0) rc->pending--; /* the probes below fail too */
     for (size_t i = 0; i < g->n_models; i++) {
         char key[KEYS_MAX];
         keys_req_stream(&g->keys, g->models[i].name, key, sizeof key);

@@ -203,7 +203,7 @@ static void on_out_range(redisAsyncContext *ac, void *reply, void *priv) {
     }
     proto_buf text;
     proto_buf_init(&text);
-    int64_t next = 0;
+    int64_t next = 0, trimmed = 0; /* trimmed: chunks missing from the stream (XTRIM) */
     proto_chunk last;
     proto_chunk_init(&last);
     int have_last = 0;
@@ -221,6 +221,7 @@ static void on_out_range(redisAsyncContext *ac, void *reply, void *priv) {
                 proto_chunk_deinit(&c);
                 continue;
             }
+            if (c.seq > next) trimmed += c.seq - next;
             next = c.seq < INT64_MAX ? c.seq + 1 : INT64_MAX; /* a hostile entry may carry any int64 */
             if (c.text_len) proto_buf_append(&text, c.text, c.text_len);
             if (c.has_lp && (lp || (lp = json_array()))) gw_lp_job_add(lp, &c);
@@ -253,6 +254,7 @@ static void on_out_range(redisAsyncContext *ac, void *reply, void *priv) {
                           "attempts", hnum(h, "attempts"), "error", error, "cancel_requested",
                           cancel && !strcmp(cancel, "1"), "chunks", (json_int_t)next);
     json_object_set_new(o, "logprobs", lp ? lp : json_null());
+    json_object_set_new(o, "output_trimmed", json_integer(trimmed)); /* chunks the text lacks */
     proto_chunk_deinit(&last);
     proto_buf_deinit(&text);
     gw_reply_json(call->conn, 200, o, NULL);
@@ -325,6 +327,7 @@ static void on_events_exists(redisAsyncContext *ac, void *reply, void *priv) {
     }
     gw_sse_begin(call);
     call->watch = jobwatch_start(&call->g->watches, call->id, ec->from, on_event_chunk, ec);
+    jobwatch_on_gap(call->watch, gw_sse_gap); /* a trimmed output: an error event, not a silent gap */
     if (!call->watch) {
         gw_sse_end(call);
         gw_call_finish(call);

@@ -404,6 +404,7 @@ int gw_parse_request(gw *g, gw_api api, const char *body, size_t len, gw_parsed 
 
 static void submitted(gw_call *call, int status, const char *msg) {
     proto_buf_deinit(&call->payload);
+    if (status == 500) status = gw_redis_error_status(call->g, msg); /* Redis full: 503 + Retry-After (gw.h) */
     if (!call->done && call->submitted) call->submitted(call, status, msg);
 }
 

@@ -213,13 +213,14 @@ static void test_jobops_builders(void **state) {
     /* the entry's ack and the dead-stream record, each built once */
     jobops_ack(&c, &kb, &k, "m1", KEYS_LANE_DEFAULT, "5-1");
     assert_true(rcmd_ok(&c));
-    assert_int_equal(c.argc, 4);
-    assert_string_equal(c.argv[0], "XACK");
-    assert_string_equal(c.argv[1], "llmq:req:m1");
-    assert_string_equal(c.argv[2], "workers");
-    assert_string_equal(c.argv[3], "5-1");
+    assert_int_equal(c.argc, 6); /* EVAL script 1 stream | group entry: XACK + XDEL */
+    assert_string_equal(c.argv[0], "EVAL");
+    assert_string_equal(c.argv[2], "1");
+    assert_string_equal(c.argv[3], "llmq:req:m1");
+    assert_string_equal(c.argv[4], "workers");
+    assert_string_equal(c.argv[5], "5-1");
     jobops_ack(&c, &kb, &k, "m1", KEYS_LANE_HIGH, "5-1");
-    assert_string_equal(c.argv[1], "llmq:req:m1#high");
+    assert_string_equal(c.argv[3], "llmq:req:m1#high");
     jobops_dead(&c, &kb, &k, "m1", "", "5-2", "no id");
     assert_true(rcmd_ok(&c));
     assert_int_equal(c.argc, 9);

@@ -8,6 +8,8 @@
  * Invariants
  *  - An entry that cannot run ends its job with a reason (svc_fail_early)
  *    or is left pending to be claimed again; it is never dropped silently.
+ *    Poison that no re-delivery can fix (job keys of another type) is
+ *    dead-lettered at once (jobops_reject), never left pending.
  *  - A resumed job numbers its chunks from one past the last in its stream
  *    and skips exactly the text bytes already published.
  */
@@ -349,6 +351,15 @@ static void entry_admit(service *sv, job *j, uint64_t seed) {
         return; /* left pending: retried after claim_idle_ms */
     }
     const long long code = r->element[0]->integer, attempts = r->element[1]->integer;
+    if (code == JOBOPS_ADMIT_POISON) { /* keys of another type: no delivery can fix it, so never re-claim it */
+        const redisReply *w = r->elements > 3 ? r->element[3] : NULL;
+        snprintf(msg, sizeof msg, "poison: %s", w && w->type == REDIS_REPLY_STRING ? w->str : "unusable job keys");
+        log_warn("job %s: %s: dead-lettered", j->id, msg);
+        jobops_reject(&c, &kb, &sv->keys, j->id, sv->o.model_name, j->lane, eid, msg, now_ms(), sv->o.result_ttl_s);
+        svc_pipe_add(sv, &c);
+        svc_job_free(j);
+        return;
+    }
     const redisReply *rs = r->element[2];
     if (rs->type == REDIS_REPLY_STRING) seed = strtoull(rs->str, NULL, 10);
     else if (rs->type == REDIS_REPLY_INTEGER) seed = (uint64_t)rs->integer;
