@@ -53,8 +53,13 @@ def test_figures_equal_what_the_server_played(fake, tmp_path):
         ttft = (ev[0] - b["t_recv"]) * 1e3
         tpot = (ev[-1] - ev[0]) * 1e3 / (len(ev) - 1)
         e2e = (ev[-1] - b["t_recv"]) * 1e3
-        # a new connection adds the TCP handshake and asyncio's accept to what the client waits
-        before = 15 if b["new_connection"] else 3
+        # The client's clock starts before it sends and the server's when it has read: the
+        # gap is the send path (+ the TCP handshake and asyncio's accept on a new
+        # connection), a fraction of a millisecond on an idle machine but ~13 ms measured
+        # on a loaded 2-core one.  The lower bound is the strict check (a client figure
+        # below the server's own would be a clock error); the upper bound only pairs
+        # requests with server records.
+        before = 40 if b["new_connection"] else 20
         assert -0.2 <= r["ttft_ms"] - ttft <= before, (r, ttft)
         assert abs(r["tpot_ms"] - tpot) <= 1, (r, tpot)
         assert -0.2 <= r["e2e_ms"] - e2e <= before, (r, e2e)
