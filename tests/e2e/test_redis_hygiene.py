@@ -29,8 +29,11 @@ def fleet(tmp_path_factory, shared_dir):
     w = Worker(shared_dir / "models" / "stories260K", srv.url, "stories", tmp / "w.log", "--max-num-seqs", 4,
                "--claim-idle-ms", 500, "--max-attempts", 3)
     yield srv, r, tmp
-    w.stop()
-    srv.stop()
+    try:
+        assert w.term(30) == 0  # a clean exit (LeakSanitizer's check under ASan)
+    finally:
+        w.stop()
+        srv.stop()
 
 
 def xadd_lane(r, lane, jid, **req):
@@ -125,6 +128,7 @@ def gateway(fleet):
     gw = Gateway(srv.url, tmp / "gw.log")
     yield gw
     gw.stop()
+    assert gw.proc.returncode == 0
 
 
 def http(gw, method, path, body=None, headers=None):
