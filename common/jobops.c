@@ -2,19 +2,46 @@
 #include "common/jobops.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
+/* The end of a job, in the scripts that end one (cancel_lua, finish_lua):
+ * the job leaves its tenant's set of unfinished jobs (<P>tenant:{<t>}:jobs,
+ * the per-key limit), and its Idempotency-Key record (hash field `idem`)
+ * gets the job's own TTL, so the key never outlives the job it names.  The
+ * prefix is read off the job hash's name '<P>job:{<id>}' (no argument to
+ * add).  Lua: end_job(job hash, id, ttl s), written out in both scripts
+ * (not a macro: each script's text stays one run of string literals, which
+ * the tests read from this file). */
+
 /* KEYS[1] job hash, KEYS[2] output stream; ARGV[1] output channel, ARGV[2]
- * cancel channel, ARGV[3] id, ARGV[4] now ms, ARGV[5] ttl s, ARGV[6] chunk. */
+ * cancel channel, ARGV[3] id, ARGV[4] now ms, ARGV[5] ttl s, ARGV[6] chunk,
+ * ARGV[7] (optional) the canceller's tenant: a job another tenant owns is
+ * "no such job" (0). */
 static const char cancel_lua[] =
+    "local function end_job(job, id, ttl)\n"
+    "  local own = redis.call('HMGET', job, 'tenant', 'idem')\n"
+    "  if own[1] then\n"
+    "    local pfx = string.sub(job, 1, #job - #id - 6)\n"
+    "    redis.call('SREM', pfx .. 'tenant:{' .. own[1] .. '}:jobs', id)\n"
+    "  end\n"
+    "  if own[2] and tonumber(ttl) > 0 and redis.call('HGET', own[2], 'id') == id then\n"
+    "    redis.call('EXPIRE', own[2], ttl)\n"
+    "  end\n"
+    "end\n"
     "local st = redis.call('HGET', KEYS[1], 'state')\n"
     "if not st then return 0 end\n"
+    "if ARGV[7] and ARGV[7] ~= '' then\n"
+    "  local owner = redis.call('HGET', KEYS[1], 'tenant')\n"
+    "  if owner and owner ~= ARGV[7] then return 0 end\n"
+    "end\n"
     "if st == 'queued' then\n"
     "  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finish_reason', 'cancelled', 'cancel', '1',\n"
     "             'finished', ARGV[4], 'prompt_tokens', '0', 'completion_tokens', '0')\n"
     "  redis.call('XADD', KEYS[2], '*', 'c', ARGV[6])\n"
     "  redis.call('PUBLISH', ARGV[1], ARGV[6])\n"
     "  redis.call('PUBLISH', ARGV[2], ARGV[3])\n"
+    "  end_job(KEYS[1], ARGV[3], ARGV[5])\n"
     "  if tonumber(ARGV[5]) > 0 then\n"
     "    redis.call('EXPIRE', KEYS[1], ARGV[5])\n"
     "    redis.call('EXPIRE', KEYS[2], ARGV[5])\n"
@@ -69,8 +96,11 @@ _Static_assert(KEYS_LANES == 3, "the lane scripts name three lane streams");
  * request's lane stream, KEYS[3..5] every lane's stream (the bound counts
  * them all), KEYS[6] (optional) idempotency hash; ARGV[1] model, ARGV[2]
  * created ms, ARGV[3] id, ARGV[4] request, ARGV[5] max queue (0: none),
- * ARGV[6] group, and with KEYS[6]: ARGV[7] body hash, ARGV[8] ttl s.
- * lane_waiting: the lag of group g on a lane, or XLEN when Redis has none. */
+ * ARGV[6] group, and with KEYS[6]: ARGV[7] body hash, ARGV[8] ttl s;
+ * optional ARGV[9] tenant ('' = none) and ARGV[10] its limit of unfinished
+ * jobs (0 = none).  lane_waiting: the lag of group g on a lane, or XLEN
+ * when Redis has none.  The job keys of other ids (an idempotency record's
+ * job, a tenant's jobs) are named from the prefix of KEYS[1]. */
 static const char submit_lua[] =
     "local function lane_waiting(key, g)\n"
     "  local groups = redis.pcall('XINFO', 'GROUPS', key)\n"
@@ -85,9 +115,15 @@ static const char submit_lua[] =
     "  end\n"
     "  return redis.call('XLEN', key)\n"
     "end\n"
+    "local pfx = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[3] - 6)\n"
+    "local function job_state(id)\n"
+    "  local st = redis.pcall('HGET', pfx .. 'job:{' .. id .. '}', 'state')\n"
+    "  if type(st) == 'table' then return nil end\n"
+    "  return st\n"
+    "end\n"
     "if KEYS[6] then\n"
     "  local prev = redis.call('HMGET', KEYS[6], 'id', 'body')\n"
-    "  if prev[1] then\n"
+    "  if prev[1] and job_state(prev[1]) then\n"
     "    if prev[2] ~= ARGV[7] then return {3, prev[1]} end\n"
     "    return {2, prev[1]}\n"
     "  end\n"
@@ -97,11 +133,27 @@ static const char submit_lua[] =
     "  for l = 3, 5 do waiting = waiting + lane_waiting(KEYS[l], ARGV[6]) end\n"
     "  if waiting >= tonumber(ARGV[5]) then return {0, waiting} end\n"
     "end\n"
+    "local tenant = ARGV[9] or ''\n"
+    "local tset = pfx .. 'tenant:{' .. tenant .. '}:jobs'\n"
+    "local lim = tonumber(ARGV[10] or '0')\n"
+    "if tenant ~= '' and lim > 0 and redis.call('SCARD', tset) >= lim then\n"
+    "  for _, j in ipairs(redis.call('SMEMBERS', tset)) do\n"
+    "    local st = job_state(j)\n"
+    "    if st ~= 'queued' and st ~= 'running' then redis.call('SREM', tset, j) end\n"
+    "  end\n"
+    "  local n = redis.call('SCARD', tset)\n"
+    "  if n >= lim then return {4, n} end\n"
+    "end\n"
     "redis.call('HSET', KEYS[1], 'state', 'queued', 'model', ARGV[1], 'created', ARGV[2], 'attempts', '0')\n"
+    "if tenant ~= '' then\n"
+    "  redis.call('HSET', KEYS[1], 'tenant', tenant)\n"
+    "  redis.call('SADD', tset, ARGV[3])\n"
+    "end\n"
     "redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'p', ARGV[4])\n"
     "if KEYS[6] then\n"
     "  redis.call('HSET', KEYS[6], 'id', ARGV[3], 'body', ARGV[7])\n"
     "  if tonumber(ARGV[8]) > 0 then redis.call('EXPIRE', KEYS[6], ARGV[8]) end\n"
+    "  redis.call('HSET', KEYS[1], 'idem', KEYS[6])\n"
     "end\n"
     "return {1, waiting}\n";
 
@@ -183,6 +235,16 @@ static const char chunk_lua[] =
  * finish_reason, ARGV[9] finished ms, ARGV[10] prompt_tokens, ARGV[11]
  * completion_tokens, ARGV[12] error ('' = none), ARGV[13] job id. */
 static const char finish_lua[] =
+    "local function end_job(job, id, ttl)\n"
+    "  local own = redis.call('HMGET', job, 'tenant', 'idem')\n"
+    "  if own[1] then\n"
+    "    local pfx = string.sub(job, 1, #job - #id - 6)\n"
+    "    redis.call('SREM', pfx .. 'tenant:{' .. own[1] .. '}:jobs', id)\n"
+    "  end\n"
+    "  if own[2] and tonumber(ttl) > 0 and redis.call('HGET', own[2], 'id') == id then\n"
+    "    redis.call('EXPIRE', own[2], ttl)\n"
+    "  end\n"
+    "end\n"
     "local h = redis.call('HMGET', KEYS[1], 'state', 'attempts')\n"
     "local function ack_dead()\n"
     "  if ARGV[5] ~= '' then\n"
@@ -203,6 +265,7 @@ static const char finish_lua[] =
     "           'prompt_tokens', ARGV[10], 'completion_tokens', ARGV[11])\n"
     "if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[12]) end\n"
     "ack_dead()\n"
+    "end_job(KEYS[1], ARGV[13], ARGV[6])\n"
     "if tonumber(ARGV[6]) > 0 then\n"
     "  redis.call('EXPIRE', KEYS[1], ARGV[6])\n"
     "  redis.call('EXPIRE', KEYS[2], ARGV[6])\n"
@@ -299,6 +362,23 @@ void jobops_submit_idem(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char
     rcmd_fmt(c, "%" PRId64, ttl_s);
 }
 
+void jobops_submit_as(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
+                      int32_t priority, const void *payload, size_t payload_len, int64_t now_ms, long long max_queue,
+                      const jobops_owner *o) {
+    const char *tenant = o->tenant ? o->tenant : "";
+    if (o->idem_key) { /* namespaced: <P>idem:{<tenant>:<key>} (keys_idem takes any text) */
+        char name[KEYS_MAX];
+        snprintf(name, sizeof name, "%s%s%s", tenant, *tenant ? ":" : "", o->idem_key);
+        keys_idem(k, name, kb->idem, sizeof kb->idem);
+    }
+    submit_eval(c, kb, k, submit_lua, id, model, priority, payload, payload_len, now_ms, max_queue,
+                o->idem_key ? kb->idem : NULL);
+    rcmd_str(c, o->idem_key && o->body_hash ? o->body_hash : ""); /* ARGV[7], ARGV[8] */
+    rcmd_fmt(c, "%" PRId64, o->idem_key ? o->idem_ttl_s : 0);
+    rcmd_str(c, tenant); /* ARGV[9], ARGV[10] */
+    rcmd_fmt(c, "%lld", *tenant && o->max_jobs > 0 ? o->max_jobs : 0);
+}
+
 void jobops_group_create(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model) {
     lanes_fill(kb, k, model);
     rcmd_init(c);
@@ -368,6 +448,12 @@ void jobops_cancel(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id,
     rcmd_fmt(c, "%" PRId64, now_ms);
     rcmd_fmt(c, "%" PRId64, result_ttl_s);
     rcmd_arg(c, final_chunk, final_chunk_len);
+}
+
+void jobops_cancel_as(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, int64_t now_ms,
+                      int64_t result_ttl_s, const void *final_chunk, size_t final_chunk_len, const char *tenant) {
+    jobops_cancel(c, kb, k, id, now_ms, result_ttl_s, final_chunk, final_chunk_len);
+    rcmd_str(c, tenant ? tenant : ""); /* ARGV[7] */
 }
 
 llmq_status jobops_cancel_chunk(proto_buf *out, llmq_err *err) {

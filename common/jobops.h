@@ -71,7 +71,37 @@ void jobops_submit_bounded(rcmd *c, jobops_keys *kb, const llmq_keys *k, const c
 void jobops_submit_idem(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
                         int32_t priority, const void *payload, size_t payload_len, int64_t now_ms, long long max_queue,
                         const char *idem_key, const char *body_hash, int64_t ttl_s);
-enum { JOBOPS_SUBMIT_REFUSED = 0, JOBOPS_SUBMIT_DONE = 1, JOBOPS_SUBMIT_REPLAY = 2, JOBOPS_SUBMIT_KEY_REUSED = 3 };
+enum { JOBOPS_SUBMIT_REFUSED = 0, JOBOPS_SUBMIT_DONE = 1, JOBOPS_SUBMIT_REPLAY = 2, JOBOPS_SUBMIT_KEY_REUSED = 3,
+       JOBOPS_SUBMIT_TENANT_FULL = 4 };
+
+/* Who submits a job, and under which key (jobops_submit_as). */
+typedef struct jobops_owner {
+    const char *tenant;          /* the submitting API key's identity (a hash, never the key);
+                                  * NULL or "" = none */
+    long long max_jobs;          /* the tenant's limit of unfinished (queued or running) jobs; 0 = none */
+    const char *idem_key;        /* the client's Idempotency-Key; NULL = none */
+    const char *body_hash;       /* with idem_key: what tells a retry from a reuse */
+    int64_t idem_ttl_s;          /* with idem_key: the record's TTL until its job ends (0 = none) */
+} jobops_owner;
+
+/*
+ * Submission by a tenant (an EVAL of the same script): as jobops_submit_idem
+ * when o->idem_key is set (else as jobops_submit_bounded), and
+ *  - the job hash records `tenant` (what scopes GET/DELETE to its owner) and
+ *    the job joins the set <P>tenant:{<tenant>}:jobs; the script that ends
+ *    the job (finish, cancel) takes it out again;
+ *  - with o->max_jobs > 0, a tenant that has that many unfinished jobs is
+ *    refused: {4, unfinished}.  Members whose job ended without leaving the
+ *    set (its hash expired or was deleted) are pruned at that moment, so a
+ *    lost job never holds a slot for good;
+ *  - the Idempotency-Key record is <P>idem:{<tenant>:<key>}: keys are
+ *    namespaced per tenant.  The record names its job in the job hash
+ *    (field `idem`) and gets the job's TTL when the job ends; a record whose
+ *    job is gone no longer replays: the submission is a fresh one.
+ */
+void jobops_submit_as(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, const char *model,
+                      int32_t priority, const void *payload, size_t payload_len, int64_t now_ms, long long max_queue,
+                      const jobops_owner *o);
 
 /* The consumer group `workers` on every lane of a model (an EVAL of
  * XGROUP CREATE <lane stream> workers 0 MKSTREAM for each lane): returns the
@@ -121,6 +151,12 @@ int jobops_lane_of_key(const jobops_keys *kb, const char *name, size_t len);
  */
 void jobops_cancel(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, int64_t now_ms, int64_t result_ttl_s,
                    const void *final_chunk, size_t final_chunk_len);
+
+/* As jobops_cancel, by a tenant (NULL or "" = anyone, as jobops_cancel):
+ * a job whose hash records another tenant is JOBOPS_CANCEL_NOT_FOUND, and
+ * nothing is written. */
+void jobops_cancel_as(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, int64_t now_ms,
+                      int64_t result_ttl_s, const void *final_chunk, size_t final_chunk_len, const char *tenant);
 
 /* The final chunk a cancel of a queued job appends (encoded into out). */
 llmq_status jobops_cancel_chunk(proto_buf *out, llmq_err *err);

@@ -20,7 +20,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential pkg-config ca-certificates \
       libhiredis-dev libev-dev libmsgpack-dev libhttp-parser-dev libjansson-dev \
-      libpcre2-dev libxxhash-dev libutf8proc-dev \
+      libpcre2-dev libxxhash-dev libutf8proc-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -32,7 +32,7 @@ RUN make -j"$(nproc)" ARCH="${ARCH}" BUILD=/out /out/llmq-gateway \
 FROM debian:${DEBIAN_RELEASE}-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libhiredis0.14 libev4 libmsgpackc2 libhttp-parser2.9 libjansson4 libgomp1 \
+      libhiredis0.14 libev4 libmsgpackc2 libhttp-parser2.9 libjansson4 libgomp1 libssl3 \
       tini ca-certificates stunnel4 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin llmq

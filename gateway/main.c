@@ -4,7 +4,7 @@
  *   llmq-gateway --redis URL --listen HOST:PORT [--api-key-file F] [--max-queue N]
  *                [--max-body-bytes N] [--max-tokens-limit N] [--models a,b] [--prefix P]
  *                [--result-ttl S] [--drain-timeout S] [--request-timeout S] [--max-connections N]
- *                [--queue-timeout S]
+ *                [--queue-timeout S] [--admin-key-file F] [--priority-range LO:HI] [--key-max-jobs N]
  *                [--redis-password-file F] [--allow-root]
  *
  * One thread, one libev loop.  Shutdown (SIGTERM/SIGINT): stop accepting,
@@ -39,6 +39,7 @@
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 #define FD_RESERVE 64 /* descriptors kept for other than client connections */
+#define MAX_QUEUE_DEFAULT 10000 /* --max-queue: a flood is refused with 429 long before Redis fills */
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -50,7 +51,11 @@ static void usage(FILE *f) {
             "  --redis-password-file F  Redis password (else $LLMQ_REDIS_PASSWORD_FILE, $LLMQ_REDIS_PASSWORD)\n"
             "                         when the URL has none\n"
             "  --allow-root           run even as root (refused otherwise; also LLMQ_ALLOW_ROOT=1)\n"
-            "  --max-queue N          waiting jobs per model before 429 (default 0 = unbounded)\n"
+            "  --admin-key-file F     admin keys (see every job, no per-key limits), as --api-key-file;\n"
+            "                         also $LLMQ_ADMIN_KEY_FILE, $LLMQ_ADMIN_API_KEYS\n"
+            "  --max-queue N          waiting jobs per model before 429 (default %d; 0 = unbounded)\n"
+            "  --key-max-jobs N       unfinished jobs per API key before 429 (default %d; 0 = none)\n"
+            "  --priority-range LO:HI the priorities a request may ask for (default %d:%d; admin keys: any)\n"
             "  --max-body-bytes N     largest request body (default 4194304)\n"
             "  --max-tokens-limit N   largest max_tokens accepted (default 32768; 0 = none)\n"
             "  --models a,b           models served even with no live worker (they scale from zero);\n"
@@ -63,7 +68,7 @@ static void usage(FILE *f) {
             "                         0 = no limit); then the job is cancelled and the client gets 503\n"
             "  --max-connections N    open HTTP connections; more are answered 503 and closed\n"
             "                         (default: the descriptor limit less %d; 0 = no cap)\n",
-            FD_RESERVE);
+            MAX_QUEUE_DEFAULT, GW_KEY_MAX_JOBS_DEFAULT, GW_PRIORITY_LO_DEFAULT, GW_PRIORITY_HI_DEFAULT, FD_RESERVE);
 }
 
 static int parse_ll(const char *s, long long lo, long long hi, long long *out) {
@@ -253,10 +258,13 @@ int main(int argc, char **argv) {
     g.cfg.request_timeout = 30;
     g.cfg.queue_timeout = 300;
     g.cfg.max_connections = -1;
+    g.cfg.max_queue = MAX_QUEUE_DEFAULT;
+    const char *admin_key_file = NULL;
+    long long prio_lo = GW_PRIORITY_LO_DEFAULT, prio_hi = GW_PRIORITY_HI_DEFAULT, key_max_jobs = GW_KEY_MAX_JOBS_DEFAULT;
     log_set_name("gateway");
 
     enum { O_REDIS = 1, O_LISTEN, O_KEYS, O_MAXQ, O_BODY, O_TOKENS, O_MODELS, O_PREFIX, O_TTL, O_DRAIN, O_RPWFILE,
-           O_ROOT, O_REQ_TIMEOUT, O_MAXCONN, O_QUEUE_TIMEOUT, O_HELP };
+           O_ROOT, O_REQ_TIMEOUT, O_MAXCONN, O_QUEUE_TIMEOUT, O_ADMIN_KEYS, O_PRIO_RANGE, O_KEY_MAX_JOBS, O_HELP };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},          {"listen", required_argument, 0, O_LISTEN},
         {"api-key-file", required_argument, 0, O_KEYS},    {"max-queue", required_argument, 0, O_MAXQ},
@@ -266,6 +274,8 @@ int main(int argc, char **argv) {
         {"redis-password-file", required_argument, 0, O_RPWFILE}, {"allow-root", no_argument, 0, O_ROOT},
         {"request-timeout", required_argument, 0, O_REQ_TIMEOUT}, {"max-connections", required_argument, 0, O_MAXCONN},
         {"queue-timeout", required_argument, 0, O_QUEUE_TIMEOUT},
+        {"admin-key-file", required_argument, 0, O_ADMIN_KEYS}, {"priority-range", required_argument, 0, O_PRIO_RANGE},
+        {"key-max-jobs", required_argument, 0, O_KEY_MAX_JOBS},
         {"help", no_argument, 0, O_HELP},                  {0, 0, 0, 0},
     };
     int o;
@@ -280,6 +290,26 @@ int main(int argc, char **argv) {
             g.cfg.listen_port = port;
             break;
         case O_KEYS: g.cfg.api_key_file = optarg; break;
+        case O_ADMIN_KEYS: admin_key_file = optarg; break;
+        case O_PRIO_RANGE: { /* LO:HI, each a 32-bit integer, LO <= HI */
+            char lo[32] = "";
+            const char *colon = strchr(optarg, ':');
+            size_t n = colon ? (size_t)(colon - optarg) : 0;
+            if (n && n < sizeof lo) memcpy(lo, optarg, n);
+            lo[n < sizeof lo ? n : 0] = '\0';
+            if (!lo[0] || parse_ll(lo, INT32_MIN, INT32_MAX, &prio_lo) ||
+                parse_ll(colon + 1, INT32_MIN, INT32_MAX, &prio_hi) || prio_lo > prio_hi) {
+                fprintf(stderr, "llmq-gateway: --priority-range wants LO:HI (integers, LO <= HI), got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        }
+        case O_KEY_MAX_JOBS:
+            if (parse_ll(optarg, 0, (long long)1 << 40, &key_max_jobs)) {
+                fprintf(stderr, "llmq-gateway: --key-max-jobs wants a non-negative number, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case O_RPWFILE: g.cfg.redis_password_file = optarg; break;
         case O_ROOT: g.cfg.allow_root = 1; break;
         case O_MAXQ:
@@ -347,11 +377,14 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (g.cfg.models && set_models(&g, g.cfg.models)) return 2;
-    if (gw_auth_init(&g.auth, g.cfg.api_key_file, &err) != LLMQ_OK) {
+    if (gw_auth_init_admin(&g.auth, g.cfg.api_key_file, admin_key_file, &err) != LLMQ_OK) {
         fprintf(stderr, "llmq-gateway: API keys: %s\n", err.msg);
         gw_auth_deinit(&g.auth);
         return 2;
     }
+    g.auth.prio_lo = (int)prio_lo;
+    g.auth.prio_hi = (int)prio_hi;
+    g.auth.key_max_jobs = key_max_jobs;
     if (!gw_auth_enabled(&g.auth))
         log_warn("!!! NO API KEYS: every client can submit jobs. Pass --api-key-file (or set LLMQ_API_KEY_FILE / "
                  "LLMQ_API_KEYS) to require 'Authorization: Bearer <key>'. !!!");

@@ -7,6 +7,11 @@
  *                                reconnecting EventSource resumes after
  *                                Last-Event-ID (or ?last_event_id=N)
  *   DELETE /v1/jobs/{id}         cancel (docs/protocol.md §cancel)
+ *
+ * With API keys, a job is its submitting key's (gateway/auth.h "Tenants"):
+ * for any other key (admin keys aside) GET, events and DELETE answer 404,
+ * exactly as for a job that does not exist, so ids of others' jobs cannot
+ * even be confirmed.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -145,7 +150,8 @@ void gw_route_jobs_submit(gw *g, http_conn *c, http_request *req) {
 
 typedef struct get_call {
     gw_call base;
-    json_t *hash;                /* the job hash as {field: string}, NULL when missing */
+    gw_tenant who;               /* the caller */
+    json_t *hash;                /* the job hash as {field: string}, NULL when missing (or not the caller's) */
     int failed;                  /* HGETALL failed: answered already */
 } get_call;
 
@@ -167,6 +173,11 @@ static void on_hgetall(redisAsyncContext *ac, void *reply, void *priv) {
                 if (r->element[i]->type == REDIS_REPLY_STRING && r->element[i + 1]->type == REDIS_REPLY_STRING)
                     json_object_set_new(gc->hash, r->element[i]->str,
                                         gw_json_text(r->element[i + 1]->str, r->element[i + 1]->len));
+            json_t *owner = json_object_get(gc->hash, "tenant");
+            if (!gw_tenant_may_see(&gc->who, owner ? json_string_value(owner) : NULL)) { /* another key's: none */
+                json_decref(gc->hash);
+                gc->hash = NULL;
+            }
         }
     }
     gw_call_unref(&gc->base);
@@ -267,6 +278,7 @@ void gw_route_jobs_get(gw *g, http_conn *c, http_request *req, const char *id) {
     get_call *gc = (get_call *)gw_call_new(g, c, req, sizeof *gc, get_cleanup);
     if (!gc) return gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
     snprintf(gc->base.id, sizeof gc->base.id, "%s", id);
+    gw_auth_identify(&g->auth, req->authorization, &gc->who);
     char job[KEYS_MAX], out[KEYS_MAX];
     keys_job(&g->keys, id, job, sizeof job);
     keys_job_out(&g->keys, id, out, sizeof out);
@@ -294,6 +306,7 @@ void gw_route_jobs_get(gw *g, http_conn *c, http_request *req, const char *id) {
 typedef struct events_call {
     gw_call base;
     int64_t from;                /* first seq to send */
+    gw_tenant who;               /* the caller */
 } events_call;
 
 static void on_event_chunk(void *ud, const proto_chunk *c) {
@@ -314,13 +327,16 @@ static void on_events_exists(redisAsyncContext *ac, void *reply, void *priv) {
     gw_call *call = &ec->base;
     redisReply *r = reply;
     if (call->done) goto out;
-    if (!r || r->type != REDIS_REPLY_INTEGER) {
+    /* {state, tenant} of the job hash */
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
         if (!r) gw_reply_redis_down(call->conn);
         else gw_reply_error(call->conn, 500, "server_error", NULL, NULL, "redis: unexpected reply");
         gw_call_finish(call);
         goto out;
     }
-    if (r->integer == 0) {
+    const redisReply *owner = r->element[1];
+    if (r->element[0]->type != REDIS_REPLY_STRING ||
+        !gw_tenant_may_see(&ec->who, owner->type == REDIS_REPLY_STRING ? owner->str : NULL)) {
         gw_reply_error(call->conn, 404, "invalid_request_error", "id", "job_not_found", "no job with id '%s'", call->id);
         gw_call_finish(call);
         goto out;
@@ -379,12 +395,15 @@ void gw_route_jobs_events(gw *g, http_conn *c, http_request *req, const char *id
     if (!ec) return gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
     snprintf(ec->base.id, sizeof ec->base.id, "%s", id);
     ec->from = last < INT64_MAX ? last + 1 : INT64_MAX; /* no job has 2^63 chunks: nothing follows */
+    gw_auth_identify(&g->auth, req->authorization, &ec->who);
     char job[KEYS_MAX];
     keys_job(&g->keys, id, job, sizeof job);
     rcmd x;
     rcmd_init(&x);
-    rcmd_str(&x, "EXISTS");
+    rcmd_str(&x, "HMGET");
     rcmd_str(&x, job);
+    rcmd_str(&x, "state");
+    rcmd_str(&x, "tenant");
     if (gw_call_send(&ec->base, &x, on_events_exists) != 0) {
         gw_reply_redis_down(c);
         gw_call_finish(&ec->base);
@@ -427,9 +446,12 @@ void gw_route_jobs_cancel(gw *g, http_conn *c, http_request *req, const char *id
         gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
         return gw_call_finish(call);
     }
+    gw_tenant who; /* another key's job is "no such job" (admin keys: any) */
+    gw_auth_identify(&g->auth, req->authorization, &who);
     rcmd cmd;
     jobops_keys kb;
-    jobops_cancel(&cmd, &kb, &g->keys, id, gw_now_ms(), g->cfg.result_ttl_s, chunk.data, chunk.len);
+    jobops_cancel_as(&cmd, &kb, &g->keys, id, gw_now_ms(), g->cfg.result_ttl_s, chunk.data, chunk.len,
+                     who.admin ? NULL : who.id);
     int rc = gw_call_send(call, &cmd, on_cancel);
     proto_buf_deinit(&chunk);
     if (rc != 0) {

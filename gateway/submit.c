@@ -335,7 +335,13 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
         return -1;
     if (get_bool(o, "ignore_eos", &b, bad) < 0) return -1;
     if (field(o, "ignore_eos")) r->ignore_eos = b;
-    if ((rc = get_int(o, "priority", INT32_MIN, INT32_MAX, &x, bad)) < 0) return -1;
+    /* priority within --priority-range, except for admin keys (auth.h): the
+     * lanes and the scheduler trust it, so a client may not buy its way
+     * ahead of every other with INT32_MAX */
+    gw_tenant who;
+    gw_auth_identify(&g->auth, g->dispatching_req ? g->dispatching_req->authorization : NULL, &who);
+    long long plo = who.admin ? INT32_MIN : g->auth.prio_lo, phi = who.admin ? INT32_MAX : g->auth.prio_hi;
+    if ((rc = get_int(o, "priority", plo, phi, &x, bad)) < 0) return -1;
     if (rc > 0) r->priority = (int32_t)x;
 
     /* logprobs: completions int, chat bool + top_logprobs, jobs int.  As at
@@ -441,31 +447,10 @@ static int send_submission(gw_call *call) {
     return gw_call_send(call, &exec, on_exec);
 }
 
-/* The reply of the bounded submission script: {1, waiting} submitted,
- * {0, waiting} refused (jobops_submit_bounded). */
-static void on_bounded(redisAsyncContext *ac, void *reply, void *priv) {
-    gw_call *call = priv;
-    redisReply *r = reply;
-    if (!r) submitted(call, 503, "Redis connection lost while submitting");
-    else if (r->type == REDIS_REPLY_ERROR) submitted(call, 500, r->str);
-    else if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_INTEGER ||
-             r->element[1]->type != REDIS_REPLY_INTEGER)
-        submitted(call, 500, "unexpected reply to the submission");
-    else if (r->element[0]->integer == 0) {
-        metric_inc(metric_get(call->g->m.rejected, call->model), 1);
-        char msg[320];
-        snprintf(msg, sizeof msg, "%lld jobs are waiting for model '%s' (limit %lld)", r->element[1]->integer,
-                 call->model, call->g->cfg.max_queue);
-        submitted(call, 429, msg);
-    } else {
-        metric_inc(metric_get(call->g->m.submitted, call->model), 1);
-        submitted(call, 0, NULL);
-    }
-    gw_call_unref(call);
-}
-
-/* The reply of the idempotent submission script (jobops_submit_idem). */
-static void on_idem(redisAsyncContext *ac, void *reply, void *priv) {
+/* The reply of the submission script (jobops_submit_as): {1, waiting}
+ * submitted, {0, waiting} past --max-queue, {4, unfinished} past the key's
+ * --key-max-jobs, {2 | 3, first id} an Idempotency-Key seen before. */
+static void on_script(redisAsyncContext *ac, void *reply, void *priv) {
     gw_call *call = priv;
     redisReply *r = reply;
     if (!r) submitted(call, 503, "Redis connection lost while submitting");
@@ -478,6 +463,13 @@ static void on_idem(redisAsyncContext *ac, void *reply, void *priv) {
         snprintf(msg, sizeof msg, "%lld jobs are waiting for model '%s' (limit %lld)",
                  r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1LL, call->model,
                  call->g->cfg.max_queue);
+        submitted(call, 429, msg);
+    } else if (r->element[0]->integer == JOBOPS_SUBMIT_TENANT_FULL) {
+        metric_inc(metric_get(call->g->m.rejected, call->model), 1);
+        char msg[320];
+        snprintf(msg, sizeof msg, "this API key has %lld unfinished jobs (limit %lld)",
+                 r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1LL,
+                 call->g->auth.key_max_jobs);
         submitted(call, 429, msg);
     } else if (r->element[0]->integer == JOBOPS_SUBMIT_DONE) {
         metric_inc(metric_get(call->g->m.submitted, call->model), 1);
@@ -511,19 +503,21 @@ int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int
         return -1;
     }
     gw_ensure_groups(g);
-    if (call->idem[0]) { /* one script: the key's record, the bound and the submission */
+    gw_tenant who; /* the job is the submitting key's (auth.h "Tenants") */
+    gw_auth_identify(&g->auth, call->req ? call->req->authorization : NULL, &who);
+    if (call->idem[0] || g->cfg.max_queue > 0 || who.id[0]) {
+        /* one script: the key's record, the bounds and the submission, so a
+         * burst cannot overshoot a bound */
         rcmd c;
         jobops_keys kb;
-        jobops_submit_idem(&c, &kb, &g->keys, call->id, call->model, call->priority, call->payload.data, call->payload.len,
-                           gw_now_ms(), g->cfg.max_queue, call->idem, call->body_hash, g->cfg.result_ttl_s);
-        return rcmd_ok(&c) ? gw_call_send(call, &c, on_idem) : -1;
-    }
-    if (g->cfg.max_queue > 0) { /* check and submit in one script: a burst cannot overshoot the bound */
-        rcmd c;
-        jobops_keys kb;
-        jobops_submit_bounded(&c, &kb, &g->keys, call->id, call->model, call->priority, call->payload.data, call->payload.len,
-                              gw_now_ms(), g->cfg.max_queue);
-        return rcmd_ok(&c) ? gw_call_send(call, &c, on_bounded) : -1;
+        jobops_owner o = {.tenant = who.id,
+                          .max_jobs = who.admin ? 0 : g->auth.key_max_jobs,
+                          .idem_key = call->idem[0] ? call->idem : NULL,
+                          .body_hash = call->body_hash,
+                          .idem_ttl_s = g->cfg.result_ttl_s};
+        jobops_submit_as(&c, &kb, &g->keys, call->id, call->model, call->priority, call->payload.data,
+                         call->payload.len, gw_now_ms(), g->cfg.max_queue, &o);
+        return rcmd_ok(&c) ? gw_call_send(call, &c, on_script) : -1;
     }
     return send_submission(call);
 }

@@ -39,9 +39,11 @@ int gw_parse_request(gw *g, gw_api api, const char *body, size_t len, gw_parsed 
 void gw_reply_bad(http_conn *c, const gw_bad *bad);
 
 /*
- * Submit r as job call->id (r->id and r->model are used as they are).  Calls
+ * Submit r as job call->id (r->id and r->model are used as they are), owned
+ * by the API key of call->req (gateway/auth.h "Tenants").  Calls
  * call->submitted exactly once, asynchronously, unless the call is done
- * first: status 0 = queued; 429 = queue past --max-queue; 503 = Redis down;
+ * first: status 0 = queued; 429 = queue past --max-queue, or the submitting
+ * API key past --key-max-jobs unfinished jobs; 503 = Redis down;
  * 500 = Redis refused.  Returns -1 (and calls nothing) when the request
  * cannot even be encoded or sent right now (the caller answers 503/500).
  */

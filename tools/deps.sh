@@ -13,6 +13,7 @@ DEB_PKGS=(
   jq valgrind
   libboost-context-dev
   libcurl4-openssl-dev
+  libssl-dev
   stunnel4 openssl
 )
 PY_PKGS=(numpy pytest redis openai tokenizers msgpack)
