@@ -187,7 +187,9 @@ static void on_http_log(void *ud, const http_request *req, int status, double se
     const char *route = req->route ? req->route : "(none)";
     metric_inc(metric_get(g->m.requests, route, code), 1);
     metric_observe(metric_get(g->m.duration, route), seconds);
-    log_debug("%s %s → %d (%.1f ms)", req->method_name ? req->method_name : "-", req->path ? req->path : "-", status,
+    /* the path is the client's: bounded here (a request target may be 8 KiB) */
+    log_debug("%s %.*s%s → %d (%.1f ms)", req->method_name ? req->method_name : "-", LOG_FIELD_MAX,
+              req->path ? req->path : "-", req->path && strlen(req->path) > LOG_FIELD_MAX ? "..." : "", status,
               seconds * 1e3);
 }
 
