@@ -60,6 +60,7 @@ def one_round(d, tmp, rnd):
                 assert c.resumes == 0, f"a stream of the patient gateway broke: {c.errors}"
             check_stream(r, c.jid, (text, finish, n))
         assert sum(c.resumes for c in clients[PER_GATEWAY:]) > 0, "no stream outlived the 1 s drain"
+        assert r.xlen("llmq:req:stories") == 0  # every entry deleted with its job's end
         assert patient.proc.wait(60) == 0 and hasty.proc.wait(60) == 0
         assert "drain timeout" in log_text(tmp / "hasty.log")
         assert w.proc.poll() is None and spare.proc.poll() is None, "a process died"

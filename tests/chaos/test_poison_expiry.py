@@ -118,6 +118,7 @@ def one_round(d, tmp, rnd):
                                                         *poison]), dead
         assert all(e["reason"] and e["entry"] for e in dead)
         assert r.xpending(S, "workers")["pending"] == 0
+        assert r.xlen(S) == 0  # good, bad and poison entries alike deleted with their ends
         # and the worker still serves
         jid = post(reqs[0])
         wait_final(r, [jid], 60)

@@ -102,6 +102,7 @@ def one_round(d, tmp, rnd):
             check_stream(r, jid, expect[key(req)])
             assert hs[jid]["state"] == "done"
         assert r.xpending(S, "workers")["pending"] == 0
+        assert r.xlen(S) == 0  # every entry deleted with its job's end
         assert w.proc.poll() is None and gw.proc.poll() is None, "a process died"
         st, _, body = http_req(gw.port, "GET", "/metrics")
         refused_total = sum(1 for o in results if o[2] == 429)
