@@ -8,9 +8,13 @@
 /* The end of a job, in the scripts that end one (cancel_lua, finish_lua):
  * the job leaves its tenant's set of unfinished jobs (<P>tenant:{<t>}:jobs,
  * the per-key limit), and its Idempotency-Key record (hash field `idem`)
- * gets the job's own TTL, so the key never outlives the job it names.  The
- * prefix is read off the job hash's name '<P>job:{<id>}' (no argument to
- * add).  Lua: end_job(job hash, id, ttl s), written out in both scripts
+ * gets the job's own TTL, so the key never outlives the job it names; the
+ * job's tokens (prompt + completion) count towards its tenant's tokens of
+ * the minute it ended in (<P>tenant:{<t>}:tokens:<Unix minute>, kept 3 min:
+ * the per-key tokens-per-minute budget; minutes of Redis's clock, TIME, so
+ * that gateways' and workers' clocks never disagree).  The prefix is read off the job
+ * hash's name '<P>job:{<id>}' (no argument to add).  Lua: end_job(job hash,
+ * id, ttl s, tokens), written out in both scripts
  * (not a macro: each script's text stays one run of string literals, which
  * the tests read from this file). */
 
@@ -19,11 +23,16 @@
  * ARGV[7] (optional) the canceller's tenant: a job another tenant owns is
  * "no such job" (0). */
 static const char cancel_lua[] =
-    "local function end_job(job, id, ttl)\n"
+    "local function end_job(job, id, ttl, tokens)\n"
     "  local own = redis.call('HMGET', job, 'tenant', 'idem')\n"
     "  if own[1] then\n"
-    "    local pfx = string.sub(job, 1, #job - #id - 6)\n"
-    "    redis.call('SREM', pfx .. 'tenant:{' .. own[1] .. '}:jobs', id)\n"
+    "    local t = string.sub(job, 1, #job - #id - 6) .. 'tenant:{' .. own[1] .. '}:'\n"
+    "    redis.call('SREM', t .. 'jobs', id)\n"
+    "    if tokens > 0 then\n"
+    "      local used = t .. 'tokens:' .. string.format('%d', math.floor(redis.call('TIME')[1] / 60))\n"
+    "      redis.call('INCRBY', used, tokens)\n"
+    "      redis.call('EXPIRE', used, 180)\n"
+    "    end\n"
     "  end\n"
     "  if own[2] and tonumber(ttl) > 0 and redis.call('HGET', own[2], 'id') == id then\n"
     "    redis.call('EXPIRE', own[2], ttl)\n"
@@ -41,7 +50,7 @@ static const char cancel_lua[] =
     "  redis.call('XADD', KEYS[2], '*', 'c', ARGV[6])\n"
     "  redis.call('PUBLISH', ARGV[1], ARGV[6])\n"
     "  redis.call('PUBLISH', ARGV[2], ARGV[3])\n"
-    "  end_job(KEYS[1], ARGV[3], ARGV[5])\n"
+    "  end_job(KEYS[1], ARGV[3], ARGV[5], 0)\n"
     "  if tonumber(ARGV[5]) > 0 then\n"
     "    redis.call('EXPIRE', KEYS[1], ARGV[5])\n"
     "    redis.call('EXPIRE', KEYS[2], ARGV[5])\n"
@@ -97,8 +106,8 @@ _Static_assert(KEYS_LANES == 3, "the lane scripts name three lane streams");
  * them all), KEYS[6] (optional) idempotency hash; ARGV[1] model, ARGV[2]
  * created ms, ARGV[3] id, ARGV[4] request, ARGV[5] max queue (0: none),
  * ARGV[6] group, and with KEYS[6]: ARGV[7] body hash, ARGV[8] ttl s;
- * optional ARGV[9] tenant ('' = none) and ARGV[10] its limit of unfinished
- * jobs (0 = none).  lane_waiting: the lag of group g on a lane, or XLEN
+ * optional ARGV[9] tenant ('' = none), ARGV[10] its limit of unfinished
+ * jobs and ARGV[11] its tokens per minute (0 = none).  lane_waiting: the lag of group g on a lane, or XLEN
  * when Redis has none.  The job keys of other ids (an idempotency record's
  * job, a tenant's jobs) are named from the prefix of KEYS[1]. */
 static const char submit_lua[] =
@@ -143,6 +152,17 @@ static const char submit_lua[] =
     "  end\n"
     "  local n = redis.call('SCARD', tset)\n"
     "  if n >= lim then return {4, n} end\n"
+    "end\n"
+    "local tpm = tonumber(ARGV[11] or '0')\n"
+    "if tenant ~= '' and tpm > 0 then\n"
+    "  local clock = redis.call('TIME')\n"
+    "  local now = clock[1] * 1000 + math.floor(clock[2] / 1000)\n"
+    "  local m = math.floor(now / 60000)\n"
+    "  local t = pfx .. 'tenant:{' .. tenant .. '}:tokens:'\n"
+    "  local cur = tonumber(redis.call('GET', t .. string.format('%d', m)) or '0')\n"
+    "  local prev = tonumber(redis.call('GET', t .. string.format('%d', m - 1)) or '0')\n"
+    "  local used = math.floor(cur + prev * (1 - (now % 60000) / 60000))\n"
+    "  if used >= tpm then return {5, used} end\n"
     "end\n"
     "redis.call('HSET', KEYS[1], 'state', 'queued', 'model', ARGV[1], 'created', ARGV[2], 'attempts', '0')\n"
     "if tenant ~= '' then\n"
@@ -235,11 +255,16 @@ static const char chunk_lua[] =
  * finish_reason, ARGV[9] finished ms, ARGV[10] prompt_tokens, ARGV[11]
  * completion_tokens, ARGV[12] error ('' = none), ARGV[13] job id. */
 static const char finish_lua[] =
-    "local function end_job(job, id, ttl)\n"
+    "local function end_job(job, id, ttl, tokens)\n"
     "  local own = redis.call('HMGET', job, 'tenant', 'idem')\n"
     "  if own[1] then\n"
-    "    local pfx = string.sub(job, 1, #job - #id - 6)\n"
-    "    redis.call('SREM', pfx .. 'tenant:{' .. own[1] .. '}:jobs', id)\n"
+    "    local t = string.sub(job, 1, #job - #id - 6) .. 'tenant:{' .. own[1] .. '}:'\n"
+    "    redis.call('SREM', t .. 'jobs', id)\n"
+    "    if tokens > 0 then\n"
+    "      local used = t .. 'tokens:' .. string.format('%d', math.floor(redis.call('TIME')[1] / 60))\n"
+    "      redis.call('INCRBY', used, tokens)\n"
+    "      redis.call('EXPIRE', used, 180)\n"
+    "    end\n"
     "  end\n"
     "  if own[2] and tonumber(ttl) > 0 and redis.call('HGET', own[2], 'id') == id then\n"
     "    redis.call('EXPIRE', own[2], ttl)\n"
@@ -265,7 +290,7 @@ static const char finish_lua[] =
     "           'prompt_tokens', ARGV[10], 'completion_tokens', ARGV[11])\n"
     "if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[12]) end\n"
     "ack_dead()\n"
-    "end_job(KEYS[1], ARGV[13], ARGV[6])\n"
+    "end_job(KEYS[1], ARGV[13], ARGV[6], (tonumber(ARGV[10]) or 0) + (tonumber(ARGV[11]) or 0))\n"
     "if tonumber(ARGV[6]) > 0 then\n"
     "  redis.call('EXPIRE', KEYS[1], ARGV[6])\n"
     "  redis.call('EXPIRE', KEYS[2], ARGV[6])\n"
@@ -375,8 +400,9 @@ void jobops_submit_as(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *
                 o->idem_key ? kb->idem : NULL);
     rcmd_str(c, o->idem_key && o->body_hash ? o->body_hash : ""); /* ARGV[7], ARGV[8] */
     rcmd_fmt(c, "%" PRId64, o->idem_key ? o->idem_ttl_s : 0);
-    rcmd_str(c, tenant); /* ARGV[9], ARGV[10] */
+    rcmd_str(c, tenant); /* ARGV[9], ARGV[10], ARGV[11] */
     rcmd_fmt(c, "%lld", *tenant && o->max_jobs > 0 ? o->max_jobs : 0);
+    rcmd_fmt(c, "%lld", *tenant && o->tokens_per_minute > 0 ? o->tokens_per_minute : 0); /* ARGV[11] */
 }
 
 void jobops_group_create(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model) {

@@ -72,13 +72,15 @@ void jobops_submit_idem(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char
                         int32_t priority, const void *payload, size_t payload_len, int64_t now_ms, long long max_queue,
                         const char *idem_key, const char *body_hash, int64_t ttl_s);
 enum { JOBOPS_SUBMIT_REFUSED = 0, JOBOPS_SUBMIT_DONE = 1, JOBOPS_SUBMIT_REPLAY = 2, JOBOPS_SUBMIT_KEY_REUSED = 3,
-       JOBOPS_SUBMIT_TENANT_FULL = 4 };
+       JOBOPS_SUBMIT_TENANT_FULL = 4, JOBOPS_SUBMIT_TENANT_TOKENS = 5 };
 
 /* Who submits a job, and under which key (jobops_submit_as). */
 typedef struct jobops_owner {
     const char *tenant;          /* the submitting API key's identity (a hash, never the key);
                                   * NULL or "" = none */
     long long max_jobs;          /* the tenant's limit of unfinished (queued or running) jobs; 0 = none */
+    long long tokens_per_minute; /* the tenant's budget of tokens (prompt + completion of the jobs that
+                                  * ended) over the last minute; 0 = none */
     const char *idem_key;        /* the client's Idempotency-Key; NULL = none */
     const char *body_hash;       /* with idem_key: what tells a retry from a reuse */
     int64_t idem_ttl_s;          /* with idem_key: the record's TTL until its job ends (0 = none) */
@@ -94,6 +96,12 @@ typedef struct jobops_owner {
  *    refused: {4, unfinished}.  Members whose job ended without leaving the
  *    set (its hash expired or was deleted) are pruned at that moment, so a
  *    lost job never holds a slot for good;
+ *  - with o->tokens_per_minute > 0, a tenant whose jobs that ended over the
+ *    last minute used that many tokens is refused: {5, used}.  A sliding
+ *    window: this minute's count plus the last minute's, weighted by the
+ *    part of it still inside the window.  Tokens are counted when a job
+ *    ends (the finish script), so jobs running meanwhile may overshoot
+ *    the budget by what they use: --key-max-jobs bounds that;
  *  - the Idempotency-Key record is <P>idem:{<tenant>:<key>}: keys are
  *    namespaced per tenant.  The record names its job in the job hash
  *    (field `idem`) and gets the job's TTL when the job ends; a record whose

@@ -27,7 +27,7 @@
  * Idempotency-Keys are namespaced per tenant.  Admin keys (--admin-key-file,
  * $LLMQ_ADMIN_KEY_FILE, $LLMQ_ADMIN_API_KEYS; the same formats) are keys with
  * the admin role: they see and cancel every job, and the per-key limits
- * (priority range, unfinished jobs) do not apply to them.  With no key
+ * (priority range, unfinished jobs, tokens per minute) do not apply to them.  With no key
  * configured there are no tenants: the id is "" and nothing is scoped.
  */
 #ifndef LLMQ_GW_AUTH_H
@@ -69,6 +69,8 @@ typedef struct gw_auth {
                                   * (the range applies with auth off too) */
     long long key_max_jobs;      /* --key-max-jobs: a key's jobs not yet ended (queued or
                                   * running) before 429; 0 = no limit */
+    long long key_tpm;           /* --key-tokens-per-minute: tokens (prompt + completion) of a key's
+                                  * jobs that ended over the last minute before 429; 0 = no limit */
 } gw_auth;
 
 #define GW_PRIORITY_LO_DEFAULT (-10) /* --priority-range default: the lanes map >0 high, 0, <0 low */

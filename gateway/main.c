@@ -5,6 +5,7 @@
  *                [--max-body-bytes N] [--max-tokens-limit N] [--models a,b] [--prefix P]
  *                [--result-ttl S] [--drain-timeout S] [--request-timeout S] [--max-connections N]
  *                [--queue-timeout S] [--admin-key-file F] [--priority-range LO:HI] [--key-max-jobs N]
+ *                [--key-tokens-per-minute N]
  *                [--redis-password-file F] [--allow-root]
  *
  * One thread, one libev loop.  Shutdown (SIGTERM/SIGINT): stop accepting,
@@ -55,6 +56,8 @@ static void usage(FILE *f) {
             "                         also $LLMQ_ADMIN_KEY_FILE, $LLMQ_ADMIN_API_KEYS\n"
             "  --max-queue N          waiting jobs per model before 429 (default %d; 0 = unbounded)\n"
             "  --key-max-jobs N       unfinished jobs per API key before 429 (default %d; 0 = none)\n"
+            "  --key-tokens-per-minute N  tokens of an API key's jobs that ended over the last minute\n"
+            "                         before 429 (default 0 = none)\n"
             "  --priority-range LO:HI the priorities a request may ask for (default %d:%d; admin keys: any)\n"
             "  --max-body-bytes N     largest request body (default 4194304)\n"
             "  --max-tokens-limit N   largest max_tokens accepted (default 32768; 0 = none)\n"
@@ -263,10 +266,12 @@ int main(int argc, char **argv) {
     g.cfg.max_queue = MAX_QUEUE_DEFAULT;
     const char *admin_key_file = NULL;
     long long prio_lo = GW_PRIORITY_LO_DEFAULT, prio_hi = GW_PRIORITY_HI_DEFAULT, key_max_jobs = GW_KEY_MAX_JOBS_DEFAULT;
+    long long key_tpm = 0;
     log_set_name("gateway");
 
     enum { O_REDIS = 1, O_LISTEN, O_KEYS, O_MAXQ, O_BODY, O_TOKENS, O_MODELS, O_PREFIX, O_TTL, O_DRAIN, O_RPWFILE,
-           O_ROOT, O_REQ_TIMEOUT, O_MAXCONN, O_QUEUE_TIMEOUT, O_ADMIN_KEYS, O_PRIO_RANGE, O_KEY_MAX_JOBS, O_HELP };
+           O_ROOT, O_REQ_TIMEOUT, O_MAXCONN, O_QUEUE_TIMEOUT, O_ADMIN_KEYS, O_PRIO_RANGE, O_KEY_MAX_JOBS,
+           O_KEY_TPM, O_HELP };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},          {"listen", required_argument, 0, O_LISTEN},
         {"api-key-file", required_argument, 0, O_KEYS},    {"max-queue", required_argument, 0, O_MAXQ},
@@ -277,7 +282,7 @@ int main(int argc, char **argv) {
         {"request-timeout", required_argument, 0, O_REQ_TIMEOUT}, {"max-connections", required_argument, 0, O_MAXCONN},
         {"queue-timeout", required_argument, 0, O_QUEUE_TIMEOUT},
         {"admin-key-file", required_argument, 0, O_ADMIN_KEYS}, {"priority-range", required_argument, 0, O_PRIO_RANGE},
-        {"key-max-jobs", required_argument, 0, O_KEY_MAX_JOBS},
+        {"key-max-jobs", required_argument, 0, O_KEY_MAX_JOBS}, {"key-tokens-per-minute", required_argument, 0, O_KEY_TPM},
         {"help", no_argument, 0, O_HELP},                  {0, 0, 0, 0},
     };
     int o;
@@ -307,8 +312,9 @@ int main(int argc, char **argv) {
             break;
         }
         case O_KEY_MAX_JOBS:
-            if (parse_ll(optarg, 0, (long long)1 << 40, &key_max_jobs)) {
-                fprintf(stderr, "llmq-gateway: --key-max-jobs wants a non-negative number, got '%s'\n", optarg);
+        case O_KEY_TPM:
+            if (parse_ll(optarg, 0, (long long)1 << 40, o == O_KEY_TPM ? &key_tpm : &key_max_jobs)) {
+                fprintf(stderr, "llmq-gateway: %s wants a non-negative number, got '%s'\n", argv[optind - 1], optarg);
                 return 2;
             }
             break;
@@ -387,6 +393,7 @@ int main(int argc, char **argv) {
     g.auth.prio_lo = (int)prio_lo;
     g.auth.prio_hi = (int)prio_hi;
     g.auth.key_max_jobs = key_max_jobs;
+    g.auth.key_tpm = key_tpm;
     if (!gw_auth_enabled(&g.auth))
         log_warn("!!! NO API KEYS: every client can submit jobs. Pass --api-key-file (or set LLMQ_API_KEY_FILE / "
                  "LLMQ_API_KEYS) to require 'Authorization: Bearer <key>'. !!!");

@@ -449,7 +449,8 @@ static int send_submission(gw_call *call) {
 
 /* The reply of the submission script (jobops_submit_as): {1, waiting}
  * submitted, {0, waiting} past --max-queue, {4, unfinished} past the key's
- * --key-max-jobs, {2 | 3, first id} an Idempotency-Key seen before. */
+ * --key-max-jobs, {5, tokens} past its --key-tokens-per-minute, {2 | 3,
+ * first id} an Idempotency-Key seen before. */
 static void on_script(redisAsyncContext *ac, void *reply, void *priv) {
     gw_call *call = priv;
     redisReply *r = reply;
@@ -470,6 +471,12 @@ static void on_script(redisAsyncContext *ac, void *reply, void *priv) {
         snprintf(msg, sizeof msg, "this API key has %lld unfinished jobs (limit %lld)",
                  r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1LL,
                  call->g->auth.key_max_jobs);
+        submitted(call, 429, msg);
+    } else if (r->element[0]->integer == JOBOPS_SUBMIT_TENANT_TOKENS) {
+        metric_inc(metric_get(call->g->m.rejected, call->model), 1);
+        char msg[320];
+        snprintf(msg, sizeof msg, "this API key's jobs used %lld tokens over the last minute (limit %lld per minute)",
+                 r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1LL, call->g->auth.key_tpm);
         submitted(call, 429, msg);
     } else if (r->element[0]->integer == JOBOPS_SUBMIT_DONE) {
         metric_inc(metric_get(call->g->m.submitted, call->model), 1);
@@ -512,6 +519,7 @@ int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int
         jobops_keys kb;
         jobops_owner o = {.tenant = who.id,
                           .max_jobs = who.admin ? 0 : g->auth.key_max_jobs,
+                          .tokens_per_minute = who.admin ? 0 : g->auth.key_tpm,
                           .idem_key = call->idem[0] ? call->idem : NULL,
                           .body_hash = call->body_hash,
                           .idem_ttl_s = g->cfg.result_ttl_s};

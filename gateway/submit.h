@@ -43,7 +43,8 @@ void gw_reply_bad(http_conn *c, const gw_bad *bad);
  * by the API key of call->req (gateway/auth.h "Tenants").  Calls
  * call->submitted exactly once, asynchronously, unless the call is done
  * first: status 0 = queued; 429 = queue past --max-queue, or the submitting
- * API key past --key-max-jobs unfinished jobs; 503 = Redis down;
+ * API key past --key-max-jobs unfinished jobs or --key-tokens-per-minute;
+ * 503 = Redis down;
  * 500 = Redis refused.  Returns -1 (and calls nothing) when the request
  * cannot even be encoded or sent right now (the caller answers 503/500).
  */

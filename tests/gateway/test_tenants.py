@@ -1,7 +1,7 @@
 """Tenants (issue 23, items 4, 8 and 9): with API keys a job is its
 submitting key's, Idempotency-Keys are namespaced per key and live no longer
-than the job they name, and a key's priorities and unfinished jobs are
-bounded.  One redis-server and one gateway (keys A and B, an admin key) for
+than the job they name, and a key's priorities, unfinished jobs and tokens
+per minute are bounded.  One redis-server and one gateway (keys A and B, an admin key) for
 the module; every check uses its own jobs."""
 import hashlib
 import json
@@ -15,6 +15,7 @@ from test_jobops_scripts import admit, finish
 
 KEY_A, KEY_B, KEY_ADMIN = "sk-tenant-a-0123456789", "sk-tenant-b-9876543210", "sk-admin-5555"
 LIMIT = 4  # --key-max-jobs of the module's gateway
+TPM = 20  # --key-tokens-per-minute of the module's gateway (finish() below ends a job with 5 + 7 tokens)
 BODY = {"model": "m1", "prompt": "hi", "max_tokens": 2}
 
 
@@ -34,7 +35,8 @@ def fleet(tmp_path_factory):
     (tmp / "keys").write_text(f"{KEY_A}\n{KEY_B}\n")
     (tmp / "admin").write_text(f"# operators\n{KEY_ADMIN}\n")
     gw = Gateway(srv.url, ["--models", "m1,m2", "--api-key-file", str(tmp / "keys"), "--admin-key-file",
-                           str(tmp / "admin"), "--key-max-jobs", str(LIMIT), "--result-ttl", "600"], tmp)
+                           str(tmp / "admin"), "--key-max-jobs", str(LIMIT), "--key-tokens-per-minute", str(TPM),
+                           "--result-ttl", "600"], tmp)
     try:
         yield gw, redis.Redis.from_url(srv.url)
     finally:
@@ -151,6 +153,9 @@ def test_unfinished_jobs_per_key(fleet):
     assert submit(gw, KEY_A, {**BODY, "model": "m2"})[0] == 202
     assert submit(gw, KEY_A, {**BODY, "model": "m2"})[0] == 429
     assert r.scard(f"llmq:tenant:{{{tenant_of(KEY_A)}}}:jobs") == LIMIT
+    for jid in r.smembers(f"llmq:tenant:{{{tenant_of(KEY_A)}}}:jobs"):  # A's slots back for the next tests
+        assert gw.json("DELETE", f"/v1/jobs/{jid.decode()}", headers=hdr(KEY_A))[0] == 200
+    assert r.scard(f"llmq:tenant:{{{tenant_of(KEY_A)}}}:jobs") == 0
 
 
 def test_default_queue_bound(fleet):
@@ -165,3 +170,20 @@ def test_default_queue_bound(fleet):
     st, h, b = submit(gw, KEY_ADMIN, {**BODY, "model": "m2"})
     assert st == 429 and b["error"]["code"] == "queue_full" and h.get("retry-after"), (st, b)
     assert "limit 10000" in b["error"]["message"]
+
+
+def test_tokens_per_minute_per_key(fleet):
+    """The tokens of a key's jobs that ended (prompt + completion, as the
+    worker's final script writes them) over the last minute are bounded."""
+    gw, r = fleet
+    for used in (0, 12):  # below the budget: accepted, and the job runs to its end (12 tokens)
+        st, _, j = submit(gw, KEY_B)
+        assert st == 202, (used, st, j)
+        assert admit(r, j["id"], worker="w0")[0] == 1 and finish(r, j["id"], 1) == 1
+    st, h, b = submit(gw, KEY_B)
+    assert st == 429 and h.get("retry-after") and f"limit {TPM} per minute" in b["error"]["message"], (st, b)
+    # others are not held back: another key, an admin key
+    for key in (KEY_A, KEY_ADMIN):
+        st, _, j = submit(gw, key)
+        assert st == 202
+        gw.request("DELETE", f"/v1/jobs/{j['id']}", headers=hdr(key))
