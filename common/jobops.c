@@ -107,7 +107,10 @@ _Static_assert(KEYS_LANES == 3, "the lane scripts name three lane streams");
  * created ms, ARGV[3] id, ARGV[4] request, ARGV[5] max queue (0: none),
  * ARGV[6] group, and with KEYS[6]: ARGV[7] body hash, ARGV[8] ttl s;
  * optional ARGV[9] tenant ('' = none), ARGV[10] its limit of unfinished
- * jobs and ARGV[11] its tokens per minute (0 = none).  lane_waiting: the lag of group g on a lane, or XLEN
+ * jobs and ARGV[11] its tokens per minute (0 = none).  A tenant at its
+ * limit has its set pruned of ended jobs at most every 10 s (the marker
+ * <P>tenant:{<t>}:jobs:pruned): a key hammering at its limit must not make
+ * every refusal cost Redis a walk over its jobs.  lane_waiting: the lag of group g on a lane, or XLEN
  * when Redis has none.  The job keys of other ids (an idempotency record's
  * job, a tenant's jobs) are named from the prefix of KEYS[1]. */
 static const char submit_lua[] =
@@ -146,9 +149,11 @@ static const char submit_lua[] =
     "local tset = pfx .. 'tenant:{' .. tenant .. '}:jobs'\n"
     "local lim = tonumber(ARGV[10] or '0')\n"
     "if tenant ~= '' and lim > 0 and redis.call('SCARD', tset) >= lim then\n"
-    "  for _, j in ipairs(redis.call('SMEMBERS', tset)) do\n"
-    "    local st = job_state(j)\n"
-    "    if st ~= 'queued' and st ~= 'running' then redis.call('SREM', tset, j) end\n"
+    "  if redis.call('SET', tset .. ':pruned', '1', 'NX', 'EX', '10') then\n"
+    "    for _, j in ipairs(redis.call('SMEMBERS', tset)) do\n"
+    "      local st = job_state(j)\n"
+    "      if st ~= 'queued' and st ~= 'running' then redis.call('SREM', tset, j) end\n"
+    "    end\n"
     "  end\n"
     "  local n = redis.call('SCARD', tset)\n"
     "  if n >= lim then return {4, n} end\n"

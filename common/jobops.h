@@ -94,8 +94,8 @@ typedef struct jobops_owner {
  *    the job (finish, cancel) takes it out again;
  *  - with o->max_jobs > 0, a tenant that has that many unfinished jobs is
  *    refused: {4, unfinished}.  Members whose job ended without leaving the
- *    set (its hash expired or was deleted) are pruned at that moment, so a
- *    lost job never holds a slot for good;
+ *    set (its hash expired or was deleted) are pruned then (at most every
+ *    10 s per tenant), so a lost job never holds a slot for good;
  *  - with o->tokens_per_minute > 0, a tenant whose jobs that ended over the
  *    last minute used that many tokens is refused: {5, used}.  A sliding
  *    window: this minute's count plus the last minute's, weighted by the

@@ -149,7 +149,9 @@ def test_unfinished_jobs_per_key(fleet):
     assert admit(r, ids[1], worker="w0")[0] == 1
     assert finish(r, ids[1], 1) == 1
     r.delete(f"llmq:job:{{{ids[2]}}}")
-    assert submit(gw, KEY_A, {**BODY, "model": "m2"})[0] == 202
+    assert submit(gw, KEY_A, {**BODY, "model": "m2"})[0] == 202  # the finished one's slot
+    assert submit(gw, KEY_A, {**BODY, "model": "m2"})[0] == 429  # the vanished one is reclaimed at most every 10 s
+    r.delete(f"llmq:tenant:{{{tenant_of(KEY_A)}}}:jobs:pruned")  # ... as if 10 s had passed
     assert submit(gw, KEY_A, {**BODY, "model": "m2"})[0] == 202
     assert submit(gw, KEY_A, {**BODY, "model": "m2"})[0] == 429
     assert r.scard(f"llmq:tenant:{{{tenant_of(KEY_A)}}}:jobs") == LIMIT
