@@ -427,8 +427,8 @@ int main(int argc, char **argv) {
     g.m.duration = metrics_histogram(g.reg, "llmq_gateway_http_request_duration_seconds",
                                      "Time from request headers to the end of the response.", "route",
                                      metrics_latency_buckets, metrics_latency_nbuckets);
-    g.m.submitted = metrics_counter(g.reg, "llmq_gateway_jobs_submitted_total", "Jobs written to Redis.", "model");
-    g.m.rejected = metrics_counter(g.reg, "llmq_gateway_queue_full_total", "Submissions refused with 429.", "model");
+    g.m.submitted = metrics_counter(g.reg, "llmq_gateway_jobs_submitted_total", "Jobs written to Redis.", "model_name");
+    g.m.rejected = metrics_counter(g.reg, "llmq_gateway_queue_full_total", "Submissions refused with 429.", "model_name");
     g.m.streams = metric_get(metrics_gauge(g.reg, "llmq_gateway_open_streams", "SSE responses in progress.", NULL));
     g.m.redis_up = metric_get(metrics_gauge(g.reg, "llmq_gateway_redis_up", "1 when both Redis connections are up.", NULL));
     g.m.connections = metric_get(metrics_gauge(g.reg, "llmq_gateway_http_connections", "Open HTTP connections.", NULL));

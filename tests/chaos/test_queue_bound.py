@@ -106,7 +106,7 @@ def one_round(d, tmp, rnd):
         assert w.proc.poll() is None and gw.proc.poll() is None, "a process died"
         st, _, body = http_req(gw.port, "GET", "/metrics")
         refused_total = sum(1 for o in results if o[2] == 429)
-        assert f'llmq_gateway_queue_full_total{{model="stories"}} {refused_total}' in body.decode()
+        assert f'llmq_gateway_queue_full_total{{model_name="stories"}} {refused_total}' in body.decode()
         gw.stop()
         assert gw.proc.returncode == 0
         return refused_total

@@ -68,8 +68,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     g.m.requests = metrics_counter(g.reg, "http_requests_total", "requests", "route,code");
     g.m.duration = metrics_histogram(g.reg, "http_request_duration_seconds", "duration", "route",
                                      metrics_latency_buckets, metrics_latency_nbuckets);
-    g.m.submitted = metrics_counter(g.reg, "jobs_submitted_total", "submitted", "model");
-    g.m.rejected = metrics_counter(g.reg, "queue_full_total", "rejected", "model");
+    g.m.submitted = metrics_counter(g.reg, "jobs_submitted_total", "submitted", "model_name");
+    g.m.rejected = metrics_counter(g.reg, "queue_full_total", "rejected", "model_name");
     g.m.streams = metric_get(metrics_gauge(g.reg, "open_streams", "streams", NULL));
     g.m.redis_up = metric_get(metrics_gauge(g.reg, "redis_up", "up", NULL));
     g.m.connections = metric_get(metrics_gauge(g.reg, "http_connections", "conns", NULL));

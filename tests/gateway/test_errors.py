@@ -136,7 +136,7 @@ def test_queue_bound_429(start_gateway, redis_server):
     r.xreadgroup("workers", "c1", {"llmq:req:m1": ">"}, count=10)
     assert g.request("POST", "/v1/jobs", {"model": "m1", "prompt": "x"})[0] == 202
     _, _, body = g.request("GET", "/metrics")
-    assert 'llmq_gateway_queue_full_total{model="m1"} 2' in body.decode()
+    assert 'llmq_gateway_queue_full_total{model_name="m1"} 2' in body.decode()
 
 
 def test_redis_down_and_back(start_gateway, redis_server, worker):
@@ -225,7 +225,7 @@ def test_metrics_exposition(gateway, worker):
     assert st == 200 and h["content-type"].startswith("text/plain")
     assert '# TYPE llmq_gateway_http_requests_total counter' in text
     assert 'llmq_gateway_http_requests_total{route="/v1/completions",code="200"} 1' in text
-    assert 'llmq_gateway_jobs_submitted_total{model="m1"} 1' in text
+    assert 'llmq_gateway_jobs_submitted_total{model_name="m1"} 1' in text
     assert 'llmq_gateway_http_request_duration_seconds_bucket{route="/v1/completions",le="+Inf"} 1' in text
     assert 'llmq_gateway_redis_up 1' in text
 
