@@ -14,30 +14,33 @@
  * the per-key tokens-per-minute budget; minutes of Redis's clock, TIME, so
  * that gateways' and workers' clocks never disagree).  The prefix is read off the job
  * hash's name '<P>job:{<id>}' (no argument to add).  Lua: end_job(job hash,
- * id, ttl s, tokens), written out in both scripts
- * (not a macro: each script's text stays one run of string literals, which
- * the tests read from this file). */
+ * id, ttl s, tokens), END_JOB_LUA, which both scripts begin with
+ * (tests/gateway/test_jobops_scripts.py reads the scripts, macro included,
+ * from this file). */
+
+#define END_JOB_LUA \
+    "local function end_job(job, id, ttl, tokens)\n" \
+    "  local own = redis.call('HMGET', job, 'tenant', 'idem')\n" \
+    "  if own[1] then\n" \
+    "    local t = string.sub(job, 1, #job - #id - 6) .. 'tenant:{' .. own[1] .. '}:'\n" \
+    "    redis.call('SREM', t .. 'jobs', id)\n" \
+    "    if tokens > 0 then\n" \
+    "      local used = t .. 'tokens:' .. string.format('%d', math.floor(redis.call('TIME')[1] / 60))\n" \
+    "      redis.call('INCRBY', used, tokens)\n" \
+    "      redis.call('EXPIRE', used, 180)\n" \
+    "    end\n" \
+    "  end\n" \
+    "  if own[2] and tonumber(ttl) > 0 and redis.call('HGET', own[2], 'id') == id then\n" \
+    "    redis.call('EXPIRE', own[2], ttl)\n" \
+    "  end\n" \
+    "end\n"
 
 /* KEYS[1] job hash, KEYS[2] output stream; ARGV[1] output channel, ARGV[2]
  * cancel channel, ARGV[3] id, ARGV[4] now ms, ARGV[5] ttl s, ARGV[6] chunk,
  * ARGV[7] (optional) the canceller's tenant: a job another tenant owns is
  * "no such job" (0). */
 static const char cancel_lua[] =
-    "local function end_job(job, id, ttl, tokens)\n"
-    "  local own = redis.call('HMGET', job, 'tenant', 'idem')\n"
-    "  if own[1] then\n"
-    "    local t = string.sub(job, 1, #job - #id - 6) .. 'tenant:{' .. own[1] .. '}:'\n"
-    "    redis.call('SREM', t .. 'jobs', id)\n"
-    "    if tokens > 0 then\n"
-    "      local used = t .. 'tokens:' .. string.format('%d', math.floor(redis.call('TIME')[1] / 60))\n"
-    "      redis.call('INCRBY', used, tokens)\n"
-    "      redis.call('EXPIRE', used, 180)\n"
-    "    end\n"
-    "  end\n"
-    "  if own[2] and tonumber(ttl) > 0 and redis.call('HGET', own[2], 'id') == id then\n"
-    "    redis.call('EXPIRE', own[2], ttl)\n"
-    "  end\n"
-    "end\n"
+    END_JOB_LUA
     "local st = redis.call('HGET', KEYS[1], 'state')\n"
     "if not st then return 0 end\n"
     "if ARGV[7] and ARGV[7] ~= '' then\n"
@@ -260,21 +263,7 @@ static const char chunk_lua[] =
  * finish_reason, ARGV[9] finished ms, ARGV[10] prompt_tokens, ARGV[11]
  * completion_tokens, ARGV[12] error ('' = none), ARGV[13] job id. */
 static const char finish_lua[] =
-    "local function end_job(job, id, ttl, tokens)\n"
-    "  local own = redis.call('HMGET', job, 'tenant', 'idem')\n"
-    "  if own[1] then\n"
-    "    local t = string.sub(job, 1, #job - #id - 6) .. 'tenant:{' .. own[1] .. '}:'\n"
-    "    redis.call('SREM', t .. 'jobs', id)\n"
-    "    if tokens > 0 then\n"
-    "      local used = t .. 'tokens:' .. string.format('%d', math.floor(redis.call('TIME')[1] / 60))\n"
-    "      redis.call('INCRBY', used, tokens)\n"
-    "      redis.call('EXPIRE', used, 180)\n"
-    "    end\n"
-    "  end\n"
-    "  if own[2] and tonumber(ttl) > 0 and redis.call('HGET', own[2], 'id') == id then\n"
-    "    redis.call('EXPIRE', own[2], ttl)\n"
-    "  end\n"
-    "end\n"
+    END_JOB_LUA
     "local h = redis.call('HMGET', KEYS[1], 'state', 'attempts')\n"
     "local function ack_dead()\n"
     "  if ARGV[5] ~= '' then\n"

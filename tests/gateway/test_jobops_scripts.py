@@ -12,8 +12,12 @@ from gwtest import ROOT
 
 def lua(name):
     src = (ROOT / "common" / "jobops.c").read_text()
-    m = re.search(r"static const char %s\[\] =\n((?:\s*\".*\"[;\n])+)" % name, src)
-    body = "".join(ast.literal_eval(line.strip().rstrip(";")) for line in m.group(1).splitlines() if line.strip())
+    # a script is string literals, and macros (#define NAME \ "..." \ ...) of them
+    macros = {d.group(1): "".join(ast.literal_eval(part.strip()) for part in d.group(2).split("\\\n"))
+              for d in re.finditer(r"#define ([A-Z_]+_LUA) \\\n((?:\s*\".*\"(?: \\)?\n)+)", src)}
+    m = re.search(r"static const char %s\[\] =\n((?:\s*(?:\".*\"|[A-Z_]+_LUA)[;\n])+)" % name, src)
+    body = "".join(macros[line.strip()] if line.strip() in macros else ast.literal_eval(line.strip().rstrip(";"))
+                   for line in m.group(1).splitlines() if line.strip())
     assert "redis.call" in body or "redis.pcall" in body
     return body
 
