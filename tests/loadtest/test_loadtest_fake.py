@@ -11,21 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from fake_sse import FakeSSEServer  # noqa: E402
 import lthelp  # noqa: E402
-
-@pytest.fixture
-def fake():
-    servers = []
-
-    def start(**kw):
-        s = FakeSSEServer(**kw).start()
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 def base_args(url, *extra):

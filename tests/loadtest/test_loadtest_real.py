@@ -11,22 +11,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from fake_sse import FakeSSEServer, prompt_tokens  # noqa: E402
+from fake_sse import prompt_tokens  # noqa: E402
 import lthelp  # noqa: E402
-
-
-@pytest.fixture
-def fake():
-    servers = []
-
-    def start(**kw):
-        s = FakeSSEServer(**kw).start()
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
