@@ -149,6 +149,8 @@ spec:
         - {{ int $g.claimIdleMs | quote }}
         - --max-attempts
         - {{ int $g.maxAttempts | quote }}
+        - --lane-burst
+        - {{ int $g.laneBurst | quote }}
         - --drain-timeout
         - {{ int $g.drainTimeoutSeconds | quote }}
         {{- range $g.extraArgs }}
