@@ -2,7 +2,7 @@
  * cmd_queue.c — the queue verbs of `llmq`, thin fronts over libllmq:
  *
  *   llmq submit --redis URL --model NAME --prompt T [--max-tokens N] [--temperature T]
- *               [--seed S] [--prefix P] [--force] [--wait | --stream] [--timeout S]
+ *               [--seed S] [--priority P] [--prefix P] [--force] [--wait | --stream] [--timeout S]
  *   llmq get    --redis URL [--prefix P] ID       JSON of the job (state, text, usage)
  *   llmq stream --redis URL [--prefix P] [--from SEQ] [--timeout MS] ID
  *   llmq cancel --redis URL [--prefix P] ID
@@ -19,8 +19,12 @@
  * the context its workers report; --force submits anyway (a model that
  * scales from zero has no worker until its first job is queued).  With
  * --wait or --stream, --timeout S gives up after S seconds, says so and
- * exits 1; the job stays queued (`llmq cancel ID` drops it).
+ * exits 1; the job stays queued (`llmq cancel ID` drops it).  --priority P
+ * (a 32-bit integer, default 0) picks the job's lane: > 0 high, < 0 low
+ * (common/keys.h).  The gateway's --priority-range does not apply here: the
+ * CLI writes to Redis directly, as an operator.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -42,6 +46,7 @@ typedef struct queue_opts {
     double temperature;          /* submit; NAN = default */
     int has_seed;
     unsigned long long seed;
+    int32_t priority;            /* submit: its lane (common/keys.h); 0 = default */
     int wait, stream;            /* submit: --wait / --stream */
     int force;                   /* submit: even when no live worker serves the model */
     double timeout_s;            /* submit --wait/--stream: give up after this long (0 = never) */
@@ -53,15 +58,29 @@ typedef struct queue_opts {
 static void usage(FILE *f, const char *verb) {
     if (!strcmp(verb, "submit"))
         fprintf(f, "usage: llmq submit --redis URL --model NAME --prompt TEXT [--max-tokens N] [--temperature T]\n"
-                   "                   [--seed S] [--prefix P] [--force] [--wait | --stream] [--timeout S]\n"
+                   "                   [--seed S] [--priority P] [--prefix P] [--force] [--wait | --stream]\n"
+                   "                   [--timeout S]\n"
+                   "  --priority P higher runs first: > 0 the high lane, < 0 the low one (default 0;\n"
+                   "               %d..%d)\n"
                    "  --force      submit even when no live worker serves the model (it scales from zero)\n"
-                   "  --timeout S  with --wait or --stream: give up after S seconds (exit 1; the job stays)\n");
+                   "  --timeout S  with --wait or --stream: give up after S seconds (exit 1; the job stays)\n",
+                INT32_MIN, INT32_MAX);
     else if (!strcmp(verb, "stream"))
         fprintf(f, "usage: llmq stream --redis URL [--prefix P] [--from SEQ] [--timeout MS] ID\n");
     else
         fprintf(f, "usage: llmq %s --redis URL [--prefix P] ID\n", verb);
     fprintf(f, "a Redis password not in the URL: --redis-password-file F, $LLMQ_REDIS_PASSWORD_FILE or "
                "$LLMQ_REDIS_PASSWORD\n");
+}
+
+/* A whole decimal integer in [lo, hi]; 0 ok, -1 otherwise. */
+static int parse_int(const char *s, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
 }
 
 /* Parse argv; 0 ok, 2 usage error (printed), 1 = --help printed. */
@@ -72,7 +91,7 @@ static int parse(int argc, char **argv, queue_opts *o) {
     o->max_tokens = PROTO_UNSET;
     o->temperature = NAN;
     enum { O_REDIS = 1, O_PREFIX, O_MODEL, O_PROMPT, O_MAXT, O_TEMP, O_SEED, O_WAIT, O_STREAM, O_FROM, O_TIMEOUT, O_PWFILE,
-           O_FORCE, O_HELP };
+           O_FORCE, O_PRIORITY, O_HELP };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},   {"prefix", required_argument, 0, O_PREFIX},
         {"model", required_argument, 0, O_MODEL},   {"prompt", required_argument, 0, O_PROMPT},
@@ -81,12 +100,14 @@ static int parse(int argc, char **argv, queue_opts *o) {
         {"stream", no_argument, 0, O_STREAM},       {"from", required_argument, 0, O_FROM},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"help", no_argument, 0, O_HELP},
         {"redis-password-file", required_argument, 0, O_PWFILE}, {"force", no_argument, 0, O_FORCE},
+        {"priority", required_argument, 0, O_PRIORITY},
         {0, 0, 0, 0},
     };
-    int c;
+    int c, li = -1; /* li: the option getopt_long matched, to name it in a message */
     char *end;
+    long long v;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, &li)) != -1) {
         switch (c) {
         case O_REDIS: o->redis = optarg; break;
         case O_PREFIX: o->prefix = optarg; break;
@@ -94,8 +115,16 @@ static int parse(int argc, char **argv, queue_opts *o) {
         case O_MODEL: o->model = optarg; break;
         case O_PROMPT: o->prompt = optarg; break;
         case O_MAXT:
-            o->max_tokens = (int)strtol(optarg, &end, 10);
-            if (*end || o->max_tokens < 1) goto bad;
+            if (parse_int(optarg, 1, INT32_MAX, &v)) goto bad;
+            o->max_tokens = (int)v;
+            break;
+        case O_PRIORITY:
+            if (parse_int(optarg, INT32_MIN, INT32_MAX, &v)) {
+                fprintf(stderr, "llmq %s: --priority wants an integer in %d..%d, got '%s'\n", verb, INT32_MIN,
+                        INT32_MAX, optarg);
+                return 2;
+            }
+            o->priority = (int32_t)v;
             break;
         case O_TEMP:
             o->temperature = strtod(optarg, &end);
@@ -141,8 +170,8 @@ static int parse(int argc, char **argv, queue_opts *o) {
         o->id = argv[optind];
     }
     return 0;
-bad:
-    fprintf(stderr, "llmq %s: bad value '%s' for %s\n", verb, optarg, argv[optind - 1]);
+bad: /* argv[optind - 1] is the value itself when it came as a separate word */
+    fprintf(stderr, "llmq %s: bad value '%s' for --%s\n", verb, optarg, li >= 0 ? opts[li].name : "?");
     return 2;
 }
 
@@ -274,6 +303,7 @@ int cmd_submit(int argc, char **argv) {
     r.temperature = o.temperature;
     r.has_seed = o.has_seed;
     r.seed = o.seed;
+    r.priority = o.priority;
     char id[LLMQ_ID_MAX];
     llmq_err err;
     if (proto_request_validate(&r, &err) != LLMQ_OK) { /* a bad request first, whatever the model */

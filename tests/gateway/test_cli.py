@@ -97,3 +97,31 @@ def test_errors(redis_server, worker):
     assert p.returncode == 1 and "asked to fail" in p.stderr
     p = llmq("stream", "--redis", url, "--timeout", "300", "never-written", check=False)
     assert p.returncode == 1
+
+
+def test_submit_priority_picks_the_lane(redis_server):
+    # docs/protocol.md "Lanes": priority > 0 goes to req:<model>#high, 0 to
+    # req:<model>, < 0 to req:<model>#low
+    url = redis_server.url
+    r = redis.Redis.from_url(url)
+    for prio, stream in ((5, "llmq:req:m1#high"), (0, "llmq:req:m1"), (-3, "llmq:req:m1#low"),
+                         (2147483647, "llmq:req:m1#high")):
+        jid = llmq("submit", "--redis", url, "--model", "m1", "--prompt", "x", "--priority", str(prio),
+                   "--force").stdout.strip()
+        assert [e[1][b"id"] for e in r.xrange(stream)][-1] == jid.encode(), (prio, stream)
+    assert [r.xlen(s) for s in ("llmq:req:m1#high", "llmq:req:m1", "llmq:req:m1#low")] == [2, 1, 1]
+    for bad in ("2147483648", "-2147483649", "1.5", "", "high"):
+        p = llmq("submit", "--redis", url, "--model", "m1", "--prompt", "x", "--priority", bad, "--force",
+                 check=False)
+        assert p.returncode == 2 and "--priority" in p.stderr and f"'{bad}'" in p.stderr, p.stderr
+    assert sum(r.xlen(s) for s in ("llmq:req:m1#high", "llmq:req:m1", "llmq:req:m1#low")) == 4  # nothing more
+
+
+def test_bad_value_names_its_option(redis_server):
+    # it once said "bad value '0' for 0"; a count past int was taken modulo 2^32
+    for args, value in ((["--max-tokens", "0"], "0"), (["--max-tokens=0"], "0"),
+                        (["--max-tokens", "99999999999"], "99999999999"), (["--seed", "x"], "x")):
+        p = llmq("submit", "--redis", redis_server.url, "--model", "m1", "--prompt", "x", "--force", *args,
+                 check=False)
+        assert p.returncode == 2 and f"bad value '{value}' for --{args[0][2:].split('=')[0]}" in p.stderr, p.stderr
+    assert redis.Redis.from_url(redis_server.url).xlen("llmq:req:m1") == 0
