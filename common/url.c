@@ -60,6 +60,37 @@ static llmq_status parse_query(redis_url *u, const char *q, const char *shown, l
     return LLMQ_OK;
 }
 
+/* host[:port] in s[0..end), with [v6] literals; an empty host leaves
+ * host as it is, no port leaves *port. */
+static llmq_status parse_hostport(const char *p, const char *end, char *host, size_t cap, int *port_out,
+                                  const char *shown, llmq_err *err) {
+    const char *hend, *port = NULL;
+    if (p < end && *p == '[') {
+        const char *rb = memchr(p, ']', (size_t)(end - p));
+        if (!rb) return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': unclosed '[' in host", shown);
+        hend = rb;
+        p++;
+        if (rb + 1 < end) {
+            if (rb[1] != ':')
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': expected ':port' after ']'", shown);
+            port = rb + 2;
+        }
+    } else {
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        hend = colon ? colon : end;
+        if (colon) port = colon + 1;
+    }
+    size_t hlen = (size_t)(hend - p);
+    if (hlen >= cap) return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': host too long", shown);
+    if (hlen) {
+        memcpy(host, p, hlen);
+        host[hlen] = '\0';
+    }
+    if (port && parse_num(port, (size_t)(end - port), 1, 65535, port_out) != 0)
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': port must be a number in 1..65535", shown);
+    return LLMQ_OK;
+}
+
 /* The parser proper; `shown` is the redacted URL for messages. */
 static llmq_status parse_url(redis_url *u, const char *url, const char *shown, llmq_err *err) {
     memset(u, 0, sizeof *u);
@@ -86,11 +117,14 @@ static llmq_status parse_url(redis_url *u, const char *url, const char *shown, l
                             "redis URL '%s': TLS (rediss://) is not supported (Debian's hiredis has no TLS): "
                             "reach a TLS Redis through a local TLS proxy, see docs/operations.md (Security)",
                             shown);
-    if (strncmp(url, "redis://", 8) != 0)
+    int sentinel = strncmp(url, "redis-sentinel://", 17) == 0;
+    if (!sentinel && strncmp(url, "redis://", 8) != 0)
         return llmq_err_set(err, LLMQ_ERR_INVALID,
-                            "redis URL '%s': expected redis://[user:password@]host:port/db or unix:///path", shown);
+                            "redis URL '%s': expected redis://[user:password@]host:port/db, "
+                            "redis-sentinel://host:port,host:port/master-name or unix:///path",
+                            shown);
 
-    const char *p = url + 8;
+    const char *p = url + (sentinel ? 17 : 8);
     const char *end = p + strcspn(p, "/?#");
     if (*end == '#') return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': fragments are not allowed", shown);
 
@@ -108,31 +142,50 @@ static llmq_status parse_url(redis_url *u, const char *url, const char *shown, l
         p = at + 1;
     }
 
-    /* host[:port], with [v6] literals. */
-    const char *hend, *port = NULL;
-    if (*p == '[') {
-        const char *rb = memchr(p, ']', (size_t)(end - p));
-        if (!rb) return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': unclosed '[' in host", shown);
-        hend = rb;
-        p++;
-        if (rb + 1 < end) {
-            if (rb[1] != ':')
-                return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': expected ':port' after ']'", shown);
-            port = rb + 2;
+    if (sentinel) {
+        /* h:p,h:p,... up to the path, which names the primary */
+        while (p < end) {
+            const char *e = memchr(p, ',', (size_t)(end - p));
+            if (!e) e = end;
+            if (u->n_sentinels == REDIS_URL_MAX_SENTINELS)
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': at most %d sentinels", shown,
+                                    REDIS_URL_MAX_SENTINELS);
+            redis_url_node *n = &u->sentinel[u->n_sentinels++];
+            n->port = 26379;
+            llmq_status st = parse_hostport(p, e, n->host, sizeof n->host, &n->port, shown, err);
+            if (st) return st;
+            if (!n->host[0])
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': empty sentinel address", shown);
+            p = e < end ? e + 1 : end;
+            if (e < end && p == end)
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': empty sentinel address", shown);
         }
-    } else {
-        const char *colon = memchr(p, ':', (size_t)(end - p));
-        hend = colon ? colon : end;
-        if (colon) port = colon + 1;
+        if (!u->n_sentinels)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': no sentinel address", shown);
+        /* /master-name[/db] */
+        if (*p != '/' || p[1] == '/' || p[1] == '?' || !p[1])
+            return llmq_err_set(err, LLMQ_ERR_INVALID,
+                                "redis URL '%s': expected redis-sentinel://host:port,host:port/master-name[/db]", shown);
+        p++;
+        size_t mlen = strcspn(p, "/?");
+        if (pct_decode(p, mlen, u->master, sizeof u->master) != 0)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': bad master name (too long or bad %%-escape)",
+                                shown);
+        p += mlen;
+        if (*p == '/') {
+            p++;
+            size_t dlen = strcspn(p, "?");
+            if (dlen && parse_num(p, dlen, 0, 1 << 20, &u->db) != 0)
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': database must be a non-negative number",
+                                    shown);
+            p += dlen;
+        }
+        if (*p == '?') return parse_query(u, p + 1, shown, err);
+        return LLMQ_OK;
     }
-    size_t hlen = (size_t)(hend - p);
-    if (hlen >= sizeof u->host) return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': host too long", shown);
-    if (hlen) {
-        memcpy(u->host, p, hlen);
-        u->host[hlen] = '\0';
-    }
-    if (port && parse_num(port, (size_t)(end - port), 1, 65535, &u->port) != 0)
-        return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': port must be a number in 1..65535", shown);
+
+    llmq_status st = parse_hostport(p, end, u->host, sizeof u->host, &u->port, shown, err);
+    if (st) return st;
 
     /* /db and ?db=N */
     p = end;
@@ -231,6 +284,16 @@ const char *redis_url_redact(const char *url, char *buf, size_t cap) {
 const char *redis_url_describe(const redis_url *u, char *buf, size_t cap) {
     const char *pw = u->password[0] ? ":***" : "";
     int creds = u->user[0] || u->password[0];
+    if (u->n_sentinels) {
+        size_t o = (size_t)snprintf(buf, cap, "redis-sentinel://%s%s%s", u->user, pw, creds ? "@" : "");
+        for (int i = 0; i < u->n_sentinels && o < cap; i++) {
+            int v6 = strchr(u->sentinel[i].host, ':') != NULL;
+            o += (size_t)snprintf(buf + o, cap - o, "%s%s%s%s:%d", i ? "," : "", v6 ? "[" : "", u->sentinel[i].host,
+                                  v6 ? "]" : "", u->sentinel[i].port);
+        }
+        if (o < cap) snprintf(buf + o, cap - o, "/%s/%d", u->master, u->db);
+        return buf;
+    }
     if (u->is_unix) {
         char db[24] = "";
         if (u->db) snprintf(db, sizeof db, "?db=%d", u->db);

@@ -4,6 +4,11 @@
  *   redis://[[user]:password@]host[:port][/db]     TCP, port 6379 and db 0 by default
  *   redis://[user:password@][::1]:6379/2           IPv6 literal in brackets
  *   unix:///path/to/redis.sock[?db=N]              Unix socket
+ *   redis-sentinel://[[user]:password@]host[:port],host[:port].../master[/db]
+ *                                                  Redis Sentinel: the primary
+ *       of the set named `master` is asked of these sentinels (port 26379 by
+ *       default) at every connect (common/sentinel.h); the password is the
+ *       data nodes' and is also sent to sentinels that require one.
  *
  * user and password may be percent-encoded ("p%40ss" for "p@ss").  An empty
  * host means 127.0.0.1.  rediss:// (TLS) is refused as unsupported (Debian's
@@ -26,6 +31,13 @@
 
 #include "common/status.h"
 
+#define REDIS_URL_MAX_SENTINELS 8
+
+typedef struct redis_url_node {
+    char host[256];
+    int port;
+} redis_url_node;
+
 typedef struct redis_url {
     int is_unix;          /* 1: path is a Unix socket; 0: host:port */
     char host[256];       /* TCP host name or address (no brackets) */
@@ -34,6 +46,9 @@ typedef struct redis_url {
     char user[128];       /* ACL user name; "" = default user */
     char password[256];   /* "" = no AUTH */
     int db;               /* SELECT index, >= 0 */
+    int n_sentinels;      /* > 0: redis-sentinel://, host/port come from sentinel_locate() */
+    redis_url_node sentinel[REDIS_URL_MAX_SENTINELS];
+    char master[128];     /* the Sentinel master name */
 } redis_url;
 
 /* Parse url into u.  LLMQ_ERR_INVALID with a message naming the bad part,

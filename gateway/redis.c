@@ -17,10 +17,13 @@
 
 #include "common/log.h"
 #include "common/rconn.h"
+#include "common/sentinel.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
+#define BACKOFF_MAX_SENTINEL 0.5 /* a failover is expected to end within ~1 s: follow it fast */
+#define SENTINEL_TIMEOUT_MS 200  /* per sentinel, blocking the loop: only at a (re)connect */
 
 static void connect_cmd(gw_redis *r);
 static void connect_sub(gw_redis *r);
@@ -30,7 +33,8 @@ static void schedule(gw_redis *r, ev_timer *t, double *backoff) {
     ev_timer_stop(r->loop, t);
     ev_timer_set(t, *backoff, 0.);
     ev_timer_start(r->loop, t);
-    *backoff = *backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : *backoff * 2;
+    const double max = r->url.n_sentinels ? BACKOFF_MAX_SENTINEL : BACKOFF_MAX;
+    *backoff = *backoff * 2 > max ? max : *backoff * 2;
 }
 
 /* Forget a lost context (hiredis frees it) and plan the reconnect.  Safe to
@@ -70,9 +74,29 @@ static void on_setup_reply(redisAsyncContext *ac, void *reply, void *priv) {
     if (rep && rep->type == REDIS_REPLY_ERROR) log_error("redis: %s: %s", (const char *)priv, rep->str);
 }
 
+/* ROLE of a sentinel-found primary, the first reply on either connection:
+ * one that is no longer master (sentinels lag a failover) is dropped. */
+static void on_role(redisAsyncContext *ac, void *reply, void *priv) {
+    if (!reply || (ac->c.flags & REDIS_DISCONNECTING)) return;
+    if (!sentinel_role_is_master(reply)) {
+        log_warn("redis: %s:%d is not the primary (ROLE); asking the sentinels again", ac->c.tcp.host,
+                 ac->c.tcp.port);
+        redisAsyncDisconnect(ac);
+    }
+}
+
 static redisAsyncContext *open_ctx(gw_redis *r, int select_db) {
-    redisAsyncContext *ac = r->url.is_unix ? redisAsyncConnectUnix(r->url.path)
-                                           : redisAsyncConnect(r->url.host, r->url.port);
+    redis_url u = r->url;
+    if (u.n_sentinels) {
+        /* blocking, but only at a (re)connect, a few hundred ms at most per
+         * sentinel; hiredis has no async Sentinel client */
+        llmq_err err = {0};
+        if (sentinel_locate(&u, SENTINEL_TIMEOUT_MS, &err) != LLMQ_OK) {
+            log_warn("redis: %s", err.msg);
+            return NULL;
+        }
+    }
+    redisAsyncContext *ac = u.is_unix ? redisAsyncConnectUnix(u.path) : redisAsyncConnect(u.host, u.port);
     if (!ac) return NULL;
     if (ac->err) {
         log_debug("redis: connect: %s", ac->errstr);
@@ -92,6 +116,10 @@ static redisAsyncContext *open_ctx(gw_redis *r, int select_db) {
         rcmd_fmt(&c, "%d", r->url.db);
         redisAsyncCommandArgv(ac, on_setup_reply, (void *)"SELECT", c.argc, c.argv, c.argvlen);
     }
+    if (u.n_sentinels) {
+        static const char *role[] = {"ROLE"};
+        redisAsyncCommandArgv(ac, on_role, NULL, 1, role, NULL);
+    }
     return ac;
 }
 
@@ -100,7 +128,7 @@ static redisAsyncContext *open_ctx(gw_redis *r, int select_db) {
 static void on_ping(redisAsyncContext *ac, void *reply, void *priv) {
     gw_redis *r = ac->data;
     redisReply *rep = reply;
-    if (!rep || ac != r->cmd) return;
+    if (!rep || ac != r->cmd || (ac->c.flags & REDIS_DISCONNECTING)) return;
     if (rep->type == REDIS_REPLY_ERROR) {
         log_error("redis: not usable: %s", rep->str);
         redisAsyncDisconnect(ac);
@@ -138,7 +166,7 @@ static void on_cmd_retry(struct ev_loop *loop, ev_timer *w, int revents) {
 static void on_sub(redisAsyncContext *ac, void *reply, void *priv) {
     gw_redis *r = ac->data;
     redisReply *rep = reply;
-    if (!rep || ac != r->sub) return;
+    if (!rep || ac != r->sub || (ac->c.flags & REDIS_DISCONNECTING)) return;
     if (rep->type == REDIS_REPLY_ERROR) {
         log_error("redis: pub/sub: %s", rep->str);
         redisAsyncDisconnect(ac);
@@ -179,7 +207,12 @@ static void on_sub_retry(struct ev_loop *loop, ev_timer *w, int revents) {
 
 static void on_watch_pong(redisAsyncContext *ac, void *reply, void *priv) {
     gw_redis *r = ac->data;
-    if (reply && ac == r->cmd) r->ping_sent = 0;
+    if (!reply || ac != r->cmd) return;
+    r->ping_sent = 0;
+    /* with Sentinel the watchdog asks ROLE: a primary demoted while we stay
+     * connected (a partition healed) answers "slave"; the next tick drops
+     * both connections (not here: never free a context in its callback) */
+    if (r->url.n_sentinels && !sentinel_role_is_master(reply)) r->demoted = 1;
 }
 
 /* Close ac now, from outside its callbacks: lost() first (it forgets the
@@ -203,6 +236,13 @@ static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents) {
         }
         return;
     }
+    if (r->demoted) {
+        r->demoted = 0;
+        log_warn("redis: the primary was demoted (ROLE); dropping both connections, asking the sentinels");
+        kill_ctx(r, r->cmd, "demoted");
+        kill_ctx(r, r->sub, "demoted");
+        return;
+    }
     if (r->cmd && r->cmd_ready && r->ping_sent > 0 && now - r->ping_sent > GW_REDIS_TIMEOUT) {
         log_warn("redis: no answer for %.0f s; dropping both connections and reconnecting", now - r->ping_sent);
         kill_ctx(r, r->cmd, "no answer");
@@ -214,8 +254,9 @@ static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents) {
     if (r->sub && !r->sub_ready && now - r->sub_since > GW_REDIS_TIMEOUT)
         kill_ctx(r, r->sub, "connect timed out");
     if (r->cmd && r->cmd_ready && r->ping_sent == 0) {
-        static const char *ping[] = {"PING"};
-        if (redisAsyncCommandArgv(r->cmd, on_watch_pong, NULL, 1, ping, NULL) == REDIS_OK) r->ping_sent = now;
+        static const char *ping[] = {"PING"}, *role[] = {"ROLE"};
+        if (redisAsyncCommandArgv(r->cmd, on_watch_pong, NULL, 1, r->url.n_sentinels ? role : ping, NULL) == REDIS_OK)
+            r->ping_sent = now;
     }
 }
 

@@ -23,6 +23,11 @@
  *    GW_REDIS_TIMEOUT seconds closes both connections (callbacks get NULL)
  *    and reconnects.  hiredis' async API has no timeouts of its own, so
  *    without it requests would hang and /readyz would never answer.
+ *  - redis-sentinel:// URLs: every connect asks the sentinels for the
+ *    primary (common/sentinel.h, blocking for at most ~200 ms per sentinel)
+ *    and checks ROLE first; the watchdog asks ROLE instead of PING, so a
+ *    demoted primary is left within a second; reconnect backoff caps at
+ *    0.5 s so that a failover is followed quickly.
  */
 #ifndef LLMQ_GW_REDIS_H
 #define LLMQ_GW_REDIS_H
@@ -61,6 +66,7 @@ typedef struct gw_redis {
     double stop_at;                 /* ev_now of gw_redis_stop: closing waits at most GW_REDIS_TIMEOUT */
     double cmd_backoff, sub_backoff;/* next reconnect delay, s (0.1 .. 5) */
     int stopping;                   /* gw_redis_stop called: no reconnects */
+    int demoted;                    /* the watchdog's ROLE said not master: drop both at the next tick */
     unsigned long reconnects;       /* connection attempts after the first */
 } gw_redis;
 

@@ -131,6 +131,46 @@ static void test_errors(void **state) {
     bad(longhost, LLMQ_ERR_INVALID, "host too long");
 }
 
+/* redis-sentinel://[[user]:password@]h[:p],h[:p]/master[/db] (issue 23). */
+static void test_sentinel(void **state) {
+    (void)state;
+    redis_url u = ok("redis-sentinel://s1:26380,[::1],10.0.0.3/mymaster");
+    assert_false(u.is_unix);
+    assert_int_equal(u.n_sentinels, 3);
+    assert_string_equal(u.sentinel[0].host, "s1");
+    assert_int_equal(u.sentinel[0].port, 26380);
+    assert_string_equal(u.sentinel[1].host, "::1");
+    assert_int_equal(u.sentinel[1].port, 26379);
+    assert_string_equal(u.sentinel[2].host, "10.0.0.3");
+    assert_int_equal(u.sentinel[2].port, 26379);
+    assert_string_equal(u.master, "mymaster");
+    assert_int_equal(u.db, 0);
+    u = ok("redis-sentinel://:p%40ss@h:1/m%2Fx/4");
+    assert_int_equal(u.n_sentinels, 1);
+    assert_string_equal(u.password, "p@ss");
+    assert_string_equal(u.master, "m/x");
+    assert_int_equal(u.db, 4);
+    u = ok("redis-sentinel://bob:pw@h:2/m?db=3");
+    assert_string_equal(u.user, "bob");
+    assert_int_equal(u.db, 3);
+    char buf[512];
+    assert_string_equal(redis_url_describe(&u, buf, sizeof buf), "redis-sentinel://bob:***@h:2/m/3");
+    assert_string_equal(redis_url_redact("redis-sentinel://:pw@a:1,b:2/m", buf, sizeof buf),
+                        "redis-sentinel://:***@a:1,b:2/m");
+    u = ok("redis://h:1/0");
+    assert_int_equal(u.n_sentinels, 0);
+
+    bad("redis-sentinel://h:1", LLMQ_ERR_INVALID, "master-name");
+    bad("redis-sentinel://h:1/", LLMQ_ERR_INVALID, "master-name");
+    bad("redis-sentinel:///m", LLMQ_ERR_INVALID, "no sentinel");
+    bad("redis-sentinel://a:1,,b:2/m", LLMQ_ERR_INVALID, "empty sentinel");
+    bad("redis-sentinel://a:1,/m", LLMQ_ERR_INVALID, "empty sentinel");
+    bad("redis-sentinel://a:0/m", LLMQ_ERR_INVALID, "port");
+    bad("redis-sentinel://a:1/m/x", LLMQ_ERR_INVALID, "database");
+    bad("redis-sentinel://1,2,3,4,5,6,7,8,9/m", LLMQ_ERR_INVALID, "at most 8 sentinels");
+    bad("redis-sentinel://:secret@a:x/m", LLMQ_ERR_INVALID, "***");
+}
+
 /* Messages and redact() never show a password, even of URLs that fail. */
 static void test_redaction(void **state) {
     (void)state;
@@ -229,7 +269,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tcp_forms), cmocka_unit_test(test_userinfo), cmocka_unit_test(test_ipv6),
         cmocka_unit_test(test_unix),      cmocka_unit_test(test_errors),   cmocka_unit_test(test_redaction),
-        cmocka_unit_test(test_credentials),
+        cmocka_unit_test(test_credentials), cmocka_unit_test(test_sentinel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,149 @@
+"""Redis Sentinel failover under the fleet (issue 23): a primary, a replica
+(--replicaof) and three sentinels (redis-server --sentinel) on this machine;
+one llmq-gateway and one llmq-worker given the redis-sentinel:// URL; 30
+streaming clients (half /v1/completions with stream: true, half POST
+/v1/jobs + the job's events); the primary killed with SIGKILL while they
+stream.  The sentinels promote the replica; both processes must ask them
+for the new primary and go on, and every job must end with exactly the
+text of an uninterrupted run (`llmq generate`, chaosutil.baseline), with an
+output stream of seq 0..n-1 without a repeat.  The pause (kill -> both
+/readyz 200 again on the new primary) is printed.
+
+Replication is asynchronous: what the primary had not yet sent to the
+replica is lost with it.  The fencing and resume logic makes this like a
+Redis restart that lost its last writes (test_redis_restart.py): the
+worker takes its pending entries back and resumes each job from what its
+output stream holds.  Budget: ~10-15 s on a loaded 2-core machine, most of
+it the sentinels agreeing (down-after 500 ms) and the 30 streams."""
+import pathlib
+import socket
+import subprocess
+import time
+
+import redis
+
+from chaosutil import Client, baseline, check_stream, connect, job, key, log_text, model_dir, readyz, spec, \
+    stop_all, wait_until
+from llmqtest import BUILD, RedisServer, free_port
+from worker_util import Gateway, Worker
+
+N_JOBS = 30
+MASTER = "llmqm"
+
+
+class Sentinel:
+    """One redis-sentinel (redis-server --sentinel) watching MASTER."""
+
+    def __init__(self, tmp, primary_port, i):
+        self.port = free_port()
+        conf = pathlib.Path(tmp) / f"sentinel{i}.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {tmp}\n"
+            f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {MASTER} 500\n"
+            f"sentinel failover-timeout {MASTER} 3000\n"
+            f"sentinel parallel-syncs {MASTER} 1\n")
+        self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        self.r = redis.Redis(port=self.port, decode_responses=True)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def test_sentinel_failover_under_streams(tmp_path):
+    d = model_dir()
+    t0 = time.monotonic()
+    primary = RedisServer(tmp_path, free_port()).start()
+    rdir = tmp_path / "replica"
+    rdir.mkdir()
+    replica = RedisServer(rdir, free_port(), ["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    rr = connect(replica.url)
+    wait_until(lambda: rr.info("replication").get("master_link_status") == "up", 10, "the replica's link")
+    sentinels = [Sentinel(tmp_path, primary.port, i) for i in range(3)]
+    url = "redis-sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in sentinels) + f"/{MASTER}"
+    w = gw = None
+    clients = []
+    try:
+        # the sentinels must know each other (hello messages every 2 s) and
+        # the replica before the kill, or no failover is authorised
+        wait_until(lambda: all(len(s.r.sentinel_sentinels(MASTER)) == 2 and len(s.r.sentinel_slaves(MASTER)) == 1
+                               for s in sentinels), 15, "the sentinels to discover each other and the replica")
+        wport = free_port()
+        w = Worker(d, url, "stories", tmp_path / "w.log", "--max-num-seqs", 16, "--metrics-port", wport,
+                   "--consumer", "w1")
+        gw = Gateway(url, tmp_path / "gw.log")
+        reqs = [spec(i + 500, max_tokens=(64, 96, 128)) for i in range(N_JOBS)]
+        expect = baseline(d, reqs)
+        clients = [Client(gw.port, "stories", reqs[i], ("jobs", "openai")[i % 2]) for i in range(N_JOBS)]
+        for c in clients:
+            c.start()
+        r = connect(primary.url)
+        wait_until(lambda: r.xinfo_stream("llmq:req:stories")["entries-added"] == N_JOBS, 30, "the submissions")
+        wait_until(lambda: sum(1 for _ in r.scan_iter("llmq:job:*:out", count=1000)) >= 8, 60,
+                   "8 jobs to start streaming")
+        ended_before = sum(job(r, c.jid).get("state") == "done" for c in clients if c.jid)
+        r.close()
+        killed = time.monotonic()
+        primary.proc.kill()
+        primary.proc.wait(10)
+        wait_until(lambda: readyz(gw.port) == 503 or readyz(wport) == 503, 10, "a /readyz to notice")
+        wait_until(lambda: sentinels[0].r.sentinel_get_master_addr_by_name(MASTER)[1] == replica.port, 30,
+                   "the sentinels to promote the replica")
+        promoted = time.monotonic()
+        wait_until(lambda: readyz(gw.port) == 200 and readyz(wport) == 200, 30, "both /readyz 200 on the new primary")
+        pause = time.monotonic() - killed
+        for c in clients:
+            c.join(120)
+        print(f"\nsentinel failover: primary killed -> replica promoted {promoted - killed:.2f} s, "
+              f"-> gateway and worker ready on it {pause:.2f} s")
+        r = connect(replica.url)
+        assert r.info("replication")["role"] == "master"
+        for c in clients:
+            assert not c.is_alive(), f"client of job {c.jid} still waiting"
+            assert c.exc is None, f"client of job {c.jid}: {c.exc!r} (errors: {c.errors})"
+            text, finish, n = expect[key(c.req)]
+            assert c.text == text, f"{c.kind} client of job {c.jid} got a different text ({c.errors})"
+            assert c.finish == finish, (c.jid, c.finish, finish)
+            if c.kind == "jobs" and not c.resumes:
+                assert c.seqs == list(range(len(c.seqs))), (c.jid, c.seqs)
+            check_stream(r, c.jid, (text, finish, n))  # no chunk twice, none missing
+            assert job(r, c.jid)["state"] == "done"
+        assert ended_before < N_JOBS, "the failover came after every job had ended"
+        assert any(int(job(r, c.jid)["attempts"]) >= 2 for c in clients), "no job was running at the failover"
+        assert r.xpending("llmq:req:stories", "workers")["pending"] == 0
+        assert r.xinfo_stream("llmq:req:stories")["entries-added"] == N_JOBS
+        # the CLI (rconn_connect) through the sentinels finds the new primary
+        cli = [str(BUILD / "llmq"), "get", "--redis"]
+        got = subprocess.run(cli + [url, clients[0].jid], capture_output=True, text=True, timeout=30)
+        assert got.returncode == 0 and '"done"' in got.stdout, got.stderr
+        # a sentinel that names a replica (lagging a failover, or a demoted
+        # primary back as a replica) is not followed: ROLE is checked
+        stale_dir = tmp_path / "stale"
+        stale_dir.mkdir()
+        stale = RedisServer(stale_dir, free_port(), ["--replicaof", "127.0.0.1", str(replica.port)]).start()
+        try:
+            sentinels[0].r.sentinel_monitor("stale", "127.0.0.1", stale.port, 1)
+            got = subprocess.run(cli + [f"redis-sentinel://127.0.0.1:{sentinels[0].port}/stale", clients[0].jid],
+                                 capture_output=True, text=True, timeout=30)
+            assert got.returncode != 0 and "not the primary" in got.stderr, (got.returncode, got.stderr)
+        finally:
+            stale.stop()
+        wl, gl = log_text(tmp_path / "w.log"), log_text(tmp_path / "gw.log")
+        assert "redis connection lost" in wl and "redis: reconnected" in wl
+        assert "command connection lost" in gl and gl.count("command connection ready") >= 2
+        assert w.proc.poll() is None and w.term(60) == 0, wl[-2000:]
+        gw.stop()
+        assert gw.proc.returncode == 0, gl[-2000:]
+        print(f"sentinel test total {time.monotonic() - t0:.1f} s")
+    finally:
+        stop_all(*clients, *(x for x in (gw, w) if x), *sentinels, replica, primary)
