@@ -143,6 +143,9 @@ static llmq_status parse_url(redis_url *u, const char *url, const char *shown, l
     }
 
     if (sentinel) {
+        /* no address until sentinel_locate(): a client that ignores
+         * n_sentinels fails to connect rather than reach 127.0.0.1 */
+        u->host[0] = '\0';
         /* h:p,h:p,... up to the path, which names the primary */
         while (p < end) {
             const char *e = memchr(p, ',', (size_t)(end - p));
