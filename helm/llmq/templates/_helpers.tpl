@@ -155,15 +155,22 @@ ScaledObject; the groups then keep fixed replicas and NOTES.txt says why.
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when the external Redis is found through Sentinel. */}}
+{{- define "llmq.redis.sentinel" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.sentinel .Values.redis.external.sentinel.hosts -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
 {{- define "llmq.redis.db" -}}
-{{- if .Values.redis.enabled -}}0{{- else -}}
+{{- if .Values.redis.enabled -}}0{{- else if eq (include "llmq.redis.sentinel" .) "true" -}}
+{{- int .Values.redis.external.sentinel.db -}}
+{{- else -}}
 {{- $d := regexReplaceAll "^rediss?://[^/]+/?([0-9]*)$" .Values.redis.external.url "${1}" -}}
 {{- default "0" $d -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "llmq.redis.tls" -}}
-{{- if and (not .Values.redis.enabled) (hasPrefix "rediss://" .Values.redis.external.url) -}}true{{- else -}}false{{- end -}}
+{{- if and (not .Values.redis.enabled) (hasPrefix "rediss://" .Values.redis.external.url) (ne (include "llmq.redis.sentinel" .) "true") -}}true{{- else -}}false{{- end -}}
 {{- end -}}
 
 {{/* Name and key of the Secret with the Redis password ("" when none). */}}
@@ -202,7 +209,11 @@ hiredis has no TLS): with rediss:// they talk to the pod's TLS proxy on
 127.0.0.1, which carries the connection to the real Redis over TLS.
 */}}
 {{- define "llmq.redis.url" -}}
-{{- if eq (include "llmq.redis.tls" .) "true" -}}
+{{- if eq (include "llmq.redis.sentinel" .) "true" -}}
+{{- with .Values.redis.external.sentinel -}}
+{{- printf "redis-sentinel://%s/%s/%d" (join "," .hosts) .masterName (int .db) -}}
+{{- end -}}
+{{- else if eq (include "llmq.redis.tls" .) "true" -}}
 {{- printf "redis://127.0.0.1:%d/%s" (include "llmq.redis.tlsProxyPort" . | int) (include "llmq.redis.db" .) -}}
 {{- else -}}
 {{- printf "redis://%s:%s/%s" (include "llmq.redis.host" .) (include "llmq.redis.port" .) (include "llmq.redis.db" .) -}}
