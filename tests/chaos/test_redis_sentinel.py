@@ -136,6 +136,20 @@ def test_sentinel_failover_under_streams(tmp_path):
             got = subprocess.run(cli + [f"redis-sentinel://127.0.0.1:{sentinels[0].port}/stale", clients[0].jid],
                                  capture_output=True, text=True, timeout=30)
             assert got.returncode != 0 and "not the primary" in got.stderr, (got.returncode, got.stderr)
+            # the gateway too: never ready on a replica (ROLE is its first reply)
+            gport = free_port()
+            with open(tmp_path / "gw-stale.log", "w") as glog:
+                g2 = subprocess.Popen([str(BUILD / "llmq-gateway"), "--redis",
+                                       f"redis-sentinel://127.0.0.1:{sentinels[0].port}/stale", "--listen",
+                                       f"127.0.0.1:{gport}", "--models", "stories"], stdout=glog,
+                                      stderr=subprocess.STDOUT)
+            try:
+                wait_until(lambda: "is not the primary" in log_text(tmp_path / "gw-stale.log"), 10,
+                           "the gateway to refuse a replica")
+                assert readyz(gport) == 503
+            finally:
+                g2.terminate()
+                assert g2.wait(10) == 0, log_text(tmp_path / "gw-stale.log")[-2000:]
         finally:
             stale.stop()
         wl, gl = log_text(tmp_path / "w.log"), log_text(tmp_path / "gw.log")
