@@ -97,7 +97,9 @@ typedef struct jobops_owner {
  *    set (its hash expired or was deleted) are pruned then (at most every
  *    10 s per tenant), so a lost job never holds a slot for good;
  *  - with o->tokens_per_minute > 0, a tenant whose jobs that ended over the
- *    last minute used that many tokens is refused: {5, used}.  A sliding
+ *    last minute used that many tokens is refused: {5, used, wait_ms}, wait_ms
+ *    the time until the count falls below the budget (no job of the tenant
+ *    ending meanwhile), on Redis's clock.  A sliding
  *    window: this minute's count plus the last minute's, weighted by the
  *    part of it still inside the window.  Tokens are counted when a job
  *    ends (the finish script), so jobs running meanwhile may overshoot

@@ -112,13 +112,11 @@ void gw_reply_json(http_conn *c, int status, json_t *v, const char *extra_header
     free(s);
 }
 
-void gw_reply_error(http_conn *c, int status, const char *type, const char *param, const char *code,
-                    const char *fmt, ...) {
+__attribute__((format(printf, 7, 0))) static void reply_error_v(http_conn *c, int status, int retry_after_s,
+                                                                 const char *type, const char *param,
+                                                                 const char *code, const char *fmt, va_list ap) {
     char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
     int n = vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     /* messages quote what the client sent (a path, a model name): bytes that
      * need not be UTF-8, and a cut that may fall inside a character.  Drop a
      * character the cut split, replace what is not UTF-8 (json_pack's "s"
@@ -131,10 +129,26 @@ void gw_reply_error(http_conn *c, int status, const char *type, const char *para
     json_t *e = json_pack("{s:{s:o, s:s, s:o, s:o}}", "error", "message", gw_json_text(msg, len), "type",
                           type ? type : "invalid_request_error",
                           "param", param ? json_string(param) : json_null(), "code", code ? json_string(code) : json_null());
-    const char *extra = NULL;
-    if (status == 401) extra = "WWW-Authenticate: Bearer\r\n";
-    else if (status == 429 || status == 503) extra = "Retry-After: 1\r\n";
-    gw_reply_json(c, status, e, extra);
+    char extra[64] = "";
+    if (status == 401) snprintf(extra, sizeof extra, "WWW-Authenticate: Bearer\r\n");
+    else if (status == 429 || status == 503) snprintf(extra, sizeof extra, "Retry-After: %d\r\n", retry_after_s);
+    gw_reply_json(c, status, e, extra[0] ? extra : NULL);
+}
+
+void gw_reply_error(http_conn *c, int status, const char *type, const char *param, const char *code,
+                    const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    reply_error_v(c, status, 1, type, param, code, fmt, ap);
+    va_end(ap);
+}
+
+void gw_reply_error_after(http_conn *c, int status, int retry_after_s, const char *type, const char *param,
+                          const char *code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    reply_error_v(c, status, retry_after_s > 0 ? retry_after_s : 1, type, param, code, fmt, ap);
+    va_end(ap);
 }
 
 void gw_reply_redis_down(http_conn *c) {

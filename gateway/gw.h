@@ -122,6 +122,8 @@ struct gw_call {
     char idem[PROTO_MAX_ID_LEN + 1]; /* Idempotency-Key ("" = none) */
     char body_hash[17];          /* hex FNV-1a 64 of the HTTP body, with idem */
     int replayed;                /* the key named an earlier job: call->id is that job */
+    const char *refused_code;    /* a 429's error code: queue_full, key_limit (gw_reply_refused) */
+    int retry_after_s;           /* a 429's Retry-After, seconds */
     void (*submitted)(gw_call *, int status, const char *msg); /* 0 = queued, else an HTTP status */
 };
 
@@ -140,6 +142,9 @@ int gw_call_send(gw_call *call, const rcmd *c, redisCallbackFn *cb);
 /* OpenAI error shape {"error":{"message","type","param","code"}}. */
 void gw_reply_error(http_conn *c, int status, const char *type, const char *param, const char *code,
                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* As gw_reply_error, with Retry-After: retry_after_s (a 429 or 503 has 1 s otherwise). */
+void gw_reply_error_after(http_conn *c, int status, int retry_after_s, const char *type, const char *param,
+                          const char *code, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
 /* Reply with a JSON value (stolen: it is decref'd). */
 void gw_reply_json(http_conn *c, int status, json_t *v, const char *extra_headers);
 /* The usual 503 while Redis is unreachable. */

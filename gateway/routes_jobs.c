@@ -87,7 +87,7 @@ out:
 
 static void on_job_submitted(gw_call *call, int status, const char *msg) {
     http_conn *c = call->conn;
-    if (status == 429) gw_reply_error(c, 429, "rate_limit_error", NULL, "queue_full", "queue full: %s; retry later", msg);
+    if (status == 429) gw_reply_refused(call, msg);
     else if (status == 409) gw_reply_error(c, 409, "invalid_request_error", "Idempotency-Key", "idempotency_key_reused",
                                            "%s", msg);
     else if (status == 503) gw_reply_redis_down(c);

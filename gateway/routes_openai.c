@@ -320,7 +320,7 @@ static void on_queue_timeout(struct ev_loop *loop, ev_timer *w, int revents) {
 static void on_submitted(gw_call *call, int status, const char *msg) {
     oai_call *oc = (oai_call *)call;
     if (status == 429) {
-        gw_reply_error(call->conn, 429, "rate_limit_error", NULL, "queue_full", "queue full: %s; retry later", msg);
+        gw_reply_refused(call, msg);
         return oai_finish(oc);
     }
     if (status == 503) {

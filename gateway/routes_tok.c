@@ -59,7 +59,7 @@ static void on_answer(void *ud, const proto_chunk *c) {
 
 static void on_submitted(gw_call *call, int status, const char *msg) {
     if (status == 429) {
-        gw_reply_error(call->conn, 429, "rate_limit_error", NULL, "queue_full", "queue full: %s; retry later", msg);
+        gw_reply_refused(call, msg);
         return gw_call_finish(call);
     }
     if (status == 503) {

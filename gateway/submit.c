@@ -335,6 +335,10 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
         return -1;
     if (get_bool(o, "ignore_eos", &b, bad) < 0) return -1;
     if (field(o, "ignore_eos")) r->ignore_eos = b;
+    /* vLLM's extra parameter on completions and chat: absent, the worker's
+     * default (BOS for a prompt, none for messages, whose template holds it) */
+    if ((rc = get_bool(o, "add_special_tokens", &b, bad)) < 0) return -1;
+    if (rc > 0) r->add_special_tokens = b;
     /* priority within --priority-range, except for admin keys (auth.h): the
      * lanes and the scheduler trust it, so a client may not buy its way
      * ahead of every other with INT32_MAX */
@@ -449,8 +453,9 @@ static int send_submission(gw_call *call) {
 
 /* The reply of the submission script (jobops_submit_as): {1, waiting}
  * submitted, {0, waiting} past --max-queue, {4, unfinished} past the key's
- * --key-max-jobs, {5, tokens} past its --key-tokens-per-minute, {2 | 3,
- * first id} an Idempotency-Key seen before. */
+ * --key-max-jobs, {5, tokens, wait ms} past its --key-tokens-per-minute,
+ * {2 | 3, first id} an Idempotency-Key seen before.  A 429 leaves its code
+ * and Retry-After in the call (gw_reply_refused). */
 static void on_script(redisAsyncContext *ac, void *reply, void *priv) {
     gw_call *call = priv;
     redisReply *r = reply;
@@ -460,6 +465,8 @@ static void on_script(redisAsyncContext *ac, void *reply, void *priv) {
         submitted(call, 500, "unexpected reply to the submission");
     else if (r->element[0]->integer == JOBOPS_SUBMIT_REFUSED) {
         metric_inc(metric_get(call->g->m.rejected, call->model), 1);
+        call->refused_code = "queue_full";
+        call->retry_after_s = 1;
         char msg[320];
         snprintf(msg, sizeof msg, "%lld jobs are waiting for model '%s' (limit %lld)",
                  r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1LL, call->model,
@@ -467,6 +474,8 @@ static void on_script(redisAsyncContext *ac, void *reply, void *priv) {
         submitted(call, 429, msg);
     } else if (r->element[0]->integer == JOBOPS_SUBMIT_TENANT_FULL) {
         metric_inc(metric_get(call->g->m.rejected, call->model), 1);
+        call->refused_code = "key_limit";
+        call->retry_after_s = 1; /* a slot frees when one of its jobs ends: no telling when */
         char msg[320];
         snprintf(msg, sizeof msg, "this API key has %lld unfinished jobs (limit %lld)",
                  r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1LL,
@@ -474,6 +483,11 @@ static void on_script(redisAsyncContext *ac, void *reply, void *priv) {
         submitted(call, 429, msg);
     } else if (r->element[0]->integer == JOBOPS_SUBMIT_TENANT_TOKENS) {
         metric_inc(metric_get(call->g->m.rejected, call->model), 1);
+        call->refused_code = "key_limit";
+        /* whole seconds past the script's wait, so that a retry on time is
+         * accepted (the wait is where the count is still at the budget) */
+        long long wait_ms = r->elements > 2 && r->element[2]->type == REDIS_REPLY_INTEGER ? r->element[2]->integer : 0;
+        call->retry_after_s = wait_ms >= 0 && wait_ms < 120000 ? (int)(wait_ms / 1000) + 1 : 1;
         char msg[320];
         snprintf(msg, sizeof msg, "this API key's jobs used %lld tokens over the last minute (limit %lld per minute)",
                  r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1LL, call->g->auth.key_tpm);
@@ -496,6 +510,16 @@ static void on_script(redisAsyncContext *ac, void *reply, void *priv) {
         submitted(call, 500, "unexpected reply to the submission");
     }
     gw_call_unref(call);
+}
+
+void gw_reply_refused(gw_call *call, const char *msg) {
+    const char *code = call->refused_code ? call->refused_code : "queue_full";
+    if (!strcmp(code, "queue_full"))
+        gw_reply_error_after(call->conn, 429, call->retry_after_s, "rate_limit_error", NULL, code,
+                             "queue full: %s; retry later", msg);
+    else
+        gw_reply_error_after(call->conn, 429, call->retry_after_s, "rate_limit_error", NULL, code,
+                             "%s; retry in %d s", msg, call->retry_after_s > 0 ? call->retry_after_s : 1);
 }
 
 int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int status, const char *msg)) {

@@ -50,4 +50,10 @@ void gw_reply_bad(http_conn *c, const gw_bad *bad);
  */
 int gw_submit(gw_call *call, const proto_request *r, void (*submitted)(gw_call *, int status, const char *msg));
 
+/* Answer a submission refused with 429 (msg: what `submitted` got): code
+ * queue_full past the model's --max-queue, key_limit past a per-key limit
+ * (--key-max-jobs, --key-tokens-per-minute), with the Retry-After the
+ * refusal computed (for tokens per minute: when the key's budget frees). */
+void gw_reply_refused(gw_call *call, const char *msg);
+
 #endif

@@ -177,3 +177,30 @@ def test_tokenize_detokenize(fleet):
     c.request("GET", "/tokenize")
     assert c.getresponse().status == 405
     c.close()
+
+
+def test_add_special_tokens_reaches_the_worker(fleet):
+    """vLLM's `add_special_tokens` on completions and chat (docs/protocol.md,
+    the request's field): the prompt is encoded with or without BOS, as the
+    usage's prompt_tokens shows; absent, the defaults (BOS for a prompt, none
+    for messages)."""
+    client, ref = fleet["client"], fleet["refs"][0]
+    n = len(ref["prompt_ids"])  # Hugging Face's encoding, with the BOS
+    for extra, want in (({}, n), ({"add_special_tokens": False}, n - 1), ({"add_special_tokens": True}, n)):
+        r = client.completions.create(model="stories", prompt=ref["prompt"], max_tokens=1, temperature=0,
+                                      extra_body=extra)
+        assert r.usage.prompt_tokens == want, extra
+    from tokenizers import Tokenizer
+    tk = Tokenizer.from_file(str(fleet["dir"] / "tokenizer.json"))
+    text = "<|im_start|>user\nOnce upon a time<|im_end|>\n<|im_start|>assistant\n"  # chatml, the default template
+    msgs = [{"role": "user", "content": "Once upon a time"}]
+    for extra, bos in (({}, False), ({"add_special_tokens": True}, True), ({"add_special_tokens": False}, False)):
+        r = client.chat.completions.create(model="stories", messages=msgs, max_tokens=1, temperature=0,
+                                           extra_body=extra)
+        assert r.usage.prompt_tokens == len(tk.encode(text, add_special_tokens=bos).ids), extra
+    # the job API takes it too; a value that is not a boolean is refused
+    st, body = post(fleet["gw"], "/v1/jobs", {"model": "stories", "prompt": ref["prompt"], "max_tokens": 1,
+                                              "add_special_tokens": False})
+    assert st == 202 and wait_state(fleet["r"], body["id"])["prompt_tokens"] == str(n - 1)
+    st, body = post(fleet["gw"], "/v1/completions", {"model": "stories", "prompt": "x", "add_special_tokens": 1})
+    assert st == 400 and body["error"]["param"] == "add_special_tokens"

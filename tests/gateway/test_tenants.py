@@ -38,6 +38,7 @@ def fleet(tmp_path_factory):
                            str(tmp / "admin"), "--key-max-jobs", str(LIMIT), "--key-tokens-per-minute", str(TPM),
                            "--result-ttl", "600"], tmp)
     try:
+        gw.wait_ready()  # connected to Redis: a submission before that is a 503
         yield gw, redis.Redis.from_url(srv.url)
     finally:
         gw.stop()
@@ -134,6 +135,7 @@ def test_unfinished_jobs_per_key(fleet):
         ids.append(j["id"])
     st, h, b = submit(gw, KEY_A, {**BODY, "model": "m2"})
     assert st == 429 and h.get("retry-after") and f"limit {LIMIT}" in b["error"]["message"], (st, h, b)
+    assert b["error"]["code"] == "key_limit" and b["error"]["type"] == "rate_limit_error"  # not the model's queue_full
     assert r.xlen("llmq:req:m2") == LIMIT  # nothing written for the refused one
     # another key, and an admin key, are not held back by A's jobs
     st, _, jb = submit(gw, KEY_B, {**BODY, "model": "m2"})
@@ -174,6 +176,25 @@ def test_default_queue_bound(fleet):
     assert "limit 10000" in b["error"]["message"]
 
 
+def window_wait(r, key):
+    """Whole seconds from now until the key's count over the last minute is
+    below TPM, no job ending meanwhile: docs/protocol.md "Tenants" (this
+    minute's count plus the previous minute's weighted by the part of it still
+    in the window, on Redis's clock), stepped second by second."""
+    sec, usec = r.time()
+    now = sec * 1000 + usec // 1000
+    prefix = f"llmq:tenant:{{{tenant_of(key)}}}:tokens:"
+    counts = {m: int(r.get(f"{prefix}{m}") or 0) for m in (now // 60000 - 1, now // 60000)}
+
+    def used(ms):
+        m = ms // 60000
+        return counts.get(m, 0) + counts.get(m - 1, 0) * (1 - ms % 60000 / 60000)
+    s = 1
+    while used(now + s * 1000) >= TPM:
+        s += 1
+    return s
+
+
 def test_tokens_per_minute_per_key(fleet):
     """The tokens of a key's jobs that ended (prompt + completion, as the
     worker's final script writes them) over the last minute are bounded."""
@@ -184,6 +205,14 @@ def test_tokens_per_minute_per_key(fleet):
         assert admit(r, j["id"], worker="w0")[0] == 1 and finish(r, j["id"], 1) == 1
     st, h, b = submit(gw, KEY_B)
     assert st == 429 and h.get("retry-after") and f"limit {TPM} per minute" in b["error"]["message"], (st, b)
+    # its own code, and Retry-After the time until the window frees the budget (seconds to
+    # the next minute of Redis's clock, and on while the minute that ends still weighs)
+    want = window_wait(r, KEY_B)
+    assert b["error"]["code"] == "key_limit" and abs(int(h["retry-after"]) - want) <= 1, (h, b, want)
+    assert want > 1 and f"retry in {h['retry-after']} s" in b["error"]["message"]
+    st, h, b = gw.request("POST", "/v1/completions", BODY, headers=hdr(KEY_B))  # the OpenAI routes: the same
+    b = json.loads(b)
+    assert st == 429 and b["error"]["code"] == "key_limit" and abs(int(h["retry-after"]) - want) <= 1, (st, h, b)
     # others are not held back: another key, an admin key
     for key in (KEY_A, KEY_ADMIN):
         st, _, j = submit(gw, key)
