@@ -39,6 +39,10 @@ static int pct_decode(const char *s, size_t n, char *out, size_t cap) {
     return 0;
 }
 
+/* Sentinel host names (and IPv6 literals) and master names: nothing that
+ * would need escaping in a URL, a log line or a redis command. */
+#define NAME_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+
 /* Parse a decimal in [lo, hi] from s[0..n). */
 static int parse_num(const char *s, size_t n, long lo, long hi, int *out) {
     if (n == 0 || n > 9) return -1;
@@ -159,6 +163,8 @@ static llmq_status parse_url(redis_url *u, const char *url, const char *shown, l
             if (st) return st;
             if (!n->host[0])
                 return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': empty sentinel address", shown);
+            if (strspn(n->host, NAME_CHARS) < strlen(n->host))
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': bad sentinel host '%s'", shown, n->host);
             p = e < end ? e + 1 : end;
             if (e < end && p == end)
                 return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': empty sentinel address", shown);
@@ -171,9 +177,12 @@ static llmq_status parse_url(redis_url *u, const char *url, const char *shown, l
                                 "redis URL '%s': expected redis-sentinel://host:port,host:port/master-name[/db]", shown);
         p++;
         size_t mlen = strcspn(p, "/?");
-        if (pct_decode(p, mlen, u->master, sizeof u->master) != 0)
-            return llmq_err_set(err, LLMQ_ERR_INVALID, "redis URL '%s': bad master name (too long or bad %%-escape)",
-                                shown);
+        if (mlen >= sizeof u->master || strspn(p, NAME_CHARS) < mlen)
+            return llmq_err_set(err, LLMQ_ERR_INVALID,
+                                "redis URL '%s': the master name must be 1 to %zu of A-Z a-z 0-9 . _ : -", shown,
+                                sizeof u->master - 1);
+        memcpy(u->master, p, mlen);
+        u->master[mlen] = '\0';
         p += mlen;
         if (*p == '/') {
             p++;

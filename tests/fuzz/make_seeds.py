@@ -138,6 +138,8 @@ def url():
         "unix:///tmp/r.sock", "rediss://host:6380", "redis://host:0", "redis://host:65536",
         "redis://[::1", "redis://h/1#frag", "redis://a:b:c@d@e:1/2", "redis://h:6379/-1", "redis://%zz@h",
         "redis://u:%00@h", "http://example.com", "", "redis://" + "h" * 300,
+        "redis-sentinel://:pw@s1:26379,[::1]:26380,s3/mymaster/2", "redis-sentinel://a,,b/m",
+        "redis-sentinel://h:1/m?db=1",
     ]):
         put("url", "url%02d" % i, u)
 

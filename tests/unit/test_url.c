@@ -145,10 +145,10 @@ static void test_sentinel(void **state) {
     assert_int_equal(u.sentinel[2].port, 26379);
     assert_string_equal(u.master, "mymaster");
     assert_int_equal(u.db, 0);
-    u = ok("redis-sentinel://:p%40ss@h:1/m%2Fx/4");
+    u = ok("redis-sentinel://:p%40ss@h:1/my-primary.1/4");
     assert_int_equal(u.n_sentinels, 1);
     assert_string_equal(u.password, "p@ss");
-    assert_string_equal(u.master, "m/x");
+    assert_string_equal(u.master, "my-primary.1");
     assert_int_equal(u.db, 4);
     u = ok("redis-sentinel://bob:pw@h:2/m?db=3");
     assert_string_equal(u.user, "bob");
@@ -169,6 +169,9 @@ static void test_sentinel(void **state) {
     bad("redis-sentinel://a:1/m/x", LLMQ_ERR_INVALID, "database");
     bad("redis-sentinel://1,2,3,4,5,6,7,8,9/m", LLMQ_ERR_INVALID, "at most 8 sentinels");
     bad("redis-sentinel://:secret@a:x/m", LLMQ_ERR_INVALID, "***");
+    bad("redis-sentinel://a:1/m%2Fx", LLMQ_ERR_INVALID, "master name");
+    bad("redis-sentinel://a:1/m*", LLMQ_ERR_INVALID, "master name");
+    bad("redis-sentinel://a*b:1/m", LLMQ_ERR_INVALID, "bad sentinel host");
 }
 
 /* Messages and redact() never show a password, even of URLs that fail. */
