@@ -74,16 +74,16 @@ def test_sentinel_failover_under_streams(tmp_path):
     w = gw = None
     clients = []
     try:
-        # the sentinels must know each other (hello messages every 2 s) and
-        # the replica before the kill, or no failover is authorised
-        wait_until(lambda: all(len(s.r.sentinel_sentinels(MASTER)) == 2 and len(s.r.sentinel_slaves(MASTER)) == 1
-                               for s in sentinels), 15, "the sentinels to discover each other and the replica")
         wport = free_port()
         w = Worker(d, url, "stories", tmp_path / "w.log", "--max-num-seqs", 16, "--metrics-port", wport,
                    "--consumer", "w1")
         gw = Gateway(url, tmp_path / "gw.log")
         reqs = [spec(i + 500, max_tokens=(64, 96, 128)) for i in range(N_JOBS)]
         expect = baseline(d, reqs)
+        # the sentinels must know each other (hello messages every 2 s) and
+        # the replica before the kill, or no failover is authorised
+        wait_until(lambda: all(len(s.r.sentinel_sentinels(MASTER)) == 2 and len(s.r.sentinel_slaves(MASTER)) == 1
+                               for s in sentinels), 15, "the sentinels to discover each other and the replica")
         clients = [Client(gw.port, "stories", reqs[i], ("jobs", "openai")[i % 2]) for i in range(N_JOBS)]
         for c in clients:
             c.start()
