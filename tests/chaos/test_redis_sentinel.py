@@ -23,7 +23,7 @@ import time
 import redis
 
 from chaosutil import Client, baseline, check_stream, connect, job, key, log_text, model_dir, readyz, spec, \
-    stop_all, wait_until
+    stop_all, wait_final, wait_until
 from llmqtest import BUILD, RedisServer, free_port
 from worker_util import Gateway, Worker
 
@@ -108,6 +108,10 @@ def test_sentinel_failover_under_streams(tmp_path):
               f"-> gateway and worker ready on it {pause:.2f} s")
         r = connect(replica.url)
         assert r.info("replication")["role"] == "master"
+        # a client may have had its last chunk live from the old primary
+        # before the kill, and that write be lost with it: the worker then
+        # resumes the job on the new primary and writes it again
+        wait_final(r, [c.jid for c in clients], 60)
         for c in clients:
             assert not c.is_alive(), f"client of job {c.jid} still waiting"
             assert c.exc is None, f"client of job {c.jid}: {c.exc!r} (errors: {c.errors})"
