@@ -193,7 +193,10 @@ static llmq_status reconnect(service *sv, volatile sig_atomic_t *stop, llmq_err 
         for (int waited = 0; waited < delay && !*stop; waited += 50) {
             usleep(50000);
         }
-        delay = delay * 2 > 5000 ? 5000 : delay * 2;
+        /* behind Sentinel a new primary is usually there within seconds: ask
+         * again sooner (the gateway caps its backoff the same way) */
+        int cap = sv->url.n_sentinels > 0 ? 500 : 5000;
+        delay = delay * 2 > cap ? cap : delay * 2;
     }
 }
 
