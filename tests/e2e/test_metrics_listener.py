@@ -5,6 +5,8 @@ a completion (they once stalled the step loop 100 ms each), /metrics and
 --metrics-addr says otherwise."""
 import http.client
 import json
+import os
+import resource
 import socket
 import subprocess
 import threading
@@ -115,3 +117,48 @@ def test_metrics_addr(redis_server, stories, tmp_path):
             assert listen_addrs(port) == [want]
         finally:
             w.stop()
+
+
+def cpu_s(pid):
+    """User + system CPU seconds of a process, all threads (/proc/PID/stat)."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_the_listener_rests(redis_server, stories, tmp_path):
+    """At the descriptor limit accept() fails with EMFILE while connections
+    wait: the listener stays readable, and polling it again at once spun the
+    metrics thread at a full core.  It now rests a tick at a time; once the
+    held connections are gone it serves again."""
+    d, _ = stories
+    port = free_port()
+    w = Worker(d, redis_server.url, "stories", tmp_path / "w.log", "--metrics-port", port)
+    socks = []
+    try:
+        wait_ready(port, w)
+        pid = w.proc.pid
+        n_open = len(os.listdir(f"/proc/{pid}/fd"))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (n_open + 4, n_open + 4))
+        for _ in range(24):  # 4 are accepted, the rest wait in the backlog
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+        time.sleep(0.3)
+        c0, t0 = cpu_s(pid), time.monotonic()
+        time.sleep(1.0)
+        used = (cpu_s(pid) - c0) / (time.monotonic() - t0)
+        assert used < 0.25, f"the worker used {used:.2f} CPU-seconds per second while idle at its fd limit"
+        assert "metrics listener: accept" in open(tmp_path / "w.log").read()
+        for s in socks:
+            s.close()
+        socks.clear()
+        for _ in range(100):  # the closed connections are read to EOF and freed within ticks
+            try:
+                if get(port, "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        assert get(port, "/readyz")[0] == 200
+    finally:
+        for s in socks:
+            s.close()
+        w.stop()

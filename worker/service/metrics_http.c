@@ -6,6 +6,8 @@
  */
 #include "worker/service/metrics_http.h"
 
+#include "common/log.h"
+
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
@@ -45,6 +47,8 @@ struct metrics_http {
     size_t n_snapshot;
     hconn conns[METRICS_HTTP_MAX_CONNS];
     uint64_t accepted;
+    int64_t rest_until_ms;    /* out of descriptors: the listener is not polled before this */
+    int resting;              /* the current shortage was logged */
 };
 
 static int64_t mono_ms(void) {
@@ -112,7 +116,19 @@ static void conn_route(metrics_http *hs, hconn *c) {
 static void accept_all(metrics_http *hs, int64_t now) {
     for (;;) {
         int fd = accept4(hs->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) return;
+        if (fd < 0) {
+            /* Out of descriptors the waiting connection stays queued and the
+             * listener readable: polling it again at once would spin.  Rest it
+             * for a tick; what we hold times out and frees descriptors. */
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                hs->rest_until_ms = now + TICK_MS;
+                if (!hs->resting)
+                    log_warn("metrics listener: accept: %s; new connections wait", strerror(errno));
+                hs->resting = 1;
+            }
+            return;
+        }
+        hs->resting = 0;
         hconn *slot = NULL, *oldest = NULL;
         for (int i = 0; i < METRICS_HTTP_MAX_CONNS && !slot; i++) {
             hconn *c = &hs->conns[i];
@@ -164,8 +180,11 @@ static void *metrics_http_main(void *arg) {
     while (!atomic_load(&hs->stop)) {
         int64_t now = mono_ms();
         int n = 0, timeout = TICK_MS;
-        pf[n] = (struct pollfd){hs->listen_fd, POLLIN, 0};
+        /* a negative descriptor is skipped by poll: the listener while it rests */
+        int rest = hs->rest_until_ms > now;
+        pf[n] = (struct pollfd){rest ? -1 : hs->listen_fd, POLLIN, 0};
         of[n++] = NULL;
+        if (rest && hs->rest_until_ms - now < timeout) timeout = (int)(hs->rest_until_ms - now);
         for (int i = 0; i < METRICS_HTTP_MAX_CONNS; i++) {
             hconn *c = &hs->conns[i];
             if (c->fd < 0) continue;
