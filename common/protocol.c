@@ -240,6 +240,53 @@ static llmq_status read_op(const msgpack_object *v, proto_op *op, llmq_err *err)
                         v->via.str.size > 32 ? 32 : (int)v->via.str.size, v->via.str.ptr);
 }
 
+static const char *const guide_names[] = {
+    [PROTO_GUIDE_NONE] = "none", [PROTO_GUIDE_JSON_SCHEMA] = "json_schema", [PROTO_GUIDE_REGEX] = "regex",
+    [PROTO_GUIDE_LARK] = "lark"};
+
+const char *proto_guide_type_name(proto_guide_type t) {
+    if ((unsigned)t >= sizeof guide_names / sizeof guide_names[0]) return guide_names[PROTO_GUIDE_NONE];
+    return guide_names[t];
+}
+
+/* `guide`: {type, data}, both required.  An unknown type is an error: a
+ * client that asked for a constraint must not get unconstrained text. */
+static llmq_status read_guide(proto_request *r, const msgpack_object *o, llmq_err *err) {
+    if (o->type != MSGPACK_OBJECT_MAP) return wrong_type(err, "guide", "a map {type, data}", o);
+    proto_guide_type t = PROTO_GUIDE_NONE;
+    char *data = NULL;
+    llmq_status st = LLMQ_OK;
+    for (uint32_t i = 0; i < o->via.map.size && st == LLMQ_OK; i++) {
+        const msgpack_object *k = &o->via.map.ptr[i].key, *v = &o->via.map.ptr[i].val;
+        if (key_is(k, "type")) {
+            if (v->type != MSGPACK_OBJECT_STR) {
+                st = wrong_type(err, "guide.type", "a string", v);
+                break;
+            }
+            t = PROTO_GUIDE_NONE;
+            for (size_t j = 1; j < sizeof guide_names / sizeof guide_names[0]; j++)
+                if (strlen(guide_names[j]) == v->via.str.size &&
+                    !memcmp(guide_names[j], v->via.str.ptr, v->via.str.size))
+                    t = (proto_guide_type)j;
+            if (t == PROTO_GUIDE_NONE)
+                st = llmq_err_set(err, LLMQ_ERR_INVALID,
+                                  "field 'guide.type': unknown constraint '%.*s' (json_schema, regex, lark)",
+                                  v->via.str.size > 32 ? 32 : (int)v->via.str.size, v->via.str.ptr);
+        } else if (key_is(k, "data")) {
+            st = read_str(v, "guide.data", PROTO_MAX_GUIDE_BYTES, 1, &data, NULL, err);
+        }
+    }
+    if (st == LLMQ_OK && (t == PROTO_GUIDE_NONE || !data))
+        st = llmq_err_set(err, LLMQ_ERR_INVALID, "field 'guide': needs 'type' and 'data'");
+    if (st != LLMQ_OK) {
+        free(data);
+        return st;
+    }
+    r->guide_type = t;
+    r->guide = data;
+    return LLMQ_OK;
+}
+
 static void free_messages(proto_message *m, size_t n) {
     for (size_t i = 0; i < n; i++) {
         free(m[i].role);
@@ -258,6 +305,7 @@ void proto_request_deinit(proto_request *r) {
     for (size_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->stop);
     free(r->stop_token_ids);
+    free(r->guide);
     proto_request_init(r);
 }
 
@@ -404,6 +452,10 @@ static llmq_status request_field(proto_request *r, const msgpack_object *k, cons
     }
     if (key_is(k, "stop_token_ids"))
         return read_ids(v, "stop_token_ids", PROTO_MAX_STOP_IDS, 0, &r->stop_token_ids, &r->n_stop_token_ids, err);
+    if (key_is(k, "guide")) {
+        if (r->guide) return llmq_err_set(err, LLMQ_ERR_INVALID, "field 'guide': given twice");
+        return read_guide(r, v, err);
+    }
     return LLMQ_OK;
 }
 
@@ -489,6 +541,12 @@ llmq_status proto_request_validate(const proto_request *r, llmq_err *err) {
     if (r->op == PROTO_OP_DETOKENIZE && r->kind != PROTO_PROMPT_IDS) BAD("op detokenize takes prompt_ids");
     if (r->add_special_tokens != PROTO_UNSET && r->add_special_tokens != 0 && r->add_special_tokens != 1)
         BAD("add_special_tokens must be a boolean");
+    if (r->guide_type != PROTO_GUIDE_NONE) {
+        if ((unsigned)r->guide_type > PROTO_GUIDE_LARK) BAD("guide type must be json_schema, regex or lark");
+        if (!r->guide) BAD("guide needs its data");
+        if (strlen(r->guide) > PROTO_MAX_GUIDE_BYTES) BAD("guide data is longer than %d bytes", PROTO_MAX_GUIDE_BYTES);
+        if (r->op != PROTO_OP_GENERATE) BAD("guide is only for op generate");
+    }
     return LLMQ_OK;
 #undef BAD
 }
@@ -529,6 +587,7 @@ llmq_status proto_request_encode(const proto_request *r, proto_buf *out, llmq_er
     n += r->priority != 0;
     n += r->op != PROTO_OP_GENERATE;
     n += r->add_special_tokens != PROTO_UNSET;
+    n += r->guide_type != PROTO_GUIDE_NONE;
 
     size_t start = out->len;
     msgpack_packer pk;
@@ -577,6 +636,10 @@ llmq_status proto_request_encode(const proto_request *r, proto_buf *out, llmq_er
     if (r->add_special_tokens != PROTO_UNSET)
         e = e || pack_cstr(&pk, "add_special_tokens") ||
             (r->add_special_tokens ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
+    if (r->guide_type != PROTO_GUIDE_NONE)
+        e = e || pack_cstr(&pk, "guide") || msgpack_pack_map(&pk, 2) || pack_cstr(&pk, "type") ||
+            pack_cstr(&pk, proto_guide_type_name(r->guide_type)) || pack_cstr(&pk, "data") ||
+            pack_cstr(&pk, r->guide ? r->guide : "");
     if (e) {
         out->len = start;
         return llmq_err_set(err, LLMQ_ERR_NOMEM, "encoding request: out of memory");

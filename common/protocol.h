@@ -52,6 +52,7 @@
 #define PROTO_MAX_ROLE_LEN 64      /* bytes of a message's `role` */
 #define PROTO_MAX_PROMPT_IDS (1 << 20) /* entries of `prompt_ids` */
 #define PROTO_MAX_LOGPROBS 20      /* `logprobs` of a request; alternatives per token of a chunk's `lp` */
+#define PROTO_MAX_GUIDE_BYTES (1 << 20) /* bytes of a `guide`'s `data` (schema, regex or grammar) */
 
 /* ------------------------------------------------------------ buffers */
 
@@ -99,6 +100,19 @@ typedef enum proto_op {
 /* "generate", "tokenize", "detokenize" ("generate" for anything else). */
 const char *proto_op_name(proto_op op);
 
+/* The kind of constraint on the generated text (key `guide`, a map
+ * {type, data}).  The names are llguidance's constraint types, so the worker
+ * hands `data` to the library as it is. */
+typedef enum proto_guide_type {
+    PROTO_GUIDE_NONE = 0,        /* no `guide`: unconstrained */
+    PROTO_GUIDE_JSON_SCHEMA,     /* "json_schema": data is a JSON Schema (JSON text) */
+    PROTO_GUIDE_REGEX,           /* "regex": the whole output matches data */
+    PROTO_GUIDE_LARK,            /* "lark": data is a Lark grammar */
+} proto_guide_type;
+
+/* "json_schema", "regex", "lark"; "none" for PROTO_GUIDE_NONE or anything else. */
+const char *proto_guide_type_name(proto_guide_type t);
+
 /*
  * A decoded (or to-be-encoded) request.  Field names and meanings follow
  * the msgpack keys one to one (docs/protocol.md §request).  Floats that are
@@ -143,6 +157,11 @@ typedef struct proto_request {
     int32_t add_special_tokens;  /* key `add_special_tokens` (bool): 1 / 0, PROTO_UNSET = the
                                     worker's default (1 for `prompt`, 0 for `messages`, whose
                                     template holds BOS, as vLLM) */
+    proto_guide_type guide_type; /* key `guide`.type; PROTO_GUIDE_NONE when absent */
+    char *guide;                 /* key `guide`.data with guide_type: the schema, regex or
+                                    grammar (NUL terminated, no NUL inside,
+                                    <= PROTO_MAX_GUIDE_BYTES); its syntax is the worker's
+                                    (llguidance's) to check */
 } proto_request;
 
 /* Set every field to its default (nothing owned). */

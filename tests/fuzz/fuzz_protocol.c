@@ -62,6 +62,7 @@ static void check_request_equal(const proto_request *a, const proto_request *b) 
                    (!a->n_stop_token_ids ||
                     !memcmp(a->stop_token_ids, b->stop_token_ids, a->n_stop_token_ids * sizeof *a->stop_token_ids)),
                "stop_token_ids changed");
+    fuzz_check(a->guide_type == b->guide_type && str_eq(a->guide, b->guide), "guide changed");
 }
 
 static void fuzz_request(const uint8_t *data, size_t size) {

@@ -47,6 +47,9 @@ def protocol():
     put("protocol", "req_two_prompts", p(v=1, model="m1", prompt="x", prompt_ids=[1]))
     put("protocol", "req_wrong_types", p(v=1, model="m1", prompt="x", temperature="hot", stop=[1], max_tokens=1.5))
     put("protocol", "req_v2", p(v=2, model="m1", prompt="x"))
+    put("protocol", "req_guide", p(v=1, model="m1", prompt="x", guide={"type": "json_schema",
+                                                                       "data": '{"type":"object"}'}))
+    put("protocol", "req_guide_bad", p(v=1, model="m1", prompt="x", guide={"type": "xml", "data": 1}))
     put("protocol", "req_float32", b"\x83\xa1v\x01\xa6prompt\xa1x\xabtemperature\xca\x3f\x00\x00\x00")
     put("protocol", "req_huge_array", b"\x81\xaaprompt_ids\xdd\xff\xff\xff\xff")
     put("protocol", "req_huge_map", b"\xdf\xff\xff\xff\xff")

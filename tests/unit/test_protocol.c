@@ -536,6 +536,112 @@ static void test_request_op(void **state) {
     proto_buf_deinit(&b);
 }
 
+/* `guide` (structured output): a map {type, data} that round-trips; a wrong
+ * shape is an error naming the field, never an unconstrained job. */
+static void pack_guide_regex(msgpack_packer *pk) {
+    msgpack_pack_map(pk, 2);
+    pk_str(pk, "type");
+    pk_str(pk, "regex");
+    pk_str(pk, "data");
+    pk_str(pk, "[a-z]+");
+}
+static void pack_guide_bad_type(msgpack_packer *pk) {
+    msgpack_pack_map(pk, 2);
+    pk_str(pk, "type");
+    pk_str(pk, "xml");
+    pk_str(pk, "data");
+    pk_str(pk, "x");
+}
+static void pack_guide_no_data(msgpack_packer *pk) {
+    msgpack_pack_map(pk, 1);
+    pk_str(pk, "type");
+    pk_str(pk, "lark");
+}
+static void pack_guide_int_data(msgpack_packer *pk) {
+    msgpack_pack_map(pk, 2);
+    pk_str(pk, "type");
+    pk_str(pk, "json_schema");
+    pk_str(pk, "data");
+    msgpack_pack_int64(pk, 1);
+}
+static void pack_guide_nul(msgpack_packer *pk) {
+    msgpack_pack_map(pk, 2);
+    pk_str(pk, "type");
+    pk_str(pk, "regex");
+    pk_str(pk, "data");
+    msgpack_pack_str(pk, 3);
+    msgpack_pack_str_body(pk, "a\0b", 3);
+}
+static void pack_guide_huge(msgpack_packer *pk) {
+    size_t n = PROTO_MAX_GUIDE_BYTES + 1;
+    char *s = malloc(n);
+    memset(s, 'a', n);
+    msgpack_pack_map(pk, 2);
+    pk_str(pk, "type");
+    pk_str(pk, "regex");
+    pk_str(pk, "data");
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+    free(s);
+}
+
+static void test_request_guide(void **state) {
+    (void)state;
+    proto_request r;
+    llmq_err err;
+    proto_buf b;
+    proto_buf_init(&b);
+    build_req_with(&b, "guide", pack_guide_regex);
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_OK);
+    assert_int_equal(r.guide_type, PROTO_GUIDE_REGEX);
+    assert_string_equal(r.guide, "[a-z]+");
+    assert_int_equal(proto_request_validate(&r, &err), LLMQ_OK);
+    proto_request_deinit(&r);
+    assert_int_equal(r.guide_type, PROTO_GUIDE_NONE);
+    assert_null(r.guide);
+    proto_buf_reset(&b);
+    build_req_with(&b, "guide", pack_nil); /* nil = none */
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_OK);
+    assert_int_equal(r.guide_type, PROTO_GUIDE_NONE);
+    proto_request_deinit(&r);
+    proto_buf_deinit(&b);
+    expect_field_error("guide", pack_string, LLMQ_ERR_INVALID, "field 'guide': expected a map {type, data}, got a string");
+    expect_field_error("guide", pack_guide_bad_type, LLMQ_ERR_INVALID, "field 'guide.type': unknown constraint 'xml'");
+    expect_field_error("guide", pack_guide_no_data, LLMQ_ERR_INVALID, "field 'guide': needs 'type' and 'data'");
+    expect_field_error("guide", pack_map, LLMQ_ERR_INVALID, "field 'guide': needs 'type' and 'data'");
+    expect_field_error("guide", pack_guide_int_data, LLMQ_ERR_INVALID, "field 'guide.data': expected a string, got an integer");
+    expect_field_error("guide", pack_guide_nul, LLMQ_ERR_INVALID, "field 'guide.data': contains a NUL byte");
+    expect_field_error("guide", pack_guide_huge, LLMQ_ERR_INVALID, "field 'guide.data': longer than 1048576 bytes");
+
+    /* round trip of each type, by hand as the gateway fills it */
+    static const char *const data[] = {"", "{\"type\":\"object\"}", "yes|no", "start: \"a\"+"};
+    for (int t = PROTO_GUIDE_JSON_SCHEMA; t <= PROTO_GUIDE_LARK; t++) {
+        proto_request in;
+        proto_request_init(&in);
+        in.model = (char *)"m";
+        in.kind = PROTO_PROMPT_TEXT;
+        in.prompt = (char *)"hi";
+        in.guide_type = (proto_guide_type)t;
+        in.guide = (char *)data[t];
+        assert_int_equal(proto_request_validate(&in, &err), LLMQ_OK);
+        proto_buf_init(&b);
+        assert_int_equal(proto_request_encode(&in, &b, &err), LLMQ_OK);
+        assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_OK);
+        assert_int_equal(r.guide_type, t);
+        assert_string_equal(r.guide, data[t]);
+        proto_request_deinit(&r);
+        proto_buf_deinit(&b);
+        in.op = PROTO_OP_TOKENIZE;
+        assert_int_equal(proto_request_validate(&in, &err), LLMQ_ERR_INVALID);
+        assert_non_null(strstr(err.msg, "guide is only for op generate"));
+        in.op = PROTO_OP_GENERATE;
+        in.guide = NULL;
+        assert_int_equal(proto_request_validate(&in, &err), LLMQ_ERR_INVALID);
+    }
+    assert_string_equal(proto_guide_type_name(PROTO_GUIDE_JSON_SCHEMA), "json_schema");
+    assert_string_equal(proto_guide_type_name(PROTO_GUIDE_LARK), "lark");
+}
+
 /* ---------------------------------------------------------------- chunks */
 
 static void test_chunk_roundtrip(void **state) {
@@ -864,6 +970,7 @@ int main(void) {
         cmocka_unit_test(test_request_validate_ranges),
         cmocka_unit_test(test_request_limits),
         cmocka_unit_test(test_request_op),
+        cmocka_unit_test(test_request_guide),
         cmocka_unit_test(test_chunk_roundtrip),
         cmocka_unit_test(test_chunk_errors),
         cmocka_unit_test(test_chunk_logprobs_roundtrip),
