@@ -50,6 +50,7 @@ typedef struct oai_call {
     int64_t created;             /* Unix seconds */
     proto_buf text;              /* non-stream: the text so far */
     int logprobs;                /* the request asked for logprobs */
+    const char *guide_param;     /* the body field of its constraint (static), NULL for none */
     json_t *lp;                  /* non-stream with logprobs: completions' four arrays, or
                                     chat's `content` array, so far */
     int64_t lp_offset;           /* completions: characters before the next token (text_offset) */
@@ -160,23 +161,31 @@ typedef struct job_err {
     int status;                  /* HTTP status, 400..599 */
     const char *type;            /* "invalid_request_error" | "server_error" */
     const char *code;            /* OpenAI `code` of a JSON error */
+    const char *param;           /* OpenAI `param`: NULL, or the body field at fault */
     const char *msg;             /* the worker's message (borrowed from the chunk) */
 } job_err;
 
-static job_err job_error(const proto_chunk *c) {
+static job_err job_error(const oai_call *oc, const proto_chunk *c) {
     job_err e;
     e.status = c->error_status >= 400 && c->error_status < 600 ? c->error_status : 500;
     e.type = e.status < 500 ? "invalid_request_error" : "server_error";
     e.code = c->code && *c->code ? c->code : "job_failed"; /* the worker's, e.g. context_length_exceeded */
     e.msg = c->error ? c->error : "the job failed";
+    /* the worker refused the constraint (llguidance's message), or has no
+     * llguidance: the field that asked for it is at fault, which only the
+     * gateway knows */
+    e.param = oc->guide_param && (!strcmp(e.code, "invalid_constraint") ||
+                                  !strcmp(e.code, "structured_output_unavailable"))
+                  ? oc->guide_param
+                  : NULL;
     return e;
 }
 
 static int is_error(const proto_chunk *c) { return c && c->finish && !strcmp(c->finish, "error"); }
 
 static void reply_job_error(oai_call *oc, const proto_chunk *c) {
-    job_err e = job_error(c);
-    gw_reply_error(oc->base.conn, e.status, e.type, NULL, e.code, "%s", e.msg);
+    job_err e = job_error(oc, c);
+    gw_reply_error(oc->base.conn, e.status, e.type, e.param, e.code, "%s", e.msg);
 }
 
 /* The job's first event: the SSE headers and, for chat, the role delta.
@@ -213,7 +222,7 @@ static void on_stream_chunk(void *ud, const proto_chunk *c) {
                                           NULL));
     if (!gone && c && !c->finish) goto out;
     if (!gone && failed) { /* failed after its output began: an error event (vLLM's shape), then [DONE] */
-        job_err e = job_error(c);
+        job_err e = job_error(oc, c);
         gone = gw_sse_send_json(call, -1, NULL,
                                 json_pack("{s:{s:s, s:s, s:n, s:i}}", "error", "message", e.msg, "type", e.type,
                                           "param", "code", e.status));
@@ -367,6 +376,7 @@ void gw_route_openai(gw *g, http_conn *c, http_request *req, int chat) {
     oc->stream = p.stream;
     oc->include_usage = p.include_usage;
     oc->logprobs = p.r.logprobs != PROTO_UNSET;
+    oc->guide_param = p.guide_param;
     if (oc->logprobs && !oc->stream && !(oc->lp = chat ? json_array() : gw_lp_completion_new())) {
         proto_request_deinit(&p.r);
         gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");

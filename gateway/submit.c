@@ -236,6 +236,135 @@ static int parse_stop(const json_t *v, proto_request *r, gw_bad *bad) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- structured output */
+
+/* The constraint of a body, as the request's `guide` (docs/protocol.md):
+ * OpenAI's `response_format` or one of vLLM's `guided_json`, `guided_regex`,
+ * `guided_choice`, `guided_grammar`, at most one.  The gateway checks shapes
+ * only; the syntax of a schema, regex or grammar is llguidance's, which the
+ * worker asks at admission (a refusal is a 400 with code invalid_constraint). */
+
+/* Take ownership of data as r's guide of type t (data NULL: out of memory). */
+static int set_guide(proto_request *r, proto_guide_type t, char *data, const char *param, gw_bad *bad) {
+    if (!data) return bad_set(bad, 500, NULL, "out of memory");
+    if (strlen(data) > PROTO_MAX_GUIDE_BYTES) {
+        free(data);
+        return bad_set(bad, 400, param, "'%s' is longer than %d bytes", param, PROTO_MAX_GUIDE_BYTES);
+    }
+    r->guide_type = t;
+    r->guide = data;
+    return 0;
+}
+
+/* A JSON Schema (an object, or a boolean: `true` allows anything) or a
+ * string holding one, as compact JSON text for the worker.  what: how the
+ * error names it. */
+static int set_schema(proto_request *r, const json_t *v, const char *what, const char *param, gw_bad *bad) {
+    json_t *parsed = NULL;
+    if (json_is_string(v)) {
+        json_error_t je;
+        parsed = json_loadb(json_string_value(v), json_string_length(v), JSON_DECODE_ANY, &je);
+        if (!parsed) return bad_set(bad, 400, param, "'%s' is not valid JSON: %s", what, je.text);
+        v = parsed;
+    }
+    int rc;
+    if (!json_is_object(v) && !json_is_boolean(v))
+        rc = bad_set(bad, 400, param, "'%s' must be a JSON Schema (an object), not %s", what, jtype(v));
+    else
+        rc = set_guide(r, PROTO_GUIDE_JSON_SCHEMA, json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY), param, bad);
+    json_decref(parsed);
+    return rc;
+}
+
+/* OpenAI's response_format: {"type": "text" | "json_object" | "json_schema",
+ * "json_schema": {"name", "schema", "strict", "description"}}.  json_object
+ * is any JSON object, the schema {"type":"object"} (as vLLM asks llguidance). */
+static int parse_response_format(const json_t *v, proto_request *r, gw_bad *bad) {
+    const char *P = "response_format";
+    if (!json_is_object(v)) return bad_set(bad, 400, P, "'response_format' must be an object, not %s", jtype(v));
+    const json_t *type = field(v, "type");
+    if (!type || !json_is_string(type))
+        return bad_set(bad, 400, P, "'response_format.type' must be one of 'text', 'json_object', 'json_schema'");
+    const char *t = json_string_value(type);
+    if (!strcmp(t, "text")) return 0;
+    if (!strcmp(t, "json_object"))
+        return set_guide(r, PROTO_GUIDE_JSON_SCHEMA, strdup("{\"type\":\"object\"}"), P, bad);
+    if (strcmp(t, "json_schema") != 0)
+        return bad_set(bad, 400, P,
+                       "'response_format.type' must be one of 'text', 'json_object', 'json_schema', not '%.64s'", t);
+    const json_t *js = field(v, "json_schema");
+    if (!js || !json_is_object(js))
+        return bad_set(bad, 400, P, "'response_format.json_schema' must be an object {name, schema, strict}");
+    const json_t *name = field(js, "name"), *strict = field(js, "strict"), *schema = field(js, "schema");
+    if (name && !json_is_string(name))
+        return bad_set(bad, 400, P, "'response_format.json_schema.name' must be a string, not %s", jtype(name));
+    if (strict && !json_is_boolean(strict))
+        return bad_set(bad, 400, P, "'response_format.json_schema.strict' must be a boolean, not %s", jtype(strict));
+    if (!schema) return bad_set(bad, 400, P, "'response_format.json_schema.schema' is required");
+    if (json_is_string(schema)) /* OpenAI's is an object; a string is not read as JSON text here */
+        return bad_set(bad, 400, P, "'response_format.json_schema.schema' must be an object, not a string");
+    return set_schema(r, schema, "response_format.json_schema.schema", P, bad);
+}
+
+/* vLLM's guided_choice: the output is exactly one of the strings, as the Lark
+ * grammar `start: "a" | "b"` whose literals are JSON strings (llguidance's
+ * own rendering of a choice). */
+static int parse_choice(const json_t *v, proto_request *r, gw_bad *bad) {
+    const char *P = "guided_choice";
+    if (!json_is_array(v) || json_array_size(v) == 0)
+        return bad_set(bad, 400, P, "'guided_choice' must be a non-empty array of strings");
+    proto_buf b;
+    proto_buf_init(&b);
+    int oom = proto_buf_append(&b, "start: ", 7) != LLMQ_OK;
+    for (size_t i = 0; i < json_array_size(v) && !oom; i++) {
+        const json_t *e = json_array_get(v, i);
+        if (!json_is_string(e)) {
+            proto_buf_deinit(&b);
+            return bad_set(bad, 400, P, "'guided_choice' must be an array of strings; entry %zu is %s", i, jtype(e));
+        }
+        char *lit = json_dumps(e, JSON_ENCODE_ANY);
+        oom = !lit || (i && proto_buf_append(&b, " | ", 3) != LLMQ_OK) ||
+              proto_buf_append(&b, lit, strlen(lit)) != LLMQ_OK;
+        free(lit);
+        if (b.len > PROTO_MAX_GUIDE_BYTES) break; /* refused by set_guide */
+    }
+    oom = oom || proto_buf_append(&b, "", 1) != LLMQ_OK;
+    if (oom) {
+        proto_buf_deinit(&b);
+        return bad_set(bad, 500, NULL, "out of memory");
+    }
+    return set_guide(r, PROTO_GUIDE_LARK, b.data, P, bad); /* NUL terminated above; ownership moves */
+}
+
+static int parse_guide(const json_t *o, gw_parsed *p, gw_bad *bad) {
+    static const char *const keys[] = {"response_format", "guided_json", "guided_regex", "guided_choice",
+                                       "guided_grammar"};
+    proto_request *r = &p->r;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const json_t *v = field(o, keys[i]);
+        if (!v) continue;
+        if (r->guide_type != PROTO_GUIDE_NONE) /* one constraint is all a job has */
+            return bad_set(bad, 400, keys[i],
+                           "give only one of 'response_format' (json_object, json_schema), 'guided_json', "
+                           "'guided_regex', 'guided_choice', 'guided_grammar': '%s' and '%s' were both given",
+                           p->guide_param, keys[i]);
+        int rc;
+        if (i == 0) rc = parse_response_format(v, r, bad);
+        else if (i == 1) rc = set_schema(r, v, "guided_json", keys[i], bad);
+        else if (i == 3) rc = parse_choice(v, r, bad);
+        else if (!json_is_string(v))
+            rc = bad_set(bad, 400, keys[i], "'%s' must be a string, not %s", keys[i], jtype(v));
+        else if (memchr(json_string_value(v), '\0', json_string_length(v)))
+            rc = bad_set(bad, 400, keys[i], "'%s' contains a NUL character", keys[i]);
+        else
+            rc = set_guide(r, i == 2 ? PROTO_GUIDE_REGEX : PROTO_GUIDE_LARK, strdup(json_string_value(v)), keys[i],
+                           bad);
+        if (rc) return -1;
+        if (r->guide_type != PROTO_GUIDE_NONE) p->guide_param = keys[i];
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------- the body */
 
 static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad *bad) {
@@ -294,6 +423,7 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
     const json_t *tools = field(o, "tools");
     if (tools && (!json_is_array(tools) || json_array_size(tools) > 0))
         return bad_set(bad, 400, "tools", "'tools' are not supported");
+    if (parse_guide(o, p, bad)) return -1;
 
     /* sampling */
     long long maxcap = g->cfg.max_tokens_limit > 0 ? g->cfg.max_tokens_limit : INT32_MAX;

@@ -26,6 +26,9 @@ typedef struct gw_parsed {
     proto_request r;             /* owned: proto_request_deinit */
     int stream;                  /* "stream": true */
     int include_usage;           /* "stream_options": {"include_usage": true} */
+    const char *guide_param;     /* the body field r's `guide` came from ("response_format",
+                                    "guided_json", ...), NULL when unconstrained: the `param`
+                                    of the worker's refusal of the constraint */
 } gw_parsed;
 
 /* Parse and validate a JSON body.  0 on success (p->r filled, model served),

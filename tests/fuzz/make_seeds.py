@@ -95,6 +95,12 @@ def gw_request():
     put("gw_request", "limit_role_len", CH + js({"model": "m1", "messages": [{"role": "r" * 100, "content": "x"}]}).encode())
     put("gw_request", "unicode_escapes", C + b'{"model":"m1","prompt":"\\ud83d\\ude00 \\u00e9 \\ud800"}')
     put("gw_request", "empty", C)
+    put("gw_request", "chat_structured", CH + js({"model": "m1", "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "n", "strict": True, "schema": {
+            "type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}, "required": ["a"]}}}}).encode())
+    put("gw_request", "guided_choice", C + js({"model": "m1", "prompt": "x", "guided_choice": ["a\"b", "ü\n", "c"]}).encode())
+    put("gw_request", "jobs_guided_two", J + js({"model": "m1", "prompt": "x", "guided_regex": "[0-9]+",
+                                                  "guided_json": "{}"}).encode())
 
 
 # ------------------------------------------------------------------ HTTP
