@@ -19,6 +19,7 @@
  * uploads its index arrays and runs the ops.
  */
 #include "worker/engine/engine.h"
+#include "worker/engine/synth.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -47,6 +48,7 @@ struct engine {
     int max_bt;                 /* max blocks per sequence (context / 16) */
     int graphs;                 /* decode steps go through be_ops.graph_begin/graph_end */
     int pad_tables;             /* decode steps pad block tables to a power of two */
+    synth *syn;                 /* the synthetic engine (on synth.h's backend): nothing above is used */
 };
 
 /* Step plan layout (int32): [magic, size, n_seqs, max_blocks, then per
@@ -125,6 +127,15 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
     e->m = m;
     e->be = be;
     e->opts = *o;
+    if (synth_backend_rate(m->be) > 0) { /* synth.h: no backend buffers, only hashes */
+        llmq_status st = synth_create(&e->syn, m, o, err);
+        if (st) {
+            free(e);
+            return st;
+        }
+        *out = e;
+        return LLMQ_OK;
+    }
     const model_shard *sh = &m->shard;
     e->comm = o->comm;
     e->tp = o->comm && o->comm->world > 1;
@@ -213,6 +224,11 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
 
 void eng_destroy(engine *e) {
     if (!e) return;
+    if (e->syn) {
+        synth_destroy(e->syn);
+        free(e);
+        return;
+    }
     llmq_backend *be = e->be;
     if (e->dcomm != e->comm) comm_destroy(e->dcomm);
     for (int l = 0; l < e->m->cfg.n_layers; l++) {
@@ -535,6 +551,7 @@ static llmq_status send_plan(engine *e, const eng_seq *seqs, int n_seqs, int mb,
 }
 
 llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, llmq_err *err) {
+    if (e->syn) return synth_step(e->syn, seqs, n_seqs, logits, err);
     int n = 0, n_out = 0, mb = 0;
     llmq_status st = plan_step(e, seqs, n_seqs, &n, &n_out, &mb, err);
     if (st) return st;

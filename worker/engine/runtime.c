@@ -1,5 +1,6 @@
 /* runtime.c — see runtime.h. */
 #include "worker/engine/runtime.h"
+#include "worker/engine/synth.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,9 +23,18 @@ llmq_status runtime_create(runtime **out, const runtime_opts *o, llmq_err *err) 
     const int rank = o->comm ? o->comm->rank : 0, world = o->comm ? o->comm->world : 1;
     eng_opts eo = o->eng;
     eo.comm = o->comm;
-    if (!(rt->be = llmq_backend_create(o->backend, err))) {
+    /* the synthetic engine (synth.h): its own backend, a model of the
+     * config alone, one rank */
+    double rate = 0;
+    const int synthetic = synth_backend_parse(o->backend, &rate, err);
+    if (synthetic < 0) {
         st = failed(LLMQ_OK, err, "backend");
-    } else if ((st = model_load_shard(&rt->m, o->model_dir, rt->be, &o->load, rank, world, err))) {
+    } else if (synthetic && world > 1) {
+        st = llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "backend: the synthetic engine runs on one rank (no --tp)");
+    } else if (synthetic ? !(rt->be = synth_backend_create(rate, err)) : !(rt->be = llmq_backend_create(o->backend, err))) {
+        st = failed(LLMQ_OK, err, "backend");
+    } else if ((st = synthetic ? synth_model_load(&rt->m, o->model_dir, rt->be, err)
+                               : model_load_shard(&rt->m, o->model_dir, rt->be, &o->load, rank, world, err))) {
         st = failed(st, err, "model");
     } else if ((st = eng_create(&rt->eng, rt->m, &eo, err))) {
         st = failed(st, err, "engine");
@@ -35,6 +45,7 @@ llmq_status runtime_create(runtime **out, const runtime_opts *o, llmq_err *err) 
         snprintf(path, sizeof path, "%s/tokenizer.json", o->model_dir);
         if (access(path, R_OK) == 0 && !(rt->tok = tok_load(o->model_dir, err))) st = failed(LLMQ_OK, err, "tokenizer");
     }
+    if (!st && synthetic) st = synth_backend_set_vocab(rt->be, &rt->m->cfg, rt->tok, err);
     if (st) {
         runtime_destroy(rt);
         return st;

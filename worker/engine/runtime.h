@@ -28,7 +28,8 @@ typedef enum runtime_tok {
 } runtime_tok;
 
 typedef struct runtime_opts {
-    const char *backend;    /* "cpu", "cpu-ref", "cuda" (llmq_backend_create) */
+    const char *backend;    /* "cpu", "cpu-ref", "cuda" (llmq_backend_create), or "synthetic[:RATE]":
+                               the synthetic engine, config.json only (worker/engine/synth.h) */
     const char *model_dir;  /* Hugging Face model directory */
     llmq_comm *comm;        /* tensor-parallel group (not owned); NULL = one rank.  The model
                                loads shard comm->rank of comm->world and the engine joins it

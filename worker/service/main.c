@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "common/url.h"
 #include "worker/engine/engine.h"
+#include "worker/engine/synth.h"
 #include "worker/model/model.h"
 #include "worker/service/rdv.h"
 #include "worker/service/service.h"
@@ -33,7 +34,10 @@ static void usage(FILE *f) {
             "  --prefix P               Redis key prefix (default llmq:)\n"
             "  --redis-password-file F  Redis password when the URL has none (else $LLMQ_REDIS_PASSWORD_FILE,\n"
             "                           then $LLMQ_REDIS_PASSWORD)\n"
-            "  --backend NAME           cpu (default), cpu-ref, cuda\n"
+            "  --backend NAME           cpu (default), cpu-ref, cuda, or synthetic: no weights, no compute,\n"
+            "                           tokens from a hash of the sequence (scale tests; config.json and the\n"
+            "                           tokenizer of --model only)\n"
+            "  --synthetic-rate R       synthetic: a step takes 1/R s, i.e. R tokens/s per sequence (default 50)\n"
             "  --max-num-seqs N         sequences per step (default 32)\n"
             "  --max-batched-tokens N   tokens per step (default 512)\n"
             "  --kv-blocks N            KV cache blocks of 16 tokens (default: max-num-seqs full contexts)\n"
@@ -159,11 +163,14 @@ int main(int argc, char **argv) {
         {"redis-password-file", required_argument, 0, 'W'},
         {"tp-addr", required_argument, 0, 'X'},       {"tp-port", required_argument, 0, 'Y'},
         {"metrics-addr", required_argument, 0, 'L'},  {"lane-burst", required_argument, 0, 'B'},
+        {"synthetic-rate", required_argument, 0, 'S'},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
     };
     int c, bad = 0, tp = 1, rank = -1, tp_timeout = 10000, tp_port = 0;
     const char *group = NULL, *tp_addr = NULL;
     double mem_util = 0;              /* --memory-utilization (issue 10) */
+    const char *synth_rate = NULL;    /* --synthetic-rate (issue 25) */
+    char synth_backend[80];
     model_load_opts lo = {LLMQ_QUANT_NONE, 0};
     llmq_err qe = {0};
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -213,6 +220,7 @@ int main(int argc, char **argv) {
                 bad = 1;
             }
             break;
+        case 'S': synth_rate = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -241,6 +249,22 @@ int main(int argc, char **argv) {
     }
     log_set_name("worker");
     llmq_err err = {0};
+    /* the synthetic engine (worker/engine/synth.h): its rate travels in the backend's name */
+    double rate = 0;
+    if (synth_rate) {
+        if (strcmp(o.backend, SYNTH_BACKEND)) {
+            fprintf(stderr, "llmq-worker: --synthetic-rate goes with --backend synthetic\n");
+            return 2;
+        }
+        snprintf(synth_backend, sizeof synth_backend, "%s:%.64s", SYNTH_BACKEND, synth_rate);
+        o.backend = synth_backend;
+    }
+    const int synthetic = synth_backend_parse(o.backend, &rate, &err);
+    if (synthetic < 0 || (synthetic && (tp > 1 || mem_util > 0))) {
+        fprintf(stderr, "llmq-worker: %s\n", synthetic < 0 ? err.msg :
+                "the synthetic backend runs one rank, with --kv-blocks (not --tp or --memory-utilization)");
+        return 2;
+    }
     /* ---- quantization and the KV pool from the memory estimator (worker/engine/vram.h, issue 10) ---- */
     o.load = lo; /* every rank of a group loads with the same options (tp_peer_run) */
     if (mem_util > 0 && o.kv_blocks > 0) {

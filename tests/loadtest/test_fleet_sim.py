@@ -1,0 +1,42 @@
+"""tools/fleet_sim.py, the fleet simulator (issue 25), in its short mode: real
+redis-server, two synthetic llmq-workers, llmq-gateway and llmq-loadtest.
+The report must account for every token asked, and its figures must be the
+kind of numbers they claim to be (CPU per token from the counters, ops by
+command, ITL against the synthetic step)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llmqtest import BUILD, ROOT, SHARED
+
+
+def test_short_run_reports_sane_figures():
+    if SHARED is None:
+        pytest.skip("../shared (models) is not available")
+    p = subprocess.run([sys.executable, str(ROOT / "tools" / "fleet_sim.py"), "--build", str(BUILD), "--short",
+                        "--json", "-"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "LLMQ_ALLOW_ROOT": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads(p.stdout)
+    assert rep["machine"]["cores"] >= 1 and "knee" in rep
+    [pt] = rep["points"]
+    # --short: 2 groups x 4 streams, 16 requests of 16 tokens at 100 tokens/s
+    assert (pt["groups"], pt["streams"], pt["via"], pt["rate"]) == (2, 4, "gateway", 100.0)
+    assert pt["requests"] == pt["completed"] == 16 and pt["failed"] == 0
+    assert pt["tokens"] == pt["tokens_asked"] == 16 * 16 and pt["token_mismatches"] == 0
+    assert 0 < pt["tok_s"] and pt["ideal_tok_s"] == 4 * 100.0
+    # 256 tokens need at least 16 steps of 10 ms on each stream: the floor of the run's length
+    assert pt["duration_s"] >= 16 * 0.010 * (16 / 4) * 0.99
+    assert pt["redis_cpu_s"] > 0  # INFO cpu counts microseconds
+    assert pt["redis_us_per_token"] == pytest.approx(pt["redis_cpu_s"] / 256 * 1e6, rel=0.05, abs=1)
+    # /proc/<pid>/stat counts clock ticks (10 ms): a short run may see none
+    assert pt["gateway_us_per_token"] >= 0 and pt["workers_us_per_token"] >= 0
+    # every request went into a stream and every token out of one, through Redis
+    assert pt["ops_per_s"].get("xadd", 0) * pt["wall_s"] >= 16
+    assert pt["redis_ops_per_token"] > 0
+    assert pt["step_ms"] == 10.0
+    assert pt["itl_p50_ms"] > 0 and pt["itl_p99_ms"] >= pt["itl_p50_ms"]
+    assert pt["added_itl_p50_ms"] == pytest.approx(pt["itl_p50_ms"] - 10.0, abs=0.01)

@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""fleet_sim.py — how many tokens one Redis carries: N synthetic worker groups
+x M concurrent streams against one real redis-server, through a real
+llmq-gateway or straight into Redis (issue 25, docs/benchmarks.md
+"Coordination ceiling").
+
+Every process is the real one: redis-server, llmq-gateway, llmq-worker with
+the synthetic engine (worker/engine/synth.h: no weights, no compute, a step
+sleeps 1/RATE s, so each stream gets RATE tokens/s at most), and
+llmq-loadtest as the client (closed loop of M streams, ITL from client-side
+timestamps).  For each point of the sweep it starts a fresh fleet, runs the
+load for --duration seconds, and reports
+
+  tokens/s delivered to the clients,
+  Redis CPU per token: INFO cpu (used_cpu_sys + used_cpu_user) delta / tokens,
+  ops/s by command: INFO commandstats deltas,
+  gateway CPU per token: /proc/<pid>/stat utime + stime delta / tokens
+      (and the workers' and the client's, for the whole machine's share),
+  ITL p50/p99 and the ITL added to the synthetic step (ITL - 1000/RATE ms),
+  the knee: the first point whose added ITL p99 passes --knee-ms.
+
+Usage (from the repository root, after `make`):
+  tools/fleet_sim.py --groups 1,2,4 --streams 32 --rate 50 --duration 10
+  tools/fleet_sim.py --groups 4 --streams 16,64,256 --direct
+  tools/fleet_sim.py --short --json -          # a few seconds: the test's run
+Worker options pass through with --worker-arg (repeatable), e.g.
+  --worker-arg=--chunk-interval-ms=5
+"""
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    """utime + stime of a live process, in seconds (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+class Proc:
+    def __init__(self, args, log):
+        self.log = log
+        self.f = open(log, "wb")
+        self.p = subprocess.Popen([str(a) for a in args], stdout=self.f, stderr=subprocess.STDOUT)
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(10)
+        self.f.close()
+
+    def tail(self):
+        try:
+            return self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+
+def wait_ok(url, proc, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.p.poll() is not None:
+            raise RuntimeError(f"{proc.p.args[0]} exited {proc.p.returncode}: {proc.tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} never answered 200: {proc.tail()}")
+
+
+class RedisInfo:
+    """A minimal RESP client for INFO (no dependency beyond the standard library)."""
+
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            d = self.s.recv(65536)
+            if not d:
+                raise OSError("redis closed the connection")
+            self.buf += d
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def info(self, section):
+        self.s.sendall(f"*2\r\n$4\r\nINFO\r\n${len(section)}\r\n{section}\r\n".encode())
+        head = self._line()
+        if not head.startswith(b"$"):
+            raise OSError(f"INFO: {head!r}")
+        n = int(head[1:])
+        while len(self.buf) < n + 2:
+            self.buf += self.s.recv(65536)
+        body, self.buf = self.buf[:n], self.buf[n + 2:]
+        out = {}
+        for line in body.decode().splitlines():
+            if ":" in line and not line.startswith("#"):
+                k, v = line.split(":", 1)
+                out[k] = v
+        return out
+
+    def cpu(self):
+        i = self.info("cpu")
+        return float(i["used_cpu_sys"]) + float(i["used_cpu_user"])
+
+    def commands(self):
+        """calls per command (INFO commandstats: cmdstat_xadd:calls=...,usec=...)."""
+        out = {}
+        for k, v in self.info("commandstats").items():
+            if k.startswith("cmdstat_"):
+                f = dict(kv.split("=", 1) for kv in v.split(","))
+                out[k[len("cmdstat_"):]] = int(f["calls"])
+        return out
+
+    def close(self):
+        self.s.close()
+
+
+def run_point(a, groups, streams, tmp):
+    """One fleet of `groups` workers and `streams` client streams: the figures."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    procs = []
+    port = free_port()
+    redis_exe = shutil.which("redis-server")
+    if not redis_exe:
+        raise RuntimeError("redis-server not found: run 'make deps'")
+    try:
+        rs = Proc([redis_exe, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                   "--dir", tmp], tmp / "redis.log")
+        procs.append(rs)
+        deadline = time.time() + 10
+        while True:
+            try:
+                info = RedisInfo(port)
+                info.info("server")
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("redis-server did not start: " + rs.tail())
+                time.sleep(0.05)
+        url = f"redis://127.0.0.1:{port}"
+        workers = []
+        for g in range(groups):
+            mport = free_port()
+            w = Proc([a.build / "llmq-worker", "--model", a.model_dir, "--model-name", a.model, "--redis", url,
+                      "--backend", "synthetic", "--synthetic-rate", a.rate, "--max-num-seqs", a.max_num_seqs,
+                      "--metrics-port", mport, "--consumer", f"sim-{g}", *a.worker_arg], tmp / f"worker{g}.log")
+            procs.append(w)
+            workers.append((w, mport))
+        for w, mport in workers:
+            wait_ok(f"http://127.0.0.1:{mport}/readyz", w)
+        gw = None
+        target = url
+        if not a.direct:
+            gport = free_port()
+            gw = Proc([a.build / "llmq-gateway", "--redis", url, "--listen", f"127.0.0.1:{gport}", "--models",
+                       a.model, *a.gateway_arg], tmp / "gateway.log")
+            procs.append(gw)
+            target = f"http://127.0.0.1:{gport}"
+            wait_ok(target + "/readyz", gw)
+        out = tmp / "loadtest.json"
+        lt_args = [a.build / "llmq-loadtest", "--target", target, "--model", a.model, "--concurrency", streams,
+                   "--prompt-tokens", a.prompt_tokens, "--output-tokens", a.output_tokens, "--json", out,
+                   "--quiet", "--metric-percentiles", "50,99", "--timeout", 120]
+        lt_args += ["--requests", a.requests] if a.requests else ["--duration", a.duration]
+        if not a.direct:
+            lt_args.append("--stream")
+        # the counters, just before the load and just after it
+        cpu0, cmd0 = info.cpu(), info.commands()
+        gw0 = cpu_seconds(gw.p.pid) if gw else 0.0
+        wk0 = sum(cpu_seconds(w.p.pid) for w, _ in workers)
+        t0 = time.monotonic()
+        with open(tmp / "loadtest.log", "wb") as lf:
+            lt = subprocess.Popen([str(x) for x in lt_args], stdout=lf, stderr=subprocess.STDOUT)
+            _, status, ru = os.wait4(lt.pid, 0)
+            lt.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.monotonic() - t0
+        cpu1, cmd1 = info.cpu(), info.commands()
+        gw1 = cpu_seconds(gw.p.pid) if gw else 0.0
+        wk1 = sum(cpu_seconds(w.p.pid) for w, _ in workers)
+        info.close()
+        if lt.returncode != 0 or not out.exists():
+            raise RuntimeError(f"llmq-loadtest exited {lt.returncode}: "
+                               + (tmp / "loadtest.log").read_text(errors="replace")[-2000:])
+        j = json.loads(out.read_text())
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    tokens = j["total_output_tokens"]
+    step_ms = 1000.0 / a.rate
+    itl = j["itl_ms"]
+    ops = {c: (cmd1.get(c, 0) - cmd0.get(c, 0)) for c in cmd1}
+    ops = {c: round(n / wall, 1) for c, n in sorted(ops.items(), key=lambda kv: -kv[1]) if n > 0}
+    per_tok = (lambda s: round(s / tokens * 1e6, 2) if tokens else None)
+    return {
+        "groups": groups,
+        "streams": streams,
+        "via": "redis" if a.direct else "gateway",
+        "rate": a.rate,
+        "max_num_seqs": a.max_num_seqs,
+        "requests": j["issued"],
+        "completed": j["completed"],
+        "failed": j["failed"],
+        "tokens_asked": j["issued"] * a.output_tokens,
+        "tokens": tokens,
+        "token_mismatches": j["token_mismatches"],
+        "duration_s": round(j["duration_s"], 3),
+        "wall_s": round(wall, 3),
+        "tok_s": round(tokens / j["duration_s"], 1) if j["duration_s"] else None,
+        "ideal_tok_s": min(streams, groups * a.max_num_seqs) * a.rate,
+        "redis_cpu_s": round(cpu1 - cpu0, 4),
+        "redis_us_per_token": per_tok(cpu1 - cpu0),
+        "gateway_us_per_token": per_tok(gw1 - gw0) if gw else None,
+        "workers_us_per_token": per_tok(wk1 - wk0),
+        "client_us_per_token": per_tok(ru.ru_utime + ru.ru_stime),
+        "ops_per_s": ops,
+        "redis_ops_per_token": round(sum(ops.values()) * wall / tokens, 3) if tokens else None,
+        "step_ms": round(step_ms, 3),
+        "itl_p50_ms": round(itl["p50"], 3) if itl["n"] else None,
+        "itl_p99_ms": round(itl["p99"], 3) if itl["n"] else None,
+        "added_itl_p50_ms": round(itl["p50"] - step_ms, 3) if itl["n"] else None,
+        "added_itl_p99_ms": round(itl["p99"] - step_ms, 3) if itl["n"] else None,
+        "ttft_p50_ms": round(j["ttft_ms"]["p50"], 3) if j["ttft_ms"]["n"] else None,
+    }
+
+
+def knee(points, limit_ms):
+    """The first point (in sweep order) whose added ITL p99 passes limit_ms."""
+    for p in points:
+        if p["added_itl_p99_ms"] is not None and p["added_itl_p99_ms"] > limit_ms:
+            return {"groups": p["groups"], "streams": p["streams"], "added_itl_p99_ms": p["added_itl_p99_ms"],
+                    "tok_s": p["tok_s"]}
+    return None
+
+
+def ints(s):
+    return [int(x) for x in s.split(",") if x]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", type=pathlib.Path,
+                    default=pathlib.Path(os.environ.get("LLMQ_BUILD", ROOT / "build")), help="the build folder")
+    shared = pathlib.Path(os.environ.get("LLMQ_SHARED", ROOT.parent / "shared"))
+    ap.add_argument("--model-dir", type=pathlib.Path, default=shared / "models" / "stories260K",
+                    help="config.json + tokenizer.json (no weights are read)")
+    ap.add_argument("--model", default="sim", help="the model name served")
+    ap.add_argument("--groups", type=ints, default=[2], help="worker groups, or a sweep: 1,2,4")
+    ap.add_argument("--streams", type=ints, default=[16], help="concurrent client streams, or a sweep: 16,64")
+    ap.add_argument("--rate", type=float, default=50.0, help="synthetic tokens/s per sequence (1/step)")
+    ap.add_argument("--max-num-seqs", type=int, default=64, help="each worker's batch size")
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--output-tokens", type=int, default=64)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of load per point")
+    ap.add_argument("--requests", type=int, default=0, help="a fixed number of requests per point instead")
+    ap.add_argument("--direct", action="store_true", help="clients straight into Redis (no gateway)")
+    ap.add_argument("--worker-arg", action="append", default=[], help="passed to every llmq-worker")
+    ap.add_argument("--gateway-arg", action="append", default=[], help="passed to llmq-gateway")
+    ap.add_argument("--knee-ms", type=float, default=20.0, help="added ITL p99 that marks the knee")
+    ap.add_argument("--short", action="store_true",
+                    help="a few seconds: 2 groups x 4 streams, 16 requests of 16 tokens at 100 tokens/s")
+    ap.add_argument("--json", help="write the report as JSON ('-': stdout)")
+    ap.add_argument("--keep", action="store_true", help="keep the logs' folder")
+    a = ap.parse_args(argv)
+    if a.short:
+        a.groups, a.streams, a.rate, a.max_num_seqs = [2], [4], 100.0, 8
+        a.output_tokens, a.prompt_tokens, a.requests = 16, 16, 16
+    for exe in ("llmq-worker", "llmq-loadtest") + (() if a.direct else ("llmq-gateway",)):
+        if not (a.build / exe).exists():
+            ap.error(f"{a.build / exe} is missing: build first (make BUILD={a.build})")
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="fleet_sim."))
+    points = []
+    try:
+        for g in a.groups:
+            for m in a.streams:
+                p = run_point(a, g, m, tmp / f"g{g}-m{m}")
+                points.append(p)
+                if a.json != "-":
+                    print(f"groups {g:3d} streams {m:5d}: {p['tok_s']:9.1f} tok/s (ideal {p['ideal_tok_s']:.0f}), "
+                          f"redis {p['redis_us_per_token']} us/tok, "
+                          f"gateway {p['gateway_us_per_token']} us/tok, ITL p50 {p['itl_p50_ms']} "
+                          f"p99 {p['itl_p99_ms']} ms (added {p['added_itl_p50_ms']} / {p['added_itl_p99_ms']})",
+                          flush=True)
+    finally:
+        if a.keep:
+            print(f"logs in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    report = {
+        "machine": machine(),
+        "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+        "worker_args": a.worker_arg,
+        "points": points,
+        "knee_ms": a.knee_ms,
+        "knee": knee(points, a.knee_ms),
+    }
+    if a.json == "-":
+        print(json.dumps(report, indent=1))
+    elif a.json:
+        pathlib.Path(a.json).write_text(json.dumps(report, indent=1) + "\n")
+    if a.json != "-":
+        for p in points:
+            top = ", ".join(f"{c} {n:.0f}" for c, n in list(p["ops_per_s"].items())[:6])
+            print(f"  groups {p['groups']} streams {p['streams']} ops/s: {top}")
+        print(f"knee (added ITL p99 > {a.knee_ms} ms): {report['knee']}")
+    return 0 if all(p["failed"] == 0 for p in points) else 1
+
+
+def machine():
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
