@@ -306,6 +306,7 @@ void proto_request_deinit(proto_request *r) {
     free(r->stop);
     free(r->stop_token_ids);
     free(r->guide);
+    free(r->cache_salt);
     proto_request_init(r);
 }
 
@@ -456,6 +457,10 @@ static llmq_status request_field(proto_request *r, const msgpack_object *k, cons
         if (r->guide) return llmq_err_set(err, LLMQ_ERR_INVALID, "field 'guide': given twice");
         return read_guide(r, v, err);
     }
+    if (key_is(k, "cache_salt")) {
+        if (r->cache_salt) return llmq_err_set(err, LLMQ_ERR_INVALID, "field 'cache_salt': given twice");
+        return read_str(v, "cache_salt", PROTO_MAX_CACHE_SALT, 1, &r->cache_salt, NULL, err);
+    }
     return LLMQ_OK;
 }
 
@@ -547,6 +552,8 @@ llmq_status proto_request_validate(const proto_request *r, llmq_err *err) {
         if (strlen(r->guide) > PROTO_MAX_GUIDE_BYTES) BAD("guide data is longer than %d bytes", PROTO_MAX_GUIDE_BYTES);
         if (r->op != PROTO_OP_GENERATE) BAD("guide is only for op generate");
     }
+    if (r->cache_salt && strlen(r->cache_salt) > PROTO_MAX_CACHE_SALT)
+        BAD("cache_salt is longer than %d bytes", PROTO_MAX_CACHE_SALT);
     return LLMQ_OK;
 #undef BAD
 }
@@ -588,6 +595,7 @@ llmq_status proto_request_encode(const proto_request *r, proto_buf *out, llmq_er
     n += r->op != PROTO_OP_GENERATE;
     n += r->add_special_tokens != PROTO_UNSET;
     n += r->guide_type != PROTO_GUIDE_NONE;
+    n += !!r->cache_salt;
 
     size_t start = out->len;
     msgpack_packer pk;
@@ -640,6 +648,7 @@ llmq_status proto_request_encode(const proto_request *r, proto_buf *out, llmq_er
         e = e || pack_cstr(&pk, "guide") || msgpack_pack_map(&pk, 2) || pack_cstr(&pk, "type") ||
             pack_cstr(&pk, proto_guide_type_name(r->guide_type)) || pack_cstr(&pk, "data") ||
             pack_cstr(&pk, r->guide ? r->guide : "");
+    if (r->cache_salt) e = e || pack_cstr(&pk, "cache_salt") || pack_cstr(&pk, r->cache_salt);
     if (e) {
         out->len = start;
         return llmq_err_set(err, LLMQ_ERR_NOMEM, "encoding request: out of memory");
@@ -793,6 +802,8 @@ static llmq_status read_usage(proto_chunk *c, const msgpack_object *o, llmq_err 
         if (key_is(k, "prompt_tokens")) st = read_int(v, "usage.prompt_tokens", 0, INT64_MAX, &c->usage.prompt_tokens, err);
         else if (key_is(k, "completion_tokens"))
             st = read_int(v, "usage.completion_tokens", 0, INT64_MAX, &c->usage.completion_tokens, err);
+        else if (key_is(k, "cached_tokens"))
+            st = read_int(v, "usage.cached_tokens", 0, INT64_MAX, &c->usage.cached_tokens, err);
         if (st != LLMQ_OK) return st;
     }
     c->has_usage = true;
@@ -885,9 +896,11 @@ llmq_status proto_chunk_encode(const proto_chunk *c, proto_buf *out, llmq_err *e
     e = e || pack_cstr(&pk, "ids") || pack_ids(&pk, c->ids, c->n_ids);
     if (c->finish) e = e || pack_cstr(&pk, "finish") || pack_cstr(&pk, c->finish);
     if (c->has_usage)
-        e = e || pack_cstr(&pk, "usage") || msgpack_pack_map(&pk, 2) || pack_cstr(&pk, "prompt_tokens") ||
-            msgpack_pack_int64(&pk, c->usage.prompt_tokens) || pack_cstr(&pk, "completion_tokens") ||
-            msgpack_pack_int64(&pk, c->usage.completion_tokens);
+        e = e || pack_cstr(&pk, "usage") || msgpack_pack_map(&pk, c->usage.cached_tokens > 0 ? 3 : 2) ||
+            pack_cstr(&pk, "prompt_tokens") || msgpack_pack_int64(&pk, c->usage.prompt_tokens) ||
+            pack_cstr(&pk, "completion_tokens") || msgpack_pack_int64(&pk, c->usage.completion_tokens) ||
+            (c->usage.cached_tokens > 0 &&
+             (pack_cstr(&pk, "cached_tokens") || msgpack_pack_int64(&pk, c->usage.cached_tokens)));
     if (c->error) e = e || pack_cstr(&pk, "error") || pack_cstr(&pk, c->error);
     if (c->error_status) e = e || pack_cstr(&pk, "status") || msgpack_pack_int64(&pk, c->error_status);
     if (c->code) e = e || pack_cstr(&pk, "code") || pack_cstr(&pk, c->code);

@@ -53,6 +53,7 @@
 #define PROTO_MAX_PROMPT_IDS (1 << 20) /* entries of `prompt_ids` */
 #define PROTO_MAX_LOGPROBS 20      /* `logprobs` of a request; alternatives per token of a chunk's `lp` */
 #define PROTO_MAX_GUIDE_BYTES (1 << 20) /* bytes of a `guide`'s `data` (schema, regex or grammar) */
+#define PROTO_MAX_CACHE_SALT 256   /* bytes of `cache_salt` */
 
 /* ------------------------------------------------------------ buffers */
 
@@ -162,6 +163,10 @@ typedef struct proto_request {
                                     grammar (NUL terminated, no NUL inside,
                                     <= PROTO_MAX_GUIDE_BYTES); its syntax is the worker's
                                     (llguidance's) to check */
+    char *cache_salt;            /* key `cache_salt`: NULL, or a string (no NUL inside,
+                                    <= PROTO_MAX_CACHE_SALT bytes) that keys the worker's prefix
+                                    cache: only requests with the same salt share cached KV
+                                    blocks (tenant isolation, as vLLM's cache_salt) */
 } proto_request;
 
 /* Set every field to its default (nothing owned). */
@@ -202,6 +207,9 @@ llmq_status proto_request_encode(const proto_request *r, proto_buf *out, llmq_er
 typedef struct proto_usage {
     int64_t prompt_tokens;       /* tokens of the (templated) prompt */
     int64_t completion_tokens;   /* tokens generated */
+    int64_t cached_tokens;       /* of prompt_tokens, those whose KV came from the worker's prefix
+                                    cache (OpenAI's prompt_tokens_details.cached_tokens); key
+                                    `cached_tokens` of `usage`, written only when > 0 */
 } proto_usage;
 
 /*

@@ -585,6 +585,51 @@ static void pack_guide_huge(msgpack_packer *pk) {
     free(s);
 }
 
+/* cache_salt (prefix-cache tenant key) round trips; a wrong type or a NUL
+ * is refused naming the field; the chunk's usage.cached_tokens round trips
+ * and is left out at 0 (the encoding of older chunks stays as it was). */
+static void test_cache_salt_and_cached_tokens(void **state) {
+    (void)state;
+    proto_request in, r;
+    proto_request_init(&in);
+    in.model = (char *)"m";
+    in.kind = PROTO_PROMPT_TEXT;
+    in.prompt = (char *)"hi";
+    in.cache_salt = (char *)"tenant-7";
+    llmq_err err;
+    assert_int_equal(proto_request_validate(&in, &err), LLMQ_OK);
+    proto_buf b;
+    proto_buf_init(&b);
+    assert_int_equal(proto_request_encode(&in, &b, &err), LLMQ_OK);
+    assert_int_equal(proto_request_decode(&r, b.data, b.len, &err), LLMQ_OK);
+    assert_string_equal(r.cache_salt, "tenant-7");
+    proto_request_deinit(&r);
+    assert_null(r.cache_salt);
+    proto_buf_deinit(&b);
+    expect_field_error("cache_salt", pack_int, LLMQ_ERR_INVALID, "field 'cache_salt': expected a string, got an integer");
+
+    proto_chunk c, d;
+    proto_chunk_init(&c);
+    c.finish = (char *)"stop";
+    c.has_usage = true;
+    c.usage = (proto_usage){.prompt_tokens = 70, .completion_tokens = 2, .cached_tokens = 64};
+    proto_buf_init(&b);
+    assert_int_equal(proto_chunk_encode(&c, &b, &err), LLMQ_OK);
+    assert_int_equal(proto_chunk_decode(&d, b.data, b.len, &err), LLMQ_OK);
+    assert_int_equal(d.usage.cached_tokens, 64);
+    assert_int_equal(d.usage.prompt_tokens, 70);
+    proto_chunk_deinit(&d);
+    const size_t with = b.len;
+    c.usage.cached_tokens = 0;
+    proto_buf_reset(&b);
+    assert_int_equal(proto_chunk_encode(&c, &b, &err), LLMQ_OK);
+    assert_int_equal(with - b.len, 1 + 13 + 1); /* the key "cached_tokens" and 64 are gone */
+    assert_int_equal(proto_chunk_decode(&d, b.data, b.len, &err), LLMQ_OK);
+    assert_int_equal(d.usage.cached_tokens, 0);
+    proto_chunk_deinit(&d);
+    proto_buf_deinit(&b);
+}
+
 static void test_request_guide(void **state) {
     (void)state;
     proto_request r;
@@ -971,6 +1016,7 @@ int main(void) {
         cmocka_unit_test(test_request_limits),
         cmocka_unit_test(test_request_op),
         cmocka_unit_test(test_request_guide),
+        cmocka_unit_test(test_cache_salt_and_cached_tokens),
         cmocka_unit_test(test_chunk_roundtrip),
         cmocka_unit_test(test_chunk_errors),
         cmocka_unit_test(test_chunk_logprobs_roundtrip),
