@@ -47,7 +47,7 @@ endif
 
 # Libraries (Debian packages, see README.md "Layout", tools/deps.sh and `make deps`).
 LIB_COMMON  := -ljansson -lmsgpackc -lhiredis -lm
-LIB_ENGINE  := -lpcre2-8 -lutf8proc -lxxhash
+LIB_ENGINE  := -lpcre2-8 -lutf8proc -lxxhash -ldl
 LIB_GATEWAY := -lev -lhttp_parser -lcrypto
 LIB_TEST    := -lcmocka
 

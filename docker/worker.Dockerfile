@@ -43,6 +43,14 @@ RUN make -j"$(nproc)" ARCH="${ARCH}" BUILD=/out /out/llmq /out/llmq-worker \
     fi \
  && test -x /out/llmq-worker \
  && strip /out/llmq-worker /out/llmq
+# Structured output: llguidance's C API is the shared library inside its
+# PyPI wheel (abi3); the worker dlopens it (LLMQ_LLGUIDANCE below) after the
+# runtime's libpython3.10.  Only that file is kept, not Python packages.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-pip \
+ && pip3 download --no-deps --only-binary=:all: -d /tmp/llg llguidance \
+ && python3 -m zipfile -e /tmp/llg/llguidance-*.whl /tmp/llg/x \
+ && mkdir -p /out/llguidance && cp /tmp/llg/x/llguidance/_lib*.so /out/llguidance/
 
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_RELEASE}
 RUN apt-get update \
@@ -53,6 +61,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin llmq
 COPY --from=build /out/llmq-worker /out/llmq /usr/local/bin/
+COPY --from=build /out/llguidance /usr/local/lib/llmq/llguidance
+ENV LLMQ_LLGUIDANCE=/usr/local/lib/llmq/llguidance
 COPY --chmod=0755 docker/fetch-model.sh /usr/local/bin/llmq-fetch-model
 COPY --chmod=0755 docker/worker-ranks.sh /usr/local/bin/llmq-worker-ranks
 # HOME and the CUDA JIT cache on the /tmp emptyDir: the root filesystem is

@@ -23,6 +23,10 @@ PY_PKGS+=(helm-python-sdk kubernetes-validate pyyaml jsonschema)
 # Metric names (tests/e2e/test_metrics_names.py): Prometheus' own parser of
 # the exposition text, and a PromQL parser for the dashboard's and alerts' queries.
 PY_PKGS+=(prometheus-client promql-parser)
+# Structured output (worker/engine/guide.c, tests/unit/test_guide.c,
+# tests/e2e/test_guide_worker.py): llguidance's wheel ships its C API, which
+# the worker loads at run time.
+PY_PKGS+=(llguidance)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -44,7 +48,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "deps: creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import numpy, pytest, redis, openai, tokenizers, msgpack, helm_python, kubernetes_validate, yaml, jsonschema, prometheus_client, promql_parser" 2>/dev/null; then
+if ! .venv/bin/python -c "import numpy, pytest, redis, openai, tokenizers, msgpack, helm_python, kubernetes_validate, yaml, jsonschema, prometheus_client, promql_parser, llguidance" 2>/dev/null; then
   echo "deps: installing Python test packages: ${PY_PKGS[*]}"
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PKGS[@]}"
 else

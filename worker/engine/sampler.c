@@ -150,8 +150,16 @@ static int keep_top_k(sampler *s, int n, int k) {
 
 int32_t sampler_sample(sampler *s, const sampling_params *p, float *logits, const int32_t *hist, int n_hist,
                        int n_prompt, uint64_t position) {
+    return sampler_sample_masked(s, p, logits, NULL, hist, n_hist, n_prompt, position);
+}
+
+int32_t sampler_sample_masked(sampler *s, const sampling_params *p, float *logits, const uint32_t *allow,
+                              const int32_t *hist, int n_hist, int n_prompt, uint64_t position) {
     const int V = s->vocab;
     apply_penalties(s, p, logits, hist, n_hist, n_prompt);
+    if (allow)
+        for (int i = 0; i < V; i++)
+            if (!(allow[i >> 5] >> (i & 31) & 1u)) logits[i] = -INFINITY;
 
     if (p->temperature <= 0.0f || p->top_k == 1) {
         int32_t best = 0;

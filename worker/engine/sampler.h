@@ -4,6 +4,7 @@
  * Order of operations (as vLLM applies them):
  *   1. repetition_penalty over prompt + output tokens (logit > 0: divided,
  *      else multiplied), presence/frequency penalties over output tokens;
+ *      then a constraint's mask (sampler_sample_masked): disallowed ids -inf;
  *   2. temperature 0 (or top_k 1): argmax, lowest id on ties; done;
  *   3. softmax(logits / temperature);
  *   4. top_k, then top_p (smallest set of most likely tokens whose mass
@@ -64,6 +65,17 @@ void sampler_destroy(sampler *s);
  */
 int32_t sampler_sample(sampler *s, const sampling_params *p, float *logits, const int32_t *history, int n_history,
                        int n_prompt, uint64_t position);
+
+/*
+ * The same under a constraint: allow [vocab / 32 rounded up] has bit (id %
+ * 32) of word (id / 32) set for each id that may come next (guide.h).  The
+ * others get -inf after the penalties, before temperature and the
+ * filters, so that what is left is drawn as sampler_sample draws (the same
+ * uniform at the same position).  allow NULL: sampler_sample.  At least one
+ * id must be allowed.
+ */
+int32_t sampler_sample_masked(sampler *s, const sampling_params *p, float *logits, const uint32_t *allow,
+                              const int32_t *history, int n_history, int n_prompt, uint64_t position);
 
 /* ------------------------------------------------------------ logprobs */
 

@@ -38,6 +38,7 @@ struct sched {
     float *logits;        /* [max_seqs * vocab] */
     float *raw;           /* [vocab] a row before the sampler's penalties change it
                              (only copied for sequences that asked for logprobs) */
+    uint32_t *mask;       /* [guide_mask_words(vocab)] a constrained sequence's allowed ids */
 };
 
 const char *finish_reason_name(finish_reason r) {
@@ -71,6 +72,8 @@ int seq_init(seq *s, const int32_t *prompt, int n_prompt, int max_tokens, const 
 void seq_deinit(seq *s) {
     if (!s) return;
     free(s->tokens);
+    guide_matcher_destroy(s->guide);
+    s->guide = NULL;
     free(s->blocks);
     s->tokens = NULL;
     s->blocks = NULL;
@@ -97,8 +100,9 @@ llmq_status sched_create(sched **out, engine *e, const sched_opts *o, const sche
     s->eseqs = calloc((size_t)o->max_seqs, sizeof *s->eseqs);
     s->logits = malloc((size_t)o->max_seqs * s->cfg->vocab_size * sizeof *s->logits);
     s->raw = malloc((size_t)s->cfg->vocab_size * sizeof *s->raw);
+    s->mask = malloc(guide_mask_words(s->cfg->vocab_size) * sizeof *s->mask);
     s->smp = sampler_create(s->cfg->vocab_size);
-    if (!s->free_blocks || !s->running || !s->plan || !s->eseqs || !s->logits || !s->raw || !s->smp) {
+    if (!s->free_blocks || !s->running || !s->plan || !s->eseqs || !s->logits || !s->raw || !s->smp || !s->mask) {
         sched_destroy(s);
         return llmq_err_set(err, LLMQ_ERR_NOMEM, "scheduler: out of memory");
     }
@@ -116,6 +120,7 @@ void sched_destroy(sched *s) {
     free(s->eseqs);
     free(s->logits);
     free(s->raw);
+    free(s->mask);
     sampler_destroy(s->smp);
     free(s);
 }
@@ -387,15 +392,28 @@ llmq_status sched_step(sched *s, int *did_work, llmq_err *err) {
         /* logprobs come from the model's raw distribution, and the sampler
          * applies penalties in place: keep the row first (only when asked). */
         if (q->logprobs >= 0) memcpy(s->raw, lg, (size_t)V * sizeof *lg);
-        int32_t tok = sampler_sample(s->smp, &q->sp, lg, q->tokens, q->n_tokens, q->n_prompt, (uint64_t)q->n_tokens);
+        const uint32_t *allow = NULL;
+        if (q->guide) { /* a matcher that allows nothing (or fails) ends the sequence, never a forced draw */
+            if (guide_matcher_mask(q->guide, s->mask) <= 0) {
+                finish_seq(s, q, FINISH_ERROR);
+                continue;
+            }
+            allow = s->mask;
+        }
+        int32_t tok = sampler_sample_masked(s->smp, &q->sp, lg, allow, q->tokens, q->n_tokens, q->n_prompt,
+                                            (uint64_t)q->n_tokens);
         if (q->logprobs >= 0) sampler_logprobs_compute(s->raw, V, tok, q->logprobs, &q->lp);
         if (q->n_tokens == q->cap) { /* cannot happen with cap = prompt + max_tokens + 1, but stay safe */
             finish_seq(s, q, FINISH_LENGTH);
             continue;
         }
         q->tokens[q->n_tokens++] = tok;
+        const int guide_failed = q->guide && guide_matcher_consume(q->guide, tok);
         if (s->cb.on_token) s->cb.on_token(q, tok, s->cb.ud);
-        if ((!q->ignore_eos && model_config_is_eos(s->cfg, tok)) || is_stop_id(q, tok))
+        if (guide_failed)
+            finish_seq(s, q, FINISH_ERROR);
+        else if ((!q->ignore_eos && model_config_is_eos(s->cfg, tok)) || is_stop_id(q, tok) ||
+                 (q->guide && guide_matcher_is_stopped(q->guide)))
             finish_seq(s, q, FINISH_STOP);
         else if (seq_n_generated(q) >= q->max_tokens || q->n_tokens >= ctx)
             finish_seq(s, q, FINISH_LENGTH);

@@ -17,8 +17,9 @@
  * recomputed sequence continue exactly as it would have.
  *
  * After the forward pass every sequence whose pending tokens are all
- * computed samples its next token; the scheduler finishes sequences on EOS,
- * stop token ids, max_tokens or the context limit, frees their blocks and
+ * computed samples its next token (under its constraint's mask, if it has
+ * one); the scheduler finishes sequences on EOS, stop token ids, a complete
+ * constraint, max_tokens or the context limit, frees their blocks and
  * reports them through the callbacks.  Sequences are owned by the caller.
  */
 #ifndef LLMQ_SCHED_H
@@ -28,6 +29,7 @@
 
 #include "common/status.h"
 #include "worker/engine/engine.h"
+#include "worker/engine/guide.h"
 #include "worker/engine/sampler.h"
 
 typedef enum seq_state { SEQ_WAITING = 0, SEQ_RUNNING, SEQ_FINISHED } seq_state;
@@ -59,6 +61,10 @@ typedef struct seq {
     int logprobs;               /* -1 (seq_init's default): none; n in 0..SAMPLER_MAX_LOGPROBS:
                                    fill lp for every sampled token, with the top n */
     int32_t priority;           /* higher is admitted first (the request's; seq_init: 0) */
+    guide_matcher *guide;       /* NULL, or the constraint on the generated ids (guide.h), in step
+                                   with them: each step samples under its mask and it consumes
+                                   the token; its completion finishes the sequence ("stop").
+                                   Owned by the seq (seq_deinit destroys it) */
     void *user;                 /* caller's context */
     /* scheduler state */
     seq_state state;

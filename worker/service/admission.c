@@ -23,6 +23,8 @@
 
 #define OOM_PROMPT "out of memory: the worker cannot build the prompt"
 #define CODE_CONTEXT "context_length_exceeded" /* OpenAI's code for a prompt + max_tokens past the context */
+#define CODE_CONSTRAINT "invalid_constraint"    /* a `guide` llguidance refuses (its message) */
+#define CODE_NO_GUIDE "structured_output_unavailable" /* a `guide` on a worker without llguidance */
 
 /* ------------------------------------------------------------ entries */
 
@@ -255,6 +257,27 @@ static void answer_op(service *sv, job *j) {
     svc_fail_early(sv, j->id, j->lane, j->entry, 0, 0, why, why == (const char *)OOM_PROMPT ? 500 : 400, 0);
 }
 
+/* A constrained job's matcher (the seq owns it).  Returns NULL, or why not,
+ * with its code: the worker has no llguidance, or the constraint is
+ * invalid (400 both), or no memory (500). */
+static const char *guide_setup(service *sv, job *j, char *msg, size_t cap, int *status) {
+    const proto_request *q = &j->req;
+    *status = 400;
+    if (!sv->guide) {
+        snprintf(msg, cap, "structured output is unavailable on this worker (%.200s); to enable it, %s", sv->guide_error,
+                 GUIDE_HOW_TO_ENABLE);
+        j->error_code = CODE_NO_GUIDE;
+        return msg;
+    }
+    llmq_err e = {0};
+    const llmq_status st = guide_matcher_create(&j->s.guide, sv->guide, proto_guide_type_name(q->guide_type), q->guide, &e);
+    if (st == LLMQ_OK) return NULL;
+    snprintf(msg, cap, "%s", e.msg);
+    if (st == LLMQ_ERR_INVALID) j->error_code = CODE_CONSTRAINT;
+    else *status = 500;
+    return msg;
+}
+
 /* An admitted job's sequence: prompt ids, token limit, sampling, logprobs,
  * stop ids, detokenizer and stop strings.  Returns NULL, or why it cannot
  * run with *status 400 (the request: too long, unknown ids, ...) or 500
@@ -302,6 +325,7 @@ static const char *job_setup(service *sv, job *j, uint64_t seed, char *msg, size
     }
     for (size_t k = 0; k < q->n_stop_token_ids && k < SEQ_MAX_STOP_IDS; k++)
         j->s.stop_ids[j->s.n_stop_ids++] = q->stop_token_ids[k];
+    if (q->guide_type != PROTO_GUIDE_NONE && (why = guide_setup(sv, j, msg, cap, status))) return why;
     *status = 500;
     if (sv->rt->tok) {
         if (tok_stream_init(&j->ts, sv->rt->tok, j->s.tokens, (size_t)j->s.n_prompt, 1))
@@ -325,6 +349,9 @@ static const char *job_resume(service *sv, job *j, const int32_t *prev, int n_pr
         j->s.tokens[j->s.n_tokens++] = prev[k];
         svc_job_text_push(sv, j, prev[k]);
     }
+    /* the constraint follows the ids: the same matcher state, so the same masks */
+    if (j->s.guide && guide_matcher_consume_all(j->s.guide, prev, n_prev))
+        return "its constraint refuses the ids an earlier attempt generated";
     if (n_prev > 0) {
         j->skip = published;
         log_info("job %s: resuming after %d tokens (attempt %lld, next seq %" PRId64 ")", j->id, n_prev, j->attempt,

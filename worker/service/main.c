@@ -53,6 +53,9 @@ static void usage(FILE *f) {
             "  --chat-template T        a family (llama-2, llama-3, mistral, chatml, zephyr), or a Jinja\n"
             "                           file or text of one (default: the model's tokenizer_config.json\n"
             "                           chat_template; chatml when the model has none)\n"
+            "  --llguidance PATH        llguidance's library (_lib*.so, or its folder) for structured output\n"
+            "                           (default: $LLMQ_LLGUIDANCE, else where python3 finds `import llguidance`;\n"
+            "                           without it, constrained requests fail with structured_output_unavailable)\n"
             "  --tp N                   tensor parallel over N ranks; alone: starts N-1 local peer processes\n"
             "  --rank R --group G       start one rank of group G (with --tp N), on any host; rank 0 listens\n"
             "                           for the others over TCP and publishes where in Redis; they join it\n"
@@ -156,7 +159,7 @@ int main(int argc, char **argv) {
         {"kv-blocks", required_argument, 0, 'k'},     {"metrics-port", required_argument, 0, 'M'},
         {"claim-idle-ms", required_argument, 0, 'C'}, {"max-attempts", required_argument, 0, 'A'},
         {"result-ttl", required_argument, 0, 'T'},    {"drain-timeout", required_argument, 0, 'D'},
-        {"chat-template", required_argument, 0, 'H'},
+        {"chat-template", required_argument, 0, 'H'}, {"llguidance", required_argument, 0, 'J'},
         {"tp", required_argument, 0, 'P'},            {"rank", required_argument, 0, 'R'},
         {"group", required_argument, 0, 'G'},         {"tp-timeout-ms", required_argument, 0, 'O'},
         {"memory-utilization", required_argument, 0, 'U'}, {"quantization", required_argument, 0, 'Q'},
@@ -192,6 +195,7 @@ int main(int argc, char **argv) {
         case 'T': bad |= to_int(optarg, "result-ttl", 1, &o.result_ttl_s); break;
         case 'D': bad |= to_int(optarg, "drain-timeout", 0, &o.drain_timeout_s); break;
         case 'H': o.chat_template = optarg; break;
+        case 'J': o.llguidance = optarg; break;
         case 'W': redis_url_set_password_file(optarg); break; /* common/url.h; forked peers inherit it */
         case 'P': bad |= to_int(optarg, "tp", 1, &tp); break;
         case 'R': bad |= to_int(optarg, "rank", 0, &rank); break;

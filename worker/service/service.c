@@ -200,6 +200,24 @@ static llmq_status reconnect(service *sv, volatile sig_atomic_t *stop, llmq_err 
     }
 }
 
+/* llguidance for structured output: an explicit --llguidance must load;
+ * found otherwise (or not), it is optional and its absence is logged. */
+static llmq_status guide_start(service *sv, const model_config *cfg, llmq_err *err) {
+    llmq_err ge = {0};
+    if (!sv->rt->tok) {
+        snprintf(sv->guide_error, sizeof sv->guide_error, "this model has no tokenizer.json");
+    } else if (guide_lib_load(&sv->guide, sv->o.llguidance, sv->rt->tok, cfg->vocab_size, cfg->eos_token_ids,
+                              cfg->n_eos, &ge) == LLMQ_OK) {
+        log_info("structured output: %s (%s)", guide_lib_version(sv->guide), guide_lib_path(sv->guide));
+        return LLMQ_OK;
+    } else {
+        if (sv->o.llguidance) return llmq_err_set(err, ge.code, "--llguidance: %s", ge.msg);
+        snprintf(sv->guide_error, sizeof sv->guide_error, "%s", ge.msg);
+    }
+    log_info("structured output unavailable (%s); to enable it, %s", sv->guide_error, GUIDE_HOW_TO_ENABLE);
+    return LLMQ_OK;
+}
+
 static void service_free(service *sv) {
     while (sv->jobs) {
         job *j = sv->jobs;
@@ -208,6 +226,7 @@ static void service_free(service *sv) {
     }
     if (sv->has_ct) chat_template_deinit(&sv->ct);
     svc_pieces_deinit(&sv->pieces);
+    guide_lib_destroy(sv->guide); /* after the jobs (their matchers), before the tokenizer */
     runtime_destroy(sv->rt);
     svc_health_stop(sv);
     disconnect(sv);
@@ -273,6 +292,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     }
     const model_config *cfg = &sv->rt->m->cfg;
     if (sv->rt->tok && (st = svc_pieces_build(&sv->pieces, sv->rt->tok, cfg->vocab_size, err))) goto out;
+    if ((st = guide_start(sv, cfg, err))) goto out;
     blocks = eng_n_blocks(sv->rt->eng);
     log_info("model %s loaded from %s: %s, %d layers, %.1f MB of weights on rank 0 of %d; KV cache %d blocks "
              "(%.1f MiB)", o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers, sv->rt->m->weight_bytes / 1e6, world,

@@ -30,6 +30,8 @@ typedef struct service_opts {
     const char *consumer;       /* consumer name in the group (unique per worker) */
     const char *backend;        /* "cpu", "cpu-ref", "cuda" */
     const char *chat_template;  /* force a chat template family; NULL = from tokenizer_config.json */
+    const char *llguidance;     /* --llguidance: llguidance's library (file or folder), required to
+                                 * load; NULL: $LLMQ_LLGUIDANCE, else python's, optional (guide.h) */
     int max_num_seqs;           /* sequences per step */
     int max_batched_tokens;     /* tokens per step */
     int kv_blocks;              /* KV cache blocks of 16 tokens */

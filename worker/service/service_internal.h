@@ -27,6 +27,7 @@
 #include "common/url.h"
 #include "kernels/backend.h"
 #include "worker/engine/engine.h"
+#include "worker/engine/guide.h"
 #include "worker/engine/runtime.h"
 #include "worker/engine/sched.h"
 #include "worker/model/model.h"
@@ -109,6 +110,9 @@ typedef struct service {
     chat_template ct;        /* the model's chat template family */
     int has_ct;
     char ct_error[LLMQ_ERRSTR_LEN]; /* why chat requests cannot run, when !has_ct */
+    guide_lib *guide;        /* llguidance for constrained requests; NULL: they fail with
+                                structured_output_unavailable and guide_error */
+    char guide_error[LLMQ_ERRSTR_LEN];
     job *jobs;               /* active jobs */
     int n_jobs;
     proto_buf buf;           /* scratch for one encoding */
