@@ -258,27 +258,46 @@ static int set_guide(proto_request *r, proto_guide_type t, char *data, const cha
 
 /* A JSON Schema (an object, or a boolean: `true` allows anything) or a
  * string holding one, as compact JSON text for the worker.  what: how the
- * error names it. */
+ * error names it.
+ *
+ * llguidance lets JSON have any whitespace between its tokens by default,
+ * and a model that is not sure what to write next fills it with spaces and
+ * newlines up to max_tokens (the shared test model did, every time).  So an
+ * object schema without llguidance options of its own (`x-guidance`, read at
+ * the top level only) gets {"whitespace_flexible": false}: JSON without
+ * whitespace, as OpenAI's structured outputs read.  A schema that sets
+ * `x-guidance` is passed as it is. */
 static int set_schema(proto_request *r, const json_t *v, const char *what, const char *param, gw_bad *bad) {
-    json_t *parsed = NULL;
+    json_t *owned = NULL;
     if (json_is_string(v)) {
         json_error_t je;
-        parsed = json_loadb(json_string_value(v), json_string_length(v), JSON_DECODE_ANY, &je);
-        if (!parsed) return bad_set(bad, 400, param, "'%s' is not valid JSON: %s", what, je.text);
-        v = parsed;
+        owned = json_loadb(json_string_value(v), json_string_length(v), JSON_DECODE_ANY, &je);
+        if (!owned) return bad_set(bad, 400, param, "'%s' is not valid JSON: %s", what, je.text);
+        v = owned;
     }
-    int rc;
-    if (!json_is_object(v) && !json_is_boolean(v))
-        rc = bad_set(bad, 400, param, "'%s' must be a JSON Schema (an object), not %s", what, jtype(v));
-    else
-        rc = set_guide(r, PROTO_GUIDE_JSON_SCHEMA, json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY), param, bad);
-    json_decref(parsed);
+    if (!json_is_object(v) && !json_is_boolean(v)) {
+        json_decref(owned);
+        return bad_set(bad, 400, param, "'%s' must be a JSON Schema (an object), not %s", what, jtype(v));
+    }
+    if (json_is_object(v) && !json_object_get(v, "x-guidance")) {
+        json_t *copy = json_copy((json_t *)v); /* shallow: the body is not ours to change */
+        if (!copy || json_object_set_new(copy, "x-guidance", json_pack("{s:b}", "whitespace_flexible", 0))) {
+            json_decref(copy);
+            json_decref(owned);
+            return bad_set(bad, 500, NULL, "out of memory");
+        }
+        json_decref(owned);
+        v = owned = copy;
+    }
+    int rc = set_guide(r, PROTO_GUIDE_JSON_SCHEMA, json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY), param, bad);
+    json_decref(owned);
     return rc;
 }
 
 /* OpenAI's response_format: {"type": "text" | "json_object" | "json_schema",
  * "json_schema": {"name", "schema", "strict", "description"}}.  json_object
- * is any JSON object, the schema {"type":"object"} (as vLLM asks llguidance). */
+ * is any JSON object, the schema {"type":"object"} (as vLLM asks llguidance,
+ * here without free whitespace, see set_schema). */
 static int parse_response_format(const json_t *v, proto_request *r, gw_bad *bad) {
     const char *P = "response_format";
     if (!json_is_object(v)) return bad_set(bad, 400, P, "'response_format' must be an object, not %s", jtype(v));
@@ -287,8 +306,12 @@ static int parse_response_format(const json_t *v, proto_request *r, gw_bad *bad)
         return bad_set(bad, 400, P, "'response_format.type' must be one of 'text', 'json_object', 'json_schema'");
     const char *t = json_string_value(type);
     if (!strcmp(t, "text")) return 0;
-    if (!strcmp(t, "json_object"))
-        return set_guide(r, PROTO_GUIDE_JSON_SCHEMA, strdup("{\"type\":\"object\"}"), P, bad);
+    if (!strcmp(t, "json_object")) {
+        json_t *any = json_pack("{s:s}", "type", "object");
+        int rc = any ? set_schema(r, any, "response_format", P, bad) : bad_set(bad, 500, NULL, "out of memory");
+        json_decref(any);
+        return rc;
+    }
     if (strcmp(t, "json_schema") != 0)
         return bad_set(bad, 400, P,
                        "'response_format.type' must be one of 'text', 'json_object', 'json_schema', not '%.64s'", t);
@@ -469,6 +492,15 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
      * default (BOS for a prompt, none for messages, whose template holds it) */
     if ((rc = get_bool(o, "add_special_tokens", &b, bad)) < 0) return -1;
     if (rc > 0) r->add_special_tokens = b;
+    /* vLLM's cache_salt: only requests with the same salt share prefix-cache blocks */
+    const json_t *salt = field(o, "cache_salt");
+    if (salt) {
+        if (!json_is_string(salt) || json_string_length(salt) > PROTO_MAX_CACHE_SALT ||
+            memchr(json_string_value(salt), '\0', json_string_length(salt)))
+            return bad_set(bad, 400, "cache_salt", "'cache_salt' must be a string of at most %d bytes",
+                           PROTO_MAX_CACHE_SALT);
+        if (set_str(&r->cache_salt, json_string_value(salt), bad)) return -1;
+    }
     /* priority within --priority-range, except for admin keys (auth.h): the
      * lanes and the scheduler trust it, so a client may not buy its way
      * ahead of every other with INT32_MAX */

@@ -63,6 +63,11 @@ def compact(v):
     return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
 
 
+# what an object schema without llguidance options of its own gets: JSON without free whitespace
+NO_WS = {"x-guidance": {"whitespace_flexible": False}}
+JSON_OBJECT = {"type": "json_schema", "data": compact({"type": "object", **NO_WS})}
+
+
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0},
                                            "tags": {"type": "array", "items": {"enum": ["a", "b"]}}},
           "required": ["name", "age"], "additionalProperties": False}
@@ -71,21 +76,23 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"
 def test_each_shape_lands_as_its_guide(fleet):
     oc = fleet.oc
     # response_format on chat, and on completions
-    assert chat_guide(fleet, response_format={"type": "json_object"}) == {"type": "json_schema",
-                                                                          "data": '{"type":"object"}'}
+    assert chat_guide(fleet, response_format={"type": "json_object"}) == JSON_OBJECT
     r = oc.completions.create(model="m1", prompt="x", max_tokens=2,
                               extra_body={"response_format": {"type": "json_object"}})
-    assert seen(fleet, r.id)["guide"] == {"type": "json_schema", "data": '{"type":"object"}'}
+    assert seen(fleet, r.id)["guide"] == JSON_OBJECT
     rf = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}
     # the schema as it was written: same keys in the same order (llguidance emits properties in schema order)
-    assert chat_guide(fleet, response_format=rf) == {"type": "json_schema", "data": compact(SCHEMA)}
+    assert chat_guide(fleet, response_format=rf) == {"type": "json_schema", "data": compact({**SCHEMA, **NO_WS})}
     assert "guide" not in seen(fleet, oc.chat.completions.create(model="m1", messages=MSGS, max_tokens=1,
                                                                  response_format={"type": "text"}).id)
     # vLLM's extra parameters
-    assert chat_guide(fleet, guided_json=SCHEMA) == {"type": "json_schema", "data": compact(SCHEMA)}
+    assert chat_guide(fleet, guided_json=SCHEMA) == {"type": "json_schema", "data": compact({**SCHEMA, **NO_WS})}
     bounds = '{"type": "number", "minimum": 0.1, "maximum": 2.5e3}'
     g = chat_guide(fleet, guided_json=bounds)  # a string holding the schema
-    assert g["type"] == "json_schema" and json.loads(g["data"]) == json.loads(bounds)
+    assert g["type"] == "json_schema" and json.loads(g["data"]) == {**json.loads(bounds), **NO_WS}
+    # a schema with llguidance options of its own is passed as it is
+    own = {"type": "array", "x-guidance": {"whitespace_flexible": True, "item_separator": ", "}}
+    assert chat_guide(fleet, guided_json=own) == {"type": "json_schema", "data": compact(own)}
     assert chat_guide(fleet, guided_json=True) == {"type": "json_schema", "data": "true"}
     assert chat_guide(fleet, guided_regex=r"\d{3}-[a-z]+") == {"type": "regex", "data": r"\d{3}-[a-z]+"}
     lark = 'start: item ("," item)*\nitem: /[0-9]+/'
@@ -101,8 +108,7 @@ def test_each_shape_lands_as_its_guide(fleet):
 
 def test_job_api_takes_the_same_fields(fleet):
     for body, want in [({"guided_choice": ["x", "y"]}, {"type": "lark", "data": 'start: "x" | "y"'}),
-                       ({"response_format": {"type": "json_object"}}, {"type": "json_schema",
-                                                                       "data": '{"type":"object"}'})]:
+                       ({"response_format": {"type": "json_object"}}, JSON_OBJECT)]:
         st, _, b = fleet.gw.request("POST", "/v1/jobs", {"model": "m1", "prompt": "x", "max_tokens": 1, **body})
         assert st == 202, b
         assert seen(fleet, json.loads(b)["id"])["guide"] == want
