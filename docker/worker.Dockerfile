@@ -57,7 +57,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libhiredis0.14 libmsgpackc2 libjansson4 \
       libpcre2-8-0 libxxhash0 libutf8proc2 libgomp1 \
-      tini curl jq ca-certificates stunnel4 \
+      tini curl jq ca-certificates stunnel4 libpython3.10 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin llmq
 COPY --from=build /out/llmq-worker /out/llmq /usr/local/bin/
