@@ -123,9 +123,11 @@ static json_t *chunk_logprobs(oai_call *oc, const proto_chunk *c) {
 
 static json_t *usage_json(const proto_chunk *c) {
     if (!c || !c->has_usage) return json_null();
-    return json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)c->usage.prompt_tokens, "completion_tokens",
-                     (json_int_t)c->usage.completion_tokens, "total_tokens",
-                     (json_int_t)(c->usage.prompt_tokens + c->usage.completion_tokens));
+    /* prompt_tokens_details.cached_tokens: the worker's prefix-cache hit, as OpenAI reports it */
+    return json_pack("{s:I, s:I, s:I, s:{s:I}}", "prompt_tokens", (json_int_t)c->usage.prompt_tokens,
+                     "completion_tokens", (json_int_t)c->usage.completion_tokens, "total_tokens",
+                     (json_int_t)(c->usage.prompt_tokens + c->usage.completion_tokens), "prompt_tokens_details",
+                     "cached_tokens", (json_int_t)c->usage.cached_tokens);
 }
 
 /* One streamed chunk object; choices = [] when choice is NULL. */

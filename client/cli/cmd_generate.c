@@ -18,6 +18,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include "client/cli/cli.h"
 #include "common/log.h"
@@ -36,6 +38,7 @@ typedef struct gen_item {
     seq s;
     int index;
     double t_start, t_first, t_last; /* seconds */
+    uint64_t logits_digest;          /* --logits-digest: XXH3 chained over every logits row sampled from */
 } gen_item;
 
 static double now_s(void) {
@@ -51,6 +54,13 @@ static void gen_on_token(seq *s, int32_t tok, void *ud) {
     double t = now_s();
     if (seq_n_generated(s) == 1) it->t_first = t;
     it->t_last = t;
+}
+
+/* --logits-digest: every bit of every row the sequence sampled from. */
+static void gen_on_logits(seq *s, const float *logits, int vocab, void *ud) {
+    (void)ud;
+    gen_item *it = s->user;
+    it->logits_digest = XXH3_64bits_withSeed(logits, (size_t)vocab * sizeof *logits, it->logits_digest);
 }
 
 static void usage(FILE *f) {
@@ -73,6 +83,10 @@ static void usage(FILE *f) {
             "  --max-batched-tokens N   tokens per step (default 512)\n"
             "  --tp N                   tensor parallel over N local CPU ranks (processes)\n"
             "  --quantization Q         none (default), int8 or int4: weight-only, applied at load\n"
+            "  --no-prefix-caching      compute every prompt in full (default: reuse the KV blocks of\n"
+            "                           prompts that share a prefix; the JSON says cached_tokens)\n"
+            "  --logits-digest          the JSON gives logits_digest, a hash of every logits row sampled\n"
+            "                           from (two runs agree on it only if every bit agrees)\n"
             "  --json                   one JSON object per prompt per line\n");
 }
 
@@ -137,7 +151,7 @@ static void print_ids(FILE *f, const int32_t *ids, int n) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_PROMPT = 255, O_PROMPT_IDS = 256, O_MAX_TOKENS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED,
-           O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP, O_TP, O_QUANT, O_MEM };
+           O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP, O_TP, O_QUANT, O_MEM, O_NO_PC, O_DIGEST };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"prompt", required_argument, 0, O_PROMPT},
@@ -161,6 +175,8 @@ int cmd_generate(int argc, char **argv) {
         {"tp", required_argument, 0, O_TP},
         {"quantization", required_argument, 0, O_QUANT},
         {"memory-utilization", required_argument, 0, O_MEM},
+        {"no-prefix-caching", no_argument, 0, O_NO_PC},
+        {"logits-digest", no_argument, 0, O_DIGEST},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
@@ -170,7 +186,7 @@ int cmd_generate(int argc, char **argv) {
     int prompt_len[GEN_MAX_PROMPTS];
     double mem_util = 0;
     int n_prompts = 0, max_tokens = 64, kv_blocks = 0, max_seqs = 0, max_batched = 512, json = 0, ignore_eos = 0;
-    int n_stop = 0, tp = 1;
+    int n_stop = 0, tp = 1, no_pc = 0, digest = 0;
     int32_t stop_ids[SEQ_MAX_STOP_IDS];
     /* the sampling options as a request (borrowed pointers: never deinit'ed) */
     proto_request rq;
@@ -227,6 +243,8 @@ int cmd_generate(int argc, char **argv) {
         case O_SEQS: max_seqs = (int)strtol(optarg, &end, 10); break;
         case O_BATCHED: max_batched = (int)strtol(optarg, &end, 10); break;
         case O_JSON: json = 1; break;
+        case O_NO_PC: no_pc = 1; break;
+        case O_DIGEST: digest = 1; break;
         case O_TP: tp = (int)strtol(optarg, &end, 10); break;
         case O_QUANT: {
             llmq_err qe = {0};
@@ -358,6 +376,8 @@ int cmd_generate(int argc, char **argv) {
     }
     sch = rt->sch;
     m = rt->m;
+    if (no_pc) sched_set_prefix_caching(sch, 0);
+    if (digest) sched_set_logits_hook(sch, gen_on_logits, NULL);
     items = calloc((size_t)n_prompts, sizeof *items);
     if (!items) {
         fprintf(stderr, "llmq generate: out of memory\n");
@@ -408,9 +428,11 @@ int cmd_generate(int argc, char **argv) {
                 json_decref(jt);
                 free(text);
             }
-            printf(",\"finish_reason\":\"%s\",\"prompt_tokens\":%d,\"completion_tokens\":%d,"
+            if (digest) printf(",\"logits_digest\":\"%016" PRIx64 "\"", it->logits_digest);
+            printf(",\"finish_reason\":\"%s\",\"prompt_tokens\":%d,\"cached_tokens\":%d,\"completion_tokens\":%d,"
                    "\"prefill_ms\":%.3f,\"decode_tok_per_s\":%.2f,\"preemptions\":%d,\"seed\":%" PRIu64 "}\n",
-                   finish_reason_name(s->finish), s->n_prompt, n_out, prefill_ms, tps, s->n_preempted, s->sp.seed);
+                   finish_reason_name(s->finish), s->n_prompt, s->n_cached, n_out, prefill_ms, tps, s->n_preempted,
+                   s->sp.seed);
         } else {
             char *text = tok ? completion_text(tok, m, s) : NULL;
             if (text) {

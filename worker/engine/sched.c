@@ -9,8 +9,13 @@
  *    within a priority, except that preempted sequences go back to the
  *    front of their priority (oldest first) so they resume before newer
  *    work of the same priority.
- *  - a sequence's blocks cover positions [0, n_blocks * 16); free blocks are
- *    on the pool stack; every block is in exactly one of the two.
+ *  - a sequence's blocks cover positions [0, n_blocks * 16); a block is
+ *    referenced by the block tables that hold it (shared when taken from
+ *    the prefix cache) or free in the pool (prefix_cache.h);
+ *  - a sequence's first n_published blocks are full, computed and
+ *    published (or taken from the cache); blocks it shares are never
+ *    written: it writes only at positions >= n_computed, and a cache hit
+ *    leaves n_computed at the end of the shared run.
  */
 #include "worker/engine/sched.h"
 
@@ -23,8 +28,11 @@ struct sched {
     sched_opts opts;
     sched_callbacks cb;
     sampler *smp;
-    int32_t *free_blocks; /* stack of free block ids */
-    int n_free, n_total;
+    prefix_cache *pc;     /* the KV block pool (and its prefix cache) */
+    int n_total;
+    uint64_t pc_queries, pc_hits; /* sched_cache_stats */
+    sched_logits_fn logits_fn;    /* sched_set_logits_hook */
+    void *logits_ud;
     seq **running;        /* [max_seqs] oldest first */
     int n_running;
     seq *wait_head, *wait_tail;
@@ -75,8 +83,10 @@ void seq_deinit(seq *s) {
     guide_matcher_destroy(s->guide);
     s->guide = NULL;
     free(s->blocks);
+    free(s->bhash);
     s->tokens = NULL;
     s->blocks = NULL;
+    s->bhash = NULL;
 }
 
 int seq_n_generated(const seq *s) { return s->n_tokens - s->n_prompt; }
@@ -93,8 +103,8 @@ llmq_status sched_create(sched **out, engine *e, const sched_opts *o, const sche
     s->cfg = &eng_model(e)->cfg;
     s->opts = *o;
     if (cb) s->cb = *cb;
-    s->n_total = s->n_free = eng_n_blocks(e);
-    s->free_blocks = malloc((size_t)s->n_total * sizeof *s->free_blocks);
+    s->n_total = eng_n_blocks(e);
+    s->pc = pc_create(s->n_total, 1);
     s->running = calloc((size_t)o->max_seqs, sizeof *s->running);
     s->plan = calloc((size_t)o->max_seqs, sizeof *s->plan);
     s->eseqs = calloc((size_t)o->max_seqs, sizeof *s->eseqs);
@@ -102,19 +112,17 @@ llmq_status sched_create(sched **out, engine *e, const sched_opts *o, const sche
     s->raw = malloc((size_t)s->cfg->vocab_size * sizeof *s->raw);
     s->mask = malloc(guide_mask_words(s->cfg->vocab_size) * sizeof *s->mask);
     s->smp = sampler_create(s->cfg->vocab_size);
-    if (!s->free_blocks || !s->running || !s->plan || !s->eseqs || !s->logits || !s->raw || !s->smp || !s->mask) {
+    if (!s->pc || !s->running || !s->plan || !s->eseqs || !s->logits || !s->raw || !s->smp || !s->mask) {
         sched_destroy(s);
         return llmq_err_set(err, LLMQ_ERR_NOMEM, "scheduler: out of memory");
     }
-    /* Pop order: block 0 first. */
-    for (int i = 0; i < s->n_total; i++) s->free_blocks[i] = s->n_total - 1 - i;
     *out = s;
     return LLMQ_OK;
 }
 
 void sched_destroy(sched *s) {
     if (!s) return;
-    free(s->free_blocks);
+    pc_destroy(s->pc);
     free(s->running);
     free(s->plan);
     free(s->eseqs);
@@ -127,16 +135,29 @@ void sched_destroy(sched *s) {
 
 int sched_n_running(const sched *s) { return s->n_running; }
 int sched_n_waiting(const sched *s) { return s->n_waiting; }
-int sched_free_blocks(const sched *s) { return s->n_free; }
+int sched_free_blocks(const sched *s) { return pc_n_free(s->pc); }
 int sched_total_blocks(const sched *s) { return s->n_total; }
 uint64_t sched_n_preemptions(const sched *s) { return s->preemptions; }
+
+void sched_set_prefix_caching(sched *s, int on) { pc_set_caching(s->pc, on); }
+
+void sched_set_logits_hook(sched *s, sched_logits_fn fn, void *ud) {
+    s->logits_fn = fn;
+    s->logits_ud = ud;
+}
+
+void sched_cache_stats_get(const sched *s, sched_cache_stats *out) {
+    out->queries = s->pc_queries;
+    out->hits = s->pc_hits;
+    out->cached_blocks = pc_n_cached(s->pc);
+}
 
 static int blocks_for(int tokens) { return (tokens + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE; }
 
 int sched_admit_capacity(const sched *s, int prompt_len) {
     int slots = s->opts.max_seqs - s->n_running - s->n_waiting;
     if (slots <= 0) return 0;
-    int by_blocks = s->n_free / blocks_for(prompt_len + 1);
+    int by_blocks = pc_n_free(s->pc) / blocks_for(prompt_len + 1);
     return by_blocks < slots ? by_blocks : slots;
 }
 
@@ -203,10 +224,66 @@ static void plan_remove(sched *s, seq *q) {
         }
 }
 
+/* Back to the pool, last block first: the pool reuses the least recently
+ * freed first, so a sequence's tail goes before its (more shareable) head. */
 static void release_blocks(sched *s, seq *q) {
-    for (int i = q->n_blocks - 1; i >= 0; i--) s->free_blocks[s->n_free++] = q->blocks[i];
+    for (int i = q->n_blocks - 1; i >= 0; i--) pc_release(s->pc, q->blocks[i]);
     q->n_blocks = 0;
     q->n_computed = 0;
+    q->n_published = 0;
+}
+
+/* Room in q's block table for n blocks; -1 when out of memory. */
+static int grow_table(seq *q, int n) {
+    if (n <= q->blocks_cap) return 0;
+    int cap = n > 2 * q->blocks_cap ? n : 2 * q->blocks_cap;
+    int32_t *nb = realloc(q->blocks, (size_t)cap * sizeof *nb);
+    if (!nb) return -1;
+    q->blocks = nb;
+    q->blocks_cap = cap;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- prefix cache */
+
+/* The chained hash of q's full block i (each computed once: the tokens of
+ * a full block never change). */
+static const pc_hash *block_hash(sched *s, seq *q, int i) {
+    for (; q->n_hashed <= i; q->n_hashed++) {
+        const int k = q->n_hashed;
+        q->bhash[k] = pc_block_hash(s->pc, k ? &q->bhash[k - 1] : &q->root, q->tokens + (size_t)k * ENG_BLOCK_SIZE);
+    }
+    return &q->bhash[i];
+}
+
+/* A starting sequence (no blocks) takes the longest run of cached blocks
+ * that match its tokens, up to the block before its last token (which
+ * must run for the logits, and whose block it writes), and starts
+ * computing after them.  Returns the blocks taken. */
+static int take_cached(sched *s, seq *q) {
+    if (!pc_caching(s->pc) || q->n_blocks) return 0;
+    const int max = (q->n_tokens - 1) / ENG_BLOCK_SIZE;
+    if (max <= 0 || grow_table(q, max)) return 0;
+    int i = 0;
+    for (; i < max; i++) {
+        const pc_hash *h = block_hash(s, q, i);
+        const int32_t b = pc_take(s->pc, h, i ? &q->bhash[i - 1] : &q->root, q->tokens + (size_t)i * ENG_BLOCK_SIZE);
+        if (b < 0) break;
+        q->blocks[q->n_blocks++] = b;
+    }
+    q->n_published = i;
+    q->n_computed = i * ENG_BLOCK_SIZE;
+    return i;
+}
+
+/* Publish the blocks of q that a step has just filled and computed. */
+static void publish_computed(sched *s, seq *q) {
+    if (!pc_caching(s->pc)) return;
+    const int full = q->n_computed / ENG_BLOCK_SIZE;
+    for (int i = q->n_published; i < full; i++)
+        pc_publish(s->pc, q->blocks[i], block_hash(s, q, i), i ? &q->bhash[i - 1] : &q->root,
+                   q->tokens + (size_t)i * ENG_BLOCK_SIZE);
+    if (full > q->n_published) q->n_published = full;
 }
 
 /* ---------------------------------------------------------------- policy */
@@ -221,6 +298,14 @@ llmq_status sched_add(sched *s, seq *q, llmq_err *err) {
     if (blocks_for(q->n_prompt + 1) > s->n_total)
         return llmq_err_set(err, LLMQ_ERR_INVALID, "the prompt has %d tokens; the KV cache holds only %d",
                             q->n_prompt, s->n_total * ENG_BLOCK_SIZE);
+    if (pc_caching(s->pc)) {
+        pc_hash *h = realloc(q->bhash, ((size_t)q->cap / ENG_BLOCK_SIZE + 1) * sizeof *h);
+        if (!h) return llmq_err_set(err, LLMQ_ERR_NOMEM, "scheduler: out of memory");
+        q->bhash = h;
+        q->root = pc_root(s->pc, q->cache_salt, q->cache_salt ? strlen(q->cache_salt) : 0);
+    }
+    q->n_hashed = q->n_published = 0;
+    q->n_cached = q->started = 0;
     q->state = SEQ_WAITING;
     q->finish = FINISH_NONE;
     q->n_computed = 0;
@@ -254,15 +339,9 @@ static seq *preempt_victim(const sched *s) {
  * itself had to go (it was the victim) or nothing could be freed. */
 static int ensure_blocks(sched *s, seq *q, int upto, int may_preempt) {
     const int need = blocks_for(upto);
-    if (need > q->blocks_cap) {
-        int cap = need > 2 * q->blocks_cap ? need : 2 * q->blocks_cap;
-        int32_t *nb = realloc(q->blocks, (size_t)cap * sizeof *nb);
-        if (!nb) return -1;
-        q->blocks = nb;
-        q->blocks_cap = cap;
-    }
+    if (grow_table(q, need)) return -1;
     while (q->n_blocks < need) {
-        if (s->n_free == 0) {
+        if (pc_n_free(s->pc) == 0) {
             if (!may_preempt) return -1;
             seq *victim = preempt_victim(s);
             if (!victim) return -1;
@@ -273,7 +352,7 @@ static int ensure_blocks(sched *s, seq *q, int upto, int may_preempt) {
             preempt(s, victim);
             continue;
         }
-        q->blocks[q->n_blocks++] = s->free_blocks[--s->n_free];
+        q->blocks[q->n_blocks++] = pc_alloc(s->pc);
     }
     return 0;
 }
@@ -337,16 +416,28 @@ static void plan_step(sched *s) {
         s->plan[s->n_plan++] = q;
         budget -= chunk;
     }
-    /* 3. admit waiting sequences while slots, budget and free blocks allow */
+    /* 3. admit waiting sequences while slots, budget and free blocks allow
+     *    (after the blocks the prefix cache already holds for them) */
     while (s->wait_head && budget > 0 && s->n_running < s->opts.max_seqs) {
         seq *q = s->wait_head;
+        const int hit = take_cached(s, q);
         int pending = q->n_tokens - q->n_computed;
         int chunk = pending < budget ? pending : budget;
-        if (blocks_for(q->n_computed + chunk) - q->n_blocks > s->n_free) break;
+        if (blocks_for(q->n_computed + chunk) - q->n_blocks > pc_n_free(s->pc)) {
+            release_blocks(s, q); /* the cached ones stay findable; it tries again next step */
+            break;
+        }
         wait_pop_front(s);
         if (ensure_blocks(s, q, q->n_computed + chunk, 0)) { /* allocation failure: retry later */
+            release_blocks(s, q);
             wait_push_front(s, q);
             break;
+        }
+        if (!q->started) { /* hit rate and usage count a sequence's first start only */
+            q->started = 1;
+            q->n_cached = hit * ENG_BLOCK_SIZE < q->n_prompt ? hit * ENG_BLOCK_SIZE : q->n_prompt;
+            s->pc_queries += (uint64_t)q->n_prompt;
+            s->pc_hits += (uint64_t)q->n_cached;
         }
         q->state = SEQ_RUNNING;
         s->running[s->n_running++] = q;
@@ -387,8 +478,10 @@ llmq_status sched_step(sched *s, int *did_work, llmq_err *err) {
     for (int i = 0; i < s->n_plan; i++) {
         seq *q = s->plan[i];
         q->n_computed += q->step_tokens;
+        publish_computed(s, q);
         if (q->n_computed < q->n_tokens) continue;
         float *lg = s->logits + (size_t)row++ * V;
+        if (s->logits_fn) s->logits_fn(q, lg, V, s->logits_ud);
         /* logprobs come from the model's raw distribution, and the sampler
          * applies penalties in place: keep the row first (only when asked). */
         if (q->logprobs >= 0) memcpy(s->raw, lg, (size_t)V * sizeof *lg);

@@ -16,6 +16,16 @@
  * not swap).  Batch-invariant kernels (backend.h) make the
  * recomputed sequence continue exactly as it would have.
  *
+ * Prefix caching (on unless sched_set_prefix_caching turns it off): the pool is a
+ * prefix_cache (prefix_cache.h).  Each full block a sequence has computed
+ * is published under the chained hash of its tokens (rooted at the
+ * sequence's cache_salt); when a waiting sequence starts (new or resumed
+ * after a preemption) it takes the longest run of cached blocks matching
+ * its tokens and computes only the rest.  At least its last token is always
+ * computed (the logits come from it), so a cached block is never written:
+ * only whole blocks before the last token are taken.  Freed blocks stay
+ * findable until they are reused, least recently freed first.
+ *
  * After the forward pass every sequence whose pending tokens are all
  * computed samples its next token (under its constraint's mask, if it has
  * one); the scheduler finishes sequences on EOS, stop token ids, a complete
@@ -30,6 +40,7 @@
 #include "common/status.h"
 #include "worker/engine/engine.h"
 #include "worker/engine/guide.h"
+#include "worker/engine/prefix_cache.h"
 #include "worker/engine/sampler.h"
 
 typedef enum seq_state { SEQ_WAITING = 0, SEQ_RUNNING, SEQ_FINISHED } seq_state;
@@ -61,6 +72,9 @@ typedef struct seq {
     int logprobs;               /* -1 (seq_init's default): none; n in 0..SAMPLER_MAX_LOGPROBS:
                                    fill lp for every sampled token, with the top n */
     int32_t priority;           /* higher is admitted first (the request's; seq_init: 0) */
+    const char *cache_salt;     /* NULL, or a NUL-terminated salt that keys its prefix-cache
+                                   blocks (only sequences with the same salt share them);
+                                   borrowed: read by sched_add only */
     guide_matcher *guide;       /* NULL, or the constraint on the generated ids (guide.h), in step
                                    with them: each step samples under its mask and it consumes
                                    the token; its completion finishes the sequence ("stop").
@@ -75,6 +89,13 @@ typedef struct seq {
     uint64_t order;             /* admission order (preemption picks the largest) */
     int n_preempted;            /* times this sequence was preempted */
     int step_tokens;            /* tokens scheduled in the current step */
+    int n_cached;               /* prompt tokens found in the prefix cache when it first
+                                   started (usage.prompt_tokens_details.cached_tokens) */
+    int started;                /* it has started once (n_cached is final) */
+    pc_hash root;               /* its chain's start (pc_root of cache_salt) */
+    pc_hash *bhash;             /* [cap / ENG_BLOCK_SIZE] chained hashes of its full blocks */
+    int n_hashed;               /* entries of bhash computed */
+    int n_published;            /* blocks of its table published or taken from the cache */
     sampler_logprobs lp;        /* with logprobs >= 0: those of the token just sampled,
                                    valid during on_token (from the raw logits) */
     struct seq *next;           /* intrusive list link (waiting / running) */
@@ -102,6 +123,16 @@ typedef struct sched sched;
 llmq_status sched_create(sched **out, engine *e, const sched_opts *opts, const sched_callbacks *cb, llmq_err *err);
 void sched_destroy(sched *s);
 
+/* Prefix caching is on from creation; off, every prompt is computed in
+ * full (llmq-worker / llmq generate --no-prefix-caching).  Call before the
+ * first sched_add. */
+void sched_set_prefix_caching(sched *s, int on);
+
+/* Tests: fn sees the raw logits of every row a token is sampled from,
+ * before the sampler (NULL: none). */
+typedef void (*sched_logits_fn)(seq *q, const float *logits, int vocab, void *ud);
+void sched_set_logits_hook(sched *s, sched_logits_fn fn, void *ud);
+
 /* Queue a sequence (state WAITING). Refuses a prompt that cannot fit the
  * context or the KV pool (LLMQ_ERR_INVALID with a message). */
 llmq_status sched_add(sched *s, seq *q, llmq_err *err);
@@ -120,5 +151,14 @@ int sched_total_blocks(const sched *s);
 /* How many new sequences of prompt length n the scheduler could start now. */
 int sched_admit_capacity(const sched *s, int prompt_len);
 uint64_t sched_n_preemptions(const sched *s);
+
+/* Prefix cache counters since creation, in prompt tokens of sequences at
+ * their first start: looked up (queries), found (hits); computed = queries -
+ * hits.  And the blocks the cache holds now (free or in use). */
+typedef struct sched_cache_stats {
+    uint64_t queries, hits;
+    int cached_blocks;
+} sched_cache_stats;
+void sched_cache_stats_get(const sched *s, sched_cache_stats *out);
 
 #endif

@@ -318,6 +318,7 @@ static const char *job_setup(service *sv, job *j, uint64_t seed, char *msg, size
         return why;
     }
     j->s.user = j;
+    j->s.cache_salt = q->cache_salt; /* the request outlives the sequence's sched_add */
     j->s.ignore_eos = q->ignore_eos;
     if (q->logprobs != PROTO_UNSET) { /* validated: 0..PROTO_MAX_LOGPROBS (= SAMPLER_MAX_LOGPROBS) */
         j->s.logprobs = q->logprobs;

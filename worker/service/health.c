@@ -113,6 +113,16 @@ void svc_health_snapshot(service *sv, int force) {
     metric_set(sv->m_kv_free, free_blocks);
     metric_set(sv->m_kv_used, total - free_blocks);
     metric_set(sv->m_kv_usage, total > 0 ? (double)(total - free_blocks) / total : 0);
+    sched_cache_stats cs;
+    sched_cache_stats_get(sv->rt->sch, &cs);
+    const uint64_t dq = cs.queries - sv->pc_queries_seen, dh = cs.hits - sv->pc_hits_seen;
+    metric_inc(sv->m_pc_queries, (double)dq);
+    metric_inc(sv->m_pc_hits, (double)dh);
+    metric_inc(sv->m_pt_cached, (double)dh);
+    metric_inc(sv->m_pt_computed, (double)(dq - dh));
+    metric_set(sv->m_kv_cached, cs.cached_blocks);
+    sv->pc_queries_seen = cs.queries;
+    sv->pc_hits_seen = cs.hits;
     size_t len = 0;
     char *text = metrics_render(sv->mx, &len);
     if (text) metrics_http_set_text(sv->hs, text, len); /* out of memory: the previous text stays */
@@ -196,6 +206,17 @@ void svc_metrics_init(service *sv) {
     sv->m_prompt_tok = metric_get(metrics_counter(m, "llmq:prompt_tokens_total", "Prompt tokens admitted.", L), mn);
     sv->m_gen_tok = metric_get(metrics_counter(m, "llmq:generation_tokens_total", "Tokens generated.", L), mn);
     sv->m_preempt = metric_get(metrics_counter(m, "llmq:num_preemptions_total", "Sequences preempted.", L), mn);
+    /* prefix cache: hit rate = hits / queries; in prompt tokens of requests at their first start here */
+    sv->m_pc_queries = metric_get(metrics_counter(m, "llmq:prefix_cache_queries_total",
+                                                  "Prefix cache queries, in prompt tokens looked up.", L), mn);
+    sv->m_pc_hits = metric_get(metrics_counter(m, "llmq:prefix_cache_hits_total",
+                                               "Prefix cache hits, in prompt tokens found cached.", L), mn);
+    sv->m_pt_cached = metric_get(metrics_counter(m, "llmq:prompt_tokens_cached_total",
+                                                 "Prompt tokens whose KV came from the prefix cache.", L), mn);
+    sv->m_pt_computed = metric_get(metrics_counter(m, "llmq:prompt_tokens_computed_total",
+                                                   "Prompt tokens computed (not found in the prefix cache).", L), mn);
+    sv->m_kv_cached = metric_get(metrics_gauge(m, "llmq:kv_blocks_cached",
+                                               "KV blocks findable in the prefix cache (in use or free).", L), mn);
     sv->f_success = metrics_counter(m, "llmq:request_success_total", "Finished requests by finish reason.",
                                     "finished_reason,model_name");
     sv->m_ttft = metric_get(metrics_histogram(m, "llmq:time_to_first_token_seconds",

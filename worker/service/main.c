@@ -41,6 +41,8 @@ static void usage(FILE *f) {
             "  --max-num-seqs N         sequences per step (default 32)\n"
             "  --max-batched-tokens N   tokens per step (default 512)\n"
             "  --kv-blocks N            KV cache blocks of 16 tokens (default: max-num-seqs full contexts)\n"
+            "  --no-prefix-caching      compute every prompt in full (default: prompts that share full\n"
+            "                           16-token blocks with earlier ones reuse their KV)\n"
             "  --metrics-port P         serve /metrics, /healthz, /readyz on this port\n"
             "  --metrics-addr ADDR      the address it listens on (default 127.0.0.1; 0.0.0.0 or :: for every\n"
             "                           interface: the listener has no authentication)\n"
@@ -167,6 +169,7 @@ int main(int argc, char **argv) {
         {"tp-addr", required_argument, 0, 'X'},       {"tp-port", required_argument, 0, 'Y'},
         {"metrics-addr", required_argument, 0, 'L'},  {"lane-burst", required_argument, 0, 'B'},
         {"synthetic-rate", required_argument, 0, 'S'},
+        {"no-prefix-caching", no_argument, 0, 'N'},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
     };
     int c, bad = 0, tp = 1, rank = -1, tp_timeout = 10000, tp_port = 0;
@@ -196,6 +199,7 @@ int main(int argc, char **argv) {
         case 'D': bad |= to_int(optarg, "drain-timeout", 0, &o.drain_timeout_s); break;
         case 'H': o.chat_template = optarg; break;
         case 'J': o.llguidance = optarg; break;
+        case 'N': o.no_prefix_caching = 1; break;
         case 'W': redis_url_set_password_file(optarg); break; /* common/url.h; forked peers inherit it */
         case 'P': bad |= to_int(optarg, "tp", 1, &tp); break;
         case 'R': bad |= to_int(optarg, "rank", 0, &rank); break;

@@ -170,6 +170,7 @@ static llmq_status encode_chunk(service *sv, const job *j, const char *text, siz
         c.has_usage = 1;
         c.usage.prompt_tokens = j->s.n_prompt;
         c.usage.completion_tokens = j->s.tokens ? seq_n_generated(&j->s) : 0;
+        c.usage.cached_tokens = j->s.n_cached; /* this attempt's prefix-cache hit (sched.h) */
         c.error = (char *)error;
         if (error) c.error_status = error_status;
         if (error) c.code = (char *)j->error_code;

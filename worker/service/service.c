@@ -271,6 +271,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     ro.cb = (sched_callbacks){svc_on_token, svc_on_finish, sv};
     ro.tok = RUNTIME_TOK_IF_PRESENT;
     if ((st = runtime_create(&sv->rt, &ro, err))) goto out;
+    if (o->no_prefix_caching) sched_set_prefix_caching(sv->rt->sch, 0);
     if (sv->rt->tok) {
         llmq_err ce = {0};
         if (chat_template_from_tokenizer(&sv->ct, sv->rt->tok, o->chat_template, &ce) == LLMQ_OK) {
