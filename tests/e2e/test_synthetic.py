@@ -166,3 +166,21 @@ def test_options_that_do_not_fit_are_refused(fleet, tmp_path):
                         (["--backend", "synthetic", "--tp", "2"], "one rank")):
         p = subprocess.run(base + extra, capture_output=True, text=True, timeout=30)
         assert p.returncode == 2 and says in p.stderr, (extra, p.returncode, p.stderr)
+
+
+def test_llmq_generate_emits_the_same_ids(fleet):
+    """`llmq generate --backend synthetic:R` (no worker, no Redis) follows the same rule, so an
+    answer does not depend on who computes it; several prompts in one batch, preempting each
+    other in a pool of 6 blocks, each get their own ids."""
+    import subprocess
+    from llmqtest import BUILD
+    prompts = [[1, 300, 301, 302], [1] + list(range(320, 340)), [1, 5, 6]]
+    args = [str(BUILD / "llmq"), "generate", "--model", str(fleet["model_dir"]), "--backend", "synthetic:1000",
+            "--max-tokens", 40, "--kv-blocks", 6, "--json"]
+    for p in prompts:
+        args += ["--prompt-ids", ",".join(map(str, p))]
+    out = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [g["output_ids"] for g in got] == [expected(p, 40, fleet["ids"]) for p in prompts]
+    assert sum(g["preemptions"] for g in got) > 0  # the recompute path ran

@@ -45,7 +45,19 @@ llmq_status runtime_create(runtime **out, const runtime_opts *o, llmq_err *err) 
         snprintf(path, sizeof path, "%s/tokenizer.json", o->model_dir);
         if (access(path, R_OK) == 0 && !(rt->tok = tok_load(o->model_dir, err))) st = failed(LLMQ_OK, err, "tokenizer");
     }
-    if (!st && synthetic) st = synth_backend_set_vocab(rt->be, &rt->m->cfg, rt->tok, err);
+    if (!st && synthetic) { /* the ids it emits follow the directory's tokenizer, whoever asks */
+        char path[4096];
+        snprintf(path, sizeof path, "%s/tokenizer.json", o->model_dir);
+        llmq_err te = {0};
+        tokenizer *t = rt->tok ? rt->tok : access(path, R_OK) == 0 ? tok_load(o->model_dir, &te) : NULL;
+        if (!t && te.code) {
+            if (err) *err = te;
+            st = failed(te.code, err, "tokenizer");
+        } else {
+            st = synth_backend_set_vocab(rt->be, &rt->m->cfg, t, err);
+        }
+        if (t != rt->tok) tok_destroy(t);
+    }
     if (st) {
         runtime_destroy(rt);
         return st;

@@ -35,7 +35,8 @@
  * UTF-8 without control characters (below 0x20, 0x7f): every token is then
  * text of its own, so each step's chunk reaches the client as one event and
  * inter-token latencies measure steps, not bytes held for a character's
- * rest.  Without a tokenizer, ids are every id but the EOS ones.  The hashes
+ * rest.  Without a tokenizer.json in the model directory, ids are every id
+ * but the EOS ones.  The hashes
  * are the synthetic "KV cache": one per cached position, held in the KV
  * block's slots, so they follow the scheduler's block tables (preemption,
  * shared prefixes) as real K/V rows do.  The logits row of a sequence is 0
