@@ -8,7 +8,11 @@ suites send, greedy and seeded alike.  A job served through the fleet,
 whatever failed meanwhile, must end with exactly that.
 
 LLMQ_CHAOS_ROUNDS (default 1) repeats every scenario; `make test` runs one
-round, a soak runs more (docs/operations.md, "Fault report").
+round, a soak runs more (docs/operations.md, "Fault report").  Each
+scenario times how long the fleet took to serve again after its fault
+(recovery(), Stopwatch, Moving) and prints a `RECOVERY` line; with
+LLMQ_FAULT_FIGURES=path the lines are appended to that file too
+(tools/fault_figures.py collects them for the fault report).
 """
 import http.client
 import json
@@ -168,6 +172,144 @@ def wait_final(r, jids, timeout):
                              f"{[job(r, j) for j in sorted(left)[:3]]}") from None
 
 
+def recovery(name, seconds, what):
+    """One measured recovery time: printed (pytest -s shows it) and appended
+    to $LLMQ_FAULT_FIGURES when set.  None: it never happened in the run
+    (say so rather than invent a figure)."""
+    took = "none needed" if seconds is None else f"{seconds:.2f} s"
+    _figure(f"RECOVERY {name}: {took} ({what})")
+
+
+def _figure(line):
+    print("\n" + line, flush=True)
+    path = os.environ.get("LLMQ_FAULT_FIGURES")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+class Stopwatch(threading.Thread):
+    """Times a recovery while the test goes on: from its creation, or t0 (a
+    time.monotonic() of the fault's end, or the kill) to the first time
+    pred() holds, polled every 20 ms in a thread of its own.  took() waits
+    for it: seconds, or None if pred never held in time."""
+
+    def __init__(self, pred, timeout=300, t0=None):
+        super().__init__(daemon=True)
+        self.pred, self.timeout = pred, timeout
+        self.t0 = time.monotonic() if t0 is None else t0
+        self.seconds = None
+        self.start()
+
+    def run(self):
+        while time.monotonic() - self.t0 < self.timeout:
+            try:
+                if self.pred():
+                    self.seconds = time.monotonic() - self.t0
+                    return
+            except Exception:  # Redis away for the moment: not yet
+                pass
+            time.sleep(0.02)
+
+    def took(self, timeout=None):
+        self.join(self.timeout if timeout is None else timeout)
+        return self.seconds
+
+
+def running(r, jids=None):
+    """{id: attempts} of the jobs among jids (default: every job in Redis) running now."""
+    if jids is None:
+        jids = [k.decode()[len("llmq:job:{"):-1] for k in r.scan_iter("llmq:job:{*}", count=1000)]
+    return {j: int(h.get("attempts", 0)) for j, h in jobs(r, [j for j in jids if j]).items()
+            if h.get("state") == "running"}
+
+
+class Moving(threading.Thread):
+    """Times how long the streams of jobs stalled by a fault take to move
+    again, from now (or t0, a time.monotonic() of the fault's end or the
+    kill): to the first of them and to every one of them (the last may wait
+    for a free batch slot) having a chunk written since now (its stream
+    entry id, Redis' clock in ms, is at least now's: Redis runs on this
+    machine).  Polled every 20 ms in a thread of its own; jobs that ended
+    before now are left out.  report() prints a RECOVERY line.
+
+    What a stopped or dead writer had already sent still lands after the
+    fault's start: with settle=S (a worker stopped or killed, Redis up) the
+    streams' last entries S seconds after t0 are the mark to pass instead;
+    with attempts={id: attempts before the fault} (Redis paused: the
+    worker's last writes wait in its socket until SIGCONT) a chunk counts
+    only once its job was admitted again."""
+
+    def __init__(self, url, jids, t0=None, settle=0.0, attempts=None, timeout=300):
+        super().__init__(daemon=True)
+        self.since = int(time.time() * 1000)
+        self.t0 = time.monotonic() if t0 is None else t0
+        self.url, self.jids, self.timeout = url, list(jids), timeout
+        self.settle, self.attempts = settle, attempts
+        self.first = self.every = None
+        self.n = 0
+        self.start()
+
+    def _last(self, r):
+        p = r.pipeline(transaction=False)
+        for j in self.jids:
+            p.xrevrange(f"llmq:job:{{{j}}}:out", count=1)
+            p.hmget(f"llmq:job:{{{j}}}", "state", "attempts")
+        got = p.execute()
+        ids = [tuple(map(int, ls[0][0].split(b"-"))) if ls else (0, 0) for ls in got[::2]]
+        return ids, [(st.decode() if st else "", int(at or 0)) for st, at in got[1::2]]
+
+    def run(self):
+        r = connect(self.url)  # its commands wait for a paused Redis: the thread, not the test
+        mark = None
+        if self.settle:
+            time.sleep(max(0.0, self.t0 + self.settle - time.monotonic()))
+            mark = self._last(r)[0]
+        while time.monotonic() - self.t0 < self.timeout and self.every is None:
+            try:
+                ids, hs = self._last(r)
+            except Exception:  # Redis away for the moment: not yet
+                time.sleep(0.02)
+                continue
+            moved = []
+            for k, (j, i, (st, at)) in enumerate(zip(self.jids, ids, hs)):
+                new = i > mark[k] if mark else i[0] >= self.since
+                if self.attempts is not None and at <= self.attempts.get(j, 0):
+                    new = False
+                if new or st not in FINAL:  # ended before the fault: not stalled by it
+                    moved.append(new)
+            now, self.n = time.monotonic() - self.t0, len(moved)
+            if any(moved) and self.first is None:
+                self.first = now
+            if all(moved):
+                self.every = now
+            time.sleep(0.02)
+
+    def report(self, name, cause):
+        self.join(self.timeout)
+        if self.every is not None and not self.n:
+            return recovery(name, None, f"{cause}: no stream was left stalled")
+        took = "never" if self.every is None else f"{self.first:.2f} s / {self.every:.2f} s"
+        _figure(f"RECOVERY {name}: {took} ({cause} -> first / every one of its {self.n} stalled streams "
+                "moving again)")
+
+
+def check_clients(r, clients, expect):
+    """Every client ended with the text and finish reason of an
+    uninterrupted run; a jobs client that never resumed read seq 0..n-1; the
+    job's output stream is clean and holds that text; the job is done."""
+    for c in clients:
+        assert not c.is_alive(), f"client of job {c.jid} still waiting"
+        assert c.exc is None, f"client of job {c.jid}: {c.exc!r} (errors: {c.errors})"
+        text, finish, n = expect[key(c.req)]
+        assert c.text == text, f"{c.kind} client of job {c.jid} got a different text ({c.errors})"
+        assert c.finish == finish, (c.jid, c.finish, finish)
+        if c.kind == "jobs" and not c.resumes:
+            assert c.seqs == list(range(len(c.seqs))), (c.jid, c.seqs)
+        check_stream(r, c.jid, (text, finish, n))  # no chunk twice, none missing
+        assert job(r, c.jid)["state"] == "done"
+
+
 def http_req(port, method, path, body=None, headers=None, timeout=30):
     """(status, lowercase headers, body bytes)"""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -216,7 +358,8 @@ class Client(threading.Thread):
     cut() breaks the stream being read from the client's side (a client
     whose network went away): it reconnects at once with Last-Event-ID,
     retrying 503s.  Fields after join: jid, text,
-    finish, seqs, resumes, errors, submit_503."""
+    finish, seqs, resumes, errors, submit_503, and gaps: for each resume,
+    the seconds from the break to the events stream answering 200 again."""
 
     def __init__(self, port, model, req, kind, timeout=300, resume_port=None):
         super().__init__(daemon=True)
@@ -231,6 +374,8 @@ class Client(threading.Thread):
         self.resumes = 0
         self.errors = []
         self.submit_503 = 0
+        self.gaps = []
+        self._broke = None
         self.exc = None
 
     def run(self):
@@ -301,6 +446,7 @@ class Client(threading.Thread):
                 return
             # the stream broke: the response id names the job; read it all again
             assert self.jid, "the completions stream broke before its first chunk"
+            self._broke = time.monotonic()
             self.text, self.finish = "", None
             self.resumes += 1
             self._follow(None)
@@ -328,6 +474,9 @@ class Client(threading.Thread):
                     time.sleep(0.2)
                     continue
                 assert resp.status == 200, (resp.status, resp.read())
+                if self._broke is not None:
+                    self.gaps.append(time.monotonic() - self._broke)
+                    self._broke = None
                 for ev in sse_lines(resp):
                     if "id" not in ev:
                         continue
@@ -348,6 +497,8 @@ class Client(threading.Thread):
             finally:
                 self.conn = None
                 c.close()
+            if self._broke is None:
+                self._broke = time.monotonic()
             self.resumes += 1
 
     def cut(self):

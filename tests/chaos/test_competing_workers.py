@@ -10,13 +10,15 @@ and takes no new job after SIGTERM; what it could not finish within
 --drain-timeout (0 s in even rounds: all it held, 30 s in odd ones) is
 resumed by the last worker.  The stalled worker, running again, finds its
 jobs taken over (its writes are fenced, common/jobops.h) and drops them
-instead of writing a second copy of their output."""
+instead of writing a second copy of their output.  Recovery is timed (a
+RECOVERY line each, chaosutil.recovery) from the stall, the kill and the
+drained worker's exit to every job it held moving again elsewhere."""
 import json
 import signal
 import time
 
-from chaosutil import (ROUNDS, baseline, check_stream, connect, job, jobs, key, log_text, model_dir, spec, stop_all,
-                       wait_final, wait_until)
+from chaosutil import (FINAL, ROUNDS, Moving, baseline, check_stream, connect, job, jobs, key, log_text,
+                       model_dir, spec, stop_all, wait_final, wait_until)
 from llmqtest import RedisServer, free_port
 from worker_util import Worker, submit
 
@@ -53,6 +55,7 @@ def one_round(d, tmp, rnd):
                    "a tenth done and A running jobs")
         stalled = running_on(r, jids, "A")
         ws["A"].proc.send_signal(signal.SIGSTOP)
+        stall_watch = Moving(srv.url, stalled, settle=0.2)
         wait_until(lambda: not set(running_on(r, jids, "A")) & set(stalled), 60, "A's jobs to be taken over")
         t_cont = int(time.time() * 1000)
         ws["A"].proc.send_signal(signal.SIGCONT)
@@ -63,13 +66,21 @@ def one_round(d, tmp, rnd):
         wait_until(lambda: set(running_on(r, jids, "A")) - set(stalled), 120, "A to run new jobs")
         held_by_a = running_on(r, jids, "A")
         ws["A"].kill()
+        kill_watch = Moving(srv.url, held_by_a, settle=0.2)
         # SIGTERM B while it runs jobs: it must finish or leave them, and exit 0
         wait_until(lambda: running_on(r, jids, "B"), 120, "B running jobs")
         t_term = int(time.time() * 1000)
         assert n_ended(r, jids) < N_JOBS - 8, "the faults came too late in the run"
+        held_by_b = running_on(r, jids, "B")
         assert ws["B"].term(60) == 0, log_text(tmp / "B.log")[-2000:]
+        left_by_b = [j for j, h in jobs(r, held_by_b).items() if h.get("state") not in FINAL]
+        drain_watch = Moving(srv.url, left_by_b, settle=0.2)
         assert "SIGTERM: draining" in log_text(tmp / "B.log")
         wait_final(r, jids, 300)
+        stall_watch.report(f"worker-stall round {rnd}", "SIGSTOP of a worker (--claim-idle-ms 1000)")
+        kill_watch.report(f"worker-kill round {rnd}", "kill -9 of a worker")
+        drain_watch.report(f"worker-drain-{drain}s round {rnd}", f"exit of a worker drained with SIGTERM "
+                           f"(it held {len(held_by_b)} jobs)")
         for jid, req in reqs.items():
             check_stream(r, jid, expect[key(req)])
             h = job(r, jid)

@@ -4,11 +4,14 @@ Two gateways get SIGTERM while each streams two dozen jobs: one with
 --drain-timeout 30 (every open stream finishes on it, exact to the last
 chunk), one with --drain-timeout 1 (its streams are cut when the time is
 up, and their clients resume on a third gateway — any gateway serves any
-job — with Last-Event-ID, to the identical text).  Both stop accepting at once and exit 0."""
+job — with Last-Event-ID, to the identical text).  Both stop accepting at once and exit 0.
+The gap of each cut client (its stream cut -> its events stream open again
+on the third gateway) is timed: the slowest is a RECOVERY line
+(chaosutil.recovery)."""
 import socket
 
-from chaosutil import (ROUNDS, Client, baseline, check_stream, connect, key, log_text, model_dir, spec, stop_all,
-                       wait_until)
+from chaosutil import (ROUNDS, Client, baseline, check_stream, connect, key, log_text, model_dir, recovery, spec,
+                       stop_all, wait_until)
 from llmqtest import RedisServer, free_port
 from worker_util import Gateway, Worker
 
@@ -60,6 +63,10 @@ def one_round(d, tmp, rnd):
                 assert c.resumes == 0, f"a stream of the patient gateway broke: {c.errors}"
             check_stream(r, c.jid, (text, finish, n))
         assert sum(c.resumes for c in clients[PER_GATEWAY:]) > 0, "no stream outlived the 1 s drain"
+        gaps = [g for c in clients[PER_GATEWAY:] for g in c.gaps]
+        recovery(f"gateway-drain round {rnd}", max(gaps, default=None),
+                 f"stream cut at the 1 s drain -> events stream 200 on the third gateway "
+                 f"(slowest of {len(gaps)} resumes)")
         assert r.xlen("llmq:req:stories") == 0  # every entry deleted with its job's end
         assert patient.proc.wait(60) == 0 and hasty.proc.wait(60) == 0
         assert "drain timeout" in log_text(tmp / "hasty.log")

@@ -6,11 +6,13 @@ A chunk the worker could not write must not leave a gap: the worker drops
 the job (no XACK), its entry is claimed again after --claim-idle-ms and the
 job resumed from what its output stream holds.  Every client gets the text
 of an uninterrupted run, every output stream is clean, nothing is left
-pending.  Rounds vary how long Redis refuses (0.1, 0.5, 2 s)."""
+pending.  Rounds vary how long Redis refuses (0.1, 0.5, 2 s).  Recovery is
+timed from the end of the refusal to every job running then moving again
+(a RECOVERY line, chaosutil.recovery)."""
 import time
 
-from chaosutil import (ROUNDS, Client, baseline, check_stream, connect, jobs, key, log_text, model_dir, spec,
-                       stop_all, wait_until)
+from chaosutil import (ROUNDS, Client, Moving, baseline, check_stream, connect, jobs, key, log_text, model_dir,
+                       running, spec, stop_all, wait_until)
 from llmqtest import RedisServer, free_port
 from worker_util import Gateway, Worker
 
@@ -36,8 +38,11 @@ def one_round(d, tmp, rnd):
         r.config_set("maxmemory", "1")
         time.sleep((0.1, 0.5, 2.0)[rnd % 3])
         r.config_set("maxmemory", "0")
+        watch = Moving(srv.url, running(r))
         for c in clients:
             c.join(300)
+        watch.report(f"redis-oom-{(0.1, 0.5, 2.0)[rnd % 3]}s round {rnd}",
+                     "writes accepted again (a job whose chunk was refused resumes after --claim-idle-ms 1000)")
         for c in clients:
             assert not c.is_alive() and c.exc is None, (c.jid, c.exc, c.errors)
             text, finish, n = expect[key(c.req)]

@@ -14,12 +14,15 @@ watchdog) and reconnect.
 Every job must end with exactly the output of an uninterrupted run; every
 client gets its full text, either on the stream it opened or by resuming
 with Last-Event-ID; both processes log the loss and the reconnect; /readyz
-of both is 503 while Redis is away and 200 after."""
+of both is 503 while Redis is away and 200 after.  The recovery is timed
+from the restart (or SIGCONT) to both /readyz 200 and to every job that
+was running at the fault moving again (a chunk written after the restart,
+or ended), and printed as RECOVERY lines (chaosutil.recovery)."""
 import signal
 import time
 
-from chaosutil import (ROUNDS, Client, baseline, check_stream, connect, job, key, log_text, model_dir, readyz,
-                       spec, stop_all, wait_until)
+from chaosutil import (ROUNDS, Client, Moving, Stopwatch, baseline, check_clients, connect, job, log_text,
+                       model_dir, readyz, recovery, running, spec, stop_all, wait_until)
 from llmqtest import RedisServer, free_port
 from worker_util import Gateway, Worker
 
@@ -48,6 +51,7 @@ def one_round(d, tmp, rnd, fault):
         wait_until(lambda: sum(1 for _ in r.scan_iter("llmq:job:*:out", count=1000)) >= started, 120,
                    f"{started} jobs to start streaming")
         ended_before = sum(job(r, c.jid).get("state") in ("done",) for c in clients if c.jid)
+        was_running = running(r)
         if fault == "pause":
             srv.proc.send_signal(signal.SIGSTOP)
         elif rnd % 2:
@@ -65,6 +69,9 @@ def one_round(d, tmp, rnd, fault):
             c.start()
         time.sleep((1.0, 0.3, 6.0)[rnd % 3])
         assert readyz(gw.port) == 503 and readyz(wport) == 503
+        # timed from the fault's end: SIGCONT, or the restart (redis-server loading its AOF counts)
+        ready = Stopwatch(lambda: readyz(gw.port) == 200 and readyz(wport) == 200)
+        streams = Moving(srv.url, was_running, attempts=was_running if fault == "pause" else None)
         if fault == "pause":
             srv.proc.send_signal(signal.SIGCONT)
         else:
@@ -74,17 +81,11 @@ def one_round(d, tmp, rnd, fault):
         clients += late
         for c in clients:
             c.join(300)
+        how = "SIGCONT" if fault == "pause" else ("restart after SIGKILL" if rnd % 2 else "restart after SIGTERM")
+        recovery(f"redis-{fault} round {rnd}", ready.took(), f"{how} -> gateway and worker /readyz 200")
+        streams.report(f"redis-{fault} round {rnd}", how)
         r = connect(srv.url)
-        for c in clients:
-            assert not c.is_alive(), f"client of job {c.jid} still waiting"
-            assert c.exc is None, f"client of job {c.jid}: {c.exc!r} (errors: {c.errors})"
-            text, finish, n = expect[key(c.req)]
-            assert c.text == text, f"{c.kind} client of job {c.jid} got a different text ({c.errors})"
-            assert c.finish == finish, (c.jid, c.finish, finish)
-            if c.kind == "jobs" and not c.resumes:
-                assert c.seqs == list(range(len(c.seqs)))
-            check_stream(r, c.jid, (text, finish, n))
-            assert job(r, c.jid)["state"] == "done"
+        check_clients(r, clients, expect)
         assert any(int(job(r, c.jid)["attempts"]) >= 2 for c in clients), "no job was running at the restart"
         assert ended_before < N_JOBS, "the restart came after every job had ended"
         assert sum(c.submit_503 for c in late) > 0, "no submission met the outage"

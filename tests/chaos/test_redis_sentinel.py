@@ -7,7 +7,8 @@ stream.  The sentinels promote the replica; both processes must ask them
 for the new primary and go on, and every job must end with exactly the
 text of an uninterrupted run (`llmq generate`, chaosutil.baseline), with an
 output stream of seq 0..n-1 without a repeat.  The pause (kill -> both
-/readyz 200 again on the new primary) is printed.
+/readyz 200 again on the new primary, and kill -> every stream that was
+running moving again) is printed as RECOVERY lines (chaosutil.recovery).
 
 Replication is asynchronous: what the primary had not yet sent to the
 replica is lost with it.  The fencing and resume logic makes this like a
@@ -22,8 +23,8 @@ import time
 
 import redis
 
-from chaosutil import Client, baseline, check_stream, connect, job, key, log_text, model_dir, readyz, spec, \
-    stop_all, wait_final, wait_until
+from chaosutil import Client, Moving, baseline, check_clients, connect, job, log_text, model_dir, readyz, \
+    recovery, running, spec, stop_all, wait_final, wait_until
 from llmqtest import BUILD, RedisServer, free_port
 from worker_util import Gateway, Worker
 
@@ -92,10 +93,12 @@ def test_sentinel_failover_under_streams(tmp_path):
         wait_until(lambda: sum(1 for _ in r.scan_iter("llmq:job:*:out", count=1000)) >= 8, 60,
                    "8 jobs to start streaming")
         ended_before = sum(job(r, c.jid).get("state") == "done" for c in clients if c.jid)
+        was_running = running(r)
         r.close()
         killed = time.monotonic()
         primary.proc.kill()
         primary.proc.wait(10)
+        streams = Moving(replica.url, was_running, t0=killed)  # on the primary to be
         wait_until(lambda: readyz(gw.port) == 503 or readyz(wport) == 503, 10, "a /readyz to notice")
         wait_until(lambda: sentinels[0].r.sentinel_get_master_addr_by_name(MASTER)[1] == replica.port, 30,
                    "the sentinels to promote the replica")
@@ -104,24 +107,16 @@ def test_sentinel_failover_under_streams(tmp_path):
         pause = time.monotonic() - killed
         for c in clients:
             c.join(120)
-        print(f"\nsentinel failover: primary killed -> replica promoted {promoted - killed:.2f} s, "
-              f"-> gateway and worker ready on it {pause:.2f} s")
+        recovery("sentinel-failover", promoted - killed, "primary killed -9 -> the sentinels name the replica")
+        recovery("sentinel-failover", pause, "primary killed -9 -> gateway and worker /readyz 200")
+        streams.report("sentinel-failover", "primary killed -9")
         r = connect(replica.url)
         assert r.info("replication")["role"] == "master"
         # a client may have had its last chunk live from the old primary
         # before the kill, and that write be lost with it: the worker then
         # resumes the job on the new primary and writes it again
         wait_final(r, [c.jid for c in clients], 60)
-        for c in clients:
-            assert not c.is_alive(), f"client of job {c.jid} still waiting"
-            assert c.exc is None, f"client of job {c.jid}: {c.exc!r} (errors: {c.errors})"
-            text, finish, n = expect[key(c.req)]
-            assert c.text == text, f"{c.kind} client of job {c.jid} got a different text ({c.errors})"
-            assert c.finish == finish, (c.jid, c.finish, finish)
-            if c.kind == "jobs" and not c.resumes:
-                assert c.seqs == list(range(len(c.seqs))), (c.jid, c.seqs)
-            check_stream(r, c.jid, (text, finish, n))  # no chunk twice, none missing
-            assert job(r, c.jid)["state"] == "done"
+        check_clients(r, clients, expect)  # no chunk twice, none missing
         assert ended_before < N_JOBS, "the failover came after every job had ended"
         assert any(int(job(r, c.jid)["attempts"]) >= 2 for c in clients), "no job was running at the failover"
         assert r.xpending("llmq:req:stories", "workers")["pending"] == 0
