@@ -354,6 +354,12 @@ static void test_request_truncated_and_garbage(void **state) {
         for (size_t i = 0; i < n; i++) {
             s = s * 1103515245u + 12345u;
             junk[i] = (char)(s >> 16);
+            /* arrays and maps with a 32-bit count (0xdd, 0xdf) become their
+             * 16-bit forms: msgpack-c allocates the claimed count before it
+             * finds the bytes missing, and under ASan each multi-GB claim
+             * took seconds (146 s of CI); the lying 32-bit header is checked
+             * once above */
+            if ((unsigned char)junk[i] == 0xdd || (unsigned char)junk[i] == 0xdf) junk[i] = (char)(junk[i] - 1);
         }
         if (t % 3 == 0) junk[0] = (char)0x8f; /* start as a map, to get deeper */
         llmq_status st = proto_request_decode(&r, junk, n, &err);
