@@ -109,13 +109,13 @@ def test_sentinel_failover_under_streams(tmp_path):
             c.join(120)
         recovery("sentinel-failover", promoted - killed, "primary killed -9 -> the sentinels name the replica")
         recovery("sentinel-failover", pause, "primary killed -9 -> gateway and worker /readyz 200")
-        streams.report("sentinel-failover", "primary killed -9")
         r = connect(replica.url)
         assert r.info("replication")["role"] == "master"
         # a client may have had its last chunk live from the old primary
         # before the kill, and that write be lost with it: the worker then
         # resumes the job on the new primary and writes it again
         wait_final(r, [c.jid for c in clients], 60)
+        streams.report("sentinel-failover", "primary killed -9")
         check_clients(r, clients, expect)  # no chunk twice, none missing
         assert ended_before < N_JOBS, "the failover came after every job had ended"
         assert any(int(job(r, c.jid)["attempts"]) >= 2 for c in clients), "no job was running at the failover"
