@@ -49,7 +49,12 @@ def setup_env(build):
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this process holds hundreds of sockets
 
 
+BAD = []  # rows with a failed request or a duplicated chunk, a chaos run that failed: the exit status says so
+
+
 def row(name, load, faults, completed, failed, lost, dups, rec):
+    if failed or dups:
+        BAD.append(name)
     print(f"ROW {name}: load={load} | faults={faults} | completed={completed} failed={failed} | "
           f"bytes_lost={lost} | duplicated={dups} | recovery={rec}", flush=True)
 
@@ -73,12 +78,22 @@ class Fleet:
     """redis-server, one llmq-worker (stories260K) and one llmq-gateway."""
 
     def __init__(self, tmp, worker_args=(), gw_args=(), gw_preexec=None):
-        from chaosutil import connect, model_dir
+        from chaosutil import model_dir
         from llmqtest import RedisServer, free_port
-        from worker_util import Worker
         self.tmp = pathlib.Path(tmp)
         self.model = model_dir()
+        self.w = self.gw = None
         self.srv = RedisServer(self.tmp, free_port()).start()
+        try:
+            self._start(worker_args, gw_args, gw_preexec)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, worker_args, gw_args, gw_preexec):  # stopped by __init__ if it fails half way
+        from chaosutil import connect
+        from llmqtest import free_port
+        from worker_util import Worker
         self.r = connect(self.srv.url)
         self.wport = free_port()
         self.w = Worker(self.model, self.srv.url, "stories", self.tmp / "w.log", "--max-num-seqs", 16,
@@ -119,10 +134,11 @@ class Fleet:
         raise RuntimeError(f"timed out waiting for {what}")
 
     def stop(self):
-        if self.gw.poll() is None:
+        if self.gw is not None and self.gw.poll() is None:
             self.gw.terminate()
             self.gw.wait(30)
-        self.w.stop()
+        if self.w is not None:
+            self.w.stop()
         self.srv.stop()
 
 
@@ -329,7 +345,7 @@ def emfile(tmp):
                    f"core over 2 s, log grew {grown} bytes ({len(log_lines)} lines in all); the held ones answered "
                    f"{answers}; a completion sent meanwhile: refused {len(refused)} times (503 or reset), then "
                    f"{late[0][4]} {late[0][2] - (t_close - t0):+.2f} s from the close")
-            row(f"emfile-cap-{cap}", "100 held connections + 8 completions", "RLIMIT_NOFILE 64 on the gateway, "
+            row(f"emfile-cap-{cap}", "100 held connections + 1 completion meanwhile, 7 after", "RLIMIT_NOFILE 64 on the gateway, "
                 f"--max-connections {cap}", comp, fail, lost, dups,
                 f"{first_ok:.2f} s from the held connections closing to /healthz 200" if first_ok is not None
                 else "never within 30 s")
@@ -585,6 +601,8 @@ def chaos(tmp):
                PYTHON=sys.executable, TESTS="chaos")
     p = subprocess.run(["bash", str(ROOT / "tests" / "run.sh")], env=env, capture_output=True, text=True)
     print(p.stdout[-1500:], flush=True)
+    if p.returncode:
+        BAD.append("chaos")
     if figs.exists():
         print(figs.read_text(), end="", flush=True)
 
@@ -610,6 +628,9 @@ def main():
         with tempfile.TemporaryDirectory(prefix=f"llmq-fault-{name}-") as tmp:
             SCENARIOS[name](tmp)
         print(f"({name}: {time.monotonic() - t0:.0f} s)", flush=True)
+    if BAD:
+        print(f"failed requests, duplicated chunks or failed tests in: {' '.join(BAD)}", flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
