@@ -345,8 +345,8 @@ def emfile(tmp):
                    f"core over 2 s, log grew {grown} bytes ({len(log_lines)} lines in all); the held ones answered "
                    f"{answers}; a completion sent meanwhile: refused {len(refused)} times (503 or reset), then "
                    f"{late[0][4]} {late[0][2] - (t_close - t0):+.2f} s from the close")
-            row(f"emfile-cap-{cap}", "100 held connections + 1 completion meanwhile, 7 after", "RLIMIT_NOFILE 64 on the gateway, "
-                f"--max-connections {cap}", comp, fail, lost, dups,
+            row(f"emfile-cap-{cap}", "100 held connections + 1 completion meanwhile, 7 after",
+                f"RLIMIT_NOFILE 64 on the gateway, --max-connections {cap}", comp, fail, lost, dups,
                 f"{first_ok:.2f} s from the held connections closing to /healthz 200" if first_ok is not None
                 else "never within 30 s")
         finally:
