@@ -100,6 +100,30 @@ typedef struct be_attn_shape {
     float scale;     /* softmax scale, usually 1/sqrt(head_dim) */
 } be_attn_shape;
 
+/* A sparse mixture-of-experts MLP (Mixtral): n_experts SwiGLU experts, each
+ * token routed to top_k of them.  Under tensor parallelism every rank holds
+ * the same experts, each cut as a dense MLP is (rows of w1/w3, columns of w2). */
+typedef struct be_moe {
+    int n_experts, top_k;
+    const be_weight *w1; /* [n_experts] gate, [I, d] */
+    const be_weight *w3; /* [n_experts] up, [I, d] */
+    const be_weight *w2; /* [n_experts] down, [d, I] */
+} be_moe;
+
+/* The moe op's scratch for up to n tokens, backend buffers: activations
+ * xs [n, d], gate and up [n, I]; ys, n * top_k * d F32 values (each token's
+ * expert outputs, or an F32 accumulator); and `route`, of
+ * be_moe_route_bytes(n, n_experts, top_k) bytes: each token's experts and
+ * weights, and the tokens grouped by expert. */
+typedef struct be_moe_scratch {
+    void *xs, *gate, *up, *ys;
+    void *route;
+} be_moe_scratch;
+
+static inline size_t be_moe_route_bytes(size_t n, int n_experts, int top_k) {
+    return n * (size_t)top_k * 12 + ((size_t)n_experts + 1) * 4;
+}
+
 typedef struct llmq_backend llmq_backend;
 struct llmq_comm; /* common/comm.h */
 
@@ -158,6 +182,18 @@ typedef struct be_ops {
     /* Falcon: out = gelu(x) = x / 2 * (1 + erf(x / sqrt 2)) over n elements (the exact
      * GELU, not the tanh form); out may alias x. */
     void (*gelu)(llmq_backend *be, void *out, const void *x, size_t n);
+    /* Mixtral's MLP over n rows of x [n, d] (optional: NULL where a backend
+     * has none, and the engine refuses MoE models there).  Per row i:
+     *   p   = softmax(router_logits[i, :n_experts]) in F32
+     *   the top_k largest p (the lower expert first on a tie), renormalised
+     *   to sum 1 over the chosen;
+     *   out[i] = sum over the chosen experts e, in increasing e, of
+     *            p_e * ((silu(x w1_e^T) * (x w3_e^T)) w2_e^T)
+     * The rows that chose an expert go through its weights together (each
+     * expert is read once per call), yet a row's result never depends on the
+     * other rows (backend.h's invariance).  out must not alias x. */
+    void (*moe)(llmq_backend *be, void *out, const void *x, const void *router_logits, const be_moe *moe, int n,
+                const be_moe_scratch *ws);
 
     /* tensor parallel (optional) ------------------------------------------ */
     /* A communicator for collectives on this backend's buffers, formed by

@@ -14,7 +14,9 @@ expected.json = {
              "logits": [V floats]      next-token logits after prefill (fp32 compute),
              "logits_native": [...]    (bf16 variants) logits computed in bf16 by transformers,
              "greedy": [ids]           greedy continuation (fp32 compute),
-             "min_gap": float}]        smallest top1-top2 logit gap along the greedy path
+             "min_gap": float,         smallest top1-top2 logit gap along the greedy path
+             "min_router_gap": float}] (MoE) smallest gap between the k-th and the
+                                       (k+1)-th router probability of any token, any layer
 }
 
 The fixtures are committed; CI never needs torch.  Run it with an
@@ -29,7 +31,7 @@ import sys
 import torch
 import transformers
 from transformers import (FalconConfig, FalconForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+                          MistralForCausalLM, MixtralConfig, MixtralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hf"
 NEW_TOKENS = 12
@@ -63,6 +65,13 @@ VARIANTS = {
     "mistral_window": (MistralConfig, MistralForCausalLM,
                        dict(num_key_value_heads=2, sliding_window=8, tie_word_embeddings=False),
                        torch.float32, None),
+    # Mixtral: 4 experts, top 2, GQA; and with a sliding window and top 3 (summation order of > 2 experts)
+    "mixtral_moe": (MixtralConfig, MixtralForCausalLM,
+                    dict(num_key_value_heads=2, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
+                         sliding_window=None, tie_word_embeddings=False), torch.float32, None),
+    "mixtral_window": (MixtralConfig, MixtralForCausalLM,
+                       dict(num_key_value_heads=2, intermediate_size=16, num_local_experts=4, num_experts_per_tok=3,
+                            sliding_window=8, tie_word_embeddings=False), torch.float32, None),
     "qwen2_bias": (Qwen2Config, Qwen2ForCausalLM,
                    dict(num_key_value_heads=2, tie_word_embeddings=False), torch.float32, None),
     "llama_gqa_bf16": (LlamaConfig, LlamaForCausalLM,
@@ -82,7 +91,7 @@ VARIANTS = {
 
 
 def prompts_for(name, gen):
-    lengths = [5, 17, 33] if name != "mistral_window" else [5, 20, 40]
+    lengths = [5, 17, 33] if not name.endswith("_window") else [5, 20, 40]
     return [[1] + torch.randint(3, VOCAB, (n - 1,), generator=gen).tolist() for n in lengths]
 
 
@@ -98,6 +107,26 @@ def greedy(model, ids):
             out.append(nxt)
             cur = torch.cat([cur, torch.tensor([[nxt]])], dim=1)
     return out, min(gaps)
+
+
+def router_gap(model, ids):
+    """Smallest margin between the k-th and (k+1)-th router probability over
+    every token and layer of one forward: a routing decision this close could
+    flip under another summation order, so the fixture must keep clear of it."""
+    k = model.config.num_experts_per_tok
+    gaps = []
+
+    def hook(_mod, _inp, out):
+        logits = out[0] if isinstance(out, tuple) else out
+        p = torch.softmax(logits.float(), dim=-1).sort(dim=-1, descending=True).values
+        gaps.append(float((p[:, k - 1] - p[:, k]).min()))
+
+    hs = [layer.mlp.gate.register_forward_hook(hook) for layer in model.model.layers]
+    with torch.no_grad():
+        model(torch.tensor([ids]))
+    for h in hs:
+        h.remove()
+    return min(gaps)
 
 
 def build(name):
@@ -138,12 +167,16 @@ def build(name):
                 nl = native(torch.tensor([ids])).logits[0, -1].float()
             case["logits_native"] = [float(f"{x:.6g}") for x in nl.tolist()]
         case["greedy"], case["min_gap"] = greedy(ref, ids)
+        if getattr(cfg, "num_local_experts", 0):
+            case["min_router_gap"] = router_gap(ref, ids + case["greedy"])
         cases.append(case)
     exp = {"variant": name, "dtype": str(dtype).replace("torch.", ""),
            "transformers": transformers.__version__, "torch": torch.__version__, "cases": cases}
     (d / "expected.json").write_text(json.dumps(exp) + "\n")
     gaps = [c["min_gap"] for c in cases]
-    print(f"{name}: {sorted(p.name for p in d.iterdir())} min greedy gap {min(gaps):.2e}")
+    rgaps = [c["min_router_gap"] for c in cases if "min_router_gap" in c]
+    print(f"{name}: {sorted(p.name for p in d.iterdir())} min greedy gap {min(gaps):.2e}" +
+          (f" min router gap {min(rgaps):.2e}" if rgaps else ""))
 
 
 def main():

@@ -148,6 +148,7 @@ static const be_ops cpu_fast_ops = {
     .add = cpu_add,
     .layernorm = cpu_layernorm,
     .gelu = cpu_gelu,
+    .moe = cpu_moe,
     .destroy = cpu_destroy,
 };
 
@@ -173,6 +174,7 @@ static const be_ops cpu_ref_ops = {
     .add = cpu_add,
     .layernorm = cpu_layernorm_ref,
     .gelu = cpu_gelu_ref,
+    .moe = cpu_moe_ref,
     .destroy = cpu_destroy,
 };
 

@@ -70,6 +70,11 @@ void cpu_layernorm_ref(llmq_backend *be, void *out, const void *x, const float *
 void cpu_gelu(llmq_backend *be, void *out, const void *x, size_t n);
 void cpu_gelu_ref(llmq_backend *be, void *out, const void *x, size_t n);
 void cpu_swiglu_ref(llmq_backend *be, void *out, const void *gate, const void *up, int n, int dim);
+/* moe.c: Mixtral's MLP, experts grouped (fast) or row by row (reference) */
+void cpu_moe(llmq_backend *be, void *out, const void *x, const void *router_logits, const be_moe *moe, int n,
+             const be_moe_scratch *ws);
+void cpu_moe_ref(llmq_backend *be, void *out, const void *x, const void *router_logits, const be_moe *moe, int n,
+                 const be_moe_scratch *ws);
 
 void cpu_embed(llmq_backend *be, void *out, const be_weight *table, const int32_t *ids, int n);
 void cpu_gather_rows(llmq_backend *be, void *dst, const void *src, const int32_t *rows, int n, int dim);

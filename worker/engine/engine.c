@@ -1,7 +1,7 @@
 /*
  * engine.c — the forward pass over a paged KV cache, one function per
- * architecture family: forward_llama (Llama, Mistral, Qwen2: RMSNorm,
- * SwiGLU, sliding windows) and forward_falcon (Falcon/RW: LayerNorm with
+ * architecture family: forward_llama (Llama, Mistral, Qwen2, Mixtral:
+ * RMSNorm, SwiGLU or Mixtral's experts, sliding windows) and forward_falcon (Falcon/RW: LayerNorm with
  * bias, GELU, parallel or sequential attention); the shapes of each are in
  * the comment above it.  Both run, per step (n tokens of S sequences,
  * d = hidden, V = vocab):
@@ -42,6 +42,8 @@ struct engine {
     /* activations (backend buffers) */
     void *x, *h, *q, *k, *v, *att, *o, *gate, *up, *hl, *logits;
     void *h2, *o2;              /* Falcon: the MLP's own input (two LayerNorms) and output */
+    void *rlogits;              /* Mixtral: router logits [T, E] */
+    be_moe_scratch moe_ws;      /* Mixtral: the moe op's scratch (gate and up are the buffers above) */
     /* index arrays: host staging + backend copies */
     int32_t *h_ids, *h_pos, *h_slots, *h_tok_start, *h_bt, *h_rows;
     int32_t *d_ids, *d_pos, *d_slots, *d_tok_start, *d_bt, *d_rows;
@@ -177,6 +179,20 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
         }
         ok = ok && (e->h2 = be->ops->alloc(be, T * d * es)) && (e->o2 = be->ops->alloc(be, T * d * es));
     }
+    if (c->n_experts > 0) {
+        if (!be->ops->moe) {
+            eng_destroy(e);
+            return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
+                                "engine: the %s backend has no mixture-of-experts op for %s", be->ops->name,
+                                c->arch_name);
+        }
+        const size_t E = (size_t)c->n_experts, k = (size_t)c->top_k;
+        e->moe_ws.gate = e->gate;
+        e->moe_ws.up = e->up;
+        ok = ok && (e->rlogits = be->ops->alloc(be, T * E * es)) && (e->moe_ws.xs = be->ops->alloc(be, T * d * es)) &&
+             (e->moe_ws.ys = be->ops->alloc(be, T * k * d * sizeof(float))) &&
+             (e->moe_ws.route = be->ops->alloc(be, be_moe_route_bytes(T, c->n_experts, c->top_k)));
+    }
     if (ok && sized) {
         llmq_status st = size_pool(e, o->mem_util, (size_t)2 * c->n_layers * ENG_BLOCK_SIZE * e->kv_dim * es,
                                    &e->opts.n_blocks, err);
@@ -238,7 +254,8 @@ void eng_destroy(engine *e) {
     free(e->k_cache);
     free(e->v_cache);
     void *bufs[] = {e->x, e->h, e->h2, e->o2, e->q, e->k, e->v, e->att, e->o, e->gate, e->up, e->hl, e->logits, e->inv_freq,
-                    e->d_ids, e->d_pos, e->d_slots, e->d_tok_start, e->d_bt, e->d_rows};
+                    e->d_ids, e->d_pos, e->d_slots, e->d_tok_start, e->d_bt, e->d_rows, e->rlogits,
+                    e->moe_ws.xs, e->moe_ws.ys, e->moe_ws.route};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->ops->free(be, bufs[i]);
     free(e->h_ids);
     free(e->h_pos);
@@ -369,14 +386,17 @@ static void attend(engine *e, int l, const void *h, int window, const step_dims 
     op->matmul(be, e->o, e->att, &ly->wo, ly->bo, n);
 }
 
-/* Llama, Mistral, Qwen2: pre-norm RMSNorm, SwiGLU MLP, per-layer sliding
- * window; the residual adds are fused into the next RMSNorm.
+/* Llama, Mistral, Qwen2, Mixtral: pre-norm RMSNorm, SwiGLU MLP (Mixtral:
+ * a mixture of SwiGLU experts), per-layer sliding window; the residual adds
+ * are fused into the next RMSNorm.
  *
  *   h      = rmsnorm(x)                  (x += m of the layer before, fused, after layer 0)
  *   o[n,d] = attend(h); all-reduce
  *   h      = rmsnorm(x += o)
  *   g[n,I] = silu(h Wg^T) * (h Wu^T)
  *   m[n,d] = g Wd^T (in o); all-reduce
+ *   Mixtral instead: r[n,E] = h Wr^T (the router, whole on every rank);
+ *   m[n,d] = moe(h, r), each expert this rank's slice; all-reduce
  *   x += m; logits[S,V] = rmsnorm(x[last token of each S]) Wlm^T */
 static llmq_status forward_llama(engine *e, const step_dims *sd, llmq_err *err) {
     llmq_backend *be = e->be;
@@ -396,10 +416,15 @@ static llmq_status forward_llama(engine *e, const step_dims *sd, llmq_err *err) 
         attend(e, l, e->h, model_config_layer_window(c, l), sd);
         if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
         op->add_rmsnorm(be, e->h, e->x, e->o, ly->mlp_norm, n, d, eps);
-        op->matmul(be, e->gate, e->h, &ly->w_gate, ly->b_gate, n);
-        op->matmul(be, e->up, e->h, &ly->w_up, ly->b_up, n);
-        op->swiglu(be, e->gate, e->gate, e->up, n, I);
-        op->matmul(be, e->o, e->gate, &ly->w_down, ly->b_down, n);
+        if (c->n_experts > 0) {
+            op->matmul(be, e->rlogits, e->h, &ly->router, NULL, n);
+            op->moe(be, e->o, e->h, e->rlogits, &ly->moe, n, &e->moe_ws);
+        } else {
+            op->matmul(be, e->gate, e->h, &ly->w_gate, ly->b_gate, n);
+            op->matmul(be, e->up, e->h, &ly->w_up, ly->b_up, n);
+            op->swiglu(be, e->gate, e->gate, e->up, n, I);
+            op->matmul(be, e->o, e->gate, &ly->w_down, ly->b_down, n);
+        }
         if ((st = reduce(e, e->o, (size_t)n * d, err))) return st;
     }
     if (sd->n_out > 0) {

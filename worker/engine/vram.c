@@ -3,8 +3,7 @@
  *
  * Three parts: reading a model's arithmetic (presets, directories,
  * config.json: what model_config reads, with worker/model/config.c's own
- * parser; Llama-family configs it refuses, such as Mixtral, through a
- * tolerant reader), counting bytes per rank exactly as the loader and the
+ * parser; Llama-family configs it refuses through a tolerant reader), counting bytes per rank exactly as the loader and the
  * engine allocate them, and the verdicts built on that count.
  */
 #include "worker/engine/vram.h"
@@ -46,7 +45,8 @@ void vram_model_from_config(vram_model *vm, const model_config *c) {
     vm->vocab = c->vocab_size;
     vm->max_pos = c->max_position_embeddings;
     vm->tied = c->tie_word_embeddings;
-    vm->experts = 1;
+    vm->experts = c->n_experts > 0 ? c->n_experts : 1;
+    vm->experts_per_tok = c->n_experts > 0 ? c->top_k : 0;
     vm->sliding_window = c->sliding_window;
     vm->qkv_bias = c->qkv_bias;
     vm->o_bias = c->o_bias;
@@ -108,6 +108,8 @@ static llmq_status parse_tolerant(vram_model *vm, json_t *root, const char *name
         vm->kv_heads = json_int_of(root, k_kv, vm->heads);
         vm->inter = json_int_of(root, k_inter, 0);
         vm->experts = json_int_of(root, k_exp, 1);
+        static const char *const k_topk[] = {"num_experts_per_tok", NULL};
+        vm->experts_per_tok = vm->experts > 1 ? json_int_of(root, k_topk, 2) : 0;
         const int qwen = strstr(arch, "Qwen2") || !strcmp(type, "qwen2");
         vm->tied = json_bool_of(root, "tie_word_embeddings", qwen ? 0 : 1);
         vm->qkv_bias = qwen || json_bool_of(root, "attention_bias", 0);
@@ -310,6 +312,11 @@ static int64_t act_bytes(const vram_model *vm, const model_shard *sh, const vram
                 + (int64_t)S * (d + Vr) * es                       /* last hidden rows, logits */
                 + hd / 2 * 4                                       /* rope inverse frequencies */
                 + 4 * (3 * (int64_t)T + 2 * S + 1 + S * max_bt);   /* index arrays */
+    if (vm->experts > 1) { /* the moe op's scratch (eng_create): router logits, gathered rows, F32 expert outputs */
+        const int64_t k = vm->experts_per_tok > 0 ? vm->experts_per_tok : 1;
+        b += (int64_t)T * (vm->experts + d) * es + (int64_t)T * k * d * 4 +
+             (int64_t)be_moe_route_bytes((size_t)T, vm->experts, (int)k);
+    }
     if (o->cpu) { /* host memory too: the scheduler's F32 logits, and the tensor-parallel gather buffers */
         b += (int64_t)S * vm->vocab * 4;
         if (sh->world > 1) b += (int64_t)S * Vr * 4 + (int64_t)S * vm->vocab * 4;

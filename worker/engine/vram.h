@@ -14,10 +14,11 @@
  * the same figures.
  *
  * Models are read from config.json arithmetic only (no weights needed):
- * Llama, Mistral, Qwen2 and Falcon through model_config's parser
+ * Llama, Mistral, Mixtral, Qwen2 and Falcon through model_config's parser
  * (worker/model/config.h, model_config_parse_shapes: also a Falcon with
  * ALiBi, which the engine does not run), plus Llama-family configs the
- * engine refuses, such as Mixtral (MoE), through a tolerant reader here.
+ * engine refuses (other MoE layouts, activations, rope scalings) through a
+ * tolerant reader here.
  * Plain data: copy freely, nothing to free.
  */
 #ifndef LLMQ_VRAM_H
@@ -50,6 +51,7 @@ typedef struct vram_model {
     int max_pos;           /* max_position_embeddings (Falcon default 2048) */
     int tied;              /* lm_head shares the embedding (and no separate lm_head in the checkpoint) */
     int experts;           /* MoE experts per layer (num_local_experts); 1 = dense */
+    int experts_per_tok;   /* MoE: experts each token is routed to (num_experts_per_tok); 0 = dense */
     int sliding_window;    /* tokens, 0 = none (reported; the paged cache keeps every position) */
     int qkv_bias, o_bias, mlp_bias; /* linear biases */
     int falcon_ln_per_layer;        /* Falcon: LayerNorms per layer (2 new decoder / 1 parallel_attn) */

@@ -227,6 +227,7 @@ static llmq_status parse_config(model_config *cfg, const char *json, size_t len,
     snprintf(cfg->arch_name, sizeof cfg->arch_name, "%s", json_string_value(a0));
     if (!strcmp(cfg->arch_name, "LlamaForCausalLM")) cfg->arch = ARCH_LLAMA;
     else if (!strcmp(cfg->arch_name, "MistralForCausalLM")) cfg->arch = ARCH_MISTRAL;
+    else if (!strcmp(cfg->arch_name, "MixtralForCausalLM")) cfg->arch = ARCH_MIXTRAL;
     else if (!strcmp(cfg->arch_name, "Qwen2ForCausalLM")) cfg->arch = ARCH_QWEN2;
     else if (!strcmp(cfg->arch_name, "FalconForCausalLM") || !strcmp(cfg->arch_name, "RWForCausalLM")) {
         cfg->arch = ARCH_FALCON;
@@ -235,7 +236,7 @@ static llmq_status parse_config(model_config *cfg, const char *json, size_t len,
     } else {
         st = llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
                           "%s: architecture \"%s\" is not supported (supported: LlamaForCausalLM, "
-                          "MistralForCausalLM, Qwen2ForCausalLM, FalconForCausalLM)", name, json_string_value(a0));
+                          "MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, FalconForCausalLM)", name, json_string_value(a0));
         goto out;
     }
 
@@ -292,8 +293,9 @@ static llmq_status parse_config(model_config *cfg, const char *json, size_t len,
     }
 
     /* Llama and Mistral tie by default only when the config says so; the
-     * transformers default for the key is true, for Qwen2 false. */
-    cfg->tie_word_embeddings = json_get_bool(root, "tie_word_embeddings", cfg->arch == ARCH_QWEN2 ? 0 : 1);
+     * transformers default for the key is true, for Qwen2 and Mixtral false. */
+    cfg->tie_word_embeddings =
+        json_get_bool(root, "tie_word_embeddings", cfg->arch == ARCH_QWEN2 || cfg->arch == ARCH_MIXTRAL ? 0 : 1);
     int attention_bias = json_get_bool(root, "attention_bias", 0);
     cfg->qkv_bias = cfg->arch == ARCH_QWEN2 ? 1 : attention_bias;
     cfg->o_bias = cfg->arch == ARCH_QWEN2 ? 0 : attention_bias;
@@ -302,11 +304,24 @@ static llmq_status parse_config(model_config *cfg, const char *json, size_t len,
     int window = 0;
     if (json_get_int(root, "sliding_window", 0, &window, name, err)) goto out;
     if (window < 0) window = 0;
-    if (cfg->arch == ARCH_MISTRAL) {
+    if (cfg->arch == ARCH_MISTRAL || cfg->arch == ARCH_MIXTRAL) {
         cfg->sliding_window = window;
     } else if (cfg->arch == ARCH_QWEN2 && json_get_bool(root, "use_sliding_window", 0)) {
         cfg->sliding_window = window;
         if (json_get_int(root, "max_window_layers", 0, &cfg->max_window_layers, name, err)) goto out;
+    }
+
+    if (cfg->arch == ARCH_MIXTRAL) {
+        /* MixtralConfig's defaults: 8 experts, 2 per token */
+        if (json_get_int(root, "num_local_experts", 8, &cfg->n_experts, name, err) ||
+            json_get_int(root, "num_experts_per_tok", 2, &cfg->top_k, name, err))
+            goto out;
+        if (cfg->n_experts < 1 || cfg->n_experts > MODEL_MAX_EXPERTS || cfg->top_k < 1 ||
+            cfg->top_k > cfg->n_experts) {
+            llmq_err_set(err, st, "%s: num_local_experts %d and num_experts_per_tok %d: need 1 <= experts per token "
+                         "<= experts <= %d", name, cfg->n_experts, cfg->top_k, MODEL_MAX_EXPERTS);
+            goto out;
+        }
     }
 
     json_t *dt = json_object_get(root, "torch_dtype");

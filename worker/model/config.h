@@ -3,6 +3,7 @@
  * directory's config.json (and generation_config.json for end-of-sequence ids).
  *
  * Supported architectures: LlamaForCausalLM, MistralForCausalLM,
+ * MixtralForCausalLM (Mistral with a sparse mixture-of-experts MLP),
  * Qwen2ForCausalLM, FalconForCausalLM (rotary; not ALiBi).  Anything else is refused at load with a message naming
  * the architecture.  The struct is plain data: copy it freely.
  */
@@ -18,6 +19,7 @@ typedef enum model_arch {
     ARCH_MISTRAL,
     ARCH_QWEN2,
     ARCH_FALCON,
+    ARCH_MIXTRAL,
 } model_arch;
 
 /* How a Falcon query_key_value matrix holds its heads (the rows of head h). */
@@ -35,6 +37,7 @@ typedef enum rope_scaling_type {
 } rope_scaling_type;
 
 #define MODEL_MAX_EOS 8
+#define MODEL_MAX_EXPERTS 256 /* num_local_experts accepted (Mixtral has 8) */
 
 typedef struct model_config {
     model_arch arch;
@@ -61,6 +64,10 @@ typedef struct model_config {
     int qkv_bias;                /* q/k/v projections have biases (Qwen2, attention_bias) */
     int o_bias;                  /* o_proj has a bias (Llama attention_bias) */
     int mlp_bias;                /* gate/up/down have biases (Llama mlp_bias) */
+    /* Mixtral (ARCH_MIXTRAL): every layer's MLP is n_experts SwiGLU experts of
+     * width intermediate_size, each token routed to top_k of them. */
+    int n_experts;               /* num_local_experts; 0 = a dense MLP */
+    int top_k;                   /* num_experts_per_tok */
     /* Falcon (ARCH_FALCON): LayerNorm with bias (eps in rms_norm_eps), GELU
      * MLP without a gate (dense_h_to_4h -> gelu -> dense_4h_to_h, width
      * intermediate_size), one fused query_key_value matrix. */

@@ -210,6 +210,30 @@ static int load_vector(loader *L, float **out, const char *name, int n) {
     return load_vector_part(L, out, name, n, 0, n);
 }
 
+/* Mixtral's MLP of layer i: the router whole on every rank (each routes
+ * all of its tokens), every expert cut as a dense MLP is (vLLM's split). */
+static int load_experts(loader *L, int i) {
+    const model_config *c = &L->m->cfg;
+    const model_shard *sh = &L->m->shard;
+    model_layer *ly = &L->m->layers[i];
+    const int d = c->hidden_size, I = c->intermediate_size, E = c->n_experts;
+    char n[160];
+    snprintf(n, sizeof n, "model.layers.%d.block_sparse_moe.gate.weight", i);
+    if (load_matrix(L, &ly->router, n, E, d, PART_ALL, 0, 0, 0)) return -1;
+    if (!(ly->experts = calloc((size_t)3 * E, sizeof *ly->experts)))
+        return llmq_err_set(L->err, LLMQ_ERR_NOMEM, "%s: out of memory", L->dir), -1;
+    for (int j = 0; j < E; j++) {
+#define NAME(w) (snprintf(n, sizeof n, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", i, j, w), n)
+        if (load_matrix(L, &ly->experts[j], NAME("w1"), I, d, PART_ROWS, sh->inter0, sh->inter, LM_QUANT) ||
+            load_matrix(L, &ly->experts[E + j], NAME("w3"), I, d, PART_ROWS, sh->inter0, sh->inter, LM_QUANT) ||
+            load_matrix(L, &ly->experts[2 * E + j], NAME("w2"), d, I, PART_COLS, sh->inter0, sh->inter, LM_QUANT))
+            return -1;
+#undef NAME
+    }
+    ly->moe = (be_moe){E, c->top_k, ly->experts, ly->experts + E, ly->experts + 2 * E};
+    return 0;
+}
+
 static int load_layer(loader *L, int i) {
     const model_config *c = &L->m->cfg;
     const model_shard *sh = &L->m->shard;
@@ -225,11 +249,18 @@ static int load_layer(loader *L, int i) {
         load_matrix(L, &ly->wq, NAME("self_attn.q_proj.weight"), qd, d, PART_ROWS, q0, nq, LM_QUANT) ||
         load_matrix(L, &ly->wk, NAME("self_attn.k_proj.weight"), kvd, d, PART_ROWS, k0, nk, LM_QUANT) ||
         load_matrix(L, &ly->wv, NAME("self_attn.v_proj.weight"), kvd, d, PART_ROWS, k0, nk, LM_QUANT) ||
-        load_matrix(L, &ly->wo, NAME("self_attn.o_proj.weight"), d, qd, PART_COLS, q0, nq, LM_QUANT) ||
-        load_matrix(L, &ly->w_gate, NAME("mlp.gate_proj.weight"), I, d, PART_ROWS, sh->inter0, sh->inter, LM_QUANT) ||
-        load_matrix(L, &ly->w_up, NAME("mlp.up_proj.weight"), I, d, PART_ROWS, sh->inter0, sh->inter, LM_QUANT) ||
-        load_matrix(L, &ly->w_down, NAME("mlp.down_proj.weight"), d, I, PART_COLS, sh->inter0, sh->inter, LM_QUANT))
+        load_matrix(L, &ly->wo, NAME("self_attn.o_proj.weight"), d, qd, PART_COLS, q0, nq, LM_QUANT))
         return -1;
+    if (c->n_experts > 0) {
+        if (load_experts(L, i)) return -1;
+    } else if (load_matrix(L, &ly->w_gate, NAME("mlp.gate_proj.weight"), I, d, PART_ROWS, sh->inter0, sh->inter,
+                           LM_QUANT) ||
+               load_matrix(L, &ly->w_up, NAME("mlp.up_proj.weight"), I, d, PART_ROWS, sh->inter0, sh->inter,
+                           LM_QUANT) ||
+               load_matrix(L, &ly->w_down, NAME("mlp.down_proj.weight"), d, I, PART_COLS, sh->inter0, sh->inter,
+                           LM_QUANT)) {
+        return -1;
+    }
     if (c->qkv_bias && (load_vector_part(L, &ly->bq, NAME("self_attn.q_proj.bias"), qd, q0, nq) ||
                         load_vector_part(L, &ly->bk, NAME("self_attn.k_proj.bias"), kvd, k0, nk) ||
                         load_vector_part(L, &ly->bv, NAME("self_attn.v_proj.bias"), kvd, k0, nk)))
@@ -419,9 +450,12 @@ void model_destroy(model *m) {
             float *vecs[] = {ly->attn_norm, ly->mlp_norm, ly->attn_norm_b, ly->mlp_norm_b, ly->bq, ly->bk,
                              ly->bv,        ly->bo,       ly->b_gate,      ly->b_up,        ly->b_down};
             for (size_t v = 0; v < sizeof vecs / sizeof vecs[0]; v++) be->ops->free(be, vecs[v]);
-            be_weight *ws[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
+            be_weight *ws[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down, &ly->router};
             for (size_t w = 0; w < sizeof ws / sizeof ws[0]; w++)
                 if (ws[w]->data) be->ops->weight_release(be, ws[w]);
+            for (int x = 0; ly->experts && x < 3 * m->cfg.n_experts; x++)
+                if (ly->experts[x].data) be->ops->weight_release(be, &ly->experts[x]);
+            free(ly->experts);
         }
         free(m->layers);
     }

@@ -3,7 +3,9 @@
  * backend.
  *
  * Tensor names and shapes follow Hugging Face's Llama/Mistral/Qwen2 layout
- * (model.layers.{i}.self_attn.q_proj.weight, ...) and Falcon's
+ * (model.layers.{i}.self_attn.q_proj.weight, ...), Mixtral's (the same, with
+ * model.layers.{i}.block_sparse_moe.gate.weight and .experts.{j}.w1/w2/w3
+ * for the MLP) and Falcon's
  * (transformer.h.{i}.self_attention.query_key_value.weight, ...: the fused
  * matrix is split at load into this rank's q, k and v rows, copies the
  * model owns).  Every expected tensor
@@ -40,6 +42,10 @@ typedef struct model_layer {
     float *bq, *bk, *bv;   /* biases or NULL */
     float *bo;
     float *b_gate, *b_up, *b_down;
+    /* Mixtral (cfg.n_experts > 0) instead of w_gate/w_up/w_down: */
+    be_weight router;      /* [E, d] block_sparse_moe.gate, replicated on every rank, never quantized */
+    be_weight *experts;    /* [3E]: every expert's w1 (gate), then every w3 (up), then every w2 (down) */
+    be_moe moe;            /* the op's view of router-less experts (points into experts) */
 } model_layer;
 
 /* What this rank holds of a tensor-parallel split (Megatron style): query
