@@ -3,6 +3,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The end of a job, in the scripts that end one (cancel_lua, finish_lua):
@@ -252,14 +253,31 @@ static const char read_lanes_lua[] =
     "got[#KEYS + 1] = more\n"
     "return got\n";
 
-/* KEYS[1] job hash, KEYS[2] output stream; ARGV[1] attempt, ARGV[2] output
- * channel, ARGV[3] chunk.  See "Fencing" in jobops.h. */
-static const char chunk_lua[] =
-    "local h = redis.call('HMGET', KEYS[1], 'state', 'attempts')\n"
-    "if h[1] ~= 'running' or h[2] ~= ARGV[1] then return 0 end\n"
-    "redis.call('XADD', KEYS[2], '*', 'c', ARGV[3])\n"
-    "redis.call('PUBLISH', ARGV[2], ARGV[3])\n"
-    "return 1\n";
+/* Job i (from 1): KEYS[2i-1] job hash, KEYS[2i] output stream; ARGV[3i-2]
+ * attempt, ARGV[3i-1] output channel, ARGV[3i] chunk.  See "Fencing" in
+ * jobops.h.  pcall: a job whose keys are of the wrong type (or a write
+ * refused for want of memory) gets its error in its own element, and the
+ * jobs after it are still written. */
+static const char chunks_lua[] =
+    "local res = {}\n"
+    "for i = 1, #KEYS / 2 do\n"
+    "  local a = 3 * i\n"
+    "  local h = redis.pcall('HMGET', KEYS[2 * i - 1], 'state', 'attempts')\n"
+    "  if h.err then\n"
+    "    res[i] = h\n"
+    "  elseif h[1] ~= 'running' or h[2] ~= ARGV[a - 2] then\n"
+    "    res[i] = 0\n"
+    "  else\n"
+    "    local x = redis.pcall('XADD', KEYS[2 * i], '*', 'c', ARGV[a])\n"
+    "    if type(x) == 'table' and x.err then\n"
+    "      res[i] = x\n"
+    "    else\n"
+    "      redis.call('PUBLISH', ARGV[a - 1], ARGV[a])\n"
+    "      res[i] = 1\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return res\n";
 
 /* KEYS[1] job hash, KEYS[2] output stream, KEYS[3] request stream, KEYS[4]
  * dead stream (only when the job goes there); ARGV[1] attempt (0: never
@@ -559,7 +577,7 @@ void jobops_chunk(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, 
     keys_out_channel(k, id, kb->chan, sizeof kb->chan);
     rcmd_init(c);
     rcmd_str(c, "EVAL");
-    rcmd_str(c, chunk_lua);
+    rcmd_str(c, chunks_lua);
     rcmd_str(c, "2");
     rcmd_str(c, kb->job);
     rcmd_str(c, kb->out);
@@ -597,4 +615,110 @@ void jobops_finish(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id,
     rcmd_fmt(c, "%lld", f->completion_tokens);
     rcmd_str(c, f->error ? f->error : "");
     rcmd_str(c, id);
+}
+
+/* ------------------------------------------------------------ chunks of many jobs */
+
+/* Where one chunk's arguments lie in b->bytes (offsets, NUL-terminated but
+ * the chunk). */
+struct jobops_chunk_at {
+    size_t id, job, out, chan, attempt, chunk, chunk_len;
+};
+
+void jobops_chunks_init(jobops_chunks *b) { memset(b, 0, sizeof *b); }
+
+void jobops_chunks_deinit(jobops_chunks *b) {
+    free(b->at);
+    free(b->bytes);
+    free(b->argv);
+    free(b->argvlen);
+    memset(b, 0, sizeof *b);
+}
+
+void jobops_chunks_reset(jobops_chunks *b) {
+    b->n = 0;
+    b->len = 0;
+}
+
+/* n more bytes at the end of b->bytes; their offset, or (size_t)-1. */
+static size_t chunks_room(jobops_chunks *b, size_t n) {
+    if (b->len + n > b->cap_bytes) {
+        size_t cap = b->cap_bytes ? b->cap_bytes : 4096;
+        while (cap < b->len + n) cap *= 2;
+        char *p = realloc(b->bytes, cap);
+        if (!p) return (size_t)-1;
+        b->bytes = p;
+        b->cap_bytes = cap;
+    }
+    size_t at = b->len;
+    b->len += n;
+    return at;
+}
+
+int jobops_chunks_add(jobops_chunks *b, const llmq_keys *k, const char *id, long long attempt, const void *chunk,
+                      size_t chunk_len) {
+    if (b->n == b->cap) {
+        int cap = b->cap ? 2 * b->cap : 32;
+        struct jobops_chunk_at *at = realloc(b->at, (size_t)cap * sizeof *at);
+        if (!at) return -1;
+        b->at = at;
+        b->cap = cap;
+    }
+    char job[KEYS_MAX], out[KEYS_MAX], chan[KEYS_MAX], attempt_s[24];
+    keys_job(k, id, job, sizeof job);
+    keys_job_out(k, id, out, sizeof out);
+    keys_out_channel(k, id, chan, sizeof chan);
+    snprintf(attempt_s, sizeof attempt_s, "%lld", attempt);
+    const char *parts[] = {id, job, out, chan, attempt_s};
+    size_t off[5], len0 = b->len;
+    for (int i = 0; i < 5; i++) {
+        size_t n = strlen(parts[i]) + 1;
+        if ((off[i] = chunks_room(b, n)) == (size_t)-1) {
+            b->len = len0;
+            return -1;
+        }
+        memcpy(b->bytes + off[i], parts[i], n);
+    }
+    size_t c = chunks_room(b, chunk_len);
+    if (c == (size_t)-1) {
+        b->len = len0;
+        return -1;
+    }
+    if (chunk_len) memcpy(b->bytes + c, chunk, chunk_len);
+    b->at[b->n++] = (struct jobops_chunk_at){off[0], off[1], off[2], off[3], off[4], c, chunk_len};
+    return 0;
+}
+
+const char *jobops_chunks_id(const jobops_chunks *b, int i) { return b->bytes + b->at[i].id; }
+
+int jobops_chunks_argv(jobops_chunks *b, const char ***argv, const size_t **argvlen) {
+    const int argc = 3 + 5 * b->n;
+    if (argc > b->cap_argv) {
+        const char **v = realloc(b->argv, (size_t)argc * sizeof *v);
+        if (!v) return -1;
+        b->argv = v;
+        size_t *l = realloc(b->argvlen, (size_t)argc * sizeof *l);
+        if (!l) return -1;
+        b->argvlen = l;
+        b->cap_argv = argc;
+    }
+    snprintf(b->nkeys, sizeof b->nkeys, "%d", 2 * b->n);
+    int a = 0;
+#define ARG(p, n) (b->argv[a] = (p), b->argvlen[a] = (n), a++)
+    ARG("EVAL", 4);
+    ARG(chunks_lua, sizeof chunks_lua - 1);
+    ARG(b->nkeys, strlen(b->nkeys));
+    for (int i = 0; i < b->n; i++) {
+        ARG(b->bytes + b->at[i].job, strlen(b->bytes + b->at[i].job));
+        ARG(b->bytes + b->at[i].out, strlen(b->bytes + b->at[i].out));
+    }
+    for (int i = 0; i < b->n; i++) {
+        ARG(b->bytes + b->at[i].attempt, strlen(b->bytes + b->at[i].attempt));
+        ARG(b->bytes + b->at[i].chan, strlen(b->bytes + b->at[i].chan));
+        ARG(b->bytes + b->at[i].chunk, b->at[i].chunk_len);
+    }
+#undef ARG
+    *argv = b->argv;
+    *argvlen = b->argvlen;
+    return argc;
 }

@@ -243,10 +243,50 @@ void jobops_dead(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model
  */
 
 /*
- * One chunk of a running job (an EVAL): XADD <P>job:{id}:out * c <chunk> and
- * PUBLISH <P>out:{id} <chunk> when the fence holds (returns 1), nothing
- * otherwise (returns 0).  attempt: the `attempts` value admission returned.
+ * Chunks of running jobs, any number of jobs in ONE EVAL (a worker sends one
+ * per step for its whole batch: Redis then pays one script call per step,
+ * not one per job per token).  KEYS = job hash, output stream of each job in
+ * turn; ARGV = attempt, output channel, chunk of each job in turn.  For each
+ * job, on its own: XADD <P>job:{id}:out * c <chunk> and PUBLISH <P>out:{id}
+ * <chunk> when its fence holds.  Returns an array with one element per job,
+ * in order: 1 written, 0 fenced (nothing written for that job), or an error
+ * (e.g. WRONGTYPE, OOM: nothing written for that job).  A job whose write
+ * was refused never affects the others of the call.
+ * (Redis Cluster: the jobs' keys are in several slots; see docs/protocol.md
+ * "Not yet".)
  */
+typedef struct jobops_chunks {
+    int n;                      /* chunks added since the last reset */
+    /* private: */
+    int cap;                    /* room in at[] */
+    struct jobops_chunk_at *at; /* [cap] where each chunk's arguments lie in bytes */
+    char *bytes;                /* ids, keys, attempts and chunks back to back (offsets: bytes may move) */
+    size_t len, cap_bytes;
+    const char **argv;          /* the EVAL, built by jobops_chunks_argv */
+    size_t *argvlen;
+    int cap_argv;
+    char nkeys[16];             /* the EVAL's number of keys, 2 n */
+} jobops_chunks;
+
+/* init: empty; deinit frees (the buffers are kept across resets, so once a
+ * step's worth fits nothing more is allocated). */
+void jobops_chunks_init(jobops_chunks *b);
+void jobops_chunks_deinit(jobops_chunks *b);
+void jobops_chunks_reset(jobops_chunks *b);
+/* Add job id's chunk (the bytes are copied) fenced on attempt (the
+ * `attempts` value admission returned).  Returns 0, or -1 when out of memory
+ * (nothing added). */
+int jobops_chunks_add(jobops_chunks *b, const llmq_keys *k, const char *id, long long attempt, const void *chunk,
+                      size_t chunk_len);
+/* The id of chunk i (0 <= i < n), the job element i of the reply is about. */
+const char *jobops_chunks_id(const jobops_chunks *b, int i);
+/* The EVAL of the chunks added (n >= 1), as an argv for hiredis: returns
+ * argc (3 + 5 n) and points *argv / *argvlen into b (valid until the next
+ * add, reset or deinit), or -1 when out of memory. */
+int jobops_chunks_argv(jobops_chunks *b, const char ***argv, const size_t **argvlen);
+
+/* One chunk as the same script with one job (the reply is a one-element
+ * array). */
 void jobops_chunk(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id, long long attempt, const void *chunk,
                   size_t chunk_len);
 

@@ -88,10 +88,16 @@ def test_cancel(redis_server):
     assert not r.exists("llmq:job:{run}:out")
 
 
+def chunks(r, writes):
+    """One call of the chunk script for several jobs: writes = [(jid, attempt, chunk bytes)]."""
+    keys = [k for jid, _, _ in writes for k in (f"llmq:job:{{{jid}}}", f"llmq:job:{{{jid}}}:out")]
+    args = [a for jid, attempt, c in writes for a in (attempt, f"llmq:out:{{{jid}}}", c)]
+    return r.eval(lua("chunks_lua"), len(keys), *keys, *args)
+
+
 def chunk(r, jid, attempt, seq):
-    c = msgpack.packb({"seq": seq, "text": f"t{seq}", "ids": [seq]})
-    return r.eval(lua("chunk_lua"), 2, f"llmq:job:{{{jid}}}", f"llmq:job:{{{jid}}}:out", attempt,
-                  f"llmq:out:{{{jid}}}", c)
+    (res,) = chunks(r, [(jid, attempt, msgpack.packb({"seq": seq, "text": f"t{seq}", "ids": [seq]}))])
+    return res
 
 
 def finish(r, jid, attempt, entry="", dead=False, state="done", error=""):
@@ -123,6 +129,39 @@ def test_writes_are_fenced_on_the_admission(redis_server):
     assert [msgpack.unpackb(f[b"c"])["seq"] for _, f in r.xrange("llmq:job:{f}:out")] == [0, 1, 99]
     assert chunk(r, "f", 2, 2) == 0 and finish(r, "f", 2) == 0  # nothing after the end
     assert r.xlen("llmq:job:{f}:out") == 3
+
+
+def test_chunks_of_many_jobs_in_one_call_are_fenced_one_by_one(redis_server):
+    """A worker writes a step's chunks of every job in one script call: each
+    job's fence is checked on its own, and a job whose write is refused
+    (fenced out, or its keys of another type) is the only one not written:
+    the others of the same call are appended and published."""
+    r = redis.Redis.from_url(redis_server.url)
+    for jid, attempts in (("b1", 1), ("b2", 2), ("b3", 1), ("b4", 3)):
+        r.hset(f"llmq:job:{{{jid}}}", mapping={"state": "running", "model": "m1", "created": 1, "attempts": attempts})
+    r.set("llmq:job:{b3}:out", "not a stream")  # its XADD fails with WRONGTYPE
+    sub = r.pubsub()
+    sub.subscribe(*(f"llmq:out:{{b{i}}}" for i in range(1, 5)))
+    while sub.get_message(timeout=1):
+        pass  # the subscribe confirmations
+    c = {jid: msgpack.packb({"seq": 0, "text": jid + " x y", "ids": [1, 2, 3]}) for jid in ("b1", "b2", "b3", "b4")}
+    res = chunks(r, [("b1", 1, c["b1"]), ("b2", 1, c["b2"]), ("b3", 1, c["b3"]), ("b4", 3, c["b4"])])
+    assert res[0] == 1 and res[1] == 0 and res[3] == 1  # b2: admitted again since (attempts 2), refused
+    assert isinstance(res[2], redis.ResponseError) and "WRONGTYPE" in str(res[2])
+    assert [f[b"c"] for _, f in r.xrange("llmq:job:{b1}:out")] == [c["b1"]]
+    assert [f[b"c"] for _, f in r.xrange("llmq:job:{b4}:out")] == [c["b4"]]
+    assert not r.exists("llmq:job:{b2}:out") and r.type("llmq:job:{b3}:out") == b"string"
+    got = []
+    while (m := sub.get_message(timeout=0.5)) is not None:
+        got.append((m["channel"], m["data"]))
+    assert got == [(b"llmq:out:{b1}", c["b1"]), (b"llmq:out:{b4}", c["b4"])]
+    # a job hash of another type: an error for that job alone
+    r.delete("llmq:job:{b3}:out")
+    r.delete("llmq:job:{b3}")
+    r.rpush("llmq:job:{b3}", "x")
+    res = chunks(r, [("b3", 1, c["b3"]), ("b1", 1, c["b1"])])
+    assert isinstance(res[0], redis.ResponseError) and res[1] == 1
+    assert r.xlen("llmq:job:{b1}:out") == 2 and not r.exists("llmq:job:{b3}:out")
 
 
 def test_finish_of_an_entry_never_admitted(redis_server):

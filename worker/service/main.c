@@ -50,6 +50,8 @@ static void usage(FILE *f) {
             "  --max-attempts N         deliveries before a job is failed (default 3)\n"
             "  --lane-burst K           priority lanes: after K entries taken from higher lanes while a lower\n"
             "                           lane waits, take one of the lower lane's (default 4; 0: strict)\n"
+            "  --chunk-interval-ms B    coalesce tokens into chunks while Redis is behind: a job's new tokens\n"
+            "                           wait for the next step, B ms at most (default 0: a chunk per step)\n"
             "  --result-ttl S           seconds finished jobs are kept (default 3600)\n"
             "  --drain-timeout S        on SIGTERM, finish in-flight jobs for up to S seconds (default 30)\n"
             "  --chat-template T        a family (llama-2, llama-3, mistral, chatml, zephyr), or a Jinja\n"
@@ -170,6 +172,7 @@ int main(int argc, char **argv) {
         {"metrics-addr", required_argument, 0, 'L'},  {"lane-burst", required_argument, 0, 'B'},
         {"synthetic-rate", required_argument, 0, 'S'},
         {"no-prefix-caching", no_argument, 0, 'N'},
+        {"chunk-interval-ms", required_argument, 0, 'I'},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
     };
     int c, bad = 0, tp = 1, rank = -1, tp_timeout = 10000, tp_port = 0;
@@ -195,6 +198,7 @@ int main(int argc, char **argv) {
         case 'C': bad |= to_int(optarg, "claim-idle-ms", 100, &o.claim_idle_ms); break;
         case 'A': bad |= to_int(optarg, "max-attempts", 1, &o.max_attempts); break;
         case 'B': bad |= to_int(optarg, "lane-burst", 0, &o.lane_burst); break;
+        case 'I': bad |= to_int(optarg, "chunk-interval-ms", 0, &o.chunk_interval_ms); break;
         case 'T': bad |= to_int(optarg, "result-ttl", 1, &o.result_ttl_s); break;
         case 'D': bad |= to_int(optarg, "drain-timeout", 0, &o.drain_timeout_s); break;
         case 'H': o.chat_template = optarg; break;

@@ -1,19 +1,32 @@
 /*
  * publish.c — the pipeline to Redis: every command the loop sends without
  * waiting is queued here with a tag saying what its reply is about, and read
- * back in one flush per loop iteration (svc_pipe_flush).  Builds the chunks
- * of running jobs, the final script of ended ones and the failure of jobs
- * that never ran.
+ * back in one flush per loop iteration (svc_pipe_flush), or as it arrives
+ * (svc_pipe_poll).  Builds the chunks of running jobs (all of a step in one
+ * script call, jobops_chunks), the final script of ended ones and the
+ * failure of jobs that never ran.
+ *
+ * Coalescing (--chunk-interval-ms B > 0): a step's chunks go out at once
+ * while Redis keeps up, i.e. when the previous step's chunk call has already
+ * been answered by the end of this step; while it has not (Redis is busy),
+ * the new ids wait in their job and go with the next step's, so one chunk
+ * then carries several tokens, and Redis' cost per token falls as its load
+ * rises.  A job's ids never wait longer than B ms; a job that ends (or must
+ * be written for another reason) waits for nothing: the loop then reads the
+ * answer it needs and writes every job's ids.
  *
  * Invariants
  *  - A job's chunks carry seq 0, 1, 2, ... with no gap and no repeat: a chunk
  *    that Redis refused (fenced, or an error reply) drops the job here
- *    without XACK rather than let a later chunk skip its seq.
+ *    without XACK rather than let a later chunk skip its seq.  Hence at most
+ *    one chunk call is in flight: the next one is built only after this
+ *    one's reply was read.
  *  - Nothing is written for a job after its final chunk: svc_publish frees
  *    a job in the same pass that queues its final script.
  */
 #include "worker/service/service_internal.h"
 
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,11 +35,8 @@
 
 /* ------------------------------------------------------------ the pipeline */
 
-static int pipe_add(service *sv, const rcmd *c, int kind, const char *id, job *admit) {
-    if (!rcmd_ok(c)) {
-        log_error("internal: a Redis command overflowed its argument table");
-        return -1;
-    }
+static int pipe_add_argv(service *sv, int argc, const char **argv, const size_t *argvlen, int kind, const char *id,
+                         job *admit) {
     if (sv->pipe_pending == sv->cap_tags) {
         int cap = sv->cap_tags ? 2 * sv->cap_tags : 64;
         pipe_tag *t = realloc(sv->tags, (size_t)cap * sizeof *t);
@@ -37,7 +47,7 @@ static int pipe_add(service *sv, const rcmd *c, int kind, const char *id, job *a
         sv->tags = t;
         sv->cap_tags = cap;
     }
-    if (redisAppendCommandArgv(sv->rc, c->argc, (const char **)c->argv, c->argvlen) != REDIS_OK) {
+    if (redisAppendCommandArgv(sv->rc, argc, argv, argvlen) != REDIS_OK) {
         log_error("out of memory: a Redis command was not sent");
         return -1;
     }
@@ -45,7 +55,16 @@ static int pipe_add(service *sv, const rcmd *c, int kind, const char *id, job *a
     t->kind = kind;
     t->admit = admit;
     snprintf(t->id, sizeof t->id, "%s", id ? id : "");
+    if (kind == TAG_CHUNKS) sv->chunks_in_flight++;
     return 0;
+}
+
+static int pipe_add(service *sv, const rcmd *c, int kind, const char *id, job *admit) {
+    if (!rcmd_ok(c)) {
+        log_error("internal: a Redis command overflowed its argument table");
+        return -1;
+    }
+    return pipe_add_argv(sv, c->argc, (const char **)c->argv, c->argvlen, kind, id, admit);
 }
 
 int svc_pipe_add_tagged(service *sv, const rcmd *c, int kind, const char *id) {
@@ -76,6 +95,23 @@ static void job_drop(service *sv, const char *id, const char *why) {
     }
 }
 
+/* The reply to a step's chunk call (jobops_chunks): one element per job of
+ * sv->chunks, 1 when written.  A job whose chunk was not written (fenced,
+ * an error element, or an error or short reply for the whole call) is
+ * dropped; the others go on. */
+static void chunks_reply(service *sv, const redisReply *r) {
+    const jobops_chunks *b = &sv->chunks;
+    const int whole = r->type != REDIS_REPLY_ARRAY || r->elements != (size_t)b->n;
+    if (whole) log_warn("redis: the chunk call failed (%s): its %d jobs are dropped here",
+                        r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", b->n);
+    for (int i = 0; i < b->n; i++) {
+        const redisReply *e = whole ? NULL : r->element[i];
+        if (!e) job_drop(sv, jobops_chunks_id(b, i), r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        else if (e->type == REDIS_REPLY_ERROR) job_drop(sv, jobops_chunks_id(b, i), e->str);
+        else if (e->type != REDIS_REPLY_INTEGER || e->integer != JOBOPS_WRITTEN) job_drop(sv, jobops_chunks_id(b, i), NULL);
+    }
+}
+
 /* Act on one reply of the pipeline.  Returns 1 when it kept r (an admit
  * reply, handed to its job), 0 when the caller frees it. */
 static int pipe_reply(service *sv, const pipe_tag *t, redisReply *r) {
@@ -88,16 +124,16 @@ static int pipe_reply(service *sv, const pipe_tag *t, redisReply *r) {
         svc_health_backlog_reply(sv, r);
         return 0;
     }
+    if (t->kind == TAG_CHUNKS) {
+        chunks_reply(sv, r);
+        return 0;
+    }
     if (r->type == REDIS_REPLY_ERROR) {
-        if (t->kind == TAG_CHUNK) job_drop(sv, t->id, r->str);
-        else if (t->id[0]) log_warn("redis: %s (job %s)", r->str, t->id);
+        if (t->id[0]) log_warn("redis: %s (job %s)", r->str, t->id);
         else log_warn("redis: %s", r->str);
         return 0;
     }
     switch (t->kind) {
-    case TAG_CHUNK:
-        if (r->type == REDIS_REPLY_INTEGER && r->integer == JOBOPS_FENCED) job_drop(sv, t->id, NULL);
-        break;
     case TAG_FINAL:
         if (r->type == REDIS_REPLY_INTEGER && r->integer == JOBOPS_FENCED)
             log_warn("job %s: not ended here: another worker took it over or ended it", t->id);
@@ -117,19 +153,45 @@ static int pipe_reply(service *sv, const pipe_tag *t, redisReply *r) {
     return 0;
 }
 
+/* The next reply is in: act on it. */
+static void pipe_took(service *sv, redisReply *r) {
+    const pipe_tag *t = &sv->tags[sv->pipe_head++];
+    if (t->kind == TAG_CHUNKS) sv->chunks_in_flight--;
+    if (!pipe_reply(sv, t, r)) freeReplyObject(r);
+    if (sv->pipe_head == sv->pipe_pending) sv->pipe_head = sv->pipe_pending = 0;
+}
+
+static llmq_status pipe_lost(service *sv, llmq_err *err) {
+    sv->pipe_head = sv->pipe_pending = 0;
+    sv->chunks_in_flight = 0;
+    return llmq_err_set(err, LLMQ_ERR_IO, "redis: %s", sv->rc->errstr);
+}
+
 /* Read every queued reply and act on it (pipe_reply).  Error replies are
  * logged; a later step retries what matters (claims are refreshed again);
  * a chunk that was not written drops its job here (job_drop). */
 llmq_status svc_pipe_flush(service *sv, llmq_err *err) {
-    for (int i = 0; i < sv->pipe_pending; i++) {
+    while (sv->pipe_head < sv->pipe_pending) {
         redisReply *r = NULL;
-        if (redisGetReply(sv->rc, (void **)&r) != REDIS_OK) {
-            sv->pipe_pending = 0;
-            return llmq_err_set(err, LLMQ_ERR_IO, "redis: %s", sv->rc->errstr);
-        }
-        if (!pipe_reply(sv, &sv->tags[i], r)) freeReplyObject(r);
+        if (redisGetReply(sv->rc, (void **)&r) != REDIS_OK) return pipe_lost(sv, err);
+        pipe_took(sv, r);
     }
-    sv->pipe_pending = 0;
+    return LLMQ_OK;
+}
+
+/* As svc_pipe_flush, but only the replies already here: never waits. */
+llmq_status svc_pipe_poll(service *sv, llmq_err *err) {
+    while (sv->pipe_head < sv->pipe_pending) {
+        void *r = NULL;
+        if (redisGetReplyFromReader(sv->rc, &r) != REDIS_OK) return pipe_lost(sv, err);
+        if (r) {
+            pipe_took(sv, r);
+            continue;
+        }
+        struct pollfd p = {sv->rc->fd, POLLIN, 0};
+        if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP | POLLERR))) return LLMQ_OK;
+        if (redisBufferRead(sv->rc) != REDIS_OK) return pipe_lost(sv, err);
+    }
     return LLMQ_OK;
 }
 
@@ -180,12 +242,24 @@ static llmq_status encode_chunk(service *sv, const job *j, const char *text, siz
     return proto_chunk_encode(&c, &sv->buf, NULL);
 }
 
-/* The chunk in sv->buf: appended and published, fenced on our admission. */
+/* The chunk in sv->buf joins this step's chunk call, fenced on our admission. */
 static int add_chunk(service *sv, const job *j) {
-    rcmd c;
-    jobops_keys kb;
-    jobops_chunk(&c, &kb, &sv->keys, j->id, j->attempt, sv->buf.data, sv->buf.len);
-    return svc_pipe_add_tagged(sv, &c, TAG_CHUNK, j->id);
+    return jobops_chunks_add(&sv->chunks, &sv->keys, j->id, j->attempt, sv->buf.data, sv->buf.len);
+}
+
+/* Queue the step's chunk call (when it has chunks).  Returns -1 when it
+ * cannot be sent (out of memory, logged): its jobs are then dropped, to be
+ * resumed, since their seqs went on. */
+static int send_chunks(service *sv) {
+    if (!sv->chunks.n) return 0;
+    const char **argv;
+    const size_t *argvlen;
+    const int argc = jobops_chunks_argv(&sv->chunks, &argv, &argvlen);
+    if (argc > 0 && !pipe_add_argv(sv, argc, argv, argvlen, TAG_CHUNKS, NULL, NULL)) return 0;
+    if (argc < 0) log_error("out of memory: a step's chunks were not sent");
+    for (int i = 0; i < sv->chunks.n; i++) job_drop(sv, jobops_chunks_id(&sv->chunks, i), "out of memory");
+    jobops_chunks_reset(&sv->chunks);
+    return -1;
 }
 
 static const char *state_for(const char *finish) {
@@ -242,13 +316,15 @@ void svc_fail_early(service *sv, const char *id, int lane, const char *entry, lo
 
 /* ------------------------------------------------------------ publishing */
 
-/* After a step: one chunk per job that produced ids; the final script for
- * each finished job (which is then freed).  j->pending holds exactly the
- * text that is final; a resumed job first drops the bytes an earlier
- * attempt already published.  A job that cannot go on (j->error, or a
- * chunk that cannot be built) ends failed with the reason, its last ids in
- * the final chunk: a chunk is never sent short, nor its seq skipped. */
+/* After a step: one chunk per job that produced ids, all in one call; the
+ * final script for each finished job (which is then freed).  j->pending
+ * holds exactly the text that is final; a resumed job first drops the bytes
+ * an earlier attempt already published.  A job that cannot go on
+ * (j->error, or a chunk that cannot be built) ends failed with the reason,
+ * its last ids in the final chunk: a chunk is never sent short, nor its seq
+ * skipped.  Called only with no chunk call in flight (see the top). */
 void svc_publish(service *sv) {
+    jobops_chunks_reset(&sv->chunks);
     job **pp = &sv->jobs;
     while (*pp) {
         job *j = *pp;
@@ -268,6 +344,7 @@ void svc_publish(service *sv) {
                 j->next_seq++;
                 j->n_step_ids = 0;
                 j->pending.len = 0;
+                j->held_ms = 0;
                 pp = &j->next;
                 continue;
             }
@@ -282,4 +359,33 @@ void svc_publish(service *sv) {
         sv->n_jobs--;
         svc_job_free(j);
     }
+    send_chunks(sv);
+}
+
+/* With coalescing on and a chunk call in flight: may every job's ids wait
+ * for the next step?  Not a job that ended or must end (its final goes out
+ * now), nor one whose oldest waiting id is chunk_interval_ms old. */
+static int may_hold(service *sv) {
+    const int64_t t = now_ms();
+    for (job *j = sv->jobs; j; j = j->next) {
+        if (j->done || j->error || j->stop_hit) return 0;
+        if (j->n_step_ids == 0) continue;
+        if (!j->held_ms) j->held_ms = t; /* its ids came with the step that just ran */
+        if (t - j->held_ms >= sv->o.chunk_interval_ms) return 0;
+    }
+    return 1;
+}
+
+llmq_status svc_publish_step(service *sv, llmq_err *err) {
+    llmq_status st;
+    if (sv->o.chunk_interval_ms > 0) {
+        if ((st = svc_pipe_poll(sv, err))) return st;
+        if (sv->chunks_in_flight && may_hold(sv)) return LLMQ_OK; /* Redis is behind: the ids wait */
+    }
+    /* the replies to what the last iteration sent, which Redis handled
+     * while this step ran; read before this step's chunks go out, so a
+     * job whose chunk was refused sends no later one */
+    if ((st = svc_pipe_flush(sv, err))) return st;
+    svc_publish(sv);
+    return LLMQ_OK;
 }

@@ -159,7 +159,7 @@ static void disconnect(service *sv) {
     if (sv->sub) redisFree(sv->sub);
     sv->rc = sv->sub = NULL;
     svc_health_ready(sv, 0); /* /readyz answers 503 until connect_all succeeds again */
-    sv->pipe_pending = 0;
+    sv->pipe_pending = sv->pipe_head = sv->chunks_in_flight = 0;
 }
 
 /* Redis went away: whatever was not written is lost, so drop every job
@@ -232,6 +232,7 @@ static void service_free(service *sv) {
     disconnect(sv);
     metrics_destroy(sv->mx);
     proto_buf_deinit(&sv->buf);
+    jobops_chunks_deinit(&sv->chunks);
     free(sv->tags);
 }
 
@@ -250,6 +251,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     keys_workers(&sv->keys, sv->workers_key, sizeof sv->workers_key);
     keys_cancel_channel(&sv->keys, sv->cancel_chan, sizeof sv->cancel_chan);
     proto_buf_init(&sv->buf);
+    jobops_chunks_init(&sv->chunks);
     svc_metrics_init(sv);
 
     const int world = o->comm ? o->comm->world : 1;
@@ -344,14 +346,11 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         uint64_t pre = sched_n_preemptions(sv->rt->sch);
         if (pre > sv->preempt_seen) metric_inc(sv->m_preempt, (double)(pre - sv->preempt_seen));
         sv->preempt_seen = pre;
-        /* the replies to what the last iteration sent, which Redis handled
-         * while this step ran; read before this step's chunks go out, so
-         * a job whose chunk was refused sends no later one */
-        if ((st = svc_pipe_flush(sv, err))) {
+        /* the replies to what the last iteration sent, then this step's chunks */
+        if ((st = svc_publish_step(sv, err))) {
             if (st != LLMQ_ERR_IO || (st = reconnect(sv, stop, err))) break;
             continue;
         }
-        svc_publish(sv);
         svc_heartbeat(sv);
         svc_health_snapshot(sv, sv->finals > 0); /* before the finals reach Redis: a reader that saw
                                                     the job end finds it counted */

@@ -49,6 +49,9 @@ typedef struct service_opts {
     int lane_burst;             /* the starvation guard: after this many entries taken from higher
                                  * lanes while a lower lane waits, the next comes from the lower one
                                  * (docs/protocol.md "Lanes") */
+    int chunk_interval_ms;      /* coalescing: while Redis has not answered the last step's chunks, a
+                                 * job's new ids wait for the next step, up to this many ms, so that a
+                                 * chunk carries several tokens; 0 = off, a chunk per step */
     llmq_comm *comm;            /* tensor-parallel group (this process is rank 0); NULL = one rank */
     model_load_opts load;       /* how the weights are held (--quantization); the peers load with the same */
 } service_opts;

@@ -37,7 +37,7 @@
 #include "worker/tokenizer/tokenizer.h"
 
 /* What a pipelined reply is about, so pipe_flush can act on it. */
-enum { TAG_NONE, TAG_CHUNK, TAG_FINAL, TAG_CANCEL_FLAG, TAG_ADMIT, TAG_BACKLOG };
+enum { TAG_NONE, TAG_CHUNKS, TAG_FINAL, TAG_CANCEL_FLAG, TAG_ADMIT, TAG_BACKLOG };
 typedef struct pipe_tag {
     int kind;                        /* TAG_* */
     char id[PROTO_MAX_ID_LEN + 1];   /* the job it concerns ("" for TAG_NONE) */
@@ -64,6 +64,7 @@ typedef struct job {
     proto_token_lp *step_top;/* with want_lp: [cap_step_ids * s.logprobs] their alternatives;
                                 step_lp[i].top is pointed at row i when a chunk is encoded */
     int64_t next_seq;        /* seq of the next chunk */
+    int64_t held_ms;         /* coalescing: when the oldest of step_ids was first held back (0: none) */
     long long attempt;       /* the job hash's attempts after our admission: fences our writes */
     int64_t admitted_ms;     /* when this worker took it */
     int64_t first_token_ms;  /* 0 until the first token */
@@ -101,9 +102,12 @@ typedef struct service {
     redis_url url;
     redisContext *rc;        /* commands */
     redisContext *sub;       /* SUBSCRIBE <prefix>cancel */
-    int pipe_pending;        /* replies still to read from rc */
-    pipe_tag *tags;          /* what each pending reply is about, in order (pipe_pending of them) */
+    int pipe_pending;        /* commands queued on rc since the pipeline was last empty */
+    int pipe_head;           /* of those, replies already read: tags[pipe_head..pipe_pending) are due */
+    pipe_tag *tags;          /* what each queued command's reply is about, in order */
     int cap_tags;
+    jobops_chunks chunks;    /* the last step's chunk call: which job each element of its reply is about */
+    int chunks_in_flight;    /* chunk calls sent whose reply is not read yet (0 or 1) */
     runtime *rt;             /* backend, model, engine, scheduler and tokenizer (NULL until built;
                                 rt->tok NULL when the model directory has no tokenizer.json) */
     piece_table pieces;      /* with tok: every id's text piece, for logprobs */
@@ -158,6 +162,8 @@ int svc_pipe_add_admit(service *sv, const rcmd *c, job *j);
 /* Read every queued reply and act on it (sending first what is not sent
  * yet).  LLMQ_ERR_IO: the connection is gone. */
 llmq_status svc_pipe_flush(service *sv, llmq_err *err);
+/* The same for the replies that are already here, without waiting. */
+llmq_status svc_pipe_poll(service *sv, llmq_err *err);
 /* Write out every queued command without waiting for the replies, which
  * the next svc_pipe_flush (or svc_call) reads. */
 llmq_status svc_pipe_send(service *sv, llmq_err *err);
@@ -180,8 +186,14 @@ int svc_add_final(service *sv, const job *j, const char *entry, const char *text
  * valid job id leaves no job to end: only the XACK and the dead record. */
 void svc_fail_early(service *sv, const char *id, int lane, const char *entry, long long attempt, int64_t next_seq,
                     const char *why, int status, int dead);
-/* After a step: chunks of running jobs, finals of finished ones (then freed). */
+/* After a step: chunks of running jobs (one call), finals of finished ones
+ * (then freed).  Only with no chunk call in flight. */
 void svc_publish(service *sv);
+/* After a step: read the replies of the last iteration and svc_publish; with
+ * o.chunk_interval_ms, when the last chunk call is not answered yet, leave
+ * the ids of running jobs for the next step instead, up to that bound
+ * (publish.c, "Coalescing").  LLMQ_ERR_IO: the connection is gone. */
+llmq_status svc_publish_step(service *sv, llmq_err *err);
 
 /* ---- job.c: a running job ---- */
 
