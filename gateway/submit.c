@@ -276,8 +276,9 @@ static int set_schema(proto_request *r, const json_t *v, const char *what, const
         v = owned;
     }
     if (!json_is_object(v) && !json_is_boolean(v)) {
-        json_decref(owned);
-        return bad_set(bad, 400, param, "'%s' must be a JSON Schema (an object), not %s", what, jtype(v));
+        bad_set(bad, 400, param, "'%s' must be a JSON Schema (an object), not %s", what, jtype(v));
+        json_decref(owned); /* after jtype(v): v may be it */
+        return -1;
     }
     if (json_is_object(v) && !json_object_get(v, "x-guidance")) {
         json_t *copy = json_copy((json_t *)v); /* shallow: the body is not ours to change */

@@ -99,6 +99,8 @@ def gw_request():
         "response_format": {"type": "json_schema", "json_schema": {"name": "n", "strict": True, "schema": {
             "type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}, "required": ["a"]}}}}).encode())
     put("gw_request", "guided_choice", C + js({"model": "m1", "prompt": "x", "guided_choice": ["a\"b", "ü\n", "c"]}).encode())
+    put("gw_request", "guided_json_not_schema", CH + js({"model": "m1", "messages": [{"role": "user", "content": "x"}],
+                                                         "guided_json": "[1]"}).encode())
     put("gw_request", "jobs_guided_two", J + js({"model": "m1", "prompt": "x", "guided_regex": "[0-9]+",
                                                   "guided_json": "{}"}).encode())
 
