@@ -251,6 +251,7 @@ static const be_ops cuda_ops = {
     .add = cuda_add,
     .layernorm = cuda_layernorm,
     .gelu = cuda_gelu,
+    .moe = cuda_moe,
     .group_comm = cu_group_comm,
     .mem_info = cu_mem_info,
     .graph_begin = cuda_graph_begin,

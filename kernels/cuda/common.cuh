@@ -247,6 +247,8 @@ void cuda_add(llmq_backend *be, void *x, const void *y, size_t n);
 void cuda_layernorm(llmq_backend *be, void *out, const void *x, const float *w, const float *b, int n, int dim,
                     float eps);
 void cuda_gelu(llmq_backend *be, void *out, const void *x, size_t n);
+void cuda_moe(llmq_backend *be, void *out, const void *x, const void *router_logits, const be_moe *moe, int n,
+              const be_moe_scratch *ws);
 
 /* qmatmul.cu: weight-only INT8/INT4 (kernels/quant.h formats) on the device. */
 llmq_status cuda_qweight_prepare(llmq_backend *be, be_weight *out, const be_weight *in);
