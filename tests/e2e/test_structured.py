@@ -186,7 +186,7 @@ def test_json_schema_outputs_validate(fleet):
             return r.choices[0].message.content, r.choices[0].finish_reason
         return complete(oc, PROMPTS[i], 120, guided_json=schema, **sampling)
 
-    cases = [(s, i, i % 3 != 1) for s in (PERSON, TASKS) for i in range(3)]
+    cases = [(PERSON, 0, True), (PERSON, 1, False), (TASKS, 2, False), (TASKS, 3, True)]
     for (schema, i, chat), (text, finish) in zip(cases, parallel(run, cases)):
         assert finish == "stop", (i, chat, text)
         jsonschema.validate(json.loads(text), schema)
@@ -197,7 +197,7 @@ def test_regex_choice_and_grammar(fleet):
     rx = r"(yes|no), [a-z]{2,6} [0-9]{1,3}!"
     choices = ["yes", 'say "hi"', "a|b", "ünï 🙂", "back\\slash"]
     lark = 'start: "The " animal " is " color "."\nanimal: "cat" | "dog" | "bird"\ncolor: "red" | "blue"'
-    cases = ([("rx", i) for i in range(4)] + [("choice", i) for i in range(6)] + [("lark", i) for i in range(4)])
+    cases = [("rx", i) for i in range(3)] + [("choice", i) for i in range(5)] + [("lark", i) for i in range(3)]
 
     def run(case):
         kind, i = case
