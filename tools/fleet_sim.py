@@ -17,11 +17,11 @@ load for --duration seconds, and reports
   gateway CPU per token: /proc/<pid>/stat utime + stime delta / tokens
       (and the workers' and the client's, for the whole machine's share),
   ITL p50/p99 and the ITL added to the synthetic step (ITL - 1000/RATE ms),
-  the knee: the first point whose added ITL p99 passes --knee-ms.
+  the knee: per path, the first point whose added ITL p99 passes --knee-ms.
 
 Usage (from the repository root, after `make`):
   tools/fleet_sim.py --groups 1,2,4 --streams 32 --rate 50 --duration 10
-  tools/fleet_sim.py --groups 4 --streams 16,64,256 --direct
+  tools/fleet_sim.py --groups 4 --streams 16,64,256 --direct    # or --both
   tools/fleet_sim.py --short --json -          # a few seconds: the test's run
 Worker options pass through with --worker-arg (repeatable), e.g.
   --worker-arg=--chunk-interval-ms=5
@@ -255,13 +255,25 @@ def run_point(a, groups, streams, tmp):
     }
 
 
+def show(p, a):
+    if a.json == "-":
+        return
+    print(f"groups {p['groups']:3d} streams {p['streams']:5d} via {p['via']:7s}: {p['tok_s']:9.1f} tok/s "
+          f"(ideal {p['ideal_tok_s']:.0f}), redis {p['redis_us_per_token']} us/tok, "
+          f"gateway {p['gateway_us_per_token']} us/tok, ITL p50 {p['itl_p50_ms']} "
+          f"p99 {p['itl_p99_ms']} ms (added {p['added_itl_p50_ms']} / {p['added_itl_p99_ms']})", flush=True)
+
+
 def knee(points, limit_ms):
-    """The first point (in sweep order) whose added ITL p99 passes limit_ms."""
+    """Per path (gateway, redis): the first point, in sweep order, whose added ITL p99 passes limit_ms."""
+    out = {}
     for p in points:
+        if p["via"] in out:
+            continue
         if p["added_itl_p99_ms"] is not None and p["added_itl_p99_ms"] > limit_ms:
-            return {"groups": p["groups"], "streams": p["streams"], "added_itl_p99_ms": p["added_itl_p99_ms"],
-                    "tok_s": p["tok_s"]}
-    return None
+            out[p["via"]] = {"groups": p["groups"], "streams": p["streams"],
+                             "added_itl_p99_ms": p["added_itl_p99_ms"], "tok_s": p["tok_s"]}
+    return out
 
 
 def ints(s):
@@ -286,18 +298,21 @@ def main(argv=None):
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of load per point")
     ap.add_argument("--requests", type=int, default=0, help="a fixed number of requests per point instead")
     ap.add_argument("--direct", action="store_true", help="clients straight into Redis (no gateway)")
+    ap.add_argument("--both", action="store_true", help="every point through the gateway, then straight in")
     ap.add_argument("--worker-arg", action="append", default=[], help="passed to every llmq-worker")
     ap.add_argument("--gateway-arg", action="append", default=[], help="passed to llmq-gateway")
     ap.add_argument("--knee-ms", type=float, default=20.0, help="added ITL p99 that marks the knee")
     ap.add_argument("--short", action="store_true",
-                    help="a few seconds: 2 groups x 4 streams, 16 requests of 16 tokens at 100 tokens/s")
+                    help="a few seconds: 2 groups x 4 streams, 16 requests of 16 tokens at 100 tokens/s, "
+                         "through the gateway and straight in (--both)")
     ap.add_argument("--json", help="write the report as JSON ('-': stdout)")
     ap.add_argument("--keep", action="store_true", help="keep the logs' folder")
     a = ap.parse_args(argv)
     if a.short:
         a.groups, a.streams, a.rate, a.max_num_seqs = [2], [4], 100.0, 8
-        a.output_tokens, a.prompt_tokens, a.requests = 16, 16, 16
-    for exe in ("llmq-worker", "llmq-loadtest") + (() if a.direct else ("llmq-gateway",)):
+        a.output_tokens, a.prompt_tokens, a.requests, a.both = 16, 16, 16, True
+    vias = [False, True] if a.both else [a.direct]
+    for exe in ("llmq-worker", "llmq-loadtest") + (() if vias == [True] else ("llmq-gateway",)):
         if not (a.build / exe).exists():
             ap.error(f"{a.build / exe} is missing: build first (make BUILD={a.build})")
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="fleet_sim."))
@@ -305,14 +320,12 @@ def main(argv=None):
     try:
         for g in a.groups:
             for m in a.streams:
-                p = run_point(a, g, m, tmp / f"g{g}-m{m}")
-                points.append(p)
-                if a.json != "-":
-                    print(f"groups {g:3d} streams {m:5d}: {p['tok_s']:9.1f} tok/s (ideal {p['ideal_tok_s']:.0f}), "
-                          f"redis {p['redis_us_per_token']} us/tok, "
-                          f"gateway {p['gateway_us_per_token']} us/tok, ITL p50 {p['itl_p50_ms']} "
-                          f"p99 {p['itl_p99_ms']} ms (added {p['added_itl_p50_ms']} / {p['added_itl_p99_ms']})",
-                          flush=True)
+                for direct in vias:
+                    a.direct = direct
+                    p = run_point(a, g, m, tmp / f"g{g}-m{m}-{'redis' if direct else 'gateway'}")
+                    points.append(p)
+                    show(p, a)
+
     finally:
         if a.keep:
             print(f"logs in {tmp}", file=sys.stderr)
@@ -333,7 +346,7 @@ def main(argv=None):
     if a.json != "-":
         for p in points:
             top = ", ".join(f"{c} {n:.0f}" for c, n in list(p["ops_per_s"].items())[:6])
-            print(f"  groups {p['groups']} streams {p['streams']} ops/s: {top}")
+            print(f"  groups {p['groups']} streams {p['streams']} via {p['via']} ops/s: {top}")
         print(f"knee (added ITL p99 > {a.knee_ms} ms): {report['knee']}")
     return 0 if all(p["failed"] == 0 for p in points) else 1
 

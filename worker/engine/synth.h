@@ -42,6 +42,10 @@
  * shared prefixes) as real K/V rows do.  The logits row of a sequence is 0
  * at that token and -1e9 elsewhere: the sampler chooses it whatever the
  * sampling parameters (penalties, temperature, seed), and logprobs say 0.
+ * Writing that row and the sampler's pass over it are the CPU a token
+ * costs here (vocab_size floats each): a small-vocabulary model directory
+ * (stories260K, 512 ids) keeps a worker's share of the machine small when
+ * many share one.
  */
 #ifndef LLMQ_SYNTH_H
 #define LLMQ_SYNTH_H
