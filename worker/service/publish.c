@@ -7,11 +7,12 @@
  * failure of jobs that never ran.
  *
  * Coalescing (--chunk-interval-ms B > 0): a step's chunks go out at once
- * while Redis keeps up, i.e. when the previous step's chunk call has already
- * been answered by the end of this step; while it has not (Redis is busy),
- * the new ids wait in their job and go with the next step's, so one chunk
- * then carries several tokens, and Redis' cost per token falls as its load
- * rises.  A job's ids never wait longer than B ms; a job that ends (or must
+ * while Redis keeps up, i.e. when the previous step's chunk call was
+ * answered by the end of this step, or within a step's time when the loop
+ * had to wait for it (a pull reads every reply first); while it was not
+ * (Redis is busy), the new ids wait in their job and go with the next
+ * step's, so one chunk then carries several tokens, and Redis' cost per
+ * token falls as its load rises.  A job's ids never wait longer than B ms; a job that ends (or must
  * be written for another reason) waits for nothing: the loop then reads the
  * answer it needs and writes every job's ids.
  *
@@ -35,6 +36,8 @@
 
 /* ------------------------------------------------------------ the pipeline */
 
+void svc_step_begins(service *sv) { sv->step_start_ms = now_ms(); }
+
 static int pipe_add_argv(service *sv, int argc, const char **argv, const size_t *argvlen, int kind, const char *id,
                          job *admit) {
     if (sv->pipe_pending == sv->cap_tags) {
@@ -55,7 +58,10 @@ static int pipe_add_argv(service *sv, int argc, const char **argv, const size_t 
     t->kind = kind;
     t->admit = admit;
     snprintf(t->id, sizeof t->id, "%s", id ? id : "");
-    if (kind == TAG_CHUNKS) sv->chunks_in_flight++;
+    if (kind == TAG_CHUNKS) {
+        sv->chunks_in_flight++;
+        sv->chunks_sent_ms = now_ms();
+    }
     return 0;
 }
 
@@ -153,10 +159,15 @@ static int pipe_reply(service *sv, const pipe_tag *t, redisReply *r) {
     return 0;
 }
 
-/* The next reply is in: act on it. */
-static void pipe_took(service *sv, redisReply *r) {
+/* The next reply is in: act on it.  waited: the loop had to wait for it.
+ * A chunk call's reply that was waited for longer than a step takes tells
+ * that Redis is behind (coalescing, see the top). */
+static void pipe_took(service *sv, redisReply *r, int waited) {
     const pipe_tag *t = &sv->tags[sv->pipe_head++];
-    if (t->kind == TAG_CHUNKS) sv->chunks_in_flight--;
+    if (t->kind == TAG_CHUNKS) {
+        sv->chunks_in_flight--;
+        sv->chunks_late = waited && now_ms() - sv->chunks_sent_ms > sv->last_step_ms;
+    }
     if (!pipe_reply(sv, t, r)) freeReplyObject(r);
     if (sv->pipe_head == sv->pipe_pending) sv->pipe_head = sv->pipe_pending = 0;
 }
@@ -171,12 +182,13 @@ static llmq_status pipe_lost(service *sv, llmq_err *err) {
  * logged; a later step retries what matters (claims are refreshed again);
  * a chunk that was not written drops its job here (job_drop). */
 llmq_status svc_pipe_flush(service *sv, llmq_err *err) {
-    while (sv->pipe_head < sv->pipe_pending) {
+    llmq_status st = svc_pipe_poll(sv, err); /* first what is here: not waited for */
+    while (!st && sv->pipe_head < sv->pipe_pending) {
         redisReply *r = NULL;
         if (redisGetReply(sv->rc, (void **)&r) != REDIS_OK) return pipe_lost(sv, err);
-        pipe_took(sv, r);
+        pipe_took(sv, r, 1);
     }
-    return LLMQ_OK;
+    return st;
 }
 
 /* As svc_pipe_flush, but only the replies already here: never waits. */
@@ -185,7 +197,7 @@ llmq_status svc_pipe_poll(service *sv, llmq_err *err) {
         void *r = NULL;
         if (redisGetReplyFromReader(sv->rc, &r) != REDIS_OK) return pipe_lost(sv, err);
         if (r) {
-            pipe_took(sv, r);
+            pipe_took(sv, r, 0);
             continue;
         }
         struct pollfd p = {sv->rc->fd, POLLIN, 0};
@@ -378,9 +390,10 @@ static int may_hold(service *sv) {
 
 llmq_status svc_publish_step(service *sv, llmq_err *err) {
     llmq_status st;
+    sv->last_step_ms = now_ms() - sv->step_start_ms;
     if (sv->o.chunk_interval_ms > 0) {
         if ((st = svc_pipe_poll(sv, err))) return st;
-        if (sv->chunks_in_flight && may_hold(sv)) return LLMQ_OK; /* Redis is behind: the ids wait */
+        if ((sv->chunks_in_flight || sv->chunks_late) && may_hold(sv)) return LLMQ_OK; /* Redis is behind */
     }
     /* the replies to what the last iteration sent, which Redis handled
      * while this step ran; read before this step's chunks go out, so a

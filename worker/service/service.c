@@ -337,6 +337,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
         check_deadlines(sv);
         int worked = 0;
         int64_t t0 = now_ms();
+        svc_step_begins(sv);
         int batch = sched_n_running(sv->rt->sch);
         if ((st = sched_step(sv->rt->sch, &worked, err))) break;
         if (worked) {

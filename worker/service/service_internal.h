@@ -108,6 +108,9 @@ typedef struct service {
     int cap_tags;
     jobops_chunks chunks;    /* the last step's chunk call: which job each element of its reply is about */
     int chunks_in_flight;    /* chunk calls sent whose reply is not read yet (0 or 1) */
+    int chunks_late;         /* the last chunk call's reply came later than a step (Redis is behind) */
+    int64_t chunks_sent_ms;  /* when the last chunk call was queued */
+    int64_t step_start_ms, last_step_ms; /* the engine step of this loop iteration: start, duration */
     runtime *rt;             /* backend, model, engine, scheduler and tokenizer (NULL until built;
                                 rt->tok NULL when the model directory has no tokenizer.json) */
     piece_table pieces;      /* with tok: every id's text piece, for logprobs */
@@ -186,6 +189,8 @@ int svc_add_final(service *sv, const job *j, const char *entry, const char *text
  * valid job id leaves no job to end: only the XACK and the dead record. */
 void svc_fail_early(service *sv, const char *id, int lane, const char *entry, long long attempt, int64_t next_seq,
                     const char *why, int status, int dead);
+/* The loop's engine step begins (coalescing compares Redis' answers with it). */
+void svc_step_begins(service *sv);
 /* After a step: chunks of running jobs (one call), finals of finished ones
  * (then freed).  Only with no chunk call in flight. */
 void svc_publish(service *sv);
