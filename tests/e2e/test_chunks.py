@@ -48,6 +48,13 @@ def commandstat(r, name):
     return r.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0)
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Workers of one OpenMP thread: the same bits, and no barrier that stalls
+    for a time slice on a machine busy with other work."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 def test_a_step_is_one_call_and_a_fenced_job_is_dropped_alone(redis_server, stories, tmp_path):
     """16 jobs in one batch: the chunk writes of a step are one EVAL for all
     of them (before: one per job per token), and a job whose fence fails
