@@ -15,6 +15,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include "common/log.h"
 #include "common/metrics.h"
 
 job *svc_job_find(service *sv, const char *id) {
@@ -169,6 +170,11 @@ void svc_on_finish(seq *s, void *ud) {
     (void)ud;
     job *j = s->user;
     j->done = 1;
+    /* the scheduler ended it because its matcher failed (guide.h): say so */
+    if (s->finish == FINISH_ERROR && !j->error && s->guide && guide_matcher_error(s->guide)[0]) {
+        log_warn("job %s: constraint: %s", j->id, guide_matcher_error(s->guide));
+        j->error = "the output's constraint failed (llguidance's matcher; the worker's log has its message)";
+    }
 }
 
 void svc_job_free(job *j) {
