@@ -37,6 +37,9 @@ static json_t *chunk_json(const proto_chunk *c) {
                             json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)c->usage.prompt_tokens,
                                       "completion_tokens", (json_int_t)c->usage.completion_tokens, "total_tokens",
                                       (json_int_t)(c->usage.prompt_tokens + c->usage.completion_tokens)));
+    if (c->has_usage && c->usage.cached_tokens > 0)
+        json_object_set_new(json_object_get(o, "usage"), "prompt_tokens_details",
+                            json_pack("{s:I}", "cached_tokens", (json_int_t)c->usage.cached_tokens));
     if (c->error) json_object_set_new(o, "error", json_string(c->error));
     if (c->has_lp) { /* one entry per id, only when the job asked for logprobs */
         json_t *lp = json_array();
@@ -255,6 +258,10 @@ static void on_out_range(redisAsyncContext *ac, void *reply, void *priv) {
                           "completion_tokens", (json_int_t)last.usage.completion_tokens, "total_tokens",
                           (json_int_t)(last.usage.prompt_tokens + last.usage.completion_tokens));
     }
+    /* the prefix-cache hit rides on the final chunk only (not in the hash), as OpenAI names it */
+    if (json_is_object(usage) && have_last && last.has_usage && last.usage.cached_tokens > 0)
+        json_object_set_new(usage, "prompt_tokens_details",
+                            json_pack("{s:I}", "cached_tokens", (json_int_t)last.usage.cached_tokens));
     const char *error = hget(h, "error");
     if (!error && have_last && last.error) error = last.error;
     const char *cancel = hget(h, "cancel");

@@ -165,6 +165,12 @@ def test_worker_usage_salt_and_metrics(tmp_path, shared_dir, monkeypatch):
             assert n == n2 and n > 33
             assert (first, again) == (0, 16 * ((n - 1) // 16))
             assert cached({"cache_salt": "gw-tenant"})[1] == 0
+            # the job API: the job record's usage (b found 64 tokens cached, a none)
+            for jid, want in (("b", {"cached_tokens": 64}), ("a", None)):
+                c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+                c.request("GET", f"/v1/jobs/{jid}")
+                usage = json.loads(c.getresponse().read())["usage"]
+                assert usage.get("prompt_tokens_details") == want, usage
         finally:
             gw.stop()
     finally:
