@@ -374,8 +374,8 @@ void svc_publish(service *sv) {
     send_chunks(sv);
 }
 
-/* With coalescing on and a chunk call in flight: may every job's ids wait
- * for the next step?  Not a job that ended or must end (its final goes out
+/* With coalescing on and Redis behind (a chunk call in flight, or the last
+ * one answered late): may every job's ids wait for the next step?  Not a job that ended or must end (its final goes out
  * now), nor one whose oldest waiting id is chunk_interval_ms old. */
 static int may_hold(service *sv) {
     const int64_t t = now_ms();
