@@ -185,3 +185,20 @@ def test_resumed_constrained_job_continues_exactly(fleet):
     assert ids_of(cs) == ids, (ids_of(cs), ids)
     assert text_of(cs) == text_of(chunks(r, "whole"))
     assert job(r, "resumed")["state"] == "done" and int(job(r, "resumed")["attempts"]) == 2
+
+
+def test_logprobs_stay_the_raw_models(fleet):
+    """Under a constraint the draw is masked, the logprobs are not: they are
+    the model's own (docs/protocol.md "Log-probabilities"), so a story model
+    forced into digits reports words as its likely alternatives."""
+    r = fleet["r"]
+    submit(r, "lpdig", prompt=PROMPTS[0], max_tokens=8, temperature=0, logprobs=5,
+           guide=guide("regex", "[0-9]{4}"))
+    wait_final(r, ["lpdig"])
+    cs = chunks(r, "lpdig")
+    assert re.fullmatch(r"[0-9]{4}", text_of(cs)) and job(r, "lpdig")["finish_reason"] == "stop"
+    entries = [e for c in cs for e in c.get("lp", [])]
+    assert len(entries) == len(ids_of(cs))
+    first_logprob, _, top = entries[0]
+    assert len(top) == 5 and -1e9 < first_logprob < top[0][1]   # the digit drawn was not the model's favourite
+    assert any(not t[2].strip().isdigit() for t in top)          # words among the alternatives
