@@ -202,3 +202,16 @@ def test_logprobs_stay_the_raw_models(fleet):
     first_logprob, _, top = entries[0]
     assert len(top) == 5 and -1e9 < first_logprob < top[0][1]   # the digit drawn was not the model's favourite
     assert any(not t[2].strip().isdigit() for t in top)          # words among the alternatives
+
+
+def test_explicit_library_must_load(fleet):
+    """--llguidance names what the operator wants: a path that does not load
+    stops the worker at start (LLMQ_LLGUIDANCE or python's only warn)."""
+    log = fleet["tmp"] / "bad.log"
+    w = Worker(fleet["dir"], fleet["url"], "bad", log, "--llguidance", "/nonexistent/_lib.so")
+    try:
+        assert w.proc.wait(30) != 0
+    finally:
+        w.stop()
+    text = log.read_text()
+    assert "--llguidance" in text and "/nonexistent/_lib.so" in text and "no such file" in text, text
