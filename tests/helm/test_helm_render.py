@@ -2,9 +2,13 @@
 every object it renders, in every supported configuration, is valid for
 Kubernetes (1.27 and 1.33 schemas, strict) and for the KEDA and
 LeaderWorkerSet CRDs."""
+import json
+import subprocess
+
 import pytest
 
 import helmtest as ht
+from llmqtest import BUILD
 
 LWS = {"workerGroups": [{
     "name": "big", "modelName": "big-model", "backend": "cuda", "tp": 4, "nodes": 2,
@@ -17,6 +21,7 @@ SCENARIOS = {
     "llama3-8b-2xT4": ["llama3-8b-2xT4"],
     "falcon-40b-8xA10G": ["falcon-40b-8xA10G"],
     "falcon-40b-2x4xA10G-lws": ["falcon-40b-2x4xA10G-lws"],
+    "mixtral-8x7b-8xA10G": ["mixtral-8x7b-8xA10G"],
     "lws": [LWS],
     "openshift": ["mistral-7b-2xT4", {
         "openshift": {"enabled": True, "route": {"host": "llmq.apps.example.com"}},
@@ -85,6 +90,7 @@ def test_each_preset_serves_its_model():
         "llama3-8b-2xT4": ("meta-llama/Meta-Llama-3-8B-Instruct", 2, 1),
         "falcon-40b-8xA10G": ("tiiuae/falcon-40b-instruct", 8, 1),
         "falcon-40b-2x4xA10G-lws": ("tiiuae/falcon-40b-instruct", 8, 2),
+        "mixtral-8x7b-8xA10G": ("mistralai/Mixtral-8x7B-Instruct-v0.1", 8, 1),
     }
     assert {p.stem for p in ht.PRESETS.glob("*.yaml")} == set(expect)
     for name, (repo, tp, nodes) in expect.items():
@@ -104,6 +110,44 @@ def test_falcon_presets_describe_engine_support():
     for name in ("falcon-40b-8xA10G", "falcon-40b-2x4xA10G-lws"):
         text = (ht.PRESETS / f"{name}.yaml").read_text()
         assert "FalconForCausalLM" in text and "PENDING" not in text
+
+
+def test_mixtral_preset_describes_engine_support():
+    text = (ht.PRESETS / "mixtral-8x7b-8xA10G.yaml").read_text()
+    assert "MixtralForCausalLM" in text and "PENDING" not in text
+
+
+# Each preset's model as a tools/presets config, its GPU as `llmq vram` names
+# it, and the FP16 weight bytes its checkpoint has beyond that config: the
+# Mistral preset serves v0.3, whose vocabulary is 768 rows (embedding and
+# lm_head of width 4096) larger than the v0.2 config in tools/presets.
+ESTIMATOR = {
+    "mistral-7b-2xT4": ("mistral-7b", "T4", 2 * 768 * 4096 * 2),
+    "llama3-8b-2xT4": ("llama3-8b", "T4", 0),
+    "falcon-40b-8xA10G": ("falcon-40b", "A10G", 0),
+    "falcon-40b-2x4xA10G-lws": ("falcon-40b", "A10G", 0),
+    "mixtral-8x7b-8xA10G": ("mixtral-8x7b", "A10G", 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATOR))
+def test_preset_kv_blocks_fit_the_estimator(name):
+    """The memory estimator (llmq vram) leaves room for the preset's kvBlocks
+    on its GPUs, at its tp, step size and sequences, in FP16."""
+    assert {p.stem for p in ht.PRESETS.glob("*.yaml")} == set(ESTIMATOR)
+    g = ht.preset(name)["workerGroups"][0]
+    model, gpu, extra = ESTIMATOR[name]
+    product = {"T4": "Tesla-T4", "A10G": "NVIDIA-A10G"}[gpu]
+    assert g["nodeSelector"]["nvidia.com/gpu.product"] == product
+    r = subprocess.run([str(BUILD / "llmq"), "vram", "--model", model, "--gpu", gpu, "--tp", str(g["tp"]),
+                        "--dtype", "fp16", "--max-num-seqs", str(g["maxNumSeqs"]),
+                        "--max-batched-tokens", str(g["maxBatchedTokens"]), "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    est = json.loads(r.stdout)
+    block = 16 * est["kv_bytes_per_token_per_gpu"]
+    room = est["kv_blocks"] - -(-extra // g["tp"] // block)  # the extra weights' blocks, rounded up
+    assert 0 < g["kvBlocks"] <= room, (g["kvBlocks"], room)
 
 
 def test_notes_name_streams_and_warn_without_api_keys():

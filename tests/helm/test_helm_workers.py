@@ -5,7 +5,8 @@ import pytest
 
 import helmtest as ht
 
-PRESETS = ["mistral-7b-2xT4", "llama3-8b-2xT4", "falcon-40b-8xA10G", "falcon-40b-2x4xA10G-lws"]
+PRESETS = ["mistral-7b-2xT4", "llama3-8b-2xT4", "falcon-40b-8xA10G", "falcon-40b-2x4xA10G-lws",
+           "mixtral-8x7b-8xA10G"]
 
 
 def workers(docs):
