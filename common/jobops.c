@@ -284,8 +284,7 @@ static const char chunks_lua[] =
  * admitted), ARGV[2] output channel, ARGV[3] final chunk, ARGV[4] group,
  * ARGV[5] entry id ('' = none), ARGV[6] ttl s, ARGV[7] state, ARGV[8]
  * finish_reason, ARGV[9] finished ms, ARGV[10] prompt_tokens, ARGV[11]
- * completion_tokens, ARGV[12] error ('' = none), ARGV[13] job id, ARGV[14]
- * cached_tokens ('0' = none). */
+ * completion_tokens, ARGV[12] error ('' = none), ARGV[13] job id. */
 static const char finish_lua[] =
     END_JOB_LUA
     "local h = redis.call('HMGET', KEYS[1], 'state', 'attempts')\n"
@@ -307,7 +306,6 @@ static const char finish_lua[] =
     "redis.call('HSET', KEYS[1], 'state', ARGV[7], 'finish_reason', ARGV[8], 'finished', ARGV[9],\n"
     "           'prompt_tokens', ARGV[10], 'completion_tokens', ARGV[11])\n"
     "if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[12]) end\n"
-    "if ARGV[14] ~= '0' then redis.call('HSET', KEYS[1], 'cached_tokens', ARGV[14]) end\n"
     "ack_dead()\n"
     "end_job(KEYS[1], ARGV[13], ARGV[6], (tonumber(ARGV[10]) or 0) + (tonumber(ARGV[11]) or 0))\n"
     "if tonumber(ARGV[6]) > 0 then\n"
@@ -617,7 +615,6 @@ void jobops_finish(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *id,
     rcmd_fmt(c, "%lld", f->completion_tokens);
     rcmd_str(c, f->error ? f->error : "");
     rcmd_str(c, id);
-    rcmd_fmt(c, "%lld", f->cached_tokens > 0 ? f->cached_tokens : 0);
 }
 
 /* ------------------------------------------------------------ chunks of many jobs */
@@ -694,7 +691,17 @@ int jobops_chunks_add(jobops_chunks *b, const llmq_keys *k, const char *id, long
 
 const char *jobops_chunks_id(const jobops_chunks *b, int i) { return b->bytes + b->at[i].id; }
 
-int jobops_chunks_argv(jobops_chunks *b, const char ***argv, const size_t **argvlen) {
+const char *jobops_chunks_script(void) { return chunks_lua; }
+
+int jobops_is_script(const char *text) {
+    static const char *const all[] = {cancel_lua, admit_lua,  submit_lua, group_lua, read_lanes_lua,
+                                      chunks_lua, finish_lua, ack_lua,    reject_lua};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (text == all[i]) return 1;
+    return 0;
+}
+
+int jobops_chunks_argv(jobops_chunks *b, const char *sha, const char ***argv, const size_t **argvlen) {
     const int argc = 3 + 5 * b->n;
     if (argc > b->cap_argv) {
         const char **v = realloc(b->argv, (size_t)argc * sizeof *v);
@@ -708,8 +715,13 @@ int jobops_chunks_argv(jobops_chunks *b, const char ***argv, const size_t **argv
     snprintf(b->nkeys, sizeof b->nkeys, "%d", 2 * b->n);
     int a = 0;
 #define ARG(p, n) (b->argv[a] = (p), b->argvlen[a] = (n), a++)
-    ARG("EVAL", 4);
-    ARG(chunks_lua, sizeof chunks_lua - 1);
+    if (sha) {
+        ARG("EVALSHA", 7);
+        ARG(sha, strlen(sha));
+    } else {
+        ARG("EVAL", 4);
+        ARG(chunks_lua, sizeof chunks_lua - 1);
+    }
     ARG(b->nkeys, strlen(b->nkeys));
     for (int i = 0; i < b->n; i++) {
         ARG(b->bytes + b->at[i].job, strlen(b->bytes + b->at[i].job));

@@ -280,10 +280,17 @@ int jobops_chunks_add(jobops_chunks *b, const llmq_keys *k, const char *id, long
                       size_t chunk_len);
 /* The id of chunk i (0 <= i < n), the job element i of the reply is about. */
 const char *jobops_chunks_id(const jobops_chunks *b, int i);
-/* The EVAL of the chunks added (n >= 1), as an argv for hiredis: returns
- * argc (3 + 5 n) and points *argv / *argvlen into b (valid until the next
- * add, reset or deinit), or -1 when out of memory. */
-int jobops_chunks_argv(jobops_chunks *b, const char ***argv, const size_t **argvlen);
+/* The EVAL of the chunks added (n >= 1), as an argv for hiredis, or with
+ * sha (the script's SHA1, rcmd.h "Script calls by SHA1") its EVALSHA:
+ * returns argc (3 + 5 n) and points *argv / *argvlen into b (valid until
+ * the next add, reset or deinit), or -1 when out of memory. */
+int jobops_chunks_argv(jobops_chunks *b, const char *sha, const char ***argv, const size_t **argvlen);
+/* The chunk script's text (what SCRIPT LOAD is given to learn its SHA1). */
+const char *jobops_chunks_script(void);
+/* Whether text is (the address of) one of the scripts of this file: those
+ * live as long as the process, so their SHA1 may be remembered by address
+ * (rcmd_shas). */
+int jobops_is_script(const char *text);
 
 /* One chunk as the same script with one job (the reply is a one-element
  * array). */
@@ -298,14 +305,12 @@ typedef struct jobops_final {
     long long prompt_tokens, completion_tokens;
     const char *error;          /* the reason when failed, else NULL */
     int dead;                   /* also XADD <P>dead:<model> * id <id> entry <entry> reason <error> */
-    long long cached_tokens;    /* of prompt_tokens, those this attempt found in its prefix cache
-                                   (written only when > 0) */
 } jobops_final;
 
 /*
  * The end of a job (an EVAL), all or nothing: the final chunk (XADD +
  * PUBLISH), HSET of the job hash (state, finish_reason, finished,
- * prompt_tokens, completion_tokens[, cached_tokens][, error]), XACK and XDEL of the request
+ * prompt_tokens, completion_tokens[, error]), XACK and XDEL of the request
  * entry (when entry is not NULL/empty) on its lane's stream (see
  * jobops_ack for why it is deleted), EXPIRE result_ttl_s of the hash and the
  * output stream, and with f->dead the dead-stream record.  Returns:

@@ -36,3 +36,42 @@ void rcmd_fmt(rcmd *c, const char *fmt, ...) {
     rcmd_arg(c, c->scratch + c->used, (size_t)n);
     c->used += (size_t)n + 1;
 }
+
+/* ------------------------------------------------------------ EVALSHA */
+
+const char *rcmd_shas_get(const rcmd_shas *t, const char *text, int *known) {
+    for (int i = 0; i < t->n; i++)
+        if (t->text[i] == text) {
+            *known = 1;
+            return t->sha[i][0] ? t->sha[i] : NULL;
+        }
+    *known = 0;
+    return NULL;
+}
+
+void rcmd_shas_put(rcmd_shas *t, const char *text, const char *sha, size_t len) {
+    int i = 0;
+    while (i < t->n && t->text[i] != text) i++;
+    if (i == RCMD_SHAS) return; /* full: that script goes on as EVAL */
+    if (i == t->n) t->n++;
+    t->text[i] = text;
+    t->sha[i][0] = 0;
+    if (sha && len == RCMD_SHA_LEN && strspn(sha, "0123456789abcdef") >= len) {
+        memcpy(t->sha[i], sha, len);
+        t->sha[i][len] = 0;
+    }
+}
+
+int rcmd_is_eval(const rcmd *c) {
+    return rcmd_ok(c) && c->argc >= 3 && c->argvlen[0] == 4 && !memcmp(c->argv[0], "EVAL", 4);
+}
+
+void rcmd_evalsha(rcmd *e, const rcmd *c, const char *sha) {
+    rcmd_init(e);
+    rcmd_str(e, "EVALSHA");
+    rcmd_str(e, sha);
+    for (int i = 2; i < c->argc; i++) rcmd_arg(e, c->argv[i], c->argvlen[i]);
+    e->overflow |= c->overflow;
+}
+
+int rcmd_noscript(const char *msg) { return msg && strstr(msg, "NOSCRIPT") != NULL; }

@@ -93,6 +93,43 @@ def test_a_step_is_one_call_and_a_fenced_job_is_dropped_alone(redis_server, stor
         w.stop()
 
 
+def test_chunks_go_by_sha_and_survive_script_flush(redis_server, stories, tmp_path):
+    """The chunk call and the lane read go as EVALSHA (the script's text is
+    not sent with every step); SCRIPT FLUSH mid-run (as a restart or a
+    failover empties Redis's script cache) makes an EVALSHA fail with
+    NOSCRIPT, and the same call then goes as EVAL: every job still ends
+    exactly the reference, its seqs without gap or repeat."""
+    d, refs = stories
+    r = connect(redis_server.url)
+    w = Worker(d, redis_server.url, "stories", tmp_path / "w.log", "--max-num-seqs", 8)
+    try:
+        r.config_resetstat()
+        jids = [f"sha{i}" for i in range(8)]
+        for i, jid in enumerate(jids):
+            submit(r, jid, prompt=refs[i]["prompt"], max_tokens=48, temperature=0)
+        for at in (3, 12, 24):  # three flushes while the jobs run
+            deadline = time.time() + 30
+            while time.time() < deadline and r.xlen("llmq:job:{sha0}:out") < at:
+                time.sleep(0.002)
+            assert not chunks(r, "sha0")[-1].get("finish"), "sha0 ended before the flush"
+            r.script_flush()
+        wait_final(r, jids, timeout=60)
+        for i, jid in enumerate(jids):
+            cs = chunks(r, jid)
+            assert_clean_stream(cs)
+            assert ids_of(cs) == refs[i]["output_ids"], jid
+            assert text_of(cs) == refs[i]["completion"], jid
+        shas, evals = commandstat(r, "evalsha"), commandstat(r, "eval")
+        noscript = r.info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0)
+        assert noscript >= 1, "no EVALSHA met an empty script cache"
+        # ~48 steps of one chunk call each, by SHA; EVAL: 8 admits, 8 finals, the groups' creation at
+        # connect, and each call that met NOSCRIPT once more
+        assert shas >= 40, (shas, evals)
+        assert evals <= 17 + noscript, (shas, evals, noscript)
+    finally:
+        w.stop()
+
+
 def sse(port, body):
     """POST /v1/completions streaming: the text and logprob tokens of every event."""
     import http.client

@@ -24,6 +24,12 @@
  *    one's reply was read.
  *  - Nothing is written for a job after its final chunk: svc_publish frees
  *    a job in the same pass that queues its final script.
+ *  - The per-step scripts (the chunk call, the lane read) go as EVALSHA
+ *    once their SHA1 is known (rcmd.h "Script calls by SHA1"); a NOSCRIPT
+ *    answer (Redis restarted, failed over, or its scripts were flushed)
+ *    ran nothing, and the same call goes again as EVAL: a chunk call at the
+ *    end of the pipeline, still the only one in flight, its reply read
+ *    before any later chunk is built, so seqs and fencing are as above.
  */
 #include "worker/service/service_internal.h"
 
@@ -64,6 +70,8 @@ static int pipe_add_argv(service *sv, int argc, const char **argv, const size_t 
     }
     return 0;
 }
+
+static int send_chunks(service *sv, const char *sha);
 
 static int pipe_add(service *sv, const rcmd *c, int kind, const char *id, job *admit) {
     if (!rcmd_ok(c)) {
@@ -130,8 +138,14 @@ static int pipe_reply(service *sv, const pipe_tag *t, redisReply *r) {
         svc_health_backlog_reply(sv, r);
         return 0;
     }
-    if (t->kind == TAG_CHUNKS) {
-        chunks_reply(sv, r);
+    if (t->kind == TAG_CHUNKS) { /* (t is not used past a send: the tags may move) */
+        if (r->type == REDIS_REPLY_ERROR && rcmd_noscript(r->str)) {
+            log_info("redis: the chunk script is not in Redis's cache (a restart, a failover or SCRIPT FLUSH): "
+                     "the step's chunks go again as EVAL");
+            send_chunks(sv, NULL);
+        } else {
+            chunks_reply(sv, r);
+        }
         return 0;
     }
     if (r->type == REDIS_REPLY_ERROR) {
@@ -215,9 +229,49 @@ llmq_status svc_pipe_send(service *sv, llmq_err *err) {
     return LLMQ_OK;
 }
 
-/* One command, its reply (caller frees); NULL with err on failure. */
+/* The SHA1s of jobops' scripts, as Redis's SCRIPT LOAD returned them: one
+ * table for the process, since a script's SHA1 is the same on any server. */
+static rcmd_shas shas;
+
+/* *sha = text's SHA1 (NULL: send EVAL), asked of Redis the first time.
+ * Only with nothing in the pipeline.  Fails only when the connection does. */
+static llmq_status script_sha(service *sv, const char *text, const char **sha, llmq_err *err) {
+    int known;
+    *sha = rcmd_shas_get(&shas, text, &known);
+    if (known) return LLMQ_OK;
+    rcmd c;
+    rcmd_init(&c);
+    rcmd_str(&c, "SCRIPT");
+    rcmd_str(&c, "LOAD");
+    rcmd_str(&c, text);
+    llmq_err e = {0};
+    redisReply *r = rconn_call(sv->rc, &c, &e);
+    if (!r && e.code == LLMQ_ERR_IO) {
+        *err = e;
+        return e.code;
+    }
+    if (!r) log_warn("%s: scripts go as EVAL", e.msg); /* e.g. an ACL without SCRIPT */
+    rcmd_shas_put(&shas, text, r && r->type == REDIS_REPLY_STRING ? r->str : NULL, r ? r->len : 0);
+    freeReplyObject(r);
+    *sha = rcmd_shas_get(&shas, text, &known);
+    return LLMQ_OK;
+}
+
+/* One command, its reply (caller frees); NULL with err on failure.  A
+ * script of jobops' goes as EVALSHA, and again as EVAL on NOSCRIPT. */
 redisReply *svc_call(service *sv, const rcmd *c, llmq_err *err) {
     if (svc_pipe_flush(sv, err)) return NULL;
+    if (!rcmd_is_eval(c) || !jobops_is_script(c->argv[1])) return rconn_call(sv->rc, c, err);
+    const char *sha;
+    /* the chunk script's too, while the pipeline is empty (a step's chunk
+     * call is pipelined: it cannot wait for a SCRIPT LOAD) */
+    if (script_sha(sv, jobops_chunks_script(), &sha, err) || script_sha(sv, c->argv[1], &sha, err)) return NULL;
+    if (!sha) return rconn_call(sv->rc, c, err);
+    rcmd e;
+    rcmd_evalsha(&e, c, sha);
+    redisReply *r = rconn_call(sv->rc, &e, err);
+    if (r || !rcmd_noscript(err->msg)) return r;
+    llmq_err_clear(err); /* Redis lost its scripts: EVAL loads this one again */
     return rconn_call(sv->rc, c, err);
 }
 
@@ -259,14 +313,15 @@ static int add_chunk(service *sv, const job *j) {
     return jobops_chunks_add(&sv->chunks, &sv->keys, j->id, j->attempt, sv->buf.data, sv->buf.len);
 }
 
-/* Queue the step's chunk call (when it has chunks).  Returns -1 when it
- * cannot be sent (out of memory, logged): its jobs are then dropped, to be
- * resumed, since their seqs went on. */
-static int send_chunks(service *sv) {
+/* Queue the step's chunk call (when it has chunks): EVALSHA sha, or EVAL
+ * when sha is NULL.  Returns -1 when it cannot be sent (out of memory,
+ * logged): its jobs are then dropped, to be resumed, since their seqs went
+ * on. */
+static int send_chunks(service *sv, const char *sha) {
     if (!sv->chunks.n) return 0;
     const char **argv;
     const size_t *argvlen;
-    const int argc = jobops_chunks_argv(&sv->chunks, &argv, &argvlen);
+    const int argc = jobops_chunks_argv(&sv->chunks, sha, &argv, &argvlen);
     if (argc > 0 && !pipe_add_argv(sv, argc, argv, argvlen, TAG_CHUNKS, NULL, NULL)) return 0;
     if (argc < 0) log_error("out of memory: a step's chunks were not sent");
     for (int i = 0; i < sv->chunks.n; i++) job_drop(sv, jobops_chunks_id(&sv->chunks, i), "out of memory");
@@ -291,7 +346,7 @@ int svc_add_final(service *sv, const job *j, const char *entry, const char *text
         return -1;
     }
     jobops_final f = {state_for(finish), finish, now_ms(), j->s.n_prompt, j->s.tokens ? seq_n_generated(&j->s) : 0,
-                      error, dead, j->s.n_cached};
+                      error, dead};
     jobops_finish(&c, &kb, &sv->keys, j->id, sv->o.model_name, j->lane, entry, j->attempt, &f, sv->o.result_ttl_s,
                   sv->buf.data, sv->buf.len);
     if (svc_pipe_add_tagged(sv, &c, TAG_FINAL, j->id)) return -1;
@@ -371,7 +426,8 @@ void svc_publish(service *sv) {
         sv->n_jobs--;
         svc_job_free(j);
     }
-    send_chunks(sv);
+    int known;
+    send_chunks(sv, rcmd_shas_get(&shas, jobops_chunks_script(), &known));
 }
 
 /* With coalescing on and Redis behind (a chunk call in flight, or the last
