@@ -305,12 +305,14 @@ typedef struct jobops_final {
     long long prompt_tokens, completion_tokens;
     const char *error;          /* the reason when failed, else NULL */
     int dead;                   /* also XADD <P>dead:<model> * id <id> entry <entry> reason <error> */
+    long long cached_tokens;    /* of prompt_tokens, those this attempt found in its prefix cache
+                                   (written only when > 0) */
 } jobops_final;
 
 /*
  * The end of a job (an EVAL), all or nothing: the final chunk (XADD +
  * PUBLISH), HSET of the job hash (state, finish_reason, finished,
- * prompt_tokens, completion_tokens[, error]), XACK and XDEL of the request
+ * prompt_tokens, completion_tokens[, cached_tokens][, error]), XACK and XDEL of the request
  * entry (when entry is not NULL/empty) on its lane's stream (see
  * jobops_ack for why it is deleted), EXPIRE result_ttl_s of the hash and the
  * output stream, and with f->dead the dead-stream record.  Returns:

@@ -258,10 +258,14 @@ static void on_out_range(redisAsyncContext *ac, void *reply, void *priv) {
                           "completion_tokens", (json_int_t)last.usage.completion_tokens, "total_tokens",
                           (json_int_t)(last.usage.prompt_tokens + last.usage.completion_tokens));
     }
-    /* the prefix-cache hit rides on the final chunk only (not in the hash), as OpenAI names it */
-    if (json_is_object(usage) && have_last && last.has_usage && last.usage.cached_tokens > 0)
-        json_object_set_new(usage, "prompt_tokens_details",
-                            json_pack("{s:I}", "cached_tokens", (json_int_t)last.usage.cached_tokens));
+    /* the prefix-cache hit, as OpenAI names it: the hash's (the final chunk may be trimmed away),
+     * else the final chunk's (a job ended by an older worker) */
+    json_t *hc = hnum(h, "cached_tokens");
+    json_int_t cached = json_integer_value(hc);
+    json_decref(hc);
+    if (!cached && have_last && last.has_usage) cached = (json_int_t)last.usage.cached_tokens;
+    if (json_is_object(usage) && cached > 0)
+        json_object_set_new(usage, "prompt_tokens_details", json_pack("{s:I}", "cached_tokens", cached));
     const char *error = hget(h, "error");
     if (!error && have_last && last.error) error = last.error;
     const char *cancel = hget(h, "cancel");

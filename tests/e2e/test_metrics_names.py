@@ -257,11 +257,11 @@ def test_dashboard_and_alerts_use_only_scraped_metrics(fleet):
     assert missing_names(queries, scraped) == []
     used = set().union(*(metric_names(e) for _, e in queries))
     # what the dashboard is for: TTFT/TPOT/E2E, throughput, queue lag per
-    # model and lane, KV usage, worker groups, errors
+    # model and lane, KV usage, prefix cache hit rate, worker groups, errors
     for name in ("llmq:time_to_first_token_seconds_bucket", "llmq:inter_token_latency_seconds_bucket",
                  "llmq:e2e_request_latency_seconds_bucket", "llmq:generation_tokens_total", "llmq_queue_lag",
-                 "llmq:kv_cache_usage_perc", "llmq:num_requests_running", "llmq:request_success_total",
-                 "llmq_gateway_http_requests_total"):
+                 "llmq:kv_cache_usage_perc", "llmq:prefix_cache_hits_total", "llmq:prefix_cache_queries_total",
+                 "llmq:num_requests_running", "llmq:request_success_total", "llmq_gateway_http_requests_total"):
         assert name in used, name
     # and a renamed metric is caught
     assert missing_names([("x", "rate(llmq:generation_tokens_renamed_total[5m])")], scraped) == [

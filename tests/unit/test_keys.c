@@ -243,7 +243,7 @@ static void test_jobops_builders(void **state) {
     assert_int_equal(c.argvlen[7], 6);
 
     /* fenced end: 3 keys, or 4 with the dead stream; binary chunk kept whole */
-    jobops_final f = {"failed", "error", 1234, 5, 0, "bad request", 0};
+    jobops_final f = {"failed", "error", 1234, 5, 0, "bad request", 0, 0};
     jobops_finish(&c, &kb, &k, "id1", "m1", KEYS_LANE_DEFAULT, "7-1", 0, &f, 60, "\x00\x01", 2);
     assert_true(rcmd_ok(&c));
     assert_string_equal(c.argv[2], "3");
@@ -252,10 +252,12 @@ static void test_jobops_builders(void **state) {
     assert_int_equal(c.argvlen[8], 2);
     assert_string_equal(c.argv[10], "7-1");
     assert_string_equal(c.argv[12], "failed");
-    assert_string_equal(c.argv[c.argc - 2], "bad request");
-    assert_string_equal(c.argv[c.argc - 1], "id1");
+    assert_string_equal(c.argv[c.argc - 3], "bad request");
+    assert_string_equal(c.argv[c.argc - 2], "id1");
+    assert_string_equal(c.argv[c.argc - 1], "0"); /* cached_tokens: none */
     f.dead = 1;
     f.error = NULL;
+    f.cached_tokens = 48;
     jobops_finish(&c, &kb, &k, "id1", "m1", KEYS_LANE_LOW, NULL, 2, &f, 60, "x", 1);
     assert_true(rcmd_ok(&c));
     assert_string_equal(c.argv[2], "4");
@@ -263,7 +265,8 @@ static void test_jobops_builders(void **state) {
     assert_string_equal(c.argv[6], "llmq:dead:m1");
     assert_string_equal(c.argv[7], "2");
     assert_string_equal(c.argv[11], "");
-    assert_string_equal(c.argv[c.argc - 2], "");
+    assert_string_equal(c.argv[c.argc - 3], "");
+    assert_string_equal(c.argv[c.argc - 1], "48");
 
     /* bounded submission: the request's lane, then every lane (the bound
      * counts them all); the payload is passed whole, the bound last but one */

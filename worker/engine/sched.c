@@ -30,7 +30,7 @@ struct sched {
     sampler *smp;
     prefix_cache *pc;     /* the KV block pool (and its prefix cache) */
     int n_total;
-    uint64_t pc_queries, pc_hits; /* sched_cache_stats */
+    uint64_t pc_queries, pc_hits, pc_pre_queries, pc_pre_hits; /* sched_cache_stats */
     sched_logits_fn logits_fn;    /* sched_set_logits_hook */
     void *logits_ud;
     seq **running;        /* [max_seqs] oldest first */
@@ -149,6 +149,8 @@ void sched_set_logits_hook(sched *s, sched_logits_fn fn, void *ud) {
 void sched_cache_stats_get(const sched *s, sched_cache_stats *out) {
     out->queries = s->pc_queries;
     out->hits = s->pc_hits;
+    out->preempted_queries = s->pc_pre_queries;
+    out->preempted_hits = s->pc_pre_hits;
     out->cached_blocks = pc_n_cached(s->pc);
 }
 
@@ -438,6 +440,10 @@ static void plan_step(sched *s) {
             q->n_cached = hit * ENG_BLOCK_SIZE < q->n_prompt ? hit * ENG_BLOCK_SIZE : q->n_prompt;
             s->pc_queries += (uint64_t)q->n_prompt;
             s->pc_hits += (uint64_t)q->n_cached;
+        } else { /* a restart after preemption: counted apart, as vLLM does, so that a sequence
+                  * finding its own blocks again does not raise the hit rate */
+            s->pc_pre_queries += (uint64_t)q->n_tokens;
+            s->pc_pre_hits += (uint64_t)hit * ENG_BLOCK_SIZE;
         }
         q->state = SEQ_RUNNING;
         s->running[s->n_running++] = q;

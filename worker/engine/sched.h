@@ -154,9 +154,12 @@ uint64_t sched_n_preemptions(const sched *s);
 
 /* Prefix cache counters since creation, in prompt tokens of sequences at
  * their first start: looked up (queries), found (hits); computed = queries -
- * hits.  And the blocks the cache holds now (free or in use). */
+ * hits.  Restarts after preemption apart, in tokens (prompt and generated)
+ * to recompute: looked up, found.  And the blocks the cache holds now (free
+ * or in use). */
 typedef struct sched_cache_stats {
     uint64_t queries, hits;
+    uint64_t preempted_queries, preempted_hits;
     int cached_blocks;
 } sched_cache_stats;
 void sched_cache_stats_get(const sched *s, sched_cache_stats *out);

@@ -123,6 +123,10 @@ void svc_health_snapshot(service *sv, int force) {
     metric_set(sv->m_kv_cached, cs.cached_blocks);
     sv->pc_queries_seen = cs.queries;
     sv->pc_hits_seen = cs.hits;
+    metric_inc(sv->m_pc_pre_queries, (double)(cs.preempted_queries - sv->pc_pre_queries_seen));
+    metric_inc(sv->m_pc_pre_hits, (double)(cs.preempted_hits - sv->pc_pre_hits_seen));
+    sv->pc_pre_queries_seen = cs.preempted_queries;
+    sv->pc_pre_hits_seen = cs.preempted_hits;
     size_t len = 0;
     char *text = metrics_render(sv->mx, &len);
     if (text) metrics_http_set_text(sv->hs, text, len); /* out of memory: the previous text stays */
@@ -215,6 +219,15 @@ void svc_metrics_init(service *sv) {
                                                  "Prompt tokens whose KV came from the prefix cache.", L), mn);
     sv->m_pt_computed = metric_get(metrics_counter(m, "llmq:prompt_tokens_computed_total",
                                                    "Prompt tokens computed (not found in the prefix cache).", L), mn);
+    /* vLLM keeps a preempted request's new lookup apart (PrefixCacheStats.preempted_*): so do we */
+    sv->m_pc_pre_queries = metric_get(
+        metrics_counter(m, "llmq:prefix_cache_preempted_queries_total",
+                        "Prefix cache queries of sequences restarted after preemption, in tokens to recompute.", L),
+        mn);
+    sv->m_pc_pre_hits = metric_get(
+        metrics_counter(m, "llmq:prefix_cache_preempted_hits_total",
+                        "Prefix cache hits of sequences restarted after preemption, in tokens found cached.", L),
+        mn);
     sv->m_kv_cached = metric_get(metrics_gauge(m, "llmq:kv_blocks_cached",
                                                "KV blocks findable in the prefix cache (in use or free).", L), mn);
     sv->f_success = metrics_counter(m, "llmq:request_success_total", "Finished requests by finish reason.",

@@ -346,7 +346,7 @@ int svc_add_final(service *sv, const job *j, const char *entry, const char *text
         return -1;
     }
     jobops_final f = {state_for(finish), finish, now_ms(), j->s.n_prompt, j->s.tokens ? seq_n_generated(&j->s) : 0,
-                      error, dead};
+                      error, dead, j->s.n_cached};
     jobops_finish(&c, &kb, &sv->keys, j->id, sv->o.model_name, j->lane, entry, j->attempt, &f, sv->o.result_ttl_s,
                   sv->buf.data, sv->buf.len);
     if (svc_pipe_add_tagged(sv, &c, TAG_FINAL, j->id)) return -1;

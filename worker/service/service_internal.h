@@ -133,8 +133,8 @@ typedef struct service {
     /* per request, at its end (health.c svc_metrics_job_end); every series has model_name */
     metric *m_e2e, *m_prefill, *m_decode, *m_inference, *m_tpot, *m_req_prompt, *m_req_gen, *m_kv_usage;
     /* the prefix cache (sched_cache_stats), brought up to date at each snapshot */
-    metric *m_pc_queries, *m_pc_hits, *m_pt_cached, *m_pt_computed, *m_kv_cached;
-    uint64_t pc_queries_seen, pc_hits_seen;
+    metric *m_pc_queries, *m_pc_hits, *m_pt_cached, *m_pt_computed, *m_kv_cached, *m_pc_pre_queries, *m_pc_pre_hits;
+    uint64_t pc_queries_seen, pc_hits_seen, pc_pre_queries_seen, pc_pre_hits_seen;
     int64_t backlog;         /* the model's request-stream lag, as last read (num_requests_waiting adds it) */
     int64_t backlog_sum;     /* the lags of the replies read so far in this round */
     int backlog_left;        /* TAG_BACKLOG replies still to come in this round (0: none asked) */
