@@ -151,6 +151,8 @@ spec:
         - {{ int $g.maxAttempts | quote }}
         - --lane-burst
         - {{ int $g.laneBurst | quote }}
+        - --chunk-interval-ms
+        - {{ int $g.chunkIntervalMs | quote }}
         - --drain-timeout
         - {{ int $g.drainTimeoutSeconds | quote }}
         {{- range $g.extraArgs }}
