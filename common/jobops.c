@@ -285,7 +285,7 @@ static const char chunks_lua[] =
  * ARGV[5] entry id ('' = none), ARGV[6] ttl s, ARGV[7] state, ARGV[8]
  * finish_reason, ARGV[9] finished ms, ARGV[10] prompt_tokens, ARGV[11]
  * completion_tokens, ARGV[12] error ('' = none), ARGV[13] job id, ARGV[14]
- * cached_tokens ('0' = none). */
+ * cached_tokens ('0' or absent = none). */
 static const char finish_lua[] =
     END_JOB_LUA
     "local h = redis.call('HMGET', KEYS[1], 'state', 'attempts')\n"
@@ -307,7 +307,7 @@ static const char finish_lua[] =
     "redis.call('HSET', KEYS[1], 'state', ARGV[7], 'finish_reason', ARGV[8], 'finished', ARGV[9],\n"
     "           'prompt_tokens', ARGV[10], 'completion_tokens', ARGV[11])\n"
     "if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[12]) end\n"
-    "if ARGV[14] ~= '0' then redis.call('HSET', KEYS[1], 'cached_tokens', ARGV[14]) end\n"
+    "if ARGV[14] and ARGV[14] ~= '0' then redis.call('HSET', KEYS[1], 'cached_tokens', ARGV[14]) end\n"
     "ack_dead()\n"
     "end_job(KEYS[1], ARGV[13], ARGV[6], (tonumber(ARGV[10]) or 0) + (tonumber(ARGV[11]) or 0))\n"
     "if tonumber(ARGV[6]) > 0 then\n"
