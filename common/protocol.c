@@ -291,6 +291,7 @@ static void free_messages(proto_message *m, size_t n) {
     for (size_t i = 0; i < n; i++) {
         free(m[i].role);
         free(m[i].content);
+        free(m[i].tool_calls);
     }
     free(m);
 }
@@ -307,6 +308,9 @@ void proto_request_deinit(proto_request *r) {
     free(r->stop_token_ids);
     free(r->guide);
     free(r->cache_salt);
+    free(r->tools);
+    free(r->tool_choice);
+    free(r->tool_name);
     proto_request_init(r);
 }
 
@@ -331,6 +335,8 @@ static llmq_status read_messages(proto_request *r, const msgpack_object *o, llmq
             if (key_is(k, "role")) st = read_str(v, "messages.role", PROTO_MAX_ROLE_LEN, 1, &m[i].role, NULL, err);
             else if (key_is(k, "content"))
                 st = read_str(v, "messages.content", PROTO_MAX_PROMPT_BYTES, 0, &m[i].content, NULL, err);
+            else if (key_is(k, "tool_calls") && !m[i].tool_calls)
+                st = read_str(v, "messages.tool_calls", PROTO_MAX_GUIDE_BYTES, 1, &m[i].tool_calls, NULL, err);
             if (st != LLMQ_OK) {
                 llmq_err_prefix(err, "entry %zu: ", i);
                 free_messages(m, n);
@@ -461,6 +467,21 @@ static llmq_status request_field(proto_request *r, const msgpack_object *k, cons
         if (r->cache_salt) return llmq_err_set(err, LLMQ_ERR_INVALID, "field 'cache_salt': given twice");
         return read_str(v, "cache_salt", PROTO_MAX_CACHE_SALT, 1, &r->cache_salt, NULL, err);
     }
+    if (key_is(k, "tools")) {
+        if (r->tools) return llmq_err_set(err, LLMQ_ERR_INVALID, "field 'tools': given twice");
+        return read_str(v, "tools", PROTO_MAX_GUIDE_BYTES, 1, &r->tools, NULL, err);
+    }
+    if (key_is(k, "tool_choice")) {
+        if (r->tool_choice) return llmq_err_set(err, LLMQ_ERR_INVALID, "field 'tool_choice': given twice");
+        llmq_status st = read_str(v, "tool_choice", 16, 1, &r->tool_choice, NULL, err);
+        if (!st && strcmp(r->tool_choice, "auto") && strcmp(r->tool_choice, "required"))
+            st = llmq_err_set(err, LLMQ_ERR_INVALID, "field 'tool_choice': must be auto or required");
+        return st;
+    }
+    if (key_is(k, "tool_name")) {
+        if (r->tool_name) return llmq_err_set(err, LLMQ_ERR_INVALID, "field 'tool_name': given twice");
+        return read_str(v, "tool_name", PROTO_MAX_ROLE_LEN, 1, &r->tool_name, NULL, err);
+    }
     return LLMQ_OK;
 }
 
@@ -554,6 +575,9 @@ llmq_status proto_request_validate(const proto_request *r, llmq_err *err) {
     }
     if (r->cache_salt && strlen(r->cache_salt) > PROTO_MAX_CACHE_SALT)
         BAD("cache_salt is longer than %d bytes", PROTO_MAX_CACHE_SALT);
+    if (r->tools && strlen(r->tools) > PROTO_MAX_GUIDE_BYTES) BAD("tools is longer than %d bytes", PROTO_MAX_GUIDE_BYTES);
+    if ((r->tool_choice || r->tool_name) && !r->tools) BAD("tool_choice and tool_name need tools");
+    if (r->tools && r->kind != PROTO_PROMPT_MESSAGES) BAD("tools are only for messages");
     return LLMQ_OK;
 #undef BAD
 }
@@ -596,6 +620,7 @@ llmq_status proto_request_encode(const proto_request *r, proto_buf *out, llmq_er
     n += r->add_special_tokens != PROTO_UNSET;
     n += r->guide_type != PROTO_GUIDE_NONE;
     n += !!r->cache_salt;
+    n += !!r->tools + !!r->tool_choice + !!r->tool_name;
 
     size_t start = out->len;
     msgpack_packer pk;
@@ -609,9 +634,11 @@ llmq_status proto_request_encode(const proto_request *r, proto_buf *out, llmq_er
     case PROTO_PROMPT_MESSAGES:
         e = e || pack_cstr(&pk, "messages") || msgpack_pack_array(&pk, r->n_messages);
         for (size_t i = 0; i < r->n_messages && !e; i++)
-            e = msgpack_pack_map(&pk, 2) || pack_cstr(&pk, "role") ||
+            e = msgpack_pack_map(&pk, 2 + !!r->messages[i].tool_calls) || pack_cstr(&pk, "role") ||
                 pack_cstr(&pk, r->messages[i].role ? r->messages[i].role : "user") || pack_cstr(&pk, "content") ||
-                pack_cstr(&pk, r->messages[i].content ? r->messages[i].content : "");
+                pack_cstr(&pk, r->messages[i].content ? r->messages[i].content : "") ||
+                (r->messages[i].tool_calls &&
+                 (pack_cstr(&pk, "tool_calls") || pack_cstr(&pk, r->messages[i].tool_calls)));
         break;
     case PROTO_PROMPT_IDS:
         e = e || pack_cstr(&pk, "prompt_ids") || pack_ids(&pk, r->prompt_ids, r->n_prompt_ids);
@@ -649,6 +676,9 @@ llmq_status proto_request_encode(const proto_request *r, proto_buf *out, llmq_er
             pack_cstr(&pk, proto_guide_type_name(r->guide_type)) || pack_cstr(&pk, "data") ||
             pack_cstr(&pk, r->guide ? r->guide : "");
     if (r->cache_salt) e = e || pack_cstr(&pk, "cache_salt") || pack_cstr(&pk, r->cache_salt);
+    if (r->tools) e = e || pack_cstr(&pk, "tools") || pack_cstr(&pk, r->tools);
+    if (r->tool_choice) e = e || pack_cstr(&pk, "tool_choice") || pack_cstr(&pk, r->tool_choice);
+    if (r->tool_name) e = e || pack_cstr(&pk, "tool_name") || pack_cstr(&pk, r->tool_name);
     if (e) {
         out->len = start;
         return llmq_err_set(err, LLMQ_ERR_NOMEM, "encoding request: out of memory");

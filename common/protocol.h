@@ -85,6 +85,8 @@ typedef enum proto_prompt_kind {
 typedef struct proto_message {
     char *role;     /* "system", "user", "assistant", "tool", ... (not checked) */
     char *content;  /* UTF-8 text; "" allowed */
+    char *tool_calls; /* key `tool_calls`: NULL, or an assistant turn's OpenAI tool_calls
+                         (JSON array text) for the chat template */
 } proto_message;
 
 #define PROTO_UNSET (-1)  /* integer fields: not given */
@@ -167,6 +169,11 @@ typedef struct proto_request {
                                     <= PROTO_MAX_CACHE_SALT bytes) that keys the worker's prefix
                                     cache: only requests with the same salt share cached KV
                                     blocks (tenant isolation, as vLLM's cache_salt) */
+    char *tools;                 /* key `tools`: NULL, or the OpenAI tools (JSON array text,
+                                    <= PROTO_MAX_GUIDE_BYTES), rendered by the chat template */
+    char *tool_choice;           /* key `tool_choice`: NULL (= "auto"), "auto" or "required": the
+                                    worker constrains the output to a call of one of the tools */
+    char *tool_name;             /* key `tool_name`: NULL, or the one function the output must call */
 } proto_request;
 
 /* Set every field to its default (nothing owned). */

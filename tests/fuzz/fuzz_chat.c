@@ -45,7 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                            np > 2 && parts[2][0] ? parts[2] : NULL) == LLMQ_OK) {
         chat_msg msgs[64];
         size_t n = 0;
-        for (size_t i = 4; i + 1 < np && n < 64; i += 2) msgs[n++] = (chat_msg){parts[i], parts[i + 1]};
+        for (size_t i = 4; i + 1 < np && n < 64; i += 2) msgs[n++] = (chat_msg){parts[i], parts[i + 1], NULL};
         char *out = NULL;
         size_t len = 0;
         llmq_err err;

@@ -70,7 +70,7 @@ static void pack_bad_messages(msgpack_packer *pk) {
 }
 
 static proto_request full_request(void) {
-    static proto_message msgs[2] = {{(char *)"system", (char *)"be brief"}, {(char *)"user", (char *)"héllo"}};
+    static proto_message msgs[2] = {{(char *)"system", (char *)"be brief", NULL}, {(char *)"user", (char *)"héllo", NULL}};
     static char *stops[2] = {(char *)"\n\n", (char *)"END"};
     static int32_t stop_ids[3] = {2, 0, 32000};
     proto_request r;
@@ -429,7 +429,7 @@ static void test_request_limits(void **state) {
 
     r = full_request();
     char *role_ok = filled(PROTO_MAX_ROLE_LEN, 'r'), *role_long = filled(PROTO_MAX_ROLE_LEN + 1, 'r');
-    proto_message m[1] = {{role_ok, (char *)"x"}};
+    proto_message m[1] = {{role_ok, (char *)"x", NULL}};
     r.messages = m;
     r.n_messages = 1;
     assert_int_equal(proto_request_validate(&r, &err), LLMQ_OK);

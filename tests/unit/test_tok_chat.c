@@ -52,7 +52,7 @@ static void test_against_jinja(void **state) {
                          LLMQ_OK);
         json_t *ms = json_object_get(c, "messages");
         size_t nm = json_array_size(ms);
-        chat_msg msgs[16];
+        chat_msg msgs[16] = {{0}};
         for (size_t k = 0; k < nm; k++) {
             msgs[k].role = json_string_value(json_object_get(json_array_get(ms, k), "role"));
             msgs[k].content = json_string_value(json_object_get(json_array_get(ms, k), "content"));
@@ -101,14 +101,14 @@ static void test_names_and_detection(void **state) {
     /* mistral with a system message: folded into the first user turn */
     chat_template ct;
     assert_int_equal(chat_template_init(&ct, CHAT_MISTRAL, "<s>", "</s>", NULL), LLMQ_OK);
-    chat_msg m[] = {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello"}, {"user", "Bye"}};
+    chat_msg m[] = {{"system", "Be brief.", NULL}, {"user", "Hi", NULL}, {"assistant", "Hello", NULL}, {"user", "Bye", NULL}};
     char *out;
     size_t len;
     llmq_err err = {0};
     assert_int_equal(chat_render(&ct, m, 4, 1, &out, &len, &err), LLMQ_OK);
     assert_string_equal(out, "<s>[INST] Be brief.\n\nHi [/INST]Hello</s>[INST] Bye [/INST]");
     free(out);
-    chat_msg bad[] = {{"user", NULL}};
+    chat_msg bad[] = {{"user", NULL, NULL}};
     assert_int_equal(chat_render(&ct, bad, 1, 1, &out, &len, &err), LLMQ_ERR_INVALID);
     chat_template_deinit(&ct);
     chat_template_deinit(NULL);
@@ -125,7 +125,7 @@ static void test_from_tokenizer(void **state) {
     assert_non_null(t);
     assert_int_equal(chat_template_from_tokenizer(&ct, t, NULL, &err), LLMQ_OK);
     assert_int_equal(ct.family, CHAT_LLAMA3);
-    chat_msg m[] = {{"user", " Hi "}};
+    chat_msg m[] = {{"user", " Hi ", NULL}};
     char *out;
     size_t len;
     assert_int_equal(chat_render(&ct, m, 1, 1, &out, &len, &err), LLMQ_OK);
@@ -174,7 +174,7 @@ static void test_from_tokenizer(void **state) {
     assert_int_equal(ct.family, CHAT_CHATML);
     assert_int_equal(ct.source, CHAT_SRC_DEFAULT);
     assert_null(ct.default_system);
-    chat_msg hi[] = {{"user", "Hi"}};
+    chat_msg hi[] = {{"user", "Hi", NULL}};
     assert_int_equal(chat_render(&ct, hi, 1, 1, &out, &len, &err), LLMQ_OK);
     assert_string_equal(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     free(out);
@@ -259,12 +259,96 @@ static void test_chatml_default_system(void **state) {
     free(dir);
 }
 
+/* Tools (chat_render_tools) against Qwen2.5's template rendered by Jinja2
+ * (tools/chat_tools_fixtures.py): tools listed as json.dumps writes them,
+ * assistant tool_calls (arguments given as OpenAI's JSON text), runs of tool
+ * turns, with and without a default system message. */
+static void test_tools_against_jinja(void **state) {
+    (void)state;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/chat_tools.expect.json", tu_root());
+    json_error_t je;
+    json_t *all = json_load_file(path, 0, &je);
+    assert_non_null(all);
+    size_t bad = 0, n = json_array_size(all);
+    for (size_t i = 0; i < n; i++) {
+        json_t *c = json_array_get(all, i);
+        chat_template ct;
+        assert_int_equal(chat_template_init(&ct, CHAT_CHATML, "", "<|im_end|>",
+                                            json_string_value(json_object_get(c, "default_system"))),
+                         LLMQ_OK);
+        json_t *ms = json_object_get(c, "messages");
+        size_t nm = json_array_size(ms);
+        chat_msg msgs[16] = {{0}};
+        char *calls[16] = {0};
+        for (size_t k = 0; k < nm; k++) {
+            json_t *m = json_array_get(ms, k);
+            msgs[k].role = json_string_value(json_object_get(m, "role"));
+            msgs[k].content = json_string_value(json_object_get(m, "content"));
+            if (json_object_get(m, "tool_calls")) msgs[k].tool_calls = calls[k] = json_dumps(json_object_get(m, "tool_calls"), 0);
+        }
+        char *tools = json_dumps(json_object_get(c, "tools"), JSON_COMPACT);
+        char *out = NULL;
+        size_t len;
+        llmq_err err = {0};
+        llmq_status st = chat_render_tools(&ct, msgs, nm, tools, json_is_true(json_object_get(c, "add_generation_prompt")),
+                                           &out, &len, &err);
+        const char *want = json_string_value(json_object_get(c, "text"));
+        if ((st || len != strlen(want) || memcmp(out, want, len)) && bad++ < 3)
+            fprintf(stderr, "  case %zu: status %s %s\n    want: %s\n    got:  %s\n", i, llmq_status_name(st), err.msg,
+                    want, out ? out : "(none)");
+        free(out);
+        free(tools);
+        for (size_t k = 0; k < nm; k++) free(calls[k]);
+        chat_template_deinit(&ct);
+    }
+    fprintf(stderr, "  %zu renderings with tools, %zu bad\n", n, bad);
+    assert_true(n >= 40);
+    assert_int_equal(bad, 0);
+    json_decref(all);
+}
+
+/* Tools elsewhere: "[]" renders as without tools; families without a tools
+ * renderer say so; the grammar of a forced call. */
+static void test_tools_edges(void **state) {
+    (void)state;
+    chat_template ct;
+    assert_int_equal(chat_template_init(&ct, CHAT_CHATML, "", "", NULL), LLMQ_OK);
+    chat_msg m[] = {{"user", "Hi", NULL}};
+    char *a = NULL, *b = NULL;
+    size_t la, lb;
+    llmq_err err = {0};
+    assert_int_equal(chat_render_tools(&ct, m, 1, "[]", 1, &a, &la, &err), LLMQ_OK);
+    assert_int_equal(chat_render(&ct, m, 1, 1, &b, &lb, &err), LLMQ_OK);
+    assert_string_equal(a, b);
+    free(a);
+    free(b);
+    assert_int_equal(chat_render_tools(&ct, m, 1, "{}", 1, &a, &la, &err), LLMQ_ERR_INVALID);
+    chat_template_deinit(&ct);
+    assert_int_equal(chat_template_init(&ct, CHAT_LLAMA3, "<|begin_of_text|>", "<|eot_id|>", NULL), LLMQ_OK);
+    const char *tools = "[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]";
+    assert_int_equal(chat_render_tools(&ct, m, 1, tools, 1, &a, &la, &err), LLMQ_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "llama-3"));
+    chat_template_deinit(&ct);
+    char *g = NULL;
+    assert_int_equal(chat_tools_grammar(CHAT_CHATML, tools, NULL, &g, &err), LLMQ_OK);
+    assert_non_null(strstr(g, "start: \"<tool_call>\\n{\\\"name\\\": \\\"f\\\", \\\"arguments\\\": \" a0 \"}\\n</tool_call>\""));
+    assert_non_null(strstr(g, "a0: %json {\"type\":\"object\""));
+    free(g);
+    assert_int_equal(chat_tools_grammar(CHAT_CHATML, tools, "g", &g, &err), LLMQ_ERR_INVALID);
+    assert_int_equal(chat_tools_grammar(CHAT_CHATML, "[{\"type\":\"function\",\"function\":{\"name\":\"a\\\"b\"}}]", NULL,
+                                        &g, &err), LLMQ_ERR_INVALID);
+    assert_int_equal(chat_tools_grammar(CHAT_MISTRAL, tools, NULL, &g, &err), LLMQ_ERR_UNSUPPORTED);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_against_jinja),
         cmocka_unit_test(test_names_and_detection),
         cmocka_unit_test(test_from_tokenizer),
         cmocka_unit_test(test_chatml_default_system),
+        cmocka_unit_test(test_tools_against_jinja),
+        cmocka_unit_test(test_tools_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -181,10 +181,10 @@ static const char *build_prompt(service *sv, const proto_request *r, int32_t **i
         if (!sv->has_ct) return sv->ct_error;
         chat_msg *msgs = calloc(r->n_messages ? r->n_messages : 1, sizeof *msgs);
         if (!msgs) return OOM_PROMPT;
-        for (size_t i = 0; i < r->n_messages; i++) msgs[i] = (chat_msg){r->messages[i].role, r->messages[i].content};
+        for (size_t i = 0; i < r->n_messages; i++) msgs[i] = (chat_msg){r->messages[i].role, r->messages[i].content, r->messages[i].tool_calls};
         char *text = NULL;
         size_t len = 0;
-        llmq_status st = chat_render(&sv->ct, msgs, r->n_messages, 1, &text, &len, &e);
+        llmq_status st = chat_render_tools(&sv->ct, msgs, r->n_messages, r->tools, 1, &text, &len, &e);
         free(msgs);
         if (!st) st = tok_encode(sv->rt->tok, text, len, r->add_special_tokens == 1, ids, n, &e);
         free(text);
@@ -270,7 +270,15 @@ static const char *guide_setup(service *sv, job *j, char *msg, size_t cap, int *
         return msg;
     }
     llmq_err e = {0};
-    const llmq_status st = guide_matcher_create(&j->s.guide, sv->guide, proto_guide_type_name(q->guide_type), q->guide, &e);
+    llmq_status st = LLMQ_OK;
+    if (q->guide_type != PROTO_GUIDE_NONE) {
+        st = guide_matcher_create(&j->s.guide, sv->guide, proto_guide_type_name(q->guide_type), q->guide, &e);
+    } else { /* tool_choice required or named: one call in the family's syntax (chat_tools_grammar) */
+        char *lark = NULL;
+        st = chat_tools_grammar(sv->ct.family, q->tools, q->tool_name, &lark, &e);
+        if (!st) st = guide_matcher_create(&j->s.guide, sv->guide, "lark", lark, &e);
+        free(lark);
+    }
     if (st == LLMQ_OK) return NULL;
     snprintf(msg, cap, "%s", e.msg);
     if (st == LLMQ_ERR_INVALID) j->error_code = CODE_CONSTRAINT;
@@ -326,7 +334,8 @@ static const char *job_setup(service *sv, job *j, uint64_t seed, char *msg, size
     }
     for (size_t k = 0; k < q->n_stop_token_ids && k < SEQ_MAX_STOP_IDS; k++)
         j->s.stop_ids[j->s.n_stop_ids++] = q->stop_token_ids[k];
-    if (q->guide_type != PROTO_GUIDE_NONE && (why = guide_setup(sv, j, msg, cap, status))) return why;
+    const int tool_call = q->tools && (q->tool_name || (q->tool_choice && !strcmp(q->tool_choice, "required")));
+    if ((q->guide_type != PROTO_GUIDE_NONE || tool_call) && (why = guide_setup(sv, j, msg, cap, status))) return why;
     *status = 500;
     if (sv->rt->tok) {
         if (tok_stream_init(&j->ts, sv->rt->tok, j->s.tokens, (size_t)j->s.n_prompt, 1))

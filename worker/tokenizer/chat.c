@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <jansson.h>
 #include <utf8proc.h>
 
 #include "worker/tokenizer/chat.h"
@@ -346,6 +347,217 @@ static void render_zephyr(const chat_template *ct, const chat_msg *m, size_t n, 
         }
         if (i + 1 == n && gen) puts_(b, "<|assistant|>\n");
     }
+}
+
+/* Jinja's `x | tojson` as transformers defines it: json.dumps(x,
+ * ensure_ascii=False), whose separators are ", " and ": " as jansson's
+ * without JSON_COMPACT. */
+static void put_json(sbuf *b, const json_t *v) {
+    char *s = json_dumps(v, JSON_ENCODE_ANY);
+    if (!s) { b->oom = 1; return; }
+    puts_(b, s);
+    free(s);
+}
+
+static const char QWEN_TOOLS_HEAD[] =
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>";
+static const char QWEN_TOOLS_TAIL[] =
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+    "<args-json-object>}\n</tool_call><|im_end|>\n";
+
+/* An assistant turn's tool_calls as Qwen2.5's template writes them.  An
+ * OpenAI call's `arguments` is JSON text: parsed first (as vLLM does before
+ * rendering), so that the template's tojson writes the object. */
+static llmq_status put_qwen_calls(sbuf *b, const char *calls_json, size_t i, llmq_err *err) {
+    json_t *calls = json_loads(calls_json, JSON_DECODE_ANY, NULL);
+    if (!json_is_array(calls)) {
+        json_decref(calls);
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "message %zu: tool_calls must be an array", i);
+    }
+    size_t k;
+    json_t *c;
+    json_array_foreach(calls, k, c) {
+        json_t *fn = json_object_get(c, "function");
+        if (fn) c = fn;
+        const char *name = json_string_value(json_object_get(c, "name"));
+        json_t *args = json_object_get(c, "arguments");
+        if (!name || !args) {
+            json_decref(calls);
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "message %zu: tool_calls[%zu] needs a name and arguments", i, k);
+        }
+        json_t *parsed = json_is_string(args) ? json_loads(json_string_value(args), JSON_DECODE_ANY, NULL) : NULL;
+        puts_(b, "\n<tool_call>\n{\"name\": \"");
+        puts_(b, name);
+        puts_(b, "\", \"arguments\": ");
+        put_json(b, parsed ? parsed : args);
+        puts_(b, "}\n</tool_call>");
+        json_decref(parsed);
+    }
+    json_decref(calls);
+    return LLMQ_OK;
+}
+
+/* chatml with tools: Qwen2.5's template (chat.h). */
+static llmq_status render_chatml_tools(const chat_template *ct, const chat_msg *m, size_t n, const json_t *tools,
+                                       int gen, sbuf *b, llmq_err *err) {
+    const char *sys = n && is_role(&m[0], "system") ? m[0].content : ct->default_system;
+    puts_(b, "<|im_start|>system\n");
+    if (sys) {
+        puts_(b, sys);
+        puts_(b, "\n\n");
+    }
+    puts_(b, QWEN_TOOLS_HEAD);
+    size_t k;
+    json_t *t;
+    json_array_foreach(tools, k, t) {
+        puts_(b, "\n");
+        put_json(b, t);
+    }
+    puts_(b, QWEN_TOOLS_TAIL);
+    for (size_t i = 0; i < n; i++) {
+        const int calls = m[i].tool_calls && is_role(&m[i], "assistant");
+        if (is_role(&m[i], "user") || (is_role(&m[i], "system") && i) || (is_role(&m[i], "assistant") && !calls)) {
+            puts_(b, "<|im_start|>");
+            puts_(b, m[i].role);
+            puts_(b, "\n");
+            puts_(b, m[i].content);
+            puts_(b, "<|im_end|>\n");
+        } else if (calls) {
+            puts_(b, "<|im_start|>assistant");
+            if (*m[i].content) {
+                puts_(b, "\n");
+                puts_(b, m[i].content);
+            }
+            llmq_status st = put_qwen_calls(b, m[i].tool_calls, i, err);
+            if (st) return st;
+            puts_(b, "<|im_end|>\n");
+        } else if (is_role(&m[i], "tool")) {
+            if (i == 0 || !is_role(&m[i - 1], "tool")) puts_(b, "<|im_start|>user");
+            puts_(b, "\n<tool_response>\n");
+            puts_(b, m[i].content);
+            puts_(b, "\n</tool_response>");
+            if (i + 1 == n || !is_role(&m[i + 1], "tool")) puts_(b, "<|im_end|>\n");
+        }
+    }
+    if (gen) puts_(b, "<|im_start|>assistant\n");
+    return LLMQ_OK;
+}
+
+/* The tools of a request: NULL when there are none; -1 when not an array. */
+static int load_tools(const char *text, json_t **out) {
+    *out = NULL;
+    if (!text) return 0;
+    json_t *t = json_loads(text, JSON_DECODE_ANY, NULL);
+    if (!json_is_array(t)) {
+        json_decref(t);
+        return -1;
+    }
+    if (json_array_size(t)) *out = t;
+    else json_decref(t);
+    return 0;
+}
+
+llmq_status chat_render_tools(const chat_template *ct, const chat_msg *msgs, size_t n, const char *tools,
+                              int add_generation_prompt, char **out, size_t *len, llmq_err *err) {
+    json_t *t;
+    if (load_tools(tools, &t)) return llmq_err_set(err, LLMQ_ERR_INVALID, "tools must be a JSON array");
+    if (!t) return chat_render(ct, msgs, n, add_generation_prompt, out, len, err);
+    *out = NULL;
+    if (len) *len = 0;
+    if (ct->family != CHAT_CHATML) {
+        json_decref(t);
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
+                            "tools are rendered only by chatml (Hermes/Qwen) chat templates so far, not %s",
+                            chat_family_name(ct->family));
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!msgs[i].role || !msgs[i].content) {
+            json_decref(t);
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "message %zu needs a role and a content", i);
+        }
+    sbuf b = {0};
+    puts_(&b, "");
+    llmq_status st = render_chatml_tools(ct, msgs, n, t, add_generation_prompt, &b, err);
+    json_decref(t);
+    if (!st && b.oom) st = llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory rendering a chat prompt");
+    if (st) {
+        free(b.p);
+        return st;
+    }
+    *out = b.p;
+    if (len) *len = b.len;
+    return LLMQ_OK;
+}
+
+/* One alternative of the call grammar: the Hermes call of `fn` with its
+ * arguments rule a<k>. */
+static void put_lark_call(sbuf *g, sbuf *rules, const json_t *fn, size_t k) {
+    char rule[32];
+    snprintf(rule, sizeof rule, "a%zu", k);
+    puts_(g, k ? "\n     | " : "");
+    puts_(g, "\"<tool_call>\\n{\\\"name\\\": \\\"");
+    puts_(g, json_string_value(json_object_get(fn, "name")));
+    puts_(g, "\\\", \\\"arguments\\\": \" ");
+    puts_(g, rule);
+    puts_(g, " \"}\\n</tool_call>\"");
+    /* without llguidance options of its own, no free white space: JSON as the
+     * template's example (and Python's json.dumps) writes it, a model cannot
+     * pad its call with newlines until max_tokens */
+    const json_t *params = json_object_get(fn, "parameters");
+    json_t *s = json_is_object(params) ? json_copy((json_t *)params) : json_pack("{s:s}", "type", "object");
+    if (s && !json_object_get(s, "x-guidance"))
+        json_object_set_new(s, "x-guidance", json_pack("{s:b, s:s, s:s}", "whitespace_flexible", 0, "item_separator",
+                                                       ", ", "key_separator", ": "));
+    char *schema = s ? json_dumps(s, JSON_COMPACT) : NULL;
+    json_decref(s);
+    if (!schema) { rules->oom = 1; return; }
+    puts_(rules, "\n");
+    puts_(rules, rule);
+    puts_(rules, ": %json ");
+    puts_(rules, schema);
+    free(schema);
+}
+
+llmq_status chat_tools_grammar(chat_family f, const char *tools, const char *name, char **out, llmq_err *err) {
+    *out = NULL;
+    if (f != CHAT_CHATML)
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "tool calls are constrained only for chatml (Hermes/Qwen) so far");
+    json_t *t;
+    if (load_tools(tools, &t) || !t) return llmq_err_set(err, LLMQ_ERR_INVALID, "tools must be a non-empty JSON array");
+    sbuf g = {0}, rules = {0};
+    puts_(&g, "start: ");
+    size_t k, alts = 0;
+    json_t *tool;
+    llmq_status st = LLMQ_OK;
+    json_array_foreach(t, k, tool) {
+        const json_t *fn = json_object_get(tool, "function");
+        const char *fname = json_string_value(json_object_get(fn, "name"));
+        if (!fname) {
+            st = llmq_err_set(err, LLMQ_ERR_INVALID, "tools[%zu] has no function name", k);
+            break;
+        }
+        /* the name goes into a Lark string: OpenAI's names are [a-zA-Z0-9_-] */
+        if (strspn(fname, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != strlen(fname)) {
+            st = llmq_err_set(err, LLMQ_ERR_INVALID, "tools[%zu]: function names are letters, digits, _ and -", k);
+            break;
+        }
+        if (name && strcmp(name, fname)) continue;
+        put_lark_call(&g, &rules, fn, alts++);
+    }
+    json_decref(t);
+    if (!st && !alts) st = llmq_err_set(err, LLMQ_ERR_INVALID, "tool_choice names '%s', which is none of the tools", name);
+    if (!st) puts_(&g, rules.p ? rules.p : "");
+    free(rules.p);
+    if (!st && (g.oom || rules.oom)) st = llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory building a tool grammar");
+    if (st) {
+        free(g.p);
+        return st;
+    }
+    puts_(&g, "\n");
+    *out = g.p;
+    return LLMQ_OK;
 }
 
 llmq_status chat_render(const chat_template *ct, const chat_msg *msgs, size_t n, int add_generation_prompt,

@@ -48,6 +48,7 @@ typedef enum chat_family {
 typedef struct chat_msg {
     const char *role;    /* "system", "user", "assistant" (others pass through where the family allows) */
     const char *content; /* UTF-8, NUL-terminated */
+    const char *tool_calls; /* NULL, or an assistant turn's OpenAI tool_calls (JSON array text) */
 } chat_msg;
 
 #define CHAT_DEFAULT_FAMILY CHAT_CHATML
@@ -99,5 +100,23 @@ void chat_template_describe(const chat_template *ct, const char *force, char *bu
  * assistant's answer starts.  *out is malloc'd, NUL-terminated, length *len. */
 llmq_status chat_render(const chat_template *ct, const chat_msg *msgs, size_t n, int add_generation_prompt,
                         char **out, size_t *len, llmq_err *err);
+
+/* chat_render with OpenAI tools (JSON array text, NULL or "[]" = none), as the
+ * family's reference template renders them.  Only chatml so far, as Qwen2.5's
+ * template (Hermes format): the system turn (the given one, else the
+ * template's default, else none: Qwen3's) ends with a "# Tools" section
+ * listing each tool as Python's json.dumps writes it, assistant turns with
+ * tool_calls carry <tool_call> blocks, and role "tool" turns become
+ * <tool_response> blocks in a user turn.  Other families with tools:
+ * LLMQ_ERR_UNSUPPORTED. */
+llmq_status chat_render_tools(const chat_template *ct, const chat_msg *msgs, size_t n, const char *tools,
+                              int add_generation_prompt, char **out, size_t *len, llmq_err *err);
+
+/* A Lark grammar (llguidance's) for exactly one call, in the family's syntax,
+ * of the function `name` (NULL: any of the tools), its arguments the JSON
+ * its `parameters` schema allows.  *out malloc'd.  LLMQ_ERR_INVALID for tools
+ * that are not OpenAI's shape or a name that is none of them,
+ * LLMQ_ERR_UNSUPPORTED for a family without a tool-call syntax here. */
+llmq_status chat_tools_grammar(chat_family f, const char *tools, const char *name, char **out, llmq_err *err);
 
 #endif
