@@ -41,75 +41,121 @@
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 #define QUEUE_RECHECK 1.0 /* s before asking again when Redis could not say whether the job was admitted */
 
+/* One choice of the response: a job of its own (n > 1 and best_of fan out in
+ * the gateway, see the top and docs/architecture.md "n and best_of"). */
+typedef struct oai_choice {
+    struct oai_call *oc;
+    char id[PROTO_MAX_ID_LEN + 1]; /* its job */
+    jobwatch *watch;             /* following its output; NULL before submission and once stopped */
+    int index;                   /* `index` in the response (best_of: its rank, set at the end) */
+    proto_buf text;              /* non-stream: the text so far */
+    json_t *lp;                  /* non-stream with logprobs: completions' four arrays, or
+                                    chat's `content` array, so far */
+    int64_t lp_offset;           /* completions: characters before the next token (text_offset) */
+    double cum_lp;               /* best_of: the sum of its tokens' logprobs */
+    char finish[32];             /* its finish reason, once ended */
+    int has_usage;               /* its final chunk carried usage */
+    proto_usage usage;
+    int sent;                    /* its submission went to Redis: a job may exist to cancel */
+    int ended;                   /* its final chunk came: nothing left to cancel */
+    int admitted;                /* a worker took it (a chunk came, or its state left queued) */
+    int begun;                   /* stream, chat: its role delta was sent */
+} oai_choice;
+
 typedef struct oai_call {
     gw_call base;
     int chat;                    /* chat.completions (else completions) */
     int stream;                  /* answer with SSE */
     int include_usage;           /* stream_options.include_usage */
-    char resp_id[PROTO_MAX_ID_LEN + 16]; /* "cmpl-<id>" / "chatcmpl-<id>" */
+    char resp_id[PROTO_MAX_ID_LEN + 16]; /* "cmpl-<id>" / "chatcmpl-<id>" (choice 0's job) */
     int64_t created;             /* Unix seconds */
-    proto_buf text;              /* non-stream: the text so far */
     int logprobs;                /* the request asked for logprobs */
     const char *guide_param;     /* the body field of its constraint (static), NULL for none */
-    json_t *lp;                  /* non-stream with logprobs: completions' four arrays, or
-                                    chat's `content` array, so far */
-    int64_t lp_offset;           /* completions: characters before the next token (text_offset) */
-    int sent;                    /* the submission went to Redis: a job may exist to cancel */
-    int ended;                   /* the job's final chunk came: nothing left to cancel */
-    int admitted;                /* a worker took the job (a chunk came, or its state left queued) */
+    int n;                       /* choices returned */
+    int n_jobs;                  /* choices generated: best_of (>= n) */
+    int n_sent;                  /* submissions acknowledged so far (they go one after another) */
+    int n_ended;                 /* choices whose final chunk came */
+    proto_request req;           /* while submissions remain: the request, re-encoded per choice */
+    int has_req;
+    uint64_t seed;               /* the request's seed (has_seed of req) */
     int begun;                   /* stream: the SSE response has begun */
-    ev_timer queue_w;            /* --queue-timeout, armed while the job may still be queued */
+    ev_timer queue_w;            /* --queue-timeout, armed while a job may still be queued */
+    oai_choice ch[GW_MAX_CHOICES];
 } oai_call;
+
+static void stop_watches(oai_call *oc) {
+    for (int i = 0; i < oc->n_jobs; i++) {
+        jobwatch_stop(oc->ch[i].watch);
+        oc->ch[i].watch = NULL;
+    }
+}
 
 static void oai_cleanup(gw_call *call) {
     oai_call *oc = (oai_call *)call;
     ev_timer_stop(call->g->loop, &oc->queue_w);
-    proto_buf_deinit(&oc->text);
-    json_decref(oc->lp);
+    stop_watches(oc);
+    for (int i = 0; i < GW_MAX_CHOICES; i++) {
+        proto_buf_deinit(&oc->ch[i].text);
+        json_decref(oc->ch[i].lp);
+    }
+    if (oc->has_req) proto_request_deinit(&oc->req);
 }
 
-/* The answer ended (or the client left): no queue timeout any more. */
+/* The answer ended (or the client left): no queue timeout, no more chunks. */
 static void oai_finish(oai_call *oc) {
     ev_timer_stop(oc->base.g->loop, &oc->queue_w);
+    stop_watches(oc);
     gw_call_finish(&oc->base);
 }
 
-/* The job was taken by a worker (or ended): the queue timeout is moot. */
-static void oai_admitted(oai_call *oc) {
-    oc->admitted = 1;
+/* A choice's job was taken by a worker (or ended): once all were, the queue
+ * timeout is moot. */
+static void oai_admitted(oai_choice *ch) {
+    oai_call *oc = ch->oc;
+    ch->admitted = 1;
+    for (int i = 0; i < oc->n_jobs; i++)
+        if (!oc->ch[i].admitted) return;
     ev_timer_stop(oc->base.g->loop, &oc->queue_w);
 }
 
-/* Cancel the job as DELETE /v1/jobs/{id} does (queued: ended at once;
+/* Cancel job `id` as DELETE /v1/jobs/{id} does (queued: ended at once;
  * running: the worker stops it between steps).  Fire and forget: nobody
  * waits for the answer, and Redis runs it after the submission, which went
  * first on the same connection. */
-static void cancel_job(oai_call *oc) {
+static void cancel_job(oai_call *oc, const char *id) {
     gw *g = oc->base.g;
     proto_buf chunk;
     proto_buf_init(&chunk);
     if (jobops_cancel_chunk(&chunk, NULL) == LLMQ_OK) {
         rcmd cmd;
         jobops_keys kb;
-        jobops_cancel(&cmd, &kb, &g->keys, oc->base.id, gw_now_ms(), g->cfg.result_ttl_s, chunk.data, chunk.len);
+        jobops_cancel(&cmd, &kb, &g->keys, id, gw_now_ms(), g->cfg.result_ttl_s, chunk.data, chunk.len);
         if (gw_redis_send(&g->redis, &cmd, NULL, NULL) != 0)
-            log_warn("job %s: its client went away, and Redis is down: it runs to its end", oc->base.id);
+            log_warn("job %s: its client went away, and Redis is down: it runs to its end", id);
     }
     proto_buf_deinit(&chunk);
+}
+
+/* Cancel every choice's job that was sent and has not ended. */
+static void cancel_jobs(oai_call *oc) {
+    for (int i = 0; i < oc->n_jobs; i++)
+        if (oc->ch[i].sent && !oc->ch[i].ended) {
+            cancel_job(oc, oc->ch[i].id);
+            oc->ch[i].ended = 1;
+        }
 }
 
 /* The HTTP connection closed before the response ended. */
 static void on_client_gone(void *ud) {
     oai_call *oc = ud;
-    if (oc->sent && !oc->ended) {
-        log_debug("job %s: client went away, cancelling", oc->base.id);
-        cancel_job(oc);
-    }
+    log_debug("job %s: client went away, cancelling", oc->base.id);
+    cancel_jobs(oc);
     oai_finish(oc);
 }
 
 /* The `logprobs` of a choice for the tokens of c: null when not asked for. */
-static json_t *chunk_logprobs(oai_call *oc, const proto_chunk *c) {
+static json_t *chunk_logprobs(oai_choice *ch, const proto_chunk *c) {
+    oai_call *oc = ch->oc;
     if (!oc->logprobs || !c) return json_null();
     if (oc->chat) {
         json_t *content = json_array();
@@ -117,17 +163,25 @@ static json_t *chunk_logprobs(oai_call *oc, const proto_chunk *c) {
         return json_pack("{s:o}", "content", content);
     }
     json_t *o = gw_lp_completion_new();
-    if (o) gw_lp_completion_add(o, c, &oc->lp_offset);
+    if (o) gw_lp_completion_add(o, c, &ch->lp_offset);
     return o ? o : json_null();
 }
 
-static json_t *usage_json(const proto_chunk *c) {
-    if (!c || !c->has_usage) return json_null();
+/* Usage of the whole response, as OpenAI counts it: the prompt once (every
+ * choice's job has the same; cached_tokens are choice 0's), the completion
+ * tokens of every choice generated (best_of: also those not returned).  null
+ * when a choice's job gave none. */
+static json_t *usage_json(const oai_call *oc) {
+    int64_t completion = 0;
+    for (int i = 0; i < oc->n_jobs; i++) {
+        if (!oc->ch[i].has_usage) return json_null();
+        completion += oc->ch[i].usage.completion_tokens;
+    }
+    const proto_usage *u0 = &oc->ch[0].usage;
     /* prompt_tokens_details.cached_tokens: the worker's prefix-cache hit, as OpenAI reports it */
-    return json_pack("{s:I, s:I, s:I, s:{s:I}}", "prompt_tokens", (json_int_t)c->usage.prompt_tokens,
-                     "completion_tokens", (json_int_t)c->usage.completion_tokens, "total_tokens",
-                     (json_int_t)(c->usage.prompt_tokens + c->usage.completion_tokens), "prompt_tokens_details",
-                     "cached_tokens", (json_int_t)c->usage.cached_tokens);
+    return json_pack("{s:I, s:I, s:I, s:{s:I}}", "prompt_tokens", (json_int_t)u0->prompt_tokens, "completion_tokens",
+                     (json_int_t)completion, "total_tokens", (json_int_t)(u0->prompt_tokens + completion),
+                     "prompt_tokens_details", "cached_tokens", (json_int_t)u0->cached_tokens);
 }
 
 /* One streamed chunk object; choices = [] when choice is NULL. */
@@ -142,17 +196,18 @@ static json_t *chunk_obj(oai_call *oc, json_t *choice, json_t *usage) {
 }
 
 /* lp: the choice's logprobs (stolen), NULL for null. */
-static json_t *stream_choice(oai_call *oc, const char *text, size_t len, const char *finish, int role, json_t *lp) {
+static json_t *stream_choice(oai_choice *ch, const char *text, size_t len, const char *finish, int role, json_t *lp) {
     json_t *fin = finish ? json_string(finish) : json_null();
     if (!lp) lp = json_null();
-    if (oc->chat) {
+    if (ch->oc->chat) {
         json_t *delta = json_object();
         if (role) json_object_set_new(delta, "role", json_string("assistant"));
         if (text) json_object_set_new(delta, "content", gw_json_text(text, len));
-        return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "delta", delta, "logprobs", lp, "finish_reason", fin);
+        return json_pack("{s:i, s:o, s:o, s:o}", "index", ch->index, "delta", delta, "logprobs", lp, "finish_reason",
+                         fin);
     }
-    return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "text", gw_json_text(text ? text : "", text ? len : 0),
-                     "logprobs", lp, "finish_reason", fin);
+    return json_pack("{s:i, s:o, s:o, s:o}", "index", ch->index, "text",
+                     gw_json_text(text ? text : "", text ? len : 0), "logprobs", lp, "finish_reason", fin);
 }
 
 /* How a failed job reads over HTTP, streamed or not: the one place that maps
@@ -190,49 +245,70 @@ static void reply_job_error(oai_call *oc, const proto_chunk *c) {
     gw_reply_error(oc->base.conn, e.status, e.type, e.param, e.code, "%s", e.msg);
 }
 
-/* The job's first event: the SSE headers and, for chat, the role delta.
- * -1 when the client is gone. */
+/* A choice's final chunk (c may be NULL: it had ended before we watched):
+ * what the response needs of it once its chunk is gone. */
+static void choice_end(oai_choice *ch, const proto_chunk *c) {
+    ch->ended = 1;
+    ch->oc->n_ended++;
+    snprintf(ch->finish, sizeof ch->finish, "%s", c && c->finish ? c->finish : "stop");
+    if (c && c->has_usage) {
+        ch->has_usage = 1;
+        ch->usage = c->usage;
+    }
+}
+
+/* best_of: the sampled tokens' logprobs of c add to the choice's sum. */
+static void add_cum_lp(oai_choice *ch, const proto_chunk *c) {
+    if (c && c->has_lp)
+        for (size_t k = 0; k < c->n_ids; k++) ch->cum_lp += c->lp[k].tok.logprob;
+}
+
+/* The stream's first event: the SSE headers.  -1 when the client is gone. */
 static int stream_begin(oai_call *oc) {
     oc->begun = 1;
     gw_sse_begin(&oc->base);
-    if (oc->chat && gw_sse_send_json(&oc->base, -1, NULL, chunk_obj(oc, stream_choice(oc, "", 0, NULL, 1, NULL), NULL)))
-        return -1;
     return 0;
 }
 
 static void on_stream_chunk(void *ud, const proto_chunk *c) {
-    oai_call *oc = ud;
+    oai_choice *ch = ud;
+    oai_call *oc = ch->oc;
     gw_call *call = &oc->base;
     int gone = 0;
     const int failed = is_error(c);
-    oai_admitted(oc);
-    if (!c || c->finish) oc->ended = 1;
+    oai_admitted(ch);
     gw_call_ref(call); /* a failed write closes the connection, whose hook finishes the call */
+    if (!c || c->finish) choice_end(ch, c);
     if (!oc->begun) {
         if (failed) { /* refused before any output: an HTTP error, as without `stream` */
             reply_job_error(oc, c);
+            cancel_jobs(oc);
             oai_finish(oc);
             goto out;
         }
         gone = stream_begin(oc);
     }
+    if (!gone && !failed && oc->chat && !ch->begun) { /* each choice's first delta has the role */
+        ch->begun = 1;
+        gone = gw_sse_send_json(call, -1, NULL, chunk_obj(oc, stream_choice(ch, "", 0, NULL, 1, NULL), NULL));
+    }
     if (!gone && c && !failed && (c->text_len || (oc->logprobs && c->n_ids)))
-        gone = gw_sse_send_json(call, -1, NULL,
-                                chunk_obj(oc,
-                                          stream_choice(oc, c->text ? c->text : "", c->text_len, NULL, 0,
-                                                        chunk_logprobs(oc, c)),
-                                          NULL));
+        gone = gw_sse_send_json(
+            call, -1, NULL,
+            chunk_obj(oc, stream_choice(ch, c->text ? c->text : "", c->text_len, NULL, 0, chunk_logprobs(ch, c)), NULL));
     if (!gone && c && !c->finish) goto out;
-    if (!gone && failed) { /* failed after its output began: an error event (vLLM's shape), then [DONE] */
+    if (!gone && failed) { /* failed after the output began: an error event (vLLM's shape), then [DONE] */
         job_err e = job_error(oc, c);
+        cancel_jobs(oc); /* one choice failed: the response did */
         gone = gw_sse_send_json(call, -1, NULL,
                                 json_pack("{s:{s:s, s:s, s:n, s:i}}", "error", "message", e.msg, "type", e.type,
                                           "param", "code", e.status));
     } else if (!gone) {
-        const char *fin = c ? c->finish : "stop";
-        gone = gw_sse_send_json(call, -1, NULL, chunk_obj(oc, stream_choice(oc, oc->chat ? NULL : "", 0, fin, 0, NULL), NULL));
+        gone = gw_sse_send_json(call, -1, NULL,
+                                chunk_obj(oc, stream_choice(ch, oc->chat ? NULL : "", 0, ch->finish, 0, NULL), NULL));
+        if (oc->n_ended < oc->n_jobs) goto out; /* other choices still run */
         /* usage only when asked, once, after the last choice (OpenAI's stream_options) */
-        if (!gone && oc->include_usage) gone = gw_sse_send_json(call, -1, NULL, chunk_obj(oc, NULL, usage_json(c)));
+        if (!gone && oc->include_usage) gone = gw_sse_send_json(call, -1, NULL, chunk_obj(oc, NULL, usage_json(oc)));
     }
     if (!gone) gw_sse_send(call, -1, NULL, "[DONE]", 6);
     gw_sse_end(call);
@@ -241,39 +317,65 @@ out:
     gw_call_unref(call);
 }
 
+/* best_of: rank the choices by their sum of logprobs, highest first (ties:
+ * the lower choice first); the first n are returned, as index 0..n-1. */
+static void rank_choices(oai_call *oc, oai_choice **order) {
+    for (int i = 0; i < oc->n_jobs; i++) order[i] = &oc->ch[i];
+    if (oc->n_jobs == oc->n) return;
+    for (int i = 1; i < oc->n_jobs; i++) /* insertion sort, stable: at most GW_MAX_CHOICES */
+        for (int j = i; j > 0 && order[j]->cum_lp > order[j - 1]->cum_lp; j--) {
+            oai_choice *t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    for (int i = 0; i < oc->n_jobs; i++) order[i]->index = i;
+}
+
 static void on_collect_chunk(void *ud, const proto_chunk *c) {
-    oai_call *oc = ud;
+    oai_choice *ch = ud;
+    oai_call *oc = ch->oc;
     gw_call *call = &oc->base;
-    oai_admitted(oc);
-    if (c && c->text_len) proto_buf_append(&oc->text, c->text, c->text_len);
-    if (c && oc->lp) {
-        if (oc->chat) gw_lp_chat_add(oc->lp, c);
-        else gw_lp_completion_add(oc->lp, c, &oc->lp_offset);
+    oai_admitted(ch);
+    if (c && c->text_len) proto_buf_append(&ch->text, c->text, c->text_len);
+    if (c && ch->lp) {
+        if (oc->chat) gw_lp_chat_add(ch->lp, c);
+        else gw_lp_completion_add(ch->lp, c, &ch->lp_offset);
     }
+    if (oc->n_jobs > oc->n) add_cum_lp(ch, c);
     if (c && !c->finish) return;
-    oc->ended = 1;
+    choice_end(ch, c);
     http_conn *conn = call->conn;
     if (is_error(c)) {
         reply_job_error(oc, c);
+        cancel_jobs(oc); /* one choice failed: the response did */
         oai_finish(oc);
         return;
     }
-    json_t *text = gw_json_text(oc->text.data, oc->text.len);
-    json_t *fin = json_string(c ? c->finish : "stop");
-    json_t *lp = json_null();
-    if (oc->lp) { /* handed over to the response */
-        lp = oc->chat ? json_pack("{s:o}", "content", oc->lp) : oc->lp;
-        oc->lp = NULL;
+    if (oc->n_ended < oc->n_jobs) return; /* other choices still run */
+    oai_choice *order[GW_MAX_CHOICES];
+    rank_choices(oc, order);
+    json_t *choices = json_array();
+    for (int i = 0; i < oc->n; i++) {
+        oai_choice *o = order[i];
+        json_t *text = gw_json_text(o->text.data, o->text.len);
+        json_t *fin = json_string(o->finish);
+        json_t *lp = json_null();
+        if (o->lp && oc->logprobs) { /* handed over to the response */
+            lp = oc->chat ? json_pack("{s:o}", "content", o->lp) : o->lp;
+            o->lp = NULL;
+        }
+        json_t *choice;
+        if (oc->chat)
+            choice = json_pack("{s:i, s:{s:s, s:o}, s:o, s:o}", "index", o->index, "message", "role", "assistant",
+                               "content", text, "logprobs", lp, "finish_reason", fin);
+        else
+            choice = json_pack("{s:i, s:o, s:o, s:o}", "index", o->index, "text", text, "logprobs", lp,
+                               "finish_reason", fin);
+        json_array_append_new(choices, choice);
     }
-    json_t *choice;
-    if (oc->chat)
-        choice = json_pack("{s:i, s:{s:s, s:o}, s:o, s:o}", "index", 0, "message", "role", "assistant", "content", text,
-                           "logprobs", lp, "finish_reason", fin);
-    else
-        choice = json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "text", text, "logprobs", lp, "finish_reason", fin);
-    json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:o}", "id", oc->resp_id, "object",
+    json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", oc->resp_id, "object",
                              oc->chat ? "chat.completion" : "text_completion", "created", (json_int_t)oc->created,
-                             "model", call->model, "choices", choice, "usage", usage_json(c));
+                             "model", call->model, "choices", choices, "usage", usage_json(oc));
     gw_reply_json(conn, 200, resp, NULL);
     oai_finish(oc);
 }
@@ -282,26 +384,38 @@ static void on_collect_chunk(void *ud, const proto_chunk *c) {
 
 static void on_queue_timeout(struct ev_loop *loop, ev_timer *w, int revents);
 
-/* The job hash's state when the queue timeout fired: still `queued` means no
- * worker admitted it.  A worker that admits it between this answer and the
+/* The first choice not known to be admitted (or NULL). */
+static oai_choice *unadmitted(oai_call *oc) {
+    for (int i = 0; i < oc->n_sent; i++)
+        if (!oc->ch[i].admitted) return &oc->ch[i];
+    return NULL;
+}
+
+/* The job hash's state of a choice not yet known admitted when the queue
+ * timeout fired: still `queued` means no worker admitted it, and the whole
+ * response is given up.  A worker that admits it between this answer and the
  * cancel finds the cancel flag and ends it at its first step. */
 static void on_queue_state(redisAsyncContext *ac, void *reply, void *priv) {
     oai_call *oc = priv;
     redisReply *r = reply;
-    if (oc->base.done || oc->admitted) goto out;
+    oai_choice *ch = unadmitted(oc);
+    if (oc->base.done || !ch) goto out;
     if (!r || r->type == REDIS_REPLY_ERROR) { /* cannot tell: ask again shortly */
         ev_timer_set(&oc->queue_w, QUEUE_RECHECK, 0.);
         ev_timer_start(oc->base.g->loop, &oc->queue_w);
         goto out;
     }
     if (r->type != REDIS_REPLY_STRING || strcmp(r->str, "queued") != 0) { /* running, or already final */
-        oai_admitted(oc);
+        oai_admitted(ch);
+        if (unadmitted(oc)) { /* the next one */
+            ev_timer_set(&oc->queue_w, 0., 0.);
+            ev_timer_start(oc->base.g->loop, &oc->queue_w);
+        }
         goto out;
     }
-    log_info("job %s: not admitted within --queue-timeout %g s: cancelled (503)", oc->base.id,
+    log_info("job %s: not admitted within --queue-timeout %g s: cancelled (503)", ch->id,
              oc->base.g->cfg.queue_timeout);
-    cancel_job(oc);
-    oc->ended = 1;
+    cancel_jobs(oc);
     gw_reply_error(oc->base.conn, 503, "service_unavailable", NULL, "queue_timeout",
                    "no worker took the job within %g s (--queue-timeout); it was cancelled: retry later",
                    oc->base.g->cfg.queue_timeout);
@@ -312,9 +426,10 @@ out:
 
 static void on_queue_timeout(struct ev_loop *loop, ev_timer *w, int revents) {
     oai_call *oc = container_of(w, oai_call, queue_w);
-    if (oc->base.done || oc->admitted) return;
+    oai_choice *ch = unadmitted(oc);
+    if (oc->base.done || !ch) return;
     char job[KEYS_MAX];
-    keys_job(&oc->base.g->keys, oc->base.id, job, sizeof job);
+    keys_job(&oc->base.g->keys, ch->id, job, sizeof job);
     rcmd c;
     rcmd_init(&c);
     rcmd_str(&c, "HGET");
@@ -328,30 +443,60 @@ static void on_queue_timeout(struct ev_loop *loop, ev_timer *w, int revents) {
 
 /* ---------------------------------------------------------------- submission */
 
+/* Choice i's seed: the request's for choice 0, else the i-th output of
+ * SplitMix64 started at it, so that choice i is the same whatever n is
+ * (docs/protocol.md "n and best_of"). */
+static uint64_t choice_seed(uint64_t seed, int i) {
+    if (i == 0) return seed;
+    uint64_t z = seed + (uint64_t)i * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static void on_submitted(gw_call *call, int status, const char *msg);
+
+/* Submit the next choice's job (oc->n_sent of them were); 0, or -1 when
+ * Redis is down. */
+static int submit_next(oai_call *oc) {
+    oai_choice *ch = &oc->ch[oc->n_sent];
+    llmq_err err;
+    if (oc->n_sent > 0 && keys_new_id(ch->id, &err) != LLMQ_OK) return -1;
+    snprintf(oc->base.id, sizeof oc->base.id, "%s", ch->id); /* gw_submit submits call->id */
+    free(oc->req.id);
+    oc->req.id = strdup(ch->id);
+    if (oc->req.has_seed) oc->req.seed = choice_seed(oc->seed, oc->n_sent);
+    int rc = oc->req.id ? gw_submit(&oc->base, &oc->req, on_submitted) : -1;
+    snprintf(oc->base.id, sizeof oc->base.id, "%s", oc->ch[0].id);
+    if (rc == 0) ch->sent = 1;
+    return rc;
+}
+
 static void on_submitted(gw_call *call, int status, const char *msg) {
     oai_call *oc = (oai_call *)call;
-    if (status == 429) {
-        gw_reply_refused(call, msg);
-        return oai_finish(oc);
-    }
-    if (status == 503) {
-        gw_reply_redis_down(call->conn);
-        return oai_finish(oc);
-    }
     if (status) {
-        gw_reply_error(call->conn, 500, "server_error", NULL, NULL, "submitting the job failed: %s", msg);
+        cancel_jobs(oc); /* the choices already submitted */
+        if (status == 429) gw_reply_refused(call, msg);
+        else if (status == 503) gw_reply_redis_down(call->conn);
+        else gw_reply_error(call->conn, 500, "server_error", NULL, NULL, "submitting the job failed: %s", msg);
         return oai_finish(oc);
     }
-    /* a stream's headers wait for the job's first event (see the top) */
-    call->watch = jobwatch_start(&call->g->watches, call->id, 0, oc->stream ? on_stream_chunk : on_collect_chunk, oc);
-    if (!call->watch) {
-        cancel_job(oc);
+    oai_choice *ch = &oc->ch[oc->n_sent++];
+    /* a stream's headers wait for a job's first event (see the top) */
+    ch->watch = jobwatch_start(&call->g->watches, ch->id, 0, oc->stream ? on_stream_chunk : on_collect_chunk, ch);
+    if (!ch->watch) {
+        cancel_jobs(oc);
         gw_reply_error(call->conn, 500, "server_error", NULL, NULL, "out of memory");
         return oai_finish(oc);
     }
-    if (call->g->cfg.queue_timeout > 0 && !oc->admitted) {
+    if (oc->n_sent == 1 && call->g->cfg.queue_timeout > 0 && !ch->admitted) {
         ev_timer_set(&oc->queue_w, call->g->cfg.queue_timeout, 0.);
         ev_timer_start(call->g->loop, &oc->queue_w);
+    }
+    if (oc->n_sent < oc->n_jobs && submit_next(oc) != 0) {
+        cancel_jobs(oc);
+        gw_reply_redis_down(call->conn);
+        return oai_finish(oc);
     }
 }
 
@@ -365,35 +510,45 @@ void gw_route_openai(gw *g, http_conn *c, http_request *req, int chat) {
     oai_call *oc = (oai_call *)gw_call_new(g, c, req, sizeof *oc, oai_cleanup);
     if (oc) {
         ev_init(&oc->queue_w, on_queue_timeout);
-        http_conn_on_close(c, on_client_gone, oc); /* instead of gw_call_new's: also cancel the job */
+        http_conn_on_close(c, on_client_gone, oc); /* instead of gw_call_new's: also cancel the jobs */
+        oc->req = p.r; /* owned by the call from here on */
+        oc->has_req = 1;
+        oc->n = p.n;
+        oc->n_jobs = p.best_of;
+        for (int i = 0; i < GW_MAX_CHOICES; i++) {
+            oc->ch[i].oc = oc;
+            oc->ch[i].index = i;
+            proto_buf_init(&oc->ch[i].text);
+        }
+    } else {
+        proto_request_deinit(&p.r);
     }
     llmq_err err;
     if (!oc || keys_new_id(oc->base.id, &err) != LLMQ_OK) {
-        proto_request_deinit(&p.r);
         gw_reply_error(c, 500, "server_error", NULL, NULL, "cannot create a job id");
         if (oc) gw_call_finish(&oc->base);
         return;
     }
+    snprintf(oc->ch[0].id, sizeof oc->ch[0].id, "%s", oc->base.id);
     oc->chat = chat;
     oc->stream = p.stream;
     oc->include_usage = p.include_usage;
-    oc->logprobs = p.r.logprobs != PROTO_UNSET;
+    oc->logprobs = oc->req.logprobs != PROTO_UNSET;
     oc->guide_param = p.guide_param;
-    if (oc->logprobs && !oc->stream && !(oc->lp = chat ? json_array() : gw_lp_completion_new())) {
-        proto_request_deinit(&p.r);
-        gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
-        oai_finish(oc);
-        return;
-    }
+    oc->seed = oc->req.seed;
+    /* best_of ranks by the sampled tokens' logprobs: the jobs send them
+     * even when the client did not ask (then they are not returned) */
+    if (oc->n_jobs > oc->n && !oc->logprobs) oc->req.logprobs = 0;
+    for (int i = 0; i < oc->n_jobs; i++)
+        if (oc->logprobs && !oc->stream && !(oc->ch[i].lp = chat ? json_array() : gw_lp_completion_new())) {
+            gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
+            oai_finish(oc);
+            return;
+        }
     oc->created = gw_now_ms() / 1000;
     snprintf(oc->resp_id, sizeof oc->resp_id, "%s-%s", chat ? "chatcmpl" : "cmpl", oc->base.id);
-    p.r.id = strdup(oc->base.id);
-    int rc = p.r.id ? gw_submit(&oc->base, &p.r, on_submitted) : -1;
-    proto_request_deinit(&p.r);
-    if (rc != 0) {
+    if (submit_next(oc) != 0) {
         gw_reply_redis_down(c);
         oai_finish(oc);
-        return;
     }
-    oc->sent = 1;
 }

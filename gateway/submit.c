@@ -436,8 +436,17 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
     }
 
     /* unsupported OpenAI features: refuse rather than silently ignore */
-    if ((rc = get_int(o, "n", 1, 1, &x, bad)) < 0) return bad_set(bad, 400, "n", "only n = 1 is supported");
-    if ((rc = get_int(o, "best_of", 1, 1, &x, bad)) < 0) return bad_set(bad, 400, "best_of", "only best_of = 1 is supported");
+    /* n and best_of: each choice is a job of its own (routes_openai.c); a job is one */
+    const int max_n = api == GW_API_JOBS ? 1 : GW_MAX_CHOICES;
+    if ((rc = get_int(o, "n", 1, max_n, &x, bad)) < 0)
+        return bad_set(bad, 400, "n", "'n' must be an integer from 1 to %d", max_n);
+    p->n = rc > 0 ? (int)x : 1;
+    const int max_best = api == GW_API_COMPLETIONS ? GW_MAX_CHOICES : 1;
+    if ((rc = get_int(o, "best_of", 1, max_best, &x, bad)) < 0)
+        return max_best == 1 ? bad_set(bad, 400, "best_of", "'best_of' is only supported by /v1/completions")
+                             : bad_set(bad, 400, "best_of", "'best_of' must be an integer from 1 to %d", max_best);
+    p->best_of = rc > 0 ? (int)x : p->n;
+    if (p->best_of < p->n) return bad_set(bad, 400, "best_of", "'best_of' must be at least 'n' (%d)", p->n);
     if (get_bool(o, "echo", &b, bad) < 0) return -1;
     if (api == GW_API_COMPLETIONS && field(o, "echo") && b) return bad_set(bad, 400, "echo", "'echo' is not supported");
     if (field(o, "suffix")) return bad_set(bad, 400, "suffix", "'suffix' is not supported");
@@ -543,6 +552,9 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
             if (!json_is_object(so)) return bad_set(bad, 400, "stream_options", "'stream_options' must be an object");
             if (get_bool(so, "include_usage", &p->include_usage, bad) < 0) return -1;
         }
+        /* as OpenAI: the choices not returned cannot have been streamed */
+        if (p->stream && p->best_of > p->n)
+            return bad_set(bad, 400, "best_of", "'best_of' greater than 'n' cannot be streamed");
     }
 
     llmq_err err;

@@ -22,10 +22,14 @@ typedef struct gw_bad {
     char msg[512];
 } gw_bad;
 
+#define GW_MAX_CHOICES 16 /* most `n` and `best_of` (docs/protocol.md): each choice is a job */
+
 typedef struct gw_parsed {
     proto_request r;             /* owned: proto_request_deinit */
     int stream;                  /* "stream": true */
     int include_usage;           /* "stream_options": {"include_usage": true} */
+    int n;                       /* choices to return, 1..GW_MAX_CHOICES (1 for the job API) */
+    int best_of;                 /* choices to generate (completions), n..GW_MAX_CHOICES; else n */
     const char *guide_param;     /* the body field r's `guide` came from ("response_format",
                                     "guided_json", ...), NULL when unconstrained: the `param`
                                     of the worker's refusal of the constraint */

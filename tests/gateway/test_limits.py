@@ -164,7 +164,7 @@ def test_logprobs_and_n(gateway):
     err(gateway, "/v1/chat/completions", {"model": "m1", "messages": [{"role": "user", "content": "x"}],
                                           "logprobs": False, "top_logprobs": 21}, 400, "top_logprobs")
     err(gateway, "/v1/jobs", {"model": "m1", "prompt": "x", "logprobs": 21}, 400, "logprobs")
-    err(gateway, "/v1/completions", {"model": "m1", "prompt": "x", "n": 2}, 400, "n")
+    err(gateway, "/v1/completions", {"model": "m1", "prompt": "x", "n": 17}, 400, "n")  # 1..16
 
 
 def test_request_line_and_headers(gateway):

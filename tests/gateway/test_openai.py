@@ -176,7 +176,7 @@ def test_errors_through_openai_client(gateway):
         c.completions.create(model="m1", prompt="x", temperature="hot")
     assert e.value.body["param"] == "temperature"
     with pytest.raises(openai.BadRequestError) as e:
-        c.chat.completions.create(model="m1", messages=[{"role": "user", "content": "x"}], n=2)
+        c.chat.completions.create(model="m1", messages=[{"role": "user", "content": "x"}], n=17)
     assert e.value.body["param"] == "n"
 
 
