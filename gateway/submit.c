@@ -208,6 +208,12 @@ static int parse_messages(const json_t *v, proto_request *r, gw_bad *bad) {
         } else {
             return bad_set(bad, 400, "messages", "messages[%zu].content must be a string, not %s", i, jtype(content));
         }
+        /* an assistant turn's calls, for the chat template (OpenAI's shape, checked by the worker) */
+        const json_t *calls = field(m, "tool_calls");
+        if (calls && !json_is_array(calls))
+            return bad_set(bad, 400, "messages", "messages[%zu].tool_calls must be an array, not %s", i, jtype(calls));
+        if (calls && json_array_size(calls) && !(r->messages[i].tool_calls = json_dumps(calls, JSON_COMPACT)))
+            return bad_set(bad, 500, NULL, "out of memory");
         total += strlen(r->messages[i].content);
         if (total > PROTO_MAX_PROMPT_BYTES)
             return bad_set(bad, 400, "messages", "the contents of 'messages' are longer than %d bytes",
@@ -389,6 +395,76 @@ static int parse_guide(const json_t *o, gw_parsed *p, gw_bad *bad) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- tools */
+
+/* OpenAI function names, which the worker's call grammar quotes as they are. */
+static int tool_name_ok(const char *s) {
+    size_t n = strlen(s);
+    return n >= 1 && n <= 64 &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n;
+}
+
+/* Chat `tools` ([{"type":"function","function":{"name","description"?,"parameters"?}}])
+ * and `tool_choice` ("none" | "auto" | "required" | {"type":"function","function":{"name"}})
+ * to the request's tools, tool_choice and tool_name (docs/protocol.md "Tool
+ * calls").  "none" sends no tools: not rendered, not parsed, as OpenAI. */
+static int parse_tools(gw_api api, const json_t *o, gw_parsed *p, gw_bad *bad) {
+    proto_request *r = &p->r;
+    const json_t *tools = field(o, "tools"), *choice = field(o, "tool_choice");
+    if (tools && !json_is_array(tools)) return bad_set(bad, 400, "tools", "'tools' must be an array, not %s", jtype(tools));
+    if (!tools || !json_array_size(tools)) {
+        if (choice && !(json_is_string(choice) && !strcmp(json_string_value(choice), "none")))
+            return bad_set(bad, 400, "tool_choice", "'tool_choice' needs 'tools'");
+        return 0;
+    }
+    if (api != GW_API_CHAT || r->kind != PROTO_PROMPT_MESSAGES)
+        return bad_set(bad, 400, "tools", "'tools' are only for /v1/chat/completions");
+    for (size_t i = 0; i < json_array_size(tools); i++) {
+        const json_t *t = json_array_get(tools, i);
+        const json_t *type = json_is_object(t) ? field(t, "type") : NULL;
+        const json_t *fn = json_is_object(t) ? field(t, "function") : NULL;
+        if (!json_is_string(type) || strcmp(json_string_value(type), "function") || !json_is_object(fn))
+            return bad_set(bad, 400, "tools", "tools[%zu] must be {\"type\": \"function\", \"function\": {...}}", i);
+        const json_t *name = field(fn, "name"), *desc = field(fn, "description"), *params = field(fn, "parameters");
+        if (!json_is_string(name) || !tool_name_ok(json_string_value(name)))
+            return bad_set(bad, 400, "tools",
+                           "tools[%zu].function.name must be 1 to 64 letters, digits, underscores or dashes", i);
+        if (desc && !json_is_string(desc))
+            return bad_set(bad, 400, "tools", "tools[%zu].function.description must be a string", i);
+        if (params && !json_is_object(params))
+            return bad_set(bad, 400, "tools", "tools[%zu].function.parameters must be a JSON Schema object", i);
+    }
+    const char *mode = "auto", *named = NULL;
+    if (json_is_string(choice)) {
+        mode = json_string_value(choice);
+        if (strcmp(mode, "none") && strcmp(mode, "auto") && strcmp(mode, "required"))
+            return bad_set(bad, 400, "tool_choice", "'tool_choice' must be none, auto, required or a named function");
+    } else if (choice) {
+        const json_t *fn = json_is_object(choice) ? field(choice, "function") : NULL;
+        const json_t *name = json_is_object(fn) ? field(fn, "name") : NULL;
+        if (!json_is_string(name))
+            return bad_set(bad, 400, "tool_choice",
+                           "'tool_choice' must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+        named = json_string_value(name);
+        int found = 0;
+        for (size_t i = 0; i < json_array_size(tools) && !found; i++)
+            found = !strcmp(named, json_string_value(field(field(json_array_get(tools, i), "function"), "name")));
+        if (!found) return bad_set(bad, 400, "tool_choice", "'tool_choice' names '%.64s', which is none of the tools", named);
+    }
+    if (!strcmp(mode, "none")) return 0;
+    /* a forced call is a constraint, and a job has one */
+    if ((named || !strcmp(mode, "required")) && r->guide_type != PROTO_GUIDE_NONE)
+        return bad_set(bad, 400, "tool_choice", "'tool_choice' %s cannot be combined with '%s'",
+                       named ? "naming a function" : "required", p->guide_param ? p->guide_param : "response_format");
+    if (json_is_true(field(o, "stream")))
+        return bad_set(bad, 400, "stream", "streaming with tools is not supported yet: send 'stream': false");
+    if (!(r->tools = json_dumps(tools, JSON_COMPACT))) return bad_set(bad, 500, NULL, "out of memory");
+    if (strlen(r->tools) > PROTO_MAX_GUIDE_BYTES)
+        return bad_set(bad, 400, "tools", "'tools' is longer than %d bytes", PROTO_MAX_GUIDE_BYTES);
+    if (named) return set_str(&r->tool_name, named, bad);
+    return strcmp(mode, "required") ? 0 : set_str(&r->tool_choice, "required", bad);
+}
+
 /* ---------------------------------------------------------------- the body */
 
 static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad *bad) {
@@ -453,10 +529,8 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
     const json_t *lb = field(o, "logit_bias");
     if (lb && (!json_is_object(lb) || json_object_size(lb) > 0))
         return bad_set(bad, 400, "logit_bias", "'logit_bias' is not supported");
-    const json_t *tools = field(o, "tools");
-    if (tools && (!json_is_array(tools) || json_array_size(tools) > 0))
-        return bad_set(bad, 400, "tools", "'tools' are not supported");
     if (parse_guide(o, p, bad)) return -1;
+    if (parse_tools(api, o, p, bad)) return -1;
 
     /* sampling */
     long long maxcap = g->cfg.max_tokens_limit > 0 ? g->cfg.max_tokens_limit : INT32_MAX;

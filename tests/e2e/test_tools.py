@@ -1,0 +1,137 @@
+"""OpenAI tools on chat completions end to end (issue 21): the official
+`openai` client against the real llmq-gateway, redis-server and llmq-worker
+on stories260K (a 2048-token context; no chat template: chatml, the Hermes/Qwen tool format) with
+llguidance.
+
+  - tool_choice "required" and a named function: the worker constrains the
+    output to one <tool_call> of the tools' parameter schemas, the gateway
+    parses it: message.tool_calls (id call_..., type function, arguments JSON
+    text that validates with `jsonschema`), content null, finish_reason
+    "tool_calls";
+  - "auto": a story model writes a story: plain content, finish "stop"/"length";
+  - "none": the tools are not rendered (the prompt is as without them);
+  - a history with an assistant's tool_calls and a "tool" turn is accepted;
+  - malformed tools, an unknown named function, streaming with tools,
+    tool_choice with response_format: a 400 naming the field.
+
+How tools are rendered (byte for byte against Qwen2.5's Jinja template) and
+how tool-call texts parse are C unit tests (test_tok_chat, test_toolcall).
+"""
+import json
+import os
+
+import jsonschema
+import openai
+import pytest
+
+from worker_util import Gateway, Worker
+
+try:
+    import llguidance
+    LIB = os.path.dirname(llguidance.__file__)
+except ImportError:  # make deps installs it into .venv
+    LIB = None
+
+# small: stories260K has a 512-token context and a 512-entry vocabulary
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
+                                            "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+           "required": ["city", "days"], "additionalProperties": False}
+TIME = {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"],
+        "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "time", "parameters": TIME}}]
+SCHEMAS = {"weather": WEATHER, "time": TIME}
+MSGS = [{"role": "user", "content": "Weather?"}]
+
+
+@pytest.fixture(scope="module")
+def fleet(shared_dir, tmp_path_factory):
+    from llmqtest import RedisServer, free_port
+    if LIB is None:
+        pytest.skip("llguidance is not installed in this python (make deps)")
+    tmp = tmp_path_factory.mktemp("tools")
+    srv = RedisServer(tmp, free_port()).start()
+    # the Qwen tools preamble alone is ~450 tokens of a 512-entry vocabulary: the
+    # model's copy with a 2048-token context (RoPE runs past its training)
+    d = tmp / "stories2k"
+    d.mkdir()
+    src = shared_dir / "models" / "stories260K"
+    for f in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "generation_config.json"):
+        (d / f).symlink_to(src / f)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["max_position_embeddings"] = 2048
+    (d / "config.json").write_text(json.dumps(cfg))
+    w = Worker(d, srv.url, "stories", tmp / "w.log", "--llguidance", LIB)
+    gw = None
+    try:
+        gw = Gateway(srv.url, tmp / "gw.log")
+        yield openai.OpenAI(base_url=gw.base + "/v1", api_key="unused", max_retries=0, timeout=120)
+    finally:
+        if gw:
+            gw.stop()
+        w.stop()
+        srv.stop()
+
+
+def check_call(choice, names):
+    m = choice.message
+    assert choice.finish_reason == "tool_calls", choice
+    assert m.content is None, m
+    assert len(m.tool_calls) == 1, m
+    tc = m.tool_calls[0]
+    assert tc.type == "function" and tc.id.startswith("call_") and len(tc.id) > 10, tc
+    assert tc.function.name in names, tc
+    jsonschema.validate(json.loads(tc.function.arguments), SCHEMAS[tc.function.name])
+    return tc
+
+
+def test_required_and_named_calls(fleet):
+    ids = set()
+    for seed in range(3):  # sampled, several seeds: the constraint, not luck, makes the call
+        r = fleet.chat.completions.create(model="stories", messages=MSGS, tools=TOOLS, tool_choice="required",
+                                          seed=seed, max_tokens=120)
+        ids.add(check_call(r.choices[0], SCHEMAS).id)
+    assert len(ids) == 3  # random ids
+    r = fleet.chat.completions.create(model="stories", messages=MSGS, tools=TOOLS, seed=1, max_tokens=120,
+                                      tool_choice={"type": "function", "function": {"name": "time"}})
+    assert check_call(r.choices[0], ["time"]).function.name == "time"
+
+
+def test_auto_and_none(fleet):
+    r = fleet.chat.completions.create(model="stories", messages=MSGS, tools=TOOLS, tool_choice="auto",
+                                      temperature=0, max_tokens=8)
+    c = r.choices[0]
+    assert c.message.tool_calls is None and c.message.content and c.finish_reason in ("stop", "length"), c
+    # "none": tools are not rendered, so the prompt is the plain one (same token count)
+    plain = fleet.chat.completions.create(model="stories", messages=MSGS, temperature=0, max_tokens=1)
+    none = fleet.chat.completions.create(model="stories", messages=MSGS, tools=TOOLS, tool_choice="none",
+                                         temperature=0, max_tokens=1)
+    assert none.usage.prompt_tokens == plain.usage.prompt_tokens
+    assert r.usage.prompt_tokens > plain.usage.prompt_tokens + 100  # "auto" rendered them
+
+
+def test_history_with_calls(fleet):
+    msgs = MSGS + [{"role": "assistant", "content": None,
+                    "tool_calls": [{"id": "call_1", "type": "function",
+                                    "function": {"name": "time", "arguments": "{\"zone\": \"UTC\"}"}}]},
+                   {"role": "tool", "tool_call_id": "call_1", "content": "12:00"}]
+    r = fleet.chat.completions.create(model="stories", messages=msgs, tools=TOOLS, temperature=0, max_tokens=4)
+    base = fleet.chat.completions.create(model="stories", messages=MSGS, tools=TOOLS, temperature=0, max_tokens=1)
+    assert r.usage.prompt_tokens > base.usage.prompt_tokens + 10
+
+
+@pytest.mark.parametrize("kw,param", [
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools"),
+    ({"tools": [{"type": "retrieval"}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}, "tools"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": TOOLS, "stream": True}, "stream"),
+    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
+])
+def test_refused(fleet, kw, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        fleet.chat.completions.create(model="stories", messages=MSGS, max_tokens=4, **kw)
+    assert e.value.status_code == 400 and e.value.body["param"] == param, e.value.body
