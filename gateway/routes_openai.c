@@ -37,7 +37,6 @@
 #include "gateway/gw.h"
 #include "gateway/logprobs.h"
 #include "gateway/submit.h"
-#include "gateway/toolcalls.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 #define QUEUE_RECHECK 1.0 /* s before asking again when Redis could not say whether the job was admitted */
@@ -72,7 +71,6 @@ typedef struct oai_call {
     int64_t created;             /* Unix seconds */
     int logprobs;                /* the request asked for logprobs */
     const char *guide_param;     /* the body field of its constraint (static), NULL for none */
-    int tools;                   /* chat with tools: the texts' calls become tool_calls */
     int n;                       /* choices returned */
     int n_jobs;                  /* choices generated: best_of (>= n) */
     int n_sent;                  /* submissions acknowledged so far (they go one after another) */
@@ -359,10 +357,8 @@ static void on_collect_chunk(void *ud, const proto_chunk *c) {
     json_t *choices = json_array();
     for (int i = 0; i < oc->n; i++) {
         oai_choice *o = order[i];
-        json_t *text = oc->chat ? NULL : gw_json_text(o->text.data, o->text.len);
-        const char *finish = o->finish;
-        json_t *msg = oc->chat ? gw_chat_message(o->text.data, o->text.len, oc->tools, &finish) : NULL;
-        json_t *fin = json_string(finish);
+        json_t *text = gw_json_text(o->text.data, o->text.len);
+        json_t *fin = json_string(o->finish);
         json_t *lp = json_null();
         if (o->lp && oc->logprobs) { /* handed over to the response */
             lp = oc->chat ? json_pack("{s:o}", "content", o->lp) : o->lp;
@@ -370,8 +366,8 @@ static void on_collect_chunk(void *ud, const proto_chunk *c) {
         }
         json_t *choice;
         if (oc->chat)
-            choice = json_pack("{s:i, s:o, s:o, s:o}", "index", o->index, "message", msg, "logprobs", lp,
-                               "finish_reason", fin);
+            choice = json_pack("{s:i, s:{s:s, s:o}, s:o, s:o}", "index", o->index, "message", "role", "assistant",
+                               "content", text, "logprobs", lp, "finish_reason", fin);
         else
             choice = json_pack("{s:i, s:o, s:o, s:o}", "index", o->index, "text", text, "logprobs", lp,
                                "finish_reason", fin);
@@ -479,7 +475,8 @@ static int submit_next(oai_call *oc) {
 static void on_submitted(gw_call *call, int status, const char *msg) {
     oai_call *oc = (oai_call *)call;
     if (status) {
-        cancel_jobs(oc); /* the choices already submitted */
+        oc->ch[oc->n_sent].sent = 0; /* refused (or unknown): no job of its own to cancel */
+        cancel_jobs(oc);             /* the choices already submitted */
         if (status == 429) gw_reply_refused(call, msg);
         else if (status == 503) gw_reply_redis_down(call->conn);
         else gw_reply_error(call->conn, 500, "server_error", NULL, NULL, "submitting the job failed: %s", msg);
@@ -539,7 +536,6 @@ void gw_route_openai(gw *g, http_conn *c, http_request *req, int chat) {
     oc->include_usage = p.include_usage;
     oc->logprobs = oc->req.logprobs != PROTO_UNSET;
     oc->guide_param = p.guide_param;
-    oc->tools = oc->req.tools != NULL;
     oc->seed = oc->req.seed;
     /* best_of ranks by the sampled tokens' logprobs: the jobs send them
      * even when the client did not ask (then they are not returned) */

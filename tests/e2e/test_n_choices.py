@@ -173,3 +173,22 @@ def test_disconnect_cancels_every_choice(fleet, stream):
     wait_final(r, jids, timeout=60)
     hashes = [job(r, j) for j in jids]
     assert [h["state"] for h in hashes] == ["cancelled"] * 3, hashes
+
+
+def test_a_refused_choice_cancels_those_submitted(fleet, tmp_path):
+    """--max-queue 2 on a model no worker serves: choices 0 and 1 are queued,
+    choice 2 is refused (429), and the whole request with it."""
+    _, r, _ = fleet
+    url = f"redis://127.0.0.1:{r.connection_pool.connection_kwargs['port']}"
+    gw2 = Gateway(url, tmp_path / "gw2.log", "--models", "idle", "--max-queue", 2)
+    try:
+        before = job_ids(r)
+        c = openai.OpenAI(base_url=gw2.base + "/v1", api_key="unused", max_retries=0, timeout=30)
+        with pytest.raises(openai.RateLimitError):
+            c.completions.create(model="idle", prompt=PROMPT, max_tokens=2, n=3)
+        jids = sorted(job_ids(r) - before)
+        assert len(jids) == 2
+        wait_final(r, jids, timeout=10)
+        assert [job(r, j)["state"] for j in jids] == ["cancelled"] * 2
+    finally:
+        gw2.stop()
