@@ -37,6 +37,7 @@
 #include "gateway/gw.h"
 #include "gateway/logprobs.h"
 #include "gateway/submit.h"
+#include "gateway/toolcalls.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 #define QUEUE_RECHECK 1.0 /* s before asking again when Redis could not say whether the job was admitted */
@@ -71,6 +72,7 @@ typedef struct oai_call {
     int64_t created;             /* Unix seconds */
     int logprobs;                /* the request asked for logprobs */
     const char *guide_param;     /* the body field of its constraint (static), NULL for none */
+    int tools;                   /* chat with tools: the texts' calls become tool_calls */
     int n;                       /* choices returned */
     int n_jobs;                  /* choices generated: best_of (>= n) */
     int n_sent;                  /* submissions acknowledged so far (they go one after another) */
@@ -357,8 +359,10 @@ static void on_collect_chunk(void *ud, const proto_chunk *c) {
     json_t *choices = json_array();
     for (int i = 0; i < oc->n; i++) {
         oai_choice *o = order[i];
-        json_t *text = gw_json_text(o->text.data, o->text.len);
-        json_t *fin = json_string(o->finish);
+        json_t *text = oc->chat ? NULL : gw_json_text(o->text.data, o->text.len);
+        const char *finish = o->finish;
+        json_t *msg = oc->chat ? gw_chat_message(o->text.data, o->text.len, oc->tools, &finish) : NULL;
+        json_t *fin = json_string(finish);
         json_t *lp = json_null();
         if (o->lp && oc->logprobs) { /* handed over to the response */
             lp = oc->chat ? json_pack("{s:o}", "content", o->lp) : o->lp;
@@ -366,8 +370,8 @@ static void on_collect_chunk(void *ud, const proto_chunk *c) {
         }
         json_t *choice;
         if (oc->chat)
-            choice = json_pack("{s:i, s:{s:s, s:o}, s:o, s:o}", "index", o->index, "message", "role", "assistant",
-                               "content", text, "logprobs", lp, "finish_reason", fin);
+            choice = json_pack("{s:i, s:o, s:o, s:o}", "index", o->index, "message", msg, "logprobs", lp,
+                               "finish_reason", fin);
         else
             choice = json_pack("{s:i, s:o, s:o, s:o}", "index", o->index, "text", text, "logprobs", lp,
                                "finish_reason", fin);
@@ -536,6 +540,7 @@ void gw_route_openai(gw *g, http_conn *c, http_request *req, int chat) {
     oc->include_usage = p.include_usage;
     oc->logprobs = oc->req.logprobs != PROTO_UNSET;
     oc->guide_param = p.guide_param;
+    oc->tools = oc->req.tools != NULL;
     oc->seed = oc->req.seed;
     /* best_of ranks by the sampled tokens' logprobs: the jobs send them
      * even when the client did not ask (then they are not returned) */
