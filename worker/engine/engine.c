@@ -270,12 +270,10 @@ void eng_destroy(engine *e) {
     free(e);
 }
 
-/* Check the step against the limits and fill the host index arrays. */
-static llmq_status plan_step(engine *e, const eng_seq *seqs, int n_seqs, int *n_tok, int *n_out, int *max_blocks,
-                             llmq_err *err) {
-    const model_config *c = &e->m->cfg;
-    if (n_seqs <= 0 || n_seqs > e->opts.max_seqs)
-        return llmq_err_set(err, LLMQ_ERR_INVALID, "step: %d sequences (limit %d)", n_seqs, e->opts.max_seqs);
+llmq_status eng_step_check(const model_config *c, const eng_opts *o, int max_bt, const eng_seq *seqs, int n_seqs,
+                           int *total_tokens, int *max_blocks, llmq_err *err) {
+    if (n_seqs <= 0 || n_seqs > o->max_seqs)
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "step: %d sequences (limit %d)", n_seqs, o->max_seqs);
     int total = 0, mb = 1;
     for (int s = 0; s < n_seqs; s++) {
         const eng_seq *q = &seqs[s];
@@ -283,14 +281,14 @@ static llmq_status plan_step(engine *e, const eng_seq *seqs, int n_seqs, int *n_
         if (q->n_tokens <= 0 || q->start_pos < 0)
             return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has %d tokens at position %d", s,
                                 q->n_tokens, q->start_pos);
-        if (end > c->max_position_embeddings || end > e->max_bt * ENG_BLOCK_SIZE)
+        if (end > c->max_position_embeddings || end > max_bt * ENG_BLOCK_SIZE)
             return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d reaches position %d beyond the context (%d)",
                                 s, end, c->max_position_embeddings);
-        if (q->n_blocks * ENG_BLOCK_SIZE < end || q->n_blocks > e->max_bt)
+        if (q->n_blocks * ENG_BLOCK_SIZE < end || q->n_blocks > max_bt)
             return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has %d blocks for %d positions", s,
                                 q->n_blocks, end);
         for (int b = 0; b < q->n_blocks; b++)
-            if (q->block_table[b] < 0 || q->block_table[b] >= e->opts.n_blocks)
+            if (q->block_table[b] < 0 || q->block_table[b] >= o->n_blocks)
                 return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has block id %d out of range", s,
                                     q->block_table[b]);
         for (int t = 0; t < q->n_tokens; t++)
@@ -298,10 +296,21 @@ static llmq_status plan_step(engine *e, const eng_seq *seqs, int n_seqs, int *n_
                 return llmq_err_set(err, LLMQ_ERR_INVALID, "step: token id %d outside the vocabulary (%d)",
                                     q->tokens[t], c->vocab_size);
         total += q->n_tokens;
-        if (total > e->opts.max_tokens)
-            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: more than %d tokens", e->opts.max_tokens);
+        if (total > o->max_tokens)
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: more than %d tokens", o->max_tokens);
         if (q->n_blocks > mb) mb = q->n_blocks;
     }
+    *total_tokens = total;
+    *max_blocks = mb;
+    return LLMQ_OK;
+}
+
+/* Check the step against the limits and fill the host index arrays. */
+static llmq_status plan_step(engine *e, const eng_seq *seqs, int n_seqs, int *n_tok, int *n_out, int *max_blocks,
+                             llmq_err *err) {
+    int total, mb;
+    llmq_status st = eng_step_check(&e->m->cfg, &e->opts, e->max_bt, seqs, n_seqs, &total, &mb, err);
+    if (st) return st;
     /* A decode step's block tables padded to a power of two (at least 16
      * blocks, one attention partition of the CUDA kernel; at most the
      * context): the step's shape then changes only when the longest

@@ -62,6 +62,13 @@ size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype act_dt);
  */
 llmq_status eng_step(engine *e, const eng_seq *seqs, int n_seqs, float *logits, llmq_err *err);
 
+/* The limits eng_step checks (also the synthetic engine's): at most
+ * o->max_seqs sequences and o->max_tokens tokens, positions within the
+ * context and max_bt blocks, block ids below o->n_blocks, token ids in the
+ * vocabulary.  Sets the step's tokens and its longest block table. */
+llmq_status eng_step_check(const model_config *c, const eng_opts *o, int max_bt, const eng_seq *seqs, int n_seqs,
+                           int *total_tokens, int *max_blocks, llmq_err *err);
+
 /*
  * Tensor parallelism.  The leader (rank 0) calls eng_step as above: it first
  * broadcasts the step plan (token ids, positions, block tables, sequence

@@ -182,40 +182,9 @@ static size_t slot_of(const eng_seq *q, int p) {
 }
 
 /* The limits of eng_step (engine.c plan_step), with its messages. */
-static llmq_status check_step(const synth *y, const eng_seq *seqs, int n_seqs, llmq_err *err) {
-    const model_config *c = y->cfg;
-    if (n_seqs <= 0 || n_seqs > y->opts.max_seqs)
-        return llmq_err_set(err, LLMQ_ERR_INVALID, "step: %d sequences (limit %d)", n_seqs, y->opts.max_seqs);
-    int total = 0;
-    for (int s = 0; s < n_seqs; s++) {
-        const eng_seq *q = &seqs[s];
-        const int end = q->start_pos + q->n_tokens;
-        if (q->n_tokens <= 0 || q->start_pos < 0)
-            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has %d tokens at position %d", s,
-                                q->n_tokens, q->start_pos);
-        if (end > c->max_position_embeddings || end > y->max_bt * ENG_BLOCK_SIZE)
-            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d reaches position %d beyond the context (%d)",
-                                s, end, c->max_position_embeddings);
-        if (q->n_blocks * ENG_BLOCK_SIZE < end || q->n_blocks > y->max_bt)
-            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has %d blocks for %d positions", s,
-                                q->n_blocks, end);
-        for (int b = 0; b < q->n_blocks; b++)
-            if (q->block_table[b] < 0 || q->block_table[b] >= y->opts.n_blocks)
-                return llmq_err_set(err, LLMQ_ERR_INVALID, "step: sequence %d has block id %d out of range", s,
-                                    q->block_table[b]);
-        for (int t = 0; t < q->n_tokens; t++)
-            if (q->tokens[t] < 0 || q->tokens[t] >= c->vocab_size)
-                return llmq_err_set(err, LLMQ_ERR_INVALID, "step: token id %d outside the vocabulary (%d)",
-                                    q->tokens[t], c->vocab_size);
-        total += q->n_tokens;
-        if (total > y->opts.max_tokens)
-            return llmq_err_set(err, LLMQ_ERR_INVALID, "step: more than %d tokens", y->opts.max_tokens);
-    }
-    return LLMQ_OK;
-}
-
 llmq_status synth_step(synth *y, const eng_seq *seqs, int n_seqs, float *logits, llmq_err *err) {
-    llmq_status st = check_step(y, seqs, n_seqs, err);
+    int total, mb;
+    llmq_status st = eng_step_check(y->cfg, &y->opts, y->max_bt, seqs, n_seqs, &total, &mb, err);
     if (st) return st;
     const int V = y->cfg->vocab_size;
     int row = 0;

@@ -251,6 +251,19 @@ static llmq_status check_alternation(const chat_msg *m, size_t n, llmq_err *err)
     return LLMQ_OK;
 }
 
+/* The end of a rendering: the text to the caller, or the error (out of
+ * memory when the buffer failed) with the buffer freed. */
+static llmq_status render_done(sbuf *b, llmq_status st, char **out, size_t *len, llmq_err *err) {
+    if (!st && b->oom) st = llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory rendering a chat prompt");
+    if (st) {
+        free(b->p);
+        return st;
+    }
+    *out = b->p;
+    if (len) *len = b->len;
+    return LLMQ_OK;
+}
+
 static llmq_status render_llama2(const chat_template *ct, const chat_msg *m, size_t n, sbuf *b, llmq_err *err) {
     const char *sys = NULL;
     if (n && is_role(&m[0], "system")) sys = m[0].content, m++, n--;
@@ -481,14 +494,7 @@ llmq_status chat_render_tools(const chat_template *ct, const chat_msg *msgs, siz
     puts_(&b, "");
     llmq_status st = render_chatml_tools(ct, msgs, n, t, add_generation_prompt, &b, err);
     json_decref(t);
-    if (!st && b.oom) st = llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory rendering a chat prompt");
-    if (st) {
-        free(b.p);
-        return st;
-    }
-    *out = b.p;
-    if (len) *len = b.len;
-    return LLMQ_OK;
+    return render_done(&b, st, out, len, err);
 }
 
 /* One alternative of the call grammar: the Hermes call of `fn` with its
@@ -580,12 +586,5 @@ llmq_status chat_render(const chat_template *ct, const chat_msg *msgs, size_t n,
         st = llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "no chat template (choose one of %s)", chat_family_names());
         break;
     }
-    if (!st && b.oom) st = llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory rendering a chat prompt");
-    if (st) {
-        free(b.p);
-        return st;
-    }
-    *out = b.p;
-    if (len) *len = b.len;
-    return LLMQ_OK;
+    return render_done(&b, st, out, len, err);
 }
