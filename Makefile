@@ -26,7 +26,14 @@ BUILD     ?= build-$(SANITIZER)
 endif
 
 CC        ?= cc
+# The base -march.  x86-64: AVX2 (x86-64-v3), the floor this project runs on;
+# the CPU kernels add their AVX-512 paths per file and choose at run time
+# (kernels/cpu/isa.h), so the binary does not depend on the build machine.
+ifeq ($(shell $(CC) -dumpmachine | grep -c '^x86_64'),1)
+ARCH      ?= x86-64-v3
+else
 ARCH      ?= native
+endif
 ifeq ($(SANITIZER),)
 OPT       ?= -O2
 else
@@ -193,6 +200,19 @@ clean:
 
 # Kernels are hot loops: let the compiler vectorize them fully.
 $(BUILD)/obj/kernels/%.o: CFLAGS += -O3
+
+# ISA variants of a CPU kernel (kernels/cpu/isa.h): <op>_<isa>.c is compiled
+# for that ISA whatever ARCH is (a later -march wins), and the backend picks
+# one at run time; so one binary carries every path.  x86-64 only: elsewhere
+# the files compile to nothing (they test __x86_64__).
+ifeq ($(shell $(CC) -dumpmachine | grep -c '^x86_64'),1)
+ISA_AVX2       := -march=x86-64-v3
+ISA_AVX512     := -march=x86-64-v4 -mprefer-vector-width=512
+ISA_AVX512BF16 := $(ISA_AVX512) -mavx512bf16
+$(BUILD)/obj/kernels/cpu/%_avx2.o: CFLAGS += $(ISA_AVX2)
+$(BUILD)/obj/kernels/cpu/%_avx512.o: CFLAGS += $(ISA_AVX512)
+$(BUILD)/obj/kernels/cpu/%_avx512bf16.o: CFLAGS += $(ISA_AVX512BF16)
+endif
 
 # Keep objects of test programs between runs.
 .SECONDARY:

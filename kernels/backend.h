@@ -249,6 +249,8 @@ struct llmq_backend {
     const be_ops *ops;
     llmq_dtype act_dt;   /* element type of activation and KV buffers */
     void *impl;          /* backend private state */
+    const char *isa;     /* the kernels' instruction-set path ("avx2", "avx512bf16", kernels/cpu/isa.h);
+                          * NULL where a backend has no such choice */
     llmq_err err;        /* first asynchronous error, if any */
 };
 

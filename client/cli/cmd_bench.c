@@ -248,16 +248,16 @@ int cmd_bench(int argc, char **argv) {
     const double rss = proc_status_bytes("VmRSS"), rss_anon = proc_status_bytes("RssAnon"),
                  rss_file = proc_status_bytes("RssFile");
     if (json) {
-        printf("{\"model\":\"%s\",\"dtype\":\"%s\",\"threads\":%d,\"weight_bytes\":%zu,\"read_bw_gbs\":%.2f,"
+        printf("{\"model\":\"%s\",\"dtype\":\"%s\",\"isa\":\"%s\",\"threads\":%d,\"weight_bytes\":%zu,\"read_bw_gbs\":%.2f,"
                "\"decode_1_tok_s\":%.2f,\"decode_8_tok_s\":%.2f,\"decode_32_tok_s\":%.2f,\"prefill_tok_s\":%.1f,"
                "\"roofline_ratio\":%.3f,\"batch32_over_1\":%.2f,\"est_weight_bytes\":%.0f,\"rss_bytes\":%.0f,"
                "\"rss_anon_bytes\":%.0f,\"rss_file_bytes\":%.0f,\"step_bytes_1\":%zu,\"step_bytes_8\":%zu,"
                "\"step_bytes_32\":%zu,\"prefill_tokens\":%d}\n",
-               dir, llmq_dtype_name(m->wdt), omp_get_max_threads(), step_bytes, bw, d1, d8, d32, pf, roof,
+               dir, llmq_dtype_name(m->wdt), be->isa ? be->isa : "", omp_get_max_threads(), step_bytes, bw, d1, d8, d32, pf, roof,
                d32 / d1, est_weights, rss, rss_anon, rss_file, step_bytes, step_bytes_8, step_bytes_32, prefill_len);
     } else {
-        printf("model %s (%s, %.1f MB read per decode step, %d threads)\n", dir, llmq_dtype_name(m->wdt),
-               step_bytes / 1e6, omp_get_max_threads());
+        printf("model %s (%s, %.1f MB read per decode step, %d threads, kernels %s)\n", dir,
+               llmq_dtype_name(m->wdt), step_bytes / 1e6, omp_get_max_threads(), be->isa ? be->isa : "-");
         printf("  memory read bandwidth     %8.2f GB/s\n", bw);
         printf("  decode, 1 sequence        %8.2f tok/s  (%.0f%% of roofline %.1f tok/s)\n", d1, roof * 100,
                bw * 1e9 / step_bytes);

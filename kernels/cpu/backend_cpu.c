@@ -179,6 +179,8 @@ static const be_ops cpu_ref_ops = {
 };
 
 llmq_backend *cpu_backend_create(int reference, llmq_err *err) {
+    cpu_isa isa = CPU_ISA_GENERIC;
+    if (!reference && cpu_isa_select(&isa, err)) return NULL;
     llmq_backend *be = calloc(1, sizeof *be);
     cpu_impl *impl = calloc(1, sizeof *impl);
     int nt = omp_get_max_threads();
@@ -191,10 +193,12 @@ llmq_backend *cpu_backend_create(int reference, llmq_err *err) {
         return NULL;
     }
     impl->reference = reference;
+    impl->isa = isa;
     impl->n_threads = nt > 0 ? nt : 1;
     impl->scratch = scratch;
     be->ops = reference ? &cpu_ref_ops : &cpu_fast_ops;
     be->act_dt = LLMQ_F32;
     be->impl = impl;
+    be->isa = reference ? "scalar" : cpu_isa_name(isa);
     return be;
 }

@@ -17,11 +17,13 @@
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/dtype.h"
 
 /* Per-thread scratch for converted weight tiles, grown outside parallel regions. */
 typedef struct cpu_impl {
     int reference;     /* 1 = cpu-ref */
+    cpu_isa isa;       /* the path the fast ops take (isa.h); cpu-ref ignores it */
     int n_threads;     /* omp_get_max_threads() at creation */
     float **scratch;   /* [n_threads] buffers of scratch_cap floats */
     size_t scratch_cap;

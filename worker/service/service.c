@@ -297,9 +297,10 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     if (sv->rt->tok && (st = svc_pieces_build(&sv->pieces, sv->rt->tok, cfg->vocab_size, err))) goto out;
     if ((st = guide_start(sv, cfg, err))) goto out;
     blocks = eng_n_blocks(sv->rt->eng);
-    log_info("model %s loaded from %s: %s, %d layers, %.1f MB of weights on rank 0 of %d; KV cache %d blocks "
-             "(%.1f MiB)", o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers, sv->rt->m->weight_bytes / 1e6, world,
-             blocks,
+    log_info("model %s loaded from %s: %s, %d layers, %.1f MB of weights on rank 0 of %d (backend %s%s%s); KV "
+             "cache %d blocks (%.1f MiB)", o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers,
+             sv->rt->m->weight_bytes / 1e6, world, sv->rt->be->ops->name, sv->rt->be->isa ? ", kernels " : "",
+             sv->rt->be->isa ? sv->rt->be->isa : "", blocks,
              (double)blocks * ENG_BLOCK_SIZE * eng_kv_bytes_per_token(cfg, sv->rt->be->act_dt) / 1048576.0);
     if ((st = connect_all(sv, err))) goto out;
     if (o->metrics_port > 0 && (st = svc_health_start(sv, err))) goto out;
