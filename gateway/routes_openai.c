@@ -34,6 +34,7 @@
 
 #include "common/jobops.h"
 #include "common/log.h"
+#include "common/toolcall.h"
 #include "gateway/gw.h"
 #include "gateway/logprobs.h"
 #include "gateway/submit.h"
@@ -61,6 +62,7 @@ typedef struct oai_choice {
     int ended;                   /* its final chunk came: nothing left to cancel */
     int admitted;                /* a worker took it (a chunk came, or its state left queued) */
     int begun;                   /* stream, chat: its role delta was sent */
+    toolcall_stream *tc;         /* stream, chat with tools: its text through the tool-call parser */
 } oai_choice;
 
 typedef struct oai_call {
@@ -72,7 +74,8 @@ typedef struct oai_call {
     int64_t created;             /* Unix seconds */
     int logprobs;                /* the request asked for logprobs */
     const char *guide_param;     /* the body field of its constraint (static), NULL for none */
-    int tools;                   /* chat with tools: the texts' calls become tool_calls */
+    json_t *tools;               /* chat with tools: the request's array (the texts' calls become tool_calls) */
+    int max_calls;               /* tool calls per choice: 1 with parallel_tool_calls false, 0 = any */
     int n;                       /* choices returned */
     int n_jobs;                  /* choices generated: best_of (>= n) */
     int n_sent;                  /* submissions acknowledged so far (they go one after another) */
@@ -99,7 +102,9 @@ static void oai_cleanup(gw_call *call) {
     for (int i = 0; i < GW_MAX_CHOICES; i++) {
         proto_buf_deinit(&oc->ch[i].text);
         json_decref(oc->ch[i].lp);
+        toolcall_stream_free(oc->ch[i].tc);
     }
+    json_decref(oc->tools);
     if (oc->has_req) proto_request_deinit(&oc->req);
 }
 
@@ -197,14 +202,16 @@ static json_t *chunk_obj(oai_call *oc, json_t *choice, json_t *usage) {
     return o;
 }
 
-/* lp: the choice's logprobs (stolen), NULL for null. */
-static json_t *stream_choice(oai_choice *ch, const char *text, size_t len, const char *finish, int role, json_t *lp) {
+/* lp: the choice's logprobs (stolen), NULL for null; calls: delta.tool_calls (stolen), NULL for none. */
+static json_t *stream_choice(oai_choice *ch, const char *text, size_t len, const char *finish, int role, json_t *lp,
+                             json_t *calls) {
     json_t *fin = finish ? json_string(finish) : json_null();
     if (!lp) lp = json_null();
     if (ch->oc->chat) {
         json_t *delta = json_object();
         if (role) json_object_set_new(delta, "role", json_string("assistant"));
         if (text) json_object_set_new(delta, "content", gw_json_text(text, len));
+        if (calls) json_object_set_new(delta, "tool_calls", calls);
         return json_pack("{s:i, s:o, s:o, s:o}", "index", ch->index, "delta", delta, "logprobs", lp, "finish_reason",
                          fin);
     }
@@ -265,6 +272,27 @@ static void add_cum_lp(oai_choice *ch, const proto_chunk *c) {
         for (size_t k = 0; k < c->n_ids; k++) ch->cum_lp += c->lp[k].tok.logprob;
 }
 
+/* A choice with tools: the chunk's text (c NULL: the end) through its parser,
+ * and what it lets out as a chunk: content, tool_calls deltas (content held
+ * back while a call may begin, common/toolcall.h).  -1 when the client is gone. */
+static int send_tools_delta(oai_choice *ch, const proto_chunk *c) {
+    oai_call *oc = ch->oc;
+    toolcall_delta d;
+    if (toolcall_stream_feed(ch->tc, c && c->text ? c->text : "", c ? c->text_len : 0, !c || c->finish, &d))
+        log_warn("job %s: out of memory parsing its tool calls", ch->id);
+    int gone = 0;
+    if (d.content_len || d.tool_calls || (oc->logprobs && c && c->n_ids)) {
+        json_t *calls = d.tool_calls;
+        d.tool_calls = NULL;
+        const char *text = d.content_len || !calls ? (d.content ? d.content : "") : NULL;
+        gone = gw_sse_send_json(&oc->base, -1, NULL,
+                                chunk_obj(oc, stream_choice(ch, text, d.content_len, NULL, 0, chunk_logprobs(ch, c), calls),
+                                          NULL));
+    }
+    toolcall_delta_clear(&d);
+    return gone;
+}
+
 /* The stream's first event: the SSE headers.  -1 when the client is gone. */
 static int stream_begin(oai_call *oc) {
     oc->begun = 1;
@@ -292,12 +320,15 @@ static void on_stream_chunk(void *ud, const proto_chunk *c) {
     }
     if (!gone && !failed && oc->chat && !ch->begun) { /* each choice's first delta has the role */
         ch->begun = 1;
-        gone = gw_sse_send_json(call, -1, NULL, chunk_obj(oc, stream_choice(ch, "", 0, NULL, 1, NULL), NULL));
+        gone = gw_sse_send_json(call, -1, NULL, chunk_obj(oc, stream_choice(ch, "", 0, NULL, 1, NULL, NULL), NULL));
     }
-    if (!gone && c && !failed && (c->text_len || (oc->logprobs && c->n_ids)))
+    if (!gone && !failed && ch->tc)
+        gone = send_tools_delta(ch, c);
+    else if (!gone && c && !failed && (c->text_len || (oc->logprobs && c->n_ids)))
         gone = gw_sse_send_json(
             call, -1, NULL,
-            chunk_obj(oc, stream_choice(ch, c->text ? c->text : "", c->text_len, NULL, 0, chunk_logprobs(ch, c)), NULL));
+            chunk_obj(oc, stream_choice(ch, c->text ? c->text : "", c->text_len, NULL, 0, chunk_logprobs(ch, c), NULL),
+                      NULL));
     if (!gone && c && !c->finish) goto out;
     if (!gone && failed) { /* failed after the output began: an error event (vLLM's shape), then [DONE] */
         job_err e = job_error(oc, c);
@@ -306,8 +337,9 @@ static void on_stream_chunk(void *ud, const proto_chunk *c) {
                                 json_pack("{s:{s:s, s:s, s:n, s:i}}", "error", "message", e.msg, "type", e.type,
                                           "param", "code", e.status));
     } else if (!gone) {
+        const char *finish = ch->tc ? gw_tools_finish(ch->finish, toolcall_stream_calls(ch->tc)) : ch->finish;
         gone = gw_sse_send_json(call, -1, NULL,
-                                chunk_obj(oc, stream_choice(ch, oc->chat ? NULL : "", 0, ch->finish, 0, NULL), NULL));
+                                chunk_obj(oc, stream_choice(ch, oc->chat ? NULL : "", 0, finish, 0, NULL, NULL), NULL));
         if (oc->n_ended < oc->n_jobs) goto out; /* other choices still run */
         /* usage only when asked, once, after the last choice (OpenAI's stream_options) */
         if (!gone && oc->include_usage) gone = gw_sse_send_json(call, -1, NULL, chunk_obj(oc, NULL, usage_json(oc)));
@@ -361,7 +393,7 @@ static void on_collect_chunk(void *ud, const proto_chunk *c) {
         oai_choice *o = order[i];
         json_t *text = oc->chat ? NULL : gw_json_text(o->text.data, o->text.len);
         const char *finish = o->finish;
-        json_t *msg = oc->chat ? gw_chat_message(o->text.data, o->text.len, oc->tools, &finish) : NULL;
+        json_t *msg = oc->chat ? gw_chat_message(o->text.data, o->text.len, oc->tools, oc->max_calls, &finish) : NULL;
         json_t *fin = json_string(finish);
         json_t *lp = json_null();
         if (o->lp && oc->logprobs) { /* handed over to the response */
@@ -540,13 +572,15 @@ void gw_route_openai(gw *g, http_conn *c, http_request *req, int chat) {
     oc->include_usage = p.include_usage;
     oc->logprobs = oc->req.logprobs != PROTO_UNSET;
     oc->guide_param = p.guide_param;
-    oc->tools = oc->req.tools != NULL;
+    oc->tools = oc->req.tools ? json_loads(oc->req.tools, 0, NULL) : NULL; /* checked by the parse */
+    oc->max_calls = p.max_tool_calls;
     oc->seed = oc->req.seed;
     /* best_of ranks by the sampled tokens' logprobs: the jobs send them
      * even when the client did not ask (then they are not returned) */
     if (oc->n_jobs > oc->n && !oc->logprobs) oc->req.logprobs = 0;
     for (int i = 0; i < oc->n_jobs; i++)
-        if (oc->logprobs && !oc->stream && !(oc->ch[i].lp = chat ? json_array() : gw_lp_completion_new())) {
+        if ((oc->logprobs && !oc->stream && !(oc->ch[i].lp = chat ? json_array() : gw_lp_completion_new())) ||
+            (oc->req.tools && (!oc->tools || (oc->stream && !(oc->ch[i].tc = toolcall_stream_new(oc->tools, oc->max_calls)))))) {
             gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
             oai_finish(oc);
             return;

@@ -411,6 +411,9 @@ static int tool_name_ok(const char *s) {
 static int parse_tools(gw_api api, const json_t *o, gw_parsed *p, gw_bad *bad) {
     proto_request *r = &p->r;
     const json_t *tools = field(o, "tools"), *choice = field(o, "tool_choice");
+    int parallel = 1;
+    if (get_bool(o, "parallel_tool_calls", &parallel, bad) < 0) return -1;
+    p->max_tool_calls = parallel ? 0 : 1;
     if (tools && !json_is_array(tools)) return bad_set(bad, 400, "tools", "'tools' must be an array, not %s", jtype(tools));
     if (!tools || !json_array_size(tools)) {
         if (choice && !(json_is_string(choice) && !strcmp(json_string_value(choice), "none")))
@@ -456,8 +459,6 @@ static int parse_tools(gw_api api, const json_t *o, gw_parsed *p, gw_bad *bad) {
     if ((named || !strcmp(mode, "required")) && r->guide_type != PROTO_GUIDE_NONE)
         return bad_set(bad, 400, "tool_choice", "'tool_choice' %s cannot be combined with '%s'",
                        named ? "naming a function" : "required", p->guide_param ? p->guide_param : "response_format");
-    if (json_is_true(field(o, "stream")))
-        return bad_set(bad, 400, "stream", "streaming with tools is not supported yet: send 'stream': false");
     if (!(r->tools = json_dumps(tools, JSON_COMPACT))) return bad_set(bad, 500, NULL, "out of memory");
     if (strlen(r->tools) > PROTO_MAX_GUIDE_BYTES)
         return bad_set(bad, 400, "tools", "'tools' is longer than %d bytes", PROTO_MAX_GUIDE_BYTES);

@@ -33,6 +33,8 @@ typedef struct gw_parsed {
     const char *guide_param;     /* the body field r's `guide` came from ("response_format",
                                     "guided_json", ...), NULL when unconstrained: the `param`
                                     of the worker's refusal of the constraint */
+    int max_tool_calls;          /* tool calls parsed per choice: 1 with "parallel_tool_calls":
+                                    false, else 0 (any number) */
 } gw_parsed;
 
 /* Parse and validate a JSON body.  0 on success (p->r filled, model served),

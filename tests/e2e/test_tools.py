@@ -11,14 +11,23 @@ llguidance.
   - "auto": a story model writes a story: plain content, finish "stop"/"length";
   - "none": the tools are not rendered (the prompt is as without them);
   - a history with an assistant's tool_calls and a "tool" turn is accepted;
-  - malformed tools, an unknown named function, streaming with tools,
-    tool_choice with response_format: a 400 naming the field.
+  - streamed (the openai client's stream and its accumulating helper, and raw
+    SSE): the first delta of a call has index, id, type and name, then its
+    arguments come in fragments, the last chunk says "tool_calls", and what was
+    streamed adds up to the answer without `stream` (same seed); "auto"
+    streams the story as content;
+  - parallel_tool_calls false is taken (at most one call);
+  - malformed tools, an unknown named function, tool_choice with
+    response_format, a parallel_tool_calls that is not a boolean: a 400
+    naming the field.
 
 How tools are rendered (byte for byte against Qwen2.5's Jinja template) and
 how tool-call texts parse are C unit tests (test_tok_chat, test_toolcall).
 """
+import http.client
 import json
 import os
+import urllib.parse
 
 import jsonschema
 import openai
@@ -128,10 +137,95 @@ def test_history_with_calls(fleet):
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
-    ({"tools": TOOLS, "stream": True}, "stream"),
+    ({"tools": TOOLS, "parallel_tool_calls": "no"}, "parallel_tool_calls"),
     ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
 ])
 def test_refused(fleet, kw, param):
     with pytest.raises(openai.BadRequestError) as e:
         fleet.chat.completions.create(model="stories", messages=MSGS, max_tokens=4, **kw)
     assert e.value.status_code == 400 and e.value.body["param"] == param, e.value.body
+
+
+def accumulate(chunks):
+    """The streamed choice 0 put together as an OpenAI client does: content,
+    tool calls by index (checking each delta's shape), finish_reason."""
+    content, calls, finish = "", [], None
+    for ch in chunks:
+        if not ch.choices:
+            continue
+        c = ch.choices[0]
+        d = c.delta
+        content += d.content or ""
+        for tc in d.tool_calls or []:
+            if tc.index == len(calls):  # a call's first delta: id, type, name
+                assert tc.id.startswith("call_") and tc.type == "function" and tc.function.name, tc
+                calls.append({"id": tc.id, "name": tc.function.name, "arguments": tc.function.arguments or ""})
+            else:  # then only its arguments
+                assert tc.index == len(calls) - 1 and tc.id is None and tc.function.name is None, tc
+                calls[-1]["arguments"] += tc.function.arguments or ""
+        finish = c.finish_reason or finish
+    return content, calls, finish
+
+
+def test_stream_equals_whole(fleet):
+    for kw in ({"tool_choice": "required", "seed": 4},
+               {"tool_choice": {"type": "function", "function": {"name": "weather"}}, "seed": 5},
+               {"tool_choice": "required", "seed": 6, "parallel_tool_calls": False}):
+        whole = fleet.chat.completions.create(model="stories", messages=MSGS, tools=TOOLS, max_tokens=120, **kw)
+        chunks = list(fleet.chat.completions.create(model="stories", messages=MSGS, tools=TOOLS, max_tokens=120,
+                                                    stream=True, **kw))
+        content, calls, finish = accumulate(chunks)
+        w = whole.choices[0]
+        tc = check_call(w, SCHEMAS)
+        assert finish == "tool_calls" and content == "", (content, finish)
+        assert [(c["name"], c["arguments"]) for c in calls] == [(tc.function.name, tc.function.arguments)]
+        # the arguments came in fragments, the first with the name
+        frags = [t for ch in chunks if ch.choices for t in (ch.choices[0].delta.tool_calls or [])]
+        assert len(frags) >= 3 and frags[0].function.name and not frags[1].function.name, frags
+    # the client's own accumulator (openai's ChatCompletionStreamState) agrees
+    with fleet.chat.completions.stream(model="stories", messages=MSGS, tools=TOOLS, tool_choice="required", seed=4,
+                                       max_tokens=120) as st:
+        final = st.get_final_completion()
+    c = final.choices[0]
+    assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1, c
+    jsonschema.validate(json.loads(c.message.tool_calls[0].function.arguments),
+                        SCHEMAS[c.message.tool_calls[0].function.name])
+
+
+def test_stream_auto_content(fleet):
+    whole = fleet.chat.completions.create(model="stories", messages=MSGS, tools=TOOLS, temperature=0, max_tokens=24)
+    content, calls, finish = accumulate(fleet.chat.completions.create(
+        model="stories", messages=MSGS, tools=TOOLS, temperature=0, max_tokens=24, stream=True))
+    w = whole.choices[0]
+    assert w.message.tool_calls is None and not calls
+    assert content == w.message.content and finish == w.finish_reason, (content, w)
+
+
+def test_stream_raw_sse(fleet):
+    """The bytes on the wire: data: lines of chat.completion.chunk objects, a
+    call's first delta exactly {index, id, type, function: {name, arguments: ""}},
+    the last choice chunk an empty delta with finish_reason tool_calls, [DONE]."""
+    u = urllib.parse.urlsplit(str(fleet.base_url))
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    body = {"model": "stories", "messages": MSGS, "tools": TOOLS, "seed": 2, "max_tokens": 120, "stream": True,
+            "tool_choice": {"type": "function", "function": {"name": "time"}}}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
+    events = [ln[6:] for ln in r.read().decode().split("\n") if ln.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    objs = [json.loads(e) for e in events[:-1]]
+    assert all(o["object"] == "chat.completion.chunk" for o in objs)
+    deltas = [o["choices"][0]["delta"] for o in objs if o["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    tcs = [d for d in deltas if "tool_calls" in d]
+    assert all("content" not in d for d in tcs), tcs
+    first = tcs[0]["tool_calls"][0]
+    assert set(first) == {"index", "id", "type", "function"} and first["index"] == 0 and first["type"] == "function"
+    assert first["function"]["name"] == "time" and first["id"].startswith("call_")
+    args = "".join(t["function"].get("arguments", "") for d in tcs for t in d["tool_calls"])
+    jsonschema.validate(json.loads(args), TIME)
+    assert all(set(t) == {"index", "function"} and set(t["function"]) == {"arguments"}
+               for d in tcs[1:] for t in d["tool_calls"])
+    last = objs[-1]["choices"][0]
+    assert last["delta"] == {} and last["finish_reason"] == "tool_calls", last
