@@ -16,6 +16,10 @@
  * fixed-order horizontal sum, then the scalar tail with fmaf — so a row's
  * result never depends on the batch (backend.h).
  *
+ * This is the "generic" path (isa.h); the avx2 and avx512 paths are the
+ * same scheme in qmatmul_tmpl.h (qmatmul_avx2.c, qmatmul_avx512.c), chosen
+ * at run time by cpu_impl.isa.
+ *
  * Reference path: dequantize a row (llmq_dequantize_row), then a plain
  * double-precision dot product.
  */
@@ -24,6 +28,7 @@
 #include <stdlib.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/qmatmul_isa.h"
 #include "kernels/quant.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -237,6 +242,17 @@ static void tile_q4(const be_weight *w, int r0, int rows, int k, const float *x,
 
 void cpu_qmatmul(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n) {
     cpu_impl *impl = be->impl;
+#if defined(__x86_64__)
+    /* the wider paths (qmatmul_tmpl.h); this file's code is "generic" */
+    if (impl->isa == CPU_ISA_AVX2) {
+        cpu_qmatmul_avx2(be, out, x, w, bias, n);
+        return;
+    }
+    if (impl->isa >= CPU_ISA_AVX512) {
+        cpu_qmatmul_avx512(be, out, x, w, bias, n);
+        return;
+    }
+#endif
     const int k = w->cols, m = w->rows;
     const int widen = n > QMATMUL_DIRECT_MAX_N;
     int tile = 16;

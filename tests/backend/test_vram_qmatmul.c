@@ -11,6 +11,11 @@
  *  - batch invariance: a row computed alone is bitwise the row computed in
  *    a batch, across the register (n <= 4) and the scratch (n > 4) paths;
  *  - the packing documented in quant.h, checked on a hand-made row.
+ * The fast backend's checks run once per instruction-set path this
+ * processor supports (kernels/cpu/isa.h, LLMQ_CPU_ISA at creation): each
+ * path against the oracle and invariant on its own; k not a multiple of
+ * 8 / 16 / 32 or of the group, Q4 groups of 8 mod 16 (a 16-lane step then
+ * straddles two groups).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -24,24 +29,34 @@
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/quant.h"
 #include "tests/unit/testutil.h"
 
 #define SENTINEL 12345.678f
 #define GUARD 16
 
-static llmq_backend *fast, *ref;
+/* fasts[p]: the fast backend on the p-th supported path (isas[p]) */
+static llmq_backend *fasts[CPU_ISA_COUNT], *ref;
+static cpu_isa isas[CPU_ISA_COUNT];
+static int n_isa;
 
 static int setup(void **st) {
     (void)st;
-    fast = llmq_backend_create("cpu", NULL);
+    n_isa = cpu_isa_list(isas);
+    for (int p = 0; p < n_isa; p++) {
+        setenv("LLMQ_CPU_ISA", cpu_isa_name(isas[p]), 1);
+        fasts[p] = llmq_backend_create("cpu", NULL);
+        if (!fasts[p] || strcmp(fasts[p]->isa, cpu_isa_name(isas[p]))) return -1;
+    }
+    unsetenv("LLMQ_CPU_ISA");
     ref = llmq_backend_create("cpu-ref", NULL);
-    return fast && ref ? 0 : -1;
+    return n_isa > 0 && ref ? 0 : -1;
 }
 
 static int teardown(void **st) {
     (void)st;
-    llmq_backend_destroy(fast);
+    for (int p = 0; p < n_isa; p++) llmq_backend_destroy(fasts[p]);
     llmq_backend_destroy(ref);
     return 0;
 }
@@ -159,17 +174,18 @@ static void test_q4_packing(void **st) {
 
 static void test_qmatmul_vs_dequantized(void **st) {
     (void)st;
-    static const int ns[] = {1, 2, 3, 4, 5, 7, 33};
-    static const int ks[] = {1, 7, 8, 64, 100, 136, 768};
+    static const int ns[] = {1, 2, 3, 4, 5, 7, 13, 33};
+    static const int ks[] = {1, 7, 8, 40, 100, 136, 296, 768};
     static const int ms[] = {1, 3, 4, 17, 64};
-    static const int groups[] = {32, 128};
+    /* 24 and 8: groups of 8 mod 16 (a 16-lane step straddles two groups) */
+    static const int groups[] = {32, 24, 128, 8};
     uint64_t rs = 99;
     int cases = 0;
     for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
         for (size_t b = 0; b < sizeof ks / sizeof ks[0]; b++)
             for (size_t c = 0; c < sizeof ms / sizeof ms[0]; c++)
                 for (int q = LLMQ_QUANT_INT8; q <= LLMQ_QUANT_INT4; q++) {
-                    const int n = ns[a], k = ks[b], m = ms[c], group = groups[(a + b) % 2];
+                    const int n = ns[a], k = ks[b], m = ms[c], group = groups[(a + b + c) % 4];
                     const int bf16 = (b + c) % 2; /* quantize from BF16 or F32 sources */
                     float *x = malloc(sizeof(float) * (size_t)n * k), *wf = malloc(sizeof(float) * (size_t)m * k);
                     float *bias = malloc(sizeof(float) * (size_t)m), *deq = malloc(sizeof(float) * (size_t)m * k);
@@ -185,24 +201,37 @@ static void test_qmatmul_vs_dequantized(void **st) {
                     for (int r = 0; r < m; r++) llmq_dequantize_row(deq + (size_t)r * k, &w, r);
                     be_weight plain = {deq, LLMQ_F32, m, k, k};
                     const float *bb = (c % 2) ? bias : NULL;
-                    float *o_fast = guarded((size_t)n * m), *o_ref = guarded((size_t)n * m);
-                    float *o_oracle = guarded((size_t)n * m);
-                    fast->ops->matmul(fast, o_fast, x, &w, bb, n);
+                    float *o_ref = guarded((size_t)n * m), *o_oracle = guarded((size_t)n * m);
                     ref->ops->matmul(ref, o_ref, x, &w, bb, n);
                     ref->ops->matmul(ref, o_oracle, x, &plain, bb, n);
-                    assert_int_equal(fast->err.code, LLMQ_OK);
-                    char what[128];
+                    char what[160];
                     snprintf(what, sizeof what, "%s g%d n=%d k=%d m=%d", llmq_dtype_name(w.dt), group, n, k, m);
-                    compare(o_fast, o_oracle, (size_t)n * m, 1e-5 * sqrt(k), 1e-5, what);
                     compare(o_ref, o_oracle, (size_t)n * m, 1e-6, 1e-6, what); /* same values, same double sum */
-                    float *one = guarded((size_t)m);
-                    for (int r = 0; r < n; r++) {
-                        fast->ops->matmul(fast, one, x + (size_t)r * k, &w, bb, 1);
-                        if (memcmp(one, o_fast + (size_t)r * m, sizeof(float) * m))
-                            fail_msg("%s: row %d alone differs from the batch", what, r);
+                    for (int p = 0; p < n_isa; p++) {
+                        llmq_backend *fast = fasts[p];
+                        snprintf(what, sizeof what, "%s %s g%d n=%d k=%d m=%d", fast->isa, llmq_dtype_name(w.dt),
+                                 group, n, k, m);
+                        float *o_fast = guarded((size_t)n * m);
+                        fast->ops->matmul(fast, o_fast, x, &w, bb, n);
+                        assert_int_equal(fast->err.code, LLMQ_OK);
+                        compare(o_fast, o_oracle, (size_t)n * m, 1e-5 * sqrt(k), 1e-5, what);
+                        /* each row alone (the register path) and the last n - 1
+                         * as a batch of their own: the same bits */
+                        float *one = guarded((size_t)m), *rest = guarded((size_t)n * m);
+                        for (int r = 0; r < n; r++) {
+                            fast->ops->matmul(fast, one, x + (size_t)r * k, &w, bb, 1);
+                            if (memcmp(one, o_fast + (size_t)r * m, sizeof(float) * m))
+                                fail_msg("%s: row %d alone differs from the batch", what, r);
+                        }
+                        if (n > 1) {
+                            fast->ops->matmul(fast, rest, x + k, &w, bb, n - 1);
+                            if (memcmp(rest, o_fast + m, sizeof(float) * (size_t)(n - 1) * m))
+                                fail_msg("%s: rows 1.. as a batch of %d differ from the batch", what, n - 1);
+                        }
+                        guarded_check_free(one, (size_t)m, what);
+                        guarded_check_free(rest, (size_t)n * m, what);
+                        guarded_check_free(o_fast, (size_t)n * m, what);
                     }
-                    guarded_check_free(one, (size_t)m, what);
-                    guarded_check_free(o_fast, (size_t)n * m, what);
                     guarded_check_free(o_ref, (size_t)n * m, what);
                     guarded_check_free(o_oracle, (size_t)n * m, what);
                     free(mem);
@@ -213,7 +242,7 @@ static void test_qmatmul_vs_dequantized(void **st) {
                     free(deq);
                     cases++;
                 }
-    assert_int_equal(cases, 7 * 7 * 5 * 2);
+    assert_int_equal(cases, 8 * 8 * 5 * 2);
 }
 
 /* A big matrix on the threaded path: every tile, every thread. */
@@ -233,11 +262,14 @@ static void test_qmatmul_large(void **st) {
         for (int r = 0; r < m; r++) llmq_dequantize_row(deq + (size_t)r * k, &w, r);
         be_weight plain = {deq, LLMQ_F32, m, k, k};
         for (int n = 1; n <= 9; n += 8) {
-            float *o = guarded((size_t)n * m), *want = guarded((size_t)n * m);
-            fast->ops->matmul(fast, o, x, &w, NULL, n);
+            float *want = guarded((size_t)n * m);
             ref->ops->matmul(ref, want, x, &plain, NULL, n);
-            compare(o, want, (size_t)n * m, 1e-4, 1e-5, llmq_dtype_name(w.dt));
-            guarded_check_free(o, (size_t)n * m, "large");
+            for (int p = 0; p < n_isa; p++) {
+                float *o = guarded((size_t)n * m);
+                fasts[p]->ops->matmul(fasts[p], o, x, &w, NULL, n);
+                compare(o, want, (size_t)n * m, 1e-4, 1e-5, fasts[p]->isa);
+                guarded_check_free(o, (size_t)n * m, "large");
+            }
             guarded_check_free(want, (size_t)n * m, "large");
         }
         free(mem);
