@@ -2,13 +2,14 @@
  * matmul.c — out[n, m] = x[n, k] . W[m, k]^T (+ bias), W in F32, F16 or BF16.
  *
  * Fast path: the rows of W are cut into tiles; OpenMP threads take whole
- * tiles.  A tile of F16/BF16 rows is first widened into the thread's F32
- * scratch (exact), then every (row, input) pair is one dot product run by a
- * register-blocked micro-kernel (4 rows x 3 inputs).  Each dot product uses
- * the same instruction sequence whatever the blocking — one 8-lane
- * accumulator over k, a fixed-order horizontal sum, then the scalar tail —
- * so the result for one token never depends on how many others share the
- * step (batch invariance, backend.h).
+ * tiles.  A tile is computed by the micro-kernel of the instruction-set path
+ * the backend chose (cpu_impl.isa, isa.h): matmul_tmpl.h instantiated for
+ * portable C vectors here ("generic"), for AVX2 (matmul_avx2.c) and AVX-512
+ * (matmul_avx512.c), and BF16 weights on AVX512-BF16 by vdpbf16ps
+ * (matmul_avx512bf16.c).  Each dot product is one instruction sequence
+ * fixed by the path and k, whatever the batch, the tile or the thread, so
+ * the result for one token never depends on how many others share the step
+ * (batch invariance, backend.h); two paths may differ in the last bits.
  *
  * Reference path: a plain double-precision triple loop.
  */
@@ -17,41 +18,30 @@
 #include <stdlib.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/matmul_isa.h"
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-typedef __m256 vf;
-static inline vf v_zero(void) { return _mm256_setzero_ps(); }
-static inline vf v_load(const float *p) { return _mm256_loadu_ps(p); }
-static inline vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-static inline float s_fma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
-#else
-typedef float vf __attribute__((vector_size(32)));
-static inline vf v_zero(void) { return (vf){0}; }
-static inline vf v_load(const float *p) {
-    vf v;
+/* ---- generic: portable C vectors (GCC/Clang vector extensions) ----------- */
+typedef float mm_vf __attribute__((vector_size(32)));
+#define MM_VW 8
+#define MM_RB 4
+#define MM_JB 3
+#define MM_MASKED_TAIL 0
+#define MM_FN(name) name##_generic
+
+static inline mm_vf mm_zero(void) { return (mm_vf){0}; }
+static inline mm_vf mm_load(const float *p) {
+    mm_vf v;
     memcpy(&v, p, sizeof v);
     return v;
 }
-static inline vf v_fma(vf a, vf b, vf c) { return a * b + c; }
+static inline mm_vf mm_fma(mm_vf a, mm_vf b, mm_vf c) { return a * b + c; }
 static inline float s_fma(float a, float b, float c) { return a * b + c; }
-#endif
 
-/* Load 8 weights at element i of a row of dtype DT, widened to F32 (exact). */
-static inline __attribute__((always_inline)) vf w_load(const void *row, int i, llmq_dtype dt) {
-#if defined(__AVX2__) && defined(__FMA__)
-    if (dt == LLMQ_BF16) {
-        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + i));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-#if defined(__F16C__)
-    if (dt == LLMQ_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
-#endif
-#endif
-    if (dt == LLMQ_F32) return v_load((const float *)row + i);
+static inline __attribute__((always_inline)) mm_vf mm_wload(const void *row, int i, llmq_dtype dt) {
+    if (dt == LLMQ_F32) return mm_load((const float *)row + i);
     float tmp[8];
     cpu_convert_row(tmp, row, dt, (size_t)i, 8);
-    return v_load(tmp);
+    return mm_load(tmp);
 }
 
 static inline __attribute__((always_inline)) float w_at(const void *row, int i, llmq_dtype dt) {
@@ -60,108 +50,52 @@ static inline __attribute__((always_inline)) float w_at(const void *row, int i, 
     return dt == LLMQ_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
 }
 
-static inline float v_hsum(vf v) {
+static inline float mm_hsum(mm_vf v) {
     float l[8];
     memcpy(l, &v, sizeof l);
     return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
 }
 
-/* R rows x J inputs of dot products of length k; res[r * J + j].  w points
- * at the first of R rows (row stride k elements of dt). */
-static inline __attribute__((always_inline)) void kern(int R, int J, const void *w, llmq_dtype dt, int k, size_t ld,
-                                                       const float *const *xs, float *res, const char *pf_end) {
-    vf acc[4][3];
-    const size_t es = dt == LLMQ_F32 ? 4 : 2;
-    for (int r = 0; r < R; r++)
-        for (int j = 0; j < J; j++) acc[r][j] = v_zero();
-    const int k8 = k & ~7;
-    /* Rows are short streams (a few KiB) that the hardware prefetcher barely
-     * trains on; fetch the next R rows linearly while these are consumed:
-     * each iteration eats R * 8 elements, so prefetch as many bytes ahead. */
-    const char *next = (const char *)w + (size_t)R * ld * es;
-    const size_t step_bytes = (size_t)R * 8 * es;
-    const int prefetch = pf_end && next + ((size_t)(R - 1) * ld + k) * es <= pf_end; /* never past the weights */
-    const int line = (int)(64 / es); /* elements per cache line */
-    for (int i = 0; i < k8; i += 8) {
-        vf xv[3];
-        if (prefetch && ld == (size_t)k) { /* contiguous rows: one linear stream */
-            for (size_t p = 0; p < step_bytes; p += 64)
-                __builtin_prefetch(next + (size_t)(i / 8) * step_bytes + p, 0, 0);
-        } else if (prefetch && i % line == 0) { /* a column slice: row by row */
-            for (int r = 0; r < R; r++) __builtin_prefetch(next + ((size_t)r * ld + (size_t)i) * es, 0, 0);
-        }
-        for (int j = 0; j < J; j++) xv[j] = v_load(xs[j] + i);
-        for (int r = 0; r < R; r++) {
-            vf wv = w_load((const char *)w + (size_t)r * ld * es, i, dt);
-#if defined(__AVX2__)
-            if (J > 1) __asm__("" : "+x"(wv)); /* load each weight vector once, not once per input */
+#include "kernels/cpu/matmul_tmpl.h"
+
+/* ---- dispatch ---------------------------------------------------------- */
+
+static matmul_tile_fn *tile_fn(cpu_isa isa) {
+#if defined(__x86_64__)
+    if (isa >= CPU_ISA_AVX512) return cpu_matmul_tile_avx512;
+    if (isa == CPU_ISA_AVX2) return cpu_matmul_tile_avx2;
 #endif
-            for (int j = 0; j < J; j++) acc[r][j] = v_fma(wv, xv[j], acc[r][j]);
-        }
-    }
-    for (int r = 0; r < R; r++)
-        for (int j = 0; j < J; j++) {
-            float s = v_hsum(acc[r][j]);
-            const void *wr = (const char *)w + (size_t)r * ld * es;
-            for (int i = k8; i < k; i++) s = s_fma(w_at(wr, i, dt), xs[j][i], s);
-            res[r * J + j] = s;
-        }
+    (void)isa;
+    return cpu_matmul_tile_generic;
 }
 
-/* One tile: rows [0, rows) of w (dtype DT, row stride k) against all n
- * inputs.  Results go to out[j * ldo + r] (+ bias[r]). */
-static inline __attribute__((always_inline)) void tile_compute_dt(const void *w, llmq_dtype dt, int rows, int k,
-                                                                  size_t ld, const float *x, int n, float *out,
-                                                                  int ldo, const float *bias, const char *pf_end) {
-    const size_t rs = ld * (dt == LLMQ_F32 ? 4 : 2); /* bytes per row */
-    float res[12];
-    /* Rows outer, inputs inner: a block of 4 rows stays in L1 while every
-     * input streams past it. */
-    int r = 0;
-    for (; r + 4 <= rows; r += 4) {
-        const char *wr = (const char *)w + r * rs;
-        int j = 0;
-        for (; j + 3 <= n; j += 3) {
-            const float *xs[3] = {x + (size_t)j * k, x + (size_t)(j + 1) * k, x + (size_t)(j + 2) * k};
-            kern(4, 3, wr, dt, k, ld, xs, res, j == 0 ? pf_end : NULL);
-            for (int a = 0; a < 4; a++)
-                for (int b = 0; b < 3; b++)
-                    out[(size_t)(j + b) * ldo + r + a] = res[a * 3 + b] + (bias ? bias[r + a] : 0.0f);
-        }
-        if (j + 2 == n) {
-            const float *xs[2] = {x + (size_t)j * k, x + (size_t)(j + 1) * k};
-            kern(4, 2, wr, dt, k, ld, xs, res, j == 0 ? pf_end : NULL);
-            for (int a = 0; a < 4; a++)
-                for (int b = 0; b < 2; b++)
-                    out[(size_t)(j + b) * ldo + r + a] = res[a * 2 + b] + (bias ? bias[r + a] : 0.0f);
-        } else if (j + 1 == n) {
-            const float *xs[1] = {x + (size_t)j * k};
-            kern(4, 1, wr, dt, k, ld, xs, res, j == 0 ? pf_end : NULL);
-            for (int a = 0; a < 4; a++) out[(size_t)j * ldo + r + a] = res[a] + (bias ? bias[r + a] : 0.0f);
-        }
+#if defined(__x86_64__)
+/* BF16 weights on avx512bf16: the inputs rounded to BF16 once (into thread
+ * 0's scratch, read by every thread), then vdpbf16ps straight from the
+ * weights for every n: no widening, one numerics. */
+static void matmul_bf16dp(cpu_impl *impl, llmq_backend *be, float *out, const float *x, const be_weight *w,
+                          const float *bias, int n) {
+    const int k = w->cols, m = w->rows;
+    const size_t ld = be_weight_ld(w), kx = (size_t)k;
+    if (cpu_scratch_reserve(impl, ((size_t)n * kx + 1) / 2)) {
+        llmq_err_set(&be->err, LLMQ_ERR_NOMEM, "cpu matmul: no memory for %d x %d BF16 inputs", n, k);
+        return;
     }
-    for (; r < rows; r++) {
-        const char *wr = (const char *)w + r * rs;
-        for (int j = 0; j < n; j++) {
-            const float *xs[1] = {x + (size_t)j * k};
-            kern(1, 1, wr, dt, k, ld, xs, res, NULL);
-            out[(size_t)j * ldo + r] = res[0] + (bias ? bias[r] : 0.0f);
-        }
+    uint16_t *xb = (uint16_t *)impl->scratch[0];
+    cpu_matmul_round_bf16_avx512bf16(xb, kx, x, n, k);
+    const uint16_t *wd = w->data;
+    const char *w_end = (const char *)(wd + (size_t)(m - 1) * ld + (size_t)k);
+    const int tile = 16, ntiles = (m + tile - 1) / tile;
+    const long work = (long)m * k * n;
+#pragma omp parallel for schedule(static) if (ntiles > 1 && work > 65536)
+    for (int t = 0; t < ntiles; t++) {
+        const int r0 = t * tile;
+        const int rows = m - r0 < tile ? m - r0 : tile;
+        cpu_matmul_tile_bf16dp_avx512bf16(wd + (size_t)r0 * ld, rows, k, ld, xb, kx, n, out + r0, m,
+                                          bias ? bias + r0 : NULL, w_end);
     }
 }
-
-static void tile_f32(const void *w, int rows, int k, size_t ld, const float *x, int n, float *out, int ldo,
-                     const float *b, const char *pf_end) {
-    tile_compute_dt(w, LLMQ_F32, rows, k, ld, x, n, out, ldo, b, pf_end);
-}
-static void tile_bf16(const void *w, int rows, int k, size_t ld, const float *x, int n, float *out, int ldo,
-                     const float *b, const char *pf_end) {
-    tile_compute_dt(w, LLMQ_BF16, rows, k, ld, x, n, out, ldo, b, pf_end);
-}
-static void tile_f16(const void *w, int rows, int k, size_t ld, const float *x, int n, float *out, int ldo,
-                     const float *b, const char *pf_end) {
-    tile_compute_dt(w, LLMQ_F16, rows, k, ld, x, n, out, ldo, b, pf_end);
-}
+#endif
 
 /* Few inputs: read 16-bit weights straight from memory, widening in
  * registers (decode is bound by memory bandwidth).  Many inputs: widen a
@@ -172,6 +106,13 @@ static void tile_f16(const void *w, int rows, int k, size_t ld, const float *x, 
 void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, const float *bias, int n) {
     if (llmq_dtype_is_quant(w->dt)) { cpu_qmatmul(be, out, x, w, bias, n); return; } /* qmatmul.c */
     cpu_impl *impl = be->impl;
+#if defined(__x86_64__)
+    if (impl->isa == CPU_ISA_AVX512BF16 && w->dt == LLMQ_BF16) {
+        matmul_bf16dp(impl, be, out, x, w, bias, n);
+        return;
+    }
+#endif
+    matmul_tile_fn *fn = tile_fn(impl->isa);
     const int k = w->cols, m = w->rows;
     const int widen = w->dt != LLMQ_F32 && n > MATMUL_DIRECT_MAX_N;
     int tile = 16;
@@ -184,8 +125,6 @@ void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, 
             return;
         }
     }
-    void (*direct)(const void *, int, int, size_t, const float *, int, float *, int, const float *, const char *) =
-        w->dt == LLMQ_F32 ? tile_f32 : w->dt == LLMQ_BF16 ? tile_bf16 : tile_f16;
     const size_t es = llmq_dtype_size(w->dt);
     const size_t ld = be_weight_ld(w);
     const char *w_end = (const char *)w->data + ((size_t)(m - 1) * ld + (size_t)k) * es;
@@ -201,9 +140,9 @@ void cpu_matmul(llmq_backend *be, void *out, const void *x, const be_weight *w, 
             float *buf = impl->scratch[omp_get_thread_num()];
             for (int r = 0; r < rows; r++)
                 cpu_convert_row(buf + (size_t)r * k, w->data, w->dt, (size_t)(r0 + r) * ld, (size_t)k);
-            tile_f32(buf, rows, k, (size_t)k, x, n, o, m, b, NULL); /* scratch is cache-resident: no prefetch */
+            fn(buf, LLMQ_F32, rows, k, (size_t)k, x, n, o, m, b, NULL); /* scratch is cache-resident: no prefetch */
         } else {
-            direct((const char *)w->data + (size_t)r0 * ld * es, rows, k, ld, x, n, o, m, b, w_end);
+            fn((const char *)w->data + (size_t)r0 * ld * es, w->dt, rows, k, ld, x, n, o, m, b, w_end);
         }
     }
 }

@@ -5,6 +5,10 @@
  * Also the batch-invariance promise of backend.h: a row computed alone and
  * inside a batch is bitwise the same, and the lifetime rule: a backend is
  * freed by its own ops table (be_ops.destroy).
+ *
+ * Every test runs once per instruction-set path this processor supports
+ * (isa.h; the fast backend created with LLMQ_CPU_ISA set), and the matmul's
+ * paths are compared with each other.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -25,12 +29,21 @@
 #define GUARD 16
 
 static llmq_backend *fast, *ref;
+static cpu_isa isa; /* the path `fast` takes in this group */
+
+/* The "cpu" backend on path p (LLMQ_CPU_ISA), or NULL. */
+static llmq_backend *create_on(cpu_isa p) {
+    setenv("LLMQ_CPU_ISA", cpu_isa_name(p), 1);
+    llmq_backend *be = llmq_backend_create("cpu", NULL);
+    unsetenv("LLMQ_CPU_ISA");
+    return be;
+}
 
 static int setup(void **st) {
     (void)st;
-    fast = llmq_backend_create("cpu", NULL);
+    fast = create_on(isa);
     ref = llmq_backend_create("cpu-ref", NULL);
-    return fast && ref ? 0 : -1;
+    return fast && ref && !strcmp(fast->isa, cpu_isa_name(isa)) ? 0 : -1;
 }
 
 static int teardown(void **st) {
@@ -86,6 +99,75 @@ static void to_dtype(void *dst, const float *src, size_t n, llmq_dtype dt) {
     }
 }
 
+/* 1 when path p rounds the matmul's inputs to BF16 for weights of dt
+ * (avx512bf16's vdpbf16ps, kernels/cpu/matmul_isa.h). */
+static int rounds_inputs(cpu_isa p, llmq_dtype dt) { return p == CPU_ISA_AVX512BF16 && dt == LLMQ_BF16; }
+
+/* S[j * m + r] = sum_i |w[r, i] x[j, i]| (the scale of each dot product's
+ * rounding errors). */
+static double *abs_dots(const float *x, const be_weight *w, int n) {
+    const int k = w->cols, m = w->rows;
+    double *s = malloc(sizeof(double) * (size_t)n * m);
+    float *row = malloc(sizeof(float) * (size_t)k);
+    for (int r = 0; r < m; r++) {
+        cpu_convert_row(row, w->data, w->dt, (size_t)r * be_weight_ld(w), (size_t)k);
+        for (int j = 0; j < n; j++) {
+            double a = 0;
+            for (int i = 0; i < k; i++) a += fabs((double)row[i] * x[(size_t)j * k + i]);
+            s[(size_t)j * m + r] = a;
+        }
+    }
+    free(row);
+    return s;
+}
+
+/* How far path p's matmul may be from the exact result (want), for a dot
+ * product of length k and scale S: F32 accumulation of exact products (the
+ * weights widen exactly) gives the 1e-5 sqrt(k) + 1e-5 relative this test
+ * always allowed; a path that rounds each input to BF16 (8 significant bits,
+ * round to nearest: |x - bf16(x)| <= 2^-8 |x|) adds at most
+ * |sum w_i (x_i - bf16(x_i))| <= 2^-8 S. */
+static double matmul_tol(cpu_isa p, llmq_dtype dt, int k, double S, double want) {
+    return 1e-5 * sqrt(k) + 1e-5 * fabs(want) + (rounds_inputs(p, dt) ? 0x1p-8 * S : 0.0);
+}
+
+/* got[n, m], path p's matmul of x by w (+ bias), against the reference:
+ * within matmul_tol of the reference on x, and, for a path that rounds x to
+ * BF16, within the F32 tolerance of the reference on x rounded here
+ * (to_dtype: an independent round to nearest even), which checks that the
+ * path computes exactly that. */
+static void check_matmul(cpu_isa p, const float *got, const float *x, const be_weight *w, const float *bias, int n,
+                         const char *what) {
+    const int k = w->cols, m = w->rows;
+    const size_t nm = (size_t)n * m;
+    float *want = malloc(sizeof(float) * nm);
+    ref->ops->matmul(ref, want, x, w, bias, n);
+    double *S = abs_dots(x, w, n);
+    int wrong = 0;
+    for (size_t i = 0; i < nm; i++) {
+        if (!isfinite(got[i])) fail_msg("%s: element %zu is %f", what, i, got[i]);
+        if (fabs((double)got[i] - want[i]) > matmul_tol(p, w->dt, k, S[i], want[i])) {
+            if (wrong < 5) print_message("%s[%zu]: got %.8g want %.8g (S %.4g)\n", what, i, got[i], want[i], S[i]);
+            wrong++;
+        }
+    }
+    if (wrong) fail_msg("%s: %d of %zu elements out of tolerance", what, wrong, nm);
+    if (rounds_inputs(p, w->dt)) {
+        uint16_t *xh = malloc(sizeof(uint16_t) * (size_t)n * k);
+        float *xr = malloc(sizeof(float) * (size_t)n * k);
+        to_dtype(xh, x, (size_t)n * k, LLMQ_BF16);
+        for (size_t i = 0; i < (size_t)n * k; i++) xr[i] = bf16_to_f32(xh[i]);
+        ref->ops->matmul(ref, want, xr, w, bias, n);
+        char w2[128];
+        snprintf(w2, sizeof w2, "%s (inputs in BF16)", what);
+        compare(got, want, nm, 1e-5 * sqrt(k), 1e-5, w2);
+        free(xh);
+        free(xr);
+    }
+    free(S);
+    free(want);
+}
+
 static void test_matmul(void **st) {
     (void)st;
     static const int ns[] = {1, 2, 3, 5, 8, 33};
@@ -107,13 +189,13 @@ static void test_matmul(void **st) {
                     tu_fill_random(bias, (size_t)m, &rs, 0.5f);
                     to_dtype(w, wf, (size_t)m * k, dts[t]);
                     be_weight bw = {w, dts[t], m, k, 0};
-                    float *o1 = guarded((size_t)n * m), *o2 = guarded((size_t)n * m);
+                    float *o1 = guarded((size_t)n * m);
                     const float *bb = (c % 2) ? bias : NULL;
                     fast->ops->matmul(fast, o1, x, &bw, bb, n);
-                    ref->ops->matmul(ref, o2, x, &bw, bb, n);
                     char what[96];
-                    snprintf(what, sizeof what, "matmul %s n=%d k=%d m=%d", llmq_dtype_name(dts[t]), n, k, m);
-                    compare(o1, o2, (size_t)n * m, 1e-5 * sqrt(k), 1e-5, what);
+                    snprintf(what, sizeof what, "matmul %s %s n=%d k=%d m=%d", cpu_isa_name(isa),
+                             llmq_dtype_name(dts[t]), n, k, m);
+                    check_matmul(isa, o1, x, &bw, bb, n, what);
                     /* batch invariance: each row alone is bitwise the batched row */
                     float *one = guarded((size_t)m);
                     for (int r = 0; r < n; r++) {
@@ -123,7 +205,6 @@ static void test_matmul(void **st) {
                     }
                     guarded_check_free(one, (size_t)m, what);
                     guarded_check_free(o1, (size_t)n * m, what);
-                    guarded_check_free(o2, (size_t)n * m, what);
                     free(x);
                     free(wf);
                     free(w);
@@ -131,6 +212,72 @@ static void test_matmul(void **st) {
                     cases++;
                 }
     assert_int_equal(cases, 6 * 6 * 5 * 3);
+}
+
+/* Batch invariance where the blockings differ most: each of 33 rows alone
+ * and inside batches of 1..33 (every position of a register block and every
+ * remainder), k odd and not a multiple of 16 or 32 (the vector tails), 37
+ * weight rows (tiles and their remainders), and column slices (ld > k, the
+ * slice not at column 0, as tensor parallelism cuts them: be_weight_ld).
+ * The batch of 33 against the reference, and against every other path of
+ * this processor within the sum of both paths' tolerances. */
+static void test_matmul_batch_invariance(void **st) {
+    (void)st;
+    static const int ks[] = {17, 100, 781};
+    static const llmq_dtype dts[] = {LLMQ_F32, LLMQ_F16, LLMQ_BF16};
+    enum { N = 33, M = 37 };
+    cpu_isa paths[CPU_ISA_COUNT];
+    const int npaths = cpu_isa_list(paths);
+    uint64_t rs = 5;
+    for (int t = 0; t < 3; t++)
+        for (int ki = 0; ki < 3; ki++)
+            for (int slice = 0; slice < 2; slice++) {
+                const int k = ks[ki], ld = slice ? k + 13 : k, c0 = slice ? 5 : 0;
+                const size_t es = llmq_dtype_size(dts[t]);
+                float *x = malloc(sizeof(float) * N * k), *wf = malloc(sizeof(float) * M * ld);
+                void *wd = malloc(es * M * ld);
+                tu_fill_random(x, (size_t)N * k, &rs, 1.0f);
+                tu_fill_random(wf, (size_t)M * ld, &rs, 0.5f);
+                to_dtype(wd, wf, (size_t)M * ld, dts[t]);
+                be_weight bw = {(const char *)wd + c0 * es, dts[t], M, k, slice ? ld : 0};
+                char what[128];
+                snprintf(what, sizeof what, "matmul %s %s k=%d ld=%d", cpu_isa_name(isa), llmq_dtype_name(dts[t]), k,
+                         ld);
+                float *alone = malloc(sizeof(float) * N * M), *o = guarded((size_t)N * M);
+                for (int r = 0; r < N; r++) fast->ops->matmul(fast, alone + (size_t)r * M, x + (size_t)r * k, &bw, NULL, 1);
+                for (int n = 1; n <= N; n++) { /* rows [N - n, N): row r sits at position r - (N - n) */
+                    fast->ops->matmul(fast, o, x + (size_t)(N - n) * k, &bw, NULL, n);
+                    for (int j = 0; j < n; j++)
+                        if (memcmp(o + (size_t)j * M, alone + (size_t)(N - n + j) * M, sizeof(float) * M))
+                            fail_msg("%s: row %d alone differs from it at %d in a batch of %d", what, N - n + j, j, n);
+                }
+                check_matmul(isa, o, x, &bw, NULL, N, what);
+                /* the other paths: each within its tolerance of the exact result, so within the sum of both */
+                double *S = abs_dots(x, &bw, N);
+                float *want = malloc(sizeof(float) * N * M), *oq = malloc(sizeof(float) * N * M);
+                ref->ops->matmul(ref, want, x, &bw, NULL, N);
+                for (int q = 0; q < npaths; q++) {
+                    if (paths[q] == isa) continue;
+                    llmq_backend *bq = create_on(paths[q]);
+                    assert_non_null(bq);
+                    bq->ops->matmul(bq, oq, x, &bw, NULL, N);
+                    llmq_backend_destroy(bq);
+                    for (int i = 0; i < N * M; i++) {
+                        const double tol = matmul_tol(isa, dts[t], k, S[i], want[i]) +
+                                           matmul_tol(paths[q], dts[t], k, S[i], want[i]);
+                        if (fabs((double)o[i] - oq[i]) > tol)
+                            fail_msg("%s: element %d is %.8g, on %s %.8g", what, i, o[i], cpu_isa_name(paths[q]), oq[i]);
+                    }
+                }
+                free(S);
+                free(want);
+                free(oq);
+                guarded_check_free(o, (size_t)N * M, what);
+                free(alone);
+                free(x);
+                free(wf);
+                free(wd);
+            }
 }
 
 static void test_norms_rope_swiglu(void **st) {
@@ -287,6 +434,7 @@ static void fake_destroy(llmq_backend *be) {
 
 static void test_destroy_through_ops(void **st) {
     (void)st;
+    fake_destroyed = 0; /* once per path */
     llmq_backend_destroy(NULL);
     static const be_ops fake_ops = {.name = "cpu-fake", .destroy = fake_destroy};
     llmq_backend *be = calloc(1, sizeof *be);
@@ -310,10 +458,20 @@ static void test_destroy_through_ops(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_batch_invariance),
         cmocka_unit_test(test_norms_rope_swiglu),
         cmocka_unit_test(test_attention_paged),
         cmocka_unit_test(test_kv_store_and_embed),
         cmocka_unit_test(test_destroy_through_ops),
     };
-    return cmocka_run_group_tests_name("cpu_ops", tests, setup, teardown);
+    cpu_isa paths[CPU_ISA_COUNT];
+    const int npaths = cpu_isa_list(paths);
+    int failed = 0;
+    for (int i = 0; i < npaths; i++) {
+        char name[64];
+        isa = paths[i];
+        snprintf(name, sizeof name, "cpu_ops %s", cpu_isa_name(isa));
+        failed += cmocka_run_group_tests_name(name, tests, setup, teardown);
+    }
+    return failed;
 }

@@ -2,6 +2,7 @@
 (llama2.c for stories260K, Hugging Face transformers for the fixtures),
 batching and preemption that change nothing, seeded sampling that does not
 depend on the batch, and clear errors for bad input."""
+import functools
 import json
 import os
 import pathlib
@@ -84,6 +85,50 @@ def test_seeded_sampling_is_batch_invariant(shared_dir):
     (other,) = generate(model, [refs[3]["prompt_ids"]], "--max-tokens", 40, "--temperature", 0.9,
                         "--top-p", 0.95, "--seed", 99)
     assert other["output_ids"] != alone["output_ids"]
+
+
+# The CPU kernels' instruction-set paths (kernels/cpu/isa.h).  Each path must
+# be batch invariant on its own; two paths may differ in the last bits.
+CPU_ISAS = ["generic", "avx2", "avx512", "avx512bf16"]
+
+
+@functools.lru_cache(maxsize=None)
+def isa_supported(isa):
+    """Whether this processor runs the path: the binary says so (a forced
+    path it lacks is an error naming it)."""
+    r = generate(FIXTURES / "hf" / "llama_mha", [[1, 2]], "--max-tokens", 1, check=False,
+                 env={"LLMQ_CPU_ISA": isa})
+    assert r.returncode == 0 or "does not support it" in r.stderr, r.stderr
+    return r.returncode == 0
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("model", ["stories260K", "llama_gqa_bf16"])
+def test_batch_invariance_per_isa(shared_dir, isa, model):
+    """On every path this machine runs (F32 weights, and BF16 ones, which
+    avx512bf16 multiplies with vdpbf16ps): each prompt's logits, every bit
+    (--logits-digest), the same alone, in a batch with chunked prefill, and
+    through preemption; seeded sampling draws the same tokens."""
+    if not isa_supported(isa):
+        pytest.skip(f"this processor does not run the {isa} path")
+    env = {"LLMQ_CPU_ISA": isa}
+    if model == "stories260K":
+        d = shared_dir / "models" / model
+        prompts = [r["prompt_ids"] for r in stories_refs(shared_dir)]
+    else:
+        d = FIXTURES / "hf" / model
+        prompts = [c["prompt_ids"] for c in json.loads((d / "expected.json").read_text())["cases"]]
+        prompts = (prompts * 4)[:8]
+        prompts = [p + [3 + i, 5 + 2 * i] for i, p in enumerate(prompts)]  # distinct sequences
+    args = ("--max-tokens", 24, "--temperature", 0.9, "--seed", 1234, "--logits-digest", "--ignore-eos")
+    alone = [generate(d, [p], *args, env=env)[0] for p in prompts[:3]]
+    batch = generate(d, prompts, *args, "--max-batched-tokens", 24, env=env)
+    tight = generate(d, prompts, *args, "--kv-blocks", len(prompts) + 2, env=env)
+    assert sum(o["preemptions"] for o in tight) > 0
+    for runs in (batch, tight):
+        assert [o["logits_digest"] for o in runs[:3]] == [o["logits_digest"] for o in alone]
+        assert [o["output_ids"] for o in runs[:3]] == [o["output_ids"] for o in alone]
+    assert [o["logits_digest"] for o in batch] == [o["logits_digest"] for o in tight]
 
 
 def test_stop_token_and_eos(shared_dir):

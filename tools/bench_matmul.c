@@ -1,0 +1,106 @@
+/*
+ * bench_matmul.c — the CPU matmul per instruction-set path (isa.h), as the
+ * 110M shape's matmuls see it: out[n, m] = x[n, k] . W[m, k]^T over the
+ * layer's shapes (768x768 q/k/v/o, 2048x768 gate/up, 768x2048 down) for n =
+ * 1, 8, 32, 512, F32 and BF16 weights.  Paths run interleaved (A B C A B C
+ * ...) and each keeps its best of N rounds, so a machine shared with other
+ * work disturbs the ratios least.  Prints, per (dtype, n, threads, path): the
+ * best ms per layer's matmuls, GFLOP/s and GB/s of weights read.
+ *
+ *   tools/bench_matmul.sh [rounds]     (builds against $BUILD's libraries)
+ */
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/isa.h"
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static const int shapes[][2] = {{768, 768}, {768, 768}, {768, 768}, {768, 768}, {2048, 768}, {2048, 768}, {768, 2048}};
+#define NSHAPES 7
+#define LAYERS 12 /* distinct weights per round, so decode reads memory, not cache */
+
+int main(int argc, char **argv) {
+    const int rounds = argc > 1 ? atoi(argv[1]) : 5;
+    cpu_isa isas[CPU_ISA_COUNT];
+    const int nisa = cpu_isa_list(isas);
+    llmq_backend *be[CPU_ISA_COUNT];
+    for (int i = 0; i < nisa; i++) {
+        setenv("LLMQ_CPU_ISA", cpu_isa_name(isas[i]), 1);
+        llmq_err err = {0};
+        if (!(be[i] = llmq_backend_create("cpu", &err))) return fprintf(stderr, "%s\n", err.msg), 1;
+    }
+    const int ns[] = {1, 8, 32, 512};
+    const llmq_dtype dts[] = {LLMQ_F32, LLMQ_BF16};
+    const int maxt = omp_get_max_threads();
+    float *x = malloc(sizeof(float) * 512 * 2048), *out = malloc(sizeof(float) * 512 * 2048);
+    for (int i = 0; i < 512 * 2048; i++) x[i] = (float)((i * 7919u) % 2001u) * 1e-3f - 1.0f;
+    printf("path        dtype  n    thr   ms/layer  GFLOP/s  GB/s(weights)\n");
+    for (int d = 0; d < 2; d++) {
+        const size_t es = dts[d] == LLMQ_F32 ? 4 : 2;
+        be_weight w[LAYERS][NSHAPES];
+        double bytes = 0, flop1 = 0;
+        for (int l = 0; l < LAYERS; l++)
+            for (int s = 0; s < NSHAPES; s++) {
+                const size_t cnt = (size_t)shapes[s][0] * shapes[s][1];
+                void *p = malloc(cnt * es);
+                for (size_t i = 0; i < cnt; i++) {
+                    float v = (float)((i * 2654435761u) % 1999 - 999) * 1e-4f;
+                    uint32_t u;
+                    memcpy(&u, &v, 4);
+                    if (es == 4) ((float *)p)[i] = v;
+                    else ((uint16_t *)p)[i] = (uint16_t)(u >> 16);
+                }
+                w[l][s] = (be_weight){p, dts[d], shapes[s][0], shapes[s][1], 0};
+                if (l == 0) bytes += (double)cnt * es, flop1 += 2.0 * (double)cnt;
+            }
+        for (int ni = 0; ni < 4; ni++)
+            for (int thr = 1; thr <= maxt; thr *= 2) {
+                omp_set_num_threads(thr);
+                const int n = ns[ni], layers = n >= 32 ? 2 : LAYERS;
+                double best[CPU_ISA_COUNT];
+                for (int i = 0; i < nisa; i++) best[i] = 1e30;
+                for (int r = 0; r < rounds; r++)
+                    for (int i = 0; i < nisa; i++) {
+                        double t0 = now();
+                        for (int l = 0; l < layers; l++)
+                            for (int s = 0; s < NSHAPES; s++) be[i]->ops->matmul(be[i], out, x, &w[l][s], NULL, n);
+                        double t = (now() - t0) / layers;
+                        if (t < best[i]) best[i] = t;
+                    }
+                /* the paths agree (last layer's down matmul, path 0 as the yardstick) */
+                float *o0 = malloc(sizeof(float) * (size_t)n * 768);
+                be[0]->ops->matmul(be[0], o0, x, &w[0][NSHAPES - 1], NULL, n);
+                for (int i = 0; i < nisa; i++) {
+                    be[i]->ops->matmul(be[i], out, x, &w[0][NSHAPES - 1], NULL, n);
+                    double e = 0, a = 0;
+                    for (int q = 0; q < n * 768; q++) {
+                        double dq = (double)out[q] - o0[q];
+                        e += dq * dq, a += (double)o0[q] * o0[q];
+                    }
+                    if (be[i]->err.code || !(e <= 1e-4 * a))
+                        return fprintf(stderr, "%s: wrong results (%s)\n", cpu_isa_name(isas[i]), be[i]->err.msg), 1;
+                }
+                free(o0);
+                for (int i = 0; i < nisa; i++)
+                    printf("%-11s %-6s %-4d %-4d %9.3f %8.1f %8.1f\n", cpu_isa_name(isas[i]), llmq_dtype_name(dts[d]),
+                           n, thr, best[i] * 1e3, flop1 * n / best[i] / 1e9, bytes / best[i] / 1e9);
+                fflush(stdout);
+            }
+        for (int l = 0; l < LAYERS; l++)
+            for (int s = 0; s < NSHAPES; s++) free((void *)w[l][s].data);
+    }
+    for (int i = 0; i < nisa; i++) llmq_backend_destroy(be[i]);
+    free(x);
+    free(out);
+    return 0;
+}
