@@ -89,9 +89,11 @@ void gw_call_finish(gw_call *call) {
     gw_call_unref(call);
 }
 
-int gw_call_send(gw_call *call, const rcmd *c, redisCallbackFn *cb) {
+int gw_call_send(gw_call *call, const rcmd *c, redisCallbackFn *cb) { return gw_call_send_to(call, call->inst, c, cb); }
+
+int gw_call_send_to(gw_call *call, int inst, const rcmd *c, redisCallbackFn *cb) {
     gw_call_ref(call);
-    if (gw_redis_send(&call->g->redis, c, cb, call) != 0) {
+    if (gw_redis_send(&call->g->inst[inst].redis, c, cb, call) != 0) {
         call->refs--; /* never 0 here: the caller holds the active ref */
         return -1;
     }
@@ -162,13 +164,15 @@ void gw_reply_redis_down(http_conn *c) {
  * of HSET/XADD comes back as EXECABORT at EXEC (the commands were refused
  * when queued: OOM, or READONLY on a replica after a failover, both
  * passing), and from a script as the command's own OOM error. */
-int gw_redis_error_status(gw *g, const char *err) {
+int gw_redis_error_status(gw *g, int inst, const char *err) {
     if (!err) return 500;
     if (strncmp(err, "OOM", 3) && strncmp(err, "EXECABORT", 9) && !strstr(err, "OOM command not allowed"))
         return 500;
     int64_t now = gw_now_ms();
-    if (now - g->redis_full_ms > 10000) log_warn("redis refuses writes: %.200s", err); /* once per episode */
-    g->redis_full_ms = now;
+    gw_inst *in = &g->inst[inst];
+    if (now - in->redis_full_ms > 10000) /* once per episode */
+        log_warn("redis%s%s refuses writes: %.200s", g->n_inst > 1 ? " " : "", g->n_inst > 1 ? in->name : "", err);
+    in->redis_full_ms = now;
     return 503;
 }
 
@@ -275,6 +279,7 @@ int gw_model_add(gw *g, const char *model, int configured) {
     m = &g->models[g->n_models];
     memset(m, 0, sizeof *m);
     snprintf(m->name, sizeof m->name, "%s", model);
+    m->inst = gw_inst_for_model(g, model);
     m->configured = configured;
     return (int)g->n_models++;
 }
@@ -287,8 +292,10 @@ static void models_describe(gw *g, char *buf, size_t cap) {
         const gw_model *m = &g->models[i];
         char ctx[32] = "";
         if (m->max_model_len) snprintf(ctx, sizeof ctx, ", context %d", m->max_model_len);
-        int k = snprintf(buf + n, cap - n, "%s%s (%s%d worker%s%s)", i ? ", " : "", m->name,
-                         m->configured ? "--models, " : "", m->workers, m->workers == 1 ? "" : "s", ctx);
+        char on[32] = "";
+        if (g->n_inst > 1) snprintf(on, sizeof on, ", redis %s", g->inst[m->inst].name);
+        int k = snprintf(buf + n, cap - n, "%s%s (%s%d worker%s%s%s)", i ? ", " : "", m->name,
+                         m->configured ? "--models, " : "", m->workers, m->workers == 1 ? "" : "s", ctx, on);
         if (k < 0) break;
         n += (size_t)k;
     }
@@ -326,32 +333,43 @@ static void miss_release(gw *g, gw_miss *list, int read_ok) {
     }
 }
 
-/* The heartbeats (HGETALL <prefix>workers) into the table: live models are
- * added, models no live worker names any more leave it unless configured. */
+/* The heartbeats of one instance (HGETALL <prefix>workers there) into the
+ * table: the live models it carries (gw_inst_for_model) are added, those of
+ * its models no live worker names any more leave it unless configured.  The
+ * models of an instance that could not be read stay as they were (their
+ * requests get the instance's 503, not a 404).  A round of reads ends with
+ * the last instance's reply: then the change is logged and held requests
+ * are routed again. */
 static void on_heartbeats(redisAsyncContext *ac, void *reply, void *priv) {
-    gw *g = priv;
+    gw_inst *in = priv;
+    gw *g = in->g;
     redisReply *r = reply;
-    g->models_reading = 0;
-    gw_miss *waiting = g->miss_sent;
-    g->miss_sent = NULL;
+    g->models_reading--;
+    if (r) g->models_answered = 1;
     int *ctx = r && r->type == REDIS_REPLY_ARRAY ? calloc(g->n_models + r->elements / 2 + 1, sizeof *ctx) : NULL;
     if (ctx) { /* ctx: the smallest context reported per entry of the table */
         int64_t now = gw_now_ms();
-        int changed = 0, full = 0;
-        for (size_t i = 0; i < g->n_models; i++) g->models[i].workers = 0;
+        int full = 0, misrouted = 0;
+        in->hb_read_ok = 1;
+        for (size_t i = 0; i < g->n_models; i++)
+            if (g->models[i].inst == in->idx) g->models[i].workers = 0;
         for (size_t i = 0; i + 1 < r->elements; i += 2) {
             const redisReply *v = r->element[i + 1];
             hb_info hb;
             if (v->type != REDIS_REPLY_STRING || hb_parse(&hb, v->str, v->len, NULL) != LLMQ_OK ||
                 !hb_live(hb.ts_ms, now))
                 continue;
+            if (gw_inst_for_model(g, hb.model) != in->idx) { /* its jobs would go to another instance */
+                misrouted++;
+                continue;
+            }
             int k = gw_model_lookup(g, hb.model);
             if (k < 0) {
                 if ((k = gw_model_add(g, hb.model, 0)) < 0) {
                     full++;
                     continue;
                 }
-                changed = 1;
+                g->models_changed = 1;
             }
             g->models[k].workers++;
             if (hb.max_model_len > 0 && (ctx[k] == 0 || hb.max_model_len < ctx[k])) ctx[k] = hb.max_model_len;
@@ -359,32 +377,49 @@ static void on_heartbeats(redisAsyncContext *ac, void *reply, void *priv) {
         size_t n = 0;
         for (size_t i = 0; i < g->n_models; i++) {
             gw_model *m = &g->models[i];
-            if (ctx[i] && ctx[i] != m->max_model_len) changed = 1;
+            if (m->inst != in->idx) {
+                g->models[n++] = *m;
+                continue;
+            }
+            if (ctx[i] && ctx[i] != m->max_model_len) g->models_changed = 1;
             if (ctx[i] || !m->configured) m->max_model_len = ctx[i];
             if (!m->workers && !m->configured) { /* its last worker went away */
                 log_info("model '%s' is no longer served: no live worker heartbeat names it", m->name);
-                changed = 1;
+                g->models_changed = 1;
                 continue;
             }
             g->models[n++] = *m;
         }
         g->n_models = n;
         free(ctx);
-        static int left_out; /* said once per change, not every second */
-        if (full != left_out && full)
+        /* said once per change, not every second */
+        if (full != in->hb_left_out && full)
             log_warn("the model table is full (%d models): %d heartbeats name models left out", GW_MAX_MODELS, full);
-        left_out = full;
-        if (changed || !g->models_read_once) {
+        in->hb_left_out = full;
+        if (misrouted != in->hb_misrouted && misrouted)
+            log_warn("%d live workers on Redis instance %s serve models that --redis-for routes to another "
+                     "instance: ignored (point them at their model's instance)", misrouted, in->name);
+        in->hb_misrouted = misrouted;
+    } else if (r) { /* the table stays as it was; held requests get their 404 */
+        log_warn("reading the worker heartbeats%s%s: %s", g->n_inst > 1 ? " of instance " : "",
+                 g->n_inst > 1 ? in->name : "",
+                 r->type == REDIS_REPLY_ERROR ? r->str : r->type == REDIS_REPLY_ARRAY ? "out of memory"
+                                                                                     : "unexpected reply");
+    }
+    if (g->models_reading > 0) return; /* the round ends with its last reply */
+    gw_miss *waiting = g->miss_sent;
+    g->miss_sent = NULL;
+    int answered = g->models_answered, read_ok = 0;
+    for (size_t i = 0; i < g->n_inst; i++) read_ok |= g->inst[i].hb_read_ok;
+    if (read_ok) {
+        if (g->models_changed || !g->models_read_once) {
             char what[2048];
             models_describe(g, what, sizeof what);
             log_info("%s: %s", g->models_read_once ? "served models now" : "served models", what);
         }
+        g->models_changed = 0;
         g->models_read_once = 1;
         gw_ensure_groups(g);
-    } else if (r) { /* the table stays as it was; held requests get their 404 */
-        log_warn("reading the worker heartbeats: %s",
-                 r->type == REDIS_REPLY_ERROR ? r->str : r->type == REDIS_REPLY_ARRAY ? "out of memory"
-                                                                                     : "unexpected reply");
     }
     /* requests that came while this read was in flight wait for one sent after them */
     if (g->miss_next) {
@@ -397,18 +432,23 @@ static void on_heartbeats(redisAsyncContext *ac, void *reply, void *priv) {
             miss_release(g, late, 0);
         }
     }
-    miss_release(g, waiting, r != NULL);
+    miss_release(g, waiting, answered);
 }
 
+/* One round: every instance that is up is read. */
 void gw_models_read(gw *g) {
     if (g->models_reading) return;
     char key[KEYS_MAX];
     keys_workers(&g->keys, key, sizeof key);
-    rcmd c;
-    rcmd_init(&c);
-    rcmd_str(&c, "HGETALL");
-    rcmd_str(&c, key);
-    if (gw_redis_send(&g->redis, &c, on_heartbeats, g) == 0) g->models_reading = 1;
+    g->models_answered = 0;
+    for (size_t i = 0; i < g->n_inst; i++) {
+        rcmd c;
+        rcmd_init(&c);
+        rcmd_str(&c, "HGETALL");
+        rcmd_str(&c, key);
+        g->inst[i].hb_read_ok = 0;
+        if (gw_redis_send(&g->inst[i].redis, &c, on_heartbeats, &g->inst[i]) == 0) g->models_reading++;
+    }
 }
 
 static void on_models_timer(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -444,7 +484,7 @@ int gw_models_retry(gw *g, http_conn *c) {
 }
 
 static void on_group_created(redisAsyncContext *ac, void *reply, void *priv) {
-    gw *g = container_of(ac->data, gw, redis);
+    gw *g = gw_inst_of(ac)->g;
     size_t i = (size_t)(uintptr_t)priv; /* the table may have changed since: at worst a group is created twice */
     redisReply *r = reply;
     if (i >= g->n_models) return;
@@ -464,6 +504,7 @@ void gw_ensure_groups(gw *g) {
         rcmd c;
         jobops_keys kb;
         jobops_group_create(&c, &kb, &g->keys, g->models[i].name);
-        if (gw_redis_send(&g->redis, &c, on_group_created, (void *)(uintptr_t)i) == 0) g->models[i].group_ok = 1;
+        if (gw_redis_send(&g->inst[g->models[i].inst].redis, &c, on_group_created, (void *)(uintptr_t)i) == 0)
+            g->models[i].group_ok = 1;
     }
 }

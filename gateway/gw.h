@@ -27,7 +27,7 @@
 #include "gateway/redis.h"
 
 typedef struct gw_config {
-    const char *redis_url;       /* --redis */
+    const char *redis_url;       /* --redis: the default instance */
     const char *listen_host;     /* from --listen HOST:PORT */
     int listen_port;
     const char *api_key_file;    /* --api-key-file (else $LLMQ_API_KEY_FILE / $LLMQ_API_KEYS), see auth.h */
@@ -61,6 +61,7 @@ typedef struct gw_metrics {
  * worker (common/heartbeat.h). */
 typedef struct gw_model {
     char name[PROTO_MAX_MODEL_LEN + 1];
+    int inst;                    /* the Redis instance that carries it (gw_inst_for_model) */
     int configured;              /* --models: served with no live worker too */
     int workers;                 /* live heartbeats naming it at the last read */
     int max_model_len;           /* smallest context its live workers report (a configured
@@ -70,14 +71,45 @@ typedef struct gw_model {
 
 typedef struct gw_call gw_call;
 struct gw_miss;
+typedef struct gw gw;
 
-typedef struct gw {
-    struct ev_loop *loop;
-    gw_config cfg;
-    llmq_keys keys;
+/*
+ * One Redis instance the gateway talks to (gateway/instances.c).  Instance 0
+ * is --redis; --redis-for MODELS=URL adds one per distinct URL and routes
+ * those models to it.  Each has its own connections, job watchers and
+ * "full" state, so that one instance lost fails only its models.  The jobs
+ * of instance k > 0 have ids "<tag>.<32 hex>" (docs/protocol.md "Job ids").
+ */
+#define GW_TAG_LEN 7                 /* "r" + 6 hex digits of the instance's address */
+typedef struct gw_inst {
+    gw *g;
+    int idx;                         /* in g->inst */
+    char tag[GW_TAG_LEN + 1];        /* "" for instance 0: its ids carry no tag */
+    char name[GW_TAG_LEN + 1];       /* tag, or "default" for instance 0: metrics and /readyz */
     redis_url url;
     gw_redis redis;
     jobwatch_registry watches;
+    int64_t redis_full_ms;           /* when it last refused a write for its maxmemory (0 = never),
+                                      * see gw_redis_error_status */
+    int hb_read_ok;                  /* its last read of the heartbeats succeeded */
+    int hb_left_out, hb_misrouted;   /* heartbeats of that read left out (logged when it changes) */
+    metric *up;                      /* llmq_gateway_redis_instance_up{instance} */
+} gw_inst;
+
+/* --redis-for: a model and its instance. */
+typedef struct gw_route_ent {
+    char model[PROTO_MAX_MODEL_LEN + 1];
+    int inst;
+} gw_route_ent;
+
+struct gw {
+    struct ev_loop *loop;
+    gw_config cfg;
+    llmq_keys keys;
+    gw_inst *inst;               /* the Redis instances (owned), [0] = --redis */
+    size_t n_inst;
+    gw_route_ent *routes;        /* --redis-for (owned) */
+    size_t n_routes;
     http_server *http;
     metrics *reg;
     gw_metrics m;
@@ -85,7 +117,9 @@ typedef struct gw {
     gw_model *models;            /* the served models (owned; GW_MAX_MODELS at most), see "models" below */
     size_t n_models;
     ev_timer models_w;           /* every GW_MODELS_READ_S: read the heartbeats */
-    int models_reading;          /* a read of the heartbeats is in flight */
+    int models_reading;          /* instances whose read of the heartbeats is in flight */
+    int models_changed;          /* the table changed during this round of reads (logged at its end) */
+    int models_answered;         /* an instance answered during this round */
     int models_read_once;        /* a read completed (the served set was logged) */
     struct gw_miss *miss_sent;   /* requests for an unknown model waiting for the read in flight */
     struct gw_miss *miss_next;   /* ... and those that came after it was sent (the next read's) */
@@ -93,13 +127,11 @@ typedef struct gw {
     http_request *dispatching_req; /* ... and the request (what a miss is re-dispatched with) */
     int redispatch;              /* gw_route runs again after a read: a miss is final (404) */
     int64_t started_s;           /* Unix time of start ("created" of /v1/models) */
-    int64_t redis_full_ms;       /* when Redis last refused a write for its maxmemory (0 = never),
-                                  * see gw_redis_error_status */
     int shutting_down;
     ev_signal sigterm_w, sigint_w;
     ev_signal sighup_w;          /* reload the API keys */
     ev_timer drain_w;            /* shutdown: wait for streams, then stop */
-} gw;
+};
 
 /* ---------------------------------------------------------------- calls */
 
@@ -108,6 +140,8 @@ struct gw_call {
     http_conn *conn;             /* a reference is held */
     http_request *req;           /* valid while !done */
     int refs;                    /* 1 while active + 1 per Redis command in flight */
+    int inst;                    /* the Redis instance its commands go to (0 unless set:
+                                  * gw_submit sets the model's, job routes the id's) */
     int done;                    /* response ended or client gone */
     jobwatch *watch;             /* when following output; stopped when done */
     ev_timer heartbeat;          /* SSE comment every 15 s while streaming */
@@ -133,9 +167,41 @@ void gw_call_ref(gw_call *call);
 void gw_call_unref(gw_call *call);
 /* The response is complete (or abandoned): stop watching, drop the active ref. */
 void gw_call_finish(gw_call *call);
-/* Send c; the callback gets the call as privdata and must gw_call_unref it.
- * -1 when Redis is down (nothing was sent, no ref taken). */
+/* Send c to the call's instance; the callback gets the call as privdata and
+ * must gw_call_unref it.  -1 when Redis is down (nothing was sent, no ref taken). */
 int gw_call_send(gw_call *call, const rcmd *c, redisCallbackFn *cb);
+/* The same to instance inst (/readyz probes every instance). */
+int gw_call_send_to(gw_call *call, int inst, const rcmd *c, redisCallbackFn *cb);
+
+/* ---------------------------------------------------------------- instances */
+
+/* Add the instance of url (resolved; a URL already added is found again, by
+ * its address) and return its index, -1 with err set when it cannot be
+ * parsed or two addresses share a tag.  The first one added is instance 0. */
+int gw_inst_add(gw *g, const char *url, llmq_err *err);
+/* --redis-for MODELS=URL: route each model of the comma-separated list to
+ * the instance of URL.  -1 with err set on a bad entry or a model routed twice. */
+int gw_route_add(gw *g, const char *spec, llmq_err *err);
+/* The instance a model's jobs go to: its --redis-for entry, else 0. */
+int gw_inst_for_model(const gw *g, const char *model);
+/* The instance that holds job id: the one whose tag is the id's prefix up to
+ * its first '.', else 0 (untagged ids, and ids made by other clients). */
+int gw_inst_for_id(const gw *g, const char *id);
+/* A new job id for model: 32 random hex characters, after "<tag>." when the
+ * model's instance has a tag.  buf holds PROTO_MAX_ID_LEN + 1 bytes. */
+llmq_status gw_new_job_id(const gw *g, const char *model, char *buf, llmq_err *err);
+/* Both of the instance's connections are up. */
+int gw_inst_ready(const gw *g, int inst);
+/* llmq_gateway_redis_instance_up of each instance, llmq_gateway_redis_up = all up. */
+void gw_inst_metrics(gw *g);
+/* The instance of a redisAsyncContext callback (ac->data is its gw_redis). */
+gw_inst *gw_inst_of(redisAsyncContext *ac);
+/* The job watchers of the call's instance. */
+jobwatch_registry *gw_call_watches(gw_call *call);
+/* Answer 503 redis_unavailable naming instance inst (and what needed it). */
+void gw_reply_inst_down(gw *g, http_conn *c, int inst, const char *what);
+/* A description for messages: "r1a2b3c (redis://host:6380/0)". */
+const char *gw_inst_describe(const gw *g, int inst, char *buf, size_t cap);
 
 /* ---------------------------------------------------------------- replies */
 
@@ -208,12 +274,13 @@ json_t *gw_json_text(const char *s, size_t n);
 int64_t gw_now_ms(void);
 
 /* ---------------------------------------------------------------- Redis full */
-/* The HTTP status for a Redis error reply to a write the client asked for:
+/* The HTTP status for a Redis error reply to a write the client asked for
+ * (on instance inst):
  * 503 (answered with Retry-After) when Redis refused it for want of memory
  * ("OOM command not allowed ...", also inside a script, or "EXECABORT" of a
  * MULTI whose commands were refused so), which also makes /readyz report
- * not ready for GW_REDIS_FULL_MS; 500 for anything else (err may be NULL). */
-int gw_redis_error_status(gw *g, const char *err);
+ * that instance not ready for GW_REDIS_FULL_MS; 500 for anything else (err may be NULL). */
+int gw_redis_error_status(gw *g, int inst, const char *err);
 #define GW_REDIS_FULL_MS 2000
 
 /* ---------------------------------------------------------------- routes */

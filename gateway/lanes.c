@@ -49,9 +49,9 @@ static void on_groups(redisAsyncContext *ac, void *reply, void *priv) {
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents) {
     gw_lanes *l = &lanes_state;
     gw *g = l->g;
-    if (!g->redis.cmd_ready || g->shutting_down) return;
+    if (g->shutting_down) return;
     for (size_t i = 0; i < g->n_models; i++)
-        for (int lane = 0; lane < KEYS_LANES; lane++) {
+        for (int lane = 0; lane < KEYS_LANES && g->inst[g->models[i].inst].redis.cmd_ready; lane++) {
             metric *m = metric_get(l->lag, g->models[i].name, keys_lane_name(lane));
             if (!m) continue; /* out of memory: this series is not shown */
             char key[KEYS_MAX];
@@ -61,7 +61,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents) {
             rcmd_str(&c, "XINFO");
             rcmd_str(&c, "GROUPS");
             rcmd_str(&c, key);
-            if (gw_redis_send(&g->redis, &c, on_groups, m)) return; /* down: the next tick */
+            if (gw_redis_send(&g->inst[g->models[i].inst].redis, &c, on_groups, m)) break; /* down: the next tick */
         }
 }
 

@@ -1,7 +1,7 @@
 /*
  * main.c — llmq-gateway: options, wiring, signals.
  *
- *   llmq-gateway --redis URL --listen HOST:PORT [--api-key-file F] [--max-queue N]
+ *   llmq-gateway --redis URL [--redis-for MODELS=URL ...] --listen HOST:PORT [--api-key-file F] [--max-queue N]
  *                [--max-body-bytes N] [--max-tokens-limit N] [--models a,b] [--prefix P]
  *                [--result-ttl S] [--drain-timeout S] [--request-timeout S] [--max-connections N]
  *                [--queue-timeout S] [--admin-key-file F] [--priority-range LO:HI] [--key-max-jobs N]
@@ -46,6 +46,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: llmq-gateway --redis URL --listen HOST:PORT [options]\n"
             "  --redis URL            redis://[user:password@]host:port/db or unix:///path\n"
+            "  --redis-for MODELS=URL the jobs of these models (a,b) on another Redis instance; repeatable;\n"
+            "                         the models no entry names stay on --redis\n"
             "  --listen HOST:PORT     address to serve HTTP on (default 0.0.0.0:8000)\n"
             "  --api-key-file F       bearer keys, one per line (# comments); reloaded on SIGHUP. Also:\n"
             "                         $LLMQ_API_KEY_FILE, $LLMQ_API_KEYS (comma-separated); none = no auth\n"
@@ -158,30 +160,35 @@ static int set_models(gw *g, const char *list) {
 
 /* ---------------------------------------------------------------- events */
 
+/* The connections of instance ud. */
 static void ev_cmd_up(void *ud) {
-    gw *g = ud;
-    for (size_t i = 0; i < g->n_models; i++) g->models[i].group_ok = 0;
+    gw_inst *in = ud;
+    gw *g = in->g;
+    for (size_t i = 0; i < g->n_models; i++)
+        if (g->models[i].inst == in->idx) g->models[i].group_ok = 0;
     gw_ensure_groups(g);
     gw_models_read(g);
-    jobwatch_on_cmd_up(&g->watches);
-    metric_set(g->m.redis_up, g->redis.sub_ready);
+    jobwatch_on_cmd_up(&in->watches);
+    gw_inst_metrics(g);
 }
 static void ev_cmd_down(void *ud) {
-    gw *g = ud;
-    for (size_t i = 0; i < g->n_models; i++) g->models[i].group_ok = 0;
-    metric_set(g->m.redis_up, 0);
+    gw_inst *in = ud;
+    gw *g = in->g;
+    for (size_t i = 0; i < g->n_models; i++)
+        if (g->models[i].inst == in->idx) g->models[i].group_ok = 0;
+    gw_inst_metrics(g);
 }
 static void ev_sub_up(void *ud) {
-    gw *g = ud;
-    jobwatch_on_sub_up(&g->watches);
-    metric_set(g->m.redis_up, g->redis.cmd_ready);
+    gw_inst *in = ud;
+    jobwatch_on_sub_up(&in->watches);
+    gw_inst_metrics(in->g);
 }
 static void ev_sub_down(void *ud) {
-    gw *g = ud;
-    jobwatch_on_sub_down(&g->watches);
-    metric_set(g->m.redis_up, 0);
+    gw_inst *in = ud;
+    jobwatch_on_sub_down(&in->watches);
+    gw_inst_metrics(in->g);
 }
-static void ev_sub_reply(void *ud, redisReply *r) { jobwatch_on_sub_reply(&((gw *)ud)->watches, r); }
+static void ev_sub_reply(void *ud, redisReply *r) { jobwatch_on_sub_reply(&((gw_inst *)ud)->watches, r); }
 
 static void on_http_log(void *ud, const http_request *req, int status, double seconds) {
     gw *g = ud;
@@ -206,7 +213,7 @@ static void stop_everything(gw *g) {
     gw_models_stop(g);
     http_server_destroy(g->http); /* closes the rest; their calls stop their watchers */
     g->http = NULL;
-    gw_redis_stop(&g->redis);
+    for (size_t i = 0; i < g->n_inst; i++) gw_redis_stop(&g->inst[i].redis);
 }
 
 static void on_drain(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -250,7 +257,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents) {
 /* ---------------------------------------------------------------- main */
 
 int main(int argc, char **argv) {
-    static gw g; /* large (the watch table); zeroed */
+    static gw g; /* zeroed */
     char host[256] = "0.0.0.0";
     int port = 8000;
     long long v;
@@ -271,7 +278,7 @@ int main(int argc, char **argv) {
 
     enum { O_REDIS = 1, O_LISTEN, O_KEYS, O_MAXQ, O_BODY, O_TOKENS, O_MODELS, O_PREFIX, O_TTL, O_DRAIN, O_RPWFILE,
            O_ROOT, O_REQ_TIMEOUT, O_MAXCONN, O_QUEUE_TIMEOUT, O_ADMIN_KEYS, O_PRIO_RANGE, O_KEY_MAX_JOBS,
-           O_KEY_TPM, O_HELP };
+           O_KEY_TPM, O_REDIS_FOR, O_HELP };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},          {"listen", required_argument, 0, O_LISTEN},
         {"api-key-file", required_argument, 0, O_KEYS},    {"max-queue", required_argument, 0, O_MAXQ},
@@ -283,12 +290,22 @@ int main(int argc, char **argv) {
         {"queue-timeout", required_argument, 0, O_QUEUE_TIMEOUT},
         {"admin-key-file", required_argument, 0, O_ADMIN_KEYS}, {"priority-range", required_argument, 0, O_PRIO_RANGE},
         {"key-max-jobs", required_argument, 0, O_KEY_MAX_JOBS}, {"key-tokens-per-minute", required_argument, 0, O_KEY_TPM},
+        {"redis-for", required_argument, 0, O_REDIS_FOR},
         {"help", no_argument, 0, O_HELP},                  {0, 0, 0, 0},
     };
+    const char *redis_for[64];
+    int n_redis_for = 0;
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (o) {
         case O_REDIS: g.cfg.redis_url = optarg; break;
+        case O_REDIS_FOR:
+            if (n_redis_for == (int)(sizeof redis_for / sizeof *redis_for)) {
+                fprintf(stderr, "llmq-gateway: more than %d --redis-for\n", n_redis_for);
+                return 2;
+            }
+            redis_for[n_redis_for++] = optarg;
+            break;
         case O_LISTEN:
             if (parse_listen(optarg, host, sizeof host, &port)) {
                 fprintf(stderr, "llmq-gateway: --listen wants HOST:PORT, got '%s'\n", optarg);
@@ -380,10 +397,15 @@ int main(int argc, char **argv) {
     llmq_err err;
     llmq_err_clear(&err);
     redis_url_set_password_file(g.cfg.redis_password_file);
-    if (redis_url_resolve(&g.url, g.cfg.redis_url, &err) != LLMQ_OK || keys_init(&g.keys, g.cfg.prefix, &err) != LLMQ_OK) {
+    if (gw_inst_add(&g, g.cfg.redis_url, &err) != 0 || keys_init(&g.keys, g.cfg.prefix, &err) != LLMQ_OK) {
         fprintf(stderr, "llmq-gateway: %s\n", err.msg);
         return 2;
     }
+    for (int i = 0; i < n_redis_for; i++)
+        if (gw_route_add(&g, redis_for[i], &err) != 0) {
+            fprintf(stderr, "llmq-gateway: %s\n", err.msg);
+            return 2;
+        }
     if (g.cfg.models && set_models(&g, g.cfg.models)) return 2;
     if (gw_auth_init_admin(&g.auth, g.cfg.api_key_file, admin_key_file, &err) != LLMQ_OK) {
         fprintf(stderr, "llmq-gateway: API keys: %s\n", err.msg);
@@ -430,14 +452,22 @@ int main(int argc, char **argv) {
     g.m.submitted = metrics_counter(g.reg, "llmq_gateway_jobs_submitted_total", "Jobs written to Redis.", "model_name");
     g.m.rejected = metrics_counter(g.reg, "llmq_gateway_queue_full_total", "Submissions refused with 429.", "model_name");
     g.m.streams = metric_get(metrics_gauge(g.reg, "llmq_gateway_open_streams", "SSE responses in progress.", NULL));
-    g.m.redis_up = metric_get(metrics_gauge(g.reg, "llmq_gateway_redis_up", "1 when both Redis connections are up.", NULL));
+    g.m.redis_up = metric_get(metrics_gauge(g.reg, "llmq_gateway_redis_up",
+                                            "1 when both connections to every Redis instance are up.", NULL));
+    metric_family *inst_up = metrics_gauge(g.reg, "llmq_gateway_redis_instance_up",
+                                           "1 when both connections to this Redis instance are up "
+                                           "(default: --redis, else the tag of its jobs' ids).", "instance");
     g.m.connections = metric_get(metrics_gauge(g.reg, "llmq_gateway_http_connections", "Open HTTP connections.", NULL));
 
     char anchor[KEYS_MAX];
     snprintf(anchor, sizeof anchor, "%sgateway:anchor", g.keys.prefix);
-    gw_redis_events evs = {&g, ev_cmd_up, ev_cmd_down, ev_sub_up, ev_sub_down, ev_sub_reply};
-    gw_redis_init(&g.redis, g.loop, &g.url, anchor, &evs);
-    jobwatch_registry_init(&g.watches, &g.redis, &g.keys);
+    for (size_t i = 0; i < g.n_inst; i++) { /* g.inst does not move from here on */
+        gw_inst *in = &g.inst[i];
+        gw_redis_events evs = {in, ev_cmd_up, ev_cmd_down, ev_sub_up, ev_sub_down, ev_sub_reply};
+        gw_redis_init(&in->redis, g.loop, &in->url, anchor, &evs);
+        jobwatch_registry_init(&in->watches, &in->redis, &g.keys);
+        in->up = metric_get(inst_up, in->name);
+    }
 
     http_limits lim = {.max_body = g.cfg.max_body,
                        .idle_timeout = 75,
@@ -453,8 +483,17 @@ int main(int argc, char **argv) {
     char cap[48] = "no connection cap";
     if (g.cfg.max_connections) snprintf(cap, sizeof cap, "at most %lld connections", g.cfg.max_connections);
     log_info("listening on %s:%d, redis %s, prefix '%s', %s", host, http_server_port(g.http),
-             redis_url_describe(&g.url, where, sizeof where), g.keys.prefix, cap);
-    gw_redis_start(&g.redis);
+             redis_url_describe(&g.inst[0].url, where, sizeof where), g.keys.prefix, cap);
+    for (size_t i = 1; i < g.n_inst; i++) {
+        char models[1024] = "";
+        size_t n = 0;
+        for (size_t k = 0; k < g.n_routes && n < sizeof models; k++)
+            if (g.routes[k].inst == (int)i)
+                n += (size_t)snprintf(models + n, sizeof models - n, "%s%s", n ? ", " : "", g.routes[k].model);
+        log_info("redis instance %s: %s carries %s (job ids '%s.<hex>')", g.inst[i].name,
+                 redis_url_describe(&g.inst[i].url, where, sizeof where), models, g.inst[i].tag);
+    }
+    for (size_t i = 0; i < g.n_inst; i++) gw_redis_start(&g.inst[i].redis);
     gw_models_start(&g);
     gw_lanes_start(&g); /* llmq_queue_lag per model and lane (gateway/lanes.c) */
 
@@ -467,7 +506,9 @@ int main(int argc, char **argv) {
 
     ev_run(g.loop, 0);
 
-    jobwatch_registry_deinit(&g.watches);
+    for (size_t i = 0; i < g.n_inst; i++) jobwatch_registry_deinit(&g.inst[i].watches);
+    free(g.inst);
+    free(g.routes);
     metrics_destroy(g.reg);
     gw_auth_deinit(&g.auth);
     free(g.models);

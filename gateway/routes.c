@@ -116,6 +116,12 @@ void gw_route(void *ud, http_conn *c, http_request *req) {
         req->route = events ? "/v1/jobs/{id}/events" : "/v1/jobs/{id}";
         if (!keys_id_valid(id))
             return gw_reply_error(c, 404, "invalid_request_error", "id", "job_not_found", "no job with id '%s'", id);
+        int inst = gw_inst_for_id(g, id); /* its instance lost: that 503 names it */
+        if (g->n_inst > 1 && !g->inst[inst].redis.cmd_ready) {
+            char what[PROTO_MAX_ID_LEN + 8];
+            snprintf(what, sizeof what, "job %s", id);
+            return gw_reply_inst_down(g, c, inst, what);
+        }
         if (events) {
             if (m != HTTP_GET) return method_not_allowed(c, "GET");
             return gw_route_jobs_events(g, c, req, id);
@@ -153,19 +159,22 @@ void gw_route_models(gw *g, http_conn *c, http_request *req) {
 
 /* ================================================================ /health */
 
-/* vLLM's probe: 200 with an empty body when the gateway can serve (both Redis
- * connections up), else 503. */
+/* vLLM's probe: 200 with an empty body when the gateway can serve (both
+ * connections up to its Redis, or to one of its instances at least: the
+ * models of the others get their 503), else 503. */
 void gw_route_health(gw *g, http_conn *c, http_request *req) {
     if (g->shutting_down)
         return gw_reply_error(c, 503, "service_unavailable", NULL, "shutting_down", "the gateway is shutting down");
-    if (!g->redis.cmd_ready || !g->redis.sub_ready) return gw_reply_redis_down(c);
+    int any = 0;
+    for (size_t i = 0; i < g->n_inst; i++) any |= gw_inst_ready(g, (int)i);
+    if (!any) return gw_reply_redis_down(c);
     http_respond(c, 200, "text/plain", "", 0, NULL);
 }
 
 /* ================================================================ /metrics */
 
 void gw_route_metrics(gw *g, http_conn *c, http_request *req) {
-    metric_set(g->m.redis_up, g->redis.cmd_ready && g->redis.sub_ready);
+    gw_inst_metrics(g);
     metric_set(g->m.connections, (double)http_server_conn_count(g->http));
     size_t len;
     char *txt = metrics_render(g->reg, &len);
@@ -176,29 +185,71 @@ void gw_route_metrics(gw *g, http_conn *c, http_request *req) {
 
 /* ================================================================ /readyz */
 
+/* Readiness per Redis instance. */
+typedef struct ready_inst {
+    int failed;                  /* unreachable, full, a reply missing or without our group */
+    char why[256];               /* first reason it is not ready */
+} ready_inst;
+
 typedef struct ready_call {
     gw_call base;
-    int pending;                 /* XINFO GROUPS replies still to come */
-    int failed;                  /* a reply was missing or without our group */
-    char why[256];               /* first reason it is not ready */
+    int pending;                 /* XINFO GROUPS / INFO / PING replies still to come */
+    ready_inst *inst;            /* g->n_inst of them, after the call */
 } ready_call;
 
-/* {"status", ["reason",] "redis": both connections up, "auth": "enabled" |
- * "disabled"}: an operator sees an open gateway in its probe answers. */
-static json_t *ready_body(gw *g, const char *reason) {
-    json_t *v = json_pack("{s:s, s:b, s:s}", "status", reason ? "not ready" : "ready", "redis",
-                          g->redis.cmd_ready && g->redis.sub_ready, "auth",
+static void ready_fail(ready_inst *ri, const char *why) {
+    if (ri->failed) return;
+    ri->failed = 1;
+    snprintf(ri->why, sizeof ri->why, "%s", why);
+}
+
+/* {"status", ["reason",] "redis": both connections up (to every instance),
+ * "auth": "enabled" | "disabled"}: an operator sees an open gateway in its
+ * probe answers.  With several instances (--redis-for) also "instances":
+ * [{"name", "redis", "ready", ["reason",] "models"}], and the status is
+ * "degraded" while some but not all are ready: the gateway stays ready (its
+ * other models are served), each lost instance's models get 503. */
+static json_t *ready_body(gw *g, const ready_inst *ri, const char *status, const char *reason) {
+    int all = 1;
+    for (size_t i = 0; i < g->n_inst; i++) all &= gw_inst_ready(g, (int)i);
+    json_t *v = json_pack("{s:s, s:b, s:s}", "status", status, "redis", all, "auth",
                           gw_auth_enabled(&g->auth) ? "enabled" : "disabled");
     if (v && reason) json_object_set_new(v, "reason", json_string(reason));
+    if (v && g->n_inst > 1) {
+        json_t *a = json_array();
+        for (size_t i = 0; i < g->n_inst; i++) {
+            json_t *models = json_array();
+            for (size_t k = 0; k < g->n_models; k++)
+                if (g->models[k].inst == (int)i) json_array_append_new(models, json_string(g->models[k].name));
+            int ok = ri ? !ri[i].failed : gw_inst_ready(g, (int)i);
+            json_t *o = json_pack("{s:s, s:b, s:b, s:o}", "name", g->inst[i].name, "redis", gw_inst_ready(g, (int)i),
+                                  "ready", ok, "models", models);
+            if (o && ri && ri[i].failed) json_object_set_new(o, "reason", json_string(ri[i].why));
+            json_array_append_new(a, o);
+        }
+        json_object_set_new(v, "instances", a);
+    }
     return v;
 }
 
 static void ready_reply(ready_call *rc) {
     http_conn *c = rc->base.conn;
-    if (rc->failed)
-        gw_reply_json(c, 503, ready_body(rc->base.g, rc->why), "Retry-After: 1\r\n");
-    else
-        gw_reply_json(c, 200, ready_body(rc->base.g, NULL), NULL);
+    gw *g = rc->base.g;
+    size_t failed = 0, first = 0;
+    for (size_t i = g->n_inst; i-- > 0;)
+        if (rc->inst[i].failed) {
+            failed++;
+            first = i;
+        }
+    if (failed == g->n_inst) {
+        gw_reply_json(c, 503, ready_body(g, rc->inst, "not ready", rc->inst[first].why), "Retry-After: 1\r\n");
+    } else if (failed) {
+        char why[300];
+        snprintf(why, sizeof why, "redis instance %s: %s", g->inst[first].name, rc->inst[first].why);
+        gw_reply_json(c, 200, ready_body(g, rc->inst, "degraded", why), NULL);
+    } else {
+        gw_reply_json(c, 200, ready_body(g, rc->inst, "ready", NULL), NULL);
+    }
     gw_call_finish(&rc->base);
 }
 
@@ -216,12 +267,10 @@ static void on_ready_probe(redisAsyncContext *ac, void *reply, void *priv) {
                     ok = 1;
         }
     }
-    if (!ok && !rc->failed) {
-        rc->failed = 1;
-        snprintf(rc->why, sizeof rc->why, "%s", !r ? "redis connection lost"
-                                                  : r->type == REDIS_REPLY_ERROR ? r->str
-                                                                                 : "consumer group 'workers' missing");
-    }
+    if (!ok)
+        ready_fail(&rc->inst[gw_inst_of(ac)->idx], !r ? "redis connection lost"
+                                                      : r->type == REDIS_REPLY_ERROR ? r->str
+                                                                                     : "consumer group 'workers' missing");
     if (--rc->pending == 0 && !rc->base.done) ready_reply(rc);
     gw_call_unref(&rc->base);
 }
@@ -245,10 +294,11 @@ static void on_ready_memory(redisAsyncContext *ac, void *reply, void *priv) {
         long long max = info_field(r->str, "maxmemory"),
                   used = info_field(r->str, "used_memory") - info_field(r->str, "mem_not_counted_for_evict");
         const char *pol = strstr(r->str, "\nmaxmemory_policy:");
-        if (max > 0 && used >= max && pol && !strncmp(pol + 19, "noeviction", 10) && !rc->failed) {
-            rc->failed = 1;
-            snprintf(rc->why, sizeof rc->why, "redis is full (used_memory %lld >= maxmemory %lld): writes are refused",
+        if (max > 0 && used >= max && pol && !strncmp(pol + 19, "noeviction", 10)) {
+            char why[160];
+            snprintf(why, sizeof why, "redis is full (used_memory %lld >= maxmemory %lld): writes are refused",
                      used, max);
+            ready_fail(&rc->inst[gw_inst_of(ac)->idx], why);
         }
     } /* no answer: the other probes say why */
     if (--rc->pending == 0 && !rc->base.done) ready_reply(rc);
@@ -256,52 +306,65 @@ static void on_ready_memory(redisAsyncContext *ac, void *reply, void *priv) {
 }
 
 void gw_route_readyz(gw *g, http_conn *c, http_request *req) {
-    if (!g->redis.cmd_ready || !g->redis.sub_ready)
-        return gw_reply_json(c, 503, ready_body(g, "redis unreachable"),
-                             "Retry-After: 1\r\n");
+    int any = 0;
+    for (size_t i = 0; i < g->n_inst; i++) any |= gw_inst_ready(g, (int)i);
+    if (!any)
+        return gw_reply_json(c, 503, ready_body(g, NULL, "not ready", "redis unreachable"), "Retry-After: 1\r\n");
     if (g->shutting_down)
-        return gw_reply_json(c, 503, ready_body(g, "shutting down"), NULL);
-    if (g->redis_full_ms && gw_now_ms() - g->redis_full_ms < GW_REDIS_FULL_MS)
-        return gw_reply_json(c, 503, ready_body(g, "redis is full: a write was refused for its maxmemory"),
-                             "Retry-After: 1\r\n");
-    ready_call *rc = (ready_call *)gw_call_new(g, c, req, sizeof *rc, NULL);
+        return gw_reply_json(c, 503, ready_body(g, NULL, "not ready", "shutting down"), NULL);
+    ready_call *rc = (ready_call *)gw_call_new(g, c, req, sizeof *rc + g->n_inst * sizeof(ready_inst), NULL);
     if (!rc) return gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
+    rc->inst = (ready_inst *)(rc + 1);
     gw_ensure_groups(g);
-    rcmd cmd;
-    int sent = 0;
-    rcmd_init(&cmd);
-    rcmd_str(&cmd, "INFO");
-    rcmd_str(&cmd, "memory");
-    rc->pending++;
-    if (gw_call_send(&rc->base, &cmd, on_ready_memory) != 0) rc->pending--; /* the probes below fail too */
-    for (size_t i = 0; i < g->n_models; i++) {
-        char key[KEYS_MAX];
-        keys_req_stream(&g->keys, g->models[i].name, key, sizeof key);
+    gw_call_ref(&rc->base); /* replies cannot come before the loop runs, but be plain about it */
+    for (size_t i = 0; i < g->n_inst; i++) {
+        ready_inst *ri = &rc->inst[i];
+        int64_t full = g->inst[i].redis_full_ms;
+        if (!gw_inst_ready(g, (int)i)) {
+            ready_fail(ri, "redis unreachable");
+            continue;
+        }
+        if (full && gw_now_ms() - full < GW_REDIS_FULL_MS) {
+            ready_fail(ri, "redis is full: a write was refused for its maxmemory");
+            continue;
+        }
+        rcmd cmd;
         rcmd_init(&cmd);
-        rcmd_str(&cmd, "XINFO");
-        rcmd_str(&cmd, "GROUPS");
-        rcmd_str(&cmd, key);
+        rcmd_str(&cmd, "INFO");
+        rcmd_str(&cmd, "memory");
         rc->pending++;
-        if (gw_call_send(&rc->base, &cmd, on_ready_probe) != 0) {
+        if (gw_call_send_to(&rc->base, (int)i, &cmd, on_ready_memory) != 0) {
             rc->pending--;
-            break;
+            ready_fail(ri, "redis unreachable");
+            continue;
         }
-        sent++;
-    }
-    if (g->n_models == 0) {
-        rcmd_init(&cmd);
-        rcmd_str(&cmd, "PING");
-        rc->pending++;
-        if (gw_call_send(&rc->base, &cmd, on_ready_probe) == 0) sent++;
-        else rc->pending--;
-    }
-    if (!sent || (size_t)sent < (g->n_models ? g->n_models : 1)) {
-        if (rc->pending == 0) {
-            gw_reply_redis_down(c);
-            gw_call_finish(&rc->base);
-        } else {
-            rc->failed = 1;
-            snprintf(rc->why, sizeof rc->why, "redis unreachable");
+        int probes = 0;
+        for (size_t k = 0; k < g->n_models; k++) {
+            if (g->models[k].inst != (int)i) continue;
+            char key[KEYS_MAX];
+            keys_req_stream(&g->keys, g->models[k].name, key, sizeof key);
+            rcmd_init(&cmd);
+            rcmd_str(&cmd, "XINFO");
+            rcmd_str(&cmd, "GROUPS");
+            rcmd_str(&cmd, key);
+            rc->pending++;
+            if (gw_call_send_to(&rc->base, (int)i, &cmd, on_ready_probe) != 0) {
+                rc->pending--;
+                ready_fail(ri, "redis unreachable");
+                break;
+            }
+            probes++;
+        }
+        if (!probes && !ri->failed) { /* no model on it: it answers at least */
+            rcmd_init(&cmd);
+            rcmd_str(&cmd, "PING");
+            rc->pending++;
+            if (gw_call_send_to(&rc->base, (int)i, &cmd, on_ready_probe) != 0) {
+                rc->pending--;
+                ready_fail(ri, "redis unreachable");
+            }
         }
     }
+    if (rc->pending == 0) ready_reply(rc);
+    gw_call_unref(&rc->base);
 }

@@ -131,7 +131,7 @@ void gw_route_jobs_submit(gw *g, http_conn *c, http_request *req) {
     }
     gw_call *call = gw_call_new(g, c, req, sizeof *call, NULL);
     llmq_err err;
-    if (!call || keys_new_id(call->id, &err) != LLMQ_OK || !(p.r.id = strdup(call->id))) {
+    if (!call || gw_new_job_id(g, p.r.model, call->id, &err) != LLMQ_OK || !(p.r.id = strdup(call->id))) {
         proto_request_deinit(&p.r);
         gw_reply_error(c, 500, "server_error", NULL, NULL, "cannot create a job id");
         if (call) gw_call_finish(call);
@@ -289,6 +289,7 @@ void gw_route_jobs_get(gw *g, http_conn *c, http_request *req, const char *id) {
     get_call *gc = (get_call *)gw_call_new(g, c, req, sizeof *gc, get_cleanup);
     if (!gc) return gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
     snprintf(gc->base.id, sizeof gc->base.id, "%s", id);
+    gc->base.inst = gw_inst_for_id(g, id);
     gw_auth_identify(&g->auth, req->authorization, &gc->who);
     char job[KEYS_MAX], out[KEYS_MAX];
     keys_job(&g->keys, id, job, sizeof job);
@@ -353,7 +354,7 @@ static void on_events_exists(redisAsyncContext *ac, void *reply, void *priv) {
         goto out;
     }
     gw_sse_begin(call);
-    call->watch = jobwatch_start(&call->g->watches, call->id, ec->from, on_event_chunk, ec);
+    call->watch = jobwatch_start(gw_call_watches(call), call->id, ec->from, on_event_chunk, ec);
     jobwatch_on_gap(call->watch, gw_sse_gap); /* a trimmed output: an error event, not a silent gap */
     if (!call->watch) {
         gw_sse_end(call);
@@ -405,6 +406,7 @@ void gw_route_jobs_events(gw *g, http_conn *c, http_request *req, const char *id
     events_call *ec = (events_call *)gw_call_new(g, c, req, sizeof *ec, NULL);
     if (!ec) return gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
     snprintf(ec->base.id, sizeof ec->base.id, "%s", id);
+    ec->base.inst = gw_inst_for_id(g, id);
     ec->from = last < INT64_MAX ? last + 1 : INT64_MAX; /* no job has 2^63 chunks: nothing follows */
     gw_auth_identify(&g->auth, req->authorization, &ec->who);
     char job[KEYS_MAX];
@@ -450,6 +452,7 @@ void gw_route_jobs_cancel(gw *g, http_conn *c, http_request *req, const char *id
     gw_call *call = gw_call_new(g, c, req, sizeof *call, NULL);
     if (!call) return gw_reply_error(c, 500, "server_error", NULL, NULL, "out of memory");
     snprintf(call->id, sizeof call->id, "%s", id);
+    call->inst = gw_inst_for_id(g, id);
     proto_buf chunk;
     proto_buf_init(&chunk);
     if (jobops_cancel_chunk(&chunk, NULL) != LLMQ_OK) {

@@ -137,7 +137,7 @@ static void cancel_job(oai_call *oc, const char *id) {
         rcmd cmd;
         jobops_keys kb;
         jobops_cancel(&cmd, &kb, &g->keys, id, gw_now_ms(), g->cfg.result_ttl_s, chunk.data, chunk.len);
-        if (gw_redis_send(&g->redis, &cmd, NULL, NULL) != 0)
+        if (gw_redis_send(&g->inst[oc->base.inst].redis, &cmd, NULL, NULL) != 0)
             log_warn("job %s: its client went away, and Redis is down: it runs to its end", id);
     }
     proto_buf_deinit(&chunk);
@@ -497,7 +497,7 @@ static void on_submitted(gw_call *call, int status, const char *msg);
 static int submit_next(oai_call *oc) {
     oai_choice *ch = &oc->ch[oc->n_sent];
     llmq_err err;
-    if (oc->n_sent > 0 && keys_new_id(ch->id, &err) != LLMQ_OK) return -1;
+    if (oc->n_sent > 0 && gw_new_job_id(oc->base.g, oc->req.model, ch->id, &err) != LLMQ_OK) return -1;
     snprintf(oc->base.id, sizeof oc->base.id, "%s", ch->id); /* gw_submit submits call->id */
     free(oc->req.id);
     oc->req.id = strdup(ch->id);
@@ -520,7 +520,7 @@ static void on_submitted(gw_call *call, int status, const char *msg) {
     }
     oai_choice *ch = &oc->ch[oc->n_sent++];
     /* a stream's headers wait for a job's first event (see the top) */
-    ch->watch = jobwatch_start(&call->g->watches, ch->id, 0, oc->stream ? on_stream_chunk : on_collect_chunk, ch);
+    ch->watch = jobwatch_start(gw_call_watches(call), ch->id, 0, oc->stream ? on_stream_chunk : on_collect_chunk, ch);
     if (!ch->watch) {
         cancel_jobs(oc);
         gw_reply_error(call->conn, 500, "server_error", NULL, NULL, "out of memory");
@@ -561,7 +561,7 @@ void gw_route_openai(gw *g, http_conn *c, http_request *req, int chat) {
         proto_request_deinit(&p.r);
     }
     llmq_err err;
-    if (!oc || keys_new_id(oc->base.id, &err) != LLMQ_OK) {
+    if (!oc || gw_new_job_id(g, oc->req.model, oc->base.id, &err) != LLMQ_OK) {
         gw_reply_error(c, 500, "server_error", NULL, NULL, "cannot create a job id");
         if (oc) gw_call_finish(&oc->base);
         return;

@@ -70,7 +70,7 @@ static void on_submitted(gw_call *call, int status, const char *msg) {
         gw_reply_error(call->conn, 500, "server_error", NULL, NULL, "submitting the job failed: %s", msg);
         return gw_call_finish(call);
     }
-    call->watch = jobwatch_start(&call->g->watches, call->id, 0, on_answer, (tok_call *)call);
+    call->watch = jobwatch_start(gw_call_watches(call), call->id, 0, on_answer, (tok_call *)call);
     if (!call->watch) {
         gw_reply_error(call->conn, 500, "server_error", NULL, NULL, "out of memory");
         gw_call_finish(call);
@@ -175,7 +175,7 @@ void gw_route_tok(gw *g, http_conn *c, http_request *req, int detok) {
     }
     tok_call *tc = (tok_call *)gw_call_new(g, c, req, sizeof *tc, NULL);
     llmq_err err;
-    if (!tc || keys_new_id(tc->base.id, &err) != LLMQ_OK || !(p.r.id = strdup(tc->base.id))) {
+    if (!tc || gw_new_job_id(g, p.r.model, tc->base.id, &err) != LLMQ_OK || !(p.r.id = strdup(tc->base.id))) {
         proto_request_deinit(&p.r);
         gw_reply_error(c, 500, "server_error", NULL, NULL, "cannot create a job id");
         if (tc) gw_call_finish(&tc->base);

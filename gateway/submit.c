@@ -480,6 +480,14 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
     const char *name = json_string_value(model);
     if (!keys_model_valid(name))
         return bad_set(bad, 400, "model", "'model' must be 1-128 characters of [A-Za-z0-9._:/@+-]");
+    const int inst = gw_inst_for_model(g, name); /* its instance lost: a 503 that names it, not a 404 */
+    if (g->n_inst > 1 && !g->inst[inst].redis.cmd_ready) {
+        bad_set(bad, 503, "model", "the Redis instance %s that holds model '%s' is unreachable; retry shortly "
+                "(models on other instances are served)", g->inst[inst].name, name);
+        bad->type = "service_unavailable";
+        bad->code = "redis_unavailable";
+        return -1;
+    }
     const int mi = gw_model_lookup(g, name);
     if (mi < 0) {
         bad_set(bad, 404, "model", "The model '%s' does not exist", name);
@@ -664,7 +672,7 @@ int gw_parse_request(gw *g, gw_api api, const char *body, size_t len, gw_parsed 
 
 static void submitted(gw_call *call, int status, const char *msg) {
     proto_buf_deinit(&call->payload);
-    if (status == 500) status = gw_redis_error_status(call->g, msg); /* Redis full: 503 + Retry-After (gw.h) */
+    if (status == 500) status = gw_redis_error_status(call->g, call->inst, msg); /* Redis full: 503 + Retry-After (gw.h) */
     if (!call->done && call->submitted) call->submitted(call, status, msg);
 }
 
@@ -695,8 +703,9 @@ static int send_submission(gw_call *call) {
     jobops_submit(&hset, &xadd, &kb, &g->keys, call->id, call->model, call->priority, call->payload.data, call->payload.len,
                   gw_now_ms());
     if (!rcmd_ok(&hset) || !rcmd_ok(&xadd)) return -1;
-    if (gw_redis_send(&g->redis, &multi, NULL, NULL) || gw_redis_send(&g->redis, &hset, NULL, NULL) ||
-        gw_redis_send(&g->redis, &xadd, NULL, NULL))
+    gw_redis *rd = &g->inst[call->inst].redis;
+    if (gw_redis_send(rd, &multi, NULL, NULL) || gw_redis_send(rd, &hset, NULL, NULL) ||
+        gw_redis_send(rd, &xadd, NULL, NULL))
         return -1;
     return gw_call_send(call, &exec, on_exec);
 }
@@ -776,6 +785,7 @@ int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int
     gw *g = call->g;
     llmq_err err;
     snprintf(call->model, sizeof call->model, "%s", r->model);
+    call->inst = gw_inst_for_model(g, r->model);
     call->priority = r->priority;
     call->submitted = done;
     proto_buf_reset(&call->payload);

@@ -58,7 +58,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     g.cfg.max_body = 16 << 10; /* small enough that fuzzed inputs reach 413 */
     g.cfg.max_tokens_limit = 32768;
     g.cfg.drain_timeout = 1;
-    if (!g.loop || keys_init(&g.keys, NULL, &err) || redis_url_parse(&g.url, "redis://127.0.0.1:1/0", &err))
+    if (!g.loop || keys_init(&g.keys, NULL, &err) || gw_inst_add(&g, "redis://127.0.0.1:1/0", &err) != 0)
         fuzz_fail("setup: %s", err.msg);
     if (gw_model_add(&g, "m1", 1) < 0 || gw_model_add(&g, "org/model-7b", 1) < 0) fuzz_fail("setup: models");
     unsetenv("LLMQ_API_KEY_FILE");
@@ -74,8 +74,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     g.m.redis_up = metric_get(metrics_gauge(g.reg, "redis_up", "up", NULL));
     g.m.connections = metric_get(metrics_gauge(g.reg, "http_connections", "conns", NULL));
     gw_redis_events evs = {&g, NULL, NULL, NULL, NULL, NULL};
-    gw_redis_init(&g.redis, g.loop, &g.url, "llmq:gateway:anchor", &evs); /* never started: Redis is down */
-    jobwatch_registry_init(&g.watches, &g.redis, &g.keys);
+    gw_inst *in = &g.inst[0];
+    evs.ud = in;
+    gw_redis_init(&in->redis, g.loop, &in->url, "llmq:gateway:anchor", &evs); /* never started: Redis is down */
+    jobwatch_registry_init(&in->watches, &in->redis, &g.keys);
     http_limits lim = {.max_body = g.cfg.max_body, .idle_timeout = 75, .request_timeout = 30, .max_backlog = 8 << 20};
     g.http = http_server_create(g.loop, "127.0.0.1", 0, &lim, gw_route, on_log, &g, &err);
     if (!g.http) fuzz_fail("setup: %s", err.msg);
@@ -211,7 +213,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     close(sv[1]);
     /* a closed socket end means the server's conn_close ran: nothing may be left */
     fuzz_check(http_server_conn_count(g.http) == 0, "%zu connections left", http_server_conn_count(g.http));
-    fuzz_check(g.watches.n_watchers == 0, "%zu job watchers left", g.watches.n_watchers);
+    fuzz_check(g.inst[0].watches.n_watchers == 0, "%zu job watchers left", g.inst[0].watches.n_watchers);
     check_responses(out.data, out.len);
     proto_buf_deinit(&out);
     return 0;
