@@ -13,6 +13,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@
 #include "common/log.h"
 #include "common/protocol.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/threads.h"
 #include "worker/engine/engine.h"
 #include "worker/engine/runtime.h"
 #include "worker/engine/sched.h"
@@ -374,6 +376,8 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "llmq generate: %s\n", err.msg);
         goto done;
     }
+    const char *threads_why; /* the kernels' thread count and why (kernels/cpu/threads.h) */
+    cpu_threads_setup(&threads_why);
     sch = rt->sch;
     m = rt->m;
     if (no_pc) sched_set_prefix_caching(sch, 0);
@@ -429,6 +433,8 @@ int cmd_generate(int argc, char **argv) {
                 free(text);
             }
             if (digest) printf(",\"logits_digest\":\"%016" PRIx64 "\"", it->logits_digest);
+            printf(",\"threads\":%d,\"threads_why\":\"%s\",\"kernels\":\"%s\"", omp_get_max_threads(), threads_why,
+                   rt->be->isa ? rt->be->isa : "");
             printf(",\"finish_reason\":\"%s\",\"prompt_tokens\":%d,\"cached_tokens\":%d,\"completion_tokens\":%d,"
                    "\"prefill_ms\":%.3f,\"decode_tok_per_s\":%.2f,\"preemptions\":%d,\"seed\":%" PRIu64 "}\n",
                    finish_reason_name(s->finish), s->n_prompt, s->n_cached, n_out, prefill_ms, tps, s->n_preempted,

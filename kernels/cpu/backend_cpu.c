@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/threads.h"
 
 /* calloc: large buffers (the KV cache) come from fresh zero pages the
  * kernel maps lazily, so a big pool costs nothing until it is used.  The
@@ -183,6 +184,7 @@ llmq_backend *cpu_backend_create(int reference, llmq_err *err) {
     if (!reference && cpu_isa_select(&isa, err)) return NULL;
     llmq_backend *be = calloc(1, sizeof *be);
     cpu_impl *impl = calloc(1, sizeof *impl);
+    cpu_threads_setup(NULL); /* the pool sized to the CPUs this process may use, once */
     int nt = omp_get_max_threads();
     float **scratch = calloc((size_t)(nt > 0 ? nt : 1), sizeof *scratch);
     if (!be || !impl || !scratch) {

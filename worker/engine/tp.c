@@ -11,13 +11,15 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "kernels/cpu/threads.h"
 #include "worker/engine/engine.h"
 #include "worker/engine/runtime.h"
 #include "worker/model/model.h"
 
 int tp_threads_per_rank(int world) {
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int t = (int)(cores / (world > 0 ? world : 1));
+    /* the process's count (kernels/cpu/threads.h: OMP_NUM_THREADS, else the
+     * CPUs the affinity mask and the cgroup quota allow), shared by the ranks */
+    int t = cpu_threads_setup(NULL) / (world > 0 ? world : 1);
     return t > 0 ? t : 1;
 }
 

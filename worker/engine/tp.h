@@ -55,7 +55,8 @@ struct model_load_opts;
 llmq_status tp_peer_run(tp_group *g, const char *dir, const char *backend, const struct model_load_opts *lo,
                         const struct eng_opts *eo, llmq_err *err);
 
-/* Threads each rank should use so the group shares the cores. */
+/* Threads each rank should use so the group shares the CPUs the process may
+ * use (kernels/cpu/threads.h), at least 1. */
 int tp_threads_per_rank(int world);
 
 #endif

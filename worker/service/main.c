@@ -19,6 +19,7 @@
 #include "worker/service/service.h"
 #include "worker/engine/tp.h"
 #include "worker/engine/vram.h"
+#include "kernels/cpu/threads.h"
 
 static volatile sig_atomic_t g_stop;
 
@@ -276,6 +277,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "llmq-worker: %s\n", synthetic < 0 ? err.msg :
                 "the synthetic backend runs one rank, with --kv-blocks (not --tp or --memory-utilization)");
         return 2;
+    }
+    if (!synthetic && !strncmp(o.backend, "cpu", 3)) { /* the kernels' pool, sized once (kernels/cpu/threads.h) */
+        const char *why;
+        const int nt = cpu_threads_setup(&why);
+        log_info("cpu threads: %d (%s)%s", nt, why, tp > 1 ? ", shared by the tensor-parallel ranks" : "");
     }
     /* ---- quantization and the KV pool from the memory estimator (worker/engine/vram.h, issue 10) ---- */
     o.load = lo; /* every rank of a group loads with the same options (tp_peer_run) */
