@@ -222,6 +222,31 @@ hiredis has no TLS): with rediss:// they talk to the pod's TLS proxy on
 
 {{/* ------------------------------------------------------------ Redis TLS proxy */}}
 
+{{/* redis.instances: the URL of the instance that carries a model, "" when
+the model stays on the main Redis: (include "llmq.redis.instanceUrl" (dict "root" $ "model" NAME)) */}}
+{{- define "llmq.redis.instanceUrl" -}}
+{{- $url := "" -}}
+{{- range .root.Values.redis.instances -}}
+{{- if has $.model .models -}}{{- $url = .url -}}{{- end -}}
+{{- end -}}
+{{- $url -}}
+{{- end -}}
+
+{{/* The checks of redis.instances: a model on one instance at most, names unique. */}}
+{{- define "llmq.redis.instancesCheck" -}}
+{{- $seen := dict -}}
+{{- $names := dict -}}
+{{- range .Values.redis.instances -}}
+{{- if hasKey $names .name -}}{{- fail (printf "redis.instances: the name %s is used twice" .name) -}}{{- end -}}
+{{- $_ := set $names .name true -}}
+{{- $inst := .name -}}
+{{- range .models -}}
+{{- if hasKey $seen . -}}{{- fail (printf "redis.instances: model %s is on two instances (%s and %s)" . (get $seen .) $inst) -}}{{- end -}}
+{{- $_ := set $seen . $inst -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "llmq.redis.tlsProxyPort" -}}6380{{- end -}}
 
 {{/*

@@ -119,7 +119,7 @@ spec:
         - --prefix
         - {{ $root.Values.queuePrefix | quote }}
         - --redis
-        - {{ include "llmq.redis.url" $root | quote }}
+        - {{ include "llmq.redis.instanceUrl" (dict "root" $root "model" $g.modelName) | default (include "llmq.redis.url" $root) | quote }}
         - --consumer
         - $(POD_NAME)
         - --tp
