@@ -19,8 +19,17 @@ load for --duration seconds, and reports
   ITL p50/p99 and the ITL added to the synthetic step (ITL - 1000/RATE ms),
   the knee: per path, the first point whose added ITL p99 passes --knee-ms.
 
+Past one Redis (docs/architecture.md "Past one Redis"): --redis-instances K
+runs K redis-servers, the load split over --models N models (sim-0 ..;
+default N = the largest K of the sweep), model i on instance i % K (the
+gateway's --redis-for), each model with its share of the groups and of the
+streams (one llmq-loadtest per model, in parallel).  So `--redis-instances
+1,2` compares one instance with two at the same fleet and the same load; the
+report adds each instance's CPU per token of its own models.
+
 Usage (from the repository root, after `make`):
   tools/fleet_sim.py --groups 1,2,4 --streams 32 --rate 50 --duration 10
+  tools/fleet_sim.py --groups 4 --streams 64 --redis-instances 1,2
   tools/fleet_sim.py --groups 4 --streams 16,64,256 --direct    # or --both
   tools/fleet_sim.py --short --json -          # a few seconds: the test's run
 Worker options pass through with --worker-arg (repeatable), e.g.
@@ -144,106 +153,173 @@ class RedisInfo:
         self.s.close()
 
 
-def run_point(a, groups, streams, tmp):
-    """One fleet of `groups` workers and `streams` client streams: the figures."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    procs = []
+def start_redis(tmp, procs, name):
+    """A fresh redis-server: (port, its INFO client)."""
     port = free_port()
     redis_exe = shutil.which("redis-server")
     if not redis_exe:
         raise RuntimeError("redis-server not found: run 'make deps'")
+    d = tmp / name
+    d.mkdir(parents=True, exist_ok=True)
+    rs = Proc([redis_exe, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", d], tmp / f"{name}.log")
+    procs.append(rs)
+    deadline = time.time() + 10
+    while True:
+        try:
+            info = RedisInfo(port)
+            info.info("server")
+            return port, info
+        except OSError:
+            if time.time() > deadline:
+                raise RuntimeError("redis-server did not start: " + rs.tail())
+            time.sleep(0.05)
+
+
+def share(total, parts, i):
+    """Part i of total split as evenly as it goes (the first ones get the rest)."""
+    return total // parts + (1 if i < total % parts else 0)
+
+
+def run_point(a, groups, streams, tmp, instances=1):
+    """One fleet of `groups` workers and `streams` client streams over
+    `instances` Redis instances and a.n_models models: the figures."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    procs = []
+    n_models = a.n_models
+    models = [a.model] if n_models == 1 else [f"{a.model}-{i}" for i in range(n_models)]
+    if groups < n_models or streams < n_models:
+        raise RuntimeError(f"{groups} groups and {streams} streams cannot be split over {n_models} models")
     try:
-        rs = Proc([redis_exe, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                   "--dir", tmp], tmp / "redis.log")
-        procs.append(rs)
-        deadline = time.time() + 10
-        while True:
-            try:
-                info = RedisInfo(port)
-                info.info("server")
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("redis-server did not start: " + rs.tail())
-                time.sleep(0.05)
-        url = f"redis://127.0.0.1:{port}"
+        redis = [start_redis(tmp, procs, f"redis{k}") for k in range(instances)]
+        urls = [f"redis://127.0.0.1:{port}" for port, _ in redis]
+        home = [i % instances for i in range(n_models)]  # model i on instance home[i]
         workers = []
         for g in range(groups):
+            i = g % n_models
             mport = free_port()
-            w = Proc([a.build / "llmq-worker", "--model", a.model_dir, "--model-name", a.model, "--redis", url,
-                      "--backend", "synthetic", "--synthetic-rate", a.rate, "--max-num-seqs", a.max_num_seqs,
-                      "--metrics-port", mport, "--consumer", f"sim-{g}", *a.worker_arg], tmp / f"worker{g}.log")
+            w = Proc([a.build / "llmq-worker", "--model", a.model_dir, "--model-name", models[i], "--redis",
+                      urls[home[i]], "--backend", "synthetic", "--synthetic-rate", a.rate, "--max-num-seqs",
+                      a.max_num_seqs, "--metrics-port", mport, "--consumer", f"sim-{g}", *a.worker_arg],
+                     tmp / f"worker{g}.log")
             procs.append(w)
             workers.append((w, mport))
         for w, mport in workers:
             wait_ok(f"http://127.0.0.1:{mport}/readyz", w)
         gw = None
-        target = url
+        targets = [urls[home[i]] for i in range(n_models)]
         if not a.direct:
             gport = free_port()
-            gw = Proc([a.build / "llmq-gateway", "--redis", url, "--listen", f"127.0.0.1:{gport}", "--models",
-                       a.model, *a.gateway_arg], tmp / "gateway.log")
+            routes = []
+            for k in range(1, instances):
+                on_k = [models[i] for i in range(n_models) if home[i] == k]
+                if on_k:
+                    routes += ["--redis-for", ",".join(on_k) + "=" + urls[k]]
+            gw = Proc([a.build / "llmq-gateway", "--redis", urls[0], *routes, "--listen", f"127.0.0.1:{gport}",
+                       "--models", ",".join(models), *a.gateway_arg], tmp / "gateway.log")
             procs.append(gw)
-            target = f"http://127.0.0.1:{gport}"
-            wait_ok(target + "/readyz", gw)
-        out = tmp / "loadtest.json"
-        lt_args = [a.build / "llmq-loadtest", "--target", target, "--model", a.model, "--concurrency", streams,
-                   "--prompt-tokens", a.prompt_tokens, "--output-tokens", a.output_tokens, "--json", out,
-                   "--quiet", "--metric-percentiles", "50,99", "--timeout", 120]
-        lt_args += ["--requests", a.requests] if a.requests else ["--duration", a.duration]
-        if not a.direct:
-            lt_args.append("--stream")
+            targets = [f"http://127.0.0.1:{gport}"] * n_models
+            wait_ok(targets[0] + "/readyz", gw)
+        lts = []
+        for i in range(n_models):
+            out = tmp / f"loadtest{i}.json"
+            lt_args = [a.build / "llmq-loadtest", "--target", targets[i], "--model", models[i], "--concurrency",
+                       share(streams, n_models, i), "--prompt-tokens", a.prompt_tokens, "--output-tokens",
+                       a.output_tokens, "--json", out, "--quiet", "--metric-percentiles", "50,99", "--timeout", 120]
+            if a.requests:
+                lt_args += ["--requests", share(a.requests, n_models, i)]
+            else:
+                lt_args += ["--duration", a.duration]
+            if not a.direct:
+                lt_args.append("--stream")
+            lts.append((lt_args, out))
         # the counters, just before the load and just after it
-        cpu0, cmd0 = info.cpu(), info.commands()
+        cpu0 = [info.cpu() for _, info in redis]
+        cmd0 = [info.commands() for _, info in redis]
         gw0 = cpu_seconds(gw.p.pid) if gw else 0.0
         wk0 = sum(cpu_seconds(w.p.pid) for w, _ in workers)
         t0 = time.monotonic()
-        with open(tmp / "loadtest.log", "wb") as lf:
-            lt = subprocess.Popen([str(x) for x in lt_args], stdout=lf, stderr=subprocess.STDOUT)
+        running = []
+        for i, (lt_args, _) in enumerate(lts):
+            lf = open(tmp / f"loadtest{i}.log", "wb")
+            running.append((subprocess.Popen([str(x) for x in lt_args], stdout=lf, stderr=subprocess.STDOUT), lf))
+        client_cpu, rcs = 0.0, []
+        for lt, lf in running:
             _, status, ru = os.wait4(lt.pid, 0)
-            lt.returncode = os.waitstatus_to_exitcode(status)
+            lf.close()
+            rcs.append(os.waitstatus_to_exitcode(status))
+            client_cpu += ru.ru_utime + ru.ru_stime
         wall = time.monotonic() - t0
-        cpu1, cmd1 = info.cpu(), info.commands()
+        cpu1 = [info.cpu() for _, info in redis]
+        cmd1 = [info.commands() for _, info in redis]
         gw1 = cpu_seconds(gw.p.pid) if gw else 0.0
         wk1 = sum(cpu_seconds(w.p.pid) for w, _ in workers)
-        info.close()
-        if lt.returncode != 0 or not out.exists():
-            raise RuntimeError(f"llmq-loadtest exited {lt.returncode}: "
-                               + (tmp / "loadtest.log").read_text(errors="replace")[-2000:])
-        j = json.loads(out.read_text())
+        for _, info in redis:
+            info.close()
+        js = []
+        for i, ((_, out), rc) in enumerate(zip(lts, rcs)):
+            if rc != 0 or not out.exists():
+                raise RuntimeError(f"llmq-loadtest exited {rc}: "
+                                   + (tmp / f"loadtest{i}.log").read_text(errors="replace")[-2000:])
+            js.append(json.loads(out.read_text()))
     finally:
         for p in reversed(procs):
             p.stop()
-    tokens = j["total_output_tokens"]
-    rsys, ruser = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    tokens = sum(j["total_output_tokens"] for j in js)
+    duration = max(j["duration_s"] for j in js)
+    rsys = sum(c1[0] - c0[0] for c0, c1 in zip(cpu0, cpu1))
+    ruser = sum(c1[1] - c0[1] for c0, c1 in zip(cpu0, cpu1))
     step_ms = 1000.0 / a.rate
-    itl = j["itl_ms"]
-    ops = {c: (cmd1.get(c, 0) - cmd0.get(c, 0)) for c in cmd1}
+    # ITL: one client's percentiles as they are; several: the median of their
+    # p50s and the worst p99 (percentiles do not add up)
+    itls = [j["itl_ms"] for j in js if j["itl_ms"]["n"]]
+    itl = {"n": sum(x["n"] for x in itls)}
+    if itls:
+        itl["p50"] = sorted(x["p50"] for x in itls)[len(itls) // 2]
+        itl["p99"] = max(x["p99"] for x in itls)
+    ttfts = [j["ttft_ms"]["p50"] for j in js if j["ttft_ms"]["n"]]
+    ops = {}
+    for c0, c1 in zip(cmd0, cmd1):
+        for c in c1:
+            ops[c] = ops.get(c, 0) + c1[c] - c0.get(c, 0)
     ops = {c: round(n / wall, 1) for c, n in sorted(ops.items(), key=lambda kv: -kv[1]) if n > 0}
-    per_tok = (lambda s: round(s / tokens * 1e6, 2) if tokens else None)
+    per_tok = (lambda s, n=tokens: round(s / n * 1e6, 2) if n else None)
+    per_instance = []
+    for k in range(instances):
+        mine = [i for i in range(n_models) if home[i] == k]
+        toks = sum(js[i]["total_output_tokens"] for i in mine)
+        cpu = (cpu1[k][0] - cpu0[k][0]) + (cpu1[k][1] - cpu0[k][1])
+        per_instance.append({"models": [models[i] for i in mine], "tokens": toks, "redis_cpu_s": round(cpu, 4),
+                             "redis_us_per_token": per_tok(cpu, toks),
+                             "redis_cpu_share": round(cpu / wall, 3) if wall else None})
     return {
         "groups": groups,
         "streams": streams,
         "via": "redis" if a.direct else "gateway",
+        "redis_instances": instances,
+        "models": n_models,
         "rate": a.rate,
         "max_num_seqs": a.max_num_seqs,
-        "requests": j["issued"],
-        "completed": j["completed"],
-        "failed": j["failed"],
-        "tokens_asked": j["issued"] * a.output_tokens,
+        "requests": sum(j["issued"] for j in js),
+        "completed": sum(j["completed"] for j in js),
+        "failed": sum(j["failed"] for j in js),
+        "tokens_asked": sum(j["issued"] for j in js) * a.output_tokens,
         "tokens": tokens,
-        "token_mismatches": j["token_mismatches"],
-        "duration_s": round(j["duration_s"], 3),
+        "token_mismatches": sum(j["token_mismatches"] for j in js),
+        "duration_s": round(duration, 3),
         "wall_s": round(wall, 3),
-        "tok_s": round(tokens / j["duration_s"], 1) if j["duration_s"] else None,
-        "ideal_tok_s": min(streams, groups * a.max_num_seqs) * a.rate,
+        "tok_s": round(tokens / duration, 1) if duration else None,
+        "ideal_tok_s": sum(min(share(streams, n_models, i), share(groups, n_models, i) * a.max_num_seqs)
+                           for i in range(n_models)) * a.rate,
         "redis_cpu_s": round(rsys + ruser, 4),
         "redis_us_per_token": per_tok(rsys + ruser),
         "redis_sys_us_per_token": per_tok(rsys),   # the kernel: reads, writes, epoll
         "redis_user_us_per_token": per_tok(ruser),  # commands and scripts
+        "per_instance": per_instance,
         "gateway_us_per_token": per_tok(gw1 - gw0) if gw else None,
+        "gateway_cpu_share": round((gw1 - gw0) / wall, 3) if gw and wall else None,
         "workers_us_per_token": per_tok(wk1 - wk0),
-        "client_us_per_token": per_tok(ru.ru_utime + ru.ru_stime),
+        "client_us_per_token": per_tok(client_cpu),
         "ops_per_s": ops,
         "redis_ops_per_token": round(sum(ops.values()) * wall / tokens, 3) if tokens else None,
         "step_ms": round(step_ms, 3),
@@ -251,15 +327,19 @@ def run_point(a, groups, streams, tmp):
         "itl_p99_ms": round(itl["p99"], 3) if itl["n"] else None,
         "added_itl_p50_ms": round(itl["p50"] - step_ms, 3) if itl["n"] else None,
         "added_itl_p99_ms": round(itl["p99"] - step_ms, 3) if itl["n"] else None,
-        "ttft_p50_ms": round(j["ttft_ms"]["p50"], 3) if j["ttft_ms"]["n"] else None,
+        "ttft_p50_ms": round(sorted(ttfts)[len(ttfts) // 2], 3) if ttfts else None,
     }
 
 
 def show(p, a):
     if a.json == "-":
         return
-    print(f"groups {p['groups']:3d} streams {p['streams']:5d} via {p['via']:7s}: {p['tok_s']:9.1f} tok/s "
-          f"(ideal {p['ideal_tok_s']:.0f}), redis {p['redis_us_per_token']} us/tok, "
+    inst = ""
+    if p["redis_instances"] > 1:
+        inst = " [" + ", ".join(f"{x['redis_us_per_token']} us/tok {x['redis_cpu_share']} core"
+                                for x in p["per_instance"]) + "]"
+    print(f"groups {p['groups']:3d} streams {p['streams']:5d} redis x{p['redis_instances']} via {p['via']:7s}: "
+          f"{p['tok_s']:9.1f} tok/s (ideal {p['ideal_tok_s']:.0f}), redis {p['redis_us_per_token']} us/tok{inst}, "
           f"gateway {p['gateway_us_per_token']} us/tok, ITL p50 {p['itl_p50_ms']} "
           f"p99 {p['itl_p99_ms']} ms (added {p['added_itl_p50_ms']} / {p['added_itl_p99_ms']})", flush=True)
 
@@ -301,6 +381,10 @@ def main(argv=None):
     ap.add_argument("--both", action="store_true", help="every point through the gateway, then straight in")
     ap.add_argument("--worker-arg", action="append", default=[], help="passed to every llmq-worker")
     ap.add_argument("--gateway-arg", action="append", default=[], help="passed to llmq-gateway")
+    ap.add_argument("--redis-instances", type=ints, default=[1],
+                    help="Redis instances, or a sweep: 1,2 (models spread over them, see above)")
+    ap.add_argument("--models", type=int, default=0, dest="n_models",
+                    help="models the load is split over (default: the largest --redis-instances)")
     ap.add_argument("--knee-ms", type=float, default=20.0, help="added ITL p99 that marks the knee")
     ap.add_argument("--short", action="store_true",
                     help="a few seconds: 2 groups x 4 streams, 16 requests of 16 tokens at 100 tokens/s, "
@@ -311,6 +395,8 @@ def main(argv=None):
     if a.short:
         a.groups, a.streams, a.rate, a.max_num_seqs = [2], [4], 100.0, 8
         a.output_tokens, a.prompt_tokens, a.requests, a.both = 16, 16, 16, True
+    if not a.n_models:
+        a.n_models = max(a.redis_instances)
     vias = [False, True] if a.both else [a.direct]
     for exe in ("llmq-worker", "llmq-loadtest") + (() if vias == [True] else ("llmq-gateway",)):
         if not (a.build / exe).exists():
@@ -320,11 +406,12 @@ def main(argv=None):
     try:
         for g in a.groups:
             for m in a.streams:
-                for direct in vias:
-                    a.direct = direct
-                    p = run_point(a, g, m, tmp / f"g{g}-m{m}-{'redis' if direct else 'gateway'}")
-                    points.append(p)
-                    show(p, a)
+                for k in a.redis_instances:
+                    for direct in vias:
+                        a.direct = direct
+                        p = run_point(a, g, m, tmp / f"g{g}-m{m}-r{k}-{'redis' if direct else 'gateway'}", k)
+                        points.append(p)
+                        show(p, a)
 
     finally:
         if a.keep:
@@ -346,7 +433,8 @@ def main(argv=None):
     if a.json != "-":
         for p in points:
             top = ", ".join(f"{c} {n:.0f}" for c, n in list(p["ops_per_s"].items())[:6])
-            print(f"  groups {p['groups']} streams {p['streams']} via {p['via']} ops/s: {top}")
+            print(f"  groups {p['groups']} streams {p['streams']} redis x{p['redis_instances']} via {p['via']} "
+                  f"ops/s: {top}")
         print(f"knee (added ITL p99 > {a.knee_ms} ms): {report['knee']}")
     return 0 if all(p["failed"] == 0 for p in points) else 1
 

@@ -48,3 +48,26 @@ def check_point(pt):
     assert pt["step_ms"] == 10.0
     assert pt["itl_p50_ms"] > 0 and pt["itl_p99_ms"] >= pt["itl_p50_ms"]
     assert pt["added_itl_p50_ms"] == pytest.approx(pt["itl_p50_ms"] - 10.0, abs=0.01)
+
+
+def test_two_redis_instances_split_the_same_fleet():
+    """--redis-instances 2: two redis-servers, the load split over two models
+    (one per instance, routed by the gateway's --redis-for), the same groups,
+    streams and requests as one instance; each instance's CPU is counted
+    against its own model's tokens."""
+    if SHARED is None:
+        pytest.skip("../shared (models) is not available")
+    p = subprocess.run([sys.executable, str(ROOT / "tools" / "fleet_sim.py"), "--build", str(BUILD), "--short",
+                        "--redis-instances", "2", "--json", "-"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "LLMQ_ALLOW_ROOT": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads(p.stdout)
+    assert [p["via"] for p in rep["points"]] == ["gateway", "redis"]
+    for pt in rep["points"]:
+        check_point(pt)
+        assert pt["redis_instances"] == 2 and pt["models"] == 2
+        inst = pt["per_instance"]
+        assert [i["models"] for i in inst] == [["sim-0"], ["sim-1"]]
+        assert [i["tokens"] for i in inst] == [128, 128]  # 8 requests of 16 tokens each
+        assert all(i["redis_cpu_s"] > 0 for i in inst)  # both instances carried tokens
+        assert sum(i["redis_cpu_s"] for i in inst) == pytest.approx(pt["redis_cpu_s"], abs=2e-4)
