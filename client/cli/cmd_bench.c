@@ -9,7 +9,9 @@
  *
  * Figures: single-stream decode tok/s, batched decode tok/s at 8 and 32
  * sequences, prefill tok/s (one prompt of 512 tokens, or the model's
- * context when shorter), read bandwidth.
+ * context when shorter), read bandwidth (kernels/cpu/readbw.h: the best
+ * pass of the kernels' threads over a buffer well beyond the last-level
+ * cache, with the kernels' widest loads, so that it is a ceiling).
  */
 #include <getopt.h>
 #include <omp.h>
@@ -19,6 +21,8 @@
 #include <time.h>
 
 #include "client/cli/cli.h"
+#include "kernels/cpu/readbw.h"
+#include "kernels/cpu/threads.h"
 #include "worker/engine/engine.h"
 #include "worker/engine/runtime.h"
 #include "worker/model/model.h"
@@ -29,41 +33,6 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Best of 5 passes summing a 1 GiB buffer with all threads (GB/s, 1e9):
- * 4 independent 8-lane accumulators per thread, so the loop is bound by
- * memory, not by the add latency. */
-typedef float bw_vec __attribute__((vector_size(32)));
-static double read_bandwidth(void) {
-    const size_t n = (size_t)1 << 28; /* floats */
-    float *a = aligned_alloc(64, n * sizeof *a);
-    if (!a) return 0;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) a[i] = (float)(i & 7);
-    double best = 0, sink = 0;
-    for (int r = 0; r < 5; r++) {
-        double t = now_s(), total = 0;
-#pragma omp parallel reduction(+ : total)
-        {
-            bw_vec s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
-#pragma omp for schedule(static)
-            for (size_t i = 0; i < n; i += 32) {
-                const bw_vec *p = (const bw_vec *)(a + i);
-                s0 += p[0];
-                s1 += p[1];
-                s2 += p[2];
-                s3 += p[3];
-            }
-            bw_vec s = (s0 + s1) + (s2 + s3);
-            for (int j = 0; j < 8; j++) total += s[j];
-        }
-        t = now_s() - t;
-        sink += total;
-        if (n * sizeof *a / t / 1e9 > best) best = n * sizeof *a / t / 1e9;
-    }
-    free(a);
-    return sink < 0 ? 0 : best;
 }
 
 /* kB fields of /proc/self/status, in bytes (0 when absent). */
@@ -155,7 +124,8 @@ int cmd_bench(int argc, char **argv) {
     llmq_err qe = {0};
     static const char usage[] =
         "usage: llmq bench --model DIR [--backend cpu] [--steps N] [--quantization none|int8|int4] [--read-bw GBS] [--json]\n"
-        "  --read-bw GBS   the memory read bandwidth for the roofline (default: measured, 1 GiB read 5 times)\n";
+        "  --read-bw GBS   the memory read bandwidth for the roofline (default: measured, best of 16 passes over\n"
+        "                  1 GiB or 8x the last-level cache)\n";
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -215,7 +185,14 @@ int cmd_bench(int argc, char **argv) {
     const size_t step_bytes = step_read_bytes(m, all_bytes, 1), step_bytes_8 = step_read_bytes(m, all_bytes, 8),
                  step_bytes_32 = step_read_bytes(m, all_bytes, 32);
 
-    if (bw == 0) bw = read_bandwidth();
+    const char *threads_why; /* the kernels' thread count and why (kernels/cpu/threads.h) */
+    cpu_threads_setup(&threads_why);
+    cpu_readbw probe = {0};
+    if (bw == 0) {
+        cpu_isa isa;
+        if (cpu_isa_select(&isa, &err) || cpu_readbw_measure(&probe, isa, 0, 8, &err)) goto fail;
+        bw = probe.gbs;
+    }
     double d1 = decode_rate(&r, 1, plen, steps, vocab, &err);
     double d8 = decode_rate(&r, 8, plen, steps, vocab, &err);
     double d32 = decode_rate(&r, 32, plen, steps / 2 > 8 ? steps / 2 : 8, vocab, &err);
@@ -245,20 +222,30 @@ int cmd_bench(int argc, char **argv) {
         vram_estimate ve;
         if (vram_estimate_run(&ve, &vm, &vo, NULL) == LLMQ_OK) est_weights = (double)ve.weight_bytes;
     }
+    /* the embedding table as held: looked up a row a token (its bytes count in
+     * the weights, not in a decode step's reads, unless it is the lm_head too) */
+    const size_t embed_bytes = (size_t)m->embed.rows * m->embed.cols * llmq_dtype_size(m->embed.dt);
     const double rss = proc_status_bytes("VmRSS"), rss_anon = proc_status_bytes("RssAnon"),
                  rss_file = proc_status_bytes("RssFile");
     if (json) {
-        printf("{\"model\":\"%s\",\"dtype\":\"%s\",\"isa\":\"%s\",\"threads\":%d,\"weight_bytes\":%zu,\"read_bw_gbs\":%.2f,"
+        printf("{\"model\":\"%s\",\"dtype\":\"%s\",\"isa\":\"%s\",\"threads\":%d,\"threads_why\":\"%s\","
+               "\"weight_bytes\":%zu,"
+               "\"embed_bytes\":%zu,\"read_bw_gbs\":%.2f,\"read_bw_loop\":\"%s\",\"read_bw_buffer_bytes\":%zu,"
                "\"decode_1_tok_s\":%.2f,\"decode_8_tok_s\":%.2f,\"decode_32_tok_s\":%.2f,\"prefill_tok_s\":%.1f,"
                "\"roofline_ratio\":%.3f,\"batch32_over_1\":%.2f,\"est_weight_bytes\":%.0f,\"rss_bytes\":%.0f,"
                "\"rss_anon_bytes\":%.0f,\"rss_file_bytes\":%.0f,\"step_bytes_1\":%zu,\"step_bytes_8\":%zu,"
                "\"step_bytes_32\":%zu,\"prefill_tokens\":%d}\n",
-               dir, llmq_dtype_name(m->wdt), be->isa ? be->isa : "", omp_get_max_threads(), step_bytes, bw, d1, d8, d32, pf, roof,
-               d32 / d1, est_weights, rss, rss_anon, rss_file, step_bytes, step_bytes_8, step_bytes_32, prefill_len);
+               dir, llmq_dtype_name(m->wdt), be->isa ? be->isa : "", omp_get_max_threads(), threads_why, m->weight_bytes,
+               embed_bytes, bw, probe.loop ? probe.loop : "given", probe.bytes, d1, d8, d32, pf, roof, d32 / d1,
+               est_weights, rss, rss_anon, rss_file, step_bytes, step_bytes_8, step_bytes_32, prefill_len);
     } else {
-        printf("model %s (%s, %.1f MB read per decode step, %d threads, kernels %s)\n", dir,
-               llmq_dtype_name(m->wdt), step_bytes / 1e6, omp_get_max_threads(), be->isa ? be->isa : "-");
-        printf("  memory read bandwidth     %8.2f GB/s\n", bw);
+        printf("model %s (%s, %.1f MB read per decode step, %d threads (%s), kernels %s)\n", dir,
+               llmq_dtype_name(m->wdt), step_bytes / 1e6, omp_get_max_threads(), threads_why, be->isa ? be->isa : "-");
+        if (probe.loop)
+            printf("  memory read bandwidth     %8.2f GB/s  (best of %dx%d passes over %zu MB: %s, %s loads)\n", bw,
+                   2, probe.passes, probe.bytes >> 20, probe.loop, probe.isa);
+        else
+            printf("  memory read bandwidth     %8.2f GB/s  (given)\n", bw);
         printf("  decode, 1 sequence        %8.2f tok/s  (%.0f%% of roofline %.1f tok/s)\n", d1, roof * 100,
                bw * 1e9 / step_bytes);
         if (m->cfg.n_experts > 0)
@@ -267,8 +254,11 @@ int cmd_bench(int argc, char **argv) {
         printf("  decode, 8 sequences       %8.2f tok/s\n", d8);
         printf("  decode, 32 sequences      %8.2f tok/s  (%.1fx single)\n", d32, d32 / d1);
         printf("  prefill, %3d tokens       %8.1f tok/s\n", prefill_len, pf);
-        printf("  memory: weights %.1f MB (estimator: %.1f MB); process RSS %.1f MB (anonymous %.1f, file %.1f)\n",
-               m->weight_bytes / 1e6, est_weights / 1e6, rss / 1e6, rss_anon / 1e6, rss_file / 1e6);
+        printf("  memory: weights %.1f MB as loaded (estimator: %.1f MB), of which the embedding %.1f MB (%s);\n"
+               "    process RSS %.1f MB (anonymous %.1f, file %.1f)\n",
+               m->weight_bytes / 1e6, est_weights / 1e6, embed_bytes / 1e6,
+               m->lm_head.data == m->embed.data ? "the lm_head too, read every step" : "a row read a token",
+               rss / 1e6, rss_anon / 1e6, rss_file / 1e6);
     }
     rc = 0;
     goto done;

@@ -71,14 +71,14 @@ la, lb, lf = (int(x) for x in sys.argv[5:8])
 # seconds per step, linear in the layers: decode k runs k tokens a step, prefill 512
 cols = [("decode_1_tok_s", 1), ("decode_8_tok_s", 8), ("decode_32_tok_s", 32), ("prefill_tok_s", 512)]
 def row(name, r, lay):
-    roof = r["decode_1_tok_s"] * r["weight_bytes"] / (peak * 1e9) if peak > 0 else 0
+    roof = r["decode_1_tok_s"] * r["step_bytes_1"] / (peak * 1e9) if peak > 0 else 0
     return (f"| {name} | {lay} | {r['decode_1_tok_s']:.1f} | {r['decode_8_tok_s']:.1f} | "
-            f"{r['decode_32_tok_s']:.1f} | {r['prefill_tok_s']:.0f} | {r['weight_bytes'] / 1e9:.2f} | {roof * 100:.0f}% |")
+            f"{r['decode_32_tok_s']:.1f} | {r['prefill_tok_s']:.0f} | {r['step_bytes_1'] / 1e9:.2f} | {roof * 100:.0f}% |")
 full = {}
 for key, k in cols:
     ta, tb = k / a[key], k / b[key]
     full[key] = k / (ta + (lf - la) * (tb - ta) / (lb - la))
-full["weight_bytes"] = a["weight_bytes"] + (lf - la) * (b["weight_bytes"] - a["weight_bytes"]) / (lb - la)
+full["step_bytes_1"] = a["step_bytes_1"] + (lf - la) * (b["step_bytes_1"] - a["step_bytes_1"]) / (lb - la)
 print(row(label + " (extrapolated)", full, lf))
 print(row(label, b, lb))
 print(row(label, a, la))
