@@ -1,7 +1,9 @@
 """OpenAI tools on chat completions end to end (issue 21): the official
 `openai` client against the real llmq-gateway, redis-server and llmq-worker
 on stories260K (a 2048-token context; no chat template: chatml, the Hermes/Qwen tool format) with
-llguidance.
+llguidance; two more workers serve it with the llama-3.1 and mistral-v3
+templates (--chat-template), whose calls are JSON with "parameters" and a
+[TOOL_CALLS] array.
 
   - tool_choice "required" and a named function: the worker constrains the
     output to one <tool_call> of the tools' parameter schemas, the gateway
@@ -17,6 +19,10 @@ llguidance.
     streamed adds up to the answer without `stream` (same seed); "auto"
     streams the story as content;
   - parallel_tool_calls false is taken (at most one call);
+  - llama-3.1 and mistral-v3: required and named calls in the family's syntax,
+    parsed the same streamed or not; a history with a call and its result
+    renders (Mistral's template wants ids of 9 characters or more: a shorter
+    one is the template's 400);
   - malformed tools, an unknown named function, tool_choice with
     response_format, a parallel_tool_calls that is not a boolean: a 400
     naming the field.
@@ -51,6 +57,7 @@ TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": WEAT
          {"type": "function", "function": {"name": "time", "parameters": TIME}}]
 SCHEMAS = {"weather": WEATHER, "time": TIME}
 MSGS = [{"role": "user", "content": "Weather?"}]
+FAMILIES = {"stories-llama31": "llama-3.1", "stories-mistral3": "mistral-v3"}
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +79,17 @@ def fleet(shared_dir, tmp_path_factory):
     cfg["max_position_embeddings"] = 2048
     (d / "config.json").write_text(json.dumps(cfg))
     w = Worker(d, srv.url, "stories", tmp / "w.log", "--llguidance", LIB)
+    more = [Worker(d, srv.url, m, tmp / f"{m}.log", "--llguidance", LIB, "--chat-template", t)
+            for m, t in FAMILIES.items()]
     gw = None
     try:
-        gw = Gateway(srv.url, tmp / "gw.log")
+        gw = Gateway(srv.url, tmp / "gw.log", "--models", ",".join(["stories", *FAMILIES]))
         yield openai.OpenAI(base_url=gw.base + "/v1", api_key="unused", max_retries=0, timeout=120)
     finally:
         if gw:
             gw.stop()
-        w.stop()
+        for x in [w, *more]:
+            x.stop()
         srv.stop()
 
 
@@ -229,3 +239,25 @@ def test_stream_raw_sse(fleet):
                for d in tcs[1:] for t in d["tool_calls"])
     last = objs[-1]["choices"][0]
     assert last["delta"] == {} and last["finish_reason"] == "tool_calls", last
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_families(fleet, model):
+    for kw in ({"tool_choice": "required", "seed": 1},
+               {"tool_choice": {"type": "function", "function": {"name": "time"}}, "seed": 2}):
+        whole = fleet.chat.completions.create(model=model, messages=MSGS, tools=TOOLS, max_tokens=120, **kw)
+        tc = check_call(whole.choices[0], SCHEMAS)
+        content, calls, finish = accumulate(fleet.chat.completions.create(
+            model=model, messages=MSGS, tools=TOOLS, max_tokens=120, stream=True, **kw))
+        assert finish == "tool_calls" and content == "", (content, finish)
+        assert [(c["name"], c["arguments"]) for c in calls] == [(tc.function.name, tc.function.arguments)]
+    call = {"id": "call_0123456789", "type": "function", "function": {"name": "time", "arguments": "{\"zone\": \"UTC\"}"}}
+    hist = MSGS + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                   {"role": "tool", "tool_call_id": call["id"], "content": "12:00"}]
+    r = fleet.chat.completions.create(model=model, messages=hist, tools=TOOLS, temperature=0, max_tokens=2)
+    assert r.usage.prompt_tokens > 100
+    if model == "stories-mistral3":
+        call["id"] = "call_1"
+        with pytest.raises(openai.BadRequestError) as e:
+            fleet.chat.completions.create(model=model, messages=hist, tools=TOOLS, max_tokens=2)
+        assert "length 9" in e.value.body["message"], e.value.body

@@ -259,10 +259,13 @@ static void test_chatml_default_system(void **state) {
     free(dir);
 }
 
-/* Tools (chat_render_tools) against Qwen2.5's template rendered by Jinja2
- * (tools/chat_tools_fixtures.py): tools listed as json.dumps writes them,
- * assistant tool_calls (arguments given as OpenAI's JSON text), runs of tool
- * turns, with and without a default system message. */
+/* Tools (chat_render_tools) against Qwen2.5's, Llama 3.1's and Mistral
+ * v0.3's templates rendered by Jinja2 (tools/chat_tools_fixtures.py): tools
+ * listed as json.dumps writes them, assistant tool_calls (arguments given as
+ * OpenAI's JSON text), runs of tool turns, with and without a default system
+ * message (chatml), with and without tools (llama-3.1, mistral-v3: both
+ * ways through chat_render_tools, without also through chat_render); where
+ * the template raises, LLMQ_ERR_INVALID with its message. */
 static void test_tools_against_jinja(void **state) {
     (void)state;
     char path[4096];
@@ -273,8 +276,12 @@ static void test_tools_against_jinja(void **state) {
     size_t bad = 0, n = json_array_size(all);
     for (size_t i = 0; i < n; i++) {
         json_t *c = json_array_get(all, i);
+        const char *name = json_string_value(json_object_get(c, "template_name"));
+        chat_family f = chat_family_by_name(name);
+        if (f == CHAT_UNKNOWN) f = CHAT_CHATML; /* qwen2.5, qwen3-head */
+        const char *bos = json_string_value(json_object_get(c, "bos")), *eos = json_string_value(json_object_get(c, "eos"));
         chat_template ct;
-        assert_int_equal(chat_template_init(&ct, CHAT_CHATML, "", "<|im_end|>",
+        assert_int_equal(chat_template_init(&ct, f, bos ? bos : "", eos ? eos : "<|im_end|>",
                                             json_string_value(json_object_get(c, "default_system"))),
                          LLMQ_OK);
         json_t *ms = json_object_get(c, "messages");
@@ -284,26 +291,34 @@ static void test_tools_against_jinja(void **state) {
         for (size_t k = 0; k < nm; k++) {
             json_t *m = json_array_get(ms, k);
             msgs[k].role = json_string_value(json_object_get(m, "role"));
-            msgs[k].content = json_string_value(json_object_get(m, "content"));
+            const char *content = json_string_value(json_object_get(m, "content"));
+            msgs[k].content = content ? content : ""; /* null: "", as the gateway sends it */
             if (json_object_get(m, "tool_calls")) msgs[k].tool_calls = calls[k] = json_dumps(json_object_get(m, "tool_calls"), 0);
         }
-        char *tools = json_dumps(json_object_get(c, "tools"), JSON_COMPACT);
-        char *out = NULL;
-        size_t len;
-        llmq_err err = {0};
-        llmq_status st = chat_render_tools(&ct, msgs, nm, tools, json_is_true(json_object_get(c, "add_generation_prompt")),
-                                           &out, &len, &err);
-        const char *want = json_string_value(json_object_get(c, "text"));
-        if ((st || len != strlen(want) || memcmp(out, want, len)) && bad++ < 3)
-            fprintf(stderr, "  case %zu: status %s %s\n    want: %s\n    got:  %s\n", i, llmq_status_name(st), err.msg,
-                    want, out ? out : "(none)");
-        free(out);
+        json_t *tj = json_object_get(c, "tools");
+        char *tools = json_is_array(tj) ? json_dumps(tj, JSON_COMPACT) : NULL;
+        const int gen = json_is_true(json_object_get(c, "add_generation_prompt"));
+        for (int way = 0; way < (tools ? 1 : 2); way++) {
+            char *out = NULL;
+            size_t len = 0;
+            llmq_err err = {0};
+            llmq_status st = way ? chat_render(&ct, msgs, nm, gen, &out, &len, &err)
+                                 : chat_render_tools(&ct, msgs, nm, tools, gen, &out, &len, &err);
+            const char *want = json_string_value(json_object_get(c, "text"));
+            const char *raised = json_string_value(json_object_get(c, "error"));
+            int ok = want ? !st && len == strlen(want) && !memcmp(out, want, len)
+                          : st == LLMQ_ERR_INVALID && !strcmp(err.msg, raised);
+            if (!ok && bad++ < 3)
+                fprintf(stderr, "  case %zu (%s): status %s %s\n    want: %s\n    got:  %s\n", i, name,
+                        llmq_status_name(st), err.msg, want ? want : raised, out ? out : "(none)");
+            free(out);
+        }
         free(tools);
         for (size_t k = 0; k < nm; k++) free(calls[k]);
         chat_template_deinit(&ct);
     }
     fprintf(stderr, "  %zu renderings with tools, %zu bad\n", n, bad);
-    assert_true(n >= 40);
+    assert_true(n >= 160);
     assert_int_equal(bad, 0);
     json_decref(all);
 }
@@ -339,6 +354,21 @@ static void test_tools_edges(void **state) {
     assert_int_equal(chat_tools_grammar(CHAT_CHATML, "[{\"type\":\"function\",\"function\":{\"name\":\"a\\\"b\"}}]", NULL,
                                         &g, &err), LLMQ_ERR_INVALID);
     assert_int_equal(chat_tools_grammar(CHAT_MISTRAL, tools, NULL, &g, &err), LLMQ_ERR_UNSUPPORTED);
+    /* the syntax each template writes an assistant's call in */
+    assert_int_equal(chat_tools_grammar(CHAT_LLAMA31, tools, "f", &g, &err), LLMQ_OK);
+    assert_non_null(strstr(g, "start: \"{\\\"name\\\": \\\"f\\\", \\\"parameters\\\": \" a0 \"}\"\n"));
+    free(g);
+    assert_int_equal(chat_tools_grammar(CHAT_MISTRAL3, tools, NULL, &g, &err), LLMQ_OK);
+    assert_non_null(strstr(g, "start: \"[TOOL_CALLS] [\" call \"]\"\ncall: \"{\\\"name\\\": \\\"f\\\", "
+                              "\\\"arguments\\\": \" a0 \"}\"\n"));
+    free(g);
+    /* the revisions with tools are told from their predecessors */
+    assert_int_equal(chat_family_detect("<|start_header_id|> <|eot_id|> Cutting Knowledge Date: December 2023"),
+                     CHAT_LLAMA31);
+    assert_int_equal(chat_family_detect("[INST] [/INST] [AVAILABLE_TOOLS]"), CHAT_MISTRAL3);
+    assert_int_equal(chat_family_detect("[INST] [/INST]"), CHAT_MISTRAL);
+    assert_int_equal(chat_family_by_name("llama-3.1"), CHAT_LLAMA31);
+    assert_string_equal(chat_family_name(CHAT_MISTRAL3), "mistral-v3");
 }
 
 int main(void) {

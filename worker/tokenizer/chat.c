@@ -21,6 +21,7 @@ static const struct {
 } names[] = {
     {"llama-2", CHAT_LLAMA2}, {"llama2", CHAT_LLAMA2}, {"llama-3", CHAT_LLAMA3}, {"llama3", CHAT_LLAMA3},
     {"mistral", CHAT_MISTRAL}, {"chatml", CHAT_CHATML}, {"zephyr", CHAT_ZEPHYR},
+    {"llama-3.1", CHAT_LLAMA31}, {"llama3.1", CHAT_LLAMA31}, {"mistral-v3", CHAT_MISTRAL3},
 };
 
 chat_family chat_family_by_name(const char *name) {
@@ -36,18 +37,24 @@ const char *chat_family_name(chat_family f) {
     case CHAT_MISTRAL: return "mistral";
     case CHAT_CHATML: return "chatml";
     case CHAT_ZEPHYR: return "zephyr";
+    case CHAT_LLAMA31: return "llama-3.1";
+    case CHAT_MISTRAL3: return "mistral-v3";
     case CHAT_UNKNOWN: break;
     }
     return "unknown";
 }
 
 const char *chat_family_names(void) {
-    return "llama-2, llama-3, mistral, chatml, zephyr";
+    return "llama-2, llama-3, llama-3.1, mistral, mistral-v3, chatml, zephyr";
 }
 
 chat_family chat_family_detect(const char *j) {
     if (!j) return CHAT_UNKNOWN;
+    /* the later revisions first: they keep their predecessors' markers */
+    if (strstr(j, "<|start_header_id|>") && strstr(j, "<|eot_id|>") && strstr(j, "Cutting Knowledge Date"))
+        return CHAT_LLAMA31;
     if (strstr(j, "<|start_header_id|>") && strstr(j, "<|eot_id|>")) return CHAT_LLAMA3;
+    if (strstr(j, "[INST]") && strstr(j, "[AVAILABLE_TOOLS]")) return CHAT_MISTRAL3;
     if (strstr(j, "<|im_start|>") && strstr(j, "<|im_end|>")) return CHAT_CHATML;
     if (strstr(j, "<|user|>") && strstr(j, "<|assistant|>")) return CHAT_ZEPHYR;
     if (strstr(j, "[INST]") && strstr(j, "<<SYS>>")) return CHAT_LLAMA2;
@@ -458,6 +465,232 @@ static llmq_status render_chatml_tools(const chat_template *ct, const chat_msg *
     return LLMQ_OK;
 }
 
+/* An OpenAI call's `function` with its `arguments` JSON text parsed (as vLLM
+ * does before the template), for the template's tojson; a new reference. */
+static json_t *call_function(const json_t *c) {
+    const json_t *fn = json_object_get(c, "function");
+    json_t *f = json_copy((json_t *)(fn ? fn : c));
+    const json_t *args = json_object_get(f, "arguments");
+    json_t *parsed = json_is_string(args) ? json_loads(json_string_value(args), JSON_DECODE_ANY, NULL) : NULL;
+    if (parsed) json_object_set_new(f, "arguments", parsed);
+    return f;
+}
+
+/* Message i's tool_calls: *out a new array. */
+static llmq_status load_calls(const char *calls_json, size_t i, json_t **out, llmq_err *err) {
+    *out = json_loads(calls_json, JSON_DECODE_ANY, NULL);
+    if (json_is_array(*out)) return LLMQ_OK;
+    json_decref(*out);
+    *out = NULL;
+    return llmq_err_set(err, LLMQ_ERR_INVALID, "message %zu: tool_calls must be an array", i);
+}
+
+static const char LLAMA31_HEAD[] = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n";
+static const char LLAMA31_TOOLS[] =
+    "Given the following functions, please respond with a JSON for a function call with its proper arguments "
+    "that best answers the given prompt.\n\nRespond in the format {\"name\": function name, \"parameters\": "
+    "dictionary of argument name and its value}.Do not use variables.\n\n";
+
+static void llama_header(sbuf *b, const char *role) {
+    puts_(b, "<|start_header_id|>");
+    puts_(b, role);
+    puts_(b, "<|end_header_id|>\n\n");
+}
+
+/* Llama 3.1's template (chat.h), tools NULL for none. */
+static llmq_status render_llama31(const chat_template *ct, const chat_msg *m, size_t n, const json_t *tools, int gen,
+                                  sbuf *b, llmq_err *err) {
+    size_t i = 0;
+    puts_(b, ct->bos);
+    llama_header(b, "system");
+    if (tools) puts_(b, "Environment: ipython\n");
+    puts_(b, LLAMA31_HEAD);
+    if (n && is_role(&m[0], "system")) put_stripped(b, m[i++].content);
+    puts_(b, "<|eot_id|>");
+    if (tools) { /* in the first turn after the system one, whatever its role */
+        if (i == n)
+            return llmq_err_set(err, LLMQ_ERR_INVALID,
+                                "Cannot put tools in the first user message when there's no first user message!");
+        llama_header(b, "user");
+        puts_(b, LLAMA31_TOOLS);
+        size_t k;
+        json_t *t;
+        json_array_foreach(tools, k, t) {
+            char *s = json_dumps(t, JSON_ENCODE_ANY | JSON_INDENT(4));
+            if (!s) return llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory rendering a chat prompt");
+            puts_(b, s);
+            free(s);
+            puts_(b, "\n\n");
+        }
+        put_stripped(b, m[i++].content);
+        puts_(b, "<|eot_id|>");
+    }
+    for (; i < n; i++) {
+        if (m[i].tool_calls) {
+            json_t *calls;
+            llmq_status st = load_calls(m[i].tool_calls, i, &calls, err);
+            if (st) return st;
+            if (json_array_size(calls) != 1) {
+                json_decref(calls);
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "This model only supports single tool-calls at once!");
+            }
+            json_t *f = call_function(json_array_get(calls, 0));
+            const char *name = json_string_value(json_object_get(f, "name"));
+            const json_t *args = json_object_get(f, "arguments");
+            if (!name || !args) {
+                json_decref(f);
+                json_decref(calls);
+                return llmq_err_set(err, LLMQ_ERR_INVALID, "message %zu: tool_calls[0] needs a name and arguments", i);
+            }
+            llama_header(b, "assistant");
+            puts_(b, "{\"name\": \"");
+            puts_(b, name);
+            puts_(b, "\", \"parameters\": ");
+            put_json(b, args);
+            puts_(b, "}<|eot_id|>");
+            json_decref(f);
+            json_decref(calls);
+        } else if (is_role(&m[i], "tool") || is_role(&m[i], "ipython")) {
+            /* the template writes a string result with tojson: quoted */
+            llama_header(b, "ipython");
+            json_t *c = json_string(m[i].content);
+            if (!c) return llmq_err_set(err, LLMQ_ERR_INVALID, "message %zu: content is not UTF-8", i);
+            put_json(b, c);
+            json_decref(c);
+            puts_(b, "<|eot_id|>");
+        } else {
+            llama_header(b, m[i].role);
+            put_stripped(b, m[i].content);
+            puts_(b, "<|eot_id|>");
+        }
+    }
+    if (gen) llama_header(b, "assistant");
+    return LLMQ_OK;
+}
+
+static const char MISTRAL_ID_ERR[] = "Tool call IDs should be alphanumeric strings with length 9!";
+
+/* Mistral's [AVAILABLE_TOOLS] block: each function's keys in their order but
+ * "return", strings written raw, other values as json.dumps writes them. */
+static void put_mistral_tools(sbuf *b, const json_t *tools) {
+    size_t k;
+    json_t *t;
+    puts_(b, "[AVAILABLE_TOOLS] [");
+    json_array_foreach(tools, k, t) {
+        puts_(b, k ? ", {\"type\": \"function\", \"function\": {" : "{\"type\": \"function\", \"function\": {");
+        const char *key;
+        json_t *v;
+        int first = 1;
+        json_object_foreach(json_object_get(t, "function"), key, v) {
+            if (!strcmp(key, "return")) continue;
+            puts_(b, first ? "\"" : ", \"");
+            first = 0;
+            puts_(b, key);
+            if (json_is_string(v)) {
+                puts_(b, "\": \"");
+                puts_(b, json_string_value(v));
+                puts_(b, "\"");
+            } else {
+                puts_(b, "\": ");
+                put_json(b, v);
+            }
+        }
+        puts_(b, "}}");
+    }
+    puts_(b, "][/AVAILABLE_TOOLS]");
+}
+
+/* A call id as Mistral's template wants it: its last 9 characters; NULL when shorter. */
+static const char *mistral_id(const json_t *c) {
+    const char *id = json_string_value(json_object_get(c, "id"));
+    size_t l = id ? strlen(id) : 0;
+    return l >= 9 ? id + l - 9 : NULL;
+}
+
+/* Mistral v0.3's template (chat.h), tools NULL for none. */
+static llmq_status render_mistral3(const chat_template *ct, const chat_msg *m, size_t n, const json_t *tools, sbuf *b,
+                                   llmq_err *err) {
+    const char *sys = NULL, *last_user = NULL;
+    size_t i0 = 0, turn = 0;
+    if (n && is_role(&m[0], "system")) sys = m[i0++].content;
+    for (size_t i = i0; i < n; i++) {
+        if (is_role(&m[i], "user")) last_user = m[i].content;
+        if (is_role(&m[i], "tool") || is_role(&m[i], "tool_results") || m[i].tool_calls) continue;
+        if (is_role(&m[i], "user") != (turn++ % 2 == 0))
+            return llmq_err_set(err, LLMQ_ERR_INVALID, "After the optional system message, conversation roles must "
+                                                       "alternate user/assistant/user/assistant/...");
+    }
+    puts_(b, ct->bos);
+    json_t *answered = NULL; /* the calls the tool turns answer, in order */
+    size_t next = 0;
+    llmq_status st = LLMQ_OK;
+    for (size_t i = i0; i < n && !st; i++) {
+        const int tool = is_role(&m[i], "tool") || is_role(&m[i], "tool_results");
+        if (is_role(&m[i], "user")) {
+            /* the template compares messages: a user turn equal to the last gets the tools too */
+            if (tools && !strcmp(m[i].content, last_user)) put_mistral_tools(b, tools);
+            puts_(b, "[INST] ");
+            if (i + 1 == n && sys) {
+                puts_(b, sys);
+                puts_(b, "\n\n");
+            }
+            puts_(b, m[i].content);
+            puts_(b, "[/INST]");
+        } else if (m[i].tool_calls) {
+            json_decref(answered);
+            if ((st = load_calls(m[i].tool_calls, i, &answered, err))) return st;
+            next = 0;
+            puts_(b, "[TOOL_CALLS] [");
+            size_t k;
+            json_t *c;
+            json_array_foreach(answered, k, c) {
+                const char *id = mistral_id(c);
+                json_t *f = call_function(c);
+                char *s = json_dumps(f, JSON_ENCODE_ANY);
+                json_decref(f);
+                if (!s || !id) {
+                    free(s);
+                    st = id ? llmq_err_set(err, LLMQ_ERR_NOMEM, "out of memory rendering a chat prompt")
+                            : llmq_err_set(err, LLMQ_ERR_INVALID, "%s", MISTRAL_ID_ERR);
+                    break;
+                }
+                put(b, s, strlen(s) - 1); /* the object without its "}" */
+                free(s);
+                puts_(b, ", \"id\": \"");
+                puts_(b, id);
+                puts_(b, k + 1 < json_array_size(answered) ? "\"}, " : "\"}]");
+            }
+            if (!json_array_size(answered)) puts_(b, "]"); /* cannot be: the gateway drops empty tool_calls */
+            puts_(b, ct->eos);
+            continue;
+        } else if (is_role(&m[i], "assistant")) {
+            puts_(b, " ");
+            put_stripped(b, m[i].content);
+            puts_(b, ct->eos);
+        } else if (tool) {
+            const char *id = next < json_array_size(answered) ? mistral_id(json_array_get(answered, next++)) : NULL;
+            if (!id) {
+                st = llmq_err_set(err, LLMQ_ERR_INVALID, "%s", MISTRAL_ID_ERR);
+                break;
+            }
+            puts_(b, "[TOOL_RESULTS] {\"content\": ");
+            puts_(b, m[i].content);
+            puts_(b, ", \"call_id\": \"");
+            puts_(b, id);
+            puts_(b, "\"}[/TOOL_RESULTS]");
+            continue;
+        } else {
+            st = llmq_err_set(err, LLMQ_ERR_INVALID, "Only user and assistant roles are supported, with the exception "
+                                                     "of an initial optional system message!");
+        }
+        json_decref(answered); /* a turn that is neither calls nor results: nothing left to answer */
+        answered = NULL;
+        next = 0;
+    }
+    json_decref(answered);
+    return st;
+}
+
 /* The tools of a request: NULL when there are none; -1 when not an array. */
 static int load_tools(const char *text, json_t **out) {
     *out = NULL;
@@ -479,10 +712,11 @@ llmq_status chat_render_tools(const chat_template *ct, const chat_msg *msgs, siz
     if (!t) return chat_render(ct, msgs, n, add_generation_prompt, out, len, err);
     *out = NULL;
     if (len) *len = 0;
-    if (ct->family != CHAT_CHATML) {
+    if (ct->family != CHAT_CHATML && ct->family != CHAT_LLAMA31 && ct->family != CHAT_MISTRAL3) {
         json_decref(t);
         return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
-                            "tools are rendered only by chatml (Hermes/Qwen) chat templates so far, not %s",
+                            "tools are rendered only by chatml (Hermes/Qwen), llama-3.1 and mistral-v3 chat "
+                            "templates, not %s",
                             chat_family_name(ct->family));
     }
     for (size_t i = 0; i < n; i++)
@@ -492,22 +726,26 @@ llmq_status chat_render_tools(const chat_template *ct, const chat_msg *msgs, siz
         }
     sbuf b = {0};
     puts_(&b, "");
-    llmq_status st = render_chatml_tools(ct, msgs, n, t, add_generation_prompt, &b, err);
+    llmq_status st = ct->family == CHAT_LLAMA31  ? render_llama31(ct, msgs, n, t, add_generation_prompt, &b, err)
+                   : ct->family == CHAT_MISTRAL3 ? render_mistral3(ct, msgs, n, t, &b, err)
+                                                 : render_chatml_tools(ct, msgs, n, t, add_generation_prompt, &b, err);
     json_decref(t);
     return render_done(&b, st, out, len, err);
 }
 
-/* One alternative of the call grammar: the Hermes call of `fn` with its
- * arguments rule a<k>. */
-static void put_lark_call(sbuf *g, sbuf *rules, const json_t *fn, size_t k) {
+/* One alternative of the call grammar: the call of `fn` in family f's
+ * syntax, its arguments rule a<k>. */
+static void put_lark_call(sbuf *g, sbuf *rules, chat_family f, const json_t *fn, size_t k) {
     char rule[32];
     snprintf(rule, sizeof rule, "a%zu", k);
     puts_(g, k ? "\n     | " : "");
-    puts_(g, "\"<tool_call>\\n{\\\"name\\\": \\\"");
+    /* Hermes: in <tool_call> tags; Llama 3.1: the JSON with "parameters" (its
+     * template's); Mistral: an object of the [TOOL_CALLS] array (the rule `start`) */
+    puts_(g, f == CHAT_CHATML ? "\"<tool_call>\\n{\\\"name\\\": \\\"" : "\"{\\\"name\\\": \\\"");
     puts_(g, json_string_value(json_object_get(fn, "name")));
-    puts_(g, "\\\", \\\"arguments\\\": \" ");
+    puts_(g, f == CHAT_LLAMA31 ? "\\\", \\\"parameters\\\": \" " : "\\\", \\\"arguments\\\": \" ");
     puts_(g, rule);
-    puts_(g, " \"}\\n</tool_call>\"");
+    puts_(g, f == CHAT_CHATML ? " \"}\\n</tool_call>\"" : " \"}\"");
     /* without llguidance options of its own, no free white space: JSON as the
      * template's example (and Python's json.dumps) writes it, a model cannot
      * pad its call with newlines until max_tokens */
@@ -528,12 +766,14 @@ static void put_lark_call(sbuf *g, sbuf *rules, const json_t *fn, size_t k) {
 
 llmq_status chat_tools_grammar(chat_family f, const char *tools, const char *name, char **out, llmq_err *err) {
     *out = NULL;
-    if (f != CHAT_CHATML)
-        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "tool calls are constrained only for chatml (Hermes/Qwen) so far");
+    if (f != CHAT_CHATML && f != CHAT_LLAMA31 && f != CHAT_MISTRAL3)
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
+                            "tool calls are constrained only for chatml (Hermes/Qwen), llama-3.1 and mistral-v3");
     json_t *t;
     if (load_tools(tools, &t) || !t) return llmq_err_set(err, LLMQ_ERR_INVALID, "tools must be a non-empty JSON array");
     sbuf g = {0}, rules = {0};
-    puts_(&g, "start: ");
+    /* Mistral: one call, in its array (the text of the [TOOL_CALLS] token, as the gateway reads it) */
+    puts_(&g, f == CHAT_MISTRAL3 ? "start: \"[TOOL_CALLS] [\" call \"]\"\ncall: " : "start: ");
     size_t k, alts = 0;
     json_t *tool;
     llmq_status st = LLMQ_OK;
@@ -550,7 +790,7 @@ llmq_status chat_tools_grammar(chat_family f, const char *tools, const char *nam
             break;
         }
         if (name && strcmp(name, fname)) continue;
-        put_lark_call(&g, &rules, fn, alts++);
+        put_lark_call(&g, &rules, f, fn, alts++);
     }
     json_decref(t);
     if (!st && !alts) st = llmq_err_set(err, LLMQ_ERR_INVALID, "tool_choice names '%s', which is none of the tools", name);
@@ -582,6 +822,8 @@ llmq_status chat_render(const chat_template *ct, const chat_msg *msgs, size_t n,
     case CHAT_LLAMA3: render_llama3(ct, msgs, n, add_generation_prompt, &b); break;
     case CHAT_CHATML: render_chatml(ct, msgs, n, add_generation_prompt, &b); break;
     case CHAT_ZEPHYR: render_zephyr(ct, msgs, n, add_generation_prompt, &b); break;
+    case CHAT_LLAMA31: st = render_llama31(ct, msgs, n, NULL, add_generation_prompt, &b, err); break;
+    case CHAT_MISTRAL3: st = render_mistral3(ct, msgs, n, NULL, &b, err); break;
     case CHAT_UNKNOWN:
         st = llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "no chat template (choose one of %s)", chat_family_names());
         break;

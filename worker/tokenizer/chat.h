@@ -10,6 +10,13 @@
  *   chatml    <|im_start|>{role}\n{content}<|im_end|>\n...  (+ a default system
  *             message when the template has one, as Qwen2's)
  *   zephyr    <|user|>\n{content}</s>\n...                   (Zephyr, TinyLlama-Chat)
+ *   llama-3.1 llama-3's turns after a system turn that always opens with
+ *             "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+ *             (Llama 3.1's template, its July 2024 revision: a template that has
+ *             "Cutting Knowledge Date")
+ *   mistral-v3 <s>[INST] {user}[/INST] {assistant}</s>...     (Mistral-7B-Instruct v0.3:
+ *             a template that has [AVAILABLE_TOOLS]; the system message goes
+ *             before the last user message when that is the last message)
  * A model whose template is none of these, with no family forced, is an error
  * (LLMQ_ERR_UNSUPPORTED) that says how to force one.
  *
@@ -43,6 +50,8 @@ typedef enum chat_family {
     CHAT_MISTRAL,
     CHAT_CHATML,
     CHAT_ZEPHYR,
+    CHAT_LLAMA31,
+    CHAT_MISTRAL3,
 } chat_family;
 
 typedef struct chat_msg {
@@ -70,7 +79,8 @@ typedef struct chat_template {
     char *default_system; /* chatml: system message used when none is given, or NULL */
 } chat_template;
 
-/* "llama-2", "llama-3", "mistral", "chatml", "zephyr" (also "llama2", "llama3");
+/* "llama-2", "llama-3", "mistral", "chatml", "zephyr", "llama-3.1", "mistral-v3"
+ * (also "llama2", "llama3", "llama3.1");
  * CHAT_UNKNOWN for anything else. */
 chat_family chat_family_by_name(const char *name);
 const char *chat_family_name(chat_family f); /* "unknown" for CHAT_UNKNOWN */
@@ -102,13 +112,27 @@ llmq_status chat_render(const chat_template *ct, const chat_msg *msgs, size_t n,
                         char **out, size_t *len, llmq_err *err);
 
 /* chat_render with OpenAI tools (JSON array text, NULL or "[]" = none), as the
- * family's reference template renders them.  Only chatml so far, as Qwen2.5's
- * template (Hermes format): the system turn (the given one, else the
- * template's default, else none: Qwen3's) ends with a "# Tools" section
- * listing each tool as Python's json.dumps writes it, assistant turns with
- * tool_calls carry <tool_call> blocks, and role "tool" turns become
- * <tool_response> blocks in a user turn.  Other families with tools:
- * LLMQ_ERR_UNSUPPORTED. */
+ * family's reference template renders them:
+ *   chatml      Qwen2.5's template (Hermes format): the system turn (the given
+ *               one, else the template's default, else none: Qwen3's) ends with
+ *               a "# Tools" section listing each tool as Python's json.dumps
+ *               writes it, assistant turns with tool_calls carry <tool_call>
+ *               blocks, and role "tool" turns become <tool_response> blocks in
+ *               a user turn;
+ *   llama-3.1   Llama 3.1's: "Environment: ipython" in the system turn, the
+ *               tools (json.dumps, indent 4) and the JSON call instructions in
+ *               the first user turn, a call as {"name": N, "parameters": {...}}
+ *               (one per assistant turn), tool turns as ipython turns holding
+ *               the result as a JSON string;
+ *   mistral-v3  Mistral v0.3's: [AVAILABLE_TOOLS] [...][/AVAILABLE_TOOLS]
+ *               before the last user turn, calls as [TOOL_CALLS] [{...,
+ *               "id": I}]</s>, tool turns as [TOOL_RESULTS] {"content": C,
+ *               "call_id": I}[/TOOL_RESULTS].  Ids are the last 9 characters
+ *               of the calls' ids (the template wants 9); a tool turn answers
+ *               the calls of the assistant turn before it, in order.
+ * Where the template raises (a Llama 3.1 turn with two calls, a Mistral id
+ * too short, ...) LLMQ_ERR_INVALID with its message.  Other families with
+ * tools: LLMQ_ERR_UNSUPPORTED. */
 llmq_status chat_render_tools(const chat_template *ct, const chat_msg *msgs, size_t n, const char *tools,
                               int add_generation_prompt, char **out, size_t *len, llmq_err *err);
 
