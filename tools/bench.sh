@@ -3,6 +3,8 @@
 # against the memory read bandwidth measured in the same process
 # (`llmq bench`).  Random-weight models are generated once into
 # $LLMQ_BENCH_DIR (default /tmp/llmq-bench) by tools/gen_model.py.
+# LLAMA2C_SRC=DIR (a llama2.c checkout) adds the llama2.c anchor
+# (tools/anchor_llama2c.sh) on the same F32 weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -12,10 +14,13 @@ mkdir -p "$DIR"
 for dt in f32 bf16; do
   [ -f "$DIR/110M-$dt/model.safetensors" ] || "$PYTHON" tools/gen_model.py --shape 110M --dtype "$dt" --out "$DIR/110M-$dt"
 done
-echo "== llmq bench ($(nproc) cores, $(date -u +%Y-%m-%d))"
+echo "== llmq bench ($(nproc) cores, $(date -u +%Y-%m-%d),$(uptime | sed 's/.*load/ load/'))"
 for dt in f32 bf16; do
   "$BUILD/llmq" bench --model "$DIR/110M-$dt" "$@"
 done
+if [ -n "${LLAMA2C_SRC:-}" ]; then
+  BUILD=$BUILD PYTHON=$PYTHON LLMQ_BENCH_DIR=$DIR tools/anchor_llama2c.sh "$LLAMA2C_SRC" "$DIR/110M-f32"
+fi
 
 # Tensor parallel on CPU ranks: the same F32 model at TP 1 and TP 2 (one
 # process per rank, shm all-reduce), and TP 2 over loopback TCP (the
