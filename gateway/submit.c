@@ -414,14 +414,19 @@ static int parse_tools(gw_api api, const json_t *o, gw_parsed *p, gw_bad *bad) {
     int parallel = 1;
     if (get_bool(o, "parallel_tool_calls", &parallel, bad) < 0) return -1;
     p->max_tool_calls = parallel ? 0 : 1;
+    /* the job API gives the text as it is, calls unparsed: a limit on them would be ignored */
+    if (api == GW_API_JOBS && field(o, "parallel_tool_calls"))
+        return bad_set(bad, 400, "parallel_tool_calls",
+                       "'parallel_tool_calls' is only for /v1/chat/completions (a job's text is not parsed into calls)");
     if (tools && !json_is_array(tools)) return bad_set(bad, 400, "tools", "'tools' must be an array, not %s", jtype(tools));
     if (!tools || !json_array_size(tools)) {
         if (choice && !(json_is_string(choice) && !strcmp(json_string_value(choice), "none")))
             return bad_set(bad, 400, "tool_choice", "'tool_choice' needs 'tools'");
         return 0;
     }
-    if (api != GW_API_CHAT || r->kind != PROTO_PROMPT_MESSAGES)
-        return bad_set(bad, 400, "tools", "'tools' are only for /v1/chat/completions");
+    /* the job API takes them with messages: rendered and constrained alike, the text as it is */
+    if (api == GW_API_COMPLETIONS || r->kind != PROTO_PROMPT_MESSAGES)
+        return bad_set(bad, 400, "tools", "'tools' need 'messages' (/v1/chat/completions, or /v1/jobs with messages)");
     for (size_t i = 0; i < json_array_size(tools); i++) {
         const json_t *t = json_array_get(tools, i);
         const json_t *type = json_is_object(t) ? field(t, "type") : NULL;

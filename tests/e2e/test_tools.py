@@ -19,6 +19,10 @@ templates (--chat-template), whose calls are JSON with "parameters" and a
     streamed adds up to the answer without `stream` (same seed); "auto"
     streams the story as content;
   - parallel_tool_calls false is taken (at most one call);
+  - the job API (POST /v1/jobs with messages) takes tools and tool_choice: the
+    worker renders and constrains them alike, the job's text is the call as
+    the model wrote it (not parsed: parallel_tool_calls there is a 400, as are
+    tools with a prompt);
   - llama-3.1 and mistral-v3: required and named calls in the family's syntax,
     parsed the same streamed or not; a history with a call and its result
     renders (Mistral's template wants ids of 9 characters or more: a shorter
@@ -33,6 +37,7 @@ how tool-call texts parse are C unit tests (test_tok_chat, test_toolcall).
 import http.client
 import json
 import os
+import time
 import urllib.parse
 
 import jsonschema
@@ -261,3 +266,35 @@ def test_families(fleet, model):
         with pytest.raises(openai.BadRequestError) as e:
             fleet.chat.completions.create(model=model, messages=hist, tools=TOOLS, max_tokens=2)
         assert "length 9" in e.value.body["message"], e.value.body
+
+
+def _http(fleet, method, path, body=None):
+    u = urllib.parse.urlsplit(str(fleet.base_url))
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.request(method, path, json.dumps(body) if body is not None else None, {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    return r.status, json.loads(r.read() or b"null")
+
+
+def test_job_api(fleet):
+    body = {"model": "stories", "messages": MSGS, "tools": TOOLS, "seed": 3, "max_tokens": 120,
+            "tool_choice": {"type": "function", "function": {"name": "weather"}}}
+    st, j = _http(fleet, "POST", "/v1/jobs", body)
+    assert st == 202, j
+    deadline = time.time() + 60
+    while True:
+        st, job = _http(fleet, "GET", f"/v1/jobs/{j['id']}")
+        if job["status"] not in ("queued", "running") or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert job["status"] == "done" and job["finish_reason"] == "stop", job
+    text = job["text"]
+    assert text.startswith("<tool_call>\n") and text.endswith("\n</tool_call>"), text
+    call = json.loads(text[len("<tool_call>\n"):-len("\n</tool_call>")])
+    assert call["name"] == "weather", call
+    jsonschema.validate(call["arguments"], WEATHER)
+    for extra, param in (({"parallel_tool_calls": False}, "parallel_tool_calls"),
+                         ({"messages": None, "prompt": "Weather?"}, "tools")):
+        b = {k: v for k, v in {**body, **extra}.items() if v is not None}
+        st, e = _http(fleet, "POST", "/v1/jobs", b)
+        assert st == 400 and e["error"]["param"] == param, e
