@@ -27,9 +27,16 @@ streams (one llmq-loadtest per model, in parallel).  So `--redis-instances
 1,2` compares one instance with two at the same fleet and the same load; the
 report adds each instance's CPU per token of its own models.
 
+On a machine with few cores the simulator, workers and gateway take the
+cores long before one Redis is busy.  --redis-cpu-limit F caps each
+redis-server at F of a core (a CPU cgroup of its own, CFS quota over a 10 ms
+period, longer below 0.1 core; needs root), so that Redis is the limit at a rate the machine can
+drive: then K instances have K times the CPU, as K Redis hosts would.
+
 Usage (from the repository root, after `make`):
   tools/fleet_sim.py --groups 1,2,4 --streams 32 --rate 50 --duration 10
   tools/fleet_sim.py --groups 4 --streams 64 --redis-instances 1,2
+  tools/fleet_sim.py --direct --groups 4 --streams 128 --redis-instances 1,2 --redis-cpu-limit 0.05
   tools/fleet_sim.py --groups 4 --streams 16,64,256 --direct    # or --both
   tools/fleet_sim.py --short --json -          # a few seconds: the test's run
 Worker options pass through with --worker-arg (repeatable), e.g.
@@ -153,7 +160,39 @@ class RedisInfo:
         self.s.close()
 
 
-def start_redis(tmp, procs, name):
+class CpuCap:
+    """A CPU cgroup of its own for one process: `cores` of a core at most
+    (cgroup v2 cpu.max, else v1 cpu.cfs_quota_us), removed by close()."""
+    PERIOD_US = 10000  # short: the throttling comes in slices of 10 ms, not 100
+
+    def __init__(self, pid, cores, name):
+        # the kernel's smallest quota is 1 ms: a longer period below 0.1 core
+        period = max(self.PERIOD_US, int(1000 / cores + 0.5))
+        quota = int(cores * period + 0.5)
+        v2 = pathlib.Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        base = pathlib.Path("/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/cpu")
+        self.dir = base / f"llmq-fleet-sim-{os.getpid()}-{name}"
+        try:
+            self.dir.mkdir()
+            if v2:
+                (self.dir / "cpu.max").write_text(f"{quota} {period}\n")
+            else:
+                (self.dir / "cpu.cfs_period_us").write_text(f"{period}\n")
+                (self.dir / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+            (self.dir / "cgroup.procs").write_text(f"{pid}\n")
+        except OSError as e:
+            self.close()
+            raise RuntimeError(f"--redis-cpu-limit: cannot make the CPU cgroup {self.dir} ({e}): needs root and "
+                               "the cpu controller") from e
+
+    def close(self):
+        try:
+            self.dir.rmdir()  # empty once its process has exited
+        except OSError:
+            pass
+
+
+def start_redis(tmp, procs, name, caps=None, cpu_limit=0.0):
     """A fresh redis-server: (port, its INFO client)."""
     port = free_port()
     redis_exe = shutil.which("redis-server")
@@ -164,6 +203,8 @@ def start_redis(tmp, procs, name):
     rs = Proc([redis_exe, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--dir", d], tmp / f"{name}.log")
     procs.append(rs)
+    if cpu_limit:
+        caps.append(CpuCap(rs.p.pid, cpu_limit, name))
     deadline = time.time() + 10
     while True:
         try:
@@ -185,13 +226,13 @@ def run_point(a, groups, streams, tmp, instances=1):
     """One fleet of `groups` workers and `streams` client streams over
     `instances` Redis instances and a.n_models models: the figures."""
     tmp.mkdir(parents=True, exist_ok=True)
-    procs = []
+    procs, caps = [], []
     n_models = a.n_models
     models = [a.model] if n_models == 1 else [f"{a.model}-{i}" for i in range(n_models)]
     if groups < n_models or streams < n_models:
         raise RuntimeError(f"{groups} groups and {streams} streams cannot be split over {n_models} models")
     try:
-        redis = [start_redis(tmp, procs, f"redis{k}") for k in range(instances)]
+        redis = [start_redis(tmp, procs, f"redis{k}", caps, a.redis_cpu_limit) for k in range(instances)]
         urls = [f"redis://127.0.0.1:{port}" for port, _ in redis]
         home = [i % instances for i in range(n_models)]  # model i on instance home[i]
         workers = []
@@ -265,6 +306,8 @@ def run_point(a, groups, streams, tmp, instances=1):
     finally:
         for p in reversed(procs):
             p.stop()
+        for c in caps:
+            c.close()
     tokens = sum(j["total_output_tokens"] for j in js)
     duration = max(j["duration_s"] for j in js)
     rsys = sum(c1[0] - c0[0] for c0, c1 in zip(cpu0, cpu1))
@@ -297,6 +340,7 @@ def run_point(a, groups, streams, tmp, instances=1):
         "streams": streams,
         "via": "redis" if a.direct else "gateway",
         "redis_instances": instances,
+        "redis_cpu_limit": a.redis_cpu_limit or None,
         "models": n_models,
         "rate": a.rate,
         "max_num_seqs": a.max_num_seqs,
@@ -385,6 +429,8 @@ def main(argv=None):
                     help="Redis instances, or a sweep: 1,2 (models spread over them, see above)")
     ap.add_argument("--models", type=int, default=0, dest="n_models",
                     help="models the load is split over (default: the largest --redis-instances)")
+    ap.add_argument("--redis-cpu-limit", type=float, default=0.0,
+                    help="cap each redis-server at this much of a core (a CPU cgroup; root), so Redis is the limit")
     ap.add_argument("--knee-ms", type=float, default=20.0, help="added ITL p99 that marks the knee")
     ap.add_argument("--short", action="store_true",
                     help="a few seconds: 2 groups x 4 streams, 16 requests of 16 tokens at 100 tokens/s, "
