@@ -17,12 +17,13 @@ typedef __m256 qm_v;
 typedef __m256i qm_vi;
 #define QM_VW 8
 #define QM_RD 4
+#define QM_RD1 4
 #define QM_JD 3
 #define QM_RT 4
 #define QM_JT 3
 #define QM_RMAX 4
 #define QM_JMAX 3
-#define QM_DIRECT_MAX_N 4
+#define QM_DIRECT_MAX_N 8
 #define QM_MASKED_TAIL 0
 #define QM_FN(name) name##_avx2
 

@@ -18,8 +18,10 @@
  *                        into the same accumulator (qm_load_tail,
  *                        qm_q8_tail, qm_q4_tail: lanes >= t are +0);
  *                        0: a scalar fmaf tail after the horizontal sum
- *   QM_RD, QM_JD         register block of the direct path (rows x inputs)
+ *   QM_RD, QM_JD         register block of the direct path (rows x inputs),
+ *   QM_RD1               and its rows when there is a single input
  *   QM_RT, QM_JT         register block of the scratch path
+ *   QM_RMAX, QM_JMAX     the largest of those rows / inputs
  *   QM_DIRECT_MAX_N      up to this many inputs the direct path
  *
  * Every weight is exactly float(q - z) * scale (quant.h), computed either
@@ -173,6 +175,9 @@ static inline __attribute__((always_inline)) void QM_FN(qm_tile_direct)(QM_FN(qm
                                                                         int n, float *out, int ldo,
                                                                         const float *bias) {
     int r = 0;
+    if (n == 1) /* one input: more rows in flight instead */
+        for (; r + QM_RD1 <= rows; r += QM_RD1)
+            QM_FN(qm_block)(QM_RD1, 1, src, NULL, 0, w, r0 + r, k, x, 0, out, ldo, bias, 1);
     for (; r + QM_RD <= rows; r += QM_RD)
         for (int j = 0; j < n; j += QM_JD)
             QM_FN(qm_block)(QM_RD, n - j < QM_JD ? n - j : QM_JD, src, NULL, 0, w, r0 + r, k, x, j, out, ldo, bias,
