@@ -10,27 +10,43 @@
 
 #include "kernels/cpu/cpu.h"
 
-static inline void rope_row(float *x, int n_heads, int head_dim, int pos, const float *inv_freq) {
-    const int half = head_dim / 2;
+/* The angles' cos and sin of one position, once for q and k (libm in
+ * double is most of rope's time). */
+static inline void rope_angles(float *c, float *s, int half, int pos, const float *inv_freq) {
     for (int i = 0; i < half; i++) {
         float ang = (float)pos * inv_freq[i];
-        float c = (float)cos((double)ang), s = (float)sin((double)ang);
-        for (int h = 0; h < n_heads; h++) {
-            float *v = x + (size_t)h * head_dim;
+        c[i] = (float)cos((double)ang);
+        s[i] = (float)sin((double)ang);
+    }
+}
+
+/* Head by head, i in order: the loop over i vectorizes. */
+static inline void rope_row(float *x, int n_heads, int head_dim, const float *c, const float *s) {
+    const int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
             float a = v[i], b = v[i + half];
-            v[i] = a * c - b * s;
-            v[i + half] = b * c + a * s;
+            v[i] = a * c[i] - b * s[i];
+            v[i + half] = b * c[i] + a * s[i];
         }
     }
 }
 
+#define ROPE_MAX_HALF 512
+
 void cpu_rope(llmq_backend *be, void *q, void *k, const int32_t *positions, int n, int n_heads, int n_kv_heads,
               int head_dim, const float *inv_freq) {
-    (void)be;
+    if (head_dim / 2 > ROPE_MAX_HALF) { /* no model has such heads; the plain loops do */
+        cpu_rope_ref(be, q, k, positions, n, n_heads, n_kv_heads, head_dim, inv_freq);
+        return;
+    }
 #pragma omp parallel for schedule(static) if (n > 4)
     for (int t = 0; t < n; t++) {
-        rope_row((float *)q + (size_t)t * n_heads * head_dim, n_heads, head_dim, positions[t], inv_freq);
-        rope_row((float *)k + (size_t)t * n_kv_heads * head_dim, n_kv_heads, head_dim, positions[t], inv_freq);
+        float c[ROPE_MAX_HALF], s[ROPE_MAX_HALF];
+        rope_angles(c, s, head_dim / 2, positions[t], inv_freq);
+        rope_row((float *)q + (size_t)t * n_heads * head_dim, n_heads, head_dim, c, s);
+        rope_row((float *)k + (size_t)t * n_kv_heads * head_dim, n_kv_heads, head_dim, c, s);
     }
 }
 
