@@ -465,6 +465,7 @@ int main(int argc, char **argv) {
         gw_inst *in = &g.inst[i];
         gw_redis_events evs = {in, ev_cmd_up, ev_cmd_down, ev_sub_up, ev_sub_down, ev_sub_reply};
         gw_redis_init(&in->redis, g.loop, &in->url, anchor, &evs);
+        if (i) snprintf(in->redis.label, sizeof in->redis.label, "redis %s", in->name);
         jobwatch_registry_init(&in->watches, &in->redis, &g.keys);
         in->up = metric_get(inst_up, in->name);
     }

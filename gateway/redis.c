@@ -44,15 +44,15 @@ static void lost(gw_redis *r, const redisAsyncContext *ac, const char *why) {
         int was = r->cmd_ready;
         r->cmd = NULL;
         r->cmd_ready = 0;
-        if (was) log_warn("redis: command connection lost (%s)%s", why, r->stopping ? "" : "; reconnecting");
-        else log_debug("redis: command connection failed (%s)", why);
+        if (was) log_warn("%s: command connection lost (%s)%s", r->label, why, r->stopping ? "" : "; reconnecting");
+        else log_debug("%s: command connection failed (%s)", r->label, why);
         schedule(r, &r->cmd_retry, &r->cmd_backoff);
         if (r->ev.cmd_down) r->ev.cmd_down(r->ev.ud);
     } else if (ac == r->sub) {
         int was = r->sub_ready;
         r->sub = NULL;
         r->sub_ready = 0;
-        if (was) log_warn("redis: pub/sub connection lost (%s)%s", why, r->stopping ? "" : "; reconnecting");
+        if (was) log_warn("%s: pub/sub connection lost (%s)%s", r->label, why, r->stopping ? "" : "; reconnecting");
         schedule(r, &r->sub_retry, &r->sub_backoff);
         if (r->ev.sub_down) r->ev.sub_down(r->ev.ud);
     }
@@ -71,7 +71,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
 /* Errors of AUTH/SELECT: log them; the probe that follows fails too. */
 static void on_setup_reply(redisAsyncContext *ac, void *reply, void *priv) {
     redisReply *rep = reply;
-    if (rep && rep->type == REDIS_REPLY_ERROR) log_error("redis: %s: %s", (const char *)priv, rep->str);
+    if (rep && rep->type == REDIS_REPLY_ERROR)
+        log_error("%s: %s: %s", ((gw_redis *)ac->data)->label, (const char *)priv, rep->str);
 }
 
 /* ROLE of a sentinel-found primary, the first reply on either connection:
@@ -79,8 +80,8 @@ static void on_setup_reply(redisAsyncContext *ac, void *reply, void *priv) {
 static void on_role(redisAsyncContext *ac, void *reply, void *priv) {
     if (!reply || (ac->c.flags & REDIS_DISCONNECTING)) return;
     if (!sentinel_role_is_master(reply)) {
-        log_warn("redis: %s:%d is not the primary (ROLE); asking the sentinels again", ac->c.tcp.host,
-                 ac->c.tcp.port);
+        log_warn("%s: %s:%d is not the primary (ROLE); asking the sentinels again", ((gw_redis *)ac->data)->label,
+                 ac->c.tcp.host, ac->c.tcp.port);
         redisAsyncDisconnect(ac);
     }
 }
@@ -92,14 +93,14 @@ static redisAsyncContext *open_ctx(gw_redis *r, int select_db) {
          * sentinel; hiredis has no async Sentinel client */
         llmq_err err = {0};
         if (sentinel_locate(&u, SENTINEL_TIMEOUT_MS, &err) != LLMQ_OK) {
-            log_warn("redis: %s", err.msg);
+            log_warn("%s: %s", r->label, err.msg);
             return NULL;
         }
     }
     redisAsyncContext *ac = u.is_unix ? redisAsyncConnectUnix(u.path) : redisAsyncConnect(u.host, u.port);
     if (!ac) return NULL;
     if (ac->err) {
-        log_debug("redis: connect: %s", ac->errstr);
+        log_debug("%s: connect: %s", r->label, ac->errstr);
         redisAsyncFree(ac);
         return NULL;
     }
@@ -130,13 +131,13 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *priv) {
     redisReply *rep = reply;
     if (!rep || ac != r->cmd || (ac->c.flags & REDIS_DISCONNECTING)) return;
     if (rep->type == REDIS_REPLY_ERROR) {
-        log_error("redis: not usable: %s", rep->str);
+        log_error("%s: not usable: %s", r->label, rep->str);
         redisAsyncDisconnect(ac);
         return;
     }
     r->cmd_ready = 1;
     r->cmd_backoff = BACKOFF_MIN;
-    log_info("redis: command connection ready");
+    log_info("%s: command connection ready", r->label);
     if (r->ev.cmd_up) r->ev.cmd_up(r->ev.ud);
 }
 
@@ -168,7 +169,7 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv) {
     redisReply *rep = reply;
     if (!rep || ac != r->sub || (ac->c.flags & REDIS_DISCONNECTING)) return;
     if (rep->type == REDIS_REPLY_ERROR) {
-        log_error("redis: pub/sub: %s", rep->str);
+        log_error("%s: pub/sub: %s", r->label, rep->str);
         redisAsyncDisconnect(ac);
         return;
     }
@@ -178,7 +179,7 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv) {
         if (kind->len == 9 && !strncasecmp(kind->str, "subscribe", 9) && !r->sub_ready) {
             r->sub_ready = 1;
             r->sub_backoff = BACKOFF_MIN;
-            log_info("redis: pub/sub connection ready");
+            log_info("%s: pub/sub connection ready", r->label);
             if (r->ev.sub_up) r->ev.sub_up(r->ev.ud);
         }
         return;
@@ -238,13 +239,13 @@ static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents) {
     }
     if (r->demoted) {
         r->demoted = 0;
-        log_warn("redis: the primary was demoted (ROLE); dropping both connections, asking the sentinels");
+        log_warn("%s: the primary was demoted (ROLE); dropping both connections, asking the sentinels", r->label);
         kill_ctx(r, r->cmd, "demoted");
         kill_ctx(r, r->sub, "demoted");
         return;
     }
     if (r->cmd && r->cmd_ready && r->ping_sent > 0 && now - r->ping_sent > GW_REDIS_TIMEOUT) {
-        log_warn("redis: no answer for %.0f s; dropping both connections and reconnecting", now - r->ping_sent);
+        log_warn("%s: no answer for %.0f s; dropping both connections and reconnecting", r->label, now - r->ping_sent);
         kill_ctx(r, r->cmd, "no answer");
         kill_ctx(r, r->sub, "no answer");
         return;
@@ -268,6 +269,7 @@ void gw_redis_init(gw_redis *r, struct ev_loop *loop, const redis_url *url, cons
     r->loop = loop;
     r->url = *url;
     snprintf(r->anchor, sizeof r->anchor, "%s", anchor);
+    snprintf(r->label, sizeof r->label, "redis");
     r->ev = *ev;
     r->cmd_backoff = r->sub_backoff = BACKOFF_MIN;
     ev_init(&r->cmd_retry, on_cmd_retry);

@@ -54,6 +54,8 @@ typedef struct gw_redis {
     struct ev_loop *loop;
     redis_url url;
     char anchor[KEYS_MAX];          /* channel held subscribed on sub at all times */
+    char label[24];                 /* what its log lines begin with: "redis", or "redis <tag>"
+                                     * for one of several instances (gw.h "instances") */
     gw_redis_events ev;
     redisAsyncContext *cmd;         /* NULL while disconnected */
     redisAsyncContext *sub;         /* NULL while disconnected */
