@@ -404,14 +404,18 @@ static void start_calls(toolcall_stream *s, int fmt, size_t content_end, size_t 
 static void read_content(toolcall_stream *s, tbuf *out, int final) {
     const char *t = s->text.p;
     const size_t len = s->text.len;
-    if (!s->llama_off) { /* a Llama call is the whole text: hold all until it cannot be one */
+    if (!s->llama_off) { /* a Llama call, or Mistral's calls without their marker, are the whole text:
+                          * hold all until it cannot be one */
         size_t p = 0;
         while (p < len && is_space(t[p])) p++;
-        if (p == len || prefix_of(t, p, len, PYTAG)) {
+        if (p == len || prefix_of(t, p, len, PYTAG) || prefix_of(t, p, len, MISTRAL)) {
             if (final) send_content(s, out, len);
             return;
         }
         if (t[p] == '{') return start_calls(s, FMT_LLAMA, 0, p);
+        /* [TOOL_CALLS] is a special token of Mistral's v3 tokenizer, which a worker's text leaves out */
+        if (t[p] == '[' && (len - p < strlen(MISTRAL) || memcmp(t + p, MISTRAL, strlen(MISTRAL))))
+            return start_calls(s, FMT_MISTRAL, 0, p);
         if (len - p >= strlen(PYTAG) && !memcmp(t + p, PYTAG, strlen(PYTAG)))
             return start_calls(s, FMT_LLAMA, 0, p + strlen(PYTAG));
         s->llama_off = 1;

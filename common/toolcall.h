@@ -6,6 +6,8 @@
  * three formats it may meet, which cannot be mistaken for each other:
  *   Hermes / Qwen   [content]<tool_call>{"name": N, "arguments": {...}}</tool_call>...
  *   Mistral         [content][TOOL_CALLS][{"name": N, "arguments": {...}}, ...]
+ *                   or the array alone (the whole text: [TOOL_CALLS] is a special
+ *                   token, which the worker's text leaves out)
  *   Llama 3.1+      [<|python_tag|>]{"name": N, "parameters": {...}}   (the whole text)
  *
  * One parser serves both ways, so that what a stream sends adds up to what the
@@ -20,7 +22,7 @@
  *
  * Streamed, content goes out as it comes except a tail that may begin a call
  * (a prefix of "<tool_call>" or "[TOOL_CALLS]", trailing white space, or
- * anything while the whole text may be a Llama call); a call goes out as its
+ * anything while the whole text may be a Llama call or a Mistral array); a call goes out as its
  * name (with id and type) once its arguments begin, then its arguments as they
  * come.  Only a call cut off (or malformed) after its arguments began differs
  * from the whole text's reading, which finds no call there: a stream cannot

@@ -195,6 +195,11 @@ static void test_mistral(void **state) {
            (const char *[]){"{}"}, strlen("Sure."));
     none("[TOOL_CALLS][]");
     none("[TOOL_CALLS][{\"name\": \"now\"");
+    /* the marker left out of the text (a special token): the array alone, from the start */
+    expect(" [{\"name\": \"now\", \"arguments\": {}}]", 1, (const char *[]){"now"}, (const char *[]){"{}"}, 0);
+    none("[1, 2]");
+    none("[link](https://example.com) and [{\"name\": \"now\", \"arguments\": {}}]");
+    none("So: [{\"name\": \"now\", \"arguments\": {}}]");
 }
 
 static void test_llama31(void **state) {
