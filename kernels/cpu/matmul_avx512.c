@@ -3,7 +3,7 @@
  * F16 weights of "avx512bf16"): 16-lane FMA over 32 zmm registers (a 4 rows
  * x 4 inputs block: 16 accumulators, 4 inputs, 1 weight), BF16 widened by a
  * shift, F16 by vcvtph2ps, the k % 16 tail as one masked step into the same
- * accumulator (matmul_tmpl.h).  Compiled with the avx512 flags whatever ARCH
+ * accumulator, horizontal sums 4 at a time (matmul_tmpl.h).  Compiled with the avx512 flags whatever ARCH
  * is (Makefile).
  */
 #if defined(__x86_64__)
@@ -45,13 +45,18 @@ static inline __attribute__((always_inline)) mm_vf mm_wload_tail(const void *row
     return mm_widen16(_mm256_maskz_loadu_epi16((__mmask16)((1u << t) - 1), (const uint16_t *)row + i), dt);
 }
 
-/* Fixed order: lanes i and i + 8, then as the avx2 path. */
-static inline float mm_hsum(mm_vf v) {
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    float l[8];
-    _mm256_storeu_ps(l, h);
-    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+/* The horizontal sums of 4 accumulators at once, each in a fixed order that
+ * does not depend on the other three (lane by lane the same additions):
+ * lanes i + (i + 8), then adjacent pairs twice (hadd), then the two 128-bit
+ * halves: ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)), s = lo + hi.
+ * A lone dot product takes the same path with zeros beside it. */
+static inline __attribute__((always_inline)) __m128 mm_hsum4(mm_vf a, mm_vf b, mm_vf c, mm_vf d) {
+#define H(v) _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1))
+    const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(H(a), H(b)), _mm256_hadd_ps(H(c), H(d)));
+#undef H
+    return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
 }
+#define MM_HSUM4 1
 
 #include "kernels/cpu/matmul_tmpl.h"
 #endif

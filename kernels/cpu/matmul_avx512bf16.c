@@ -27,17 +27,18 @@ static inline __attribute__((always_inline)) __m512bh bk_load_tail(const uint16_
     return (__m512bh)_mm512_maskz_loadu_epi16((__mmask32)((1u << t) - 1), p); /* t < 32 */
 }
 
-/* Fixed order, as matmul_avx512.c's. */
-static inline float bk_hsum(__m512 v) {
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    float l[8];
-    _mm256_storeu_ps(l, h);
-    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+/* 4 horizontal sums at once, each in a fixed order of its own (lane by lane
+ * the same additions whatever sits beside it): matmul_avx512.c's mm_hsum4. */
+static inline __attribute__((always_inline)) __m128 bk_hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+#define H(v) _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1))
+    const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(H(a), H(b)), _mm256_hadd_ps(H(c), H(d)));
+#undef H
+    return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
 }
 
 /* R rows x J inputs: res[r * J + j].  Each dot product: one accumulator, 32
  * elements a step in order of k, the k % 32 tail one masked step, the fixed
- * horizontal sum: the same sequence whatever R, J or the tile. */
+ * horizontal sum (4 at a time): the same sequence whatever R, J or the tile. */
 static inline __attribute__((always_inline)) void bk_kern(int R, int J, const uint16_t *w, int k, size_t ld,
                                                           const uint16_t *const *xs, float *res,
                                                           const char *pf_end) {
@@ -71,8 +72,16 @@ static inline __attribute__((always_inline)) void bk_kern(int R, int J, const ui
             for (int j = 0; j < J; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], wv, xv[j]);
         }
     }
-    for (int r = 0; r < R; r++)
-        for (int j = 0; j < J; j++) res[r * J + j] = bk_hsum(acc[r][j]);
+    for (int j = 0; j < J; j++) {
+        float s4[4];
+        if (R == 4) {
+            _mm_storeu_ps(s4, bk_hsum4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]));
+        } else {
+            const __m512 z = _mm512_setzero_ps();
+            for (int r = 0; r < R; r++) s4[r] = _mm_cvtss_f32(bk_hsum4(acc[r][j], z, z, z));
+        }
+        for (int r = 0; r < R; r++) res[r * J + j] = s4[r];
+    }
 }
 
 static inline __attribute__((always_inline)) void bk_block(int R, int J, const uint16_t *w, int k, size_t ld,
@@ -103,11 +112,20 @@ static inline __attribute__((always_inline)) void bk_rows(int R, const uint16_t 
 void cpu_matmul_tile_bf16dp_avx512bf16(const uint16_t *w, int rows, int k, size_t ld, const uint16_t *xb,
                                        size_t kx, int n, float *out, int ldo, const float *bias,
                                        const char *pf_end) {
-    int r = 0;
-    for (; r + BK_RB <= rows; r += BK_RB)
-        bk_rows(BK_RB, w + (size_t)r * ld, k, ld, xb, kx, n, out + r, ldo, bias ? bias + r : NULL, pf_end);
-    for (; r < rows; r++)
-        bk_rows(1, w + (size_t)r * ld, k, ld, xb, kx, n, out + r, ldo, bias ? bias + r : NULL, NULL);
+    /* inputs in chunks of about 128 KiB that stay in L2 (matmul_tmpl.h) */
+    int nc = 65536 / (k > 0 ? k : 1) / BK_JB * BK_JB;
+    if (nc < BK_JB) nc = BK_JB;
+    for (int j0 = 0; j0 < n; j0 += nc) {
+        const int nn = n - j0 < nc ? n - j0 : nc;
+        const uint16_t *xc = xb + (size_t)j0 * kx;
+        float *oc = out + (size_t)j0 * ldo;
+        const char *pf = j0 == 0 ? pf_end : NULL;
+        int r = 0;
+        for (; r + BK_RB <= rows; r += BK_RB)
+            bk_rows(BK_RB, w + (size_t)r * ld, k, ld, xc, kx, nn, oc + r, ldo, bias ? bias + r : NULL, pf);
+        for (; r < rows; r++)
+            bk_rows(1, w + (size_t)r * ld, k, ld, xc, kx, nn, oc + r, ldo, bias ? bias + r : NULL, NULL);
+    }
 }
 
 void cpu_matmul_round_bf16_avx512bf16(uint16_t *xb, size_t kx, const float *x, int n, int k) {

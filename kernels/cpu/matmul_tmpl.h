@@ -11,6 +11,8 @@
  *                       (mm_load_tail, mm_wload_tail) into the same accumulator;
  *                       0: a scalar tail after the horizontal sum (s_fma)
  *   MM_RB, MM_JB        register block: rows x inputs per micro-kernel call
+ *   MM_HSUM4            (masked tail only) 1: mm_hsum4 sums 4 accumulators at
+ *                       once (MM_RB is then 4); otherwise mm_hsum one by one
  *
  * Batch invariance (backend.h): each dot product (one weight row, one input)
  * is the same instruction sequence whatever the block it falls in — one
@@ -55,8 +57,10 @@ static inline __attribute__((always_inline)) void MM_FN(mm_kern)(int R, int J, c
         for (int j = 0; j < J; j++) xv[j] = mm_load(xs[j] + i);
         for (int r = 0; r < R; r++) {
             mm_vf wv = mm_wload((const char *)w + (size_t)r * ld * es, i, dt);
-#if defined(__AVX2__)
-            if (J > 1) __asm__("" : "+x"(wv)); /* load each weight vector once, not once per input */
+#if defined(__AVX512F__)
+            if (J > 1) __asm__("" : "+v"(wv)); /* load each weight vector once, not once per input */
+#elif defined(__AVX2__)
+            if (J > 1) __asm__("" : "+x"(wv));
 #endif
             for (int j = 0; j < J; j++) acc[r][j] = mm_fma(wv, xv[j], acc[r][j]);
         }
@@ -70,8 +74,21 @@ static inline __attribute__((always_inline)) void MM_FN(mm_kern)(int R, int J, c
             for (int j = 0; j < J; j++) acc[r][j] = mm_fma(wv, xv[j], acc[r][j]);
         }
     }
+#if MM_HSUM4
+    for (int j = 0; j < J; j++) {
+        float s4[4];
+        if (R == 4) {
+            _mm_storeu_ps(s4, mm_hsum4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]));
+        } else {
+            const mm_vf z = mm_zero();
+            for (int r = 0; r < R; r++) s4[r] = _mm_cvtss_f32(mm_hsum4(acc[r][j], z, z, z));
+        }
+        for (int r = 0; r < R; r++) res[r * J + j] = s4[r];
+    }
+#else
     for (int r = 0; r < R; r++)
         for (int j = 0; j < J; j++) res[r * J + j] = mm_hsum(acc[r][j]);
+#endif
 #else
     for (int r = 0; r < R; r++)
         for (int j = 0; j < J; j++) {
@@ -121,18 +138,29 @@ static inline __attribute__((always_inline)) void MM_FN(mm_rows)(int R, const vo
 }
 
 /* One tile: rows [0, rows) of w (dtype DT, row stride ld) against all n
- * inputs.  Results go to out[j * ldo + r] (+ bias[r]).  Rows outer, inputs
- * inner: a block of MM_RB rows stays in L1 while every input streams past. */
+ * inputs.  Results go to out[j * ldo + r] (+ bias[r]).  Inputs in chunks of
+ * about 128 KiB, which stay in L2 while every block of MM_RB rows (in L1)
+ * goes past them: a prefill's inputs (512 x 768 F32 = 1.5 MiB) would
+ * otherwise come from L3 once per block.  Chunks and blocks only choose
+ * which dot products run together, never how one is computed. */
 static inline __attribute__((always_inline)) void MM_FN(mm_tile_dt)(const void *w, llmq_dtype dt, int rows, int k,
                                                                     size_t ld, const float *x, int n, float *out,
                                                                     int ldo, const float *bias, const char *pf_end) {
     const size_t rs = ld * (dt == LLMQ_F32 ? 4 : 2); /* bytes per row */
-    int r = 0;
-    for (; r + MM_RB <= rows; r += MM_RB)
-        MM_FN(mm_rows)(MM_RB, (const char *)w + r * rs, dt, k, ld, x, n, out + r, ldo, bias ? bias + r : NULL,
-                       pf_end);
-    for (; r < rows; r++)
-        MM_FN(mm_rows)(1, (const char *)w + r * rs, dt, k, ld, x, n, out + r, ldo, bias ? bias + r : NULL, NULL);
+    int nc = 32768 / (k > 0 ? k : 1) / MM_JB * MM_JB;
+    if (nc < MM_JB) nc = MM_JB;
+    for (int j0 = 0; j0 < n; j0 += nc) {
+        const int nn = n - j0 < nc ? n - j0 : nc;
+        const float *xc = x + (size_t)j0 * k;
+        float *oc = out + (size_t)j0 * ldo;
+        const char *pf = j0 == 0 ? pf_end : NULL; /* the next rows are fetched once, with the first chunk */
+        int r = 0;
+        for (; r + MM_RB <= rows; r += MM_RB)
+            MM_FN(mm_rows)(MM_RB, (const char *)w + r * rs, dt, k, ld, xc, nn, oc + r, ldo, bias ? bias + r : NULL,
+                           pf);
+        for (; r < rows; r++)
+            MM_FN(mm_rows)(1, (const char *)w + r * rs, dt, k, ld, xc, nn, oc + r, ldo, bias ? bias + r : NULL, NULL);
+    }
 }
 
 /* The instantiation's entry point (matmul_isa.h: matmul_tile_fn). */
