@@ -10,6 +10,7 @@
  * Conventions
  *  - Activations are buffers the backend allocated (be->ops->alloc), holding
  *    elements of the backend's activation type (be->act_dt; F32 on the CPU).
+ *    The KV cache holds be->kv_dt (the CPU: F32, F16 or BF16).
  *    Shapes are given in elements, row-major, rows = tokens of the step.
  *  - Weights are be_weight views: a [rows, cols] row-major matrix exactly as
  *    a Hugging Face nn.Linear stores it (out_features x in_features).  The
@@ -241,13 +242,21 @@ typedef struct be_ops {
      * to free before.  Every backend sets it: llmq_backend_destroy calls
      * it, so that no code outside a backend knows how one is freed. */
     void (*destroy)(llmq_backend *be);
+
+    /* KV element types ------------------------------------------------------
+     * Bits (1u << dtype) of the types kv_store and attention take in
+     * be->kv_dt besides act_dt (the CPU backends: F32, F16, BF16; kv_store
+     * rounds to nearest even); 0: the cache is in act_dt only (CUDA). */
+    unsigned kv_dtypes;
 } be_ops;
 
 enum { BE_GRAPH_EAGER = 0, BE_GRAPH_RECORDING, BE_GRAPH_REPLAYED };
 
 struct llmq_backend {
     const be_ops *ops;
-    llmq_dtype act_dt;   /* element type of activation and KV buffers */
+    llmq_dtype act_dt;   /* element type of activation buffers (and of KV ones unless kv_dt says otherwise) */
+    llmq_dtype kv_dt;    /* element type of the KV cache kv_store writes and attention reads: act_dt
+                          * unless the engine chose another of ops->kv_dtypes (--kv-dtype, eng_opts) */
     void *impl;          /* backend private state */
     const char *isa;     /* the kernels' instruction-set path ("avx2", "avx512bf16", kernels/cpu/isa.h);
                           * NULL where a backend has no such choice */

@@ -115,15 +115,17 @@ int cmd_bench(int argc, char **argv) {
                                          {"json", no_argument, 0, 'j'},
                                          {"read-bw", required_argument, 0, 'r'},
                                          {"quantization", required_argument, 0, 'q'},
+                                         {"kv-dtype", required_argument, 0, 'k'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *dir = NULL, *backend = "cpu";
+    const char *dir = NULL, *backend = "cpu", *kv_dtype = NULL;
     int steps = 32, json = 0, c;
     double bw = 0; /* GB/s; 0: measured */
     model_load_opts lo = {LLMQ_QUANT_NONE, 0};
     llmq_err qe = {0};
     static const char usage[] =
         "usage: llmq bench --model DIR [--backend cpu] [--steps N] [--quantization none|int8|int4] [--read-bw GBS] [--json]\n"
+        "  --kv-dtype T    the KV cache's element type: auto (default), f32, f16, bf16 (as llmq generate)\n"
         "  --read-bw GBS   the memory read bandwidth for the roofline (default: measured, best of 16 passes over\n"
         "                  1 GiB or 8x the last-level cache)\n";
     optind = 1;
@@ -134,6 +136,7 @@ int cmd_bench(int argc, char **argv) {
         case 's': steps = atoi(optarg); break;
         case 'j': json = 1; break;
         case 'r': bw = atof(optarg); break;
+        case 'k': kv_dtype = optarg; break;
         case 'q':
             if (llmq_quant_parse(optarg, &lo.quant, &qe)) {
                 fprintf(stderr, "llmq bench: --quantization: %s\n", qe.msg);
@@ -163,7 +166,7 @@ int cmd_bench(int argc, char **argv) {
     ro.backend = backend;
     ro.model_dir = dir;
     ro.load = lo;
-    ro.eng = (eng_opts){r.bps * max_seqs, prefill_len, max_seqs, NULL, 0, 0};
+    ro.eng = (eng_opts){r.bps * max_seqs, prefill_len, max_seqs, NULL, 0, 0, kv_dtype};
     if (runtime_create(&rt, &ro, &err)) goto fail;
     const eng_opts eo = ro.eng;
     const model *m = rt->m;
@@ -215,7 +218,7 @@ int cmd_bench(int argc, char **argv) {
         vram_opts vo;
         memset(&vo, 0, sizeof vo);
         vo.wdt = vm.stored;
-        vo.kv_dt = be->act_dt;
+        vo.kv_dt = be->kv_dt;
         vo.quant = lo.quant;
         vo.tp = 1;
         vo.cpu = 1;

@@ -79,6 +79,9 @@ static void usage(FILE *f) {
             "  --ignore-eos             keep generating past end-of-sequence\n"
             "  --backend NAME           cpu (default), cpu-ref, cuda\n"
             "  --kv-blocks N            KV cache blocks of 16 tokens (default: enough for all prompts)\n"
+            "  --kv-dtype T             the KV cache's element type: auto (default), f32, f16 or bf16; auto is\n"
+            "                           the model's stored type on the cpu backends (bf16, f16; f32 for an F32\n"
+            "                           checkpoint), the activation type on cuda (which takes no other)\n"
             "  --memory-utilization F   instead: as many blocks as fit in this fraction of the GPU's memory\n"
             "                           once the weights are in (cuda)\n"
             "  --max-num-seqs N         sequences per step (default 32, at most the token budget)\n"
@@ -153,7 +156,7 @@ static void print_ids(FILE *f, const int32_t *ids, int n) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_PROMPT = 255, O_PROMPT_IDS = 256, O_MAX_TOKENS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED,
-           O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP, O_TP, O_QUANT, O_MEM, O_NO_PC, O_DIGEST };
+           O_STOP_ID, O_IGNORE_EOS, O_BACKEND, O_KV, O_SEQS, O_BATCHED, O_JSON, O_MODEL, O_HELP, O_TP, O_QUANT, O_MEM, O_NO_PC, O_DIGEST, O_KV_DT };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"prompt", required_argument, 0, O_PROMPT},
@@ -171,6 +174,7 @@ int cmd_generate(int argc, char **argv) {
         {"ignore-eos", no_argument, 0, O_IGNORE_EOS},
         {"backend", required_argument, 0, O_BACKEND},
         {"kv-blocks", required_argument, 0, O_KV},
+        {"kv-dtype", required_argument, 0, O_KV_DT},
         {"max-num-seqs", required_argument, 0, O_SEQS},
         {"max-batched-tokens", required_argument, 0, O_BATCHED},
         {"json", no_argument, 0, O_JSON},
@@ -182,7 +186,7 @@ int cmd_generate(int argc, char **argv) {
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
-    const char *model_dir = NULL, *backend_name = "cpu";
+    const char *model_dir = NULL, *backend_name = "cpu", *kv_dtype = NULL;
     int32_t *prompts[GEN_MAX_PROMPTS];
     const char *prompt_text[GEN_MAX_PROMPTS] = {0}; /* --prompt: tokenized once the model is known */
     int prompt_len[GEN_MAX_PROMPTS];
@@ -241,6 +245,7 @@ int cmd_generate(int argc, char **argv) {
         case O_IGNORE_EOS: ignore_eos = 1; break;
         case O_BACKEND: backend_name = optarg; break;
         case O_KV: kv_blocks = (int)strtol(optarg, &end, 10); break;
+        case O_KV_DT: kv_dtype = optarg; break; /* checked by the engine (eng_kv_dtype) */
         case O_MEM: mem_util = strtod(optarg, &end); break;
         case O_SEQS: max_seqs = (int)strtol(optarg, &end, 10); break;
         case O_BATCHED: max_batched = (int)strtol(optarg, &end, 10); break;
@@ -341,7 +346,7 @@ int cmd_generate(int argc, char **argv) {
         for (int i = 0; i < n_prompts; i++) need += (prompt_len[i] + max_tokens + 1 + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
         kv_blocks = (int)need;
     }
-    eng_opts eo = {kv_blocks, max_batched, max_seqs, NULL, mem_util, 0};
+    eng_opts eo = {kv_blocks, max_batched, max_seqs, NULL, mem_util, 0, kv_dtype};
     if (tp != 1) {
         /* check that the split works before starting any process */
         model_config cfg;

@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "client/cli/cli.h"
+#include "worker/engine/engine.h"
 #include "worker/engine/vram.h"
 
 static void usage(FILE *f) {
@@ -153,7 +154,7 @@ int cmd_vram(int argc, char **argv) {
         custom.bytes = vram_host_bytes() / o.tp; /* tensor-parallel ranks share the host */
         one = &custom;
         if (!have_dtype) o.wdt = vm.stored;
-        o.kv_dt = LLMQ_F32;
+        eng_kv_dtype(NULL, 1, LLMQ_F32, vm.stored, &o.kv_dt, NULL); /* the worker's --kv-dtype auto */
     } else {
         if (!have_dtype) o.wdt = LLMQ_F16;
         o.kv_dt = o.wdt;

@@ -3,33 +3,79 @@
  * and the store of the step's K/V rows into it.
  *
  * Cache layout (per layer): [n_blocks * block_size, n_kv_heads * head_dim]
- * F32; sequence s keeps its position p in block block_tables[s][p / bs] at
- * offset p % bs.  A token at position pos attends to positions
- * [max(0, pos - window + 1), pos] of its own sequence (window 0 = all), which
- * covers prefill, chunked prefill and decode alike, since the step's own K/V
- * rows were stored before attention runs.  Query head h reads KV head
- * h / (n_heads / n_kv_heads) (grouped-query attention).
+ * elements of be->kv_dt (F32, F16 or BF16: --kv-dtype); sequence s keeps
+ * its position p in block block_tables[s][p / bs] at offset p % bs.  A
+ * token at position pos attends to positions [max(0, pos - window + 1), pos]
+ * of its own sequence (window 0 = all), which covers prefill, chunked
+ * prefill and decode alike, since the step's own K/V rows were stored before
+ * attention runs.  Query head h reads KV head h / (n_heads / n_kv_heads)
+ * (grouped-query attention).
  *
- * Fast path: one (token, head) per OpenMP work item, online softmax over
- * chunks of 64 positions (one rescale per chunk).  Reference: scores in a
- * double array, then a textbook softmax.
+ * kv_store rounds each element to kv_dt (nearest even), the same for both
+ * backends, so the reference reads the very values the fast path reads.
+ * Fast path: attention_tmpl.h (tiles of query rows against chunks of 64
+ * positions, online softmax), one variant per ISA path.  Reference: scores
+ * in a double array, then a textbook softmax.
  */
 #include <math.h>
 #include <stdlib.h>
 
+#include "kernels/cpu/attention_isa.h"
 #include "kernels/cpu/cpu.h"
-
-#define ATTN_CHUNK 64
 
 void cpu_kv_store(llmq_backend *be, void *k_cache, void *v_cache, const void *k, const void *v,
                   const int32_t *slots, int n, int kv_dim) {
-    (void)be;
+    const llmq_dtype dt = be->kv_dt;
     for (int i = 0; i < n; i++) {
-        memcpy((float *)k_cache + (size_t)slots[i] * kv_dim, (const float *)k + (size_t)i * kv_dim,
-               (size_t)kv_dim * sizeof(float));
-        memcpy((float *)v_cache + (size_t)slots[i] * kv_dim, (const float *)v + (size_t)i * kv_dim,
-               (size_t)kv_dim * sizeof(float));
+        const float *ks = (const float *)k + (size_t)i * kv_dim, *vs = (const float *)v + (size_t)i * kv_dim;
+        const size_t off = (size_t)slots[i] * kv_dim;
+        if (dt == LLMQ_F32) {
+            memcpy((float *)k_cache + off, ks, (size_t)kv_dim * sizeof(float));
+            memcpy((float *)v_cache + off, vs, (size_t)kv_dim * sizeof(float));
+        } else {
+            uint16_t *kd = (uint16_t *)k_cache + off, *vd = (uint16_t *)v_cache + off;
+            for (int j = 0; j < kv_dim; j++) {
+                kd[j] = dt == LLMQ_BF16 ? attn_f32_to_bf16(ks[j]) : attn_f32_to_f16(ks[j]);
+                vd[j] = dt == LLMQ_BF16 ? attn_f32_to_bf16(vs[j]) : attn_f32_to_f16(vs[j]);
+            }
+        }
     }
+}
+
+/* ---- the generic path: plain C, one accumulator per dot product ---------- */
+
+static inline float att_dot(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static inline void att_axpy(float *acc, float w, const float *v, int n) {
+    for (int i = 0; i < n; i++) acc[i] += w * v[i];
+}
+
+static inline void att_scal(float *acc, float c, int n) {
+    for (int i = 0; i < n; i++) acc[i] *= c;
+}
+
+static inline void att_widen(float *dst, const uint16_t *src, llmq_dtype dt, int n) {
+    for (int i = 0; i < n; i++) dst[i] = dt == LLMQ_BF16 ? bf16_to_f32(src[i]) : f16_to_f32(src[i]);
+}
+
+#define ATT_FN cpu_attention_generic
+#include "kernels/cpu/attention_tmpl.h"
+
+void cpu_attention(llmq_backend *be, void *out, const void *q, const void *k_cache, const void *v_cache,
+                   const be_attn_step *st, const be_attn_shape *sh) {
+    const cpu_impl *impl = be->impl;
+    attention_fn *fn = cpu_attention_generic;
+#if defined(__x86_64__)
+    if (impl->isa >= CPU_ISA_AVX512) fn = cpu_attention_avx512;
+    else if (impl->isa == CPU_ISA_AVX2) fn = cpu_attention_avx2;
+#else
+    (void)impl;
+#endif
+    fn(be, out, q, k_cache, v_cache, st, sh);
 }
 
 /* Index of the sequence that owns token t (tok_start is increasing). */
@@ -48,57 +94,18 @@ static inline size_t cache_row(const be_attn_step *st, int s, int p) {
     return (size_t)block * st->block_size + (size_t)(p % st->block_size);
 }
 
-void cpu_attention(llmq_backend *be, void *out, const void *q, const void *k_cache, const void *v_cache,
-                   const be_attn_step *st, const be_attn_shape *sh) {
-    (void)be;
-    const int hd = sh->head_dim, nh = sh->n_heads, group = sh->n_heads / sh->n_kv_heads;
-    const int kv_dim = sh->n_kv_heads * hd;
-    const int items = st->n_tokens * nh;
-#pragma omp parallel for schedule(dynamic, 4) if (items > 1)
-    for (int it = 0; it < items; it++) {
-        const int t = it / nh, h = it % nh;
-        const int s = seq_of_token(st, t);
-        const int pos = st->positions[t];
-        const int lo = sh->window > 0 && pos - sh->window + 1 > 0 ? pos - sh->window + 1 : 0;
-        const float *qv = (const float *)q + (size_t)t * nh * hd + (size_t)h * hd;
-        const size_t koff = (size_t)(h / group) * hd;
-        float acc[512];
-        float scores[ATTN_CHUNK];
-        for (int d = 0; d < hd; d++) acc[d] = 0.0f;
-        float m = -INFINITY, l = 0.0f;
-        for (int p0 = lo; p0 <= pos; p0 += ATTN_CHUNK) {
-            const int cnt = pos - p0 + 1 < ATTN_CHUNK ? pos - p0 + 1 : ATTN_CHUNK;
-            float cmax = -INFINITY;
-            for (int c = 0; c < cnt; c++) {
-                const float *kv = (const float *)k_cache + cache_row(st, s, p0 + c) * kv_dim + koff;
-                float dot = 0.0f;
-                for (int d = 0; d < hd; d++) dot += qv[d] * kv[d];
-                scores[c] = dot * sh->scale;
-                if (scores[c] > cmax) cmax = scores[c];
-            }
-            if (cmax > m) {
-                float corr = expf(m - cmax);
-                l *= corr;
-                for (int d = 0; d < hd; d++) acc[d] *= corr;
-                m = cmax;
-            }
-            for (int c = 0; c < cnt; c++) {
-                const float wgt = expf(scores[c] - m);
-                const float *vv = (const float *)v_cache + cache_row(st, s, p0 + c) * kv_dim + koff;
-                l += wgt;
-                for (int d = 0; d < hd; d++) acc[d] += wgt * vv[d];
-            }
-        }
-        float *o = (float *)out + (size_t)t * nh * hd + (size_t)h * hd;
-        const float inv = 1.0f / l;
-        for (int d = 0; d < hd; d++) o[d] = acc[d] * inv;
-    }
+/* Element i of a cache of dtype dt, widened (exactly). */
+static inline double kv_at(const void *cache, llmq_dtype dt, size_t i) {
+    if (dt == LLMQ_F32) return ((const float *)cache)[i];
+    const uint16_t h = ((const uint16_t *)cache)[i];
+    return dt == LLMQ_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
 }
 
 void cpu_attention_ref(llmq_backend *be, void *out, const void *q, const void *k_cache, const void *v_cache,
                        const be_attn_step *st, const be_attn_shape *sh) {
     const int hd = sh->head_dim, nh = sh->n_heads, group = sh->n_heads / sh->n_kv_heads;
     const int kv_dim = sh->n_kv_heads * hd;
+    const llmq_dtype kdt = be->kv_dt;
     for (int t = 0; t < st->n_tokens; t++) {
         const int s = seq_of_token(st, t);
         const int pos = st->positions[t];
@@ -113,9 +120,9 @@ void cpu_attention_ref(llmq_backend *be, void *out, const void *q, const void *k
             const size_t koff = (size_t)(h / group) * hd;
             double mx = -INFINITY, sum = 0;
             for (int p = lo; p <= pos; p++) {
-                const float *kv = (const float *)k_cache + cache_row(st, s, p) * kv_dim + koff;
+                const size_t kr = cache_row(st, s, p) * kv_dim + koff;
                 double dot = 0;
-                for (int d = 0; d < hd; d++) dot += (double)qv[d] * kv[d];
+                for (int d = 0; d < hd; d++) dot += (double)qv[d] * kv_at(k_cache, kdt, kr + (size_t)d);
                 sc[p - lo] = dot * sh->scale;
                 if (sc[p - lo] > mx) mx = sc[p - lo];
             }
@@ -124,7 +131,7 @@ void cpu_attention_ref(llmq_backend *be, void *out, const void *q, const void *k
             for (int d = 0; d < hd; d++) {
                 double a = 0;
                 for (int p = lo; p <= pos; p++)
-                    a += sc[p - lo] * ((const float *)v_cache + cache_row(st, s, p) * kv_dim + koff)[d];
+                    a += sc[p - lo] * kv_at(v_cache, kdt, cache_row(st, s, p) * kv_dim + koff + (size_t)d);
                 o[d] = (float)(a / sum);
             }
         }

@@ -151,6 +151,7 @@ static const be_ops cpu_fast_ops = {
     .gelu = cpu_gelu,
     .moe = cpu_moe,
     .destroy = cpu_destroy,
+    .kv_dtypes = 1u << LLMQ_F32 | 1u << LLMQ_F16 | 1u << LLMQ_BF16,
 };
 
 static const be_ops cpu_ref_ops = {
@@ -177,6 +178,7 @@ static const be_ops cpu_ref_ops = {
     .gelu = cpu_gelu_ref,
     .moe = cpu_moe_ref,
     .destroy = cpu_destroy,
+    .kv_dtypes = 1u << LLMQ_F32 | 1u << LLMQ_F16 | 1u << LLMQ_BF16,
 };
 
 llmq_backend *cpu_backend_create(int reference, llmq_err *err) {
@@ -200,6 +202,7 @@ llmq_backend *cpu_backend_create(int reference, llmq_err *err) {
     impl->scratch = scratch;
     be->ops = reference ? &cpu_ref_ops : &cpu_fast_ops;
     be->act_dt = LLMQ_F32;
+    be->kv_dt = LLMQ_F32; /* until the engine picks its KV type (eng_opts.kv_dtype) */
     be->impl = impl;
     be->isa = reference ? "scalar" : cpu_isa_name(isa);
     return be;

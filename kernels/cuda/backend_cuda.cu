@@ -257,6 +257,7 @@ static const be_ops cuda_ops = {
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
     .destroy = cu_destroy,
+    .kv_dtypes = 0, /* the KV cache in act_dt only (backend.h) */
 };
 
 /* ------------------------------------------------------------ lifetime */
@@ -324,6 +325,7 @@ extern "C" llmq_backend *cuda_backend_create(llmq_err *err) {
     }
     be->ops = &cuda_ops;
     be->act_dt = act;
+    be->kv_dt = act; /* the CUDA kernels keep KV in act_dt only (ops.kv_dtypes 0) */
     be->impl = impl;
     impl->device = dev;
     impl->sm = sm;

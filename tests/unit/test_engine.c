@@ -50,7 +50,9 @@ static void rig_open_full(rig *r, const char *dir, const char *backend, int max_
     memset(&ro, 0, sizeof ro);
     ro.backend = backend;
     ro.model_dir = dir;
-    ro.eng = (eng_opts){r->n_blocks, max_tokens, max_seqs, NULL, 0, pad_tables};
+    /* an F32 cache: the fixtures' logits are transformers' in F32, matched to 1e-4
+     * (16-bit caches: tests/engine/test_kv_dtype.py) */
+    ro.eng = (eng_opts){r->n_blocks, max_tokens, max_seqs, NULL, 0, pad_tables, "f32"};
     if (runtime_create(&r->rt, &ro, &err)) fail_msg("runtime_create(%s): %s", dir, err.msg);
     r->be = r->rt->be;
     r->m = r->rt->m;
@@ -330,7 +332,7 @@ static void test_runtime_assembles_and_names_failures(void **st) {
     memset(&o, 0, sizeof o);
     o.backend = "cpu";
     o.model_dir = dir;
-    o.eng = (eng_opts){8, 32, 2, NULL, 0, 0};
+    o.eng = (eng_opts){8, 32, 2, NULL, 0, 0, NULL};
     o.with_sched = 1;
     o.sched = (sched_opts){2, 32};
     o.tok = RUNTIME_TOK_IF_PRESENT;

@@ -74,7 +74,7 @@ static void load_prompts(prompts *p, const char *dir) {
  * logits of prompt i into out + i * V. */
 static void run_group(const char *dir, const prompts *p, int world, float *out) {
     llmq_err err = {0};
-    eng_opts eo = {32, 128, 4, NULL, 0, 0};
+    eng_opts eo = {32, 128, 4, NULL, 0, 0, NULL};
     tp_group g;
     memset(&g, 0, sizeof g);
     if (world > 1) {
@@ -244,7 +244,7 @@ static void test_engine_batch_invariance(void **st) {
     llmq_backend *be = llmq_backend_create("cpu", &err);
     model *m = NULL;
     engine *e = NULL;
-    eng_opts eo = {64, 128, 4, NULL, 0, 0};
+    eng_opts eo = {64, 128, 4, NULL, 0, 0, NULL};
     if (model_load(&m, dir, be, NULL, &err)) fail_msg("load: %s", err.msg);
     if (eng_create(&e, m, &eo, &err)) fail_msg("eng_create: %s", err.msg);
     const int V = m->cfg.vocab_size;
@@ -316,7 +316,7 @@ static void check_activations(const char *variant, int T, int S) {
     be->ops = &counting;
     g_alloc_bytes = 0;
     const int n_blocks = 16;
-    eng_opts eo = {n_blocks, T, S, NULL, 0, 0};
+    eng_opts eo = {n_blocks, T, S, NULL, 0, 0, NULL};
     if (eng_create(&e, m, &eo, &err)) fail_msg("eng_create: %s", err.msg);
     const size_t kv = (size_t)n_blocks * ENG_BLOCK_SIZE * eng_kv_bytes_per_token(&m->cfg, LLMQ_F32);
     print_message("%s: engine %zu bytes beyond the KV cache, estimator %lld\n", variant, g_alloc_bytes - kv,
@@ -392,7 +392,7 @@ static void test_refusals(void **st) {
     be->ops = &no_moe;
     model *m = NULL;
     engine *e = NULL;
-    eng_opts eo = {8, 16, 2, NULL, 0, 0};
+    eng_opts eo = {8, 16, 2, NULL, 0, 0, NULL};
     assert_int_equal(model_load(&m, dir, be, NULL, &err), LLMQ_OK);
     assert_int_equal(eng_create(&e, m, &eo, &err), LLMQ_ERR_UNSUPPORTED);
     assert_non_null(strstr(err.msg, "no mixture-of-experts op for MixtralForCausalLM"));

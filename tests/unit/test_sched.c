@@ -41,7 +41,7 @@ static runtime *open_rt(order *o, int max_seqs, int n_blocks) {
     memset(&ro, 0, sizeof ro);
     ro.backend = "cpu";
     ro.model_dir = dir;
-    ro.eng = (eng_opts){n_blocks, 64, max_seqs, NULL, 0, 0};
+    ro.eng = (eng_opts){n_blocks, 64, max_seqs, NULL, 0, 0, NULL};
     ro.with_sched = 1;
     ro.sched = (sched_opts){max_seqs, 64};
     ro.cb = (sched_callbacks){NULL, on_finish, o};

@@ -51,9 +51,9 @@ typedef struct tp_case {
  * in this process. */
 static void run(const tp_case *c, int world, float *out, int *vocab) {
     llmq_err err = {0};
-    eng_opts eo = {32, 128, 4, NULL, 0, 0};
+    eng_opts eo = {32, 128, 4, NULL, 0, 0, NULL};
     if (c->wide) /* 16384 tokens + 256 tables of 4 blocks: far more than a plan frame */
-        eo = (eng_opts){32 + WIDE_SEQS * 4, WIDE_SEQS * WIDE_LEN, WIDE_SEQS, NULL, 0, 0};
+        eo = (eng_opts){32 + WIDE_SEQS * 4, WIDE_SEQS * WIDE_LEN, WIDE_SEQS, NULL, 0, 0, NULL};
     tp_group g;
     memset(&g, 0, sizeof g);
     if (world > 1) {

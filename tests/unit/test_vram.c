@@ -395,13 +395,13 @@ static void test_kv_pool(void **st) {
     assert_int_equal(e2.overhead_bytes, VRAM_CUDA_CONTEXT_BYTES + VRAM_CUBLAS_WORKSPACE + VRAM_NCCL_BYTES);
     /* the worker's entry point refuses what it cannot size */
     llmq_err err = {0};
-    assert_int_equal(vram_worker_kv_blocks(&e, "x", "cuda", 1, 32, 512, 0.9, LLMQ_QUANT_NONE, &err),
+    assert_int_equal(vram_worker_kv_blocks(&e, "x", "cuda", 1, 32, 512, 0.9, LLMQ_QUANT_NONE, NULL, &err),
                      LLMQ_ERR_UNSUPPORTED);
     char dir[4200];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/hf/llama_mha", tu_root());
-    assert_int_equal(vram_worker_kv_blocks(&e, dir, "cpu", 1, 32, 512, 1e-9, LLMQ_QUANT_NONE, &err), LLMQ_ERR_NOMEM);
+    assert_int_equal(vram_worker_kv_blocks(&e, dir, "cpu", 1, 32, 512, 1e-9, LLMQ_QUANT_NONE, NULL, &err), LLMQ_ERR_NOMEM);
     assert_non_null(strstr(err.msg, "no room for the KV cache"));
-    assert_int_equal(vram_worker_kv_blocks(&e, dir, "cpu", 1, 32, 512, 0.01, LLMQ_QUANT_NONE, &err), LLMQ_OK);
+    assert_int_equal(vram_worker_kv_blocks(&e, dir, "cpu", 1, 32, 512, 0.01, LLMQ_QUANT_NONE, NULL, &err), LLMQ_OK);
     assert_true(e.kv_blocks > 0);
     assert_int_equal(e.device_bytes, vram_host_bytes());
 }

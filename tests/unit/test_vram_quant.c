@@ -49,7 +49,7 @@ static void qrig_open(qrig *r, const char *dir, const char *backend, llmq_quant 
     model_load_opts lo = {q, 0};
     llmq_status st = model_load(&r->m, dir, r->be, &lo, &err);
     if (st) fail_msg("model_load(%s, %s): %s", dir, llmq_quant_name(q), err.msg);
-    eng_opts o = {64, 128, 4, NULL, 0, 0};
+    eng_opts o = {64, 128, 4, NULL, 0, 0, NULL};
     if (eng_create(&r->e, r->m, &o, &err)) fail_msg("eng_create: %s", err.msg);
     for (int i = 0; i < 64; i++) r->blocks[i] = (i * 37 + 11) % 64;
 }

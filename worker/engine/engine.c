@@ -72,8 +72,30 @@ struct engine {
 #define PLAN_HEADER 4
 #define PLAN_FRAME ((size_t)4096) /* int32 entries: 16 KiB */
 
-size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype act_dt) {
-    return (size_t)2 * cfg->n_layers * cfg->n_kv_heads * cfg->head_dim * llmq_dtype_size(act_dt);
+size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype kv_dt) {
+    return (size_t)2 * cfg->n_layers * cfg->n_kv_heads * cfg->head_dim * llmq_dtype_size(kv_dt);
+}
+
+llmq_status eng_kv_dtype(const char *name, int kv16, llmq_dtype act_dt, llmq_dtype weights, llmq_dtype *out,
+                         llmq_err *err) {
+    llmq_dtype dt;
+    /* auto, kv16: the checkpoint's own 16-bit type.  An F32 checkpoint keeps
+     * F32 (the golden checks against transformers' F32 logits and greedy
+     * tokens hold at 1e-4 only there: 16-bit K/V moves tiny models' logits
+     * by ~5e-4 relative), 16 bits when asked. */
+    if (!name || !strcmp(name, "auto"))
+        dt = !kv16 ? act_dt : weights == LLMQ_BF16 || weights == LLMQ_F16 ? weights : LLMQ_F32;
+    else if (!strcmp(name, "f32")) dt = LLMQ_F32;
+    else if (!strcmp(name, "f16")) dt = LLMQ_F16;
+    else if (!strcmp(name, "bf16")) dt = LLMQ_BF16;
+    else
+        return llmq_err_set(err, LLMQ_ERR_INVALID, "--kv-dtype '%s': expected auto, f32, f16 or bf16", name);
+    if (dt != act_dt && !kv16)
+        return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
+                            "--kv-dtype %s: this backend keeps its KV cache in its activation type (%s); use auto",
+                            name, llmq_dtype_name(act_dt));
+    *out = dt;
+    return LLMQ_OK;
 }
 
 const model *eng_model(const engine *e) { return e->m; }
@@ -157,6 +179,20 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
         e->dcomm = d;
     }
     e->kv_dim = (size_t)sh->n_kv_heads * c->head_dim;
+    /* the KV cache's element type: set on the backend, whose kv_store and
+     * attention read it (backend.h) */
+    llmq_dtype kv_dt;
+    llmq_status kst = eng_kv_dtype(o->kv_dtype, (be->ops->kv_dtypes & (1u << LLMQ_F16 | 1u << LLMQ_BF16)) != 0,
+                                   be->act_dt, m->embed.dt, &kv_dt, err);
+    if (!kst && kv_dt != be->act_dt && !(be->ops->kv_dtypes & (1u << kv_dt)))
+        kst = llmq_err_set(err, LLMQ_ERR_UNSUPPORTED, "--kv-dtype: the %s backend has no %s KV cache", be->ops->name,
+                           llmq_dtype_name(kv_dt));
+    if (kst) {
+        eng_destroy(e);
+        return kst;
+    }
+    be->kv_dt = kv_dt;
+    const size_t kes = llmq_dtype_size(kv_dt);
     const size_t es = llmq_dtype_size(be->act_dt), T = (size_t)o->max_tokens, S = (size_t)o->max_seqs;
     const size_t d = (size_t)c->hidden_size, qd = (size_t)sh->n_heads * c->head_dim, I = (size_t)sh->inter;
     const size_t Vl = (size_t)sh->vocab;
@@ -194,7 +230,7 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
              (e->moe_ws.route = be->ops->alloc(be, be_moe_route_bytes(T, c->n_experts, c->top_k)));
     }
     if (ok && sized) {
-        llmq_status st = size_pool(e, o->mem_util, (size_t)2 * c->n_layers * ENG_BLOCK_SIZE * e->kv_dim * es,
+        llmq_status st = size_pool(e, o->mem_util, (size_t)2 * c->n_layers * ENG_BLOCK_SIZE * e->kv_dim * kes,
                                    &e->opts.n_blocks, err);
         if (st) {
             eng_destroy(e);
@@ -205,7 +241,8 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
     ok = ok && (e->k_cache = calloc((size_t)c->n_layers, sizeof(void *))) &&
          (e->v_cache = calloc((size_t)c->n_layers, sizeof(void *)));
     for (int l = 0; ok && l < c->n_layers; l++)
-        ok = (e->k_cache[l] = be->ops->alloc(be, cache_elems * es)) && (e->v_cache[l] = be->ops->alloc(be, cache_elems * es));
+        ok = (e->k_cache[l] = be->ops->alloc(be, cache_elems * kes)) &&
+             (e->v_cache[l] = be->ops->alloc(be, cache_elems * kes));
     e->max_bt = (c->max_position_embeddings + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
     if (e->max_bt > e->opts.n_blocks) e->max_bt = e->opts.n_blocks;
     /* index arrays */
@@ -221,10 +258,11 @@ llmq_status eng_create(engine **out, const model *m, const eng_opts *o, llmq_err
     ok = ok && (e->plan = calloc(e->plan_cap, 4)); /* zeros: a frame's unused tail is defined */
     if (e->tp) ok = ok && (e->lg_local = malloc(S * Vl * 4)) && (e->lg_all = malloc(S * Vl * 4 * sh->world));
     if (!ok) {
+        const int nb = e->opts.n_blocks;
         eng_destroy(e);
         return llmq_err_set(err, LLMQ_ERR_NOMEM,
                             "engine: cannot allocate the KV cache (%d blocks, %.1f MiB) and buffers for %d tokens",
-                            e->opts.n_blocks, (double)cache_elems * es * 2 * c->n_layers / 1048576.0, o->max_tokens);
+                            nb, (double)cache_elems * kes * 2 * c->n_layers / 1048576.0, o->max_tokens);
     }
     float inv[256];
     model_config_rope_inv_freq(c, inv);

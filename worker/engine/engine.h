@@ -46,13 +46,26 @@ typedef struct eng_opts {
                          of two, as they do anyway on a backend with step
                          graphs (be_ops.graph_begin); the results are the same
                          bits (tests check that on the CPU) */
+    const char *kv_dtype; /* the KV cache's element type (--kv-dtype): "auto"
+                         (or NULL), "f32", "f16", "bf16"; see eng_kv_dtype */
 } eng_opts;
 
 llmq_status eng_create(engine **out, const model *m, const eng_opts *opts, llmq_err *err);
 void eng_destroy(engine *e);
 
-/* Bytes of KV cache one token takes across all layers (what a block costs / 16). */
-size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype act_dt);
+/* Bytes of KV cache one token takes across all layers (what a block costs / 16),
+ * for a cache of element type kv_dt (the backend's be->kv_dt). */
+size_t eng_kv_bytes_per_token(const model_config *cfg, llmq_dtype kv_dt);
+
+/* The KV cache's element type for --kv-dtype `name` ("auto" or NULL, "f32",
+ * "f16", "bf16").  kv16: the backend takes 16-bit KV beside its activation
+ * type (be_ops.kv_dtypes: the CPU backends).  auto there is the type the
+ * model's weights are stored in (`weights`): BF16 or F16, and F32 for an F32
+ * checkpoint; on a backend without (CUDA) it is the activation type act_dt,
+ * and any other choice is refused.  LLMQ_ERR_INVALID for an unknown name, LLMQ_ERR_UNSUPPORTED for
+ * one the backend lacks. */
+llmq_status eng_kv_dtype(const char *name, int kv16, llmq_dtype act_dt, llmq_dtype weights, llmq_dtype *out,
+                         llmq_err *err);
 
 /*
  * Run one step.  logits receives, for each sequence with want_logits (in

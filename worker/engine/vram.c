@@ -304,7 +304,7 @@ static int64_t weight_bytes(const vram_model *vm, const model_shard *sh, const v
 static int64_t act_bytes(const vram_model *vm, const model_shard *sh, const vram_opts *o, int T, int S, int L) {
     const int64_t d = vm->hidden, hd = vm->head_dim, Ir = sh->inter, Vr = sh->vocab;
     const int64_t qr = (int64_t)sh->n_heads * hd, kvr = (int64_t)sh->n_kv_heads * hd;
-    const int64_t es = (int64_t)llmq_dtype_size(o->kv_dt);
+    const int64_t es = o->cpu ? 4 : (int64_t)llmq_dtype_size(o->kv_dt); /* the CPU's activations are F32 */
     /* gate and up; or Falcon's h->4h, plus the MLP's own input and output rows */
     const int64_t mlp = vm->family == VRAM_FALCON ? Ir + 2 * d : 2 * Ir;
     const int64_t max_bt = (L + ENG_BLOCK_SIZE - 1) / ENG_BLOCK_SIZE;
@@ -410,7 +410,8 @@ int64_t vram_host_bytes(void) {
 /* ------------------------------------------------------------ the worker */
 
 llmq_status vram_worker_kv_blocks(vram_estimate *e, const char *dir, const char *backend, int tp, int max_num_seqs,
-                                  int max_batched_tokens, double util, llmq_quant quant, llmq_err *err) {
+                                  int max_batched_tokens, double util, llmq_quant quant, const char *kv_dtype,
+                                  llmq_err *err) {
     if (strncmp(backend, "cpu", 3))
         return llmq_err_set(err, LLMQ_ERR_UNSUPPORTED,
                             "--memory-utilization: the memory of backend '%s' is not known before it starts; give "
@@ -420,8 +421,8 @@ llmq_status vram_worker_kv_blocks(vram_estimate *e, const char *dir, const char 
     if (st) return st;
     vram_opts o;
     memset(&o, 0, sizeof o);
-    o.wdt = vm.stored;  /* the CPU backend reads the matrices as stored */
-    o.kv_dt = LLMQ_F32; /* and computes in F32 */
+    o.wdt = vm.stored; /* the CPU backend reads the matrices as stored, computes in F32 (act_bytes) */
+    if ((st = eng_kv_dtype(kv_dtype, 1, LLMQ_F32, vm.stored, &o.kv_dt, err))) return st; /* as eng_create */
     o.quant = quant;
     o.tp = tp;
     o.max_num_seqs = max_num_seqs;

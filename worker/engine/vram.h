@@ -84,7 +84,7 @@ int64_t vram_params(const vram_model *vm);
 
 typedef struct vram_opts {
     llmq_dtype wdt;         /* dtype the matrices are held in when not quantized */
-    llmq_dtype kv_dt;       /* KV cache and activation dtype */
+    llmq_dtype kv_dt;       /* KV cache dtype; also the activations' on a GPU (cpu: F32 activations) */
     llmq_quant quant;       /* weight-only quantization of the linear layers */
     int q4_group;           /* INT4 group size (0 = LLMQ_Q4_GROUP) */
     int tp;                 /* tensor-parallel ranks (GPUs) */
@@ -142,11 +142,13 @@ int64_t vram_host_bytes(void);
  * The worker's KV pool: blocks for `dir` served by `backend` (cpu or
  * cpu-ref: the host's RAM, shared by the tp ranks: each counts host / tp)
  * over tp ranks at memory utilization util, with
- * the step limits and quantization given; *e receives every figure (for the
+ * the step limits and quantization given, a KV cache of --kv-dtype kv_dtype
+ * (NULL = auto, as eng_kv_dtype); *e receives every figure (for the
  * log).  LLMQ_ERR_UNSUPPORTED for a backend whose memory is not known
  * before it starts (cuda), LLMQ_ERR_NOMEM when no block fits.
  */
 llmq_status vram_worker_kv_blocks(vram_estimate *e, const char *dir, const char *backend, int tp, int max_num_seqs,
-                                  int max_batched_tokens, double util, llmq_quant quant, llmq_err *err);
+                                  int max_batched_tokens, double util, llmq_quant quant, const char *kv_dtype,
+                                  llmq_err *err);
 
 #endif

@@ -42,6 +42,9 @@ static void usage(FILE *f) {
             "  --max-num-seqs N         sequences per step (default 32)\n"
             "  --max-batched-tokens N   tokens per step (default 512)\n"
             "  --kv-blocks N            KV cache blocks of 16 tokens (default: max-num-seqs full contexts)\n"
+            "  --kv-dtype T             the KV cache's element type: auto (default), f32, f16 or bf16; auto is\n"
+            "                           the model's stored type on the cpu backends (bf16, f16; f32 for an F32\n"
+            "                           checkpoint), the activation type on cuda (which takes no other)\n"
             "  --no-prefix-caching      compute every prompt in full (default: prompts that share full\n"
             "                           16-token blocks with earlier ones reuse their KV)\n"
             "  --metrics-port P         serve /metrics, /healthz, /readyz on this port\n"
@@ -162,6 +165,7 @@ int main(int argc, char **argv) {
         {"prefix", required_argument, 0, 'p'},        {"backend", required_argument, 0, 'b'},
         {"max-num-seqs", required_argument, 0, 's'},  {"max-batched-tokens", required_argument, 0, 't'},
         {"kv-blocks", required_argument, 0, 'k'},     {"metrics-port", required_argument, 0, 'M'},
+        {"kv-dtype", required_argument, 0, 'V'},
         {"claim-idle-ms", required_argument, 0, 'C'}, {"max-attempts", required_argument, 0, 'A'},
         {"result-ttl", required_argument, 0, 'T'},    {"drain-timeout", required_argument, 0, 'D'},
         {"chat-template", required_argument, 0, 'H'}, {"llguidance", required_argument, 0, 'J'},
@@ -194,6 +198,16 @@ int main(int argc, char **argv) {
         case 's': bad |= to_int(optarg, "max-num-seqs", 1, &o.max_num_seqs); break;
         case 't': bad |= to_int(optarg, "max-batched-tokens", 1, &o.max_batched_tokens); break;
         case 'k': bad |= to_int(optarg, "kv-blocks", 1, &o.kv_blocks); break;
+        case 'V': {
+            llmq_dtype kd;
+            llmq_err ke = {0};
+            if (eng_kv_dtype(optarg, 1, LLMQ_F32, LLMQ_F32, &kd, &ke)) { /* the name only: the engine checks the rest */
+                fprintf(stderr, "llmq-worker: %s\n", ke.msg);
+                bad = 1;
+            }
+            o.kv_dtype = optarg;
+            break;
+        }
         case 'M': bad |= to_int(optarg, "metrics-port", 1, &o.metrics_port); break;
         case 'L': o.metrics_addr = optarg; break;
         case 'C': bad |= to_int(optarg, "claim-idle-ms", 100, &o.claim_idle_ms); break;
@@ -296,7 +310,7 @@ int main(int argc, char **argv) {
     } else if (mem_util > 0) {
         vram_estimate ve;
         if (vram_worker_kv_blocks(&ve, o.model_dir, o.backend, tp, o.max_num_seqs, o.max_batched_tokens, mem_util,
-                                  lo.quant, &err)) {
+                                  lo.quant, o.kv_dtype, &err)) {
             log_error("%s", err.msg);
             return 1;
         }
@@ -320,7 +334,7 @@ int main(int argc, char **argv) {
             return 1;
         }
         if (o.kv_blocks <= 0 && o.mem_util <= 0) o.kv_blocks = service_default_kv_blocks(&cfg, o.max_num_seqs);
-        eng_opts eo = {o.kv_blocks, o.max_batched_tokens, o.max_num_seqs, NULL, o.mem_util, 0};
+        eng_opts eo = {o.kv_blocks, o.max_batched_tokens, o.max_num_seqs, NULL, o.mem_util, 0, o.kv_dtype};
         if (group) { /* one rank of a group started rank by rank, on any host */
             g.rank = rank;
             g.world = tp;

@@ -267,7 +267,7 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     ro.model_dir = o->model_dir;
     ro.comm = o->comm;
     ro.load = o->load;
-    ro.eng = (eng_opts){blocks, o->max_batched_tokens, o->max_num_seqs, o->comm, o->mem_util, 0};
+    ro.eng = (eng_opts){blocks, o->max_batched_tokens, o->max_num_seqs, o->comm, o->mem_util, 0, o->kv_dtype};
     ro.with_sched = 1;
     ro.sched = (sched_opts){o->max_num_seqs, o->max_batched_tokens};
     ro.cb = (sched_callbacks){svc_on_token, svc_on_finish, sv};
@@ -298,10 +298,10 @@ llmq_status service_run(const service_opts *o, volatile sig_atomic_t *stop, llmq
     if ((st = guide_start(sv, cfg, err))) goto out;
     blocks = eng_n_blocks(sv->rt->eng);
     log_info("model %s loaded from %s: %s, %d layers, %.1f MB of weights on rank 0 of %d (backend %s%s%s); KV "
-             "cache %d blocks (%.1f MiB)", o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers,
+             "cache %d blocks of %s (%.1f MiB)", o->model_name, o->model_dir, cfg->arch_name, cfg->n_layers,
              sv->rt->m->weight_bytes / 1e6, world, sv->rt->be->ops->name, sv->rt->be->isa ? ", kernels " : "",
-             sv->rt->be->isa ? sv->rt->be->isa : "", blocks,
-             (double)blocks * ENG_BLOCK_SIZE * eng_kv_bytes_per_token(cfg, sv->rt->be->act_dt) / 1048576.0);
+             sv->rt->be->isa ? sv->rt->be->isa : "", blocks, llmq_dtype_name(sv->rt->be->kv_dt),
+             (double)blocks * ENG_BLOCK_SIZE * eng_kv_bytes_per_token(cfg, sv->rt->be->kv_dt) / 1048576.0);
     if ((st = connect_all(sv, err))) goto out;
     if (o->metrics_port > 0 && (st = svc_health_start(sv, err))) goto out;
     char where[300];

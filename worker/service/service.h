@@ -35,6 +35,7 @@ typedef struct service_opts {
     int max_num_seqs;           /* sequences per step */
     int max_batched_tokens;     /* tokens per step */
     int kv_blocks;              /* KV cache blocks of 16 tokens */
+    const char *kv_dtype;       /* --kv-dtype: the KV cache's element type (eng_opts.kv_dtype; NULL = auto) */
     int no_prefix_caching;      /* --no-prefix-caching: every prompt computed in full (sched.h) */
     double mem_util;            /* kv_blocks <= 0 and a backend with mem_info (cuda): size the pool
                                  * to this fraction of the device's memory (eng_opts.mem_util) */
