@@ -14,7 +14,7 @@
 #include "kernels/cpu/qmatmul_isa.h"
 
 typedef __m256 qm_v;
-typedef __m256i qm_vi;
+typedef int qm_vi; /* the zero point, broadcast where used: 16 registers are few */
 #define QM_VW 8
 #define QM_RD 4
 #define QM_RD1 4
@@ -25,6 +25,7 @@ typedef __m256i qm_vi;
 #define QM_JMAX 3
 #define QM_DIRECT_MAX_N 8
 #define QM_MASKED_TAIL 0
+#define QM_Q4_TABLE 0
 #define QM_FN(name) name##_avx2
 
 static inline qm_v qm_zero(void) { return _mm256_setzero_ps(); }
@@ -33,7 +34,7 @@ static inline void qm_store(float *p, qm_v v) { _mm256_storeu_ps(p, v); }
 static inline qm_v qm_fma(qm_v a, qm_v b, qm_v c) { return _mm256_fmadd_ps(a, b, c); }
 /* 8 lanes never straddle two groups (a group is a multiple of 8): lo == hi */
 static inline qm_v qm_scale(float lo, float hi) { (void)hi; return _mm256_set1_ps(lo); }
-static inline qm_vi qm_zp(int lo, int hi) { (void)hi; return _mm256_set1_epi32(lo); }
+static inline qm_vi qm_zp(int lo, int hi) { (void)hi; return lo; }
 
 static inline __attribute__((always_inline)) qm_v qm_q8(const int8_t *p, qm_v s) {
     return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))), s);
@@ -43,7 +44,7 @@ static inline __attribute__((always_inline)) qm_v qm_q8(const int8_t *p, qm_v s)
 static inline __attribute__((always_inline)) qm_v qm_q4(const uint8_t *row, int i, qm_v s, qm_vi z) {
     __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + llmq_q4_byte(i))));
     v = i & 8 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(15));
-    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, z)), s);
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(z))), s);
 }
 
 static inline float qm_hsum(qm_v v) {

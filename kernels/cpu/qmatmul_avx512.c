@@ -13,6 +13,7 @@
 #include <immintrin.h>
 #include <omp.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/qmatmul_isa.h"
@@ -29,6 +30,7 @@ typedef __m512i qm_vi;
 #define QM_JMAX 6
 #define QM_DIRECT_MAX_N 8
 #define QM_MASKED_TAIL 1
+#define QM_Q4_TABLE 1
 #define QM_FN(name) name##_avx512
 
 static inline qm_v qm_zero(void) { return _mm512_setzero_ps(); }
@@ -54,6 +56,24 @@ static inline __attribute__((always_inline)) qm_v qm_q4_bytes(__m128i b, qm_v s,
 }
 static inline __attribute__((always_inline)) qm_v qm_q4(const uint8_t *row, int i, qm_v s, qm_vi z) {
     return qm_q4_bytes(_mm_loadl_epi64((const __m128i *)(row + llmq_q4_byte(i))), s, z);
+}
+
+/* A Q4 group's 16 values float(q - z) * s, q = 0..15: the products qm_q4
+ * makes, so a lookup gives the same bits. */
+static inline __attribute__((always_inline)) qm_v qm_q4_table(float s, int z) {
+    const __m512i q = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(z))), _mm512_set1_ps(s));
+}
+/* The 16 elements of a block by lookup: the 8 bytes twice, widened to
+ * dwords, the second 8 shifted right by 4; vpermps reads only the low 4
+ * bits of each index, so the high nibbles left in the first 8 do not
+ * matter.  4 operations against qm_q4's 9. */
+static inline __attribute__((always_inline)) qm_v qm_q4_lookup(const uint8_t *row, int i, qm_v t) {
+    long long v;
+    memcpy(&v, row + llmq_q4_byte(i), 8);
+    const __m128i b = _mm_set1_epi64x(v);
+    const __m512i sh = _mm512_set_epi32(4, 4, 4, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(b), sh), t);
 }
 
 /* The first t (< 16) elements, the other lanes +0: a masked load reads (and

@@ -14,6 +14,10 @@
  *   qm_q8(p, s)          QM_VW int8 at p -> float(q) * s
  *   qm_q4(row, i, s, z)  the QM_VW nibbles of elements i.. of a Q4 row
  *                        (layout in quant.h) -> float(q - z) * s
+ *   QM_Q4_TABLE          1: qm_q4_table(s, z) makes the vector of the 16
+ *                        values float(q - z) * s, q = 0..15, and
+ *                        qm_q4_lookup(row, i, t) picks them by the nibbles
+ *                        (the same values); 0: qm_q4 only
  *   QM_MASKED_TAIL       1: the last k % QM_VW elements are one masked step
  *                        into the same accumulator (qm_load_tail,
  *                        qm_q8_tail, qm_q4_tail: lanes >= t are +0);
@@ -37,12 +41,13 @@
  * accumulators in flight, which hides the FMA latency.
  */
 
-typedef enum { QM_F32, QM_Q8, QM_Q4 } QM_FN(qm_src);
+/* QM_Q4S: Q4 whose groups are 8 mod 16, so a 16-lane step may straddle two */
+typedef enum { QM_F32, QM_Q8, QM_Q4, QM_Q4S } QM_FN(qm_src);
 
 /*
  * R rows x J inputs of dot products of length k: res[r * J + j].
  * QM_F32: rows r of f (row stride ldf, f[0] is row r0), the scratch.
- * QM_Q8 / QM_Q4: rows r0 + r of the packed w.  prefetch: fetch the packed
+ * QM_Q8 / QM_Q4 / QM_Q4S: rows r0 + r of the packed w.  prefetch: fetch the packed
  * rows after these while they are consumed.
  */
 static inline __attribute__((always_inline)) void QM_FN(qm_kern)(int R, int J, QM_FN(qm_src) src, const float *f,
@@ -56,11 +61,16 @@ static inline __attribute__((always_inline)) void QM_FN(qm_kern)(int R, int J, Q
     const size_t rb = src == QM_F32 ? 0 : llmq_quant_row_bytes(w);
     const uint8_t *q0 = src == QM_F32 ? NULL : (const uint8_t *)qw->q + (size_t)r0 * rb;
     const int kv = k - k % QM_VW;
-    const int group = src == QM_Q4 ? qw->group : 0;
-    const int G = src == QM_Q4 ? llmq_quant_groups(w) : 1;
-    /* A 16-lane step straddles two groups when the group is 8 mod 16:
-     * then the scale vector is rebuilt every step, else once per group. */
-    const int every = src == QM_Q4 && group % QM_VW != 0;
+    const int q4 = src == QM_Q4 || src == QM_Q4S;
+    const int group = q4 ? qw->group : 0;
+    const int G = q4 ? llmq_quant_groups(w) : 1;
+    /* A 16-lane step straddles two groups when the group is 8 mod 16
+     * (QM_Q4S): then the scale vector is rebuilt every step, else once per
+     * group; with QM_Q4_TABLE a group's 16 values float(q - z) * scale are
+     * a table indexed by the nibbles instead. */
+    const int every = src == QM_Q4S;
+    const int table = QM_Q4_TABLE && src == QM_Q4;
+    (void)table;
     int gnext = 0;
     qm_v sv[QM_RMAX];
     qm_vi zv[QM_RMAX];
@@ -72,13 +82,19 @@ static inline __attribute__((always_inline)) void QM_FN(qm_kern)(int R, int J, Q
      * next R linearly (the hardware prefetcher barely trains on short
      * rows).  Each step eats R * QM_VW elements of them. */
     const uint8_t *next = q0 ? q0 + (size_t)R * rb : NULL;
-    const size_t step_bytes = (size_t)R * (src == QM_Q4 ? QM_VW / 2 : QM_VW);
+    const size_t step_bytes = (size_t)R * (q4 ? QM_VW / 2 : QM_VW);
     for (int i = 0; i < kv; i += QM_VW) {
-        if (src == QM_Q4 && (every || i == gnext)) {
+        if (q4 && (every || i == gnext)) {
             int gl = i / group, gh = (i + QM_VW / 2) / group;
             if (gh >= G) gh = G - 1;
             for (int r = 0; r < R; r++) {
                 const size_t o = (size_t)(r0 + r) * G;
+#if QM_Q4_TABLE
+                if (table) {
+                    sv[r] = qm_q4_table(qw->scales[o + gl], qw->zeros[o + gl]);
+                    continue;
+                }
+#endif
                 sv[r] = qm_scale(qw->scales[o + gl], qw->scales[o + gh]);
                 zv[r] = qm_zp(qw->zeros[o + gl], qw->zeros[o + gh]);
             }
@@ -97,6 +113,9 @@ static inline __attribute__((always_inline)) void QM_FN(qm_kern)(int R, int J, Q
             qm_v wv;
             if (src == QM_F32) wv = qm_load(f + (size_t)r * ldf + i);
             else if (src == QM_Q8) wv = qm_q8((const int8_t *)(q0 + (size_t)r * rb) + i, sv[r]);
+#if QM_Q4_TABLE
+            else if (table) wv = qm_q4_lookup(q0 + (size_t)r * rb, i, sv[r]);
+#endif
             else wv = qm_q4(q0 + (size_t)r * rb, i, sv[r], zv[r]);
             if (J > 1) __asm__("" : "+v"(wv)); /* dequantize / load once, not once per input */
             for (int j = 0; j < J; j++) acc[r][j] = qm_fma(wv, xv[j], acc[r][j]);
@@ -193,7 +212,10 @@ static void QM_FN(qm_tile_q8)(const be_weight *w, int r0, int rows, int k, const
 }
 static void QM_FN(qm_tile_q4)(const be_weight *w, int r0, int rows, int k, const float *x, int n, float *out,
                               int ldo, const float *bias) {
-    QM_FN(qm_tile_direct)(QM_Q4, w, r0, rows, k, x, n, out, ldo, bias);
+    if (llmq_qweight_of(w)->group % QM_VW)
+        QM_FN(qm_tile_direct)(QM_Q4S, w, r0, rows, k, x, n, out, ldo, bias);
+    else
+        QM_FN(qm_tile_direct)(QM_Q4, w, r0, rows, k, x, n, out, ldo, bias);
 }
 
 /* Rows [r0, r0 + rows) already dequantized in f (row stride k), all n
@@ -229,10 +251,19 @@ static void QM_FN(qm_deq_row)(float *dst, const be_weight *w, int r) {
         const int G = llmq_quant_groups(w), group = qw->group;
         const float *sc = qw->scales + (size_t)r * G;
         const uint8_t *zp = qw->zeros + (size_t)r * G;
-        for (int i = 0; i < kv; i += QM_VW) {
-            int gl = i / group, gh = (i + QM_VW / 2) / group;
-            if (gh >= G) gh = G - 1;
-            qm_store(dst + i, qm_q4(q, i, qm_scale(sc[gl], sc[gh]), qm_zp(zp[gl], zp[gh])));
+        if (group % QM_VW == 0) { /* group by group: no step straddles two */
+            for (int g0 = 0, g = 0; g0 < kv; g0 += group, g++) {
+                const int end = g0 + group < kv ? g0 + group : kv;
+                const qm_v s = qm_scale(sc[g], sc[g]);
+                const qm_vi z = qm_zp(zp[g], zp[g]);
+                for (int i = g0; i < end; i += QM_VW) qm_store(dst + i, qm_q4(q, i, s, z));
+            }
+        } else {
+            for (int i = 0; i < kv; i += QM_VW) {
+                int gl = i / group, gh = (i + QM_VW / 2) / group;
+                if (gh >= G) gh = G - 1;
+                qm_store(dst + i, qm_q4(q, i, qm_scale(sc[gl], sc[gh]), qm_zp(zp[gl], zp[gh])));
+            }
         }
     }
     for (int i = kv; i < k; i++) dst[i] = qmatmul_at(w, r, i);
