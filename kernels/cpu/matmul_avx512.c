@@ -1,10 +1,11 @@
 /*
  * matmul_avx512.c — the matmul's AVX-512 path (isa.h "avx512", and the F32 /
- * F16 weights of "avx512bf16"): 16-lane FMA over 32 zmm registers (a 4 rows
- * x 4 inputs block: 16 accumulators, 4 inputs, 1 weight), BF16 widened by a
- * shift, F16 by vcvtph2ps, the k % 16 tail as one masked step into the same
- * accumulator, horizontal sums 4 at a time (matmul_tmpl.h).  Compiled with the avx512 flags whatever ARCH
- * is (Makefile).
+ * F16 weights of "avx512bf16"): 16-lane FMA over 32 zmm registers in blocks
+ * of 8 rows x 3 inputs (24 accumulators, 3 inputs, 1 weight: each input
+ * vector loaded from L2 serves 8 rows), BF16 widened by a shift, F16 by
+ * vcvtph2ps, the k % 16 tail as one masked step into the same accumulator,
+ * horizontal sums 4 at a time (matmul_tmpl.h).  Compiled with the avx512
+ * flags whatever ARCH is (Makefile).
  */
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -15,8 +16,8 @@
 
 typedef __m512 mm_vf;
 #define MM_VW 16
-#define MM_RB 4
-#define MM_JB 4
+#define MM_RB 8
+#define MM_JB 3
 #define MM_MASKED_TAIL 1
 #define MM_FN(name) name##_avx512
 

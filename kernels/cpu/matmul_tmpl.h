@@ -76,14 +76,13 @@ static inline __attribute__((always_inline)) void MM_FN(mm_kern)(int R, int J, c
     }
 #if MM_HSUM4
     for (int j = 0; j < J; j++) {
-        float s4[4];
-        if (R == 4) {
-            _mm_storeu_ps(s4, mm_hsum4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]));
-        } else {
-            const mm_vf z = mm_zero();
-            for (int r = 0; r < R; r++) s4[r] = _mm_cvtss_f32(mm_hsum4(acc[r][j], z, z, z));
+        int r = 0;
+        for (; r + 4 <= R; r += 4) {
+            float s4[4];
+            _mm_storeu_ps(s4, mm_hsum4(acc[r][j], acc[r + 1][j], acc[r + 2][j], acc[r + 3][j]));
+            for (int a = 0; a < 4; a++) res[(r + a) * J + j] = s4[a];
         }
-        for (int r = 0; r < R; r++) res[r * J + j] = s4[r];
+        for (; r < R; r++) res[r * J + j] = _mm_cvtss_f32(mm_hsum4(acc[r][j], mm_zero(), mm_zero(), mm_zero()));
     }
 #else
     for (int r = 0; r < R; r++)
@@ -158,6 +157,10 @@ static inline __attribute__((always_inline)) void MM_FN(mm_tile_dt)(const void *
         for (; r + MM_RB <= rows; r += MM_RB)
             MM_FN(mm_rows)(MM_RB, (const char *)w + r * rs, dt, k, ld, xc, nn, oc + r, ldo, bias ? bias + r : NULL,
                            pf);
+#if MM_RB > 4
+        for (; r + 4 <= rows; r += 4) /* a narrower block for what is left (widened tiles of 4n rows) */
+            MM_FN(mm_rows)(4, (const char *)w + r * rs, dt, k, ld, xc, nn, oc + r, ldo, bias ? bias + r : NULL, pf);
+#endif
         for (; r < rows; r++)
             MM_FN(mm_rows)(1, (const char *)w + r * rs, dt, k, ld, xc, nn, oc + r, ldo, bias ? bias + r : NULL, NULL);
     }
