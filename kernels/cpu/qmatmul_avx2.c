@@ -24,6 +24,7 @@ typedef int qm_vi; /* the zero point, broadcast where used: 16 registers are few
 #define QM_RMAX 4
 #define QM_JMAX 3
 #define QM_DIRECT_MAX_N 8
+#define QM_DIRECT_MAX_N_Q4 4
 #define QM_MASKED_TAIL 0
 #define QM_Q4_TABLE 0
 #define QM_FN(name) name##_avx2

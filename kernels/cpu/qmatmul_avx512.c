@@ -29,6 +29,7 @@ typedef __m512i qm_vi;
 #define QM_RMAX 8
 #define QM_JMAX 6
 #define QM_DIRECT_MAX_N 8
+#define QM_DIRECT_MAX_N_Q4 8
 #define QM_MASKED_TAIL 1
 #define QM_Q4_TABLE 1
 #define QM_FN(name) name##_avx512

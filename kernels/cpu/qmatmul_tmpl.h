@@ -26,7 +26,8 @@
  *   QM_RD1               and its rows when there is a single input
  *   QM_RT, QM_JT         register block of the scratch path
  *   QM_RMAX, QM_JMAX     the largest of those rows / inputs
- *   QM_DIRECT_MAX_N      up to this many inputs the direct path
+ *   QM_DIRECT_MAX_N      up to this many inputs the direct path (Q8),
+ *   QM_DIRECT_MAX_N_Q4   and for Q4 (dearer to dequantize on avx2)
  *
  * Every weight is exactly float(q - z) * scale (quant.h), computed either
  * in registers straight from the packed rows (few inputs: decode is bound
@@ -71,7 +72,6 @@ static inline __attribute__((always_inline)) void QM_FN(qm_kern)(int R, int J, Q
     const int every = src == QM_Q4S;
     const int table = QM_Q4_TABLE && src == QM_Q4;
     (void)table;
-    int gnext = 0;
     qm_v sv[QM_RMAX];
     qm_vi zv[QM_RMAX];
     for (int r = 0; r < R; r++) {
@@ -83,8 +83,13 @@ static inline __attribute__((always_inline)) void QM_FN(qm_kern)(int R, int J, Q
      * rows).  Each step eats R * QM_VW elements of them. */
     const uint8_t *next = q0 ? q0 + (size_t)R * rb : NULL;
     const size_t step_bytes = (size_t)R * (q4 ? QM_VW / 2 : QM_VW);
-    for (int i = 0; i < kv; i += QM_VW) {
-        if (q4 && (every || i == gnext)) {
+    /* group by group (Q4; one step at a time when steps straddle groups),
+     * the whole row at once otherwise: the scales change between the
+     * inner loops only */
+    for (int g0 = 0; g0 < kv;) {
+        const int gend = !q4 ? kv : every ? g0 + QM_VW : g0 + group < kv ? g0 + group : kv;
+        if (q4) {
+            const int i = g0;
             int gl = i / group, gh = (i + QM_VW / 2) / group;
             if (gh >= G) gh = G - 1;
             for (int r = 0; r < R; r++) {
@@ -98,8 +103,8 @@ static inline __attribute__((always_inline)) void QM_FN(qm_kern)(int R, int J, Q
                 sv[r] = qm_scale(qw->scales[o + gl], qw->scales[o + gh]);
                 zv[r] = qm_zp(qw->zeros[o + gl], qw->zeros[o + gh]);
             }
-            gnext += group;
         }
+        for (int i = g0; i < gend; i += QM_VW) {
         if (prefetch) {
             const size_t off = (size_t)(i / QM_VW) * step_bytes;
             if (step_bytes >= 64)
@@ -120,6 +125,8 @@ static inline __attribute__((always_inline)) void QM_FN(qm_kern)(int R, int J, Q
             if (J > 1) __asm__("" : "+v"(wv)); /* dequantize / load once, not once per input */
             for (int j = 0; j < J; j++) acc[r][j] = qm_fma(wv, xv[j], acc[r][j]);
         }
+        }
+        g0 = gend;
     }
 #if QM_MASKED_TAIL
     if (kv < k) {
@@ -272,7 +279,7 @@ static void QM_FN(qm_deq_row)(float *dst, const be_weight *w, int r) {
 void QM_FN(cpu_qmatmul)(llmq_backend *be, float *out, const float *x, const be_weight *w, const float *bias, int n) {
     cpu_impl *impl = be->impl;
     const int k = w->cols, m = w->rows;
-    const int widen = n > QM_DIRECT_MAX_N;
+    const int widen = n > (w->dt == LLMQ_Q4 ? QM_DIRECT_MAX_N_Q4 : QM_DIRECT_MAX_N);
     int tile = 16;
     if (widen) {
         tile = (16384 / k) & ~3;
