@@ -89,8 +89,7 @@ static inline __attribute__((always_inline)) void QM_FN(qm_kern)(int R, int J, Q
     for (int g0 = 0; g0 < kv;) {
         const int gend = !q4 ? kv : every ? g0 + QM_VW : g0 + group < kv ? g0 + group : kv;
         if (q4) {
-            const int i = g0;
-            int gl = i / group, gh = (i + QM_VW / 2) / group;
+            int gl = g0 / group, gh = (g0 + QM_VW / 2) / group;
             if (gh >= G) gh = G - 1;
             for (int r = 0; r < R; r++) {
                 const size_t o = (size_t)(r0 + r) * G;
@@ -105,26 +104,26 @@ static inline __attribute__((always_inline)) void QM_FN(qm_kern)(int R, int J, Q
             }
         }
         for (int i = g0; i < gend; i += QM_VW) {
-        if (prefetch) {
-            const size_t off = (size_t)(i / QM_VW) * step_bytes;
-            if (step_bytes >= 64)
-                for (size_t p = 0; p < step_bytes; p += 64) __builtin_prefetch(next + off + p, 0, 0);
-            else if (off % 64 < step_bytes)
-                __builtin_prefetch(next + off, 0, 0);
-        }
-        qm_v xv[QM_JMAX];
-        for (int j = 0; j < J; j++) xv[j] = qm_load(xs[j] + i);
-        for (int r = 0; r < R; r++) {
-            qm_v wv;
-            if (src == QM_F32) wv = qm_load(f + (size_t)r * ldf + i);
-            else if (src == QM_Q8) wv = qm_q8((const int8_t *)(q0 + (size_t)r * rb) + i, sv[r]);
+            if (prefetch) {
+                const size_t off = (size_t)(i / QM_VW) * step_bytes;
+                if (step_bytes >= 64)
+                    for (size_t p = 0; p < step_bytes; p += 64) __builtin_prefetch(next + off + p, 0, 0);
+                else if (off % 64 < step_bytes)
+                    __builtin_prefetch(next + off, 0, 0);
+            }
+            qm_v xv[QM_JMAX];
+            for (int j = 0; j < J; j++) xv[j] = qm_load(xs[j] + i);
+            for (int r = 0; r < R; r++) {
+                qm_v wv;
+                if (src == QM_F32) wv = qm_load(f + (size_t)r * ldf + i);
+                else if (src == QM_Q8) wv = qm_q8((const int8_t *)(q0 + (size_t)r * rb) + i, sv[r]);
 #if QM_Q4_TABLE
-            else if (table) wv = qm_q4_lookup(q0 + (size_t)r * rb, i, sv[r]);
+                else if (table) wv = qm_q4_lookup(q0 + (size_t)r * rb, i, sv[r]);
 #endif
-            else wv = qm_q4(q0 + (size_t)r * rb, i, sv[r], zv[r]);
-            if (J > 1) __asm__("" : "+v"(wv)); /* dequantize / load once, not once per input */
-            for (int j = 0; j < J; j++) acc[r][j] = qm_fma(wv, xv[j], acc[r][j]);
-        }
+                else wv = qm_q4(q0 + (size_t)r * rb, i, sv[r], zv[r]);
+                if (J > 1) __asm__("" : "+v"(wv)); /* dequantize / load once, not once per input */
+                for (int j = 0; j < J; j++) acc[r][j] = qm_fma(wv, xv[j], acc[r][j]);
+            }
         }
         g0 = gend;
     }
