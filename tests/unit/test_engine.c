@@ -169,7 +169,12 @@ static void hf_fixtures(const char *backend) {
             prefill(&r, ids, n, n, 0, logits);
             double mx;
             double dd = max_abs_diff(logits, json_object_get(c, "logits"), V, &mx);
-            if (dd > 1e-4 * (mx > 1 ? mx : 1))
+            /* The cpu backend's avx512bf16 path multiplies BF16 weights by
+             * inputs rounded to BF16 (vdpbf16ps, kernels/cpu/matmul_isa.h):
+             * against the F32 run it is held to the bar of transformers' own
+             * BF16 run below (2% of the largest logit), not to 1e-4. */
+            const int bf16_inputs = r.be->isa && !strcmp(r.be->isa, "avx512bf16") && r.m->wdt == LLMQ_BF16;
+            if (dd > (bf16_inputs ? 2e-2 : 1e-4) * (mx > 1 ? mx : 1))
                 fail_msg("%s/%s case %zu: max |logit diff| %.3g (ref max %.3g)", backend, de->d_name, i, dd, mx);
             json_t *native = json_object_get(c, "logits_native");
             if (native) {
