@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/affinity.h"
 #include "common/heartbeat.h"
 #include "common/jobops.h"
 #include "common/keys.h"
@@ -95,6 +96,9 @@ llmq_status llmq_submit(llmq_client *c, const proto_request *req, char *id_out, 
     rcmd_init(&exec);
     rcmd_str(&exec, "EXEC");
     jobops_submit(&hset, &xadd, &kb, &c->keys, id, req->model, req->priority, payload.data, payload.len, now_ms());
+    char aff[AFFINITY_FIELD_MAX]; /* the gateway's affinity keys (docs/protocol.md "Affinity") */
+    affinity_keys(req, NULL, aff);
+    jobops_submit_affinity(&xadd, aff);
     const rcmd *seq[4] = {&multi, &hset, &xadd, &exec};
     for (int i = 0; i < 4; i++)
         redisAppendCommandArgv(c->ctx, seq[i]->argc, (const char **)seq[i]->argv, seq[i]->argvlen);

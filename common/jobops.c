@@ -1,6 +1,8 @@
 /* jobops.c — the job commands of protocol v1 (see jobops.h). */
 #include "common/jobops.h"
 
+#include "common/affinity.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,7 +113,8 @@ _Static_assert(KEYS_LANES == 3, "the lane scripts name three lane streams");
  * created ms, ARGV[3] id, ARGV[4] request, ARGV[5] max queue (0: none),
  * ARGV[6] group, and with KEYS[6]: ARGV[7] body hash, ARGV[8] ttl s;
  * optional ARGV[9] tenant ('' = none), ARGV[10] its limit of unfinished
- * jobs and ARGV[11] its tokens per minute (0 = none).  A tenant at its
+ * jobs and ARGV[11] its tokens per minute (0 = none), optional ARGV[12]
+ * the entry's affinity keys (field `a`, '' = none).  A tenant at its
  * limit has its set pruned of ended jobs at most every 10 s (the marker
  * <P>tenant:{<t>}:jobs:pruned): a key hammering at its limit must not make
  * every refusal cost Redis a walk over its jobs.  lane_waiting: the lag of group g on a lane, or XLEN
@@ -183,7 +186,11 @@ static const char submit_lua[] =
     "  redis.call('HSET', KEYS[1], 'tenant', tenant)\n"
     "  redis.call('SADD', tset, ARGV[3])\n"
     "end\n"
-    "redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'p', ARGV[4])\n"
+    "if ARGV[12] and ARGV[12] ~= '' then\n"
+    "  redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'p', ARGV[4], 'a', ARGV[12])\n"
+    "else\n"
+    "  redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'p', ARGV[4])\n"
+    "end\n"
     "if KEYS[6] then\n"
     "  redis.call('HSET', KEYS[6], 'id', ARGV[3], 'body', ARGV[7])\n"
     "  if tonumber(ARGV[8]) > 0 then redis.call('EXPIRE', KEYS[6], ARGV[8]) end\n"
@@ -251,6 +258,148 @@ static const char read_lanes_lua[] =
     "  end\n"
     "end\n"
     "got[#KEYS + 1] = more\n"
+    "return got\n";
+
+/* The affinity pull (jobops_read_lanes_affinity): KEYS[1..3] every lane's
+ * stream, highest first; ARGV[1] group, ARGV[2] consumer, ARGV[3] count,
+ * ARGV[4] first lane (as read_lanes_lua), ARGV[5] the affinity keys'
+ * prefix <P>aff:<model>#, ARGV[6] wait ms, ARGV[7] ttl s, ARGV[8] slack,
+ * ARGV[9] takeover (1/0).  A group's record in <P>aff:<model>#groups is
+ * "<free> <ms>"; one older than max(wait, 1 s) is a group gone or full
+ * (it records only when it pulls, and it pulls only with room).  Keys are
+ * taken from the field `a` only as 16 hex digits, 64 at most.  A new
+ * entry parked for another group does not count against count, but one
+ * call reads at most count + 64 new entries per lane. */
+static const char read_affinity_lua[] =
+    "local grp, me = ARGV[1], ARGV[2]\n"
+    "local left = tonumber(ARGV[3])\n"
+    "local apfx, wait = ARGV[5], tonumber(ARGV[6])\n"
+    "local ttl, slack = tonumber(ARGV[7]), tonumber(ARGV[8])\n"
+    "local gkey = apfx .. 'groups'\n"
+    "local clock = redis.call('TIME')\n"
+    "local now = clock[1] * 1000 + math.floor(clock[2] / 1000)\n"
+    "local live = math.max(wait, 1000)\n"
+    "local mine = left\n"
+    "redis.call('HSET', gkey, me, mine .. ' ' .. now)\n"
+    "local room = {}\n"
+    "local function free_of(g)\n"
+    "  if room[g] == nil then\n"
+    "    room[g] = {-1, 0}\n"
+    "    local v = redis.call('HGET', gkey, g)\n"
+    "    if v then\n"
+    "      local f, t = string.match(v, '^(%-?%d+) (%d+)$')\n"
+    "      if f and now - tonumber(t) <= live then room[g] = {tonumber(f), t} end\n"
+    "    end\n"
+    "  end\n"
+    "  return room[g][1]\n"
+    "end\n"
+    "local function keys_of(fields)\n"
+    "  local ks = {}\n"
+    "  for i = 1, #fields - 1, 2 do\n"
+    "    if fields[i] == 'a' then\n"
+    "      for k in string.gmatch(fields[i + 1], '%x+') do\n"
+    "        if #k == 16 and #ks < 64 then ks[#ks + 1] = k end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  return ks\n"
+    "end\n"
+    "local function owner_of(ks)\n"
+    "  for i = #ks, 1, -1 do\n"
+    "    local o = redis.call('GET', apfx .. ks[i])\n"
+    "    if o then return o end\n"
+    "  end\n"
+    "  return nil\n"
+    "end\n"
+    "local function register(fields)\n"
+    "  for _, k in ipairs(keys_of(fields)) do redis.call('SET', apfx .. k, me, 'EX', ttl) end\n"
+    "end\n"
+    "local got, drained, more, last = {}, {}, {}, {}\n"
+    "for l = 1, #KEYS do got[l] = {} end\n"
+    "local function keep(l, x)\n"
+    "  if x[2] then register(x[2]) end\n"
+    "  got[l][#got[l] + 1] = x\n"
+    "  left = left - 1\n"
+    "end\n"
+    "local function claim(l, from, idle)\n"
+    "  if left <= 0 then return end\n"
+    "  local p = idle > 0 and redis.call('XPENDING', KEYS[l], grp, 'IDLE', idle, '-', '+', left, from)\n"
+    "           or redis.call('XPENDING', KEYS[l], grp, '-', '+', left, from)\n"
+    "  if #p == 0 then return end\n"
+    "  local ids = {}\n"
+    "  for _, e in ipairs(p) do ids[#ids + 1] = e[1] end\n"
+    "  for _, x in ipairs(redis.call('XCLAIM', KEYS[l], grp, me, idle, unpack(ids))) do\n"
+    "    if type(x) == 'table' then keep(l, x) end\n"
+    "  end\n"
+    "end\n"
+    "local function take(l, n)\n"
+    "  local scanned = 0\n"
+    "  while n > 0 and left > 0 and not drained[l] and scanned < n + 64 do\n"
+    "    local r = redis.call('XREADGROUP', 'GROUP', grp, me, 'COUNT', n, 'STREAMS', KEYS[l], '>')\n"
+    "    local e = r and r[1][2] or {}\n"
+    "    if #e < n then drained[l] = true end\n"
+    "    scanned = scanned + #e\n"
+    "    for _, x in ipairs(e) do\n"
+    "      local o = owner_of(keys_of(x[2]))\n"
+    "      if o and o ~= me and free_of(o) > 0 and free_of(o) + slack >= left then\n"
+    "        redis.call('XCLAIM', KEYS[l], grp, '@' .. o, 0, x[1], 'JUSTID')\n"
+    "        room[o][1] = room[o][1] - 1\n"
+    "        redis.call('HSET', gkey, o, room[o][1] .. ' ' .. room[o][2])\n"
+    "      else\n"
+    "        keep(l, x)\n"
+    "        n = n - 1\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "local function lane(l, n)\n"
+    "  claim(l, '@' .. me, 0)\n"
+    "  if ARGV[9] == '1' and left > 0 then\n"
+    "    for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[l], grp)) do\n"
+    "      local name, pend\n"
+    "      for i = 1, #c - 1, 2 do\n"
+    "        if c[i] == 'name' then name = c[i + 1] elseif c[i] == 'pending' then pend = c[i + 1] end\n"
+    "      end\n"
+    "      if name and string.sub(name, 1, 1) == '@' and name ~= '@' .. me then\n"
+    "        if pend and pend > 0 then claim(l, name, wait)\n"
+    "        elseif free_of(string.sub(name, 2)) < 0 then\n"
+    "          redis.call('XGROUP', 'DELCONSUMER', KEYS[l], grp, name)\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  take(l, math.min(n, left))\n"
+    "end\n"
+    "local first = tonumber(ARGV[4])\n"
+    "if first > 0 and left > 0 then lane(first, 1) end\n"
+    "for l = 1, #KEYS do\n"
+    "  if left > 0 then lane(l, left) end\n"
+    "end\n"
+    "for l = 1, #KEYS do\n"
+    "  more[l] = 0\n"
+    "  local groups = redis.pcall('XINFO', 'GROUPS', KEYS[l])\n"
+    "  if type(groups) == 'table' and not groups.err then\n"
+    "    for _, x in ipairs(groups) do\n"
+    "      local name, lag, ld\n"
+    "      for i = 1, #x - 1, 2 do\n"
+    "        if x[i] == 'name' then name = x[i + 1]\n"
+    "        elseif x[i] == 'lag' then lag = x[i + 1]\n"
+    "        elseif x[i] == 'last-delivered-id' then ld = x[i + 1] end\n"
+    "      end\n"
+    "      if name == grp then\n"
+    "        if type(lag) == 'number' then\n"
+    "          if lag > 0 then more[l] = 1 end\n"
+    "        elseif ld and #redis.call('XRANGE', KEYS[l], '(' .. ld, '+', 'COUNT', 1) > 0 then\n"
+    "          more[l] = 1\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  local top = redis.call('XREVRANGE', KEYS[l], '+', '-', 'COUNT', 1)\n"
+    "  last[l] = top[1] and top[1][1] or '0-0'\n"
+    "end\n"
+    "got[#KEYS + 1] = more\n"
+    "got[#KEYS + 2] = last\n"
     "return got\n";
 
 /* Job i (from 1): KEYS[2i-1] job hash, KEYS[2i] output stream; ARGV[3i-2]
@@ -422,6 +571,13 @@ void jobops_submit_as(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *
     rcmd_str(c, tenant); /* ARGV[9], ARGV[10], ARGV[11] */
     rcmd_fmt(c, "%lld", *tenant && o->max_jobs > 0 ? o->max_jobs : 0);
     rcmd_fmt(c, "%lld", *tenant && o->tokens_per_minute > 0 ? o->tokens_per_minute : 0); /* ARGV[11] */
+    rcmd_str(c, o->affinity ? o->affinity : ""); /* ARGV[12] */
+}
+
+void jobops_submit_affinity(rcmd *xadd, const char *keys) {
+    if (!keys || !*keys) return;
+    rcmd_str(xadd, AFFINITY_FIELD);
+    rcmd_str(xadd, keys);
 }
 
 void jobops_group_create(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model) {
@@ -446,6 +602,39 @@ void jobops_read_lanes(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char 
     rcmd_str(c, consumer);
     rcmd_fmt(c, "%d", count > 0 ? count : 0);
     rcmd_fmt(c, "%d", first_lane >= 0 && first_lane < KEYS_LANES ? first_lane + 1 : 0);
+}
+
+void jobops_read_lanes_affinity(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model,
+                                const char *consumer, int count, int first_lane, const jobops_affinity *a) {
+    lanes_fill(kb, k, model);
+    rcmd_init(c);
+    rcmd_str(c, "EVAL");
+    rcmd_str(c, read_affinity_lua);
+    rcmd_fmt(c, "%d", KEYS_LANES);
+    for (int l = 0; l < KEYS_LANES; l++) rcmd_str(c, kb->lanes[l]);
+    rcmd_str(c, PROTO_GROUP);
+    rcmd_str(c, consumer);
+    rcmd_fmt(c, "%d", count > 0 ? count : 0);
+    rcmd_fmt(c, "%d", first_lane >= 0 && first_lane < KEYS_LANES ? first_lane + 1 : 0);
+    rcmd_fmt(c, "%saff:%s#", k->prefix, model);
+    rcmd_fmt(c, "%d", a->wait_ms > 0 ? a->wait_ms : 0);
+    rcmd_fmt(c, "%d", a->ttl_s > 0 ? a->ttl_s : 1);
+    rcmd_fmt(c, "%d", a->slack);
+    rcmd_str(c, a->takeover ? "1" : "0");
+}
+
+void jobops_wait_lanes(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model,
+                       char last[KEYS_LANES][48], int block_ms) {
+    lanes_fill(kb, k, model);
+    rcmd_init(c);
+    rcmd_str(c, "XREAD");
+    rcmd_str(c, "COUNT");
+    rcmd_str(c, "1");
+    rcmd_str(c, "BLOCK");
+    rcmd_fmt(c, "%d", block_ms > 0 ? block_ms : 1);
+    rcmd_str(c, "STREAMS");
+    for (int l = 0; l < KEYS_LANES; l++) rcmd_str(c, kb->lanes[l]);
+    for (int l = 0; l < KEYS_LANES; l++) rcmd_str(c, last[l][0] ? last[l] : "$");
 }
 
 void jobops_read_all(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model, const char *consumer,

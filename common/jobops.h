@@ -84,6 +84,7 @@ typedef struct jobops_owner {
     const char *idem_key;        /* the client's Idempotency-Key; NULL = none */
     const char *body_hash;       /* with idem_key: what tells a retry from a reuse */
     int64_t idem_ttl_s;          /* with idem_key: the record's TTL until its job ends (0 = none) */
+    const char *affinity;        /* the entry's field `a` (common/affinity.h); NULL or "" = none */
 } jobops_owner;
 
 /*
@@ -118,6 +119,44 @@ void jobops_submit_as(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *
  * number of groups created, or a BUSYGROUP error when all existed already,
  * as a single XGROUP CREATE answers; another error is returned as it is. */
 void jobops_group_create(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model);
+
+/* Append the field `a` (common/affinity.h) to the XADD jobops_submit
+ * built; nothing when keys is NULL or "". */
+void jobops_submit_affinity(rcmd *xadd, const char *keys);
+
+/*
+ * The pull of a group that routes by prefix affinity (docs/protocol.md
+ * "Affinity"): as jobops_read_lanes, with the same reply, plus a last
+ * element, the id of each lane's newest entry (what jobops_wait_lanes
+ * waits past).  Lane by lane, highest first, it takes
+ *   1. the entries other groups parked for this one (pending under the
+ *      consumer "@<consumer>", claimed with min-idle 0);
+ *   2. with takeover set, the entries parked for another group that have
+ *      waited there for wait_ms or longer;
+ *   3. new entries: each whose keys (field `a`, looked up from the last)
+ *      name another group that is alive with room for it, and not much
+ *      busier than this one (its free slots + slack >= the slots this pull
+ *      has left), is parked for that group (XCLAIM to "@<group>", JUSTID)
+ *      instead.
+ * The keys of every entry it returns are set to name this group, with a
+ * TTL of ttl_s: the group that ran a prefix is where the next one goes.
+ * It also records this group's free slots (count) and the time in the
+ * hash <P>aff:<model>#groups (liveness and room for the others).
+ */
+typedef struct jobops_affinity {
+    int wait_ms;   /* the bound a parked entry waits for its group */
+    int ttl_s;     /* how long a key names the group that last ran it */
+    int slack;     /* free slots by which this group may have more than the owner and still park */
+    int takeover;  /* look at the other groups' parked entries this time */
+} jobops_affinity;
+void jobops_read_lanes_affinity(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model,
+                                const char *consumer, int count, int first_lane, const jobops_affinity *a);
+
+/* XREAD BLOCK block_ms STREAMS <every lane> <last[l]>: the idle wait of a
+ * group that routes by affinity; it reads nothing for the group (the next
+ * jobops_read_lanes_affinity does, so every new entry passes its keys). */
+void jobops_wait_lanes(rcmd *c, jobops_keys *kb, const llmq_keys *k, const char *model,
+                       char last[KEYS_LANES][48], int block_ms);
 
 /*
  * A worker's pull across the lanes (an EVAL, so it is one round trip and

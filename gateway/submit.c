@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/affinity.h"
 #include "common/jobops.h"
 #include "common/log.h"
 
@@ -599,6 +600,13 @@ static int parse_fields(gw *g, gw_api api, const json_t *o, gw_parsed *p, gw_bad
                            PROTO_MAX_CACHE_SALT);
         if (set_str(&r->cache_salt, json_string_value(salt), bad)) return -1;
     }
+    /* prefix_key (docs/protocol.md "Affinity"): a conversation pinned to the
+     * group that ran it last; read again at the submission (prefix_key_of) */
+    const json_t *pk = field(o, "prefix_key");
+    if (pk && (!json_is_string(pk) || json_string_length(pk) > AFFINITY_MAX_PREFIX_KEY ||
+               memchr(json_string_value(pk), '\0', json_string_length(pk))))
+        return bad_set(bad, 400, "prefix_key", "'prefix_key' must be a string of at most %d bytes",
+                       AFFINITY_MAX_PREFIX_KEY);
     /* priority within --priority-range, except for admin keys (auth.h): the
      * lanes and the scheduler trust it, so a client may not buy its way
      * ahead of every other with INT32_MAX */
@@ -696,8 +704,22 @@ static void on_exec(redisAsyncContext *ac, void *reply, void *priv) {
     gw_call_unref(call);
 }
 
+/* The body's prefix_key (validated by parse_fields) into out ("" = none).
+ * Parsed again here rather than carried through every route's own state;
+ * only bodies that hold the name at all are parsed. */
+static void prefix_key_of(const gw_call *call, char out[AFFINITY_MAX_PREFIX_KEY + 1]) {
+    out[0] = '\0';
+    const http_request *req = call->req;
+    if (!req || !req->body || !memmem(req->body, req->body_len, "\"prefix_key\"", 12)) return;
+    json_t *o = json_loadb(req->body, req->body_len, 0, NULL);
+    const json_t *pk = o ? json_object_get(o, "prefix_key") : NULL;
+    if (json_is_string(pk) && json_string_length(pk) <= AFFINITY_MAX_PREFIX_KEY)
+        snprintf(out, AFFINITY_MAX_PREFIX_KEY + 1, "%s", json_string_value(pk));
+    json_decref(o);
+}
+
 /* MULTI; HSET job; XADD req; EXEC — only EXEC's reply is looked at. */
-static int send_submission(gw_call *call) {
+static int send_submission(gw_call *call, const char *affinity) {
     gw *g = call->g;
     jobops_keys kb;
     rcmd multi, hset, xadd, exec;
@@ -707,6 +729,7 @@ static int send_submission(gw_call *call) {
     rcmd_str(&exec, "EXEC");
     jobops_submit(&hset, &xadd, &kb, &g->keys, call->id, call->model, call->priority, call->payload.data, call->payload.len,
                   gw_now_ms());
+    jobops_submit_affinity(&xadd, affinity);
     if (!rcmd_ok(&hset) || !rcmd_ok(&xadd)) return -1;
     gw_redis *rd = &g->inst[call->inst].redis;
     if (gw_redis_send(rd, &multi, NULL, NULL) || gw_redis_send(rd, &hset, NULL, NULL) ||
@@ -799,6 +822,9 @@ int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int
         return -1;
     }
     gw_ensure_groups(g);
+    char pk[AFFINITY_MAX_PREFIX_KEY + 1], aff[AFFINITY_FIELD_MAX];
+    prefix_key_of(call, pk);
+    affinity_keys(r, pk, aff);
     gw_tenant who; /* the job is the submitting key's (auth.h "Tenants") */
     gw_auth_identify(&g->auth, call->req ? call->req->authorization : NULL, &who);
     if (call->idem[0] || g->cfg.max_queue > 0 || who.id[0]) {
@@ -811,10 +837,11 @@ int gw_submit(gw_call *call, const proto_request *r, void (*done)(gw_call *, int
                           .tokens_per_minute = who.admin ? 0 : g->auth.key_tpm,
                           .idem_key = call->idem[0] ? call->idem : NULL,
                           .body_hash = call->body_hash,
-                          .idem_ttl_s = g->cfg.result_ttl_s};
+                          .idem_ttl_s = g->cfg.result_ttl_s,
+                          .affinity = aff};
         jobops_submit_as(&c, &kb, &g->keys, call->id, call->model, call->priority, call->payload.data,
                          call->payload.len, gw_now_ms(), g->cfg.max_queue, &o);
         return rcmd_ok(&c) ? gw_call_send(call, &c, on_script) : -1;
     }
-    return send_submission(call);
+    return send_submission(call, aff);
 }

@@ -607,7 +607,18 @@ llmq_status svc_pull(service *sv, int block, llmq_err *err) {
     }
     /* new entries: one script reads the lanes highest first, n at most */
     const int first = starved_lane(sv);
-    jobops_read_lanes(&c, &kb, &sv->keys, sv->o.model_name, sv->o.consumer, n, first);
+    const int aff = sv->o.affinity;
+    if (aff) {
+        /* the takeover of other groups' parked entries: a few times per bound */
+        jobops_affinity a = {sv->o.affinity_wait_ms, sv->o.affinity_ttl_s, sv->o.affinity_slack, 0};
+        if (t - sv->last_takeover_ms >= sv->o.affinity_wait_ms / 4) {
+            sv->last_takeover_ms = t;
+            a.takeover = 1;
+        }
+        jobops_read_lanes_affinity(&c, &kb, &sv->keys, sv->o.model_name, sv->o.consumer, n, first, &a);
+    } else {
+        jobops_read_lanes(&c, &kb, &sv->keys, sv->o.model_name, sv->o.consumer, n, first);
+    }
     redisReply *r = svc_call(sv, &c, err);
     if (!r) {
         if (strstr(err->msg, "NOGROUP")) { /* a group was deleted under us: make them again */
@@ -619,7 +630,7 @@ llmq_status svc_pull(service *sv, int block, llmq_err *err) {
     }
     size_t got[KEYS_LANES] = {0}, total = 0;
     int more[KEYS_LANES] = {0};
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == KEYS_LANES + 1 &&
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == (size_t)KEYS_LANES + 1 + aff &&
         r->element[KEYS_LANES]->type == REDIS_REPLY_ARRAY && r->element[KEYS_LANES]->elements == KEYS_LANES) {
         for (int l = 0; l < KEYS_LANES; l++) {
             const redisReply *m = r->element[KEYS_LANES]->element[l];
@@ -631,6 +642,13 @@ llmq_status svc_pull(service *sv, int block, llmq_err *err) {
             log_debug("lane %s: one entry taken before the higher lanes (starvation guard, passed over %d times)",
                       keys_lane_name(first), sv->lane_skips[first]);
         count_skips(sv, got, more);
+        for (int l = 0; aff && l < KEYS_LANES; l++) {
+            const redisReply *last = r->element[KEYS_LANES + 1];
+            sv->lane_last[l][0] = '\0';
+            if (last->type == REDIS_REPLY_ARRAY && last->elements == KEYS_LANES &&
+                last->element[l]->type == REDIS_REPLY_STRING && last->element[l]->len < sizeof sv->lane_last[l])
+                memcpy(sv->lane_last[l], last->element[l]->str, last->element[l]->len + 1);
+        }
         for (int l = 0; l < KEYS_LANES && !st; l++)
             if (got[l]) st = admit_entries(sv, r->element[l], l, err);
     } else {
@@ -638,6 +656,17 @@ llmq_status svc_pull(service *sv, int block, llmq_err *err) {
     }
     freeReplyObject(r);
     if (st || total || !block) return st;
+    if (aff) {
+        /* wait for a new entry on any lane without reading it for the group:
+         * the next pull passes it through the keys (and a parked one, which
+         * wakes no reader, is seen at the latest after block_ms) */
+        jobops_wait_lanes(&c, &kb, &sv->keys, sv->o.model_name, sv->lane_last, sv->o.block_ms);
+        r = svc_call(sv, &c, err);
+        if (!r) return err->code;
+        int woke = r->type == REDIS_REPLY_ARRAY;
+        freeReplyObject(r);
+        return woke ? svc_pull(sv, 0, err) : LLMQ_OK;
+    }
     /* nothing waits on any lane: block until one gets an entry (only that
      * lane's entries come back, so the lanes' order does not matter here) */
     jobops_read_all(&c, &kb, &sv->keys, sv->o.model_name, sv->o.consumer, n, sv->o.block_ms, ">");

@@ -54,6 +54,12 @@ static void usage(FILE *f) {
             "  --max-attempts N         deliveries before a job is failed (default 3)\n"
             "  --lane-burst K           priority lanes: after K entries taken from higher lanes while a lower\n"
             "                           lane waits, take one of the lower lane's (default 4; 0: strict)\n"
+            "  --no-affinity            take entries in order, whatever group holds their prefix (default:\n"
+            "                           route by the request's affinity keys, docs/protocol.md \"Affinity\")\n"
+            "  --affinity-wait-ms MS    an entry parked for the group that holds its prefix waits this long\n"
+            "                           before any group takes it (default 2000)\n"
+            "  --affinity-ttl S         seconds a prefix stays with the group that last ran it (default 600)\n"
+            "  --affinity-slack N       park for that group while its free slots + N >= this pull's (2)\n"
             "  --chunk-interval-ms B    coalesce tokens into chunks while Redis is behind: a job's new tokens\n"
             "                           wait for the next step, B ms at most (default 0: a chunk per step)\n"
             "  --result-ttl S           seconds finished jobs are kept (default 3600)\n"
@@ -178,6 +184,8 @@ int main(int argc, char **argv) {
         {"synthetic-rate", required_argument, 0, 'S'},
         {"no-prefix-caching", no_argument, 0, 'N'},
         {"chunk-interval-ms", required_argument, 0, 'I'},
+        {"no-affinity", no_argument, 0, 'a'},        {"affinity-wait-ms", required_argument, 0, 'w'},
+        {"affinity-ttl", required_argument, 0, 'e'}, {"affinity-slack", required_argument, 0, 'l'},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
     };
     int c, bad = 0, tp = 1, rank = -1, tp_timeout = 10000, tp_port = 0;
@@ -214,6 +222,10 @@ int main(int argc, char **argv) {
         case 'A': bad |= to_int(optarg, "max-attempts", 1, &o.max_attempts); break;
         case 'B': bad |= to_int(optarg, "lane-burst", 0, &o.lane_burst); break;
         case 'I': bad |= to_int(optarg, "chunk-interval-ms", 0, &o.chunk_interval_ms); break;
+        case 'a': o.affinity = 0; break;
+        case 'w': bad |= to_int(optarg, "affinity-wait-ms", 0, &o.affinity_wait_ms); break;
+        case 'e': bad |= to_int(optarg, "affinity-ttl", 1, &o.affinity_ttl_s); break;
+        case 'l': bad |= to_int(optarg, "affinity-slack", 0, &o.affinity_slack); break;
         case 'T': bad |= to_int(optarg, "result-ttl", 1, &o.result_ttl_s); break;
         case 'D': bad |= to_int(optarg, "drain-timeout", 0, &o.drain_timeout_s); break;
         case 'H': o.chat_template = optarg; break;

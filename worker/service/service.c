@@ -49,6 +49,10 @@ void service_opts_default(service_opts *o) {
     o->drain_timeout_s = 30;
     o->block_ms = 200;
     o->lane_burst = 4;
+    o->affinity = 1;
+    o->affinity_wait_ms = 2000;
+    o->affinity_ttl_s = 600;
+    o->affinity_slack = 2;
     o->metrics_addr = SERVICE_METRICS_ADDR;
 }
 

@@ -50,6 +50,13 @@ typedef struct service_opts {
     int lane_burst;             /* the starvation guard: after this many entries taken from higher
                                  * lanes while a lower lane waits, the next comes from the lower one
                                  * (docs/protocol.md "Lanes") */
+    int affinity;               /* route by prefix affinity (docs/protocol.md "Affinity"); 0: --no-affinity,
+                                 * entries are taken in order as by a plain consumer */
+    int affinity_wait_ms;       /* the bound an entry parked for this group's prefix waits before any
+                                 * group takes it (and this group takes others' parked entries) */
+    int affinity_ttl_s;         /* how long a key names the group that last ran its prefix */
+    int affinity_slack;         /* park for the owner while its free slots + this >= the slots our pull
+                                 * still has */
     int chunk_interval_ms;      /* coalescing: while Redis has not answered the last step's chunks, a
                                  * job's new ids wait for the next step, up to this many ms, so that a
                                  * chunk carries several tokens; 0 = off, a chunk per step */

@@ -124,6 +124,9 @@ typedef struct service {
     int n_jobs;
     proto_buf buf;           /* scratch for one encoding */
     int64_t last_refresh_ms, last_autoclaim_ms, last_heartbeat_ms;
+    int64_t last_takeover_ms;  /* affinity: when the pull last looked at other groups' parked entries */
+    char lane_last[KEYS_LANES][48]; /* affinity: each lane's newest entry at the last pull (the idle
+                                       wait's XREAD starts past it) */
     struct metrics_http *hs; /* the /metrics, /readyz listener (metrics_http.h), NULL when off */
     int64_t last_snapshot_ms;/* when the loop last rendered the metrics for it (monotonic) */
     metrics *mx;
