@@ -30,6 +30,11 @@ static inline ew_vi ew_cvt(ew_v a) { return _mm256_cvtps_epi32(a); }
 static inline ew_v ew_pow2(ew_vi n) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
 }
+static inline ew_v ew_abs(ew_v a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+static inline ew_v ew_fms(ew_v a, ew_v b, ew_v c) { return _mm256_fmsub_ps(a, b, c); }
+static inline ew_v ew_if_neg(ew_v x, ew_v a, ew_v b) {
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+}
 static inline ew_vd ew_dzero(void) { return _mm256_setzero_pd(); }
 static inline ew_vd ew_dsq_acc(ew_vd acc, const float *x, int half) {
     const __m256d d = _mm256_cvtps_pd(_mm_loadu_ps(x + 4 * half));

@@ -31,6 +31,11 @@ static inline ew_vi ew_cvt(ew_v a) { return _mm512_cvtps_epi32(a); }
 static inline ew_v ew_pow2(ew_vi n) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
 }
+static inline ew_v ew_abs(ew_v a) { return _mm512_abs_ps(a); }
+static inline ew_v ew_fms(ew_v a, ew_v b, ew_v c) { return _mm512_fmsub_ps(a, b, c); }
+static inline ew_v ew_if_neg(ew_v x, ew_v a, ew_v b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), b, a);
+}
 static inline ew_vd ew_dzero(void) { return _mm512_setzero_pd(); }
 static inline ew_vd ew_dsq_acc(ew_vd acc, const float *x, int half) {
     const __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(x + 8 * half));

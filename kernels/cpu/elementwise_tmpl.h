@@ -10,6 +10,8 @@
  *   ew_min, ew_max (NaN in the first operand kept), ew_round (to nearest),
  *   ew_cvt (F32 -> int32 of an integral value), ew_pow2 (2^n as F32, n an
  *   int32 vector in [-126, 127])
+ *   ew_abs, ew_fms(a, b, c) (a b - c, rounded once), ew_if_neg(x, a, b)
+ *   (a where x < 0, else b)
  *   ew_vd, ew_dzero, ew_dsq_acc(acc, x, half): acc + x[half]^2 in double
  *   (half 0: the first EW_VW/2 floats at x, 1: the next), ew_dsum (fixed order)
  */
@@ -52,6 +54,44 @@ void EW_FN(cpu_swiglu_row)(float *o, const float *g, const float *u, size_t n) {
         memcpy(gt, g + i, (n - i) * sizeof(float));
         memcpy(ut, u + i, (n - i) * sizeof(float));
         EW_FN(cpu_swiglu_row)(ot, gt, ut, EW_VW);
+        memcpy(o + i, ot, (n - i) * sizeof(float));
+    }
+}
+
+/*
+ * GELU, x Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2.  erfc(z) for z >= 0
+ * is exp(-z^2) g(t), t = 1 / (1 + z / 2), g a degree-10 polynomial in t
+ * fitted (least squares on the relative error, z in [0, 9.5]) to within
+ * 2.3e-8 of erfc(z) exp(z^2), so erfc keeps its relative accuracy far into
+ * the tail; z^2 = x^2 / 2 is carried as hi + lo (FMA), since exp(-z^2)
+ * would otherwise inherit z^2's rounding times z^2.  Phi(x) for x < 0 is
+ * that half-erfc, 1 minus it otherwise.  Within ~1e-6 relative of the
+ * exact GELU wherever |GELU| > 1e-3, absolute 1e-6 elsewhere; NaN stays
+ * NaN.
+ */
+static inline __attribute__((always_inline)) ew_v EW_FN(ew_gelu)(ew_v x) {
+    static const float c[11] = {9.055001101e-06f,  2.818347514e-01f,  2.853619456e-01f, 2.231871933e-01f,
+                                2.853813171e-01f,  -2.504123747e-01f, 6.788801551e-01f, -9.578239322e-01f,
+                                6.324387193e-01f,  -2.057177722e-01f, 2.686091512e-02f};
+    const ew_v xx = ew_mul(x, x);
+    const ew_v hi = ew_mul(xx, ew_set1(0.5f)), lo = ew_mul(ew_fms(x, x, xx), ew_set1(0.5f));
+    const ew_v z = ew_mul(ew_abs(x), ew_set1(0.70710678118654752f));
+    const ew_v t = ew_div(ew_set1(1.0f), ew_fma(z, ew_set1(0.5f), ew_set1(1.0f)));
+    ew_v g = ew_set1(c[10]);
+    for (int i = 9; i >= 0; i--) g = ew_fma(g, t, ew_set1(c[i]));
+    /* exp(-hi - lo) = exp(-hi) (1 - lo), |lo| <= ulp(hi) */
+    const ew_v e = ew_mul(EW_FN(ew_exp)(ew_sub(ew_set1(0.0f), hi)), ew_sub(ew_set1(1.0f), lo));
+    const ew_v h = ew_mul(ew_mul(e, g), ew_set1(0.5f));
+    return ew_mul(x, ew_if_neg(x, h, ew_sub(ew_set1(1.0f), h)));
+}
+
+void EW_FN(cpu_gelu_row)(float *o, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + EW_VW <= n; i += EW_VW) ew_store(o + i, EW_FN(ew_gelu)(ew_load(x + i)));
+    if (i < n) { /* the tail through the same lanes, so it rounds alike */
+        float xt[EW_VW] = {0}, ot[EW_VW];
+        memcpy(xt, x + i, (n - i) * sizeof(float));
+        ew_store(ot, EW_FN(ew_gelu)(ew_load(xt)));
         memcpy(o + i, ot, (n - i) * sizeof(float));
     }
 }

@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/elementwise_isa.h"
 
 static inline void ln_row(float *y, const float *x, const float *w, const float *b, int dim, float eps) {
     double s = 0;
@@ -45,9 +46,25 @@ void cpu_layernorm_ref(llmq_backend *be, void *out, const void *x, const float *
 }
 
 void cpu_gelu(llmq_backend *be, void *out, const void *x, size_t n) {
-    (void)be;
     float *o = out;
     const float *a = x;
+#if defined(__x86_64__)
+    /* libm's erff once per element is most of the time: the avx2 / avx512
+     * paths take erfc in vector lanes (elementwise_tmpl.h), in chunks that
+     * the threads share */
+    const cpu_isa isa = ((const cpu_impl *)be->impl)->isa;
+    if (isa >= CPU_ISA_AVX2) {
+        void (*row)(float *, const float *, size_t) = isa >= CPU_ISA_AVX512 ? cpu_gelu_row_avx512 : cpu_gelu_row_avx2;
+        const size_t chunk = 4096;
+        const long nch = (long)((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static) if (n > 16384)
+        for (long c = 0; c < nch; c++) {
+            const size_t i0 = (size_t)c * chunk;
+            row(o + i0, a + i0, n - i0 < chunk ? n - i0 : chunk);
+        }
+        return;
+    }
+#endif
 #pragma omp parallel for schedule(static) if (n > 16384)
     for (size_t i = 0; i < n; i++) o[i] = 0.5f * a[i] * (1.0f + erff(a[i] * 0.70710678118654752f));
 }
