@@ -62,6 +62,16 @@ static inline void att_widen(float *dst, const uint16_t *src, llmq_dtype dt, int
     for (int i = 0; i < n; i++) dst[i] = dt == LLMQ_BF16 ? bf16_to_f32(src[i]) : f16_to_f32(src[i]);
 }
 
+static inline float att_dot_h(const float *a, const uint16_t *h, llmq_dtype dt, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * (dt == LLMQ_BF16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]));
+    return s;
+}
+
+static inline void att_axpy_h(float *acc, float w, const uint16_t *h, llmq_dtype dt, int n) {
+    for (int i = 0; i < n; i++) acc[i] += w * (dt == LLMQ_BF16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]));
+}
+
 #define ATT_FN cpu_attention_generic
 #include "kernels/cpu/attention_tmpl.h"
 

@@ -66,6 +66,45 @@ static inline void att_widen(float *dst, const uint16_t *src, llmq_dtype dt, int
     for (; i < n; i++) dst[i] = dt == LLMQ_BF16 ? bf16_to_f32(src[i]) : f16_to_f32(src[i]);
 }
 
+/* att_dot / att_axpy over 16-bit h, widened in registers: the same lanes,
+ * the same order, so the same bits as on values widened beforehand. */
+static inline __m256 att_h8(const uint16_t *h, llmq_dtype dt) {
+    const __m128i x = _mm_loadu_si128((const __m128i *)h);
+    return dt == LLMQ_BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x), 16)) : _mm256_cvtph_ps(x);
+}
+
+static inline float att_dot_h(const float *a, const uint16_t *h, llmq_dtype dt, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), att_h8(h + i, dt), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), att_h8(h + i + 8, dt), s1);
+    }
+    if (i + 8 <= n) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), att_h8(h + i, dt), s0);
+        i += 8;
+    }
+    if (i < n) {
+        float t[8] = {0};
+        att_widen(t, h + i, dt, n - i);
+        const __m256i k = att_tail(n - i);
+        s0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, k), _mm256_loadu_ps(t), s0);
+    }
+    const __m256 s = _mm256_add_ps(s0, s1);
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+static inline void att_axpy_h(float *acc, float w, const uint16_t *h, llmq_dtype dt, int n) {
+    const __m256 wv = _mm256_set1_ps(w);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(wv, att_h8(h + i, dt), _mm256_loadu_ps(acc + i)));
+    for (; i < n; i++) acc[i] = fmaf(w, dt == LLMQ_BF16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]), acc[i]);
+}
+
 #define ATT_FN cpu_attention_avx2
 #include "kernels/cpu/attention_tmpl.h"
 

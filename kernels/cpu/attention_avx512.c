@@ -69,6 +69,43 @@ static inline void att_widen(float *dst, const uint16_t *src, llmq_dtype dt, int
     }
 }
 
+/* att_dot / att_axpy over 16-bit h, widened in registers: the same lanes,
+ * the same order, so the same bits as on values widened beforehand. */
+static inline __m512 att_h16(const uint16_t *h, llmq_dtype dt) {
+    return att_widen16(_mm256_loadu_si256((const __m256i *)h), dt);
+}
+
+static inline float att_dot_h(const float *a, const uint16_t *h, llmq_dtype dt, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), att_h16(h + i, dt), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), att_h16(h + i + 16, dt), s1);
+    }
+    if (i + 16 <= n) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), att_h16(h + i, dt), s0);
+        i += 16;
+    }
+    if (i < n) {
+        const __mmask16 k = att_tail(n - i);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), att_widen16(_mm256_maskz_loadu_epi16(k, h + i), dt), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static inline void att_axpy_h(float *acc, float w, const uint16_t *h, llmq_dtype dt, int n) {
+    const __m512 wv = _mm512_set1_ps(w);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(wv, att_h16(h + i, dt), _mm512_loadu_ps(acc + i)));
+    if (i < n) {
+        const __mmask16 k = att_tail(n - i);
+        _mm512_mask_storeu_ps(acc + i, k,
+                              _mm512_fmadd_ps(wv, att_widen16(_mm256_maskz_loadu_epi16(k, h + i), dt),
+                                              _mm512_maskz_loadu_ps(k, acc + i)));
+    }
+}
+
 #define ATT_FN cpu_attention_avx512
 #include "kernels/cpu/attention_tmpl.h"
 

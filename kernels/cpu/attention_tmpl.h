@@ -9,15 +9,20 @@
  *   void  att_axpy(acc, w, v, n) acc[i] += w * v[i]
  *   void  att_scal(acc, c, n)    acc[i] *= c
  *   void  att_widen(dst, src, dt, n)  n BF16 / F16 elements to F32 (exact)
+ *   float att_dot_h(a, h, dt, n), void att_axpy_h(acc, w, h, dt, n)
+ *                                as att_dot / att_axpy over BF16 / F16 h,
+ *                                widened in registers: the same operations
+ *                                on the same (exactly widened) values
  *
  * Work item: one tile = up to ATTN_TILE_ROWS / group consecutive tokens of
  * one sequence x the `group` query heads that share one KV head (GQA).  The
  * tile walks the chunks of ATTN_CHUNK positions that any of its rows
  * attends to; for each chunk the K and V rows are located (block table
  * read once per block) and, when the cache is 16-bit, widened once into
- * F32 scratch, then every row of the tile takes its own positions of the
- * chunk: scores, the chunk's max, one rescale, the weighted V sum (online
- * softmax).  So K/V are read once per tile rather than once per query,
+ * F32 scratch (a tile of one row, an MHA decode, reads them in place
+ * instead, widening in registers), then every row of the tile takes its
+ * own positions of the chunk: scores, the chunk's max, one rescale, the
+ * weighted V sum (online softmax).  So K/V are read once per tile rather than once per query,
  * and a long prompt's tile works on a chunk that stays in L1/L2.
  *
  * Batch invariance (backend.h): a row's arithmetic is the same sequence
@@ -80,7 +85,9 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
             lsum[r] = 0.0f;
         }
         for (size_t i = 0; i < (size_t)rows * hd; i++) acc[i] = 0.0f;
-        const float *kr[ATTN_CHUNK], *vr[ATTN_CHUNK];
+        /* one row: 16-bit K/V read in place (att_dot_h), nothing to share */
+        const int direct = kdt != LLMQ_F32 && rows == 1;
+        const void *kr[ATTN_CHUNK], *vr[ATTN_CHUNK];
         float sc[ATTN_CHUNK];
         for (int c0 = pmin / ATTN_CHUNK * ATTN_CHUNK; c0 <= pmax; c0 += ATTN_CHUNK) {
             /* locate (and widen) the chunk's rows that some row of the tile reads */
@@ -89,9 +96,9 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
             for (int p = a; p <= b; p++) {
                 if (p == a || p % bs == 0) base = (size_t)bt[p / bs] * bs;
                 const size_t row = (base + (size_t)(p % bs)) * kv_dim + koff;
-                if (kdt == LLMQ_F32) {
-                    kr[p - c0] = (const float *)k_cache + row;
-                    vr[p - c0] = (const float *)v_cache + row;
+                if (kdt == LLMQ_F32 || direct) {
+                    kr[p - c0] = (const char *)k_cache + row * es;
+                    vr[p - c0] = (const char *)v_cache + row * es;
                 } else {
                     float *kd = kbuf + (size_t)(p - c0) * hd, *vd = vbuf + (size_t)(p - c0) * hd;
                     att_widen(kd, (const uint16_t *)((const char *)k_cache + row * es), kdt, hd);
@@ -111,7 +118,8 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
                     float *ac = acc + (size_t)r * hd;
                     float cmax = -INFINITY;
                     for (int p = ca; p <= cb; p++) {
-                        const float v = att_dot(qv, kr[p - c0], hd) * sh->scale;
+                        const float v = (direct ? att_dot_h(qv, kr[p - c0], kdt, hd) : att_dot(qv, kr[p - c0], hd)) *
+                                        sh->scale;
                         sc[p - c0] = v;
                         if (v > cmax) cmax = v;
                     }
@@ -124,7 +132,8 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
                     for (int p = ca; p <= cb; p++) {
                         const float w = expf(sc[p - c0] - mx[r]);
                         lsum[r] += w;
-                        att_axpy(ac, w, vr[p - c0], hd);
+                        if (direct) att_axpy_h(ac, w, vr[p - c0], kdt, hd);
+                        else att_axpy(ac, w, vr[p - c0], hd);
                     }
                 }
             }
