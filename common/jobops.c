@@ -887,7 +887,7 @@ const char *jobops_chunks_script(void) { return chunks_lua; }
 
 int jobops_is_script(const char *text) {
     static const char *const all[] = {cancel_lua, admit_lua,  submit_lua, group_lua, read_lanes_lua,
-                                      chunks_lua, finish_lua, ack_lua,    reject_lua};
+                                      chunks_lua, finish_lua, ack_lua,    reject_lua, read_affinity_lua};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (text == all[i]) return 1;
     return 0;

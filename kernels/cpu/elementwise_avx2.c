@@ -36,10 +36,11 @@ static inline ew_v ew_if_neg(ew_v x, ew_v a, ew_v b) {
     return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
 }
 static inline ew_vd ew_dzero(void) { return _mm256_setzero_pd(); }
-static inline ew_vd ew_dsq_acc(ew_vd acc, const float *x, int half) {
-    const __m256d d = _mm256_cvtps_pd(_mm_loadu_ps(x + 4 * half));
-    return _mm256_fmadd_pd(d, d, acc);
-}
+static inline ew_vd ew_dload(const float *x, int half) { return _mm256_cvtps_pd(_mm_loadu_ps(x + 4 * half)); }
+static inline ew_vd ew_dset1(double a) { return _mm256_set1_pd(a); }
+static inline ew_vd ew_dadd(ew_vd a, ew_vd b) { return _mm256_add_pd(a, b); }
+static inline ew_vd ew_dsub(ew_vd a, ew_vd b) { return _mm256_sub_pd(a, b); }
+static inline ew_vd ew_dfma(ew_vd a, ew_vd b, ew_vd c) { return _mm256_fmadd_pd(a, b, c); }
 static inline double ew_dsum(ew_vd a0, ew_vd a1) {
     double l[4];
     _mm256_storeu_pd(l, _mm256_add_pd(a0, a1));

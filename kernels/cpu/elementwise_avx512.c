@@ -37,10 +37,11 @@ static inline ew_v ew_if_neg(ew_v x, ew_v a, ew_v b) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), b, a);
 }
 static inline ew_vd ew_dzero(void) { return _mm512_setzero_pd(); }
-static inline ew_vd ew_dsq_acc(ew_vd acc, const float *x, int half) {
-    const __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(x + 8 * half));
-    return _mm512_fmadd_pd(d, d, acc);
-}
+static inline ew_vd ew_dload(const float *x, int half) { return _mm512_cvtps_pd(_mm256_loadu_ps(x + 8 * half)); }
+static inline ew_vd ew_dset1(double a) { return _mm512_set1_pd(a); }
+static inline ew_vd ew_dadd(ew_vd a, ew_vd b) { return _mm512_add_pd(a, b); }
+static inline ew_vd ew_dsub(ew_vd a, ew_vd b) { return _mm512_sub_pd(a, b); }
+static inline ew_vd ew_dfma(ew_vd a, ew_vd b, ew_vd c) { return _mm512_fmadd_pd(a, b, c); }
 static inline double ew_dsum(ew_vd a0, ew_vd a1) {
     double l[8];
     _mm512_storeu_pd(l, _mm512_add_pd(a0, a1));

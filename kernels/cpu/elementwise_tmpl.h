@@ -12,8 +12,9 @@
  *   int32 vector in [-126, 127])
  *   ew_abs, ew_fms(a, b, c) (a b - c, rounded once), ew_if_neg(x, a, b)
  *   (a where x < 0, else b)
- *   ew_vd, ew_dzero, ew_dsq_acc(acc, x, half): acc + x[half]^2 in double
- *   (half 0: the first EW_VW/2 floats at x, 1: the next), ew_dsum (fixed order)
+ *   ew_vd, ew_dzero, ew_dload(x, half): EW_VW/2 floats widened to double
+ *   (half 0: the first EW_VW/2 at x, 1: the next), ew_dset1, ew_dadd,
+ *   ew_dsub, ew_dfma, ew_dsum(a0, a1): a0 + a1 then its lanes (fixed order)
  */
 
 /*
@@ -100,10 +101,37 @@ double EW_FN(cpu_sumsq)(const float *x, int n) {
     ew_vd a0 = ew_dzero(), a1 = ew_dzero();
     int i = 0;
     for (; i + EW_VW <= n; i += EW_VW) {
-        a0 = ew_dsq_acc(a0, x + i, 0);
-        a1 = ew_dsq_acc(a1, x + i, 1);
+        const ew_vd d0 = ew_dload(x + i, 0), d1 = ew_dload(x + i, 1);
+        a0 = ew_dfma(d0, d0, a0);
+        a1 = ew_dfma(d1, d1, a1);
     }
     double s = ew_dsum(a0, a1);
     for (; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+double EW_FN(cpu_sum)(const float *x, int n) {
+    ew_vd a0 = ew_dzero(), a1 = ew_dzero();
+    int i = 0;
+    for (; i + EW_VW <= n; i += EW_VW) {
+        a0 = ew_dadd(a0, ew_dload(x + i, 0));
+        a1 = ew_dadd(a1, ew_dload(x + i, 1));
+    }
+    double s = ew_dsum(a0, a1);
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
+double EW_FN(cpu_sumsqdev)(const float *x, int n, double mean) {
+    ew_vd a0 = ew_dzero(), a1 = ew_dzero();
+    const ew_vd m = ew_dset1(mean);
+    int i = 0;
+    for (; i + EW_VW <= n; i += EW_VW) {
+        const ew_vd d0 = ew_dsub(ew_dload(x + i, 0), m), d1 = ew_dsub(ew_dload(x + i, 1), m);
+        a0 = ew_dfma(d0, d0, a0);
+        a1 = ew_dfma(d1, d1, a1);
+    }
+    double s = ew_dsum(a0, a1);
+    for (; i < n; i++) s += ((double)x[i] - mean) * ((double)x[i] - mean);
     return s;
 }

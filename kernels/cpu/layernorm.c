@@ -5,29 +5,46 @@
  *   gelu       y = x / 2 * (1 + erf(x / sqrt 2)), elementwise (the exact
  *              GELU of torch.nn.functional.gelu, not the tanh form).
  * Mean and variance are accumulated in double (two passes), so the fast and
- * the reference path agree to rounding; rows are independent.
+ * the reference path agree to rounding; rows are independent.  The avx2 /
+ * avx512 paths take the sums, and gelu's erf, in vector lanes
+ * (elementwise_isa.h).
  */
 #include <math.h>
 
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/elementwise_isa.h"
 
-static inline void ln_row(float *y, const float *x, const float *w, const float *b, int dim, float eps) {
-    double s = 0;
-    for (int i = 0; i < dim; i++) s += x[i];
+/* The compiler keeps a double sum in order (no reassociation): the wider
+ * paths sum in vector lanes, in a fixed order of their own
+ * (elementwise_isa.h). */
+static inline void ln_row(float *y, const float *x, const float *w, const float *b, int dim, float eps,
+                          cpu_isa isa) {
+    double s = 0, v = 0;
+#if defined(__x86_64__)
+    if (isa >= CPU_ISA_AVX2) {
+        const int wide = isa >= CPU_ISA_AVX512;
+        s = wide ? cpu_sum_avx512(x, dim) : cpu_sum_avx2(x, dim);
+        const double mean = s / dim;
+        v = wide ? cpu_sumsqdev_avx512(x, dim, mean) : cpu_sumsqdev_avx2(x, dim, mean);
+    } else
+#endif
+    {
+        (void)isa;
+        for (int i = 0; i < dim; i++) s += x[i];
+        const double mean = s / dim;
+        for (int i = 0; i < dim; i++) v += ((double)x[i] - mean) * ((double)x[i] - mean);
+    }
     const double mean = s / dim;
-    double v = 0;
-    for (int i = 0; i < dim; i++) v += ((double)x[i] - mean) * ((double)x[i] - mean);
     const float inv = (float)(1.0 / sqrt(v / dim + eps)), m = (float)mean;
     for (int i = 0; i < dim; i++) y[i] = (x[i] - m) * inv * w[i] + b[i];
 }
 
 void cpu_layernorm(llmq_backend *be, void *out, const void *x, const float *w, const float *b, int n, int dim,
                    float eps) {
-    (void)be;
+    const cpu_isa isa = ((const cpu_impl *)be->impl)->isa;
 #pragma omp parallel for schedule(static) if (n > 4)
     for (int r = 0; r < n; r++)
-        ln_row((float *)out + (size_t)r * dim, (const float *)x + (size_t)r * dim, w, b, dim, eps);
+        ln_row((float *)out + (size_t)r * dim, (const float *)x + (size_t)r * dim, w, b, dim, eps, isa);
 }
 
 void cpu_layernorm_ref(llmq_backend *be, void *out, const void *x, const float *w, const float *b, int n, int dim,
