@@ -5,7 +5,8 @@
  *   - a decode step's quantized matmuls (12 layers of distinct weights and
  *     the lm_head, so decode reads memory) at n = 1, 8, 32 inputs, and one
  *     layer's at n = 512 (prefill);
- *   - a step's rmsnorm (2 add_rmsnorm a layer), rope and swiglu.
+ *   - a step's rmsnorm (2 add_rmsnorm a layer), rope and swiglu, and apart
+ *     (Falcon's) 2 layernorm and a gelu a layer.
  * Paths interleaved, best of the rounds, timed by the process's CPU time
  * (run it with one OpenMP thread on a shared machine: descheduled time is
  * then not counted).  Usage: bench_qmatmul [rounds]  (tools/bench_qmatmul.sh)
@@ -86,11 +87,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < D; i++) nw_[i] = 1.0f + 0.01f * rnd();
     for (int i = 0; i < HD / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / HD);
     for (int i = 0; i < NMAX; i++) pos[i] = 100 + i;
-    static const char *names[] = {"add_rmsnorm x2", "rope", "swiglu"};
+    static const char *names[] = {"add_rmsnorm x2", "rope", "swiglu", "layernorm x2", "gelu"};
     for (int s = 0; s < 4; s++) {
         const int n = ns[s];
         double tot[CPU_ISA_COUNT] = {0};
-        for (int op = 0; op < 3; op++) {
+        for (int op = 0; op < 5; op++) {
             double best[CPU_ISA_COUNT];
             for (int p = 0; p < np; p++) best[p] = 1e30;
             for (int r = 0; r < rounds; r++)
@@ -108,8 +109,13 @@ int main(int argc, char **argv) {
                             e->ops->add_rmsnorm(e, b, a, c, nw_, n, D, 1e-5f);
                         } else if (op == 1) {
                             e->ops->rope(e, a, b, pos, n, H, H, HD, inv);
-                        } else {
+                        } else if (op == 2) {
                             e->ops->swiglu(e, c, a, b, n, I);
+                        } else if (op == 3) {
+                            e->ops->layernorm(e, b, a, nw_, nw_, n, D, 1e-5f);
+                            e->ops->layernorm(e, b, a, nw_, nw_, n, D, 1e-5f);
+                        } else {
+                            e->ops->gelu(e, c, a, (size_t)n * I);
                         }
                     }
                     const double t = cpu_s() - t0;
@@ -118,11 +124,11 @@ int main(int argc, char **argv) {
             printf("elementwise n=%-3d %-15s", n, names[op]);
             for (int p = 0; p < np; p++) {
                 printf("  %s %8.1f us", cpu_isa_name(isas[p]), best[p] * 1e6);
-                tot[p] += best[p];
+                if (op < 3) tot[p] += best[p];
             }
             printf("\n");
         }
-        printf("elementwise n=%-3d %-15s", n, "step total");
+        printf("elementwise n=%-3d %-15s", n, "llama step");
         for (int p = 0; p < np; p++) printf("  %s %8.1f us", cpu_isa_name(isas[p]), tot[p] * 1e6);
         printf("\n");
     }
