@@ -244,3 +244,12 @@ def test_llmq_submit_writes_the_keys(fleet):
                     "--force"], check=True, capture_output=True)
     (_, fields), = r.xrange("llmq:req:nobody")
     assert fields[b"a"].decode() == " ".join(keys_for(prompt=prompt))
+
+
+def test_consumer_may_not_look_like_a_parking_name():
+    """A consumer "@x" would have its own entries taken as parked ones."""
+    from llmqtest import BUILD
+    import subprocess
+    p = subprocess.run([str(BUILD / "llmq-worker"), "--model", "/nonexistent", "--model-name", MODEL, "--consumer",
+                        "@x"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "may not begin with '@'" in p.stderr

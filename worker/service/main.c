@@ -200,7 +200,13 @@ int main(int argc, char **argv) {
         case 'm': o.model_dir = optarg; break;
         case 'n': o.model_name = optarg; break;
         case 'r': o.redis_url = optarg; break;
-        case 'c': o.consumer = optarg; break;
+        case 'c':
+            o.consumer = optarg;
+            if (optarg[0] == '@') { /* "@<group>" holds entries parked for a group (docs/protocol.md "Affinity") */
+                fprintf(stderr, "llmq-worker: --consumer may not begin with '@' (the affinity pull's parking names)\n");
+                bad = 1;
+            }
+            break;
         case 'p': o.prefix = optarg; break;
         case 'b': o.backend = optarg; break;
         case 's': bad |= to_int(optarg, "max-num-seqs", 1, &o.max_num_seqs); break;
