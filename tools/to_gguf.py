@@ -131,9 +131,9 @@ def convert(model_dir, out_path):
     w.add_token_list(toks)
     w.add_token_scores([0.0] * 259 + [-float(i) for i in range(259, V)])
     w.add_token_types(types)
-    w.add_bos_token_id(cfg.get("bos_token_id", 1) if isinstance(cfg.get("bos_token_id", 1), int) else 1)
-    eos = cfg.get("eos_token_id", 2)
-    w.add_eos_token_id(eos[0] if isinstance(eos, list) else eos)
+    bos, eos = cfg.get("bos_token_id", 1), cfg.get("eos_token_id", 2)
+    w.add_bos_token_id(bos if isinstance(bos, int) else 1)
+    w.add_eos_token_id(eos[0] if isinstance(eos, list) else eos)  # a list: its first
     w.add_unk_token_id(0)
     w.add_add_bos_token(False)
     w.add_add_space_prefix(False)
