@@ -153,6 +153,8 @@ spec:
         - {{ int $g.laneBurst | quote }}
         - --chunk-interval-ms
         - {{ int $g.chunkIntervalMs | quote }}
+        - --kv-dtype
+        - {{ $g.kvDtype | quote }}
         - --drain-timeout
         - {{ int $g.drainTimeoutSeconds | quote }}
         {{- range $g.extraArgs }}
