@@ -25,7 +25,9 @@
 # and the GGUF files are kept there and reused), BUILD (llmq's build folder,
 # default build), PYTHON (default .venv/bin/python), ROUNDS (default 3),
 # THREADS (default 2), LLMQ_BENCH_DIR (where the default models are made:
-# /tmp/llmq-bench/110M-f32 and 110M-bf16, by tools/gen_model.py).
+# /tmp/llmq-bench/110M-f32 and 110M-bf16, by tools/gen_model.py),
+# LLMQ_BENCH_ARGS (more options for `llmq bench`, word-split, e.g. a KV
+# cache type to match llama.cpp's F16 one).
 # Not part of `make test`: it needs a llama.cpp source tree (PyPI's
 # llama-cpp-python sdist bundles one under vendor/llama.cpp).
 set -euo pipefail
@@ -42,7 +44,10 @@ ADIR=${LLMQ_ANCHOR_DIR:-/tmp/llmq-anchor}
 ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 BDIR=${LLMQ_BENCH_DIR:-/tmp/llmq-bench}
-[ -f "$SRC/include/llama.h" ] && [ -d "$SRC/gguf-py/gguf" ] || { echo "$SRC: not a llama.cpp source tree" >&2; exit 2; }
+if [ ! -f "$SRC/include/llama.h" ] || [ ! -d "$SRC/gguf-py/gguf" ]; then
+  echo "$SRC: not a llama.cpp source tree (include/llama.h, gguf-py/)" >&2
+  exit 2
+fi
 [ -x "$BUILD/llmq" ] || { echo "$BUILD/llmq: not built (make BUILD=$BUILD)" >&2; exit 2; }
 mkdir -p "$ADIR/gguf"
 log() { echo "[anchor $(date -u +%H:%M:%S)] $*" >&2; }
@@ -227,7 +232,8 @@ print(json.dumps(dict(w=os.environ["W"], side="llama.cpp", fig=os.environ["F"], 
         >>"$RES"
     done
     log "round $r/$ROUNDS $w: llmq bench"
-    OMP_NUM_THREADS=$THREADS "$BUILD/llmq" bench --model "$m" --read-bw 1 --json |
+    # shellcheck disable=SC2086
+    OMP_NUM_THREADS=$THREADS "$BUILD/llmq" bench --model "$m" --read-bw 1 --json ${LLMQ_BENCH_ARGS:-} |
       W=$w "$PYTHON" -c 'import json, os, sys
 j = json.loads(sys.stdin.readline())
 for f, k in (("decode_1", "decode_1_tok_s"), ("prefill_512", "prefill_tok_s"), ("decode_8", "decode_8_tok_s"),
