@@ -267,7 +267,11 @@ static const char read_lanes_lua[] =
  * ARGV[9] takeover (1/0).  A group's record in <P>aff:<model>#groups is
  * "<free> <ms>"; one older than max(wait, 1 s) is a group gone or full
  * (it records only when it pulls, and it pulls only with room).  Keys are
- * taken from the field `a` only as 16 hex digits, 64 at most.  A new
+ * taken from the field `a` only as 16 hex digits, 64 at most; of an
+ * entry taken, the keys at positions 1, 2, 4, 8, ... and the last two are
+ * set (the last: the longest prefix, or the prefix_key's with the longest
+ * before it), so a request costs Redis a few keys, not one per unit, and a
+ * prefix shared with it is still found at half its length or better.  A new
  * entry parked for another group does not count against count, but one
  * call reads at most count + 64 new entries per lane. */
 static const char read_affinity_lua[] =
@@ -312,7 +316,10 @@ static const char read_affinity_lua[] =
     "  return nil\n"
     "end\n"
     "local function register(fields)\n"
-    "  for _, k in ipairs(keys_of(fields)) do redis.call('SET', apfx .. k, me, 'EX', ttl) end\n"
+    "  local ks = keys_of(fields)\n"
+    "  for i, k in ipairs(ks) do\n"
+    "    if i >= #ks - 1 or bit.band(i, i - 1) == 0 then redis.call('SET', apfx .. k, me, 'EX', ttl) end\n"
+    "  end\n"
     "end\n"
     "local got, drained, more, last = {}, {}, {}, {}\n"
     "for l = 1, #KEYS do got[l] = {} end\n"

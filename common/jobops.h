@@ -138,8 +138,9 @@ void jobops_submit_affinity(rcmd *xadd, const char *keys);
  *      busier than this one (its free slots + slack >= the slots this pull
  *      has left), is parked for that group (XCLAIM to "@<group>", JUSTID)
  *      instead.
- * The keys of every entry it returns are set to name this group, with a
- * TTL of ttl_s: the group that ran a prefix is where the next one goes.
+ * The keys of every entry it returns (those at positions 1, 2, 4, 8, ...
+ * and the last two) are set to name this group, with a TTL of ttl_s: the
+ * group that ran a prefix is where the next one goes.
  * It also records this group's free slots (count) and the time in the
  * hash <P>aff:<model>#groups (liveness and room for the others).
  */

@@ -93,3 +93,13 @@ def test_takeover_after_the_bound(redis_server):
     assert pull(r, "B", 4, takeover=1)[0] == [[], ["j1"], []]
     assert r.get(APFX + K1) == b"B"
     assert r.xpending(LANES[1], "workers")["pending"] == 1  # B's now, to be acked as usual
+
+
+def test_keys_set_at_powers_of_two_and_the_last_two(redis_server):
+    """Of 12 keys, those at positions 1, 2, 4, 8, 11 and 12 name the group."""
+    r = setup(redis_server.url)
+    ks = ["%016x" % (0xb00 + i) for i in range(1, 13)]
+    r.xadd(LANES[1], {"id": "j1", "a": " ".join(ks)})
+    assert pull(r, "A", 4)[0] == [[], ["j1"], []]
+    assert [i + 1 for i, k in enumerate(ks) if r.get(APFX + k) == b"A"] == [1, 2, 4, 8, 11, 12]
+    assert len(r.keys(APFX + "0*")) == 6
