@@ -225,6 +225,12 @@ def test_gateway_keys_and_prefix_key(fleet, tmp_path):
         for i in range(8):  # unrelated prompts, one after the other: all on g
             chat(gw.port, dict(model=MODEL, prompt=f"Tom had a dog {i}", max_tokens=2, prefix_key="conversation-7"))
             assert owner(r, pk) == g, i
+        for bad in (7, "x" * 257):  # a string of at most 256 bytes
+            c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=60)
+            c.request("POST", "/v1/completions", json.dumps(dict(model=MODEL, prompt="a", prefix_key=bad)),
+                      {"Content-Type": "application/json"})
+            resp = c.getresponse()
+            assert resp.status == 400 and json.loads(resp.read())["error"]["param"] == "prefix_key"
         ws[g].kill()
         time.sleep(1.2)  # its record is stale: no group parks for it
         chat(gw.port, dict(model=MODEL, prompt="Then it rained", max_tokens=2, prefix_key="conversation-7"))
