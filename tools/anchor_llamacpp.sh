@@ -194,6 +194,13 @@ print(n)")
 done
 
 # ---- benchmarks, interleaved
+# other processes on the cores make both sides' OpenMP threads wait for each
+# other's time slices: at a load average of 3-10 on 2 cores runs came out
+# 2-40x slower and the ratios meaningless, so say what the load was
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${LOAD0%% *}" -v n="$(nproc)" 'BEGIN { exit !(l >= n / 2) }'; then
+  log "warning: load average $LOAD0 on $(nproc) cores: the figures will not be a quiet machine's"
+fi
 RES="$ADIR/results.jsonl"
 : >"$RES"
 for r in $(seq "$ROUNDS"); do
@@ -248,7 +255,7 @@ CPU=$(grep -m1 '^model name' /proc/cpuinfo | sed 's/.*: //')
 FLAGS=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' |
         grep -xE 'avx2|fma|f16c|avx512f|avx512bw|avx512vl|avx512_bf16|avx512_vnni|avx512_fp16|amx_bf16|amx_int8|avx_vnni' |
         tr '\n' ' ')
-LOAD=$(uptime | sed 's/.*load average: //')
+LOAD="$LOAD0 at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 CPU="$CPU" FLAGS="$FLAGS" LOAD="$LOAD" ROUNDS=$ROUNDS THREADS=$THREADS "$PYTHON" - "$RES" <<'EOF'
 import collections, json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -261,7 +268,7 @@ for r in rows:
 figs = ["decode_1", "prefill_512", "decode_8", "decode_32"]
 names = {"decode_1": "decode 1 seq", "prefill_512": "prefill 512", "decode_8": "decode 8 seqs", "decode_32": "decode 32 seqs"}
 print(f"llmq vs llama.cpp, {os.environ['THREADS']} threads, best of {os.environ['ROUNDS']} interleaved rounds (tok/s)")
-print(f"cpu: {os.environ['CPU']}; flags: {os.environ['FLAGS'].strip()}; load average at the end: {os.environ['LOAD']}")
+print(f"cpu: {os.environ['CPU']}; flags: {os.environ['FLAGS'].strip()}; load average {os.environ['LOAD']}")
 for w in dict.fromkeys(r["w"] for r in rows):
     lm, ll = meta.get((w, "llmq"), {}), meta.get((w, "llama.cpp"), {})
     print(f"{w}: llmq {lm.get('dtype', '?')} weights, kernels {lm.get('isa', '?')}; llama.cpp KV {ll.get('kv', '?')}, "
