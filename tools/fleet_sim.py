@@ -148,12 +148,13 @@ class RedisInfo:
         return float(i["used_cpu_sys"]), float(i["used_cpu_user"])
 
     def commands(self):
-        """calls per command (INFO commandstats: cmdstat_xadd:calls=...,usec=...)."""
+        """(calls, usec) per command (INFO commandstats: cmdstat_xadd:calls=...,usec=...).
+        A script's usec includes the commands it calls, which count their own too."""
         out = {}
         for k, v in self.info("commandstats").items():
             if k.startswith("cmdstat_"):
                 f = dict(kv.split("=", 1) for kv in v.split(","))
-                out[k[len("cmdstat_"):]] = int(f["calls"])
+                out[k[len("cmdstat_"):]] = (int(f["calls"]), int(f["usec"]))
         return out
 
     def close(self):
@@ -321,10 +322,15 @@ def run_point(a, groups, streams, tmp, instances=1):
         itl["p50"] = sorted(x["p50"] for x in itls)[len(itls) // 2]
         itl["p99"] = max(x["p99"] for x in itls)
     ttfts = [j["ttft_ms"]["p50"] for j in js if j["ttft_ms"]["n"]]
-    ops = {}
+    ops, usec = {}, {}
     for c0, c1 in zip(cmd0, cmd1):
         for c in c1:
-            ops[c] = ops.get(c, 0) + c1[c] - c0.get(c, 0)
+            ops[c] = ops.get(c, 0) + c1[c][0] - c0.get(c, (0, 0))[0]
+            usec[c] = usec.get(c, 0) + c1[c][1] - c0.get(c, (0, 0))[1]
+    # where Redis's time goes: usec per call and per token of each command
+    # (commandstats; the time outside commands, reading and writing sockets, is not in it)
+    cost = {c: {"us_per_call": round(usec[c] / ops[c], 3), "us_per_token": round(usec[c] / tokens, 3) if tokens else None}
+            for c in sorted(ops, key=lambda c: -usec[c]) if ops[c] > 0}
     ops = {c: round(n / wall, 1) for c, n in sorted(ops.items(), key=lambda kv: -kv[1]) if n > 0}
     per_tok = (lambda s, n=tokens: round(s / n * 1e6, 2) if n else None)
     per_instance = []
@@ -365,6 +371,7 @@ def run_point(a, groups, streams, tmp, instances=1):
         "workers_us_per_token": per_tok(wk1 - wk0),
         "client_us_per_token": per_tok(client_cpu),
         "ops_per_s": ops,
+        "command_us": cost,
         "redis_ops_per_token": round(sum(ops.values()) * wall / tokens, 3) if tokens else None,
         "step_ms": round(step_ms, 3),
         "itl_p50_ms": round(itl["p50"], 3) if itl["n"] else None,
@@ -481,6 +488,9 @@ def main(argv=None):
             top = ", ".join(f"{c} {n:.0f}" for c, n in list(p["ops_per_s"].items())[:6])
             print(f"  groups {p['groups']} streams {p['streams']} redis x{p['redis_instances']} via {p['via']} "
                   f"ops/s: {top}")
+            top = ", ".join(f"{c} {v['us_per_call']:.2f}/call {v['us_per_token']:.2f}/token"
+                            for c, v in list(p["command_us"].items())[:5])
+            print(f"    commandstats usec: {top}")
         print(f"knee (added ITL p99 > {a.knee_ms} ms): {report['knee']}")
     return 0 if all(p["failed"] == 0 for p in points) else 1
 

@@ -45,6 +45,14 @@ def check_point(pt):
     # every request went into a stream and every token out of one, through Redis
     assert pt["ops_per_s"].get("xadd", 0) * pt["wall_s"] >= 16
     assert pt["redis_ops_per_token"] > 0
+    # where Redis's time goes (commandstats usec): every command that ran has its cost per call
+    # and per token, most expensive first; the chunk script's time includes the XADDs it makes
+    cu = pt["command_us"]
+    assert set(cu) == set(pt["ops_per_s"])
+    assert all(v["us_per_call"] >= 0 and v["us_per_token"] >= 0 for v in cu.values())
+    assert [v["us_per_token"] for v in cu.values()] == sorted((v["us_per_token"] for v in cu.values()), reverse=True)
+    script = sum(cu.get(c, {"us_per_token": 0})["us_per_token"] for c in ("eval", "evalsha"))
+    assert cu["xadd"]["us_per_call"] > 0 and script >= cu["xadd"]["us_per_token"] * 0.5
     assert pt["step_ms"] == 10.0
     assert pt["itl_p50_ms"] > 0 and pt["itl_p99_ms"] >= pt["itl_p50_ms"]
     assert pt["added_itl_p50_ms"] == pytest.approx(pt["itl_p50_ms"] - 10.0, abs=0.01)
