@@ -10,6 +10,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_commbench(int argc, char **argv);
 int cmd_vram(int argc, char **argv);
+int cmd_roofline(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_submit(int argc, char **argv); /* cmd_queue.c */

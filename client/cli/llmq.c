@@ -19,6 +19,7 @@ typedef struct verb {
 static const verb verbs[] = {
     {"generate", cmd_generate, "run a local model on prompts (offline, no Redis)"},
     {"bench", cmd_bench, "engine throughput and memory roofline on one model"},
+    {"roofline", cmd_roofline, "bytes and FLOPs per kernel of a step, counted, and its time at a GPU's roofline"},
     {"vram", cmd_vram, "memory per GPU for a model (weights, KV cache, overheads): will it fit, on how many GPUs"},
     {"comm-bench", cmd_commbench, "shared-memory all-reduce/all-gather bandwidth between N local ranks"},
     {"tokenize", cmd_tokenize, "text to token ids with a model's tokenizer (offline)"},
