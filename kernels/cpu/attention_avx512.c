@@ -1,49 +1,25 @@
 /*
  * attention_avx512.c — the attention's AVX-512 path (isa.h "avx512", and
- * "avx512bf16", whose BF16 dot products would round the F32 queries): dot
- * products with two 16-lane FMA accumulators (even and odd vectors, the
- * head_dim % 16 tail as one masked step into the first), summed in a fixed
- * order; V accumulation and rescale 16 lanes at a time; BF16 K/V widened by
- * a shift, F16 by vcvtph2ps.  Compiled with the avx512 flags whatever ARCH
- * is (Makefile); the kernel itself is attention_tmpl.h.
+ * "avx512bf16", whose BF16 dot products would round the F32 queries).  It
+ * gives attention_tmpl.h a whole row's step over a chunk (ATT_ROW,
+ * att_row): scores 16 keys at a time with one accumulator per key along
+ * head_dim (16-wide FMAs in order, the tail masked) summed by one
+ * transposing tree, the softmax weights by vexp.h (masked lanes 0, their
+ * sum in 16 lanes by position % 16), and P.V with the row's output in
+ * registers; BF16 K/V widened by a shift, F16 by vcvtph2ps, in registers
+ * or once per tile (exact, so the same bits).  Every step of a row is the
+ * same whatever else the tile holds, so a query's bits do not depend on
+ * the tile, the step or the batch.  Compiled with the avx512 flags
+ * whatever ARCH is (Makefile).
  */
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <math.h>
 
 #include "kernels/cpu/attention_isa.h"
 #include "kernels/cpu/cpu.h"
 
 static inline __mmask16 att_tail(int t) { return (__mmask16)((1u << t) - 1); }
-
-static inline float att_dot(const float *a, const float *b, int n) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
-    }
-    if (i + 16 <= n) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        i += 16;
-    }
-    if (i < n) {
-        const __mmask16 k = att_tail(n - i);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), s0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-}
-
-static inline void att_axpy(float *acc, float w, const float *v, int n) {
-    const __m512 wv = _mm512_set1_ps(w);
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(wv, _mm512_loadu_ps(v + i), _mm512_loadu_ps(acc + i)));
-    if (i < n) {
-        const __mmask16 k = att_tail(n - i);
-        _mm512_mask_storeu_ps(acc + i, k,
-                              _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(k, v + i), _mm512_maskz_loadu_ps(k, acc + i)));
-    }
-}
 
 static inline void att_scal(float *acc, float c, int n) {
     const __m512 cv = _mm512_set1_ps(c);
@@ -69,42 +45,175 @@ static inline void att_widen(float *dst, const uint16_t *src, llmq_dtype dt, int
     }
 }
 
-/* att_dot / att_axpy over 16-bit h, widened in registers: the same lanes,
- * the same order, so the same bits as on values widened beforehand. */
-static inline __m512 att_h16(const uint16_t *h, llmq_dtype dt) {
-    return att_widen16(_mm256_loadu_si256((const __m256i *)h), dt);
+/* The softmax's exp: vexp.h over these lanes (the same code as swiglu's). */
+typedef __m512 ew_v;
+typedef __m512i ew_vi;
+#define EW_FN(name) name##_avx512
+static inline ew_v ew_set1(float a) { return _mm512_set1_ps(a); }
+static inline ew_v ew_add(ew_v a, ew_v b) { return _mm512_add_ps(a, b); }
+static inline ew_v ew_sub(ew_v a, ew_v b) { return _mm512_sub_ps(a, b); }
+static inline ew_v ew_mul(ew_v a, ew_v b) { return _mm512_mul_ps(a, b); }
+static inline ew_v ew_fma(ew_v a, ew_v b, ew_v c) { return _mm512_fmadd_ps(a, b, c); }
+static inline ew_v ew_min(ew_v a, ew_v b) { return _mm512_min_ps(b, a); }
+static inline ew_v ew_max(ew_v a, ew_v b) { return _mm512_max_ps(b, a); }
+static inline ew_v ew_round(ew_v a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline ew_vi ew_cvt(ew_v a) { return _mm512_cvtps_epi32(a); }
+static inline ew_v ew_pow2(ew_vi n) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
+}
+#include "kernels/cpu/vexp.h"
+
+#define ATT_INLINE static inline __attribute__((always_inline))
+
+/* 16 elements of a K or V row from element i: F32, or 16-bit widened in
+ * registers (exactly, so the same values either way); masked: lanes of k. */
+ATT_INLINE __m512 att_ld(const void *row, int i, llmq_dtype dt) {
+    if (dt == LLMQ_F32) return _mm512_loadu_ps((const float *)row + i);
+    return att_widen16(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)), dt);
 }
 
-static inline float att_dot_h(const float *a, const uint16_t *h, llmq_dtype dt, int n) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), att_h16(h + i, dt), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), att_h16(h + i + 16, dt), s1);
-    }
-    if (i + 16 <= n) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), att_h16(h + i, dt), s0);
-        i += 16;
-    }
-    if (i < n) {
-        const __mmask16 k = att_tail(n - i);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), att_widen16(_mm256_maskz_loadu_epi16(k, h + i), dt), s0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+ATT_INLINE __m512 att_ld_m(const void *row, int i, __mmask16 k, llmq_dtype dt) {
+    if (dt == LLMQ_F32) return _mm512_maskz_loadu_ps(k, (const float *)row + i);
+    return att_widen16(_mm256_maskz_loadu_epi16(k, (const uint16_t *)row + i), dt);
 }
 
-static inline void att_axpy_h(float *acc, float w, const uint16_t *h, llmq_dtype dt, int n) {
-    const __m512 wv = _mm512_set1_ps(w);
+/* Lane j of the result = the sum of s[j]'s 16 lanes, all 16 by one
+ * transposing tree: lanes i and i + 8 first, then i and i + 4, then
+ * (0 + 2) and (1 + 3), then those two.  Every stage adds two parts of the
+ * same s[j], so s[j]'s sum is the same whatever the other 15 hold. */
+ATT_INLINE __m512 att_hsum16(const __m512 *s) {
+    __m512 a[8], b[4], c[2];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++)
+        a[j] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * j], s[2 * j + 1], 0x44),
+                             _mm512_shuffle_f32x4(s[2 * j], s[2 * j + 1], 0xee));
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) /* b[j]'s quarters: s[4j] .. s[4j + 3] */
+        b[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], 0x88),
+                             _mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], 0xdd));
+#pragma GCC unroll 2
+    for (int j = 0; j < 2; j++)
+        c[j] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * j], b[2 * j + 1], 0x44), _mm512_shuffle_ps(b[2 * j], b[2 * j + 1], 0xee));
+    /* lane 4q + j holds s[q + 4j]'s sum */
+    const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xdd));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r);
+}
+
+/* q . k[j] for 16 keys at once (16 accumulators, one per key: an FMA per
+ * 16 elements of head_dim in order, the tail masked, then att_hsum16). */
+ATT_INLINE __m512 att_dot16(const float *q, const void *const *k, llmq_dtype dt, int n) {
+    __m512 s[16];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; j++) s[j] = _mm512_setzero_ps();
     int i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(wv, att_h16(h + i, dt), _mm512_loadu_ps(acc + i)));
+    for (; i + 16 <= n; i += 16) {
+        const __m512 qv = _mm512_loadu_ps(q + i);
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) s[j] = _mm512_fmadd_ps(qv, att_ld(k[j], i, dt), s[j]);
+    }
     if (i < n) {
-        const __mmask16 k = att_tail(n - i);
-        _mm512_mask_storeu_ps(acc + i, k,
-                              _mm512_fmadd_ps(wv, att_widen16(_mm256_maskz_loadu_epi16(k, h + i), dt),
-                                              _mm512_maskz_loadu_ps(k, acc + i)));
+        const __mmask16 m = att_tail(n - i);
+        const __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) s[j] = _mm512_fmadd_ps(qv, att_ld_m(k[j], i, m, dt), s[j]);
+    }
+    return att_hsum16(s);
+}
+
+/* acc[c .. c + 16 nv) += sum over p in [a, b] of w[p] v[p] (the last
+ * vector's lanes: `last`), in registers: per lane, one FMA per position in
+ * order. */
+ATT_INLINE void att_pv_n(float *acc, const float *w, const void *const *vr, int a, int b, llmq_dtype dt, int c, int nv,
+                         __mmask16 last) {
+    __m512 s[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++)
+        if (j < nv) s[j] = j < nv - 1 ? _mm512_loadu_ps(acc + c + 16 * j) : _mm512_maskz_loadu_ps(last, acc + c + 16 * j);
+    for (int p = a; p <= b; p++) {
+        const __m512 wv = _mm512_set1_ps(w[p]);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            if (j < nv)
+                s[j] = _mm512_fmadd_ps(wv, j < nv - 1 ? att_ld(vr[p], c + 16 * j, dt) : att_ld_m(vr[p], c + 16 * j, last, dt),
+                                       s[j]);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++)
+        if (j < nv) {
+            if (j < nv - 1) _mm512_storeu_ps(acc + c + 16 * j, s[j]);
+            else _mm512_mask_storeu_ps(acc + c + 16 * j, last, s[j]);
+        }
+}
+
+ATT_INLINE void att_pv(float *acc, const float *w, const void *const *vr, int a, int b, llmq_dtype dt, int hd) {
+    for (int c = 0; c < hd; c += 128) { /* column blocks of up to 8 vectors */
+        const int n = hd - c < 128 ? hd - c : 128, nv = (n + 15) / 16;
+        const __mmask16 last = n % 16 ? att_tail(n % 16) : (__mmask16)0xffff;
+        switch (nv) {
+        case 1: att_pv_n(acc, w, vr, a, b, dt, c, 1, last); break;
+        case 2: att_pv_n(acc, w, vr, a, b, dt, c, 2, last); break;
+        case 3: att_pv_n(acc, w, vr, a, b, dt, c, 3, last); break;
+        case 4: att_pv_n(acc, w, vr, a, b, dt, c, 4, last); break;
+        case 5: att_pv_n(acc, w, vr, a, b, dt, c, 5, last); break;
+        case 6: att_pv_n(acc, w, vr, a, b, dt, c, 6, last); break;
+        case 7: att_pv_n(acc, w, vr, a, b, dt, c, 7, last); break;
+        default: att_pv_n(acc, w, vr, a, b, dt, c, 8, last); break;
+        }
     }
 }
+
+/* One row against positions [a, b] of a chunk (attention_tmpl.h's ATT_ROW):
+ * scores 16 keys at a time (att_dot16; a key outside [a, b] is computed on
+ * row a and masked out), the chunk's max, one rescale, the weights by
+ * vexp.h (masked lanes 0) summed into 16 lanes (lane = position % 16, so
+ * a row's sums do not depend on what else the tile holds), then P.V. */
+ATT_INLINE void att_row_t(const float *qv, const void *const *kr, const void *const *vr, int a, int b, llmq_dtype dt,
+                          float scale, int hd, float *m, float *l, float *acc) {
+    __m512 sc[ATTN_CHUNK / 16];
+    __mmask16 in[ATTN_CHUNK / 16];
+    const int g0 = a / 16, g1 = b / 16;
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int g = g0; g <= g1; g++) {
+        const void *k[16];
+        unsigned bits = 0;
+        for (int j = 0; j < 16; j++) {
+            const int p = g * 16 + j, ok = p >= a && p <= b;
+            k[j] = kr[ok ? p : a];
+            bits |= (unsigned)ok << j;
+        }
+        in[g] = (__mmask16)bits;
+        sc[g] = _mm512_mul_ps(att_dot16(qv, k, dt, hd), _mm512_set1_ps(scale));
+        vmax = _mm512_mask_max_ps(vmax, in[g], vmax, sc[g]);
+    }
+    const float cmax = _mm512_reduce_max_ps(vmax);
+    __m512 ls = _mm512_loadu_ps(l);
+    if (cmax > *m) {
+        const __m512 corr = ew_exp_avx512(_mm512_set1_ps(*m - cmax));
+        ls = _mm512_mul_ps(ls, corr);
+        att_scal(acc, _mm512_cvtss_f32(corr), hd);
+        *m = cmax;
+    }
+    float w[ATTN_CHUNK];
+    const __m512 mv = _mm512_set1_ps(*m);
+    for (int g = g0; g <= g1; g++) {
+        const __m512 e = _mm512_maskz_mov_ps(in[g], ew_exp_avx512(_mm512_sub_ps(sc[g], mv)));
+        ls = _mm512_add_ps(ls, e);
+        _mm512_storeu_ps(w + 16 * g, e);
+    }
+    _mm512_storeu_ps(l, ls);
+    att_pv(acc, w, vr, a, b, dt, hd);
+}
+
+static void att_row(const float *qv, const void *const *kr, const void *const *vr, int a, int b, llmq_dtype dt,
+                    float scale, int hd, float *m, float *l, float *acc) {
+    if (dt == LLMQ_F32) att_row_t(qv, kr, vr, a, b, LLMQ_F32, scale, hd, m, l, acc);
+    else if (dt == LLMQ_BF16) att_row_t(qv, kr, vr, a, b, LLMQ_BF16, scale, hd, m, l, acc);
+    else att_row_t(qv, kr, vr, a, b, LLMQ_F16, scale, hd, m, l, acc);
+}
+
+#define ATT_ROW att_row
+#define ATT_LS 16
+#define ATT_LSUM(l) _mm512_reduce_add_ps(_mm512_loadu_ps(l))
 
 #define ATT_FN cpu_attention_avx512
 #include "kernels/cpu/attention_tmpl.h"

@@ -14,6 +14,17 @@
  *                                widened in registers: the same operations
  *                                on the same (exactly widened) values
  *
+ * or, instead of the per-score helpers, a whole row's step over a chunk:
+ *
+ *   ATT_ROW(qv, kr, vr, a, b, dt, scale, hd, &m, l, acc)
+ *                                the row's scores against kr[a..b], the
+ *                                online-softmax update of m (running max),
+ *                                l (ATT_LS partial sums) and acc, with
+ *                                kr / vr F32 rows, or 16-bit ones where dt
+ *                                says so (the same bits either way)
+ *   ATT_LS, float ATT_LSUM(l)    the partial sums' count, and their total
+ *                                in a fixed order
+ *
  * Work item: one tile = up to ATTN_TILE_ROWS / group consecutive tokens of
  * one sequence x the `group` query heads that share one KV head (GQA).  The
  * tile walks the chunks of ATTN_CHUNK positions that any of its rows
@@ -36,6 +47,11 @@
 #include <math.h>
 #include <omp.h>
 
+#ifndef ATT_ROW
+#define ATT_LS 1
+#define ATT_LSUM(l) ((l)[0])
+#endif
+
 /* The tile's row r = (token t0 + r / group, query head kvh * group + r % group). */
 void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, const void *v_cache,
             const be_attn_step *st, const be_attn_shape *sh) {
@@ -49,8 +65,8 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
     int n_tiles = 0;
     for (int s = 0; s < st->n_seqs; s++) n_tiles += (st->tok_start[s + 1] - st->tok_start[s] + tq - 1) / tq;
     const int items = n_tiles * nkv;
-    /* per thread: acc [rows][hd], m [rows], l [rows], widened K and V [chunk][hd] */
-    const size_t need = (size_t)rows_max * (hd + 2) + (kdt == LLMQ_F32 ? 0 : (size_t)2 * ATTN_CHUNK * hd);
+    /* per thread: acc [rows][hd], m [rows], l [rows][ATT_LS], widened K and V [chunk][hd] */
+    const size_t need = (size_t)rows_max * (hd + 1 + ATT_LS) + (kdt == LLMQ_F32 ? 0 : (size_t)2 * ATTN_CHUNK * hd);
     if (cpu_scratch_reserve(impl, need)) {
         llmq_err_set(&be->err, LLMQ_ERR_NOMEM, "cpu attention: out of memory for %zu floats of scratch", need);
         return;
@@ -59,7 +75,7 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
     for (int it = 0; it < items; it++) {
         float *const acc = impl->scratch[omp_get_thread_num()];
         float *const mx = acc + (size_t)rows_max * hd, *const lsum = mx + rows_max;
-        float *const kbuf = lsum + rows_max, *const vbuf = kbuf + (size_t)ATTN_CHUNK * hd;
+        float *const kbuf = lsum + (size_t)rows_max * ATT_LS, *const vbuf = kbuf + (size_t)ATTN_CHUNK * hd;
         const int kvh = it % nkv;
         int tile = it / nkv, s = 0, t0 = 0;
         for (;; s++) { /* the sequence and first token of tile number `tile` */
@@ -80,15 +96,15 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
             if (lo < pmin) pmin = lo;
             if (pos > pmax) pmax = pos;
         }
-        for (int r = 0; r < rows; r++) {
-            mx[r] = -INFINITY;
-            lsum[r] = 0.0f;
-        }
+        for (int r = 0; r < rows; r++) mx[r] = -INFINITY;
+        for (int i = 0; i < rows * ATT_LS; i++) lsum[i] = 0.0f;
         for (size_t i = 0; i < (size_t)rows * hd; i++) acc[i] = 0.0f;
         /* one row: 16-bit K/V read in place (att_dot_h), nothing to share */
         const int direct = kdt != LLMQ_F32 && rows == 1;
         const void *kr[ATTN_CHUNK], *vr[ATTN_CHUNK];
+#ifndef ATT_ROW
         float sc[ATTN_CHUNK];
+#endif
         for (int c0 = pmin / ATTN_CHUNK * ATTN_CHUNK; c0 <= pmax; c0 += ATTN_CHUNK) {
             /* locate (and widen) the chunk's rows that some row of the tile reads */
             const int a = c0 > pmin ? c0 : pmin, b = c0 + ATTN_CHUNK - 1 < pmax ? c0 + ATTN_CHUNK - 1 : pmax;
@@ -116,6 +132,10 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
                     const int r = (t - t0) * group + g;
                     const float *qv = (const float *)q + (size_t)t * nh * hd + (size_t)(kvh * group + g) * hd;
                     float *ac = acc + (size_t)r * hd;
+#ifdef ATT_ROW
+                    ATT_ROW(qv, kr, vr, ca - c0, cb - c0, direct ? kdt : LLMQ_F32, sh->scale, hd, &mx[r],
+                            lsum + (size_t)r * ATT_LS, ac);
+#else
                     float cmax = -INFINITY;
                     for (int p = ca; p <= cb; p++) {
                         const float v = (direct ? att_dot_h(qv, kr[p - c0], kdt, hd) : att_dot(qv, kr[p - c0], hd)) *
@@ -135,13 +155,14 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
                         if (direct) att_axpy_h(ac, w, vr[p - c0], kdt, hd);
                         else att_axpy(ac, w, vr[p - c0], hd);
                     }
+#endif
                 }
             }
         }
         for (int r = 0; r < rows; r++) {
             const int t = t0 + r / group, h = kvh * group + r % group;
             float *o = (float *)out + (size_t)t * nh * hd + (size_t)h * hd;
-            const float inv = 1.0f / lsum[r], *ac = acc + (size_t)r * hd;
+            const float inv = 1.0f / ATT_LSUM(lsum + (size_t)r * ATT_LS), *ac = acc + (size_t)r * hd;
             for (int d = 0; d < hd; d++) o[d] = ac[d] * inv;
         }
     }

@@ -9,7 +9,8 @@
  *    windows, head sizes with vector tails and contexts of several chunks;
  *  - batch invariance (backend.h), within one path: each query's output is
  *    bitwise the same computed alone (decode), in one whole prefill, in
- *    chunked prefill and in a batch beside other sequences.
+ *    chunked prefill (chunks of 37, and of 1..33 in turn: tiles of every
+ *    height) and in a batch beside other sequences.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -223,6 +224,7 @@ static const shape shapes[] = {
     {6, 3, 80, 100, 260},  /* a window, a head size with a tail on every path */
     {40, 1, 16, 0, 150},   /* MQA, a group wider than a tile */
     {2, 1, 128, 0, 520},   /* a long context (9 chunks), Llama's head size */
+    {4, 2, 136, 0, 140},   /* head size past 8 vectors, a tail in the second block of them (avx512's P.V) */
 };
 
 /* Every supported path and KV type against the reference, on a step that
@@ -283,7 +285,7 @@ static void test_invariance(void **st) {
     /* the MHA cases decode one row at a time, which reads 16-bit K/V in place
      * (att_dot_h) where tiles widen them first: the same bits either way */
     const shape cases[] = {{8, 2, 64, 0, 200}, {6, 3, 80, 100, 230}, {40, 1, 16, 0, 140}, {4, 4, 8, 0, 200},
-                           {3, 3, 44, 0, 150}};
+                           {3, 3, 44, 0, 150}, {4, 2, 136, 0, 120}};
     for (size_t si = 0; si < sizeof cases / sizeof cases[0]; si++) {
         const shape *S = &cases[si];
         const int qd = S->nh * S->hd, L = S->ctx;
@@ -308,6 +310,17 @@ static void test_invariance(void **st) {
                     step_make(&sp, &c, s0, st0, ln, 1);
                     float *part = run(be, &c, &sp, s0, qall, S->nh, S->window);
                     same_bits(part, whole + (size_t)p0 * qd, (size_t)ln[0] * qd, "chunked prefill", isa, dt);
+                    free(part);
+                    step_free(&sp);
+                }
+                /* chunks of 1, 2, ..., 33 tokens in turn: tiles of every height, a
+                 * query's first and last positions at every offset of a chunk
+                 * and of a group of keys */
+                for (int p0 = 0, n = 1; p0 < L; p0 += n, n = n % 33 + 1) {
+                    const int st0[] = {p0}, ln[] = {p0 + n <= L ? n : L - p0};
+                    step_make(&sp, &c, s0, st0, ln, 1);
+                    float *part = run(be, &c, &sp, s0, qall, S->nh, S->window);
+                    same_bits(part, whole + (size_t)p0 * qd, (size_t)ln[0] * qd, "prefill in chunks of 1..33", isa, dt);
                     free(part);
                     step_free(&sp);
                 }
