@@ -488,7 +488,7 @@ def main(argv=None):
             top = ", ".join(f"{c} {n:.0f}" for c, n in list(p["ops_per_s"].items())[:6])
             print(f"  groups {p['groups']} streams {p['streams']} redis x{p['redis_instances']} via {p['via']} "
                   f"ops/s: {top}")
-            top = ", ".join(f"{c} {v['us_per_call']:.2f}/call {v['us_per_token']:.2f}/token"
+            top = ", ".join(f"{c} {v['us_per_call']:.2f}/call {v['us_per_token'] or 0:.2f}/token"
                             for c, v in list(p["command_us"].items())[:5])
             print(f"    commandstats usec: {top}")
         print(f"knee (added ITL p99 > {a.knee_ms} ms): {report['knee']}")
