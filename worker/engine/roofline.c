@@ -464,16 +464,18 @@ llmq_status rf_prefill(rf_run *r, int tokens, rf_step *out, llmq_err *err) {
  *  H100 SXM5: NVIDIA H100 Tensor Core GPU data sheet: 3.35 TB/s HBM3; BF16
  *    and FP16 1,979 TFLOPS "with sparsity", so 989 dense; NVLink 900 GB/s
  *    (both directions together), 450 GB/s each way.
- *  A10G (AWS EC2 G5): NVIDIA publishes no A10G sheet; the A10 data sheet
- *    (the same GA102 with 72 SMs and 24 GB GDDR6 at 600 GB/s) gives BF16 and
- *    FP16 125 TFLOPS dense (250 with sparsity); the A10G's boost clock is
- *    within 1% of the A10's.  PCIe 4.0 x16: 32 GB/s each way (no NVLink).
+ *  A10G (AWS EC2 G5): NVIDIA publishes no A10G sheet.  Memory as the A10's
+ *    data sheet (24 GB GDDR6, 600 GB/s); tensor cores not: the A10 sheet's
+ *    125 TFLOPS BF16/FP16 dense is for 72 SMs at the full FP32-accumulate
+ *    rate, while the A10G (80 SMs, 1710 MHz, FP32 35 TFLOPS) has GA102's
+ *    half rate, 70 TFLOPS, as AWS's figures quoted in Baseten's "NVIDIA A10
+ *    vs A10G for ML model inference" say.  PCIe 4.0 x16: 32 GB/s each way.
  *  T4: NVIDIA T4 data sheet: 320 GB/s GDDR6; mixed precision (FP16 inputs,
  *    FP32 accumulation) 65 TFLOPS; no BF16 tensor cores (sm_75); PCIe 3.0
  *    x16, "32 GB/s" both directions together: 16 GB/s each way. */
 static const rf_gpu gpus[] = {
     {"H100", "H100 SXM5 80G", 3350, 989, 989, 450, "NVLink 4"},
-    {"A10G", "A10G 24G", 600, 125, 125, 32, "PCIe 4.0 x16"},
+    {"A10G", "A10G 24G", 600, 70, 70, 32, "PCIe 4.0 x16"},
     {"T4", "T4 16G", 320, 0, 65, 16, "PCIe 3.0 x16"},
 };
 
