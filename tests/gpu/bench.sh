@@ -15,9 +15,10 @@
 # and 32 sequences, prefill tok/s of one 512-token prompt); the roofline
 # ratio is batch-1 decode x weight bytes read per step / the GPU's peak DRAM
 # bandwidth (from the device's memory clock and bus width; the measured
-# read bandwidth is printed beside it).  A third configuration runs BF16 with
-# LLMQ_CUDA_GRAPHS=0 (every decode kernel launched one by one) to show what
-# the step graphs gain (BENCH_NOGRAPHS=0 drops it), a fourth BF16 with
+# read bandwidth is printed beside it).  On an H100, A10G or T4 a first
+# row gives the counted target of each column (`llmq roofline`).  A third
+# configuration runs BF16 with LLMQ_CUDA_GRAPHS=0 (every decode kernel
+# launched one by one) to show what the step graphs gain (BENCH_NOGRAPHS=0 drops it), a fourth BF16 with
 # LLMQ_CUDA_GEMM=fast (cuBLAS picks per call; not batch invariant) to show
 # what the batch-invariant pinned GEMMs cost (BENCH_FAST=0 drops it);
 # BENCH_PIN_NS="16 256" adds BF16 rows with other LLMQ_CUDA_GEMM_PIN_N.
@@ -98,6 +99,23 @@ run "BF16 activations, pinned GEMMs" LLMQ_CUDA_DTYPE=bf16
 if [ "${BENCH_NOGRAPHS:-1}" = 1 ]; then run "BF16 activations, pinned GEMMs, no step graphs" LLMQ_CUDA_DTYPE=bf16 LLMQ_CUDA_GRAPHS=0; fi
 if [ "${BENCH_FAST:-1}" = 1 ]; then run "BF16 activations, cuBLAS per call" LLMQ_CUDA_DTYPE=bf16 LLMQ_CUDA_GEMM=fast; fi
 for pn in ${BENCH_PIN_NS:-}; do run "BF16 activations, GEMMs pinned for n=$pn" LLMQ_CUDA_DTYPE=bf16 LLMQ_CUDA_GEMM_PIN_N="$pn"; done
+
+# The counted target of each column (llmq roofline: the engine's step on the
+# counting backend, Llama 3 8B's config, decode at a short context as
+# llmq bench's), when the GPU is one of its table
+case "$GPU" in
+    *H100*) RGPU=H100 ;;
+    *A10G*) RGPU=A10G ;;
+    *T4*) RGPU=T4 ;;
+    *) RGPU= ;;
+esac
+if [ -n "$RGPU" ]; then
+    tok_s() { "$BIN/llmq" roofline --model llama3-8b --gpu "$RGPU" --context 64 --json "$@" |
+        "$PY" -c 'import json, sys; s = json.load(sys.stdin)["steps"][0]; print("%.1f" % s["tok_s"])'; }
+    step_gb=$("$BIN/llmq" roofline --model llama3-8b --gpu "$RGPU" --context 64 --batch 1 --json |
+        "$PY" -c 'import json, sys; s = json.load(sys.stdin)["steps"][0]; print("%.2f" % (sum(k["weight_bytes"] for k in s["kernels"]) / 1e9))')
+    rows=("| counted target on the $RGPU (llmq roofline, docs/benchmarks.md) | $LFULL | $(tok_s --batch 1) | $(tok_s --batch 8) | $(tok_s --batch 32) | $(tok_s --prefill 512) | $step_gb | 100% |" "${rows[@]}")
+fi
 
 echo
 echo "### $GPU — Llama-3-8B shape, random BF16 weights ($(date -u +%Y-%m-%d))"
