@@ -61,6 +61,7 @@ typedef struct scenario {
     int n;       /* batch, or prompt tokens */
     rf_step step;
     double t;    /* seconds at the roofline */
+    int fits;    /* the memory estimator's verdict for its sequences on the GPU (vram.h) */
 } scenario;
 
 static double step_time(const rf_step *s, const rf_gpu *g, llmq_dtype adt) {
@@ -77,9 +78,9 @@ static void print_json(const char *what, const rf_gpu *g, const char *dtype, llm
            adt == LLMQ_BF16 ? "bf16" : "f16", tp, context, held);
     for (int i = 0; i < n_sc; i++) {
         const scenario *s = &sc[i];
-        printf("%s{\"kind\":\"%s\",\"%s\":%d,\"tokens\":%d,\"time_s\":%.9g,\"tok_s\":%.9g,\"kernels\":[", i ? "," : "",
-               s->prefill ? "prefill" : "decode", s->prefill ? "prompt" : "batch", s->n, s->step.tokens, s->t,
-               s->step.tokens / s->t);
+        printf("%s{\"kind\":\"%s\",\"%s\":%d,\"tokens\":%d,\"time_s\":%.9g,\"tok_s\":%.9g,\"fits\":%s,"
+               "\"kernels\":[", i ? "," : "", s->prefill ? "prefill" : "decode", s->prefill ? "prompt" : "batch", s->n,
+               s->step.tokens, s->t, s->step.tokens / s->t, s->fits ? "true" : "false");
         int first = 1;
         for (int k = 0; k < RF_N_KERNELS; k++) {
             const rf_count *c = &s->step.k[k];
@@ -128,12 +129,15 @@ static void print_text(const char *what, const rf_gpu *g, const char *dtype, llm
     for (int i = 0; i < n_sc; i++) printf(" **%.1f** |", sc[i].t * 1e6);
     printf("\n| **tok/s** |");
     for (int i = 0; i < n_sc; i++) printf(" **%.0f** |", sc[i].step.tokens / sc[i].t);
+    printf("\n| fits (llmq vram) |");
+    for (int i = 0; i < n_sc; i++) printf(" %s |", sc[i].fits ? "yes" : "**no**");
     printf("\n");
     /* each step's counts */
     for (int i = 0; i < n_sc; i++) {
         const scenario *s = &sc[i];
         scenario_name(name, sizeof name, s);
-        printf("\n%s: %.3f ms a step, %.0f tok/s at the roofline\n\n", name, s->t * 1e3, s->step.tokens / s->t);
+        printf("\n%s: %.3f ms a step, %.0f tok/s at the roofline%s\n\n", name, s->t * 1e3, s->step.tokens / s->t,
+               s->fits ? "" : " (does not fit: see llmq vram)");
         printf("| kernel | calls | weights MB | act MB | KV MB | link MB | GFLOP | FLOP/B | µs | bound |\n"
                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for (int k = 0; k < RF_N_KERNELS; k++) {
@@ -257,6 +261,20 @@ int cmd_roofline(int argc, char **argv) {
     }
     const double held = rf_weight_bytes_held(r);
     rf_destroy(r);
+    /* whether the step's sequences fit on the GPU at all: the estimator's
+     * verdict for B sequences of the context (a decode) or one of P tokens
+     * run in one step (a prefill), at its default memory utilization */
+    const vram_gpu *vg = vram_gpu_find(g->name);
+    vram_model vm;
+    vram_model_from_config(&vm, &cfg);
+    for (int i = 0; i < n_sc; i++) {
+        vram_opts vo = {.wdt = o.wdt, .kv_dt = o.act_dt, .quant = o.quant, .q4_group = o.q4_group, .tp = tp,
+                        .max_model_len = sc[i].prefill ? sc[i].n : context, .max_num_seqs = sc[i].prefill ? 1 : sc[i].n,
+                        .max_batched_tokens = sc[i].prefill ? sc[i].n : 0, .util = 0.9,
+                        .device_bytes = vg ? vg->bytes : 0};
+        vram_estimate ve;
+        sc[i].fits = vg && !vram_estimate_run(&ve, &vm, &vo, &err) && ve.fits;
+    }
     if (json) print_json(what, g, dtype, o.act_dt, tp, context, held, sc, n_sc);
     else print_text(what, g, dtype, o.act_dt, tp, context, held, sc, n_sc);
     return 0;

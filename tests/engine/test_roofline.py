@@ -149,3 +149,18 @@ def test_weights_agree_with_the_estimator(preset, dtype, vram_dtype, quant, tp):
     vectors = (2 * layers + 1) * d * 4
     assert ks["rmsnorm"]["weight_bytes"] + ks["add_rmsnorm"]["weight_bytes"] == vectors
     assert matrices + vocab // tp * d * 2 + vectors == est
+
+
+@pytest.mark.parametrize("gpu,dtype,quant,tp,batch", [("A10G", "bf16", "none", 1, 8), ("A10G", "bf16", "none", 1, 64),
+                                                      ("A10G", "int4", "int4", 1, 64), ("T4", "f16", "none", 1, 1),
+                                                      ("T4", "f16", "none", 2, 64)])
+def test_fits_is_the_estimators_verdict(gpu, dtype, quant, tp, batch):
+    out = roofline("--model", "llama3-8b", "--gpu", gpu, "--dtype", dtype, "--tp", tp, "--batch", batch,
+                   "--context", 1024)
+    r = subprocess.run([LLMQ, "vram", "--model", "llama3-8b", "--dtype", "fp16" if dtype == "f16" else "bf16",
+                        "--quantization", quant, "--tp", str(tp), "--gpu", gpu, "--max-model-len", "1024",
+                        "--max-num-seqs", str(batch), "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert out["steps"][0]["fits"] == json.loads(r.stdout)["fits"]
+    # BF16 on one A10G holds 37 sequences of 1024 tokens, F16 weights alone do not fit one T4
+    assert out["steps"][0]["fits"] == ((gpu, dtype, batch, tp) not in {("A10G", "bf16", 64, 1), ("T4", "f16", 1, 1)})
