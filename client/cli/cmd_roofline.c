@@ -70,11 +70,22 @@ static double step_time(const rf_step *s, const rf_gpu *g, llmq_dtype adt) {
     return t;
 }
 
+/* s as the body of a JSON string (a path may hold quotes or backslashes). */
+static void json_str(const char *s) {
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') putchar('\\');
+        if ((unsigned char)*s < 0x20) printf("\\u%04x", (unsigned char)*s);
+        else putchar(*s);
+    }
+}
+
 static void print_json(const char *what, const rf_gpu *g, const char *dtype, llmq_dtype adt, int tp, int context,
                        double held, const scenario *sc, int n_sc) {
-    printf("{\"model\":\"%s\",\"gpu\":\"%s\",\"hbm_gbs\":%.0f,\"tensor_tflops\":%.0f,\"link_gbs\":%.0f,"
+    printf("{\"model\":\"");
+    json_str(what);
+    printf("\",\"gpu\":\"%s\",\"hbm_gbs\":%.0f,\"tensor_tflops\":%.0f,\"link_gbs\":%.0f,"
            "\"dtype\":\"%s\",\"act_dtype\":\"%s\",\"tp\":%d,\"context\":%d,\"weight_bytes_held\":%.0f,\"steps\":[",
-           what, g->name, g->hbm_gbs, adt == LLMQ_BF16 ? g->bf16_tflops : g->f16_tflops, g->link_gbs, dtype,
+           g->name, g->hbm_gbs, adt == LLMQ_BF16 ? g->bf16_tflops : g->f16_tflops, g->link_gbs, dtype,
            adt == LLMQ_BF16 ? "bf16" : "f16", tp, context, held);
     for (int i = 0; i < n_sc; i++) {
         const scenario *s = &sc[i];
