@@ -24,14 +24,17 @@
  *                                says so (the same bits either way)
  *   ATT_LS, float ATT_LSUM(l)    the partial sums' count, and their total
  *                                in a fixed order
+ *   ATT_ROW2(q0, q1, kr, vr, a0, b0, a1, b1, scale, hd, &m0, l0, acc0,
+ *            &m1, l1, acc1)      optional: two rows at once (F32 K/V rows),
+ *                                each getting the bits ATT_ROW gives it
  *
  * Work item: one tile = up to ATTN_TILE_ROWS / group consecutive tokens of
  * one sequence x the `group` query heads that share one KV head (GQA).  The
  * tile walks the chunks of ATTN_CHUNK positions that any of its rows
  * attends to; for each chunk the K and V rows are located (block table
- * read once per block) and, when the cache is 16-bit, widened once into
- * F32 scratch (a tile of one row, an MHA decode, reads them in place
- * instead, widening in registers), then every row of the tile takes its
+ * read once per block) and copied (F32) or widened (16-bit) once into
+ * contiguous F32 scratch (a tile of one row, an MHA decode, reads them in
+ * place instead, widening in registers), then every row of the tile takes its
  * own positions of the chunk: scores, the chunk's max, one rescale, the
  * weighted V sum (online softmax).  So K/V are read once per tile rather than once per query,
  * and a long prompt's tile works on a chunk that stays in L1/L2.
@@ -65,8 +68,8 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
     int n_tiles = 0;
     for (int s = 0; s < st->n_seqs; s++) n_tiles += (st->tok_start[s + 1] - st->tok_start[s] + tq - 1) / tq;
     const int items = n_tiles * nkv;
-    /* per thread: acc [rows][hd], m [rows], l [rows][ATT_LS], widened K and V [chunk][hd] */
-    const size_t need = (size_t)rows_max * (hd + 1 + ATT_LS) + (kdt == LLMQ_F32 ? 0 : (size_t)2 * ATTN_CHUNK * hd);
+    /* per thread: acc [rows][hd], m [rows], l [rows][ATT_LS], K and V in F32 [chunk][hd] */
+    const size_t need = (size_t)rows_max * (hd + 1 + ATT_LS) + (size_t)2 * ATTN_CHUNK * hd;
     if (cpu_scratch_reserve(impl, need)) {
         llmq_err_set(&be->err, LLMQ_ERR_NOMEM, "cpu attention: out of memory for %zu floats of scratch", need);
         return;
@@ -112,17 +115,26 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
             for (int p = a; p <= b; p++) {
                 if (p == a || p % bs == 0) base = (size_t)bt[p / bs] * bs;
                 const size_t row = (base + (size_t)(p % bs)) * kv_dim + koff;
-                if (kdt == LLMQ_F32 || direct) {
+                if (direct || (kdt == LLMQ_F32 && rows == 1)) {
                     kr[p - c0] = (const char *)k_cache + row * es;
                     vr[p - c0] = (const char *)v_cache + row * es;
                 } else {
                     float *kd = kbuf + (size_t)(p - c0) * hd, *vd = vbuf + (size_t)(p - c0) * hd;
-                    att_widen(kd, (const uint16_t *)((const char *)k_cache + row * es), kdt, hd);
-                    att_widen(vd, (const uint16_t *)((const char *)v_cache + row * es), kdt, hd);
+                    if (kdt == LLMQ_F32) { /* copied: rows one stride apart rather than kv_dim */
+                        memcpy(kd, (const float *)k_cache + row, (size_t)hd * sizeof(float));
+                        memcpy(vd, (const float *)v_cache + row, (size_t)hd * sizeof(float));
+                    } else {
+                        att_widen(kd, (const uint16_t *)((const char *)k_cache + row * es), kdt, hd);
+                        att_widen(vd, (const uint16_t *)((const char *)v_cache + row * es), kdt, hd);
+                    }
                     kr[p - c0] = kd;
                     vr[p - c0] = vd;
                 }
             }
+#ifdef ATT_ROW2
+            int pr = -1, pa = 0, pb = 0; /* a row waiting for a second one */
+            const float *pq = NULL;
+#endif
             for (int t = t0; t < t1; t++) {
                 const int pos = st->positions[t];
                 const int lo = sh->window > 0 && pos - sh->window + 1 > 0 ? pos - sh->window + 1 : 0;
@@ -132,7 +144,16 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
                     const int r = (t - t0) * group + g;
                     const float *qv = (const float *)q + (size_t)t * nh * hd + (size_t)(kvh * group + g) * hd;
                     float *ac = acc + (size_t)r * hd;
-#ifdef ATT_ROW
+#if defined(ATT_ROW2)
+                    if (pr < 0) {
+                        pr = r, pq = qv, pa = ca - c0, pb = cb - c0;
+                    } else {
+                        ATT_ROW2(pq, qv, kr, vr, pa, pb, ca - c0, cb - c0, sh->scale, hd, &mx[pr],
+                                 lsum + (size_t)pr * ATT_LS, acc + (size_t)pr * hd, &mx[r], lsum + (size_t)r * ATT_LS,
+                                 ac);
+                        pr = -1;
+                    }
+#elif defined(ATT_ROW)
                     ATT_ROW(qv, kr, vr, ca - c0, cb - c0, direct ? kdt : LLMQ_F32, sh->scale, hd, &mx[r],
                             lsum + (size_t)r * ATT_LS, ac);
 #else
@@ -158,6 +179,11 @@ void ATT_FN(llmq_backend *be, void *out, const void *q, const void *k_cache, con
 #endif
                 }
             }
+#ifdef ATT_ROW2
+            if (pr >= 0)
+                ATT_ROW(pq, kr, vr, pa, pb, direct ? kdt : LLMQ_F32, sh->scale, hd, &mx[pr], lsum + (size_t)pr * ATT_LS,
+                        acc + (size_t)pr * hd);
+#endif
         }
         for (int r = 0; r < rows; r++) {
             const int t = t0 + r / group, h = kvh * group + r % group;
