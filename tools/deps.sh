@@ -27,6 +27,9 @@ PY_PKGS+=(prometheus-client promql-parser)
 # tests/e2e/test_guide_worker.py): llguidance's wheel ships its C API, which
 # the worker loads at run time.
 PY_PKGS+=(llguidance)
+# The GGUF writer of the llama.cpp anchor (tools/to_gguf.py,
+# tests/tools/test_to_gguf.py): ggml-org's gguf-py as published on PyPI.
+PY_PKGS+=(gguf)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -48,7 +51,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "deps: creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import numpy, pytest, redis, openai, tokenizers, msgpack, helm_python, kubernetes_validate, yaml, jsonschema, prometheus_client, promql_parser, llguidance" 2>/dev/null; then
+if ! .venv/bin/python -c "import numpy, pytest, redis, openai, tokenizers, msgpack, helm_python, kubernetes_validate, yaml, jsonschema, prometheus_client, promql_parser, llguidance, gguf" 2>/dev/null; then
   echo "deps: installing Python test packages: ${PY_PKGS[*]}"
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PKGS[@]}"
 else

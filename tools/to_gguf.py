@@ -5,6 +5,8 @@ gguf-py (its writer and its tensor-name map):
 
     PYTHONPATH=$LLAMA_CPP_SRC/gguf-py tools/to_gguf.py MODEL_DIR OUT.gguf
 
+(or with the gguf package from PyPI that `make deps` puts in .venv).
+
 Used by tools/anchor_llamacpp.sh to run llama.cpp on the same weights as
 llmq.  llama.cpp's convert_hf_to_gguf.py does the same but imports torch,
 which llmq's environment does not have.
@@ -35,7 +37,7 @@ import numpy as np
 try:
     import gguf
 except ImportError:
-    sys.exit("to_gguf.py: needs llama.cpp's gguf-py: PYTHONPATH=$LLAMA_CPP_SRC/gguf-py")
+    sys.exit("to_gguf.py: needs gguf-py: PYTHONPATH=$LLAMA_CPP_SRC/gguf-py, or the gguf package (make deps)")
 
 ST_DTYPES = {"F32": np.dtype("<f4"), "BF16": np.dtype("<u2"), "F16": np.dtype("<f2")}
 
