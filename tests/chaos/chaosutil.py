@@ -77,13 +77,14 @@ def spec(i, max_tokens=(24, 40, 64), long_every=0, long_tokens=300):
 _baseline_cache = {}
 
 
-def baseline(model, reqs):
+def baseline(model, reqs, backend=None):
     """What an uninterrupted run gives for each request: {key: (text,
     finish_reason, completion_tokens)}, computed with `llmq generate`
-    (requests with the same parameters go in one batch)."""
+    (requests with the same parameters go in one batch) on the cpu backend,
+    or on `backend` (e.g. "synthetic:2000", for a worker that runs it)."""
     groups = {}
     for r in reqs:
-        k = key(r)
+        k = key(r, backend)
         if k in _baseline_cache:
             continue
         params = (r["max_tokens"], r.get("temperature", 1.0), r.get("top_p"), r.get("seed"), bool(r.get("ignore_eos")))
@@ -92,6 +93,8 @@ def baseline(model, reqs):
         prompts = sorted(prompts)
         args = [str(BUILD / "llmq"), "generate", "--model", str(model), "--json", "--max-tokens", str(mt),
                 "--temperature", str(temp)]
+        if backend:
+            args += ["--backend", backend]
         if top_p is not None:
             args += ["--top-p", str(top_p)]
         if seed is not None:
@@ -110,13 +113,16 @@ def baseline(model, reqs):
                 r["seed"] = seed
             if ignore_eos:
                 r["ignore_eos"] = True
-            _baseline_cache[key(r)] = (o["text"], o["finish_reason"], o["completion_tokens"])
-    return {key(r): _baseline_cache[key(r)] for r in reqs}
+            _baseline_cache[key(r, backend)] = (o["text"], o["finish_reason"], o["completion_tokens"])
+    return {key(r): _baseline_cache[key(r, backend)] for r in reqs}
 
 
-def key(req):
-    return json.dumps({k: req[k] for k in ("prompt", "max_tokens", "temperature", "top_p", "seed", "ignore_eos")
-                       if k in req and req[k] is not None and req[k] is not False}, sort_keys=True)
+def key(req, backend=None):
+    k = {k: req[k] for k in ("prompt", "max_tokens", "temperature", "top_p", "seed", "ignore_eos")
+         if k in req and req[k] is not None and req[k] is not False}
+    if backend:
+        k["backend"] = backend
+    return json.dumps(k, sort_keys=True)
 
 
 def check_stream(r, jid, expect=None):

@@ -1,4 +1,5 @@
-"""SIGTERM to gateways under load, with a real worker and real SSE clients.
+"""SIGTERM to gateways under load, with a real worker (the synthetic engine at a
+fixed rate) and real SSE clients.
 
 Two gateways get SIGTERM while each streams two dozen jobs: one with
 --drain-timeout 30 (every open stream finishes on it, exact to the last
@@ -16,6 +17,12 @@ from llmqtest import RedisServer, free_port
 from worker_util import Gateway, Worker
 
 PER_GATEWAY = 24
+# The worker is the synthetic engine at a fixed rate (worker/engine/synth.h:
+# real admission, scheduling, detokenizer and Redis traffic, no compute), so
+# the streams last as long on every machine: 24 jobs of 200-400 tokens one at
+# a time outlive the hasty gateway's 1 s drain by seconds (on the real tiny
+# model a fast CPU finished them all inside it).
+RATE = 2000
 
 
 def refused(port):
@@ -31,14 +38,15 @@ def refused(port):
 def one_round(d, tmp, rnd):
     tmp.mkdir()
     srv = RedisServer(tmp, free_port()).start()
-    w = Worker(d, srv.url, "stories", tmp / "w.log", "--max-num-seqs", 1)
+    w = Worker(d, srv.url, "stories", tmp / "w.log", "--max-num-seqs", 1, "--backend", "synthetic",
+               "--synthetic-rate", RATE)
     patient = Gateway(srv.url, tmp / "patient.log", "--drain-timeout", 30)
     hasty = Gateway(srv.url, tmp / "hasty.log", "--drain-timeout", 1)
     spare = Gateway(srv.url, tmp / "spare.log")
     clients = []
     try:
         reqs = [spec(i + 1000 * rnd, max_tokens=(200, 300, 400)) for i in range(2 * PER_GATEWAY)]
-        expect = baseline(d, reqs)
+        expect = baseline(d, reqs, f"synthetic:{RATE}")
         for i, req in enumerate(reqs):
             # the hasty gateway's clients use the job API: a /v1/completions stream cut before its
             # first chunk leaves its client without the job's id
