@@ -273,7 +273,10 @@ static const char read_lanes_lua[] =
  * before it), so a request costs Redis a few keys, not one per unit, and a
  * prefix shared with it is still found at half its length or better.  A new
  * entry parked for another group does not count against count, but one
- * call reads at most count + 64 new entries per lane. */
+ * call reads at most count + 64 new entries per lane.  The reply's last
+ * element counts what this call did, for the worker's /metrics: {parked
+ * for another group, taken over after the wait, claimed from its own
+ * parking, new entries whose keys named this group}. */
 static const char read_affinity_lua[] =
     "local grp, me = ARGV[1], ARGV[2]\n"
     "local left = tonumber(ARGV[3])\n"
@@ -322,13 +325,14 @@ static const char read_affinity_lua[] =
     "  end\n"
     "end\n"
     "local got, drained, more, last = {}, {}, {}, {}\n"
+    "local tally = {0, 0, 0, 0}\n"
     "for l = 1, #KEYS do got[l] = {} end\n"
     "local function keep(l, x)\n"
     "  if x[2] then register(x[2]) end\n"
     "  got[l][#got[l] + 1] = x\n"
     "  left = left - 1\n"
     "end\n"
-    "local function claim(l, from, idle)\n"
+    "local function claim(l, from, idle, t)\n"
     "  if left <= 0 then return end\n"
     "  local p = idle > 0 and redis.call('XPENDING', KEYS[l], grp, 'IDLE', idle, '-', '+', left, from)\n"
     "           or redis.call('XPENDING', KEYS[l], grp, '-', '+', left, from)\n"
@@ -336,7 +340,7 @@ static const char read_affinity_lua[] =
     "  local ids = {}\n"
     "  for _, e in ipairs(p) do ids[#ids + 1] = e[1] end\n"
     "  for _, x in ipairs(redis.call('XCLAIM', KEYS[l], grp, me, idle, unpack(ids))) do\n"
-    "    if type(x) == 'table' then keep(l, x) end\n"
+    "    if type(x) == 'table' then keep(l, x); tally[t] = tally[t] + 1 end\n"
     "  end\n"
     "end\n"
     "local function take(l, n)\n"
@@ -351,8 +355,10 @@ static const char read_affinity_lua[] =
     "      if o and o ~= me and free_of(o) > 0 and free_of(o) + slack >= left then\n"
     "        redis.call('XCLAIM', KEYS[l], grp, '@' .. o, 0, x[1], 'JUSTID')\n"
     "        room[o][1] = room[o][1] - 1\n"
+    "        tally[1] = tally[1] + 1\n"
     "        redis.call('HSET', gkey, o, room[o][1] .. ' ' .. room[o][2])\n"
     "      else\n"
+    "        if o == me then tally[4] = tally[4] + 1 end\n"
     "        keep(l, x)\n"
     "        n = n - 1\n"
     "      end\n"
@@ -360,7 +366,7 @@ static const char read_affinity_lua[] =
     "  end\n"
     "end\n"
     "local function lane(l, n)\n"
-    "  claim(l, '@' .. me, 0)\n"
+    "  claim(l, '@' .. me, 0, 3)\n"
     "  if ARGV[9] == '1' and left > 0 then\n"
     "    for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[l], grp)) do\n"
     "      local name, pend\n"
@@ -368,7 +374,7 @@ static const char read_affinity_lua[] =
     "        if c[i] == 'name' then name = c[i + 1] elseif c[i] == 'pending' then pend = c[i + 1] end\n"
     "      end\n"
     "      if name and string.sub(name, 1, 1) == '@' and name ~= '@' .. me then\n"
-    "        if pend and pend > 0 then claim(l, name, wait)\n"
+    "        if pend and pend > 0 then claim(l, name, wait, 2)\n"
     "        elseif free_of(string.sub(name, 2)) < 0 then\n"
     "          redis.call('XGROUP', 'DELCONSUMER', KEYS[l], grp, name)\n"
     "        end\n"
@@ -407,6 +413,7 @@ static const char read_affinity_lua[] =
     "end\n"
     "got[#KEYS + 1] = more\n"
     "got[#KEYS + 2] = last\n"
+    "got[#KEYS + 3] = tally\n"
     "return got\n";
 
 /* Job i (from 1): KEYS[2i-1] job hash, KEYS[2i] output stream; ARGV[3i-2]

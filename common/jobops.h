@@ -126,9 +126,12 @@ void jobops_submit_affinity(rcmd *xadd, const char *keys);
 
 /*
  * The pull of a group that routes by prefix affinity (docs/protocol.md
- * "Affinity"): as jobops_read_lanes, with the same reply, plus a last
- * element, the id of each lane's newest entry (what jobops_wait_lanes
- * waits past).  Lane by lane, highest first, it takes
+ * "Affinity"): as jobops_read_lanes, with the same reply, plus two
+ * elements: the id of each lane's newest entry (what jobops_wait_lanes
+ * waits past), and four integers counting this call's entries {parked for
+ * another group (3. below), taken over (2.), claimed from its own parking
+ * (1.), new entries kept whose keys named this group} for /metrics.
+ * Lane by lane, highest first, it takes
  *   1. the entries other groups parked for this one (pending under the
  *      consumer "@<consumer>", claimed with min-idle 0);
  *   2. with takeover set, the entries parked for another group that have

@@ -14,7 +14,9 @@ the gateway.
     for the bound (counted by the lanes' pending entries meanwhile, so KEDA
     still sees them), then the other group takes them, and the key follows;
   - a prefix_key pins a conversation to the group that served it last, and
-    follows the other when that one dies.
+    follows the other when that one dies;
+  - each group's /metrics counts what its pulls did: entries parked for the
+    other group, taken over from it, claimed from its own parking, and hits.
 """
 import http.client
 import json
@@ -77,9 +79,28 @@ def keys_for(messages=None, prompt=None, ids=None, prefix_key=None, salt=None):
 
 # --------------------------------------------------------------- the fleet
 def start_worker(shared_dir, url, tmp, name, *extra):
-    return Worker(shared_dir / "models" / "stories260K", url, MODEL, tmp / f"{name}.log", "--backend", "synthetic",
+    """A worker of the group `name`; its /metrics on w.metrics_port."""
+    port = free_port()
+    w = Worker(shared_dir / "models" / "stories260K", url, MODEL, tmp / f"{name}.log", "--backend", "synthetic",
                   "--synthetic-rate", 200, "--max-num-seqs", 8, "--consumer", name, "--affinity-wait-ms", WAIT_MS,
-                  "--affinity-slack", 100, *extra)
+                  "--affinity-slack", 100, "--metrics-port", port, *extra)
+    w.metrics_port = port
+    return w
+
+
+AFF = ("parked", "takeovers", "claimed", "hits")
+
+
+def aff_metrics(w):
+    """{parked, takeovers, claimed, hits} from a worker's /metrics, read by
+    Prometheus' own parser (llmq:affinity_<name>_total, model_name label)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    c = http.client.HTTPConnection("127.0.0.1", w.metrics_port, timeout=5)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    got = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+           if s.labels.get("model_name") == MODEL}
+    return {n: got[f"llmq:affinity_{n}_total"] for n in AFF}
 
 
 @pytest.fixture
@@ -157,6 +178,13 @@ def test_shared_prefix_lands_on_its_group(fleet):
     jids = [submit(r, ["%016x" % (99000 + i)]) for i in range(16)]
     wait_final(r, jids)
     assert {job(r, j)["worker"] for j in jids} == {"A", "B"}
+    # the 16 entries that share the prefix: each either read by the owner
+    # (a hit) or parked for it by the other group and claimed by it
+    other = "B" if g == "A" else "A"
+    mg, mo = aff_metrics(fleet["ws"][g]), aff_metrics(fleet["ws"][other])
+    assert mg["hits"] + mg["claimed"] == 16, (mg, mo)
+    assert mo["parked"] == mg["claimed"], (mg, mo)
+    assert (mg["parked"], mg["takeovers"], mo["takeovers"], mo["claimed"], mo["hits"]) == (0, 0, 0, 0, 0), (mg, mo)
 
 
 def test_stopped_owner_loses_only_the_wait(fleet):
@@ -185,6 +213,8 @@ def test_stopped_owner_loses_only_the_wait(fleet):
     assert WAIT_MS / 1000 <= took < WAIT_MS / 1000 + 5, took
     assert owner(r, k[-1]) == other
     assert backlog(r) == 0
+    m = aff_metrics(ws[other])  # parked for the stopped owner, then taken over
+    assert m == dict(parked=3, takeovers=3, claimed=0, hits=0), m
 
 
 def chat(port, body, path="/v1/completions"):

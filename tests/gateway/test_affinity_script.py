@@ -21,7 +21,8 @@ def pull(r, me, count, first=-1, wait_ms=300, ttl=60, slack=2, takeover=0):
     """{lane: [entry ids]}, the lanes where entries remain, each lane's newest id."""
     rep = r.eval(lua("read_affinity_lua"), 3, *LANES, "workers", me, count, first + 1, APFX, wait_ms, ttl, slack,
                  takeover)
-    assert len(rep) == 5
+    assert len(rep) == 6
+    pull.tally = dict(zip(("parked", "takeovers", "claimed", "hits"), rep[5]))  # the worker's /metrics counts
     ids = [[dict(zip(e[1][::2], e[1][1::2]))[b"id"].decode() for e in rep[lane]] for lane in range(3)]
     return ids, rep[3], [x.decode() for x in rep[4]]
 
@@ -60,12 +61,17 @@ def test_parked_for_the_owner_and_taken_by_it(redis_server):
     r.xadd(LANES[1], {"id": "j1", "a": f"{K2} {K1}"})  # K1 (the last) names A
     r.xadd(LANES[1], {"id": "j2", "a": K2})            # no one holds K2
     assert pull(r, "B", 4)[0] == [[], ["j2"], []]
+    assert pull.tally == dict(parked=1, takeovers=0, claimed=0, hits=0)
     pend = r.xpending_range(LANES[1], "workers", "-", "+", 10)
     assert [p["consumer"].decode() for p in pend] == ["@A", "B"]  # j1, parked; j2 is B's (kept, returned)
     assert r.get(APFX + K2) == b"B" and 0 < r.ttl(APFX + K2) <= 60  # j2's key names B now
     assert r.hget(APFX + "groups", "A").split()[0] == b"3"  # A's room counts the parked entry
     assert pull(r, "A", 4)[0] == [[], ["j1"], []]  # A takes it first
+    assert pull.tally == dict(parked=0, takeovers=0, claimed=1, hits=0)
     assert r.get(APFX + K1) == b"A" and r.get(APFX + K2) == b"A"  # j1's keys, K2 included
+    r.xadd(LANES[1], {"id": "j3", "a": K2})
+    assert pull(r, "A", 4)[0] == [[], ["j3"], []]  # read new by the group its key names: a hit
+    assert pull.tally == dict(parked=0, takeovers=0, claimed=0, hits=1)
 
 
 def test_load_rule_and_stale_owner(redis_server):
@@ -91,6 +97,7 @@ def test_takeover_after_the_bound(redis_server):
     time.sleep(0.35)
     assert pull(r, "B", 4, takeover=0)[0] == [[], [], []]  # only on a takeover pass
     assert pull(r, "B", 4, takeover=1)[0] == [[], ["j1"], []]
+    assert pull.tally == dict(parked=0, takeovers=1, claimed=0, hits=0)
     assert r.get(APFX + K1) == b"B"
     assert r.xpending(LANES[1], "workers")["pending"] == 1  # B's now, to be acked as usual
 

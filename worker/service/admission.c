@@ -630,7 +630,7 @@ llmq_status svc_pull(service *sv, int block, llmq_err *err) {
     }
     size_t got[KEYS_LANES] = {0}, total = 0;
     int more[KEYS_LANES] = {0};
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == (size_t)KEYS_LANES + 1 + aff &&
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == (size_t)KEYS_LANES + 1 + 2 * aff &&
         r->element[KEYS_LANES]->type == REDIS_REPLY_ARRAY && r->element[KEYS_LANES]->elements == KEYS_LANES) {
         for (int l = 0; l < KEYS_LANES; l++) {
             const redisReply *m = r->element[KEYS_LANES]->element[l];
@@ -642,6 +642,13 @@ llmq_status svc_pull(service *sv, int block, llmq_err *err) {
             log_debug("lane %s: one entry taken before the higher lanes (starvation guard, passed over %d times)",
                       keys_lane_name(first), sv->lane_skips[first]);
         count_skips(sv, got, more);
+        if (aff) { /* the script's tally: {parked, taken over, claimed, hits} */
+            const redisReply *y = r->element[KEYS_LANES + 2];
+            metric *to[4] = {sv->m_aff_parked, sv->m_aff_takeovers, sv->m_aff_claimed, sv->m_aff_hits};
+            for (size_t i = 0; y->type == REDIS_REPLY_ARRAY && i < 4 && i < y->elements; i++)
+                if (y->element[i]->type == REDIS_REPLY_INTEGER && y->element[i]->integer > 0)
+                    metric_inc(to[i], (double)y->element[i]->integer);
+        }
         for (int l = 0; aff && l < KEYS_LANES; l++) {
             const redisReply *last = r->element[KEYS_LANES + 1];
             sv->lane_last[l][0] = '\0';

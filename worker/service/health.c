@@ -228,6 +228,21 @@ void svc_metrics_init(service *sv) {
         metrics_counter(m, "llmq:prefix_cache_preempted_hits_total",
                         "Prefix cache hits of sequences restarted after preemption, in tokens found cached.", L),
         mn);
+    /* prefix affinity, in request entries (zero with --no-affinity) */
+    sv->m_aff_parked = metric_get(
+        metrics_counter(m, "llmq:affinity_parked_total",
+                        "Request entries this group read and parked for the live group that holds their prefix.", L),
+        mn);
+    sv->m_aff_takeovers = metric_get(
+        metrics_counter(m, "llmq:affinity_takeovers_total",
+                        "Request entries parked for another group that this group took after --affinity-wait-ms.", L),
+        mn);
+    sv->m_aff_claimed = metric_get(metrics_counter(m, "llmq:affinity_claimed_total",
+                                                   "Request entries other groups parked for this one, taken by it.", L),
+                                   mn);
+    sv->m_aff_hits = metric_get(
+        metrics_counter(m, "llmq:affinity_hits_total", "New request entries whose affinity keys named this group.", L),
+        mn);
     sv->m_kv_cached = metric_get(metrics_gauge(m, "llmq:kv_blocks_cached",
                                                "KV blocks findable in the prefix cache (in use or free).", L), mn);
     sv->f_success = metrics_counter(m, "llmq:request_success_total", "Finished requests by finish reason.",

@@ -138,6 +138,8 @@ typedef struct service {
     /* the prefix cache (sched_cache_stats), brought up to date at each snapshot */
     metric *m_pc_queries, *m_pc_hits, *m_pt_cached, *m_pt_computed, *m_kv_cached, *m_pc_pre_queries, *m_pc_pre_hits;
     uint64_t pc_queries_seen, pc_hits_seen, pc_pre_queries_seen, pc_pre_hits_seen;
+    /* prefix affinity (docs/protocol.md "Affinity"): what each pull did, from the script's tally */
+    metric *m_aff_parked, *m_aff_takeovers, *m_aff_claimed, *m_aff_hits;
     int64_t backlog;         /* the model's request-stream lag, as last read (num_requests_waiting adds it) */
     int64_t backlog_sum;     /* the lags of the replies read so far in this round */
     int backlog_left;        /* TAG_BACKLOG replies still to come in this round (0: none asked) */
