@@ -1,8 +1,9 @@
 /*
  * qmatmul_isa.h — the instruction-set variants of the Q8 / Q4 weight-only
- * matmul (qmatmul.c dispatches on cpu_impl.isa, isa.h).  Each variant is
- * compiled in its own file for its ISA (qmatmul_<isa>.c from
- * qmatmul_tmpl.h, Makefile); call one only when cpu_isa_supported() says so.
+ * matmul, each qmatmul_tmpl.h instantiated once (qmatmul.c dispatches on
+ * cpu_impl.isa, isa.h).  The x86 variants are compiled in their own files
+ * for their ISA (qmatmul_<isa>.c, Makefile); call one only when
+ * cpu_isa_supported() says so.
  */
 #ifndef LLMQ_KERNELS_CPU_QMATMUL_ISA_H
 #define LLMQ_KERNELS_CPU_QMATMUL_ISA_H
@@ -17,6 +18,7 @@
  * cpu_qmatmul is, on one path.  Sets be->err on failure (no scratch). */
 typedef void qmatmul_fn(llmq_backend *be, float *out, const float *x, const be_weight *w, const float *bias, int n);
 
+qmatmul_fn cpu_qmatmul_generic; /* qmatmul.c: 8 portable lanes, multiply + add */
 qmatmul_fn cpu_qmatmul_avx2;   /* qmatmul_avx2.c: 8 lanes, 16 registers */
 qmatmul_fn cpu_qmatmul_avx512; /* qmatmul_avx512.c: 16 lanes, 32 registers, masked k tail */
 

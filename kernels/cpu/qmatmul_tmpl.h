@@ -1,12 +1,13 @@
 /*
  * qmatmul_tmpl.h — the Q8 / Q4 weight-only matmul (out[n, m] = x[n, k] .
  * W[m, k]^T (+ bias), x F32), written once and instantiated per
- * instruction-set path (qmatmul_avx2.c, qmatmul_avx512.c; qmatmul.c keeps
- * the portable generic path).  Not a public header: include it once per
- * translation unit after defining
+ * instruction-set path (qmatmul.c: portable C vectors, "generic";
+ * qmatmul_avx2.c, qmatmul_avx512.c).  Not a public header: include it once
+ * per translation unit after defining
  *
  *   QM_FN(name)          the instantiation's names (name##_avx512)
- *   qm_v, qm_vi, QM_VW   F32 and int32 vector types, lanes (8 or 16)
+ *   qm_v, qm_vi, QM_VW   F32 vector type and the zero point's type (an
+ *                        int32 vector or a scalar), lanes (8 or 16)
  *   qm_zero, qm_load, qm_store, qm_fma, qm_hsum (a fixed-order horizontal sum)
  *   qm_scale(lo, hi), qm_zp(lo, hi)   a scale / zero-point vector: lanes
  *                        [0, QM_VW/2) lo, the others hi (a Q4 group is a
@@ -121,7 +122,9 @@ static inline __attribute__((always_inline)) void QM_FN(qm_kern)(int R, int J, Q
                 else if (table) wv = qm_q4_lookup(q0 + (size_t)r * rb, i, sv[r]);
 #endif
                 else wv = qm_q4(q0 + (size_t)r * rb, i, sv[r], zv[r]);
+#if defined(__AVX__) /* a register that holds qm_v (without AVX none holds the generic 32 bytes) */
                 if (J > 1) __asm__("" : "+v"(wv)); /* dequantize / load once, not once per input */
+#endif
                 for (int j = 0; j < J; j++) acc[r][j] = qm_fma(wv, xv[j], acc[r][j]);
             }
         }
