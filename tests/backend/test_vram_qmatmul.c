@@ -10,7 +10,7 @@
  *    F16/BF16 sources), outputs guarded by sentinels;
  *  - batch invariance: a row computed alone is bitwise the row computed in
  *    a batch, across the register and the scratch routes (generic: n <= 4
- *    in registers; avx2 and avx512: n <= 8, avx2 Q4 n <= 4), and the last
+ *    in registers; avx2: n <= 8, Q4 n <= 4; avx512: n <= 32), and the last
  *    n - 1 rows as a batch of their own;
  *  - the packing documented in quant.h, checked on a hand-made row.
  * The fast backend's checks run once per instruction-set path this
