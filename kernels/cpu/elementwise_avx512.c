@@ -8,29 +8,14 @@
 #include <string.h>
 
 #include "kernels/cpu/elementwise_isa.h"
+#include "kernels/cpu/ew_avx512.h"
 
-typedef __m512 ew_v;
-typedef __m512i ew_vi;
 typedef __m512d ew_vd;
 #define EW_VW 16
-#define EW_FN(name) name##_avx512
 
 static inline ew_v ew_load(const float *p) { return _mm512_loadu_ps(p); }
 static inline void ew_store(float *p, ew_v v) { _mm512_storeu_ps(p, v); }
-static inline ew_v ew_set1(float a) { return _mm512_set1_ps(a); }
-static inline ew_v ew_add(ew_v a, ew_v b) { return _mm512_add_ps(a, b); }
-static inline ew_v ew_sub(ew_v a, ew_v b) { return _mm512_sub_ps(a, b); }
-static inline ew_v ew_mul(ew_v a, ew_v b) { return _mm512_mul_ps(a, b); }
 static inline ew_v ew_div(ew_v a, ew_v b) { return _mm512_div_ps(a, b); }
-static inline ew_v ew_fma(ew_v a, ew_v b, ew_v c) { return _mm512_fmadd_ps(a, b, c); }
-/* vminps / vmaxps return their second operand when either is NaN */
-static inline ew_v ew_min(ew_v a, ew_v b) { return _mm512_min_ps(b, a); }
-static inline ew_v ew_max(ew_v a, ew_v b) { return _mm512_max_ps(b, a); }
-static inline ew_v ew_round(ew_v a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-static inline ew_vi ew_cvt(ew_v a) { return _mm512_cvtps_epi32(a); }
-static inline ew_v ew_pow2(ew_vi n) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
-}
 static inline ew_v ew_abs(ew_v a) { return _mm512_abs_ps(a); }
 static inline ew_v ew_fms(ew_v a, ew_v b, ew_v c) { return _mm512_fmsub_ps(a, b, c); }
 static inline ew_v ew_if_neg(ew_v x, ew_v a, ew_v b) {

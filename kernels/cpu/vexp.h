@@ -2,9 +2,9 @@
  * vexp.h — exp(x) over F32 vector lanes, shared by the vectorized kernels
  * (elementwise_tmpl.h: swiglu, gelu; attention_avx2.c, attention_avx512.c:
  * the softmax).  Not a public header: include it where the ew_ helpers
- * listed in elementwise_tmpl.h (ew_v, ew_vi, ew_set1, ew_add, ew_sub,
- * ew_mul, ew_fma, ew_min, ew_max, ew_round, ew_cvt, ew_pow2) and EW_FN are
- * defined, once per translation unit.
+ * (ew_v, ew_vi, ew_set1, ew_add, ew_sub, ew_mul, ew_fma, ew_min, ew_max,
+ * ew_round, ew_cvt, ew_pow2) and EW_FN are defined — ew_avx2.h or
+ * ew_avx512.h — once per translation unit.
  *
  * exp(x) for F32 lanes: x = n ln2 + r (|r| <= ln2 / 2, ln2 in two parts so
  * n ln2 is exact), exp(r) by a degree-7 polynomial (Horner, FMA), times
