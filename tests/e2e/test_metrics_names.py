@@ -88,8 +88,12 @@ def fleet(tmp_path_factory, shared_dir):
             ids.append(f"q{i}")
         time.sleep(max(0.0, QUEUE_S - (time.time() - t_submit)))
         port = free_port()
+        # the synthetic engine at a fixed rate (real scheduler, service and
+        # metrics; no compute): the queue drains over ~1 s on any machine, so
+        # the sampling below sees it (the real tiny model on fast kernels had
+        # drained most of it before the first sample)
         w = Worker(shared_dir / "models" / "stories260K", srv.url, MODEL, tmp / "w.log",
-                   "--metrics-port", port, "--max-num-seqs", 1)
+                   "--metrics-port", port, "--max-num-seqs", 1, "--backend", "synthetic", "--synthetic-rate", 1000)
         # the worker's gauges while it drains the queue
         waiting_seen = []
         deadline = time.time() + 60
